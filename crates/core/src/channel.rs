@@ -1,0 +1,675 @@
+//! Channels: MLS groups (RFC 9420, openmls with the libcrux provider).
+//!
+//! * The channel's name and its *sequencer* mailbox live in a custom group
+//!   context extension ([`CHANNEL_INFO_EXTENSION`]), so every member agrees
+//!   on them and the relay never sees them.
+//! * Each member's receiving mailbox lives in a custom leaf-node extension
+//!   ([`MAILBOX_EXTENSION`]), signed by that member: nobody can redirect a
+//!   member's messages without breaking the leaf signature.
+//! * A member's MLS credential is a basic credential whose identity is
+//!   `identity key (32) || display name`, and whose leaf signature key must
+//!   equal that identity key; so the sender shown for a message is the key
+//!   that signed it.
+//! * All messages, handshake included, use MLS private framing.
+//!
+//! This module performs no I/O: it takes bytes and returns bytes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_libcrux_crypto::CryptoProvider;
+use openmls_memory_storage::MemoryStorage;
+use openmls_traits::OpenMlsProvider;
+use thiserror::Error;
+
+use crate::codec::{Reader, Writer};
+use crate::identity::{Fingerprint, Identity};
+use crate::mailbox::MailboxAddress;
+
+/// Leaf-node extension holding the member's receiving [`MailboxAddress`].
+pub const MAILBOX_EXTENSION: u16 = 0xff0b;
+/// Group-context extension holding the [`ChannelInfo`].
+pub const CHANNEL_INFO_EXTENSION: u16 = 0xff0c;
+/// Epochs whose secrets are kept so that messages sent just before a commit
+/// still decrypt after it.
+pub const MAX_PAST_EPOCHS: usize = 4;
+
+/// The MLS ciphersuite of a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Suite {
+    /// `MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519`: post-quantum hybrid (default).
+    #[default]
+    PostQuantum,
+    /// `MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519`: classical.
+    Classical,
+}
+
+impl Suite {
+    /// The openmls ciphersuite.
+    pub fn ciphersuite(self) -> Ciphersuite {
+        match self {
+            Suite::PostQuantum => Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519,
+            Suite::Classical => Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519,
+        }
+    }
+
+    /// The IANA code point.
+    pub fn code(self) -> u16 {
+        self.ciphersuite() as u16
+    }
+
+    /// The suite with this code point, if supported.
+    pub fn from_code(code: u16) -> Option<Self> {
+        [Suite::PostQuantum, Suite::Classical]
+            .into_iter()
+            .find(|s| s.code() == code)
+    }
+}
+
+/// A channel operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// The crypto provider could not start.
+    #[error("the cryptography provider failed to start")]
+    Provider,
+    /// openmls refused the operation.
+    #[error("the channel operation failed: {0}")]
+    Mls(String),
+    /// A key package, welcome or extension was malformed or invalid.
+    #[error("invalid channel data: {0}")]
+    Invalid(&'static str),
+    /// The named member is not in the channel.
+    #[error("no such member")]
+    NoSuchMember,
+    /// This member has been removed.
+    #[error("you are no longer a member of this channel")]
+    NotAMember,
+}
+
+fn mls<E: fmt::Display>(e: E) -> ChannelError {
+    ChannelError::Mls(e.to_string())
+}
+
+/// The openmls provider: libcrux crypto and an in-memory store whose content
+/// the client persists inside its encrypted vault.
+pub struct Provider {
+    crypto: CryptoProvider,
+    storage: MemoryStorage,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Provider(..)")
+    }
+}
+
+impl Provider {
+    /// A provider with empty storage.
+    pub fn new() -> Result<Self, ChannelError> {
+        Self::from_snapshot(Vec::new())
+    }
+
+    /// A provider whose storage holds `entries` (from [`Provider::snapshot`]).
+    pub fn from_snapshot(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Self, ChannelError> {
+        let crypto = CryptoProvider::new().map_err(|_| ChannelError::Provider)?;
+        let storage = MemoryStorage::default();
+        {
+            let mut values = storage.values.write().unwrap_or_else(|e| e.into_inner());
+            values.extend(entries);
+        }
+        Ok(Self { crypto, storage })
+    }
+
+    /// Every stored key and value, sorted, for persistence.
+    pub fn snapshot(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let values = self.storage.values.read().unwrap_or_else(|e| e.into_inner());
+        let sorted: BTreeMap<_, _> = values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        sorted.into_iter().collect()
+    }
+}
+
+impl OpenMlsProvider for Provider {
+    type CryptoProvider = CryptoProvider;
+    type RandProvider = CryptoProvider;
+    type StorageProvider = MemoryStorage;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+    fn crypto(&self) -> &Self::CryptoProvider {
+        &self.crypto
+    }
+    fn rand(&self) -> &Self::RandProvider {
+        &self.crypto
+    }
+}
+
+/// What every member agrees about a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelInfo {
+    /// The name its creator gave it.
+    pub name: String,
+    /// The mailbox whose epoch claims order commits.
+    pub sequencer: MailboxAddress,
+    /// Creation time (Unix seconds).
+    pub created_at: u64,
+}
+
+impl ChannelInfo {
+    /// Binary form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(1).bytes16(self.name.as_bytes());
+        self.sequencer.encode(&mut w);
+        w.u64(self.created_at);
+        w.into_vec()
+    }
+
+    /// Parses the binary form.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, ChannelError> {
+        let mut r = Reader::new(b);
+        let bad = |_| ChannelError::Invalid("channel info");
+        if r.u8().map_err(bad)? != 1 {
+            return Err(ChannelError::Invalid("channel info version"));
+        }
+        let info = Self {
+            name: r.string16().map_err(bad)?,
+            sequencer: MailboxAddress::decode(&mut r).map_err(bad)?,
+            created_at: r.u64().map_err(bad)?,
+        };
+        r.finish().map_err(bad)?;
+        Ok(info)
+    }
+}
+
+/// A member as the channel's tree describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Display name from the credential.
+    pub name: String,
+    /// Identity key (also the leaf signature key).
+    pub identity_key: [u8; 32],
+    /// Fingerprint of the identity key.
+    pub fingerprint: Fingerprint,
+    /// Where the member receives.
+    pub mailbox: Option<MailboxAddress>,
+    /// Leaf index in the tree.
+    pub leaf: u32,
+}
+
+fn credential_for(identity: &Identity) -> CredentialWithKey {
+    let mut id = identity.public_key().to_vec();
+    id.extend_from_slice(identity.name().as_bytes());
+    CredentialWithKey {
+        credential: BasicCredential::new(id).into(),
+        signature_key: identity.public_key().to_vec().into(),
+    }
+}
+
+/// Parses a credential into (identity key, name).
+fn parse_credential(c: &Credential) -> Option<([u8; 32], String)> {
+    let basic = BasicCredential::try_from(c.clone()).ok()?;
+    let id = basic.identity();
+    if id.len() < 33 {
+        return None;
+    }
+    let key: [u8; 32] = id[..32].try_into().ok()?;
+    let name = String::from_utf8(id[32..].to_vec()).ok()?;
+    Some((key, name))
+}
+
+fn member_from_leaf(leaf: &LeafNode, index: LeafNodeIndex) -> Option<MemberInfo> {
+    let (identity_key, name) = parse_credential(leaf.credential())?;
+    if leaf.signature_key().as_slice() != identity_key {
+        return None;
+    }
+    let mailbox = leaf
+        .extensions()
+        .unknown(MAILBOX_EXTENSION)
+        .and_then(|e| MailboxAddress::from_bytes(&e.0).ok());
+    Some(MemberInfo {
+        name,
+        identity_key,
+        fingerprint: Fingerprint::of(&identity_key),
+        mailbox,
+        leaf: index.u32(),
+    })
+}
+
+fn capabilities(suite: Suite) -> Capabilities {
+    Capabilities::new(
+        None,
+        Some(&[suite.ciphersuite()]),
+        Some(&[
+            ExtensionType::Unknown(MAILBOX_EXTENSION),
+            ExtensionType::Unknown(CHANNEL_INFO_EXTENSION),
+        ]),
+        None,
+        Some(&[CredentialType::Basic]),
+    )
+}
+
+fn leaf_extensions(mailbox: &MailboxAddress) -> Result<Extensions<LeafNode>, ChannelError> {
+    Extensions::single(Extension::Unknown(
+        MAILBOX_EXTENSION,
+        UnknownExtension(mailbox.to_bytes()),
+    ))
+    .map_err(mls)
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .padding_size(64)
+        .build()
+}
+
+/// A serialized key package for joining, with the member's mailbox in its leaf.
+pub fn key_package(
+    provider: &Provider,
+    identity: &Identity,
+    mailbox: &MailboxAddress,
+    suite: Suite,
+) -> Result<Vec<u8>, ChannelError> {
+    let bundle = KeyPackage::builder()
+        .leaf_node_capabilities(capabilities(suite))
+        .leaf_node_extensions(leaf_extensions(mailbox)?)
+        .build(suite.ciphersuite(), provider, identity, credential_for(identity))
+        .map_err(mls)?;
+    bundle.key_package().tls_serialize_detached().map_err(mls)
+}
+
+/// A key package that passed validation, with the member it describes.
+#[derive(Debug)]
+pub struct ValidKeyPackage {
+    key_package: KeyPackage,
+    /// The member who would join.
+    pub member: MemberInfo,
+}
+
+/// Validates a key package from a join request (attacker input).
+pub fn validate_key_package(provider: &Provider, bytes: &[u8]) -> Result<ValidKeyPackage, ChannelError> {
+    let kp_in = KeyPackageIn::tls_deserialize_exact(bytes).map_err(|_| ChannelError::Invalid("key package"))?;
+    let key_package = kp_in
+        .validate(provider.crypto(), ProtocolVersion::Mls10)
+        .map_err(|_| ChannelError::Invalid("key package signature"))?;
+    let member =
+        member_from_leaf_node(key_package.leaf_node()).ok_or(ChannelError::Invalid("key package credential"))?;
+    if member.mailbox.is_none() {
+        return Err(ChannelError::Invalid("key package without a mailbox"));
+    }
+    Ok(ValidKeyPackage { key_package, member })
+}
+
+fn member_from_leaf_node(leaf: &LeafNode) -> Option<MemberInfo> {
+    member_from_leaf(leaf, LeafNodeIndex::new(u32::MAX))
+}
+
+/// A commit created locally but not yet merged: it must win its epoch at
+/// the sequencer first.
+#[derive(Debug, Clone)]
+pub struct OutgoingCommit {
+    /// The epoch it moves the channel out of.
+    pub epoch: u64,
+    /// The commit message for existing members.
+    pub commit: Vec<u8>,
+    /// The welcome for added members, if any.
+    pub welcome: Option<Vec<u8>>,
+}
+
+impl OutgoingCommit {
+    /// The token that identifies this commit in a sequencer claim.
+    pub fn token(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        Sha256::new()
+            .chain_update(b"backchannel/v1/commit-token")
+            .chain_update(&self.commit)
+            .finalize()
+            .into()
+    }
+}
+
+/// Why an incoming message was not accepted. None of these is ever shown as
+/// a message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Not an MLS message of this channel.
+    #[error("a message could not be parsed")]
+    Malformed,
+    /// Decryption or signature verification failed (forged, replayed, or too old).
+    #[error("a message failed decryption or verification (forged, replayed or from an expired epoch)")]
+    Unverified,
+    /// Sent by someone who is no longer a member.
+    #[error("a message came from a removed member")]
+    RemovedMember,
+    /// The sender's credential is not one this client accepts.
+    #[error("a message came from an unknown sender")]
+    UnknownSender,
+}
+
+/// A message accepted by the channel.
+#[derive(Debug, Clone)]
+pub enum Received {
+    /// Application data from a member.
+    Application {
+        /// Who sent it (verified by MLS).
+        sender: MemberInfo,
+        /// The plaintext.
+        plaintext: Vec<u8>,
+    },
+    /// A commit that was merged.
+    Commit {
+        /// Who committed.
+        committer: Option<MemberInfo>,
+        /// Members it added.
+        added: Vec<MemberInfo>,
+        /// Members it removed.
+        removed: Vec<MemberInfo>,
+        /// Whether it removed this client.
+        self_removed: bool,
+    },
+    /// A proposal stored for the next commit.
+    Proposal {
+        /// Who proposed.
+        sender: Option<MemberInfo>,
+    },
+}
+
+/// One channel's MLS group.
+#[derive(Debug)]
+pub struct Channel {
+    group: MlsGroup,
+}
+
+impl Channel {
+    /// Creates a channel with this client as its only member.
+    pub fn create(
+        provider: &Provider,
+        identity: &Identity,
+        info: &ChannelInfo,
+        my_mailbox: &MailboxAddress,
+        suite: Suite,
+    ) -> Result<Self, ChannelError> {
+        let gce = Extensions::from_vec(vec![
+            Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
+                &[
+                    ExtensionType::Unknown(MAILBOX_EXTENSION),
+                    ExtensionType::Unknown(CHANNEL_INFO_EXTENSION),
+                ],
+                &[],
+                &[CredentialType::Basic],
+            )),
+            Extension::Unknown(CHANNEL_INFO_EXTENSION, UnknownExtension(info.to_bytes())),
+        ])
+        .map_err(mls)?;
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(suite.ciphersuite())
+            .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(true)
+            .max_past_epochs(MAX_PAST_EPOCHS)
+            .padding_size(64)
+            .capabilities(capabilities(suite))
+            .with_group_context_extensions(gce)
+            .with_leaf_node_extensions(leaf_extensions(my_mailbox)?)
+            .map_err(mls)?
+            .build();
+        let group = MlsGroup::new(provider, identity, &config, credential_for(identity)).map_err(mls)?;
+        Ok(Self { group })
+    }
+
+    /// Loads a channel from the provider's storage.
+    pub fn load(provider: &Provider, group_id: &[u8]) -> Result<Option<Self>, ChannelError> {
+        let id = GroupId::from_slice(group_id);
+        Ok(MlsGroup::load(provider.storage(), &id)
+            .map_err(mls)?
+            .map(|group| Self { group }))
+    }
+
+    /// Joins from a serialized welcome (attacker input). Returns the channel
+    /// and the member who sent the welcome.
+    pub fn join(provider: &Provider, welcome: &[u8]) -> Result<(Self, MemberInfo), ChannelError> {
+        let msg = MlsMessageIn::tls_deserialize_exact(welcome).map_err(|_| ChannelError::Invalid("welcome"))?;
+        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+            return Err(ChannelError::Invalid("welcome"));
+        };
+        let staged = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None).map_err(mls)?;
+        let sender = staged
+            .welcome_sender()
+            .ok()
+            .and_then(|leaf| member_from_leaf(leaf, staged.welcome_sender_index()))
+            .ok_or(ChannelError::Invalid("welcome sender"))?;
+        let group = staged.into_group(provider).map_err(mls)?;
+        let channel = Self { group };
+        channel.info()?;
+        Ok((channel, sender))
+    }
+
+    /// The MLS group id.
+    pub fn group_id(&self) -> Vec<u8> {
+        self.group.group_id().as_slice().to_vec()
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.group.epoch().as_u64()
+    }
+
+    /// Whether this client is still a member.
+    pub fn is_active(&self) -> bool {
+        self.group.is_active()
+    }
+
+    /// The ciphersuite.
+    pub fn suite(&self) -> Option<Suite> {
+        Suite::from_code(self.group.ciphersuite() as u16)
+    }
+
+    /// The agreed channel information.
+    pub fn info(&self) -> Result<ChannelInfo, ChannelError> {
+        let ext = self
+            .group
+            .extensions()
+            .unknown(CHANNEL_INFO_EXTENSION)
+            .ok_or(ChannelError::Invalid("missing channel info"))?;
+        ChannelInfo::from_bytes(&ext.0)
+    }
+
+    /// Current members, in leaf order.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.group
+            .members()
+            .filter_map(|m| {
+                self.group
+                    .public_group()
+                    .leaf(m.index)
+                    .and_then(|l| member_from_leaf(l, m.index))
+            })
+            .collect()
+    }
+
+    /// This client's leaf index.
+    pub fn own_leaf(&self) -> u32 {
+        self.group.own_leaf_index().u32()
+    }
+
+    /// Whether proposals wait to be committed.
+    pub fn has_pending_proposals(&self) -> bool {
+        self.group.has_pending_proposals()
+    }
+
+    /// Encrypts application data for the channel.
+    pub fn encrypt(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, ChannelError> {
+        if !self.group.is_active() {
+            return Err(ChannelError::NotAMember);
+        }
+        let out = self.group.create_message(provider, identity, plaintext).map_err(mls)?;
+        out.tls_serialize_detached().map_err(mls)
+    }
+
+    fn outgoing(
+        &self,
+        epoch: u64,
+        commit: MlsMessageOut,
+        welcome: Option<MlsMessageOut>,
+    ) -> Result<OutgoingCommit, ChannelError> {
+        Ok(OutgoingCommit {
+            epoch,
+            commit: commit.tls_serialize_detached().map_err(mls)?,
+            welcome: welcome.map(|w| w.tls_serialize_detached()).transpose().map_err(mls)?,
+        })
+    }
+
+    /// Stages a commit adding the members of `key_packages`.
+    pub fn add(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        kps: Vec<ValidKeyPackage>,
+    ) -> Result<OutgoingCommit, ChannelError> {
+        let epoch = self.epoch();
+        let kps: Vec<KeyPackage> = kps.into_iter().map(|k| k.key_package).collect();
+        let (commit, welcome, _) = self.group.add_members(provider, identity, &kps).map_err(mls)?;
+        self.outgoing(epoch, commit, Some(welcome))
+    }
+
+    /// Stages a commit removing the members with these fingerprints.
+    pub fn remove(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        who: &[Fingerprint],
+    ) -> Result<OutgoingCommit, ChannelError> {
+        let epoch = self.epoch();
+        let leaves: Vec<LeafNodeIndex> = self
+            .members()
+            .into_iter()
+            .filter(|m| who.contains(&m.fingerprint))
+            .map(|m| LeafNodeIndex::new(m.leaf))
+            .collect();
+        if leaves.is_empty() {
+            return Err(ChannelError::NoSuchMember);
+        }
+        let (commit, welcome, _) = self.group.remove_members(provider, identity, &leaves).map_err(mls)?;
+        self.outgoing(epoch, commit, welcome)
+    }
+
+    /// Stages a commit of the proposals received so far.
+    pub fn commit_pending(&mut self, provider: &Provider, identity: &Identity) -> Result<OutgoingCommit, ChannelError> {
+        let epoch = self.epoch();
+        let (commit, welcome, _) = self
+            .group
+            .commit_to_pending_proposals(provider, identity)
+            .map_err(mls)?;
+        self.outgoing(epoch, commit, welcome)
+    }
+
+    /// Stages a commit that only refreshes this member's keys (post-compromise security).
+    pub fn self_update(&mut self, provider: &Provider, identity: &Identity) -> Result<OutgoingCommit, ChannelError> {
+        let epoch = self.epoch();
+        let bundle = self
+            .group
+            .self_update(provider, identity, LeafNodeParameters::default())
+            .map_err(mls)?;
+        let (commit, welcome, _) = bundle.into_messages();
+        self.outgoing(epoch, commit, welcome)
+    }
+
+    /// A proposal to remove this member, for the others to commit.
+    pub fn leave(&mut self, provider: &Provider, identity: &Identity) -> Result<Vec<u8>, ChannelError> {
+        let out = self.group.leave_group(provider, identity).map_err(mls)?;
+        out.tls_serialize_detached().map_err(mls)
+    }
+
+    /// Applies the staged commit after it won its epoch.
+    pub fn merge_pending(&mut self, provider: &Provider) -> Result<(), ChannelError> {
+        self.group.merge_pending_commit(provider).map_err(mls)
+    }
+
+    /// Drops the staged commit after it lost its epoch.
+    pub fn discard_pending(&mut self, provider: &Provider) -> Result<(), ChannelError> {
+        self.group.clear_pending_commit(provider.storage()).map_err(mls)
+    }
+
+    /// Processes an incoming MLS message (attacker input).
+    pub fn process(&mut self, provider: &Provider, bytes: &[u8]) -> Result<Received, Rejection> {
+        let msg = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|_| Rejection::Malformed)?;
+        let proto = msg.try_into_protocol_message().map_err(|_| Rejection::Malformed)?;
+        if proto.group_id() != self.group.group_id() {
+            return Err(Rejection::Malformed);
+        }
+        let processed = self
+            .group
+            .process_message(provider, proto)
+            .map_err(|_| Rejection::Unverified)?;
+        let sender_leaf = match processed.sender() {
+            Sender::Member(i) => Some(*i),
+            _ => None,
+        };
+        let (sender_key, _) = parse_credential(processed.credential()).ok_or(Rejection::UnknownSender)?;
+        let current = self.members();
+        let sender = current.iter().find(|m| m.identity_key == sender_key).cloned();
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                let sender = sender.ok_or(Rejection::RemovedMember)?;
+                if sender_leaf != Some(LeafNodeIndex::new(sender.leaf)) {
+                    return Err(Rejection::UnknownSender);
+                }
+                Ok(Received::Application {
+                    sender,
+                    plaintext: app.into_bytes(),
+                })
+            }
+            ProcessedMessageContent::ProposalMessage(p) => {
+                let Some(sender) = sender else {
+                    return Err(Rejection::RemovedMember);
+                };
+                self.group
+                    .store_pending_proposal(provider.storage(), *p)
+                    .map_err(|_| Rejection::Unverified)?;
+                Ok(Received::Proposal { sender: Some(sender) })
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let removed: Vec<MemberInfo> = staged
+                    .remove_proposals()
+                    .filter_map(|r| {
+                        let idx = r.remove_proposal().removed();
+                        current.iter().find(|m| m.leaf == idx.u32()).cloned()
+                    })
+                    .collect();
+                let self_removed = staged.self_removed();
+                self.group
+                    .merge_staged_commit(provider, *staged)
+                    .map_err(|_| Rejection::Unverified)?;
+                let after = self.members();
+                let added = after
+                    .iter()
+                    .filter(|m| !current.iter().any(|c| c.identity_key == m.identity_key))
+                    .cloned()
+                    .collect();
+                Ok(Received::Commit {
+                    committer: sender,
+                    added,
+                    removed,
+                    self_removed,
+                })
+            }
+            _ => Err(Rejection::Malformed),
+        }
+    }
+
+    /// Deletes the group's state from the provider.
+    pub fn delete(mut self, provider: &Provider) -> Result<(), ChannelError> {
+        self.group.delete(provider.storage()).map_err(mls)
+    }
+}

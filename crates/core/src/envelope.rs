@@ -1,0 +1,415 @@
+//! Envelopes: the only thing a relay stores.
+//!
+//! An envelope is exactly [`ENVELOPE_SIZE`] bytes:
+//!
+//! ```text
+//! nonce (24) || XChaCha20-Poly1305(seal_key, nonce, aad, chunk (4056)) || tag (16)
+//! aad   = "backchannel/v1/envelope" || mailbox_id (32)
+//! chunk = version (1) | kind (1) | message_id (16) | index (u16) | count (u16)
+//!         | total_len (u32) | data_len (u16) | data | zero padding to 4056
+//! ```
+//!
+//! A payload longer than [`CHUNK_DATA`] is split into `count` chunks that
+//! share a random `message_id`; [`Reassembler`] puts them back together. To
+//! the relay every envelope is the same size and indistinguishable from
+//! random bytes; binding the mailbox id into the AEAD stops an envelope
+//! being moved from one mailbox to another.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand_core::CryptoRngCore;
+use thiserror::Error;
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::mailbox::{MailboxId, SealKey};
+
+/// Size of every envelope on the wire and at rest.
+pub const ENVELOPE_SIZE: usize = 4096;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+/// Size of the plaintext chunk inside an envelope.
+pub const CHUNK_SIZE: usize = ENVELOPE_SIZE - NONCE_LEN - TAG_LEN;
+const CHUNK_HEADER: usize = 1 + 1 + 16 + 2 + 2 + 4 + 2;
+/// Payload bytes carried per envelope.
+pub const CHUNK_DATA: usize = CHUNK_SIZE - CHUNK_HEADER;
+/// Largest payload that may be split into envelopes.
+pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+const CHUNK_VERSION: u8 = 1;
+const AAD_CONTEXT: &[u8] = b"backchannel/v1/envelope";
+
+/// One sealed, fixed-size envelope.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Envelope(Box<[u8; ENVELOPE_SIZE]>);
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Envelope(..)")
+    }
+}
+
+impl Envelope {
+    /// Wraps exactly [`ENVELOPE_SIZE`] bytes.
+    pub fn from_slice(b: &[u8]) -> Result<Self, DecodeError> {
+        let arr: [u8; ENVELOPE_SIZE] = b.try_into().map_err(|_| DecodeError::Invalid("envelope size"))?;
+        Ok(Self(Box::new(arr)))
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0[..]
+    }
+}
+
+/// What a payload is, so the recipient knows how to process it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PayloadKind {
+    /// An MLS message (application, proposal or commit) of a channel.
+    Mls,
+    /// A welcome into a channel.
+    Welcome,
+    /// A request to join through an invite.
+    JoinRequest,
+}
+
+impl PayloadKind {
+    fn to_u8(self) -> u8 {
+        match self {
+            PayloadKind::Mls => 1,
+            PayloadKind::Welcome => 2,
+            PayloadKind::JoinRequest => 3,
+        }
+    }
+    fn from_u8(v: u8) -> Result<Self, DecodeError> {
+        match v {
+            1 => Ok(PayloadKind::Mls),
+            2 => Ok(PayloadKind::Welcome),
+            3 => Ok(PayloadKind::JoinRequest),
+            _ => Err(DecodeError::Invalid("payload kind")),
+        }
+    }
+}
+
+/// One decrypted piece of a payload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Chunk {
+    /// Payload kind.
+    pub kind: PayloadKind,
+    /// Shared by all chunks of one payload.
+    pub message_id: [u8; 16],
+    /// Position of this chunk.
+    pub index: u16,
+    /// Number of chunks.
+    pub count: u16,
+    /// Length of the whole payload.
+    pub total_len: u32,
+    /// This chunk's bytes.
+    pub data: Vec<u8>,
+}
+
+/// An envelope could not be opened or a payload not reassembled.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// The payload is larger than [`MAX_PAYLOAD`].
+    #[error("the message is too large to send ({0} bytes)")]
+    TooLarge(usize),
+    /// Authentication failed: wrong key, wrong mailbox, or modified bytes.
+    #[error("an envelope failed authentication")]
+    Unauthentic,
+    /// The decrypted chunk is malformed.
+    #[error("an envelope is malformed: {0}")]
+    Malformed(#[from] DecodeError),
+    /// A chunk disagrees with earlier chunks of the same payload.
+    #[error("the pieces of a message do not fit together")]
+    Inconsistent,
+}
+
+fn aad(mailbox: &MailboxId) -> Vec<u8> {
+    let mut a = Vec::with_capacity(AAD_CONTEXT.len() + 32);
+    a.extend_from_slice(AAD_CONTEXT);
+    a.extend_from_slice(&mailbox.0);
+    a
+}
+
+/// Splits `payload` into sealed envelopes for `mailbox`.
+pub fn seal_payload(
+    key: &SealKey,
+    mailbox: &MailboxId,
+    kind: PayloadKind,
+    payload: &[u8],
+    rng: &mut impl CryptoRngCore,
+) -> Result<Vec<Envelope>, EnvelopeError> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(EnvelopeError::TooLarge(payload.len()));
+    }
+    let mut message_id = [0u8; 16];
+    rng.fill_bytes(&mut message_id);
+    let count = payload.len().div_ceil(CHUNK_DATA).max(1);
+    let mut out = Vec::with_capacity(count);
+    for index in 0..count {
+        let start = index * CHUNK_DATA;
+        let end = (start + CHUNK_DATA).min(payload.len());
+        let chunk = Chunk {
+            kind,
+            message_id,
+            index: index as u16,
+            count: count as u16,
+            total_len: payload.len() as u32,
+            data: payload[start..end].to_vec(),
+        };
+        out.push(seal_chunk(key, mailbox, &chunk, rng));
+    }
+    Ok(out)
+}
+
+/// Seals one chunk (its data must fit in [`CHUNK_DATA`]).
+pub fn seal_chunk(key: &SealKey, mailbox: &MailboxId, chunk: &Chunk, rng: &mut impl CryptoRngCore) -> Envelope {
+    let mut w = Writer::with_capacity(CHUNK_SIZE);
+    let n = chunk.data.len().min(CHUNK_DATA);
+    w.u8(CHUNK_VERSION)
+        .u8(chunk.kind.to_u8())
+        .put(&chunk.message_id)
+        .u16(chunk.index)
+        .u16(chunk.count)
+        .u32(chunk.total_len)
+        .u16(n as u16)
+        .put(&chunk.data[..n]);
+    let mut plain = w.into_vec();
+    plain.resize(CHUNK_SIZE, 0);
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    let cipher = XChaCha20Poly1305::new(key.0.as_ref().into());
+    // Encryption with a valid key and in-memory buffers cannot fail; an
+    // error here would be a bug in the AEAD crate, so fall back to zeros.
+    let ct = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &plain,
+                aad: &aad(mailbox),
+            },
+        )
+        .unwrap_or_else(|_| vec![0u8; CHUNK_SIZE + TAG_LEN]);
+    let mut bytes = Box::new([0u8; ENVELOPE_SIZE]);
+    bytes[..NONCE_LEN].copy_from_slice(&nonce);
+    bytes[NONCE_LEN..].copy_from_slice(&ct[..CHUNK_SIZE + TAG_LEN]);
+    Envelope(bytes)
+}
+
+/// Opens an envelope that arrived in `mailbox` (attacker input).
+pub fn open_envelope(key: &SealKey, mailbox: &MailboxId, env: &Envelope) -> Result<Chunk, EnvelopeError> {
+    let cipher = XChaCha20Poly1305::new(key.0.as_ref().into());
+    let plain = cipher
+        .decrypt(
+            XNonce::from_slice(&env.0[..NONCE_LEN]),
+            Payload {
+                msg: &env.0[NONCE_LEN..],
+                aad: &aad(mailbox),
+            },
+        )
+        .map_err(|_| EnvelopeError::Unauthentic)?;
+    decode_chunk(&plain)
+}
+
+/// Parses a decrypted chunk.
+pub fn decode_chunk(plain: &[u8]) -> Result<Chunk, EnvelopeError> {
+    let mut r = Reader::new(plain);
+    if r.u8()? != CHUNK_VERSION {
+        return Err(DecodeError::Invalid("envelope version").into());
+    }
+    let kind = PayloadKind::from_u8(r.u8()?)?;
+    let message_id = r.array()?;
+    let index = r.u16()?;
+    let count = r.u16()?;
+    let total_len = r.u32()?;
+    let data_len = r.u16()? as usize;
+    if data_len > CHUNK_DATA {
+        return Err(DecodeError::Invalid("chunk length").into());
+    }
+    let data = r.take(data_len)?.to_vec();
+    if r.take(r.remaining())?.iter().any(|&b| b != 0) {
+        return Err(DecodeError::Invalid("padding").into());
+    }
+    let expected_count = (total_len as usize).div_ceil(CHUNK_DATA).max(1);
+    if count == 0 || index >= count || total_len as usize > MAX_PAYLOAD || expected_count != count as usize {
+        return Err(EnvelopeError::Inconsistent);
+    }
+    let expected_len = if index + 1 == count {
+        total_len as usize - index as usize * CHUNK_DATA
+    } else {
+        CHUNK_DATA
+    };
+    if data.len() != expected_len {
+        return Err(EnvelopeError::Inconsistent);
+    }
+    Ok(Chunk {
+        kind,
+        message_id,
+        index,
+        count,
+        total_len,
+        data,
+    })
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Partial {
+    kind: Option<PayloadKind>,
+    count: u16,
+    total_len: u32,
+    chunks: BTreeMap<u16, Vec<u8>>,
+}
+
+/// A payload put back together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reassembled {
+    /// Its kind.
+    pub kind: PayloadKind,
+    /// The id shared by its chunks.
+    pub message_id: [u8; 16],
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// Collects chunks until each payload is whole. Serializable so a client can
+/// keep partial payloads across runs.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Reassembler {
+    partials: BTreeMap<[u8; 16], Partial>,
+}
+
+/// Most payloads held half-assembled at once; the oldest is dropped beyond it.
+pub const MAX_PARTIALS: usize = 64;
+
+impl Reassembler {
+    /// Adds a chunk; returns the payload when its last chunk arrives.
+    pub fn push(&mut self, chunk: Chunk) -> Result<Option<Reassembled>, EnvelopeError> {
+        if chunk.count == 1 {
+            return Ok(Some(Reassembled {
+                kind: chunk.kind,
+                message_id: chunk.message_id,
+                payload: chunk.data,
+            }));
+        }
+        if !self.partials.contains_key(&chunk.message_id) && self.partials.len() >= MAX_PARTIALS {
+            if let Some(first) = self.partials.keys().next().copied() {
+                self.partials.remove(&first);
+            }
+        }
+        let p = self.partials.entry(chunk.message_id).or_default();
+        match p.kind {
+            None => {
+                p.kind = Some(chunk.kind);
+                p.count = chunk.count;
+                p.total_len = chunk.total_len;
+            }
+            Some(k) if k != chunk.kind || p.count != chunk.count || p.total_len != chunk.total_len => {
+                return Err(EnvelopeError::Inconsistent);
+            }
+            Some(_) => {}
+        }
+        p.chunks.insert(chunk.index, chunk.data);
+        if p.chunks.len() < p.count as usize {
+            return Ok(None);
+        }
+        let Some(p) = self.partials.remove(&chunk.message_id) else {
+            return Ok(None);
+        };
+        let mut payload = Vec::with_capacity(p.total_len as usize);
+        for (_, d) in p.chunks {
+            payload.extend_from_slice(&d);
+        }
+        Ok(Some(Reassembled {
+            kind: chunk.kind,
+            message_id: chunk.message_id,
+            payload,
+        }))
+    }
+
+    /// Number of payloads waiting for more chunks.
+    pub fn pending(&self) -> usize {
+        self.partials.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand_core::OsRng;
+
+    fn key() -> (SealKey, MailboxId) {
+        (SealKey([3; 32]), MailboxId([4; 32]))
+    }
+
+    proptest! {
+        #[test]
+        fn payloads_round_trip_and_every_envelope_has_one_size(
+            payload in proptest::collection::vec(any::<u8>(), 0..20_000),
+        ) {
+            let (k, m) = key();
+            let envs = seal_payload(&k, &m, PayloadKind::Mls, &payload, &mut OsRng)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut r = Reassembler::default();
+            let mut out = None;
+            // Deliver in reverse to exercise out-of-order reassembly.
+            for e in envs.iter().rev() {
+                prop_assert_eq!(e.as_bytes().len(), ENVELOPE_SIZE);
+                let c = open_envelope(&k, &m, e).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                if let Some(done) = r.push(c).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                    out = Some(done.payload);
+                }
+            }
+            prop_assert_eq!(out, Some(payload));
+            prop_assert_eq!(r.pending(), 0);
+        }
+
+        #[test]
+        fn arbitrary_plaintext_chunks_never_panic(b in proptest::collection::vec(any::<u8>(), 0..CHUNK_SIZE + 8)) {
+            let _ = decode_chunk(&b);
+        }
+    }
+
+    #[test]
+    fn a_two_byte_and_a_three_thousand_byte_payload_look_the_same() {
+        let (k, m) = key();
+        let a = seal_payload(&k, &m, PayloadKind::Mls, b"hi", &mut OsRng).unwrap_or_default();
+        let b = seal_payload(&k, &m, PayloadKind::Mls, &[7u8; 3000], &mut OsRng).unwrap_or_default();
+        assert_eq!(a.len(), 1);
+        assert_eq!(b.len(), 1);
+        assert_eq!(a[0].as_bytes().len(), b[0].as_bytes().len());
+    }
+
+    #[test]
+    fn a_flipped_bit_or_another_mailbox_is_rejected() {
+        let (k, m) = key();
+        let e = seal_payload(&k, &m, PayloadKind::Mls, b"x", &mut OsRng)
+            .unwrap_or_default()
+            .remove(0);
+        let mut bytes = e.as_bytes().to_vec();
+        bytes[100] ^= 1;
+        let flipped = Envelope::from_slice(&bytes).unwrap_or_else(|_| e.clone());
+        assert_eq!(open_envelope(&k, &m, &flipped), Err(EnvelopeError::Unauthentic));
+        assert_eq!(
+            open_envelope(&k, &MailboxId([5; 32]), &e),
+            Err(EnvelopeError::Unauthentic)
+        );
+        assert_eq!(
+            open_envelope(&SealKey([9; 32]), &m, &e),
+            Err(EnvelopeError::Unauthentic)
+        );
+    }
+
+    #[test]
+    fn oversize_payload_is_refused() {
+        let (k, m) = key();
+        let big = vec![0u8; MAX_PAYLOAD + 1];
+        assert_eq!(
+            seal_payload(&k, &m, PayloadKind::Mls, &big, &mut OsRng).map(|v| v.len()),
+            Err(EnvelopeError::TooLarge(MAX_PAYLOAD + 1))
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! Anonymous mailboxes: identifiers, capabilities and the keys that go with
+//! them.
+//!
+//! A mailbox is created by its recipient, who registers an Ed25519
+//! *recipient key* (to open, fetch, acknowledge and delete) and the SHA-256
+//! of a random *send capability* (which senders present to deliver). Neither
+//! names a person. The *seal key* never reaches the relay: senders use it to
+//! seal envelopes so that the relay stores only uniform random bytes.
+
+use std::fmt;
+
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use rand_core::CryptoRngCore;
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::relay_address::RelayAddress;
+
+/// Domain separator for the proof that opens a mailbox on a connection.
+const OPEN_CONTEXT: &[u8] = b"backchannel/v1/open-mailbox";
+
+/// A mailbox identifier: 32 random bytes chosen by the recipient.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct MailboxId(pub [u8; 32]);
+
+impl fmt::Debug for MailboxId {
+    // Mailbox ids must not reach logs; Debug shows a placeholder.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MailboxId(..)")
+    }
+}
+
+/// The secret a sender presents to deliver into a mailbox.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop, serde::Serialize, serde::Deserialize)]
+pub struct SendCapability(pub [u8; 32]);
+
+impl SendCapability {
+    /// The digest the relay stores and compares against.
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.0).into()
+    }
+}
+
+impl fmt::Debug for SendCapability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SendCapability(..)")
+    }
+}
+
+/// The symmetric key under which senders seal envelopes for a mailbox.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop, serde::Serialize, serde::Deserialize)]
+pub struct SealKey(pub [u8; 32]);
+
+impl fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SealKey(..)")
+    }
+}
+
+/// Everything a sender needs to deliver into a mailbox.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MailboxAddress {
+    /// The relay that holds the mailbox.
+    pub relay: RelayAddress,
+    /// The mailbox.
+    pub id: MailboxId,
+    /// Authorizes delivery.
+    pub send: SendCapability,
+    /// Seals envelopes for the recipient.
+    pub seal: SealKey,
+}
+
+impl fmt::Debug for MailboxAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailboxAddress").finish_non_exhaustive()
+    }
+}
+
+impl MailboxAddress {
+    /// Appends the binary form.
+    pub fn encode(&self, w: &mut Writer) {
+        self.relay.encode(w);
+        w.put(&self.id.0).put(&self.send.0).put(&self.seal.0);
+    }
+
+    /// The binary form as a vector.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        self.encode(&mut w);
+        w.into_vec()
+    }
+
+    /// Reads the binary form.
+    pub fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            relay: RelayAddress::decode(r)?,
+            id: MailboxId(r.array()?),
+            send: SendCapability(r.array()?),
+            seal: SealKey(r.array()?),
+        })
+    }
+
+    /// Reads the binary form from a whole slice.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let a = Self::decode(&mut r)?;
+        r.finish()?;
+        Ok(a)
+    }
+}
+
+/// A mailbox as its recipient holds it: the address plus the recipient key.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct MailboxKeys {
+    /// What senders get.
+    pub address: MailboxAddress,
+    /// Ed25519 secret that opens the mailbox at the relay.
+    recipient: [u8; 32],
+}
+
+impl Drop for MailboxKeys {
+    fn drop(&mut self) {
+        self.recipient.zeroize();
+    }
+}
+
+impl fmt::Debug for MailboxKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailboxKeys").finish_non_exhaustive()
+    }
+}
+
+impl MailboxKeys {
+    /// A fresh mailbox on `relay`.
+    pub fn generate(relay: RelayAddress, rng: &mut impl CryptoRngCore) -> Self {
+        let mut id = [0u8; 32];
+        let mut send = [0u8; 32];
+        let mut seal = [0u8; 32];
+        let mut recipient = [0u8; 32];
+        rng.fill_bytes(&mut id);
+        rng.fill_bytes(&mut send);
+        rng.fill_bytes(&mut seal);
+        rng.fill_bytes(&mut recipient);
+        Self {
+            address: MailboxAddress {
+                relay,
+                id: MailboxId(id),
+                send: SendCapability(send),
+                seal: SealKey(seal),
+            },
+            recipient,
+        }
+    }
+
+    /// The mailbox identifier.
+    pub fn id(&self) -> MailboxId {
+        self.address.id
+    }
+
+    fn signing_key(&self) -> SigningKey {
+        SigningKey::from_bytes(&self.recipient)
+    }
+
+    /// The public recipient key registered at creation.
+    pub fn recipient_public(&self) -> [u8; 32] {
+        self.signing_key().verifying_key().to_bytes()
+    }
+
+    /// The proof that opens this mailbox on a connection whose relay nonce is
+    /// `nonce`.
+    pub fn open_proof(&self, nonce: &[u8; 32]) -> [u8; 64] {
+        self.signing_key()
+            .sign(&open_message(nonce, &self.address.id))
+            .to_bytes()
+    }
+}
+
+fn open_message(nonce: &[u8; 32], id: &MailboxId) -> Vec<u8> {
+    let mut m = Vec::with_capacity(OPEN_CONTEXT.len() + 64);
+    m.extend_from_slice(OPEN_CONTEXT);
+    m.extend_from_slice(nonce);
+    m.extend_from_slice(&id.0);
+    m
+}
+
+/// Checks an open proof against the recipient key registered for `id`.
+pub fn verify_open_proof(recipient_public: &[u8; 32], nonce: &[u8; 32], id: &MailboxId, proof: &[u8; 64]) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(recipient_public) else {
+        return false;
+    };
+    key.verify(&open_message(nonce, id), &Signature::from_bytes(proof))
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay() -> RelayAddress {
+        RelayAddress {
+            pin: [0; 32],
+            host: "localhost".into(),
+            port: 1,
+        }
+    }
+
+    #[test]
+    fn open_proof_binds_nonce_and_mailbox() {
+        let mut rng = rand_core::OsRng;
+        let k = MailboxKeys::generate(relay(), &mut rng);
+        let other = MailboxKeys::generate(relay(), &mut rng);
+        let nonce = [9u8; 32];
+        let proof = k.open_proof(&nonce);
+        assert!(verify_open_proof(&k.recipient_public(), &nonce, &k.id(), &proof));
+        assert!(!verify_open_proof(&k.recipient_public(), &[8u8; 32], &k.id(), &proof));
+        assert!(!verify_open_proof(&k.recipient_public(), &nonce, &other.id(), &proof));
+        assert!(!verify_open_proof(&other.recipient_public(), &nonce, &k.id(), &proof));
+    }
+
+    #[test]
+    fn address_round_trips() {
+        let k = MailboxKeys::generate(relay(), &mut rand_core::OsRng);
+        let b = k.address.to_bytes();
+        assert_eq!(MailboxAddress::from_bytes(&b), Ok(k.address.clone()));
+        assert!(MailboxAddress::from_bytes(&b[..b.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let k = MailboxKeys::generate(relay(), &mut rand_core::OsRng);
+        let s = format!("{k:?} {:?} {:?} {:?}", k.address, k.address.send, k.id());
+        assert_eq!(
+            s,
+            "MailboxKeys { .. } MailboxAddress { .. } SendCapability(..) MailboxId(..)"
+        );
+    }
+}
