@@ -1,1 +1,83 @@
+//! The backchannel client engine: the encrypted local store, the outbox and
+//! inbox, relay connections, and every user-facing operation.
+//!
+//! The engine drives the sans-I/O core: it feeds it bytes from relays and
+//! the clock, persists its state in the home directory's vault, and sends
+//! what it returns.
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod connection;
+pub mod engine;
+pub mod home;
+pub mod state;
+
+use std::path::PathBuf;
+
+pub use connection::{ConnectError, RelayConnection};
+pub use engine::Engine;
+
+/// A client operation failed. Every message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No identity in the home directory.
+    #[error("no identity in {0}; run `backchannel init --name NAME --relay ADDRESS` first")]
+    NotInitialized(PathBuf),
+    /// `init` on an existing home.
+    #[error("{0} already holds an identity; use another --home to create a second one")]
+    AlreadyInitialized(PathBuf),
+    /// The passphrase does not open the store.
+    #[error("the passphrase is wrong (or the local store was modified); try again with the right passphrase")]
+    WrongPassphrase,
+    /// The local store is damaged.
+    #[error("the local store is damaged ({0}); restore it from a backup — nothing was changed")]
+    Corrupt(String),
+    /// A file operation failed.
+    #[error("{context} failed: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No channel with that name.
+    #[error("there is no channel called \"{0}\"; `backchannel channels` lists yours")]
+    UnknownChannel(String),
+    /// The channel exists already.
+    #[error("you already have a channel called \"{0}\"; choose another name")]
+    ChannelExists(String),
+    /// The channel is no longer usable.
+    #[error("the channel \"{0}\" is {1}; nothing can be sent to it")]
+    ChannelInactive(String, &'static str),
+    /// No member matches.
+    #[error("no member of \"{0}\" is called \"{1}\"; `backchannel members {0}` lists them")]
+    UnknownMember(String, String),
+    /// Several members match.
+    #[error("several members of \"{0}\" match \"{1}\"; use the fingerprint shown by `backchannel members {0}`")]
+    AmbiguousMember(String, String),
+    /// A bad argument.
+    #[error("{0}")]
+    Usage(String),
+    /// The invite cannot be used.
+    #[error("{0}")]
+    Invite(String),
+    /// A relay problem.
+    #[error(transparent)]
+    Relay(#[from] ConnectError),
+    /// The message was stored and will be sent later.
+    #[error("the relay could not be reached, so the message is queued; the next backchannel command will send it")]
+    Queued,
+    /// Another member kept committing first.
+    #[error("other members kept changing \"{0}\" at the same moment; try again")]
+    Contended(String),
+    /// An MLS or format error.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub(crate) fn io(context: &'static str, source: std::io::Error) -> Self {
+        ClientError::Io { context, source }
+    }
+}

@@ -285,7 +285,7 @@ pub fn key_package(
 }
 
 /// A key package that passed validation, with the member it describes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ValidKeyPackage {
     key_package: KeyPackage,
     /// The member who would join.

@@ -1,0 +1,558 @@
+//! Argument parsing and output formatting.
+
+use std::io::{IsTerminal, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use backchannel_client::engine::{MessageView, Warning};
+use backchannel_client::{ClientError, Engine};
+use backchannel_core::channel::Suite;
+use backchannel_core::relay_address::RelayAddress;
+use backchannel_relay::{Limits, Relay};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// A private line between two organizations over infrastructure neither trusts.
+#[derive(Parser, Debug)]
+#[command(name = "backchannel", version, about)]
+pub struct Args {
+    /// Home directory (default: $BACKCHANNEL_HOME, then the platform's data directory).
+    #[arg(long, global = true, env = "BACKCHANNEL_HOME")]
+    home: Option<PathBuf>,
+    /// Read the passphrase from this file (otherwise $BACKCHANNEL_PASSPHRASE, or a prompt).
+    #[arg(long, global = true)]
+    passphrase_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a relay.
+    Relay {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+        /// Directory for the relay's key and store.
+        #[arg(long, default_value = "backchannel-relay")]
+        data: PathBuf,
+        /// Storage backend.
+        #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
+        store: StoreKind,
+        /// Host name to print in the relay address (default: the listen IP).
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Most concurrent connections.
+        #[arg(long, default_value_t = 1024)]
+        max_connections: usize,
+        /// Most mailboxes one connection may create or open.
+        #[arg(long, default_value_t = 256)]
+        max_mailboxes_per_connection: usize,
+        /// Most envelopes one mailbox holds.
+        #[arg(long, default_value_t = 10_000)]
+        max_envelopes_per_mailbox: u32,
+        /// How long an unacknowledged envelope is kept (e.g. 14d, 12h, 90s).
+        #[arg(long, default_value = "14d", value_parser = parse_duration)]
+        envelope_ttl: Duration,
+        /// How often expired envelopes are swept.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        sweep_interval: Duration,
+    },
+    /// Create this device's identity.
+    Init {
+        /// Your display name, shown to the members of your channels.
+        #[arg(long)]
+        name: String,
+        /// The relay address printed by `backchannel relay`.
+        #[arg(long)]
+        relay: String,
+    },
+    /// Channel management.
+    Channel {
+        #[command(subcommand)]
+        command: ChannelCommand,
+    },
+    /// Make an invite to a channel.
+    Invite {
+        channel: String,
+        /// How many people may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it stays valid (e.g. 24h, 7d, 30m).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        expires: Duration,
+        /// Also draw it as a QR code (on stderr).
+        #[arg(long)]
+        qr: bool,
+    },
+    /// Join a channel with an invite.
+    Join {
+        invite: String,
+        /// Local name for the channel.
+        #[arg(long)]
+        name: Option<String>,
+        /// Wait this many seconds to be admitted.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
+    /// Fetch and process everything waiting at the relays.
+    Sync {
+        /// Wait up to this many seconds for something to arrive.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
+    /// Send a message.
+    Send {
+        channel: String,
+        /// The text (or use --file).
+        text: Option<String>,
+        /// Send the contents of a text file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Show messages.
+    Read {
+        channel: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// All messages, not only unread ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print messages as they arrive.
+    Watch {
+        channel: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List your channels.
+    Channels {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a channel's members.
+    Members {
+        channel: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the safety number with a member; --confirm marks them verified.
+    Verify {
+        channel: String,
+        member: String,
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Remove a member.
+    Remove { channel: String, member: String },
+    /// Leave a channel.
+    Leave { channel: String },
+    /// Close a channel for everyone.
+    Close { channel: String },
+    /// Refresh your keys in a channel (post-compromise security).
+    Update { channel: String },
+    /// Run a complete local demonstration.
+    Demo,
+    /// Test hooks (not for normal use).
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        command: DebugCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ChannelCommand {
+    /// Create a channel.
+    New {
+        channel: String,
+        /// Use the classical ciphersuite instead of the post-quantum hybrid.
+        #[arg(long)]
+        classical: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugCommand {
+    /// Print this member's own receiving mailbox for a channel, as JSON (secrets included).
+    Mailbox { channel: String },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum StoreKind {
+    Embedded,
+    Nats,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a duration like 30s, 10m, 24h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("\"{s}\" is not a duration like 30s, 10m, 24h or 7d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn home(args: &Args) -> Result<PathBuf, ClientError> {
+    if let Some(h) = &args.home {
+        return Ok(h.clone());
+    }
+    dirs::data_dir()
+        .map(|d| d.join("backchannel"))
+        .ok_or_else(|| ClientError::Usage("no home directory: pass --home DIR or set BACKCHANNEL_HOME".into()))
+}
+
+fn passphrase(args: &Args, confirm: bool) -> Result<Vec<u8>, ClientError> {
+    if let Some(f) = &args.passphrase_file {
+        let s = std::fs::read_to_string(f).map_err(|e| ClientError::Io {
+            context: "reading the passphrase file",
+            source: e,
+        })?;
+        return Ok(s.trim_end_matches(['\n', '\r']).as_bytes().to_vec());
+    }
+    if let Ok(p) = std::env::var("BACKCHANNEL_PASSPHRASE") {
+        return Ok(p.into_bytes());
+    }
+    if std::io::stdin().is_terminal() {
+        let p = rpassword::prompt_password("passphrase: ").map_err(|e| ClientError::Io {
+            context: "reading the passphrase",
+            source: e,
+        })?;
+        if confirm {
+            let again = rpassword::prompt_password("passphrase again: ").map_err(|e| ClientError::Io {
+                context: "reading the passphrase",
+                source: e,
+            })?;
+            if again != p {
+                return Err(ClientError::Usage(
+                    "the passphrases differ; run the command again".into(),
+                ));
+            }
+        }
+        if p.is_empty() {
+            return Err(ClientError::Usage("the passphrase must not be empty".into()));
+        }
+        return Ok(p.into_bytes());
+    }
+    Err(ClientError::Usage(
+        "a passphrase is needed: set BACKCHANNEL_PASSPHRASE, pass --passphrase-file FILE, or run in a terminal".into(),
+    ))
+}
+
+fn print_warnings(warnings: &[Warning]) {
+    for w in warnings {
+        match &w.channel {
+            Some(c) => eprintln!("warning: [{c}] {}", w.text),
+            None => eprintln!("warning: {}", w.text),
+        }
+    }
+}
+
+fn print_message(m: &MessageView, json: bool) {
+    let msg = &m.message;
+    if json {
+        let line = match &msg.event {
+            None => serde_json::json!({
+                "id": msg.id,
+                "channel": m.channel,
+                "from": msg.from,
+                "from_fingerprint": m.from_fingerprint.to_string(),
+                "verified": m.verified,
+                "sent_at": msg.sent_at,
+                "text": msg.text,
+            }),
+            Some(kind) => serde_json::json!({
+                "event": kind,
+                "id": msg.id,
+                "channel": m.channel,
+                "sent_at": msg.sent_at,
+                "text": msg.text,
+            }),
+        };
+        println!("{line}");
+    } else {
+        let secs = msg.sent_at / 1000;
+        let (h, mi, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+        match &msg.event {
+            None => {
+                let mark = if m.verified { "" } else { " (unverified)" };
+                println!("[{h:02}:{mi:02}:{s:02}] {}{mark}: {}", msg.from, msg.text);
+            }
+            Some(kind) if kind == "rejected" => println!("[{h:02}:{mi:02}:{s:02}] !! {}", msg.text),
+            Some(_) => println!("[{h:02}:{mi:02}:{s:02}] * {}", msg.text),
+        }
+    }
+}
+
+async fn open(args: &Args) -> Result<Engine, ClientError> {
+    let dir = home(args)?;
+    let pass = passphrase(args, false)?;
+    Engine::open(&dir, &pass)
+}
+
+/// Runs one command.
+pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    match &args.command {
+        Command::Relay { .. } => return run_relay(&args).await,
+        Command::Demo => return crate::demo::run().await,
+        Command::Init { name, relay } => {
+            let relay: RelayAddress = relay.parse()?;
+            let dir = home(&args)?;
+            let pass = passphrase(&args, true)?;
+            let fp = Engine::init(&dir, &pass, name, relay).await?;
+            println!("identity created for {name}");
+            println!("fingerprint: {fp}");
+            return Ok(());
+        }
+        _ => {}
+    }
+    let mut engine = open(&args).await?;
+    let result = run_engine(&args, &mut engine).await;
+    print_warnings(&engine.take_warnings());
+    result
+}
+
+async fn run_engine(args: &Args, engine: &mut Engine) -> Result<(), Box<dyn std::error::Error>> {
+    match &args.command {
+        Command::Channel {
+            command: ChannelCommand::New { channel, classical },
+        } => {
+            let suite = if *classical {
+                Suite::Classical
+            } else {
+                Suite::PostQuantum
+            };
+            engine.channel_new(channel, suite).await?;
+            println!("channel {channel} created");
+        }
+        Command::Invite {
+            channel,
+            uses,
+            expires,
+            qr,
+        } => {
+            let invite = engine.invite(channel, *uses, *expires).await?;
+            println!("{invite}");
+            if *qr {
+                if let Ok(code) = qrcode::QrCode::new(invite.to_uppercase().as_bytes()) {
+                    let art = code
+                        .render::<char>()
+                        .quiet_zone(true)
+                        .module_dimensions(2, 1)
+                        .dark_color('#')
+                        .light_color(' ')
+                        .build();
+                    eprintln!("{art}");
+                }
+            }
+        }
+        Command::Join { invite, name, wait } => {
+            match engine.join(invite, name.clone(), Duration::from_secs(*wait)).await? {
+                Some(ch) => println!("joined channel {ch}"),
+                None => println!(
+                    "join request sent; you will be admitted when the inviter's backchannel next runs (then run `backchannel sync`)"
+                ),
+            }
+        }
+        Command::Sync { wait } => {
+            let n = engine.sync(Duration::from_secs(*wait)).await?;
+            println!("synced: {n} new");
+        }
+        Command::Send { channel, text, file } => {
+            let text = match (text, file) {
+                (Some(t), None) => t.clone(),
+                (None, Some(f)) => std::fs::read_to_string(f)?,
+                _ => {
+                    return Err(Box::new(ClientError::Usage(
+                        "give the message text or --file PATH, not both".into(),
+                    )))
+                }
+            };
+            match engine.send(channel, &text).await {
+                Ok(()) => println!("sent"),
+                Err(e) => return Err(Box::new(e)),
+            }
+        }
+        Command::Read { channel, json, all } => {
+            if let Err(e) = engine.sync(Duration::ZERO).await {
+                eprintln!("warning: could not sync ({e}); showing what is stored");
+            }
+            for m in engine.read(channel, *all)? {
+                print_message(&m, *json);
+            }
+        }
+        Command::Watch { channel, json } => loop {
+            engine.sync(Duration::from_secs(20)).await?;
+            let names: Vec<String> = match channel {
+                Some(c) => vec![c.clone()],
+                None => engine.channels().into_iter().map(|c| c.name).collect(),
+            };
+            for name in names {
+                for m in engine.read(&name, false)? {
+                    print_message(&m, *json);
+                }
+            }
+            print_warnings(&engine.take_warnings());
+            std::io::stdout().flush()?;
+        },
+        Command::Channels { json } => {
+            engine.sync(Duration::ZERO).await?;
+            for c in engine.channels() {
+                if *json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"name": c.name, "status": c.status.word(), "members": c.members, "unread": c.unread})
+                    );
+                } else {
+                    println!(
+                        "{}\t{}\t{} members\t{} unread",
+                        c.name,
+                        c.status.word(),
+                        c.members,
+                        c.unread
+                    );
+                }
+            }
+        }
+        Command::Members { channel, json } => {
+            engine.sync(Duration::ZERO).await?;
+            for m in engine.members(channel)? {
+                if *json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"name": m.name, "fingerprint": m.fingerprint.to_string(), "verified": m.verified, "you": m.you})
+                    );
+                } else {
+                    let you = if m.you { " (you)" } else { "" };
+                    let v = if m.verified { "verified" } else { "unverified" };
+                    println!("{}{you}\t{}\t{v}", m.name, m.fingerprint);
+                }
+            }
+        }
+        Command::Verify {
+            channel,
+            member,
+            confirm,
+        } => {
+            engine.sync(Duration::ZERO).await?;
+            let (number, m) = engine.verify(channel, member, *confirm)?;
+            println!("{number}");
+            if *confirm {
+                eprintln!("{} is now marked verified in {channel}", m.name);
+            } else {
+                eprintln!(
+                    "compare this number with {} in person or by voice; if it matches, run `backchannel verify {channel} {member} --confirm`",
+                    m.name
+                );
+            }
+        }
+        Command::Remove { channel, member } => {
+            let name = engine.remove(channel, member).await?;
+            println!("removed {name} from {channel}");
+        }
+        Command::Leave { channel } => {
+            engine.leave(channel).await?;
+            println!("left {channel}");
+        }
+        Command::Close { channel } => {
+            engine.close(channel).await?;
+            println!("closed {channel}");
+        }
+        Command::Update { channel } => {
+            engine.update_keys(channel).await?;
+            println!("keys updated in {channel}");
+        }
+        Command::Debug {
+            command: DebugCommand::Mailbox { channel },
+        } => {
+            let k = engine.debug_mailbox(channel)?;
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "relay": k.address.relay.to_string(),
+                    "mailbox": hex(&k.address.id.0),
+                    "send": hex(&k.address.send.0),
+                    "seal": hex(&k.address.seal.0),
+                })
+            );
+        }
+        Command::Relay { .. } | Command::Demo | Command::Init { .. } => {}
+    }
+    Ok(())
+}
+
+async fn run_relay(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let Command::Relay {
+        listen,
+        data,
+        store,
+        advertise,
+        max_connections,
+        max_mailboxes_per_connection,
+        max_envelopes_per_mailbox,
+        envelope_ttl,
+        sweep_interval,
+    } = &args.command
+    else {
+        return Ok(());
+    };
+    if *store == StoreKind::Nats {
+        return Err("the NATS JetStream store is not available in this version; use --store embedded".into());
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let limits = Limits {
+        max_connections: *max_connections,
+        max_mailboxes_per_connection: *max_mailboxes_per_connection,
+        max_envelopes_per_mailbox: *max_envelopes_per_mailbox,
+        envelope_ttl: *envelope_ttl,
+        sweep_interval: *sweep_interval,
+        ..Limits::default()
+    };
+    let relay = Relay::open(data.clone(), limits)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("could not listen on {listen} ({e}); choose another --listen address"))?;
+    let local = listener.local_addr()?;
+    let host = advertise.clone().unwrap_or_else(|| local.ip().to_string());
+    let address = RelayAddress {
+        pin: relay.pin().0,
+        host,
+        port: local.port(),
+    };
+    println!("relay address: {address}");
+    std::io::stdout().flush()?;
+    let shutdown = async {
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    };
+    relay.serve(listener, shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! A connection to one relay: TLS 1.3 pinned to the relay address's PIN,
+//! then WebSocket, then request/response frames.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backchannel_core::frame::{decode_response, encode_request, ErrorCode, Limits, Request, Response};
+use backchannel_core::relay_address::{Pin, RelayAddress};
+use futures_util::{SinkExt, StreamExt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Time allowed to connect and complete the handshakes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A relay could not be reached or spoke wrongly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// TCP connection failed.
+    #[error("the relay at {0} is unreachable; check that it is running and the address is right")]
+    Unreachable(String),
+    /// The certificate does not match the pin.
+    #[error("the relay at {0} presented a different key than its address pins; someone may be intercepting the connection, or the relay was reinstalled: get its current address from its operator")]
+    PinMismatch(String),
+    /// The relay refused a request.
+    #[error("the relay refused: {0}")]
+    Refused(ErrorCode, u64),
+    /// The relay broke the protocol or closed the connection.
+    #[error("the connection to the relay at {0} failed; try again")]
+    Broken(String),
+}
+
+impl ConnectError {
+    /// Whether this is a relay refusal with `code`.
+    pub fn is(&self, code: ErrorCode) -> bool {
+        matches!(self, ConnectError::Refused(c, _) if *c == code)
+    }
+}
+
+#[derive(Debug)]
+struct PinVerifier {
+    pin: Pin,
+    mismatch: Arc<AtomicBool>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if Pin::of_certificate(end_entity.as_ref()) == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            self.mismatch.store(true, Ordering::SeqCst);
+            Err(rustls::Error::General("certificate does not match the pin".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not accepted".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+/// An open, pinned connection to a relay.
+pub struct RelayConnection {
+    ws: Ws,
+    nonce: [u8; 32],
+    limits: Limits,
+    next_id: u32,
+    authority: String,
+}
+
+impl std::fmt::Debug for RelayConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayConnection(..)")
+    }
+}
+
+impl RelayConnection {
+    /// Connects to `addr`, checking the pin, and reads the relay's hello.
+    pub async fn connect(addr: &RelayAddress) -> Result<Self, ConnectError> {
+        let authority = addr.authority();
+        match tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(addr, &authority)).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Unreachable(authority)),
+        }
+    }
+
+    async fn connect_inner(addr: &RelayAddress, authority: &str) -> Result<Self, ConnectError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mismatch = Arc::new(AtomicBool::new(false));
+        let verifier = PinVerifier {
+            pin: addr.pin(),
+            mismatch: mismatch.clone(),
+            provider: provider.clone(),
+        };
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|_| ConnectError::Broken(authority.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
+            .await
+            .map_err(|_| ConnectError::Unreachable(authority.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let name =
+            ServerName::try_from("backchannel-relay").map_err(|_| ConnectError::Broken(authority.to_string()))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|_| {
+                if mismatch.load(Ordering::SeqCst) {
+                    ConnectError::PinMismatch(authority.to_string())
+                } else {
+                    ConnectError::Broken(authority.to_string())
+                }
+            })?;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
+            .write_buffer_size(0)
+            .max_message_size(Some(1024 * 1024))
+            .max_frame_size(Some(1024 * 1024));
+        let url = format!("wss://{authority}/v1");
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config))
+            .await
+            .map_err(|_| ConnectError::Broken(authority.to_string()))?;
+        let mut conn = Self {
+            ws,
+            nonce: [0; 32],
+            limits: Limits {
+                max_request_frame: 0,
+                max_envelopes_per_mailbox: 0,
+                max_mailboxes_per_connection: 0,
+            },
+            next_id: 1,
+            authority: authority.to_string(),
+        };
+        match conn.read_response().await? {
+            (_, Response::Hello { nonce, limits, .. }) => {
+                conn.nonce = nonce;
+                conn.limits = limits;
+                Ok(conn)
+            }
+            (_, Response::Error { code, detail }) => Err(ConnectError::Refused(code, detail)),
+            _ => Err(ConnectError::Broken(conn.authority.clone())),
+        }
+    }
+
+    /// The per-connection nonce that open proofs sign.
+    pub fn nonce(&self) -> &[u8; 32] {
+        &self.nonce
+    }
+
+    /// The relay's announced limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    async fn read_response(&mut self) -> Result<(u32, Response), ConnectError> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Binary(b))) => {
+                    return decode_response(&b).map_err(|_| ConnectError::Broken(self.authority.clone()));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return Err(ConnectError::Broken(self.authority.clone())),
+            }
+        }
+    }
+
+    /// Sends raw bytes as one frame and returns the relay's answer (for tests
+    /// that play a hostile client).
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) -> Result<Response, ConnectError> {
+        self.ws
+            .send(Message::Binary(bytes.into()))
+            .await
+            .map_err(|_| ConnectError::Broken(self.authority.clone()))?;
+        Ok(self.read_response().await?.1)
+    }
+
+    /// Sends one request and waits for its response; a refusal becomes `Err`.
+    pub async fn request(&mut self, req: &Request) -> Result<Response, ConnectError> {
+        let mut out = self.pipeline(std::slice::from_ref(req)).await?;
+        out.pop()
+            .unwrap_or_else(|| Err(ConnectError::Broken(self.authority.clone())))
+    }
+
+    /// Sends several requests back to back, then reads their responses in order.
+    pub async fn pipeline(&mut self, reqs: &[Request]) -> Result<Vec<Result<Response, ConnectError>>, ConnectError> {
+        let first = self.next_id;
+        for req in reqs {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            self.ws
+                .feed(Message::Binary(encode_request(id, req).into()))
+                .await
+                .map_err(|_| ConnectError::Broken(self.authority.clone()))?;
+        }
+        self.ws
+            .flush()
+            .await
+            .map_err(|_| ConnectError::Broken(self.authority.clone()))?;
+        let mut out = Vec::with_capacity(reqs.len());
+        for i in 0..reqs.len() {
+            let (id, resp) = self.read_response().await?;
+            if id != first.wrapping_add(i as u32) {
+                return Err(ConnectError::Broken(self.authority.clone()));
+            }
+            out.push(match resp {
+                Response::Error { code, detail } => Err(ConnectError::Refused(code, detail)),
+                other => Ok(other),
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,1283 @@
+//! Every user-facing operation. Commands that read or change channel state
+//! sync first; every state change is saved durably before the network sees
+//! its effects (outbox first, then send).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backchannel_core::channel::{
+    key_package, validate_key_package, Channel, ChannelInfo, MemberInfo, OutgoingCommit, Provider, Received, Suite,
+    ValidKeyPackage,
+};
+use backchannel_core::envelope::{open_envelope, seal_payload, Envelope, PayloadKind};
+use backchannel_core::frame::{ErrorCode, Request, Response, MAX_FETCH};
+use backchannel_core::identity::{validate_name, Fingerprint, Identity};
+use backchannel_core::invite::Invite;
+use backchannel_core::mailbox::{MailboxAddress, MailboxId, MailboxKeys};
+use backchannel_core::message::{AppMessage, Body, JoinRequest};
+use backchannel_core::relay_address::RelayAddress;
+use backchannel_core::safety_number::safety_number;
+use rand_core::{OsRng, RngCore};
+
+use crate::connection::{ConnectError, RelayConnection};
+use crate::home::Home;
+use crate::state::{
+    ChannelState, ChannelStatus, InviteRecord, OutboxItem, PendingCommit, PendingJoin, State, StoredMessage,
+    STATE_VERSION,
+};
+use crate::ClientError;
+
+/// How many times a commit that lost its epoch is retried.
+const COMMIT_ATTEMPTS: usize = 8;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn now_s() -> u64 {
+    now_ms() / 1000
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn protocol<E: std::fmt::Display>(e: E) -> ClientError {
+    ClientError::Protocol(e.to_string())
+}
+
+/// A member as `members` shows it.
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    /// Display name.
+    pub name: String,
+    /// Fingerprint.
+    pub fingerprint: Fingerprint,
+    /// Identity key.
+    pub identity_key: [u8; 32],
+    /// Verified by this member.
+    pub verified: bool,
+    /// This is us.
+    pub you: bool,
+}
+
+/// A channel as `channels` shows it.
+#[derive(Debug, Clone)]
+pub struct ChannelSummary {
+    /// Local name.
+    pub name: String,
+    /// Status.
+    pub status: ChannelStatus,
+    /// Members (0 when not active).
+    pub members: usize,
+    /// Unread messages.
+    pub unread: usize,
+}
+
+/// A message as `read` shows it.
+#[derive(Debug, Clone)]
+pub struct MessageView {
+    /// Channel.
+    pub channel: String,
+    /// The stored message or event.
+    pub message: StoredMessage,
+    /// Whether its sender is verified.
+    pub verified: bool,
+    /// Fingerprint of the sender.
+    pub from_fingerprint: Fingerprint,
+}
+
+/// Something the user should know that is not an error.
+#[derive(Debug, Clone)]
+pub struct Warning {
+    /// Channel concerned, if any.
+    pub channel: Option<String>,
+    /// What happened.
+    pub text: String,
+}
+
+#[derive(Clone)]
+enum Role {
+    Channel(String),
+    Invite(String, MailboxId),
+    Join(MailboxId),
+}
+
+/// An opened home with its state, ready to run operations.
+pub struct Engine {
+    home: Home,
+    state: State,
+    provider: Provider,
+    identity: Identity,
+    conns: HashMap<RelayAddress, RelayConnection>,
+    warnings: Vec<Warning>,
+    admissions: Vec<(String, MailboxId, ValidKeyPackage)>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Engine(..)")
+    }
+}
+
+impl Engine {
+    /// Creates an identity in `dir`, after checking the relay answers with the pinned key.
+    pub async fn init(
+        dir: &Path,
+        passphrase: &[u8],
+        name: &str,
+        relay: RelayAddress,
+    ) -> Result<Fingerprint, ClientError> {
+        validate_name(name).map_err(|e| ClientError::Usage(e.to_string()))?;
+        if Home::exists(dir) {
+            return Err(ClientError::AlreadyInitialized(dir.to_path_buf()));
+        }
+        RelayConnection::connect(&relay).await?;
+        let identity = Identity::generate(name, &mut OsRng).map_err(protocol)?;
+        let state = State {
+            version: STATE_VERSION,
+            name: name.to_string(),
+            identity_secret: *identity.secret_bytes(),
+            relay,
+            mls: Vec::new(),
+            channels: BTreeMap::new(),
+            pending_joins: Vec::new(),
+            reassembly: BTreeMap::new(),
+            outbox: Vec::new(),
+        };
+        Home::create(dir, passphrase, &state)?;
+        Ok(identity.fingerprint())
+    }
+
+    /// Opens the home in `dir`.
+    pub fn open(dir: &Path, passphrase: &[u8]) -> Result<Self, ClientError> {
+        let (home, mut state) = Home::open(dir, passphrase)?;
+        let provider = Provider::from_snapshot(std::mem::take(&mut state.mls)).map_err(protocol)?;
+        let identity = Identity::from_secret(state.name.clone(), &state.identity_secret);
+        Ok(Self {
+            home,
+            state,
+            provider,
+            identity,
+            conns: HashMap::new(),
+            warnings: Vec::new(),
+            admissions: Vec::new(),
+        })
+    }
+
+    /// Our fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.identity.fingerprint()
+    }
+
+    /// Our name.
+    pub fn name(&self) -> &str {
+        self.identity.name()
+    }
+
+    /// Warnings gathered since the last call.
+    pub fn take_warnings(&mut self) -> Vec<Warning> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    fn save(&mut self) -> Result<(), ClientError> {
+        self.state.mls = self.provider.snapshot();
+        let r = self.home.save(&self.state);
+        self.state.mls = Vec::new();
+        r
+    }
+
+    fn warn(&mut self, channel: Option<&str>, text: impl Into<String>) {
+        let text = text.into();
+        if let Some(name) = channel {
+            if let Some(ch) = self.state.channels.get_mut(name) {
+                let mut id = [0u8; 8];
+                OsRng.fill_bytes(&mut id);
+                ch.messages.push(StoredMessage {
+                    id: format!("event-{}", hex(&id)),
+                    from: String::new(),
+                    from_key: [0; 32],
+                    sent_at: now_ms(),
+                    text: text.clone(),
+                    event: Some("rejected".into()),
+                });
+            }
+        }
+        self.warnings.push(Warning {
+            channel: channel.map(str::to_string),
+            text,
+        });
+    }
+
+    fn event(&mut self, channel: &str, kind: &str, text: String) {
+        if let Some(ch) = self.state.channels.get_mut(channel) {
+            let mut id = [0u8; 8];
+            OsRng.fill_bytes(&mut id);
+            ch.messages.push(StoredMessage {
+                id: format!("event-{}", hex(&id)),
+                from: String::new(),
+                from_key: [0; 32],
+                sent_at: now_ms(),
+                text,
+                event: Some(kind.into()),
+            });
+        }
+    }
+
+    async fn conn(&mut self, relay: &RelayAddress) -> Result<&mut RelayConnection, ConnectError> {
+        if !self.conns.contains_key(relay) {
+            let c = RelayConnection::connect(relay).await?;
+            self.conns.insert(relay.clone(), c);
+        }
+        self.conns
+            .get_mut(relay)
+            .ok_or_else(|| ConnectError::Broken(relay.authority()))
+    }
+
+    async fn create_mailbox(&mut self, relay: &RelayAddress) -> Result<MailboxKeys, ClientError> {
+        let keys = MailboxKeys::generate(relay.clone(), &mut OsRng);
+        let req = Request::Create {
+            mailbox: keys.id(),
+            recipient_key: keys.recipient_public(),
+            send_digest: keys.address.send.digest(),
+        };
+        self.conn(relay).await?.request(&req).await?;
+        Ok(keys)
+    }
+
+    async fn delete_mailbox(&mut self, keys: &MailboxKeys) {
+        let relay = keys.address.relay.clone();
+        if let Ok(conn) = self.conn(&relay).await {
+            let proof = keys.open_proof(conn.nonce());
+            let _ = conn
+                .request(&Request::Open {
+                    mailbox: keys.id(),
+                    proof,
+                })
+                .await;
+            let _ = conn.request(&Request::Delete { mailbox: keys.id() }).await;
+        }
+    }
+
+    fn channel(&self, name: &str) -> Result<&ChannelState, ClientError> {
+        self.state
+            .channels
+            .get(name)
+            .ok_or_else(|| ClientError::UnknownChannel(name.to_string()))
+    }
+
+    fn active(&self, name: &str) -> Result<&ChannelState, ClientError> {
+        let ch = self.channel(name)?;
+        if ch.status != ChannelStatus::Active {
+            return Err(ClientError::ChannelInactive(name.to_string(), ch.status.word()));
+        }
+        Ok(ch)
+    }
+
+    fn load_group(&self, name: &str) -> Result<Channel, ClientError> {
+        let ch = self.channel(name)?;
+        Channel::load(&self.provider, &ch.group_id)
+            .map_err(protocol)?
+            .ok_or_else(|| ClientError::ChannelInactive(name.to_string(), "gone"))
+    }
+
+    // ---- outbox ----
+
+    fn enqueue(&mut self, to: &MailboxAddress, kind: PayloadKind, payload: &[u8]) -> Result<(), ClientError> {
+        let envs = seal_payload(&to.seal, &to.id, kind, payload, &mut OsRng).map_err(protocol)?;
+        self.state.outbox.push(OutboxItem {
+            to: to.clone(),
+            envelopes: envs.iter().map(|e| e.as_bytes().to_vec()).collect(),
+        });
+        Ok(())
+    }
+
+    /// Sends what the outbox holds; returns how many items remain queued.
+    async fn flush_outbox(&mut self) -> Result<usize, ClientError> {
+        let items = std::mem::take(&mut self.state.outbox);
+        let mut keep = Vec::new();
+        let mut unreachable: Vec<RelayAddress> = Vec::new();
+        for mut item in items {
+            if unreachable.contains(&item.to.relay) {
+                keep.push(item);
+                continue;
+            }
+            let reqs: Vec<Request> = item
+                .envelopes
+                .iter()
+                .filter_map(|e| Envelope::from_slice(e).ok())
+                .map(|envelope| Request::Send {
+                    mailbox: item.to.id,
+                    send: item.to.send.0,
+                    envelope,
+                })
+                .collect();
+            let relay = item.to.relay.clone();
+            let results = match self.conn(&relay).await {
+                Ok(conn) => conn.pipeline(&reqs).await,
+                Err(e) => Err(e),
+            };
+            match results {
+                Ok(results) => {
+                    let mut left = Vec::new();
+                    for (env, r) in item.envelopes.into_iter().zip(results) {
+                        match r {
+                            Ok(_) => {}
+                            // The recipient's mailbox is gone (it left or was removed): drop.
+                            Err(e) if e.is(ErrorCode::NoSuchMailbox) => {}
+                            Err(_) => left.push(env),
+                        }
+                    }
+                    if !left.is_empty() {
+                        item.envelopes = left;
+                        keep.push(item);
+                    }
+                }
+                Err(_) => {
+                    self.conns.remove(&relay);
+                    unreachable.push(relay);
+                    keep.push(item);
+                }
+            }
+        }
+        let n = keep.len();
+        self.state.outbox.extend(keep);
+        self.save()?;
+        Ok(n)
+    }
+
+    // ---- sync ----
+
+    /// Fetches and processes everything waiting, admits joiners, commits
+    /// pending proposals. Waits up to `wait` for something to arrive.
+    pub async fn sync(&mut self, wait: Duration) -> Result<usize, ClientError> {
+        self.flush_outbox().await?;
+        self.resume_pending_commits().await?;
+        let before: usize = self.state.channels.values().map(|c| c.messages.len()).sum();
+        self.fetch_all(wait).await?;
+        self.admit().await?;
+        self.commit_proposals().await?;
+        self.expire_invites().await;
+        self.save()?;
+        let after: usize = self.state.channels.values().map(|c| c.messages.len()).sum();
+        Ok(after.saturating_sub(before))
+    }
+
+    fn mailboxes(&self) -> Vec<(MailboxKeys, Role)> {
+        let mut out = Vec::new();
+        for (name, ch) in &self.state.channels {
+            if ch.status == ChannelStatus::Active {
+                out.push((ch.mailbox.clone(), Role::Channel(name.clone())));
+                for inv in &ch.invites {
+                    out.push((inv.mailbox.clone(), Role::Invite(name.clone(), inv.mailbox.id())));
+                }
+            }
+        }
+        for pj in &self.state.pending_joins {
+            out.push((pj.mailbox.clone(), Role::Join(pj.mailbox.id())));
+        }
+        out
+    }
+
+    async fn fetch_all(&mut self, wait: Duration) -> Result<(), ClientError> {
+        let boxes = self.mailboxes();
+        let mut by_relay: BTreeMap<RelayAddress, Vec<(MailboxKeys, Role)>> = BTreeMap::new();
+        for (k, r) in boxes {
+            by_relay.entry(k.address.relay.clone()).or_default().push((k, r));
+        }
+        for (relay, boxes) in by_relay {
+            self.fetch_relay(&relay, boxes, wait).await?;
+        }
+        Ok(())
+    }
+
+    async fn fetch_relay(
+        &mut self,
+        relay: &RelayAddress,
+        boxes: Vec<(MailboxKeys, Role)>,
+        wait: Duration,
+    ) -> Result<(), ClientError> {
+        let conn = self.conn(relay).await?;
+        let reqs: Vec<Request> = boxes
+            .iter()
+            .map(|(k, _)| Request::Open {
+                mailbox: k.id(),
+                proof: k.open_proof(conn.nonce()),
+            })
+            .collect();
+        let results = conn.pipeline(&reqs).await?;
+        let mut routes: HashMap<MailboxId, (MailboxKeys, Role)> = HashMap::new();
+        for ((k, role), r) in boxes.into_iter().zip(results) {
+            match r {
+                Ok(_) => {
+                    routes.insert(k.id(), (k, role));
+                }
+                Err(e) if e.is(ErrorCode::NoSuchMailbox) => {
+                    if let Role::Channel(name) = &role {
+                        self.warn(Some(name), "the relay no longer holds this channel's mailbox");
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if routes.is_empty() {
+            return Ok(());
+        }
+        let mut deferred: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut first = true;
+        loop {
+            let wait_ms = if first {
+                wait.as_millis().min(u32::MAX as u128) as u32
+            } else {
+                0
+            };
+            first = false;
+            let conn = self.conn(relay).await?;
+            let resp = conn
+                .request(&Request::Fetch {
+                    max: MAX_FETCH,
+                    wait_ms,
+                })
+                .await?;
+            let Response::Envelopes(list) = resp else {
+                return Err(ConnectError::Broken(relay.authority()).into());
+            };
+            if list.is_empty() {
+                break;
+            }
+            let mut acks = Vec::with_capacity(list.len());
+            for d in list {
+                acks.push(Request::Ack {
+                    mailbox: d.mailbox,
+                    seq: d.seq,
+                });
+                let Some((keys, role)) = routes.get(&d.mailbox).cloned() else {
+                    continue;
+                };
+                self.handle_envelope(&keys, &role, &d.envelope, &mut deferred).await;
+            }
+            // Durable before acknowledging: a crash here re-delivers, never loses.
+            self.save()?;
+            let conn = self.conn(relay).await?;
+            conn.pipeline(&acks).await?;
+            // Stop fetching from mailboxes that closed during processing.
+            let active: Vec<MailboxId> = self.mailboxes().iter().map(|(k, _)| k.id()).collect();
+            routes.retain(|id, _| active.contains(id));
+            if routes.is_empty() {
+                break;
+            }
+        }
+        // Messages that arrived before the commit they depend on get a second chance.
+        for (name, payload) in deferred {
+            if let Err(text) = self.process_mls(&name, &payload, false).await {
+                self.warn(Some(&name), text);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_envelope(
+        &mut self,
+        keys: &MailboxKeys,
+        role: &Role,
+        env: &Envelope,
+        deferred: &mut Vec<(String, Vec<u8>)>,
+    ) {
+        let channel_name = match role {
+            Role::Channel(n) | Role::Invite(n, _) => Some(n.clone()),
+            Role::Join(_) => None,
+        };
+        let chunk = match open_envelope(&keys.address.seal, &keys.id(), env) {
+            Ok(c) => c,
+            Err(_) => {
+                self.warn(
+                    channel_name.as_deref(),
+                    "discarded an envelope that failed authentication (forged or corrupted)",
+                );
+                return;
+            }
+        };
+        let r = self.state.reassembly.entry(keys.id().0).or_default();
+        let whole = match r.push(chunk) {
+            Ok(Some(w)) => w,
+            Ok(None) => return,
+            Err(_) => {
+                self.warn(channel_name.as_deref(), "discarded a malformed message");
+                return;
+            }
+        };
+        match (role, whole.kind) {
+            (Role::Channel(name), PayloadKind::Mls) => {
+                if self.process_mls(name, &whole.payload, true).await.is_err() {
+                    deferred.push((name.clone(), whole.payload));
+                }
+            }
+            (Role::Invite(name, invite_id), PayloadKind::JoinRequest) => {
+                let kp = JoinRequest::from_bytes(&whole.payload)
+                    .map_err(protocol)
+                    .and_then(|j| validate_key_package(&self.provider, &j.key_package).map_err(protocol));
+                match kp {
+                    Ok(kp) => self.admissions.push((name.clone(), *invite_id, kp)),
+                    Err(_) => self.warn(Some(name), "refused an invalid join request"),
+                }
+            }
+            (Role::Join(id), PayloadKind::Welcome) => self.accept_welcome(*id, &whole.payload).await,
+            _ => self.warn(channel_name.as_deref(), "discarded a message of an unexpected kind"),
+        }
+    }
+
+    /// Processes one MLS message. `Err` carries the warning text; with
+    /// `defer_failures` a failure is silent so the caller can retry it.
+    async fn process_mls(&mut self, name: &str, payload: &[u8], defer_failures: bool) -> Result<(), String> {
+        let Ok(mut group) = self.load_group(name) else {
+            return Ok(());
+        };
+        let received = match group.process(&self.provider, payload) {
+            Ok(r) => r,
+            Err(rej) => {
+                if defer_failures {
+                    return Err(String::new());
+                }
+                return Err(format!("discarded a message: {rej}"));
+            }
+        };
+        match received {
+            Received::Application { sender, plaintext } => {
+                let msg = match AppMessage::from_bytes(&plaintext) {
+                    Ok(m) => m,
+                    Err(_) => {
+                        self.warn(
+                            Some(name),
+                            format!("discarded a malformed message from {}", sender.name),
+                        );
+                        return Ok(());
+                    }
+                };
+                let Some(ch) = self.state.channels.get_mut(name) else {
+                    return Ok(());
+                };
+                if !ch.seen.insert(msg.id) {
+                    self.warn(Some(name), "discarded a replayed message");
+                    return Ok(());
+                }
+                match msg.body {
+                    Body::Text(text) => ch.messages.push(StoredMessage {
+                        id: hex(&msg.id),
+                        from: sender.name.clone(),
+                        from_key: sender.identity_key,
+                        sent_at: msg.sent_at,
+                        text,
+                        event: None,
+                    }),
+                    Body::Close => {
+                        self.event(name, "closed", format!("{} closed the channel", sender.name));
+                        self.wipe(name, ChannelStatus::Closed).await;
+                    }
+                }
+            }
+            Received::Commit {
+                committer,
+                added,
+                removed,
+                self_removed,
+            } => {
+                let by = committer.map(|c| c.name).unwrap_or_else(|| "a member".into());
+                for m in added {
+                    self.event(name, "joined", format!("{by} added {}", m.name));
+                }
+                for m in removed {
+                    if m.identity_key != self.identity.public_key() {
+                        self.event(name, "removed", format!("{by} removed {}", m.name));
+                    }
+                }
+                if self_removed {
+                    self.event(name, "removed", format!("{by} removed you from the channel"));
+                    self.wipe(name, ChannelStatus::Removed).await;
+                }
+            }
+            Received::Proposal { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Deletes a channel's keys and mailboxes, keeping its history marked with `status`.
+    async fn wipe(&mut self, name: &str, status: ChannelStatus) {
+        let Some(ch) = self.state.channels.get_mut(name) else {
+            return;
+        };
+        ch.status = status;
+        ch.pending = None;
+        let mailbox = ch.mailbox.clone();
+        let sequencer = ch.sequencer.take();
+        let invites: Vec<MailboxKeys> = ch.invites.drain(..).map(|i| i.mailbox).collect();
+        let gid = ch.group_id.clone();
+        if let Ok(Some(group)) = Channel::load(&self.provider, &gid) {
+            let _ = group.delete(&self.provider);
+        }
+        self.state.reassembly.remove(&mailbox.id().0);
+        self.delete_mailbox(&mailbox).await;
+        for inv in invites {
+            self.delete_mailbox(&inv).await;
+        }
+        if let Some(seq) = sequencer {
+            if status == ChannelStatus::Closed {
+                self.delete_mailbox(&seq).await;
+            }
+        }
+    }
+
+    async fn accept_welcome(&mut self, join_id: MailboxId, payload: &[u8]) {
+        let Some(pos) = self.state.pending_joins.iter().position(|p| p.mailbox.id() == join_id) else {
+            return;
+        };
+        let (group, sender) = match Channel::join(&self.provider, payload) {
+            Ok(x) => x,
+            Err(_) => {
+                self.warn(None, "discarded an invalid welcome");
+                return;
+            }
+        };
+        let pj = self.state.pending_joins.remove(pos);
+        if sender.identity_key != pj.inviter_key {
+            self.warn(None, "discarded a welcome that did not come from the inviter");
+            let _ = group.delete(&self.provider);
+            self.state.pending_joins.push(pj);
+            return;
+        }
+        let info_name = group.info().map(|i| i.name).unwrap_or_else(|_| "channel".into());
+        let base = pj.local_name.clone().unwrap_or(info_name);
+        let mut local = base.clone();
+        let mut n = 2;
+        while self.state.channels.contains_key(&local) {
+            local = format!("{base}-{n}");
+            n += 1;
+        }
+        self.state.channels.insert(
+            local.clone(),
+            ChannelState {
+                group_id: group.group_id(),
+                mailbox: pj.mailbox.clone(),
+                sequencer: None,
+                invites: Vec::new(),
+                messages: Vec::new(),
+                read_upto: 0,
+                seen: Default::default(),
+                verified: Default::default(),
+                status: ChannelStatus::Active,
+                pending: None,
+            },
+        );
+        self.event(&local, "joined", format!("you joined; {} admitted you", sender.name));
+    }
+
+    // ---- commits ----
+
+    fn others(&self, group: &Channel) -> Vec<MailboxAddress> {
+        let me = self.identity.public_key();
+        group
+            .members()
+            .into_iter()
+            .filter(|m| m.identity_key != me)
+            .filter_map(|m| m.mailbox)
+            .collect()
+    }
+
+    /// Stages, claims and sends one commit; retries when another member won the epoch.
+    async fn commit(&mut self, name: &str, op: CommitOp) -> Result<(), ClientError> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            self.active(name)?;
+            let mut group = self.load_group(name)?;
+            let recipients = self.others(&group);
+            let (out, joiners) = match &op {
+                CommitOp::Add(kps) => {
+                    let current: Vec<[u8; 32]> = group.members().iter().map(|m| m.identity_key).collect();
+                    let fresh: Vec<ValidKeyPackage> = kps
+                        .iter()
+                        .filter(|k| !current.contains(&k.member.identity_key))
+                        .cloned()
+                        .collect();
+                    if fresh.is_empty() {
+                        return Ok(());
+                    }
+                    let joiners = fresh.iter().filter_map(|k| k.member.mailbox.clone()).collect();
+                    (
+                        group.add(&self.provider, &self.identity, fresh).map_err(protocol)?,
+                        joiners,
+                    )
+                }
+                CommitOp::Remove(fps) => {
+                    let present: Vec<Fingerprint> = group
+                        .members()
+                        .iter()
+                        .map(|m| m.fingerprint)
+                        .filter(|f| fps.contains(f))
+                        .collect();
+                    if present.is_empty() {
+                        return Ok(());
+                    }
+                    (
+                        group
+                            .remove(&self.provider, &self.identity, &present)
+                            .map_err(protocol)?,
+                        Vec::new(),
+                    )
+                }
+                CommitOp::Proposals => {
+                    if !group.has_pending_proposals() {
+                        return Ok(());
+                    }
+                    (
+                        group.commit_pending(&self.provider, &self.identity).map_err(protocol)?,
+                        Vec::new(),
+                    )
+                }
+                CommitOp::SelfUpdate => (
+                    group.self_update(&self.provider, &self.identity).map_err(protocol)?,
+                    Vec::new(),
+                ),
+            };
+            self.stage(name, &out, recipients, joiners)?;
+            if self.claim_and_finish(name).await? {
+                return Ok(());
+            }
+            // Lost the epoch: wait for the winner's commit and try again.
+            self.fetch_all(Duration::from_millis(500)).await?;
+        }
+        Err(ClientError::Contended(name.to_string()))
+    }
+
+    fn stage(
+        &mut self,
+        name: &str,
+        out: &OutgoingCommit,
+        recipients: Vec<MailboxAddress>,
+        joiners: Vec<MailboxAddress>,
+    ) -> Result<(), ClientError> {
+        let pending = PendingCommit {
+            epoch: out.epoch,
+            token: out.token(),
+            commit: out.commit.clone(),
+            welcome: out.welcome.clone(),
+            recipients,
+            joiners,
+        };
+        if let Some(ch) = self.state.channels.get_mut(name) {
+            ch.pending = Some(pending);
+        }
+        self.save()
+    }
+
+    /// Claims the staged commit's epoch; on success merges and sends it.
+    /// Returns false if another member won the epoch (the staged commit is dropped).
+    async fn claim_and_finish(&mut self, name: &str) -> Result<bool, ClientError> {
+        let Some(pending) = self.channel(name)?.pending.clone() else {
+            return Ok(true);
+        };
+        let mut group = self.load_group(name)?;
+        let seq = group.info().map_err(protocol)?.sequencer;
+        let claim = Request::Claim {
+            mailbox: seq.id,
+            send: seq.send.0,
+            epoch: pending.epoch,
+            token: pending.token,
+        };
+        let result = self.conn(&seq.relay).await?.request(&claim).await;
+        match result {
+            Ok(_) => {
+                group.merge_pending(&self.provider).map_err(protocol)?;
+                for to in &pending.recipients {
+                    self.enqueue(to, PayloadKind::Mls, &pending.commit)?;
+                }
+                if let Some(w) = &pending.welcome {
+                    for to in &pending.joiners {
+                        self.enqueue(to, PayloadKind::Welcome, w)?;
+                    }
+                }
+                if let Some(ch) = self.state.channels.get_mut(name) {
+                    ch.pending = None;
+                }
+                self.save()?;
+                self.flush_outbox().await?;
+                if !group.is_active() {
+                    self.wipe(name, ChannelStatus::Removed).await;
+                }
+                Ok(true)
+            }
+            Err(e) if e.is(ErrorCode::EpochConflict) => {
+                let _ = group.discard_pending(&self.provider);
+                if let Some(ch) = self.state.channels.get_mut(name) {
+                    ch.pending = None;
+                }
+                self.save()?;
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn resume_pending_commits(&mut self) -> Result<(), ClientError> {
+        let names: Vec<String> = self
+            .state
+            .channels
+            .iter()
+            .filter(|(_, c)| c.pending.is_some() && c.status == ChannelStatus::Active)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            self.claim_and_finish(&name).await?;
+        }
+        Ok(())
+    }
+
+    async fn admit(&mut self) -> Result<(), ClientError> {
+        let requests = std::mem::take(&mut self.admissions);
+        let mut per_channel: BTreeMap<String, Vec<ValidKeyPackage>> = BTreeMap::new();
+        for (name, invite_id, kp) in requests {
+            let Some(ch) = self.state.channels.get_mut(&name) else {
+                continue;
+            };
+            let Some(inv) = ch.invites.iter_mut().find(|i| i.mailbox.id() == invite_id) else {
+                continue;
+            };
+            if inv.expires_at <= now_s() {
+                self.warn(
+                    Some(&name),
+                    format!("refused {}: the invite had expired", kp.member.name),
+                );
+                continue;
+            }
+            if inv.uses_left == 0 {
+                self.warn(
+                    Some(&name),
+                    format!("refused {}: the invite was used up", kp.member.name),
+                );
+                continue;
+            }
+            inv.uses_left -= 1;
+            per_channel.entry(name).or_default().push(kp);
+        }
+        for (name, kps) in per_channel {
+            self.commit(&name, CommitOp::Add(kps)).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit_proposals(&mut self) -> Result<(), ClientError> {
+        let names: Vec<String> = self
+            .state
+            .channels
+            .iter()
+            .filter(|(_, c)| c.status == ChannelStatus::Active)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            if self
+                .load_group(&name)
+                .map(|g| g.has_pending_proposals())
+                .unwrap_or(false)
+            {
+                self.commit(&name, CommitOp::Proposals).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes invite mailboxes that expired or were used up.
+    async fn expire_invites(&mut self) {
+        let now = now_s();
+        let mut dead = Vec::new();
+        for ch in self.state.channels.values_mut() {
+            let (keep, gone): (Vec<_>, Vec<_>) = ch
+                .invites
+                .drain(..)
+                .partition(|i| i.uses_left > 0 && i.expires_at > now);
+            ch.invites = keep;
+            dead.extend(gone.into_iter().map(|i| i.mailbox));
+        }
+        for m in dead {
+            self.delete_mailbox(&m).await;
+        }
+    }
+
+    // ---- user operations ----
+
+    /// Creates a channel on our relay.
+    pub async fn channel_new(&mut self, name: &str, suite: Suite) -> Result<(), ClientError> {
+        validate_name(name).map_err(|e| ClientError::Usage(format!("channel {e}")))?;
+        if self.state.channels.contains_key(name) {
+            return Err(ClientError::ChannelExists(name.to_string()));
+        }
+        let relay = self.state.relay.clone();
+        let mailbox = self.create_mailbox(&relay).await?;
+        let sequencer = self.create_mailbox(&relay).await?;
+        let info = ChannelInfo {
+            name: name.to_string(),
+            sequencer: sequencer.address.clone(),
+            created_at: now_s(),
+        };
+        let group =
+            Channel::create(&self.provider, &self.identity, &info, &mailbox.address, suite).map_err(protocol)?;
+        self.state.channels.insert(
+            name.to_string(),
+            ChannelState {
+                group_id: group.group_id(),
+                mailbox,
+                sequencer: Some(sequencer),
+                invites: Vec::new(),
+                messages: Vec::new(),
+                read_upto: 0,
+                seen: Default::default(),
+                verified: Default::default(),
+                status: ChannelStatus::Active,
+                pending: None,
+            },
+        );
+        self.save()
+    }
+
+    /// Issues an invite.
+    pub async fn invite(&mut self, name: &str, uses: u32, ttl: Duration) -> Result<String, ClientError> {
+        self.sync(Duration::ZERO).await?;
+        self.active(name)?;
+        if uses == 0 {
+            return Err(ClientError::Usage("--uses must be at least 1".into()));
+        }
+        let group = self.load_group(name)?;
+        let relay = group.info().map_err(protocol)?.sequencer.relay;
+        let suite = group.suite().unwrap_or_default();
+        let mailbox = self.create_mailbox(&relay).await?;
+        let expires_at = now_s().saturating_add(ttl.as_secs());
+        let invite = Invite {
+            mailbox: mailbox.address.clone(),
+            expires_at,
+            inviter_key: self.identity.public_key(),
+            ciphersuite: suite.code(),
+        };
+        if let Some(ch) = self.state.channels.get_mut(name) {
+            ch.invites.push(InviteRecord {
+                mailbox,
+                uses_left: uses,
+                expires_at,
+            });
+        }
+        self.save()?;
+        Ok(invite.to_text())
+    }
+
+    /// Redeems an invite: sends a join request. Waits up to `wait` for the welcome.
+    pub async fn join(
+        &mut self,
+        invite: &str,
+        local_name: Option<String>,
+        wait: Duration,
+    ) -> Result<Option<String>, ClientError> {
+        let invite = Invite::from_text(invite).map_err(|e| ClientError::Invite(e.to_string()))?;
+        if invite.expires_at <= now_s() {
+            return Err(ClientError::Invite(
+                "this invite has expired; ask the inviter for a new one".into(),
+            ));
+        }
+        let Some(suite) = Suite::from_code(invite.ciphersuite) else {
+            return Err(ClientError::Invite(
+                "this invite uses a ciphersuite this version does not support; upgrade backchannel".into(),
+            ));
+        };
+        if let Some(n) = &local_name {
+            validate_name(n).map_err(|e| ClientError::Usage(format!("channel {e}")))?;
+            if self.state.channels.contains_key(n) {
+                return Err(ClientError::ChannelExists(n.clone()));
+            }
+        }
+        let relay = invite.mailbox.relay.clone();
+        let mailbox = self.create_mailbox(&relay).await?;
+        let kp = key_package(&self.provider, &self.identity, &mailbox.address, suite).map_err(protocol)?;
+        let request = JoinRequest { key_package: kp }.to_bytes();
+        let envs = seal_payload(
+            &invite.mailbox.seal,
+            &invite.mailbox.id,
+            PayloadKind::JoinRequest,
+            &request,
+            &mut OsRng,
+        )
+        .map_err(protocol)?;
+        let reqs: Vec<Request> = envs
+            .into_iter()
+            .map(|envelope| Request::Send {
+                mailbox: invite.mailbox.id,
+                send: invite.mailbox.send.0,
+                envelope,
+            })
+            .collect();
+        let results = self.conn(&relay).await?.pipeline(&reqs).await?;
+        for r in results {
+            match r {
+                Ok(_) => {}
+                Err(e) if e.is(ErrorCode::NoSuchMailbox) => {
+                    self.delete_mailbox(&mailbox).await;
+                    return Err(ClientError::Invite(
+                        "this invite has been used up or withdrawn; ask the inviter for a new one".into(),
+                    ));
+                }
+                Err(e) if e.is(ErrorCode::MailboxFull) => {
+                    return Err(ClientError::Invite(
+                        "the invite's mailbox is full; try again later".into(),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.state.pending_joins.push(PendingJoin {
+            mailbox,
+            inviter_key: invite.inviter_key,
+            local_name,
+            expires_at: invite.expires_at,
+        });
+        self.save()?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let known: Vec<String> = self.state.channels.keys().cloned().collect();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.sync(left.min(Duration::from_secs(5))).await?;
+            if let Some(new) = self.state.channels.keys().find(|k| !known.contains(k)) {
+                return Ok(Some(new.clone()));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Sends a text message. `Err(ClientError::Queued)` means it is stored and will go later.
+    pub async fn send(&mut self, name: &str, text: &str) -> Result<(), ClientError> {
+        let synced = self.sync(Duration::ZERO).await;
+        if let Err(e) = &synced {
+            if !matches!(e, ClientError::Relay(_)) {
+                return synced.map(|_| ());
+            }
+        }
+        self.active(name)?;
+        let mut group = self.load_group(name)?;
+        if group.has_pending_proposals() {
+            return Err(ClientError::Relay(ConnectError::Unreachable(
+                self.state.relay.authority(),
+            )));
+        }
+        let mut id = [0u8; 16];
+        OsRng.fill_bytes(&mut id);
+        let msg = AppMessage {
+            id,
+            sent_at: now_ms(),
+            body: Body::Text(text.to_string()),
+        };
+        let ct = group
+            .encrypt(&self.provider, &self.identity, &msg.to_bytes())
+            .map_err(protocol)?;
+        for to in self.others(&group) {
+            self.enqueue(&to, PayloadKind::Mls, &ct)?;
+        }
+        let me = self.identity.public_key();
+        let my_name = self.identity.name().to_string();
+        if let Some(ch) = self.state.channels.get_mut(name) {
+            ch.seen.insert(id);
+            ch.messages.push(StoredMessage {
+                id: hex(&id),
+                from: my_name,
+                from_key: me,
+                sent_at: msg.sent_at,
+                text: text.to_string(),
+                event: None,
+            });
+            ch.read_upto = ch.messages.len();
+        }
+        self.save()?;
+        let queued = self.flush_outbox().await?;
+        if queued > 0 || synced.is_err() {
+            return Err(ClientError::Queued);
+        }
+        Ok(())
+    }
+
+    /// Messages of a channel: unread ones, or all.
+    pub fn read(&mut self, name: &str, all: bool) -> Result<Vec<MessageView>, ClientError> {
+        let ch = self.channel(name)?;
+        let start = if all { 0 } else { ch.read_upto.min(ch.messages.len()) };
+        let me = self.identity.public_key();
+        let out = ch.messages[start..]
+            .iter()
+            .map(|m| MessageView {
+                channel: name.to_string(),
+                verified: m.event.is_none() && (m.from_key == me || ch.verified.contains(&m.from_key)),
+                from_fingerprint: Fingerprint::of(&m.from_key),
+                message: m.clone(),
+            })
+            .collect();
+        if let Some(ch) = self.state.channels.get_mut(name) {
+            ch.read_upto = ch.messages.len();
+        }
+        self.save()?;
+        Ok(out)
+    }
+
+    /// Our channels.
+    pub fn channels(&self) -> Vec<ChannelSummary> {
+        self.state
+            .channels
+            .iter()
+            .map(|(name, ch)| ChannelSummary {
+                name: name.clone(),
+                status: ch.status,
+                members: if ch.status == ChannelStatus::Active {
+                    self.load_group(name).map(|g| g.members().len()).unwrap_or(0)
+                } else {
+                    0
+                },
+                unread: ch.messages.len().saturating_sub(ch.read_upto),
+            })
+            .collect()
+    }
+
+    /// Members of a channel.
+    pub fn members(&self, name: &str) -> Result<Vec<MemberView>, ClientError> {
+        let ch = self.active(name)?;
+        let me = self.identity.public_key();
+        Ok(self
+            .load_group(name)?
+            .members()
+            .into_iter()
+            .map(|m| MemberView {
+                verified: m.identity_key == me || ch.verified.contains(&m.identity_key),
+                you: m.identity_key == me,
+                name: m.name,
+                fingerprint: m.fingerprint,
+                identity_key: m.identity_key,
+            })
+            .collect())
+    }
+
+    fn find_member(&self, name: &str, who: &str) -> Result<MemberInfo, ClientError> {
+        let group = self.load_group(name)?;
+        let needle: String = who
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_lowercase();
+        let matches: Vec<MemberInfo> = group
+            .members()
+            .into_iter()
+            .filter(|m| {
+                m.name == who || (needle.len() >= 4 && m.fingerprint.to_string().replace(' ', "").starts_with(&needle))
+            })
+            .collect();
+        match matches.len() {
+            0 => Err(ClientError::UnknownMember(name.to_string(), who.to_string())),
+            1 => Ok(matches
+                .into_iter()
+                .next()
+                .ok_or_else(|| ClientError::UnknownMember(name.into(), who.into()))?),
+            _ => Err(ClientError::AmbiguousMember(name.to_string(), who.to_string())),
+        }
+    }
+
+    /// The safety number with a member; with `confirm`, marks them verified.
+    pub fn verify(&mut self, name: &str, who: &str, confirm: bool) -> Result<(String, MemberView), ClientError> {
+        self.active(name)?;
+        let m = self.find_member(name, who)?;
+        let number = safety_number(&self.identity.public_key(), &m.identity_key);
+        if confirm {
+            if let Some(ch) = self.state.channels.get_mut(name) {
+                ch.verified.insert(m.identity_key);
+            }
+            self.save()?;
+        }
+        let verified = self.channel(name)?.verified.contains(&m.identity_key);
+        Ok((
+            number,
+            MemberView {
+                name: m.name,
+                fingerprint: m.fingerprint,
+                identity_key: m.identity_key,
+                verified,
+                you: m.identity_key == self.identity.public_key(),
+            },
+        ))
+    }
+
+    /// Removes a member.
+    pub async fn remove(&mut self, name: &str, who: &str) -> Result<String, ClientError> {
+        self.sync(Duration::ZERO).await?;
+        self.active(name)?;
+        let m = self.find_member(name, who)?;
+        if m.identity_key == self.identity.public_key() {
+            return Err(ClientError::Usage("to remove yourself, use `backchannel leave`".into()));
+        }
+        self.commit(name, CommitOp::Remove(vec![m.fingerprint])).await?;
+        self.event(name, "removed", format!("you removed {}", m.name));
+        self.save()?;
+        Ok(m.name)
+    }
+
+    /// Leaves a channel: asks the others to remove us, then wipes it here.
+    pub async fn leave(&mut self, name: &str) -> Result<(), ClientError> {
+        self.sync(Duration::ZERO).await?;
+        self.active(name)?;
+        let mut group = self.load_group(name)?;
+        let others = self.others(&group);
+        if !others.is_empty() {
+            let proposal = group.leave(&self.provider, &self.identity).map_err(protocol)?;
+            for to in &others {
+                self.enqueue(to, PayloadKind::Mls, &proposal)?;
+            }
+            self.save()?;
+            self.flush_outbox().await?;
+        }
+        self.wipe(name, ChannelStatus::Left).await;
+        self.save()
+    }
+
+    /// Closes a channel for everyone.
+    pub async fn close(&mut self, name: &str) -> Result<(), ClientError> {
+        self.sync(Duration::ZERO).await?;
+        self.active(name)?;
+        let mut group = self.load_group(name)?;
+        let mut id = [0u8; 16];
+        OsRng.fill_bytes(&mut id);
+        let msg = AppMessage {
+            id,
+            sent_at: now_ms(),
+            body: Body::Close,
+        };
+        let ct = group
+            .encrypt(&self.provider, &self.identity, &msg.to_bytes())
+            .map_err(protocol)?;
+        for to in self.others(&group) {
+            self.enqueue(&to, PayloadKind::Mls, &ct)?;
+        }
+        self.save()?;
+        self.flush_outbox().await?;
+        self.event(name, "closed", "you closed the channel".into());
+        self.wipe(name, ChannelStatus::Closed).await;
+        self.save()
+    }
+
+    /// Our own receiving mailbox for a channel (for tests that play a hostile sender).
+    pub fn debug_mailbox(&self, name: &str) -> Result<MailboxKeys, ClientError> {
+        Ok(self.channel(name)?.mailbox.clone())
+    }
+
+    /// Rotates our keys in a channel (post-compromise security) with a self-update commit.
+    pub async fn update_keys(&mut self, name: &str) -> Result<(), ClientError> {
+        self.sync(Duration::ZERO).await?;
+        self.commit(name, CommitOp::SelfUpdate).await
+    }
+}
+
+enum CommitOp {
+    Add(Vec<ValidKeyPackage>),
+    Remove(Vec<Fingerprint>),
+    Proposals,
+    SelfUpdate,
+}

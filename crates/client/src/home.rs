@@ -1,0 +1,131 @@
+//! The home directory: one vault file holding the whole client state, and a
+//! lock file so two commands never write it at once.
+//!
+//! Writes are atomic: the new vault goes to a temporary file that is synced
+//! and then renamed over the old one, so a crash leaves either the old state
+//! or the new one, never a mix.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use backchannel_core::vault::{KdfParams, VaultError, VaultKey};
+use rand_core::OsRng;
+
+use crate::state::State;
+use crate::ClientError;
+
+const VAULT: &str = "state.bcv";
+const LOCK: &str = "lock";
+
+/// An opened, locked home directory.
+pub struct Home {
+    dir: PathBuf,
+    key: VaultKey,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Home {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Home(..)")
+    }
+}
+
+fn lock(dir: &Path) -> Result<File, ClientError> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK))
+        .map_err(|e| ClientError::io("opening the home's lock file", e))?;
+    f.lock().map_err(|e| ClientError::io("locking the home directory", e))?;
+    Ok(f)
+}
+
+impl Home {
+    /// Whether `dir` already holds an identity.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(VAULT).exists()
+    }
+
+    /// Creates a new home with `state`.
+    pub fn create(dir: &Path, passphrase: &[u8], state: &State) -> Result<Self, ClientError> {
+        fs::create_dir_all(dir).map_err(|e| ClientError::io("creating the home directory", e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        }
+        let lock = lock(dir)?;
+        if Self::exists(dir) {
+            return Err(ClientError::AlreadyInitialized(dir.to_path_buf()));
+        }
+        let key = VaultKey::create(passphrase, KdfParams::default(), &mut OsRng)
+            .map_err(|_| ClientError::Corrupt("bad key-derivation parameters".into()))?;
+        let home = Self {
+            dir: dir.to_path_buf(),
+            key,
+            _lock: lock,
+        };
+        home.save(state)?;
+        Ok(home)
+    }
+
+    /// Opens an existing home and decrypts its state.
+    pub fn open(dir: &Path, passphrase: &[u8]) -> Result<(Self, State), ClientError> {
+        if !Self::exists(dir) {
+            return Err(ClientError::NotInitialized(dir.to_path_buf()));
+        }
+        let lock = lock(dir)?;
+        let blob = fs::read(dir.join(VAULT)).map_err(|e| ClientError::io("reading the local store", e))?;
+        let key = VaultKey::for_blob(passphrase, &blob).map_err(vault_error)?;
+        let plain = key.open(&blob).map_err(vault_error)?;
+        let state = State::decode(&plain)?;
+        Ok((
+            Self {
+                dir: dir.to_path_buf(),
+                key,
+                _lock: lock,
+            },
+            state,
+        ))
+    }
+
+    /// Writes `state` durably and atomically.
+    pub fn save(&self, state: &State) -> Result<(), ClientError> {
+        let plain = state.encode()?;
+        let blob = self.key.seal(&plain, &mut OsRng);
+        let tmp = self.dir.join(format!("{VAULT}.tmp"));
+        let mut opts = OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts
+            .open(&tmp)
+            .map_err(|e| ClientError::io("writing the local store", e))?;
+        f.write_all(&blob)
+            .map_err(|e| ClientError::io("writing the local store", e))?;
+        f.sync_all()
+            .map_err(|e| ClientError::io("syncing the local store", e))?;
+        fs::rename(&tmp, self.dir.join(VAULT)).map_err(|e| ClientError::io("replacing the local store", e))?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn vault_error(e: VaultError) -> ClientError {
+    match e {
+        VaultError::Unauthentic => ClientError::WrongPassphrase,
+        other => ClientError::Corrupt(other.to_string()),
+    }
+}

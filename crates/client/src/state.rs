@@ -1,0 +1,181 @@
+//! Everything a client keeps, serialized with postcard inside the vault.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use backchannel_core::envelope::Reassembler;
+use backchannel_core::mailbox::{MailboxAddress, MailboxKeys};
+use backchannel_core::relay_address::RelayAddress;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
+
+use crate::ClientError;
+
+/// Version of the state layout.
+pub const STATE_VERSION: u32 = 1;
+
+/// The whole client state.
+#[derive(Serialize, Deserialize)]
+pub struct State {
+    /// Layout version.
+    pub version: u32,
+    /// Display name.
+    pub name: String,
+    /// Identity secret key.
+    pub identity_secret: [u8; 32],
+    /// Default relay for new channels.
+    pub relay: RelayAddress,
+    /// openmls storage.
+    pub mls: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Channels by local name.
+    pub channels: BTreeMap<String, ChannelState>,
+    /// Join requests waiting for a welcome.
+    pub pending_joins: Vec<PendingJoin>,
+    /// Half-assembled payloads per mailbox id.
+    pub reassembly: BTreeMap<[u8; 32], Reassembler>,
+    /// Envelopes sealed but not yet accepted by a relay.
+    pub outbox: Vec<OutboxItem>,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        self.identity_secret.zeroize();
+        for (k, v) in &mut self.mls {
+            k.zeroize();
+            v.zeroize();
+        }
+    }
+}
+
+impl State {
+    /// Serializes.
+    pub fn encode(&self) -> Result<Vec<u8>, ClientError> {
+        postcard::to_stdvec(self).map_err(|e| ClientError::Corrupt(e.to_string()))
+    }
+
+    /// Deserializes.
+    pub fn decode(b: &[u8]) -> Result<Self, ClientError> {
+        let s: State =
+            postcard::from_bytes(b).map_err(|_| ClientError::Corrupt("the local store could not be decoded".into()))?;
+        if s.version != STATE_VERSION {
+            return Err(ClientError::Corrupt(format!("unknown store version {}", s.version)));
+        }
+        Ok(s)
+    }
+}
+
+/// Where a channel stands for this member.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelStatus {
+    /// A member.
+    Active,
+    /// Removed by another member.
+    Removed,
+    /// Left on our own.
+    Left,
+    /// Closed for everyone.
+    Closed,
+}
+
+impl ChannelStatus {
+    /// Lowercase word for output.
+    pub fn word(self) -> &'static str {
+        match self {
+            ChannelStatus::Active => "active",
+            ChannelStatus::Removed => "removed",
+            ChannelStatus::Left => "left",
+            ChannelStatus::Closed => "closed",
+        }
+    }
+}
+
+/// One channel as this member holds it.
+#[derive(Serialize, Deserialize)]
+pub struct ChannelState {
+    /// MLS group id.
+    pub group_id: Vec<u8>,
+    /// This member's receiving mailbox.
+    pub mailbox: MailboxKeys,
+    /// The sequencer, if this member created the channel.
+    pub sequencer: Option<MailboxKeys>,
+    /// Invites issued and still honoured.
+    pub invites: Vec<InviteRecord>,
+    /// Messages and events, in arrival order.
+    pub messages: Vec<StoredMessage>,
+    /// How many of `messages` `read` has shown.
+    pub read_upto: usize,
+    /// Ids of application messages already shown (replay and duplicate filter).
+    pub seen: BTreeSet<[u8; 16]>,
+    /// Identity keys this member has verified.
+    pub verified: BTreeSet<[u8; 32]>,
+    /// Status.
+    pub status: ChannelStatus,
+    /// A commit staged and persisted before its sequencer claim.
+    pub pending: Option<PendingCommit>,
+}
+
+/// A staged commit, kept so a crash between claim and fan-out can finish it.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct PendingCommit {
+    /// Epoch claimed.
+    pub epoch: u64,
+    /// Claim token.
+    pub token: [u8; 32],
+    /// Commit bytes.
+    pub commit: Vec<u8>,
+    /// Welcome bytes.
+    pub welcome: Option<Vec<u8>>,
+    /// Members that receive the commit.
+    pub recipients: Vec<MailboxAddress>,
+    /// Joiners that receive the welcome.
+    pub joiners: Vec<MailboxAddress>,
+}
+
+/// An invite this member issued.
+#[derive(Serialize, Deserialize)]
+pub struct InviteRecord {
+    /// The invite's mailbox.
+    pub mailbox: MailboxKeys,
+    /// Admissions left.
+    pub uses_left: u32,
+    /// Expiry (Unix seconds).
+    pub expires_at: u64,
+}
+
+/// A message or an event in a channel's history.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct StoredMessage {
+    /// Message id (hex) or event id.
+    pub id: String,
+    /// Sender's name, or empty for events.
+    pub from: String,
+    /// Sender's identity key.
+    pub from_key: [u8; 32],
+    /// Sender's clock (Unix ms).
+    pub sent_at: u64,
+    /// Text.
+    pub text: String,
+    /// `None` for a message; the event kind otherwise.
+    pub event: Option<String>,
+}
+
+/// A join request waiting for its welcome.
+#[derive(Serialize, Deserialize)]
+pub struct PendingJoin {
+    /// Our mailbox for the channel (it becomes the channel mailbox).
+    pub mailbox: MailboxKeys,
+    /// Who must send the welcome.
+    pub inviter_key: [u8; 32],
+    /// Local name to give the channel, if chosen.
+    pub local_name: Option<String>,
+    /// Give up after (Unix seconds).
+    pub expires_at: u64,
+}
+
+/// Sealed envelopes for one mailbox, not yet accepted by its relay.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct OutboxItem {
+    /// Destination.
+    pub to: MailboxAddress,
+    /// Sealed envelopes (each exactly one envelope long).
+    pub envelopes: Vec<Vec<u8>>,
+}

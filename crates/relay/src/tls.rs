@@ -1,0 +1,86 @@
+//! The relay's TLS identity: a self-signed certificate made on first start
+//! and kept in the data directory, so restarts keep the same pin.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use backchannel_core::relay_address::Pin;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::RelayError;
+
+const KEY_FILE: &str = "relay-key.der";
+const CERT_FILE: &str = "relay-cert.der";
+
+/// The relay's certificate and key, loaded or freshly made.
+pub struct TlsIdentity {
+    cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsIdentity({})", self.pin())
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+impl TlsIdentity {
+    /// Loads the identity from `dir`, creating it on first start.
+    pub fn load_or_create(dir: &Path) -> Result<Self, RelayError> {
+        let key_path = dir.join(KEY_FILE);
+        let cert_path = dir.join(CERT_FILE);
+        if key_path.exists() && cert_path.exists() {
+            let key = fs::read(&key_path).map_err(|e| RelayError::io("reading the relay key", e))?;
+            let cert = fs::read(&cert_path).map_err(|e| RelayError::io("reading the relay certificate", e))?;
+            return Ok(Self {
+                cert: CertificateDer::from(cert),
+                key: PrivatePkcs8KeyDer::from(key),
+            });
+        }
+        let made = rcgen::generate_simple_self_signed(vec!["backchannel-relay".to_string()])
+            .map_err(|_| RelayError::Tls("could not generate the relay certificate".into()))?;
+        let key = made.key_pair.serialize_der();
+        let cert = made.cert.der().to_vec();
+        write_private(&key_path, &key).map_err(|e| RelayError::io("writing the relay key", e))?;
+        write_private(&cert_path, &cert).map_err(|e| RelayError::io("writing the relay certificate", e))?;
+        Ok(Self {
+            cert: CertificateDer::from(cert),
+            key: PrivatePkcs8KeyDer::from(key),
+        })
+    }
+
+    /// The pin clients check.
+    pub fn pin(&self) -> Pin {
+        Pin::of_certificate(self.cert.as_ref())
+    }
+
+    /// A rustls server configuration (TLS 1.3 only).
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, RelayError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| RelayError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(vec![self.cert.clone()], PrivateKeyDer::Pkcs8(self.key.clone_key()))
+            .map_err(|e| RelayError::Tls(e.to_string()))?;
+        Ok(Arc::new(config))
+    }
+}
