@@ -1,0 +1,164 @@
+//! End-to-end: relay and clients as separate processes on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use common::*;
+
+#[test]
+fn three_parties_talk_with_the_right_sender_and_a_removed_member_reads_nothing_after() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let (alice, bob, carol) = (
+        Client::new(root.path(), "alice"),
+        Client::new(root.path(), "bob"),
+        Client::new(root.path(), "carol"),
+    );
+    alice.init("alice", &relay.address);
+    bob.init("bob", &relay.address);
+    carol.init("carol", &relay.address);
+    channel_with(&alice, &[&bob, &carol], "talks");
+
+    let members = alice.ok(&["members", "talks", "--json"]);
+    assert_eq!(members.lines().count(), 3, "{members}");
+
+    bob.ok(&["send", "talks", "hello from bob"]);
+    carol.ok(&["send", "talks", "carol here"]);
+    for c in [&alice, &bob, &carol] {
+        let t = c.texts("talks");
+        assert!(t.contains(&("bob".into(), "hello from bob".into())), "{t:?}");
+        assert!(t.contains(&("carol".into(), "carol here".into())), "{t:?}");
+        assert_eq!(t.len(), 2, "each message exactly once: {t:?}");
+    }
+    let m = alice.messages("talks");
+    let from_bob = m.iter().find(|m| m["text"] == "hello from bob").unwrap();
+    for key in [
+        "id",
+        "channel",
+        "from",
+        "from_fingerprint",
+        "verified",
+        "sent_at",
+        "text",
+    ] {
+        assert!(from_bob.get(key).is_some(), "missing {key} in {from_bob}");
+    }
+    assert_eq!(from_bob["channel"], "talks");
+    assert_eq!(from_bob["verified"], false);
+
+    assert!(alice.ok(&["remove", "talks", "carol"]).contains("removed carol"));
+    alice.ok(&["send", "talks", "after carol left"]);
+    assert!(bob
+        .texts("talks")
+        .contains(&("alice".into(), "after carol left".into())));
+    let carol_view = carol.ok(&["read", "talks", "--all"]);
+    assert!(!carol_view.contains("after carol left"), "{carol_view}");
+    assert!(carol_view.contains("removed you"), "{carol_view}");
+    assert!(carol.ok(&["channels"]).contains("removed"));
+    let e = carol.fails(&["send", "talks", "still here?"]);
+    assert!(e.contains("removed"), "{e}");
+    assert_eq!(alice.ok(&["members", "talks", "--json"]).lines().count(), 2);
+}
+
+#[test]
+fn safety_numbers_match_on_both_sides_and_confirming_marks_verified() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let (alice, bob) = (Client::new(root.path(), "alice"), Client::new(root.path(), "bob"));
+    alice.init("alice", &relay.address);
+    bob.init("bob", &relay.address);
+    channel_with(&alice, &[&bob], "v");
+    let a = alice.ok(&["verify", "v", "bob"]);
+    let b = bob.ok(&["verify", "v", "alice"]);
+    assert_eq!(a, b);
+    let groups: Vec<&str> = a.trim().split(' ').collect();
+    assert_eq!(groups.len(), 12);
+    assert!(groups
+        .iter()
+        .all(|g| g.len() == 5 && g.chars().all(|c| c.is_ascii_digit())));
+
+    bob.ok(&["send", "v", "before verification"]);
+    let m = alice.messages("v");
+    assert_eq!(
+        m.iter().find(|m| m["text"] == "before verification").unwrap()["verified"],
+        false
+    );
+    alice.ok(&["verify", "v", "bob", "--confirm"]);
+    let m = alice.messages("v");
+    assert_eq!(
+        m.iter().find(|m| m["text"] == "before verification").unwrap()["verified"],
+        true
+    );
+    assert!(alice.ok(&["members", "v"]).contains("bob\t"));
+}
+
+#[test]
+fn concurrent_commits_do_not_fork_the_channel() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let (alice, bob) = (Client::new(root.path(), "alice"), Client::new(root.path(), "bob"));
+    alice.init("alice", &relay.address);
+    bob.init("bob", &relay.address);
+    channel_with(&alice, &[&bob], "race");
+    for round in 0..3 {
+        // Both rotate their keys at the same moment: each is a commit.
+        let a = alice.cmd(&["update", "race"]).spawn().unwrap();
+        let b = bob.cmd(&["update", "race"]).spawn().unwrap();
+        assert!(a.wait_with_output().unwrap().status.success());
+        assert!(b.wait_with_output().unwrap().status.success());
+        let text_a = format!("alice round {round}");
+        let text_b = format!("bob round {round}");
+        alice.ok(&["send", "race", &text_a]);
+        bob.ok(&["send", "race", &text_b]);
+        assert!(bob.texts("race").contains(&("alice".into(), text_a)));
+        assert!(alice.texts("race").contains(&("bob".into(), text_b)));
+    }
+}
+
+#[test]
+fn an_acknowledged_message_survives_kill_9_of_the_relay_exactly_once_and_the_pin_stays() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("relay");
+    let mut relay = RelayProc::start(&data, &[]);
+    let (alice, bob) = (Client::new(root.path(), "alice"), Client::new(root.path(), "bob"));
+    alice.init("alice", &relay.address);
+    bob.init("bob", &relay.address);
+    channel_with(&alice, &[&bob], "durable");
+    let first = relay.address.clone();
+    assert!(alice.ok(&["send", "durable", "survives the crash"]).contains("sent"));
+    relay.kill9();
+    let listen = format!("127.0.0.1:{}", relay.port);
+    let relay2 = RelayProc::start_on(&data, &listen, &[]);
+    assert_eq!(relay2.address, first, "the pin and address must not change on restart");
+    let t = bob.texts("durable");
+    assert_eq!(t, vec![("alice".to_string(), "survives the crash".to_string())]);
+    assert_eq!(bob.texts("durable").len(), 1);
+}
+
+#[test]
+fn leave_and_close() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let (alice, bob, carol) = (
+        Client::new(root.path(), "alice"),
+        Client::new(root.path(), "bob"),
+        Client::new(root.path(), "carol"),
+    );
+    for (c, n) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
+        c.init(n, &relay.address);
+    }
+    channel_with(&alice, &[&bob, &carol], "ending");
+    carol.ok(&["leave", "ending"]);
+    assert!(carol.ok(&["channels"]).contains("left"));
+    alice.ok(&["sync"]);
+    assert_eq!(alice.ok(&["members", "ending", "--json"]).lines().count(), 2);
+    bob.ok(&["send", "ending", "without carol"]);
+    assert!(alice.texts("ending").contains(&("bob".into(), "without carol".into())));
+
+    alice.ok(&["close", "ending"]);
+    bob.ok(&["sync"]);
+    assert!(bob.ok(&["channels"]).contains("closed"));
+    let e = bob.fails(&["send", "ending", "anyone?"]);
+    assert!(e.contains("closed"), "{e}");
+    let e = alice.fails(&["send", "ending", "anyone?"]);
+    assert!(e.contains("closed"), "{e}");
+}

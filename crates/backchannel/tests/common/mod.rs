@@ -1,0 +1,237 @@
+//! Test harness: the real `backchannel` binary, a relay process on loopback,
+//! and clients each with their own home.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+
+pub const PASS: &str = "correct horse battery staple";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_backchannel")
+}
+
+/// A relay process; killed on drop.
+pub struct RelayProc {
+    pub child: Child,
+    pub address: String,
+    pub data: PathBuf,
+    pub port: u16,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl RelayProc {
+    pub fn start(data: &Path, extra: &[&str]) -> Self {
+        Self::start_on(data, "127.0.0.1:0", extra)
+    }
+
+    pub fn start_on(data: &Path, listen: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(bin())
+            .args(["relay", "--listen", listen, "--data"])
+            .arg(data)
+            .args(extra)
+            .env("RUST_LOG", "trace")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let address = line
+            .trim()
+            .strip_prefix("relay address: ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        assert!(address.starts_with("bc://"), "{address}");
+        let port = address.rsplit(':').next().unwrap().parse().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = out.read_to_string(&mut rest);
+        });
+        RelayProc {
+            child,
+            address,
+            data: data.to_path_buf(),
+            port,
+            stderr,
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A client home.
+#[derive(Clone)]
+pub struct Client {
+    pub home: PathBuf,
+    pub pass: String,
+}
+
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            ok: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Client {
+    pub fn new(root: &Path, name: &str) -> Self {
+        Client {
+            home: root.join(name),
+            pass: PASS.to_string(),
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("BACKCHANNEL_HOME", &self.home)
+            .env("BACKCHANNEL_PASSPHRASE", &self.pass)
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.cmd(args).output().unwrap().into()
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert!(
+            r.ok,
+            "`backchannel {}` failed:\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            r.stdout,
+            r.stderr
+        );
+        r.stdout
+    }
+
+    /// Runs and asserts failure with a one-line error; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert!(
+            !r.ok,
+            "`backchannel {}` should have failed; stdout: {}",
+            args.join(" "),
+            r.stdout
+        );
+        let errors: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "expected one error line, got: {}", r.stderr);
+        r.stderr
+    }
+
+    pub fn init(&self, name: &str, relay: &str) {
+        self.ok(&["init", "--name", name, "--relay", relay]);
+    }
+
+    /// `read --json --all` as parsed objects.
+    pub fn messages(&self, channel: &str) -> Vec<serde_json::Value> {
+        self.ok(&["read", channel, "--json", "--all"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Texts of real messages (not events) in a channel.
+    pub fn texts(&self, channel: &str) -> Vec<(String, String)> {
+        self.messages(channel)
+            .into_iter()
+            .filter(|m| m.get("event").is_none())
+            .map(|m| {
+                (
+                    m["from"].as_str().unwrap().to_string(),
+                    m["text"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Alice makes a channel and admits each of `others` with one invite each.
+pub fn channel_with(alice: &Client, others: &[&Client], channel: &str) {
+    alice.ok(&["channel", "new", channel]);
+    for o in others {
+        let invite = alice.ok(&["invite", channel]);
+        let invite = invite.trim();
+        assert!(invite.starts_with("bc-invite:"));
+        assert_eq!(invite.lines().count(), 1);
+        o.ok(&["join", invite]);
+        alice.ok(&["sync"]);
+        o.ok(&["sync", "--wait", "5"]);
+    }
+    for o in others {
+        o.ok(&["sync"]);
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
