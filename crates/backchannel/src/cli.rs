@@ -508,12 +508,19 @@ async fn run_relay(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if *store == StoreKind::Nats {
         return Err("the NATS JetStream store is not available in this version; use --store embedded".into());
     }
+    // RUST_LOG sets a level for backchannel's own crates only: dependencies
+    // (rustls, tungstenite) are capped at `warn`, because at debug and trace
+    // they log peer addresses and handshake details, which our logs must not hold.
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "warn,backchannel_relay={level},backchannel={level}"
+        )))
         .init();
     let limits = Limits {
         max_connections: *max_connections,
