@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backchannel_core::frame::{decode_response, encode_request, ErrorCode, Limits, Request, Response};
+use backchannel_core::frame::{decode_response, encode_request, ErrorCode, Request, Response, PROTOCOL_VERSION};
 use backchannel_core::relay_address::{Pin, RelayAddress};
 use futures_util::{SinkExt, StreamExt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -30,6 +30,9 @@ pub enum ConnectError {
     /// The certificate does not match the pin.
     #[error("the relay at {0} presented a different key than its address pins; someone may be intercepting the connection, or the relay was reinstalled: get its current address from its operator")]
     PinMismatch(String),
+    /// The relay speaks another protocol version.
+    #[error("the relay at {0} speaks protocol version {1} and this client speaks {PROTOCOL_VERSION}; upgrade whichever is older")]
+    Version(String, u8),
     /// The relay refused a request.
     #[error("the relay refused: {0}")]
     Refused(ErrorCode, u64),
@@ -98,7 +101,6 @@ type Ws = WebSocketStream<TlsStream<TcpStream>>;
 pub struct RelayConnection {
     ws: Ws,
     nonce: [u8; 32],
-    limits: Limits,
     next_id: u32,
     authority: String,
 }
@@ -161,18 +163,15 @@ impl RelayConnection {
         let mut conn = Self {
             ws,
             nonce: [0; 32],
-            limits: Limits {
-                max_request_frame: 0,
-                max_envelopes_per_mailbox: 0,
-                max_mailboxes_per_connection: 0,
-            },
             next_id: 1,
             authority: authority.to_string(),
         };
         match conn.read_response().await? {
-            (_, Response::Hello { nonce, limits, .. }) => {
+            (_, Response::Hello { version, nonce, .. }) => {
+                if version != PROTOCOL_VERSION {
+                    return Err(ConnectError::Version(conn.authority.clone(), version));
+                }
                 conn.nonce = nonce;
-                conn.limits = limits;
                 Ok(conn)
             }
             (_, Response::Error { code, detail }) => Err(ConnectError::Refused(code, detail)),
@@ -183,11 +182,6 @@ impl RelayConnection {
     /// The per-connection nonce that open proofs sign.
     pub fn nonce(&self) -> &[u8; 32] {
         &self.nonce
-    }
-
-    /// The relay's announced limits.
-    pub fn limits(&self) -> Limits {
-        self.limits
     }
 
     async fn read_response(&mut self) -> Result<(u32, Response), ConnectError> {

@@ -191,21 +191,11 @@ impl Engine {
         r
     }
 
+    /// Records a rejected input: an event in the channel's history and a warning for stderr.
     fn warn(&mut self, channel: Option<&str>, text: impl Into<String>) {
         let text = text.into();
         if let Some(name) = channel {
-            if let Some(ch) = self.state.channels.get_mut(name) {
-                let mut id = [0u8; 8];
-                OsRng.fill_bytes(&mut id);
-                ch.messages.push(StoredMessage {
-                    id: format!("event-{}", hex(&id)),
-                    from: String::new(),
-                    from_key: [0; 32],
-                    sent_at: now_ms(),
-                    text: text.clone(),
-                    event: Some("rejected".into()),
-                });
-            }
+            self.event(name, "rejected", text.clone());
         }
         self.warnings.push(Warning {
             channel: channel.map(str::to_string),
@@ -298,6 +288,9 @@ impl Engine {
 
     /// Sends what the outbox holds; returns how many items remain queued.
     async fn flush_outbox(&mut self) -> Result<usize, ClientError> {
+        if self.state.outbox.is_empty() {
+            return Ok(0);
+        }
         let items = std::mem::take(&mut self.state.outbox);
         let mut keep = Vec::new();
         let mut unreachable: Vec<RelayAddress> = Vec::new();
@@ -1062,9 +1055,9 @@ impl Engine {
         self.active(name)?;
         let mut group = self.load_group(name)?;
         if group.has_pending_proposals() {
-            return Err(ClientError::Relay(ConnectError::Unreachable(
-                self.state.relay.authority(),
-            )));
+            // MLS allows no application message while proposals are pending;
+            // sync tried to commit them and failed: report why.
+            return Err(synced.err().unwrap_or_else(|| ClientError::Contended(name.to_string())));
         }
         let mut id = [0u8; 16];
         OsRng.fill_bytes(&mut id);
@@ -1106,7 +1099,7 @@ impl Engine {
         let ch = self.channel(name)?;
         let start = if all { 0 } else { ch.read_upto.min(ch.messages.len()) };
         let me = self.identity.public_key();
-        let out = ch.messages[start..]
+        let out: Vec<MessageView> = ch.messages[start..]
             .iter()
             .map(|m| MessageView {
                 channel: name.to_string(),
@@ -1115,10 +1108,12 @@ impl Engine {
                 message: m.clone(),
             })
             .collect();
-        if let Some(ch) = self.state.channels.get_mut(name) {
-            ch.read_upto = ch.messages.len();
+        if !out.is_empty() {
+            if let Some(ch) = self.state.channels.get_mut(name) {
+                ch.read_upto = ch.messages.len();
+            }
+            self.save()?;
         }
-        self.save()?;
         Ok(out)
     }
 

@@ -116,11 +116,6 @@ impl Home {
         }
         Ok(())
     }
-
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
 fn vault_error(e: VaultError) -> ClientError {

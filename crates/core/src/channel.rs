@@ -493,11 +493,6 @@ impl Channel {
             .collect()
     }
 
-    /// This client's leaf index.
-    pub fn own_leaf(&self) -> u32 {
-        self.group.own_leaf_index().u32()
-    }
-
     /// Whether proposals wait to be committed.
     pub fn has_pending_proposals(&self) -> bool {
         self.group.has_pending_proposals()

@@ -165,14 +165,4 @@ impl Writer {
     pub fn into_vec(self) -> Vec<u8> {
         self.buf
     }
-
-    /// Bytes written so far.
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Whether nothing has been written.
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
 }

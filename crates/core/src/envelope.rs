@@ -281,7 +281,8 @@ pub struct Reassembler {
     partials: BTreeMap<[u8; 16], Partial>,
 }
 
-/// Most payloads held half-assembled at once; the oldest is dropped beyond it.
+/// Most payloads held half-assembled at once; beyond it the one with the
+/// smallest message id is dropped (ids are random, so it is a random one).
 pub const MAX_PARTIALS: usize = 64;
 
 impl Reassembler {

@@ -91,7 +91,8 @@ impl Signer for Identity {
     }
 }
 
-/// SHA-256 of an identity public key; shown in short form as 8 groups of 4 hex digits.
+/// SHA-256 of `"backchannel/v1/fingerprint" || identity public key`; shown as its
+/// first 16 bytes in 8 groups of 4 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Fingerprint(pub [u8; 32]);
 

@@ -2,7 +2,8 @@
 //!
 //! Nothing in this crate opens a socket, touches a file or reads a clock:
 //! callers pass bytes, the current time and a random number generator in,
-//! and get bytes and events out. The relay and the client engine drive it;
+//! and get bytes and events out. One exception: inside MLS, openmls draws
+//! randomness from the libcrux provider's own CSPRNG. The relay and the client engine drive it;
 //! tests drive it in memory.
 //!
 //! | module | concept |

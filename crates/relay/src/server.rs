@@ -151,7 +151,6 @@ async fn handle(tcp: TcpStream, shared: Arc<Shared>, permit: Option<tokio::sync:
             let (id, response) = match decode_request(&bytes) {
                 Ok((id, req)) => (id, conn.serve(&shared, req).await),
                 Err(err) => {
-                    shared.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     let code = match err {
                         FrameError::TooLarge(_) => ErrorCode::FrameTooLarge,
                         _ => ErrorCode::Malformed,

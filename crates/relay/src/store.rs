@@ -173,7 +173,6 @@ type Reply = mpsc::SyncSender<Result<u64, StoreError>>;
 pub struct EmbeddedStore {
     db: Arc<Database>,
     writes: mpsc::Sender<(Write, Reply)>,
-    max_envelopes_per_mailbox: u32,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -199,11 +198,7 @@ impl EmbeddedStore {
             .name("store-writer".into())
             .spawn(move || writer(writer_db, rx, max))
             .map_err(storage)?;
-        Ok(Self {
-            db,
-            writes: tx,
-            max_envelopes_per_mailbox,
-        })
+        Ok(Self { db, writes: tx })
     }
 
     fn write(&self, w: Write) -> Result<u64, StoreError> {
@@ -212,11 +207,6 @@ impl EmbeddedStore {
             .send((w, tx))
             .map_err(|_| StoreError::Storage("writer stopped".into()))?;
         rx.recv().map_err(|_| StoreError::Storage("writer stopped".into()))?
-    }
-
-    /// The configured per-mailbox limit.
-    pub fn max_envelopes_per_mailbox(&self) -> u32 {
-        self.max_envelopes_per_mailbox
     }
 }
 
