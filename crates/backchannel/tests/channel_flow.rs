@@ -8,14 +8,7 @@ use common::*;
 fn three_parties_talk_with_the_right_sender_and_a_removed_member_reads_nothing_after() {
     let root = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&root.path().join("relay"), &[]);
-    let (alice, bob, carol) = (
-        Client::new(root.path(), "alice"),
-        Client::new(root.path(), "bob"),
-        Client::new(root.path(), "carol"),
-    );
-    alice.init("alice", &relay.address);
-    bob.init("bob", &relay.address);
-    carol.init("carol", &relay.address);
+    let [alice, bob, carol] = people(root.path(), &relay, ["alice", "bob", "carol"]);
     channel_with(&alice, &[&bob, &carol], "talks");
 
     let members = alice.ok(&["members", "talks", "--json"]);
@@ -63,9 +56,7 @@ fn three_parties_talk_with_the_right_sender_and_a_removed_member_reads_nothing_a
 fn safety_numbers_match_on_both_sides_and_confirming_marks_verified() {
     let root = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&root.path().join("relay"), &[]);
-    let (alice, bob) = (Client::new(root.path(), "alice"), Client::new(root.path(), "bob"));
-    alice.init("alice", &relay.address);
-    bob.init("bob", &relay.address);
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
     channel_with(&alice, &[&bob], "v");
     let a = alice.ok(&["verify", "v", "bob"]);
     let b = bob.ok(&["verify", "v", "alice"]);
@@ -95,9 +86,7 @@ fn safety_numbers_match_on_both_sides_and_confirming_marks_verified() {
 fn concurrent_commits_do_not_fork_the_channel() {
     let root = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&root.path().join("relay"), &[]);
-    let (alice, bob) = (Client::new(root.path(), "alice"), Client::new(root.path(), "bob"));
-    alice.init("alice", &relay.address);
-    bob.init("bob", &relay.address);
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
     channel_with(&alice, &[&bob], "race");
     for round in 0..3 {
         // Both rotate their keys at the same moment: each is a commit.
@@ -119,9 +108,7 @@ fn an_acknowledged_message_survives_kill_9_of_the_relay_exactly_once_and_the_pin
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("relay");
     let mut relay = RelayProc::start(&data, &[]);
-    let (alice, bob) = (Client::new(root.path(), "alice"), Client::new(root.path(), "bob"));
-    alice.init("alice", &relay.address);
-    bob.init("bob", &relay.address);
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
     channel_with(&alice, &[&bob], "durable");
     let first = relay.address.clone();
     assert!(alice.ok(&["send", "durable", "survives the crash"]).contains("sent"));
@@ -138,14 +125,7 @@ fn an_acknowledged_message_survives_kill_9_of_the_relay_exactly_once_and_the_pin
 fn leave_and_close() {
     let root = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&root.path().join("relay"), &[]);
-    let (alice, bob, carol) = (
-        Client::new(root.path(), "alice"),
-        Client::new(root.path(), "bob"),
-        Client::new(root.path(), "carol"),
-    );
-    for (c, n) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
-        c.init(n, &relay.address);
-    }
+    let [alice, bob, carol] = people(root.path(), &relay, ["alice", "bob", "carol"]);
     channel_with(&alice, &[&bob, &carol], "ending");
     carol.ok(&["leave", "ending"]);
     assert!(carol.ok(&["channels"]).contains("left"));

@@ -187,6 +187,15 @@ impl Client {
     }
 }
 
+/// One initialized client per name, each with its own home under `root`.
+pub fn people<const N: usize>(root: &Path, relay: &RelayProc, names: [&str; N]) -> [Client; N] {
+    names.map(|n| {
+        let c = Client::new(root, n);
+        c.init(n, &relay.address);
+        c
+    })
+}
+
 /// Alice makes a channel and admits each of `others` with one invite each.
 pub fn channel_with(alice: &Client, others: &[&Client], channel: &str) {
     alice.ok(&["channel", "new", channel]);
