@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! nonce (24) || XChaCha20-Poly1305(seal_key, nonce, aad, chunk (4056)) || tag (16)
-//! aad   = "backchannel/v1/envelope" || mailbox_id (32)
+//! aad   = "backchannel/v1/envelope" || SHA-256(send capability) (32)
 //! chunk = version (1) | kind (1) | message_id (16) | index (u16) | count (u16)
 //!         | total_len (u32) | data_len (u16) | data | zero padding to 4056
 //! ```
@@ -12,8 +12,8 @@
 //! A payload longer than [`CHUNK_DATA`] is split into `count` chunks that
 //! share a random `message_id`; [`Reassembler`] puts them back together. To
 //! the relay every envelope is the same size and indistinguishable from
-//! random bytes; binding the mailbox id into the AEAD stops an envelope
-//! being moved from one mailbox to another.
+//! random bytes; binding the mailbox (by the digest of its send capability)
+//! into the AEAD stops an envelope being moved from one mailbox to another.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,7 +24,7 @@ use rand_core::CryptoRngCore;
 use thiserror::Error;
 
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::mailbox::{MailboxId, SealKey};
+use crate::mailbox::{SealKey, SendCapability};
 
 /// Size of every envelope on the wire and at rest.
 pub const ENVELOPE_SIZE: usize = 4096;
@@ -127,17 +127,17 @@ pub enum EnvelopeError {
     Inconsistent,
 }
 
-fn aad(mailbox: &MailboxId) -> Vec<u8> {
+fn aad(mailbox: &SendCapability) -> Vec<u8> {
     let mut a = Vec::with_capacity(AAD_CONTEXT.len() + 32);
     a.extend_from_slice(AAD_CONTEXT);
-    a.extend_from_slice(&mailbox.0);
+    a.extend_from_slice(&mailbox.digest());
     a
 }
 
 /// Splits `payload` into sealed envelopes for `mailbox`.
 pub fn seal_payload(
     key: &SealKey,
-    mailbox: &MailboxId,
+    mailbox: &SendCapability,
     kind: PayloadKind,
     payload: &[u8],
     rng: &mut impl CryptoRngCore,
@@ -166,7 +166,7 @@ pub fn seal_payload(
 }
 
 /// Seals one chunk (its data must fit in [`CHUNK_DATA`]).
-pub fn seal_chunk(key: &SealKey, mailbox: &MailboxId, chunk: &Chunk, rng: &mut impl CryptoRngCore) -> Envelope {
+pub fn seal_chunk(key: &SealKey, mailbox: &SendCapability, chunk: &Chunk, rng: &mut impl CryptoRngCore) -> Envelope {
     let mut w = Writer::with_capacity(CHUNK_SIZE);
     let n = chunk.data.len().min(CHUNK_DATA);
     w.u8(CHUNK_VERSION)
@@ -200,7 +200,7 @@ pub fn seal_chunk(key: &SealKey, mailbox: &MailboxId, chunk: &Chunk, rng: &mut i
 }
 
 /// Opens an envelope that arrived in `mailbox` (attacker input).
-pub fn open_envelope(key: &SealKey, mailbox: &MailboxId, env: &Envelope) -> Result<Chunk, EnvelopeError> {
+pub fn open_envelope(key: &SealKey, mailbox: &SendCapability, env: &Envelope) -> Result<Chunk, EnvelopeError> {
     let cipher = XChaCha20Poly1305::new(key.0.as_ref().into());
     let plain = cipher
         .decrypt(
@@ -342,8 +342,8 @@ mod tests {
     use proptest::prelude::*;
     use rand_core::OsRng;
 
-    fn key() -> (SealKey, MailboxId) {
-        (SealKey([3; 32]), MailboxId([4; 32]))
+    fn key() -> (SealKey, SendCapability) {
+        (SealKey([3; 32]), SendCapability([4; 32]))
     }
 
     proptest! {
@@ -395,7 +395,7 @@ mod tests {
         let flipped = Envelope::from_slice(&bytes).unwrap_or_else(|_| e.clone());
         assert_eq!(open_envelope(&k, &m, &flipped), Err(EnvelopeError::Unauthentic));
         assert_eq!(
-            open_envelope(&k, &MailboxId([5; 32]), &e),
+            open_envelope(&k, &SendCapability([5; 32]), &e),
             Err(EnvelopeError::Unauthentic)
         );
         assert_eq!(

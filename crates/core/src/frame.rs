@@ -1,11 +1,15 @@
 //! Frames exchanged between a client and a relay over a WebSocket, one frame
 //! per binary WebSocket message.
 //!
-//! Every frame starts with a one-byte tag and a four-byte request id. The
-//! relay speaks first, with [`Response::Hello`] (request id 0) carrying the
-//! per-connection nonce that mailbox-open proofs sign. Each request gets
-//! exactly one response with the same request id; requests may be
-//! pipelined. Byte-exact layouts are in `docs/protocol.md`.
+//! Every frame, in both directions and of every kind, is exactly
+//! [`FRAME_SIZE`] bytes: a one-byte tag, a four-byte request id, the body,
+//! then zeros. A network observer therefore learns nothing from frame
+//! lengths about what a frame is or how long the message inside it was.
+//! The relay speaks first, with [`Response::Hello`] (request id 0) carrying
+//! the per-connection nonce that mailbox-open proofs sign. Each request gets
+//! one response with the same request id, except a fetch, whose envelopes
+//! come one per frame (the last one says so); requests may be pipelined.
+//! Byte-exact layouts are in `docs/protocol.md`.
 
 use thiserror::Error;
 
@@ -14,16 +18,20 @@ use crate::envelope::{Envelope, ENVELOPE_SIZE};
 use crate::mailbox::MailboxId;
 
 /// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
-/// Largest frame a client may send (a `Send` with its envelope fits with room).
-pub const MAX_REQUEST_FRAME: usize = 8 * 1024;
+/// The size of every frame on the wire, in both directions: the largest
+/// frame (one delivered envelope with its mailbox id and sequence number)
+/// rounded up to a multiple of 64.
+pub const FRAME_SIZE: usize = 4160;
 
-/// Most envelopes the relay puts in one [`Response::Envelopes`].
+/// Most envelopes the relay returns for one fetch.
 pub const MAX_FETCH: u16 = 15;
 
-/// Largest frame a relay may send.
-pub const MAX_RESPONSE_FRAME: usize = 5 + 2 + MAX_FETCH as usize * (32 + 8 + ENVELOPE_SIZE) + 64;
+/// Flag on an envelope frame: it carries a delivery.
+const HAS_DELIVERY: u8 = 0x01;
+/// Flag on an envelope frame: more frames answer the same fetch.
+const MORE: u8 = 0x02;
 
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,10 +45,9 @@ pub enum Request {
         /// SHA-256 of the send capability.
         send_digest: [u8; 32],
     },
-    /// Deliver one envelope.
+    /// Deliver one envelope. The send capability is the sender's only name
+    /// for the mailbox.
     Send {
-        /// Destination.
-        mailbox: MailboxId,
         /// Send capability.
         send: [u8; 32],
         /// The sealed envelope.
@@ -54,7 +61,8 @@ pub enum Request {
         proof: [u8; 64],
     },
     /// Fetch envelopes from the mailboxes opened on this connection, waiting
-    /// up to `wait_ms` for one to arrive if none is there.
+    /// up to `wait_ms` for one to arrive if none is there. The answer is one
+    /// frame per envelope, or one empty frame.
     Fetch {
         /// At most this many (capped at [`MAX_FETCH`]).
         max: u16,
@@ -76,9 +84,7 @@ pub enum Request {
     /// Claim `epoch` of a sequencer mailbox: granted to exactly one token per
     /// epoch, in order; repeating a granted claim with the same token is granted again.
     Claim {
-        /// Sequencer mailbox.
-        mailbox: MailboxId,
-        /// Its send capability.
+        /// The sequencer mailbox's send capability.
         send: [u8; 32],
         /// The epoch being claimed.
         epoch: u64,
@@ -96,8 +102,8 @@ pub enum ErrorCode {
     /// The frame could not be parsed.
     #[error("the relay could not parse a request (client and relay versions may differ)")]
     Malformed,
-    /// The frame exceeded [`MAX_REQUEST_FRAME`].
-    #[error("a request was larger than the relay accepts")]
+    /// The frame was not [`FRAME_SIZE`] bytes.
+    #[error("a request was not the size the relay accepts")]
     FrameTooLarge,
     /// No such mailbox, or a wrong send capability (deliberately the same answer).
     #[error("the mailbox does not exist at this relay, or the capability is wrong")]
@@ -224,9 +230,34 @@ pub enum FrameError {
     Malformed(#[from] DecodeError),
 }
 
-/// Encodes a request with its id.
+/// Pads a frame body to [`FRAME_SIZE`].
+fn padded(w: Writer) -> Vec<u8> {
+    let mut v = w.into_vec();
+    debug_assert!(v.len() <= FRAME_SIZE);
+    v.resize(FRAME_SIZE, 0);
+    v
+}
+
+/// Checks the frame's size, then after `parse` that only zero padding is left.
+fn strict<T>(frame: &[u8], parse: impl FnOnce(&mut Reader<'_>) -> Result<T, DecodeError>) -> Result<T, FrameError> {
+    if frame.len() > FRAME_SIZE {
+        return Err(FrameError::TooLarge(frame.len()));
+    }
+    if frame.len() < FRAME_SIZE {
+        return Err(DecodeError::Invalid("frame size").into());
+    }
+    let mut r = Reader::new(frame);
+    let out = parse(&mut r)?;
+    let rest = r.take(r.remaining())?;
+    if rest.iter().any(|&b| b != 0) {
+        return Err(DecodeError::Invalid("frame padding").into());
+    }
+    Ok(out)
+}
+
+/// Encodes a request with its id as one frame of [`FRAME_SIZE`] bytes.
 pub fn encode_request(id: u32, req: &Request) -> Vec<u8> {
-    let mut w = Writer::with_capacity(ENVELOPE_SIZE + 128);
+    let mut w = Writer::with_capacity(FRAME_SIZE);
     match req {
         Request::Create {
             mailbox,
@@ -235,12 +266,8 @@ pub fn encode_request(id: u32, req: &Request) -> Vec<u8> {
         } => {
             w.u8(0x01).u32(id).put(&mailbox.0).put(recipient_key).put(send_digest);
         }
-        Request::Send {
-            mailbox,
-            send,
-            envelope,
-        } => {
-            w.u8(0x02).u32(id).put(&mailbox.0).put(send).put(envelope.as_bytes());
+        Request::Send { send, envelope } => {
+            w.u8(0x02).u32(id).put(send).put(envelope.as_bytes());
         }
         Request::Open { mailbox, proof } => {
             w.u8(0x03).u32(id).put(&mailbox.0).put(proof);
@@ -254,71 +281,63 @@ pub fn encode_request(id: u32, req: &Request) -> Vec<u8> {
         Request::Delete { mailbox } => {
             w.u8(0x06).u32(id).put(&mailbox.0);
         }
-        Request::Claim {
-            mailbox,
-            send,
-            epoch,
-            token,
-        } => {
-            w.u8(0x07).u32(id).put(&mailbox.0).put(send).u64(*epoch).put(token);
+        Request::Claim { send, epoch, token } => {
+            w.u8(0x07).u32(id).put(send).u64(*epoch).put(token);
         }
         Request::Ping => {
             w.u8(0x08).u32(id);
         }
     }
-    w.into_vec()
+    padded(w)
 }
 
 /// Decodes a request frame from a client (attacker input).
 pub fn decode_request(frame: &[u8]) -> Result<(u32, Request), FrameError> {
-    if frame.len() > MAX_REQUEST_FRAME {
-        return Err(FrameError::TooLarge(frame.len()));
-    }
-    let mut r = Reader::new(frame);
-    let tag = r.u8()?;
-    let id = r.u32()?;
-    let req = match tag {
-        0x01 => Request::Create {
-            mailbox: MailboxId(r.array()?),
-            recipient_key: r.array()?,
-            send_digest: r.array()?,
-        },
-        0x02 => Request::Send {
-            mailbox: MailboxId(r.array()?),
-            send: r.array()?,
-            envelope: Envelope::from_slice(r.take(ENVELOPE_SIZE)?)?,
-        },
-        0x03 => Request::Open {
-            mailbox: MailboxId(r.array()?),
-            proof: r.array()?,
-        },
-        0x04 => Request::Fetch {
-            max: r.u16()?,
-            wait_ms: r.u32()?,
-        },
-        0x05 => Request::Ack {
-            mailbox: MailboxId(r.array()?),
-            seq: r.u64()?,
-        },
-        0x06 => Request::Delete {
-            mailbox: MailboxId(r.array()?),
-        },
-        0x07 => Request::Claim {
-            mailbox: MailboxId(r.array()?),
-            send: r.array()?,
-            epoch: r.u64()?,
-            token: r.array()?,
-        },
-        0x08 => Request::Ping,
-        _ => return Err(DecodeError::Invalid("request tag").into()),
-    };
-    r.finish()?;
-    Ok((id, req))
+    strict(frame, |r| {
+        let tag = r.u8()?;
+        let id = r.u32()?;
+        let req = match tag {
+            0x01 => Request::Create {
+                mailbox: MailboxId(r.array()?),
+                recipient_key: r.array()?,
+                send_digest: r.array()?,
+            },
+            0x02 => Request::Send {
+                send: r.array()?,
+                envelope: Envelope::from_slice(r.take(ENVELOPE_SIZE)?)?,
+            },
+            0x03 => Request::Open {
+                mailbox: MailboxId(r.array()?),
+                proof: r.array()?,
+            },
+            0x04 => Request::Fetch {
+                max: r.u16()?,
+                wait_ms: r.u32()?,
+            },
+            0x05 => Request::Ack {
+                mailbox: MailboxId(r.array()?),
+                seq: r.u64()?,
+            },
+            0x06 => Request::Delete {
+                mailbox: MailboxId(r.array()?),
+            },
+            0x07 => Request::Claim {
+                send: r.array()?,
+                epoch: r.u64()?,
+                token: r.array()?,
+            },
+            0x08 => Request::Ping,
+            _ => return Err(DecodeError::Invalid("request tag")),
+        };
+        Ok((id, req))
+    })
 }
 
-/// Encodes a response with the id of the request it answers.
-pub fn encode_response(id: u32, resp: &Response) -> Vec<u8> {
-    let mut w = Writer::with_capacity(64);
+/// Encodes a response with the id of the request it answers: one frame,
+/// or for [`Response::Envelopes`] one frame per envelope (at most
+/// [`MAX_FETCH`]) and one empty frame when there are none.
+pub fn encode_response(id: u32, resp: &Response) -> Vec<Vec<u8>> {
+    let mut w = Writer::with_capacity(FRAME_SIZE);
     match resp {
         Response::Hello { version, nonce, limits } => {
             w.u8(0x81)
@@ -333,11 +352,26 @@ pub fn encode_response(id: u32, resp: &Response) -> Vec<u8> {
             w.u8(0x82).u32(id);
         }
         Response::Envelopes(list) => {
-            let n = list.len().min(MAX_FETCH as usize);
-            w.u8(0x83).u32(id).u16(n as u16);
-            for d in &list[..n] {
-                w.put(&d.mailbox.0).u64(d.seq).put(d.envelope.as_bytes());
+            let list = &list[..list.len().min(MAX_FETCH as usize)];
+            if list.is_empty() {
+                w.u8(0x83).u32(id).u8(0);
+                return vec![padded(w)];
             }
+            return list
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let more = if i + 1 < list.len() { MORE } else { 0 };
+                    let mut w = Writer::with_capacity(FRAME_SIZE);
+                    w.u8(0x83)
+                        .u32(id)
+                        .u8(HAS_DELIVERY | more)
+                        .put(&d.mailbox.0)
+                        .u64(d.seq)
+                        .put(d.envelope.as_bytes());
+                    padded(w)
+                })
+                .collect();
         }
         Response::Error { code, detail } => {
             w.u8(0x84).u32(id).u16(code.to_u16()).u64(*detail);
@@ -346,52 +380,97 @@ pub fn encode_response(id: u32, resp: &Response) -> Vec<u8> {
             w.u8(0x85).u32(id);
         }
     }
-    w.into_vec()
+    vec![padded(w)]
 }
 
-/// Decodes a response frame from a relay (attacker input for the client).
-pub fn decode_response(frame: &[u8]) -> Result<(u32, Response), FrameError> {
-    if frame.len() > MAX_RESPONSE_FRAME {
-        return Err(FrameError::TooLarge(frame.len()));
-    }
-    let mut r = Reader::new(frame);
-    let tag = r.u8()?;
-    let id = r.u32()?;
-    let resp = match tag {
-        0x81 => Response::Hello {
-            version: r.u8()?,
-            nonce: r.array()?,
-            limits: Limits {
-                max_request_frame: r.u32()?,
-                max_envelopes_per_mailbox: r.u32()?,
-                max_mailboxes_per_connection: r.u32()?,
+/// One decoded response frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseFrame {
+    /// The request it answers.
+    pub id: u32,
+    /// The response, or for an envelope frame, its zero or one envelope.
+    pub response: Response,
+    /// More envelope frames answer the same request.
+    pub more: bool,
+}
+
+/// Decodes one response frame from a relay (attacker input for the client).
+pub fn decode_response(frame: &[u8]) -> Result<ResponseFrame, FrameError> {
+    strict(frame, |r| {
+        let tag = r.u8()?;
+        let id = r.u32()?;
+        let mut more = false;
+        let response = match tag {
+            0x81 => Response::Hello {
+                version: r.u8()?,
+                nonce: r.array()?,
+                limits: Limits {
+                    max_request_frame: r.u32()?,
+                    max_envelopes_per_mailbox: r.u32()?,
+                    max_mailboxes_per_connection: r.u32()?,
+                },
             },
-        },
-        0x82 => Response::Ok,
-        0x83 => {
-            let n = r.u16()?;
-            if n > MAX_FETCH {
-                return Err(DecodeError::Invalid("envelope count").into());
+            0x82 => Response::Ok,
+            0x83 => {
+                let flags = r.u8()?;
+                if flags & !(HAS_DELIVERY | MORE) != 0 || flags == MORE {
+                    return Err(DecodeError::Invalid("envelope flags"));
+                }
+                more = flags & MORE != 0;
+                let mut list = Vec::new();
+                if flags & HAS_DELIVERY != 0 {
+                    list.push(Delivery {
+                        mailbox: MailboxId(r.array()?),
+                        seq: r.u64()?,
+                        envelope: Envelope::from_slice(r.take(ENVELOPE_SIZE)?)?,
+                    });
+                }
+                Response::Envelopes(list)
             }
-            let mut list = Vec::with_capacity(n as usize);
-            for _ in 0..n {
-                list.push(Delivery {
-                    mailbox: MailboxId(r.array()?),
-                    seq: r.u64()?,
-                    envelope: Envelope::from_slice(r.take(ENVELOPE_SIZE)?)?,
-                });
+            0x84 => Response::Error {
+                code: ErrorCode::from_u16(r.u16()?)?,
+                detail: r.u64()?,
+            },
+            0x85 => Response::Pong,
+            _ => return Err(DecodeError::Invalid("response tag")),
+        };
+        Ok(ResponseFrame { id, response, more })
+    })
+}
+
+/// Collects the frames of one response: envelope frames are joined until
+/// the one without the "more" flag. Returns `None` while more are expected.
+#[derive(Debug, Default)]
+pub struct ResponseAssembler {
+    pending: Option<(u32, Vec<Delivery>)>,
+}
+
+impl ResponseAssembler {
+    /// Adds a frame; returns the complete response when it is.
+    pub fn push(&mut self, frame: ResponseFrame) -> Result<Option<(u32, Response)>, FrameError> {
+        let ResponseFrame { id, response, more } = frame;
+        let Response::Envelopes(list) = response else {
+            if self.pending.is_some() {
+                return Err(DecodeError::Invalid("interleaved response").into());
             }
-            Response::Envelopes(list)
+            return Ok(Some((id, response)));
+        };
+        let mut acc = match self.pending.take() {
+            Some((pid, acc)) if pid == id => acc,
+            Some(_) => return Err(DecodeError::Invalid("interleaved response").into()),
+            None => Vec::new(),
+        };
+        acc.extend(list);
+        if acc.len() > MAX_FETCH as usize {
+            return Err(DecodeError::Invalid("envelope count").into());
         }
-        0x84 => Response::Error {
-            code: ErrorCode::from_u16(r.u16()?)?,
-            detail: r.u64()?,
-        },
-        0x85 => Response::Pong,
-        _ => return Err(DecodeError::Invalid("response tag").into()),
-    };
-    r.finish()?;
-    Ok((id, resp))
+        if more {
+            self.pending = Some((id, acc));
+            Ok(None)
+        } else {
+            Ok(Some((id, Response::Envelopes(acc))))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -420,11 +499,7 @@ mod tests {
                     send_digest,
                 }
             }),
-            (arb_id(), any::<[u8; 32]>(), arb_envelope()).prop_map(|(mailbox, send, envelope)| Request::Send {
-                mailbox,
-                send,
-                envelope
-            }),
+            (any::<[u8; 32]>(), arb_envelope()).prop_map(|(send, envelope)| Request::Send { send, envelope }),
             (arb_id(), proptest::collection::vec(any::<u8>(), 64)).prop_map(|(mailbox, p)| {
                 let mut proof = [0u8; 64];
                 proof.copy_from_slice(&p);
@@ -433,14 +508,8 @@ mod tests {
             (any::<u16>(), any::<u32>()).prop_map(|(max, wait_ms)| Request::Fetch { max, wait_ms }),
             (arb_id(), any::<u64>()).prop_map(|(mailbox, seq)| Request::Ack { mailbox, seq }),
             arb_id().prop_map(|mailbox| Request::Delete { mailbox }),
-            (arb_id(), any::<[u8; 32]>(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(mailbox, send, epoch, token)| {
-                Request::Claim {
-                    mailbox,
-                    send,
-                    epoch,
-                    token,
-                }
-            }),
+            (any::<[u8; 32]>(), any::<u64>(), any::<[u8; 32]>())
+                .prop_map(|(send, epoch, token)| Request::Claim { send, epoch, token }),
             Just(Request::Ping),
         ]
     }
@@ -458,7 +527,7 @@ mod tests {
             }),
             Just(Response::Ok),
             Just(Response::Pong),
-            proptest::collection::vec((arb_id(), any::<u64>(), arb_envelope()), 0..4).prop_map(|v| {
+            proptest::collection::vec((arb_id(), any::<u64>(), arb_envelope()), 0..=MAX_FETCH as usize).prop_map(|v| {
                 Response::Envelopes(
                     v.into_iter()
                         .map(|(mailbox, seq, envelope)| Delivery { mailbox, seq, envelope })
@@ -472,19 +541,31 @@ mod tests {
         ]
     }
 
+    fn reassemble(frames: Vec<Vec<u8>>) -> Result<(u32, Response), FrameError> {
+        let mut asm = ResponseAssembler::default();
+        let n = frames.len();
+        for (i, f) in frames.into_iter().enumerate() {
+            if let Some(done) = asm.push(decode_response(&f)?)? {
+                assert_eq!(i + 1, n, "complete before the last frame");
+                return Ok(done);
+            }
+        }
+        Err(DecodeError::Truncated.into())
+    }
+
     proptest! {
         #[test]
-        fn requests_round_trip(id in any::<u32>(), req in arb_request()) {
+        fn requests_round_trip_at_one_size(id in any::<u32>(), req in arb_request()) {
             let bytes = encode_request(id, &req);
-            prop_assert!(bytes.len() <= MAX_REQUEST_FRAME);
+            prop_assert_eq!(bytes.len(), FRAME_SIZE);
             prop_assert_eq!(decode_request(&bytes), Ok((id, req)));
         }
 
         #[test]
-        fn responses_round_trip(id in any::<u32>(), resp in arb_response()) {
-            let bytes = encode_response(id, &resp);
-            prop_assert!(bytes.len() <= MAX_RESPONSE_FRAME);
-            prop_assert_eq!(decode_response(&bytes), Ok((id, resp)));
+        fn responses_round_trip_at_one_size(id in any::<u32>(), resp in arb_response()) {
+            let frames = encode_response(id, &resp);
+            prop_assert!(frames.iter().all(|f| f.len() == FRAME_SIZE));
+            prop_assert_eq!(reassemble(frames), Ok((id, resp)));
         }
 
         #[test]
@@ -494,16 +575,70 @@ mod tests {
         }
 
         #[test]
-        fn truncation_is_an_error(id in any::<u32>(), req in arb_request(), cut in 1usize..64) {
+        fn arbitrary_full_size_frames_never_panic(head in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut f = head;
+            f.resize(FRAME_SIZE, 0);
+            let _ = decode_request(&f);
+            if let Ok(frame) = decode_response(&f) {
+                let _ = ResponseAssembler::default().push(frame);
+            }
+        }
+
+        #[test]
+        fn truncation_or_nonzero_padding_is_an_error(id in any::<u32>(), req in arb_request(), cut in 1usize..64) {
             let bytes = encode_request(id, &req);
-            let cut = cut.min(bytes.len());
             prop_assert!(decode_request(&bytes[..bytes.len() - cut]).is_err());
+            let mut dirty = bytes.clone();
+            dirty[FRAME_SIZE - 1] = 1;
+            prop_assert!(decode_request(&dirty).is_err());
         }
     }
 
     #[test]
     fn oversize_request_is_rejected_before_parsing() {
-        let big = vec![0x08u8; MAX_REQUEST_FRAME + 1];
-        assert_eq!(decode_request(&big), Err(FrameError::TooLarge(MAX_REQUEST_FRAME + 1)));
+        let big = vec![0x08u8; FRAME_SIZE + 1];
+        assert_eq!(decode_request(&big), Err(FrameError::TooLarge(FRAME_SIZE + 1)));
+    }
+
+    #[test]
+    fn a_ping_and_a_send_are_the_same_size() {
+        let ping = encode_request(1, &Request::Ping);
+        let send = encode_request(
+            2,
+            &Request::Send {
+                send: [1; 32],
+                envelope: Envelope::from_slice(&[9; ENVELOPE_SIZE]).unwrap_or_else(|_| unreachable!()),
+            },
+        );
+        assert_eq!(ping.len(), send.len());
+        let ok = encode_response(1, &Response::Ok);
+        let none = encode_response(2, &Response::Envelopes(Vec::new()));
+        assert_eq!((ok.len(), ok[0].len()), (1, FRAME_SIZE));
+        assert_eq!((none.len(), none[0].len()), (1, FRAME_SIZE));
+    }
+
+    #[test]
+    fn interleaved_or_overlong_envelope_streams_are_refused() {
+        let d = Delivery {
+            mailbox: MailboxId([1; 32]),
+            seq: 1,
+            envelope: Envelope::from_slice(&[9; ENVELOPE_SIZE]).unwrap_or_else(|_| unreachable!()),
+        };
+        let two = encode_response(7, &Response::Envelopes(vec![d.clone(), d.clone()]));
+        let mut asm = ResponseAssembler::default();
+        assert_eq!(asm.push(decode_response(&two[0]).unwrap_or_else(|_| unreachable!())), Ok(None));
+        let other = encode_response(8, &Response::Ok);
+        assert!(asm.push(decode_response(&other[0]).unwrap_or_else(|_| unreachable!())).is_err());
+        // A relay that never ends the stream is cut off at MAX_FETCH.
+        let mut asm = ResponseAssembler::default();
+        let mut refused = false;
+        for _ in 0..=MAX_FETCH {
+            match asm.push(decode_response(&two[0]).unwrap_or_else(|_| unreachable!())) {
+                Ok(None) => {}
+                Ok(Some(_)) => unreachable!(),
+                Err(_) => refused = true,
+            }
+        }
+        assert!(refused);
     }
 }

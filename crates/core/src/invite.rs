@@ -111,7 +111,7 @@ impl Invite {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mailbox::{MailboxId, SealKey, SendCapability};
+    use crate::mailbox::{SealKey, SendCapability};
     use crate::relay_address::RelayAddress;
     use proptest::prelude::*;
 
@@ -120,15 +120,14 @@ mod tests {
             any::<[u8; 32]>(),
             "[a-z0-9.]{1,20}",
             1u16..,
-            any::<[[u8; 32]; 4]>(),
+            any::<[[u8; 32]; 3]>(),
             any::<u64>(),
             any::<u16>(),
         )
             .prop_map(
-                |(pin, host, port, [id, send, seal, inviter_key], expires_at, ciphersuite)| Invite {
+                |(pin, host, port, [send, seal, inviter_key], expires_at, ciphersuite)| Invite {
                     mailbox: MailboxAddress {
                         relay: RelayAddress { pin, host, port },
-                        id: MailboxId(id),
                         send: SendCapability(send),
                         seal: SealKey(seal),
                     },

@@ -1,11 +1,14 @@
 //! Anonymous mailboxes: identifiers, capabilities and the keys that go with
 //! them.
 //!
-//! A mailbox is created by its recipient, who registers an Ed25519
-//! *recipient key* (to open, fetch, acknowledge and delete) and the SHA-256
-//! of a random *send capability* (which senders present to deliver). Neither
-//! names a person. The *seal key* never reaches the relay: senders use it to
-//! seal envelopes so that the relay stores only uniform random bytes.
+//! A mailbox is created by its recipient, who registers a random *receive
+//! id*, an Ed25519 *recipient key* (to open, fetch, acknowledge and delete)
+//! and the SHA-256 of a random *send capability*. Senders know only the send
+//! capability and the seal key, never the receive id, so the relay's view of
+//! a send and of a receive share no identifier, and a member's device holds
+//! nothing that names another member's mailbox at the relay. Neither names a
+//! person. The *seal key* never reaches the relay: senders use it to seal
+//! envelopes so that the relay stores only uniform random bytes.
 
 use std::fmt;
 
@@ -20,7 +23,8 @@ use crate::relay_address::RelayAddress;
 /// Domain separator for the proof that opens a mailbox on a connection.
 const OPEN_CONTEXT: &[u8] = b"backchannel/v1/open-mailbox";
 
-/// A mailbox identifier: 32 random bytes chosen by the recipient.
+/// A mailbox's receive id: 32 random bytes chosen by the recipient and known
+/// only to it and the relay.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct MailboxId(pub [u8; 32]);
 
@@ -31,7 +35,8 @@ impl fmt::Debug for MailboxId {
     }
 }
 
-/// The secret a sender presents to deliver into a mailbox.
+/// The secret a sender presents to deliver into a mailbox; it is the only
+/// name a sender has for the mailbox.
 #[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop, serde::Serialize, serde::Deserialize)]
 pub struct SendCapability(pub [u8; 32]);
 
@@ -63,9 +68,7 @@ impl fmt::Debug for SealKey {
 pub struct MailboxAddress {
     /// The relay that holds the mailbox.
     pub relay: RelayAddress,
-    /// The mailbox.
-    pub id: MailboxId,
-    /// Authorizes delivery.
+    /// Names the mailbox to the relay and authorizes delivery.
     pub send: SendCapability,
     /// Seals envelopes for the recipient.
     pub seal: SealKey,
@@ -81,7 +84,7 @@ impl MailboxAddress {
     /// Appends the binary form.
     pub fn encode(&self, w: &mut Writer) {
         self.relay.encode(w);
-        w.put(&self.id.0).put(&self.send.0).put(&self.seal.0);
+        w.put(&self.send.0).put(&self.seal.0);
     }
 
     /// The binary form as a vector.
@@ -95,7 +98,6 @@ impl MailboxAddress {
     pub fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self {
             relay: RelayAddress::decode(r)?,
-            id: MailboxId(r.array()?),
             send: SendCapability(r.array()?),
             seal: SealKey(r.array()?),
         })
@@ -110,11 +112,14 @@ impl MailboxAddress {
     }
 }
 
-/// A mailbox as its recipient holds it: the address plus the recipient key.
+/// A mailbox as its recipient holds it: the address, the receive id and the
+/// recipient key.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct MailboxKeys {
     /// What senders get.
     pub address: MailboxAddress,
+    /// The receive id (never given to senders).
+    id: MailboxId,
     /// Ed25519 secret that opens the mailbox at the relay.
     recipient: [u8; 32],
 }
@@ -145,17 +150,17 @@ impl MailboxKeys {
         Self {
             address: MailboxAddress {
                 relay,
-                id: MailboxId(id),
                 send: SendCapability(send),
                 seal: SealKey(seal),
             },
+            id: MailboxId(id),
             recipient,
         }
     }
 
-    /// The mailbox identifier.
+    /// The receive id.
     pub fn id(&self) -> MailboxId {
-        self.address.id
+        self.id
     }
 
     fn signing_key(&self) -> SigningKey {
@@ -171,7 +176,7 @@ impl MailboxKeys {
     /// `nonce`.
     pub fn open_proof(&self, nonce: &[u8; 32]) -> [u8; 64] {
         self.signing_key()
-            .sign(&open_message(nonce, &self.address.id))
+            .sign(&open_message(nonce, &self.id))
             .to_bytes()
     }
 }
@@ -230,6 +235,7 @@ mod tests {
     fn debug_hides_secrets() {
         let k = MailboxKeys::generate(relay(), &mut rand_core::OsRng);
         let s = format!("{k:?} {:?} {:?} {:?}", k.address, k.address.send, k.id());
+        assert_ne!(k.id().0, k.address.send.0);
         assert_eq!(
             s,
             "MailboxKeys { .. } MailboxAddress { .. } SendCapability(..) MailboxId(..)"

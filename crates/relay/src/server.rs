@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backchannel_core::frame::{
-    decode_request, encode_response, ErrorCode, FrameError, Limits as WireLimits, Request, Response, MAX_FETCH,
-    MAX_REQUEST_FRAME, PROTOCOL_VERSION,
+    decode_request, encode_response, ErrorCode, FrameError, Limits as WireLimits, Request, Response, FRAME_SIZE,
+    MAX_FETCH, PROTOCOL_VERSION,
 };
 use backchannel_core::mailbox::{verify_open_proof, MailboxId};
 use futures_util::{SinkExt, StreamExt};
@@ -58,8 +58,8 @@ fn ws_config() -> WebSocketConfig {
         .read_buffer_size(16 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(256 * 1024)
-        .max_message_size(Some(2 * MAX_REQUEST_FRAME))
-        .max_frame_size(Some(2 * MAX_REQUEST_FRAME))
+        .max_message_size(Some(2 * FRAME_SIZE))
+        .max_frame_size(Some(2 * FRAME_SIZE))
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -92,14 +92,11 @@ async fn handle(tcp: TcpStream, shared: Arc<Shared>, permit: Option<tokio::sync:
     };
     if permit.is_none() {
         shared.metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
-        let refuse = encode_response(
-            0,
-            &Response::Error {
-                code: ErrorCode::TooManyConnections,
-                detail: 0,
-            },
-        );
-        let _ = ws.send(Message::Binary(refuse.into())).await;
+        let refuse = Response::Error {
+            code: ErrorCode::TooManyConnections,
+            detail: 0,
+        };
+        let _ = send_response(&mut ws, 0, &refuse).await;
         let _ = ws.close(None).await;
         return;
     }
@@ -117,16 +114,12 @@ async fn handle(tcp: TcpStream, shared: Arc<Shared>, permit: Option<tokio::sync:
         version: PROTOCOL_VERSION,
         nonce: conn.nonce,
         limits: WireLimits {
-            max_request_frame: MAX_REQUEST_FRAME as u32,
+            max_request_frame: FRAME_SIZE as u32,
             max_envelopes_per_mailbox: shared.limits.max_envelopes_per_mailbox,
             max_mailboxes_per_connection: shared.limits.max_mailboxes_per_connection as u32,
         },
     };
-    if ws
-        .send(Message::Binary(encode_response(0, &hello).into()))
-        .await
-        .is_ok()
-    {
+    if send_response(&mut ws, 0, &hello).await.is_ok() {
         loop {
             let msg = match tokio::time::timeout(shared.limits.idle_timeout, ws.next()).await {
                 Ok(Some(Ok(m))) => m,
@@ -142,7 +135,7 @@ async fn handle(tcp: TcpStream, shared: Arc<Shared>, permit: Option<tokio::sync:
                         code: ErrorCode::Malformed,
                         detail: 0,
                     };
-                    if ws.send(Message::Binary(encode_response(0, &e).into())).await.is_err() {
+                    if send_response(&mut ws, 0, &e).await.is_err() {
                         break;
                     }
                     continue;
@@ -167,17 +160,24 @@ async fn handle(tcp: TcpStream, shared: Arc<Shared>, permit: Option<tokio::sync:
             if matches!(response, Response::Error { .. }) {
                 shared.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
             }
-            if ws
-                .send(Message::Binary(encode_response(id, &response).into()))
-                .await
-                .is_err()
-            {
+            if send_response(&mut ws, id, &response).await.is_err() {
                 break;
             }
         }
     }
     shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
     drop(permit);
+}
+
+/// Sends a response's frames (several for a fetch), flushing once.
+async fn send_response<S>(ws: &mut S, id: u32, response: &Response) -> Result<(), S::Error>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    for frame in encode_response(id, response) {
+        ws.feed(Message::Binary(frame.into())).await?;
+    }
+    ws.flush().await
 }
 
 struct Connection {
@@ -235,14 +235,10 @@ impl Connection {
                     Err(e) => store_error(e),
                 }
             }
-            Request::Send {
-                mailbox,
-                send,
-                envelope,
-            } => {
+            Request::Send { send, envelope } => {
                 let expires = now_secs().saturating_add(shared.limits.envelope_ttl.as_secs());
-                match blocking(move || store.send(mailbox, send, envelope, expires)).await {
-                    Ok(_) => {
+                match blocking(move || store.send(send, envelope, expires)).await {
+                    Ok((mailbox, _)) => {
                         shared.metrics.envelopes_in.fetch_add(1, Ordering::Relaxed);
                         let _ = shared.notify.send(mailbox);
                         Response::Ok
@@ -300,12 +296,7 @@ impl Connection {
                     Err(e) => store_error(e),
                 }
             }
-            Request::Claim {
-                mailbox,
-                send,
-                epoch,
-                token,
-            } => match blocking(move || store.claim(mailbox, send, epoch, token)).await {
+            Request::Claim { send, epoch, token } => match blocking(move || store.claim(send, epoch, token)).await {
                 Ok(()) => Response::Ok,
                 Err(e) => store_error(e),
             },

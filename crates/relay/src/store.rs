@@ -16,8 +16,12 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// id (32) -> mailbox record.
+/// receive id (32) -> mailbox record.
 const MAILBOXES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mailboxes");
+/// SHA-256(send capability) (32) -> receive id (32). Senders name a mailbox
+/// only by its send capability; the relay keeps just the digest, so its
+/// disk alone does not let anyone deliver.
+const SENDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("senders");
 /// id (32) || seq (u64 BE) -> expires_at (u64 BE, Unix s) || envelope (4096).
 const ENVELOPES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("envelopes");
 
@@ -65,10 +69,11 @@ pub struct Stats {
 /// Storage for mailboxes and their envelopes. Methods block; call them off
 /// the async executor.
 pub trait MailboxStore: Send + Sync + 'static {
-    /// Creates a mailbox.
+    /// Creates a mailbox under its receive id and the digest of its send capability.
     fn create(&self, id: MailboxId, recipient_key: [u8; 32], send_digest: [u8; 32]) -> Result<(), StoreError>;
-    /// Stores an envelope durably; returns its sequence number.
-    fn send(&self, id: MailboxId, send: [u8; 32], envelope: Envelope, expires_at: u64) -> Result<u64, StoreError>;
+    /// Stores an envelope durably in the mailbox whose send capability is
+    /// `send`; returns that mailbox's receive id and the envelope's sequence number.
+    fn send(&self, send: [u8; 32], envelope: Envelope, expires_at: u64) -> Result<(MailboxId, u64), StoreError>;
     /// The recipient key of a mailbox.
     fn recipient_key(&self, id: MailboxId) -> Result<Option<[u8; 32]>, StoreError>;
     /// Up to `max` oldest envelopes from these mailboxes.
@@ -77,8 +82,8 @@ pub trait MailboxStore: Send + Sync + 'static {
     fn ack(&self, id: MailboxId, seq: u64) -> Result<(), StoreError>;
     /// Deletes a mailbox and its envelopes.
     fn delete(&self, id: MailboxId) -> Result<(), StoreError>;
-    /// Claims an epoch of a sequencer mailbox.
-    fn claim(&self, id: MailboxId, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError>;
+    /// Claims an epoch of the sequencer mailbox whose send capability is `send`.
+    fn claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError>;
     /// Deletes envelopes whose expiry is before `now`; returns how many.
     fn expire(&self, now: u64) -> Result<u64, StoreError>;
     /// Counts.
@@ -123,11 +128,6 @@ impl MailboxRecord {
         r.finish().map_err(bad)?;
         Ok(rec)
     }
-
-    fn authorizes(&self, send: &[u8; 32]) -> bool {
-        let d: [u8; 32] = Sha256::digest(send).into();
-        ct_eq(&d, &self.send_digest)
-    }
 }
 
 fn envelope_key(id: &MailboxId, seq: u64) -> [u8; 40] {
@@ -144,7 +144,6 @@ enum Write {
         send_digest: [u8; 32],
     },
     Send {
-        id: MailboxId,
         send: [u8; 32],
         envelope: Envelope,
         expires_at: u64,
@@ -157,7 +156,6 @@ enum Write {
         id: MailboxId,
     },
     Claim {
-        id: MailboxId,
         send: [u8; 32],
         epoch: u64,
         token: [u8; 32],
@@ -167,7 +165,9 @@ enum Write {
     },
 }
 
-type Reply = mpsc::SyncSender<Result<u64, StoreError>>;
+/// What a write answers: the receive id it touched (for sends) and a number.
+type Answer = Result<(MailboxId, u64), StoreError>;
+type Reply = mpsc::SyncSender<Answer>;
 
 /// The embedded, crash-safe store (redb).
 pub struct EmbeddedStore {
@@ -189,6 +189,7 @@ impl EmbeddedStore {
             let txn = db.begin_write().map_err(storage)?;
             txn.open_table(MAILBOXES).map_err(storage)?;
             txn.open_table(ENVELOPES).map_err(storage)?;
+            txn.open_table(SENDERS).map_err(storage)?;
             txn.commit().map_err(storage)?;
         }
         let (tx, rx) = mpsc::channel::<(Write, Reply)>();
@@ -201,7 +202,7 @@ impl EmbeddedStore {
         Ok(Self { db, writes: tx })
     }
 
-    fn write(&self, w: Write) -> Result<u64, StoreError> {
+    fn write(&self, w: Write) -> Answer {
         let (tx, rx) = mpsc::sync_channel(1);
         self.writes
             .send((w, tx))
@@ -235,15 +236,21 @@ fn writer(db: Arc<Database>, rx: mpsc::Receiver<(Write, Reply)>, max: u32) {
     }
 }
 
-fn apply_batch(db: &Database, batch: &[(Write, Reply)], max: u32) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+fn apply_batch(db: &Database, batch: &[(Write, Reply)], max: u32) -> Result<Vec<Answer>, StoreError> {
     let mut txn = db.begin_write().map_err(storage)?;
     txn.set_two_phase_commit(true);
     let mut results = Vec::with_capacity(batch.len());
     {
         let mut boxes = txn.open_table(MAILBOXES).map_err(storage)?;
         let mut envs = txn.open_table(ENVELOPES).map_err(storage)?;
+        let mut senders = txn.open_table(SENDERS).map_err(storage)?;
+        let mut tables = Tables {
+            boxes: &mut boxes,
+            envs: &mut envs,
+            senders: &mut senders,
+        };
         for (w, _) in batch {
-            results.push(apply(&mut boxes, &mut envs, w, max)?);
+            results.push(apply(&mut tables, w, max)?);
         }
     }
     txn.commit().map_err(storage)?;
@@ -259,22 +266,39 @@ fn get_record(boxes: &Table<'_>, id: &MailboxId) -> Result<Option<MailboxRecord>
     }
 }
 
+fn sender(senders: &Table<'_>, send: &[u8; 32]) -> Result<Option<MailboxId>, StoreError> {
+    let digest: [u8; 32] = Sha256::digest(send).into();
+    match senders.get(&digest[..]).map_err(storage)? {
+        Some(v) => {
+            let id: [u8; 32] = v
+                .value()
+                .try_into()
+                .map_err(|_| StoreError::Storage("corrupt sender record".into()))?;
+            Ok(Some(MailboxId(id)))
+        }
+        None => Ok(None),
+    }
+}
+
+struct Tables<'a, 't> {
+    boxes: &'a mut Table<'t>,
+    envs: &'a mut Table<'t>,
+    senders: &'a mut Table<'t>,
+}
+
 /// Applies one write. The outer `Result` is a storage failure that aborts the
 /// batch; the inner one is this operation's own answer (a refused operation
 /// writes nothing).
-fn apply(
-    boxes: &mut Table<'_>,
-    envs: &mut Table<'_>,
-    w: &Write,
-    max: u32,
-) -> Result<Result<u64, StoreError>, StoreError> {
+fn apply(t: &mut Tables<'_, '_>, w: &Write, max: u32) -> Result<Answer, StoreError> {
+    let Tables { boxes, envs, senders } = t;
+    const NONE: MailboxId = MailboxId([0; 32]);
     Ok(match w {
         Write::Create {
             id,
             recipient,
             send_digest,
         } => {
-            if get_record(boxes, id)?.is_some() {
+            if get_record(boxes, id)?.is_some() || senders.get(&send_digest[..]).map_err(storage)?.is_some() {
                 Err(StoreError::MailboxExists)
             } else {
                 let rec = MailboxRecord {
@@ -286,16 +310,17 @@ fn apply(
                     last_token: [0; 32],
                 };
                 boxes.insert(&id.0[..], &rec.encode()[..]).map_err(storage)?;
-                Ok(0)
+                senders.insert(&send_digest[..], &id.0[..]).map_err(storage)?;
+                Ok((*id, 0))
             }
         }
         Write::Send {
-            id,
             send,
             envelope,
             expires_at,
-        } => match get_record(boxes, id)? {
-            Some(rec) if rec.authorizes(send) => {
+        } => match sender(senders, send)?.map(|id| get_record(boxes, &id).map(|r| (id, r))).transpose()? {
+            Some((id, Some(rec))) => {
+                let id = &id;
                 if rec.count >= max {
                     Err(StoreError::MailboxFull)
                 } else {
@@ -310,7 +335,7 @@ fn apply(
                         ..rec
                     };
                     boxes.insert(&id.0[..], &rec.encode()[..]).map_err(storage)?;
-                    Ok(seq)
+                    Ok((*id, seq))
                 }
             }
             _ => Err(StoreError::NoSuchMailbox),
@@ -326,7 +351,7 @@ fn apply(
                     boxes.insert(&id.0[..], &rec.encode()[..]).map_err(storage)?;
                 }
             }
-            Ok(0)
+            Ok((*id, 0))
         }
         Write::Delete { id } => {
             let start = envelope_key(id, 0);
@@ -339,11 +364,18 @@ fn apply(
             for k in &keys {
                 envs.remove(&k[..]).map_err(storage)?;
             }
+            if let Some(rec) = get_record(boxes, id)? {
+                senders.remove(&rec.send_digest[..]).map_err(storage)?;
+            }
             boxes.remove(&id.0[..]).map_err(storage)?;
-            Ok(keys.len() as u64)
+            Ok((*id, keys.len() as u64))
         }
-        Write::Claim { id, send, epoch, token } => match get_record(boxes, id)? {
-            Some(rec) if rec.authorizes(send) => {
+        Write::Claim { send, epoch, token } => match sender(senders, send)?
+            .map(|id| get_record(boxes, &id).map(|r| (id, r)))
+            .transpose()?
+        {
+            Some((id, Some(rec))) => {
+                let id = &id;
                 if *epoch == rec.next_epoch {
                     let rec = MailboxRecord {
                         next_epoch: epoch + 1,
@@ -351,9 +383,9 @@ fn apply(
                         ..rec
                     };
                     boxes.insert(&id.0[..], &rec.encode()[..]).map_err(storage)?;
-                    Ok(*epoch)
+                    Ok((*id, *epoch))
                 } else if epoch + 1 == rec.next_epoch && ct_eq(token, &rec.last_token) {
-                    Ok(*epoch)
+                    Ok((*id, *epoch))
                 } else {
                     Err(StoreError::EpochConflict(rec.next_epoch))
                 }
@@ -386,7 +418,7 @@ fn apply(
                     boxes.insert(&id.0[..], &rec.encode()[..]).map_err(storage)?;
                 }
             }
-            Ok(expired.len() as u64)
+            Ok((NONE, expired.len() as u64))
         }
     })
 }
@@ -401,9 +433,8 @@ impl MailboxStore for EmbeddedStore {
         .map(|_| ())
     }
 
-    fn send(&self, id: MailboxId, send: [u8; 32], envelope: Envelope, expires_at: u64) -> Result<u64, StoreError> {
+    fn send(&self, send: [u8; 32], envelope: Envelope, expires_at: u64) -> Result<(MailboxId, u64), StoreError> {
         self.write(Write::Send {
-            id,
             send,
             envelope,
             expires_at,
@@ -458,12 +489,12 @@ impl MailboxStore for EmbeddedStore {
         self.write(Write::Delete { id }).map(|_| ())
     }
 
-    fn claim(&self, id: MailboxId, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
-        self.write(Write::Claim { id, send, epoch, token }).map(|_| ())
+    fn claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
+        self.write(Write::Claim { send, epoch, token }).map(|_| ())
     }
 
     fn expire(&self, now: u64) -> Result<u64, StoreError> {
-        self.write(Write::Expire { now })
+        self.write(Write::Expire { now }).map(|(_, n)| n)
     }
 
     fn stats(&self) -> Result<Stats, StoreError> {
@@ -499,19 +530,23 @@ mod tests {
         let digest: [u8; 32] = Sha256::digest(cap).into();
         s.create(id, [3; 32], digest).unwrap();
         assert_eq!(s.create(id, [3; 32], digest), Err(StoreError::MailboxExists));
-        assert_eq!(s.send(id, [9; 32], env(1), u64::MAX), Err(StoreError::NoSuchMailbox));
-        let a = s.send(id, cap, env(1), u64::MAX).unwrap();
-        let b = s.send(id, cap, env(2), u64::MAX).unwrap();
+        assert_eq!(s.create(MailboxId([7; 32]), [3; 32], digest), Err(StoreError::MailboxExists));
+        assert_eq!(s.send([9; 32], env(1), u64::MAX), Err(StoreError::NoSuchMailbox));
+        assert_eq!(s.send(id.0, env(1), u64::MAX), Err(StoreError::NoSuchMailbox));
+        let (to, a) = s.send(cap, env(1), u64::MAX).unwrap();
+        assert_eq!(to, id);
+        let (_, b) = s.send(cap, env(2), u64::MAX).unwrap();
         assert!(b > a);
-        assert_eq!(s.send(id, cap, env(3), u64::MAX), Err(StoreError::MailboxFull));
+        assert_eq!(s.send(cap, env(3), u64::MAX), Err(StoreError::MailboxFull));
         let got = s.fetch(&[id], 10).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].envelope, env(1));
         s.ack(id, a).unwrap();
         assert_eq!(s.fetch(&[id], 10).unwrap().len(), 1);
-        s.send(id, cap, env(4), u64::MAX).unwrap();
+        s.send(cap, env(4), u64::MAX).unwrap();
         s.delete(id).unwrap();
         assert_eq!(s.stats().unwrap(), Stats::default());
+        assert_eq!(s.send(cap, env(5), u64::MAX), Err(StoreError::NoSuchMailbox));
     }
 
     #[test]
@@ -521,12 +556,12 @@ mod tests {
         let id = MailboxId([1; 32]);
         let cap = [2u8; 32];
         s.create(id, [3; 32], Sha256::digest(cap).into()).unwrap();
-        s.claim(id, cap, 0, [7; 32]).unwrap();
-        s.claim(id, cap, 0, [7; 32]).unwrap();
-        assert_eq!(s.claim(id, cap, 0, [8; 32]), Err(StoreError::EpochConflict(1)));
-        assert_eq!(s.claim(id, cap, 5, [8; 32]), Err(StoreError::EpochConflict(1)));
-        s.claim(id, cap, 1, [8; 32]).unwrap();
-        assert_eq!(s.claim(id, [0; 32], 2, [8; 32]), Err(StoreError::NoSuchMailbox));
+        s.claim(cap, 0, [7; 32]).unwrap();
+        s.claim(cap, 0, [7; 32]).unwrap();
+        assert_eq!(s.claim(cap, 0, [8; 32]), Err(StoreError::EpochConflict(1)));
+        assert_eq!(s.claim(cap, 5, [8; 32]), Err(StoreError::EpochConflict(1)));
+        s.claim(cap, 1, [8; 32]).unwrap();
+        assert_eq!(s.claim([0; 32], 2, [8; 32]), Err(StoreError::NoSuchMailbox));
     }
 
     #[test]
@@ -537,8 +572,8 @@ mod tests {
         {
             let s = open(dir.path(), 10);
             s.create(id, [3; 32], Sha256::digest(cap).into()).unwrap();
-            s.send(id, cap, env(1), 100).unwrap();
-            s.send(id, cap, env(2), 300).unwrap();
+            s.send(cap, env(1), 100).unwrap();
+            s.send(cap, env(2), 300).unwrap();
         }
         // Give the previous writer thread time to drop its handle on the file.
         std::thread::sleep(std::time::Duration::from_millis(100));

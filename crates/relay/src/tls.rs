@@ -75,12 +75,16 @@ impl TlsIdentity {
     /// A rustls server configuration (TLS 1.3 only).
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, RelayError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| RelayError::Tls(e.to_string()))?
             .with_no_client_auth()
             .with_single_cert(vec![self.cert.clone()], PrivateKeyDer::Pkcs8(self.key.clone_key()))
             .map_err(|e| RelayError::Tls(e.to_string()))?;
+        // No session tickets: clients never resume (a resumed session would
+        // link a client's connections), and tickets would be the only
+        // post-handshake records whose size is not one frame.
+        config.send_tls13_tickets = 0;
         Ok(Arc::new(config))
     }
 }
