@@ -479,7 +479,7 @@ async fn run_engine(args: &Args, engine: &mut Engine) -> Result<(), Box<dyn std:
                 "{}",
                 serde_json::json!({
                     "relay": k.address.relay.to_string(),
-                    "mailbox": hex(&k.address.id.0),
+                    "mailbox": hex(&k.id().0),
                     "send": hex(&k.address.send.0),
                     "seal": hex(&k.address.seal.0),
                 })

@@ -4,16 +4,17 @@
 mod common;
 use backchannel_client::{ConnectError, RelayConnection};
 use backchannel_core::envelope::{seal_payload, Envelope, PayloadKind, ENVELOPE_SIZE};
-use backchannel_core::frame::{ErrorCode, Request, Response, MAX_REQUEST_FRAME};
-use backchannel_core::mailbox::{MailboxId, MailboxKeys, SealKey};
+use backchannel_core::frame::{ErrorCode, Request, Response, FRAME_SIZE};
+use backchannel_core::mailbox::{MailboxId, MailboxKeys, SealKey, SendCapability};
 use backchannel_core::relay_address::RelayAddress;
 use common::*;
 use rand_core::{OsRng, RngCore};
 
 struct Target {
     relay: RelayAddress,
+    /// The receive id: known to the member and the relay, never to senders.
     id: MailboxId,
-    send: [u8; 32],
+    send: SendCapability,
     seal: SealKey,
 }
 
@@ -22,7 +23,7 @@ fn target(c: &Client, channel: &str) -> Target {
     Target {
         relay: v["relay"].as_str().unwrap().parse().unwrap(),
         id: MailboxId(unhex(v["mailbox"].as_str().unwrap()).try_into().unwrap()),
-        send: unhex(v["send"].as_str().unwrap()).try_into().unwrap(),
+        send: SendCapability(unhex(v["send"].as_str().unwrap()).try_into().unwrap()),
         seal: SealKey(unhex(v["seal"].as_str().unwrap()).try_into().unwrap()),
     }
 }
@@ -39,8 +40,7 @@ fn inject(t: &Target, envelopes: Vec<Envelope>) {
         let mut c = RelayConnection::connect(&t.relay).await.unwrap();
         for envelope in envelopes {
             c.request(&Request::Send {
-                mailbox: t.id,
-                send: t.send,
+                send: t.send.0,
                 envelope,
             })
             .await
@@ -65,7 +65,7 @@ fn forged_garbage_and_replayed_envelopes_are_never_shown_and_are_reported() {
     // 2. Correctly sealed (the sender knows the mailbox) but a forged MLS message claiming to be alice.
     let forged = seal_payload(
         &t.seal,
-        &t.id,
+        &t.send,
         PayloadKind::Mls,
         b"\x00\x01forged: alice says pay 1M",
         &mut OsRng,
@@ -83,23 +83,23 @@ fn forged_garbage_and_replayed_envelopes_are_never_shown_and_are_reported() {
     );
     assert!(bob.texts("auth").is_empty());
 
-    // 3. Replay by the relay operator: copy alice's envelope from the relay's disk, let bob
-    //    receive it, then put the same bytes back into bob's mailbox.
+    // 3. Replay by the relay operator: read alice's envelope out of the relay's store (the
+    //    operator holds its disk and keys), let bob receive it, then put the same bytes back
+    //    into bob's mailbox.
     alice.ok(&["send", "auth", "transfer approved"]);
     relay.kill9();
     let captured: Vec<Vec<u8>> = {
-        use redb::ReadableTable as _;
-        let db = redb::Database::open(data.join("mailboxes.redb")).unwrap();
-        let txn = db.begin_read().unwrap();
-        let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("envelopes");
-        let envs = txn.open_table(table).unwrap();
-        let mut out = Vec::new();
-        for e in envs.iter().unwrap() {
-            let (k, v) = e.unwrap();
-            if k.value()[..32] == t.id.0 {
-                out.push(v.value()[8..].to_vec());
-            }
-        }
+        use backchannel_relay::store::{EmbeddedStore, MailboxStore as _};
+        let store = EmbeddedStore::open(&data.join("mailboxes.redb"), 10_000).unwrap();
+        let out = store
+            .fetch(&[t.id], 100)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.envelope.as_bytes().to_vec())
+            .collect();
+        drop(store);
+        // Let the store's writer thread release the file.
+        std::thread::sleep(std::time::Duration::from_millis(200));
         out
     };
     assert!(!captured.is_empty());
@@ -260,13 +260,18 @@ fn relay_limits_are_enforced_with_clear_protocol_errors() {
     rt().block_on(async {
         let mut c = RelayConnection::connect(&addr).await.unwrap();
         // Frame size.
-        let big = vec![0x08u8; MAX_REQUEST_FRAME + 1];
+        let big = vec![0x08u8; FRAME_SIZE + 1];
         match c.send_raw(big).await.unwrap() {
             Response::Error { code, .. } => assert_eq!(code, ErrorCode::FrameTooLarge),
             other => panic!("{other:?}"),
         }
         // Garbage frame.
         match c.send_raw(vec![0xee, 0, 0, 0, 1]).await.unwrap() {
+            Response::Error { code, .. } => assert_eq!(code, ErrorCode::Malformed),
+            other => panic!("{other:?}"),
+        }
+        // A short (unpadded) frame of a valid kind.
+        match c.send_raw(vec![0x08, 0, 0, 0, 1]).await.unwrap() {
             Response::Error { code, .. } => assert_eq!(code, ErrorCode::Malformed),
             other => panic!("{other:?}"),
         }
@@ -291,12 +296,11 @@ fn relay_limits_are_enforced_with_clear_protocol_errors() {
         // Envelopes per mailbox.
         let k = &boxes[0];
         for i in 0..4 {
-            let envelope = seal_payload(&k.address.seal, &k.id(), PayloadKind::Mls, b"x", &mut OsRng)
+            let envelope = seal_payload(&k.address.seal, &k.address.send, PayloadKind::Mls, b"x", &mut OsRng)
                 .unwrap()
                 .remove(0);
             let r = c
                 .request(&Request::Send {
-                    mailbox: k.id(),
                     send: k.address.send.0,
                     envelope,
                 })
@@ -307,16 +311,12 @@ fn relay_limits_are_enforced_with_clear_protocol_errors() {
                 assert!(r.unwrap_err().is(ErrorCode::MailboxFull));
             }
         }
-        // A wrong capability looks like a missing mailbox.
-        let envelope = Envelope::from_slice(&[0u8; ENVELOPE_SIZE]).unwrap();
-        let r = c
-            .request(&Request::Send {
-                mailbox: boxes[1].id(),
-                send: [0; 32],
-                envelope,
-            })
-            .await;
-        assert!(r.unwrap_err().is(ErrorCode::NoSuchMailbox));
+        // A wrong capability looks like a missing mailbox, and so does the receive id used as one.
+        for send in [[0; 32], boxes[1].id().0] {
+            let envelope = Envelope::from_slice(&[0u8; ENVELOPE_SIZE]).unwrap();
+            let r = c.request(&Request::Send { send, envelope }).await;
+            assert!(r.unwrap_err().is(ErrorCode::NoSuchMailbox));
+        }
         // Fetch without opening returns nothing of anyone else's.
         let mut other = RelayConnection::connect(&addr).await.unwrap();
         match other.request(&Request::Fetch { max: 15, wait_ms: 0 }).await.unwrap() {

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backchannel_core::frame::{decode_response, encode_request, ErrorCode, Request, Response, PROTOCOL_VERSION};
+use backchannel_core::frame::{
+    decode_response, encode_request, ErrorCode, Request, Response, ResponseAssembler, PROTOCOL_VERSION,
+};
 use backchannel_core::relay_address::{Pin, RelayAddress};
 use futures_util::{SinkExt, StreamExt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -184,14 +186,20 @@ impl RelayConnection {
         &self.nonce
     }
 
+    /// Reads one whole response (a fetch's envelopes span several frames).
     async fn read_response(&mut self) -> Result<(u32, Response), ConnectError> {
+        let broken = || ConnectError::Broken(self.authority.clone());
+        let mut asm = ResponseAssembler::default();
         loop {
             match self.ws.next().await {
                 Some(Ok(Message::Binary(b))) => {
-                    return decode_response(&b).map_err(|_| ConnectError::Broken(self.authority.clone()));
+                    let frame = decode_response(&b).map_err(|_| broken())?;
+                    if let Some(done) = asm.push(frame).map_err(|_| broken())? {
+                        return Ok(done);
+                    }
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                _ => return Err(ConnectError::Broken(self.authority.clone())),
+                _ => return Err(broken()),
             }
         }
     }

@@ -278,7 +278,7 @@ impl Engine {
     // ---- outbox ----
 
     fn enqueue(&mut self, to: &MailboxAddress, kind: PayloadKind, payload: &[u8]) -> Result<(), ClientError> {
-        let envs = seal_payload(&to.seal, &to.id, kind, payload, &mut OsRng).map_err(protocol)?;
+        let envs = seal_payload(&to.seal, &to.send, kind, payload, &mut OsRng).map_err(protocol)?;
         self.state.outbox.push(OutboxItem {
             to: to.clone(),
             envelopes: envs.iter().map(|e| e.as_bytes().to_vec()).collect(),
@@ -304,7 +304,6 @@ impl Engine {
                 .iter()
                 .filter_map(|e| Envelope::from_slice(e).ok())
                 .map(|envelope| Request::Send {
-                    mailbox: item.to.id,
                     send: item.to.send.0,
                     envelope,
                 })
@@ -484,7 +483,7 @@ impl Engine {
             Role::Channel(n) | Role::Invite(n, _) => Some(n.clone()),
             Role::Join(_) => None,
         };
-        let chunk = match open_envelope(&keys.address.seal, &keys.id(), env) {
+        let chunk = match open_envelope(&keys.address.seal, &keys.address.send, env) {
             Ok(c) => c,
             Err(_) => {
                 self.warn(
@@ -773,7 +772,6 @@ impl Engine {
         let mut group = self.load_group(name)?;
         let seq = group.info().map_err(protocol)?.sequencer;
         let claim = Request::Claim {
-            mailbox: seq.id,
             send: seq.send.0,
             epoch: pending.epoch,
             token: pending.token,
@@ -991,7 +989,7 @@ impl Engine {
         let request = JoinRequest { key_package: kp }.to_bytes();
         let envs = seal_payload(
             &invite.mailbox.seal,
-            &invite.mailbox.id,
+            &invite.mailbox.send,
             PayloadKind::JoinRequest,
             &request,
             &mut OsRng,
@@ -1000,7 +998,6 @@ impl Engine {
         let reqs: Vec<Request> = envs
             .into_iter()
             .map(|envelope| Request::Send {
-                mailbox: invite.mailbox.id,
                 send: invite.mailbox.send.0,
                 envelope,
             })
