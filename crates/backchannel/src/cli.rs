@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use backchannel_client::engine::{MessageView, Warning};
+use backchannel_client::socks::ProxyAddr;
 use backchannel_client::{ClientError, Engine};
 use backchannel_core::channel::Suite;
 use backchannel_core::relay_address::RelayAddress;
@@ -22,6 +23,10 @@ pub struct Args {
     /// Read the passphrase from this file (otherwise $BACKCHANNEL_PASSPHRASE, or a prompt).
     #[arg(long, global = true)]
     passphrase_file: Option<PathBuf>,
+    /// Reach relays through this SOCKS5 proxy, e.g. socks5h://127.0.0.1:9050 for Tor (given
+    /// to `init`, it is remembered for every later command).
+    #[arg(long, global = true, env = "BACKCHANNEL_PROXY")]
+    proxy: Option<ProxyAddr>,
     #[command(subcommand)]
     command: Command,
 }
@@ -154,6 +159,19 @@ enum Command {
     Update { channel: String },
     /// Run a complete local demonstration.
     Demo,
+    /// Hold this home's relay connections; other commands hand their work to it.
+    Daemon {
+        /// Constant-rate cover traffic: one frame per tick, e.g. 4/s or 30/m.
+        #[arg(long, value_parser = parse_rate)]
+        cover: Option<Duration>,
+    },
+    /// Print unread messages without syncing (what `watch` asks a daemon for).
+    #[command(hide = true)]
+    WatchOnce {
+        channel: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Test hooks (not for normal use).
     #[command(hide = true)]
     Debug {
@@ -201,7 +219,24 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-fn home(args: &Args) -> Result<PathBuf, ClientError> {
+/// Parses a cover rate like `4/s` or `30/m` into the period between ticks.
+fn parse_rate(s: &str) -> Result<Duration, String> {
+    let bad = || format!("\"{s}\" is not a rate like 4/s or 30/m");
+    let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    let per = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    if n == 0 || n > 100 || per / n < Duration::from_millis(10) {
+        return Err(format!("\"{s}\": the cover rate must be between 1/h and 100/s"));
+    }
+    Ok(per / n)
+}
+
+pub(crate) fn home(args: &Args) -> Result<PathBuf, ClientError> {
     if let Some(h) = &args.home {
         return Ok(h.clone());
     }
@@ -247,16 +282,73 @@ fn passphrase(args: &Args, confirm: bool) -> Result<Vec<u8>, ClientError> {
     ))
 }
 
-fn print_warnings(warnings: &[Warning]) {
-    for w in warnings {
-        match &w.channel {
-            Some(c) => eprintln!("warning: [{c}] {}", w.text),
-            None => eprintln!("warning: {}", w.text),
+/// Where a command's output goes: this process's stdout and stderr, or a
+/// buffer that the daemon sends back to the command that asked for it.
+#[derive(Debug, Default)]
+pub(crate) struct Out {
+    buffer: Option<std::sync::Mutex<Vec<(bool, String)>>>,
+}
+
+impl Out {
+    /// Straight to stdout and stderr.
+    pub(crate) fn local() -> Self {
+        Self { buffer: None }
+    }
+
+    /// Into a buffer.
+    pub(crate) fn buffered() -> Self {
+        Self {
+            buffer: Some(std::sync::Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The buffered lines: `(is_stderr, line)`.
+    pub(crate) fn take(&self) -> Vec<(bool, String)> {
+        match &self.buffer {
+            Some(b) => b.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    fn push(&self, err: bool, line: String) {
+        match &self.buffer {
+            Some(b) => {
+                if let Ok(mut v) = b.lock() {
+                    v.push((err, line));
+                }
+            }
+            None if err => eprintln!("{line}"),
+            None => println!("{line}"),
+        }
+    }
+
+    /// One line on stdout.
+    pub(crate) fn line(&self, line: impl std::fmt::Display) {
+        self.push(false, line.to_string());
+    }
+
+    /// One line on stderr.
+    pub(crate) fn eline(&self, line: impl std::fmt::Display) {
+        self.push(true, line.to_string());
+    }
+
+    fn flush(&self) {
+        if self.buffer.is_none() {
+            let _ = std::io::stdout().flush();
         }
     }
 }
 
-fn print_message(m: &MessageView, json: bool) {
+pub(crate) fn print_warnings(out: &Out, warnings: &[Warning]) {
+    for w in warnings {
+        match &w.channel {
+            Some(c) => out.eline(format!("warning: [{c}] {}", w.text)),
+            None => out.eline(format!("warning: {}", w.text)),
+        }
+    }
+}
+
+fn print_message(out: &Out, m: &MessageView, json: bool) {
     let msg = &m.message;
     if json {
         let line = match &msg.event {
@@ -277,25 +369,29 @@ fn print_message(m: &MessageView, json: bool) {
                 "text": msg.text,
             }),
         };
-        println!("{line}");
+        out.line(line);
     } else {
         let secs = msg.sent_at / 1000;
         let (h, mi, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
         match &msg.event {
             None => {
                 let mark = if m.verified { "" } else { " (unverified)" };
-                println!("[{h:02}:{mi:02}:{s:02}] {}{mark}: {}", msg.from, msg.text);
+                out.line(format!("[{h:02}:{mi:02}:{s:02}] {}{mark}: {}", msg.from, msg.text));
             }
-            Some(kind) if kind == "rejected" => println!("[{h:02}:{mi:02}:{s:02}] !! {}", msg.text),
-            Some(_) => println!("[{h:02}:{mi:02}:{s:02}] * {}", msg.text),
+            Some(kind) if kind == "rejected" => out.line(format!("[{h:02}:{mi:02}:{s:02}] !! {}", msg.text)),
+            Some(_) => out.line(format!("[{h:02}:{mi:02}:{s:02}] * {}", msg.text)),
         }
     }
 }
 
-async fn open(args: &Args) -> Result<Engine, ClientError> {
+pub(crate) async fn open(args: &Args) -> Result<Engine, ClientError> {
     let dir = home(args)?;
     let pass = passphrase(args, false)?;
-    Engine::open(&dir, &pass)
+    let mut engine = Engine::open(&dir, &pass)?;
+    if let Some(p) = &args.proxy {
+        engine.set_proxy(p.clone());
+    }
+    Ok(engine)
 }
 
 /// Runs one command.
@@ -307,20 +403,67 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let relay: RelayAddress = relay.parse()?;
             let dir = home(&args)?;
             let pass = passphrase(&args, true)?;
-            let fp = Engine::init(&dir, &pass, name, relay).await?;
+            let fp = Engine::init(&dir, &pass, name, relay, args.proxy.clone()).await?;
             println!("identity created for {name}");
             println!("fingerprint: {fp}");
+            if let Some(p) = &args.proxy {
+                println!("every connection will go through {p}");
+            }
             return Ok(());
         }
+        Command::Daemon { cover } => return crate::daemon::serve(&args, *cover).await,
         _ => {}
     }
+    // A running daemon for this home does the work on its connections.
+    if let Some(code) = crate::daemon::forward(&args).await? {
+        if code != 0 {
+            return Err(Box::new(Forwarded(code)));
+        }
+        return Ok(());
+    }
     let mut engine = open(&args).await?;
-    let result = run_engine(&args, &mut engine).await;
-    print_warnings(&engine.take_warnings());
+    let out = Out::local();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let result = run_engine(&args, &mut engine, &out, &cwd).await;
+    print_warnings(&out, &engine.take_warnings());
     result
 }
 
-async fn run_engine(args: &Args, engine: &mut Engine) -> Result<(), Box<dyn std::error::Error>> {
+/// A forwarded command failed; the daemon already printed why.
+#[derive(Debug)]
+pub(crate) struct Forwarded(pub(crate) i32);
+
+impl std::fmt::Display for Forwarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the command failed in the daemon (exit {})", self.0)
+    }
+}
+
+impl std::error::Error for Forwarded {}
+
+/// Whether a command is one a daemon may run for its home.
+pub(crate) fn forwardable(args: &Args) -> bool {
+    !matches!(
+        args.command,
+        Command::Relay { .. } | Command::Demo | Command::Init { .. } | Command::Daemon { .. }
+    )
+}
+
+/// Whether this is `watch` (the forwarder turns it into repeated `watch-once`s).
+pub(crate) fn watch_args(args: &Args) -> Option<(Option<String>, bool)> {
+    match &args.command {
+        Command::Watch { channel, json } => Some((channel.clone(), *json)),
+        _ => None,
+    }
+}
+
+/// Runs one command on an open engine. Relative paths are taken from `cwd`.
+pub(crate) async fn run_engine(
+    args: &Args,
+    engine: &mut Engine,
+    out: &Out,
+    cwd: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
     match &args.command {
         Command::Channel {
             command: ChannelCommand::New { channel, classical },
@@ -331,7 +474,7 @@ async fn run_engine(args: &Args, engine: &mut Engine) -> Result<(), Box<dyn std:
                 Suite::PostQuantum
             };
             engine.channel_new(channel, suite).await?;
-            println!("channel {channel} created");
+            out.line(format!("channel {channel} created"));
         }
         Command::Invite {
             channel,
@@ -340,7 +483,7 @@ async fn run_engine(args: &Args, engine: &mut Engine) -> Result<(), Box<dyn std:
             qr,
         } => {
             let invite = engine.invite(channel, *uses, *expires).await?;
-            println!("{invite}");
+            out.line(&invite);
             if *qr {
                 if let Ok(code) = qrcode::QrCode::new(invite.to_uppercase().as_bytes()) {
                     let art = code
@@ -350,26 +493,26 @@ async fn run_engine(args: &Args, engine: &mut Engine) -> Result<(), Box<dyn std:
                         .dark_color('#')
                         .light_color(' ')
                         .build();
-                    eprintln!("{art}");
+                    out.eline(art);
                 }
             }
         }
         Command::Join { invite, name, wait } => {
             match engine.join(invite, name.clone(), Duration::from_secs(*wait)).await? {
-                Some(ch) => println!("joined channel {ch}"),
-                None => println!(
+                Some(ch) => out.line(format!("joined channel {ch}")),
+                None => out.line(format!(
                     "join request sent; you will be admitted when the inviter's backchannel next runs (then run `backchannel sync`)"
-                ),
+                )),
             }
         }
         Command::Sync { wait } => {
             let n = engine.sync(Duration::from_secs(*wait)).await?;
-            println!("synced: {n} new");
+            out.line(format!("synced: {n} new"));
         }
         Command::Send { channel, text, file } => {
             let text = match (text, file) {
                 (Some(t), None) => t.clone(),
-                (None, Some(f)) => std::fs::read_to_string(f)?,
+                (None, Some(f)) => std::fs::read_to_string(cwd.join(f))?,
                 _ => {
                     return Err(Box::new(ClientError::Usage(
                         "give the message text or --file PATH, not both".into(),
@@ -377,16 +520,16 @@ async fn run_engine(args: &Args, engine: &mut Engine) -> Result<(), Box<dyn std:
                 }
             };
             match engine.send(channel, &text).await {
-                Ok(()) => println!("sent"),
+                Ok(()) => out.line("sent"),
                 Err(e) => return Err(Box::new(e)),
             }
         }
         Command::Read { channel, json, all } => {
             if let Err(e) = engine.sync(Duration::ZERO).await {
-                eprintln!("warning: could not sync ({e}); showing what is stored");
+                out.eline(format!("warning: could not sync ({e}); showing what is stored"));
             }
             for m in engine.read(channel, *all)? {
-                print_message(&m, *json);
+                print_message(out, &m, *json);
             }
         }
         Command::Watch { channel, json } => loop {
@@ -397,28 +540,28 @@ async fn run_engine(args: &Args, engine: &mut Engine) -> Result<(), Box<dyn std:
             };
             for name in names {
                 for m in engine.read(&name, false)? {
-                    print_message(&m, *json);
+                    print_message(out, &m, *json);
                 }
             }
-            print_warnings(&engine.take_warnings());
-            std::io::stdout().flush()?;
+            print_warnings(out, &engine.take_warnings());
+            out.flush();
         },
         Command::Channels { json } => {
             engine.sync(Duration::ZERO).await?;
             for c in engine.channels() {
                 if *json {
-                    println!(
+                    out.line(format!(
                         "{}",
                         serde_json::json!({"name": c.name, "status": c.status.word(), "members": c.members, "unread": c.unread})
-                    );
+                    ));
                 } else {
-                    println!(
+                    out.line(format!(
                         "{}\t{}\t{} members\t{} unread",
                         c.name,
                         c.status.word(),
                         c.members,
                         c.unread
-                    );
+                    ));
                 }
             }
         }
@@ -426,14 +569,14 @@ async fn run_engine(args: &Args, engine: &mut Engine) -> Result<(), Box<dyn std:
             engine.sync(Duration::ZERO).await?;
             for m in engine.members(channel)? {
                 if *json {
-                    println!(
+                    out.line(format!(
                         "{}",
                         serde_json::json!({"name": m.name, "fingerprint": m.fingerprint.to_string(), "verified": m.verified, "you": m.you})
-                    );
+                    ));
                 } else {
                     let you = if m.you { " (you)" } else { "" };
                     let v = if m.verified { "verified" } else { "unverified" };
-                    println!("{}{you}\t{}\t{v}", m.name, m.fingerprint);
+                    out.line(format!("{}{you}\t{}\t{v}", m.name, m.fingerprint));
                 }
             }
         }
@@ -444,38 +587,38 @@ async fn run_engine(args: &Args, engine: &mut Engine) -> Result<(), Box<dyn std:
         } => {
             engine.sync(Duration::ZERO).await?;
             let (number, m) = engine.verify(channel, member, *confirm)?;
-            println!("{number}");
+            out.line(number);
             if *confirm {
-                eprintln!("{} is now marked verified in {channel}", m.name);
+                out.eline(format!("{} is now marked verified in {channel}", m.name));
             } else {
-                eprintln!(
+                out.eline(format!(
                     "compare this number with {} in person or by voice; if it matches, run `backchannel verify {channel} {member} --confirm`",
                     m.name
-                );
+                ));
             }
         }
         Command::Remove { channel, member } => {
             let name = engine.remove(channel, member).await?;
-            println!("removed {name} from {channel}");
+            out.line(format!("removed {name} from {channel}"));
         }
         Command::Leave { channel } => {
             engine.leave(channel).await?;
-            println!("left {channel}");
+            out.line(format!("left {channel}"));
         }
         Command::Close { channel } => {
             engine.close(channel).await?;
-            println!("closed {channel}");
+            out.line(format!("closed {channel}"));
         }
         Command::Update { channel } => {
             engine.update_keys(channel).await?;
-            println!("keys updated in {channel}");
+            out.line(format!("keys and mailbox rotated in {channel}"));
         }
         Command::Debug {
             command: DebugCommand::Mailbox { channel },
         } => {
             let k = engine.debug_mailbox(channel)?;
             let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-            println!(
+            out.line(format!(
                 "{}",
                 serde_json::json!({
                     "relay": k.address.relay.to_string(),
@@ -483,9 +626,20 @@ async fn run_engine(args: &Args, engine: &mut Engine) -> Result<(), Box<dyn std:
                     "send": hex(&k.address.send.0),
                     "seal": hex(&k.address.seal.0),
                 })
-            );
+            ));
         }
-        Command::Relay { .. } | Command::Demo | Command::Init { .. } => {}
+        Command::WatchOnce { channel, json } => {
+            let names: Vec<String> = match channel {
+                Some(c) => vec![c.clone()],
+                None => engine.channels().into_iter().map(|c| c.name).collect(),
+            };
+            for name in names {
+                for m in engine.read(&name, false)? {
+                    print_message(out, &m, *json);
+                }
+            }
+        }
+        Command::Relay { .. } | Command::Demo | Command::Init { .. } | Command::Daemon { .. } => {}
     }
     Ok(())
 }

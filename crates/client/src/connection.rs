@@ -9,7 +9,10 @@ use backchannel_core::frame::{
     decode_response, encode_request, ErrorCode, Request, Response, ResponseAssembler, PROTOCOL_VERSION,
 };
 use backchannel_core::relay_address::{Pin, RelayAddress};
+
+use crate::socks::ProxyAddr;
 use futures_util::{SinkExt, StreamExt};
+use rand_core::{OsRng, RngCore};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -29,6 +32,9 @@ pub enum ConnectError {
     /// TCP connection failed.
     #[error("the relay at {0} is unreachable; check that it is running and the address is right")]
     Unreachable(String),
+    /// The SOCKS5 proxy failed or refused.
+    #[error("the proxy {0} could not connect to the relay ({1}); check that the proxy (e.g. Tor) is running")]
+    Proxy(String, String),
     /// The certificate does not match the pin.
     #[error("the relay at {0} presented a different key than its address pins; someone may be intercepting the connection, or the relay was reinstalled: get its current address from its operator")]
     PinMismatch(String),
@@ -114,16 +120,27 @@ impl std::fmt::Debug for RelayConnection {
 }
 
 impl RelayConnection {
-    /// Connects to `addr`, checking the pin, and reads the relay's hello.
+    /// Connects to `addr` directly, checking the pin, and reads the relay's hello.
     pub async fn connect(addr: &RelayAddress) -> Result<Self, ConnectError> {
+        Self::connect_via(addr, None).await
+    }
+
+    /// Connects to `addr`, through a SOCKS5 proxy if one is given (each
+    /// connection with its own isolation username, so that Tor gives it its
+    /// own circuit), checking the pin, and reads the relay's hello.
+    pub async fn connect_via(addr: &RelayAddress, proxy: Option<&ProxyAddr>) -> Result<Self, ConnectError> {
         let authority = addr.authority();
-        match tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(addr, &authority)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(addr, proxy, &authority)).await {
             Ok(r) => r,
             Err(_) => Err(ConnectError::Unreachable(authority)),
         }
     }
 
-    async fn connect_inner(addr: &RelayAddress, authority: &str) -> Result<Self, ConnectError> {
+    async fn connect_inner(
+        addr: &RelayAddress,
+        proxy: Option<&ProxyAddr>,
+        authority: &str,
+    ) -> Result<Self, ConnectError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mismatch = Arc::new(AtomicBool::new(false));
         let verifier = PinVerifier {
@@ -137,9 +154,19 @@ impl RelayConnection {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
-        let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
-            .await
-            .map_err(|_| ConnectError::Unreachable(authority.to_string()))?;
+        let tcp = match proxy {
+            None => TcpStream::connect((addr.host.as_str(), addr.port))
+                .await
+                .map_err(|_| ConnectError::Unreachable(authority.to_string()))?,
+            Some(p) => {
+                let mut isolation = [0u8; 16];
+                OsRng.fill_bytes(&mut isolation);
+                let isolation: String = isolation.iter().map(|b| format!("{b:02x}")).collect();
+                crate::socks::connect(p, &addr.host, addr.port, &isolation)
+                    .await
+                    .map_err(|e| ConnectError::Proxy(p.to_string(), e.to_string()))?
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let name =
             ServerName::try_from("backchannel-relay").map_err(|_| ConnectError::Broken(authority.to_string()))?;

@@ -22,14 +22,22 @@ use rand_core::{OsRng, RngCore};
 
 use crate::connection::{ConnectError, RelayConnection};
 use crate::home::Home;
+use crate::socks::ProxyAddr;
 use crate::state::{
-    ChannelState, ChannelStatus, InviteRecord, OutboxItem, PendingCommit, PendingJoin, State, StoredMessage,
-    STATE_VERSION,
+    ChannelState, ChannelStatus, InviteRecord, OutboxItem, PendingCommit, PendingJoin, RetiredMailbox, State,
+    StoredMessage, STATE_VERSION,
 };
+use crate::transport::{RelayLinks, TransportConfig};
 use crate::ClientError;
 
 /// How many times a commit that lost its epoch is retried.
 const COMMIT_ATTEMPTS: usize = 8;
+
+/// How long a rotated-out mailbox is still read before it is deleted.
+const RETIRED_GRACE: Duration = Duration::from_secs(2 * 86_400);
+
+/// A channel mailbox older than this is rotated (with a key update) at the next sync.
+const ROTATE_AFTER: Duration = Duration::from_secs(7 * 86_400);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -102,6 +110,8 @@ pub struct Warning {
 
 #[derive(Clone)]
 enum Role {
+    /// A cover mailbox: its envelopes are our own dummies, acknowledged unread.
+    Cover,
     Channel(String),
     Invite(String, MailboxId),
     Join(MailboxId),
@@ -113,7 +123,8 @@ pub struct Engine {
     state: State,
     provider: Provider,
     identity: Identity,
-    conns: HashMap<RelayAddress, RelayConnection>,
+    conns: HashMap<RelayAddress, RelayLinks>,
+    transport: TransportConfig,
     warnings: Vec<Warning>,
     admissions: Vec<(String, MailboxId, ValidKeyPackage)>,
 }
@@ -131,12 +142,13 @@ impl Engine {
         passphrase: &[u8],
         name: &str,
         relay: RelayAddress,
+        proxy: Option<ProxyAddr>,
     ) -> Result<Fingerprint, ClientError> {
         validate_name(name).map_err(|e| ClientError::Usage(e.to_string()))?;
         if Home::exists(dir) {
             return Err(ClientError::AlreadyInitialized(dir.to_path_buf()));
         }
-        RelayConnection::connect(&relay).await?;
+        RelayConnection::connect_via(&relay, proxy.as_ref()).await?;
         let identity = Identity::generate(name, &mut OsRng).map_err(protocol)?;
         let state = State {
             version: STATE_VERSION,
@@ -148,6 +160,8 @@ impl Engine {
             pending_joins: Vec::new(),
             reassembly: BTreeMap::new(),
             outbox: Vec::new(),
+            proxy,
+            cover: Vec::new(),
         };
         Home::create(dir, passphrase, &state)?;
         Ok(identity.fingerprint())
@@ -158,12 +172,17 @@ impl Engine {
         let (home, mut state) = Home::open(dir, passphrase)?;
         let provider = Provider::from_snapshot(std::mem::take(&mut state.mls)).map_err(protocol)?;
         let identity = Identity::from_secret(state.name.clone(), &state.identity_secret);
+        let transport = TransportConfig {
+            proxy: state.proxy.clone(),
+            ..TransportConfig::default()
+        };
         Ok(Self {
             home,
             state,
             provider,
             identity,
             conns: HashMap::new(),
+            transport,
             warnings: Vec::new(),
             admissions: Vec::new(),
         })
@@ -177,6 +196,34 @@ impl Engine {
     /// Our name.
     pub fn name(&self) -> &str {
         self.identity.name()
+    }
+
+    /// Sends through `proxy` from now on (overrides the one set at `init`).
+    pub fn set_proxy(&mut self, proxy: ProxyAddr) {
+        self.transport.proxy = Some(proxy);
+        self.conns.clear();
+    }
+
+    /// Turns on cover traffic: from now on every link to a relay sends one
+    /// frame per `period` (a dummy when nothing is queued). Creates a cover
+    /// mailbox at our relay if there is none.
+    pub async fn enable_cover(&mut self, period: Duration) -> Result<(), ClientError> {
+        let relay = self.state.relay.clone();
+        if !self.state.cover.iter().any(|k| k.address.relay == relay) {
+            let keys = self.create_mailbox(&relay).await?;
+            self.state.cover.push(keys);
+            self.save()?;
+        }
+        self.transport.cover = Some(period);
+        self.transport.cover_sinks = self
+            .state
+            .cover
+            .iter()
+            .map(|k| (k.address.relay.clone(), k.address.send.clone()))
+            .collect();
+        // Links opened before now were direct; reopen them paced.
+        self.conns.clear();
+        Ok(())
     }
 
     /// Warnings gathered since the last call.
@@ -218,14 +265,12 @@ impl Engine {
         }
     }
 
-    async fn conn(&mut self, relay: &RelayAddress) -> Result<&mut RelayConnection, ConnectError> {
-        if !self.conns.contains_key(relay) {
-            let c = RelayConnection::connect(relay).await?;
-            self.conns.insert(relay.clone(), c);
-        }
-        self.conns
-            .get_mut(relay)
-            .ok_or_else(|| ConnectError::Broken(relay.authority()))
+    async fn conn(&mut self, relay: &RelayAddress) -> Result<&mut RelayLinks, ConnectError> {
+        let config = self.transport.clone();
+        Ok(self
+            .conns
+            .entry(relay.clone())
+            .or_insert_with(|| RelayLinks::new(relay.clone(), config)))
     }
 
     async fn create_mailbox(&mut self, relay: &RelayAddress) -> Result<MailboxKeys, ClientError> {
@@ -242,14 +287,9 @@ impl Engine {
     async fn delete_mailbox(&mut self, keys: &MailboxKeys) {
         let relay = keys.address.relay.clone();
         if let Ok(conn) = self.conn(&relay).await {
-            let proof = keys.open_proof(conn.nonce());
-            let _ = conn
-                .request(&Request::Open {
-                    mailbox: keys.id(),
-                    proof,
-                })
-                .await;
-            let _ = conn.request(&Request::Delete { mailbox: keys.id() }).await;
+            if let Ok(Some(Ok(()))) = conn.open(std::slice::from_ref(keys)).await.map(|mut v| v.pop()) {
+                let _ = conn.request(&Request::Delete { mailbox: keys.id() }).await;
+            }
         }
     }
 
@@ -354,6 +394,8 @@ impl Engine {
         self.admit().await?;
         self.commit_proposals().await?;
         self.expire_invites().await;
+        self.expire_retired().await;
+        self.rotate_old_mailboxes().await;
         self.save()?;
         let after: usize = self.state.channels.values().map(|c| c.messages.len()).sum();
         Ok(after.saturating_sub(before))
@@ -364,6 +406,9 @@ impl Engine {
         for (name, ch) in &self.state.channels {
             if ch.status == ChannelStatus::Active {
                 out.push((ch.mailbox.clone(), Role::Channel(name.clone())));
+                for r in &ch.retired {
+                    out.push((r.keys.clone(), Role::Channel(name.clone())));
+                }
                 for inv in &ch.invites {
                     out.push((inv.mailbox.clone(), Role::Invite(name.clone(), inv.mailbox.id())));
                 }
@@ -371,6 +416,11 @@ impl Engine {
         }
         for pj in &self.state.pending_joins {
             out.push((pj.mailbox.clone(), Role::Join(pj.mailbox.id())));
+        }
+        if self.transport.cover.is_some() {
+            for k in &self.state.cover {
+                out.push((k.clone(), Role::Cover));
+            }
         }
         out
     }
@@ -393,15 +443,8 @@ impl Engine {
         boxes: Vec<(MailboxKeys, Role)>,
         wait: Duration,
     ) -> Result<(), ClientError> {
-        let conn = self.conn(relay).await?;
-        let reqs: Vec<Request> = boxes
-            .iter()
-            .map(|(k, _)| Request::Open {
-                mailbox: k.id(),
-                proof: k.open_proof(conn.nonce()),
-            })
-            .collect();
-        let results = conn.pipeline(&reqs).await?;
+        let keys: Vec<MailboxKeys> = boxes.iter().map(|(k, _)| k.clone()).collect();
+        let results = self.conn(relay).await?.open(&keys).await?;
         let mut routes: HashMap<MailboxId, (MailboxKeys, Role)> = HashMap::new();
         for ((k, role), r) in boxes.into_iter().zip(results) {
             match r {
@@ -482,6 +525,7 @@ impl Engine {
         let channel_name = match role {
             Role::Channel(n) | Role::Invite(n, _) => Some(n.clone()),
             Role::Join(_) => None,
+            Role::Cover => return,
         };
         let chunk = match open_envelope(&keys.address.seal, &keys.address.send, env) {
             Ok(c) => c,
@@ -605,7 +649,8 @@ impl Engine {
         ch.pending = None;
         let mailbox = ch.mailbox.clone();
         let sequencer = ch.sequencer.take();
-        let invites: Vec<MailboxKeys> = ch.invites.drain(..).map(|i| i.mailbox).collect();
+        let mut invites: Vec<MailboxKeys> = ch.invites.drain(..).map(|i| i.mailbox).collect();
+        invites.extend(ch.retired.drain(..).map(|r| r.keys));
         let gid = ch.group_id.clone();
         if let Ok(Some(group)) = Channel::load(&self.provider, &gid) {
             let _ = group.delete(&self.provider);
@@ -653,6 +698,8 @@ impl Engine {
             ChannelState {
                 group_id: group.group_id(),
                 mailbox: pj.mailbox.clone(),
+                mailbox_since: now_s(),
+                retired: Vec::new(),
                 sequencer: None,
                 invites: Vec::new(),
                 messages: Vec::new(),
@@ -683,6 +730,7 @@ impl Engine {
         for _ in 0..COMMIT_ATTEMPTS {
             self.active(name)?;
             let mut group = self.load_group(name)?;
+            let mut new_mailbox = None;
             let recipients = self.others(&group);
             let (out, joiners) = match &op {
                 CommitOp::Add(kps) => {
@@ -727,12 +775,16 @@ impl Engine {
                         Vec::new(),
                     )
                 }
-                CommitOp::SelfUpdate => (
-                    group.self_update(&self.provider, &self.identity).map_err(protocol)?,
-                    Vec::new(),
-                ),
+                CommitOp::SelfUpdate => {
+                    // A fresh mailbox at the same relay: ids and send capability rotate too.
+                    let relay = self.channel(name)?.mailbox.address.relay.clone();
+                    let fresh = self.create_mailbox(&relay).await?;
+                    let out = group.self_update(&self.provider, &self.identity, Some(&fresh.address));
+                    new_mailbox = Some(fresh);
+                    (out.map_err(protocol)?, Vec::new())
+                }
             };
-            self.stage(name, &out, recipients, joiners)?;
+            self.stage(name, &out, recipients, joiners, new_mailbox)?;
             if self.claim_and_finish(name).await? {
                 return Ok(());
             }
@@ -748,8 +800,10 @@ impl Engine {
         out: &OutgoingCommit,
         recipients: Vec<MailboxAddress>,
         joiners: Vec<MailboxAddress>,
+        new_mailbox: Option<MailboxKeys>,
     ) -> Result<(), ClientError> {
         let pending = PendingCommit {
+            new_mailbox,
             epoch: out.epoch,
             token: out.token(),
             commit: out.commit.clone(),
@@ -790,6 +844,14 @@ impl Engine {
                 }
                 if let Some(ch) = self.state.channels.get_mut(name) {
                     ch.pending = None;
+                    if let Some(fresh) = pending.new_mailbox.clone() {
+                        let old = std::mem::replace(&mut ch.mailbox, fresh);
+                        ch.mailbox_since = now_s();
+                        ch.retired.push(RetiredMailbox {
+                            keys: old,
+                            until: now_s().saturating_add(RETIRED_GRACE.as_secs()),
+                        });
+                    }
                 }
                 self.save()?;
                 self.flush_outbox().await?;
@@ -804,6 +866,9 @@ impl Engine {
                     ch.pending = None;
                 }
                 self.save()?;
+                if let Some(fresh) = &pending.new_mailbox {
+                    self.delete_mailbox(fresh).await;
+                }
                 Ok(false)
             }
             Err(e) => Err(e.into()),
@@ -878,6 +943,38 @@ impl Engine {
     }
 
     /// Deletes invite mailboxes that expired or were used up.
+    /// Deletes rotated-out mailboxes whose grace period is over.
+    async fn expire_retired(&mut self) {
+        let now = now_s();
+        let mut gone = Vec::new();
+        for ch in self.state.channels.values_mut() {
+            let (old, keep): (Vec<_>, Vec<_>) = ch.retired.drain(..).partition(|r| r.until <= now);
+            ch.retired = keep;
+            gone.extend(old.into_iter().map(|r| r.keys));
+        }
+        for k in gone {
+            self.state.reassembly.remove(&k.id().0);
+            self.delete_mailbox(&k).await;
+        }
+    }
+
+    /// Rotates every channel mailbox older than [`ROTATE_AFTER`]; a failure
+    /// is retried at the next sync.
+    async fn rotate_old_mailboxes(&mut self) {
+        let now = now_s();
+        let due: Vec<String> = self
+            .state
+            .channels
+            .iter()
+            .filter(|(_, c)| c.status == ChannelStatus::Active && c.pending.is_none())
+            .filter(|(_, c)| c.mailbox_since.saturating_add(ROTATE_AFTER.as_secs()) <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            let _ = self.commit(&name, CommitOp::SelfUpdate).await;
+        }
+    }
+
     async fn expire_invites(&mut self) {
         let now = now_s();
         let mut dead = Vec::new();
@@ -917,6 +1014,8 @@ impl Engine {
             ChannelState {
                 group_id: group.group_id(),
                 mailbox,
+                mailbox_since: now_s(),
+                retired: Vec::new(),
                 sequencer: Some(sequencer),
                 invites: Vec::new(),
                 messages: Vec::new(),

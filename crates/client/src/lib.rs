@@ -10,7 +10,9 @@
 pub mod connection;
 pub mod engine;
 pub mod home;
+pub mod socks;
 pub mod state;
+pub mod transport;
 
 use std::path::PathBuf;
 

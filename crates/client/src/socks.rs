@@ -577,11 +577,11 @@ where
 }
 
 async fn write_all<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8], stage: &'static str) -> Result<(), SocksError> {
-    let written = stream.write_all(bytes).await;
-    match written.and(stream.flush().await) {
-        Ok(()) => Ok(()),
-        Err(source) => Err(SocksError::Io { stage, source }),
-    }
+    let result = match stream.write_all(bytes).await {
+        Ok(()) => stream.flush().await,
+        Err(e) => Err(e),
+    };
+    result.map_err(|source| SocksError::Io { stage, source })
 }
 
 async fn read_exact<S: AsyncRead + Unpin>(

@@ -8,10 +8,11 @@ use backchannel_core::relay_address::RelayAddress;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
+use crate::socks::ProxyAddr;
 use crate::ClientError;
 
 /// Version of the state layout.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// The whole client state.
 #[derive(Serialize, Deserialize)]
@@ -34,6 +35,10 @@ pub struct State {
     pub reassembly: BTreeMap<[u8; 32], Reassembler>,
     /// Envelopes sealed but not yet accepted by a relay.
     pub outbox: Vec<OutboxItem>,
+    /// SOCKS5 proxy every connection goes through (set at `init`).
+    pub proxy: Option<ProxyAddr>,
+    /// Cover mailboxes, one per relay, that receive the daemon's dummies.
+    pub cover: Vec<MailboxKeys>,
 }
 
 impl Drop for State {
@@ -95,6 +100,11 @@ pub struct ChannelState {
     pub group_id: Vec<u8>,
     /// This member's receiving mailbox.
     pub mailbox: MailboxKeys,
+    /// When `mailbox` was created (Unix s); it is rotated after a while.
+    pub mailbox_since: u64,
+    /// Earlier mailboxes, still read until their time is up (messages sent
+    /// before a member saw the rotation may still arrive there).
+    pub retired: Vec<RetiredMailbox>,
     /// The sequencer, if this member created the channel.
     pub sequencer: Option<MailboxKeys>,
     /// Invites issued and still honoured.
@@ -128,6 +138,17 @@ pub struct PendingCommit {
     pub recipients: Vec<MailboxAddress>,
     /// Joiners that receive the welcome.
     pub joiners: Vec<MailboxAddress>,
+    /// The mailbox this commit announces for us (a rotation), if any.
+    pub new_mailbox: Option<MailboxKeys>,
+}
+
+/// A mailbox replaced by a rotation, read until `until`, then deleted.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct RetiredMailbox {
+    /// The mailbox.
+    pub keys: MailboxKeys,
+    /// Unix s after which it is deleted at the relay.
+    pub until: u64,
 }
 
 /// An invite this member issued.

@@ -569,13 +569,22 @@ impl Channel {
         self.outgoing(epoch, commit, welcome)
     }
 
-    /// Stages a commit that only refreshes this member's keys (post-compromise security).
-    pub fn self_update(&mut self, provider: &Provider, identity: &Identity) -> Result<OutgoingCommit, ChannelError> {
+    /// Stages a commit that refreshes this member's keys (post-compromise
+    /// security) and, if given, announces a new mailbox for it (rotation).
+    pub fn self_update(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        new_mailbox: Option<&MailboxAddress>,
+    ) -> Result<OutgoingCommit, ChannelError> {
         let epoch = self.epoch();
-        let bundle = self
-            .group
-            .self_update(provider, identity, LeafNodeParameters::default())
-            .map_err(mls)?;
+        let params = match new_mailbox {
+            Some(m) => LeafNodeParameters::builder()
+                .with_extensions(leaf_extensions(m)?)
+                .build(),
+            None => LeafNodeParameters::default(),
+        };
+        let bundle = self.group.self_update(provider, identity, params).map_err(mls)?;
         let (commit, welcome, _) = bundle.into_messages();
         self.outgoing(epoch, commit, welcome)
     }

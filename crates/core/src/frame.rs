@@ -508,8 +508,11 @@ mod tests {
             (any::<u16>(), any::<u32>()).prop_map(|(max, wait_ms)| Request::Fetch { max, wait_ms }),
             (arb_id(), any::<u64>()).prop_map(|(mailbox, seq)| Request::Ack { mailbox, seq }),
             arb_id().prop_map(|mailbox| Request::Delete { mailbox }),
-            (any::<[u8; 32]>(), any::<u64>(), any::<[u8; 32]>())
-                .prop_map(|(send, epoch, token)| Request::Claim { send, epoch, token }),
+            (any::<[u8; 32]>(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(send, epoch, token)| Request::Claim {
+                send,
+                epoch,
+                token
+            }),
             Just(Request::Ping),
         ]
     }
@@ -626,9 +629,14 @@ mod tests {
         };
         let two = encode_response(7, &Response::Envelopes(vec![d.clone(), d.clone()]));
         let mut asm = ResponseAssembler::default();
-        assert_eq!(asm.push(decode_response(&two[0]).unwrap_or_else(|_| unreachable!())), Ok(None));
+        assert_eq!(
+            asm.push(decode_response(&two[0]).unwrap_or_else(|_| unreachable!())),
+            Ok(None)
+        );
         let other = encode_response(8, &Response::Ok);
-        assert!(asm.push(decode_response(&other[0]).unwrap_or_else(|_| unreachable!())).is_err());
+        assert!(asm
+            .push(decode_response(&other[0]).unwrap_or_else(|_| unreachable!()))
+            .is_err());
         // A relay that never ends the stream is cut off at MAX_FETCH.
         let mut asm = ResponseAssembler::default();
         let mut refused = false;

@@ -175,9 +175,7 @@ impl MailboxKeys {
     /// The proof that opens this mailbox on a connection whose relay nonce is
     /// `nonce`.
     pub fn open_proof(&self, nonce: &[u8; 32]) -> [u8; 64] {
-        self.signing_key()
-            .sign(&open_message(nonce, &self.id))
-            .to_bytes()
+        self.signing_key().sign(&open_message(nonce, &self.id)).to_bytes()
     }
 }
 

@@ -145,13 +145,13 @@ fn two_concurrent_commits_one_wins_and_the_other_retries() {
         .channel
         .as_mut()
         .unwrap()
-        .self_update(&alice.provider, &alice.id)
+        .self_update(&alice.provider, &alice.id, None)
         .unwrap();
     let b = bob
         .channel
         .as_mut()
         .unwrap()
-        .self_update(&bob.provider, &bob.id)
+        .self_update(&bob.provider, &bob.id, None)
         .unwrap();
     assert_eq!(a.epoch, b.epoch);
     // The sequencer grants alice; bob discards his and processes alice's.
@@ -163,7 +163,7 @@ fn two_concurrent_commits_one_wins_and_the_other_retries() {
         .channel
         .as_mut()
         .unwrap()
-        .self_update(&bob.provider, &bob.id)
+        .self_update(&bob.provider, &bob.id, None)
         .unwrap();
     assert_eq!(b2.epoch, a.epoch + 1);
     bob.channel.as_mut().unwrap().merge_pending(&bob.provider).unwrap();

@@ -1,0 +1,301 @@
+//! How the engine reaches a relay.
+//!
+//! Each relay gets two links: a *send link* for the requests that deliver
+//! into other people's mailboxes (`Send`, `Claim`) and a *receive link* for
+//! the requests that concern our own (`Create`, `Open`, `Fetch`, `Ack`,
+//! `Delete`). The relay sees a send and a receive on different connections
+//! with different ids; through a proxy each link has its own Tor circuit.
+//!
+//! A link is either *direct* (requests go out at once, pipelined) or *paced*
+//! (cover traffic, for the daemon): the link sends exactly one frame per
+//! tick. A paced send link sends a queued request if there is one and
+//! otherwise a dummy: a `Send` of uniformly random bytes into the client's
+//! own cover mailbox, which on the wire and at the relay has the shape of
+//! any other send (a sealed envelope is indistinguishable from random
+//! bytes). A paced receive link ticks twice as often, so that it can fetch
+//! and acknowledge one envelope per send tick: with nothing queued it
+//! fetches. Every frame is the same size (see `backchannel_core::frame`), so
+//! a network observer sees one steady stream whatever the user does.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
+use backchannel_core::frame::{Request, Response};
+use backchannel_core::mailbox::{MailboxId, MailboxKeys, SendCapability};
+use backchannel_core::relay_address::RelayAddress;
+use rand_core::{OsRng, RngCore};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+
+use crate::connection::{ConnectError, RelayConnection};
+use crate::socks::ProxyAddr;
+
+/// How the client reaches relays.
+#[derive(Clone, Debug, Default)]
+pub struct TransportConfig {
+    /// Connect through this SOCKS5 proxy.
+    pub proxy: Option<ProxyAddr>,
+    /// Pace every link (cover traffic) with this period between send ticks.
+    pub cover: Option<Duration>,
+    /// Where each relay's dummies go: the send capability of our cover mailbox there.
+    pub cover_sinks: HashMap<RelayAddress, SendCapability>,
+}
+
+/// Which link a request travels on.
+fn on_send_link(req: &Request) -> bool {
+    matches!(req, Request::Send { .. } | Request::Claim { .. })
+}
+
+type Results = Vec<Result<Response, ConnectError>>;
+
+struct Job {
+    req: Request,
+    reply: oneshot::Sender<Result<Response, ConnectError>>,
+}
+
+enum Link {
+    Direct(RelayConnection),
+    Paced {
+        jobs: mpsc::UnboundedSender<Job>,
+        nonce: [u8; 32],
+    },
+}
+
+/// What a paced link sends when it has nothing real to send.
+#[derive(Clone)]
+enum Filler {
+    /// A dummy envelope into our cover mailbox.
+    Dummy(SendCapability),
+    /// A fetch whose answer is ignored (what is not acknowledged is fetched again).
+    Fetch,
+    /// No cover mailbox at this relay: a keep-alive (same size on the wire).
+    Ping,
+}
+
+impl Filler {
+    fn request(&self) -> Request {
+        match self {
+            Filler::Dummy(sink) => {
+                let mut bytes = vec![0u8; ENVELOPE_SIZE];
+                OsRng.fill_bytes(&mut bytes);
+                match Envelope::from_slice(&bytes) {
+                    Ok(envelope) => Request::Send { send: sink.0, envelope },
+                    Err(_) => Request::Ping,
+                }
+            }
+            Filler::Fetch => Request::Fetch { max: 1, wait_ms: 0 },
+            Filler::Ping => Request::Ping,
+        }
+    }
+}
+
+/// A paced link answers exactly one frame per request: fetches take one
+/// envelope and never wait (a long poll would stall the schedule).
+fn paced_form(req: Request) -> Request {
+    match req {
+        Request::Fetch { .. } => Request::Fetch { max: 1, wait_ms: 0 },
+        other => other,
+    }
+}
+
+async fn pace(mut conn: RelayConnection, mut jobs: mpsc::UnboundedReceiver<Job>, period: Duration, filler: Filler) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let job = match jobs.try_recv() {
+            Ok(j) => Some(j),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+        };
+        let req = match &job {
+            Some(j) => paced_form(j.req.clone()),
+            None => filler.request(),
+        };
+        let result = conn.request(&req).await;
+        let broken = matches!(result, Err(ConnectError::Broken(_)));
+        if let Some(j) = job {
+            let _ = j.reply.send(result);
+        }
+        if broken {
+            // Dropping the queue fails every waiting request; the engine reconnects.
+            return;
+        }
+    }
+}
+
+impl Link {
+    async fn connect(
+        addr: &RelayAddress,
+        proxy: Option<&ProxyAddr>,
+        pace_every: Option<Duration>,
+        filler: Filler,
+    ) -> Result<Self, ConnectError> {
+        let conn = RelayConnection::connect_via(addr, proxy).await?;
+        Ok(match pace_every {
+            None => Link::Direct(conn),
+            Some(period) => {
+                let nonce = *conn.nonce();
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(pace(conn, rx, period, filler));
+                Link::Paced { jobs: tx, nonce }
+            }
+        })
+    }
+
+    fn nonce(&self) -> [u8; 32] {
+        match self {
+            Link::Direct(c) => *c.nonce(),
+            Link::Paced { nonce, .. } => *nonce,
+        }
+    }
+
+    async fn pipeline(&mut self, reqs: &[Request], authority: &str) -> Result<Results, ConnectError> {
+        match self {
+            Link::Direct(c) => c.pipeline(reqs).await,
+            Link::Paced { jobs, .. } => {
+                let mut waiting = Vec::with_capacity(reqs.len());
+                for req in reqs {
+                    let (reply, rx) = oneshot::channel();
+                    jobs.send(Job {
+                        req: req.clone(),
+                        reply,
+                    })
+                    .map_err(|_| ConnectError::Broken(authority.to_string()))?;
+                    waiting.push(rx);
+                }
+                let mut out = Vec::with_capacity(waiting.len());
+                for rx in waiting {
+                    out.push(rx.await.map_err(|_| ConnectError::Broken(authority.to_string()))?);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// The two links to one relay, opened when first needed.
+pub struct RelayLinks {
+    addr: RelayAddress,
+    config: TransportConfig,
+    send: Option<Link>,
+    recv: Option<Link>,
+    /// Mailboxes opened (or created) on the receive link.
+    opened: HashSet<MailboxId>,
+}
+
+impl std::fmt::Debug for RelayLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayLinks(..)")
+    }
+}
+
+impl RelayLinks {
+    /// Links to `addr`; nothing is connected until a request needs it.
+    pub fn new(addr: RelayAddress, config: TransportConfig) -> Self {
+        Self {
+            addr,
+            config,
+            send: None,
+            recv: None,
+            opened: HashSet::new(),
+        }
+    }
+
+    async fn link(&mut self, send: bool) -> Result<&mut Link, ConnectError> {
+        let slot = if send { &mut self.send } else { &mut self.recv };
+        if slot.is_none() {
+            let (period, filler) = match (self.config.cover, send) {
+                (None, _) => (None, Filler::Ping),
+                (Some(p), true) => (
+                    Some(p),
+                    match self.config.cover_sinks.get(&self.addr) {
+                        Some(sink) => Filler::Dummy(sink.clone()),
+                        None => Filler::Ping,
+                    },
+                ),
+                (Some(p), false) => (Some(p / 2), Filler::Fetch),
+            };
+            *slot = Some(Link::connect(&self.addr, self.config.proxy.as_ref(), period, filler).await?);
+        }
+        slot.as_mut().ok_or_else(|| ConnectError::Broken(self.addr.authority()))
+    }
+
+    /// Sends requests, each on its link, and returns their answers in order.
+    pub async fn pipeline(&mut self, reqs: &[Request]) -> Result<Results, ConnectError> {
+        let (sends, recvs): (Vec<_>, Vec<_>) = reqs.iter().cloned().enumerate().partition(|(_, r)| on_send_link(r));
+        let authority = self.addr.authority();
+        let mut out: Vec<Option<Result<Response, ConnectError>>> = (0..reqs.len()).map(|_| None).collect();
+        for (send, group) in [(true, sends), (false, recvs)] {
+            if group.is_empty() {
+                continue;
+            }
+            let (idx, batch): (Vec<usize>, Vec<Request>) = group.into_iter().unzip();
+            let results = match self.link(send).await?.pipeline(&batch, &authority).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // A broken link is dropped; the next request reconnects.
+                    if send {
+                        self.send = None;
+                    } else {
+                        self.recv = None;
+                        self.opened.clear();
+                    }
+                    return Err(e);
+                }
+            };
+            for ((i, req), r) in idx.into_iter().zip(batch).zip(results) {
+                match (&req, &r) {
+                    (Request::Create { mailbox, .. }, Ok(_)) => {
+                        self.opened.insert(*mailbox);
+                    }
+                    (Request::Delete { mailbox }, Ok(_)) => {
+                        self.opened.remove(mailbox);
+                    }
+                    _ => {}
+                }
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(r);
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.ok_or_else(|| ConnectError::Broken(authority.clone())))
+            .collect()
+    }
+
+    /// Sends one request; a refusal becomes `Err`.
+    pub async fn request(&mut self, req: &Request) -> Result<Response, ConnectError> {
+        self.pipeline(std::slice::from_ref(req))
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(ConnectError::Broken(self.addr.authority())))
+    }
+
+    /// Opens mailboxes on the receive link (each once per connection) so
+    /// that fetches return their envelopes. One answer per mailbox.
+    pub async fn open(&mut self, boxes: &[MailboxKeys]) -> Result<Vec<Result<(), ConnectError>>, ConnectError> {
+        let nonce = self.link(false).await?.nonce();
+        let todo: Vec<&MailboxKeys> = boxes.iter().filter(|k| !self.opened.contains(&k.id())).collect();
+        let reqs: Vec<Request> = todo
+            .iter()
+            .map(|k| Request::Open {
+                mailbox: k.id(),
+                proof: k.open_proof(&nonce),
+            })
+            .collect();
+        let results = self.pipeline(&reqs).await?;
+        for (k, r) in todo.iter().zip(&results) {
+            if r.is_ok() {
+                self.opened.insert(k.id());
+            }
+        }
+        let mut by_id: HashMap<MailboxId, Result<(), ConnectError>> = todo
+            .iter()
+            .map(|k| k.id())
+            .zip(results.into_iter().map(|r| r.map(|_| ())))
+            .collect();
+        Ok(boxes.iter().map(|k| by_id.remove(&k.id()).unwrap_or(Ok(()))).collect())
+    }
+}
