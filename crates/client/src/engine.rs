@@ -33,6 +33,9 @@ use crate::ClientError;
 /// How many times a commit that lost its epoch is retried.
 const COMMIT_ATTEMPTS: usize = 8;
 
+/// Fetches per sync pass when links are paced.
+const PACED_FETCH_ROUNDS: usize = 8;
+
 /// How long a rotated-out mailbox is still read before it is deleted.
 const RETIRED_GRACE: Duration = Duration::from_secs(2 * 86_400);
 
@@ -221,8 +224,9 @@ impl Engine {
             .iter()
             .map(|k| (k.address.relay.clone(), k.address.send.clone()))
             .collect();
-        // Links opened before now were direct; reopen them paced.
+        // Links opened before now were direct; reopen them paced, and start the stream now.
         self.conns.clear();
+        self.conn(&relay).await?.connect_both().await?;
         Ok(())
     }
 
@@ -464,7 +468,18 @@ impl Engine {
         }
         let mut deferred: Vec<(String, Vec<u8>)> = Vec::new();
         let mut first = true;
+        // With cover traffic our own dummies keep arriving: take a bounded
+        // number per pass so that the daemon gets back to its callers.
+        let mut rounds_left = if self.transport.cover.is_some() {
+            PACED_FETCH_ROUNDS
+        } else {
+            usize::MAX
+        };
         loop {
+            if rounds_left == 0 {
+                break;
+            }
+            rounds_left -= 1;
             let wait_ms = if first {
                 wait.as_millis().min(u32::MAX as u128) as u32
             } else {

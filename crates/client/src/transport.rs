@@ -12,9 +12,9 @@
 //! otherwise a dummy: a `Send` of uniformly random bytes into the client's
 //! own cover mailbox, which on the wire and at the relay has the shape of
 //! any other send (a sealed envelope is indistinguishable from random
-//! bytes). A paced receive link ticks twice as often, so that it can fetch
-//! and acknowledge one envelope per send tick: with nothing queued it
-//! fetches. Every frame is the same size (see `backchannel_core::frame`), so
+//! bytes). A paced receive link ticks three times as often (it needs a
+//! fetch and an acknowledgement per envelope, and drains our dummies plus
+//! real traffic): with nothing queued it fetches. Every frame is the same size (see `backchannel_core::frame`), so
 //! a network observer sees one steady stream whatever the user does.
 
 use std::collections::{HashMap, HashSet};
@@ -48,6 +48,11 @@ fn on_send_link(req: &Request) -> bool {
 }
 
 type Results = Vec<Result<Response, ConnectError>>;
+
+/// Receive-link ticks per send tick: a fetch and an acknowledgement per
+/// envelope, so three ticks drain our own dummy and leave half an envelope
+/// per tick for real traffic.
+pub const RECEIVE_TICKS: u32 = 3;
 
 struct Job {
     req: Request,
@@ -215,11 +220,18 @@ impl RelayLinks {
                         None => Filler::Ping,
                     },
                 ),
-                (Some(p), false) => (Some(p / 2), Filler::Fetch),
+                (Some(p), false) => (Some(p / RECEIVE_TICKS), Filler::Fetch),
             };
             *slot = Some(Link::connect(&self.addr, self.config.proxy.as_ref(), period, filler).await?);
         }
         slot.as_mut().ok_or_else(|| ConnectError::Broken(self.addr.authority()))
+    }
+
+    /// Connects both links now (a paced link starts its steady stream at once).
+    pub async fn connect_both(&mut self) -> Result<(), ConnectError> {
+        self.link(true).await?;
+        self.link(false).await?;
+        Ok(())
     }
 
     /// Sends requests, each on its link, and returns their answers in order.

@@ -247,3 +247,65 @@ pub fn unhex(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
 }
+
+/// A relay address with its port replaced (to route a client through a proxy).
+pub fn via_port(address: &str, port: u16) -> String {
+    let (head, _) = address.rsplit_once(':').unwrap();
+    format!("{head}:{port}")
+}
+
+/// `backchannel daemon` for a client; stopped with SIGTERM on drop.
+pub struct DaemonProc {
+    pub child: Child,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl DaemonProc {
+    pub fn start(client: &Client, extra: &[&str]) -> Self {
+        let mut child = client
+            .cmd(&["daemon"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with("daemon running"), "unexpected first line: {line:?}");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = out.read_to_string(&mut rest);
+        });
+        DaemonProc { child, stderr }
+    }
+
+    /// SIGTERM, then wait.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
