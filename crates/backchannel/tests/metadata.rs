@@ -164,3 +164,189 @@ fn with_cover_traffic_the_observer_sees_the_same_steady_stream_whether_or_not_an
     let log = daemon.stderr.lock().unwrap().clone();
     assert!(!log.contains("warning"), "{log}");
 }
+
+/// A member's own mailbox for a channel, as `debug mailbox` prints it.
+struct Held {
+    receive_id: Vec<u8>,
+    send: Vec<u8>,
+    seal: Vec<u8>,
+}
+
+fn held(c: &Client, channel: &str) -> Held {
+    let v: serde_json::Value = serde_json::from_str(&c.ok(&["debug", "mailbox", channel])).unwrap();
+    let field = |k: &str| unhex(v[k].as_str().unwrap());
+    Held {
+        receive_id: field("mailbox"),
+        send: field("send"),
+        seal: field("seal"),
+    }
+}
+
+/// Every record value of a redb table in the relay's store, with its key.
+fn relay_table(data: &std::path::Path, table: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use redb::ReadableTable as _;
+    let db = redb::Database::open(data.join("mailboxes.redb")).unwrap();
+    let txn = db.begin_read().unwrap();
+    let def: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new(table);
+    let t = txn.open_table(def).unwrap();
+    t.iter()
+        .unwrap()
+        .map(|e| {
+            let (k, v) = e.unwrap();
+            (k.value().to_vec(), v.value().to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn the_relay_learns_no_names_no_content_and_cannot_join_a_send_to_a_receive_by_id() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("relay");
+    let mut relay = RelayProc::start(&data, &[]);
+    let names = [
+        "alice-northwind-counsel",
+        "bruno-harbor-treasury",
+        "chen-delegation-aide",
+    ];
+    let [alice, bruno, chen] = people(root.path(), &relay, names);
+    let channel = "pipeline-acquisition-talks";
+    channel_with(&alice, &[&bruno, &chen], channel);
+    let texts = [
+        "our floor is 41.5 million",
+        "the board meets on thursday",
+        "counter-offer drafted by legal",
+    ];
+    let before = held(&bruno, channel);
+    alice.ok(&["send", channel, texts[0]]);
+    // Bruno rotates his mailbox; the conversation goes on.
+    bruno.ok(&["update", channel]);
+    let after = held(&bruno, channel);
+    bruno.ok(&["send", channel, texts[1]]);
+    chen.ok(&["send", channel, texts[2]]);
+    for c in [&alice, &bruno, &chen] {
+        c.ok(&["sync"]);
+    }
+    for c in [&alice, &bruno, &chen] {
+        let got: Vec<String> = c.texts(channel).into_iter().map(|(_, t)| t).collect();
+        assert_eq!(got, texts, "every member sees the whole conversation, in order");
+    }
+
+    // Rotation: new receive id, new send capability, new seal key.
+    assert_ne!(before.receive_id, after.receive_id);
+    assert_ne!(before.send, after.send);
+    assert_ne!(before.seal, after.seal);
+
+    let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
+    for n in names {
+        secrets.push((format!("name {n}"), n.as_bytes().to_vec()));
+    }
+    secrets.push(("channel name".into(), channel.as_bytes().to_vec()));
+    for t in texts {
+        secrets.push((format!("plaintext {t:?}"), t.as_bytes().to_vec()));
+    }
+    for c in [&alice, &bruno, &chen] {
+        let members: Vec<serde_json::Value> = c
+            .ok(&["members", channel, "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        for m in members {
+            let fp = m["fingerprint"].as_str().unwrap().to_string();
+            secrets.push((format!("fingerprint {fp}"), fp.into_bytes()));
+        }
+        let h = held(c, channel);
+        secrets.push(("a send capability".into(), h.send.clone()));
+        secrets.push(("a send capability in hex".into(), hex(&h.send).into_bytes()));
+        secrets.push(("a seal key".into(), h.seal.clone()));
+        secrets.push(("a receive id in the log".into(), hex(&h.receive_id).into_bytes()));
+    }
+    secrets.push(("bruno's old send capability".into(), before.send.clone()));
+    // Everything the relay wrote: its data directory, stdout and stderr.
+    relay.kill9();
+    let mut written: Vec<(String, Vec<u8>)> = files(&data)
+        .into_iter()
+        .map(|f| (f.display().to_string(), std::fs::read(&f).unwrap()))
+        .collect();
+    written.push(("relay stderr".into(), relay.logs().into_bytes()));
+    for (what, needle) in &secrets {
+        for (file, bytes) in &written {
+            let hit = if what.contains("in the log") {
+                file == "relay stderr" && contains(bytes, needle)
+            } else {
+                contains(bytes, needle)
+            };
+            assert!(!hit, "{file} holds {what}");
+        }
+    }
+
+    // What the relay does hold names one mailbox per record, never another.
+    let mailboxes = relay_table(&data, "mailboxes");
+    let senders = relay_table(&data, "senders");
+    let ids: Vec<Vec<u8>> = mailboxes.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(ids.len(), 5, "three members, bruno's retired mailbox, the sequencer");
+    for (k, v) in mailboxes.iter().chain(&senders) {
+        for other in &ids {
+            if other != k {
+                let whole = [k.as_slice(), v.as_slice()].concat();
+                let linked = senders.iter().any(|(sk, sv)| sk == k && sv == other);
+                assert!(linked || !contains(&whole, other), "a record names another mailbox");
+            }
+        }
+    }
+    // A send and a receive share no id: the relay keeps SHA-256(send capability) -> receive
+    // id, the sender presents the capability, the recipient the receive id.
+    for c in [&alice, &bruno, &chen] {
+        let h = held(c, channel);
+        let digest = backchannel_core::mailbox::SendCapability(h.send.clone().try_into().unwrap()).digest();
+        assert_ne!(h.send, h.receive_id);
+        assert!(senders.iter().any(|(k, v)| k == &digest && v == &h.receive_id));
+    }
+}
+
+#[test]
+fn with_a_socks5_proxy_every_connection_goes_through_it_by_name_each_on_its_own_circuit() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &["--advertise", "localhost"]);
+    assert!(relay.address.contains("@localhost:"), "{}", relay.address);
+    let proxy = common::socks5::Socks5Server::start();
+    let alice = Client::new(root.path(), "alice");
+    let out = alice.ok(&[
+        "--proxy",
+        &proxy.url(),
+        "init",
+        "--name",
+        "alice",
+        "--relay",
+        &relay.address,
+    ]);
+    assert!(out.contains("through socks5h://"), "{out}");
+    let [bob] = people(root.path(), &relay, ["bob"]);
+    // No --proxy from here on: init remembered it.
+    channel_with(&alice, &[&bob], "tor");
+    alice.ok(&["send", "tor", "over the proxy"]);
+    bob.ok(&["send", "tor", "and back"]);
+    assert_eq!(alice.texts("tor").len(), 2);
+    assert_eq!(bob.texts("tor").len(), 2);
+
+    // Every connection of alice's went through the proxy, naming the relay by its host name
+    // (socks5h: resolved by the proxy, never locally), each with its own isolation username.
+    let targets = proxy.targets();
+    assert!(targets.len() >= 4, "{targets:?}");
+    assert!(
+        targets.iter().all(|(h, p)| h == "localhost" && *p == relay.port),
+        "{targets:?}"
+    );
+    let users = proxy.usernames();
+    let mut distinct = users.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), users.len(), "one circuit per connection: {users:?}");
+
+    // Without the proxy alice cannot reach the relay at all: nothing bypasses it.
+    drop(proxy);
+    let err = alice.fails(&["sync"]);
+    assert!(err.contains("proxy"), "{err}");
+    // A proxy URL that would resolve names locally is refused.
+    let err = alice.fails(&["--proxy", "socks5://127.0.0.1:9050", "sync"]);
+    assert!(err.contains("socks5h"), "{err}");
+}
