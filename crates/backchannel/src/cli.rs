@@ -525,7 +525,7 @@ pub(crate) async fn run_engine(
             }
         }
         Command::Read { channel, json, all } => {
-            if let Err(e) = engine.sync(Duration::ZERO).await {
+            if let Err(e) = engine.refresh().await {
                 out.eline(format!("warning: could not sync ({e}); showing what is stored"));
             }
             for m in engine.read(channel, *all)? {
@@ -547,7 +547,7 @@ pub(crate) async fn run_engine(
             out.flush();
         },
         Command::Channels { json } => {
-            engine.sync(Duration::ZERO).await?;
+            engine.refresh().await?;
             for c in engine.channels() {
                 if *json {
                     out.line(format!(
@@ -566,7 +566,7 @@ pub(crate) async fn run_engine(
             }
         }
         Command::Members { channel, json } => {
-            engine.sync(Duration::ZERO).await?;
+            engine.refresh().await?;
             for m in engine.members(channel)? {
                 if *json {
                     out.line(format!(
@@ -585,7 +585,7 @@ pub(crate) async fn run_engine(
             member,
             confirm,
         } => {
-            engine.sync(Duration::ZERO).await?;
+            engine.refresh().await?;
             let (number, m) = engine.verify(channel, member, *confirm)?;
             out.line(number);
             if *confirm {
