@@ -449,6 +449,11 @@ pub(crate) fn forwardable(args: &Args) -> bool {
     )
 }
 
+/// The proxy given on the command line or in the environment.
+pub(crate) fn proxy_arg(args: &Args) -> Option<&ProxyAddr> {
+    args.proxy.as_ref()
+}
+
 /// Whether this is `watch` (the forwarder turns it into repeated `watch-once`s).
 pub(crate) fn watch_args(args: &Args) -> Option<(Option<String>, bool)> {
     match &args.command {

@@ -19,7 +19,9 @@ use clap::Parser;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::cli::{forwardable, home, open, print_warnings, run_engine, watch_args, Args, Out};
+use backchannel_client::engine::Warning;
+
+use crate::cli::{forwardable, home, open, print_warnings, proxy_arg, run_engine, watch_args, Args, Out};
 
 /// The socket's file name in the home directory.
 pub const SOCKET: &str = "daemon.sock";
@@ -37,23 +39,30 @@ const BACKOFF: Duration = Duration::from_secs(2);
 struct Request {
     argv: Vec<String>,
     cwd: PathBuf,
+    /// The proxy the caller asked for (flag or environment), which the
+    /// daemon must already be using: a forwarded command never goes around it.
+    proxy: Option<String>,
 }
 
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub async fn serve(args: &Args, cover: Option<Duration>) -> Result<(), Box<dyn Error>> {
     let dir = home(args)?;
-    // Opening takes the home's lock: a second daemon (or a stray command) fails here.
+    // Opening takes the home's lock: a second daemon (or a running command) fails here.
     let mut engine = open(args).await?;
-    if let Some(period) = cover {
-        engine.enable_cover(period).await?;
-    }
     let path = dir.join(SOCKET);
-    // We hold the home's lock, so a socket file left here is stale.
+    // We hold the home's lock, so a socket file left here is stale. Bind before any
+    // network work, so that commands started meanwhile wait for us instead of failing.
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)
         .map_err(|e| format!("could not create the daemon's socket {} ({e})", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let owner = std::fs::metadata(&path)?.uid();
+    if let Some(period) = cover {
+        if let Err(e) = engine.enable_cover(period).await {
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
+    }
     match cover {
         Some(p) => println!("daemon running; cover traffic: one frame every {} ms", p.as_millis()),
         None => println!("daemon running"),
@@ -65,6 +74,9 @@ pub async fn serve(args: &Args, cover: Option<Duration>) -> Result<(), Box<dyn E
     let poll = if cover.is_some() { Duration::ZERO } else { POLL };
     let mut next_sync = tokio::time::Instant::now();
     let mut last_error = String::new();
+    // Warnings from background syncs name channels: they go to the next command's
+    // stderr (and stay in the channel's history), not to the daemon's log.
+    let mut pending: Vec<Warning> = Vec::new();
     loop {
         tokio::select! {
             biased;
@@ -72,7 +84,7 @@ pub async fn serve(args: &Args, cover: Option<Duration>) -> Result<(), Box<dyn E
             _ = tokio::signal::ctrl_c() => break,
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
-                    handle(stream, owner, &mut engine).await;
+                    handle(stream, owner, &mut engine, &mut pending).await;
                 }
             }
             _ = tokio::time::sleep_until(next_sync) => {
@@ -90,7 +102,7 @@ pub async fn serve(args: &Args, cover: Option<Duration>) -> Result<(), Box<dyn E
                         next_sync = tokio::time::Instant::now() + BACKOFF;
                     }
                 }
-                print_warnings(&Out::local(), &engine.take_warnings());
+                pending.extend(engine.take_warnings());
             }
         }
     }
@@ -99,7 +111,7 @@ pub async fn serve(args: &Args, cover: Option<Duration>) -> Result<(), Box<dyn E
 }
 
 /// Serves one command for a local client.
-async fn handle(stream: UnixStream, owner: u32, engine: &mut backchannel_client::Engine) {
+async fn handle(stream: UnixStream, owner: u32, engine: &mut backchannel_client::Engine, pending: &mut Vec<Warning>) {
     if stream.peer_cred().map(|c| c.uid()).ok() != Some(owner) {
         return;
     }
@@ -108,6 +120,7 @@ async fn handle(stream: UnixStream, owner: u32, engine: &mut backchannel_client:
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     let got = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
     let out = Out::buffered();
+    print_warnings(&out, &std::mem::take(pending));
     let code = match got {
         Ok(Ok(n)) if n > 0 => run_request(&line, engine, &out).await,
         _ => return,
@@ -120,8 +133,14 @@ async fn handle(stream: UnixStream, owner: u32, engine: &mut backchannel_client:
     }
     reply.push_str(&serde_json::json!({ "exit": code }).to_string());
     reply.push('\n');
-    let _ = write.write_all(reply.as_bytes()).await;
-    let _ = write.shutdown().await;
+    // A client that stops reading (a pager, Ctrl-Z) must not stall the daemon.
+    tokio::spawn(async move {
+        let write_all = async {
+            write.write_all(reply.as_bytes()).await?;
+            write.shutdown().await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(60), write_all).await;
+    });
 }
 
 async fn run_request(line: &str, engine: &mut backchannel_client::Engine, out: &Out) -> i32 {
@@ -138,6 +157,14 @@ async fn run_request(line: &str, engine: &mut backchannel_client::Engine, out: &
     };
     if !forwardable(&args) {
         out.eline("error: this command cannot run through the daemon; stop the daemon first");
+        return 1;
+    }
+    let ours = engine.proxy().map(|p| p.to_string());
+    if req.proxy.is_some() && req.proxy != ours {
+        let how = ours.map_or("directly".to_string(), |p| format!("through {p}"));
+        out.eline(format!(
+            "error: the daemon for this home reaches relays {how}, not through the proxy you gave; stop it and start it with that --proxy"
+        ));
         return 1;
     }
     let result = run_engine(&args, engine, out, &req.cwd).await;
@@ -162,6 +189,7 @@ pub async fn forward(args: &Args) -> Result<Option<i32>, Box<dyn Error>> {
         return Ok(None);
     }
     let cwd = std::env::current_dir().unwrap_or_default();
+    let proxy = proxy_arg(args).map(|p| p.to_string());
     if let Some((channel, json)) = watch_args(args) {
         // `watch` becomes a `watch-once` every second: the daemon syncs on its own.
         let mut argv = vec!["backchannel".to_string(), "watch-once".to_string()];
@@ -170,32 +198,51 @@ pub async fn forward(args: &Args) -> Result<Option<i32>, Box<dyn Error>> {
             argv.push("--json".into());
         }
         loop {
-            match ask(
-                &path,
-                &Request {
-                    argv: argv.clone(),
-                    cwd: cwd.clone(),
-                },
-            )
-            .await
-            {
-                Some(0) => {}
-                Some(code) => return Ok(Some(code)),
-                None => return Err("the daemon stopped; run the command again".into()),
+            let req = Request {
+                argv: argv.clone(),
+                cwd: cwd.clone(),
+                proxy: proxy.clone(),
+            };
+            match ask(&path, &req).await {
+                Asked::Exit(0) => {}
+                Asked::Exit(code) => return Ok(Some(code)),
+                Asked::NoDaemon | Asked::Lost => return Err("the daemon stopped; run the command again".into()),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
     let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
-    Ok(ask(&path, &Request { argv, cwd }).await)
+    match ask(&path, &Request { argv, cwd, proxy }).await {
+        Asked::NoDaemon => Ok(None),
+        Asked::Exit(code) => Ok(Some(code)),
+        // Not run again locally: the daemon may have done it (a message sent twice).
+        Asked::Lost => Err(
+            "the daemon stopped while running the command; check with `backchannel read` before trying again".into(),
+        ),
+    }
 }
 
-/// Sends one request and prints the answer; `None` if no daemon answered.
-async fn ask(path: &std::path::Path, req: &Request) -> Option<i32> {
-    let mut stream = UnixStream::connect(path).await.ok()?;
-    let mut line = serde_json::to_string(req).ok()?;
+enum Asked {
+    /// No daemon listens: run the command here.
+    NoDaemon,
+    /// The daemon ran it.
+    Exit(i32),
+    /// The request went out but no answer came back.
+    Lost,
+}
+
+/// Sends one request and prints the answer.
+async fn ask(path: &std::path::Path, req: &Request) -> Asked {
+    let Ok(mut stream) = UnixStream::connect(path).await else {
+        return Asked::NoDaemon;
+    };
+    let Ok(mut line) = serde_json::to_string(req) else {
+        return Asked::NoDaemon;
+    };
     line.push('\n');
-    stream.write_all(line.as_bytes()).await.ok()?;
+    if stream.write_all(line.as_bytes()).await.is_err() {
+        return Asked::NoDaemon;
+    }
     let mut lines = BufReader::new(stream).lines();
     use std::io::Write as _;
     while let Ok(Some(l)) = lines.next_line().await {
@@ -208,8 +255,8 @@ async fn ask(path: &std::path::Path, req: &Request) -> Option<i32> {
             eprintln!("{t}");
         } else if let Some(code) = v.get("exit").and_then(|c| c.as_i64()) {
             let _ = std::io::stdout().flush();
-            return Some(i32::try_from(code).unwrap_or(1));
+            return Asked::Exit(i32::try_from(code).unwrap_or(1));
         }
     }
-    None
+    Asked::Lost
 }

@@ -108,12 +108,19 @@ fn with_cover_traffic_the_observer_sees_the_same_steady_stream_whether_or_not_an
     let mut links: Vec<usize> = obs.app_records_since(start).iter().map(|r| r.conn).collect();
     links.sort();
     links.dedup();
-    assert_eq!(links.len(), 2, "a send link and a receive link: {links:?}");
+    assert_eq!(
+        links.len(),
+        3,
+        "a send link, a receive link and a drain link: {links:?}"
+    );
     // Alice's commands go through her daemon: no connection of their own.
     let before = obs.connections();
     alice.ok(&["channels"]);
     alice.ok(&["members", "cover"]);
     assert_eq!(obs.connections(), before, "commands used the daemon's links");
+    // A command that asks for a proxy the daemon is not using is refused, not sent around it.
+    let err = alice.fails(&["--proxy", "socks5h://127.0.0.1:9", "channels"]);
+    assert!(err.contains("daemon for this home reaches relays directly"), "{err}");
 
     let window = Duration::from_secs(4);
     // A quiet stretch.
@@ -139,8 +146,8 @@ fn with_cover_traffic_the_observer_sees_the_same_steady_stream_whether_or_not_an
     let (q, b) = (quiet.len() as f64, busy.len() as f64);
     eprintln!("records up in {window:?}: quiet {q}, busy {b}; {i} messages each way; alice's send took {latencies:?}");
     assert!(
-        q >= 50.0,
-        "4 send ticks and 12 receive ticks a second: {q} records in 4 s"
+        q >= 70.0,
+        "4 send, 8 receive and 8 drain ticks a second: {q} records in 4 s"
     );
     assert!(
         (b - q).abs() <= 0.15 * q,

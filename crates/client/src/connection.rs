@@ -25,6 +25,11 @@ use tokio_tungstenite::WebSocketStream;
 /// Time allowed to connect and complete the handshakes.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Time allowed for a relay to answer a request, beyond any long-poll wait it
+/// asked for: a relay (or a path through Tor) that stops answering without
+/// closing the connection is treated as a broken connection.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A relay could not be reached or spoke wrongly.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -250,6 +255,21 @@ impl RelayConnection {
 
     /// Sends several requests back to back, then reads their responses in order.
     pub async fn pipeline(&mut self, reqs: &[Request]) -> Result<Vec<Result<Response, ConnectError>>, ConnectError> {
+        let wait: u64 = reqs
+            .iter()
+            .map(|r| match r {
+                Request::Fetch { wait_ms, .. } => u64::from(*wait_ms),
+                _ => 0,
+            })
+            .sum();
+        let deadline = RESPONSE_TIMEOUT + Duration::from_millis(wait);
+        match tokio::time::timeout(deadline, self.pipeline_inner(reqs)).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Broken(self.authority.clone())),
+        }
+    }
+
+    async fn pipeline_inner(&mut self, reqs: &[Request]) -> Result<Vec<Result<Response, ConnectError>>, ConnectError> {
         let first = self.next_id;
         for req in reqs {
             let id = self.next_id;

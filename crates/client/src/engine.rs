@@ -113,8 +113,6 @@ pub struct Warning {
 
 #[derive(Clone)]
 enum Role {
-    /// A cover mailbox: its envelopes are our own dummies, acknowledged unread.
-    Cover,
     Channel(String),
     Invite(String, MailboxId),
     Join(MailboxId),
@@ -201,6 +199,11 @@ impl Engine {
         self.identity.name()
     }
 
+    /// The proxy connections go through, if any.
+    pub fn proxy(&self) -> Option<&ProxyAddr> {
+        self.transport.proxy.as_ref()
+    }
+
     /// Sends through `proxy` from now on (overrides the one set at `init`).
     pub fn set_proxy(&mut self, proxy: ProxyAddr) {
         self.transport.proxy = Some(proxy);
@@ -218,15 +221,15 @@ impl Engine {
             self.save()?;
         }
         self.transport.cover = Some(period);
-        self.transport.cover_sinks = self
+        self.transport.cover_boxes = self
             .state
             .cover
             .iter()
-            .map(|k| (k.address.relay.clone(), k.address.send.clone()))
+            .map(|k| (k.address.relay.clone(), k.clone()))
             .collect();
         // Links opened before now were direct; reopen them paced, and start the stream now.
         self.conns.clear();
-        self.conn(&relay).await?.connect_both().await?;
+        self.conn(&relay).await?.connect_all().await?;
         Ok(())
     }
 
@@ -401,6 +404,11 @@ impl Engine {
     /// Fetches and processes everything waiting, admits joiners, commits
     /// pending proposals. Waits up to `wait` for something to arrive.
     pub async fn sync(&mut self, wait: Duration) -> Result<usize, ClientError> {
+        if self.transport.cover.is_some() {
+            // Keep the paced streams going, reconnecting any that dropped.
+            let relay = self.state.relay.clone();
+            self.conn(&relay).await?.connect_all().await?;
+        }
         self.flush_outbox().await?;
         self.resume_pending_commits().await?;
         let before: usize = self.state.channels.values().map(|c| c.messages.len()).sum();
@@ -430,11 +438,6 @@ impl Engine {
         }
         for pj in &self.state.pending_joins {
             out.push((pj.mailbox.clone(), Role::Join(pj.mailbox.id())));
-        }
-        if self.transport.cover.is_some() {
-            for k in &self.state.cover {
-                out.push((k.clone(), Role::Cover));
-            }
         }
         out
     }
@@ -550,7 +553,6 @@ impl Engine {
         let channel_name = match role {
             Role::Channel(n) | Role::Invite(n, _) => Some(n.clone()),
             Role::Join(_) => None,
-            Role::Cover => return,
         };
         let chunk = match open_envelope(&keys.address.seal, &keys.address.send, env) {
             Ok(c) => c,

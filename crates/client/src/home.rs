@@ -38,7 +38,11 @@ fn lock(dir: &Path) -> Result<File, ClientError> {
         .write(true)
         .open(dir.join(LOCK))
         .map_err(|e| ClientError::io("opening the home's lock file", e))?;
-    f.lock().map_err(|e| ClientError::io("locking the home directory", e))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(ClientError::Busy(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => return Err(ClientError::io("locking the home directory", e)),
+    }
     Ok(f)
 }
 

@@ -29,6 +29,9 @@ pub enum ClientError {
     /// `init` on an existing home.
     #[error("{0} already holds an identity; use another --home to create a second one")]
     AlreadyInitialized(PathBuf),
+    /// Another process holds the home.
+    #[error("another backchannel process (a daemon, or a command still running) is using {0}; wait for it, or stop the daemon")]
+    Busy(PathBuf),
     /// The passphrase does not open the store.
     #[error("the passphrase is wrong (or the local store was modified); try again with the right passphrase")]
     WrongPassphrase,

@@ -12,10 +12,12 @@
 //! otherwise a dummy: a `Send` of uniformly random bytes into the client's
 //! own cover mailbox, which on the wire and at the relay has the shape of
 //! any other send (a sealed envelope is indistinguishable from random
-//! bytes). A paced receive link ticks three times as often (it needs a
-//! fetch and an acknowledgement per envelope, and drains our dummies plus
-//! real traffic): with nothing queued it fetches. Every frame is the same size (see `backchannel_core::frame`), so
-//! a network observer sees one steady stream whatever the user does.
+//! bytes). A paced receive link ticks twice as often (a fetch and an
+//! acknowledgement per envelope): with nothing queued it fetches. The cover
+//! mailbox is drained by a third paced link that opens nothing else, so the
+//! dummies do not tie the send link to the receive link at the relay. Every
+//! frame is the same size (see `backchannel_core::frame`), so a network
+//! observer sees one steady stream whatever the user does.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -26,6 +28,7 @@ use backchannel_core::mailbox::{MailboxId, MailboxKeys, SendCapability};
 use backchannel_core::relay_address::RelayAddress;
 use rand_core::{OsRng, RngCore};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::connection::{ConnectError, RelayConnection};
@@ -38,8 +41,8 @@ pub struct TransportConfig {
     pub proxy: Option<ProxyAddr>,
     /// Pace every link (cover traffic) with this period between send ticks.
     pub cover: Option<Duration>,
-    /// Where each relay's dummies go: the send capability of our cover mailbox there.
-    pub cover_sinks: HashMap<RelayAddress, SendCapability>,
+    /// Each relay's cover mailbox: dummies go into it, the drain link empties it.
+    pub cover_boxes: HashMap<RelayAddress, MailboxKeys>,
 }
 
 /// Which link a request travels on.
@@ -49,10 +52,9 @@ fn on_send_link(req: &Request) -> bool {
 
 type Results = Vec<Result<Response, ConnectError>>;
 
-/// Receive-link ticks per send tick: a fetch and an acknowledgement per
-/// envelope, so three ticks drain our own dummy and leave half an envelope
-/// per tick for real traffic.
-pub const RECEIVE_TICKS: u32 = 3;
+/// Receive-link (and drain-link) ticks per send tick: a fetch and an
+/// acknowledgement per envelope.
+pub const RECEIVE_TICKS: u32 = 2;
 
 struct Job {
     req: Request,
@@ -130,6 +132,40 @@ async fn pace(mut conn: RelayConnection, mut jobs: mpsc::UnboundedReceiver<Job>,
     }
 }
 
+/// Empties a cover mailbox on a connection of its own: each tick either
+/// acknowledges the dummy fetched on the previous tick or fetches the next.
+async fn drain(addr: RelayAddress, proxy: Option<ProxyAddr>, cover: MailboxKeys, period: Duration) {
+    let Ok(mut conn) = RelayConnection::connect_via(&addr, proxy.as_ref()).await else {
+        return;
+    };
+    let open = Request::Open {
+        mailbox: cover.id(),
+        proof: cover.open_proof(conn.nonce()),
+    };
+    if conn.request(&open).await.is_err() {
+        return;
+    }
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut fetched: Option<u64> = None;
+    loop {
+        tick.tick().await;
+        let req = match fetched.take() {
+            Some(seq) => Request::Ack {
+                mailbox: cover.id(),
+                seq,
+            },
+            None => Request::Fetch { max: 1, wait_ms: 0 },
+        };
+        match conn.request(&req).await {
+            Ok(Response::Envelopes(list)) => fetched = list.first().map(|d| d.seq),
+            Ok(_) => {}
+            Err(ConnectError::Refused(..)) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 impl Link {
     async fn connect(
         addr: &RelayAddress,
@@ -186,8 +222,18 @@ pub struct RelayLinks {
     config: TransportConfig,
     send: Option<Link>,
     recv: Option<Link>,
+    /// The paced task that empties our cover mailbox, if cover is on.
+    drain: Option<JoinHandle<()>>,
     /// Mailboxes opened (or created) on the receive link.
     opened: HashSet<MailboxId>,
+}
+
+impl Drop for RelayLinks {
+    fn drop(&mut self) {
+        if let Some(d) = &self.drain {
+            d.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for RelayLinks {
@@ -204,6 +250,7 @@ impl RelayLinks {
             config,
             send: None,
             recv: None,
+            drain: None,
             opened: HashSet::new(),
         }
     }
@@ -215,8 +262,8 @@ impl RelayLinks {
                 (None, _) => (None, Filler::Ping),
                 (Some(p), true) => (
                     Some(p),
-                    match self.config.cover_sinks.get(&self.addr) {
-                        Some(sink) => Filler::Dummy(sink.clone()),
+                    match self.config.cover_boxes.get(&self.addr) {
+                        Some(cover) => Filler::Dummy(cover.address.send.clone()),
                         None => Filler::Ping,
                     },
                 ),
@@ -227,10 +274,35 @@ impl RelayLinks {
         slot.as_mut().ok_or_else(|| ConnectError::Broken(self.addr.authority()))
     }
 
-    /// Connects both links now (a paced link starts its steady stream at once).
-    pub async fn connect_both(&mut self) -> Result<(), ConnectError> {
-        self.link(true).await?;
-        self.link(false).await?;
+    /// Connects every link now, and reconnects any that dropped: a paced
+    /// stream must not pause until the user next sends (that pause, and the
+    /// handshake before the send, would show when the user sends).
+    pub async fn connect_all(&mut self) -> Result<(), ConnectError> {
+        for send in [true, false] {
+            let dead = match if send { &self.send } else { &self.recv } {
+                Some(Link::Paced { jobs, .. }) => jobs.is_closed(),
+                _ => false,
+            };
+            if dead {
+                if send {
+                    self.send = None;
+                } else {
+                    self.recv = None;
+                    self.opened.clear();
+                }
+            }
+            self.link(send).await?;
+        }
+        if let (Some(period), Some(cover)) = (self.config.cover, self.config.cover_boxes.get(&self.addr)) {
+            if self.drain.as_ref().is_none_or(|d| d.is_finished()) {
+                self.drain = Some(tokio::spawn(drain(
+                    self.addr.clone(),
+                    self.config.proxy.clone(),
+                    cover.clone(),
+                    period / RECEIVE_TICKS,
+                )));
+            }
+        }
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! invite = "bc-invite:" || base32(body || checksum)      (lowercase, no padding)
-//! body   = version (1) = 1 | mailbox address (relay, id, send capability, seal key)
+//! body   = version (1) = 2 | mailbox address (relay, send capability, seal key)
 //!          | expires_at (u64, Unix seconds) | inviter identity key (32) | ciphersuite (u16)
 //! checksum = first 4 bytes of SHA-256("backchannel/v1/invite" || body)
 //! ```
@@ -20,7 +20,7 @@ use crate::mailbox::MailboxAddress;
 
 /// Prefix of every invite.
 pub const PREFIX: &str = "bc-invite:";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// A decoded invite.
 #[derive(Clone, PartialEq, Eq, Debug)]

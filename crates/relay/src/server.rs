@@ -290,7 +290,9 @@ impl Connection {
                 }
                 match blocking(move || store.delete(mailbox)).await {
                     Ok(()) => {
-                        self.opened.remove(&mailbox);
+                        if self.opened.remove(&mailbox) {
+                            self.touched = self.touched.saturating_sub(1);
+                        }
                         Response::Ok
                     }
                     Err(e) => store_error(e),
