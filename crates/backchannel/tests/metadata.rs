@@ -357,3 +357,56 @@ fn with_a_socks5_proxy_every_connection_goes_through_it_by_name_each_on_its_own_
     let err = alice.fails(&["--proxy", "socks5://127.0.0.1:9050", "sync"]);
     assert!(err.contains("socks5h"), "{err}");
 }
+
+#[test]
+fn a_delivered_envelope_cannot_be_found_in_the_relay_files_afterwards() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("relay");
+    let mut relay = RelayProc::start(&data, &[]);
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "shred");
+    let receive_id = backchannel_core::mailbox::MailboxId(held(&bob, "shred").receive_id.try_into().unwrap());
+    alice.ok(&["send", "shred", "burn after reading"]);
+
+    // The operator copies the envelope while it waits for bob (it holds the disk and the keys).
+    relay.kill9();
+    let stored: Vec<Vec<u8>> = {
+        use backchannel_relay::store::{EmbeddedStore, MailboxStore as _};
+        let store = EmbeddedStore::open(&data.join("mailboxes.redb"), 10_000).unwrap();
+        let out = store
+            .fetch(&[receive_id], 100)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.envelope.as_bytes().to_vec())
+            .collect();
+        drop(store);
+        std::thread::sleep(Duration::from_millis(200));
+        out
+    };
+    assert_eq!(stored.len(), 1);
+    let listen = format!("127.0.0.1:{}", relay.port);
+    let mut relay = RelayProc::start_on(&data, &listen, &[]);
+    assert_eq!(bob.texts("shred"), vec![("alice".into(), "burn after reading".into())]);
+    relay.kill9();
+
+    let scan = |when: &str| {
+        for f in files(&data) {
+            let bytes = std::fs::read(&f).unwrap();
+            for e in &stored {
+                for window in [&e[..], &e[..32], &e[2000..2032], &e[e.len() - 32..]] {
+                    assert!(
+                        !contains(&bytes, window),
+                        "{when}: {} still holds the envelope",
+                        f.display()
+                    );
+                }
+            }
+        }
+    };
+    scan("after the acknowledgement");
+    {
+        let mut db = redb::Database::open(data.join("mailboxes.redb")).unwrap();
+        db.compact().unwrap();
+    }
+    scan("after compaction");
+}
