@@ -505,9 +505,9 @@ pub(crate) async fn run_engine(
         Command::Join { invite, name, wait } => {
             match engine.join(invite, name.clone(), Duration::from_secs(*wait)).await? {
                 Some(ch) => out.line(format!("joined channel {ch}")),
-                None => out.line(format!(
-                    "join request sent; you will be admitted when the inviter's backchannel next runs (then run `backchannel sync`)"
-                )),
+                None => out.line(
+                    "join request sent; you will be admitted when the inviter's backchannel next runs (then run `backchannel sync`)",
+                ),
             }
         }
         Command::Sync { wait } => {

@@ -673,11 +673,12 @@ impl Engine {
             return;
         };
         ch.status = status;
-        ch.pending = None;
+        let staged = ch.pending.take().and_then(|p| p.new_mailbox);
         let mailbox = ch.mailbox.clone();
         let sequencer = ch.sequencer.take();
         let mut invites: Vec<MailboxKeys> = ch.invites.drain(..).map(|i| i.mailbox).collect();
         invites.extend(ch.retired.drain(..).map(|r| r.keys));
+        invites.extend(staged);
         let gid = ch.group_id.clone();
         if let Ok(Some(group)) = Channel::load(&self.provider, &gid) {
             let _ = group.delete(&self.provider);
@@ -969,7 +970,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Deletes invite mailboxes that expired or were used up.
     /// Deletes rotated-out mailboxes whose grace period is over.
     async fn expire_retired(&mut self) {
         let now = now_s();
@@ -1002,6 +1002,7 @@ impl Engine {
         }
     }
 
+    /// Deletes invite mailboxes that expired or were used up.
     async fn expire_invites(&mut self) {
         let now = now_s();
         let mut dead = Vec::new();

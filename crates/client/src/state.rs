@@ -59,12 +59,16 @@ impl State {
 
     /// Deserializes.
     pub fn decode(b: &[u8]) -> Result<Self, ClientError> {
-        let s: State =
-            postcard::from_bytes(b).map_err(|_| ClientError::Corrupt("the local store could not be decoded".into()))?;
-        if s.version != STATE_VERSION {
-            return Err(ClientError::Corrupt(format!("unknown store version {}", s.version)));
+        // The version is the first field: read it alone, so that a store made by
+        // another version says so instead of looking damaged.
+        if let Ok((version, _)) = postcard::take_from_bytes::<u32>(b) {
+            if version != STATE_VERSION {
+                return Err(ClientError::Corrupt(format!(
+                    "it was written by a backchannel with store version {version}, and this one reads version {STATE_VERSION}; use a matching version"
+                )));
+            }
         }
-        Ok(s)
+        postcard::from_bytes(b).map_err(|_| ClientError::Corrupt("the local store could not be decoded".into()))
     }
 }
 

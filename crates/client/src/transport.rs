@@ -62,7 +62,7 @@ struct Job {
 }
 
 enum Link {
-    Direct(RelayConnection),
+    Direct(Box<RelayConnection>),
     Paced {
         jobs: mpsc::UnboundedSender<Job>,
         nonce: [u8; 32],
@@ -175,7 +175,7 @@ impl Link {
     ) -> Result<Self, ConnectError> {
         let conn = RelayConnection::connect_via(addr, proxy).await?;
         Ok(match pace_every {
-            None => Link::Direct(conn),
+            None => Link::Direct(Box::new(conn)),
             Some(period) => {
                 let nonce = *conn.nonce();
                 let (tx, rx) = mpsc::unbounded_channel();

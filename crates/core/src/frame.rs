@@ -102,7 +102,7 @@ pub enum ErrorCode {
     /// The frame could not be parsed.
     #[error("the relay could not parse a request (client and relay versions may differ)")]
     Malformed,
-    /// The frame was not [`FRAME_SIZE`] bytes.
+    /// The frame was longer than [`FRAME_SIZE`] (a shorter one is [`ErrorCode::Malformed`]).
     #[error("a request was not the size the relay accepts")]
     FrameTooLarge,
     /// No such mailbox, or a wrong send capability (deliberately the same answer).

@@ -5,9 +5,10 @@
 //! id*, an Ed25519 *recipient key* (to open, fetch, acknowledge and delete)
 //! and the SHA-256 of a random *send capability*. Senders know only the send
 //! capability and the seal key, never the receive id, so the relay's view of
-//! a send and of a receive share no identifier, and a member's device holds
-//! nothing that names another member's mailbox at the relay. Neither names a
-//! person. The *seal key* never reaches the relay: senders use it to seal
+//! a send and of a receive share no identifier. (The relay maps the digest of
+//! a send capability to its mailbox, so a device that holds another member's
+//! send capability can be matched to that mailbox by the relay's operator;
+//! the capabilities rotate.) Neither names a person. The *seal key* never reaches the relay: senders use it to seal
 //! envelopes so that the relay stores only uniform random bytes.
 
 use std::fmt;
