@@ -410,3 +410,44 @@ fn a_delivered_envelope_cannot_be_found_in_the_relay_files_afterwards() {
     }
     scan("after compaction");
 }
+
+/// Envelopes waiting in one mailbox, read from the relay's store while the relay is stopped.
+fn waiting(data: &std::path::Path, receive_id: &[u8]) -> usize {
+    use backchannel_relay::store::{EmbeddedStore, MailboxStore as _};
+    let id = backchannel_core::mailbox::MailboxId(receive_id.try_into().unwrap());
+    let store = EmbeddedStore::open(&data.join("mailboxes.redb"), 10_000).unwrap();
+    let n = store.fetch(&[id], 100).unwrap().len();
+    drop(store);
+    std::thread::sleep(Duration::from_millis(200));
+    n
+}
+
+#[test]
+fn after_a_rotation_the_others_deliver_to_the_new_mailbox() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("relay");
+    let mut relay = RelayProc::start(&data, &[]);
+    let listen = format!("127.0.0.1:{}", relay.port);
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "rot");
+    let old = held(&bob, "rot");
+    // Sent to the old mailbox, not yet collected when bob rotates.
+    alice.ok(&["send", "rot", "before"]);
+    bob.ok(&["update", "rot"]);
+    let new = held(&bob, "rot");
+    assert_ne!(old.receive_id, new.receive_id);
+    alice.ok(&["send", "rot", "after"]);
+
+    relay.kill9();
+    assert_eq!(
+        waiting(&data, &new.receive_id),
+        1,
+        "alice's second message went to bob's new mailbox"
+    );
+    let mut relay = RelayProc::start_on(&data, &listen, &[]);
+    let got: Vec<String> = bob.texts("rot").into_iter().map(|(_, t)| t).collect();
+    assert_eq!(got, ["before", "after"]);
+    relay.kill9();
+    assert_eq!(waiting(&data, &old.receive_id), 0);
+    assert_eq!(waiting(&data, &new.receive_id), 0);
+}

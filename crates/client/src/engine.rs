@@ -128,6 +128,8 @@ pub struct Engine {
     transport: TransportConfig,
     warnings: Vec<Warning>,
     admissions: Vec<(String, MailboxId, ValidKeyPackage)>,
+    /// The last fetch pass emptied every opened mailbox.
+    drained: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -184,6 +186,7 @@ impl Engine {
             identity,
             conns: HashMap::new(),
             transport,
+            drained: false,
             warnings: Vec::new(),
             admissions: Vec::new(),
         })
@@ -341,6 +344,7 @@ impl Engine {
         let items = std::mem::take(&mut self.state.outbox);
         let mut keep = Vec::new();
         let mut unreachable: Vec<RelayAddress> = Vec::new();
+        let mut dropped = 0usize;
         for mut item in items {
             if unreachable.contains(&item.to.relay) {
                 keep.push(item);
@@ -366,8 +370,9 @@ impl Engine {
                     for (env, r) in item.envelopes.into_iter().zip(results) {
                         match r {
                             Ok(_) => {}
-                            // The recipient's mailbox is gone (it left or was removed): drop.
-                            Err(e) if e.is(ErrorCode::NoSuchMailbox) => {}
+                            // The recipient's mailbox is gone (it left, was removed, or rotated
+                            // long ago): nobody can read it there.
+                            Err(e) if e.is(ErrorCode::NoSuchMailbox) => dropped += 1,
                             Err(_) => left.push(env),
                         }
                     }
@@ -382,6 +387,12 @@ impl Engine {
                     keep.push(item);
                 }
             }
+        }
+        if dropped > 0 {
+            self.warn(
+                None,
+                format!("{dropped} envelope(s) were not delivered: the recipient's mailbox no longer exists"),
+            );
         }
         let n = keep.len();
         self.state.outbox.extend(keep);
@@ -416,7 +427,10 @@ impl Engine {
         self.admit().await?;
         self.commit_proposals().await?;
         self.expire_invites().await;
-        self.expire_retired().await;
+        // Retired mailboxes go only once a fetch came back empty: nothing is left in them.
+        if std::mem::take(&mut self.drained) {
+            self.expire_retired().await;
+        }
         self.rotate_old_mailboxes().await;
         self.save()?;
         let after: usize = self.state.channels.values().map(|c| c.messages.len()).sum();
@@ -510,6 +524,7 @@ impl Engine {
                 return Err(ConnectError::Broken(relay.authority()).into());
             };
             if list.is_empty() {
+                self.drained = true;
                 break;
             }
             let mut acks = Vec::with_capacity(list.len());

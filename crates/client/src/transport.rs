@@ -316,19 +316,21 @@ impl RelayLinks {
                 continue;
             }
             let (idx, batch): (Vec<usize>, Vec<Request>) = group.into_iter().unzip();
-            let results = match self.link(send).await?.pipeline(&batch, &authority).await {
-                Ok(r) => r,
-                Err(e) => {
-                    // A broken link is dropped; the next request reconnects.
-                    if send {
-                        self.send = None;
-                    } else {
-                        self.recv = None;
-                        self.opened.clear();
+            let reused = if send { self.send.is_some() } else { self.recv.is_some() };
+            let mut attempt = self.link(send).await?.pipeline(&batch, &authority).await;
+            if attempt.is_err() {
+                // A broken link is dropped. One that had sat idle (the relay closes those)
+                // gets one retry on a fresh connection: a repeated send shows once (the
+                // client de-duplicates) and a repeated claim is granted again.
+                self.drop_link(send);
+                if reused && !batch.iter().any(|r| matches!(r, Request::Open { .. })) {
+                    attempt = self.link(send).await?.pipeline(&batch, &authority).await;
+                    if attempt.is_err() {
+                        self.drop_link(send);
                     }
-                    return Err(e);
                 }
-            };
+            }
+            let results = attempt?;
             for ((i, req), r) in idx.into_iter().zip(batch).zip(results) {
                 match (&req, &r) {
                     (Request::Create { mailbox, .. }, Ok(_)) => {
@@ -347,6 +349,15 @@ impl RelayLinks {
         out.into_iter()
             .map(|r| r.ok_or_else(|| ConnectError::Broken(authority.clone())))
             .collect()
+    }
+
+    fn drop_link(&mut self, send: bool) {
+        if send {
+            self.send = None;
+        } else {
+            self.recv = None;
+            self.opened.clear();
+        }
     }
 
     /// Sends one request; a refusal becomes `Err`.
