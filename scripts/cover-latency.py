@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Median send-to-display latency between two members, directly and through daemons with and
+without cover traffic. Usage: python3 scripts/cover-latency.py [path/to/backchannel]
+(default target/release/backchannel; build it with `cargo build --release`)."""
+import subprocess, os, time, json, tempfile, statistics, sys, signal
+BIN=sys.argv[1] if len(sys.argv)>1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "backchannel")
+root=tempfile.mkdtemp()
+env=dict(os.environ, BACKCHANNEL_PASSPHRASE="pw")
+relay=subprocess.Popen([BIN,"relay","--listen","127.0.0.1:0","--data",root+"/relay"],stdout=subprocess.PIPE,stderr=subprocess.DEVNULL,text=True)
+addr=relay.stdout.readline().strip().split(": ")[1]
+def run(home,*a):
+    e=dict(env,BACKCHANNEL_HOME=root+"/"+home)
+    r=subprocess.run([BIN,*a],env=e,capture_output=True,text=True)
+    if r.returncode: print("FAIL",a,r.stderr); sys.exit(1)
+    return r.stdout
+for n in ["alice","bob"]: run(n,"init","--name",n,"--relay",addr)
+run("alice","channel","new","c"); inv=run("alice","invite","c").strip()
+run("bob","join",inv); run("alice","sync"); run("bob","sync","--wait","5")
+def daemon(home,cover):
+    e=dict(env,BACKCHANNEL_HOME=root+"/"+home)
+    a=[BIN,"daemon"]+(["--cover",cover] if cover else [])
+    p=subprocess.Popen(a,env=e,stdout=subprocess.PIPE,stderr=subprocess.DEVNULL,text=True); p.stdout.readline(); return p
+def measure(mode,n=9):
+    lats=[]
+    for i in range(n):
+        text=f"{mode}-{i}"
+        t=time.time()
+        run("alice","send","c",text)
+        while True:
+            out=run("bob","read","c","--json","--all") if mode!="direct" else run("bob","read","c","--json","--all")
+            if text in out: break
+            time.sleep(0.02)
+        lats.append(time.time()-t)
+    return statistics.median(lats)
+res={}
+res["direct"]=measure("direct")
+for cover in [None,"1/s","4/s"]:
+    da=daemon("alice",cover); db=daemon("bob",cover); time.sleep(2)
+    res[f"daemon cover={cover}"]=measure(str(cover))
+    da.terminate(); db.terminate(); da.wait(); db.wait()
+print(json.dumps(res,indent=1))
+relay.terminate()
