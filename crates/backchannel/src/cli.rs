@@ -462,6 +462,20 @@ pub(crate) fn watch_args(args: &Args) -> Option<(Option<String>, bool)> {
     }
 }
 
+/// Prints the unread messages of one channel, or of all.
+fn print_unread(engine: &mut Engine, channel: Option<&str>, json: bool, out: &Out) -> Result<(), ClientError> {
+    let names: Vec<String> = match channel {
+        Some(c) => vec![c.to_string()],
+        None => engine.channels().into_iter().map(|c| c.name).collect(),
+    };
+    for name in names {
+        for m in engine.read(&name, false)? {
+            print_message(out, &m, json);
+        }
+    }
+    Ok(())
+}
+
 /// Runs one command on an open engine. Relative paths are taken from `cwd`.
 pub(crate) async fn run_engine(
     args: &Args,
@@ -539,15 +553,7 @@ pub(crate) async fn run_engine(
         }
         Command::Watch { channel, json } => loop {
             engine.sync(Duration::from_secs(20)).await?;
-            let names: Vec<String> = match channel {
-                Some(c) => vec![c.clone()],
-                None => engine.channels().into_iter().map(|c| c.name).collect(),
-            };
-            for name in names {
-                for m in engine.read(&name, false)? {
-                    print_message(out, &m, *json);
-                }
-            }
+            print_unread(engine, channel.as_deref(), *json, out)?;
             print_warnings(out, &engine.take_warnings());
             out.flush();
         },
@@ -633,17 +639,7 @@ pub(crate) async fn run_engine(
                 })
             ));
         }
-        Command::WatchOnce { channel, json } => {
-            let names: Vec<String> = match channel {
-                Some(c) => vec![c.clone()],
-                None => engine.channels().into_iter().map(|c| c.name).collect(),
-            };
-            for name in names {
-                for m in engine.read(&name, false)? {
-                    print_message(out, &m, *json);
-                }
-            }
-        }
+        Command::WatchOnce { channel, json } => print_unread(engine, channel.as_deref(), *json, out)?,
         Command::Relay { .. } | Command::Demo | Command::Init { .. } | Command::Daemon { .. } => {}
     }
     Ok(())

@@ -88,20 +88,7 @@ fn forged_garbage_and_replayed_envelopes_are_never_shown_and_are_reported() {
     //    into bob's mailbox.
     alice.ok(&["send", "auth", "transfer approved"]);
     relay.kill9();
-    let captured: Vec<Vec<u8>> = {
-        use backchannel_relay::store::{EmbeddedStore, MailboxStore as _};
-        let store = EmbeddedStore::open(&data.join("mailboxes.redb"), 10_000).unwrap();
-        let out = store
-            .fetch(&[t.id], 100)
-            .unwrap()
-            .into_iter()
-            .map(|d| d.envelope.as_bytes().to_vec())
-            .collect();
-        drop(store);
-        // Let the store's writer thread release the file.
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        out
-    };
+    let captured = stored_envelopes(&data, t.id.0);
     assert!(!captured.is_empty());
     let listen = format!("127.0.0.1:{}", relay.port);
     let _relay2 = RelayProc::start_on(&data, &listen, &[]);

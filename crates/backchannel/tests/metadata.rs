@@ -365,24 +365,12 @@ fn a_delivered_envelope_cannot_be_found_in_the_relay_files_afterwards() {
     let mut relay = RelayProc::start(&data, &[]);
     let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
     channel_with(&alice, &[&bob], "shred");
-    let receive_id = backchannel_core::mailbox::MailboxId(held(&bob, "shred").receive_id.try_into().unwrap());
+    let receive_id: [u8; 32] = held(&bob, "shred").receive_id.try_into().unwrap();
     alice.ok(&["send", "shred", "burn after reading"]);
 
     // The operator copies the envelope while it waits for bob (it holds the disk and the keys).
     relay.kill9();
-    let stored: Vec<Vec<u8>> = {
-        use backchannel_relay::store::{EmbeddedStore, MailboxStore as _};
-        let store = EmbeddedStore::open(&data.join("mailboxes.redb"), 10_000).unwrap();
-        let out = store
-            .fetch(&[receive_id], 100)
-            .unwrap()
-            .into_iter()
-            .map(|d| d.envelope.as_bytes().to_vec())
-            .collect();
-        drop(store);
-        std::thread::sleep(Duration::from_millis(200));
-        out
-    };
+    let stored = stored_envelopes(&data, receive_id);
     assert_eq!(stored.len(), 1);
     let listen = format!("127.0.0.1:{}", relay.port);
     let mut relay = RelayProc::start_on(&data, &listen, &[]);
@@ -413,13 +401,7 @@ fn a_delivered_envelope_cannot_be_found_in_the_relay_files_afterwards() {
 
 /// Envelopes waiting in one mailbox, read from the relay's store while the relay is stopped.
 fn waiting(data: &std::path::Path, receive_id: &[u8]) -> usize {
-    use backchannel_relay::store::{EmbeddedStore, MailboxStore as _};
-    let id = backchannel_core::mailbox::MailboxId(receive_id.try_into().unwrap());
-    let store = EmbeddedStore::open(&data.join("mailboxes.redb"), 10_000).unwrap();
-    let n = store.fetch(&[id], 100).unwrap().len();
-    drop(store);
-    std::thread::sleep(Duration::from_millis(200));
-    n
+    stored_envelopes(data, receive_id.try_into().unwrap()).len()
 }
 
 #[test]

@@ -16,6 +16,44 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_backchannel")
 }
 
+/// Collects a child's stderr in the background and drains the rest of its stdout.
+fn capture(child: &mut Child, mut out: BufReader<std::process::ChildStdout>) -> Arc<Mutex<String>> {
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut err = child.stderr.take().unwrap();
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = out.read_to_string(&mut rest);
+    });
+    stderr
+}
+
+/// The envelopes waiting in one mailbox, read from a stopped relay's store the way its
+/// operator could.
+pub fn stored_envelopes(data: &Path, receive_id: [u8; 32]) -> Vec<Vec<u8>> {
+    use backchannel_relay::store::{EmbeddedStore, MailboxStore as _};
+    let store = EmbeddedStore::open(&data.join("mailboxes.redb"), 10_000).unwrap();
+    let out = store
+        .fetch(&[backchannel_core::mailbox::MailboxId(receive_id)], 100)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.envelope.as_bytes().to_vec())
+        .collect();
+    drop(store);
+    // Let the store's writer thread release the file.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    out
+}
+
 /// A relay process; killed on drop.
 pub struct RelayProc {
     pub child: Child,
@@ -50,22 +88,7 @@ impl RelayProc {
             .to_string();
         assert!(address.starts_with("bc://"), "{address}");
         let port = address.rsplit(':').next().unwrap().parse().unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = out.read_to_string(&mut rest);
-        });
+        let stderr = capture(&mut child, out);
         RelayProc {
             child,
             address,
@@ -273,22 +296,7 @@ impl DaemonProc {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         assert!(line.starts_with("daemon running"), "unexpected first line: {line:?}");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = out.read_to_string(&mut rest);
-        });
+        let stderr = capture(&mut child, out);
         DaemonProc { child, stderr }
     }
 
