@@ -25,7 +25,7 @@ use crate::home::Home;
 use crate::socks::ProxyAddr;
 use crate::state::{
     ChannelState, ChannelStatus, InviteRecord, OutboxItem, PendingCommit, PendingJoin, RetiredMailbox, State,
-    StoredMessage, STATE_VERSION,
+    StoredMessage, UnsentMessage, STATE_VERSION,
 };
 use crate::transport::{RelayLinks, TransportConfig};
 use crate::ClientError;
@@ -163,6 +163,7 @@ impl Engine {
             pending_joins: Vec::new(),
             reassembly: BTreeMap::new(),
             outbox: Vec::new(),
+            unsent: Vec::new(),
             proxy,
             cover: Vec::new(),
         };
@@ -426,6 +427,10 @@ impl Engine {
         self.fetch_all(wait).await?;
         self.admit().await?;
         self.commit_proposals().await?;
+        // Messages written earlier are sealed only now, in the newest epoch we know
+        // (never to a member whose removal is already waiting at the relay).
+        self.seal_unsent()?;
+        self.flush_outbox().await?;
         self.expire_invites().await;
         // Retired mailboxes go only once a fetch came back empty: nothing is left in them.
         if std::mem::take(&mut self.drained) {
@@ -1184,53 +1189,112 @@ impl Engine {
     }
 
     /// Sends a text message. `Err(ClientError::Queued)` means it is stored and will go later.
+    ///
+    /// The message is saved durably before the network is touched; if this
+    /// command dies or no relay answers, the next command (or the daemon)
+    /// encrypts it in the channel's then-current epoch and sends it, once.
     pub async fn send(&mut self, name: &str, text: &str) -> Result<(), ClientError> {
+        self.active(name)?;
+        let mut id = [0u8; 16];
+        OsRng.fill_bytes(&mut id);
+        let unsent = UnsentMessage {
+            channel: name.to_string(),
+            id,
+            sent_at: now_ms(),
+            text: text.to_string(),
+        };
+        self.state.unsent.push(unsent.clone());
+        self.save()?;
         let synced = self.refresh().await;
+        // In the history after what the sync brought in, even if it failed.
+        self.record_own(&unsent);
+        self.save()?;
         if let Err(e) = &synced {
             if !matches!(e, ClientError::Relay(_)) {
                 return synced.map(|_| ());
             }
         }
-        self.active(name)?;
-        let mut group = self.load_group(name)?;
-        if group.has_pending_proposals() {
+        if synced.is_ok() {
+            // Without a sync the epoch we know may be stale: the message waits, sealed later.
+            self.seal_unsent()?;
+        }
+        if synced.is_ok()
+            && self.state.unsent.iter().any(|u| u.channel == name)
+            && self.load_group(name)?.has_pending_proposals()
+        {
             // MLS allows no application message while proposals are pending;
             // sync tried to commit them and failed: report why.
             return Err(synced.err().unwrap_or_else(|| ClientError::Contended(name.to_string())));
         }
-        let mut id = [0u8; 16];
-        OsRng.fill_bytes(&mut id);
-        let msg = AppMessage {
-            id,
-            sent_at: now_ms(),
-            body: Body::Text(text.to_string()),
-        };
-        let ct = group
-            .encrypt(&self.provider, &self.identity, &msg.to_bytes())
-            .map_err(protocol)?;
-        for to in self.others(&group) {
-            self.enqueue(&to, PayloadKind::Mls, &ct)?;
-        }
-        let me = self.identity.public_key();
-        let my_name = self.identity.name().to_string();
-        if let Some(ch) = self.state.channels.get_mut(name) {
-            ch.seen.insert(id);
-            ch.messages.push(StoredMessage {
-                id: hex(&id),
-                from: my_name,
-                from_key: me,
-                sent_at: msg.sent_at,
-                text: text.to_string(),
-                event: None,
-            });
-            ch.read_upto = ch.messages.len();
-        }
-        self.save()?;
         let queued = self.flush_outbox().await?;
-        if queued > 0 || synced.is_err() {
+        if queued > 0 || synced.is_err() || !self.state.unsent.is_empty() {
             return Err(ClientError::Queued);
         }
         Ok(())
+    }
+
+    /// Puts our own message into its channel's history, once.
+    fn record_own(&mut self, u: &UnsentMessage) {
+        let me = self.identity.public_key();
+        let my_name = self.identity.name().to_string();
+        if let Some(ch) = self.state.channels.get_mut(&u.channel) {
+            if ch.seen.insert(u.id) {
+                ch.messages.push(StoredMessage {
+                    id: hex(&u.id),
+                    from: my_name,
+                    from_key: me,
+                    sent_at: u.sent_at,
+                    text: u.text.clone(),
+                    event: None,
+                });
+                ch.read_upto = ch.messages.len();
+            }
+        }
+    }
+
+    /// Encrypts every unsent message whose channel can take one now into the
+    /// outbox, in one durable save (so each is sealed exactly once).
+    fn seal_unsent(&mut self) -> Result<(), ClientError> {
+        if self.state.unsent.is_empty() {
+            return Ok(());
+        }
+        let unsent = std::mem::take(&mut self.state.unsent);
+        let mut keep = Vec::new();
+        for u in unsent {
+            let active = self
+                .state
+                .channels
+                .get(&u.channel)
+                .is_some_and(|c| c.status == ChannelStatus::Active);
+            if !active {
+                // The channel ended before the message could go: say so where it was written.
+                let text = format!(
+                    "your message sent at {} could not be delivered: the channel ended",
+                    u.sent_at
+                );
+                self.warn(Some(&u.channel), text);
+                continue;
+            }
+            let mut group = self.load_group(&u.channel)?;
+            if group.has_pending_proposals() {
+                keep.push(u);
+                continue;
+            }
+            let msg = AppMessage {
+                id: u.id,
+                sent_at: u.sent_at,
+                body: Body::Text(u.text.clone()),
+            };
+            let ct = group
+                .encrypt(&self.provider, &self.identity, &msg.to_bytes())
+                .map_err(protocol)?;
+            for to in self.others(&group) {
+                self.enqueue(&to, PayloadKind::Mls, &ct)?;
+            }
+            self.record_own(&u);
+        }
+        self.state.unsent = keep;
+        self.save()
     }
 
     /// Messages of a channel: unread ones, or all.

@@ -12,7 +12,7 @@ use crate::socks::ProxyAddr;
 use crate::ClientError;
 
 /// Version of the state layout.
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 
 /// The whole client state.
 #[derive(Serialize, Deserialize)]
@@ -35,6 +35,9 @@ pub struct State {
     pub reassembly: BTreeMap<[u8; 32], Reassembler>,
     /// Envelopes sealed but not yet accepted by a relay.
     pub outbox: Vec<OutboxItem>,
+    /// Messages written but not yet encrypted (saved before the network is
+    /// touched, encrypted in the channel's current epoch once synced).
+    pub unsent: Vec<UnsentMessage>,
     /// SOCKS5 proxy every connection goes through (set at `init`).
     pub proxy: Option<ProxyAddr>,
     /// Cover mailboxes, one per relay, that receive the daemon's dummies.
@@ -144,6 +147,19 @@ pub struct PendingCommit {
     pub joiners: Vec<MailboxAddress>,
     /// The mailbox this commit announces for us (a rotation), if any.
     pub new_mailbox: Option<MailboxKeys>,
+}
+
+/// A message the user sent that is not yet sealed into the outbox.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct UnsentMessage {
+    /// Local channel name.
+    pub channel: String,
+    /// The application message id (receivers de-duplicate on it).
+    pub id: [u8; 16],
+    /// When the user sent it (ms).
+    pub sent_at: u64,
+    /// The text.
+    pub text: String,
 }
 
 /// A mailbox replaced by a rotation, read until `until`, then deleted.
