@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backchannel_core::channel::{
-    key_package, validate_key_package, Channel, ChannelInfo, MemberInfo, OutgoingCommit, Provider, Received, Suite,
-    ValidKeyPackage,
+    key_package, validate_key_package, Channel, ChannelInfo, MemberInfo, OutgoingCommit, Provider, Received, Rejection,
+    Suite, ValidKeyPackage,
 };
 use backchannel_core::envelope::{open_envelope, seal_payload, Envelope, PayloadKind};
 use backchannel_core::frame::{ErrorCode, Request, Response, MAX_FETCH};
@@ -24,14 +24,25 @@ use crate::connection::{ConnectError, RelayConnection};
 use crate::home::Home;
 use crate::socks::ProxyAddr;
 use crate::state::{
-    ChannelState, ChannelStatus, InviteRecord, OutboxItem, PendingCommit, PendingJoin, RetiredMailbox, State,
-    StoredMessage, UnsentMessage, STATE_VERSION,
+    ChannelState, ChannelStatus, DeferredMls, InviteRecord, OutboxItem, PendingCommit, PendingJoin, RetiredMailbox,
+    State, StoredMessage, UnsentMessage, STATE_VERSION,
 };
 use crate::transport::{RelayLinks, TransportConfig};
 use crate::ClientError;
 
 /// How many times a commit that lost its epoch is retried.
 const COMMIT_ATTEMPTS: usize = 8;
+
+/// Most MLS messages kept per channel while they wait for their epoch.
+const MAX_DEFERRED: usize = 256;
+
+/// Why an MLS message was not taken.
+enum Rejected {
+    /// It belongs to a later epoch: keep it for when that commit arrives.
+    Later,
+    /// It will never be readable; the text says why.
+    Now(String),
+}
 
 /// Fetches per sync pass when links are paced.
 const PACED_FETCH_ROUNDS: usize = 2;
@@ -164,6 +175,7 @@ impl Engine {
             reassembly: BTreeMap::new(),
             outbox: Vec::new(),
             unsent: Vec::new(),
+            deferred: Vec::new(),
             proxy,
             cover: Vec::new(),
         };
@@ -498,7 +510,6 @@ impl Engine {
         if routes.is_empty() {
             return Ok(());
         }
-        let mut deferred: Vec<(String, Vec<u8>)> = Vec::new();
         let mut first = true;
         // With cover traffic our own dummies keep arriving: take a bounded
         // number per pass so that the daemon gets back to its callers.
@@ -541,7 +552,7 @@ impl Engine {
                 let Some((keys, role)) = routes.get(&d.mailbox).cloned() else {
                     continue;
                 };
-                self.handle_envelope(&keys, &role, &d.envelope, &mut deferred).await;
+                self.handle_envelope(&keys, &role, &d.envelope).await;
             }
             // Durable before acknowledging: a crash here re-delivers, never loses.
             self.save()?;
@@ -554,22 +565,12 @@ impl Engine {
                 break;
             }
         }
-        // Messages that arrived before the commit they depend on get a second chance.
-        for (name, payload) in deferred {
-            if let Err(text) = self.process_mls(&name, &payload, false).await {
-                self.warn(Some(&name), text);
-            }
-        }
+        self.retry_deferred().await;
+        self.save()?;
         Ok(())
     }
 
-    async fn handle_envelope(
-        &mut self,
-        keys: &MailboxKeys,
-        role: &Role,
-        env: &Envelope,
-        deferred: &mut Vec<(String, Vec<u8>)>,
-    ) {
+    async fn handle_envelope(&mut self, keys: &MailboxKeys, role: &Role, env: &Envelope) {
         let channel_name = match role {
             Role::Channel(n) | Role::Invite(n, _) => Some(n.clone()),
             Role::Join(_) => None,
@@ -594,11 +595,11 @@ impl Engine {
             }
         };
         match (role, whole.kind) {
-            (Role::Channel(name), PayloadKind::Mls) => {
-                if self.process_mls(name, &whole.payload, true).await.is_err() {
-                    deferred.push((name.clone(), whole.payload));
-                }
-            }
+            (Role::Channel(name), PayloadKind::Mls) => match self.process_mls(name, &whole.payload).await {
+                Ok(()) => {}
+                Err(Rejected::Later) => self.defer(name, whole.payload),
+                Err(Rejected::Now(text)) => self.warn(Some(name), text),
+            },
             (Role::Invite(name, invite_id), PayloadKind::JoinRequest) => {
                 let kp = JoinRequest::from_bytes(&whole.payload)
                     .map_err(protocol)
@@ -615,18 +616,68 @@ impl Engine {
 
     /// Processes one MLS message. `Err` carries the warning text; with
     /// `defer_failures` a failure is silent so the caller can retry it.
-    async fn process_mls(&mut self, name: &str, payload: &[u8], defer_failures: bool) -> Result<(), String> {
+    /// Keeps an MLS message from a later epoch for when its commit arrives.
+    fn defer(&mut self, name: &str, payload: Vec<u8>) {
+        let held = self.state.deferred.iter().filter(|d| d.channel == name).count();
+        if held >= MAX_DEFERRED {
+            // The epoch in a message's header is not authenticated: bound what it can make us keep.
+            if let Some(pos) = self.state.deferred.iter().position(|d| d.channel == name) {
+                self.state.deferred.remove(pos);
+                self.warn(
+                    Some(name),
+                    "dropped a message that waited too long for a change to the channel that never arrived",
+                );
+            }
+        }
+        self.state.deferred.push(DeferredMls {
+            channel: name.to_string(),
+            payload,
+        });
+    }
+
+    /// Retries the messages kept for a later epoch, until no more can be read.
+    async fn retry_deferred(&mut self) {
+        loop {
+            let mut progress = false;
+            let waiting = std::mem::take(&mut self.state.deferred);
+            let mut keep = Vec::new();
+            for d in waiting {
+                let active = self
+                    .state
+                    .channels
+                    .get(&d.channel)
+                    .is_some_and(|c| c.status == ChannelStatus::Active);
+                if !active {
+                    progress = true;
+                    continue;
+                }
+                match self.process_mls(&d.channel, &d.payload).await {
+                    Ok(()) => progress = true,
+                    Err(Rejected::Later) => keep.push(d),
+                    Err(Rejected::Now(text)) => {
+                        progress = true;
+                        self.warn(Some(&d.channel), text);
+                    }
+                }
+            }
+            // Anything deferred while retrying (none expected) is kept too.
+            keep.append(&mut self.state.deferred);
+            self.state.deferred = keep;
+            if !progress || self.state.deferred.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Processes one MLS message.
+    async fn process_mls(&mut self, name: &str, payload: &[u8]) -> Result<(), Rejected> {
         let Ok(mut group) = self.load_group(name) else {
             return Ok(());
         };
         let received = match group.process(&self.provider, payload) {
             Ok(r) => r,
-            Err(rej) => {
-                if defer_failures {
-                    return Err(String::new());
-                }
-                return Err(format!("discarded a message: {rej}"));
-            }
+            Err(Rejection::FutureEpoch(_)) => return Err(Rejected::Later),
+            Err(rej) => return Err(Rejected::Now(format!("discarded a message: {rej}"))),
         };
         match received {
             Received::Application { sender, plaintext } => {

@@ -35,6 +35,9 @@ pub struct State {
     pub reassembly: BTreeMap<[u8; 32], Reassembler>,
     /// Envelopes sealed but not yet accepted by a relay.
     pub outbox: Vec<OutboxItem>,
+    /// MLS messages from an epoch this member has not reached yet, kept
+    /// until the commit they depend on arrives (bounded per channel).
+    pub deferred: Vec<DeferredMls>,
     /// Messages written but not yet encrypted (saved before the network is
     /// touched, encrypted in the channel's current epoch once synced).
     pub unsent: Vec<UnsentMessage>,
@@ -147,6 +150,15 @@ pub struct PendingCommit {
     pub joiners: Vec<MailboxAddress>,
     /// The mailbox this commit announces for us (a rotation), if any.
     pub new_mailbox: Option<MailboxKeys>,
+}
+
+/// An MLS message that arrived before the commit it depends on.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct DeferredMls {
+    /// Local channel name.
+    pub channel: String,
+    /// The MLS message.
+    pub payload: Vec<u8>,
 }
 
 /// A message the user sent that is not yet sealed into the outbox.

@@ -351,6 +351,10 @@ pub enum Rejection {
     /// The sender's credential is not one this client accepts.
     #[error("a message came from an unknown sender")]
     UnknownSender,
+    /// The message belongs to a later epoch than this member has reached:
+    /// a commit it depends on has not been processed yet.
+    #[error("a message depends on a change to the channel that has not arrived")]
+    FutureEpoch(u64),
 }
 
 /// A message accepted by the channel.
@@ -611,6 +615,12 @@ impl Channel {
         let proto = msg.try_into_protocol_message().map_err(|_| Rejection::Malformed)?;
         if proto.group_id() != self.group.group_id() {
             return Err(Rejection::Malformed);
+        }
+        // The header's epoch is not authenticated: a caller that keeps such a
+        // message for later must bound how many it keeps.
+        let epoch = proto.epoch().as_u64();
+        if epoch > self.epoch() {
+            return Err(Rejection::FutureEpoch(epoch));
         }
         let processed = self
             .group

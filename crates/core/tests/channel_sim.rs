@@ -214,3 +214,25 @@ fn state_survives_a_provider_snapshot() {
     let m = say(&mut alice, "after restart");
     assert_eq!(hear(&mut bob, &m).unwrap().1, "after restart");
 }
+
+#[test]
+fn a_message_that_overtakes_its_commit_is_reported_as_future_and_reads_after_the_commit() {
+    let suite = Suite::Classical;
+    let mut alice = founder("alice", suite);
+    let mut bob = member("bob");
+    admit(&mut alice, &mut bob, &mut [], suite);
+    // Alice updates her keys (epoch + 1) and speaks in the new epoch; bob gets the message first.
+    let ch = alice.channel.as_mut().unwrap();
+    let out = ch.self_update(&alice.provider, &alice.id, None).unwrap();
+    ch.merge_pending(&alice.provider).unwrap();
+    let early = say(&mut alice, "after the update");
+    let bob_epoch = bob.channel.as_ref().unwrap().epoch();
+    assert_eq!(hear(&mut bob, &early), Err(Rejection::FutureEpoch(bob_epoch + 1)));
+    // Nothing was consumed: once the commit is in, the same bytes read.
+    bob.channel
+        .as_mut()
+        .unwrap()
+        .process(&bob.provider, &out.commit)
+        .unwrap();
+    assert_eq!(hear(&mut bob, &early), Ok(("alice".into(), "after the update".into())));
+}
