@@ -57,6 +57,26 @@ impl Drop for State {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_give_an_error_never_a_panic(
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            version_first in proptest::prelude::any::<bool>(),
+        ) {
+            let mut b = b;
+            if version_first && !b.is_empty() {
+                // Get past the version check into the body's decoder.
+                b[0] = STATE_VERSION as u8;
+            }
+            let _ = State::decode(&b);
+        }
+    }
+}
+
 impl State {
     /// Serializes.
     pub fn encode(&self) -> Result<Vec<u8>, ClientError> {

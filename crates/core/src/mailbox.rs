@@ -230,6 +230,17 @@ mod tests {
         assert!(MailboxAddress::from_bytes(&b[..b.len() - 1]).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_addresses_never_panic_and_decoded_ones_round_trip(
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            if let Ok(a) = MailboxAddress::from_bytes(&b) {
+                proptest::prop_assert_eq!(MailboxAddress::from_bytes(&a.to_bytes()), Ok(a));
+            }
+        }
+    }
+
     #[test]
     fn debug_hides_secrets() {
         let k = MailboxKeys::generate(relay(), &mut rand_core::OsRng);

@@ -167,6 +167,21 @@ mod tests {
         assert_eq!(a.to_string().parse::<RelayAddress>(), Ok(a));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics_and_parsed_addresses_round_trip(s in ".{0,120}") {
+            if let Ok(a) = s.parse::<RelayAddress>() {
+                proptest::prop_assert_eq!(a.to_string().parse::<RelayAddress>(), Ok(a));
+            }
+        }
+
+        #[test]
+        fn addresses_round_trip(pin in proptest::prelude::any::<[u8; 32]>(), host in "[a-z0-9.-]{1,40}", port in 1u16..) {
+            let a = RelayAddress { pin, host, port };
+            proptest::prop_assert_eq!(a.to_string().parse::<RelayAddress>(), Ok(a));
+        }
+    }
+
     #[test]
     fn rejects_damage() {
         assert_eq!("http://x".parse::<RelayAddress>(), Err(RelayAddressError::Shape));

@@ -166,8 +166,20 @@ fn parse_header(blob: &[u8]) -> Result<(KdfParams, [u8; 16]), VaultError> {
         lanes: r.u32()?,
     };
     let salt = r.array()?;
+    // The header is read from disk before anything is authenticated: a damaged
+    // or planted file must not make us allocate gigabytes or spin for hours.
+    if params.m_cost_kib > MAX_M_COST_KIB || params.t_cost > MAX_T_COST || params.lanes > MAX_LANES {
+        return Err(VaultError::BadParams);
+    }
     Ok((params, salt))
 }
+
+/// Largest Argon2 memory cost accepted from a vault header (1 GiB).
+const MAX_M_COST_KIB: u32 = 1024 * 1024;
+/// Most Argon2 passes accepted from a vault header.
+const MAX_T_COST: u32 = 16;
+/// Most Argon2 lanes accepted from a vault header.
+const MAX_LANES: u32 = 16;
 
 #[cfg(test)]
 mod tests {
@@ -203,5 +215,23 @@ mod tests {
         );
         assert_eq!(k.open(&blob[..10]).map(|v| v.to_vec()), Err(VaultError::NotAVault));
         assert!(VaultKey::for_blob(b"p", b"not a vault at all, not even close......").is_err());
+    }
+
+    #[test]
+    fn a_header_asking_for_huge_kdf_costs_is_refused_before_deriving() {
+        let k = VaultKey::create(b"p", cheap(), &mut OsRng).unwrap_or_else(|_| unreachable!());
+        let mut blob = k.seal(b"state", &mut OsRng);
+        blob[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(VaultKey::for_blob(b"p", &blob).err(), Some(VaultError::BadParams));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_blobs_never_panic(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            // Only headers with cheap parameters reach the KDF; others are refused first.
+            let _ = parse_header(&b);
+            let k = VaultKey::create(b"p", cheap(), &mut OsRng).unwrap_or_else(|_| unreachable!());
+            let _ = k.open(&b);
+        }
     }
 }
