@@ -50,18 +50,42 @@ enum Command {
         /// Most concurrent connections.
         #[arg(long, default_value_t = 1024)]
         max_connections: usize,
+        /// Most concurrent connections from one IPv4 address or IPv6 /64.
+        #[arg(long, default_value_t = 64)]
+        max_connections_per_address: usize,
         /// Most mailboxes one connection may create or open.
         #[arg(long, default_value_t = 256)]
         max_mailboxes_per_connection: usize,
         /// Most envelopes one mailbox holds.
         #[arg(long, default_value_t = 10_000)]
         max_envelopes_per_mailbox: u32,
+        /// Most envelopes the relay holds in all mailboxes together (each takes about 4.2 kB of disk).
+        #[arg(long, default_value_t = 10_000_000)]
+        max_stored_envelopes: u64,
+        /// Requests per second one connection may make on average (0: no limit).
+        #[arg(long, default_value_t = 200)]
+        max_requests_per_second: u32,
+        /// Requests one connection may make at once, beyond the average rate.
+        #[arg(long, default_value_t = 1000)]
+        request_burst: u32,
+        /// Time a client gets for the TLS and WebSocket handshakes together.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        handshake_timeout: Duration,
+        /// A connection that sends no complete request (or takes no response) for this long is closed.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        idle_timeout: Duration,
         /// How long an unacknowledged envelope is kept (e.g. 14d, 12h, 90s).
         #[arg(long, default_value = "14d", value_parser = parse_duration)]
         envelope_ttl: Duration,
         /// How often expired envelopes are swept.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         sweep_interval: Duration,
+        /// How often the relay logs its counts.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        stats_interval: Duration,
+        /// On SIGTERM, time the requests in flight get to finish before the relay exits anyway.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        shutdown_grace: Duration,
     },
     /// Create this device's identity.
     Init {
@@ -652,10 +676,18 @@ async fn run_relay(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         store,
         advertise,
         max_connections,
+        max_connections_per_address,
         max_mailboxes_per_connection,
         max_envelopes_per_mailbox,
+        max_stored_envelopes,
+        max_requests_per_second,
+        request_burst,
+        handshake_timeout,
+        idle_timeout,
         envelope_ttl,
         sweep_interval,
+        stats_interval,
+        shutdown_grace,
     } = &args.command
     else {
         return Ok(());
@@ -679,10 +711,18 @@ async fn run_relay(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let limits = Limits {
         max_connections: *max_connections,
+        max_connections_per_address: *max_connections_per_address,
         max_mailboxes_per_connection: *max_mailboxes_per_connection,
         max_envelopes_per_mailbox: *max_envelopes_per_mailbox,
+        max_stored_envelopes: *max_stored_envelopes,
+        max_requests_per_second: *max_requests_per_second,
+        request_burst: *request_burst,
+        handshake_timeout: *handshake_timeout,
+        idle_timeout: *idle_timeout,
         envelope_ttl: *envelope_ttl,
         sweep_interval: *sweep_interval,
+        stats_interval: *stats_interval,
+        shutdown_grace: *shutdown_grace,
         ..Limits::default()
     };
     let relay = Relay::open(data.clone(), limits)?;

@@ -132,6 +132,13 @@ pub enum ErrorCode {
     /// The relay's storage failed.
     #[error("the relay could not store the request; try again later")]
     Storage,
+    /// This connection sent requests faster than the relay allows; the request was not
+    /// executed. `Response::Error.detail` holds the milliseconds until the next one is accepted.
+    #[error("requests were sent faster than the relay allows; wait a moment and try again")]
+    RateLimited,
+    /// The relay holds its maximum number of envelopes in all mailboxes together.
+    #[error("the relay is full; try again later or ask its operator for more space")]
+    RelayFull,
 }
 
 impl ErrorCode {
@@ -148,6 +155,8 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => 9,
             ErrorCode::EpochConflict => 10,
             ErrorCode::Storage => 11,
+            ErrorCode::RateLimited => 12,
+            ErrorCode::RelayFull => 13,
         }
     }
 
@@ -164,6 +173,8 @@ impl ErrorCode {
             9 => ErrorCode::TooManyConnections,
             10 => ErrorCode::EpochConflict,
             11 => ErrorCode::Storage,
+            12 => ErrorCode::RateLimited,
+            13 => ErrorCode::RelayFull,
             _ => return Err(DecodeError::Invalid("error code")),
         })
     }
@@ -537,7 +548,7 @@ mod tests {
                         .collect(),
                 )
             }),
-            (1u16..=11, any::<u64>()).prop_map(|(c, detail)| Response::Error {
+            (1u16..=13, any::<u64>()).prop_map(|(c, detail)| Response::Error {
                 code: ErrorCode::from_u16(c).unwrap_or(ErrorCode::Malformed),
                 detail
             }),

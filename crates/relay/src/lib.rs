@@ -20,10 +20,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backchannel_core::relay_address::Pin;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch};
 
 pub use server::Metrics;
-use store::{EmbeddedStore, MailboxStore};
+use store::{EmbeddedStore, MailboxStore, Quota};
 
 /// The relay could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -51,38 +51,57 @@ impl RelayError {
     }
 }
 
-/// Limits the relay enforces.
+/// Limits the relay enforces. docs/protocol.md ("Relay limits") lists each with its
+/// refusal and its metric.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Concurrent connections.
+    /// Concurrent connections (handshaking or open).
     pub max_connections: usize,
+    /// Concurrent connections from one address: an IPv4 address, or an IPv6 /64.
+    pub max_connections_per_address: usize,
     /// Mailboxes one connection may create or open.
     pub max_mailboxes_per_connection: usize,
     /// Envelopes one mailbox may hold.
     pub max_envelopes_per_mailbox: u32,
+    /// Envelopes the relay holds in all mailboxes together.
+    pub max_stored_envelopes: u64,
+    /// Requests per second one connection may make on average (0: no limit).
+    pub max_requests_per_second: u32,
+    /// Requests one connection may make at once (the token bucket's size).
+    pub request_burst: u32,
     /// How long an unacknowledged envelope is kept.
     pub envelope_ttl: Duration,
     /// Longest long-poll.
     pub max_wait: Duration,
-    /// Time allowed for the TLS and WebSocket handshakes.
+    /// Time allowed for the TLS and WebSocket handshakes together.
     pub handshake_timeout: Duration,
-    /// A connection silent this long is closed.
+    /// A connection that completes no message (or takes no response) for this long is closed.
     pub idle_timeout: Duration,
     /// How often expired envelopes are swept.
     pub sweep_interval: Duration,
+    /// How often the counts are logged.
+    pub stats_interval: Duration,
+    /// On shutdown, time the requests in flight get to finish before the relay exits anyway.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_connections_per_address: 64,
             max_mailboxes_per_connection: 256,
             max_envelopes_per_mailbox: 10_000,
+            max_stored_envelopes: 10_000_000,
+            max_requests_per_second: 200,
+            request_burst: 1000,
             envelope_ttl: Duration::from_secs(14 * 24 * 3600),
             max_wait: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             sweep_interval: Duration::from_secs(60),
+            stats_interval: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -107,7 +126,11 @@ impl Relay {
     pub fn open(data_dir: PathBuf, limits: Limits) -> Result<Self, RelayError> {
         std::fs::create_dir_all(&data_dir).map_err(|e| RelayError::io("creating the data directory", e))?;
         let identity = tls::TlsIdentity::load_or_create(&data_dir)?;
-        let store = EmbeddedStore::open(&data_dir.join("mailboxes.redb"), limits.max_envelopes_per_mailbox)
+        let quota = Quota {
+            per_mailbox: limits.max_envelopes_per_mailbox,
+            total: limits.max_stored_envelopes,
+        };
+        let store = EmbeddedStore::open_with_quota(&data_dir.join("mailboxes.redb"), quota)
             .map_err(|e| RelayError::Store(e.to_string()))?;
         Ok(Self {
             pin: identity.pin(),
@@ -133,38 +156,76 @@ impl Relay {
         self.metrics.clone()
     }
 
-    /// Serves `listener` until `shutdown` completes.
+    /// Serves `listener` until `shutdown` completes, then shuts down gracefully: stops
+    /// accepting (the listener is closed), lets every request already read finish and be
+    /// answered (a `Send` is committed and acknowledged), ends long-polls early with an empty
+    /// answer, closes each connection after its current response, and returns once all are
+    /// closed or after [`Limits::shutdown_grace`], whichever comes first.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let (notify, _) = broadcast::channel(4096);
-        let shared = Arc::new(server::Shared {
-            store: self.store.clone(),
-            limits: self.limits.clone(),
+        let (closing_tx, closing) = watch::channel(false);
+        let (done_tx, mut done) = mpsc::channel::<()>(1);
+        let shared = Arc::new(server::Shared::new(
+            self.store.clone(),
+            self.limits.clone(),
             notify,
-            metrics: self.metrics.clone(),
-            connections: Arc::new(Semaphore::new(self.limits.max_connections)),
-            tls: tokio_rustls::TlsAcceptor::from(self.tls.clone()),
-        });
+            self.metrics.clone(),
+            tokio_rustls::TlsAcceptor::from(self.tls.clone()),
+            closing,
+            done_tx,
+        ));
         let sweeper = tokio::spawn(sweep(
             self.store.clone(),
             self.limits.sweep_interval,
             self.metrics.clone(),
         ));
+        let counts = tokio::spawn(log_counts_every(
+            self.store.clone(),
+            self.limits.stats_interval,
+            self.metrics.clone(),
+        ));
         tracing::info!(
             max_connections = self.limits.max_connections,
+            max_connections_per_address = self.limits.max_connections_per_address,
+            max_requests_per_second = self.limits.max_requests_per_second,
+            max_stored_envelopes = self.limits.max_stored_envelopes,
             envelope_ttl_s = self.limits.envelope_ttl.as_secs(),
             "relay started"
         );
         tokio::select! {
-            _ = server::accept_loop(listener, shared) => {}
+            _ = server::accept_loop(listener, shared.clone()) => {}
             _ = shutdown => {}
         }
+        // The accept loop, and with it the listener, is gone: new connections are refused.
         sweeper.abort();
-        tracing::info!("relay stopped");
+        counts.abort();
+        tracing::info!(
+            connections = self.metrics.connections.load(Ordering::Relaxed),
+            "relay stopping: finishing requests in flight"
+        );
+        let _ = closing_tx.send(true);
+        // Every connection task holds the `Shared` and with it a sender of `done`.
+        drop(shared);
+        let finished = tokio::time::timeout(self.limits.shutdown_grace, done.recv())
+            .await
+            .is_ok();
+        log_counts(&self.store, &self.metrics).await;
+        if finished {
+            tracing::info!("relay stopped");
+        } else {
+            tracing::warn!(
+                connections = self.metrics.connections.load(Ordering::Relaxed),
+                "relay stopped with connections still open after the shutdown grace period"
+            );
+        }
     }
 }
 
+/// The shortest period a timer gets (`tokio::time::interval` refuses zero).
+const MIN_PERIOD: Duration = Duration::from_millis(100);
+
 async fn sweep(store: Arc<dyn MailboxStore>, every: Duration, metrics: Arc<Metrics>) {
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval(every.max(MIN_PERIOD));
     loop {
         tick.tick().await;
         let now = SystemTime::now()
@@ -172,21 +233,48 @@ async fn sweep(store: Arc<dyn MailboxStore>, every: Duration, metrics: Arc<Metri
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let s = store.clone();
-        let expired = tokio::task::spawn_blocking(move || s.expire(now)).await;
-        let s = store.clone();
-        let stats = tokio::task::spawn_blocking(move || s.stats()).await;
-        if let (Ok(Ok(expired)), Ok(Ok(stats))) = (expired, stats) {
-            tracing::info!(
-                connections = metrics.connections.load(Ordering::Relaxed),
-                mailboxes = stats.mailboxes,
-                envelopes = stats.envelopes,
-                expired,
-                envelopes_in = metrics.envelopes_in.load(Ordering::Relaxed),
-                envelopes_acked = metrics.envelopes_acked.load(Ordering::Relaxed),
-                refused_connections = metrics.refused_connections.load(Ordering::Relaxed),
-                protocol_errors = metrics.protocol_errors.load(Ordering::Relaxed),
-                "relay counts"
-            );
+        if let Ok(Ok(expired)) = tokio::task::spawn_blocking(move || s.expire(now)).await {
+            metrics.envelopes_expired.fetch_add(expired, Ordering::Relaxed);
         }
     }
+}
+
+async fn log_counts_every(store: Arc<dyn MailboxStore>, every: Duration, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(every.max(MIN_PERIOD));
+    loop {
+        tick.tick().await;
+        log_counts(&store, &metrics).await;
+    }
+}
+
+/// One log line of counts: never an id, an address or a time of a single event.
+async fn log_counts(store: &Arc<dyn MailboxStore>, metrics: &Metrics) {
+    let s = store.clone();
+    // O(1): two table lengths in one read transaction.
+    let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || s.stats()).await else {
+        return;
+    };
+    let m = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    tracing::info!(
+        connections = metrics.connections.load(Ordering::Relaxed),
+        mailboxes = stats.mailboxes,
+        envelopes = stats.envelopes,
+        envelopes_in = m(&metrics.envelopes_in),
+        envelopes_acked = m(&metrics.envelopes_acked),
+        envelopes_expired = m(&metrics.envelopes_expired),
+        refused_connections = m(&metrics.refused_connections),
+        refused_per_address = m(&metrics.refused_per_address),
+        refusals_unanswered = m(&metrics.refusals_unanswered),
+        handshake_timeouts = m(&metrics.handshake_timeouts),
+        handshake_failures = m(&metrics.handshake_failures),
+        oversize_upgrades = m(&metrics.oversize_upgrades),
+        idle_timeouts = m(&metrics.idle_timeouts),
+        oversize_frames = m(&metrics.oversize_frames),
+        rate_limited = m(&metrics.rate_limited),
+        too_many_mailboxes = m(&metrics.too_many_mailboxes),
+        mailbox_full = m(&metrics.mailbox_full),
+        relay_full = m(&metrics.relay_full),
+        protocol_errors = m(&metrics.protocol_errors),
+        "relay counts"
+    );
 }

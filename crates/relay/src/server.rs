@@ -1,8 +1,14 @@
-//! The connection loop: TLS, WebSocket, one frame per binary message.
+//! The connection loop: TLS, WebSocket, one frame per binary message, and
+//! the limits that keep a flooder from exhausting the relay (docs/protocol.md,
+//! "Relay limits").
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, Ipv6Addr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backchannel_core::frame::{
@@ -12,37 +18,129 @@ use backchannel_core::frame::{
 use backchannel_core::mailbox::{verify_open_proof, MailboxId};
 use futures_util::{SinkExt, StreamExt};
 use rand_core::{OsRng, RngCore};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::store::{MailboxStore, StoreError};
 use crate::Limits;
 
+/// Most bytes of the WebSocket upgrade request (request line and headers) read
+/// before the connection is dropped. A real client sends about 250. (tungstenite
+/// has a fixed 64 KiB cap of its own, added for CVE-2023-43669; ours is lower and
+/// does not depend on that.)
+pub const MAX_UPGRADE_REQUEST: usize = 8 * 1024;
+
+/// Refused connections that may be answered with `TooManyConnections` at the same
+/// time; beyond that a refused connection is closed at once, without a handshake.
+const MAX_PENDING_REFUSALS: usize = 16;
+
+/// Time a refused connection gets to complete its handshake and read the refusal.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Time a closing connection gets to send its WebSocket close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Counters for the relay's log and for tests. Counts only.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Open connections.
+    /// Open connections (after the handshake).
     pub connections: AtomicUsize,
-    /// Connections refused at the limit.
+    /// Connections refused at `--max-connections`.
     pub refused_connections: AtomicU64,
+    /// Connections refused at `--max-connections-per-address`.
+    pub refused_per_address: AtomicU64,
+    /// Refused connections closed at once, without a handshake or an answer (too many
+    /// refusals pending).
+    pub refusals_unanswered: AtomicU64,
+    /// Handshakes (TLS and WebSocket together) cut off at `--handshake-timeout`.
+    pub handshake_timeouts: AtomicU64,
+    /// Handshakes that failed: not TLS 1.3, not a WebSocket upgrade, or cut short.
+    pub handshake_failures: AtomicU64,
+    /// Upgrade requests dropped as too large ([`MAX_UPGRADE_REQUEST`]) or sent in too many pieces.
+    pub oversize_upgrades: AtomicU64,
+    /// Connections closed at `--idle-timeout`: no complete message received, or a response not taken.
+    pub idle_timeouts: AtomicU64,
+    /// Frames longer than a frame: answered `FrameTooLarge`, or the connection closed if
+    /// longer than two frames.
+    pub oversize_frames: AtomicU64,
+    /// Requests refused with `RateLimited`.
+    pub rate_limited: AtomicU64,
+    /// Requests refused with `TooManyMailboxes`.
+    pub too_many_mailboxes: AtomicU64,
+    /// Sends refused with `MailboxFull`.
+    pub mailbox_full: AtomicU64,
+    /// Sends refused with `RelayFull`.
+    pub relay_full: AtomicU64,
     /// Envelopes stored.
     pub envelopes_in: AtomicU64,
     /// Envelopes acknowledged.
     pub envelopes_acked: AtomicU64,
-    /// Requests refused with a protocol error.
+    /// Envelopes deleted at expiry.
+    pub envelopes_expired: AtomicU64,
+    /// Requests refused with a protocol error (of any code).
     pub protocol_errors: AtomicU64,
 }
 
+impl Metrics {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 pub(crate) struct Shared {
-    pub store: Arc<dyn MailboxStore>,
-    pub limits: Limits,
-    pub notify: broadcast::Sender<MailboxId>,
-    pub metrics: Arc<Metrics>,
-    pub connections: Arc<Semaphore>,
-    pub tls: TlsAcceptor,
+    store: Arc<dyn MailboxStore>,
+    limits: Limits,
+    notify: broadcast::Sender<MailboxId>,
+    metrics: Arc<Metrics>,
+    connections: Arc<Semaphore>,
+    addresses: Arc<AddressBook>,
+    refusals: Arc<Semaphore>,
+    tls: TlsAcceptor,
+    /// Turns true when the relay shuts down.
+    closing: watch::Receiver<bool>,
+    /// Never sent on: `serve` waits until every clone (one per `Shared`) is dropped.
+    _done: mpsc::Sender<()>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        store: Arc<dyn MailboxStore>,
+        limits: Limits,
+        notify: broadcast::Sender<MailboxId>,
+        metrics: Arc<Metrics>,
+        tls: TlsAcceptor,
+        closing: watch::Receiver<bool>,
+        done: mpsc::Sender<()>,
+    ) -> Self {
+        Self {
+            store,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            addresses: Arc::new(AddressBook {
+                counts: Mutex::new(HashMap::new()),
+                max: limits.max_connections_per_address,
+            }),
+            refusals: Arc::new(Semaphore::new(MAX_PENDING_REFUSALS)),
+            limits,
+            notify,
+            metrics,
+            tls,
+            closing,
+            _done: done,
+        }
+    }
+
+    /// Completes when the relay starts shutting down.
+    async fn closing(&self) {
+        let mut closing = self.closing.clone();
+        let _ = closing.wait_for(|c| *c).await;
+    }
 }
 
 fn now_secs() -> u64 {
@@ -62,45 +160,302 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(2 * FRAME_SIZE))
 }
 
+/// Open connections per address. Entries go when their last connection does, so
+/// the map never holds more entries than there are connections.
+struct AddressBook {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+    max: usize,
+}
+
+/// The unit one party is assumed to control: an IPv4 address, or an IPv6 /64 (the
+/// smallest block a site is usually given, so one party gets 2^64 addresses).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
+}
+
+impl AddressBook {
+    /// A place for one more connection from `ip`, unless it has its maximum.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let key = address_key(ip);
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(key).or_insert(0);
+        if *n >= self.max {
+            if *n == 0 {
+                counts.remove(&key);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            book: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One connection's place in the [`AddressBook`], given back on drop.
+struct AddressSlot {
+    book: Arc<AddressBook>,
+    key: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.book.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The token bucket of one connection: `rate` requests a second on average, up
+/// to `burst` at once.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            tokens: burst,
+            last: now,
+            rate: f64::from(rate),
+            burst,
+        }
+    }
+
+    /// Takes a token, or says how long until the next one (a rate of 0 never refuses).
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        let earned = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+/// Caps the bytes read from a stream until [`Capped::uncap`]: the WebSocket
+/// upgrade request is read through it, so an oversize one is dropped after
+/// [`MAX_UPGRADE_REQUEST`] bytes instead of being buffered.
+struct Capped<S> {
+    inner: S,
+    /// Bytes still allowed; `None` once uncapped.
+    left: Option<usize>,
+}
+
+/// The error a [`Capped`] stream reads once its cap is spent.
+#[derive(Debug, thiserror::Error)]
+#[error("the WebSocket upgrade request is too large")]
+struct UpgradeTooLarge;
+
+impl<S> Capped<S> {
+    fn uncap(&mut self) {
+        self.left = None;
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Capped<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let Some(left) = self.left else {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        };
+        if left == 0 {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, UpgradeTooLarge)));
+        }
+        // Only the upgrade request passes here: a small copy is fine.
+        let mut chunk = [0u8; 1024];
+        let n = left.min(buf.remaining()).min(chunk.len());
+        let mut part = ReadBuf::new(&mut chunk[..n]);
+        match Pin::new(&mut self.inner).poll_read(cx, &mut part) {
+            Poll::Ready(Ok(())) => {
+                let got = part.filled().len();
+                buf.put_slice(part.filled());
+                self.left = Some(left - got);
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+type Ws = WebSocketStream<Capped<TlsStream<TcpStream>>>;
+
+enum HandshakeError {
+    TooLarge,
+    Failed,
+}
+
+/// TLS, then the WebSocket upgrade read through a [`Capped`] stream.
+async fn handshake(tcp: TcpStream, tls: &TlsAcceptor) -> Result<Ws, HandshakeError> {
+    let tls = tls.accept(tcp).await.map_err(|_| HandshakeError::Failed)?;
+    let capped = Capped {
+        inner: tls,
+        left: Some(MAX_UPGRADE_REQUEST),
+    };
+    match tokio_tungstenite::accept_async_with_config(capped, Some(ws_config())).await {
+        Ok(mut ws) => {
+            ws.get_mut().uncap();
+            Ok(ws)
+        }
+        Err(WsError::AttackAttempt) => Err(HandshakeError::TooLarge),
+        Err(WsError::Io(e)) if e.get_ref().is_some_and(|e| e.is::<UpgradeTooLarge>()) => Err(HandshakeError::TooLarge),
+        Err(_) => Err(HandshakeError::Failed),
+    }
+}
+
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let (tcp, _peer) = match listener.accept().await {
+        let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(_) => {
+                // Out of file descriptors, most likely: let connections close.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        // The per-address limit first, so that one address over its limit takes
+        // nothing from the relay-wide one.
+        let Some(address) = shared.addresses.admit(peer.ip()) else {
+            Metrics::count(&shared.metrics.refused_per_address);
+            refuse(tcp, &shared);
+            continue;
+        };
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            Metrics::count(&shared.metrics.refused_connections);
+            refuse(tcp, &shared);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
-            let permit = shared.connections.clone().try_acquire_owned().ok();
-            handle(tcp, shared, permit).await;
+            handle(tcp, shared, permit, address).await;
         });
     }
 }
 
-async fn handle(tcp: TcpStream, shared: Arc<Shared>, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
-    let handshake = async {
-        let tls = shared.tls.accept(tcp).await.ok()?;
-        tokio_tungstenite::accept_async_with_config(tls, Some(ws_config()))
-            .await
-            .ok()
-    };
-    let Ok(Some(mut ws)) = tokio::time::timeout(shared.limits.handshake_timeout, handshake).await else {
+/// Answers a connection over a limit with `TooManyConnections` (after the TLS and
+/// WebSocket handshakes, so that a client can say why), while few such answers are
+/// pending; otherwise, under a flood, closes it at once.
+fn refuse(tcp: TcpStream, shared: &Arc<Shared>) {
+    let Ok(slot) = shared.refusals.clone().try_acquire_owned() else {
+        Metrics::count(&shared.metrics.refusals_unanswered);
+        drop(tcp);
         return;
     };
-    if permit.is_none() {
-        shared.metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
-        let refuse = Response::Error {
-            code: ErrorCode::TooManyConnections,
-            detail: 0,
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let answer = async {
+            let Ok(mut ws) = handshake(tcp, &shared.tls).await else {
+                return;
+            };
+            let refusal = Response::Error {
+                code: ErrorCode::TooManyConnections,
+                detail: 0,
+            };
+            if send_response(&mut ws, 0, &refusal).await.is_ok() {
+                let _ = ws.close(None).await;
+            }
         };
-        let _ = send_response(&mut ws, 0, &refuse).await;
-        let _ = ws.close(None).await;
-        return;
-    }
+        let timeout = REFUSAL_TIMEOUT.min(shared.limits.handshake_timeout);
+        tokio::select! {
+            _ = tokio::time::timeout(timeout, answer) => {}
+            _ = shared.closing() => {}
+        }
+    });
+}
+
+async fn handle(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermit, address: AddressSlot) {
+    // One timeout over TLS and the upgrade together: a client that trickles
+    // either is cut off at the same time.
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(shared.limits.handshake_timeout, handshake(tcp, &shared.tls)) => r,
+        _ = shared.closing() => return,
+    };
+    let mut ws = match handshake {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(HandshakeError::TooLarge)) => return Metrics::count(&shared.metrics.oversize_upgrades),
+        Ok(Err(HandshakeError::Failed)) => return Metrics::count(&shared.metrics.handshake_failures),
+        Err(_) => return Metrics::count(&shared.metrics.handshake_timeouts),
+    };
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    if serve_connection(&mut ws, &shared).await == Ended::Shutdown {
+        close_on_shutdown(&mut ws).await;
+    }
+    shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    drop(permit);
+    drop(address);
+}
+
+/// The request id of a frame, if it got that far.
+fn request_id(bytes: &[u8]) -> u32 {
+    bytes
+        .get(1..5)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// Why [`serve_connection`] returned.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The client left, broke the protocol, or hit a limit that ends a connection.
+    Client,
+    /// The relay is shutting down.
+    Shutdown,
+}
+
+/// Closes a connection on shutdown: a close frame, then whatever the client still
+/// sends (requests it pipelined) is read and dropped until it closes too. Closing
+/// a socket with unread bytes makes the kernel reset the connection, and a reset
+/// can discard the last answers before the client has read them.
+async fn close_on_shutdown(ws: &mut Ws) {
+    let close = async {
+        let _ = ws.close(None).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+}
+
+/// Reads and answers requests one at a time until the client leaves, breaks a
+/// limit that ends the connection, or the relay shuts down. A request that was
+/// read is always executed and answered, shutdown or not.
+async fn serve_connection(ws: &mut Ws, shared: &Shared) -> Ended {
     let mut conn = Connection {
         nonce: {
             let mut n = [0u8; 32];
@@ -119,54 +474,97 @@ async fn handle(tcp: TcpStream, shared: Arc<Shared>, permit: Option<tokio::sync:
             max_mailboxes_per_connection: shared.limits.max_mailboxes_per_connection as u32,
         },
     };
-    if send_response(&mut ws, 0, &hello).await.is_ok() {
-        loop {
-            let msg = match tokio::time::timeout(shared.limits.idle_timeout, ws.next()).await {
-                Ok(Some(Ok(m))) => m,
-                _ => break,
-            };
-            let bytes = match msg {
-                Message::Binary(b) => b,
-                Message::Close(_) => break,
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-                Message::Text(_) => {
-                    shared.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    let e = Response::Error {
-                        code: ErrorCode::Malformed,
-                        detail: 0,
-                    };
-                    if send_response(&mut ws, 0, &e).await.is_err() {
-                        break;
+    let idle = shared.limits.idle_timeout;
+    let metrics = &shared.metrics;
+    if !answer(ws, 0, &hello, shared).await {
+        return Ended::Client;
+    }
+    let mut bucket = Bucket::new(
+        shared.limits.max_requests_per_second,
+        shared.limits.request_burst,
+        Instant::now(),
+    );
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = shared.closing() => return Ended::Shutdown,
+            next = tokio::time::timeout(idle, ws.next()) => next,
+        };
+        let msg = match msg {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(WsError::Capacity(_)))) => {
+                Metrics::count(&metrics.oversize_frames);
+                return Ended::Client;
+            }
+            Ok(Some(Err(_)) | None) => return Ended::Client,
+            Err(_) => {
+                Metrics::count(&metrics.idle_timeouts);
+                return Ended::Client;
+            }
+        };
+        let bytes = match msg {
+            Message::Close(_) => return Ended::Client,
+            // Control frames cost a token too; tungstenite answers pings itself.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
+                if bucket.take(Instant::now()).is_err() {
+                    Metrics::count(&metrics.rate_limited);
+                }
+                continue;
+            }
+            Message::Text(_) => Vec::new().into(),
+            Message::Binary(b) => b,
+        };
+        let id = request_id(&bytes);
+        let response = if let Err(wait) = bucket.take(Instant::now()) {
+            Metrics::count(&metrics.rate_limited);
+            Response::Error {
+                code: ErrorCode::RateLimited,
+                detail: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).saturating_add(1),
+            }
+        } else {
+            match decode_request(&bytes) {
+                Ok((_, req)) => {
+                    let response = conn.serve(shared, req).await;
+                    if let Response::Error { code, .. } = &response {
+                        count_refusal(metrics, *code);
                     }
-                    continue;
+                    response
                 }
-            };
-            let (id, response) = match decode_request(&bytes) {
-                Ok((id, req)) => (id, conn.serve(&shared, req).await),
-                Err(err) => {
-                    let code = match err {
-                        FrameError::TooLarge(_) => ErrorCode::FrameTooLarge,
-                        _ => ErrorCode::Malformed,
-                    };
-                    // The request id, if the frame got that far.
-                    let id = bytes
-                        .get(1..5)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u32::from_be_bytes)
-                        .unwrap_or(0);
-                    (id, Response::Error { code, detail: 0 })
+                Err(FrameError::TooLarge(_)) => {
+                    Metrics::count(&metrics.oversize_frames);
+                    Connection::err(ErrorCode::FrameTooLarge)
                 }
-            };
-            if matches!(response, Response::Error { .. }) {
-                shared.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                Err(_) => Connection::err(ErrorCode::Malformed),
             }
-            if send_response(&mut ws, id, &response).await.is_err() {
-                break;
-            }
+        };
+        if matches!(response, Response::Error { .. }) {
+            Metrics::count(&metrics.protocol_errors);
+        }
+        if !answer(ws, id, &response, shared).await {
+            return Ended::Client;
         }
     }
-    shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
-    drop(permit);
+}
+
+fn count_refusal(metrics: &Metrics, code: ErrorCode) {
+    match code {
+        ErrorCode::TooManyMailboxes => Metrics::count(&metrics.too_many_mailboxes),
+        ErrorCode::MailboxFull => Metrics::count(&metrics.mailbox_full),
+        ErrorCode::RelayFull => Metrics::count(&metrics.relay_full),
+        _ => {}
+    }
+}
+
+/// Sends a response; a client that does not take it within the idle timeout is
+/// cut off (returns false, as for any failed write).
+async fn answer(ws: &mut Ws, id: u32, response: &Response, shared: &Shared) -> bool {
+    match tokio::time::timeout(shared.limits.idle_timeout, send_response(ws, id, response)).await {
+        Ok(r) => r.is_ok(),
+        Err(_) => {
+            Metrics::count(&shared.metrics.idle_timeouts);
+            false
+        }
+    }
 }
 
 /// Sends a response's frames (several for a fetch), flushing once.
@@ -192,6 +590,7 @@ fn store_error(e: StoreError) -> Response {
         StoreError::NoSuchMailbox => (ErrorCode::NoSuchMailbox, 0),
         StoreError::MailboxExists => (ErrorCode::MailboxExists, 0),
         StoreError::MailboxFull => (ErrorCode::MailboxFull, 0),
+        StoreError::RelayFull => (ErrorCode::RelayFull, 0),
         StoreError::EpochConflict(next) => (ErrorCode::EpochConflict, next),
         StoreError::Storage(_) => {
             tracing::error!("storage failure");
@@ -317,9 +716,13 @@ impl Connection {
                 Ok(_) => {}
                 Err(e) => return store_error(e),
             }
-            // Wait for a delivery into one of our mailboxes, or the deadline.
+            // Wait for a delivery into one of our mailboxes, the deadline, or shutdown.
             loop {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                let next = tokio::select! {
+                    next = tokio::time::timeout_at(deadline, rx.recv()) => next,
+                    _ = shared.closing() => return Response::Envelopes(Vec::new()),
+                };
+                match next {
                     Err(_) => return Response::Envelopes(Vec::new()),
                     Ok(Ok(id)) if self.opened.contains(&id) => break,
                     Ok(Ok(_)) => continue,
@@ -328,5 +731,82 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate_and_says_when_to_come_back() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(10, 3, t0);
+        for _ in 0..3 {
+            assert_eq!(b.take(t0), Ok(()));
+        }
+        let wait = b.take(t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100));
+        // A refused request costs nothing; after 100 ms one more is allowed.
+        assert!(b.take(t0 + Duration::from_millis(50)).is_err());
+        assert_eq!(b.take(t0 + Duration::from_millis(100)), Ok(()));
+        // Idle time refills up to the burst, not beyond.
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert_eq!(b.take(later), Ok(()));
+        }
+        assert!(b.take(later).is_err());
+        // A rate of 0 is no limit.
+        let mut free = Bucket::new(0, 1, t0);
+        assert!((0..10_000).all(|_| free.take(t0).is_ok()));
+    }
+
+    #[test]
+    fn one_party_is_an_ipv4_address_or_an_ipv6_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let book = Arc::new(AddressBook {
+            counts: Mutex::new(HashMap::new()),
+            max: 2,
+        });
+        let first = book.admit(a).unwrap();
+        let second = book.admit(b).unwrap();
+        assert!(book.admit(a).is_none());
+        assert!(book.admit(c).is_some());
+        drop(first);
+        assert!(book.admit(b).is_some());
+        drop(second);
+        assert!(
+            book.counts.lock().unwrap().is_empty(),
+            "entries go with their connections"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_capped_stream_stops_at_its_cap_until_uncapped() {
+        let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+        tokio::io::AsyncWriteExt::write_all(&mut tx, &[7u8; 20_000])
+            .await
+            .unwrap();
+        let mut capped = Capped {
+            inner: rx,
+            left: Some(MAX_UPGRADE_REQUEST),
+        };
+        let mut got = Vec::new();
+        let err = capped.read_to_end(&mut got).await.unwrap_err();
+        assert!(err.get_ref().unwrap().is::<UpgradeTooLarge>());
+        assert_eq!(got.len(), MAX_UPGRADE_REQUEST);
+        capped.uncap();
+        drop(tx);
+        let mut rest = Vec::new();
+        capped.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(got.len() + rest.len(), 20_000);
     }
 }

@@ -127,6 +127,9 @@ pub enum StoreError {
     /// The mailbox is at its limit.
     #[error("mailbox full")]
     MailboxFull,
+    /// The store holds its limit of envelopes, all mailboxes together.
+    #[error("relay full")]
+    RelayFull,
     /// The claimed epoch is not the next; holds the next epoch.
     #[error("epoch conflict")]
     EpochConflict(u64),
@@ -146,6 +149,16 @@ fn key_file_error(doing: &str, e: io::Error) -> StoreError {
 fn corrupt_envelope() -> StoreError {
     StoreError::Storage("corrupt envelope record".into())
 }
+
+/// How many envelopes the store holds at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// In one mailbox.
+    pub per_mailbox: u32,
+    /// In all mailboxes together.
+    pub total: u64,
+}
+
 /// Counts for the relay's log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -445,6 +458,18 @@ impl EmbeddedStore {
     /// the same directory. redb recovers from a crash on open; then every key
     /// slot no record uses is zeroed.
     pub fn open(path: &Path, max_envelopes_per_mailbox: u32) -> Result<Self, StoreError> {
+        Self::open_with_quota(
+            path,
+            Quota {
+                per_mailbox: max_envelopes_per_mailbox,
+                total: u64::MAX,
+            },
+        )
+    }
+
+    /// [`EmbeddedStore::open`] with a quota on all mailboxes together as well: a send
+    /// beyond `quota.total` stored envelopes is refused with [`StoreError::RelayFull`].
+    pub fn open_with_quota(path: &Path, quota: Quota) -> Result<Self, StoreError> {
         // redb locks its file: a second store on the same path fails here,
         // before it touches the key file.
         let db = Arc::new(Database::create(path).map_err(storage)?);
@@ -467,10 +492,9 @@ impl EmbeddedStore {
         let (tx, rx) = mpsc::channel::<(Write, Reply)>();
         let writer_db = db.clone();
         let writer_keys = keys.clone();
-        let max = max_envelopes_per_mailbox;
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(writer_db, writer_keys, book, rx, max))
+            .spawn(move || writer(writer_db, writer_keys, book, rx, quota))
             .map_err(storage)?;
         Ok(Self { db, keys, writes: tx })
     }
@@ -630,7 +654,7 @@ fn seal_plaintext_records(db: &Database, keys: &KeyFile, book: &mut SlotBook) ->
     Ok(())
 }
 
-fn writer(db: Arc<Database>, keys: Arc<KeyFile>, mut book: SlotBook, rx: mpsc::Receiver<(Write, Reply)>, max: u32) {
+fn writer(db: Arc<Database>, keys: Arc<KeyFile>, mut book: SlotBook, rx: mpsc::Receiver<(Write, Reply)>, max: Quota) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -662,7 +686,7 @@ fn apply_batch(
     keys: &KeyFile,
     book: &mut SlotBook,
     batch: &[(Write, Reply)],
-    max: u32,
+    max: Quota,
 ) -> Result<Vec<Answer>, StoreError> {
     let mut slots = BatchSlots::default();
     let mut txn = db.begin_write().map_err(storage)?;
@@ -711,7 +735,7 @@ fn stage(
     book: &mut SlotBook,
     slots: &mut BatchSlots,
     batch: &[(Write, Reply)],
-    max: u32,
+    max: Quota,
 ) -> Result<(Vec<Answer>, Vec<bool>), StoreError> {
     let mut boxes = txn.open_table(MAILBOXES).map_err(storage)?;
     let mut envs = txn.open_table(ENVELOPES).map_err(storage)?;
@@ -767,7 +791,7 @@ struct Tables<'a, 't> {
 /// Applies one write. The outer `Result` is a storage failure that aborts the
 /// batch; the inner one is this operation's own answer (a refused operation
 /// writes nothing).
-fn apply(t: &mut Tables<'_, '_>, w: &Write, max: u32) -> Result<Answer, StoreError> {
+fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreError> {
     let Tables {
         boxes,
         envs,
@@ -808,8 +832,11 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: u32) -> Result<Answer, StoreErr
         {
             Some((id, Some(rec))) => {
                 let id = &id;
-                if rec.count >= max {
+                if rec.count >= max.per_mailbox {
                     Err(StoreError::MailboxFull)
+                } else if envs.len().map_err(storage)? >= max.total {
+                    // O(1): redb keeps each table's length in its root.
+                    Err(StoreError::RelayFull)
                 } else {
                     let seq = rec.next_seq;
                     let rk = record_key(id, seq);
@@ -1061,6 +1088,36 @@ mod tests {
         s.delete(id).unwrap();
         assert_eq!(s.stats().unwrap(), Stats::default());
         assert_eq!(s.send(cap, env(5), u64::MAX), Err(StoreError::NoSuchMailbox));
+    }
+
+    #[test]
+    fn the_total_quota_counts_every_mailbox_and_sends_in_the_same_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let quota = Quota {
+            per_mailbox: 100,
+            total: 3,
+        };
+        let s = Arc::new(EmbeddedStore::open_with_quota(&dir.path().join("m.redb"), quota).unwrap());
+        let caps: Vec<[u8; 32]> = (0..2u8).map(|i| [10 + i; 32]).collect();
+        for (i, cap) in caps.iter().enumerate() {
+            s.create(MailboxId([i as u8; 32]), [3; 32], Sha256::digest(cap).into())
+                .unwrap();
+        }
+        // Concurrent sends land in one batch: the count inside the transaction holds.
+        let sends: Vec<_> = (0..8u8)
+            .map(|i| {
+                let (s, cap) = (s.clone(), caps[usize::from(i % 2)]);
+                std::thread::spawn(move || s.send(cap, env(i), u64::MAX))
+            })
+            .collect();
+        let results: Vec<_> = sends.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3, "{results:?}");
+        assert!(results.iter().all(|r| r.is_ok() || *r == Err(StoreError::RelayFull)));
+        // An acknowledgement makes room again.
+        let (id, seq) = results.iter().find_map(|r| r.clone().ok()).unwrap();
+        s.ack(id, seq).unwrap();
+        s.send(caps[0], env(9), u64::MAX).unwrap();
+        assert_eq!(s.send(caps[1], env(10), u64::MAX), Err(StoreError::RelayFull));
     }
 
     #[test]
