@@ -32,8 +32,12 @@ const MAX_REQUEST: usize = 256 * 1024;
 /// How often a daemon without cover traffic checks its mailboxes.
 const POLL: Duration = Duration::from_secs(1);
 
-/// How long to wait after a failed sync before trying again.
+/// How long to wait after a failed sync before trying again; doubled after
+/// each further failure, up to [`MAX_BACKOFF`].
 const BACKOFF: Duration = Duration::from_secs(2);
+
+/// The longest wait between retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Request {
@@ -74,6 +78,7 @@ pub async fn serve(args: &Args, cover: Option<Duration>) -> Result<(), Box<dyn E
     let poll = if cover.is_some() { Duration::ZERO } else { POLL };
     let mut next_sync = tokio::time::Instant::now();
     let mut last_error = String::new();
+    let mut backoff = BACKOFF;
     // Warnings from background syncs name channels: they go to the next command's
     // stderr (and stay in the channel's history), not to the daemon's log.
     let mut pending: Vec<Warning> = Vec::new();
@@ -91,6 +96,7 @@ pub async fn serve(args: &Args, cover: Option<Duration>) -> Result<(), Box<dyn E
                 match engine.sync(Duration::ZERO).await {
                     Ok(_) => {
                         last_error.clear();
+                        backoff = BACKOFF;
                         next_sync = tokio::time::Instant::now() + poll;
                     }
                     Err(e) => {
@@ -99,7 +105,8 @@ pub async fn serve(args: &Args, cover: Option<Duration>) -> Result<(), Box<dyn E
                             eprintln!("warning: {text}");
                             last_error = text;
                         }
-                        next_sync = tokio::time::Instant::now() + BACKOFF;
+                        next_sync = tokio::time::Instant::now() + backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
                 pending.extend(engine.take_warnings());
