@@ -93,6 +93,9 @@ const ENVELOPES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("envelopes
 /// The file of per-envelope keys, in the directory of the redb file.
 pub const KEY_FILE: &str = "envelope-keys.bin";
 
+/// redb's page cache.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
 
@@ -444,7 +447,20 @@ type Reply = mpsc::SyncSender<Answer>;
 pub struct EmbeddedStore {
     db: Arc<Database>,
     keys: Arc<KeyFile>,
-    writes: mpsc::Sender<(Write, Reply)>,
+    /// `None` only while dropping.
+    writes: Option<mpsc::Sender<(Write, Reply)>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        // Close the queue and wait for the writer, so the database is closed
+        // cleanly (no repair scan at the next start) before the store is gone.
+        self.writes = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -472,7 +488,14 @@ impl EmbeddedStore {
     pub fn open_with_quota(path: &Path, quota: Quota) -> Result<Self, StoreError> {
         // redb locks its file: a second store on the same path fails here,
         // before it touches the key file.
-        let db = Arc::new(Database::create(path).map_err(storage)?);
+        // An explicit page cache: redb's default (about 1 GiB) would let memory
+        // grow with the stored data whatever the connection limits.
+        let db = Arc::new(
+            Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(path)
+                .map_err(storage)?,
+        );
         {
             let txn = db.begin_write().map_err(storage)?;
             txn.open_table(MAILBOXES).map_err(storage)?;
@@ -492,16 +515,23 @@ impl EmbeddedStore {
         let (tx, rx) = mpsc::channel::<(Write, Reply)>();
         let writer_db = db.clone();
         let writer_keys = keys.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer(writer_db, writer_keys, book, rx, quota))
             .map_err(storage)?;
-        Ok(Self { db, keys, writes: tx })
+        Ok(Self {
+            db,
+            keys,
+            writes: Some(tx),
+            writer: Some(writer),
+        })
     }
 
     fn write(&self, w: Write) -> Answer {
         let (tx, rx) = mpsc::sync_channel(1);
         self.writes
+            .as_ref()
+            .ok_or_else(|| StoreError::Storage("writer stopped".into()))?
             .send((w, tx))
             .map_err(|_| StoreError::Storage("writer stopped".into()))?;
         rx.recv().map_err(|_| StoreError::Storage("writer stopped".into()))?
