@@ -122,9 +122,15 @@ impl FromStr for RelayAddress {
         let pin: [u8; 32] = pin_bytes.try_into().map_err(|_| RelayAddressError::Pin)?;
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
             let (h, p) = v6.split_once("]:").ok_or(RelayAddressError::Shape)?;
+            // Only an IPv6 literal goes in brackets (and so prints back the same way).
+            h.parse::<std::net::Ipv6Addr>().map_err(|_| RelayAddressError::Shape)?;
             (h, p)
         } else {
-            hostport.rsplit_once(':').ok_or(RelayAddressError::Shape)?
+            let (h, p) = hostport.rsplit_once(':').ok_or(RelayAddressError::Shape)?;
+            if h.contains([':', '[', ']']) {
+                return Err(RelayAddressError::Shape);
+            }
+            (h, p)
         };
         if host.is_empty() || host.len() > 255 || host.contains(['/', '@', ' ']) {
             return Err(RelayAddressError::Shape);
@@ -179,6 +185,21 @@ mod tests {
         fn addresses_round_trip(pin in proptest::prelude::any::<[u8; 32]>(), host in "[a-z0-9.-]{1,40}", port in 1u16..) {
             let a = RelayAddress { pin, host, port };
             proptest::prop_assert_eq!(a.to_string().parse::<RelayAddress>(), Ok(a));
+        }
+    }
+
+    #[test]
+    fn a_host_with_stray_brackets_or_colons_is_refused() {
+        let pin = RelayAddress {
+            pin: [1; 32],
+            host: "h".into(),
+            port: 9,
+        }
+        .to_string();
+        let pin = pin.trim_start_matches("bc://").split('@').next().unwrap_or_default().to_string();
+        for bad in ["a:b]:44", "[a:b]:44", "[notv6]", "a[b"] {
+            let text = format!("bc://{pin}@{bad}:33");
+            assert_eq!(text.parse::<RelayAddress>(), Err(RelayAddressError::Shape), "{text}");
         }
     }
 

@@ -862,7 +862,9 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
         {
             Some((id, Some(rec))) => {
                 let id = &id;
-                if rec.count >= max.per_mailbox {
+                // A record at the last sequence number (only a damaged or planted
+                // store has one) is full rather than wrapping around.
+                if rec.count >= max.per_mailbox || rec.next_seq == u64::MAX {
                     Err(StoreError::MailboxFull)
                 } else if envs.len().map_err(storage)? >= max.total {
                     // O(1): redb keeps each table's length in its root.
@@ -928,15 +930,17 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
         {
             Some((id, Some(rec))) => {
                 let id = &id;
-                if *epoch == rec.next_epoch {
+                // Epochs come from the network: u64::MAX must not overflow.
+                let following = epoch.checked_add(1);
+                if let (true, Some(next_epoch)) = (*epoch == rec.next_epoch, following) {
                     let rec = MailboxRecord {
-                        next_epoch: epoch + 1,
+                        next_epoch,
                         last_token: *token,
                         ..rec
                     };
                     boxes.insert(&id.0[..], &rec.encode()[..]).map_err(storage)?;
                     Ok((*id, *epoch))
-                } else if epoch + 1 == rec.next_epoch && ct_eq(token, &rec.last_token) {
+                } else if following == Some(rec.next_epoch) && ct_eq(token, &rec.last_token) {
                     Ok((*id, *epoch))
                 } else {
                     Err(StoreError::EpochConflict(rec.next_epoch))
@@ -960,9 +964,10 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             for (k, slot) in &expired {
                 envs.remove(&k[..]).map_err(storage)?;
                 slots.freed.extend(*slot);
-                let mut id = [0u8; 32];
-                id.copy_from_slice(&k[..32]);
-                let id = MailboxId(id);
+                // A record with a short key (a damaged store) is removed, nothing else.
+                let Some(id) = k.get(..32).and_then(|b| <[u8; 32]>::try_from(b).ok()).map(MailboxId) else {
+                    continue;
+                };
                 if let Some(rec) = get_record(boxes, &id)? {
                     let rec = MailboxRecord {
                         count: rec.count.saturating_sub(1),
@@ -1163,6 +1168,9 @@ mod tests {
         assert_eq!(s.claim(cap, 5, [8; 32]), Err(StoreError::EpochConflict(1)));
         s.claim(cap, 1, [8; 32]).unwrap();
         assert_eq!(s.claim([0; 32], 2, [8; 32]), Err(StoreError::NoSuchMailbox));
+        // The last epoch number from the network neither panics the writer nor wraps.
+        assert_eq!(s.claim(cap, u64::MAX, [9; 32]), Err(StoreError::EpochConflict(2)));
+        s.claim(cap, 2, [8; 32]).unwrap();
     }
 
     #[test]

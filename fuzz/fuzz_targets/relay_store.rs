@@ -1,0 +1,162 @@
+//! The relay's embedded store reading its own files back: records of every
+//! table and the key file are written raw into a fresh data directory (on
+//! tmpfs), then the store opens it (crash recovery, migration of plaintext
+//! records) and runs operations on it, including the network's requests
+//! with any numbers in them. Input format: `backchannel_fuzz::store_input`.
+//!
+//! Asserts: nothing panics, in this thread or in the store's writer
+//! thread; a created mailbox reports its recipient key; an envelope whose
+//! send succeeded is fetched back with its sequence number and bytes.
+#![no_main]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
+use backchannel_core::mailbox::MailboxId;
+use backchannel_fuzz::store_input::{id, Input, Op};
+use backchannel_relay::store::{EmbeddedStore, MailboxStore, StoreError, KEY_FILE};
+use libfuzzer_sys::fuzz_target;
+use redb::{Database, TableDefinition};
+use sha2::{Digest, Sha256};
+
+const TABLES: [TableDefinition<&[u8], &[u8]>; 3] = [
+    TableDefinition::new("mailboxes"),
+    TableDefinition::new("senders"),
+    TableDefinition::new("envelopes"),
+];
+const MAX_ENVELOPES: u32 = 8;
+
+fn scratch() -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!(
+        "bc-fuzz-store-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn prepare(dir: &Path, input: &Input) {
+    if input.records.is_empty() && input.keys.is_empty() && input.key_file_len.is_none() {
+        // The store creates its own files (and redb is the slow part here).
+        return;
+    }
+    let db = Database::create(dir.join("store.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    for def in TABLES {
+        txn.open_table(def).unwrap();
+    }
+    for rec in &input.records {
+        let mut t = txn.open_table(TABLES[rec.table as usize]).unwrap();
+        t.insert(&rec.key[..], &rec.value[..]).unwrap();
+    }
+    txn.commit().unwrap();
+    drop(db);
+    let keys = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(dir.join(KEY_FILE))
+        .unwrap();
+    for (slot, key) in &input.keys {
+        std::os::unix::fs::FileExt::write_all_at(&keys, key, *slot as u64 * 32).unwrap();
+    }
+    if let Some(len) = input.key_file_len {
+        keys.set_len(len as u64).unwrap();
+    }
+}
+
+/// Opens the store; a store just closed may still hold its file lock for a
+/// moment, while its writer thread ends.
+fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+    let mut tries = 0;
+    loop {
+        match EmbeddedStore::open(&dir.join("store.redb"), MAX_ENVELOPES) {
+            Err(StoreError::Storage(e)) if e.contains("already open") && tries < 1000 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn envelope(fill: u8) -> Envelope {
+    Envelope::from_slice(&[fill; ENVELOPE_SIZE]).unwrap()
+}
+
+fn run(dir: &Path, input: &Input) {
+    prepare(dir, input);
+    let Ok(mut store) = open(dir) else {
+        return;
+    };
+    for op in &input.ops {
+        match *op {
+            Op::Create { id: i, recipient, send } => {
+                let digest: [u8; 32] = Sha256::digest([send; 32]).into();
+                if store.create(id(i), [recipient; 32], digest).is_ok() {
+                    assert_eq!(store.recipient_key(id(i)), Ok(Some([recipient; 32])));
+                }
+            }
+            Op::Send { send, fill, expires_at } => {
+                if let Ok((mailbox, seq)) = store.send([send; 32], envelope(fill), expires_at) {
+                    if let Ok(all) = store.fetch(&[mailbox], usize::MAX) {
+                        assert!(
+                            all.iter()
+                                .any(|d| d.seq == seq && d.envelope == envelope(fill) && d.mailbox == mailbox),
+                            "a stored envelope is not fetched back"
+                        );
+                    }
+                }
+            }
+            Op::Fetch { ref ids, max } => {
+                let ids: Vec<MailboxId> = ids.iter().map(|b| id(*b)).collect();
+                if let Ok(list) = store.fetch(&ids, max as usize) {
+                    assert!(list.len() <= max as usize);
+                }
+            }
+            Op::Ack { id: i, seq } => {
+                let _ = store.ack(id(i), seq);
+            }
+            Op::Delete { id: i } => {
+                if store.delete(id(i)).is_ok() {
+                    assert_eq!(store.recipient_key(id(i)), Ok(None));
+                }
+            }
+            Op::Claim { send, epoch, token } => {
+                let _ = store.claim([send; 32], epoch, [token; 32]);
+            }
+            Op::Expire { now } => {
+                let _ = store.expire(now);
+            }
+            Op::RecipientKey { id: i } => {
+                let _ = store.recipient_key(id(i));
+            }
+            Op::Stats => {
+                let _ = store.stats();
+            }
+            Op::Reopen => {
+                drop(store);
+                store = match open(dir) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            }
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let input = Input::parse(data);
+    let dir = scratch();
+    run(&dir, &input);
+    let _ = std::fs::remove_dir_all(&dir);
+});

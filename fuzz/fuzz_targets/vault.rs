@@ -1,0 +1,63 @@
+//! The passphrase-sealed client store as read back from disk (a device
+//! thief, or plain corruption, controls the file).
+//!
+//! A key is derived once with small Argon2 parameters; each input is a blob
+//! (header and ciphertext) opened with it. [`VaultKey::for_blob`] is called
+//! only where it is cheap: when the header's parameters are outside the
+//! documented bounds it must refuse them before running Argon2, and when
+//! they are tiny it runs. Asserts: out-of-bounds parameters give
+//! `BadParams`; a blob that opens re-seals to a blob that opens to the same
+//! state.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use backchannel_core::vault::{KdfParams, VaultError, VaultKey};
+use libfuzzer_sys::fuzz_target;
+use rand_core::OsRng;
+
+/// The passphrase the fixed key and the seeds use.
+const PASSPHRASE: &[u8] = b"fuzz passphrase";
+
+/// The fixed key's salt and parameters are those of `seeds/vault/*`.
+fn key() -> &'static VaultKey {
+    static KEY: OnceLock<VaultKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let seed = include_bytes!("../fixtures/vault-seed.bin");
+        VaultKey::for_blob(PASSPHRASE, seed).unwrap()
+    })
+}
+
+fn header_params(blob: &[u8]) -> Option<KdfParams> {
+    if blob.len() < 8 + 12 + 16 || &blob[..8] != b"BCVAULT1" {
+        return None;
+    }
+    let u = |i: usize| u32::from_be_bytes(blob[i..i + 4].try_into().unwrap());
+    Some(KdfParams {
+        m_cost_kib: u(8),
+        t_cost: u(12),
+        lanes: u(16),
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let key = key();
+    if let Ok(state) = key.open(data) {
+        let again = key.seal(&state, &mut OsRng);
+        assert_eq!(
+            key.open(&again).map(|s| s.to_vec()),
+            Ok(state.to_vec()),
+            "a re-sealed vault does not open"
+        );
+    }
+    if let Some(p) = header_params(data) {
+        let out_of_bounds = p.m_cost_kib > 4 * 1024 * 1024 || p.t_cost > 64 || p.lanes == 0 || p.lanes > 16;
+        if out_of_bounds {
+            assert_eq!(VaultKey::for_blob(PASSPHRASE, data).err(), Some(VaultError::BadParams));
+        } else if p.m_cost_kib <= 64 && p.t_cost <= 2 && p.lanes <= 2 {
+            if let Ok(k) = VaultKey::for_blob(PASSPHRASE, data) {
+                let _ = k.open(data);
+            }
+        }
+    }
+});

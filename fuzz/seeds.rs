@@ -1,0 +1,673 @@
+//! Writes the seed corpora (`seeds/<target>/`) and the MLS and vault
+//! fixtures (`fixtures/`) with the real encoders: frames of every kind,
+//! sealed envelopes, an invite, real MLS messages of a real channel, a real
+//! client state and vault, real relay store records.
+//!
+//! Run from anywhere: `cargo run --manifest-path fuzz/Cargo.toml --example seeds`.
+//! It replaces what it writes; the channel targets must be rebuilt after it
+//! (they embed the fixtures).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use backchannel_client::socks::ProxyAddr;
+use backchannel_client::state::{
+    ChannelState, ChannelStatus, DeferredMls, InviteRecord, OutboxItem, PendingJoin, State, StoredMessage,
+    UnsentMessage, STATE_VERSION,
+};
+use backchannel_core::channel::{key_package, validate_key_package, Channel, ChannelInfo, Provider, Received, Suite};
+use backchannel_core::envelope::{
+    open_envelope, seal_chunk, seal_payload, Chunk, Envelope, PayloadKind, Reassembler, CHUNK_DATA,
+};
+use backchannel_core::frame::{
+    encode_request, encode_response, Delivery, ErrorCode, Limits, Request, Response, MAX_FETCH, PROTOCOL_VERSION,
+};
+use backchannel_core::identity::Identity;
+use backchannel_core::invite::Invite;
+use backchannel_core::mailbox::{MailboxId, MailboxKeys};
+use backchannel_core::message::{AppMessage, Body, JoinRequest};
+use backchannel_core::vault::{KdfParams, VaultKey};
+use backchannel_fuzz::store_input::{self, Input, Op, Record};
+use backchannel_fuzz::{relay, seal_key, send_capability, MlsFixture};
+use backchannel_relay::store::{EmbeddedStore, MailboxStore, KEY_FILE};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand_core::OsRng;
+use redb::{Database, ReadableTable, TableDefinition};
+use sha2::{Digest, Sha256};
+
+struct Out {
+    root: PathBuf,
+    total: usize,
+}
+
+impl Out {
+    fn seed(&mut self, target: &str, name: &str, bytes: &[u8]) {
+        let dir = self.root.join("seeds").join(target);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(name), bytes).unwrap();
+        self.total += bytes.len();
+    }
+
+    fn fixture(&mut self, name: &str, bytes: &[u8]) {
+        let dir = self.root.join("fixtures");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(name), bytes).unwrap();
+        self.total += bytes.len();
+    }
+}
+
+struct Member {
+    id: Identity,
+    provider: Provider,
+    mailbox: MailboxKeys,
+}
+
+fn member(name: &str) -> Member {
+    Member {
+        id: Identity::generate(name, &mut OsRng).unwrap(),
+        provider: Provider::new().unwrap(),
+        mailbox: MailboxKeys::generate(relay(), &mut OsRng),
+    }
+}
+
+/// A copy of `m`'s MLS state, to make several messages for one epoch.
+fn fork(m: &Member) -> Provider {
+    Provider::from_snapshot(m.provider.snapshot()).unwrap()
+}
+
+fn envelope(fill: u8) -> Envelope {
+    seal_payload(
+        &seal_key(),
+        &send_capability(),
+        PayloadKind::Mls,
+        &[fill; 100],
+        &mut OsRng,
+    )
+    .unwrap()
+    .remove(0)
+}
+
+/// The plaintext chunk inside a real envelope.
+fn chunk_plaintext(env: &Envelope) -> Vec<u8> {
+    let b = env.as_bytes();
+    let mut aad = b"backchannel/v1/envelope".to_vec();
+    aad.extend_from_slice(&send_capability().digest());
+    XChaCha20Poly1305::new((&seal_key().0).into())
+        .decrypt(
+            XNonce::from_slice(&b[..24]),
+            Payload {
+                msg: &b[24..],
+                aad: &aad,
+            },
+        )
+        .unwrap()
+}
+
+fn frames(out: &mut Out, kp: &[u8]) {
+    let mailbox = MailboxId([3; 32]);
+    let requests = [
+        (
+            "create",
+            Request::Create {
+                mailbox,
+                recipient_key: [4; 32],
+                send_digest: [5; 32],
+            },
+        ),
+        (
+            "send",
+            Request::Send {
+                send: [6; 32],
+                envelope: envelope(1),
+            },
+        ),
+        (
+            "open",
+            Request::Open {
+                mailbox,
+                proof: [7; 64],
+            },
+        ),
+        (
+            "fetch",
+            Request::Fetch {
+                max: MAX_FETCH,
+                wait_ms: 25_000,
+            },
+        ),
+        ("ack", Request::Ack { mailbox, seq: 42 }),
+        ("delete", Request::Delete { mailbox }),
+        (
+            "claim",
+            Request::Claim {
+                send: [8; 32],
+                epoch: 3,
+                token: [9; 32],
+            },
+        ),
+        ("ping", Request::Ping),
+    ];
+    for (i, (name, req)) in requests.iter().enumerate() {
+        out.seed("frame_request", name, &encode_request(i as u32 + 1, req));
+    }
+    let delivery = |seq: u64| Delivery {
+        mailbox,
+        seq,
+        envelope: envelope(seq as u8),
+    };
+    let responses = [
+        (
+            "hello",
+            Response::Hello {
+                version: PROTOCOL_VERSION,
+                nonce: [1; 32],
+                limits: Limits {
+                    max_request_frame: 4160,
+                    max_envelopes_per_mailbox: 10_000,
+                    max_mailboxes_per_connection: 64,
+                },
+            },
+        ),
+        ("ok", Response::Ok),
+        ("pong", Response::Pong),
+        (
+            "error-epoch",
+            Response::Error {
+                code: ErrorCode::EpochConflict,
+                detail: 7,
+            },
+        ),
+        (
+            "error-full",
+            Response::Error {
+                code: ErrorCode::MailboxFull,
+                detail: 0,
+            },
+        ),
+        ("envelopes-none", Response::Envelopes(Vec::new())),
+        ("envelopes-one", Response::Envelopes(vec![delivery(1)])),
+        ("envelopes-three", Response::Envelopes((1..=3).map(delivery).collect())),
+        (
+            "envelopes-max",
+            Response::Envelopes((1..=MAX_FETCH as u64).map(delivery).collect()),
+        ),
+    ];
+    for (i, (name, resp)) in responses.iter().enumerate() {
+        out.seed("frame_response", name, &encode_response(i as u32, resp).concat());
+    }
+    // A hello followed by a fetch answer, as a connection sees them.
+    let mut stream = encode_response(0, &responses[0].1).concat();
+    stream.extend(encode_response(5, &Response::Envelopes((1..=2).map(delivery).collect())).concat());
+    stream.extend(encode_response(6, &Response::Ok).concat());
+    out.seed("frame_response", "stream", &stream);
+
+    // Envelopes: mode 0 a real envelope, mode 1 real chunk plaintexts.
+    let mut m0 = vec![0u8];
+    m0.extend_from_slice(envelope(9).as_bytes());
+    out.seed("envelope", "network", &m0);
+    for (name, kind, payload) in [
+        ("chunk-mls", PayloadKind::Mls, vec![1u8; 300]),
+        ("chunk-join", PayloadKind::JoinRequest, kp.to_vec()),
+        ("chunk-first-of-two", PayloadKind::Welcome, vec![2u8; CHUNK_DATA + 10]),
+    ] {
+        let env = seal_payload(&seal_key(), &send_capability(), kind, &payload, &mut OsRng)
+            .unwrap()
+            .remove(0);
+        let mut m1 = vec![1u8];
+        m1.extend(chunk_plaintext(&env));
+        // Trailing zeros are implied; keep the seeds short.
+        while m1.last() == Some(&0) {
+            m1.pop();
+        }
+        out.seed("envelope", name, &m1);
+    }
+    // Mode 2: chunk descriptions (id, kind, index u16, count u16, last_len u16, fill, quirk).
+    let desc = |id: u8, index: u16, count: u16| {
+        let mut d = vec![id, 1];
+        d.extend_from_slice(&index.to_be_bytes());
+        d.extend_from_slice(&count.to_be_bytes());
+        d.extend_from_slice(&99u16.to_be_bytes());
+        d.extend_from_slice(&[index as u8, 0xff]);
+        d
+    };
+    let mut three = vec![2u8];
+    for i in [2, 0, 1] {
+        three.extend(desc(7, i, 3));
+    }
+    out.seed("envelope", "reassemble-three", &three);
+    let mut many = vec![2u8];
+    for id in 0..70 {
+        many.extend(desc(id, 0, 2));
+    }
+    many.extend(desc(69, 1, 2));
+    out.seed("envelope", "reassemble-evict", &many);
+}
+
+fn invites(out: &mut Out) {
+    let inv = Invite {
+        mailbox: MailboxKeys::generate(relay(), &mut OsRng).address.clone(),
+        expires_at: 1_900_000_000,
+        inviter_key: [0x1d; 32],
+        ciphersuite: Suite::PostQuantum.code(),
+    };
+    let text = inv.to_text();
+    out.seed("invite", "line", text.as_bytes());
+    let raw = data_encoding::BASE32_NOPAD
+        .decode(text["bc-invite:".len()..].to_ascii_uppercase().as_bytes())
+        .unwrap();
+    out.seed("invite", "body", &raw[..raw.len() - 4]);
+    out.seed("mailbox_address", "binary", &inv.mailbox.to_bytes());
+    out.seed("mailbox_address", "relay-text", relay().to_string().as_bytes());
+    let mut v6 = relay();
+    v6.host = "::1".into();
+    out.seed("mailbox_address", "relay-text-v6", v6.to_string().as_bytes());
+}
+
+/// Real MLS traffic: a three-member channel seen by bob, and the messages
+/// of one epoch that bob could receive; a joiner and its welcome.
+fn mls(out: &mut Out) -> (Member, Vec<u8>, Vec<u8>) {
+    let suite = Suite::PostQuantum;
+    let alice = member("alice");
+    let bob = member("bob");
+    let carol = member("carol");
+    let info = ChannelInfo {
+        name: "deal-room".into(),
+        sequencer: MailboxKeys::generate(relay(), &mut OsRng).address.clone(),
+        created_at: 1_700_000_000,
+    };
+    out.seed("message", "channel-info", &info.to_bytes());
+    let mut a = Channel::create(&alice.provider, &alice.id, &info, &alice.mailbox.address, suite).unwrap();
+    let kp_bob = key_package(&bob.provider, &bob.id, &bob.mailbox.address, suite).unwrap();
+    let c = a
+        .add(
+            &alice.provider,
+            &alice.id,
+            vec![validate_key_package(&alice.provider, &kp_bob).unwrap()],
+        )
+        .unwrap();
+    a.merge_pending(&alice.provider).unwrap();
+    let (mut b, _) = Channel::join(&bob.provider, c.welcome.as_ref().unwrap()).unwrap();
+    let kp_carol = key_package(&carol.provider, &carol.id, &carol.mailbox.address, suite).unwrap();
+    let c = a
+        .add(
+            &alice.provider,
+            &alice.id,
+            vec![validate_key_package(&alice.provider, &kp_carol).unwrap()],
+        )
+        .unwrap();
+    a.merge_pending(&alice.provider).unwrap();
+    assert!(matches!(
+        b.process(&bob.provider, &c.commit).unwrap(),
+        Received::Commit { .. }
+    ));
+    let (mut cc, _) = Channel::join(&carol.provider, c.welcome.as_ref().unwrap()).unwrap();
+
+    // Bob, at this epoch, is the channel_process fixture.
+    let fixture = MlsFixture {
+        group_id: b.group_id(),
+        snapshot: bob.provider.snapshot(),
+    };
+    out.fixture("channel_process.bin", &fixture.to_bytes());
+    let group_id = b.group_id();
+
+    let text = |s: &str| {
+        AppMessage {
+            id: [0x42; 16],
+            sent_at: 1_700_000_123_000,
+            body: Body::Text(s.into()),
+        }
+        .to_bytes()
+    };
+    let hello = a.encrypt(&alice.provider, &alice.id, &text("hello bob")).unwrap();
+    out.seed("channel_process", "app-from-alice", &hello);
+    let close = AppMessage {
+        id: [0x43; 16],
+        sent_at: 1,
+        body: Body::Close,
+    }
+    .to_bytes();
+    out.seed("message", "app-text", &text("hello bob"));
+    out.seed("message", "app-close", &close);
+    let from_carol = cc.encrypt(&carol.provider, &carol.id, &close).unwrap();
+    out.seed("channel_process", "app-close-from-carol", &from_carol);
+    let leave = cc.leave(&carol.provider, &carol.id).unwrap();
+    out.seed("channel_process", "proposal-leave-from-carol", &leave);
+
+    // Commits for the same epoch, each from a fresh copy of alice's state.
+    let (update, joiner, welcome) = {
+        let p = fork(&alice);
+        let mut ch = Channel::load(&p, &group_id).unwrap().unwrap();
+        let upd = ch.self_update(&p, &alice.id, None).unwrap();
+        let p = fork(&alice);
+        let mut ch = Channel::load(&p, &group_id).unwrap().unwrap();
+        let rotated = MailboxKeys::generate(relay(), &mut OsRng);
+        let rot = ch.self_update(&p, &alice.id, Some(&rotated.address)).unwrap();
+        out.seed("channel_process", "commit-rotate-mailbox", &rot.commit);
+        let p = fork(&alice);
+        let mut ch = Channel::load(&p, &group_id).unwrap().unwrap();
+        let rem = ch.remove(&p, &alice.id, &[carol.id.fingerprint()]).unwrap();
+        out.seed("channel_process", "commit-remove-carol", &rem.commit);
+        let p = fork(&alice);
+        let mut ch = Channel::load(&p, &group_id).unwrap().unwrap();
+        let rem_bob = ch.remove(&p, &alice.id, &[bob.id.fingerprint()]).unwrap();
+        out.seed("channel_process", "commit-remove-bob", &rem_bob.commit);
+
+        let joiner = member("joiner");
+        let kp = key_package(&joiner.provider, &joiner.id, &joiner.mailbox.address, suite).unwrap();
+        out.fixture(
+            "welcome.bin",
+            &MlsFixture {
+                group_id: Vec::new(),
+                snapshot: joiner.provider.snapshot(),
+            }
+            .to_bytes(),
+        );
+        let p = fork(&alice);
+        let mut ch = Channel::load(&p, &group_id).unwrap().unwrap();
+        let add = ch
+            .add(&p, &alice.id, vec![validate_key_package(&p, &kp).unwrap()])
+            .unwrap();
+        out.seed("channel_process", "commit-add-joiner", &add.commit);
+        let welcome = add.welcome.unwrap();
+        out.seed("welcome", "welcome", &welcome);
+        (upd, joiner, welcome)
+    };
+    out.seed("channel_process", "commit-update", &update.commit);
+    // A proposal committed: alice commits carol's leave.
+    {
+        let p = fork(&alice);
+        let mut ch = Channel::load(&p, &group_id).unwrap().unwrap();
+        assert!(matches!(ch.process(&p, &leave).unwrap(), Received::Proposal { .. }));
+        let c = ch.commit_pending(&p, &alice.id).unwrap();
+        out.seed("channel_process", "commit-leave-of-carol", &c.commit);
+    }
+    // Check the seeds are live against bob's fixture.
+    for (name, msg) in [("hello", &hello), ("update", &update.commit)] {
+        let p = Provider::from_snapshot(fixture.snapshot.clone()).unwrap();
+        let mut ch = Channel::load(&p, &group_id).unwrap().unwrap();
+        assert!(ch.process(&p, msg).is_ok(), "seed {name} does not process");
+    }
+    let (joined, _) = Channel::join(&fork(&joiner), &welcome).unwrap();
+    assert_eq!(joined.group_id(), group_id);
+
+    let kp = key_package(&fork(&joiner), &joiner.id, &joiner.mailbox.address, suite).unwrap();
+    let join = JoinRequest {
+        key_package: kp.clone(),
+    }
+    .to_bytes();
+    out.seed("key_package", "join-request", &join);
+    out.seed("key_package", "key-package", &kp);
+    out.seed("message", "join-request", &join);
+    (bob, group_id, kp)
+}
+
+/// Bob's whole client state, and the vault holding it.
+fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
+    let mut reassembly = BTreeMap::new();
+    let mut partial = Reassembler::default();
+    let first = Chunk {
+        kind: PayloadKind::Mls,
+        message_id: [5; 16],
+        index: 0,
+        count: 2,
+        total_len: (CHUNK_DATA + 5) as u32,
+        data: vec![1; CHUNK_DATA],
+    };
+    let env = seal_chunk(&seal_key(), &send_capability(), &first, &mut OsRng);
+    assert!(partial
+        .push(open_envelope(&seal_key(), &send_capability(), &env).unwrap())
+        .unwrap()
+        .is_none());
+    reassembly.insert(bob.mailbox.id().0, partial);
+    let mut channels = BTreeMap::new();
+    channels.insert(
+        "deal-room".to_string(),
+        ChannelState {
+            group_id,
+            mailbox: bob.mailbox.clone(),
+            mailbox_since: 1_700_000_000,
+            retired: Vec::new(),
+            sequencer: Some(MailboxKeys::generate(relay(), &mut OsRng)),
+            invites: vec![InviteRecord {
+                mailbox: MailboxKeys::generate(relay(), &mut OsRng),
+                uses_left: 1,
+                expires_at: 1_900_000_000,
+            }],
+            messages: vec![StoredMessage {
+                id: "42424242424242424242424242424242".into(),
+                from: "alice".into(),
+                from_key: [1; 32],
+                sent_at: 1_700_000_123_000,
+                text: "hello bob".into(),
+                event: None,
+            }],
+            read_upto: 1,
+            seen: BTreeSet::from([[0x42; 16]]),
+            verified: BTreeSet::new(),
+            status: ChannelStatus::Active,
+            pending: None,
+        },
+    );
+    let s = State {
+        version: STATE_VERSION,
+        name: "bob".into(),
+        identity_secret: *bob.id.secret_bytes(),
+        relay: relay(),
+        mls: bob.provider.snapshot(),
+        channels,
+        pending_joins: vec![PendingJoin {
+            mailbox: MailboxKeys::generate(relay(), &mut OsRng),
+            inviter_key: [2; 32],
+            local_name: Some("other".into()),
+            expires_at: 1_900_000_000,
+        }],
+        reassembly,
+        outbox: vec![OutboxItem {
+            to: MailboxKeys::generate(relay(), &mut OsRng).address.clone(),
+            envelopes: vec![envelope(3).as_bytes().to_vec()],
+        }],
+        deferred: vec![DeferredMls {
+            channel: "deal-room".into(),
+            payload: vec![0, 1, 0, 2],
+        }],
+        unsent: vec![UnsentMessage {
+            channel: "deal-room".into(),
+            id: [9; 16],
+            sent_at: 1_700_000_200_000,
+            text: "queued".into(),
+        }],
+        proxy: Some(ProxyAddr {
+            host: "127.0.0.1".into(),
+            port: 9050,
+        }),
+        cover: vec![MailboxKeys::generate(relay(), &mut OsRng)],
+    };
+    let bytes = s.encode().unwrap();
+    assert!(State::decode(&bytes).is_ok());
+    out.seed("client_state", "bob", &bytes);
+    let small = State {
+        version: STATE_VERSION,
+        name: "new".into(),
+        identity_secret: [1; 32],
+        relay: relay(),
+        mls: Vec::new(),
+        channels: BTreeMap::new(),
+        pending_joins: Vec::new(),
+        reassembly: BTreeMap::new(),
+        outbox: Vec::new(),
+        deferred: Vec::new(),
+        unsent: Vec::new(),
+        proxy: None,
+        cover: Vec::new(),
+    };
+    let small = small.encode().unwrap();
+    out.seed("client_state", "fresh", &small);
+
+    // The vault: the fixture key's blob (small Argon2 parameters so the
+    // target can derive it) and the same state in it.
+    let cheap = KdfParams {
+        m_cost_kib: 64,
+        t_cost: 1,
+        lanes: 1,
+    };
+    let key = VaultKey::create(b"fuzz passphrase", cheap, &mut OsRng).unwrap();
+    let blob = key.seal(&small, &mut OsRng);
+    out.fixture("vault-seed.bin", &blob);
+    out.seed("vault", "fresh-state", &blob);
+    out.seed("vault", "bob-state", &key.seal(&bytes, &mut OsRng));
+    let mut default_params = blob.clone();
+    default_params[8..20].copy_from_slice(&[0, 0, 0x4c, 0, 0, 0, 0, 2, 0, 0, 0, 1]);
+    out.seed("vault", "default-params-header", &default_params);
+}
+
+const TABLES: [TableDefinition<&[u8], &[u8]>; 3] = [
+    TableDefinition::new("mailboxes"),
+    TableDefinition::new("senders"),
+    TableDefinition::new("envelopes"),
+];
+
+/// Records of a real store, read back from its files.
+fn dump(dir: &Path) -> Input {
+    let db = loop {
+        match Database::open(dir.join("store.redb")) {
+            Ok(db) => break db,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    };
+    let txn = db.begin_read().unwrap();
+    let mut input = Input::default();
+    for (table, def) in TABLES.into_iter().enumerate() {
+        let t = txn.open_table(def).unwrap();
+        for e in t.iter().unwrap() {
+            let (k, v) = e.unwrap();
+            input.records.push(Record {
+                table: table as u8,
+                key: k.value().to_vec(),
+                value: v.value().to_vec(),
+            });
+        }
+    }
+    let keys = fs::read(dir.join(KEY_FILE)).unwrap();
+    for (slot, key) in keys.chunks_exact(32).enumerate() {
+        if key.iter().any(|b| *b != 0) {
+            input.keys.push((slot as u16, key.try_into().unwrap()));
+        }
+    }
+    input
+}
+
+fn store(out: &mut Out) {
+    let dir = std::env::temp_dir().join(format!("bc-fuzz-seeds-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    {
+        let s = EmbeddedStore::open(&dir.join("store.redb"), 8).unwrap();
+        let digest = |b: u8| -> [u8; 32] { Sha256::digest([b; 32]).into() };
+        s.create(store_input::id(1), [11; 32], digest(1)).unwrap();
+        s.create(store_input::id(2), [12; 32], digest(2)).unwrap();
+        for fill in 0..3 {
+            s.send([1; 32], envelope(fill), 2_000_000_000).unwrap();
+        }
+        s.send([2; 32], envelope(9), 1_000).unwrap();
+        s.ack(store_input::id(1), 2).unwrap();
+        s.claim([2; 32], 0, [5; 32]).unwrap();
+    }
+    let mut input = dump(&dir);
+    fs::remove_dir_all(&dir).unwrap();
+    input.ops = vec![
+        Op::Fetch {
+            ids: vec![1, 2],
+            max: 15,
+        },
+        Op::Send {
+            send: 1,
+            fill: 7,
+            expires_at: 2_000_000_000,
+        },
+        Op::Ack { id: 1, seq: 1 },
+        Op::Claim {
+            send: 2,
+            epoch: 1,
+            token: 6,
+        },
+        Op::Claim {
+            send: 2,
+            epoch: 0,
+            token: 5,
+        },
+        Op::Expire { now: 1_500 },
+        Op::Reopen,
+        Op::Fetch {
+            ids: vec![1, 2],
+            max: 15,
+        },
+        Op::RecipientKey { id: 2 },
+        Op::Delete { id: 1 },
+        Op::Stats,
+    ];
+    out.seed("relay_store", "real-store", &input.to_bytes());
+
+    // A record of the format before at-rest encryption (migrated on open).
+    let mut legacy = Input::default();
+    let rec = input.records.iter().find(|r| r.table == 0).unwrap().clone();
+    legacy.records.push(rec.clone());
+    let mut key = rec.key.clone();
+    key.extend_from_slice(&1u64.to_be_bytes());
+    let mut value = 2_000_000_000u64.to_be_bytes().to_vec();
+    value.extend_from_slice(envelope(4).as_bytes());
+    legacy.records.push(Record { table: 2, key, value });
+    legacy.ops = vec![
+        Op::Fetch { ids: vec![1], max: 15 },
+        Op::Reopen,
+        Op::Expire { now: u64::MAX },
+    ];
+    out.seed("relay_store", "legacy-plaintext-record", &legacy.to_bytes());
+
+    // The network's requests on an empty store.
+    let ops = Input {
+        ops: vec![
+            Op::Create {
+                id: 3,
+                recipient: 3,
+                send: 3,
+            },
+            Op::Send {
+                send: 3,
+                fill: 1,
+                expires_at: 10,
+            },
+            Op::Claim {
+                send: 3,
+                epoch: 0,
+                token: 1,
+            },
+            Op::Fetch { ids: vec![3], max: 1 },
+            Op::Ack { id: 3, seq: 1 },
+            Op::Expire { now: 11 },
+            Op::Delete { id: 3 },
+        ],
+        ..Input::default()
+    };
+    out.seed("relay_store", "requests", &ops.to_bytes());
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
+    for d in ["seeds", "fixtures"] {
+        let _ = fs::remove_dir_all(root.join(d));
+    }
+    let mut out = Out { root, total: 0 };
+    let (bob, group_id, kp) = mls(&mut out);
+    frames(&mut out, &JoinRequest { key_package: kp }.to_bytes());
+    invites(&mut out);
+    state(&mut out, &bob, group_id);
+    store(&mut out);
+    println!(
+        "wrote {} bytes of seeds and fixtures under {}",
+        out.total,
+        out.root.display()
+    );
+}

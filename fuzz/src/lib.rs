@@ -1,0 +1,237 @@
+//! Shared pieces of the fuzz targets and of the `seeds` binary: fixed keys,
+//! the MLS fixtures the channel targets start from, and the small input
+//! formats of the structured targets.
+//!
+//! MLS state cannot be rebuilt deterministically (openmls draws its own
+//! randomness), so the `seeds` binary builds the channels once and writes
+//! them to `fixtures/`; the targets embed those files, and the seeds in
+//! `seeds/channel_process` and `seeds/welcome` are messages of exactly
+//! those channels. A crash input therefore reproduces on any machine.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use backchannel_core::codec::{DecodeError, Reader, Writer};
+use backchannel_core::mailbox::{MailboxId, SealKey, SendCapability};
+use backchannel_core::relay_address::RelayAddress;
+use sha2::{Digest, Sha256};
+
+/// The seal key every envelope target opens with.
+pub fn seal_key() -> SealKey {
+    SealKey([0x5e; 32])
+}
+
+/// The mailbox (by its send capability) every envelope target opens for.
+pub fn send_capability() -> SendCapability {
+    SendCapability([0xca; 32])
+}
+
+/// A relay address for fixtures.
+pub fn relay() -> RelayAddress {
+    RelayAddress {
+        pin: [7; 32],
+        host: "relay.example".into(),
+        port: 4433,
+    }
+}
+
+/// The invite checksum, as `docs/protocol.md` defines it, so a target can
+/// reach the invite's structure past the checksum.
+pub fn invite_checksum(body: &[u8]) -> [u8; 4] {
+    let d = Sha256::new()
+        .chain_update(b"backchannel/v1/invite")
+        .chain_update(body)
+        .finalize();
+    [d[0], d[1], d[2], d[3]]
+}
+
+/// A member's MLS state as a fixture: the provider's storage, the group id
+/// (empty for a joiner that has no group yet).
+pub struct MlsFixture {
+    /// Group id.
+    pub group_id: Vec<u8>,
+    /// `Provider::snapshot` of the member.
+    pub snapshot: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl MlsFixture {
+    /// Binary form: group id, entry count, then each key and value.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.bytes32(&self.group_id).u32(self.snapshot.len() as u32);
+        for (k, v) in &self.snapshot {
+            w.bytes32(k).bytes32(v);
+        }
+        w.into_vec()
+    }
+
+    /// Reads the binary form.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let group_id = r.bytes32()?.to_vec();
+        let n = r.u32()?;
+        let mut snapshot = Vec::new();
+        for _ in 0..n {
+            snapshot.push((r.bytes32()?.to_vec(), r.bytes32()?.to_vec()));
+        }
+        r.finish()?;
+        Ok(Self { group_id, snapshot })
+    }
+}
+
+/// The relay store target's input: records written into a fresh redb file
+/// and key file, then operations on the store opened over them.
+///
+/// ```text
+/// input  = item*
+/// item   = 0x01 table (u8: 0 mailboxes, 1 senders, 2 envelopes) key (bytes16) value (bytes16)
+///        | 0x02 slot (u16) key (32)                      -- a key in the key file
+///        | 0x03 len (u16)                                -- key file length (truncates or extends)
+///        | 0x10 id (u8) recipient (u8) send (u8)         -- create
+///        | 0x11 send (u8) fill (u8) expires_at (u64)     -- send
+///        | 0x12 n (u8) id (u8)*n max (u8)                -- fetch
+///        | 0x13 id (u8) seq (u64)                        -- ack
+///        | 0x14 id (u8)                                  -- delete
+///        | 0x15 send (u8) epoch (u64) token (u8)         -- claim
+///        | 0x16 now (u64)                                -- expire
+///        | 0x17 id (u8)                                  -- recipient key
+///        | 0x18                                          -- stats
+///        | 0x19                                          -- close and reopen
+/// ```
+/// A byte `b` names mailbox id `[b; 32]`, send capability `[b; 32]`,
+/// recipient key `[b; 32]` or token `[b; 32]`.
+pub mod store_input {
+    use super::*;
+
+    /// A raw record for one of the store's tables.
+    #[derive(Debug, Clone)]
+    pub struct Record {
+        /// 0 mailboxes, 1 senders, 2 envelopes.
+        pub table: u8,
+        /// Raw key.
+        pub key: Vec<u8>,
+        /// Raw value.
+        pub value: Vec<u8>,
+    }
+
+    /// One operation on the opened store.
+    #[derive(Debug, Clone)]
+    #[allow(missing_docs)]
+    pub enum Op {
+        Create { id: u8, recipient: u8, send: u8 },
+        Send { send: u8, fill: u8, expires_at: u64 },
+        Fetch { ids: Vec<u8>, max: u8 },
+        Ack { id: u8, seq: u64 },
+        Delete { id: u8 },
+        Claim { send: u8, epoch: u64, token: u8 },
+        Expire { now: u64 },
+        RecipientKey { id: u8 },
+        Stats,
+        Reopen,
+    }
+
+    /// A whole input.
+    #[derive(Debug, Clone, Default)]
+    pub struct Input {
+        /// Records written before the store opens.
+        pub records: Vec<Record>,
+        /// Key file slots written before the store opens.
+        pub keys: Vec<(u16, [u8; 32])>,
+        /// Key file length, if set.
+        pub key_file_len: Option<u16>,
+        /// Operations, in order.
+        pub ops: Vec<Op>,
+    }
+
+    /// Most records and operations taken from one input (keeps each run short).
+    pub const MAX_ITEMS: usize = 64;
+
+    impl Input {
+        /// Parses as much of `b` as is well formed.
+        pub fn parse(b: &[u8]) -> Self {
+            let mut r = Reader::new(b);
+            let mut out = Input::default();
+            while out.records.len() + out.keys.len() + out.ops.len() < MAX_ITEMS {
+                if Self::item(&mut r, &mut out).is_err() {
+                    break;
+                }
+            }
+            out
+        }
+
+        fn item(r: &mut Reader<'_>, out: &mut Input) -> Result<(), DecodeError> {
+            match r.u8()? {
+                0x01 => out.records.push(Record {
+                    table: r.u8()? % 3,
+                    key: r.bytes16()?.to_vec(),
+                    value: r.bytes16()?.to_vec(),
+                }),
+                0x02 => out.keys.push((r.u16()?, r.array()?)),
+                0x03 => out.key_file_len = Some(r.u16()?),
+                0x10 => out.ops.push(Op::Create {
+                    id: r.u8()?,
+                    recipient: r.u8()?,
+                    send: r.u8()?,
+                }),
+                0x11 => out.ops.push(Op::Send {
+                    send: r.u8()?,
+                    fill: r.u8()?,
+                    expires_at: r.u64()?,
+                }),
+                0x12 => {
+                    let n = r.u8()? as usize;
+                    let ids = r.take(n)?.to_vec();
+                    out.ops.push(Op::Fetch { ids, max: r.u8()? });
+                }
+                0x13 => out.ops.push(Op::Ack {
+                    id: r.u8()?,
+                    seq: r.u64()?,
+                }),
+                0x14 => out.ops.push(Op::Delete { id: r.u8()? }),
+                0x15 => out.ops.push(Op::Claim {
+                    send: r.u8()?,
+                    epoch: r.u64()?,
+                    token: r.u8()?,
+                }),
+                0x16 => out.ops.push(Op::Expire { now: r.u64()? }),
+                0x17 => out.ops.push(Op::RecipientKey { id: r.u8()? }),
+                0x18 => out.ops.push(Op::Stats),
+                0x19 => out.ops.push(Op::Reopen),
+                _ => return Err(DecodeError::Invalid("item")),
+            }
+            Ok(())
+        }
+
+        /// The binary form (for the seeds).
+        pub fn to_bytes(&self) -> Vec<u8> {
+            let mut w = Writer::new();
+            for rec in &self.records {
+                w.u8(0x01).u8(rec.table).bytes16(&rec.key).bytes16(&rec.value);
+            }
+            for (slot, key) in &self.keys {
+                w.u8(0x02).u16(*slot).put(key);
+            }
+            if let Some(len) = self.key_file_len {
+                w.u8(0x03).u16(len);
+            }
+            for op in &self.ops {
+                match op {
+                    Op::Create { id, recipient, send } => w.u8(0x10).u8(*id).u8(*recipient).u8(*send),
+                    Op::Send { send, fill, expires_at } => w.u8(0x11).u8(*send).u8(*fill).u64(*expires_at),
+                    Op::Fetch { ids, max } => w.u8(0x12).u8(ids.len() as u8).put(ids).u8(*max),
+                    Op::Ack { id, seq } => w.u8(0x13).u8(*id).u64(*seq),
+                    Op::Delete { id } => w.u8(0x14).u8(*id),
+                    Op::Claim { send, epoch, token } => w.u8(0x15).u8(*send).u64(*epoch).u8(*token),
+                    Op::Expire { now } => w.u8(0x16).u64(*now),
+                    Op::RecipientKey { id } => w.u8(0x17).u8(*id),
+                    Op::Stats => w.u8(0x18),
+                    Op::Reopen => w.u8(0x19),
+                };
+            }
+            w.into_vec()
+        }
+    }
+
+    /// Mailbox id named by a byte.
+    pub fn id(b: u8) -> MailboxId {
+        MailboxId([b; 32])
+    }
+}
