@@ -196,7 +196,12 @@ mod tests {
             port: 9,
         }
         .to_string();
-        let pin = pin.trim_start_matches("bc://").split('@').next().unwrap_or_default().to_string();
+        let pin = pin
+            .trim_start_matches("bc://")
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         for bad in ["a:b]:44", "[a:b]:44", "[notv6]", "a[b"] {
             let text = format!("bc://{pin}@{bad}:33");
             assert_eq!(text.parse::<RelayAddress>(), Err(RelayAddressError::Shape), "{text}");
