@@ -51,7 +51,8 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     if let Some(p) = header_params(data) {
-        let out_of_bounds = p.m_cost_kib > 4 * 1024 * 1024 || p.t_cost > 64 || p.lanes == 0 || p.lanes > 16;
+        // vault.rs: MAX_M_COST_KIB (1 GiB), MAX_T_COST, MAX_LANES; and Argon2 needs a lane.
+        let out_of_bounds = p.m_cost_kib > 1024 * 1024 || p.t_cost > 16 || p.lanes == 0 || p.lanes > 16;
         if out_of_bounds {
             assert_eq!(VaultKey::for_blob(PASSPHRASE, data).err(), Some(VaultError::BadParams));
         } else if p.m_cost_kib <= 64 && p.t_cost <= 2 && p.lanes <= 2 {
