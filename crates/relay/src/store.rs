@@ -562,15 +562,22 @@ impl EmbeddedStore {
 /// after a crash between a commit and the zeroing of the slots it freed, or
 /// between writing keys and a commit that never happened.
 fn recover_slots(db: &Database, keys: &KeyFile) -> Result<(SlotBook, bool), StoreError> {
+    let len = keys.file.metadata().map_err(|e| key_file_error("measuring", e))?.len();
+    let span = len.div_ceil(SLOT_LEN as u64);
     let mut used = HashSet::new();
     let mut plaintext = false;
+    // Records whose slot lies past the end of the key file (a damaged or planted
+    // data directory) have no key: they can never be read, and handing out or
+    // zeroing slots up to theirs would grow the key file without bound.
+    let mut keyless = Vec::new();
     {
         let txn = db.begin_read().map_err(storage)?;
         let envs = txn.open_table(ENVELOPES).map_err(storage)?;
         for entry in envs.iter().map_err(storage)? {
-            let (_, v) = entry.map_err(storage)?;
+            let (k, v) = entry.map_err(storage)?;
             let v = v.value();
             match record_slot(v) {
+                Some(slot) if slot >= span => keyless.push(k.value().to_vec()),
                 Some(slot) => {
                     used.insert(slot);
                 }
@@ -578,8 +585,13 @@ fn recover_slots(db: &Database, keys: &KeyFile) -> Result<(SlotBook, bool), Stor
             }
         }
     }
-    let len = keys.file.metadata().map_err(|e| key_file_error("measuring", e))?.len();
-    let span = len.div_ceil(SLOT_LEN as u64);
+    if !keyless.is_empty() {
+        tracing::warn!(
+            count = keyless.len(),
+            "removed stored envelopes whose key is missing from {KEY_FILE}"
+        );
+        remove_records(db, &keyless)?;
+    }
     let mut book = SlotBook {
         free: BTreeSet::new(),
         next: span,
@@ -617,18 +629,30 @@ fn recover_slots(db: &Database, keys: &KeyFile) -> Result<(SlotBook, bool), Stor
         }
         first += n;
     }
-    // Records whose slot lies past the end of the file have lost their key
-    // (fetch reports them); never hand those slots out to new envelopes.
-    if let Some(last) = used.iter().copied().filter(|slot| *slot >= span).max() {
-        tracing::warn!("some stored envelopes have no key in {KEY_FILE}; fetching them fails");
-        book.next = last.saturating_add(1);
-    }
     if !dirty.is_empty() {
         keys.zero(&dirty)
             .and_then(|()| keys.sync())
             .map_err(|e| key_file_error("zeroing unused slots", e))?;
     }
     Ok((book, plaintext))
+}
+
+/// Removes envelope records by key and counts them off their mailboxes.
+fn remove_records(db: &Database, record_keys: &[Vec<u8>]) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(storage)?;
+    txn.set_two_phase_commit(true);
+    {
+        let mut envs = txn.open_table(ENVELOPES).map_err(storage)?;
+        let mut boxes = txn.open_table(MAILBOXES).map_err(storage)?;
+        for k in record_keys {
+            envs.remove(&k[..]).map_err(storage)?;
+            let Some(id) = record_mailbox(k) else {
+                continue;
+            };
+            count_off(&mut boxes, &id)?;
+        }
+    }
+    txn.commit().map_err(storage)
 }
 
 /// Seals, in batches, the records written before at-rest encryption
@@ -789,6 +813,23 @@ fn stage(
 
 type Table<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
 
+/// One envelope fewer in a mailbox (gone already is fine).
+fn count_off(boxes: &mut Table<'_>, id: &MailboxId) -> Result<(), StoreError> {
+    if let Some(rec) = get_record(boxes, id)? {
+        let rec = MailboxRecord {
+            count: rec.count.saturating_sub(1),
+            ..rec
+        };
+        boxes.insert(&id.0[..], &rec.encode()[..]).map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// The mailbox an envelope record's key names (`None` for a damaged, short key).
+fn record_mailbox(key: &[u8]) -> Option<MailboxId> {
+    key.get(..32).and_then(|b| <[u8; 32]>::try_from(b).ok()).map(MailboxId)
+}
+
 fn get_record(boxes: &Table<'_>, id: &MailboxId) -> Result<Option<MailboxRecord>, StoreError> {
     match boxes.get(&id.0[..]).map_err(storage)? {
         Some(v) => Ok(Some(MailboxRecord::decode(v.value())?)),
@@ -895,13 +936,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                 .map(|v| record_slot(v.value()));
             if let Some(slot) = removed {
                 slots.freed.extend(slot);
-                if let Some(rec) = get_record(boxes, id)? {
-                    let rec = MailboxRecord {
-                        count: rec.count.saturating_sub(1),
-                        ..rec
-                    };
-                    boxes.insert(&id.0[..], &rec.encode()[..]).map_err(storage)?;
-                }
+                count_off(boxes, id)?;
             }
             Ok((*id, 0))
         }
@@ -965,16 +1000,10 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                 envs.remove(&k[..]).map_err(storage)?;
                 slots.freed.extend(*slot);
                 // A record with a short key (a damaged store) is removed, nothing else.
-                let Some(id) = k.get(..32).and_then(|b| <[u8; 32]>::try_from(b).ok()).map(MailboxId) else {
+                let Some(id) = record_mailbox(k) else {
                     continue;
                 };
-                if let Some(rec) = get_record(boxes, &id)? {
-                    let rec = MailboxRecord {
-                        count: rec.count.saturating_sub(1),
-                        ..rec
-                    };
-                    boxes.insert(&id.0[..], &rec.encode()[..]).map_err(storage)?;
-                }
+                count_off(boxes, &id)?;
             }
             Ok((NONE, expired.len() as u64))
         }
@@ -1434,6 +1463,40 @@ mod tests {
             .unwrap()
             .iter()
             .all(|b| *b == 0));
+    }
+
+    #[test]
+    fn a_record_whose_slot_is_far_past_the_key_file_is_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = MailboxId([1; 32]);
+        let cap = [2u8; 32];
+        {
+            let s = open(dir.path(), 10);
+            s.create(id, [3; 32], Sha256::digest(cap).into()).unwrap();
+            s.send(cap, env(1), u64::MAX).unwrap();
+        }
+        // A damaged or planted data directory: the record names slot 2^36.
+        {
+            let db = Database::open(dir.path().join("m.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut envs = txn.open_table(ENVELOPES).unwrap();
+                let (k, mut v) = {
+                    let (k, v) = envs.first().unwrap().unwrap();
+                    (k.value().to_vec(), v.value().to_vec())
+                };
+                v[8..16].copy_from_slice(&(1u64 << 36).to_be_bytes());
+                envs.insert(&k[..], &v[..]).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let s = open(dir.path(), 10);
+        // The keyless record is gone (it could never be read) and its mailbox is usable.
+        assert_eq!(s.fetch(&[id], 10).unwrap(), vec![]);
+        s.send(cap, env(2), u64::MAX).unwrap();
+        assert_eq!(s.fetch(&[id], 10).unwrap().len(), 1);
+        // The key file did not grow towards the far slot.
+        assert!(std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().len() <= 2 * 32);
     }
 
     #[test]
