@@ -245,7 +245,7 @@ impl Engine {
             .collect();
         // Links opened before now were direct; reopen them paced, and start the stream now.
         self.conns.clear();
-        self.conn(&relay).await?.connect_all().await?;
+        self.conn(&relay).connect_all().await?;
         Ok(())
     }
 
@@ -288,12 +288,11 @@ impl Engine {
         }
     }
 
-    async fn conn(&mut self, relay: &RelayAddress) -> Result<&mut RelayLinks, ConnectError> {
-        let config = self.transport.clone();
-        Ok(self
-            .conns
+    /// The links to `relay` (connected lazily, by the first request that needs them).
+    fn conn(&mut self, relay: &RelayAddress) -> &mut RelayLinks {
+        self.conns
             .entry(relay.clone())
-            .or_insert_with(|| RelayLinks::new(relay.clone(), config)))
+            .or_insert_with(|| RelayLinks::new(relay.clone(), self.transport.clone()))
     }
 
     async fn create_mailbox(&mut self, relay: &RelayAddress) -> Result<MailboxKeys, ClientError> {
@@ -303,16 +302,15 @@ impl Engine {
             recipient_key: keys.recipient_public(),
             send_digest: keys.address.send.digest(),
         };
-        self.conn(relay).await?.request(&req).await?;
+        self.conn(relay).request(&req).await?;
         Ok(keys)
     }
 
     async fn delete_mailbox(&mut self, keys: &MailboxKeys) {
         let relay = keys.address.relay.clone();
-        if let Ok(conn) = self.conn(&relay).await {
-            if let Ok(Some(Ok(()))) = conn.open(std::slice::from_ref(keys)).await.map(|mut v| v.pop()) {
-                let _ = conn.request(&Request::Delete { mailbox: keys.id() }).await;
-            }
+        let conn = self.conn(&relay);
+        if let Ok(Some(Ok(()))) = conn.open(std::slice::from_ref(keys)).await.map(|mut v| v.pop()) {
+            let _ = conn.request(&Request::Delete { mailbox: keys.id() }).await;
         }
     }
 
@@ -321,6 +319,13 @@ impl Engine {
             .channels
             .get(name)
             .ok_or_else(|| ClientError::UnknownChannel(name.to_string()))
+    }
+
+    fn is_active(&self, name: &str) -> bool {
+        self.state
+            .channels
+            .get(name)
+            .is_some_and(|c| c.status == ChannelStatus::Active)
     }
 
     fn active(&self, name: &str) -> Result<&ChannelState, ClientError> {
@@ -373,10 +378,7 @@ impl Engine {
                 })
                 .collect();
             let relay = item.to.relay.clone();
-            let results = match self.conn(&relay).await {
-                Ok(conn) => conn.pipeline(&reqs).await,
-                Err(e) => Err(e),
-            };
+            let results = self.conn(&relay).pipeline(&reqs).await;
             match results {
                 Ok(results) => {
                     let mut left = Vec::new();
@@ -431,7 +433,7 @@ impl Engine {
         if self.transport.cover.is_some() {
             // Keep the paced streams going, reconnecting any that dropped.
             let relay = self.state.relay.clone();
-            self.conn(&relay).await?.connect_all().await?;
+            self.conn(&relay).connect_all().await?;
         }
         self.flush_outbox().await?;
         self.resume_pending_commits().await?;
@@ -492,7 +494,7 @@ impl Engine {
         wait: Duration,
     ) -> Result<(), ClientError> {
         let keys: Vec<MailboxKeys> = boxes.iter().map(|(k, _)| k.clone()).collect();
-        let results = self.conn(relay).await?.open(&keys).await?;
+        let results = self.conn(relay).open(&keys).await?;
         let mut routes: HashMap<MailboxId, (MailboxKeys, Role)> = HashMap::new();
         for ((k, role), r) in boxes.into_iter().zip(results) {
             match r {
@@ -529,7 +531,7 @@ impl Engine {
                 0
             };
             first = false;
-            let conn = self.conn(relay).await?;
+            let conn = self.conn(relay);
             let resp = conn
                 .request(&Request::Fetch {
                     max: MAX_FETCH,
@@ -556,7 +558,7 @@ impl Engine {
             }
             // Durable before acknowledging: a crash here re-delivers, never loses.
             self.save()?;
-            let conn = self.conn(relay).await?;
+            let conn = self.conn(relay);
             conn.pipeline(&acks).await?;
             // Stop fetching from mailboxes that closed during processing.
             let active: Vec<MailboxId> = self.mailboxes().iter().map(|(k, _)| k.id()).collect();
@@ -642,12 +644,7 @@ impl Engine {
             let waiting = std::mem::take(&mut self.state.deferred);
             let mut keep = Vec::new();
             for d in waiting {
-                let active = self
-                    .state
-                    .channels
-                    .get(&d.channel)
-                    .is_some_and(|c| c.status == ChannelStatus::Active);
-                if !active {
+                if !self.is_active(&d.channel) {
                     progress = true;
                     continue;
                 }
@@ -929,7 +926,7 @@ impl Engine {
             epoch: pending.epoch,
             token: pending.token,
         };
-        let result = self.conn(&seq.relay).await?.request(&claim).await;
+        let result = self.conn(&seq.relay).request(&claim).await;
         match result {
             Ok(_) => {
                 group.merge_pending(&self.provider).map_err(protocol)?;
@@ -1200,7 +1197,7 @@ impl Engine {
                 envelope,
             })
             .collect();
-        let results = self.conn(&relay).await?.pipeline(&reqs).await?;
+        let results = self.conn(&relay).pipeline(&reqs).await?;
         for r in results {
             match r {
                 Ok(_) => {}
@@ -1312,12 +1309,7 @@ impl Engine {
         let unsent = std::mem::take(&mut self.state.unsent);
         let mut keep = Vec::new();
         for u in unsent {
-            let active = self
-                .state
-                .channels
-                .get(&u.channel)
-                .is_some_and(|c| c.status == ChannelStatus::Active);
-            if !active {
+            if !self.is_active(&u.channel) {
                 // The channel ended before the message could go: say so where it was written.
                 let text = format!(
                     "your message sent at {} could not be delivered: the channel ended",

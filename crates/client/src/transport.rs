@@ -1,6 +1,6 @@
 //! How the engine reaches a relay.
 //!
-//! Each relay gets two links: a *send link* for the requests that deliver
+//! Each relay gets two links (three with cover traffic, below): a *send link* for the requests that deliver
 //! into other people's mailboxes (`Send`, `Claim`) and a *receive link* for
 //! the requests that concern our own (`Create`, `Open`, `Fetch`, `Ack`,
 //! `Delete`). The relay sees a send and a receive on different connections
