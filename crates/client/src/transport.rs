@@ -216,7 +216,7 @@ impl Link {
     }
 }
 
-/// The two links to one relay, opened when first needed.
+/// The links to one relay, opened when first needed.
 pub struct RelayLinks {
     addr: RelayAddress,
     config: TransportConfig,
