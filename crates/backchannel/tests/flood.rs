@@ -160,13 +160,6 @@ fn last_counts(logs: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn random_envelope() -> Envelope {
     let mut b = vec![0u8; ENVELOPE_SIZE];
     OsRng.fill_bytes(&mut b);

@@ -28,13 +28,6 @@ fn target(c: &Client, channel: &str) -> Target {
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn inject(t: &Target, envelopes: Vec<Envelope>) {
     rt().block_on(async {
         let mut c = RelayConnection::connect(&t.relay).await.unwrap();

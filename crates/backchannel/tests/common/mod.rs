@@ -16,8 +16,13 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_backchannel")
 }
 
-/// Collects a child's stderr in the background and drains the rest of its stdout.
-fn capture(child: &mut Child, mut out: BufReader<std::process::ChildStdout>) -> Arc<Mutex<String>> {
+/// Spawns a long-running process and reads the line it announces itself with;
+/// its stderr is collected in the background and the rest of its stdout drained.
+fn spawn_announced(mut cmd: Command) -> (Child, String, Arc<Mutex<String>>) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
     let stderr = Arc::new(Mutex::new(String::new()));
     let mut err = child.stderr.take().unwrap();
     let sink = stderr.clone();
@@ -34,7 +39,7 @@ fn capture(child: &mut Child, mut out: BufReader<std::process::ChildStdout>) -> 
         let mut rest = String::new();
         let _ = out.read_to_string(&mut rest);
     });
-    stderr
+    (child, line, stderr)
 }
 
 /// The envelopes waiting in one mailbox, read from a stopped relay's store the way its
@@ -69,18 +74,12 @@ impl RelayProc {
     }
 
     pub fn start_on(data: &Path, listen: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(bin())
-            .args(["relay", "--listen", listen, "--data"])
+        let mut cmd = Command::new(bin());
+        cmd.args(["relay", "--listen", listen, "--data"])
             .arg(data)
             .args(extra)
-            .env("RUST_LOG", "trace")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
+            .env("RUST_LOG", "trace");
+        let (child, line, stderr) = spawn_announced(cmd);
         let address = line
             .trim()
             .strip_prefix("relay address: ")
@@ -88,7 +87,6 @@ impl RelayProc {
             .to_string();
         assert!(address.starts_with("bc://"), "{address}");
         let port = address.rsplit(':').next().unwrap().parse().unwrap();
-        let stderr = capture(&mut child, out);
         RelayProc {
             child,
             address,
@@ -271,6 +269,14 @@ pub fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
+/// A runtime for tests that drive a relay directly (a hostile client).
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A relay address with its port replaced (to route a client through a proxy).
 pub fn via_port(address: &str, port: u16) -> String {
     let (head, _) = address.rsplit_once(':').unwrap();
@@ -285,18 +291,10 @@ pub struct DaemonProc {
 
 impl DaemonProc {
     pub fn start(client: &Client, extra: &[&str]) -> Self {
-        let mut child = client
-            .cmd(&["daemon"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
+        let mut cmd = client.cmd(&["daemon"]);
+        cmd.args(extra);
+        let (child, line, stderr) = spawn_announced(cmd);
         assert!(line.starts_with("daemon running"), "unexpected first line: {line:?}");
-        let stderr = capture(&mut child, out);
         DaemonProc { child, stderr }
     }
 
