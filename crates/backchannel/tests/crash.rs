@@ -165,3 +165,20 @@ fn a_truncated_or_altered_home_is_reported_never_reset() {
     std::fs::write(&vault, &good).unwrap();
     assert!(alice.ok(&["channels"]).contains('c'));
 }
+
+#[test]
+fn an_idle_sync_does_not_rewrite_the_local_store() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [alice] = people(root.path(), &relay, ["alice"]);
+    alice.ok(&["channel", "new", "c"]);
+    alice.ok(&["sync"]);
+    let vault = alice.home.join("state.bcv");
+    // Every write seals under a fresh nonce: a rewrite changes the bytes.
+    let before = std::fs::read(&vault).unwrap();
+    alice.ok(&["sync"]);
+    alice.ok(&["channels"]);
+    assert!(std::fs::read(&vault).unwrap() == before, "nothing changed, nothing written");
+    alice.ok(&["send", "c", "now something changes"]);
+    assert!(std::fs::read(&vault).unwrap() != before);
+}

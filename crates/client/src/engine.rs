@@ -567,8 +567,10 @@ impl Engine {
                 break;
             }
         }
-        self.retry_deferred().await;
-        self.save()?;
+        // Processed envelopes were saved above; save again only if a kept message moved.
+        if self.retry_deferred().await {
+            self.save()?;
+        }
         Ok(())
     }
 
@@ -638,7 +640,9 @@ impl Engine {
     }
 
     /// Retries the messages kept for a later epoch, until no more can be read.
-    async fn retry_deferred(&mut self) {
+    /// Returns whether any was read or dropped.
+    async fn retry_deferred(&mut self) -> bool {
+        let mut changed = false;
         loop {
             let mut progress = false;
             let waiting = std::mem::take(&mut self.state.deferred);
@@ -660,8 +664,9 @@ impl Engine {
             // Anything deferred while retrying (none expected) is kept too.
             keep.append(&mut self.state.deferred);
             self.state.deferred = keep;
+            changed |= progress;
             if !progress || self.state.deferred.is_empty() {
-                return;
+                return changed;
             }
         }
     }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use backchannel_core::vault::{KdfParams, VaultError, VaultKey};
 use rand_core::OsRng;
+use sha2::{Digest, Sha256};
 
 use crate::state::State;
 use crate::ClientError;
@@ -22,6 +23,9 @@ const LOCK: &str = "lock";
 pub struct Home {
     dir: PathBuf,
     key: VaultKey,
+    /// SHA-256 of the state last written (or read): an unchanged state is not
+    /// written again (the daemon syncs every second or faster).
+    written: Option<[u8; 32]>,
     _lock: File,
 }
 
@@ -66,9 +70,10 @@ impl Home {
         }
         let key = VaultKey::create(passphrase, KdfParams::default(), &mut OsRng)
             .map_err(|_| ClientError::Corrupt("bad key-derivation parameters".into()))?;
-        let home = Self {
+        let mut home = Self {
             dir: dir.to_path_buf(),
             key,
+            written: None,
             _lock: lock,
         };
         home.save(state)?;
@@ -89,15 +94,20 @@ impl Home {
             Self {
                 dir: dir.to_path_buf(),
                 key,
+                written: Some(Sha256::digest(&plain[..]).into()),
                 _lock: lock,
             },
             state,
         ))
     }
 
-    /// Writes `state` durably and atomically.
-    pub fn save(&self, state: &State) -> Result<(), ClientError> {
-        let plain = state.encode()?;
+    /// Writes `state` durably and atomically, unless it is what was last written.
+    pub fn save(&mut self, state: &State) -> Result<(), ClientError> {
+        let plain = zeroize::Zeroizing::new(state.encode()?);
+        let digest: [u8; 32] = Sha256::digest(&plain[..]).into();
+        if self.written == Some(digest) {
+            return Ok(());
+        }
         let blob = self.key.seal(&plain, &mut OsRng);
         let tmp = self.dir.join(format!("{VAULT}.tmp"));
         let mut opts = OpenOptions::new();
@@ -118,6 +128,7 @@ impl Home {
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
+        self.written = Some(digest);
         Ok(())
     }
 }
