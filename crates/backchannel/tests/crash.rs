@@ -178,7 +178,10 @@ fn an_idle_sync_does_not_rewrite_the_local_store() {
     let before = std::fs::read(&vault).unwrap();
     alice.ok(&["sync"]);
     alice.ok(&["channels"]);
-    assert!(std::fs::read(&vault).unwrap() == before, "nothing changed, nothing written");
+    assert!(
+        std::fs::read(&vault).unwrap() == before,
+        "nothing changed, nothing written"
+    );
     alice.ok(&["send", "c", "now something changes"]);
     assert!(std::fs::read(&vault).unwrap() != before);
 }
