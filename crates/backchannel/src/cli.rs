@@ -10,6 +10,8 @@ use backchannel_client::socks::ProxyAddr;
 use backchannel_client::{ClientError, Engine};
 use backchannel_core::channel::Suite;
 use backchannel_core::relay_address::RelayAddress;
+use backchannel_relay::nats::NatsConfig;
+use backchannel_relay::store::Quota;
 use backchannel_relay::{Limits, Relay};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -41,9 +43,17 @@ enum Command {
         /// Directory for the relay's key and store.
         #[arg(long, default_value = "backchannel-relay")]
         data: PathBuf,
-        /// Storage backend.
+        /// Storage backend: `embedded` (a file in --data) or `nats` (a JetStream cluster
+        /// shared by several relays; see the README's deployment section).
         #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
         store: StoreKind,
+        /// With --store nats: a server of the cluster, as nats://HOST:PORT. Give several
+        /// (the relay fails over between them).
+        #[arg(long = "nats", value_name = "URL")]
+        nats: Vec<String>,
+        /// With --store nats: replicas of each stream (default: 3, or the cluster's size if smaller).
+        #[arg(long, value_name = "N")]
+        nats_replicas: Option<usize>,
         /// Host name to print in the relay address (default: the listen IP).
         #[arg(long)]
         advertise: Option<String>,
@@ -676,6 +686,8 @@ async fn run_relay(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         listen,
         data,
         store,
+        nats,
+        nats_replicas,
         advertise,
         max_connections,
         max_connections_per_address,
@@ -694,8 +706,11 @@ async fn run_relay(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     else {
         return Ok(());
     };
-    if *store == StoreKind::Nats {
-        return Err("the NATS JetStream store is not available in this version; use --store embedded".into());
+    if *store == StoreKind::Nats && nats.is_empty() {
+        return Err("--store nats needs at least one --nats nats://HOST:PORT".into());
+    }
+    if *store == StoreKind::Embedded && (!nats.is_empty() || nats_replicas.is_some()) {
+        return Err("--nats and --nats-replicas need --store nats".into());
     }
     // RUST_LOG sets a level for backchannel's own crates only: dependencies
     // (rustls, tungstenite) are capped at `warn`, because at debug and trace
@@ -727,7 +742,21 @@ async fn run_relay(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         shutdown_grace: *shutdown_grace,
         ..Limits::default()
     };
-    let relay = Relay::open(data.clone(), limits)?;
+    let relay = match store {
+        StoreKind::Embedded => Relay::open(data.clone(), limits)?,
+        StoreKind::Nats => {
+            let config = NatsConfig {
+                urls: nats.clone(),
+                replicas: *nats_replicas,
+                quota: Quota {
+                    per_mailbox: limits.max_envelopes_per_mailbox,
+                    total: limits.max_stored_envelopes,
+                },
+                ttl: limits.envelope_ttl,
+            };
+            Relay::open_nats(config, limits).await?
+        }
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("could not listen on {listen} ({e}); choose another --listen address"))?;

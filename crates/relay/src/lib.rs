@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod nats;
 pub mod server;
 pub mod store;
 pub mod tls;
@@ -141,6 +142,35 @@ impl Relay {
         })
     }
 
+    /// Connects to a NATS JetStream cluster as one of the relays that share it: same
+    /// identity (kept in the cluster; the first relay to start makes it), same mailboxes.
+    pub async fn open_nats(config: nats::NatsConfig, limits: Limits) -> Result<Self, RelayError> {
+        let store = nats::NatsStore::connect(&config)
+            .await
+            .map_err(|e| RelayError::Store(e.to_string()))?;
+        let mut fresh = None;
+        let shared = store
+            .shared_identity(|| match tls::TlsIdentity::generate() {
+                Ok(made) => {
+                    let bytes = made.to_bytes().to_vec();
+                    fresh = Some(made);
+                    bytes
+                }
+                Err(_) => Vec::new(),
+            })
+            .await
+            .map_err(|e| RelayError::Store(e.to_string()))?;
+        let identity = tls::TlsIdentity::from_bytes(&shared)?;
+        drop(fresh);
+        Ok(Self {
+            pin: identity.pin(),
+            tls: identity.server_config()?,
+            store: Arc::new(store),
+            limits,
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+
     /// The pin clients must see.
     pub fn pin(&self) -> Pin {
         self.pin
@@ -163,6 +193,7 @@ impl Relay {
     /// closed or after [`Limits::shutdown_grace`], whichever comes first.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let (notify, _) = broadcast::channel(4096);
+        self.store.forward_deliveries(notify.clone());
         let (closing_tx, closing) = watch::channel(false);
         let (done_tx, mut done) = mpsc::channel::<()>(1);
         let shared = Arc::new(server::Shared::new(

@@ -193,6 +193,10 @@ pub trait MailboxStore: Send + Sync + 'static {
     fn expire(&self, now: u64) -> Result<u64, StoreError>;
     /// Counts.
     fn stats(&self) -> Result<Stats, StoreError>;
+    /// Passes on deliveries made through other relays sharing this store (their
+    /// mailbox ids) so long-polls here wake at once. A store only this relay uses
+    /// has none: the relay announces its own deliveries.
+    fn forward_deliveries(&self, _notify: tokio::sync::broadcast::Sender<MailboxId>) {}
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use backchannel_core::relay_address::Pin;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use zeroize::Zeroizing;
 
 use crate::RelayError;
 
@@ -55,16 +56,52 @@ impl TlsIdentity {
                 key: PrivatePkcs8KeyDer::from(key),
             });
         }
+        let made = Self::generate()?;
+        write_private(&key_path, made.key.secret_pkcs8_der())
+            .map_err(|e| RelayError::io("writing the relay key", e))?;
+        write_private(&cert_path, made.cert.as_ref())
+            .map_err(|e| RelayError::io("writing the relay certificate", e))?;
+        Ok(made)
+    }
+
+    /// A fresh self-signed identity.
+    pub fn generate() -> Result<Self, RelayError> {
         let made = rcgen::generate_simple_self_signed(vec!["backchannel-relay".to_string()])
             .map_err(|_| RelayError::Tls("could not generate the relay certificate".into()))?;
-        let key = made.key_pair.serialize_der();
-        let cert = made.cert.der().to_vec();
-        write_private(&key_path, &key).map_err(|e| RelayError::io("writing the relay key", e))?;
-        write_private(&cert_path, &cert).map_err(|e| RelayError::io("writing the relay certificate", e))?;
         Ok(Self {
-            cert: CertificateDer::from(cert),
-            key: PrivatePkcs8KeyDer::from(key),
+            cert: CertificateDer::from(made.cert.der().to_vec()),
+            key: PrivatePkcs8KeyDer::from(made.key_pair.serialize_der()),
         })
+    }
+
+    /// The identity as one value (certificate length, certificate, key), for a
+    /// store that shares it between relays.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let cert = self.cert.as_ref();
+        let mut out = Zeroizing::new(Vec::with_capacity(4 + cert.len() + 128));
+        out.extend_from_slice(&(cert.len() as u32).to_be_bytes());
+        out.extend_from_slice(cert);
+        out.extend_from_slice(self.key.secret_pkcs8_der());
+        out
+    }
+
+    /// Reads [`TlsIdentity::to_bytes`]'s form.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, RelayError> {
+        let bad = || RelayError::Tls("the shared relay identity is damaged".into());
+        let len = b
+            .get(..4)
+            .and_then(|l| l.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(bad)? as usize;
+        let cert = b.get(4..4usize.checked_add(len).ok_or_else(bad)?).ok_or_else(bad)?;
+        let key = b.get(4 + len..).filter(|k| !k.is_empty()).ok_or_else(bad)?;
+        let identity = Self {
+            cert: CertificateDer::from(cert.to_vec()),
+            key: PrivatePkcs8KeyDer::from(key.to_vec()),
+        };
+        // A certificate and key that don't make a server configuration are refused now.
+        identity.server_config()?;
+        Ok(identity)
     }
 
     /// The pin clients check.

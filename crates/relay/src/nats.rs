@@ -1,0 +1,607 @@
+//! The NATS JetStream store: many stateless relay processes over one
+//! JetStream cluster act as one relay (docs/deployment.md, "A cluster").
+//!
+//! Two streams hold everything, both file-backed and replicated:
+//!
+//! - `BC_ENVELOPES`, subjects `bc.env.<receive id>`: one message per stored
+//!   envelope. The stream's limits are the relay's quotas (messages per subject is
+//!   the mailbox quota, messages the relay's), both "discard new", so a full
+//!   mailbox refuses rather than drops; `max_age` is the envelope lifetime. A
+//!   send is answered Ok only after JetStream acknowledged the write, which it
+//!   does once a quorum of the replicas has it. Each publish carries a
+//!   `Nats-Msg-Id` derived from the capability and the envelope, so a retried
+//!   send within the duplicate window is stored once.
+//! - `BC_META`, one message per subject (the latest value): `bc.box.<receive id>`
+//!   (recipient key, send digest), `bc.snd.<send digest>` (receive id),
+//!   `bc.clm.<receive id>` (the sequencer's next epoch and last token) and
+//!   `bc.tls` (the relay identity shared by every relay on the cluster). Creating
+//!   and claiming are compare-and-set writes (`Nats-Expected-Last-Subject-Sequence`).
+//!
+//! Every read goes to the stream leader (`STREAM.MSG.GET`, not direct get), so a
+//! relay never answers from a lagging replica. After a send the relay publishes
+//! an empty core-NATS message on `bc.new.<receive id>`; every relay listens there
+//! and wakes its long-polls, so a member on relay 1 sees at once what was sent
+//! through relay 2.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
+use async_nats::ServerAddr;
+use backchannel_core::envelope::Envelope;
+use backchannel_core::frame::Delivery;
+use backchannel_core::mailbox::MailboxId;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::runtime::Handle;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use crate::store::{MailboxStore, Quota, Stats, StoreError};
+
+const ENVELOPES: &str = "BC_ENVELOPES";
+const META: &str = "BC_META";
+const ENVELOPE_SUBJECTS: &str = "bc.env.*";
+const NOTE_SUBJECTS: &str = "bc.new.*";
+const IDENTITY_SUBJECT: &str = "bc.tls";
+/// How long one NATS operation may take before the request fails with a storage error.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Retried sends within this window are stored once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Compare-and-set attempts before a claim gives up.
+const CAS_ATTEMPTS: usize = 32;
+
+/// How to reach the cluster and how to lay out the streams.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// Server URLs (`nats://host:port`); the client fails over between them.
+    pub urls: Vec<String>,
+    /// Replicas of each stream; `None`: 3, or the cluster's size if smaller.
+    pub replicas: Option<usize>,
+    /// Envelope quotas.
+    pub quota: Quota,
+    /// Envelope lifetime.
+    pub ttl: Duration,
+}
+
+/// Mailboxes and envelopes in a NATS JetStream cluster.
+pub struct NatsStore {
+    rt: Handle,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    envelopes: stream::Stream,
+    meta: stream::Stream,
+    listener: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for NatsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NatsStore(..)")
+    }
+}
+
+impl Drop for NatsStore {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.listener.lock() {
+            if let Some(task) = l.take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+fn nats_error(doing: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(format!("NATS: {doing}: {e}"))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn envelope_subject(id: &MailboxId) -> String {
+    format!("bc.env.{}", hex(&id.0))
+}
+
+fn box_subject(id: &MailboxId) -> String {
+    format!("bc.box.{}", hex(&id.0))
+}
+
+fn sender_subject(digest: &[u8; 32]) -> String {
+    format!("bc.snd.{}", hex(digest))
+}
+
+fn claim_subject(id: &MailboxId) -> String {
+    format!("bc.clm.{}", hex(&id.0))
+}
+
+fn note_subject(id: &MailboxId) -> String {
+    format!("bc.new.{}", hex(&id.0))
+}
+
+/// Runs `f` with the operation deadline.
+async fn timed<T, E: std::fmt::Display>(
+    doing: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(OP_TIMEOUT, f).await {
+        Ok(r) => r.map_err(|e| nats_error(doing, e)),
+        Err(_) => Err(nats_error(doing, "no answer from the cluster in time")),
+    }
+}
+
+/// The whole error text, sources included (JetStream's own description is a source).
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A compare-and-set write lost: another writer got there first.
+enum Cas {
+    Done,
+    Lost,
+}
+
+impl NatsStore {
+    /// Connects to the cluster and creates the streams if they don't exist yet.
+    /// Must be called inside a Tokio runtime; the store's methods block on it and so
+    /// must be called off the executor (as the relay does, with `spawn_blocking`).
+    pub async fn connect(config: &NatsConfig) -> Result<Self, StoreError> {
+        let mut addrs: Vec<ServerAddr> = Vec::new();
+        for u in &config.urls {
+            addrs.push(u.parse().map_err(|e| nats_error("reading the --nats URL", e))?);
+        }
+        if addrs.is_empty() {
+            return Err(StoreError::Storage("NATS: no --nats URL given".into()));
+        }
+        let client = async_nats::ConnectOptions::new()
+            .name("backchannel-relay")
+            .connection_timeout(OP_TIMEOUT)
+            .request_timeout(Some(OP_TIMEOUT))
+            .retry_on_initial_connect()
+            .connect(addrs)
+            .await
+            .map_err(|e| nats_error("connecting", e))?;
+        // `retry_on_initial_connect` returns at once: wait (bounded) for the first connection.
+        let mut waited = Duration::ZERO;
+        while client.connection_state() != async_nats::connection::State::Connected {
+            if waited > 3 * OP_TIMEOUT {
+                return Err(StoreError::Storage(
+                    "NATS: could not connect to any --nats server".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += Duration::from_millis(50);
+        }
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(OP_TIMEOUT);
+        let replicas = config.replicas.unwrap_or_else(|| {
+            let size = client.server_info().connect_urls.len().max(1);
+            size.min(3)
+        });
+        let envelopes = ensure_stream(
+            &js,
+            stream::Config {
+                name: ENVELOPES.into(),
+                subjects: vec![ENVELOPE_SUBJECTS.into()],
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                retention: stream::RetentionPolicy::Limits,
+                discard: stream::DiscardPolicy::New,
+                discard_new_per_subject: true,
+                max_messages_per_subject: i64::from(config.quota.per_mailbox),
+                max_messages: i64::try_from(config.quota.total).unwrap_or(i64::MAX),
+                max_age: config.ttl,
+                duplicate_window: DUPLICATE_WINDOW,
+                allow_direct: false,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let meta = ensure_stream(
+            &js,
+            stream::Config {
+                name: META.into(),
+                subjects: vec![
+                    "bc.box.*".into(),
+                    "bc.snd.*".into(),
+                    "bc.clm.*".into(),
+                    IDENTITY_SUBJECT.into(),
+                ],
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                retention: stream::RetentionPolicy::Limits,
+                max_messages_per_subject: 1,
+                allow_direct: false,
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(Self {
+            rt: Handle::current(),
+            client,
+            js,
+            envelopes,
+            meta,
+            listener: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The relay identity kept in the cluster: the one stored there, or `made()`
+    /// stored as it if there is none yet (the first relay to start wins).
+    pub async fn shared_identity(&self, made: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        if let Some((_, v)) = self.latest(IDENTITY_SUBJECT).await? {
+            return Ok(v.to_vec());
+        }
+        let mine = made();
+        match self.put_if(IDENTITY_SUBJECT, Bytes::from(mine.clone()), 0).await? {
+            Cas::Done => Ok(mine),
+            Cas::Lost => match self.latest(IDENTITY_SUBJECT).await? {
+                Some((_, v)) => Ok(v.to_vec()),
+                None => Err(StoreError::Storage("NATS: the relay identity vanished".into())),
+            },
+        }
+    }
+
+    /// The latest value on a meta subject and its sequence, from the stream leader.
+    async fn latest(&self, subject: &str) -> Result<Option<(u64, Bytes)>, StoreError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        match tokio::time::timeout(OP_TIMEOUT, self.meta.get_last_raw_message_by_subject(subject)).await {
+            Ok(Ok(m)) => Ok(Some((m.sequence, m.payload))),
+            Ok(Err(e)) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Ok(Err(e)) => Err(nats_error("reading", describe(&e))),
+            Err(_) => Err(nats_error("reading", "no answer from the cluster in time")),
+        }
+    }
+
+    /// Writes `value` on `subject` if its last sequence is `expected` (0: no value yet).
+    async fn put_if(&self, subject: &str, value: Bytes, expected: u64) -> Result<Cas, StoreError> {
+        let msg = PublishMessage::build()
+            .payload(value)
+            .expected_last_subject_sequence(expected);
+        let ack = timed("writing", self.js.send_publish(subject.to_string(), msg)).await?;
+        match tokio::time::timeout(OP_TIMEOUT, ack).await {
+            Ok(Ok(_)) => Ok(Cas::Done),
+            Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Cas::Lost),
+            Ok(Err(e)) => Err(nats_error("writing", describe(&e))),
+            Err(_) => Err(nats_error("writing", "no acknowledgement from the cluster in time")),
+        }
+    }
+
+    async fn purge(&self, subject: &str) -> Result<(), StoreError> {
+        timed("deleting", async {
+            self.meta.purge().filter(subject).await.map(|_| ())
+        })
+        .await
+    }
+
+    async fn receive_id(&self, send: &[u8; 32]) -> Result<Option<MailboxId>, StoreError> {
+        let digest: [u8; 32] = Sha256::digest(send).into();
+        Ok(match self.latest(&sender_subject(&digest)).await? {
+            Some((_, v)) => Some(MailboxId(v.as_ref().try_into().map_err(|_| corrupt("sender record"))?)),
+            None => None,
+        })
+    }
+
+    async fn create_async(&self, id: MailboxId, recipient: [u8; 32], digest: [u8; 32]) -> Result<(), StoreError> {
+        let mut record = Vec::with_capacity(64);
+        record.extend_from_slice(&recipient);
+        record.extend_from_slice(&digest);
+        if let Cas::Lost = self.put_if(&box_subject(&id), Bytes::from(record), 0).await? {
+            return Err(StoreError::MailboxExists);
+        }
+        match self
+            .put_if(&sender_subject(&digest), Bytes::copy_from_slice(&id.0), 0)
+            .await
+        {
+            Ok(Cas::Done) => Ok(()),
+            Ok(Cas::Lost) => {
+                self.purge(&box_subject(&id)).await?;
+                Err(StoreError::MailboxExists)
+            }
+            Err(e) => {
+                let _ = self.purge(&box_subject(&id)).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn send_async(&self, send: [u8; 32], envelope: Envelope) -> Result<(MailboxId, u64), StoreError> {
+        let Some(id) = self.receive_id(&send).await? else {
+            return Err(StoreError::NoSuchMailbox);
+        };
+        // The same envelope to the same mailbox is the same send: a retry.
+        let mut h = Sha256::new();
+        h.update(b"backchannel nats msg id");
+        h.update(id.0);
+        h.update(envelope.as_bytes());
+        let msg_id = hex(&h.finalize()[..16]);
+        let msg = PublishMessage::build()
+            .payload(Bytes::copy_from_slice(envelope.as_bytes()))
+            .message_id(msg_id);
+        let ack = timed("storing", self.js.send_publish(envelope_subject(&id), msg)).await?;
+        let seq = match tokio::time::timeout(OP_TIMEOUT, ack).await {
+            Ok(Ok(a)) => a.sequence,
+            Ok(Err(e)) => {
+                let text = describe(&e);
+                return Err(if text.contains("per subject") {
+                    StoreError::MailboxFull
+                } else if text.contains("maximum messages") || text.contains("maximum bytes") {
+                    StoreError::RelayFull
+                } else {
+                    nats_error("storing", text)
+                });
+            }
+            Err(_) => {
+                return Err(nats_error(
+                    "storing",
+                    "no acknowledgement from a quorum of the cluster in time",
+                ))
+            }
+        };
+        // Wake long-polls on every relay (best effort: they also poll).
+        let _ = self.client.publish(note_subject(&id), Bytes::new()).await;
+        Ok((id, seq))
+    }
+
+    async fn fetch_async(&self, ids: &[MailboxId], max: usize) -> Result<Vec<Delivery>, StoreError> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
+        let mut out = Vec::new();
+        for id in ids {
+            let subject = envelope_subject(id);
+            let mut from = 1;
+            while out.len() < max {
+                let get = self
+                    .envelopes
+                    .raw_message_builder()
+                    .sequence(from)
+                    .next_by_subject(&subject);
+                let m = match tokio::time::timeout(OP_TIMEOUT, get.send()).await {
+                    Ok(Ok(m)) => m,
+                    Ok(Err(e)) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+                    Ok(Err(e)) => return Err(nats_error("fetching", describe(&e))),
+                    Err(_) => return Err(nats_error("fetching", "no answer from the cluster in time")),
+                };
+                if m.subject.as_str() != subject {
+                    break;
+                }
+                out.push(Delivery {
+                    mailbox: *id,
+                    seq: m.sequence,
+                    envelope: Envelope::from_slice(&m.payload).map_err(|_| corrupt("envelope"))?,
+                });
+                from = m.sequence.saturating_add(1);
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Erases one envelope if it is in mailbox `id` (JetStream overwrites an erased
+    /// message's bytes on disk).
+    async fn ack_async(&self, id: MailboxId, seq: u64) -> Result<(), StoreError> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
+        let m = match tokio::time::timeout(OP_TIMEOUT, self.envelopes.get_raw_message(seq)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(()),
+            Ok(Err(e)) => return Err(nats_error("acknowledging", describe(&e))),
+            Err(_) => return Err(nats_error("acknowledging", "no answer from the cluster in time")),
+        };
+        if m.subject.as_str() != envelope_subject(&id) {
+            // Not this mailbox's: as if absent.
+            return Ok(());
+        }
+        self.erase(seq).await
+    }
+
+    async fn erase(&self, seq: u64) -> Result<(), StoreError> {
+        match tokio::time::timeout(OP_TIMEOUT, self.envelopes.delete_message(seq)).await {
+            Ok(Ok(_)) => Ok(()),
+            // Erased meanwhile (a second ack, or expiry): gone is what was asked.
+            Ok(Err(e)) if describe(&e).contains("no message found") => Ok(()),
+            Ok(Err(e)) => Err(nats_error("erasing", describe(&e))),
+            Err(_) => Err(nats_error("erasing", "no answer from the cluster in time")),
+        }
+    }
+
+    async fn delete_async(&self, id: MailboxId) -> Result<(), StoreError> {
+        // Erase the envelopes one by one (a purge would only unlink them).
+        loop {
+            let batch = self.fetch_async(&[id], 256).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for d in batch {
+                self.erase(d.seq).await?;
+            }
+        }
+        if let Some((_, v)) = self.latest(&box_subject(&id)).await? {
+            if let Some(digest) = v.get(32..64).and_then(|d| <[u8; 32]>::try_from(d).ok()) {
+                self.purge(&sender_subject(&digest)).await?;
+            }
+        }
+        self.purge(&claim_subject(&id)).await?;
+        self.purge(&box_subject(&id)).await
+    }
+
+    async fn claim_async(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
+        let Some(id) = self.receive_id(&send).await? else {
+            return Err(StoreError::NoSuchMailbox);
+        };
+        let subject = claim_subject(&id);
+        for _ in 0..CAS_ATTEMPTS {
+            let (seq, next, last) = match self.latest(&subject).await? {
+                Some((seq, v)) => {
+                    let next = v
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or_else(|| corrupt("claim record"))?;
+                    let last: [u8; 32] = v
+                        .get(8..40)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(|| corrupt("claim record"))?;
+                    (seq, next, last)
+                }
+                None => (0, 0, [0; 32]),
+            };
+            let following = epoch.checked_add(1);
+            if let (true, Some(next_epoch)) = (epoch == next, following) {
+                let mut v = Vec::with_capacity(40);
+                v.extend_from_slice(&next_epoch.to_be_bytes());
+                v.extend_from_slice(&token);
+                match self.put_if(&subject, Bytes::from(v), seq).await? {
+                    Cas::Done => return Ok(()),
+                    Cas::Lost => continue,
+                }
+            } else if seq != 0 && following == Some(next) && bool::from(token.ct_eq(&last)) {
+                return Ok(());
+            } else {
+                return Err(StoreError::EpochConflict(next));
+            }
+        }
+        Err(StoreError::Storage(
+            "NATS: the claim kept losing to concurrent claims".into(),
+        ))
+    }
+
+    async fn stats_async(&self) -> Result<Stats, StoreError> {
+        let mut envelopes = self.envelopes.clone();
+        let env = timed("reading counts", async {
+            envelopes.info().await.map(|i| i.state.messages)
+        })
+        .await?;
+        let meta = self.meta.clone();
+        let mailboxes = timed("reading counts", async {
+            let mut subjects = meta.info_with_subjects("bc.box.*").await?;
+            let mut n = 0u64;
+            while let Some(s) = subjects.next().await {
+                s?;
+                n += 1;
+            }
+            Ok::<u64, async_nats::jetstream::stream::InfoError>(n)
+        })
+        .await?;
+        Ok(Stats {
+            mailboxes,
+            envelopes: env,
+        })
+    }
+
+    fn block<T>(&self, f: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        self.rt.block_on(f)
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Storage(format!("NATS: corrupt {what}"))
+}
+
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, StoreError> {
+    let name = config.name.clone();
+    // Two relays starting together may both try to create it: the loser finds it.
+    for _ in 0..3 {
+        match timed("opening a stream", js.get_or_create_stream(config.clone())).await {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                tracing::warn!(stream = %name, error = %e, "could not open the stream yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    timed("opening a stream", js.get_or_create_stream(config)).await
+}
+
+impl MailboxStore for NatsStore {
+    fn create(&self, id: MailboxId, recipient_key: [u8; 32], send_digest: [u8; 32]) -> Result<(), StoreError> {
+        self.block(self.create_async(id, recipient_key, send_digest))
+    }
+
+    fn send(&self, send: [u8; 32], envelope: Envelope, _expires_at: u64) -> Result<(MailboxId, u64), StoreError> {
+        // Expiry is the stream's max_age, the same for every envelope.
+        self.block(self.send_async(send, envelope))
+    }
+
+    fn recipient_key(&self, id: MailboxId) -> Result<Option<[u8; 32]>, StoreError> {
+        self.block(async {
+            Ok(match self.latest(&box_subject(&id)).await? {
+                Some((_, v)) => Some(
+                    v.get(..32)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(|| corrupt("mailbox record"))?,
+                ),
+                None => None,
+            })
+        })
+    }
+
+    fn fetch(&self, ids: &[MailboxId], max: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.block(self.fetch_async(ids, max))
+    }
+
+    fn ack(&self, id: MailboxId, seq: u64) -> Result<(), StoreError> {
+        self.block(self.ack_async(id, seq))
+    }
+
+    fn delete(&self, id: MailboxId) -> Result<(), StoreError> {
+        self.block(self.delete_async(id))
+    }
+
+    fn claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
+        self.block(self.claim_async(send, epoch, token))
+    }
+
+    fn expire(&self, _now: u64) -> Result<u64, StoreError> {
+        // JetStream removes envelopes past the stream's max_age itself.
+        Ok(0)
+    }
+
+    fn stats(&self) -> Result<Stats, StoreError> {
+        self.block(self.stats_async())
+    }
+
+    fn forward_deliveries(&self, notify: broadcast::Sender<MailboxId>) {
+        let client = self.client.clone();
+        let task = self.rt.spawn(async move {
+            // Resubscribes after a failure; the client reconnects on its own.
+            loop {
+                match client.subscribe(NOTE_SUBJECTS).await {
+                    Ok(mut sub) => {
+                        while let Some(m) = sub.next().await {
+                            let id = m.subject.as_str().strip_prefix("bc.new.").and_then(unhex32);
+                            if let Some(id) = id {
+                                let _ = notify.send(MailboxId(id));
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not listen for deliveries from other relays"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        if let Ok(mut l) = self.listener.lock() {
+            if let Some(old) = l.replace(task) {
+                old.abort();
+            }
+        }
+    }
+}
