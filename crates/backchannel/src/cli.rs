@@ -102,9 +102,10 @@ enum Command {
         /// Your display name, shown to the members of your channels.
         #[arg(long)]
         name: String,
-        /// The relay address printed by `backchannel relay`.
-        #[arg(long)]
-        relay: String,
+        /// The relay address printed by `backchannel relay`. Give it once per address
+        /// when the relay has several (relays sharing a cluster): they are tried in order.
+        #[arg(long, required = true)]
+        relay: Vec<String>,
     },
     /// Channel management.
     Channel {
@@ -436,7 +437,10 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Command::Relay { .. } => return run_relay(&args).await,
         Command::Demo => return crate::demo::run().await,
         Command::Init { name, relay } => {
-            let relay: RelayAddress = relay.parse()?;
+            let relay = relay
+                .iter()
+                .map(|r| r.parse::<RelayAddress>())
+                .collect::<Result<Vec<_>, _>>()?;
             let dir = home(&args)?;
             let pass = passphrase(&args, true)?;
             let fp = Engine::init(&dir, &pass, name, relay, args.proxy.clone()).await?;

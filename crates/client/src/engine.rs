@@ -135,9 +135,11 @@ pub struct Engine {
     state: State,
     provider: Provider,
     identity: Identity,
-    conns: HashMap<RelayAddress, RelayLinks>,
+    conns: HashMap<[u8; 32], RelayLinks>,
     transport: TransportConfig,
     warnings: Vec<Warning>,
+    /// Why the last outbox flush left something queued.
+    undelivered: Option<String>,
     admissions: Vec<(String, MailboxId, ValidKeyPackage)>,
     /// The last fetch pass emptied every opened mailbox.
     drained: bool,
@@ -151,24 +153,50 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Creates an identity in `dir`, after checking the relay answers with the pinned key.
+    /// `relays` are addresses of one relay (the same pin), tried in this order; at least
+    /// one must answer.
     pub async fn init(
         dir: &Path,
         passphrase: &[u8],
         name: &str,
-        relay: RelayAddress,
+        relays: Vec<RelayAddress>,
         proxy: Option<ProxyAddr>,
     ) -> Result<Fingerprint, ClientError> {
         validate_name(name).map_err(|e| ClientError::Usage(e.to_string()))?;
         if Home::exists(dir) {
             return Err(ClientError::AlreadyInitialized(dir.to_path_buf()));
         }
-        RelayConnection::connect_via(&relay, proxy.as_ref()).await?;
+        let mut relays = relays.into_iter();
+        let relay = relays
+            .next()
+            .ok_or_else(|| ClientError::Usage("give the relay's address with --relay".into()))?;
+        let relay_alternates: Vec<RelayAddress> = relays.collect();
+        if relay_alternates.iter().any(|a| a.pin != relay.pin) {
+            return Err(ClientError::Usage(
+                "the --relay addresses have different pins: give several addresses only of one relay \
+                 (relays sharing one cluster print the same pin)"
+                    .into(),
+            ));
+        }
+        let mut answered = Err(ConnectError::Unreachable(relay.authority()));
+        for addr in std::iter::once(&relay).chain(&relay_alternates) {
+            match RelayConnection::connect_via(addr, proxy.as_ref()).await {
+                Ok(_) => {
+                    answered = Ok(());
+                    break;
+                }
+                Err(e @ ConnectError::PinMismatch(_)) => return Err(e.into()),
+                Err(e) => answered = Err(e),
+            }
+        }
+        answered?;
         let identity = Identity::generate(name, &mut OsRng).map_err(protocol)?;
         let state = State {
             version: STATE_VERSION,
             name: name.to_string(),
             identity_secret: *identity.secret_bytes(),
             relay,
+            relay_alternates,
             mls: Vec::new(),
             channels: BTreeMap::new(),
             pending_joins: Vec::new(),
@@ -201,6 +229,7 @@ impl Engine {
             transport,
             drained: false,
             warnings: Vec::new(),
+            undelivered: None,
             admissions: Vec::new(),
         })
     }
@@ -289,10 +318,27 @@ impl Engine {
     }
 
     /// The links to `relay` (connected lazily, by the first request that needs them).
+    /// A relay is its pin: every address we know with that pin reaches it.
     fn conn(&mut self, relay: &RelayAddress) -> &mut RelayLinks {
+        let addrs = self.addresses_of(relay);
+        let transport = &self.transport;
         self.conns
-            .entry(relay.clone())
-            .or_insert_with(|| RelayLinks::new(relay.clone(), self.transport.clone()))
+            .entry(relay.pin)
+            .or_insert_with(|| RelayLinks::new(addrs, transport.clone()))
+    }
+
+    /// The addresses of `relay`'s relay, in the order to try: ours (from `init`) if it
+    /// is our relay, then `relay` itself.
+    fn addresses_of(&self, relay: &RelayAddress) -> Vec<RelayAddress> {
+        let mut addrs: Vec<RelayAddress> = std::iter::once(&self.state.relay)
+            .chain(&self.state.relay_alternates)
+            .filter(|a| a.pin == relay.pin)
+            .cloned()
+            .collect();
+        if !addrs.contains(relay) {
+            addrs.push(relay.clone());
+        }
+        addrs
     }
 
     async fn create_mailbox(&mut self, relay: &RelayAddress) -> Result<MailboxKeys, ClientError> {
@@ -361,10 +407,10 @@ impl Engine {
         }
         let items = std::mem::take(&mut self.state.outbox);
         let mut keep = Vec::new();
-        let mut unreachable: Vec<RelayAddress> = Vec::new();
+        let mut unreachable: Vec<[u8; 32]> = Vec::new();
         let mut dropped = 0usize;
         for mut item in items {
-            if unreachable.contains(&item.to.relay) {
+            if unreachable.contains(&item.to.relay.pin) {
                 keep.push(item);
                 continue;
             }
@@ -388,7 +434,10 @@ impl Engine {
                             // The recipient's mailbox is gone (it left, was removed, or rotated
                             // long ago): nobody can read it there.
                             Err(e) if e.is(ErrorCode::NoSuchMailbox) => dropped += 1,
-                            Err(_) => left.push(env),
+                            Err(e) => {
+                                self.undelivered = Some(e.to_string());
+                                left.push(env);
+                            }
                         }
                     }
                     if !left.is_empty() {
@@ -396,9 +445,10 @@ impl Engine {
                         keep.push(item);
                     }
                 }
-                Err(_) => {
-                    self.conns.remove(&relay);
-                    unreachable.push(relay);
+                Err(e) => {
+                    self.undelivered = Some(e.to_string());
+                    self.conns.remove(&relay.pin);
+                    unreachable.push(relay.pin);
                     keep.push(item);
                 }
             }
@@ -1241,7 +1291,7 @@ impl Engine {
         }
     }
 
-    /// Sends a text message. `Err(ClientError::Queued)` means it is stored and will go later.
+    /// Sends a text message. `Err(ClientError::Queued(why))` means it is stored and will go later.
     ///
     /// The message is saved durably before the network is touched; if this
     /// command dies or no relay answers, the next command (or the daemon)
@@ -1279,9 +1329,15 @@ impl Engine {
             // sync tried to commit them and failed: report why.
             return Err(synced.err().unwrap_or_else(|| ClientError::Contended(name.to_string())));
         }
+        self.undelivered = None;
         let queued = self.flush_outbox().await?;
         if queued > 0 || synced.is_err() || !self.state.unsent.is_empty() {
-            return Err(ClientError::Queued);
+            let why = match (synced, self.undelivered.take()) {
+                (Err(e), _) => e.to_string(),
+                (Ok(_), Some(why)) => why,
+                (Ok(_), None) => "the relay could not be reached".to_string(),
+            };
+            return Err(ClientError::Queued(why));
         }
         Ok(())
     }

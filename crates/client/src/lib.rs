@@ -70,9 +70,9 @@ pub enum ClientError {
     /// A relay problem.
     #[error(transparent)]
     Relay(#[from] ConnectError),
-    /// The message was stored and will be sent later.
-    #[error("the relay could not be reached, so the message is queued; the next backchannel command will send it")]
-    Queued,
+    /// The message was stored and will be sent later; holds why it was not sent now.
+    #[error("the message is queued, not delivered: {0}; the next backchannel command will send it")]
+    Queued(String),
     /// Another member kept committing first.
     #[error("other members kept changing \"{0}\" at the same moment; try again")]
     Contended(String),

@@ -12,7 +12,7 @@ use crate::socks::ProxyAddr;
 use crate::ClientError;
 
 /// Version of the state layout.
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 
 /// The whole client state.
 #[derive(Serialize, Deserialize)]
@@ -25,6 +25,9 @@ pub struct State {
     pub identity_secret: [u8; 32],
     /// Default relay for new channels.
     pub relay: RelayAddress,
+    /// Other addresses of that same relay (same pin: relays sharing one cluster),
+    /// tried in order when an address doesn't answer.
+    pub relay_alternates: Vec<RelayAddress>,
     /// openmls storage.
     pub mls: Vec<(Vec<u8>, Vec<u8>)>,
     /// Channels by local name.

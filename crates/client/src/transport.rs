@@ -218,7 +218,11 @@ impl Link {
 
 /// The links to one relay, opened when first needed.
 pub struct RelayLinks {
-    addr: RelayAddress,
+    /// The relay's addresses (one pin), tried in order from `current` when a link
+    /// must be (re)connected.
+    addrs: Vec<RelayAddress>,
+    /// The address that last answered.
+    current: usize,
     config: TransportConfig,
     send: Option<Link>,
     recv: Option<Link>,
@@ -243,10 +247,12 @@ impl std::fmt::Debug for RelayLinks {
 }
 
 impl RelayLinks {
-    /// Links to `addr`; nothing is connected until a request needs it.
-    pub fn new(addr: RelayAddress, config: TransportConfig) -> Self {
+    /// Links to the relay at `addrs` (addresses of one relay: the same pin); nothing
+    /// is connected until a request needs it.
+    pub fn new(addrs: Vec<RelayAddress>, config: TransportConfig) -> Self {
         Self {
-            addr,
+            addrs,
+            current: 0,
             config,
             send: None,
             recv: None,
@@ -255,23 +261,60 @@ impl RelayLinks {
         }
     }
 
+    /// The address in use.
+    fn addr(&self) -> Option<&RelayAddress> {
+        self.addrs.get(self.current).or(self.addrs.first())
+    }
+
+    fn authority(&self) -> String {
+        self.addr().map(RelayAddress::authority).unwrap_or_default()
+    }
+
+    /// This relay's cover mailbox, if cover is on and it has one.
+    fn cover_box(&self) -> Option<&MailboxKeys> {
+        self.addrs.iter().find_map(|a| self.config.cover_boxes.get(a))
+    }
+
     async fn link(&mut self, send: bool) -> Result<&mut Link, ConnectError> {
-        let slot = if send { &mut self.send } else { &mut self.recv };
-        if slot.is_none() {
+        let open = if send { self.send.is_some() } else { self.recv.is_some() };
+        if !open {
             let (period, filler) = match (self.config.cover, send) {
                 (None, _) => (None, Filler::Ping),
                 (Some(p), true) => (
                     Some(p),
-                    match self.config.cover_boxes.get(&self.addr) {
+                    match self.cover_box() {
                         Some(cover) => Filler::Dummy(cover.address.send.clone()),
                         None => Filler::Ping,
                     },
                 ),
                 (Some(p), false) => (Some(p / RECEIVE_TICKS), Filler::Fetch),
             };
-            *slot = Some(Link::connect(&self.addr, self.config.proxy.as_ref(), period, filler).await?);
+            // Fail over: from the address that last answered, each address once.
+            let n = self.addrs.len();
+            let mut failure = ConnectError::Broken(self.authority());
+            let mut made = None;
+            for i in 0..n {
+                let at = (self.current + i) % n;
+                let Some(addr) = self.addrs.get(at) else { break };
+                match Link::connect(addr, self.config.proxy.as_ref(), period, filler.clone()).await {
+                    Ok(link) => {
+                        self.current = at;
+                        made = Some(link);
+                        break;
+                    }
+                    Err(e) => failure = e,
+                }
+            }
+            let link = made.ok_or(failure)?;
+            if send {
+                self.send = Some(link);
+            } else {
+                self.recv = Some(link);
+            }
         }
-        slot.as_mut().ok_or_else(|| ConnectError::Broken(self.addr.authority()))
+        let authority = self.authority();
+        let slot = if send { &mut self.send } else { &mut self.recv };
+        slot.as_mut().ok_or(ConnectError::Broken(authority))
     }
 
     /// Connects every link now, and reconnects any that dropped: a paced
@@ -293,10 +336,10 @@ impl RelayLinks {
             }
             self.link(send).await?;
         }
-        if let (Some(period), Some(cover)) = (self.config.cover, self.config.cover_boxes.get(&self.addr)) {
+        if let (Some(period), Some(cover), Some(addr)) = (self.config.cover, self.cover_box(), self.addr()) {
             if self.drain.as_ref().is_none_or(|d| d.is_finished()) {
                 self.drain = Some(tokio::spawn(drain(
-                    self.addr.clone(),
+                    addr.clone(),
                     self.config.proxy.clone(),
                     cover.clone(),
                     period / RECEIVE_TICKS,
@@ -309,7 +352,6 @@ impl RelayLinks {
     /// Sends requests, each on its link, and returns their answers in order.
     pub async fn pipeline(&mut self, reqs: &[Request]) -> Result<Results, ConnectError> {
         let (sends, recvs): (Vec<_>, Vec<_>) = reqs.iter().cloned().enumerate().partition(|(_, r)| on_send_link(r));
-        let authority = self.addr.authority();
         let mut out: Vec<Option<Result<Response, ConnectError>>> = (0..reqs.len()).map(|_| None).collect();
         for (send, group) in [(true, sends), (false, recvs)] {
             if group.is_empty() {
@@ -317,13 +359,22 @@ impl RelayLinks {
             }
             let (idx, batch): (Vec<usize>, Vec<Request>) = group.into_iter().unzip();
             let reused = if send { self.send.is_some() } else { self.recv.is_some() };
+            let mut authority = self.authority();
             let mut attempt = self.link(send).await?.pipeline(&batch, &authority).await;
             if attempt.is_err() {
                 // A broken link is dropped. One that had sat idle (the relay closes those)
-                // gets one retry on a fresh connection: a repeated send shows once (the
-                // client de-duplicates) and a repeated claim is granted again.
+                // gets one retry on a fresh connection, and so does any when the relay has
+                // other addresses (the fresh connection fails over to them): a repeated send
+                // shows once (the relay and the client de-duplicate) and a repeated claim is
+                // granted again.
                 self.drop_link(send);
-                if reused && !batch.iter().any(|r| matches!(r, Request::Open { .. })) {
+                let retry = reused || self.addrs.len() > 1;
+                if retry && !batch.iter().any(|r| matches!(r, Request::Open { .. })) {
+                    if !reused {
+                        // The address that just failed is tried last.
+                        self.current = (self.current + 1) % self.addrs.len().max(1);
+                    }
+                    authority = self.authority();
                     attempt = self.link(send).await?.pipeline(&batch, &authority).await;
                     if attempt.is_err() {
                         self.drop_link(send);
@@ -346,6 +397,7 @@ impl RelayLinks {
                 }
             }
         }
+        let authority = self.authority();
         out.into_iter()
             .map(|r| r.ok_or_else(|| ConnectError::Broken(authority.clone())))
             .collect()
@@ -365,7 +417,7 @@ impl RelayLinks {
         self.pipeline(std::slice::from_ref(req))
             .await?
             .pop()
-            .unwrap_or_else(|| Err(ConnectError::Broken(self.addr.authority())))
+            .unwrap_or_else(|| Err(ConnectError::Broken(self.authority())))
     }
 
     /// Opens mailboxes on the receive link (each once per connection) so

@@ -130,7 +130,7 @@ pub enum ErrorCode {
     #[error("another member changed the channel first")]
     EpochConflict,
     /// The relay's storage failed.
-    #[error("the relay could not store the request; try again later")]
+    #[error("the relay's storage is unavailable; try again later")]
     Storage,
     /// This connection sent requests faster than the relay allows; the request was not
     /// executed. `Response::Error.detail` holds the milliseconds until the next one is accepted.
