@@ -11,6 +11,8 @@ use backchannel_client::{ClientError, Engine};
 use backchannel_core::channel::Suite;
 use backchannel_core::relay_address::RelayAddress;
 use backchannel_relay::nats::NatsConfig;
+
+use crate::bench;
 use backchannel_relay::store::Quota;
 use backchannel_relay::{Limits, Relay};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -194,6 +196,11 @@ enum Command {
     Update { channel: String },
     /// Run a complete local demonstration.
     Demo,
+    /// Measure the relay: throughput and latency under load, or the cost of idle connections.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Hold this home's relay connections; other commands hand their work to it.
     Daemon {
         /// Constant-rate cover traffic: one frame per tick, e.g. 4/s or 30/m.
@@ -230,6 +237,52 @@ enum ChannelCommand {
 enum DebugCommand {
     /// Print this member's own receiving mailbox for a channel, as JSON (secrets included).
     Mailbox { channel: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Start relays on loopback and drive them: N clients on TLS WebSocket connections send
+    /// M envelopes into each other's mailboxes, each received and acknowledged. Reports
+    /// beside a baseline of the storage engine alone, measured in the same run.
+    Relay {
+        /// Storage backend of the relays under test.
+        #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
+        store: StoreKind,
+        /// With --store nats: a server of the cluster (nats://HOST:PORT); repeatable.
+        #[arg(long = "nats", value_name = "URL")]
+        nats: Vec<String>,
+        /// With --store nats: stream replicas (default: 3, or the cluster's size if smaller).
+        #[arg(long, value_name = "N")]
+        nats_replicas: Option<usize>,
+        /// Relay processes; clients are spread over them (with --store nats).
+        #[arg(long, default_value_t = 1)]
+        relays: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Envelopes in total (4096 bytes each).
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Sends each client keeps in flight (without --rate).
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// Send at this total rate (envelopes per second) instead of as fast as possible.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hold N idle connections, each with a mailbox and a waiting long-poll, to one relay,
+    /// and report the relay's memory per connection.
+    Connections {
+        /// Connections.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -436,6 +489,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     match &args.command {
         Command::Relay { .. } => return run_relay(&args).await,
         Command::Demo => return crate::demo::run().await,
+        Command::Bench { what } => return run_bench(what).await,
         Command::Init { name, relay } => {
             let relay = relay
                 .iter()
@@ -485,7 +539,11 @@ impl std::error::Error for Forwarded {}
 pub(crate) fn forwardable(args: &Args) -> bool {
     !matches!(
         args.command,
-        Command::Relay { .. } | Command::Demo | Command::Init { .. } | Command::Daemon { .. }
+        Command::Relay { .. }
+            | Command::Demo
+            | Command::Bench { .. }
+            | Command::Init { .. }
+            | Command::Daemon { .. }
     )
 }
 
@@ -680,7 +738,61 @@ pub(crate) async fn run_engine(
             ));
         }
         Command::WatchOnce { channel, json } => print_unread(engine, channel.as_deref(), *json, out)?,
-        Command::Relay { .. } | Command::Demo | Command::Init { .. } | Command::Daemon { .. } => {}
+        Command::Relay { .. }
+        | Command::Demo
+        | Command::Bench { .. }
+        | Command::Init { .. }
+        | Command::Daemon { .. } => {}
+    }
+    Ok(())
+}
+
+async fn run_bench(what: &BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
+    let (report, json) = match what {
+        BenchCommand::Relay {
+            store,
+            nats,
+            nats_replicas,
+            relays,
+            clients,
+            messages,
+            window,
+            rate,
+            json,
+        } => {
+            let store = match store {
+                StoreKind::Embedded if nats.is_empty() && *relays == 1 => bench::Store::Embedded,
+                StoreKind::Embedded => {
+                    return Err("--nats, --nats-replicas and --relays above 1 need --store nats".into())
+                }
+                StoreKind::Nats if nats.is_empty() => {
+                    return Err("--store nats needs at least one --nats nats://HOST:PORT".into())
+                }
+                StoreKind::Nats => bench::Store::Nats {
+                    urls: nats.clone(),
+                    replicas: *nats_replicas,
+                },
+            };
+            let settings = bench::RelayBench {
+                store,
+                relays: *relays,
+                clients: *clients,
+                messages: *messages,
+                window: *window,
+                rate: *rate,
+            };
+            (bench::relay(&settings).await.map_err(|e| e.to_string())?, *json)
+        }
+        BenchCommand::Connections { count, json } => {
+            (bench::connections(*count).await.map_err(|e| e.to_string())?, *json)
+        }
+    };
+    if json {
+        println!("{report}");
+    } else if let Some(obj) = report.as_object() {
+        for (k, v) in obj {
+            println!("{k}: {v}");
+        }
     }
     Ok(())
 }

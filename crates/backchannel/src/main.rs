@@ -2,6 +2,7 @@
 //! engine or the relay; all behaviour lives in the libraries.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod cli;
 mod daemon;
 mod demo;

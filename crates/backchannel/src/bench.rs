@@ -1,0 +1,587 @@
+//! `backchannel bench`: a load generator for the relay, and a count of what idle
+//! connections cost. Both start real relay processes (this same binary) on loopback
+//! and drive them over real TLS WebSocket connections; BENCHMARKS.md has the figures.
+//!
+//! Every throughput is reported beside a baseline measured in the same run: the
+//! storage engine alone doing the same writes, reads and deletes with the same
+//! durability (the embedded store in-process, or JetStream itself publishing,
+//! consuming and acknowledging with the same replicas).
+
+use std::io::{BufRead, BufReader, IsTerminal};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backchannel_client::connection::{ConnectError, RelayConnection};
+use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
+use backchannel_core::frame::{Request, Response, MAX_FETCH};
+use backchannel_core::mailbox::{MailboxId, MailboxKeys};
+use backchannel_core::relay_address::RelayAddress;
+use backchannel_relay::store::{EmbeddedStore, MailboxStore, Quota};
+use rand_core::OsRng;
+use serde_json::json;
+
+type BenchError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Which store the relays under test use.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// The embedded redb store, one relay.
+    Embedded,
+    /// A NATS JetStream cluster at these URLs.
+    Nats {
+        /// Server URLs.
+        urls: Vec<String>,
+        /// Stream replicas.
+        replicas: Option<usize>,
+    },
+}
+
+/// `bench relay` settings.
+#[derive(Debug, Clone)]
+pub struct RelayBench {
+    /// Store under test.
+    pub store: Store,
+    /// Relay processes (clients are spread over them).
+    pub relays: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Envelopes in total.
+    pub messages: usize,
+    /// Sends in flight per client (unpaced runs).
+    pub window: usize,
+    /// Total send rate, envelopes per second (open loop); `None`: as fast as it goes.
+    pub rate: Option<f64>,
+}
+
+/// A relay child process, stopped on drop.
+struct RelayChild {
+    child: Child,
+    address: RelayAddress,
+}
+
+impl Drop for RelayChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RelayChild {
+    fn start(data: &Path, store: &Store, extra: &[&str]) -> Result<Self, BenchError> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["relay", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            // The load generator is one address with many fast connections.
+            .args(["--max-requests-per-second", "0", "--max-envelopes-per-mailbox", "4000000"])
+            .args(["--max-connections", "100000", "--max-connections-per-address", "100000"])
+            .args(["--max-mailboxes-per-connection", "100000"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Store::Nats { urls, replicas } = store {
+            cmd.args(["--store", "nats"]);
+            for u in urls {
+                cmd.args(["--nats", u]);
+            }
+            if let Some(r) = replicas {
+                cmd.args(["--nats-replicas", &r.to_string()]);
+            }
+        }
+        let mut child = cmd.spawn()?;
+        let stdout = child.stdout.take().ok_or("no relay stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let address = line
+            .trim()
+            .strip_prefix("relay address: ")
+            .ok_or_else(|| format!("the relay did not start: {line:?}"))?
+            .parse()?;
+        Ok(Self { child, address })
+    }
+
+    /// CPU seconds (user + system) and peak resident MiB, from /proc.
+    fn usage(&self) -> (f64, f64) {
+        let pid = self.child.id();
+        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                // Fields after the parenthesized command name; utime and stime are 14 and 15.
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+                Some(ticks / 100.0)
+            })
+            .unwrap_or(0.0);
+        (cpu, rss_mib(pid, "VmHWM:"))
+    }
+}
+
+/// A /proc/PID/status field in MiB (`VmRSS:` now, `VmHWM:` the peak).
+fn rss_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with(field))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn progress(total: u64, what: &str) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{what} [{{bar:40}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
+    )) {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+/// Updates a progress bar from a counter until `done` reaches `total`.
+fn watch_progress(bar: Option<indicatif::ProgressBar>, done: Arc<AtomicU64>, total: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(bar) = bar else { return };
+        loop {
+            let n = done.load(Ordering::Relaxed);
+            bar.set_position(n);
+            if n >= total {
+                bar.finish_and_clear();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// An envelope stamped with its send time (ns since `t0`) and a serial.
+fn stamped(t0: Instant, serial: u64) -> Result<Envelope, BenchError> {
+    let mut b = [0u8; ENVELOPE_SIZE];
+    let ns = t0.elapsed().as_nanos() as u64;
+    b[..8].copy_from_slice(&ns.to_le_bytes());
+    b[8..16].copy_from_slice(&serial.to_le_bytes());
+    Ok(Envelope::from_slice(&b)?)
+}
+
+fn stamp_of(e: &Envelope) -> u64 {
+    let mut ns = [0u8; 8];
+    ns.copy_from_slice(&e.as_bytes()[..8]);
+    u64::from_le_bytes(ns)
+}
+
+/// How many envelopes client `i` of `n` sends, of `total`.
+fn share(total: usize, n: usize, i: usize) -> usize {
+    total / n + usize::from(i < total % n)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn refused(what: &str, e: ConnectError) -> BenchError {
+    format!("{what}: {e}").into()
+}
+
+/// Runs `bench relay`; returns the JSON report.
+pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
+    let n = b.clients.max(1);
+    let k = b.relays.max(1);
+    let m = b.messages.max(n);
+    let dir = tempfile::tempdir()?;
+
+    // The baseline first, on the same machine and in the same run.
+    let (baseline_name, baseline_eps) = match &b.store {
+        Store::Embedded => (
+            "embedded store (redb, group commit), in-process",
+            embedded_baseline(&dir.path().join("baseline.redb"), n, m, b.window).await?,
+        ),
+        Store::Nats { urls, replicas } => (
+            "JetStream publish + pull consume + ack, same replicas",
+            nats_baseline(urls, *replicas, n, m, b.window).await?,
+        ),
+    };
+
+    let mut relays = Vec::new();
+    for r in 0..k {
+        relays.push(RelayChild::start(&dir.path().join(format!("relay{r}")), &b.store, &[])?);
+    }
+
+    // Each client: a receive connection holding its mailbox, a send connection.
+    let mut boxes = Vec::new();
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for i in 0..n {
+        let addr = &relays[i % k].address;
+        let keys = MailboxKeys::generate(addr.clone(), &mut OsRng);
+        let mut recv = RelayConnection::connect(addr).await?;
+        recv.request(&Request::Create {
+            mailbox: keys.id(),
+            recipient_key: keys.recipient_public(),
+            send_digest: keys.address.send.digest(),
+        })
+        .await
+        .map_err(|e| refused("creating a mailbox", e))?;
+        receivers.push(recv);
+        senders.push(RelayConnection::connect(addr).await?);
+        boxes.push(keys);
+    }
+
+    let t0 = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let ticker = watch_progress(progress(m as u64, "envelopes"), received.clone(), m as u64);
+    let mut tasks = tokio::task::JoinSet::new();
+    // Client i sends to client i+1's mailbox, so client i receives client i-1's share.
+    for (i, mut conn) in receivers.into_iter().enumerate() {
+        let expect = share(m, n, (i + n - 1) % n);
+        let id = boxes[i].id();
+        let received = received.clone();
+        tasks.spawn(async move { receive(&mut conn, id, expect, t0, &received).await.map(Some) });
+    }
+    for (i, mut conn) in senders.into_iter().enumerate() {
+        let to = boxes[(i + 1) % n].address.send.0;
+        let count = share(m, n, i);
+        let window = if b.rate.is_some() { 1 } else { b.window.max(1) };
+        let period = b.rate.map(|r| Duration::from_secs_f64(n as f64 / r.max(1.0)));
+        tasks.spawn(async move {
+            let mut sent = 0usize;
+            let mut serial = (i as u64) << 32;
+            while sent < count {
+                if let Some(p) = period {
+                    let due = t0 + p * sent as u32;
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let batch = window.min(count - sent);
+                let mut reqs = Vec::with_capacity(batch);
+                for _ in 0..batch {
+                    serial += 1;
+                    reqs.push(Request::Send {
+                        send: to,
+                        envelope: stamped(t0, serial)?,
+                    });
+                }
+                for r in conn.pipeline(&reqs).await? {
+                    r.map_err(|e| refused("a send", e))?;
+                }
+                sent += batch;
+            }
+            Ok(None)
+        });
+    }
+    let mut latencies = Vec::with_capacity(m);
+    while let Some(done) = tasks.join_next().await {
+        if let Some(mut l) = done?? {
+            latencies.append(&mut l);
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    ticker.abort();
+    let (cpu, rss) = relays.iter().map(RelayChild::usage).fold((0.0, 0.0), |a, u| (a.0 + u.0, a.1 + u.1));
+    drop(relays);
+
+    latencies.sort_by(f64::total_cmp);
+    let eps = m as f64 / elapsed;
+    let store = match &b.store {
+        Store::Embedded => "embedded",
+        Store::Nats { .. } => "nats",
+    };
+    Ok(json!({
+        "store": store,
+        "relays": k,
+        "clients": n,
+        "messages": m,
+        "envelope_bytes": ENVELOPE_SIZE,
+        "rate": b.rate,
+        "seconds": elapsed,
+        "envelopes_per_s": eps,
+        "latency_ms": {
+            "p50": percentile(&latencies, 0.50),
+            "p99": percentile(&latencies, 0.99),
+            "p999": percentile(&latencies, 0.999),
+        },
+        "relay_cpu_s": cpu,
+        "relay_rss_mib": rss,
+        "baseline": { "name": baseline_name, "envelopes_per_s": baseline_eps },
+        "ratio_to_baseline": eps / baseline_eps,
+    }))
+}
+
+/// Long-polls one mailbox until `expect` envelopes came, acknowledging each; returns
+/// each one's send-to-delivery latency in ms.
+async fn receive(
+    conn: &mut RelayConnection,
+    id: MailboxId,
+    expect: usize,
+    t0: Instant,
+    received: &AtomicU64,
+) -> Result<Vec<f64>, BenchError> {
+    let mut lat = Vec::with_capacity(expect);
+    while lat.len() < expect {
+        let got = match conn
+            .request(&Request::Fetch {
+                max: MAX_FETCH,
+                wait_ms: 2000,
+            })
+            .await
+        {
+            Ok(Response::Envelopes(list)) => list,
+            Ok(other) => return Err(format!("unexpected answer to a fetch: {other:?}").into()),
+            Err(e) => return Err(refused("a fetch", e)),
+        };
+        let now = t0.elapsed().as_nanos() as u64;
+        let mut acks = Vec::with_capacity(got.len());
+        for d in &got {
+            lat.push(now.saturating_sub(stamp_of(&d.envelope)) as f64 / 1e6);
+            acks.push(Request::Ack { mailbox: id, seq: d.seq });
+        }
+        for r in conn.pipeline(&acks).await? {
+            r.map_err(|e| refused("an ack", e))?;
+        }
+        received.fetch_add(got.len() as u64, Ordering::Relaxed);
+    }
+    Ok(lat)
+}
+
+/// The embedded store alone: `n` writers with `window` sends each in flight (so its
+/// group commit batches as it does under the relay), `n` readers fetching and
+/// acknowledging, every send durable before it returns.
+async fn embedded_baseline(path: &Path, n: usize, m: usize, window: usize) -> Result<f64, BenchError> {
+    let store = Arc::new(EmbeddedStore::open_with_quota(
+        path,
+        Quota {
+            per_mailbox: 4_000_000,
+            total: u64::MAX,
+        },
+    )?);
+    let mut caps = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let keys = MailboxKeys::generate(
+            RelayAddress {
+                pin: [0; 32],
+                host: "localhost".into(),
+                port: 1,
+            },
+            &mut OsRng,
+        );
+        store.create(keys.id(), keys.recipient_public(), keys.address.send.digest())?;
+        caps.push(keys.address.send.0);
+        ids.push(keys.id());
+    }
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, cap) in caps.iter().enumerate() {
+        // `window` blocking writers per client, as many sends in flight as the relay gets.
+        let count = share(m, n, i);
+        for w in 0..window.max(1) {
+            let mine = share(count, window.max(1), w);
+            let (store, cap) = (store.clone(), *cap);
+            tasks.spawn_blocking(move || -> Result<(), BenchError> {
+                for s in 0..mine {
+                    store.send(cap, stamped(t0, s as u64)?, u64::MAX)?;
+                }
+                Ok(())
+            });
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let expect = share(m, n, i);
+        let (store, id) = (store.clone(), *id);
+        tasks.spawn_blocking(move || -> Result<(), BenchError> {
+            let mut got = 0;
+            while got < expect {
+                let list = store.fetch(&[id], usize::from(MAX_FETCH))?;
+                if list.is_empty() {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                for d in list {
+                    store.ack(id, d.seq)?;
+                    got += 1;
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(m as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// JetStream alone: a file stream with the relay's replicas; `n` publishers with
+/// `window` acknowledgements outstanding each, `n` pull consumers acknowledging each
+/// message.
+async fn nats_baseline(
+    urls: &[String],
+    replicas: Option<usize>,
+    n: usize,
+    m: usize,
+    window: usize,
+) -> Result<f64, BenchError> {
+    use async_nats::jetstream::{self, consumer, stream};
+    use futures_util::StreamExt;
+    let addrs: Vec<async_nats::ServerAddr> = urls.iter().map(|u| u.parse()).collect::<Result<_, _>>()?;
+    let client = async_nats::connect(addrs).await?;
+    let js = jetstream::new(client.clone());
+    let replicas = replicas.unwrap_or_else(|| client.server_info().connect_urls.len().clamp(1, 3));
+    let mut tag = [0u8; 4];
+    rand_core::RngCore::fill_bytes(&mut OsRng, &mut tag);
+    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    let name = format!("BC_BENCH_{tag}");
+    let s = js
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("bcbench.{tag}.*")],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await?;
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let count = share(m, n, i);
+        let js = js.clone();
+        let subject = format!("bcbench.{tag}.{i}");
+        tasks.spawn(async move {
+            let mut inflight = std::collections::VecDeque::new();
+            for s in 0..count {
+                let env = stamped(t0, s as u64)?;
+                let ack = js
+                    .publish(subject.clone(), bytes::Bytes::copy_from_slice(env.as_bytes()))
+                    .await?;
+                inflight.push_back(ack);
+                if inflight.len() >= window.max(1) {
+                    if let Some(a) = inflight.pop_front() {
+                        a.await?;
+                    }
+                }
+            }
+            for a in inflight {
+                a.await?;
+            }
+            Ok::<(), BenchError>(())
+        });
+    }
+    for i in 0..n {
+        let expect = share(m, n, i);
+        let c = s
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(format!("c{i}")),
+                filter_subject: format!("bcbench.{tag}.{i}"),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await?;
+        tasks.spawn(async move {
+            let mut got = 0;
+            let mut msgs = c.messages().await?;
+            while got < expect {
+                match msgs.next().await {
+                    Some(msg) => {
+                        msg?.ack().await?;
+                        got += 1;
+                    }
+                    None => return Err("the consumer ended".into()),
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let eps = m as f64 / t0.elapsed().as_secs_f64();
+    let _ = js.delete_stream(&name).await;
+    Ok(eps)
+}
+
+/// Runs `bench connections`: `count` idle connections, each with a mailbox open and
+/// a long-poll waiting, to one relay; returns the JSON report.
+pub async fn connections(count: usize) -> Result<serde_json::Value, BenchError> {
+    let dir = tempfile::tempdir()?;
+    let relay = RelayChild::start(dir.path(), &Store::Embedded, &["--idle-timeout", "3600s"])?;
+    let pid = relay.child.id();
+    // Settle, then measure the relay before any client connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_mib(pid, "VmRSS:");
+    let opened = Arc::new(AtomicU64::new(0));
+    let ticker = watch_progress(progress(count as u64, "connections"), opened.clone(), count as u64);
+    let (hold_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    // Connect in waves so the handshakes don't all time out together on 2 cores.
+    let wave = 64;
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(count.max(1));
+    for start in (0..count).step_by(wave) {
+        for _ in start..(start + wave).min(count) {
+            let addr = relay.address.clone();
+            let ready = ready_tx.clone();
+            let mut hold = hold_tx.subscribe();
+            tasks.spawn(async move {
+                let setup = async {
+                    let mut conn = RelayConnection::connect(&addr).await?;
+                    let keys = MailboxKeys::generate(addr.clone(), &mut OsRng);
+                    conn.request(&Request::Create {
+                        mailbox: keys.id(),
+                        recipient_key: keys.recipient_public(),
+                        send_digest: keys.address.send.digest(),
+                    })
+                    .await?;
+                    Ok::<_, ConnectError>(conn)
+                };
+                let mut conn = match setup.await {
+                    Ok(c) => {
+                        let _ = ready.send(Ok(())).await;
+                        c
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e.to_string())).await;
+                        return;
+                    }
+                };
+                // Subscribed: a long-poll waiting for envelopes, renewed until told to stop.
+                loop {
+                    tokio::select! {
+                        _ = hold.recv() => return,
+                        r = conn.request(&Request::Fetch { max: MAX_FETCH, wait_ms: 25_000 }) => {
+                            if r.is_err() { return; }
+                        }
+                    }
+                }
+            });
+        }
+        for _ in start..(start + wave).min(count) {
+            match ready_rx.recv().await {
+                Some(Ok(())) => {
+                    opened.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Err(e)) => return Err(format!("a connection failed: {e}").into()),
+                None => return Err("connection tasks ended".into()),
+            }
+        }
+    }
+    ticker.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_mib(pid, "VmRSS:");
+    let _ = hold_tx.send(());
+    tasks.abort_all();
+    let per = (after - before).max(0.0) * 1024.0 / count.max(1) as f64;
+    Ok(json!({
+        "connections": count,
+        "relay_rss_mib": after,
+        "relay_rss_before_mib": before,
+        "kib_per_connection": per,
+    }))
+}
