@@ -2,6 +2,7 @@
 //! and clients each with their own home.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod nats;
 pub mod observer;
 pub mod socks5;
 

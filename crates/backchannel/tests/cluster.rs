@@ -1,0 +1,241 @@
+//! Scale-out: two stateless relays over a real 3-node NATS JetStream cluster act as one
+//! relay. Nothing acknowledged is lost when a NATS node or a relay dies, and a cluster
+//! without quorum refuses sends instead of acknowledging them.
+//!
+//! Needs `nats-server` (`bash scripts/install-nats.sh`); skipped loudly without it
+//! outside CI, a failure in CI.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::nats::{require_nats, NatsCluster};
+use common::{channel_with, Client, DaemonProc, RelayProc};
+
+/// A relay on the cluster, with the cluster's servers in the given order.
+fn relay_on(cluster: &NatsCluster, data: &std::path::Path, order: &[usize]) -> RelayProc {
+    let mut args: Vec<String> = ["--store", "nats", "--nats-replicas", "3", "--stats-interval", "1s"]
+        .map(String::from)
+        .to_vec();
+    for &i in order {
+        args.push("--nats".into());
+        args.push(cluster.url(i));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    RelayProc::start(data, &args)
+}
+
+/// The envelopes a relay has stored so far, from its latest counts line.
+fn envelopes_in(relay: &RelayProc) -> u64 {
+    relay
+        .logs()
+        .lines()
+        .rev()
+        .find_map(|l| l.split("envelopes_in=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Texts shown in `channel`, by sender, in the order shown.
+fn shown_by_sender(c: &Client, channel: &str) -> HashMap<String, Vec<String>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for (from, text) in c.texts(channel) {
+        out.entry(from).or_default().push(text);
+    }
+    out
+}
+
+/// Each of `sent` shown exactly once, and `sender`'s messages in the order sent.
+fn assert_exactly_once_in_order(shown: &HashMap<String, Vec<String>>, sender: &str, sent: &[String], who: &str) {
+    let got = shown.get(sender).cloned().unwrap_or_default();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for t in &got {
+        *counts.entry(t.as_str()).or_default() += 1;
+    }
+    let missing: Vec<&String> = sent.iter().filter(|t| !counts.contains_key(t.as_str())).collect();
+    assert!(
+        missing.is_empty(),
+        "{who} is missing {} of {sender}'s messages: {missing:?}",
+        missing.len()
+    );
+    let twice: Vec<(&&str, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{who} was shown some of {sender}'s messages more than once: {twice:?}"
+    );
+    // The texts carry their send index: shown order is send order.
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(got, sorted, "{who} shows {sender}'s messages out of order");
+}
+
+#[test]
+fn a_thousand_messages_across_two_relays_survive_a_nats_node_and_a_relay_being_killed() {
+    let Some(bin) = require_nats() else { return };
+    let mut cluster = NatsCluster::start(&bin);
+    let root = tempfile::tempdir().unwrap();
+    // Relay 1 talks to node 0 first, relay 2 to node 1 first.
+    let mut relay1 = relay_on(&cluster, &root.path().join("r1"), &[0, 1, 2]);
+    let relay2 = relay_on(&cluster, &root.path().join("r2"), &[1, 2, 0]);
+    let pin = |a: &str| a.split('@').next().unwrap().to_string();
+    assert_eq!(
+        pin(&relay1.address),
+        pin(&relay2.address),
+        "relays on one cluster share one pin"
+    );
+
+    // Alice reaches the relay through relay 1 first, bob through relay 2 first.
+    let alice = Client::new(root.path(), "alice");
+    alice.ok(&[
+        "init",
+        "--name",
+        "alice",
+        "--relay",
+        &relay1.address,
+        "--relay",
+        &relay2.address,
+    ]);
+    let bob = Client::new(root.path(), "bob");
+    bob.ok(&[
+        "init",
+        "--name",
+        "bob",
+        "--relay",
+        &relay2.address,
+        "--relay",
+        &relay1.address,
+    ]);
+    channel_with(&alice, &[&bob], "ops");
+    let _alice_daemon = DaemonProc::start(&alice, &[]);
+    let _bob_daemon = DaemonProc::start(&bob, &[]);
+
+    const TOTAL: usize = 1000;
+    let mut acked: HashMap<&str, Vec<String>> = HashMap::new();
+    let mut queued: HashMap<&str, Vec<String>> = HashMap::new();
+    let started = Instant::now();
+    for i in 0..TOTAL {
+        if i == TOTAL / 3 {
+            cluster.kill(0);
+        }
+        if i == 2 * TOTAL / 3 {
+            std::thread::sleep(Duration::from_millis(1100));
+            assert!(envelopes_in(&relay1) > 100, "alice's sends went through relay 1");
+            assert!(envelopes_in(&relay2) > 100, "bob's sends went through relay 2");
+            relay1.kill9();
+        }
+        let (who, name) = if i % 2 == 0 { (&alice, "alice") } else { (&bob, "bob") };
+        // Zero-padded: sorting the texts sorts by send order.
+        let text = format!("m{i:04} from {name}");
+        let r = who.run(&["send", "ops", &text]);
+        if r.ok {
+            acked.entry(name).or_default().push(text);
+        } else {
+            assert!(
+                r.stderr.contains("queued"),
+                "a failed send says it is queued: {}",
+                r.stderr
+            );
+            queued.entry(name).or_default().push(text);
+        }
+    }
+    let sending = started.elapsed();
+    let acked_total: usize = acked.values().map(Vec::len).sum();
+    eprintln!(
+        "{TOTAL} sends in {:.1} s: {acked_total} acknowledged at once, {} queued",
+        sending.as_secs_f64(),
+        TOTAL - acked_total
+    );
+    assert!(acked_total > TOTAL / 2, "most sends are acknowledged at once");
+
+    // Everything arrives: the acknowledged ones, and the queued ones once the daemons
+    // have sent them.
+    let all = |name: &str| -> Vec<String> {
+        let mut v: Vec<String> = acked
+            .get(name)
+            .into_iter()
+            .chain(queued.get(name))
+            .flatten()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let at_bob = shown_by_sender(&bob, "ops");
+        let at_alice = shown_by_sender(&alice, "ops");
+        let done = at_bob.get("alice").map_or(0, Vec::len) >= all("alice").len()
+            && at_alice.get("bob").map_or(0, Vec::len) >= all("bob").len();
+        if done || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let at_bob = shown_by_sender(&bob, "ops");
+    let at_alice = shown_by_sender(&alice, "ops");
+    // Each side also shows its own messages once, in order.
+    assert_exactly_once_in_order(&at_bob, "alice", &acked["alice"], "bob");
+    assert_exactly_once_in_order(&at_alice, "bob", &acked["bob"], "alice");
+    assert_exactly_once_in_order(&at_bob, "alice", &all("alice"), "bob");
+    assert_exactly_once_in_order(&at_alice, "bob", &all("bob"), "alice");
+    assert_exactly_once_in_order(&at_alice, "alice", &all("alice"), "alice");
+    assert_exactly_once_in_order(&at_bob, "bob", &all("bob"), "bob");
+    drop(relay2);
+}
+
+#[test]
+fn without_quorum_sends_fail_clearly_and_succeed_again_when_it_returns() {
+    let Some(bin) = require_nats() else { return };
+    let mut cluster = NatsCluster::start(&bin);
+    let root = tempfile::tempdir().unwrap();
+    let relay = relay_on(&cluster, &root.path().join("r"), &[0, 1, 2]);
+    let [alice, bob] = common::people(root.path(), &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "ops");
+    alice.ok(&["send", "ops", "before"]);
+    assert_eq!(bob.texts("ops"), vec![("alice".into(), "before".into())]);
+
+    // Two of three nodes gone: no quorum for any stream.
+    cluster.kill(1);
+    cluster.kill(2);
+    let started = Instant::now();
+    let r = alice.run(&["send", "ops", "during"]);
+    eprintln!(
+        "send without quorum failed after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(!r.ok, "a send without quorum is not acknowledged: {}", r.stdout);
+    assert!(r.stderr.contains("queued"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("storage is unavailable"),
+        "the error says why: {}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("sent"), "{}", r.stdout);
+    // Nothing reached bob, and bob's own sync says the relay can't serve it.
+    let r = bob.run(&["sync"]);
+    assert!(!r.ok && r.stderr.contains("storage is unavailable"), "{}", r.stderr);
+
+    // Quorum returns: the queued message goes out, once, and new sends work.
+    cluster.restart(1);
+    cluster.restart(2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = alice.run(&["sync"]);
+        if r.ok || Instant::now() > deadline {
+            assert!(r.ok, "sync works again once the cluster has quorum: {}", r.stderr);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    alice.ok(&["send", "ops", "after"]);
+    assert_eq!(
+        bob.texts("ops"),
+        vec![
+            ("alice".into(), "before".into()),
+            ("alice".into(), "during".into()),
+            ("alice".into(), "after".into())
+        ]
+    );
+    drop(relay);
+}
