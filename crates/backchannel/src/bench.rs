@@ -76,7 +76,12 @@ impl RelayChild {
         cmd.args(["relay", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             // The load generator is one address with many fast connections.
-            .args(["--max-requests-per-second", "0", "--max-envelopes-per-mailbox", "4000000"])
+            .args([
+                "--max-requests-per-second",
+                "0",
+                "--max-envelopes-per-mailbox",
+                "4000000",
+            ])
             .args(["--max-connections", "100000", "--max-connections-per-address", "100000"])
             .args(["--max-mailboxes-per-connection", "100000"])
             .args(extra)
@@ -139,16 +144,20 @@ fn progress(total: u64, what: &str) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
-        "{what} [{{bar:40}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
-    )) {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template(&format!("{what} [{{bar:40}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}"))
+    {
         bar.set_style(style);
     }
     Some(bar)
 }
 
 /// Updates a progress bar from a counter until `done` reaches `total`.
-fn watch_progress(bar: Option<indicatif::ProgressBar>, done: Arc<AtomicU64>, total: u64) -> tokio::task::JoinHandle<()> {
+fn watch_progress(
+    bar: Option<indicatif::ProgressBar>,
+    done: Arc<AtomicU64>,
+    total: u64,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let Some(bar) = bar else { return };
         loop {
@@ -288,7 +297,10 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     ticker.abort();
-    let (cpu, rss) = relays.iter().map(RelayChild::usage).fold((0.0, 0.0), |a, u| (a.0 + u.0, a.1 + u.1));
+    let (cpu, rss) = relays
+        .iter()
+        .map(RelayChild::usage)
+        .fold((0.0, 0.0), |a, u| (a.0 + u.0, a.1 + u.1));
     drop(relays);
 
     latencies.sort_by(f64::total_cmp);
@@ -344,7 +356,10 @@ async fn receive(
         let mut acks = Vec::with_capacity(got.len());
         for d in &got {
             lat.push(now.saturating_sub(stamp_of(&d.envelope)) as f64 / 1e6);
-            acks.push(Request::Ack { mailbox: id, seq: d.seq });
+            acks.push(Request::Ack {
+                mailbox: id,
+                seq: d.seq,
+            });
         }
         for r in conn.pipeline(&acks).await? {
             r.map_err(|e| refused("an ack", e))?;

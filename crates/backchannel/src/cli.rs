@@ -539,11 +539,7 @@ impl std::error::Error for Forwarded {}
 pub(crate) fn forwardable(args: &Args) -> bool {
     !matches!(
         args.command,
-        Command::Relay { .. }
-            | Command::Demo
-            | Command::Bench { .. }
-            | Command::Init { .. }
-            | Command::Daemon { .. }
+        Command::Relay { .. } | Command::Demo | Command::Bench { .. } | Command::Init { .. } | Command::Daemon { .. }
     )
 }
 
