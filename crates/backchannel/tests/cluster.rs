@@ -11,11 +11,21 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use backchannel_client::{ConnectError, RelayConnection};
+use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
+use backchannel_core::frame::{ErrorCode, Request, Response};
+use backchannel_core::mailbox::MailboxKeys;
+use backchannel_core::relay_address::RelayAddress;
 use common::nats::{require_nats, NatsCluster};
-use common::{channel_with, Client, DaemonProc, RelayProc};
+use common::{channel_with, rt, Client, DaemonProc, RelayProc};
+use rand_core::OsRng;
 
 /// A relay on the cluster, with the cluster's servers in the given order.
 fn relay_on(cluster: &NatsCluster, data: &std::path::Path, order: &[usize]) -> RelayProc {
+    relay_with(cluster, data, order, &[])
+}
+
+fn relay_with(cluster: &NatsCluster, data: &std::path::Path, order: &[usize], extra: &[&str]) -> RelayProc {
     let mut args: Vec<String> = ["--store", "nats", "--nats-replicas", "3", "--stats-interval", "1s"]
         .map(String::from)
         .to_vec();
@@ -23,7 +33,8 @@ fn relay_on(cluster: &NatsCluster, data: &std::path::Path, order: &[usize]) -> R
         args.push("--nats".into());
         args.push(cluster.url(i));
     }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
     RelayProc::start(data, &args)
 }
 
@@ -238,4 +249,140 @@ fn without_quorum_sends_fail_clearly_and_succeed_again_when_it_returns() {
         ]
     );
     drop(relay);
+}
+
+fn code(r: Result<Response, ConnectError>) -> Option<ErrorCode> {
+    match r {
+        Ok(_) => None,
+        Err(ConnectError::Refused(code, _)) => Some(code),
+        Err(e) => panic!("not a refusal: {e}"),
+    }
+}
+
+fn envelope(byte: u8) -> Envelope {
+    Envelope::from_slice(&[byte; ENVELOPE_SIZE]).unwrap()
+}
+
+#[test]
+fn the_relays_of_a_cluster_share_mailboxes_claims_and_limits_and_wake_each_other() {
+    let Some(bin) = require_nats() else { return };
+    let cluster = NatsCluster::start(&bin);
+    let root = tempfile::tempdir().unwrap();
+    let limits = ["--max-envelopes-per-mailbox", "3", "--max-stored-envelopes", "5"];
+    let relay1 = relay_with(&cluster, &root.path().join("r1"), &[0, 1, 2], &limits);
+    let relay2 = relay_with(&cluster, &root.path().join("r2"), &[2, 1, 0], &limits);
+    let addr1: RelayAddress = relay1.address.parse().unwrap();
+    let addr2: RelayAddress = relay2.address.parse().unwrap();
+    rt().block_on(async {
+        let mut c1 = RelayConnection::connect(&addr1).await.unwrap();
+        let mut c2 = RelayConnection::connect(&addr2).await.unwrap();
+        let a = MailboxKeys::generate(addr1.clone(), &mut OsRng);
+        let b = MailboxKeys::generate(addr2.clone(), &mut OsRng);
+        let create = |k: &MailboxKeys| Request::Create {
+            mailbox: k.id(),
+            recipient_key: k.recipient_public(),
+            send_digest: k.address.send.digest(),
+        };
+        c1.request(&create(&a)).await.unwrap();
+        c2.request(&create(&b)).await.unwrap();
+        // One namespace: the id taken through relay 1 is taken at relay 2.
+        assert_eq!(code(c2.request(&create(&a)).await), Some(ErrorCode::MailboxExists));
+
+        // A long-poll on relay 1 wakes when relay 2 stores into its mailbox, long before
+        // its 20 s deadline.
+        let send_a = |byte| Request::Send {
+            send: a.address.send.0,
+            envelope: envelope(byte),
+        };
+        let waiting = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = c1
+                .request(&Request::Fetch {
+                    max: 15,
+                    wait_ms: 20_000,
+                })
+                .await;
+            (c1, r, started.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c2.request(&send_a(1)).await.unwrap();
+        let (mut c1, fetched, waited) = waiting.await.unwrap();
+        let list = match fetched.unwrap() {
+            Response::Envelopes(list) => list,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].envelope, envelope(1));
+        assert!(
+            waited < Duration::from_secs(10),
+            "woken by the other relay, not the deadline: {waited:?}"
+        );
+
+        // Acknowledged through relay 1: gone at relay 2 as well.
+        c1.request(&Request::Ack {
+            mailbox: a.id(),
+            seq: list[0].seq,
+        })
+        .await
+        .unwrap();
+        c2.request(&Request::Open {
+            mailbox: a.id(),
+            proof: a.open_proof(c2.nonce()),
+        })
+        .await
+        .unwrap();
+        match c2.request(&Request::Fetch { max: 15, wait_ms: 0 }).await.unwrap() {
+            Response::Envelopes(list) => assert!(list.is_empty(), "{list:?}"),
+            other => panic!("{other:?}"),
+        }
+        // An ack naming another mailbox's envelope deletes nothing.
+        c2.request(&send_a(2)).await.unwrap();
+        let seq = match c2.request(&Request::Fetch { max: 15, wait_ms: 0 }).await.unwrap() {
+            Response::Envelopes(list) => list[0].seq,
+            other => panic!("{other:?}"),
+        };
+        let mut c3 = RelayConnection::connect(&addr1).await.unwrap();
+        c3.request(&Request::Open {
+            mailbox: b.id(),
+            proof: b.open_proof(c3.nonce()),
+        })
+        .await
+        .unwrap();
+        c3.request(&Request::Ack { mailbox: b.id(), seq }).await.unwrap();
+        match c2.request(&Request::Fetch { max: 15, wait_ms: 0 }).await.unwrap() {
+            Response::Envelopes(list) => assert_eq!(list.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![seq]),
+            other => panic!("{other:?}"),
+        }
+
+        // Quotas hold across relays: 3 per mailbox (one is stored), 5 in all.
+        c1.request(&send_a(3)).await.unwrap();
+        c2.request(&send_a(4)).await.unwrap();
+        assert_eq!(code(c1.request(&send_a(5)).await), Some(ErrorCode::MailboxFull));
+        let send_b = |byte| Request::Send {
+            send: b.address.send.0,
+            envelope: envelope(byte),
+        };
+        c1.request(&send_b(6)).await.unwrap();
+        c2.request(&send_b(7)).await.unwrap();
+        assert_eq!(code(c1.request(&send_b(8)).await), Some(ErrorCode::RelayFull));
+
+        // One claim per epoch, whichever relay is asked; a retry of the winner is granted.
+        let claim = |epoch, token| Request::Claim {
+            send: b.address.send.0,
+            epoch,
+            token,
+        };
+        c1.request(&claim(0, [1; 32])).await.unwrap();
+        match c2.request(&claim(0, [2; 32])).await {
+            Err(ConnectError::Refused(ErrorCode::EpochConflict, next)) => assert_eq!(next, 1),
+            other => panic!("{other:?}"),
+        }
+        c2.request(&claim(0, [1; 32])).await.unwrap();
+        c2.request(&claim(1, [2; 32])).await.unwrap();
+
+        // Deleted through relay 1: relay 2 refuses sends to it (its cache is told).
+        c1.request(&Request::Delete { mailbox: a.id() }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(code(c2.request(&send_a(9)).await), Some(ErrorCode::NoSuchMailbox));
+    });
 }

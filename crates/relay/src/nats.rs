@@ -22,10 +22,11 @@
 //! without JetStream's secure erase (see [`NatsStore::remove`]). After a send the relay publishes
 //! an empty core-NATS message on `bc.new.<receive id>`; every relay listens there
 //! and wakes its long-polls, so a member on relay 1 sees at once what was sent
-//! through relay 2.
+//! through relay 2. Likewise `bc.gone.<send digest>` after a delete clears the
+//! other relays' capability caches.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
@@ -47,6 +48,8 @@ const ENVELOPES: &str = "BC_ENVELOPES";
 const META: &str = "BC_META";
 const ENVELOPE_SUBJECTS: &str = "bc.env.*";
 const NOTE_SUBJECTS: &str = "bc.new.*";
+/// Notices that a mailbox was deleted: `bc.gone.<hex send digest>`.
+const GONE_SUBJECTS: &str = "bc.gone.*";
 const IDENTITY_SUBJECT: &str = "bc.tls";
 /// How long one NATS operation may take before the request fails with a storage error.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,6 +77,8 @@ pub struct NatsConfig {
     pub ttl: Duration,
 }
 
+type SenderCache = HashMap<[u8; 32], (MailboxId, Instant)>;
+
 /// Mailboxes and envelopes in a NATS JetStream cluster.
 pub struct NatsStore {
     rt: Handle,
@@ -83,7 +88,7 @@ pub struct NatsStore {
     meta: stream::Stream,
     listener: Mutex<Option<JoinHandle<()>>>,
     /// Send-capability digest -> receive id, as read recently (see [`SENDER_CACHE_TTL`]).
-    senders: Mutex<HashMap<[u8; 32], (MailboxId, Instant)>>,
+    senders: Arc<Mutex<SenderCache>>,
     /// Sequence -> mailbox of envelopes this relay handed out, so their acks need no read.
     delivered: Mutex<HashMap<u64, MailboxId>>,
 }
@@ -254,7 +259,7 @@ impl NatsStore {
             envelopes,
             meta,
             listener: Mutex::new(None),
-            senders: Mutex::new(HashMap::new()),
+            senders: Arc::new(Mutex::new(HashMap::new())),
             delivered: Mutex::new(HashMap::new()),
         })
     }
@@ -487,6 +492,11 @@ impl NatsStore {
             if let Some(digest) = v.get(32..64).and_then(|d| <[u8; 32]>::try_from(d).ok()) {
                 self.purge(&sender_subject(&digest)).await?;
                 self.forget_sender(&digest);
+                // The other relays drop it from their caches too (best effort; else it expires).
+                let _ = self
+                    .client
+                    .publish(format!("bc.gone.{}", hex(&digest)), Bytes::new())
+                    .await;
             }
         }
         self.purge(&claim_subject(&id)).await?;
@@ -631,19 +641,26 @@ impl MailboxStore for NatsStore {
 
     fn forward_deliveries(&self, notify: broadcast::Sender<MailboxId>) {
         let client = self.client.clone();
+        let senders = self.senders.clone();
         let task = self.rt.spawn(async move {
             // Resubscribes after a failure; the client reconnects on its own.
             loop {
-                match client.subscribe(NOTE_SUBJECTS).await {
-                    Ok(mut sub) => {
-                        while let Some(m) = sub.next().await {
-                            let id = m.subject.as_str().strip_prefix("bc.new.").and_then(unhex32);
-                            if let Some(id) = id {
+                let subs = tokio::try_join!(client.subscribe(NOTE_SUBJECTS), client.subscribe(GONE_SUBJECTS));
+                match subs {
+                    Ok((new, gone)) => {
+                        let mut both = futures_util::stream::select(new, gone);
+                        while let Some(m) = both.next().await {
+                            let subject = m.subject.as_str();
+                            if let Some(id) = subject.strip_prefix("bc.new.").and_then(unhex32) {
                                 let _ = notify.send(MailboxId(id));
+                            } else if let Some(digest) = subject.strip_prefix("bc.gone.").and_then(unhex32) {
+                                if let Ok(mut cache) = senders.lock() {
+                                    cache.remove(&digest);
+                                }
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not listen for deliveries from other relays"),
+                    Err(e) => tracing::warn!(error = %e, "could not listen for the other relays' notices"),
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
