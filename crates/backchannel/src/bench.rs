@@ -371,9 +371,10 @@ async fn receive(
 
 /// The embedded store alone: `n` writers with `window` sends each in flight (so its
 /// group commit batches as it does under the relay), `n` readers fetching and
-/// acknowledging, every send durable before it returns.
+/// acknowledging each batch at once, every send durable before it returns. Writes go
+/// through the same queue the relay uses (`send_async`, `ack_async`).
 async fn embedded_baseline(path: &Path, n: usize, m: usize, window: usize) -> Result<f64, BenchError> {
-    let store = Arc::new(EmbeddedStore::open_with_quota(
+    let store: Arc<EmbeddedStore> = Arc::new(EmbeddedStore::open_with_quota(
         path,
         Quota {
             per_mailbox: 4_000_000,
@@ -391,39 +392,49 @@ async fn embedded_baseline(path: &Path, n: usize, m: usize, window: usize) -> Re
             },
             &mut OsRng,
         );
-        store.create(keys.id(), keys.recipient_public(), keys.address.send.digest())?;
+        let s = store.clone();
+        let (id, public, digest) = (keys.id(), keys.recipient_public(), keys.address.send.digest());
+        tokio::task::spawn_blocking(move || s.create(id, public, digest)).await??;
         caps.push(keys.address.send.0);
         ids.push(keys.id());
     }
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (i, cap) in caps.iter().enumerate() {
-        // `window` blocking writers per client, as many sends in flight as the relay gets.
         let count = share(m, n, i);
-        for w in 0..window.max(1) {
-            let mine = share(count, window.max(1), w);
-            let (store, cap) = (store.clone(), *cap);
-            tasks.spawn_blocking(move || -> Result<(), BenchError> {
-                for s in 0..mine {
-                    store.send(cap, stamped(t0, s as u64)?, u64::MAX)?;
+        let (store, cap) = (store.clone(), *cap);
+        let window = window.max(1);
+        tasks.spawn(async move {
+            let mut sent = 0;
+            while sent < count {
+                let batch = window.min(count - sent);
+                let mut pending = Vec::with_capacity(batch);
+                for s in 0..batch {
+                    pending.push(store.clone().send_async(cap, stamped(t0, (sent + s) as u64)?, u64::MAX));
                 }
-                Ok(())
-            });
-        }
+                for p in pending {
+                    p.await?;
+                }
+                sent += batch;
+            }
+            Ok::<(), BenchError>(())
+        });
     }
     for (i, id) in ids.iter().enumerate() {
         let expect = share(m, n, i);
         let (store, id) = (store.clone(), *id);
-        tasks.spawn_blocking(move || -> Result<(), BenchError> {
+        tasks.spawn(async move {
             let mut got = 0;
             while got < expect {
-                let list = store.fetch(&[id], usize::from(MAX_FETCH))?;
+                let s = store.clone();
+                let list = tokio::task::spawn_blocking(move || s.fetch(&[id], usize::from(MAX_FETCH))).await??;
                 if list.is_empty() {
-                    std::thread::sleep(Duration::from_micros(200));
+                    tokio::time::sleep(Duration::from_micros(500)).await;
                 }
-                for d in list {
-                    store.ack(id, d.seq)?;
-                    got += 1;
+                got += list.len();
+                let acks: Vec<_> = list.iter().map(|d| store.clone().ack_async(id, d.seq)).collect();
+                for a in acks {
+                    a.await?;
                 }
             }
             Ok(())

@@ -16,6 +16,7 @@ use backchannel_core::frame::{
     MAX_FETCH, PROTOCOL_VERSION,
 };
 use backchannel_core::mailbox::{verify_open_proof, MailboxId};
+use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use rand_core::{OsRng, RngCore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -452,9 +453,11 @@ async fn close_on_shutdown(ws: &mut Ws) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
 }
 
-/// Reads and answers requests one at a time until the client leaves, breaks a
-/// limit that ends the connection, or the relay shuts down. A request that was
-/// read is always executed and answered, shutdown or not.
+/// Reads and answers requests until the client leaves, breaks a limit that ends the
+/// connection, or the relay shuts down. `Send`, `Claim` and `Ack` run concurrently (up
+/// to [`PIPELINE_DEPTH`], so that one client's pipelined writes share a group commit);
+/// anything else waits for them and runs alone. Answers go out in request order. A
+/// request that was read is always executed and answered, shutdown or not.
 async fn serve_connection(ws: &mut Ws, shared: &Shared) -> Ended {
     let mut conn = Connection {
         nonce: {
@@ -484,11 +487,31 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared) -> Ended {
         shared.limits.request_burst,
         Instant::now(),
     );
+    // Requests being executed, answered in the order they came.
+    let mut inflight: FuturesOrdered<Pending<'_>> = FuturesOrdered::new();
     loop {
-        let msg = tokio::select! {
+        let event = tokio::select! {
             biased;
-            _ = shared.closing() => return Ended::Shutdown,
-            next = tokio::time::timeout(idle, ws.next()) => next,
+            _ = shared.closing() => {
+                // Every request read is executed and answered, then the connection closes.
+                while let Some((id, response)) = inflight.next().await {
+                    if !finish(ws, id, &response, shared).await {
+                        return Ended::Client;
+                    }
+                }
+                return Ended::Shutdown;
+            }
+            Some((id, response)) = inflight.next(), if !inflight.is_empty() => Event::Done(id, response),
+            next = tokio::time::timeout(idle, ws.next()), if inflight.len() < PIPELINE_DEPTH => Event::Read(next),
+        };
+        let msg = match event {
+            Event::Done(id, response) => {
+                if !finish(ws, id, &response, shared).await {
+                    return Ended::Client;
+                }
+                continue;
+            }
+            Event::Read(next) => next,
         };
         let msg = match msg {
             Ok(Some(Ok(m))) => m,
@@ -515,35 +538,63 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared) -> Ended {
             Message::Binary(b) => b,
         };
         let id = request_id(&bytes);
-        let response = if let Err(wait) = bucket.take(Instant::now()) {
+        let request = if let Err(wait) = bucket.take(Instant::now()) {
             Metrics::count(&metrics.rate_limited);
-            Response::Error {
+            Err(Response::Error {
                 code: ErrorCode::RateLimited,
                 detail: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).saturating_add(1),
-            }
+            })
         } else {
             match decode_request(&bytes) {
-                Ok((_, req)) => {
-                    let response = conn.serve(shared, req).await;
-                    if let Response::Error { code, .. } = &response {
-                        count_refusal(metrics, *code);
-                    }
-                    response
-                }
+                Ok((_, req)) => Ok(req),
                 Err(FrameError::TooLarge(_)) => {
                     Metrics::count(&metrics.oversize_frames);
-                    Connection::err(ErrorCode::FrameTooLarge)
+                    Err(Connection::err(ErrorCode::FrameTooLarge))
                 }
-                Err(_) => Connection::err(ErrorCode::Malformed),
+                Err(_) => Err(Connection::err(ErrorCode::Malformed)),
             }
         };
-        if matches!(response, Response::Error { .. }) {
-            Metrics::count(&metrics.protocol_errors);
-        }
-        if !answer(ws, id, &response, shared).await {
-            return Ended::Client;
+        match request {
+            // A refusal takes its place in the order of answers.
+            Err(response) => inflight.push_back(Box::pin(std::future::ready((id, response)))),
+            Ok(req) => match conn.concurrent(&req) {
+                true => inflight.push_back(Box::pin(async move { (id, serve_stateless(shared, req).await) })),
+                false => {
+                    // Anything else reads or changes the connection's state: it runs alone,
+                    // after every earlier request is answered.
+                    while let Some((id, response)) = inflight.next().await {
+                        if !finish(ws, id, &response, shared).await {
+                            return Ended::Client;
+                        }
+                    }
+                    let response = conn.serve(shared, req).await;
+                    if !finish(ws, id, &response, shared).await {
+                        return Ended::Client;
+                    }
+                }
+            },
         }
     }
+}
+
+/// Requests of one connection executed at once, at most: each may hold an envelope.
+const PIPELINE_DEPTH: usize = 32;
+
+/// A request being executed: its id and, when done, its answer.
+type Pending<'a> = Pin<Box<dyn std::future::Future<Output = (u32, Response)> + Send + 'a>>;
+
+enum Event<R> {
+    Done(u32, Response),
+    Read(R),
+}
+
+/// Counts a response and sends it; false if the connection is done for.
+async fn finish(ws: &mut Ws, id: u32, response: &Response, shared: &Shared) -> bool {
+    if let Response::Error { code, .. } = response {
+        count_refusal(&shared.metrics, *code);
+        Metrics::count(&shared.metrics.protocol_errors);
+    }
+    answer(ws, id, response, shared).await
 }
 
 fn count_refusal(metrics: &Metrics, code: ErrorCode) {
@@ -608,6 +659,37 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|_| Err(StoreError::Storage("store task failed".into())))
 }
 
+/// Executes a `Send`, `Claim` or `Ack` (checked by [`Connection::concurrent`]): requests
+/// that touch only the store, so several of one connection may run at once.
+async fn serve_stateless(shared: &Shared, req: Request) -> Response {
+    let store = shared.store.clone();
+    match req {
+        Request::Send { send, envelope } => {
+            let expires = now_secs().saturating_add(shared.limits.envelope_ttl.as_secs());
+            match store.send_async(send, envelope, expires).await {
+                Ok((mailbox, _)) => {
+                    shared.metrics.envelopes_in.fetch_add(1, Ordering::Relaxed);
+                    let _ = shared.notify.send(mailbox);
+                    Response::Ok
+                }
+                Err(e) => store_error(e),
+            }
+        }
+        Request::Claim { send, epoch, token } => match store.claim_async(send, epoch, token).await {
+            Ok(()) => Response::Ok,
+            Err(e) => store_error(e),
+        },
+        Request::Ack { mailbox, seq } => match store.ack_async(mailbox, seq).await {
+            Ok(()) => {
+                shared.metrics.envelopes_acked.fetch_add(1, Ordering::Relaxed);
+                Response::Ok
+            }
+            Err(e) => store_error(e),
+        },
+        _ => Connection::err(ErrorCode::Malformed),
+    }
+}
+
 impl Connection {
     fn err(code: ErrorCode) -> Response {
         Response::Error { code, detail: 0 }
@@ -634,17 +716,7 @@ impl Connection {
                     Err(e) => store_error(e),
                 }
             }
-            Request::Send { send, envelope } => {
-                let expires = now_secs().saturating_add(shared.limits.envelope_ttl.as_secs());
-                match blocking(move || store.send(send, envelope, expires)).await {
-                    Ok((mailbox, _)) => {
-                        shared.metrics.envelopes_in.fetch_add(1, Ordering::Relaxed);
-                        let _ = shared.notify.send(mailbox);
-                        Response::Ok
-                    }
-                    Err(e) => store_error(e),
-                }
-            }
+            req @ (Request::Send { .. } | Request::Claim { .. }) => serve_stateless(shared, req).await,
             Request::Open { mailbox, proof } => {
                 if self.opened.contains(&mailbox) {
                     return Response::Ok;
@@ -671,16 +743,11 @@ impl Connection {
                 let wait = Duration::from_millis(u64::from(wait_ms)).min(shared.limits.max_wait);
                 self.fetch(shared, max, wait).await
             }
-            Request::Ack { mailbox, seq } => {
-                if !self.opened.contains(&mailbox) {
-                    return Self::err(ErrorCode::NotOpened);
-                }
-                match blocking(move || store.ack(mailbox, seq)).await {
-                    Ok(()) => {
-                        shared.metrics.envelopes_acked.fetch_add(1, Ordering::Relaxed);
-                        Response::Ok
-                    }
-                    Err(e) => store_error(e),
+            req @ Request::Ack { .. } => {
+                if self.concurrent(&req) {
+                    serve_stateless(shared, req).await
+                } else {
+                    Self::err(ErrorCode::NotOpened)
                 }
             }
             Request::Delete { mailbox } => {
@@ -697,10 +764,17 @@ impl Connection {
                     Err(e) => store_error(e),
                 }
             }
-            Request::Claim { send, epoch, token } => match blocking(move || store.claim(send, epoch, token)).await {
-                Ok(()) => Response::Ok,
-                Err(e) => store_error(e),
-            },
+        }
+    }
+
+    /// Whether a request may run beside others of this connection: it reads no state
+    /// that another request could change meanwhile (an `Ack` only of a mailbox this
+    /// connection has opened; any other is refused, alone).
+    fn concurrent(&self, req: &Request) -> bool {
+        match req {
+            Request::Ack { mailbox, .. } => self.opened.contains(mailbox),
+            Request::Send { .. } | Request::Claim { .. } => true,
+            _ => false,
         }
     }
 

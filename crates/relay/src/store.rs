@@ -171,8 +171,22 @@ pub struct Stats {
     pub envelopes: u64,
 }
 
+/// A store operation under way.
+pub type StoreFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send>>;
+
+/// Runs a blocking store call on the blocking pool.
+fn off_executor<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> StoreFuture<T> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Storage("store task failed".into())))
+    })
+}
+
 /// Storage for mailboxes and their envelopes. Methods block; call them off
-/// the async executor.
+/// the async executor. The `*_async` forms are for the executor: by default they run
+/// the blocking form on the blocking pool; a store that can wait without a thread
+/// overrides them.
 pub trait MailboxStore: Send + Sync + 'static {
     /// Creates a mailbox under its receive id and the digest of its send capability.
     fn create(&self, id: MailboxId, recipient_key: [u8; 32], send_digest: [u8; 32]) -> Result<(), StoreError>;
@@ -197,6 +211,23 @@ pub trait MailboxStore: Send + Sync + 'static {
     /// mailbox ids) so long-polls here wake at once. A store only this relay uses
     /// has none: the relay announces its own deliveries.
     fn forward_deliveries(&self, _notify: tokio::sync::broadcast::Sender<MailboxId>) {}
+    /// [`MailboxStore::send`] for the executor.
+    fn send_async(
+        self: Arc<Self>,
+        send: [u8; 32],
+        envelope: Envelope,
+        expires_at: u64,
+    ) -> StoreFuture<(MailboxId, u64)> {
+        off_executor(move || self.send(send, envelope, expires_at))
+    }
+    /// [`MailboxStore::ack`] for the executor.
+    fn ack_async(self: Arc<Self>, id: MailboxId, seq: u64) -> StoreFuture<()> {
+        off_executor(move || self.ack(id, seq))
+    }
+    /// [`MailboxStore::claim`] for the executor.
+    fn claim_async(self: Arc<Self>, send: [u8; 32], epoch: u64, token: [u8; 32]) -> StoreFuture<()> {
+        off_executor(move || self.claim(send, epoch, token))
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -444,7 +475,21 @@ enum Write {
 
 /// What a write answers: the receive id it touched (for sends) and a number.
 type Answer = Result<(MailboxId, u64), StoreError>;
-type Reply = mpsc::SyncSender<Answer>;
+/// Where the writer thread sends a write's answer: to a blocked thread, or to a future.
+enum Reply {
+    Blocking(mpsc::SyncSender<Answer>),
+    Future(tokio::sync::oneshot::Sender<Answer>),
+}
+
+impl Reply {
+    fn send(self, answer: Answer) {
+        // A caller that stopped waiting does not need its answer.
+        let _ = match self {
+            Reply::Blocking(tx) => tx.send(answer).map_err(|_| ()),
+            Reply::Future(tx) => tx.send(answer).map_err(|_| ()),
+        };
+    }
+}
 
 /// The embedded, crash-safe store (redb), with each envelope sealed under a
 /// key of its own in [`KEY_FILE`] (see the module documentation).
@@ -533,12 +578,27 @@ impl EmbeddedStore {
 
     fn write(&self, w: Write) -> Answer {
         let (tx, rx) = mpsc::sync_channel(1);
+        self.queue(w, Reply::Blocking(tx))?;
+        rx.recv().map_err(|_| StoreError::Storage("writer stopped".into()))?
+    }
+
+    /// Queues a write for the writer thread, in call order.
+    fn queue(&self, w: Write, reply: Reply) -> Result<(), StoreError> {
         self.writes
             .as_ref()
             .ok_or_else(|| StoreError::Storage("writer stopped".into()))?
-            .send((w, tx))
-            .map_err(|_| StoreError::Storage("writer stopped".into()))?;
-        rx.recv().map_err(|_| StoreError::Storage("writer stopped".into()))?
+            .send((w, reply))
+            .map_err(|_| StoreError::Storage("writer stopped".into()))
+    }
+
+    /// Queues a write and returns a future of its answer: no thread waits meanwhile.
+    fn submitted(&self, w: Write) -> StoreFuture<(MailboxId, u64)> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let queued = self.queue(w, Reply::Future(tx));
+        Box::pin(async move {
+            queued?;
+            rx.await.map_err(|_| StoreError::Storage("writer stopped".into()))?
+        })
     }
 
     /// Whether the record under `key` still holds exactly `value`.
@@ -725,12 +785,12 @@ fn writer(db: Arc<Database>, keys: Arc<KeyFile>, mut book: SlotBook, rx: mpsc::R
         match results {
             Ok(results) => {
                 for ((_, reply), r) in batch.into_iter().zip(results) {
-                    let _ = reply.send(r);
+                    reply.send(r);
                 }
             }
             Err(e) => {
                 for (_, reply) in batch {
-                    let _ = reply.send(Err(e.clone()));
+                    reply.send(Err(e.clone()));
                 }
             }
         }
@@ -1101,6 +1161,31 @@ impl MailboxStore for EmbeddedStore {
 
     fn expire(&self, now: u64) -> Result<u64, StoreError> {
         self.write(Write::Expire { now }).map(|(_, n)| n)
+    }
+
+    // The writer thread answers through a oneshot: these queue the write and wait
+    // without holding a thread, so a connection's pipelined writes share one batch.
+    fn send_async(
+        self: Arc<Self>,
+        send: [u8; 32],
+        envelope: Envelope,
+        expires_at: u64,
+    ) -> StoreFuture<(MailboxId, u64)> {
+        self.submitted(Write::Send {
+            send,
+            envelope,
+            expires_at,
+        })
+    }
+
+    fn ack_async(self: Arc<Self>, id: MailboxId, seq: u64) -> StoreFuture<()> {
+        let answer = self.submitted(Write::Ack { id, seq });
+        Box::pin(async move { answer.await.map(|_| ()) })
+    }
+
+    fn claim_async(self: Arc<Self>, send: [u8; 32], epoch: u64, token: [u8; 32]) -> StoreFuture<()> {
+        let answer = self.submitted(Write::Claim { send, epoch, token });
+        Box::pin(async move { answer.await.map(|_| ()) })
     }
 
     fn stats(&self) -> Result<Stats, StoreError> {
