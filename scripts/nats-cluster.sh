@@ -33,14 +33,15 @@ CONF
         "$BIN" -c "$DIR/n$i.conf" > "$DIR/n$i.log" 2>&1 &
         echo $! > "$DIR/n$i.pid"
     done
-    # Ready when every node reports JetStream healthy.
+    # Ready when every node is current with a JetStream meta leader (plain /healthz;
+    # ?js-enabled-only=true answers 200 before there is a leader).
     for _ in $(seq 1 150); do
         ok=0
         for i in 0 1 2; do
             python3 - "$((18222 + i))" <<'PY' && ok=$((ok + 1)) || true
 import sys, urllib.request
 try:
-    urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz?js-enabled-only=true", timeout=1)
+    urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=1)
 except Exception:
     sys.exit(1)
 PY
@@ -55,8 +56,19 @@ PY
     exit 1
     ;;
 stop)
+    pids=""
     for i in 0 1 2; do
-        [ -f "$DIR/n$i.pid" ] && kill "$(cat "$DIR/n$i.pid")" 2>/dev/null || true
+        if [ -f "$DIR/n$i.pid" ]; then
+            pid="$(cat "$DIR/n$i.pid")"
+            kill "$pid" 2>/dev/null && pids="$pids $pid" || true
+        fi
+    done
+    # Wait for them to exit before removing their store directories.
+    for _ in $(seq 1 100); do
+        alive=0
+        for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
     done
     rm -rf "$DIR"
     ;;

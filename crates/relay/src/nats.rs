@@ -42,7 +42,7 @@ use tokio::runtime::Handle;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use crate::store::{MailboxStore, Quota, Stats, StoreError};
+use crate::store::{MailboxStore, Quota, Stats, StoreError, StoreFuture};
 
 const ENVELOPES: &str = "BC_ENVELOPES";
 const META: &str = "BC_META";
@@ -340,7 +340,7 @@ impl NatsStore {
         }
     }
 
-    async fn create_async(&self, id: MailboxId, recipient: [u8; 32], digest: [u8; 32]) -> Result<(), StoreError> {
+    async fn do_create(&self, id: MailboxId, recipient: [u8; 32], digest: [u8; 32]) -> Result<(), StoreError> {
         let mut record = Vec::with_capacity(64);
         record.extend_from_slice(&recipient);
         record.extend_from_slice(&digest);
@@ -363,7 +363,7 @@ impl NatsStore {
         }
     }
 
-    async fn send_async(&self, send: [u8; 32], envelope: Envelope) -> Result<(MailboxId, u64), StoreError> {
+    async fn do_send(&self, send: [u8; 32], envelope: Envelope) -> Result<(MailboxId, u64), StoreError> {
         let Some(id) = self.receive_id(&send).await? else {
             return Err(StoreError::NoSuchMailbox);
         };
@@ -401,7 +401,7 @@ impl NatsStore {
         Ok((id, seq))
     }
 
-    async fn fetch_async(&self, ids: &[MailboxId], max: usize) -> Result<Vec<Delivery>, StoreError> {
+    async fn do_fetch(&self, ids: &[MailboxId], max: usize) -> Result<Vec<Delivery>, StoreError> {
         use async_nats::jetstream::stream::RawMessageErrorKind;
         let mut out = Vec::new();
         for id in ids {
@@ -443,7 +443,7 @@ impl NatsStore {
     }
 
     /// Deletes one envelope if it is in mailbox `id`.
-    async fn ack_async(&self, id: MailboxId, seq: u64) -> Result<(), StoreError> {
+    async fn do_ack(&self, id: MailboxId, seq: u64) -> Result<(), StoreError> {
         use async_nats::jetstream::stream::RawMessageErrorKind;
         let handed_out = self.delivered.lock().ok().and_then(|mut d| d.remove(&seq));
         let mine = match handed_out {
@@ -483,7 +483,7 @@ impl NatsStore {
         }
     }
 
-    async fn delete_async(&self, id: MailboxId) -> Result<(), StoreError> {
+    async fn do_delete(&self, id: MailboxId) -> Result<(), StoreError> {
         timed("deleting", async {
             self.envelopes.purge().filter(envelope_subject(&id)).await.map(|_| ())
         })
@@ -503,7 +503,7 @@ impl NatsStore {
         self.purge(&box_subject(&id)).await
     }
 
-    async fn claim_async(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
+    async fn do_claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
         let Some(id) = self.receive_id(&send).await? else {
             return Err(StoreError::NoSuchMailbox);
         };
@@ -544,7 +544,7 @@ impl NatsStore {
         ))
     }
 
-    async fn stats_async(&self) -> Result<Stats, StoreError> {
+    async fn do_stats(&self) -> Result<Stats, StoreError> {
         let mut envelopes = self.envelopes.clone();
         let env = timed("reading counts", async {
             envelopes.info().await.map(|i| i.state.messages)
@@ -593,12 +593,12 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
 
 impl MailboxStore for NatsStore {
     fn create(&self, id: MailboxId, recipient_key: [u8; 32], send_digest: [u8; 32]) -> Result<(), StoreError> {
-        self.block(self.create_async(id, recipient_key, send_digest))
+        self.block(self.do_create(id, recipient_key, send_digest))
     }
 
     fn send(&self, send: [u8; 32], envelope: Envelope, _expires_at: u64) -> Result<(MailboxId, u64), StoreError> {
         // Expiry is the stream's max_age, the same for every envelope.
-        self.block(self.send_async(send, envelope))
+        self.block(self.do_send(send, envelope))
     }
 
     fn recipient_key(&self, id: MailboxId) -> Result<Option<[u8; 32]>, StoreError> {
@@ -615,19 +615,37 @@ impl MailboxStore for NatsStore {
     }
 
     fn fetch(&self, ids: &[MailboxId], max: usize) -> Result<Vec<Delivery>, StoreError> {
-        self.block(self.fetch_async(ids, max))
+        self.block(self.do_fetch(ids, max))
     }
 
     fn ack(&self, id: MailboxId, seq: u64) -> Result<(), StoreError> {
-        self.block(self.ack_async(id, seq))
+        self.block(self.do_ack(id, seq))
     }
 
     fn delete(&self, id: MailboxId) -> Result<(), StoreError> {
-        self.block(self.delete_async(id))
+        self.block(self.do_delete(id))
     }
 
     fn claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
-        self.block(self.claim_async(send, epoch, token))
+        self.block(self.do_claim(send, epoch, token))
+    }
+
+    // Natively async: no blocking thread per request.
+    fn send_async(
+        self: Arc<Self>,
+        send: [u8; 32],
+        envelope: Envelope,
+        _expires_at: u64,
+    ) -> StoreFuture<(MailboxId, u64)> {
+        Box::pin(async move { self.do_send(send, envelope).await })
+    }
+
+    fn ack_async(self: Arc<Self>, id: MailboxId, seq: u64) -> StoreFuture<()> {
+        Box::pin(async move { self.do_ack(id, seq).await })
+    }
+
+    fn claim_async(self: Arc<Self>, send: [u8; 32], epoch: u64, token: [u8; 32]) -> StoreFuture<()> {
+        Box::pin(async move { self.do_claim(send, epoch, token).await })
     }
 
     fn expire(&self, _now: u64) -> Result<u64, StoreError> {
@@ -636,7 +654,7 @@ impl MailboxStore for NatsStore {
     }
 
     fn stats(&self) -> Result<Stats, StoreError> {
-        self.block(self.stats_async())
+        self.block(self.do_stats())
     }
 
     fn forward_deliveries(&self, notify: broadcast::Sender<MailboxId>) {
