@@ -64,6 +64,18 @@ struct RelayChild {
 
 impl Drop for RelayChild {
     fn drop(&mut self) {
+        // SIGTERM, so the relay shuts down as in production (and a profiler it runs
+        // under writes its output); SIGKILL if it is still there after 5 s.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

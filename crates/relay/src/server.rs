@@ -154,7 +154,7 @@ fn now_secs() -> u64 {
 fn ws_config() -> WebSocketConfig {
     // Small explicit buffers: tungstenite's defaults cost ~128 KiB per connection.
     WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(256 * 1024)
         .max_message_size(Some(2 * FRAME_SIZE))
@@ -405,7 +405,9 @@ async fn handle(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermi
     // One timeout over TLS and the upgrade together: a client that trickles
     // either is cut off at the same time.
     let handshake = tokio::select! {
-        r = tokio::time::timeout(shared.limits.handshake_timeout, handshake(tcp, &shared.tls)) => r,
+        // Boxed: the handshake's large state is freed once it is done, instead of sizing
+        // every connection's task for it (docs/reliability.md, memory per connection).
+        r = tokio::time::timeout(shared.limits.handshake_timeout, Box::pin(handshake(tcp, &shared.tls))) => r,
         _ = shared.closing() => return,
     };
     let mut ws = match handshake {
@@ -567,7 +569,8 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared) -> Ended {
                             return Ended::Client;
                         }
                     }
-                    let response = conn.serve(shared, req).await;
+                    // Boxed for the same reason: only a request being served holds its state.
+                    let response = Box::pin(conn.serve(shared, req)).await;
                     if !finish(ws, id, &response, shared).await {
                         return Ended::Client;
                     }
