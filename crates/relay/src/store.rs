@@ -773,6 +773,18 @@ fn seal_plaintext_records(db: &Database, keys: &KeyFile, book: &mut SlotBook) ->
 }
 
 fn writer(db: Arc<Database>, keys: Arc<KeyFile>, mut book: SlotBook, rx: mpsc::Receiver<(Write, Reply)>, max: Quota) {
+    // Zeroing freed keys runs on a thread of its own, so the next batch's commit does
+    // not wait for it. It hands the slots back once their zeros are durable.
+    let (zero_tx, zero_rx) = mpsc::channel::<Zeroing>();
+    let (back_tx, back_rx) = mpsc::channel::<Zeroed>();
+    let zeroer_keys = keys.clone();
+    let zeroer = std::thread::Builder::new()
+        .name("store-zeroer".into())
+        .spawn(move || zeroer(&zeroer_keys, zero_rx, back_tx));
+    let zeroer = match zeroer {
+        Ok(z) => Some(z),
+        Err(_) => None,
+    };
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -781,35 +793,109 @@ fn writer(db: Arc<Database>, keys: Arc<KeyFile>, mut book: SlotBook, rx: mpsc::R
                 Err(_) => break,
             }
         }
-        let results = apply_batch(&db, &keys, &mut book, &batch, max);
-        match results {
-            Ok(results) => {
-                for ((_, reply), r) in batch.into_iter().zip(results) {
-                    reply.send(r);
+        while let Ok(back) = back_rx.try_recv() {
+            match back {
+                Zeroed::Free(slots) => book.free.extend(slots),
+                Zeroed::Failed(slots) => book.to_zero.extend(slots),
+            }
+        }
+        let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
+        match apply_batch(&db, &keys, &mut book, &writes, max) {
+            Ok((results, shreds)) => {
+                // Writes that deleted nothing are answered now: their effect is
+                // committed. Deletions are answered once the keys they freed are zeroed.
+                let mut waiting = Vec::new();
+                for ((reply, r), shred) in replies.into_iter().zip(results).zip(shreds) {
+                    if shred {
+                        waiting.push((reply, r));
+                    } else {
+                        reply.send(r);
+                    }
+                }
+                let job = Zeroing {
+                    slots: std::mem::take(&mut book.to_zero),
+                    replies: waiting,
+                };
+                if job.slots.is_empty() && job.replies.is_empty() {
+                    continue;
+                }
+                if let Err(mpsc::SendError(job)) = zero_tx.send(job) {
+                    // No zeroer thread: zero here.
+                    let mut book_slots = job.slots;
+                    let done = zero_slots(&keys, &book_slots);
+                    for (reply, r) in job.replies {
+                        reply.send(done.clone().and(r));
+                    }
+                    match done {
+                        Ok(()) => book.free.extend(book_slots.drain(..)),
+                        Err(_) => book.to_zero.append(&mut book_slots),
+                    }
                 }
             }
             Err(e) => {
-                for (_, reply) in batch {
+                for reply in replies {
                     reply.send(Err(e.clone()));
                 }
             }
         }
     }
+    drop(zero_tx);
+    if let Some(z) = zeroer {
+        let _ = z.join();
+    }
 }
 
-/// Applies a batch: new keys durable, then the commit, then the freed slots
-/// zeroed durably. Answers come back only after all three.
+/// Key slots to zero, and the answers of the deletions that freed them.
+struct Zeroing {
+    slots: Vec<u64>,
+    replies: Vec<(Reply, Answer)>,
+}
+
+/// Slots handed back by the zeroer.
+enum Zeroed {
+    /// Zeros durable: free to reuse.
+    Free(Vec<u64>),
+    /// Zeroing failed: still to zero.
+    Failed(Vec<u64>),
+}
+
+fn zeroer(keys: &KeyFile, jobs: mpsc::Receiver<Zeroing>, back: mpsc::Sender<Zeroed>) {
+    while let Ok(job) = jobs.recv() {
+        let done = zero_slots(keys, &job.slots);
+        for (reply, r) in job.replies {
+            reply.send(done.clone().and(r));
+        }
+        let _ = back.send(match done {
+            Ok(()) => Zeroed::Free(job.slots),
+            Err(_) => Zeroed::Failed(job.slots),
+        });
+    }
+}
+
+/// Zeroes key slots durably. The deletions that freed them are committed; if this
+/// fails, a later batch or the next open zeroes them.
+fn zero_slots(keys: &KeyFile, slots: &[u64]) -> Result<(), StoreError> {
+    if slots.is_empty() {
+        return Ok(());
+    }
+    keys.zero(slots)
+        .and_then(|()| keys.sync())
+        .map_err(|e| key_file_error("destroying the keys of deleted envelopes", e))
+}
+
+/// Applies a batch: new keys durable, then the commit. Returns each write's answer
+/// and whether it deleted envelopes (whose keys [`zero_freed`] then destroys).
 fn apply_batch(
     db: &Database,
     keys: &KeyFile,
     book: &mut SlotBook,
-    batch: &[(Write, Reply)],
+    batch: &[Write],
     max: Quota,
-) -> Result<Vec<Answer>, StoreError> {
+) -> Result<(Vec<Answer>, Vec<bool>), StoreError> {
     let mut slots = BatchSlots::default();
     let mut txn = db.begin_write().map_err(storage)?;
     txn.set_two_phase_commit(true);
-    let (mut results, shreds) = match stage(&txn, book, &mut slots, batch, max) {
+    let (results, shreds) = match stage(&txn, book, &mut slots, batch, max) {
         Ok(staged) => staged,
         Err(e) => {
             // The transaction is dropped, so aborted, and no key was written.
@@ -829,21 +915,7 @@ fn apply_batch(
     txn.commit().map_err(storage)?;
     drop(slots.new);
     book.to_zero.append(&mut slots.freed);
-    if !book.to_zero.is_empty() {
-        match keys.zero(&book.to_zero).and_then(|()| keys.sync()) {
-            Ok(()) => book.free.extend(book.to_zero.drain(..)),
-            Err(e) => {
-                // The deletions are committed; their keys are zeroed by a later batch or the next open.
-                let e = key_file_error("destroying the keys of deleted envelopes", e);
-                for (r, shred) in results.iter_mut().zip(shreds) {
-                    if shred {
-                        *r = Err(e.clone());
-                    }
-                }
-            }
-        }
-    }
-    Ok(results)
+    Ok((results, shreds))
 }
 
 /// Applies each write of a batch to the open transaction; returns the
@@ -852,7 +924,7 @@ fn stage(
     txn: &redb::WriteTransaction,
     book: &mut SlotBook,
     slots: &mut BatchSlots,
-    batch: &[(Write, Reply)],
+    batch: &[Write],
     max: Quota,
 ) -> Result<(Vec<Answer>, Vec<bool>), StoreError> {
     let mut boxes = txn.open_table(MAILBOXES).map_err(storage)?;
@@ -867,7 +939,7 @@ fn stage(
     };
     let mut results = Vec::with_capacity(batch.len());
     let mut shreds = Vec::with_capacity(batch.len());
-    for (w, _) in batch {
+    for w in batch {
         let freed = tables.slots.freed.len();
         results.push(apply(&mut tables, w, max)?);
         shreds.push(tables.slots.freed.len() > freed);
