@@ -781,10 +781,7 @@ fn writer(db: Arc<Database>, keys: Arc<KeyFile>, mut book: SlotBook, rx: mpsc::R
     let zeroer = std::thread::Builder::new()
         .name("store-zeroer".into())
         .spawn(move || zeroer(&zeroer_keys, zero_rx, back_tx));
-    let zeroer = match zeroer {
-        Ok(z) => Some(z),
-        Err(_) => None,
-    };
+    let zeroer = zeroer.ok();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
