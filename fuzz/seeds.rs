@@ -456,6 +456,10 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
         name: "bob".into(),
         identity_secret: *bob.id.secret_bytes(),
         relay: relay(),
+        relay_alternates: vec![backchannel_core::relay_address::RelayAddress {
+            host: "relay-2.example".into(),
+            ..relay()
+        }],
         mls: bob.provider.snapshot(),
         channels,
         pending_joins: vec![PendingJoin {
@@ -493,6 +497,7 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
         name: "new".into(),
         identity_secret: [1; 32],
         relay: relay(),
+        relay_alternates: Vec::new(),
         mls: Vec::new(),
         channels: BTreeMap::new(),
         pending_joins: Vec::new(),

@@ -14,19 +14,18 @@
 //!
 //! This module performs no I/O: it takes bytes and returns bytes.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
 use openmls_libcrux_crypto::CryptoProvider;
-use openmls_memory_storage::MemoryStorage;
 use openmls_traits::OpenMlsProvider;
 use thiserror::Error;
 
 use crate::codec::{Reader, Writer};
 use crate::identity::{Fingerprint, Identity};
 use crate::mailbox::MailboxAddress;
+use crate::storage::Store;
 
 /// Leaf-node extension holding the member's receiving [`MailboxAddress`].
 pub const MAILBOX_EXTENSION: u16 = 0xff0b;
@@ -87,17 +86,20 @@ pub enum ChannelError {
     /// This member has been removed.
     #[error("you are no longer a member of this channel")]
     NotAMember,
+    /// The stored MLS state is damaged or in another version's format.
+    #[error("the stored channel state is damaged or in an unknown format")]
+    Storage,
 }
 
 fn mls<E: fmt::Display>(e: E) -> ChannelError {
     ChannelError::Mls(e.to_string())
 }
 
-/// The openmls provider: libcrux crypto and an in-memory store whose content
-/// the client persists inside its encrypted vault.
+/// The openmls provider: libcrux crypto and an in-memory [`Store`] whose
+/// content the client persists inside its encrypted vault.
 pub struct Provider {
     crypto: CryptoProvider,
-    storage: MemoryStorage,
+    storage: Store,
 }
 
 impl fmt::Debug for Provider {
@@ -113,28 +115,23 @@ impl Provider {
     }
 
     /// A provider whose storage holds `entries` (from [`Provider::snapshot`]).
+    /// Refuses entries that another version's store wrote.
     pub fn from_snapshot(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Self, ChannelError> {
+        let storage = Store::from_entries(entries).ok_or(ChannelError::Storage)?;
         let crypto = CryptoProvider::new().map_err(|_| ChannelError::Provider)?;
-        let storage = MemoryStorage::default();
-        {
-            let mut values = storage.values.write().unwrap_or_else(|e| e.into_inner());
-            values.extend(entries);
-        }
         Ok(Self { crypto, storage })
     }
 
-    /// Every stored key and value, sorted, for persistence.
+    /// Every stored key and value, sorted by key, for persistence.
     pub fn snapshot(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let values = self.storage.values.read().unwrap_or_else(|e| e.into_inner());
-        let sorted: BTreeMap<_, _> = values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        sorted.into_iter().collect()
+        self.storage.snapshot()
     }
 }
 
 impl OpenMlsProvider for Provider {
     type CryptoProvider = CryptoProvider;
     type RandProvider = CryptoProvider;
-    type StorageProvider = MemoryStorage;
+    type StorageProvider = Store;
 
     fn storage(&self) -> &Self::StorageProvider {
         &self.storage
@@ -631,19 +628,16 @@ impl Channel {
             _ => None,
         };
         let (sender_key, _) = parse_credential(processed.credential()).ok_or(Rejection::UnknownSender)?;
+        let content = processed.into_content();
+        if let ProcessedMessageContent::ApplicationMessage(app) = content {
+            return Ok(Received::Application {
+                sender: self.application_sender(sender_leaf, &sender_key)?,
+                plaintext: app.into_bytes(),
+            });
+        }
         let current = self.members();
         let sender = current.iter().find(|m| m.identity_key == sender_key).cloned();
-        match processed.into_content() {
-            ProcessedMessageContent::ApplicationMessage(app) => {
-                let sender = sender.ok_or(Rejection::RemovedMember)?;
-                if sender_leaf != Some(LeafNodeIndex::new(sender.leaf)) {
-                    return Err(Rejection::UnknownSender);
-                }
-                Ok(Received::Application {
-                    sender,
-                    plaintext: app.into_bytes(),
-                })
-            }
+        match content {
             ProcessedMessageContent::ProposalMessage(p) => {
                 let Some(sender) = sender else {
                     return Err(Rejection::RemovedMember);
@@ -680,6 +674,32 @@ impl Channel {
             }
             _ => Err(Rejection::Malformed),
         }
+    }
+
+    /// The sender of an application message: the current member at the
+    /// sender's leaf, whose identity key must be the key MLS verified (and
+    /// the leaf's signature key, [`member_from_leaf`]). Reads that one leaf;
+    /// only when it does not match is the member list searched, as for the
+    /// other messages, to tell a removed sender from an unknown one.
+    fn application_sender(&self, leaf: Option<LeafNodeIndex>, key: &[u8; 32]) -> Result<MemberInfo, Rejection> {
+        let at_leaf = leaf.and_then(|i| {
+            self.group
+                .public_group()
+                .leaf(i)
+                .and_then(|node| member_from_leaf(node, i))
+        });
+        if let Some(member) = at_leaf.filter(|m| m.identity_key == *key) {
+            return Ok(member);
+        }
+        let sender = self
+            .members()
+            .into_iter()
+            .find(|m| m.identity_key == *key)
+            .ok_or(Rejection::RemovedMember)?;
+        if leaf != Some(LeafNodeIndex::new(sender.leaf)) {
+            return Err(Rejection::UnknownSender);
+        }
+        Ok(sender)
     }
 
     /// Deletes the group's state from the provider.

@@ -46,6 +46,13 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    /// Takes every remaining byte; true if all are zero (padding). The check
+    /// reads to the end instead of stopping at the first non-zero byte, so
+    /// that it vectorizes.
+    pub fn take_zero_padding(&mut self) -> bool {
+        std::mem::take(&mut self.buf).iter().fold(0u8, |acc, &b| acc | b) == 0
+    }
+
     /// Takes a fixed-size array.
     pub fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let mut out = [0u8; N];
@@ -164,5 +171,31 @@ impl Writer {
     /// The bytes written so far.
     pub fn into_vec(self) -> Vec<u8> {
         self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn zero_padding_matches_a_byte_by_byte_check(
+            len in 0usize..5000,
+            mark in proptest::option::of((any::<prop::sample::Index>(), 1u8..=255)),
+            skip in 0usize..64,
+        ) {
+            let mut buf = vec![0u8; len];
+            if let (Some((at, v)), false) = (mark, buf.is_empty()) {
+                buf[at.index(len)] = v;
+            }
+            let mut r = Reader::new(&buf);
+            let head = r.take(skip.min(len)).map(<[u8]>::len);
+            prop_assert!(head.is_ok());
+            let expect = !buf[skip.min(len)..].iter().any(|&b| b != 0);
+            prop_assert_eq!(r.take_zero_padding(), expect);
+            prop_assert_eq!(r.remaining(), 0);
+        }
     }
 }

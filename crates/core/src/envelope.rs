@@ -230,7 +230,7 @@ pub fn decode_chunk(plain: &[u8]) -> Result<Chunk, EnvelopeError> {
         return Err(DecodeError::Invalid("chunk length").into());
     }
     let data = r.take(data_len)?.to_vec();
-    if r.take(r.remaining())?.iter().any(|&b| b != 0) {
+    if !r.take_zero_padding() {
         return Err(DecodeError::Invalid("padding").into());
     }
     let expected_count = (total_len as usize).div_ceil(CHUNK_DATA).max(1);

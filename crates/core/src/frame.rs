@@ -259,8 +259,7 @@ fn strict<T>(frame: &[u8], parse: impl FnOnce(&mut Reader<'_>) -> Result<T, Deco
     }
     let mut r = Reader::new(frame);
     let out = parse(&mut r)?;
-    let rest = r.take(r.remaining())?;
-    if rest.iter().any(|&b| b != 0) {
+    if !r.take_zero_padding() {
         return Err(DecodeError::Invalid("frame padding").into());
     }
     Ok(out)

@@ -14,6 +14,7 @@
 //! | [`frame`] | client/relay wire frames |
 //! | [`identity`] | identity keys and fingerprints |
 //! | [`channel`] | channels as MLS groups |
+//! | [`storage`] | the MLS state store (postcard, zeroized) |
 //! | [`invite`] | `bc-invite:` lines |
 //! | [`message`] | what members say inside a channel, and join requests |
 //! | [`safety_number`] | 60-digit numbers to compare aloud |
@@ -31,4 +32,5 @@ pub mod mailbox;
 pub mod message;
 pub mod relay_address;
 pub mod safety_number;
+pub mod storage;
 pub mod vault;

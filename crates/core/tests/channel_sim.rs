@@ -236,3 +236,32 @@ fn a_message_that_overtakes_its_commit_is_reported_as_future_and_reads_after_the
         .unwrap();
     assert_eq!(hear(&mut bob, &early), Ok(("alice".into(), "after the update".into())));
 }
+
+#[test]
+fn a_message_sent_before_its_sender_was_removed_is_refused_after() {
+    let suite = Suite::Classical;
+    let mut alice = founder("alice", suite);
+    let mut bob = member("bob");
+    let mut carol = member("carol");
+    admit(&mut alice, &mut bob, &mut [], suite);
+    admit(&mut alice, &mut carol, &mut [&mut bob], suite);
+    let before = say(&mut carol, "sent before my removal");
+    let still_fine = say(&mut bob, "sent before carol's removal");
+    let ch = alice.channel.as_mut().unwrap();
+    let out = ch
+        .remove(&alice.provider, &alice.id, &[carol.id.fingerprint()])
+        .unwrap();
+    ch.merge_pending(&alice.provider).unwrap();
+    bob.channel
+        .as_mut()
+        .unwrap()
+        .process(&bob.provider, &out.commit)
+        .unwrap();
+    // The past epoch still decrypts, but its sender is no longer a member.
+    assert_eq!(hear(&mut alice, &before), Err(Rejection::RemovedMember));
+    assert_eq!(hear(&mut bob, &before), Err(Rejection::RemovedMember));
+    assert_eq!(
+        hear(&mut alice, &still_fine),
+        Ok(("bob".into(), "sent before carol's removal".into()))
+    );
+}
