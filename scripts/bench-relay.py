@@ -26,7 +26,9 @@ RUNS = {
 
 
 def bench(args):
-    out = subprocess.run([BIN, "bench", *args, "--json"], check=True, capture_output=True, text=True)
+    out = subprocess.run([BIN, "bench", *args, "--json"], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"bench {' '.join(args)} failed: {out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -184,6 +184,9 @@ fn watch_progress(
     })
 }
 
+/// Times a refused send is sent again before the bench gives up.
+const MAX_ATTEMPTS: usize = 200;
+
 /// An envelope stamped with its send time (ns since `t0`) and a serial.
 fn stamped(t0: Instant, serial: u64) -> Result<Envelope, BenchError> {
     let mut b = [0u8; ENVELOPE_SIZE];
@@ -262,6 +265,7 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
 
     let t0 = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
     let ticker = watch_progress(progress(m as u64, "envelopes"), received.clone(), m as u64);
     let mut tasks = tokio::task::JoinSet::new();
     // Client i sends to client i+1's mailbox, so client i receives client i-1's share.
@@ -276,6 +280,7 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
         let count = share(m, n, i);
         let window = if b.rate.is_some() { 1 } else { b.window.max(1) };
         let period = b.rate.map(|r| Duration::from_secs_f64(n as f64 / r.max(1.0)));
+        let retries = retries.clone();
         tasks.spawn(async move {
             let mut sent = 0usize;
             let mut serial = (i as u64) << 32;
@@ -293,8 +298,26 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
                         envelope: stamped(t0, serial)?,
                     });
                 }
-                for r in conn.pipeline(&reqs).await? {
-                    r.map_err(|e| refused("a send", e))?;
+                // A send the relay refuses for now (its store slow or unavailable, a limit)
+                // is sent again shortly, as a client would; each retry is counted.
+                let mut attempts = 0;
+                while !reqs.is_empty() {
+                    let answers = conn.pipeline(&reqs).await?;
+                    let mut again = Vec::new();
+                    for (req, r) in reqs.into_iter().zip(answers) {
+                        if let Err(e) = r {
+                            if attempts >= MAX_ATTEMPTS {
+                                return Err(refused("a send, after retries", e));
+                            }
+                            again.push(req);
+                        }
+                    }
+                    if !again.is_empty() {
+                        attempts += 1;
+                        retries.fetch_add(again.len() as u64, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    reqs = again;
                 }
                 sent += batch;
             }
@@ -335,6 +358,7 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
             "p99": percentile(&latencies, 0.99),
             "p999": percentile(&latencies, 0.999),
         },
+        "send_retries": retries.load(Ordering::Relaxed),
         "relay_cpu_s": cpu,
         "relay_rss_mib": rss,
         "baseline": { "name": baseline_name, "envelopes_per_s": baseline_eps },
