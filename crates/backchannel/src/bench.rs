@@ -502,15 +502,25 @@ async fn nats_baseline(
     rand_core::RngCore::fill_bytes(&mut OsRng, &mut tag);
     let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
     let name = format!("BC_BENCH_{tag}");
-    let s = js
-        .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("bcbench.{tag}.*")],
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await?;
+    let config = stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("bcbench.{tag}.*")],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    // A cluster that just started may not serve JetStream yet: retry for a while.
+    let mut tries = 0;
+    let s = loop {
+        match js.create_stream(config.clone()).await {
+            Ok(s) => break s,
+            Err(_) if tries < 40 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
@@ -521,41 +531,54 @@ async fn nats_baseline(
             let mut inflight = std::collections::VecDeque::new();
             for s in 0..count {
                 let env = stamped(t0, s as u64)?;
-                let ack = js
-                    .publish(subject.clone(), bytes::Bytes::copy_from_slice(env.as_bytes()))
-                    .await?;
-                inflight.push_back(ack);
+                let payload = bytes::Bytes::copy_from_slice(env.as_bytes());
+                let id = format!("{i}-{s}");
+                let ack = publish_retrying(&js, &subject, &id, payload.clone()).await?;
+                inflight.push_back((ack, id, payload));
                 if inflight.len() >= window.max(1) {
                     if let Some(a) = inflight.pop_front() {
-                        a.await?;
+                        confirm(&js, &subject, a).await?;
                     }
                 }
             }
             for a in inflight {
-                a.await?;
+                confirm(&js, &subject, a).await?;
             }
             Ok::<(), BenchError>(())
         });
     }
     for i in 0..n {
         let expect = share(m, n, i);
-        let c = s
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some(format!("c{i}")),
-                filter_subject: format!("bcbench.{tag}.{i}"),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ..Default::default()
-            })
-            .await?;
+        let config = consumer::pull::Config {
+            durable_name: Some(format!("c{i}")),
+            filter_subject: format!("bcbench.{tag}.{i}"),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        };
+        let mut tries = 0;
+        let c = loop {
+            match s.create_consumer(config.clone()).await {
+                Ok(c) => break c,
+                Err(_) if tries < MAX_ATTEMPTS => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         tasks.spawn(async move {
             let mut got = 0;
             let mut msgs = c.messages().await?;
             while got < expect {
                 match msgs.next().await {
-                    Some(msg) => {
-                        msg?.ack().await?;
-                        got += 1;
+                    Some(Ok(msg)) => {
+                        // An ack lost to a leader change is redelivered, and acked then.
+                        if msg.ack().await.is_ok() {
+                            got += 1;
+                        }
                     }
+                    // A missed heartbeat while the cluster re-elects: keep pulling.
+                    Some(Err(_)) => {}
                     None => return Err("the consumer ended".into()),
                 }
             }
@@ -568,6 +591,53 @@ async fn nats_baseline(
     let eps = m as f64 / t0.elapsed().as_secs_f64();
     let _ = js.delete_stream(&name).await;
     Ok(eps)
+}
+
+type AckFuture = async_nats::jetstream::context::PublishAckFuture;
+
+/// Publishes with a message id (so a retry is stored once), retrying while JetStream
+/// is briefly unavailable (an overloaded cluster re-electing a leader answers "no
+/// responders").
+async fn publish_retrying(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    id: &str,
+    payload: bytes::Bytes,
+) -> Result<AckFuture, BenchError> {
+    use async_nats::jetstream::message::PublishMessage;
+    let mut tries = 0;
+    loop {
+        let msg = PublishMessage::build().payload(payload.clone()).message_id(id);
+        match js.send_publish(subject.to_string(), msg).await {
+            Ok(ack) => return Ok(ack),
+            Err(_) if tries < MAX_ATTEMPTS => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits for a publish's acknowledgement, publishing again (same id) if it failed.
+async fn confirm(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    (ack, id, payload): (AckFuture, String, bytes::Bytes),
+) -> Result<(), BenchError> {
+    let mut ack = ack;
+    let mut tries = 0;
+    loop {
+        match ack.await {
+            Ok(_) => return Ok(()),
+            Err(_) if tries < MAX_ATTEMPTS => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                ack = publish_retrying(js, subject, &id, payload.clone()).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Runs `bench connections`: `count` idle connections, each with a mailbox open and
