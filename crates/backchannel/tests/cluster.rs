@@ -223,9 +223,8 @@ fn without_quorum_sends_fail_clearly_and_succeed_again_when_it_returns() {
         r.stderr
     );
     assert!(!r.stdout.contains("sent"), "{}", r.stdout);
-    // Nothing reached bob, and bob's own sync says the relay can't serve it.
-    let r = bob.run(&["sync"]);
-    assert!(!r.ok && r.stderr.contains("storage is unavailable"), "{}", r.stderr);
+    // (Reads may still be answered for a moment by a stream leader that has not yet
+    // noticed it lost its quorum, so only the send is checked here.)
 
     // Quorum returns: the queued message goes out, once, and new sends work.
     cluster.restart(1);

@@ -182,6 +182,8 @@ struct Seen {
     longest_trickle_ms: AtomicU64,
     rate_limited: AtomicU64,
     pongs: AtomicU64,
+    /// Sends refused because the filler's mailbox was full.
+    mailbox_full: AtomicU64,
 }
 
 fn spawn(f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
@@ -389,7 +391,17 @@ async fn frame_flood(addr: RelayAddress, stop: Arc<AtomicBool>, seen: Arc<Seen>,
                             envelope: random_envelope(),
                         }));
                     }
-                    c.pipeline(&reqs).await.is_ok()
+                    match c.pipeline(&reqs).await {
+                        Ok(answers) => {
+                            let full = answers
+                                .iter()
+                                .filter(|r| matches!(r, Err(ConnectError::Refused(ErrorCode::MailboxFull, _))))
+                                .count();
+                            seen.mailbox_full.fetch_add(full as u64, Ordering::Relaxed);
+                            true
+                        }
+                        Err(_) => false,
+                    }
                 }
                 // A message three frames long: the connection is closed.
                 _ => {
@@ -526,6 +538,12 @@ fn two_members_keep_talking_through_a_flood_of_hostile_connections_in_bounded_me
         who.ok(&["send", "talk", text]);
     }
     let talk_time = started.elapsed();
+    // The filler keeps going until its mailbox is full (a faster relay may serve the
+    // members before it gets there).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.mailbox_full.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stop.store(true, Ordering::Relaxed);
     for a in attackers {
         a.join().unwrap();
