@@ -189,8 +189,14 @@ const MAX_ATTEMPTS: usize = 200;
 
 /// An envelope stamped with its send time (ns since `t0`) and a serial.
 fn stamped(t0: Instant, serial: u64) -> Result<Envelope, BenchError> {
+    stamped_at(t0.elapsed(), serial)
+}
+
+/// An envelope stamped with the time it was due to be sent (since `t0`): a paced send
+/// that goes out late counts its lateness as latency (no coordinated omission).
+fn stamped_at(due: Duration, serial: u64) -> Result<Envelope, BenchError> {
     let mut b = [0u8; ENVELOPE_SIZE];
-    let ns = t0.elapsed().as_nanos() as u64;
+    let ns = due.as_nanos() as u64;
     b[..8].copy_from_slice(&ns.to_le_bytes());
     b[8..16].copy_from_slice(&serial.to_le_bytes());
     Ok(Envelope::from_slice(&b)?)
@@ -284,10 +290,12 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
         tasks.spawn(async move {
             let mut sent = 0usize;
             let mut serial = (i as u64) << 32;
+            // Paced clients are staggered over one period, so they don't all send at once.
+            let offset = period.map(|p| p * i as u32 / n as u32).unwrap_or_default();
             while sent < count {
-                if let Some(p) = period {
-                    let due = t0 + p * sent as u32;
-                    tokio::time::sleep_until(due.into()).await;
+                let due = period.map(|p| offset + p * sent as u32);
+                if let Some(due) = due {
+                    tokio::time::sleep_until((t0 + due).into()).await;
                 }
                 let batch = window.min(count - sent);
                 let mut reqs = Vec::with_capacity(batch);
@@ -295,7 +303,10 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
                     serial += 1;
                     reqs.push(Request::Send {
                         send: to,
-                        envelope: stamped(t0, serial)?,
+                        envelope: match due {
+                            Some(due) => stamped_at(due, serial)?,
+                            None => stamped(t0, serial)?,
+                        },
                     });
                 }
                 // A send the relay refuses for now (its store slow or unavailable, a limit)

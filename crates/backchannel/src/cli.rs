@@ -757,7 +757,9 @@ async fn run_bench(what: &BenchCommand) -> Result<(), Box<dyn std::error::Error>
             json,
         } => {
             let store = match store {
-                StoreKind::Embedded if nats.is_empty() && *relays == 1 => bench::Store::Embedded,
+                StoreKind::Embedded if nats.is_empty() && nats_replicas.is_none() && *relays == 1 => {
+                    bench::Store::Embedded
+                }
                 StoreKind::Embedded => {
                     return Err("--nats, --nats-replicas and --relays above 1 need --store nats".into())
                 }

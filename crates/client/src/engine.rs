@@ -135,7 +135,7 @@ pub struct Engine {
     state: State,
     provider: Provider,
     identity: Identity,
-    conns: HashMap<[u8; 32], RelayLinks>,
+    conns: HashMap<RelayAddress, RelayLinks>,
     transport: TransportConfig,
     warnings: Vec<Warning>,
     /// Why the last outbox flush left something queued.
@@ -318,27 +318,32 @@ impl Engine {
     }
 
     /// The links to `relay` (connected lazily, by the first request that needs them).
-    /// A relay is its pin: every address we know with that pin reaches it.
     fn conn(&mut self, relay: &RelayAddress) -> &mut RelayLinks {
-        let addrs = self.addresses_of(relay);
+        let key = self.link_key(relay);
+        let addrs = if key == self.state.relay {
+            std::iter::once(&self.state.relay)
+                .chain(&self.state.relay_alternates)
+                .cloned()
+                .collect()
+        } else {
+            vec![relay.clone()]
+        };
         let transport = &self.transport;
         self.conns
-            .entry(relay.pin)
+            .entry(key)
             .or_insert_with(|| RelayLinks::new(addrs, transport.clone()))
     }
 
-    /// The addresses of `relay`'s relay, in the order to try: ours (from `init`) if it
-    /// is our relay, then `relay` itself.
-    fn addresses_of(&self, relay: &RelayAddress) -> Vec<RelayAddress> {
-        let mut addrs: Vec<RelayAddress> = std::iter::once(&self.state.relay)
-            .chain(&self.state.relay_alternates)
-            .filter(|a| a.pin == relay.pin)
-            .cloned()
-            .collect();
-        if !addrs.contains(relay) {
-            addrs.push(relay.clone());
+    /// Which links reach `relay`. Our own relay (its pin) is reached only through the
+    /// addresses given at `init`, whatever address a mailbox names: another member
+    /// cannot steer our connections to a host of theirs that forwards to our relay. Any
+    /// other relay is reached at the address given.
+    fn link_key(&self, relay: &RelayAddress) -> RelayAddress {
+        if relay.pin == self.state.relay.pin {
+            self.state.relay.clone()
+        } else {
+            relay.clone()
         }
-        addrs
     }
 
     async fn create_mailbox(&mut self, relay: &RelayAddress) -> Result<MailboxKeys, ClientError> {
@@ -407,10 +412,10 @@ impl Engine {
         }
         let items = std::mem::take(&mut self.state.outbox);
         let mut keep = Vec::new();
-        let mut unreachable: Vec<[u8; 32]> = Vec::new();
+        let mut unreachable: Vec<RelayAddress> = Vec::new();
         let mut dropped = 0usize;
         for mut item in items {
-            if unreachable.contains(&item.to.relay.pin) {
+            if unreachable.contains(&self.link_key(&item.to.relay)) {
                 keep.push(item);
                 continue;
             }
@@ -447,8 +452,9 @@ impl Engine {
                 }
                 Err(e) => {
                     self.undelivered = Some(e.to_string());
-                    self.conns.remove(&relay.pin);
-                    unreachable.push(relay.pin);
+                    let key = self.link_key(&relay);
+                    self.conns.remove(&key);
+                    unreachable.push(key);
                     keep.push(item);
                 }
             }
@@ -527,12 +533,23 @@ impl Engine {
 
     async fn fetch_all(&mut self, wait: Duration) -> Result<(), ClientError> {
         let boxes = self.mailboxes();
+        // One group per set of links: every mailbox a receive link has opened is fetched
+        // (and so acknowledged) in its group.
         let mut by_relay: BTreeMap<RelayAddress, Vec<(MailboxKeys, Role)>> = BTreeMap::new();
         for (k, r) in boxes {
-            by_relay.entry(k.address.relay.clone()).or_default().push((k, r));
+            by_relay
+                .entry(self.link_key(&k.address.relay))
+                .or_default()
+                .push((k, r));
         }
         for (relay, boxes) in by_relay {
-            self.fetch_relay(&relay, boxes, wait).await?;
+            match self.fetch_relay(&relay, boxes.clone(), wait).await {
+                // The receive link broke (the relay closed an idle link, or this address
+                // died): once more on a fresh link, which opens the mailboxes again and
+                // fails over to another address of the relay.
+                Err(ClientError::Relay(ConnectError::Broken(_))) => self.fetch_relay(&relay, boxes, wait).await?,
+                r => r?,
+            }
         }
         Ok(())
     }

@@ -362,14 +362,16 @@ impl RelayLinks {
             let mut authority = self.authority();
             let mut attempt = self.link(send).await?.pipeline(&batch, &authority).await;
             if attempt.is_err() {
-                // A broken link is dropped. One that had sat idle (the relay closes those)
-                // gets one retry on a fresh connection, and so does any when the relay has
-                // other addresses (the fresh connection fails over to them): a repeated send
-                // shows once (the relay and the client de-duplicate) and a repeated claim is
-                // granted again.
+                // A broken link is dropped. A send-link batch gets one retry on a fresh
+                // connection if the link had sat idle (the relay closes those) or the relay
+                // has other addresses (the fresh connection fails over to them): a repeated
+                // send shows once (the relay and the client de-duplicate) and a repeated
+                // claim is granted again. A receive-link batch is not retried here: its
+                // mailboxes were opened on the old connection, so the caller opens them
+                // again (the engine's fetch does, once).
                 self.drop_link(send);
-                let retry = reused || self.addrs.len() > 1;
-                if retry && !batch.iter().any(|r| matches!(r, Request::Open { .. })) {
+                let retry = send && (reused || self.addrs.len() > 1);
+                if retry {
                     if !reused {
                         // The address that just failed is tried last.
                         self.current = (self.current + 1) % self.addrs.len().max(1);

@@ -148,20 +148,13 @@ impl Relay {
         let store = nats::NatsStore::connect(&config)
             .await
             .map_err(|e| RelayError::Store(e.to_string()))?;
-        let mut fresh = None;
+        // Made before asking, so that a failure here never stores an empty identity.
+        let made = tls::TlsIdentity::generate()?;
         let shared = store
-            .shared_identity(|| match tls::TlsIdentity::generate() {
-                Ok(made) => {
-                    let bytes = made.to_bytes().to_vec();
-                    fresh = Some(made);
-                    bytes
-                }
-                Err(_) => Vec::new(),
-            })
+            .shared_identity(made.to_bytes())
             .await
             .map_err(|e| RelayError::Store(e.to_string()))?;
         let identity = tls::TlsIdentity::from_bytes(&shared)?;
-        drop(fresh);
         Ok(Self {
             pin: identity.pin(),
             tls: identity.server_config()?,

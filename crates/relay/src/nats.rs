@@ -41,6 +41,7 @@ use subtle::ConstantTimeEq;
 use tokio::runtime::Handle;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
 
 use crate::store::{MailboxStore, Quota, Stats, StoreError, StoreFuture};
 
@@ -61,8 +62,8 @@ const CAS_ATTEMPTS: usize = 32;
 /// another relay may take this long to refuse sends here; what is sent meanwhile
 /// expires unread.
 const SENDER_CACHE_TTL: Duration = Duration::from_secs(10);
-/// Entries each in-memory map may hold before it is cleared.
-const CACHE_MAX: usize = 1 << 20;
+/// Entries each in-memory map may hold before it is cleared (a few MiB at most).
+const CACHE_MAX: usize = 1 << 16;
 
 /// How to reach the cluster and how to lay out the streams.
 #[derive(Debug, Clone)]
@@ -194,6 +195,9 @@ impl NatsStore {
             .connection_timeout(OP_TIMEOUT)
             .request_timeout(Some(OP_TIMEOUT))
             .retry_on_initial_connect()
+            // Our own notices come back to us otherwise: the relay wakes its own
+            // long-polls directly.
+            .no_echo()
             .connect(addrs)
             .await
             .map_err(|e| nats_error("connecting", e))?;
@@ -210,10 +214,15 @@ impl NatsStore {
         }
         let mut js = jetstream::new(client.clone());
         js.set_timeout(OP_TIMEOUT);
-        let replicas = config.replicas.unwrap_or_else(|| {
-            let size = client.server_info().connect_urls.len().max(1);
-            size.min(3)
-        });
+        // 3, or the cluster's size if it advertises fewer servers. A cluster that
+        // advertises none (no_advertise) gets 3, and stream creation says so if it is
+        // smaller: never a silent single replica.
+        let replicas = config
+            .replicas
+            .unwrap_or_else(|| match client.server_info().connect_urls.len() {
+                0 => 3,
+                n => n.min(3),
+            });
         let envelopes = ensure_stream(
             &js,
             stream::Config {
@@ -264,17 +273,16 @@ impl NatsStore {
         })
     }
 
-    /// The relay identity kept in the cluster: the one stored there, or `made()`
-    /// stored as it if there is none yet (the first relay to start wins).
-    pub async fn shared_identity(&self, made: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    /// The relay identity kept in the cluster: the one stored there, or `mine` stored as
+    /// it if there is none yet (the first relay to start wins).
+    pub async fn shared_identity(&self, mine: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         if let Some((_, v)) = self.latest(IDENTITY_SUBJECT).await? {
-            return Ok(v.to_vec());
+            return Ok(Zeroizing::new(v.to_vec()));
         }
-        let mine = made();
-        match self.put_if(IDENTITY_SUBJECT, Bytes::from(mine.clone()), 0).await? {
+        match self.put_if(IDENTITY_SUBJECT, Bytes::copy_from_slice(&mine), 0).await? {
             Cas::Done => Ok(mine),
             Cas::Lost => match self.latest(IDENTITY_SUBJECT).await? {
-                Some((_, v)) => Ok(v.to_vec()),
+                Some((_, v)) => Ok(Zeroizing::new(v.to_vec())),
                 None => Err(StoreError::Storage("NATS: the relay identity vanished".into())),
             },
         }
@@ -484,23 +492,30 @@ impl NatsStore {
     }
 
     async fn do_delete(&self, id: MailboxId) -> Result<(), StoreError> {
-        timed("deleting", async {
-            self.envelopes.purge().filter(envelope_subject(&id)).await.map(|_| ())
-        })
-        .await?;
+        // First make the mailbox unreachable for senders (here and, by the notice, at the
+        // other relays), then remove its records, then its envelopes: a send racing the
+        // delete finds no mailbox rather than landing in a purged one.
         if let Some((_, v)) = self.latest(&box_subject(&id)).await? {
             if let Some(digest) = v.get(32..64).and_then(|d| <[u8; 32]>::try_from(d).ok()) {
                 self.purge(&sender_subject(&digest)).await?;
                 self.forget_sender(&digest);
-                // The other relays drop it from their caches too (best effort; else it expires).
+                // Best effort; a relay that misses it trusts its cache for at most the TTL.
                 let _ = self
                     .client
                     .publish(format!("bc.gone.{}", hex(&digest)), Bytes::new())
                     .await;
             }
         }
+        self.purge(&box_subject(&id)).await?;
         self.purge(&claim_subject(&id)).await?;
-        self.purge(&box_subject(&id)).await
+        timed("deleting", async {
+            self.envelopes.purge().filter(envelope_subject(&id)).await.map(|_| ())
+        })
+        .await?;
+        if let Ok(mut d) = self.delivered.lock() {
+            d.retain(|_, owner| *owner != id);
+        }
+        Ok(())
     }
 
     async fn do_claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {

@@ -103,6 +103,8 @@ pub(crate) struct Shared {
     connections: Arc<Semaphore>,
     addresses: Arc<AddressBook>,
     refusals: Arc<Semaphore>,
+    /// Budget of requests executing concurrently, relay-wide.
+    concurrent: Arc<Semaphore>,
     tls: TlsAcceptor,
     /// Turns true when the relay shuts down.
     closing: watch::Receiver<bool>,
@@ -128,6 +130,7 @@ impl Shared {
                 max: limits.max_connections_per_address,
             }),
             refusals: Arc::new(Semaphore::new(MAX_PENDING_REFUSALS)),
+            concurrent: Arc::new(Semaphore::new(CONCURRENT_BUDGET)),
             limits,
             notify,
             metrics,
@@ -135,6 +138,11 @@ impl Shared {
             closing,
             _done: done,
         }
+    }
+
+    /// A permit to run one more request concurrently, if the relay-wide budget allows.
+    fn concurrent_budget(&self) -> Option<OwnedSemaphorePermit> {
+        self.concurrent.clone().try_acquire_owned().ok()
     }
 
     /// Completes when the relay starts shutting down.
@@ -515,20 +523,22 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared) -> Ended {
             }
             Event::Read(next) => next,
         };
+        // Whatever ends the connection, requests already read are executed and answered
+        // first (as far as the client still takes answers).
         let msg = match msg {
             Ok(Some(Ok(m))) => m,
             Ok(Some(Err(WsError::Capacity(_)))) => {
                 Metrics::count(&metrics.oversize_frames);
-                return Ended::Client;
+                return drain(ws, &mut inflight, shared).await;
             }
-            Ok(Some(Err(_)) | None) => return Ended::Client,
+            Ok(Some(Err(_)) | None) => return drain(ws, &mut inflight, shared).await,
             Err(_) => {
                 Metrics::count(&metrics.idle_timeouts);
-                return Ended::Client;
+                return drain(ws, &mut inflight, shared).await;
             }
         };
         let bytes = match msg {
-            Message::Close(_) => return Ended::Client,
+            Message::Close(_) => return drain(ws, &mut inflight, shared).await,
             // Control frames cost a token too; tungstenite answers pings itself.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
                 if bucket.take(Instant::now()).is_err() {
@@ -559,9 +569,14 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared) -> Ended {
         match request {
             // A refusal takes its place in the order of answers.
             Err(response) => inflight.push_back(Box::pin(std::future::ready((id, response)))),
-            Ok(req) => match conn.concurrent(&req) {
-                true => inflight.push_back(Box::pin(async move { (id, serve_stateless(shared, req).await) })),
-                false => {
+            Ok(req) => match (conn.concurrent(&req), shared.concurrent_budget()) {
+                // Within the relay-wide budget of requests in flight (each may hold an envelope).
+                (true, Some(permit)) => inflight.push_back(Box::pin(async move {
+                    let response = serve_stateless(shared, req).await;
+                    drop(permit);
+                    (id, response)
+                })),
+                _ => {
                     // Anything else reads or changes the connection's state: it runs alone,
                     // after every earlier request is answered.
                     while let Some((id, response)) = inflight.next().await {
@@ -582,6 +597,21 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared) -> Ended {
 
 /// Requests of one connection executed at once, at most: each may hold an envelope.
 const PIPELINE_DEPTH: usize = 32;
+
+/// Requests executed concurrently in the whole relay, at most (beyond that a request runs
+/// alone on its connection): about 16 MiB of envelopes.
+const CONCURRENT_BUDGET: usize = 4096;
+
+/// Answers every request still in flight, then ends the connection.
+async fn drain(ws: &mut Ws, inflight: &mut FuturesOrdered<Pending<'_>>, shared: &Shared) -> Ended {
+    while let Some((id, response)) = inflight.next().await {
+        if !finish(ws, id, &response, shared).await {
+            // The client takes no more answers; the rest still execute.
+            while inflight.next().await.is_some() {}
+        }
+    }
+    Ended::Client
+}
 
 /// A request being executed: its id and, when done, its answer.
 type Pending<'a> = Pin<Box<dyn std::future::Future<Output = (u32, Response)> + Send + 'a>>;

@@ -26,7 +26,9 @@
 //!   For acknowledged, deleted and expired envelopes it commits first, then
 //!   overwrites their slots with zeros and `fdatasync`s, and only then makes
 //!   the slots reusable, so a slot is never handed out before its zeroing is
-//!   durable. Callers are answered after both steps. Once a key's zeros are on
+//!   durable (a second thread does the zeroing, so the next batch's commit does not
+//!   wait for it). A send is answered once its commit is durable; an ack, delete
+//!   or expiry once its zeros are too. Once a key's zeros are on
 //!   disk, whatever is left of the envelope in freed redb pages is ciphertext
 //!   under a key that no longer exists.
 //! - On open, every slot that no record refers to is zeroed (after a crash
@@ -881,7 +883,7 @@ fn zero_slots(keys: &KeyFile, slots: &[u64]) -> Result<(), StoreError> {
 }
 
 /// Applies a batch: new keys durable, then the commit. Returns each write's answer
-/// and whether it deleted envelopes (whose keys [`zero_freed`] then destroys).
+/// and whether it deleted envelopes (whose keys the zeroer thread then destroys).
 fn apply_batch(
     db: &Database,
     keys: &KeyFile,
