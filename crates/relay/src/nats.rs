@@ -56,6 +56,8 @@ const IDENTITY_SUBJECT: &str = "bc.tls";
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retried sends within this window are stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long a starting relay waits for the cluster to accept its streams.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 /// Compare-and-set attempts before a claim gives up.
 const CAS_ATTEMPTS: usize = 32;
 /// How long a relay trusts a capability -> mailbox lookup. A mailbox deleted through
@@ -593,17 +595,20 @@ fn corrupt(what: &str) -> StoreError {
 
 async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, StoreError> {
     let name = config.name.clone();
-    // Two relays starting together may both try to create it: the loser finds it.
-    for _ in 0..3 {
+    // A cluster that just started may not place a replicated stream yet, and two relays
+    // starting together may both try to create it (the loser finds it): keep trying for
+    // a while before giving up.
+    let deadline = tokio::time::Instant::now() + STARTUP_PATIENCE;
+    loop {
         match timed("opening a stream", js.get_or_create_stream(config.clone())).await {
             Ok(s) => return Ok(s),
-            Err(e) => {
-                tracing::warn!(stream = %name, error = %e, "could not open the stream yet");
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(stream = %name, error = %e, "could not open the stream yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            Err(e) => return Err(e),
         }
     }
-    timed("opening a stream", js.get_or_create_stream(config)).await
 }
 
 impl MailboxStore for NatsStore {

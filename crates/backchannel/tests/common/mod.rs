@@ -80,12 +80,16 @@ impl RelayProc {
             .arg(data)
             .args(extra)
             .env("RUST_LOG", "trace");
-        let (child, line, stderr) = spawn_announced(cmd);
-        let address = line
-            .trim()
-            .strip_prefix("relay address: ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_string();
+        let (mut child, line, stderr) = spawn_announced(cmd);
+        let address = match line.trim().strip_prefix("relay address: ") {
+            Some(a) => a.to_string(),
+            None => {
+                // It exited: let its stderr be read to the end, then show it.
+                let _ = child.wait();
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                panic!("the relay did not start: {line:?}\n{}", stderr.lock().unwrap());
+            }
+        };
         assert!(address.starts_with("bc://"), "{address}");
         let port = address.rsplit(':').next().unwrap().parse().unwrap();
         RelayProc {
