@@ -45,17 +45,8 @@ enum Command {
         /// Directory for the relay's key and store.
         #[arg(long, default_value = "backchannel-relay")]
         data: PathBuf,
-        /// Storage backend: `embedded` (a file in --data) or `nats` (a JetStream cluster
-        /// shared by several relays; see the README's deployment section).
-        #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
-        store: StoreKind,
-        /// With --store nats: a server of the cluster, as nats://HOST:PORT. Give several
-        /// (the relay fails over between them).
-        #[arg(long = "nats", value_name = "URL")]
-        nats: Vec<String>,
-        /// With --store nats: replicas of each stream (default: 3, or the cluster's size if smaller).
-        #[arg(long, value_name = "N")]
-        nats_replicas: Option<usize>,
+        #[command(flatten)]
+        storage: StorageArgs,
         /// Host name to print in the relay address (default: the listen IP).
         #[arg(long)]
         advertise: Option<String>,
@@ -239,21 +230,30 @@ enum DebugCommand {
     Mailbox { channel: String },
 }
 
+/// Where a relay keeps its mailboxes (for `relay` and `bench relay`).
+#[derive(clap::Args, Debug)]
+struct StorageArgs {
+    /// Storage backend: `embedded` (a file in --data) or `nats` (a JetStream cluster
+    /// shared by several relays; see the README's deployment section).
+    #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
+    store: StoreKind,
+    /// With --store nats: a server of the cluster, as nats://HOST:PORT. Give several
+    /// (the relay fails over between them).
+    #[arg(long = "nats", value_name = "URL")]
+    nats: Vec<String>,
+    /// With --store nats: replicas of each stream (default: 3, or the cluster's size if smaller).
+    #[arg(long, value_name = "N")]
+    nats_replicas: Option<usize>,
+}
+
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// Start relays on loopback and drive them: N clients on TLS WebSocket connections send
     /// M envelopes into each other's mailboxes, each received and acknowledged. Reports
     /// beside a baseline of the storage engine alone, measured in the same run.
     Relay {
-        /// Storage backend of the relays under test.
-        #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
-        store: StoreKind,
-        /// With --store nats: a server of the cluster (nats://HOST:PORT); repeatable.
-        #[arg(long = "nats", value_name = "URL")]
-        nats: Vec<String>,
-        /// With --store nats: stream replicas (default: 3, or the cluster's size if smaller).
-        #[arg(long, value_name = "N")]
-        nats_replicas: Option<usize>,
+        #[command(flatten)]
+        storage: StorageArgs,
         /// Relay processes; clients are spread over them (with --store nats).
         #[arg(long, default_value_t = 1)]
         relays: usize,
@@ -746,9 +746,12 @@ pub(crate) async fn run_engine(
 async fn run_bench(what: &BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
     let (report, json) = match what {
         BenchCommand::Relay {
-            store,
-            nats,
-            nats_replicas,
+            storage:
+                StorageArgs {
+                    store,
+                    nats,
+                    nats_replicas,
+                },
             relays,
             clients,
             messages,
@@ -799,9 +802,11 @@ async fn run_relay(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let Command::Relay {
         listen,
         data,
-        store,
-        nats,
-        nats_replicas,
+        storage: StorageArgs {
+            store,
+            nats,
+            nats_replicas,
+        },
         advertise,
         max_connections,
         max_connections_per_address,

@@ -133,10 +133,14 @@ impl Relay {
         };
         let store = EmbeddedStore::open_with_quota(&data_dir.join("mailboxes.redb"), quota)
             .map_err(|e| RelayError::Store(e.to_string()))?;
+        Self::with(&identity, Arc::new(store), limits)
+    }
+
+    fn with(identity: &tls::TlsIdentity, store: Arc<dyn MailboxStore>, limits: Limits) -> Result<Self, RelayError> {
         Ok(Self {
             pin: identity.pin(),
             tls: identity.server_config()?,
-            store: Arc::new(store),
+            store,
             limits,
             metrics: Arc::new(Metrics::default()),
         })
@@ -155,13 +159,7 @@ impl Relay {
             .await
             .map_err(|e| RelayError::Store(e.to_string()))?;
         let identity = tls::TlsIdentity::from_bytes(&shared)?;
-        Ok(Self {
-            pin: identity.pin(),
-            tls: identity.server_config()?,
-            store: Arc::new(store),
-            limits,
-            metrics: Arc::new(Metrics::default()),
-        })
+        Self::with(&identity, Arc::new(store), limits)
     }
 
     /// The pin clients must see.
