@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::store::{MailboxStore, StoreError};
+use crate::store::{off_executor, MailboxStore, StoreError};
 use crate::Limits;
 
 /// Most bytes of the WebSocket upgrade request (request line and headers) read
@@ -684,14 +684,6 @@ fn store_error(e: StoreError) -> Response {
     Response::Error { code, detail }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|_| Err(StoreError::Storage("store task failed".into())))
-}
-
 /// Executes a `Send`, `Claim` or `Ack` (checked by [`Connection::concurrent`]): requests
 /// that touch only the store, so several of one connection may run at once.
 async fn serve_stateless(shared: &Shared, req: Request) -> Response {
@@ -740,7 +732,7 @@ impl Connection {
                 if self.touched >= shared.limits.max_mailboxes_per_connection {
                     return Self::err(ErrorCode::TooManyMailboxes);
                 }
-                match blocking(move || store.create(mailbox, recipient_key, send_digest)).await {
+                match off_executor(move || store.create(mailbox, recipient_key, send_digest)).await {
                     Ok(()) => {
                         self.touched += 1;
                         self.opened.insert(mailbox);
@@ -757,7 +749,7 @@ impl Connection {
                 if self.touched >= shared.limits.max_mailboxes_per_connection {
                     return Self::err(ErrorCode::TooManyMailboxes);
                 }
-                match blocking(move || store.recipient_key(mailbox)).await {
+                match off_executor(move || store.recipient_key(mailbox)).await {
                     Ok(Some(key)) => {
                         if verify_open_proof(&key, &self.nonce, &mailbox, &proof) {
                             self.touched += 1;
@@ -787,7 +779,7 @@ impl Connection {
                 if !self.opened.contains(&mailbox) {
                     return Self::err(ErrorCode::NotOpened);
                 }
-                match blocking(move || store.delete(mailbox)).await {
+                match off_executor(move || store.delete(mailbox)).await {
                     Ok(()) => {
                         if self.opened.remove(&mailbox) {
                             self.touched = self.touched.saturating_sub(1);
@@ -818,7 +810,7 @@ impl Connection {
         loop {
             let store = shared.store.clone();
             let query = ids.clone();
-            match blocking(move || store.fetch(&query, max)).await {
+            match off_executor(move || store.fetch(&query, max)).await {
                 Ok(list) if !list.is_empty() => return Response::Envelopes(list),
                 Ok(_) => {}
                 Err(e) => return store_error(e),

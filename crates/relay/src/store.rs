@@ -177,7 +177,9 @@ pub struct Stats {
 pub type StoreFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send>>;
 
 /// Runs a blocking store call on the blocking pool.
-fn off_executor<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> StoreFuture<T> {
+pub(crate) fn off_executor<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> StoreFuture<T> {
     Box::pin(async move {
         tokio::task::spawn_blocking(f)
             .await
