@@ -320,18 +320,20 @@ impl Engine {
     /// The links to `relay` (connected lazily, by the first request that needs them).
     fn conn(&mut self, relay: &RelayAddress) -> &mut RelayLinks {
         let key = self.link_key(relay);
-        let addrs = if key == self.state.relay {
-            std::iter::once(&self.state.relay)
-                .chain(&self.state.relay_alternates)
-                .cloned()
-                .collect()
-        } else {
-            vec![relay.clone()]
-        };
-        let transport = &self.transport;
-        self.conns
-            .entry(key)
-            .or_insert_with(|| RelayLinks::new(addrs, transport.clone()))
+        let ours = key == self.state.relay;
+        let (state, transport) = (&self.state, &self.transport);
+        // The address list is built only when the links are first made, not per request.
+        self.conns.entry(key).or_insert_with(|| {
+            let addrs = if ours {
+                std::iter::once(&state.relay)
+                    .chain(&state.relay_alternates)
+                    .cloned()
+                    .collect()
+            } else {
+                vec![relay.clone()]
+            };
+            RelayLinks::new(addrs, transport.clone())
+        })
     }
 
     /// Which links reach `relay`. Our own relay (its pin) is reached only through the

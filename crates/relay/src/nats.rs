@@ -117,18 +117,11 @@ fn nats_error(doing: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    data_encoding::HEXLOWER.encode(b)
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    data_encoding::HEXLOWER.decode(s.as_bytes()).ok()?.try_into().ok()
 }
 
 fn envelope_subject(id: &MailboxId) -> String {
