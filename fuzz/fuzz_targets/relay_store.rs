@@ -102,12 +102,12 @@ fn run(dir: &Path, input: &Input) {
         match *op {
             Op::Create { id: i, recipient, send } => {
                 let digest: [u8; 32] = Sha256::digest([send; 32]).into();
-                if store.create(id(i), [recipient; 32], digest).is_ok() {
+                if store.create(id(i), [recipient; 32], digest, 0).is_ok() {
                     assert_eq!(store.recipient_key(id(i)), Ok(Some([recipient; 32])));
                 }
             }
             Op::Send { send, fill, expires_at } => {
-                if let Ok((mailbox, seq)) = store.send([send; 32], envelope(fill), expires_at) {
+                if let Ok((mailbox, seq)) = store.send([send; 32], envelope(fill), expires_at, 0) {
                     if let Ok(all) = store.fetch(&[mailbox], usize::MAX) {
                         assert!(
                             all.iter()

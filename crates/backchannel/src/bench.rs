@@ -261,6 +261,7 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
             mailbox: keys.id(),
             recipient_key: keys.recipient_public(),
             send_digest: keys.address.send.digest(),
+            pow_bits: 0,
         })
         .await
         .map_err(|e| refused("creating a mailbox", e))?;
@@ -307,6 +308,7 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
                             Some(due) => stamped_at(due, serial)?,
                             None => stamped(t0, serial)?,
                         },
+                        pow: 0,
                     });
                 }
                 // A send the relay refuses for now (its store slow or unavailable, a limit)
@@ -441,7 +443,7 @@ async fn embedded_baseline(path: &Path, n: usize, m: usize, window: usize) -> Re
         );
         let s = store.clone();
         let (id, public, digest) = (keys.id(), keys.recipient_public(), keys.address.send.digest());
-        tokio::task::spawn_blocking(move || s.create(id, public, digest)).await??;
+        tokio::task::spawn_blocking(move || s.create(id, public, digest, 0)).await??;
         caps.push(keys.address.send.0);
         ids.push(keys.id());
     }
@@ -457,7 +459,11 @@ async fn embedded_baseline(path: &Path, n: usize, m: usize, window: usize) -> Re
                 let batch = window.min(count - sent);
                 let mut pending = Vec::with_capacity(batch);
                 for s in 0..batch {
-                    pending.push(store.clone().send_async(cap, stamped(t0, (sent + s) as u64)?, u64::MAX));
+                    pending.push(
+                        store
+                            .clone()
+                            .send_async(cap, stamped(t0, (sent + s) as u64)?, u64::MAX, 0),
+                    );
                 }
                 for p in pending {
                     p.await?;
@@ -680,6 +686,7 @@ pub async fn connections(count: usize) -> Result<serde_json::Value, BenchError> 
                         mailbox: keys.id(),
                         recipient_key: keys.recipient_public(),
                         send_digest: keys.address.send.digest(),
+                        pow_bits: 0,
                     })
                     .await?;
                     Ok::<_, ConnectError>(conn)

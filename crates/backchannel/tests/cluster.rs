@@ -15,6 +15,7 @@ use backchannel_client::{ConnectError, RelayConnection};
 use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
 use backchannel_core::frame::{ErrorCode, Request, Response};
 use backchannel_core::mailbox::MailboxKeys;
+use backchannel_core::pow;
 use backchannel_core::relay_address::RelayAddress;
 use common::nats::{require_nats, NatsCluster};
 use common::{channel_with, rt, Client, DaemonProc, RelayProc};
@@ -281,6 +282,7 @@ fn the_relays_of_a_cluster_share_mailboxes_claims_and_limits_and_wake_each_other
             mailbox: k.id(),
             recipient_key: k.recipient_public(),
             send_digest: k.address.send.digest(),
+            pow_bits: 0,
         };
         c1.request(&create(&a)).await.unwrap();
         c2.request(&create(&b)).await.unwrap();
@@ -292,6 +294,7 @@ fn the_relays_of_a_cluster_share_mailboxes_claims_and_limits_and_wake_each_other
         let send_a = |byte| Request::Send {
             send: a.address.send.0,
             envelope: envelope(byte),
+            pow: 0,
         };
         let waiting = tokio::spawn(async move {
             let started = std::time::Instant::now();
@@ -360,6 +363,7 @@ fn the_relays_of_a_cluster_share_mailboxes_claims_and_limits_and_wake_each_other
         let send_b = |byte| Request::Send {
             send: b.address.send.0,
             envelope: envelope(byte),
+            pow: 0,
         };
         c1.request(&send_b(6)).await.unwrap();
         c2.request(&send_b(7)).await.unwrap();
@@ -383,5 +387,44 @@ fn the_relays_of_a_cluster_share_mailboxes_claims_and_limits_and_wake_each_other
         c1.request(&Request::Delete { mailbox: a.id() }).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(code(c2.request(&send_a(9)).await), Some(ErrorCode::NoSuchMailbox));
+
+        // A drop box created through relay 1 demands its proof of work at relay 2 too: a
+        // send without it, or with a nonce solved for another envelope, is refused and
+        // stores nothing; the solved one is stored.
+        let d = MailboxKeys::generate(addr1.clone(), &mut OsRng);
+        c1.request(&Request::Create {
+            mailbox: d.id(),
+            recipient_key: d.recipient_public(),
+            send_digest: d.address.send.digest(),
+            pow_bits: 8,
+        })
+        .await
+        .unwrap();
+        let solved = |byte| pow::solve(&pow::challenge(&d.address.send.digest(), &envelope(byte)), 8);
+        let send_d = |byte, pow| Request::Send {
+            send: d.address.send.0,
+            envelope: envelope(byte),
+            pow,
+        };
+        let for_11 = solved(11);
+        assert!(!pow::check(
+            &pow::challenge(&d.address.send.digest(), &envelope(10)),
+            8,
+            for_11
+        ));
+        assert_eq!(code(c2.request(&send_d(10, 0)).await), Some(ErrorCode::WorkRequired));
+        assert_eq!(
+            code(c2.request(&send_d(10, for_11)).await),
+            Some(ErrorCode::WorkRequired)
+        );
+        c2.request(&send_d(10, solved(10))).await.unwrap();
+        match c1.request(&Request::Fetch { max: 15, wait_ms: 0 }).await.unwrap() {
+            Response::Envelopes(list) => {
+                let mine: Vec<_> = list.iter().filter(|x| x.mailbox == d.id()).collect();
+                assert_eq!(mine.len(), 1, "{list:?}");
+                assert_eq!(mine[0].envelope, envelope(10));
+            }
+            other => panic!("{other:?}"),
+        }
     });
 }

@@ -374,6 +374,7 @@ async fn frame_flood(addr: RelayAddress, stop: Arc<AtomicBool>, seen: Arc<Seen>,
                             mailbox: k.id(),
                             recipient_key: k.recipient_public(),
                             send_digest: k.address.send.digest(),
+                            pow_bits: 0,
                         };
                         if c.request(&create).await.is_ok() {
                             own = Some(k);
@@ -383,12 +384,14 @@ async fn frame_flood(addr: RelayAddress, stop: Arc<AtomicBool>, seen: Arc<Seen>,
                         .map(|_| Request::Send {
                             send: [7; 32],
                             envelope: random_envelope(),
+                            pow: 0,
                         })
                         .collect();
                     if let Some(k) = &own {
                         reqs.extend((0..20).map(|_| Request::Send {
                             send: k.address.send.0,
                             envelope: random_envelope(),
+                            pow: 0,
                         }));
                     }
                     match c.pipeline(&reqs).await {
@@ -626,6 +629,7 @@ fn each_limit_refuses_with_its_own_protocol_error() {
                 mailbox: k.id(),
                 recipient_key: k.recipient_public(),
                 send_digest: k.address.send.digest(),
+                pow_bits: 0,
             })
             .await
             .unwrap();
@@ -633,6 +637,7 @@ fn each_limit_refuses_with_its_own_protocol_error() {
         let send = |k: &MailboxKeys| Request::Send {
             send: k.address.send.0,
             envelope: random_envelope(),
+            pow: 0,
         };
         // Per mailbox: 3; in all: 5.
         for i in 0..4 {
@@ -692,6 +697,7 @@ fn sigterm_finishes_every_send_in_flight_and_loses_no_acknowledged_envelope() {
             mailbox: keys.id(),
             recipient_key: keys.recipient_public(),
             send_digest: keys.address.send.digest(),
+            pow_bits: 0,
         })
         .await
         .unwrap();
@@ -703,7 +709,7 @@ fn sigterm_finishes_every_send_in_flight_and_loses_no_acknowledged_envelope() {
                 loop {
                     let envelope = random_envelope();
                     let bytes = envelope.as_bytes().to_vec();
-                    match c.request(&Request::Send { send, envelope }).await {
+                    match c.request(&Request::Send { send, envelope, pow: 0 }).await {
                         Ok(Response::Ok) => acked.lock().unwrap().push(bytes),
                         Ok(other) => panic!("{other:?}"),
                         Err(ConnectError::Refused(code, _)) => panic!("refused: {code:?}"),

@@ -35,6 +35,7 @@ fn inject(t: &Target, envelopes: Vec<Envelope>) {
             c.request(&Request::Send {
                 send: t.send.0,
                 envelope,
+                pow: 0,
             })
             .await
             .unwrap();
@@ -265,6 +266,7 @@ fn relay_limits_are_enforced_with_clear_protocol_errors() {
                     mailbox: k.id(),
                     recipient_key: k.recipient_public(),
                     send_digest: k.address.send.digest(),
+                    pow_bits: 0,
                 })
                 .await;
             if i < 2 {
@@ -283,6 +285,7 @@ fn relay_limits_are_enforced_with_clear_protocol_errors() {
                 .request(&Request::Send {
                     send: k.address.send.0,
                     envelope,
+                    pow: 0,
                 })
                 .await;
             if i < 3 {
@@ -294,7 +297,7 @@ fn relay_limits_are_enforced_with_clear_protocol_errors() {
         // A wrong capability looks like a missing mailbox, and so does the receive id used as one.
         for send in [[0; 32], boxes[1].id().0] {
             let envelope = Envelope::from_slice(&[0u8; ENVELOPE_SIZE]).unwrap();
-            let r = c.request(&Request::Send { send, envelope }).await;
+            let r = c.request(&Request::Send { send, envelope, pow: 0 }).await;
             assert!(r.unwrap_err().is(ErrorCode::NoSuchMailbox));
         }
         // Fetch without opening returns nothing of anyone else's.

@@ -87,7 +87,11 @@ impl Filler {
                 let mut bytes = vec![0u8; ENVELOPE_SIZE];
                 OsRng.fill_bytes(&mut bytes);
                 match Envelope::from_slice(&bytes) {
-                    Ok(envelope) => Request::Send { send: sink.0, envelope },
+                    Ok(envelope) => Request::Send {
+                        send: sink.0,
+                        envelope,
+                        pow: 0,
+                    },
                     Err(_) => Request::Ping,
                 }
             }

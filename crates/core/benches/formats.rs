@@ -1,5 +1,6 @@
 //! Byte formats: envelopes (seal, open, reassembly), what padding to a fixed
-//! size costs, safety numbers, and relay frames.
+//! size costs, safety numbers, relay frames, and the drop-box proof of work
+//! (the relay's check, and one hash of a sender's search).
 //!
 //! `cargo bench -p backchannel-core --bench formats`; BENCHMARKS.md has the figures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -117,6 +118,7 @@ fn frames(c: &mut Criterion) {
     let send = Request::Send {
         send: [4; 32],
         envelope: env.clone(),
+        pow: 0,
     };
     let fetch = Request::Fetch {
         max: 15,
@@ -162,11 +164,39 @@ fn frames(c: &mut Criterion) {
     g.finish();
 }
 
+/// The relay checks a drop-box proof with one SHA-256 over the envelope and one over
+/// 40 bytes; a sender makes 2^bits of the second kind on average (`solve` is that loop).
+fn proof_of_work(c: &mut Criterion) {
+    use backchannel_core::pow::{challenge, check, solve, work};
+    let env = Envelope::from_slice(&[0x5a; backchannel_core::envelope::ENVELOPE_SIZE]).unwrap();
+    let ch = challenge(&[7; 32], &env);
+    let nonce = solve(&ch, 12);
+    let mut g = c.benchmark_group("pow");
+    g.bench_function("relay check (challenge + proof)", |b| {
+        b.iter(|| check(&challenge(black_box(&[7; 32]), black_box(&env)), 12, black_box(nonce)))
+    });
+    g.bench_function("one hash of the search", |b| {
+        b.iter(|| work(black_box(&ch), black_box(nonce)))
+    });
+    g.sample_size(10);
+    g.bench_function("solve 16 bits", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            solve(
+                &challenge(&[7; 32], &Envelope::from_slice(&[i as u8; 4096]).unwrap()),
+                16,
+            )
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = envelopes, padding, safety_numbers, frames
+    targets = envelopes, padding, safety_numbers, frames, proof_of_work
 }
 criterion_main!(benches);

@@ -16,6 +16,7 @@ use thiserror::Error;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::envelope::{Envelope, ENVELOPE_SIZE};
 use crate::mailbox::MailboxId;
+use crate::pow::MAX_POW_BITS;
 
 /// Protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u8 = 2;
@@ -44,6 +45,10 @@ pub enum Request {
         recipient_key: [u8; 32],
         /// SHA-256 of the send capability.
         send_digest: [u8; 32],
+        /// Proof of work each send must carry, in bits ([`crate::pow`]): 0
+        /// for an ordinary mailbox, more for a drop box; at most
+        /// [`MAX_POW_BITS`].
+        pow_bits: u8,
     },
     /// Deliver one envelope. The send capability is the sender's only name
     /// for the mailbox.
@@ -52,6 +57,9 @@ pub enum Request {
         send: [u8; 32],
         /// The sealed envelope.
         envelope: Envelope,
+        /// Proof-of-work nonce for this envelope and mailbox
+        /// ([`crate::pow::solve`]); 0 when the mailbox demands none.
+        pow: u64,
     },
     /// Prove possession of the recipient key for this connection.
     Open {
@@ -139,6 +147,12 @@ pub enum ErrorCode {
     /// The relay holds its maximum number of envelopes in all mailboxes together.
     #[error("the relay is full; try again later or ask its operator for more space")]
     RelayFull,
+    /// The mailbox is a drop box and the send's proof of work is missing or
+    /// does not solve the puzzle for this envelope and mailbox.
+    #[error(
+        "the drop box refused the letter: its proof of work is missing or wrong (the sender's backchannel must compute it; upgrade it)"
+    )]
+    WorkRequired,
 }
 
 impl ErrorCode {
@@ -157,6 +171,7 @@ impl ErrorCode {
             ErrorCode::Storage => 11,
             ErrorCode::RateLimited => 12,
             ErrorCode::RelayFull => 13,
+            ErrorCode::WorkRequired => 14,
         }
     }
 
@@ -175,6 +190,7 @@ impl ErrorCode {
             11 => ErrorCode::Storage,
             12 => ErrorCode::RateLimited,
             13 => ErrorCode::RelayFull,
+            14 => ErrorCode::WorkRequired,
             _ => return Err(DecodeError::Invalid("error code")),
         })
     }
@@ -273,11 +289,17 @@ pub fn encode_request(id: u32, req: &Request) -> Vec<u8> {
             mailbox,
             recipient_key,
             send_digest,
+            pow_bits,
         } => {
-            w.u8(0x01).u32(id).put(&mailbox.0).put(recipient_key).put(send_digest);
+            w.u8(0x01)
+                .u32(id)
+                .put(&mailbox.0)
+                .put(recipient_key)
+                .put(send_digest)
+                .u8(*pow_bits);
         }
-        Request::Send { send, envelope } => {
-            w.u8(0x02).u32(id).put(send).put(envelope.as_bytes());
+        Request::Send { send, envelope, pow } => {
+            w.u8(0x02).u32(id).put(send).put(envelope.as_bytes()).u64(*pow);
         }
         Request::Open { mailbox, proof } => {
             w.u8(0x03).u32(id).put(&mailbox.0).put(proof);
@@ -311,10 +333,15 @@ pub fn decode_request(frame: &[u8]) -> Result<(u32, Request), FrameError> {
                 mailbox: MailboxId(r.array()?),
                 recipient_key: r.array()?,
                 send_digest: r.array()?,
+                pow_bits: match r.u8()? {
+                    bits if bits <= MAX_POW_BITS => bits,
+                    _ => return Err(DecodeError::Invalid("proof-of-work difficulty")),
+                },
             },
             0x02 => Request::Send {
                 send: r.array()?,
                 envelope: Envelope::from_slice(r.take(ENVELOPE_SIZE)?)?,
+                pow: r.u64()?,
             },
             0x03 => Request::Open {
                 mailbox: MailboxId(r.array()?),
@@ -502,14 +529,19 @@ mod tests {
 
     fn arb_request() -> impl Strategy<Value = Request> {
         prop_oneof![
-            (arb_id(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(mailbox, recipient_key, send_digest)| {
-                Request::Create {
+            (arb_id(), any::<[u8; 32]>(), any::<[u8; 32]>(), 0..=MAX_POW_BITS).prop_map(
+                |(mailbox, recipient_key, send_digest, pow_bits)| Request::Create {
                     mailbox,
                     recipient_key,
                     send_digest,
+                    pow_bits,
                 }
+            ),
+            (any::<[u8; 32]>(), arb_envelope(), any::<u64>()).prop_map(|(send, envelope, pow)| Request::Send {
+                send,
+                envelope,
+                pow
             }),
-            (any::<[u8; 32]>(), arb_envelope()).prop_map(|(send, envelope)| Request::Send { send, envelope }),
             (arb_id(), proptest::collection::vec(any::<u8>(), 64)).prop_map(|(mailbox, p)| {
                 let mut proof = [0u8; 64];
                 proof.copy_from_slice(&p);
@@ -547,7 +579,7 @@ mod tests {
                         .collect(),
                 )
             }),
-            (1u16..=13, any::<u64>()).prop_map(|(c, detail)| Response::Error {
+            (1u16..=14, any::<u64>()).prop_map(|(c, detail)| Response::Error {
                 code: ErrorCode::from_u16(c).unwrap_or(ErrorCode::Malformed),
                 detail
             }),
@@ -621,6 +653,7 @@ mod tests {
             &Request::Send {
                 send: [1; 32],
                 envelope: Envelope::from_slice(&[9; ENVELOPE_SIZE]).unwrap_or_else(|_| unreachable!()),
+                pow: u64::MAX,
             },
         );
         assert_eq!(ping.len(), send.len());
@@ -628,6 +661,70 @@ mod tests {
         let none = encode_response(2, &Response::Envelopes(Vec::new()));
         assert_eq!((ok.len(), ok[0].len()), (1, FRAME_SIZE));
         assert_eq!((none.len(), none[0].len()), (1, FRAME_SIZE));
+    }
+
+    /// The proof-of-work fields sit where a frame of the earlier layout had
+    /// zero padding: such a frame reads as an ordinary mailbox and no nonce.
+    #[test]
+    fn pow_fields_fill_former_padding_and_are_bounded() {
+        let envelope = Envelope::from_slice(&[9; ENVELOPE_SIZE]).unwrap_or_else(|_| unreachable!());
+        // The largest request fits: tag, id, capability, envelope, nonce.
+        const { assert!(1 + 4 + 32 + ENVELOPE_SIZE + 8 <= FRAME_SIZE) };
+        let mut old_send = vec![0x02, 0, 0, 0, 5];
+        old_send.extend_from_slice(&[1; 32]);
+        old_send.extend_from_slice(envelope.as_bytes());
+        old_send.resize(FRAME_SIZE, 0);
+        let send = Request::Send {
+            send: [1; 32],
+            envelope: envelope.clone(),
+            pow: 0,
+        };
+        assert_eq!(decode_request(&old_send), Ok((5, send.clone())));
+        assert_eq!(encode_request(5, &send), old_send);
+        let solved = encode_request(
+            5,
+            &Request::Send {
+                send: [1; 32],
+                envelope,
+                pow: 0x0102_0304_0506_0708,
+            },
+        );
+        assert_eq!(&solved[4133..4141], &[1, 2, 3, 4, 5, 6, 7, 8]);
+
+        let mut old_create = vec![0x01, 0, 0, 0, 6];
+        old_create.extend_from_slice(&[2; 96]);
+        old_create.resize(FRAME_SIZE, 0);
+        let create = |pow_bits| Request::Create {
+            mailbox: MailboxId([2; 32]),
+            recipient_key: [2; 32],
+            send_digest: [2; 32],
+            pow_bits,
+        };
+        assert_eq!(decode_request(&old_create), Ok((6, create(0))));
+        let mut drop_box = old_create.clone();
+        drop_box[101] = MAX_POW_BITS;
+        assert_eq!(decode_request(&drop_box), Ok((6, create(MAX_POW_BITS))));
+        assert_eq!(encode_request(6, &create(MAX_POW_BITS)), drop_box);
+        drop_box[101] = MAX_POW_BITS + 1;
+        assert!(matches!(decode_request(&drop_box), Err(FrameError::Malformed(_))));
+        drop_box[101] = u8::MAX;
+        assert!(matches!(decode_request(&drop_box), Err(FrameError::Malformed(_))));
+
+        let refused = encode_response(
+            7,
+            &Response::Error {
+                code: ErrorCode::WorkRequired,
+                detail: 0,
+            },
+        );
+        assert_eq!(&refused[0][5..7], &[0, 14]);
+        assert_eq!(
+            decode_response(&refused[0]).map(|f| f.response),
+            Ok(Response::Error {
+                code: ErrorCode::WorkRequired,
+                detail: 0
+            })
+        );
     }
 
     #[test]

@@ -296,6 +296,7 @@ async fn log_counts(store: &Arc<dyn MailboxStore>, metrics: &Metrics) {
         too_many_mailboxes = m(&metrics.too_many_mailboxes),
         mailbox_full = m(&metrics.mailbox_full),
         relay_full = m(&metrics.relay_full),
+        work_required = m(&metrics.work_required),
         protocol_errors = m(&metrics.protocol_errors),
         "relay counts"
     );

@@ -12,7 +12,9 @@
 //!   `Nats-Msg-Id` derived from the capability and the envelope, so a retried
 //!   send within the duplicate window is stored once.
 //! - `BC_META`, one message per subject (the latest value): `bc.box.<receive id>`
-//!   (recipient key, send digest), `bc.snd.<send digest>` (receive id),
+//!   (recipient key (32) || send digest (32) || proof-of-work bits (1); a record
+//!   written before drop boxes has no last byte and reads as 0), `bc.snd.<send
+//!   digest>` (receive id),
 //!   `bc.clm.<receive id>` (the sequencer's next epoch and last token) and
 //!   `bc.tls` (the relay identity shared by every relay on the cluster). Creating
 //!   and claiming are compare-and-set writes (`Nats-Expected-Last-Subject-Sequence`).
@@ -24,6 +26,11 @@
 //! and wakes its long-polls, so a member on relay 1 sees at once what was sent
 //! through relay 2. Likewise `bc.gone.<send digest>` after a delete clears the
 //! other relays' capability caches.
+//!
+//! A send to a drop box (a mailbox whose record demands proof of work) is checked
+//! in the sending request's own task, before anything is published: a refused one
+//! stores nothing. The capability cache keeps the difficulty with the receive id,
+//! so only a cache miss reads `bc.box` as well as `bc.snd`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +41,7 @@ use async_nats::ServerAddr;
 use backchannel_core::envelope::Envelope;
 use backchannel_core::frame::Delivery;
 use backchannel_core::mailbox::MailboxId;
+use backchannel_core::pow;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
@@ -80,7 +88,15 @@ pub struct NatsConfig {
     pub ttl: Duration,
 }
 
-type SenderCache = HashMap<[u8; 32], (MailboxId, Instant)>;
+/// Where a send capability leads: the mailbox, and the bits of work each send
+/// to it must prove (0: an ordinary mailbox).
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    id: MailboxId,
+    pow_bits: u8,
+}
+
+type SenderCache = HashMap<[u8; 32], (Target, Instant)>;
 
 /// Mailboxes and envelopes in a NATS JetStream cluster.
 pub struct NatsStore {
@@ -90,7 +106,8 @@ pub struct NatsStore {
     envelopes: stream::Stream,
     meta: stream::Stream,
     listener: Mutex<Option<JoinHandle<()>>>,
-    /// Send-capability digest -> receive id, as read recently (see [`SENDER_CACHE_TTL`]).
+    /// Send-capability digest -> receive id and difficulty, as read recently (see
+    /// [`SENDER_CACHE_TTL`]).
     senders: Arc<Mutex<SenderCache>>,
     /// Sequence -> mailbox of envelopes this relay handed out, so their acks need no read.
     delivered: Mutex<HashMap<u64, MailboxId>>,
@@ -315,26 +332,34 @@ impl NatsStore {
         .await
     }
 
-    async fn receive_id(&self, send: &[u8; 32]) -> Result<Option<MailboxId>, StoreError> {
-        let digest: [u8; 32] = Sha256::digest(send).into();
+    /// The mailbox behind a send capability (whose digest is `digest`).
+    async fn target(&self, digest: &[u8; 32]) -> Result<Option<Target>, StoreError> {
         if let Ok(cache) = self.senders.lock() {
-            if let Some((id, at)) = cache.get(&digest) {
+            if let Some((target, at)) = cache.get(digest) {
                 if at.elapsed() < SENDER_CACHE_TTL {
-                    return Ok(Some(*id));
+                    return Ok(Some(*target));
                 }
             }
         }
-        let id = match self.latest(&sender_subject(&digest)).await? {
+        let id = match self.latest(&sender_subject(digest)).await? {
             Some((_, v)) => MailboxId(v.as_ref().try_into().map_err(|_| corrupt("sender record"))?),
             None => return Ok(None),
         };
+        // The mailbox record is written before the sender record and purged after it:
+        // a sender record without one is a mailbox being deleted.
+        let pow_bits = match self.latest(&box_subject(&id)).await? {
+            Some((_, v)) if v.len() >= 64 => v.get(64).copied().unwrap_or(0),
+            Some(_) => return Err(corrupt("mailbox record")),
+            None => return Ok(None),
+        };
+        let target = Target { id, pow_bits };
         if let Ok(mut cache) = self.senders.lock() {
             if cache.len() >= CACHE_MAX {
                 cache.clear();
             }
-            cache.insert(digest, (id, Instant::now()));
+            cache.insert(*digest, (target, Instant::now()));
         }
-        Ok(Some(id))
+        Ok(Some(target))
     }
 
     fn forget_sender(&self, digest: &[u8; 32]) {
@@ -343,10 +368,17 @@ impl NatsStore {
         }
     }
 
-    async fn do_create(&self, id: MailboxId, recipient: [u8; 32], digest: [u8; 32]) -> Result<(), StoreError> {
-        let mut record = Vec::with_capacity(64);
+    async fn do_create(
+        &self,
+        id: MailboxId,
+        recipient: [u8; 32],
+        digest: [u8; 32],
+        pow_bits: u8,
+    ) -> Result<(), StoreError> {
+        let mut record = Vec::with_capacity(65);
         record.extend_from_slice(&recipient);
         record.extend_from_slice(&digest);
+        record.push(pow_bits);
         if let Cas::Lost = self.put_if(&box_subject(&id), Bytes::from(record), 0).await? {
             return Err(StoreError::MailboxExists);
         }
@@ -366,10 +398,16 @@ impl NatsStore {
         }
     }
 
-    async fn do_send(&self, send: [u8; 32], envelope: Envelope) -> Result<(MailboxId, u64), StoreError> {
-        let Some(id) = self.receive_id(&send).await? else {
+    async fn do_send(&self, send: [u8; 32], envelope: Envelope, nonce: u64) -> Result<(MailboxId, u64), StoreError> {
+        let digest: [u8; 32] = Sha256::digest(send).into();
+        let Some(Target { id, pow_bits }) = self.target(&digest).await? else {
             return Err(StoreError::NoSuchMailbox);
         };
+        // Checked here, in this request's task (the relays' tasks run in parallel), before
+        // anything is published. The nonce 0 proves nothing: refused without hashing.
+        if pow_bits > 0 && (nonce == 0 || !pow::check(&pow::challenge(&digest, &envelope), pow_bits, nonce)) {
+            return Err(StoreError::WorkRequired);
+        }
         // The same envelope to the same mailbox is the same send: a retry.
         let mut h = Sha256::new();
         h.update(b"backchannel nats msg id");
@@ -514,7 +552,8 @@ impl NatsStore {
     }
 
     async fn do_claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
-        let Some(id) = self.receive_id(&send).await? else {
+        let digest: [u8; 32] = Sha256::digest(send).into();
+        let Some(Target { id, .. }) = self.target(&digest).await? else {
             return Err(StoreError::NoSuchMailbox);
         };
         let subject = claim_subject(&id);
@@ -605,13 +644,25 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
 }
 
 impl MailboxStore for NatsStore {
-    fn create(&self, id: MailboxId, recipient_key: [u8; 32], send_digest: [u8; 32]) -> Result<(), StoreError> {
-        self.block(self.do_create(id, recipient_key, send_digest))
+    fn create(
+        &self,
+        id: MailboxId,
+        recipient_key: [u8; 32],
+        send_digest: [u8; 32],
+        pow_bits: u8,
+    ) -> Result<(), StoreError> {
+        self.block(self.do_create(id, recipient_key, send_digest, pow_bits))
     }
 
-    fn send(&self, send: [u8; 32], envelope: Envelope, _expires_at: u64) -> Result<(MailboxId, u64), StoreError> {
+    fn send(
+        &self,
+        send: [u8; 32],
+        envelope: Envelope,
+        _expires_at: u64,
+        pow: u64,
+    ) -> Result<(MailboxId, u64), StoreError> {
         // Expiry is the stream's max_age, the same for every envelope.
-        self.block(self.do_send(send, envelope))
+        self.block(self.do_send(send, envelope, pow))
     }
 
     fn recipient_key(&self, id: MailboxId) -> Result<Option<[u8; 32]>, StoreError> {
@@ -649,8 +700,9 @@ impl MailboxStore for NatsStore {
         send: [u8; 32],
         envelope: Envelope,
         _expires_at: u64,
+        pow: u64,
     ) -> StoreFuture<(MailboxId, u64)> {
-        Box::pin(async move { self.do_send(send, envelope).await })
+        Box::pin(async move { self.do_send(send, envelope, pow).await })
     }
 
     fn ack_async(self: Arc<Self>, id: MailboxId, seq: u64) -> StoreFuture<()> {

@@ -79,6 +79,8 @@ pub struct Metrics {
     pub mailbox_full: AtomicU64,
     /// Sends refused with `RelayFull`.
     pub relay_full: AtomicU64,
+    /// Sends to a drop box refused with `WorkRequired` (no or a wrong proof of work).
+    pub work_required: AtomicU64,
     /// Envelopes stored.
     pub envelopes_in: AtomicU64,
     /// Envelopes acknowledged.
@@ -635,6 +637,7 @@ fn count_refusal(metrics: &Metrics, code: ErrorCode) {
         ErrorCode::TooManyMailboxes => Metrics::count(&metrics.too_many_mailboxes),
         ErrorCode::MailboxFull => Metrics::count(&metrics.mailbox_full),
         ErrorCode::RelayFull => Metrics::count(&metrics.relay_full),
+        ErrorCode::WorkRequired => Metrics::count(&metrics.work_required),
         _ => {}
     }
 }
@@ -676,6 +679,7 @@ fn store_error(e: StoreError) -> Response {
         StoreError::MailboxFull => (ErrorCode::MailboxFull, 0),
         StoreError::RelayFull => (ErrorCode::RelayFull, 0),
         StoreError::EpochConflict(next) => (ErrorCode::EpochConflict, next),
+        StoreError::WorkRequired => (ErrorCode::WorkRequired, 0),
         StoreError::Storage(_) => {
             tracing::error!("storage failure");
             (ErrorCode::Storage, 0)
@@ -689,9 +693,11 @@ fn store_error(e: StoreError) -> Response {
 async fn serve_stateless(shared: &Shared, req: Request) -> Response {
     let store = shared.store.clone();
     match req {
-        Request::Send { send, envelope } => {
+        Request::Send { send, envelope, pow } => {
             let expires = now_secs().saturating_add(shared.limits.envelope_ttl.as_secs());
-            match store.send_async(send, envelope, expires).await {
+            // The store checks the proof of work of a send to a drop box, hashing it
+            // outside its writer thread (store.rs, `proven_work`).
+            match store.send_async(send, envelope, expires, pow).await {
                 Ok((mailbox, _)) => {
                     shared.metrics.envelopes_in.fetch_add(1, Ordering::Relaxed);
                     let _ = shared.notify.send(mailbox);
@@ -728,11 +734,12 @@ impl Connection {
                 mailbox,
                 recipient_key,
                 send_digest,
+                pow_bits,
             } => {
                 if self.touched >= shared.limits.max_mailboxes_per_connection {
                     return Self::err(ErrorCode::TooManyMailboxes);
                 }
-                match off_executor(move || store.create(mailbox, recipient_key, send_digest)).await {
+                match off_executor(move || store.create(mailbox, recipient_key, send_digest, pow_bits)).await {
                     Ok(()) => {
                         self.touched += 1;
                         self.opened.insert(mailbox);
@@ -886,6 +893,73 @@ mod tests {
             book.counts.lock().unwrap().is_empty(),
             "entries go with their connections"
         );
+    }
+
+    /// Through the request handlers, from wire frames: a drop box created with a
+    /// difficulty refuses sends without their proof of work with `WorkRequired`,
+    /// and takes a solved one; an ordinary mailbox takes `pow` 0.
+    #[tokio::test]
+    async fn a_drop_box_answers_work_required_to_a_send_without_its_proof() {
+        use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
+        use backchannel_core::frame::encode_request;
+        use backchannel_core::pow;
+        use sha2::{Digest, Sha256};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::EmbeddedStore::open(&dir.path().join("m.redb"), 10).unwrap();
+        let (done_tx, done_rx) = mpsc::channel(1);
+        drop(done_rx);
+        let (_closing_tx, closing) = watch::channel(false);
+        let identity = crate::tls::TlsIdentity::generate().unwrap();
+        let shared = Shared::new(
+            Arc::new(store),
+            Limits::default(),
+            broadcast::channel(16).0,
+            Arc::new(Metrics::default()),
+            TlsAcceptor::from(identity.server_config().unwrap()),
+            closing,
+            done_tx,
+        );
+        let mut conn = Connection {
+            nonce: [0; 32],
+            opened: HashSet::new(),
+            touched: 0,
+        };
+        // Every request goes through its wire form, as the relay receives it.
+        let wire = |req: Request| decode_request(&encode_request(1, &req)).unwrap().1;
+        let (drop_cap, plain_cap) = ([2u8; 32], [5u8; 32]);
+        let digest = |cap: [u8; 32]| -> [u8; 32] { Sha256::digest(cap).into() };
+        for (id, cap, pow_bits) in [(1u8, drop_cap, 12), (4, plain_cap, 0)] {
+            let create = wire(Request::Create {
+                mailbox: MailboxId([id; 32]),
+                recipient_key: [3; 32],
+                send_digest: digest(cap),
+                pow_bits,
+            });
+            assert_eq!(conn.serve(&shared, create).await, Response::Ok);
+        }
+        let envelope = Envelope::from_slice(&[9; ENVELOPE_SIZE]).unwrap();
+        let send = |send, pow| {
+            wire(Request::Send {
+                send,
+                envelope: envelope.clone(),
+                pow,
+            })
+        };
+        let refused = Response::Error {
+            code: ErrorCode::WorkRequired,
+            detail: 0,
+        };
+        let nonce = pow::solve(&pow::challenge(&digest(drop_cap), &envelope), 12);
+        assert_eq!(conn.serve(&shared, send(drop_cap, 0)).await, refused);
+        assert_eq!(conn.serve(&shared, send(drop_cap, nonce + 1)).await, refused);
+        assert_eq!(shared.store.stats().unwrap().envelopes, 0);
+        assert_eq!(conn.serve(&shared, send(drop_cap, nonce)).await, Response::Ok);
+        assert_eq!(conn.serve(&shared, send(plain_cap, 0)).await, Response::Ok);
+        assert_eq!(shared.store.stats().unwrap().envelopes, 2);
+        let metrics = Metrics::default();
+        count_refusal(&metrics, ErrorCode::WorkRequired);
+        assert_eq!(metrics.work_required.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

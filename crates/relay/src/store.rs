@@ -73,6 +73,7 @@ use std::sync::Arc;
 use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
 use backchannel_core::frame::Delivery;
 use backchannel_core::mailbox::MailboxId;
+use backchannel_core::pow;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use rand_core::{OsRng, RngCore};
@@ -138,6 +139,10 @@ pub enum StoreError {
     /// The claimed epoch is not the next; holds the next epoch.
     #[error("epoch conflict")]
     EpochConflict(u64),
+    /// The mailbox demands proof of work and the send's nonce does not
+    /// provide it (see [`backchannel_core::pow`]).
+    #[error("proof of work required")]
+    WorkRequired,
     /// The disk or database failed.
     #[error("storage failure: {0}")]
     Storage(String),
@@ -192,11 +197,29 @@ pub(crate) fn off_executor<T: Send + 'static>(
 /// the blocking form on the blocking pool; a store that can wait without a thread
 /// overrides them.
 pub trait MailboxStore: Send + Sync + 'static {
-    /// Creates a mailbox under its receive id and the digest of its send capability.
-    fn create(&self, id: MailboxId, recipient_key: [u8; 32], send_digest: [u8; 32]) -> Result<(), StoreError>;
+    /// Creates a mailbox under its receive id and the digest of its send
+    /// capability. A mailbox with `pow_bits` > 0 (a drop box; at most
+    /// [`pow::MAX_POW_BITS`], as frame decoding enforces) accepts only sends
+    /// whose nonce proves that much work.
+    fn create(
+        &self,
+        id: MailboxId,
+        recipient_key: [u8; 32],
+        send_digest: [u8; 32],
+        pow_bits: u8,
+    ) -> Result<(), StoreError>;
     /// Stores an envelope durably in the mailbox whose send capability is
     /// `send`; returns that mailbox's receive id and the envelope's sequence number.
-    fn send(&self, send: [u8; 32], envelope: Envelope, expires_at: u64) -> Result<(MailboxId, u64), StoreError>;
+    /// If the mailbox demands proof of work and `pow` is not a nonce that proves it
+    /// for this envelope and mailbox ([`pow::check`]), refuses with
+    /// [`StoreError::WorkRequired`] and stores nothing.
+    fn send(
+        &self,
+        send: [u8; 32],
+        envelope: Envelope,
+        expires_at: u64,
+        pow: u64,
+    ) -> Result<(MailboxId, u64), StoreError>;
     /// The recipient key of a mailbox.
     fn recipient_key(&self, id: MailboxId) -> Result<Option<[u8; 32]>, StoreError>;
     /// Up to `max` oldest envelopes from these mailboxes.
@@ -221,8 +244,9 @@ pub trait MailboxStore: Send + Sync + 'static {
         send: [u8; 32],
         envelope: Envelope,
         expires_at: u64,
+        pow: u64,
     ) -> StoreFuture<(MailboxId, u64)> {
-        off_executor(move || self.send(send, envelope, expires_at))
+        off_executor(move || self.send(send, envelope, expires_at, pow))
     }
     /// [`MailboxStore::ack`] for the executor.
     fn ack_async(self: Arc<Self>, id: MailboxId, seq: u64) -> StoreFuture<()> {
@@ -234,6 +258,12 @@ pub trait MailboxStore: Send + Sync + 'static {
     }
 }
 
+/// A mailbox record (the value in `MAILBOXES`): recipient key (32) ||
+/// send digest (32) || next seq (u64 BE) || count (u32 BE) || next epoch
+/// (u64 BE) || last token (32) || pow bits (1). Records written before drop
+/// boxes lack the last byte and read as `pow_bits` 0; each is rewritten in the
+/// longer form the next time it changes. The two lengths tell the forms apart,
+/// so no format version is needed.
 #[derive(Debug, Clone, Copy)]
 struct MailboxRecord {
     recipient: [u8; 32],
@@ -242,9 +272,12 @@ struct MailboxRecord {
     count: u32,
     next_epoch: u64,
     last_token: [u8; 32],
+    pow_bits: u8,
 }
 
-const RECORD_LEN: usize = 32 + 32 + 8 + 4 + 8 + 32;
+/// A record of the format before drop boxes, without `pow_bits`.
+const RECORD_LEN_BEFORE_POW: usize = 32 + 32 + 8 + 4 + 8 + 32;
+const RECORD_LEN: usize = RECORD_LEN_BEFORE_POW + 1;
 
 impl MailboxRecord {
     fn encode(&self) -> Vec<u8> {
@@ -255,6 +288,7 @@ impl MailboxRecord {
         v.extend_from_slice(&self.count.to_be_bytes());
         v.extend_from_slice(&self.next_epoch.to_be_bytes());
         v.extend_from_slice(&self.last_token);
+        v.push(self.pow_bits);
         v
     }
 
@@ -268,10 +302,32 @@ impl MailboxRecord {
             count: r.u32().map_err(bad)?,
             next_epoch: r.u64().map_err(bad)?,
             last_token: r.array().map_err(bad)?,
+            pow_bits: if r.remaining() == 0 { 0 } else { r.u8().map_err(bad)? },
         };
         r.finish().map_err(bad)?;
         Ok(rec)
     }
+}
+
+/// The bits of work `nonce` proves for sending `envelope` through the send
+/// capability `send` ([`pow::work`]): 0 for the nonce 0, which every send to an
+/// ordinary mailbox carries, without hashing anything.
+///
+/// It is computed by the caller, before the write is queued, not by the writer
+/// thread: the writer commits every write of the relay one batch after another,
+/// and two SHA-256 (over 4 KiB and 40 bytes, a few microseconds) for each of
+/// up to [`MAX_BATCH`] sends would lengthen every batch and so every send's
+/// wait. Callers run in parallel on the executor and the blocking pool. The
+/// writer then only compares this number with the mailbox's `pow_bits`, in the
+/// same transaction that looks the mailbox up and stores the envelope, so a
+/// mailbox deleted and re-created with another difficulty in between cannot
+/// slip an envelope past its check.
+fn proven_work(send: &[u8; 32], envelope: &Envelope, nonce: u64) -> u32 {
+    if nonce == 0 {
+        return 0;
+    }
+    let digest: [u8; 32] = Sha256::digest(send).into();
+    pow::work(&pow::challenge(&digest, envelope), nonce)
 }
 
 /// The redb key of an envelope record, also its associated data at rest.
@@ -454,11 +510,14 @@ enum Write {
         id: MailboxId,
         recipient: [u8; 32],
         send_digest: [u8; 32],
+        pow_bits: u8,
     },
     Send {
         send: [u8; 32],
         envelope: Envelope,
         expires_at: u64,
+        /// The bits of work the send's nonce proves ([`proven_work`]).
+        work: u32,
     },
     Ack {
         id: MailboxId,
@@ -1013,6 +1072,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             id,
             recipient,
             send_digest,
+            pow_bits,
         } => {
             if get_record(boxes, id)?.is_some() || senders.get(&send_digest[..]).map_err(storage)?.is_some() {
                 Err(StoreError::MailboxExists)
@@ -1024,6 +1084,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                     count: 0,
                     next_epoch: 0,
                     last_token: [0; 32],
+                    pow_bits: *pow_bits,
                 };
                 boxes.insert(&id.0[..], &rec.encode()[..]).map_err(storage)?;
                 senders.insert(&send_digest[..], &id.0[..]).map_err(storage)?;
@@ -1034,15 +1095,19 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             send,
             envelope,
             expires_at,
+            work,
         } => match sender(senders, send)?
             .map(|id| get_record(boxes, &id).map(|r| (id, r)))
             .transpose()?
         {
             Some((id, Some(rec))) => {
                 let id = &id;
+                // Checked first: a send without its work learns nothing else.
+                if u32::from(rec.pow_bits) > *work {
+                    Err(StoreError::WorkRequired)
                 // A record at the last sequence number (only a damaged or planted
                 // store has one) is full rather than wrapping around.
-                if rec.count >= max.per_mailbox || rec.next_seq == u64::MAX {
+                } else if rec.count >= max.per_mailbox || rec.next_seq == u64::MAX {
                     Err(StoreError::MailboxFull)
                 } else if envs.len().map_err(storage)? >= max.total {
                     // O(1): redb keeps each table's length in its root.
@@ -1148,20 +1213,36 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
 }
 
 impl MailboxStore for EmbeddedStore {
-    fn create(&self, id: MailboxId, recipient: [u8; 32], send_digest: [u8; 32]) -> Result<(), StoreError> {
+    fn create(
+        &self,
+        id: MailboxId,
+        recipient: [u8; 32],
+        send_digest: [u8; 32],
+        pow_bits: u8,
+    ) -> Result<(), StoreError> {
         self.write(Write::Create {
             id,
             recipient,
             send_digest,
+            pow_bits,
         })
         .map(|_| ())
     }
 
-    fn send(&self, send: [u8; 32], envelope: Envelope, expires_at: u64) -> Result<(MailboxId, u64), StoreError> {
+    fn send(
+        &self,
+        send: [u8; 32],
+        envelope: Envelope,
+        expires_at: u64,
+        pow: u64,
+    ) -> Result<(MailboxId, u64), StoreError> {
+        // The proof is hashed here, on the caller's thread, not on the writer's.
+        let work = proven_work(&send, &envelope, pow);
         self.write(Write::Send {
             send,
             envelope,
             expires_at,
+            work,
         })
     }
 
@@ -1243,11 +1324,16 @@ impl MailboxStore for EmbeddedStore {
         send: [u8; 32],
         envelope: Envelope,
         expires_at: u64,
+        pow: u64,
     ) -> StoreFuture<(MailboxId, u64)> {
+        // Hashed on the executor (a few microseconds, and only for a nonzero nonce),
+        // not on the writer thread: see [`proven_work`].
+        let work = proven_work(&send, &envelope, pow);
         self.submitted(Write::Send {
             send,
             envelope,
             expires_at,
+            work,
         })
     }
 
@@ -1292,28 +1378,28 @@ mod tests {
         let id = MailboxId([1; 32]);
         let cap = [2u8; 32];
         let digest: [u8; 32] = Sha256::digest(cap).into();
-        s.create(id, [3; 32], digest).unwrap();
-        assert_eq!(s.create(id, [3; 32], digest), Err(StoreError::MailboxExists));
+        s.create(id, [3; 32], digest, 0).unwrap();
+        assert_eq!(s.create(id, [3; 32], digest, 0), Err(StoreError::MailboxExists));
         assert_eq!(
-            s.create(MailboxId([7; 32]), [3; 32], digest),
+            s.create(MailboxId([7; 32]), [3; 32], digest, 0),
             Err(StoreError::MailboxExists)
         );
-        assert_eq!(s.send([9; 32], env(1), u64::MAX), Err(StoreError::NoSuchMailbox));
-        assert_eq!(s.send(id.0, env(1), u64::MAX), Err(StoreError::NoSuchMailbox));
-        let (to, a) = s.send(cap, env(1), u64::MAX).unwrap();
+        assert_eq!(s.send([9; 32], env(1), u64::MAX, 0), Err(StoreError::NoSuchMailbox));
+        assert_eq!(s.send(id.0, env(1), u64::MAX, 0), Err(StoreError::NoSuchMailbox));
+        let (to, a) = s.send(cap, env(1), u64::MAX, 0).unwrap();
         assert_eq!(to, id);
-        let (_, b) = s.send(cap, env(2), u64::MAX).unwrap();
+        let (_, b) = s.send(cap, env(2), u64::MAX, 0).unwrap();
         assert!(b > a);
-        assert_eq!(s.send(cap, env(3), u64::MAX), Err(StoreError::MailboxFull));
+        assert_eq!(s.send(cap, env(3), u64::MAX, 0), Err(StoreError::MailboxFull));
         let got = s.fetch(&[id], 10).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].envelope, env(1));
         s.ack(id, a).unwrap();
         assert_eq!(s.fetch(&[id], 10).unwrap().len(), 1);
-        s.send(cap, env(4), u64::MAX).unwrap();
+        s.send(cap, env(4), u64::MAX, 0).unwrap();
         s.delete(id).unwrap();
         assert_eq!(s.stats().unwrap(), Stats::default());
-        assert_eq!(s.send(cap, env(5), u64::MAX), Err(StoreError::NoSuchMailbox));
+        assert_eq!(s.send(cap, env(5), u64::MAX, 0), Err(StoreError::NoSuchMailbox));
     }
 
     #[test]
@@ -1326,14 +1412,14 @@ mod tests {
         let s = Arc::new(EmbeddedStore::open_with_quota(&dir.path().join("m.redb"), quota).unwrap());
         let caps: Vec<[u8; 32]> = (0..2u8).map(|i| [10 + i; 32]).collect();
         for (i, cap) in caps.iter().enumerate() {
-            s.create(MailboxId([i as u8; 32]), [3; 32], Sha256::digest(cap).into())
+            s.create(MailboxId([i as u8; 32]), [3; 32], Sha256::digest(cap).into(), 0)
                 .unwrap();
         }
         // Concurrent sends land in one batch: the count inside the transaction holds.
         let sends: Vec<_> = (0..8u8)
             .map(|i| {
                 let (s, cap) = (s.clone(), caps[usize::from(i % 2)]);
-                std::thread::spawn(move || s.send(cap, env(i), u64::MAX))
+                std::thread::spawn(move || s.send(cap, env(i), u64::MAX, 0))
             })
             .collect();
         let results: Vec<_> = sends.into_iter().map(|t| t.join().unwrap()).collect();
@@ -1342,8 +1428,8 @@ mod tests {
         // An acknowledgement makes room again.
         let (id, seq) = results.iter().find_map(|r| r.clone().ok()).unwrap();
         s.ack(id, seq).unwrap();
-        s.send(caps[0], env(9), u64::MAX).unwrap();
-        assert_eq!(s.send(caps[1], env(10), u64::MAX), Err(StoreError::RelayFull));
+        s.send(caps[0], env(9), u64::MAX, 0).unwrap();
+        assert_eq!(s.send(caps[1], env(10), u64::MAX, 0), Err(StoreError::RelayFull));
     }
 
     #[test]
@@ -1352,7 +1438,7 @@ mod tests {
         let s = open(dir.path(), 10);
         let id = MailboxId([1; 32]);
         let cap = [2u8; 32];
-        s.create(id, [3; 32], Sha256::digest(cap).into()).unwrap();
+        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
         s.claim(cap, 0, [7; 32]).unwrap();
         s.claim(cap, 0, [7; 32]).unwrap();
         assert_eq!(s.claim(cap, 0, [8; 32]), Err(StoreError::EpochConflict(1)));
@@ -1371,9 +1457,9 @@ mod tests {
         let cap = [2u8; 32];
         {
             let s = open(dir.path(), 10);
-            s.create(id, [3; 32], Sha256::digest(cap).into()).unwrap();
-            s.send(cap, env(1), 100).unwrap();
-            s.send(cap, env(2), 300).unwrap();
+            s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+            s.send(cap, env(1), 100, 0).unwrap();
+            s.send(cap, env(2), 300, 0).unwrap();
         }
         // Give the previous writer thread time to drop its handle on the file.
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -1479,11 +1565,11 @@ mod tests {
         let store = open(dir, 100);
         let id = MailboxId([1; 32]);
         let cap = [2u8; 32];
-        store.create(id, [3; 32], Sha256::digest(cap).into()).unwrap();
+        store.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
         let envelopes: Vec<Envelope> = (0..n).map(|_| random_env()).collect();
         let seqs: Vec<u64> = envelopes
             .iter()
-            .map(|e| store.send(cap, e.clone(), expires_at).unwrap().1)
+            .map(|e| store.send(cap, e.clone(), expires_at, 0).unwrap().1)
             .collect();
         let got = store.fetch(&[id], 100).unwrap();
         assert_eq!(got.len(), n);
@@ -1531,7 +1617,7 @@ mod tests {
         let t = stored(dir.path(), 6, 100);
         // One envelope that outlives the sweep stays readable.
         let kept = random_env();
-        let (_, kept_seq) = t.store.send([2; 32], kept.clone(), 300).unwrap();
+        let (_, kept_seq) = t.store.send([2; 32], kept.clone(), 300, 0).unwrap();
         assert_eq!(t.store.expire(200).unwrap(), 6);
         let left = t.store.fetch(&[t.id], 100).unwrap();
         assert_eq!(left.len(), 1);
@@ -1565,8 +1651,8 @@ mod tests {
         let key_path = dir.path().join(KEY_FILE);
         {
             let s = open(dir.path(), 10);
-            s.create(id, [3; 32], Sha256::digest(cap).into()).unwrap();
-            s.send(cap, first.clone(), u64::MAX).unwrap();
+            s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+            s.send(cap, first.clone(), u64::MAX, 0).unwrap();
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert_eq!(std::fs::metadata(&key_path).unwrap().len(), 32);
@@ -1587,7 +1673,7 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].envelope, first);
         let second = random_env();
-        let (_, seq) = s.send(cap, second.clone(), u64::MAX).unwrap();
+        let (_, seq) = s.send(cap, second.clone(), u64::MAX, 0).unwrap();
         assert_eq!(s.fetch(&[id], 10).unwrap()[1].envelope, second);
         assert_eq!(
             std::fs::metadata(&key_path).unwrap().len(),
@@ -1606,8 +1692,8 @@ mod tests {
         let seq;
         {
             let s = open(dir.path(), 10);
-            s.create(id, [3; 32], Sha256::digest(cap).into()).unwrap();
-            seq = s.send(cap, env(1), u64::MAX).unwrap().1;
+            s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+            seq = s.send(cap, env(1), u64::MAX, 0).unwrap().1;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
         let f = OpenOptions::new().write(true).open(dir.path().join(KEY_FILE)).unwrap();
@@ -1634,8 +1720,8 @@ mod tests {
         let cap = [2u8; 32];
         {
             let s = open(dir.path(), 10);
-            s.create(id, [3; 32], Sha256::digest(cap).into()).unwrap();
-            s.send(cap, env(1), u64::MAX).unwrap();
+            s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+            s.send(cap, env(1), u64::MAX, 0).unwrap();
         }
         // A damaged or planted data directory: the record names slot 2^36.
         {
@@ -1655,7 +1741,7 @@ mod tests {
         let s = open(dir.path(), 10);
         // The keyless record is gone (it could never be read) and its mailbox is usable.
         assert_eq!(s.fetch(&[id], 10).unwrap(), vec![]);
-        s.send(cap, env(2), u64::MAX).unwrap();
+        s.send(cap, env(2), u64::MAX, 0).unwrap();
         assert_eq!(s.fetch(&[id], 10).unwrap().len(), 1);
         // The key file did not grow towards the far slot.
         assert!(std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().len() <= 2 * 32);
@@ -1667,9 +1753,9 @@ mod tests {
         let s = open(dir.path(), 100);
         let id = MailboxId([1; 32]);
         let cap = [2u8; 32];
-        s.create(id, [3; 32], Sha256::digest(cap).into()).unwrap();
+        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
         for _ in 0..5 {
-            let seqs: Vec<u64> = (0..3).map(|i| s.send(cap, env(i), u64::MAX).unwrap().1).collect();
+            let seqs: Vec<u64> = (0..3).map(|i| s.send(cap, env(i), u64::MAX, 0).unwrap().1).collect();
             for seq in seqs {
                 s.ack(id, seq).unwrap();
             }
@@ -1683,12 +1769,12 @@ mod tests {
         let s = Arc::new(open(dir.path(), 100));
         let (slow, slow_cap) = (MailboxId([1; 32]), [2u8; 32]);
         let (busy, busy_cap) = (MailboxId([4; 32]), [5u8; 32]);
-        s.create(slow, [3; 32], Sha256::digest(slow_cap).into()).unwrap();
-        s.create(busy, [3; 32], Sha256::digest(busy_cap).into()).unwrap();
+        s.create(slow, [3; 32], Sha256::digest(slow_cap).into(), 0).unwrap();
+        s.create(busy, [3; 32], Sha256::digest(busy_cap).into(), 0).unwrap();
         // A fetch opens these first, which gives the writer time to destroy
         // the key of a `busy` envelope that the fetch's snapshot still holds.
         for _ in 0..40 {
-            s.send(slow_cap, env(6), u64::MAX).unwrap();
+            s.send(slow_cap, env(6), u64::MAX, 0).unwrap();
         }
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
@@ -1707,7 +1793,7 @@ mod tests {
         // Every envelope is acknowledged right after it is stored, so its
         // slot is zeroed and reused while a fetch may still see its record.
         for _ in 0..300 {
-            let (_, seq) = s.send(busy_cap, env(7), u64::MAX).unwrap();
+            let (_, seq) = s.send(busy_cap, env(7), u64::MAX, 0).unwrap();
             s.ack(busy, seq).unwrap();
         }
         done.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1722,7 +1808,7 @@ mod tests {
         let old = random_env();
         {
             let s = open(dir.path(), 10);
-            s.create(id, [3; 32], Sha256::digest(cap).into()).unwrap();
+            s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
         {
@@ -1749,9 +1835,116 @@ mod tests {
         assert_eq!((got.len(), got[0].seq, &got[0].envelope), (1, 1, &old));
         assert!(s.key_of(id, 1).is_some());
         assert_eq!(s.expire(400).unwrap(), 0, "the expiry is kept");
-        let (_, seq) = s.send(cap, env(2), u64::MAX).unwrap();
+        let (_, seq) = s.send(cap, env(2), u64::MAX, 0).unwrap();
         assert_eq!(seq, 2);
         assert_eq!(s.expire(500).unwrap(), 1);
         assert_eq!(s.fetch(&[id], 10).unwrap().len(), 1);
+    }
+
+    /// A drop box (a mailbox with a difficulty) takes only envelopes whose nonce
+    /// solves the puzzle for that envelope and that mailbox; a refused send stores
+    /// nothing. An ordinary mailbox takes any nonce, 0 included.
+    #[test]
+    fn a_drop_box_takes_only_envelopes_with_their_proof_of_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(open(dir.path(), 10));
+        let bits = 10;
+        let (drop_box, drop_cap) = (MailboxId([1; 32]), [2u8; 32]);
+        let (other_box, other_cap) = (MailboxId([4; 32]), [5u8; 32]);
+        let (plain, plain_cap) = (MailboxId([6; 32]), [7u8; 32]);
+        let digest = |cap: [u8; 32]| -> [u8; 32] { Sha256::digest(cap).into() };
+        s.create(drop_box, [3; 32], digest(drop_cap), bits).unwrap();
+        s.create(other_box, [3; 32], digest(other_cap), bits).unwrap();
+        s.create(plain, [3; 32], digest(plain_cap), 0).unwrap();
+        let solved = |cap, e: &Envelope| pow::solve(&pow::challenge(&digest(cap), e), bits);
+        let nonce = solved(drop_cap, &env(1));
+        assert!(nonce > 0);
+
+        // Missing, wrong, for another envelope, for another mailbox: refused.
+        let wrong = (1..).find(|n| !pow::check(&pow::challenge(&digest(drop_cap), &env(1)), bits, *n));
+        let for_env2 = solved(drop_cap, &env(2));
+        assert!(!pow::check(&pow::challenge(&digest(drop_cap), &env(1)), bits, for_env2));
+        let for_other_box = solved(other_cap, &env(1));
+        assert!(!pow::check(
+            &pow::challenge(&digest(drop_cap), &env(1)),
+            bits,
+            for_other_box
+        ));
+        for bad in [0, wrong.unwrap(), for_env2, for_other_box] {
+            assert_eq!(
+                s.send(drop_cap, env(1), u64::MAX, bad),
+                Err(StoreError::WorkRequired),
+                "nonce {bad}"
+            );
+        }
+        // The nonce for the other mailbox works there, not here.
+        assert!(s.send(other_cap, env(1), u64::MAX, for_other_box).is_ok());
+        // The async path refuses too.
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert_eq!(
+            rt.block_on(s.clone().send_async(drop_cap, env(1), u64::MAX, 0)),
+            Err(StoreError::WorkRequired)
+        );
+        assert_eq!(
+            s.fetch(&[drop_box], 10).unwrap(),
+            Vec::new(),
+            "a refused send stored something"
+        );
+        assert_eq!(s.stats().unwrap().envelopes, 1);
+
+        // The solved nonce is accepted, by both paths.
+        let (to, seq) = s.send(drop_cap, env(1), u64::MAX, nonce).unwrap();
+        assert_eq!(to, drop_box);
+        let (_, seq2) = rt
+            .block_on(s.clone().send_async(drop_cap, env(2), u64::MAX, for_env2))
+            .unwrap();
+        let got = s.fetch(&[drop_box], 10).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].seq, &got[0].envelope), (seq, &env(1)));
+        assert_eq!((got[1].seq, &got[1].envelope), (seq2, &env(2)));
+
+        // An ordinary mailbox: no work needed, any nonce accepted.
+        s.send(plain_cap, env(1), u64::MAX, 0).unwrap();
+        s.send(plain_cap, env(2), u64::MAX, 12345).unwrap();
+        rt.block_on(s.clone().send_async(plain_cap, env(3), u64::MAX, 0))
+            .unwrap();
+        assert_eq!(s.fetch(&[plain], 10).unwrap().len(), 3);
+    }
+
+    /// The difficulty survives a restart, and mailbox records written before
+    /// drop boxes (without the difficulty byte) read as ordinary mailboxes.
+    #[test]
+    fn the_difficulty_is_stored_and_old_records_are_ordinary_mailboxes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (drop_box, drop_cap) = (MailboxId([1; 32]), [2u8; 32]);
+        let (old, old_cap) = (MailboxId([4; 32]), [5u8; 32]);
+        {
+            let s = open(dir.path(), 10);
+            s.create(drop_box, [3; 32], Sha256::digest(drop_cap).into(), 8).unwrap();
+            s.create(old, [3; 32], Sha256::digest(old_cap).into(), 0).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        {
+            let db = Database::open(dir.path().join("m.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut boxes = txn.open_table(MAILBOXES).unwrap();
+                let mut value = boxes.get(&old.0[..]).unwrap().unwrap().value().to_vec();
+                assert_eq!(value.len(), RECORD_LEN);
+                value.truncate(RECORD_LEN_BEFORE_POW);
+                boxes.insert(&old.0[..], &value[..]).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let s = open(dir.path(), 10);
+        assert_eq!(s.send(drop_cap, env(1), u64::MAX, 0), Err(StoreError::WorkRequired));
+        let nonce = pow::solve(&pow::challenge(&Sha256::digest(drop_cap).into(), &env(1)), 8);
+        s.send(drop_cap, env(1), u64::MAX, nonce).unwrap();
+        s.send(old_cap, env(1), u64::MAX, 0).unwrap();
+        assert_eq!(s.recipient_key(old).unwrap(), Some([3; 32]));
+        assert_eq!(s.fetch(&[old], 10).unwrap().len(), 1);
+        // A record of any other length is corrupt.
+        assert!(MailboxRecord::decode(&[0; RECORD_LEN + 1]).is_err());
+        assert!(MailboxRecord::decode(&[0; RECORD_LEN_BEFORE_POW - 1]).is_err());
     }
 }
