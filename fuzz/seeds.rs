@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use backchannel_client::socks::ProxyAddr;
 use backchannel_client::state::{
-    ChannelState, ChannelStatus, DeferredMls, InviteRecord, OutboxItem, PendingJoin, State, StoredMessage,
-    UnsentMessage, STATE_VERSION,
+    ChannelState, ChannelStatus, DeferredMls, FileStatus, IncomingFile, InviteRecord, OutboxItem, PendingJoin,
+    RecentPayload, State, StoredMessage, UnsentMessage, STATE_VERSION,
 };
 use backchannel_core::channel::{key_package, validate_key_package, Channel, ChannelInfo, Provider, Received, Suite};
 use backchannel_core::envelope::{
@@ -27,7 +27,7 @@ use backchannel_core::frame::{
 use backchannel_core::identity::Identity;
 use backchannel_core::invite::Invite;
 use backchannel_core::mailbox::{MailboxId, MailboxKeys};
-use backchannel_core::message::{AppMessage, Body, JoinRequest};
+use backchannel_core::message::{AppMessage, Body, FileOffer, JoinRequest};
 use backchannel_core::vault::{KdfParams, VaultKey};
 use backchannel_fuzz::store_input::{self, Input, Op, Record};
 use backchannel_fuzz::{relay, seal_key, send_capability, MlsFixture};
@@ -115,6 +115,7 @@ fn frames(out: &mut Out, kp: &[u8]) {
                 mailbox,
                 recipient_key: [4; 32],
                 send_digest: [5; 32],
+                pow_bits: 0,
             },
         ),
         (
@@ -122,6 +123,7 @@ fn frames(out: &mut Out, kp: &[u8]) {
             Request::Send {
                 send: [6; 32],
                 envelope: envelope(1),
+                pow: 0,
             },
         ),
         (
@@ -266,6 +268,114 @@ fn invites(out: &mut Out) {
     out.seed("mailbox_address", "relay-text-v6", v6.to_string().as_bytes());
 }
 
+/// Drop box seeds for the `drop` target; its first byte picks the part (see
+/// `fuzz_targets/drop.rs`). Letters are sealed to the target's fixed owner
+/// key (seed `[0xd0; 32]`) for the fixed mailbox, replies under its fixed
+/// reply key (`[0x7e; 32]`).
+fn drop_boxes(out: &mut Out) {
+    use backchannel_core::drop::{
+        seal_letter, seal_reply, DropAddress, DropKeys, Letter, LetterFile, Receipt, ReplyKey, DEFAULT_POW_BITS,
+    };
+    use hpke_rs::{Hpke, Mode};
+    use hpke_rs_crypto::types::{AeadAlgorithm, KdfAlgorithm, KemAlgorithm};
+    use hpke_rs_libcrux::HpkeLibcrux;
+
+    let mode = |m: u8, b: &[u8]| [&[m][..], b].concat();
+    let body = |line: &str, prefix: &str| {
+        let raw = data_encoding::BASE32_NOPAD
+            .decode(line[prefix.len()..].to_ascii_uppercase().as_bytes())
+            .unwrap();
+        raw[..raw.len() - 4].to_vec()
+    };
+    let keys = DropKeys::from_seed([0xd0; 32]).unwrap();
+    let address = DropAddress {
+        mailbox: backchannel_core::mailbox::MailboxAddress {
+            relay: relay(),
+            send: send_capability(),
+            seal: seal_key(),
+        },
+        owner_key: keys.public().to_vec(),
+        pow_bits: DEFAULT_POW_BITS,
+    };
+    let text = address.to_text();
+    out.seed("drop", "address-line", &mode(0, text.as_bytes()));
+    out.seed("drop", "address-body", &mode(1, &body(&text, "bc-drop:")));
+    let receipt = Receipt::generate(relay(), &mut OsRng);
+    let text = receipt.to_text();
+    out.seed("drop", "receipt-line", &mode(0, text.as_bytes()));
+    out.seed("drop", "receipt-body", &mode(2, &body(&text, "bc-receipt:")));
+
+    let (secret, _) = Hpke::<HpkeLibcrux>::new(
+        Mode::Base,
+        KemAlgorithm::XWingDraft06,
+        KdfAlgorithm::HkdfSha256,
+        AeadAlgorithm::ChaCha20Poly1305,
+    )
+    .derive_key_pair(&[0xd0; 32])
+    .unwrap()
+    .into_keys();
+    let letters = [
+        (
+            "letter-text",
+            Letter {
+                text: "the shipment leaves on Tuesday".into(),
+                file: None,
+                reply: None,
+            },
+        ),
+        (
+            "letter-file-and-reply",
+            Letter {
+                text: "minutes attached; answer if you can".into(),
+                file: Some(LetterFile {
+                    name: "minutes.txt".into(),
+                    data: b"item 1: ...\nitem 2: ...\n".repeat(20),
+                }),
+                reply: Some(receipt.reply_to()),
+            },
+        ),
+    ];
+    for (name, letter) in letters {
+        let sealed = seal_letter(&address, &letter, &mut OsRng).unwrap();
+        out.seed("drop", name, &mode(3, &sealed));
+        let (enc, ct) = sealed[1..].split_at(1120);
+        let plain = Hpke::<HpkeLibcrux>::new(
+            Mode::Base,
+            KemAlgorithm::XWingDraft06,
+            KdfAlgorithm::HkdfSha256,
+            AeadAlgorithm::ChaCha20Poly1305,
+        )
+        .open(
+            enc,
+            &secret,
+            b"backchannel/v1/drop-letter",
+            &send_capability().digest(),
+            ct,
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        out.seed("drop", &format!("{name}-plaintext"), &mode(4, &plain));
+    }
+
+    let key = ReplyKey([0x7e; 32]);
+    for (name, text) in [("reply", "received; the binder is safe"), ("reply-empty", "")] {
+        let sealed = seal_reply(&key, text, &mut OsRng);
+        out.seed("drop", name, &mode(5, &sealed));
+        let plain = XChaCha20Poly1305::new((&key.0).into())
+            .decrypt(
+                XNonce::from_slice(&sealed[1..25]),
+                Payload {
+                    msg: &sealed[25..],
+                    aad: b"backchannel/v1/drop-reply",
+                },
+            )
+            .unwrap();
+        out.seed("drop", &format!("{name}-plaintext"), &mode(6, &plain));
+    }
+}
+
 /// Real MLS traffic: a three-member channel seen by bob, and the messages
 /// of one epoch that bob could receive; a joiner and its welcome.
 fn mls(out: &mut Out) -> (Member, Vec<u8>, Vec<u8>) {
@@ -277,6 +387,8 @@ fn mls(out: &mut Out) -> (Member, Vec<u8>, Vec<u8>) {
         name: "deal-room".into(),
         sequencer: MailboxKeys::generate(relay(), &mut OsRng).address.clone(),
         created_at: 1_700_000_000,
+        disappear_after: 0,
+        expires_at: 0,
     };
     out.seed("message", "channel-info", &info.to_bytes());
     let mut a = Channel::create(&alice.provider, &alice.id, &info, &alice.mailbox.address, suite).unwrap();
@@ -331,6 +443,28 @@ fn mls(out: &mut Out) -> (Member, Vec<u8>, Vec<u8>) {
     .to_bytes();
     out.seed("message", "app-text", &text("hello bob"));
     out.seed("message", "app-close", &close);
+    let offer = AppMessage {
+        id: [0x44; 16],
+        sent_at: 1_700_000_000_000,
+        body: Body::File(FileOffer {
+            file_id: [7; 16],
+            name: "ledger.pdf".into(),
+            size: 200_000,
+            sha256: [8; 32],
+            part_size: 65_536,
+        }),
+    };
+    out.seed("message", "app-file-offer", &offer.to_bytes());
+    let part = AppMessage {
+        id: [0x45; 16],
+        sent_at: 1_700_000_000_001,
+        body: Body::Part {
+            file_id: [7; 16],
+            index: 3,
+            data: vec![9; 100],
+        },
+    };
+    out.seed("message", "app-file-part", &part.to_bytes());
     let from_carol = cc.encrypt(&carol.provider, &carol.id, &close).unwrap();
     out.seed("channel_process", "app-close-from-carol", &from_carol);
     let leave = cc.leave(&carol.provider, &carol.id).unwrap();
@@ -449,6 +583,8 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
             verified: BTreeSet::new(),
             status: ChannelStatus::Active,
             pending: None,
+            disappear_after: 3600,
+            expires_at: 1_900_000_000,
         },
     );
     let s = State {
@@ -488,6 +624,31 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
             port: 9050,
         }),
         cover: vec![MailboxKeys::generate(relay(), &mut OsRng)],
+        doomed: vec![MailboxKeys::generate(relay(), &mut OsRng)],
+        recent_payloads: [RecentPayload {
+            digest: [5; 16],
+            by_courier: true,
+        }]
+        .into(),
+        imported_bundles: [[6; 16]].into(),
+        drops: BTreeMap::new(),
+        outgoing_files: Vec::new(),
+        incoming_files: vec![IncomingFile {
+            channel: "deal-room".into(),
+            from_key: [1; 32],
+            message_id: "42424242424242424242424242424242".into(),
+            offer: FileOffer {
+                file_id: [7; 16],
+                name: "ledger.pdf".into(),
+                size: 200_000,
+                sha256: [8; 32],
+                part_size: 65_536,
+            },
+            folder: "00112233445566778899aabbccddeeff".into(),
+            received: vec![0b0101],
+            count: 2,
+            status: FileStatus::Receiving,
+        }],
     };
     let bytes = s.encode().unwrap();
     assert!(State::decode(&bytes).is_ok());
@@ -507,6 +668,12 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
         unsent: Vec::new(),
         proxy: None,
         cover: Vec::new(),
+        doomed: Vec::new(),
+        recent_payloads: Default::default(),
+        imported_bundles: Default::default(),
+        drops: BTreeMap::new(),
+        outgoing_files: Vec::new(),
+        incoming_files: Vec::new(),
     };
     let small = small.encode().unwrap();
     out.seed("client_state", "fresh", &small);
@@ -571,12 +738,12 @@ fn store(out: &mut Out) {
     {
         let s = EmbeddedStore::open(&dir.join("store.redb"), 8).unwrap();
         let digest = |b: u8| -> [u8; 32] { Sha256::digest([b; 32]).into() };
-        s.create(store_input::id(1), [11; 32], digest(1)).unwrap();
-        s.create(store_input::id(2), [12; 32], digest(2)).unwrap();
+        s.create(store_input::id(1), [11; 32], digest(1), 0).unwrap();
+        s.create(store_input::id(2), [12; 32], digest(2), 0).unwrap();
         for fill in 0..3 {
-            s.send([1; 32], envelope(fill), 2_000_000_000).unwrap();
+            s.send([1; 32], envelope(fill), 2_000_000_000, 0).unwrap();
         }
-        s.send([2; 32], envelope(9), 1_000).unwrap();
+        s.send([2; 32], envelope(9), 1_000, 0).unwrap();
         s.ack(store_input::id(1), 2).unwrap();
         s.claim([2; 32], 0, [5; 32]).unwrap();
     }
@@ -659,6 +826,77 @@ fn store(out: &mut Out) {
     out.seed("relay_store", "requests", &ops.to_bytes());
 }
 
+/// Courier bundles for the two mailboxes `fuzz_targets/courier.rs` imports
+/// with (the same fixed keys there): mode 0 real bundle files, mode 1 the
+/// slot and body plaintexts the target seals itself.
+fn courier(out: &mut Out) {
+    use backchannel_core::courier::{open_bundle, seal_bundle, Bundle, BundleEntry, VERSION};
+    use backchannel_core::mailbox::{MailboxAddress, SealKey, SendCapability};
+
+    let mine = [
+        MailboxAddress {
+            relay: relay(),
+            send: send_capability(),
+            seal: seal_key(),
+        },
+        MailboxAddress {
+            relay: relay(),
+            send: SendCapability([0xcb; 32]),
+            seal: SealKey([0x5f; 32]),
+        },
+    ];
+    let stranger = MailboxKeys::generate(relay(), &mut OsRng).address.clone();
+    let bundle = |n: usize, created_at: u64| {
+        let entries = (0..n)
+            .map(|i| {
+                let to = &mine[i % 2];
+                BundleEntry {
+                    to: to.send.digest(),
+                    envelope: seal_payload(&to.seal, &to.send, PayloadKind::Mls, &[i as u8; 200], &mut OsRng)
+                        .unwrap()
+                        .remove(0),
+                }
+            })
+            .collect();
+        Bundle::new(created_at, entries, &mut OsRng)
+    };
+    let files = [
+        ("one-envelope", bundle(1, 1_800_000_000), vec![mine[0].clone()]),
+        (
+            "second-mailbox-empty",
+            bundle(0, 1_800_000_001),
+            vec![stranger, mine[1].clone()],
+        ),
+    ];
+    for (name, b, recipients) in files {
+        let file = seal_bundle(&b, &recipients, &mut OsRng).unwrap();
+        assert_eq!(open_bundle(&file, &mine).unwrap().0, b);
+        let mut m0 = vec![0u8];
+        m0.extend(file);
+        out.seed("courier", name, &m0);
+    }
+    // Mode 1: slot = version | 4 slots | bundle key | zeros; the body as
+    // docs/protocol.md lays it out; trailing zeros are implied.
+    for (name, n) in [("plain-empty", 0), ("plain-one", 1), ("plain-seventeen-two-blocks", 17)] {
+        let b = bundle(n, 1_800_000_002);
+        let mut m1 = vec![1u8, VERSION, 0, 0, 0, 4];
+        m1.extend_from_slice(&[0x4b; 32]);
+        m1.extend_from_slice(&[0; 11]);
+        m1.push(VERSION);
+        m1.extend_from_slice(&b.id);
+        m1.extend_from_slice(&b.created_at.to_be_bytes());
+        m1.extend_from_slice(&(b.entries.len() as u32).to_be_bytes());
+        for e in &b.entries {
+            m1.extend_from_slice(&e.to);
+            m1.extend_from_slice(e.envelope.as_bytes());
+        }
+        while m1.last() == Some(&0) {
+            m1.pop();
+        }
+        out.seed("courier", name, &m1);
+    }
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
     for d in ["seeds", "fixtures"] {
@@ -668,8 +906,10 @@ fn main() {
     let (bob, group_id, kp) = mls(&mut out);
     frames(&mut out, &JoinRequest { key_package: kp }.to_bytes());
     invites(&mut out);
+    drop_boxes(&mut out);
     state(&mut out, &bob, group_id);
     store(&mut out);
+    courier(&mut out);
     println!(
         "wrote {} bytes of seeds and fixtures under {}",
         out.total,

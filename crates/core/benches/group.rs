@@ -119,6 +119,8 @@ fn build(n: usize) -> Fixture {
         name: "bench".into(),
         sequencer: mailbox(&mut rng),
         created_at: 1,
+        disappear_after: 0,
+        expires_at: 0,
     };
     let mut founder_ch = Channel::create(&founder_p, &founder_id, &info, &mailbox(&mut rng), SUITE).unwrap();
     let group_id = founder_ch.group_id();

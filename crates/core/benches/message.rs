@@ -81,6 +81,8 @@ fn pair(rng: &mut StdRng, updates: usize) -> (Member, Member) {
         name: "bench".into(),
         sequencer: MailboxKeys::generate(relay(), rng).address.clone(),
         created_at: 1,
+        disappear_after: 0,
+        expires_at: 0,
     };
     let suite = Suite::PostQuantum;
     let mut ch = Channel::create(&alice.provider, &alice.id, &info, &alice.mailbox, suite).unwrap();

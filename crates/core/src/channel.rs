@@ -153,32 +153,47 @@ pub struct ChannelInfo {
     pub sequencer: MailboxAddress,
     /// Creation time (Unix seconds).
     pub created_at: u64,
+    /// Every member's client deletes a message this many seconds after it was
+    /// sent (0: messages stay).
+    pub disappear_after: u64,
+    /// The channel closes on its own at this time (Unix seconds; 0: never).
+    pub expires_at: u64,
 }
 
 impl ChannelInfo {
-    /// Binary form.
+    /// Binary form (version 2: version 1 and the lifecycle fields).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        w.u8(1).bytes16(self.name.as_bytes());
+        w.u8(2).bytes16(self.name.as_bytes());
         self.sequencer.encode(&mut w);
-        w.u64(self.created_at);
+        w.u64(self.created_at).u64(self.disappear_after).u64(self.expires_at);
         w.into_vec()
     }
 
-    /// Parses the binary form.
+    /// Parses the binary form (versions 1 and 2; version 1 has no lifecycle).
     pub fn from_bytes(b: &[u8]) -> Result<Self, ChannelError> {
         let mut r = Reader::new(b);
         let bad = |_| ChannelError::Invalid("channel info");
-        if r.u8().map_err(bad)? != 1 {
+        let version = r.u8().map_err(bad)?;
+        if !(1..=2).contains(&version) {
             return Err(ChannelError::Invalid("channel info version"));
         }
-        let info = Self {
-            name: r.string16().map_err(bad)?,
-            sequencer: MailboxAddress::decode(&mut r).map_err(bad)?,
-            created_at: r.u64().map_err(bad)?,
+        let name = r.string16().map_err(bad)?;
+        let sequencer = MailboxAddress::decode(&mut r).map_err(bad)?;
+        let created_at = r.u64().map_err(bad)?;
+        let (disappear_after, expires_at) = if version >= 2 {
+            (r.u64().map_err(bad)?, r.u64().map_err(bad)?)
+        } else {
+            (0, 0)
         };
         r.finish().map_err(bad)?;
-        Ok(info)
+        Ok(Self {
+            name,
+            sequencer,
+            created_at,
+            disappear_after,
+            expires_at,
+        })
     }
 }
 
@@ -705,5 +720,53 @@ impl Channel {
     /// Deletes the group's state from the provider.
     pub fn delete(mut self, provider: &Provider) -> Result<(), ChannelError> {
         self.group.delete(provider.storage()).map_err(mls)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::codec::Writer;
+    use crate::mailbox::MailboxKeys;
+    use crate::relay_address::RelayAddress;
+    use proptest::prelude::*;
+
+    fn sequencer() -> MailboxAddress {
+        let relay = RelayAddress {
+            pin: [7; 32],
+            host: "127.0.0.1".into(),
+            port: 7000,
+        };
+        MailboxKeys::generate(relay, &mut rand_core::OsRng).address.clone()
+    }
+
+    proptest! {
+        #[test]
+        fn channel_info_round_trips(name in "[a-z]{1,20}", created in any::<u64>(), disappear in any::<u64>(), expires in any::<u64>()) {
+            let info = ChannelInfo { name, sequencer: sequencer(), created_at: created, disappear_after: disappear, expires_at: expires };
+            let back = ChannelInfo::from_bytes(&info.to_bytes()).unwrap();
+            prop_assert_eq!((back.name, back.created_at, back.disappear_after, back.expires_at), (info.name, created, disappear, expires));
+            prop_assert!(back.sequencer == info.sequencer);
+        }
+    }
+
+    #[test]
+    fn version_1_channel_info_reads_as_without_lifecycle() {
+        let seq = sequencer();
+        let mut w = Writer::new();
+        w.u8(1).bytes16(b"old");
+        seq.encode(&mut w);
+        w.u64(42);
+        let info = ChannelInfo::from_bytes(&w.into_vec()).unwrap();
+        assert_eq!(
+            (
+                info.name.as_str(),
+                info.created_at,
+                info.disappear_after,
+                info.expires_at
+            ),
+            ("old", 42, 0, 0)
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! aad   = "backchannel/v1/envelope" || SHA-256(send capability) (32)
 //! chunk = version (1) | kind (1) | message_id (16) | index (u16) | count (u16)
 //!         | total_len (u32) | data_len (u16) | data | zero padding to 4056
+//! kind  = 1 MLS message | 2 welcome | 3 join request | 4 drop box letter | 5 drop box reply
 //! ```
 //!
 //! A payload longer than [`CHUNK_DATA`] is split into `count` chunks that
@@ -72,6 +73,10 @@ pub enum PayloadKind {
     Welcome,
     /// A request to join through an invite.
     JoinRequest,
+    /// An anonymous letter to a drop box (see [`crate::drop`]).
+    Letter,
+    /// A drop box owner's reply to the source of a letter.
+    Reply,
 }
 
 impl PayloadKind {
@@ -80,6 +85,8 @@ impl PayloadKind {
             PayloadKind::Mls => 1,
             PayloadKind::Welcome => 2,
             PayloadKind::JoinRequest => 3,
+            PayloadKind::Letter => 4,
+            PayloadKind::Reply => 5,
         }
     }
     fn from_u8(v: u8) -> Result<Self, DecodeError> {
@@ -87,6 +94,8 @@ impl PayloadKind {
             1 => Ok(PayloadKind::Mls),
             2 => Ok(PayloadKind::Welcome),
             3 => Ok(PayloadKind::JoinRequest),
+            4 => Ok(PayloadKind::Letter),
+            5 => Ok(PayloadKind::Reply),
             _ => Err(DecodeError::Invalid("payload kind")),
         }
     }
@@ -402,6 +411,23 @@ mod tests {
             open_envelope(&SealKey([9; 32]), &m, &e),
             Err(EnvelopeError::Unauthentic)
         );
+    }
+
+    #[test]
+    fn every_payload_kind_has_its_own_code() {
+        let kinds = [
+            PayloadKind::Mls,
+            PayloadKind::Welcome,
+            PayloadKind::JoinRequest,
+            PayloadKind::Letter,
+            PayloadKind::Reply,
+        ];
+        for (i, k) in kinds.into_iter().enumerate() {
+            assert_eq!(k.to_u8() as usize, i + 1);
+            assert_eq!(PayloadKind::from_u8(k.to_u8()), Ok(k));
+        }
+        assert!(PayloadKind::from_u8(0).is_err());
+        assert!(PayloadKind::from_u8(6).is_err());
     }
 
     #[test]

@@ -159,6 +159,22 @@ impl MailboxKeys {
         }
     }
 
+    /// Appends the binary form: address, receive id (32), recipient secret
+    /// (32). It holds secrets: callers keep it encrypted.
+    pub fn encode(&self, w: &mut Writer) {
+        self.address.encode(w);
+        w.put(&self.id.0).put(&self.recipient);
+    }
+
+    /// Reads the binary form.
+    pub fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            address: MailboxAddress::decode(r)?,
+            id: MailboxId(r.array()?),
+            recipient: r.array()?,
+        })
+    }
+
     /// The receive id.
     pub fn id(&self) -> MailboxId {
         self.id
@@ -231,6 +247,43 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn mailbox_keys_round_trip(
+            seed in proptest::prelude::any::<[[u8; 32]; 5]>(),
+            host in "[a-z0-9.]{1,20}",
+            port in 1u16..,
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..70),
+        ) {
+            let [pin, id, send, seal, recipient] = seed;
+            let k = MailboxKeys {
+                address: MailboxAddress {
+                    relay: RelayAddress { pin, host, port },
+                    send: SendCapability(send),
+                    seal: SealKey(seal),
+                },
+                id: MailboxId(id),
+                recipient,
+            };
+            let mut w = Writer::new();
+            k.encode(&mut w);
+            let bytes = w.into_vec();
+            let mut r = Reader::new(&bytes);
+            let back = MailboxKeys::decode(&mut r);
+            proptest::prop_assert!(r.finish().is_ok());
+            let back = back.map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            proptest::prop_assert_eq!(&back.address, &k.address);
+            proptest::prop_assert_eq!(back.id(), k.id());
+            proptest::prop_assert_eq!(back.recipient_public(), k.recipient_public());
+            // Any prefix is refused; longer input leaves the tail unread.
+            let cut = tail.len() % bytes.len();
+            proptest::prop_assert!(MailboxKeys::decode(&mut Reader::new(&bytes[..cut])).is_err());
+            let mut longer = bytes.clone();
+            longer.extend_from_slice(&tail);
+            let mut r = Reader::new(&longer);
+            proptest::prop_assert!(MailboxKeys::decode(&mut r).is_ok());
+            proptest::prop_assert_eq!(r.remaining(), tail.len());
+        }
+
         #[test]
         fn arbitrary_addresses_never_panic_and_decoded_ones_round_trip(
             b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),

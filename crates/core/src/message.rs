@@ -5,6 +5,9 @@
 //! app message  = version (1) = 1 | id (16) | sent_at (u64, Unix ms) | kind (1) | body
 //!   kind 1 text  : body = text (u32 length, UTF-8)
 //!   kind 2 close : body empty (the sender is closing the channel for everyone)
+//!   kind 3 file  : body = file id (16) | name (u16 length, UTF-8) | size (u64)
+//!                  | SHA-256 of the contents (32) | part size (u32)
+//!   kind 4 part  : body = file id (16) | index (u32) | data (u32 length)
 //! join request = version (1) = 1 | key package (u32 length, TLS-encoded MLS KeyPackage)
 //! ```
 
@@ -12,6 +15,56 @@ use crate::codec::{DecodeError, Reader, Writer};
 
 /// Longest text message accepted.
 pub const MAX_TEXT: usize = 1024 * 1024;
+/// Largest file part accepted.
+pub const MAX_PART: usize = 1024 * 1024;
+/// Largest file that can be offered.
+pub const MAX_FILE: u64 = 4 * 1024 * 1024 * 1024;
+/// Longest file name.
+pub const MAX_FILE_NAME: usize = 255;
+/// Most parts a file may be split into (bounds what a receiver tracks per file).
+pub const MAX_PARTS: u64 = 1 << 16;
+
+/// A file a member starts sending: what the parts that follow add up to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileOffer {
+    /// Names the transfer; its parts carry it.
+    pub file_id: [u8; 16],
+    /// The file's name (no directory: see [`valid_file_name`]).
+    pub name: String,
+    /// Length in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole contents, checked once every part is in.
+    pub sha256: [u8; 32],
+    /// Bytes per part (the last part may be shorter).
+    pub part_size: u32,
+}
+
+impl FileOffer {
+    /// Number of parts.
+    pub fn parts(&self) -> u64 {
+        self.size.div_ceil(u64::from(self.part_size.max(1)))
+    }
+
+    /// The exact length part `index` must have.
+    pub fn part_len(&self, index: u64) -> Option<usize> {
+        let start = index.checked_mul(u64::from(self.part_size))?;
+        if index >= self.parts() {
+            return None;
+        }
+        usize::try_from((self.size - start).min(u64::from(self.part_size))).ok()
+    }
+}
+
+/// Whether a file name can be written into a folder as it is: 1 to [`MAX_FILE_NAME`]
+/// bytes, no `/`, `\\`, NUL or other control characters (no terminal escapes reach a
+/// screen), and neither `.` nor `..`. Files in channels and in drop-box letters use it.
+pub fn valid_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_FILE_NAME
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c == '\\' || c.is_control())
+}
 
 /// The body of an application message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +73,17 @@ pub enum Body {
     Text(String),
     /// The sender closes the channel for everyone.
     Close,
+    /// The sender starts sending a file.
+    File(FileOffer),
+    /// One part of a file.
+    Part {
+        /// The transfer it belongs to.
+        file_id: [u8; 16],
+        /// Its position.
+        index: u32,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
 }
 
 /// An application message.
@@ -45,6 +109,17 @@ impl AppMessage {
             Body::Close => {
                 w.u8(2);
             }
+            Body::File(f) => {
+                w.u8(3)
+                    .put(&f.file_id)
+                    .bytes16(f.name.as_bytes())
+                    .u64(f.size)
+                    .put(&f.sha256)
+                    .u32(f.part_size);
+            }
+            Body::Part { file_id, index, data } => {
+                w.u8(4).put(file_id).u32(*index).bytes32(data);
+            }
         }
         w.into_vec()
     }
@@ -66,6 +141,43 @@ impl AppMessage {
                 Body::Text(String::from_utf8(t.to_vec()).map_err(|_| DecodeError::Invalid("text encoding"))?)
             }
             2 => Body::Close,
+            3 => {
+                let file_id = r.array()?;
+                let name = String::from_utf8(r.bytes16()?.to_vec()).map_err(|_| DecodeError::Invalid("file name"))?;
+                if !valid_file_name(&name) {
+                    return Err(DecodeError::Invalid("file name"));
+                }
+                let size = r.u64()?;
+                let sha256 = r.array()?;
+                let part_size = r.u32()?;
+                if size > MAX_FILE || part_size == 0 || part_size as usize > MAX_PART {
+                    return Err(DecodeError::Invalid("file size"));
+                }
+                let offer = FileOffer {
+                    file_id,
+                    name,
+                    size,
+                    sha256,
+                    part_size,
+                };
+                if offer.parts() > MAX_PARTS {
+                    return Err(DecodeError::Invalid("file parts"));
+                }
+                Body::File(offer)
+            }
+            4 => {
+                let file_id = r.array()?;
+                let index = r.u32()?;
+                let data = r.bytes32()?;
+                if data.len() > MAX_PART {
+                    return Err(DecodeError::Invalid("file part length"));
+                }
+                Body::Part {
+                    file_id,
+                    index,
+                    data: data.to_vec(),
+                }
+            }
             _ => return Err(DecodeError::Invalid("message kind")),
         };
         r.finish()?;
@@ -101,15 +213,57 @@ impl JoinRequest {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn file_names_that_leave_the_folder_are_refused() {
+        for bad in ["", ".", "..", "a/b", "..\\x", "/etc/passwd", "a\nb", &"x".repeat(256)] {
+            assert!(!valid_file_name(bad), "{bad:?}");
+        }
+        for good in ["report.pdf", "a b.txt", "..hidden", "übersicht.odt"] {
+            assert!(valid_file_name(good), "{good:?}");
+        }
+    }
 
     proptest! {
         #[test]
         fn app_messages_round_trip(id in any::<[u8; 16]>(), sent_at in any::<u64>(), text in proptest::option::of(".{0,200}")) {
             let m = AppMessage { id, sent_at, body: text.map(Body::Text).unwrap_or(Body::Close) };
             prop_assert_eq!(AppMessage::from_bytes(&m.to_bytes()), Ok(m));
+        }
+
+        #[test]
+        fn file_offers_and_parts_round_trip(
+            id in any::<[u8; 16]>(),
+            file_id in any::<[u8; 16]>(),
+            name in "[a-zA-Z0-9 ._-]{1,40}",
+            size in 0..MAX_FILE,
+            sha256 in any::<[u8; 32]>(),
+            part_size in (MAX_FILE / MAX_PARTS) as u32..=MAX_PART as u32,
+            index in any::<u32>(),
+            data in proptest::collection::vec(any::<u8>(), 0..3000),
+        ) {
+            prop_assume!(valid_file_name(&name));
+            let offer = AppMessage { id, sent_at: 1, body: Body::File(FileOffer { file_id, name, size, sha256, part_size }) };
+            prop_assert_eq!(AppMessage::from_bytes(&offer.to_bytes()), Ok(offer));
+            let part = AppMessage { id, sent_at: 2, body: Body::Part { file_id, index, data } };
+            prop_assert_eq!(AppMessage::from_bytes(&part.to_bytes()), Ok(part));
+        }
+
+        #[test]
+        fn parts_add_up_to_the_file(size in 0..(1u64 << 40), part_size in 1..=MAX_PART as u32) {
+            let f = FileOffer { file_id: [0; 16], name: "f".into(), size, sha256: [0; 32], part_size };
+            let n = f.parts();
+            prop_assert!(f.part_len(n).is_none());
+            if n > 0 {
+                let last = f.part_len(n - 1).unwrap() as u64;
+                prop_assert!(last >= 1 && last <= u64::from(part_size));
+                prop_assert_eq!((n - 1) * u64::from(part_size) + last, size);
+                prop_assert_eq!(f.part_len(0).unwrap() as u64, size.min(u64::from(part_size)));
+            }
         }
 
         #[test]

@@ -981,6 +981,8 @@ pub(crate) mod tests {
                     name: "room".into(),
                     sequencer: mailbox(),
                     created_at: 1,
+                    disappear_after: 0,
+                    expires_at: 0,
                 };
                 alice.channel = Some(Channel::create(&alice.provider, &alice.id, &info, &mailbox(), suite).unwrap());
                 let (mut bob, mut carol) = (member("bob"), member("carol"));
@@ -1099,6 +1101,8 @@ pub(crate) mod tests {
                 name: "room".into(),
                 sequencer: mailbox(),
                 created_at: 1,
+                disappear_after: 0,
+                expires_at: 0,
             };
             alice.channel =
                 Some(Channel::create(&alice.provider, &alice.id, &info, &mailbox(), Suite::PostQuantum).unwrap());

@@ -39,6 +39,8 @@ fn founder(name: &str, suite: Suite) -> Member {
         name: "deal-room".into(),
         sequencer: MailboxKeys::generate(relay(), &mut OsRng).address.clone(),
         created_at: 1,
+        disappear_after: 0,
+        expires_at: 0,
     };
     m.channel = Some(Channel::create(&m.provider, &m.id, &info, &m.mailbox, suite).unwrap());
     m
