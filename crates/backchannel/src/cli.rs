@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use backchannel_client::engine::{MessageView, Warning};
+use backchannel_client::engine::{FileProgress, FileView, Lifetime, MessageView, Warning};
 use backchannel_client::socks::ProxyAddr;
 use backchannel_client::{ClientError, Engine};
 use backchannel_core::channel::Suite;
@@ -134,16 +134,17 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         wait: u64,
     },
-    /// Send a message.
+    /// Send a message, or a file.
     Send {
         channel: String,
         /// The text (or use --file).
         text: Option<String>,
-        /// Send the contents of a text file.
+        /// Send a file (any size up to 4 GiB). An interrupted transfer resumes when the
+        /// same command runs again.
         #[arg(long)]
         file: Option<PathBuf>,
     },
-    /// Show messages.
+    /// Show messages. Files that have arrived completely are saved into --save-to.
     Read {
         channel: String,
         /// One JSON object per line.
@@ -152,6 +153,9 @@ enum Command {
         /// All messages, not only unread ones.
         #[arg(long)]
         all: bool,
+        /// Where received files are saved.
+        #[arg(long, value_name = "DIR", default_value = "backchannel-files")]
+        save_to: PathBuf,
     },
     /// Print messages as they arrive.
     Watch {
@@ -183,6 +187,17 @@ enum Command {
     Leave { channel: String },
     /// Close a channel for everyone.
     Close { channel: String },
+    /// Carry messages by hand: export what waits for a channel's other members to a
+    /// sealed file, or import such a file.
+    Courier {
+        #[command(subcommand)]
+        command: CourierCommand,
+    },
+    /// Anonymous drop boxes: an address anyone can leave a sealed letter at.
+    Drop {
+        #[command(subcommand)]
+        command: DropCommand,
+    },
     /// Refresh your keys in a channel (post-compromise security).
     Update { channel: String },
     /// Run a complete local demonstration.
@@ -221,7 +236,68 @@ enum ChannelCommand {
         /// Use the classical ciphersuite instead of the post-quantum hybrid.
         #[arg(long)]
         classical: bool,
+        /// Every member's client deletes each message this long after it was sent (e.g. 1h, 7d).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        disappear: Option<Duration>,
+        /// The channel closes on its own this long after now (e.g. 30d).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        expires: Option<Duration>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum DropCommand {
+    /// Create a drop box at your relay and print its public address (starts "bc-drop:").
+    Create {
+        name: String,
+        /// Proof of work the relay demands per envelope, in bits (default 20: about a
+        /// second of a sender's CPU per 4 KiB).
+        #[arg(long, value_name = "BITS")]
+        pow_bits: Option<u8>,
+    },
+    /// Print a drop box's public address again.
+    Address { name: String },
+    /// Leave an anonymous letter at a drop box address (needs no `init`). Prints a
+    /// receipt (starts "bc-receipt:") that reads the owner's reply.
+    Send {
+        address: String,
+        /// The text (optional with --file).
+        text: Option<String>,
+        /// Attach a file (at most 8 MiB).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Read the owner's replies to a letter, with the receipt `drop send` printed.
+    Check { receipt: String },
+    /// Show the letters in one of your drop boxes.
+    Read {
+        name: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// All letters, not only unread ones.
+        #[arg(long)]
+        all: bool,
+        /// Where attached files are saved.
+        #[arg(long, value_name = "DIR", default_value = "backchannel-files")]
+        save_to: PathBuf,
+    },
+    /// Answer a letter (its source reads the answer with its receipt).
+    Reply { name: String, id: String, text: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum CourierCommand {
+    /// Write what is waiting for the channel's other members (including messages queued
+    /// while no relay answered) into one sealed file. They stay queued for the relay too.
+    Export {
+        channel: String,
+        /// The file to write (it must not exist yet).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Deliver a bundle's messages for your channels. A modified bundle is refused whole.
+    Import { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -297,17 +373,184 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("\"{s}\" is not a duration like 30s, 10m, 24h or 7d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let unit = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(format!("\"{s}\" is not a duration like 30s, 10m, 24h or 7d")),
     };
+    let secs = n
+        .checked_mul(unit)
+        .ok_or_else(|| format!("\"{s}\" is longer than any duration backchannel can keep"))?;
     Ok(Duration::from_secs(secs))
 }
 
 /// Parses a cover rate like `4/s` or `30/m` into the period between ticks.
+/// The progress bar of `send --file`: drawn on a terminal only.
+struct FileBar(Option<indicatif::ProgressBar>);
+
+impl FileBar {
+    fn new(terminal: bool) -> Self {
+        if !terminal {
+            return Self(None);
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Self(Some(bar))
+    }
+
+    fn update(&self, p: FileProgress) {
+        let Some(bar) = &self.0 else {
+            return;
+        };
+        match p {
+            FileProgress::Start { total, done } => {
+                bar.set_length(total);
+                bar.set_position(done);
+                bar.set_message(if done > 0 { "resuming" } else { "sending" });
+            }
+            FileProgress::Sent(n) => {
+                bar.set_position(n);
+                bar.set_message("sending");
+            }
+            FileProgress::Waiting => bar.set_message("waiting for the recipient to fetch"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `drop send`: no home, no identity; only the address, the text and the network.
+async fn drop_send(
+    args: &Args,
+    address: &str,
+    text: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use backchannel_core::drop::{DropAddress, LetterFile, MAX_LETTER_FILE};
+    let to = DropAddress::from_text(address.trim()).map_err(|e| ClientError::Usage(e.to_string()))?;
+    let file = match file {
+        None => None,
+        Some(path) => {
+            let cannot = |e: std::io::Error| ClientError::Usage(format!("cannot read {}: {e}", path.display()));
+            let len = std::fs::metadata(path).map_err(cannot)?.len();
+            if len > MAX_LETTER_FILE as u64 {
+                return Err(Box::new(ClientError::Usage(format!(
+                    "{} is too large for a letter (at most {} MiB)",
+                    path.display(),
+                    MAX_LETTER_FILE >> 20
+                ))));
+            }
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "file".into());
+            Some(LetterFile {
+                name,
+                data: std::fs::read(path).map_err(cannot)?,
+            })
+        }
+    };
+    if text.is_none() && file.is_none() {
+        return Err(Box::new(ClientError::Usage(
+            "give the letter's text, or --file PATH".into(),
+        )));
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let bits = to.pow_bits;
+    let receipt = backchannel_client::letter::send_letter(
+        &to,
+        text.unwrap_or_default().to_string(),
+        file,
+        proxy_arg(args),
+        |i, n| {
+            if terminal && i < n {
+                eprint!(
+                    "\rsealing; proof of work ({bits} bits) for envelope {} of {n}...",
+                    i + 1
+                );
+            } else if terminal {
+                eprintln!();
+            }
+        },
+    )
+    .await?;
+    println!("{}", receipt.to_text());
+    eprintln!(
+        "letter delivered. Keep the receipt above secret: it is the only way to read a reply \
+         (`backchannel drop check RECEIPT`), and whoever holds it can read the reply too."
+    );
+    Ok(())
+}
+
+/// `drop check`: reads the replies to a letter with its receipt.
+async fn drop_check(args: &Args, receipt: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let receipt =
+        backchannel_core::drop::Receipt::from_text(receipt.trim()).map_err(|e| ClientError::Usage(e.to_string()))?;
+    let replies = backchannel_client::letter::check_replies(&receipt, proxy_arg(args)).await?;
+    if replies.is_empty() {
+        eprintln!("no reply yet");
+    }
+    for r in replies {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+/// Writes a file that must not exist yet, readable only by its owner, durably.
+fn write_new_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), ClientError> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            ClientError::Usage(format!("{} already exists; choose another file name", path.display()))
+        } else {
+            ClientError::Usage(format!("cannot write {}: {e}", path.display()))
+        }
+    })?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| ClientError::Usage(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Reads a courier bundle, refusing one larger than any bundle can be.
+fn read_bundle(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
+    let cannot = |e: std::io::Error| ClientError::Usage(format!("cannot read {}: {e}", path.display()));
+    let len = std::fs::metadata(path).map_err(cannot)?.len();
+    if len > backchannel_core::courier::MAX_FILE_SIZE as u64 {
+        return Err(ClientError::Courier(format!(
+            "{} is larger than any backchannel bundle; it is not one",
+            path.display()
+        )));
+    }
+    std::fs::read(path).map_err(cannot)
+}
+
+/// A duration as a person would write it: the largest whole unit.
+fn show_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    for (unit, n) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if s >= n && s.is_multiple_of(n) {
+            return format!("{}{unit}", s / n);
+        }
+    }
+    format!("{s}s")
+}
+
 fn parse_rate(s: &str) -> Result<Duration, String> {
     let bad = || format!("\"{s}\" is not a rate like 4/s or 30/m");
     let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
@@ -385,6 +628,11 @@ impl Out {
         Self { buffer: None }
     }
 
+    /// Whether progress can be drawn: stderr is a terminal (never for a daemon's caller).
+    pub(crate) fn is_terminal(&self) -> bool {
+        self.buffer.is_none() && std::io::stderr().is_terminal()
+    }
+
     /// Into a buffer.
     pub(crate) fn buffered() -> Self {
         Self {
@@ -442,15 +690,24 @@ fn print_message(out: &Out, m: &MessageView, json: bool) {
     let msg = &m.message;
     if json {
         let line = match &msg.event {
-            None => serde_json::json!({
-                "id": msg.id,
-                "channel": m.channel,
-                "from": msg.from,
-                "from_fingerprint": m.from_fingerprint.to_string(),
-                "verified": m.verified,
-                "sent_at": msg.sent_at,
-                "text": msg.text,
-            }),
+            None => {
+                let mut line = serde_json::json!({
+                    "id": msg.id,
+                    "channel": m.channel,
+                    "from": msg.from,
+                    "from_fingerprint": m.from_fingerprint.to_string(),
+                    "verified": m.verified,
+                    "sent_at": msg.sent_at,
+                    "text": msg.text,
+                });
+                if let Some(f) = &m.file {
+                    line["file"] = serde_json::json!({
+                        "name": f.name, "size": f.size, "sha256": f.sha256, "status": f.status,
+                        "parts_received": f.parts.0, "parts": f.parts.1, "saved_to": f.saved_to,
+                    });
+                }
+                line
+            }
             Some(kind) => serde_json::json!({
                 "event": kind,
                 "id": msg.id,
@@ -467,6 +724,19 @@ fn print_message(out: &Out, m: &MessageView, json: bool) {
             None => {
                 let mark = if m.verified { "" } else { " (unverified)" };
                 out.line(format!("[{h:02}:{mi:02}:{s:02}] {}{mark}: {}", msg.from, msg.text));
+                match &m.file {
+                    Some(FileView { saved_to: Some(p), .. }) => {
+                        out.line(format!("           saved to {p} (SHA-256 checked)"))
+                    }
+                    Some(f) if f.status == "receiving" => out.line(format!(
+                        "           arriving: {} of {} parts so far",
+                        f.parts.0, f.parts.1
+                    )),
+                    Some(f) if f.status == "damaged" => {
+                        out.line("           arrived damaged and was discarded; ask for it again")
+                    }
+                    _ => {}
+                }
             }
             Some(kind) if kind == "rejected" => out.line(format!("[{h:02}:{mi:02}:{s:02}] !! {}", msg.text)),
             Some(_) => out.line(format!("[{h:02}:{mi:02}:{s:02}] * {}", msg.text)),
@@ -506,6 +776,12 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
         Command::Daemon { cover } => return crate::daemon::serve(&args, *cover).await,
+        Command::Drop {
+            command: DropCommand::Send { address, text, file },
+        } => return drop_send(&args, address, text.as_deref(), file.as_deref()).await,
+        Command::Drop {
+            command: DropCommand::Check { receipt },
+        } => return drop_check(&args, receipt).await,
         _ => {}
     }
     // A running daemon for this home does the work on its connections.
@@ -539,7 +815,14 @@ impl std::error::Error for Forwarded {}
 pub(crate) fn forwardable(args: &Args) -> bool {
     !matches!(
         args.command,
-        Command::Relay { .. } | Command::Demo | Command::Bench { .. } | Command::Init { .. } | Command::Daemon { .. }
+        Command::Relay { .. }
+            | Command::Demo
+            | Command::Bench { .. }
+            | Command::Init { .. }
+            | Command::Daemon { .. }
+            | Command::Drop {
+                command: DropCommand::Send { .. } | DropCommand::Check { .. }
+            }
     )
 }
 
@@ -579,15 +862,34 @@ pub(crate) async fn run_engine(
 ) -> Result<(), Box<dyn std::error::Error>> {
     match &args.command {
         Command::Channel {
-            command: ChannelCommand::New { channel, classical },
+            command:
+                ChannelCommand::New {
+                    channel,
+                    classical,
+                    disappear,
+                    expires,
+                },
         } => {
             let suite = if *classical {
                 Suite::Classical
             } else {
                 Suite::PostQuantum
             };
-            engine.channel_new(channel, suite).await?;
+            let lifetime = Lifetime {
+                disappear: *disappear,
+                expires: *expires,
+            };
+            engine.channel_new(channel, suite, lifetime).await?;
             out.line(format!("channel {channel} created"));
+            if let Some(d) = disappear {
+                out.line(format!(
+                    "messages disappear from every member's device {} after they are sent",
+                    show_duration(*d)
+                ));
+            }
+            if let Some(d) = expires {
+                out.line(format!("the channel closes on its own in {}", show_duration(*d)));
+            }
         }
         Command::Invite {
             channel,
@@ -622,26 +924,49 @@ pub(crate) async fn run_engine(
             let n = engine.sync(Duration::from_secs(*wait)).await?;
             out.line(format!("synced: {n} new"));
         }
-        Command::Send { channel, text, file } => {
-            let text = match (text, file) {
-                (Some(t), None) => t.clone(),
-                (None, Some(f)) => std::fs::read_to_string(cwd.join(f))?,
-                _ => {
-                    return Err(Box::new(ClientError::Usage(
-                        "give the message text or --file PATH, not both".into(),
-                    )))
-                }
-            };
-            match engine.send(channel, &text).await {
-                Ok(()) => out.line("sent"),
-                Err(e) => return Err(Box::new(e)),
+        Command::Send { channel, text, file } => match (text, file) {
+            (Some(t), None) => {
+                engine.send(channel, t).await?;
+                out.line("sent");
             }
-        }
-        Command::Read { channel, json, all } => {
+            (None, Some(f)) => {
+                let path = cwd.join(f);
+                let bar = FileBar::new(out.is_terminal());
+                let mut report = |p: FileProgress| {
+                    if let FileProgress::Start { total, done } = p {
+                        if done > 0 {
+                            out.eline(format!(
+                                "resuming an interrupted transfer: {done} of {total} bytes were already sent"
+                            ));
+                        }
+                    }
+                    bar.update(p);
+                };
+                let result = engine.send_file(channel, &path, &mut report).await;
+                bar.finish();
+                result?;
+                out.line(format!("sent {}", path.display()));
+            }
+            _ => {
+                return Err(Box::new(ClientError::Usage(
+                    "give the message text or --file PATH, not both".into(),
+                )))
+            }
+        },
+        Command::Read {
+            channel,
+            json,
+            all,
+            save_to,
+        } => {
             if let Err(e) = engine.refresh().await {
                 out.eline(format!("warning: could not sync ({e}); showing what is stored"));
             }
-            for m in engine.read(channel, *all)? {
+            for mut m in engine.read(channel, *all)? {
+                if m.file.as_ref().is_some_and(|f| f.status == "complete") {
+                    engine.save_received_file(channel, &m.message.id, &cwd.join(save_to))?;
+                    m.file = engine.file_view(channel, &m.message.id);
+                }
                 print_message(out, &m, *json);
             }
         }
@@ -657,7 +982,8 @@ pub(crate) async fn run_engine(
                 if *json {
                     out.line(format!(
                         "{}",
-                        serde_json::json!({"name": c.name, "status": c.status.word(), "members": c.members, "unread": c.unread})
+                        serde_json::json!({"name": c.name, "status": c.status.word(), "members": c.members, "unread": c.unread,
+                            "disappear_after_s": c.disappear_after, "expires_at": c.expires_at})
                     ));
                 } else {
                     out.line(format!(
@@ -714,6 +1040,87 @@ pub(crate) async fn run_engine(
             engine.close(channel).await?;
             out.line(format!("closed {channel}"));
         }
+        Command::Courier {
+            command: CourierCommand::Export { channel, to },
+        } => {
+            let (bundle, n) = engine.courier_export(channel)?;
+            let path = cwd.join(to);
+            write_new_file(&path, &bundle)?;
+            out.line(format!(
+                "wrote {}: {n} envelope(s) for the other members of {channel}, {} bytes;                  they stay queued for the relay too, and each member sees each message once",
+                path.display(),
+                bundle.len()
+            ));
+        }
+        Command::Courier {
+            command: CourierCommand::Import { file },
+        } => {
+            let path = cwd.join(file);
+            let bundle = read_bundle(&path)?;
+            let report = engine.courier_import(&bundle).await?;
+            if report.again {
+                out.line("this bundle was imported here before; nothing in it is shown twice");
+            }
+            if report.for_us == 0 {
+                out.line("the bundle holds nothing for you (it was made for other members)");
+            }
+            for (channel, n) in &report.new {
+                out.line(format!("{n} new in {channel}; `backchannel read {channel}` shows them"));
+            }
+            if report.for_us > 0 && report.new.is_empty() && !report.again {
+                out.line("nothing new: every message in it had already arrived");
+            }
+        }
+        Command::Drop {
+            command: DropCommand::Create { name, pow_bits },
+        } => {
+            let address = engine.drop_create(name, *pow_bits).await?;
+            out.line(&address);
+            out.eline(format!(
+                "drop box {name} created: publish this address; anyone can leave a sealed letter with \
+                 `backchannel drop send ADDRESS TEXT`, and `backchannel drop read {name}` shows them"
+            ));
+        }
+        Command::Drop {
+            command: DropCommand::Address { name },
+        } => out.line(engine.drop_address(name)?),
+        Command::Drop {
+            command:
+                DropCommand::Read {
+                    name,
+                    json,
+                    all,
+                    save_to,
+                },
+        } => {
+            if let Err(e) = engine.refresh().await {
+                out.eline(format!("warning: could not sync ({e}); showing what is stored"));
+            }
+            for l in engine.drop_read(name, *all, &cwd.join(save_to))? {
+                if *json {
+                    out.line(serde_json::json!({
+                        "id": l.id, "drop": l.drop, "received_at": l.received_at,
+                        "text": l.text, "file": l.file, "can_reply": l.can_reply,
+                    }));
+                } else {
+                    let reply = if l.can_reply { "" } else { " (no reply possible)" };
+                    out.line(format!("[{}] letter {}{reply}: {}", l.received_at, l.id, l.text));
+                    if let Some(f) = &l.file {
+                        out.line(format!("  attached file saved as {f}"));
+                    }
+                }
+            }
+        }
+        Command::Drop {
+            command: DropCommand::Reply { name, id, text },
+        } => {
+            engine.refresh().await?;
+            engine.drop_reply(name, id, text).await?;
+            out.line("reply sent; its source reads it with its receipt");
+        }
+        Command::Drop {
+            command: DropCommand::Send { .. } | DropCommand::Check { .. },
+        } => {}
         Command::Update { channel } => {
             engine.update_keys(channel).await?;
             out.line(format!("keys and mailbox rotated in {channel}"));

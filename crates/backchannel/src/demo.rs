@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use backchannel_client::engine::Lifetime;
 use backchannel_client::Engine;
 use backchannel_core::channel::Suite;
 use backchannel_core::relay_address::RelayAddress;
@@ -55,7 +56,9 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut amir = Engine::open(&homes[1], PASS)?;
     let mut bruno = Engine::open(&homes[2], PASS)?;
 
-    alice.channel_new("deal-room", Suite::PostQuantum).await?;
+    alice
+        .channel_new("deal-room", Suite::PostQuantum, Lifetime::default())
+        .await?;
     println!("\nalice created channel deal-room (MLS, X-Wing post-quantum hybrid)");
     let invite = alice.invite("deal-room", 2, Duration::from_secs(3600)).await?;
     println!("alice's invite: {}...", &invite[..40.min(invite.len())]);

@@ -19,6 +19,7 @@ use backchannel_core::message::{AppMessage, Body, JoinRequest};
 use backchannel_core::relay_address::RelayAddress;
 use backchannel_core::safety_number::safety_number;
 use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
 
 use crate::connection::{ConnectError, RelayConnection};
 use crate::home::Home;
@@ -29,6 +30,14 @@ use crate::state::{
 };
 use crate::transport::{RelayLinks, TransportConfig};
 use crate::ClientError;
+
+mod courier;
+mod drop_box;
+mod files;
+
+pub use courier::ImportReport;
+pub use drop_box::LetterView;
+pub use files::{FileProgress, FileView};
 
 /// How many times a commit that lost its epoch is retried.
 const COMMIT_ATTEMPTS: usize = 8;
@@ -98,6 +107,10 @@ pub struct ChannelSummary {
     pub members: usize,
     /// Unread messages.
     pub unread: usize,
+    /// Messages disappear this many seconds after they were sent (0: never).
+    pub disappear_after: u64,
+    /// The channel closes on its own at this time (Unix s; 0: never).
+    pub expires_at: u64,
 }
 
 /// A message as `read` shows it.
@@ -111,6 +124,17 @@ pub struct MessageView {
     pub verified: bool,
     /// Fingerprint of the sender.
     pub from_fingerprint: Fingerprint,
+    /// The file it offers, for a file received in the channel.
+    pub file: Option<FileView>,
+}
+
+/// How long a new channel's messages and the channel itself last.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lifetime {
+    /// Every member deletes each message this long after it was sent.
+    pub disappear: Option<Duration>,
+    /// The channel closes on its own this long after it is created.
+    pub expires: Option<Duration>,
 }
 
 /// Something the user should know that is not an error.
@@ -122,9 +146,22 @@ pub struct Warning {
     pub text: String,
 }
 
+/// How an envelope reached us.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Via {
+    /// Fetched from a relay.
+    Relay,
+    /// Imported from a courier bundle.
+    Courier,
+}
+
+/// Channel payloads remembered to recognize one carried both by hand and by a relay.
+const RECENT_PAYLOADS: usize = 4096;
+
 #[derive(Clone)]
 enum Role {
     Channel(String),
+    Drop(String),
     Invite(String, MailboxId),
     Join(MailboxId),
 }
@@ -140,6 +177,8 @@ pub struct Engine {
     warnings: Vec<Warning>,
     /// Why the last outbox flush left something queued.
     undelivered: Option<String>,
+    /// A recipient's mailbox was full at the last flush.
+    mailbox_full: bool,
     admissions: Vec<(String, MailboxId, ValidKeyPackage)>,
     /// The last fetch pass emptied every opened mailbox.
     drained: bool,
@@ -206,6 +245,12 @@ impl Engine {
             deferred: Vec::new(),
             proxy,
             cover: Vec::new(),
+            doomed: Vec::new(),
+            recent_payloads: Default::default(),
+            imported_bundles: Default::default(),
+            drops: BTreeMap::new(),
+            outgoing_files: Vec::new(),
+            incoming_files: Vec::new(),
         };
         Home::create(dir, passphrase, &state)?;
         Ok(identity.fingerprint())
@@ -220,7 +265,7 @@ impl Engine {
             proxy: state.proxy.clone(),
             ..TransportConfig::default()
         };
-        Ok(Self {
+        let mut engine = Self {
             home,
             state,
             provider,
@@ -230,8 +275,15 @@ impl Engine {
             drained: false,
             warnings: Vec::new(),
             undelivered: None,
+            mailbox_full: false,
             admissions: Vec::new(),
-        })
+        };
+        // Disappearing messages and expired channels go before anything can show them,
+        // even if no relay answers today.
+        if engine.apply_lifecycle() {
+            engine.save()?;
+        }
+        Ok(engine)
     }
 
     /// Our fingerprint.
@@ -349,22 +401,55 @@ impl Engine {
     }
 
     async fn create_mailbox(&mut self, relay: &RelayAddress) -> Result<MailboxKeys, ClientError> {
+        self.create_mailbox_with_work(relay, 0).await
+    }
+
+    /// Creates a mailbox whose every envelope must carry `pow_bits` of proof of work.
+    async fn create_mailbox_with_work(
+        &mut self,
+        relay: &RelayAddress,
+        pow_bits: u8,
+    ) -> Result<MailboxKeys, ClientError> {
         let keys = MailboxKeys::generate(relay.clone(), &mut OsRng);
         let req = Request::Create {
             mailbox: keys.id(),
             recipient_key: keys.recipient_public(),
             send_digest: keys.address.send.digest(),
+            pow_bits,
         };
         self.conn(relay).request(&req).await?;
         Ok(keys)
     }
 
-    async fn delete_mailbox(&mut self, keys: &MailboxKeys) {
+    /// Deletes a mailbox at its relay; false if the relay could not be asked (try again later).
+    async fn delete_mailbox(&mut self, keys: &MailboxKeys) -> bool {
         let relay = keys.address.relay.clone();
         let conn = self.conn(&relay);
-        if let Ok(Some(Ok(()))) = conn.open(std::slice::from_ref(keys)).await.map(|mut v| v.pop()) {
-            let _ = conn.request(&Request::Delete { mailbox: keys.id() }).await;
+        match conn.open(std::slice::from_ref(keys)).await.map(|mut v| v.pop()) {
+            Ok(Some(Ok(()))) => conn.request(&Request::Delete { mailbox: keys.id() }).await.is_ok(),
+            // Already gone (deleted before, or expired at the relay).
+            Ok(Some(Err(e))) if e.is(ErrorCode::NoSuchMailbox) => true,
+            _ => false,
         }
+    }
+
+    /// Deletes the mailboxes of ended channels at their relays; those a relay
+    /// could not be asked about stay queued for the next sync.
+    async fn delete_doomed(&mut self) {
+        if self.state.doomed.is_empty() {
+            return;
+        }
+        let doomed = std::mem::take(&mut self.state.doomed);
+        let mut unreachable: Vec<RelayAddress> = Vec::new();
+        let mut keep = Vec::new();
+        for k in doomed {
+            let key = self.link_key(&k.address.relay);
+            if unreachable.contains(&key) || !self.delete_mailbox(&k).await {
+                unreachable.push(key);
+                keep.push(k);
+            }
+        }
+        self.state.doomed = keep;
     }
 
     fn channel(&self, name: &str) -> Result<&ChannelState, ClientError> {
@@ -427,6 +512,7 @@ impl Engine {
                 .filter_map(|e| Envelope::from_slice(e).ok())
                 .map(|envelope| Request::Send {
                     send: item.to.send.0,
+                    pow: 0,
                     envelope,
                 })
                 .collect();
@@ -442,6 +528,7 @@ impl Engine {
                             // long ago): nobody can read it there.
                             Err(e) if e.is(ErrorCode::NoSuchMailbox) => dropped += 1,
                             Err(e) => {
+                                self.mailbox_full |= e.is(ErrorCode::MailboxFull);
                                 self.undelivered = Some(e.to_string());
                                 left.push(env);
                             }
@@ -497,6 +584,7 @@ impl Engine {
         self.resume_pending_commits().await?;
         let before: usize = self.state.channels.values().map(|c| c.messages.len()).sum();
         self.fetch_all(wait).await?;
+        self.apply_lifecycle();
         self.admit().await?;
         self.commit_proposals().await?;
         // Messages written earlier are sealed only now, in the newest epoch we know
@@ -509,6 +597,7 @@ impl Engine {
             self.expire_retired().await;
         }
         self.rotate_old_mailboxes().await;
+        self.delete_doomed().await;
         self.save()?;
         let after: usize = self.state.channels.values().map(|c| c.messages.len()).sum();
         Ok(after.saturating_sub(before))
@@ -529,6 +618,9 @@ impl Engine {
         }
         for pj in &self.state.pending_joins {
             out.push((pj.mailbox.clone(), Role::Join(pj.mailbox.id())));
+        }
+        for (name, d) in &self.state.drops {
+            out.push((d.mailbox.clone(), Role::Drop(name.clone())));
         }
         out
     }
@@ -623,7 +715,7 @@ impl Engine {
                 let Some((keys, role)) = routes.get(&d.mailbox).cloned() else {
                     continue;
                 };
-                self.handle_envelope(&keys, &role, &d.envelope).await;
+                self.handle_envelope(&keys, &role, &d.envelope, Via::Relay).await;
             }
             // Durable before acknowledging: a crash here re-delivers, never loses.
             self.save()?;
@@ -643,10 +735,10 @@ impl Engine {
         Ok(())
     }
 
-    async fn handle_envelope(&mut self, keys: &MailboxKeys, role: &Role, env: &Envelope) {
+    async fn handle_envelope(&mut self, keys: &MailboxKeys, role: &Role, env: &Envelope, via: Via) {
         let channel_name = match role {
             Role::Channel(n) | Role::Invite(n, _) => Some(n.clone()),
-            Role::Join(_) => None,
+            Role::Join(_) | Role::Drop(_) => None,
         };
         let chunk = match open_envelope(&keys.address.seal, &keys.address.send, env) {
             Ok(c) => c,
@@ -668,6 +760,7 @@ impl Engine {
             }
         };
         match (role, whole.kind) {
+            (Role::Channel(_), PayloadKind::Mls) if self.carried_twice(&whole.payload, via) => {}
             (Role::Channel(name), PayloadKind::Mls) => match self.process_mls(name, &whole.payload).await {
                 Ok(()) => {}
                 Err(Rejected::Later) => self.defer(name, whole.payload),
@@ -683,12 +776,37 @@ impl Engine {
                 }
             }
             (Role::Join(id), PayloadKind::Welcome) => self.accept_welcome(*id, &whole.payload).await,
+            (Role::Drop(name), PayloadKind::Letter) => self.receive_letter(name, keys, &whole.payload),
             _ => self.warn(channel_name.as_deref(), "discarded a message of an unexpected kind"),
         }
     }
 
     /// Processes one MLS message. `Err` carries the warning text; with
     /// `defer_failures` a failure is silent so the caller can retry it.
+    /// Whether this channel payload was already processed and one of its two copies
+    /// came by courier: the copy that arrives second is the same message, not a replay,
+    /// and is skipped without a word. Relay-only repeats still go to MLS, which reports
+    /// them as replays.
+    fn carried_twice(&mut self, payload: &[u8], via: Via) -> bool {
+        let full: [u8; 32] = Sha256::digest(payload).into();
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&full[..16]);
+        let by_courier = via == Via::Courier;
+        if let Some(seen) = self.state.recent_payloads.iter().find(|p| p.digest == digest) {
+            if seen.by_courier || by_courier {
+                return true;
+            }
+            return false;
+        }
+        if self.state.recent_payloads.len() >= RECENT_PAYLOADS {
+            self.state.recent_payloads.pop_front();
+        }
+        self.state
+            .recent_payloads
+            .push_back(crate::state::RecentPayload { digest, by_courier });
+        false
+    }
+
     /// Keeps an MLS message from a later epoch for when its commit arrives.
     fn defer(&mut self, name: &str, payload: Vec<u8>) {
         let held = self.state.deferred.iter().filter(|d| d.channel == name).count();
@@ -774,13 +892,29 @@ impl Engine {
                         id: hex(&msg.id),
                         from: sender.name.clone(),
                         from_key: sender.identity_key,
-                        sent_at: msg.sent_at,
+                        // A sender's clock ahead of ours cannot keep a disappearing message longer.
+                        sent_at: msg.sent_at.min(now_ms()),
                         text,
                         event: None,
                     }),
                     Body::Close => {
-                        self.event(name, "closed", format!("{} closed the channel", sender.name));
                         self.wipe(name, ChannelStatus::Closed).await;
+                        self.event(name, "closed", format!("{} closed the channel", sender.name));
+                    }
+                    Body::File(offer) => {
+                        let id = hex(&msg.id);
+                        ch.messages.push(StoredMessage {
+                            id: id.clone(),
+                            from: sender.name.clone(),
+                            from_key: sender.identity_key,
+                            sent_at: msg.sent_at.min(now_ms()),
+                            text: files::offer_text(&offer),
+                            event: None,
+                        });
+                        self.receive_offer(name, sender.identity_key, id, offer);
+                    }
+                    Body::Part { file_id, index, data } => {
+                        self.receive_part(name, sender.identity_key, file_id, index, &data);
                     }
                 }
             }
@@ -809,32 +943,90 @@ impl Engine {
         Ok(())
     }
 
-    /// Deletes a channel's keys and mailboxes, keeping its history marked with `status`.
+    /// Ends a channel here and deletes its mailboxes at the relays (or queues that).
     async fn wipe(&mut self, name: &str, status: ChannelStatus) {
+        self.end_channel(name, status);
+        self.delete_doomed().await;
+    }
+
+    /// Ends a channel on this device without the network: deletes its MLS keys, queues
+    /// its mailboxes for deletion at the relays, and marks it with `status`. A closed
+    /// channel also loses its history: only a tombstone with its name stays, so that a
+    /// later send says the channel was closed.
+    fn end_channel(&mut self, name: &str, status: ChannelStatus) {
         let Some(ch) = self.state.channels.get_mut(name) else {
             return;
         };
         ch.status = status;
         let staged = ch.pending.take().and_then(|p| p.new_mailbox);
-        let mailbox = ch.mailbox.clone();
         let sequencer = ch.sequencer.take();
-        let mut invites: Vec<MailboxKeys> = ch.invites.drain(..).map(|i| i.mailbox).collect();
-        invites.extend(ch.retired.drain(..).map(|r| r.keys));
-        invites.extend(staged);
+        let mut doomed: Vec<MailboxKeys> = vec![ch.mailbox.clone()];
+        doomed.extend(ch.invites.drain(..).map(|i| i.mailbox));
+        doomed.extend(ch.retired.drain(..).map(|r| r.keys));
+        doomed.extend(staged);
+        if status == ChannelStatus::Closed {
+            // The sequencer goes only when nobody can commit any more.
+            doomed.extend(sequencer);
+            ch.messages.clear();
+            ch.read_upto = 0;
+            ch.seen.clear();
+            ch.verified.clear();
+        }
         let gid = ch.group_id.clone();
         if let Ok(Some(group)) = Channel::load(&self.provider, &gid) {
             let _ = group.delete(&self.provider);
         }
-        self.state.reassembly.remove(&mailbox.id().0);
-        self.delete_mailbox(&mailbox).await;
-        for inv in invites {
-            self.delete_mailbox(&inv).await;
+        self.state.deferred.retain(|d| d.channel != name);
+        if status == ChannelStatus::Closed {
+            self.prune_files();
         }
-        if let Some(seq) = sequencer {
-            if status == ChannelStatus::Closed {
-                self.delete_mailbox(&seq).await;
+        for k in &doomed {
+            self.state.reassembly.remove(&k.id().0);
+        }
+        self.state.doomed.extend(doomed);
+    }
+
+    /// Applies the channels' lifetimes: deletes messages older than their channel's
+    /// disappearing time, and ends channels whose expiry has passed. Returns whether
+    /// anything changed (the caller saves).
+    fn apply_lifecycle(&mut self) -> bool {
+        let now = now_s();
+        let mut changed = false;
+        let mut expired = Vec::new();
+        for (name, ch) in self.state.channels.iter_mut() {
+            if ch.status == ChannelStatus::Active && ch.expires_at != 0 && ch.expires_at <= now {
+                expired.push(name.clone());
+            }
+            if ch.disappear_after == 0 {
+                continue;
+            }
+            let keep_after = now.saturating_sub(ch.disappear_after);
+            let before = ch.messages.len();
+            let mut read_gone = 0;
+            let read_upto = ch.read_upto;
+            let mut i = 0;
+            ch.messages.retain(|m| {
+                let keep = m.sent_at / 1000 > keep_after;
+                if !keep && i < read_upto {
+                    read_gone += 1;
+                }
+                i += 1;
+                keep
+            });
+            if ch.messages.len() != before {
+                ch.read_upto = ch.read_upto.saturating_sub(read_gone).min(ch.messages.len());
+                changed = true;
             }
         }
+        for name in expired {
+            self.end_channel(&name, ChannelStatus::Closed);
+            self.event(&name, "closed", "the channel expired and was closed".into());
+            changed = true;
+        }
+        if changed {
+            self.prune_files();
+        }
+        changed
     }
 
     async fn accept_welcome(&mut self, join_id: MailboxId, payload: &[u8]) {
@@ -855,8 +1047,13 @@ impl Engine {
             self.state.pending_joins.push(pj);
             return;
         }
-        let info_name = group.info().map(|i| i.name).unwrap_or_else(|_| "channel".into());
-        let base = pj.local_name.clone().unwrap_or(info_name);
+        let Ok(info) = group.info() else {
+            self.warn(None, "discarded a welcome without the channel's description");
+            let _ = group.delete(&self.provider);
+            self.state.pending_joins.push(pj);
+            return;
+        };
+        let base = pj.local_name.clone().unwrap_or(info.name);
         let mut local = base.clone();
         let mut n = 2;
         while self.state.channels.contains_key(&local) {
@@ -878,6 +1075,8 @@ impl Engine {
                 verified: Default::default(),
                 status: ChannelStatus::Active,
                 pending: None,
+                disappear_after: info.disappear_after,
+                expires_at: info.expires_at,
             },
         );
         self.event(&local, "joined", format!("you joined; {} admitted you", sender.name));
@@ -1121,10 +1320,11 @@ impl Engine {
             ch.retired = keep;
             gone.extend(old.into_iter().map(|r| r.keys));
         }
-        for k in gone {
+        for k in &gone {
             self.state.reassembly.remove(&k.id().0);
-            self.delete_mailbox(&k).await;
         }
+        self.state.doomed.extend(gone);
+        self.delete_doomed().await;
     }
 
     /// Rotates every channel mailbox older than [`ROTATE_AFTER`]; a failure
@@ -1156,15 +1356,16 @@ impl Engine {
             ch.invites = keep;
             dead.extend(gone.into_iter().map(|i| i.mailbox));
         }
-        for m in dead {
-            self.delete_mailbox(&m).await;
+        if !dead.is_empty() {
+            self.state.doomed.extend(dead);
+            self.delete_doomed().await;
         }
     }
 
     // ---- user operations ----
 
     /// Creates a channel on our relay.
-    pub async fn channel_new(&mut self, name: &str, suite: Suite) -> Result<(), ClientError> {
+    pub async fn channel_new(&mut self, name: &str, suite: Suite, lifetime: Lifetime) -> Result<(), ClientError> {
         validate_name(name).map_err(|e| ClientError::Usage(format!("channel {e}")))?;
         if self.state.channels.contains_key(name) {
             return Err(ClientError::ChannelExists(name.to_string()));
@@ -1172,10 +1373,16 @@ impl Engine {
         let relay = self.state.relay.clone();
         let mailbox = self.create_mailbox(&relay).await?;
         let sequencer = self.create_mailbox(&relay).await?;
+        let disappear_after = lifetime.disappear.map_or(0, |d| d.as_secs().max(1));
+        let expires_at = lifetime
+            .expires
+            .map_or(0, |d| now_s().saturating_add(d.as_secs().max(1)));
         let info = ChannelInfo {
             name: name.to_string(),
             sequencer: sequencer.address.clone(),
             created_at: now_s(),
+            disappear_after,
+            expires_at,
         };
         let group =
             Channel::create(&self.provider, &self.identity, &info, &mailbox.address, suite).map_err(protocol)?;
@@ -1194,6 +1401,8 @@ impl Engine {
                 verified: Default::default(),
                 status: ChannelStatus::Active,
                 pending: None,
+                disappear_after,
+                expires_at,
             },
         );
         self.save()
@@ -1268,6 +1477,7 @@ impl Engine {
             .into_iter()
             .map(|envelope| Request::Send {
                 send: invite.mailbox.send.0,
+                pow: 0,
                 envelope,
             })
             .collect();
@@ -1422,6 +1632,9 @@ impl Engine {
 
     /// Messages of a channel: unread ones, or all.
     pub fn read(&mut self, name: &str, all: bool) -> Result<Vec<MessageView>, ClientError> {
+        if self.apply_lifecycle() {
+            self.save()?;
+        }
         let ch = self.channel(name)?;
         let start = if all { 0 } else { ch.read_upto.min(ch.messages.len()) };
         let me = self.identity.public_key();
@@ -1431,6 +1644,7 @@ impl Engine {
                 channel: name.to_string(),
                 verified: m.event.is_none() && (m.from_key == me || ch.verified.contains(&m.from_key)),
                 from_fingerprint: Fingerprint::of(&m.from_key),
+                file: self.file_view(name, &m.id),
                 message: m.clone(),
             })
             .collect();
@@ -1457,6 +1671,12 @@ impl Engine {
                     0
                 },
                 unread: ch.messages.len().saturating_sub(ch.read_upto),
+                disappear_after: ch.disappear_after,
+                expires_at: if ch.status == ChannelStatus::Active {
+                    ch.expires_at
+                } else {
+                    0
+                },
             })
             .collect()
     }
@@ -1579,8 +1799,8 @@ impl Engine {
         }
         self.save()?;
         self.flush_outbox().await?;
-        self.event(name, "closed", "you closed the channel".into());
         self.wipe(name, ChannelStatus::Closed).await;
+        self.event(name, "closed", "you closed the channel".into());
         self.save()
     }
 

@@ -18,6 +18,8 @@ use crate::ClientError;
 
 const VAULT: &str = "state.bcv";
 const LOCK: &str = "lock";
+/// Folder for sealed bulk data (parts of files being received).
+const FILES: &str = "files";
 
 /// An opened, locked home directory.
 pub struct Home {
@@ -130,6 +132,35 @@ impl Home {
         }
         self.written = Some(digest);
         Ok(())
+    }
+
+    /// Seals `plain` under the vault's key into `files/<dir>/<name>` (durably; a
+    /// crash leaves the old file or the new one). Bulk data, such as the parts of a
+    /// file being received, lives there instead of inside the vault.
+    pub fn write_sealed(&self, dir: &str, name: &str, plain: &[u8]) -> Result<(), ClientError> {
+        let folder = self.dir.join(FILES).join(dir);
+        fs::create_dir_all(&folder).map_err(|e| ClientError::io("creating a folder for received files", e))?;
+        let blob = self.key.seal(plain, &mut OsRng);
+        let tmp = folder.join(format!("{name}.tmp"));
+        let mut f = File::create(&tmp).map_err(|e| ClientError::io("writing part of a received file", e))?;
+        f.write_all(&blob)
+            .and_then(|()| f.sync_data())
+            .map_err(|e| ClientError::io("writing part of a received file", e))?;
+        fs::rename(&tmp, folder.join(name)).map_err(|e| ClientError::io("writing part of a received file", e))
+    }
+
+    /// Opens what [`Home::write_sealed`] wrote.
+    pub fn read_sealed(&self, dir: &str, name: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
+        let blob = fs::read(self.dir.join(FILES).join(dir).join(name))
+            .map_err(|e| ClientError::io("reading part of a received file", e))?;
+        self.key
+            .open(&blob)
+            .map_err(|_| ClientError::Corrupt("part of a received file was modified on disk".into()))
+    }
+
+    /// Deletes `files/<dir>` and everything in it (absent is fine).
+    pub fn remove_sealed(&self, dir: &str) {
+        let _ = fs::remove_dir_all(self.dir.join(FILES).join(dir));
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod connection;
 pub mod engine;
 pub mod home;
+pub mod letter;
 pub mod socks;
 pub mod state;
 pub mod transport;
@@ -73,6 +74,12 @@ pub enum ClientError {
     /// The message was stored and will be sent later; holds why it was not sent now.
     #[error("the message is queued, not delivered: {0}; the next backchannel command will send it")]
     Queued(String),
+    /// A file transfer stopped before every part was sent; holds how far and why.
+    #[error("the file is not completely sent ({0}); run the same `backchannel send --file` command again to resume")]
+    Paused(String),
+    /// A courier bundle could not be used; the text says why and what to do.
+    #[error("{0}")]
+    Courier(String),
     /// Another member kept committing first.
     #[error("other members kept changing \"{0}\" at the same moment; try again")]
     Contended(String),

@@ -1,9 +1,12 @@
 //! Everything a client keeps, serialized with postcard inside the vault.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
 
+use backchannel_core::drop::{DropKeys, LetterFile, ReplyTo};
 use backchannel_core::envelope::Reassembler;
 use backchannel_core::mailbox::{MailboxAddress, MailboxKeys};
+use backchannel_core::message::FileOffer;
 use backchannel_core::relay_address::RelayAddress;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
@@ -12,7 +15,7 @@ use crate::socks::ProxyAddr;
 use crate::ClientError;
 
 /// Version of the state layout.
-pub const STATE_VERSION: u32 = 4;
+pub const STATE_VERSION: u32 = 5;
 
 /// The whole client state.
 #[derive(Serialize, Deserialize)]
@@ -48,6 +51,117 @@ pub struct State {
     pub proxy: Option<ProxyAddr>,
     /// Cover mailboxes, one per relay, that receive the daemon's dummies.
     pub cover: Vec<MailboxKeys>,
+    /// Mailboxes of ended channels still to be deleted at their relays
+    /// (kept until a relay confirms, so a teardown while offline finishes later).
+    pub doomed: Vec<MailboxKeys>,
+    /// Digests of the latest channel payloads processed, to recognize a message that
+    /// arrives both by courier and through a relay (bounded, oldest first).
+    pub recent_payloads: VecDeque<RecentPayload>,
+    /// Ids of the courier bundles imported (bounded, oldest first).
+    pub imported_bundles: VecDeque<[u8; 16]>,
+    /// Drop boxes this member owns, by local name.
+    pub drops: BTreeMap<String, DropBox>,
+    /// Files this member is sending (kept until every part is out, so an
+    /// interrupted transfer resumes where it stopped).
+    pub outgoing_files: Vec<OutgoingFile>,
+    /// Files being received or received and not yet saved.
+    pub incoming_files: Vec<IncomingFile>,
+}
+
+/// A file being sent.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct OutgoingFile {
+    /// Local channel name.
+    pub channel: String,
+    /// The file on this device.
+    pub path: PathBuf,
+    /// What the offer says (id, name, size, hash, part size).
+    pub offer: FileOffer,
+    /// The offer's message id.
+    pub offer_id: [u8; 16],
+    /// When the user sent it (ms).
+    pub sent_at: u64,
+    /// The offer is in the outbox.
+    pub offered: bool,
+    /// Parts before this one are in the outbox.
+    pub next_part: u64,
+}
+
+/// Where a received file stands.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum FileStatus {
+    /// Parts are still arriving.
+    Receiving,
+    /// Every part is in and the hash matched: ready to save.
+    Complete,
+    /// Every part is in and the hash did not match: discarded.
+    Damaged,
+    /// Saved by `read` at this path (the sealed parts are deleted).
+    Saved(String),
+}
+
+/// A file being received.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct IncomingFile {
+    /// Local channel name.
+    pub channel: String,
+    /// The sender's identity key: only they can add parts.
+    pub from_key: [u8; 32],
+    /// Id of the offer's message in the channel's history.
+    pub message_id: String,
+    /// What the sender announced.
+    pub offer: FileOffer,
+    /// Folder of its sealed parts under the home's `files/` (random, names nothing).
+    pub folder: String,
+    /// One bit per part received.
+    pub received: Vec<u8>,
+    /// Parts received.
+    pub count: u64,
+    /// Where it stands.
+    pub status: FileStatus,
+}
+
+/// An anonymous drop box this member owns.
+#[derive(Serialize, Deserialize)]
+pub struct DropBox {
+    /// The mailbox letters arrive in.
+    pub mailbox: MailboxKeys,
+    /// The X-Wing key letters are sealed to.
+    pub keys: DropKeys,
+    /// Proof-of-work bits the relay demands per envelope.
+    pub pow_bits: u8,
+    /// Letters received, oldest first.
+    pub letters: Vec<LetterRecord>,
+    /// How many of `letters` `drop read` has shown.
+    pub read_upto: usize,
+}
+
+/// A letter as its drop box's owner keeps it.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct LetterRecord {
+    /// Short random id, for `drop reply`.
+    pub id: String,
+    /// When it arrived (Unix s, our clock).
+    pub received_at: u64,
+    /// What the source wrote.
+    pub text: String,
+    /// An attached file, until `drop read` saves it.
+    pub file: Option<LetterFile>,
+    /// Where `drop read` saved the attached file.
+    pub saved_file: Option<String>,
+    /// How to answer, if the source asked for answers.
+    pub reply: Option<ReplyTo>,
+    /// Replies sent.
+    pub replies: u32,
+}
+
+/// A channel payload processed lately.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RecentPayload {
+    /// First 16 bytes of SHA-256 of the payload.
+    pub digest: [u8; 16],
+    /// It came in a courier bundle.
+    pub by_courier: bool,
 }
 
 impl Drop for State {
@@ -154,6 +268,10 @@ pub struct ChannelState {
     pub status: ChannelStatus,
     /// A commit staged and persisted before its sequencer claim.
     pub pending: Option<PendingCommit>,
+    /// Messages are deleted this many seconds after they were sent (0: kept).
+    pub disappear_after: u64,
+    /// The channel closes on its own at this time (Unix s; 0: never).
+    pub expires_at: u64,
 }
 
 /// A staged commit, kept so a crash between claim and fan-out can finish it.

@@ -227,7 +227,14 @@ pub fn people<const N: usize>(root: &Path, relay: &RelayProc, names: [&str; N]) 
 
 /// Alice makes a channel and admits each of `others` with one invite each.
 pub fn channel_with(alice: &Client, others: &[&Client], channel: &str) {
-    alice.ok(&["channel", "new", channel]);
+    channel_with_options(alice, others, channel, &[]);
+}
+
+/// [`channel_with`], with more arguments to `channel new` (e.g. `--disappear 5s`).
+pub fn channel_with_options(alice: &Client, others: &[&Client], channel: &str, options: &[&str]) {
+    let mut new = vec!["channel", "new", channel];
+    new.extend_from_slice(options);
+    alice.ok(&new);
     for o in others {
         let invite = alice.ok(&["invite", channel]);
         let invite = invite.trim();

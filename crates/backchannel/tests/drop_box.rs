@@ -1,0 +1,151 @@
+//! Anonymous drop boxes: a letter from someone with no identity, its reply, and
+//! what the relay keeps of either.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use backchannel_client::RelayConnection;
+use backchannel_core::drop::{DropAddress, DEFAULT_POW_BITS};
+use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
+use backchannel_core::frame::{ErrorCode, Request};
+use backchannel_core::pow;
+use common::*;
+
+#[test]
+fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [owner] = people(root.path(), &relay, ["newsdesk"]);
+    let address = owner.ok(&["drop", "create", "tips"]);
+    assert_eq!(address.lines().count(), 1);
+    let address = address.trim().to_string();
+    assert!(address.starts_with("bc-drop:"), "{address}");
+    assert_eq!(owner.ok(&["drop", "address", "tips"]).trim(), address);
+    let parsed = DropAddress::from_text(&address).unwrap();
+    assert_eq!(parsed.pow_bits, DEFAULT_POW_BITS);
+
+    // The source has no identity and no home: only the address.
+    let source = Client::new(root.path(), "source");
+    let secret_text = "the ledger is in locker 12";
+    let attachment = root.path().join("scan.txt");
+    std::fs::write(&attachment, b"page one of the ledger, line by line").unwrap();
+    let r = source.run(&[
+        "drop",
+        "send",
+        &address,
+        secret_text,
+        "--file",
+        attachment.to_str().unwrap(),
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    let receipt = r.stdout.trim().to_string();
+    assert!(receipt.starts_with("bc-receipt:"), "{receipt}");
+    assert!(!source.home.exists(), "drop send created a home");
+    // A second letter, without asking anything.
+    source.ok(&["drop", "send", &address, "a second, shorter note"]);
+    assert_eq!(
+        source.ok(&["drop", "check", &receipt]).trim(),
+        "",
+        "a reply before any was sent"
+    );
+
+    // The owner reads both; the file is saved where it says.
+    let save_to = root.path().join("inbox");
+    let read = owner.ok(&["drop", "read", "tips", "--json", "--save-to", save_to.to_str().unwrap()]);
+    let letters: Vec<serde_json::Value> = read.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(letters.len(), 2, "{read}");
+    let first = &letters[0];
+    assert_eq!(first["text"], secret_text);
+    // What the owner learns: what was written, when it came, and nothing else.
+    let mut keys: Vec<&str> = first.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["can_reply", "drop", "file", "id", "received_at", "text"]);
+    let saved = first["file"].as_str().unwrap();
+    assert!(saved.starts_with(save_to.to_str().unwrap()), "{saved}");
+    assert_eq!(std::fs::read(saved).unwrap(), std::fs::read(&attachment).unwrap());
+    assert_eq!(letters[1]["text"], "a second, shorter note");
+    assert!(owner.ok(&["drop", "read", "tips"]).trim().is_empty(), "read twice");
+
+    // The owner answers; only the receipt's holder reads the answer.
+    let id = first["id"].as_str().unwrap();
+    owner.ok(&["drop", "reply", "tips", id, "received; do not come to the office"]);
+    let replies = source.ok(&["drop", "check", &receipt]);
+    assert_eq!(replies.trim(), "received; do not come to the office");
+    let e = owner.fails(&["drop", "reply", "tips", "deadbeef", "to nobody"]);
+    assert!(e.contains("no letter"), "{e}");
+
+    // The relay's disk and logs hold none of it in the clear.
+    let logs = relay.logs();
+    for needle in [
+        secret_text.as_bytes(),
+        b"page one of the ledger",
+        b"do not come to the office",
+        b"tips",
+        b"newsdesk",
+    ] {
+        for f in files(&relay.data) {
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(
+                !contains(&bytes, needle),
+                "{} holds {:?}",
+                f.display(),
+                String::from_utf8_lossy(needle)
+            );
+        }
+        assert!(
+            !contains(logs.as_bytes(), needle),
+            "the relay logged {:?}",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    assert!(!logs.contains(&receipt[12..40]), "the relay logged the receipt");
+}
+
+#[test]
+fn a_drop_box_refuses_envelopes_without_their_proof_of_work() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [owner] = people(root.path(), &relay, ["desk"]);
+    let address = owner.ok(&["drop", "create", "tips", "--pow-bits", "12"]);
+    let to = DropAddress::from_text(address.trim()).unwrap();
+    let envelope = Envelope::from_slice(&[9u8; ENVELOPE_SIZE]).unwrap();
+    let challenge = pow::challenge(&to.mailbox.send.digest(), &envelope);
+    let solved = pow::solve(&challenge, 12);
+    let wrong = (0..).find(|n| !pow::check(&challenge, 12, *n)).unwrap();
+    rt().block_on(async {
+        let mut c = RelayConnection::connect(&to.mailbox.relay).await.unwrap();
+        for nonce in [0, wrong] {
+            let e = c
+                .request(&Request::Send {
+                    send: to.mailbox.send.0,
+                    envelope: envelope.clone(),
+                    pow: nonce,
+                })
+                .await
+                .unwrap_err();
+            assert!(e.is(ErrorCode::WorkRequired), "{e}");
+        }
+        c.request(&Request::Send {
+            send: to.mailbox.send.0,
+            envelope: envelope.clone(),
+            pow: solved,
+        })
+        .await
+        .unwrap();
+    });
+    // That one envelope was garbage: the owner is told, and shown nothing.
+    let r = owner.run(&["drop", "read", "tips", "--json"]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stdout.trim().is_empty(), "{}", r.stdout);
+    assert!(r.stderr.contains("discarded"), "{}", r.stderr);
+
+    // A damaged address or receipt is refused with a clear error, and nothing is sent.
+    let source = Client::new(root.path(), "source");
+    let mut damaged = address.trim().to_string();
+    damaged.pop();
+    let e = source.fails(&["drop", "send", &damaged, "hello"]);
+    assert!(e.contains("damaged") || e.contains("drop"), "{e}");
+    let e = source.fails(&["drop", "check", "bc-receipt:aaaa"]);
+    assert!(e.contains("damaged") || e.contains("receipt"), "{e}");
+    let e = source.fails(&["drop", "send", "bc-invite:abc", "hello"]);
+    assert!(e.contains("bc-drop:"), "{e}");
+}

@@ -1,0 +1,180 @@
+//! Files in a channel: 100 MiB sent, interrupted, resumed, and checked by hash.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+/// A file of `len` pseudo-random bytes (incompressible, like most real files).
+fn random_file(path: &std::path::Path, len: usize) -> [u8; 32] {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut h = Sha256::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut block = vec![0u8; 1 << 16];
+    let mut left = len;
+    while left > 0 {
+        for chunk in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let n = left.min(block.len());
+        f.write_all(&block[..n]).unwrap();
+        h.update(&block[..n]);
+        left -= n;
+    }
+    f.flush().unwrap();
+    h.finalize().into()
+}
+
+/// Envelopes the relay holds, from its latest counts line.
+fn stored_at_relay(relay: &RelayProc) -> u64 {
+    relay
+        .logs()
+        .lines()
+        .rev()
+        .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("envelopes=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn sha256_of(path: &std::path::Path) -> [u8; 32] {
+    Sha256::digest(std::fs::read(path).unwrap()).into()
+}
+
+#[test]
+fn a_100_mib_file_is_sent_interrupted_resumed_and_arrives_intact() {
+    let root = tempfile::tempdir().unwrap();
+    // Room for the whole file in one mailbox, and no request pacing: this test is
+    // about resumption and integrity (the flow control has its own test).
+    let relay = RelayProc::start(
+        &root.path().join("relay"),
+        &[
+            "--max-envelopes-per-mailbox",
+            "40000",
+            "--max-requests-per-second",
+            "0",
+            "--stats-interval",
+            "1s",
+        ],
+    );
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "archive");
+    let path = root.path().join("ledger.bin");
+    let len = 100 * 1024 * 1024;
+    let digest = random_file(&path, len);
+
+    // Interrupt the transfer once a fifth of it is at the relay (the relay logs its
+    // counts every second): kill -9.
+    let mut child = alice
+        .cmd(&["send", "archive", "--file", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while stored_at_relay(&relay) < 5_000 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the transfer ended before it could be interrupted"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the transfer made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Bob sees the file announced, and incomplete.
+    bob.ok(&["sync"]);
+    let partial = bob.messages("archive");
+    let offer = partial
+        .iter()
+        .find(|m| m.get("file").is_some())
+        .expect("the offer arrived");
+    assert_eq!(offer["text"], "sent a file: ledger.bin (100.0 MiB)");
+    assert_eq!(offer["file"]["status"], "receiving");
+    let parts = offer["file"]["parts"].as_u64().unwrap();
+    assert_eq!(parts, 1600);
+    let got = offer["file"]["parts_received"].as_u64().unwrap();
+    assert!(got > 0 && got < parts, "{got} of {parts} parts before the resume");
+
+    // The same command resumes where it stopped.
+    let r = alice.run(&["send", "archive", "--file", path.to_str().unwrap()]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stderr.contains("resuming an interrupted transfer"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("MiB/"),
+        "a progress bar without a terminal: {}",
+        r.stderr
+    );
+
+    // Bob receives the rest; `read` saves the file, checked against the sender's hash.
+    bob.ok(&["sync"]);
+    let downloads = root.path().join("downloads");
+    let out = bob.ok(&[
+        "read",
+        "archive",
+        "--json",
+        "--all",
+        "--save-to",
+        downloads.to_str().unwrap(),
+    ]);
+    let file_msgs: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|m| m.get("file").is_some())
+        .collect();
+    assert_eq!(file_msgs.len(), 1, "{out}");
+    let f = &file_msgs[0]["file"];
+    assert_eq!(f["status"], "saved", "{f}");
+    assert_eq!(f["sha256"], hex(&digest));
+    let saved = std::path::PathBuf::from(f["saved_to"].as_str().unwrap());
+    assert_eq!(saved, downloads.join("ledger.bin"));
+    assert_eq!(std::fs::metadata(&saved).unwrap().len(), len as u64);
+    assert_eq!(sha256_of(&saved), digest);
+    // The sealed parts are gone from bob's home once the file is saved.
+    assert!(files(&bob.home.join("files")).is_empty());
+    // Reading again says where it is and writes nothing new.
+    let again = bob.ok(&["read", "archive", "--all", "--save-to", downloads.to_str().unwrap()]);
+    assert!(again.contains(&format!("saved to {}", saved.display())), "{again}");
+    assert_eq!(std::fs::read_dir(&downloads).unwrap().count(), 1);
+}
+
+#[test]
+fn a_file_larger_than_the_recipients_mailbox_waits_for_them_to_fetch() {
+    let root = tempfile::tempdir().unwrap();
+    // A mailbox smaller than the file: the sender must wait for bob to fetch.
+    let relay = RelayProc::start(&root.path().join("relay"), &["--max-envelopes-per-mailbox", "200"]);
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "drops");
+    let path = root.path().join("notes.bin");
+    let digest = random_file(&path, 2 * 1024 * 1024 + 123);
+    let mut daemon = DaemonProc::start(&bob, &[]);
+    alice.ok(&["send", "drops", "--file", path.to_str().unwrap()]);
+    let downloads = root.path().join("dl");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = bob.ok(&[
+            "read",
+            "drops",
+            "--json",
+            "--all",
+            "--save-to",
+            downloads.to_str().unwrap(),
+        ]);
+        if out.contains("\"saved\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the file never arrived: {out}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    daemon.stop();
+    assert_eq!(sha256_of(&downloads.join("notes.bin")), digest);
+}

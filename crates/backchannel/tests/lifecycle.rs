@@ -1,0 +1,165 @@
+//! A channel's lifecycle: disappearing messages, channels that expire, and
+//! closing a channel for everyone.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use std::time::{Duration, Instant};
+
+use backchannel_client::home::Home;
+use backchannel_client::RelayConnection;
+use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
+use backchannel_core::frame::{ErrorCode, Request};
+use backchannel_core::relay_address::RelayAddress;
+use common::*;
+
+/// A channel mailbox as its member's `debug mailbox` prints it.
+struct Mailbox {
+    relay: RelayAddress,
+    send: [u8; 32],
+}
+
+fn mailbox(c: &Client, channel: &str) -> Mailbox {
+    let v: serde_json::Value = serde_json::from_str(&c.ok(&["debug", "mailbox", channel])).unwrap();
+    Mailbox {
+        relay: v["relay"].as_str().unwrap().parse().unwrap(),
+        send: unhex(v["send"].as_str().unwrap()).try_into().unwrap(),
+    }
+}
+
+/// Whether the relay still takes envelopes for this mailbox.
+fn exists_at_relay(m: &Mailbox) -> bool {
+    rt().block_on(async {
+        let mut c = RelayConnection::connect(&m.relay).await.unwrap();
+        let envelope = Envelope::from_slice(&[7u8; ENVELOPE_SIZE]).unwrap();
+        match c
+            .request(&Request::Send {
+                send: m.send,
+                envelope,
+                pow: 0,
+            })
+            .await
+        {
+            Ok(_) => true,
+            Err(e) if e.is(ErrorCode::NoSuchMailbox) => false,
+            Err(e) => panic!("unexpected relay answer: {e}"),
+        }
+    })
+}
+
+/// The member's whole local store, decrypted, as bytes: what a thief with the
+/// passphrase would find on the disk.
+fn store_bytes(c: &Client) -> Vec<u8> {
+    let (_home, state) = Home::open(&c.home, c.pass.as_bytes()).unwrap();
+    state.encode().unwrap()
+}
+
+fn channel_json(c: &Client, channel: &str) -> serde_json::Value {
+    c.ok(&["channels", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["name"] == channel)
+        .unwrap_or_else(|| panic!("{channel} is not listed"))
+}
+
+fn shows(c: &Client, channel: &str, text: &str) -> bool {
+    c.texts(channel).iter().any(|(_, t)| t == text)
+}
+
+#[test]
+fn a_disappearing_message_is_gone_from_both_members_view_and_disk_after_its_time() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    channel_with_options(&alice, &[&bob], "brief", &["--disappear", "6s"]);
+    // Bob learned the setting from the channel itself, not from alice's word.
+    assert_eq!(channel_json(&bob, "brief")["disappear_after_s"], 6);
+
+    let sent = Instant::now();
+    alice.ok(&["send", "brief", "burn after reading"]);
+    assert!(shows(&bob, "brief", "burn after reading"));
+    assert!(shows(&alice, "brief", "burn after reading"));
+    assert!(contains(&store_bytes(&bob), b"burn after reading"));
+
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(sent.elapsed()));
+    for who in [&alice, &bob] {
+        assert!(!shows(who, "brief", "burn after reading"), "still shown");
+        assert!(
+            !contains(&store_bytes(who), b"burn after reading"),
+            "still in the decrypted local store"
+        );
+    }
+
+    // A message that reaches a member after its time is never shown there.
+    alice.ok(&["send", "brief", "too late to read"]);
+    std::thread::sleep(Duration::from_secs(7));
+    bob.ok(&["sync"]);
+    assert!(!shows(&bob, "brief", "too late to read"));
+    assert!(!contains(&store_bytes(&bob), b"too late to read"));
+    // The channel itself goes on.
+    bob.ok(&["send", "brief", "still here"]);
+    assert!(shows(&alice, "brief", "still here"));
+}
+
+#[test]
+fn an_expiring_channel_closes_itself_for_every_member() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    let created = Instant::now();
+    channel_with_options(&alice, &[&bob], "pop-up", &["--expires", "15s"]);
+    assert!(channel_json(&bob, "pop-up")["expires_at"].as_u64().unwrap() > 0);
+    bob.ok(&["send", "pop-up", "while it lasts"]);
+    assert!(shows(&alice, "pop-up", "while it lasts"));
+    let (a, b) = (mailbox(&alice, "pop-up"), mailbox(&bob, "pop-up"));
+    assert!(
+        created.elapsed() < Duration::from_secs(14),
+        "setup took too long for this test"
+    );
+
+    std::thread::sleep(Duration::from_secs(16).saturating_sub(created.elapsed()));
+    let e = bob.fails(&["send", "pop-up", "after the end"]);
+    assert!(e.contains("closed"), "{e}");
+    alice.ok(&["sync"]);
+    for who in [&alice, &bob] {
+        assert_eq!(channel_json(who, "pop-up")["status"], "closed");
+        assert!(!shows(who, "pop-up", "while it lasts"), "history kept after expiry");
+        assert!(who.ok(&["read", "pop-up", "--all"]).contains("expired"));
+    }
+    assert!(!exists_at_relay(&a), "alice's mailbox is still at the relay");
+    assert!(!exists_at_relay(&b), "bob's mailbox is still at the relay");
+}
+
+#[test]
+fn closing_a_channel_wipes_it_for_every_member_and_deletes_its_mailboxes() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [alice, bob, carol] = people(root.path(), &relay, ["alice", "bob", "carol"]);
+    channel_with(&alice, &[&bob, &carol], "deal");
+    alice.ok(&["send", "deal", "the secret plan"]);
+    for who in [&bob, &carol] {
+        assert!(shows(who, "deal", "the secret plan"));
+    }
+    let boxes = [&alice, &bob, &carol].map(|c| mailbox(c, "deal"));
+    for b in &boxes {
+        assert!(exists_at_relay(b));
+    }
+
+    // Bob closes it; alice and carol are wiped at their next sync.
+    bob.ok(&["close", "deal"]);
+    alice.ok(&["sync"]);
+    carol.ok(&["sync"]);
+    for who in [&alice, &bob, &carol] {
+        assert_eq!(channel_json(who, "deal")["status"], "closed");
+        let all = who.messages("deal");
+        assert_eq!(all.len(), 1, "history kept after close: {all:?}");
+        assert!(all[0]["text"].as_str().unwrap().contains("closed the channel"));
+        assert!(!contains(&store_bytes(who), b"the secret plan"));
+        let e = who.fails(&["send", "deal", "anyone?"]);
+        assert!(e.contains("closed"), "{e}");
+        let e = who.fails(&["members", "deal"]);
+        assert!(e.contains("closed"), "{e}");
+    }
+    for b in &boxes {
+        assert!(!exists_at_relay(b), "a closed channel's mailbox is still at the relay");
+    }
+}

@@ -1,0 +1,221 @@
+//! The owner's side of an anonymous drop box: create it, read its letters, answer
+//! them. (The source's side, which needs no home, is `crate::letter`.)
+
+use std::path::{Path, PathBuf};
+
+use backchannel_core::drop::{open_letter, seal_reply, DropAddress, DropKeys, DEFAULT_POW_BITS, MAX_POW_BITS};
+use backchannel_core::envelope::PayloadKind;
+use backchannel_core::identity::validate_name;
+use backchannel_core::mailbox::MailboxKeys;
+use rand_core::{OsRng, RngCore};
+
+use super::{hex, now_s, protocol, Engine};
+use crate::state::{DropBox, LetterRecord};
+use crate::ClientError;
+
+/// Longest reply text.
+pub const MAX_REPLY_TEXT: usize = 64 * 1024;
+
+/// A letter as `drop read` shows it.
+#[derive(Debug, Clone)]
+pub struct LetterView {
+    /// The drop box.
+    pub drop: String,
+    /// Id for `drop reply`.
+    pub id: String,
+    /// Arrival (Unix s).
+    pub received_at: u64,
+    /// What the source wrote.
+    pub text: String,
+    /// Where its attached file was saved.
+    pub file: Option<String>,
+    /// Whether the source can read a reply.
+    pub can_reply: bool,
+}
+
+impl Engine {
+    fn drop_box(&self, name: &str) -> Result<&DropBox, ClientError> {
+        self.state.drops.get(name).ok_or_else(|| {
+            ClientError::Usage(format!(
+                "there is no drop box called \"{name}\"; create it with `backchannel drop create {name}`"
+            ))
+        })
+    }
+
+    /// Creates a drop box at our relay whose every envelope costs a sender `pow_bits`
+    /// of work, and returns its public `bc-drop:` address.
+    pub async fn drop_create(&mut self, name: &str, pow_bits: Option<u8>) -> Result<String, ClientError> {
+        validate_name(name).map_err(|e| ClientError::Usage(format!("drop box {e}")))?;
+        if self.state.drops.contains_key(name) {
+            return Err(ClientError::Usage(format!(
+                "you already have a drop box called \"{name}\"; `backchannel drop address {name}` prints its address"
+            )));
+        }
+        let pow_bits = pow_bits.unwrap_or(DEFAULT_POW_BITS);
+        if pow_bits > MAX_POW_BITS {
+            return Err(ClientError::Usage(format!("--pow-bits can be at most {MAX_POW_BITS}")));
+        }
+        let keys = DropKeys::generate(&mut OsRng).map_err(protocol)?;
+        let relay = self.state.relay.clone();
+        let mailbox = self.create_mailbox_with_work(&relay, pow_bits).await?;
+        self.state.drops.insert(
+            name.to_string(),
+            DropBox {
+                mailbox,
+                keys,
+                pow_bits,
+                letters: Vec::new(),
+                read_upto: 0,
+            },
+        );
+        self.save()?;
+        self.drop_address(name)
+    }
+
+    /// The public address of a drop box.
+    pub fn drop_address(&self, name: &str) -> Result<String, ClientError> {
+        let d = self.drop_box(name)?;
+        Ok(DropAddress {
+            mailbox: d.mailbox.address.clone(),
+            owner_key: d.keys.public().to_vec(),
+            pow_bits: d.pow_bits,
+        }
+        .to_text())
+    }
+
+    /// Opens a letter that arrived in a drop box (attacker input: anyone may write).
+    pub(super) fn receive_letter(&mut self, name: &str, keys: &MailboxKeys, sealed: &[u8]) {
+        let digest = keys.address.send.digest();
+        let Some(d) = self.state.drops.get_mut(name) else {
+            return;
+        };
+        let letter = match open_letter(&d.keys, &digest, sealed) {
+            Ok(l) => l,
+            Err(_) => {
+                self.warn(
+                    None,
+                    format!("discarded a letter to drop box {name} that could not be opened"),
+                );
+                return;
+            }
+        };
+        let mut id = [0u8; 4];
+        OsRng.fill_bytes(&mut id);
+        d.letters.push(LetterRecord {
+            id: hex(&id),
+            received_at: now_s(),
+            text: letter.text,
+            file: letter.file,
+            saved_file: None,
+            reply: letter.reply,
+            replies: 0,
+        });
+    }
+
+    /// Letters of a drop box: unread ones, or all. Attached files are written into
+    /// `save_to` (created if needed) the first time they are shown.
+    pub fn drop_read(&mut self, name: &str, all: bool, save_to: &Path) -> Result<Vec<LetterView>, ClientError> {
+        let d = self.drop_box(name)?;
+        let start = if all { 0 } else { d.read_upto.min(d.letters.len()) };
+        let count = d.letters.len();
+        let mut out = Vec::new();
+        for i in start..count {
+            let saved = match self.state.drops.get(name).and_then(|d| d.letters[i].file.as_ref()) {
+                Some(f) => Some(save_file(
+                    save_to,
+                    &self.state.drops[name].letters[i].id,
+                    &f.name,
+                    &f.data,
+                )?),
+                None => None,
+            };
+            let Some(d) = self.state.drops.get_mut(name) else {
+                break;
+            };
+            let l = &mut d.letters[i];
+            if let Some(path) = saved {
+                l.saved_file = Some(path.display().to_string());
+                l.file = None;
+            }
+            out.push(LetterView {
+                drop: name.to_string(),
+                id: l.id.clone(),
+                received_at: l.received_at,
+                text: l.text.clone(),
+                file: l.saved_file.clone(),
+                can_reply: l.reply.is_some(),
+            });
+        }
+        if let Some(d) = self.state.drops.get_mut(name) {
+            if d.read_upto != count || out.iter().any(|l| l.file.is_some()) {
+                d.read_upto = count;
+                self.save()?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Answers a letter: sealed with the letter's reply key into the mailbox its source
+    /// made for the answer. Queued like any message if the relay does not answer.
+    pub async fn drop_reply(&mut self, name: &str, id: &str, text: &str) -> Result<(), ClientError> {
+        if text.len() > MAX_REPLY_TEXT {
+            return Err(ClientError::Usage(format!(
+                "a reply can be at most {MAX_REPLY_TEXT} bytes"
+            )));
+        }
+        let d = self.drop_box(name)?;
+        let letter = d.letters.iter().find(|l| l.id == id).ok_or_else(|| {
+            ClientError::Usage(format!(
+                "drop box \"{name}\" has no letter {id}; `backchannel drop read {name} --all` lists them"
+            ))
+        })?;
+        let reply = letter
+            .reply
+            .clone()
+            .ok_or_else(|| ClientError::Usage("the source of that letter did not ask for replies".into()))?;
+        let sealed = seal_reply(&reply.key, text, &mut OsRng);
+        self.enqueue(&reply.mailbox, PayloadKind::Reply, &sealed)?;
+        if let Some(l) = self
+            .state
+            .drops
+            .get_mut(name)
+            .and_then(|d| d.letters.iter_mut().find(|l| l.id == id))
+        {
+            l.replies += 1;
+        }
+        self.save()?;
+        self.undelivered = None;
+        if self.flush_outbox().await? > 0 {
+            let why = self
+                .undelivered
+                .take()
+                .unwrap_or_else(|| "the relay could not be reached".into());
+            return Err(ClientError::Queued(why));
+        }
+        Ok(())
+    }
+}
+
+/// Writes an attached file as `<dir>/<letter id>-<name>`, never over an existing file.
+fn save_file(dir: &Path, id: &str, name: &str, data: &[u8]) -> Result<PathBuf, ClientError> {
+    use std::io::Write as _;
+    let io = |e: std::io::Error| ClientError::Usage(format!("cannot save an attached file in {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    // The name was checked when the letter was opened (no separators, no "..").
+    let mut path = dir.join(format!("{id}-{name}"));
+    let mut n = 2;
+    while path.exists() {
+        path = dir.join(format!("{id}-{n}-{name}"));
+        n += 1;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&path).map_err(io)?;
+    f.write_all(data).and_then(|()| f.sync_all()).map_err(io)?;
+    Ok(path)
+}
