@@ -35,6 +35,23 @@ pub const CHANNEL_INFO_EXTENSION: u16 = 0xff0c;
 /// still decrypt after it.
 pub const MAX_PAST_EPOCHS: usize = 4;
 
+/// How many of a member's messages may arrive after a later one of theirs and
+/// still be read (openmls keeps the keys it skipped, up to this many per
+/// member and epoch; its default is 5). A courier bundle carries a member's
+/// newest messages while the relay may still hold older ones that the reader
+/// has not fetched: those must stay readable when they come.
+pub const OUT_OF_ORDER_TOLERANCE: u32 = 4096;
+
+/// How far ahead of the last message read from a member the next may be (in
+/// that member's messages of one epoch). A courier may carry the last part of
+/// a file whose earlier parts are still at the relay, so this is more than
+/// [`MAX_PARTS`](crate::message::MAX_PARTS).
+pub const MAX_FORWARD_DISTANCE: u32 = 1 << 17;
+
+fn sender_ratchet() -> SenderRatchetConfiguration {
+    SenderRatchetConfiguration::new(OUT_OF_ORDER_TOLERANCE, MAX_FORWARD_DISTANCE)
+}
+
 /// The MLS ciphersuite of a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Suite {
@@ -161,12 +178,17 @@ pub struct ChannelInfo {
 }
 
 impl ChannelInfo {
-    /// Binary form (version 2: version 1 and the lifecycle fields).
+    /// Binary form: version 2 (version 1 and the lifecycle fields) for a channel with a
+    /// lifetime, version 1 for one without, which clients from before lifetimes can join.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let lifecycle = self.disappear_after != 0 || self.expires_at != 0;
         let mut w = Writer::new();
-        w.u8(2).bytes16(self.name.as_bytes());
+        w.u8(if lifecycle { 2 } else { 1 }).bytes16(self.name.as_bytes());
         self.sequencer.encode(&mut w);
-        w.u64(self.created_at).u64(self.disappear_after).u64(self.expires_at);
+        w.u64(self.created_at);
+        if lifecycle {
+            w.u64(self.disappear_after).u64(self.expires_at);
+        }
         w.into_vec()
     }
 
@@ -272,11 +294,12 @@ fn leaf_extensions(mailbox: &MailboxAddress) -> Result<Extensions<LeafNode>, Cha
     .map_err(mls)
 }
 
-fn join_config() -> MlsGroupJoinConfig {
+pub(crate) fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(true)
         .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(sender_ratchet())
         .padding_size(64)
         .build()
 }
@@ -429,6 +452,7 @@ impl Channel {
             .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(true)
             .max_past_epochs(MAX_PAST_EPOCHS)
+            .sender_ratchet_configuration(sender_ratchet())
             .padding_size(64)
             .capabilities(capabilities(suite))
             .with_group_context_extensions(gce)
@@ -758,7 +782,8 @@ mod tests {
         w.u8(1).bytes16(b"old");
         seq.encode(&mut w);
         w.u64(42);
-        let info = ChannelInfo::from_bytes(&w.into_vec()).unwrap();
+        let v1 = w.into_vec();
+        let info = ChannelInfo::from_bytes(&v1).unwrap();
         assert_eq!(
             (
                 info.name.as_str(),
@@ -768,5 +793,13 @@ mod tests {
             ),
             ("old", 42, 0, 0)
         );
+        // Without a lifetime it is written as version 1 again, byte for byte; with one,
+        // as version 2.
+        assert_eq!(info.to_bytes(), v1);
+        let timed = ChannelInfo {
+            disappear_after: 60,
+            ..info
+        };
+        assert_eq!(timed.to_bytes()[0], 2);
     }
 }

@@ -63,7 +63,39 @@ pub fn valid_file_name(name: &str) -> bool {
         && name.len() <= MAX_FILE_NAME
         && name != "."
         && name != ".."
-        && !name.chars().any(|c| c == '/' || c == '\\' || c.is_control())
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control() || is_format_char(c))
+}
+
+/// Whether `c` is an invisible formatting character (Unicode general category Cf):
+/// bidirectional overrides and isolates, zero-width characters, tags. They can make
+/// text show as something other than what it is (`exe.txt` drawn as `txt.exe`), so a
+/// file name may not hold them and text output escapes them.
+pub fn is_format_char(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0xAD | 0x600..=0x605
+            | 0x61C
+            | 0x6DD
+            | 0x70F
+            | 0x890..=0x891
+            | 0x8E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
 }
 
 /// The body of an application message.
@@ -220,7 +252,18 @@ mod tests {
 
     #[test]
     fn file_names_that_leave_the_folder_are_refused() {
-        for bad in ["", ".", "..", "a/b", "..\\x", "/etc/passwd", "a\nb", &"x".repeat(256)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "..\\x",
+            "/etc/passwd",
+            "a\nb",
+            "invoice\u{202e}fdp.exe",
+            "a\u{200b}b",
+            &"x".repeat(256),
+        ] {
             assert!(!valid_file_name(bad), "{bad:?}");
         }
         for good in ["report.pdf", "a b.txt", "..hidden", "übersicht.odt"] {

@@ -845,12 +845,8 @@ pub(crate) mod tests {
 
     #[test]
     fn join_config_needs_json() {
-        use openmls::prelude::{MlsGroupJoinConfig, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY};
-        let config = MlsGroupJoinConfig::builder()
-            .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
-            .max_past_epochs(crate::channel::MAX_PAST_EPOCHS)
-            .padding_size(64)
-            .build();
+        use openmls::prelude::MlsGroupJoinConfig;
+        let config = crate::channel::join_config();
         // Its deletion policy decodes through an untagged enum
         // (`deserialize_any`), which postcard cannot do. If this starts to
         // pass, the join config can move to postcard like everything else.
@@ -1059,6 +1055,42 @@ pub(crate) mod tests {
                 assert_eq!(bob.stored(Kind::GroupState), 0);
                 assert_eq!(bob.stored(Kind::MessageSecrets), 0);
                 assert!(Channel::load(&bob.provider, &gid).unwrap().is_none());
+            }
+        }
+
+        /// A courier may deliver a member's newest messages before the older
+        /// ones waiting at a relay: the older ones must still be read, by the
+        /// channel's creator and by a member who joined, across a restart.
+        #[test]
+        fn messages_read_far_out_of_order() {
+            use crate::channel::{MAX_FORWARD_DISTANCE, OUT_OF_ORDER_TOLERANCE};
+            let suite = Suite::Classical;
+            let mut alice = member("alice");
+            let info = ChannelInfo {
+                name: "room".into(),
+                sequencer: mailbox(),
+                created_at: 1,
+                disappear_after: 0,
+                expires_at: 0,
+            };
+            alice.channel = Some(Channel::create(&alice.provider, &alice.id, &info, &mailbox(), suite).unwrap());
+            let mut bob = member("bob");
+            admit(&mut alice, &mut bob, &mut [], suite);
+            // More than openmls' defaults allow (5 behind, 1,000 ahead).
+            let count = 1_200;
+            assert!(count < OUT_OF_ORDER_TOLERANCE as usize && count < MAX_FORWARD_DISTANCE as usize);
+            for (from, to) in [(0, 1), (1, 0)] {
+                let mut pair = [&mut alice, &mut bob];
+                let sent: Vec<Vec<u8>> = (0..count).map(|i| pair[from].say(&format!("m{i}"))).collect();
+                let (last, earlier) = sent.split_last().unwrap();
+                assert_eq!(pair[to].hear(last).1, format!("m{}", count - 1).into_bytes());
+                pair[to].reload();
+                for (i, bytes) in earlier.iter().enumerate().rev() {
+                    assert_eq!(pair[to].hear(bytes).1, format!("m{i}").into_bytes());
+                }
+                // Each key is used once: a replay is still refused.
+                let p = &pair[to].provider;
+                assert!(pair[to].channel.as_mut().unwrap().process(p, &earlier[0]).is_err());
             }
         }
 
