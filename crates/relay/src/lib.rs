@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod nats;
+pub mod proofs;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::proofs::SpentProofs;
 use crate::store::{off_executor, MailboxStore, StoreError};
 use crate::Limits;
 
@@ -107,6 +108,8 @@ pub(crate) struct Shared {
     refusals: Arc<Semaphore>,
     /// Budget of requests executing concurrently, relay-wide.
     concurrent: Arc<Semaphore>,
+    /// Proofs of work already used for a drop box.
+    spent: Arc<SpentProofs>,
     tls: TlsAcceptor,
     /// Turns true when the relay shuts down.
     closing: watch::Receiver<bool>,
@@ -133,6 +136,7 @@ impl Shared {
             }),
             refusals: Arc::new(Semaphore::new(MAX_PENDING_REFUSALS)),
             concurrent: Arc::new(Semaphore::new(CONCURRENT_BUDGET)),
+            spent: Arc::new(SpentProofs::default()),
             limits,
             notify,
             metrics,
@@ -695,6 +699,13 @@ async fn serve_stateless(shared: &Shared, req: Request) -> Response {
     match req {
         Request::Send { send, envelope, pow } => {
             let expires = now_secs().saturating_add(shared.limits.envelope_ttl.as_secs());
+            // A proof already used is refused before the store sees it (proofs.rs).
+            let proof = SpentProofs::key(&send, &envelope, pow);
+            if let Some(key) = proof {
+                if !shared.spent.spend(key) {
+                    return Connection::err(ErrorCode::WorkRequired);
+                }
+            }
             // The store checks the proof of work of a send to a drop box, hashing it
             // outside its writer thread (store.rs, `proven_work`).
             match store.send_async(send, envelope, expires, pow).await {
@@ -703,7 +714,12 @@ async fn serve_stateless(shared: &Shared, req: Request) -> Response {
                     let _ = shared.notify.send(mailbox);
                     Response::Ok
                 }
-                Err(e) => store_error(e),
+                Err(e) => {
+                    if let Some(key) = proof {
+                        shared.spent.refund(&key);
+                    }
+                    store_error(e)
+                }
             }
         }
         Request::Claim { send, epoch, token } => match store.claim_async(send, epoch, token).await {
@@ -897,7 +913,8 @@ mod tests {
 
     /// Through the request handlers, from wire frames: a drop box created with a
     /// difficulty refuses sends without their proof of work with `WorkRequired`,
-    /// and takes a solved one; an ordinary mailbox takes `pow` 0.
+    /// takes a solved one once (a replay is refused too); an ordinary mailbox
+    /// takes `pow` 0.
     #[tokio::test]
     async fn a_drop_box_answers_work_required_to_a_send_without_its_proof() {
         use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
@@ -929,7 +946,8 @@ mod tests {
         let wire = |req: Request| decode_request(&encode_request(1, &req)).unwrap().1;
         let (drop_cap, plain_cap) = ([2u8; 32], [5u8; 32]);
         let digest = |cap: [u8; 32]| -> [u8; 32] { Sha256::digest(cap).into() };
-        for (id, cap, pow_bits) in [(1u8, drop_cap, 12), (4, plain_cap, 0)] {
+        let bits = crate::proofs::REMEMBERED_BITS as u8;
+        for (id, cap, pow_bits) in [(1u8, drop_cap, bits), (4, plain_cap, 0)] {
             let create = wire(Request::Create {
                 mailbox: MailboxId([id; 32]),
                 recipient_key: [3; 32],
@@ -950,12 +968,15 @@ mod tests {
             code: ErrorCode::WorkRequired,
             detail: 0,
         };
-        let nonce = pow::solve(&pow::challenge(&digest(drop_cap), &envelope), 12);
+        let nonce = pow::solve(&pow::challenge(&digest(drop_cap), &envelope), bits);
         assert_eq!(conn.serve(&shared, send(drop_cap, 0)).await, refused);
         assert_eq!(conn.serve(&shared, send(drop_cap, nonce + 1)).await, refused);
         assert_eq!(shared.store.stats().unwrap().envelopes, 0);
         assert_eq!(conn.serve(&shared, send(drop_cap, nonce)).await, Response::Ok);
         assert_eq!(conn.serve(&shared, send(plain_cap, 0)).await, Response::Ok);
+        assert_eq!(shared.store.stats().unwrap().envelopes, 2);
+        // The same solved envelope again is a replay: refused, and not stored.
+        assert_eq!(conn.serve(&shared, send(drop_cap, nonce)).await, refused);
         assert_eq!(shared.store.stats().unwrap().envelopes, 2);
         let metrics = Metrics::default();
         count_refusal(&metrics, ErrorCode::WorkRequired);
