@@ -612,6 +612,7 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
         deferred: vec![DeferredMls {
             channel: "deal-room".into(),
             payload: vec![0, 1, 0, 2],
+            by_courier: true,
         }],
         unsent: vec![UnsentMessage {
             channel: "deal-room".into(),
@@ -647,6 +648,7 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
             folder: "00112233445566778899aabbccddeeff".into(),
             received: vec![0b0101],
             count: 2,
+            updated_at: 1_700_000_300_000,
             status: FileStatus::Receiving,
         }],
     };

@@ -158,6 +158,14 @@ enum Via {
 /// Channel payloads remembered to recognize one carried both by hand and by a relay.
 const RECENT_PAYLOADS: usize = 4096;
 
+/// What [`State::recent_payloads`](crate::state::State::recent_payloads) keeps of a payload.
+fn payload_digest(payload: &[u8]) -> [u8; 16] {
+    let full: [u8; 32] = Sha256::digest(payload).into();
+    let mut digest = [0u8; 16];
+    digest.copy_from_slice(&full[..16]);
+    digest
+}
+
 #[derive(Clone)]
 enum Role {
     Channel(String),
@@ -182,6 +190,8 @@ pub struct Engine {
     admissions: Vec<(String, MailboxId, ValidKeyPackage)>,
     /// The last fetch pass emptied every opened mailbox.
     drained: bool,
+    /// Files whose stray parts were already reported (one warning per file, not per part).
+    stray_files: std::collections::HashSet<[u8; 16]>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -276,6 +286,7 @@ impl Engine {
             warnings: Vec::new(),
             undelivered: None,
             mailbox_full: false,
+            stray_files: Default::default(),
             admissions: Vec::new(),
         };
         // Disappearing messages and expired channels go before anything can show them,
@@ -500,9 +511,13 @@ impl Engine {
         let items = std::mem::take(&mut self.state.outbox);
         let mut keep = Vec::new();
         let mut unreachable: Vec<RelayAddress> = Vec::new();
+        // Mailboxes that refused an envelope in this pass: what is queued after it for
+        // the same mailbox waits too, so that it never arrives ahead of it (a file's
+        // parts ahead of its offer, say).
+        let mut refused: Vec<[u8; 32]> = Vec::new();
         let mut dropped = 0usize;
         for mut item in items {
-            if unreachable.contains(&self.link_key(&item.to.relay)) {
+            if unreachable.contains(&self.link_key(&item.to.relay)) || refused.contains(&item.to.send.0) {
                 keep.push(item);
                 continue;
             }
@@ -535,6 +550,7 @@ impl Engine {
                         }
                     }
                     if !left.is_empty() {
+                        refused.push(item.to.send.0);
                         item.envelopes = left;
                         keep.push(item);
                     }
@@ -760,12 +776,17 @@ impl Engine {
             }
         };
         match (role, whole.kind) {
-            (Role::Channel(_), PayloadKind::Mls) if self.carried_twice(&whole.payload, via) => {}
-            (Role::Channel(name), PayloadKind::Mls) => match self.process_mls(name, &whole.payload).await {
-                Ok(()) => {}
-                Err(Rejected::Later) => self.defer(name, whole.payload),
-                Err(Rejected::Now(text)) => self.warn(Some(name), text),
-            },
+            (Role::Channel(name), PayloadKind::Mls) => {
+                let digest = payload_digest(&whole.payload);
+                if self.carried_twice(&digest, via) {
+                    return;
+                }
+                match self.process_mls(name, &whole.payload).await {
+                    Ok(()) => self.remember_payload(digest, via),
+                    Err(Rejected::Later) => self.defer(name, whole.payload, via),
+                    Err(Rejected::Now(text)) => self.warn(Some(name), text),
+                }
+            }
             (Role::Invite(name, invite_id), PayloadKind::JoinRequest) => {
                 let kp = JoinRequest::from_bytes(&whole.payload)
                     .map_err(protocol)
@@ -781,34 +802,31 @@ impl Engine {
         }
     }
 
-    /// Processes one MLS message. `Err` carries the warning text; with
-    /// `defer_failures` a failure is silent so the caller can retry it.
     /// Whether this channel payload was already processed and one of its two copies
     /// came by courier: the copy that arrives second is the same message, not a replay,
     /// and is skipped without a word. Relay-only repeats still go to MLS, which reports
     /// them as replays.
-    fn carried_twice(&mut self, payload: &[u8], via: Via) -> bool {
-        let full: [u8; 32] = Sha256::digest(payload).into();
-        let mut digest = [0u8; 16];
-        digest.copy_from_slice(&full[..16]);
-        let by_courier = via == Via::Courier;
-        if let Some(seen) = self.state.recent_payloads.iter().find(|p| p.digest == digest) {
-            if seen.by_courier || by_courier {
-                return true;
-            }
-            return false;
-        }
+    fn carried_twice(&self, digest: &[u8; 16], via: Via) -> bool {
+        self.state
+            .recent_payloads
+            .iter()
+            .any(|p| &p.digest == digest && (p.by_courier || via == Via::Courier))
+    }
+
+    /// Remembers a channel payload once MLS has read it (not before: a copy that
+    /// failed, or waits for a later epoch, must not hide the other copy).
+    fn remember_payload(&mut self, digest: [u8; 16], via: Via) {
         if self.state.recent_payloads.len() >= RECENT_PAYLOADS {
             self.state.recent_payloads.pop_front();
         }
-        self.state
-            .recent_payloads
-            .push_back(crate::state::RecentPayload { digest, by_courier });
-        false
+        self.state.recent_payloads.push_back(crate::state::RecentPayload {
+            digest,
+            by_courier: via == Via::Courier,
+        });
     }
 
     /// Keeps an MLS message from a later epoch for when its commit arrives.
-    fn defer(&mut self, name: &str, payload: Vec<u8>) {
+    fn defer(&mut self, name: &str, payload: Vec<u8>, via: Via) {
         let held = self.state.deferred.iter().filter(|d| d.channel == name).count();
         if held >= MAX_DEFERRED {
             // The epoch in a message's header is not authenticated: bound what it can make us keep.
@@ -823,6 +841,7 @@ impl Engine {
         self.state.deferred.push(DeferredMls {
             channel: name.to_string(),
             payload,
+            by_courier: via == Via::Courier,
         });
     }
 
@@ -839,8 +858,18 @@ impl Engine {
                     progress = true;
                     continue;
                 }
+                let digest = payload_digest(&d.payload);
+                let via = if d.by_courier { Via::Courier } else { Via::Relay };
+                // Both copies of a carried message can wait here; the second is skipped.
+                if self.carried_twice(&digest, via) {
+                    progress = true;
+                    continue;
+                }
                 match self.process_mls(&d.channel, &d.payload).await {
-                    Ok(()) => progress = true,
+                    Ok(()) => {
+                        progress = true;
+                        self.remember_payload(digest, via);
+                    }
                     Err(Rejected::Later) => keep.push(d),
                     Err(Rejected::Now(text)) => {
                         progress = true;
@@ -883,7 +912,9 @@ impl Engine {
                 let Some(ch) = self.state.channels.get_mut(name) else {
                     return Ok(());
                 };
-                if !ch.seen.insert(msg.id) {
+                // A part's id is never shown or answered: parts are told apart by their
+                // file and index (receive_part), and so stay out of the replay filter.
+                if !matches!(msg.body, Body::Part { .. }) && !ch.seen.insert(msg.id) {
                     self.warn(Some(name), "discarded a replayed message");
                     return Ok(());
                 }
@@ -1236,7 +1267,11 @@ impl Engine {
                 }
                 self.save()?;
                 if let Some(fresh) = &pending.new_mailbox {
-                    self.delete_mailbox(fresh).await;
+                    // Unused now; if the relay cannot be asked, a later sync deletes it.
+                    if !self.delete_mailbox(fresh).await {
+                        self.state.doomed.push(fresh.clone());
+                        self.save()?;
+                    }
                 }
                 Ok(false)
             }
@@ -1370,13 +1405,18 @@ impl Engine {
         if self.state.channels.contains_key(name) {
             return Err(ClientError::ChannelExists(name.to_string()));
         }
+        for (flag, d) in [("--disappear", lifetime.disappear), ("--expires", lifetime.expires)] {
+            if d.is_some_and(|d| d.as_secs() == 0) {
+                return Err(ClientError::Usage(format!(
+                    "{flag} needs a duration of at least one second, like 30s or 7d"
+                )));
+            }
+        }
         let relay = self.state.relay.clone();
         let mailbox = self.create_mailbox(&relay).await?;
         let sequencer = self.create_mailbox(&relay).await?;
-        let disappear_after = lifetime.disappear.map_or(0, |d| d.as_secs().max(1));
-        let expires_at = lifetime
-            .expires
-            .map_or(0, |d| now_s().saturating_add(d.as_secs().max(1)));
+        let disappear_after = lifetime.disappear.map_or(0, |d| d.as_secs());
+        let expires_at = lifetime.expires.map_or(0, |d| now_s().saturating_add(d.as_secs()));
         let info = ChannelInfo {
             name: name.to_string(),
             sequencer: sequencer.address.clone(),

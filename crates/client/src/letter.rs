@@ -26,16 +26,8 @@ pub async fn send_letter(
     proxy: Option<&ProxyAddr>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Receipt, ClientError> {
-    let mut conn = RelayConnection::connect_via(&to.mailbox.relay, proxy).await?;
     // A fresh mailbox for the answer, at the drop box's relay: nothing ties it to the source.
     let reply_box = MailboxKeys::generate(to.mailbox.relay.clone(), &mut OsRng);
-    conn.request(&Request::Create {
-        mailbox: reply_box.id(),
-        recipient_key: reply_box.recipient_public(),
-        send_digest: reply_box.address.send.digest(),
-        pow_bits: 0,
-    })
-    .await?;
     let receipt = Receipt {
         mailbox: reply_box,
         key: ReplyKey::generate(&mut OsRng),
@@ -72,6 +64,16 @@ pub async fn send_letter(
         });
     }
     progress(count, count);
+    // Connect only once the work is done: it can take longer than the relay waits on
+    // an idle connection.
+    let mut conn = RelayConnection::connect_via(&to.mailbox.relay, proxy).await?;
+    conn.request(&Request::Create {
+        mailbox: receipt.mailbox.id(),
+        recipient_key: receipt.mailbox.recipient_public(),
+        send_digest: receipt.mailbox.address.send.digest(),
+        pow_bits: 0,
+    })
+    .await?;
     for r in conn.pipeline(&requests).await? {
         match r {
             Ok(_) => {}
@@ -82,7 +84,7 @@ pub async fn send_letter(
             }
             Err(e) if e.is(ErrorCode::MailboxFull) => {
                 return Err(ClientError::Usage(
-                    "this drop box is full right now; try again later (nothing was delivered)".into(),
+                    "this drop box is full right now; send the letter again later (it was not delivered whole)".into(),
                 ))
             }
             Err(e) => return Err(e.into()),
@@ -91,9 +93,15 @@ pub async fn send_letter(
     Ok(receipt)
 }
 
-/// Reads the owner's replies waiting for a receipt. They stay at the relay (a source
-/// keeps no state) until the relay's envelope lifetime ends.
-pub async fn check_replies(receipt: &Receipt, proxy: Option<&ProxyAddr>) -> Result<Vec<String>, ClientError> {
+/// Reads the owner's replies waiting for a receipt, in the order they came. Each is
+/// handed to `show` and then deleted from the relay (a source keeps no state, so a
+/// reply is shown once); `show` must put it where the source will see it before it
+/// returns. Returns how many were shown.
+pub async fn check_replies(
+    receipt: &Receipt,
+    proxy: Option<&ProxyAddr>,
+    mut show: impl FnMut(&str),
+) -> Result<usize, ClientError> {
     let keys = &receipt.mailbox;
     let mut conn = RelayConnection::connect_via(&keys.address.relay, proxy).await?;
     let proof = keys.open_proof(conn.nonce());
@@ -113,11 +121,8 @@ pub async fn check_replies(receipt: &Receipt, proxy: Option<&ProxyAddr>) -> Resu
         }
         Err(e) => return Err(e.into()),
     }
-    let mut replies = Vec::new();
+    let mut shown = 0;
     let mut assembler = Reassembler::default();
-    let mut seen = std::collections::BTreeSet::new();
-    // Without acknowledging, a fetch returns the oldest envelopes again: ask for as
-    // many as the relay will give at once and stop when nothing new comes.
     loop {
         let Response::Envelopes(list) = conn
             .request(&Request::Fetch {
@@ -130,22 +135,30 @@ pub async fn check_replies(receipt: &Receipt, proxy: Option<&ProxyAddr>) -> Resu
                 "the relay answered a fetch with something else".into(),
             ));
         };
-        let fresh: Vec<_> = list.into_iter().filter(|d| seen.insert(d.seq)).collect();
-        if fresh.is_empty() {
-            break;
+        if list.is_empty() {
+            return Ok(shown);
         }
-        for d in fresh {
+        let mut acks = Vec::with_capacity(list.len());
+        for d in list {
+            acks.push(Request::Ack {
+                mailbox: keys.id(),
+                seq: d.seq,
+            });
             let Ok(chunk) = open_envelope(&keys.address.seal, &keys.address.send, &d.envelope) else {
                 continue;
             };
             if let Ok(Some(whole)) = assembler.push(chunk) {
                 if whole.kind == PayloadKind::Reply {
                     if let Ok(text) = open_reply(&receipt.key, &whole.payload) {
-                        replies.push(text);
+                        show(&text);
+                        shown += 1;
                     }
                 }
             }
         }
+        // Shown, so deleted: the next fetch returns what comes after.
+        for r in conn.pipeline(&acks).await? {
+            r?;
+        }
     }
-    Ok(replies)
 }

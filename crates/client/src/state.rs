@@ -117,6 +117,8 @@ pub struct IncomingFile {
     pub received: Vec<u8>,
     /// Parts received.
     pub count: u64,
+    /// When it was offered or its latest part arrived (ms).
+    pub updated_at: u64,
     /// Where it stands.
     pub status: FileStatus,
 }
@@ -134,6 +136,9 @@ pub struct DropBox {
     pub letters: Vec<LetterRecord>,
     /// How many of `letters` `drop read` has shown.
     pub read_upto: usize,
+    /// Digests of the latest sealed letters received, to drop a replayed one
+    /// (bounded, oldest first).
+    pub seen: VecDeque<[u8; 16]>,
 }
 
 /// A letter as its drop box's owner keeps it.
@@ -300,6 +305,8 @@ pub struct DeferredMls {
     pub channel: String,
     /// The MLS message.
     pub payload: Vec<u8>,
+    /// It came in a courier bundle.
+    pub by_courier: bool,
 }
 
 /// A message the user sent that is not yet sealed into the outbox.

@@ -105,6 +105,13 @@ impl Engine {
             self.handle_envelope(&keys, &role, &entry.envelope, Via::Courier).await;
         }
         self.retry_deferred().await;
+        // Counted before lifetimes apply: a message that disappears at once still arrived.
+        for (n, c) in &self.state.channels {
+            let was = before.get(n).copied().unwrap_or(0);
+            if c.messages.len() > was {
+                report.new.push((n.clone(), c.messages.len() - was));
+            }
+        }
         self.apply_lifecycle();
         if !report.again {
             if self.state.imported_bundles.len() >= IMPORTED_BUNDLES {
@@ -113,12 +120,6 @@ impl Engine {
             self.state.imported_bundles.push_back(bundle.id);
         }
         self.save()?;
-        for (n, c) in &self.state.channels {
-            let was = before.get(n).copied().unwrap_or(0);
-            if c.messages.len() > was {
-                report.new.push((n.clone(), c.messages.len() - was));
-            }
-        }
         Ok(report)
     }
 }

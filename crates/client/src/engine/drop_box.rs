@@ -7,7 +7,9 @@ use backchannel_core::drop::{open_letter, seal_reply, DropAddress, DropKeys, DEF
 use backchannel_core::envelope::PayloadKind;
 use backchannel_core::identity::validate_name;
 use backchannel_core::mailbox::MailboxKeys;
+use backchannel_core::relay_address::RelayAddress;
 use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
 
 use super::{hex, now_s, protocol, Engine};
 use crate::state::{DropBox, LetterRecord};
@@ -15,6 +17,16 @@ use crate::ClientError;
 
 /// Longest reply text.
 pub const MAX_REPLY_TEXT: usize = 64 * 1024;
+
+/// Letters remembered per drop box to recognize a replayed one.
+const MAX_SEEN_LETTERS: usize = 4096;
+
+fn letter_digest(sealed: &[u8]) -> [u8; 16] {
+    let full: [u8; 32] = Sha256::digest(sealed).into();
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&full[..16]);
+    d
+}
 
 /// A letter as `drop read` shows it.
 #[derive(Debug, Clone)]
@@ -66,6 +78,7 @@ impl Engine {
                 pow_bits,
                 letters: Vec::new(),
                 read_upto: 0,
+                seen: Default::default(),
             },
         );
         self.save()?;
@@ -86,10 +99,14 @@ impl Engine {
     /// Opens a letter that arrived in a drop box (attacker input: anyone may write).
     pub(super) fn receive_letter(&mut self, name: &str, keys: &MailboxKeys, sealed: &[u8]) {
         let digest = keys.address.send.digest();
+        // Our own relay's addresses: the only place a reply may go.
+        let ours: Vec<RelayAddress> = std::iter::once(self.state.relay.clone())
+            .chain(self.state.relay_alternates.iter().cloned())
+            .collect();
         let Some(d) = self.state.drops.get_mut(name) else {
             return;
         };
-        let letter = match open_letter(&d.keys, &digest, sealed) {
+        let mut letter = match open_letter(&d.keys, &digest, sealed) {
             Ok(l) => l,
             Err(_) => {
                 self.warn(
@@ -99,10 +116,35 @@ impl Engine {
                 return;
             }
         };
-        let mut id = [0u8; 4];
-        OsRng.fill_bytes(&mut id);
+        // The same sealed letter twice is a replay (by the relay, or of a proof of work
+        // the relay no longer remembers): shown once.
+        let seen = letter_digest(sealed);
+        if d.seen.contains(&seen) {
+            return;
+        }
+        if d.seen.len() >= MAX_SEEN_LETTERS {
+            d.seen.pop_front();
+        }
+        d.seen.push_back(seen);
+        let mut refused_reply = false;
+        if let Some(r) = &letter.reply {
+            // A reply goes out from this device: to the drop box's own relay only, never to
+            // a host a stranger names (that would tell it where the owner is).
+            if r.mailbox.relay != d.mailbox.address.relay && !ours.contains(&r.mailbox.relay) {
+                letter.reply = None;
+                refused_reply = true;
+            }
+        }
+        let id = loop {
+            let mut id = [0u8; 4];
+            OsRng.fill_bytes(&mut id);
+            let id = hex(&id);
+            if !d.letters.iter().any(|l| l.id == id) {
+                break id;
+            }
+        };
         d.letters.push(LetterRecord {
-            id: hex(&id),
+            id,
             received_at: now_s(),
             text: letter.text,
             file: letter.file,
@@ -110,6 +152,12 @@ impl Engine {
             reply: letter.reply,
             replies: 0,
         });
+        if refused_reply {
+            self.warn(
+                None,
+                format!("a letter to drop box {name} asks for replies at another relay; it cannot be answered"),
+            );
+        }
     }
 
     /// Letters of a drop box: unread ones, or all. Attached files are written into

@@ -31,6 +31,9 @@ const PARTS_PER_SAVE: usize = 16;
 /// Files one channel may be receiving at once (each holds sealed parts on disk).
 const MAX_INCOMING_PER_CHANNEL: usize = 16;
 
+/// A file with no new part for this long is given up when another needs its place.
+const STALLED_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How long a sender waits for a full mailbox to be drained before it pauses.
 const FULL_MAILBOX_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -325,7 +328,7 @@ impl Engine {
             .iter()
             .filter(|f| f.channel == channel && f.status == FileStatus::Receiving)
             .count();
-        if receiving >= MAX_INCOMING_PER_CHANNEL {
+        if receiving >= MAX_INCOMING_PER_CHANNEL && !self.give_up_stalled(channel) {
             self.warn(
                 Some(channel),
                 format!("refused the file {}: too many files are arriving at once", offer.name),
@@ -349,7 +352,41 @@ impl Engine {
             folder: hex(&folder),
             offer,
             status,
+            updated_at: now_ms(),
         });
+    }
+
+    /// Makes room for another file in `channel` by giving up on the transfer that has
+    /// waited longest for its next part, if that is more than [`STALLED_AFTER`].
+    fn give_up_stalled(&mut self, channel: &str) -> bool {
+        let now = now_ms();
+        let Some(pos) = self
+            .state
+            .incoming_files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.channel == channel && f.status == FileStatus::Receiving)
+            .min_by_key(|(_, f)| f.updated_at)
+            .filter(|(_, f)| now.saturating_sub(f.updated_at) > STALLED_AFTER.as_millis() as u64)
+            .map(|(i, _)| i)
+        else {
+            return false;
+        };
+        let name = self.state.incoming_files[pos].offer.name.clone();
+        self.discard_incoming(pos);
+        self.warn(
+            Some(channel),
+            format!("gave up on {name}: no part of it arrived for a week; ask for it again"),
+        );
+        true
+    }
+
+    /// Marks a received file damaged and deletes its sealed parts.
+    fn discard_incoming(&mut self, pos: usize) {
+        let f = &mut self.state.incoming_files[pos];
+        f.status = FileStatus::Damaged;
+        let folder = f.folder.clone();
+        self.home.remove_sealed(&folder);
     }
 
     /// One part of a file arrives.
@@ -360,7 +397,15 @@ impl Engine {
                 && f.offer.file_id == file_id
                 && f.status == FileStatus::Receiving
         }) else {
-            self.warn(Some(channel), "discarded part of a file that was never offered");
+            // Parts of a file given up (damaged, or refused) keep coming: one word per file.
+            let known = self
+                .state
+                .incoming_files
+                .iter()
+                .any(|f| f.channel == channel && f.from_key == from && f.offer.file_id == file_id);
+            if !known && self.stray_files.insert(file_id) {
+                self.warn(Some(channel), "discarded parts of a file that was never offered");
+            }
             return;
         };
         let f = &self.state.incoming_files[pos];
@@ -375,12 +420,20 @@ impl Engine {
         }
         let folder = f.folder.clone();
         if let Err(e) = self.home.write_sealed(&folder, &index.to_string(), data) {
-            self.warn(Some(channel), format!("could not store part of a file: {e}"));
+            // The part is gone for good (MLS reads each message once): the file cannot
+            // complete, so it is given up now rather than left waiting.
+            let name = f.offer.name.clone();
+            self.discard_incoming(pos);
+            self.warn(
+                Some(channel),
+                format!("could not store part of {name} ({e}); it was discarded, ask for it again"),
+            );
             return;
         }
         let f = &mut self.state.incoming_files[pos];
         f.received[byte] |= bit;
         f.count += 1;
+        f.updated_at = now_ms();
         if f.count == f.offer.parts() {
             let ok = self
                 .file_digest(pos)
@@ -389,9 +442,8 @@ impl Engine {
             if ok {
                 f.status = FileStatus::Complete;
             } else {
-                f.status = FileStatus::Damaged;
-                let (name, folder) = (f.offer.name.clone(), f.folder.clone());
-                self.home.remove_sealed(&folder);
+                let name = f.offer.name.clone();
+                self.discard_incoming(pos);
                 self.warn(
                     Some(channel),
                     format!("{name} arrived damaged (its SHA-256 does not match) and was discarded; ask for it again"),
@@ -477,10 +529,22 @@ impl Engine {
             )));
         }
         std::fs::rename(&tmp, &path).map_err(cannot)?;
-        self.home.remove_sealed(&f.folder);
+        // Recorded before the sealed copy goes: a crash in between leaves parts to
+        // prune, never a file marked complete whose parts are gone.
         self.state.incoming_files[pos].status = FileStatus::Saved(path.display().to_string());
         self.save()?;
+        self.home.remove_sealed(&f.folder);
         Ok(path)
+    }
+
+    /// Message ids of the files of `channel` that arrived completely and are not saved yet.
+    pub fn unsaved_files(&self, channel: &str) -> Vec<String> {
+        self.state
+            .incoming_files
+            .iter()
+            .filter(|f| f.channel == channel && f.status == FileStatus::Complete)
+            .map(|f| f.message_id.clone())
+            .collect()
     }
 
     /// Forgets received files whose message is gone (disappeared, or the channel was
