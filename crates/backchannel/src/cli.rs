@@ -251,7 +251,8 @@ enum DropCommand {
     Create {
         name: String,
         /// Proof of work the relay demands per envelope, in bits (default 20: about a
-        /// second of a sender's CPU per 4 KiB).
+        /// million hashes, a tenth of a second of one CPU core, per 4 KiB; each further
+        /// bit doubles it).
         #[arg(long, value_name = "BITS")]
         pow_bits: Option<u8>,
     },
@@ -267,8 +268,13 @@ enum DropCommand {
         #[arg(long)]
         file: Option<PathBuf>,
     },
-    /// Read the owner's replies to a letter, with the receipt `drop send` printed.
-    Check { receipt: String },
+    /// Read the owner's replies to a letter, with the receipt `drop send` printed. Each
+    /// reply is shown once, then deleted from the relay.
+    Check {
+        /// The receipt; without it, it is read from standard input (so it stays out of
+        /// the shell's history and the process list).
+        receipt: Option<String>,
+    },
     /// Show the letters in one of your drop boxes.
     Read {
         name: String,
@@ -492,16 +498,33 @@ async fn drop_send(
     Ok(())
 }
 
-/// `drop check`: reads the replies to a letter with its receipt.
-async fn drop_check(args: &Args, receipt: &str) -> Result<(), Box<dyn std::error::Error>> {
+/// `drop check`: shows the replies to a letter with its receipt, and deletes them
+/// from the relay.
+async fn drop_check(args: &Args, receipt: Option<&str>) -> Result<(), Box<dyn std::error::Error>> {
+    let text = match receipt {
+        Some(r) => r.to_string(),
+        None => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("receipt (bc-receipt:...):");
+            }
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| ClientError::Usage(format!("cannot read the receipt from standard input: {e}")))?;
+            line
+        }
+    };
     let receipt =
-        backchannel_core::drop::Receipt::from_text(receipt.trim()).map_err(|e| ClientError::Usage(e.to_string()))?;
-    let replies = backchannel_client::letter::check_replies(&receipt, proxy_arg(args)).await?;
-    if replies.is_empty() {
-        eprintln!("no reply yet");
-    }
-    for r in replies {
-        println!("{r}");
+        backchannel_core::drop::Receipt::from_text(text.trim()).map_err(|e| ClientError::Usage(e.to_string()))?;
+    let mut stdout = std::io::stdout();
+    let shown = backchannel_client::letter::check_replies(&receipt, proxy_arg(args), |reply| {
+        // On the screen (or in the pipe) before the relay deletes it.
+        let _ = writeln!(stdout, "{}", escape_controls(reply));
+        let _ = stdout.flush();
+    })
+    .await?;
+    if shown == 0 {
+        eprintln!("no new reply; replies already shown are deleted from the relay");
     }
     Ok(())
 }
@@ -723,7 +746,11 @@ fn print_message(out: &Out, m: &MessageView, json: bool) {
         match &msg.event {
             None => {
                 let mark = if m.verified { "" } else { " (unverified)" };
-                out.line(format!("[{h:02}:{mi:02}:{s:02}] {}{mark}: {}", msg.from, msg.text));
+                out.line(format!(
+                    "[{h:02}:{mi:02}:{s:02}] {}{mark}: {}",
+                    escape_controls(&msg.from),
+                    escape_controls(&msg.text)
+                ));
                 match &m.file {
                     Some(FileView { saved_to: Some(p), .. }) => {
                         out.line(format!("           saved to {p} (SHA-256 checked)"))
@@ -738,10 +765,31 @@ fn print_message(out: &Out, m: &MessageView, json: bool) {
                     _ => {}
                 }
             }
-            Some(kind) if kind == "rejected" => out.line(format!("[{h:02}:{mi:02}:{s:02}] !! {}", msg.text)),
-            Some(_) => out.line(format!("[{h:02}:{mi:02}:{s:02}] * {}", msg.text)),
+            Some(kind) if kind == "rejected" => {
+                out.line(format!("[{h:02}:{mi:02}:{s:02}] !! {}", escape_controls(&msg.text)))
+            }
+            Some(_) => out.line(format!("[{h:02}:{mi:02}:{s:02}] * {}", escape_controls(&msg.text))),
         }
     }
+}
+
+/// Text from the network as it may reach a terminal: control characters (escape
+/// sequences) and invisible formatting characters (bidirectional overrides) are shown
+/// as `\u{..}` escapes, and every line after the first is indented, so that no
+/// message can redraw the screen or pass a line of its own off as another message.
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\n    "),
+            '\t' => out.push(c),
+            c if c.is_control() || backchannel_core::message::is_format_char(c) => {
+                out.push_str(&format!("\\u{{{:04x}}}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 pub(crate) async fn open(args: &Args) -> Result<Engine, ClientError> {
@@ -781,7 +829,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         } => return drop_send(&args, address, text.as_deref(), file.as_deref()).await,
         Command::Drop {
             command: DropCommand::Check { receipt },
-        } => return drop_check(&args, receipt).await,
+        } => return drop_check(&args, receipt.as_deref()).await,
         _ => {}
     }
     // A running daemon for this home does the work on its connections.
@@ -962,12 +1010,33 @@ pub(crate) async fn run_engine(
             if let Err(e) = engine.refresh().await {
                 out.eline(format!("warning: could not sync ({e}); showing what is stored"));
             }
-            for mut m in engine.read(channel, *all)? {
-                if m.file.as_ref().is_some_and(|f| f.status == "complete") {
-                    engine.save_received_file(channel, &m.message.id, &cwd.join(save_to))?;
-                    m.file = engine.file_view(channel, &m.message.id);
+            // Every file that has arrived completely is saved, also one whose message
+            // was shown by an earlier `read` while its parts were still arriving.
+            let dir = cwd.join(save_to);
+            let mut saved = Vec::new();
+            for id in engine.unsaved_files(channel) {
+                match engine.save_received_file(channel, &id, &dir) {
+                    Ok(_) => saved.push(id),
+                    Err(e) => out.eline(format!("warning: {e}")),
                 }
-                print_message(out, &m, *json);
+            }
+            let shown = engine.read(channel, *all)?;
+            for m in &shown {
+                print_message(out, m, *json);
+            }
+            for id in saved.iter().filter(|id| !shown.iter().any(|m| &&m.message.id == id)) {
+                let Some(f) = engine.file_view(channel, id) else {
+                    continue;
+                };
+                let path = f.saved_to.clone().unwrap_or_default();
+                if *json {
+                    out.line(serde_json::json!({
+                        "event": "file_saved", "id": id, "channel": channel,
+                        "file": {"name": f.name, "size": f.size, "sha256": f.sha256, "saved_to": path},
+                    }));
+                } else {
+                    out.line(format!("saved {} to {path} (SHA-256 checked)", f.name));
+                }
             }
         }
         Command::Watch { channel, json } => loop {
@@ -986,8 +1055,15 @@ pub(crate) async fn run_engine(
                             "disappear_after_s": c.disappear_after, "expires_at": c.expires_at})
                     ));
                 } else {
+                    let mut lifetime = String::new();
+                    if c.disappear_after > 0 {
+                        lifetime.push_str(&format!("\tmessages disappear after {}s", c.disappear_after));
+                    }
+                    if c.expires_at > 0 {
+                        lifetime.push_str(&format!("\tcloses at {} (Unix time)", c.expires_at));
+                    }
                     out.line(format!(
-                        "{}\t{}\t{} members\t{} unread",
+                        "{}\t{}\t{} members\t{} unread{lifetime}",
                         c.name,
                         c.status.word(),
                         c.members,
@@ -1047,7 +1123,8 @@ pub(crate) async fn run_engine(
             let path = cwd.join(to);
             write_new_file(&path, &bundle)?;
             out.line(format!(
-                "wrote {}: {n} envelope(s) for the other members of {channel}, {} bytes;                  they stay queued for the relay too, and each member sees each message once",
+                "wrote {}: {n} envelope(s) for the other members of {channel}, {} bytes; \
+                 they stay queued for the relay too, and each member sees each message once",
                 path.display(),
                 bundle.len()
             ));
@@ -1104,7 +1181,12 @@ pub(crate) async fn run_engine(
                     }));
                 } else {
                     let reply = if l.can_reply { "" } else { " (no reply possible)" };
-                    out.line(format!("[{}] letter {}{reply}: {}", l.received_at, l.id, l.text));
+                    out.line(format!(
+                        "[{}] letter {}{reply}: {}",
+                        l.received_at,
+                        l.id,
+                        escape_controls(&l.text)
+                    ));
                     if let Some(f) = &l.file {
                         out.line(format!("  attached file saved as {f}"));
                     }
@@ -1114,7 +1196,10 @@ pub(crate) async fn run_engine(
         Command::Drop {
             command: DropCommand::Reply { name, id, text },
         } => {
-            engine.refresh().await?;
+            // Offline, the reply is queued like any message (drop_reply says so).
+            if let Err(e) = engine.refresh().await {
+                out.eline(format!("warning: could not sync ({e})"));
+            }
             engine.drop_reply(name, id, text).await?;
             out.line("reply sent; its source reads it with its receipt");
         }
@@ -1314,4 +1399,23 @@ async fn run_relay(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     relay.serve(listener, shutdown).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_controls;
+
+    #[test]
+    fn text_from_the_network_cannot_drive_the_terminal() {
+        // An escape sequence that would clear the screen, a right-to-left override,
+        // and a line break that would pass off a line as another message.
+        let hostile = "ok\u{1b}[2J\u{202e}gnp.exe\n[09:00:00] bob: planted";
+        let shown = escape_controls(hostile);
+        assert_eq!(shown, "ok\\u{001b}[2J\\u{202e}gnp.exe\n    [09:00:00] bob: planted");
+        assert!(!shown.chars().any(|c| c.is_control() && c != '\n'));
+        assert_eq!(
+            escape_controls("plain text, ünïcode, \tand a tab"),
+            "plain text, ünïcode, \tand a tab"
+        );
+    }
 }

@@ -102,3 +102,45 @@ fn a_bundle_carried_while_the_relay_is_down_shows_each_message_once_however_it_a
     ]);
     assert!(e.contains("nothing is waiting"), "{e}");
 }
+
+#[test]
+fn messages_carried_ahead_of_older_ones_still_at_the_relay_are_all_read() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("relay");
+    let mut relay = RelayProc::start(&data, &[]);
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "harbour");
+    // Bob falls behind: more of alice's messages wait for him at the relay than
+    // openmls reads out of order by default (5).
+    let early: Vec<String> = (0..12).map(|i| format!("over the wire {i}")).collect();
+    for text in &early {
+        alice.ok(&["send", "harbour", text]);
+    }
+    relay.kill9();
+    let e = alice.fails(&["send", "harbour", "carried by hand"]);
+    assert!(e.contains("queued"), "{e}");
+    let bundle = root.path().join("harbour.bundle");
+    alice.ok(&["courier", "export", "harbour", "--to", bundle.to_str().unwrap()]);
+
+    // The courier arrives first: bob reads the newest message before the older ones.
+    let out = bob.ok(&["courier", "import", bundle.to_str().unwrap()]);
+    assert!(out.contains("1 new in harbour"), "{out}");
+
+    // The relay is back: the older messages are read too, none twice, none lost.
+    let _relay = RelayProc::start_on(&data, &format!("127.0.0.1:{}", relay.port), &[]);
+    alice.ok(&["sync"]);
+    let synced = bob.run(&["sync"]);
+    assert!(synced.ok, "{}", synced.stderr);
+    assert!(!synced.stderr.contains("discarded"), "{}", synced.stderr);
+    let mut texts: Vec<String> = bob
+        .messages("harbour")
+        .into_iter()
+        .filter(|m| m.get("event").is_none())
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect();
+    texts.sort();
+    let mut expected = early.clone();
+    expected.push("carried by hand".into());
+    expected.sort();
+    assert_eq!(texts, expected);
+}

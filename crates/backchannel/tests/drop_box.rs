@@ -65,11 +65,34 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
     assert_eq!(letters[1]["text"], "a second, shorter note");
     assert!(owner.ok(&["drop", "read", "tips"]).trim().is_empty(), "read twice");
 
-    // The owner answers; only the receipt's holder reads the answer.
+    // The owner answers; only the receipt's holder reads the answer, once: the relay
+    // deletes what was shown.
     let id = first["id"].as_str().unwrap();
     owner.ok(&["drop", "reply", "tips", id, "received; do not come to the office"]);
     let replies = source.ok(&["drop", "check", &receipt]);
     assert_eq!(replies.trim(), "received; do not come to the office");
+    let again = source.run(&["drop", "check", &receipt]);
+    assert!(again.ok, "{}", again.stderr);
+    assert_eq!(again.stdout.trim(), "");
+    assert!(again.stderr.contains("no new reply"), "{}", again.stderr);
+    // More replies than one fetch returns (15), one of them trying to drive the
+    // terminal; the receipt comes on standard input, out of the process list.
+    for i in 0..20 {
+        owner.ok(&["drop", "reply", "tips", id, &format!("reply {i}")]);
+    }
+    owner.ok(&["drop", "reply", "tips", id, "line\x1b[2J\nforged"]);
+    owner.ok(&["drop", "reply", "tips", id, "tail\u{202e}txt.exe"]);
+    let r = source.run_with_input(&["drop", "check"], &format!("{receipt}\n"));
+    assert!(r.ok, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    let expected: Vec<String> = (0..20).map(|i| format!("reply {i}")).collect();
+    assert_eq!(lines[..20], expected[..], "{}", r.stdout);
+    assert_eq!(
+        lines[20..],
+        ["line\\u{001b}[2J", "    forged", "tail\\u{202e}txt.exe"],
+        "{}",
+        r.stdout
+    );
     let e = owner.fails(&["drop", "reply", "tips", "deadbeef", "to nobody"]);
     assert!(e.contains("no letter"), "{e}");
 

@@ -104,6 +104,12 @@ fn a_100_mib_file_is_sent_interrupted_resumed_and_arrives_intact() {
     assert_eq!(parts, 1600);
     let got = offer["file"]["parts_received"].as_u64().unwrap();
     assert!(got > 0 && got < parts, "{got} of {parts} parts before the resume");
+    // `read` shows the offer (read now: the next plain `read` will not show it again)
+    // while parts are missing, and saves nothing.
+    let downloads = root.path().join("downloads");
+    let early = bob.ok(&["read", "archive", "--all", "--save-to", downloads.to_str().unwrap()]);
+    assert!(early.contains("arriving:"), "{early}");
+    assert!(!downloads.exists());
 
     // The same command resumes where it stopped.
     let r = alice.run(&["send", "archive", "--file", path.to_str().unwrap()]);
@@ -115,9 +121,15 @@ fn a_100_mib_file_is_sent_interrupted_resumed_and_arrives_intact() {
         r.stderr
     );
 
-    // Bob receives the rest; `read` saves the file, checked against the sender's hash.
+    // Bob receives the rest; the next plain `read` saves the file, checked against the
+    // sender's hash, and says where, though its message was shown before.
     bob.ok(&["sync"]);
-    let downloads = root.path().join("downloads");
+    let later = bob.ok(&["read", "archive", "--save-to", downloads.to_str().unwrap()]);
+    let expected = downloads.join("ledger.bin");
+    assert!(
+        later.contains(&format!("saved ledger.bin to {} (SHA-256 checked)", expected.display())),
+        "{later}"
+    );
     let out = bob.ok(&[
         "read",
         "archive",
@@ -136,7 +148,7 @@ fn a_100_mib_file_is_sent_interrupted_resumed_and_arrives_intact() {
     assert_eq!(f["status"], "saved", "{f}");
     assert_eq!(f["sha256"], hex(&digest));
     let saved = std::path::PathBuf::from(f["saved_to"].as_str().unwrap());
-    assert_eq!(saved, downloads.join("ledger.bin"));
+    assert_eq!(saved, expected);
     assert_eq!(std::fs::metadata(&saved).unwrap().len(), len as u64);
     assert_eq!(sha256_of(&saved), digest);
     // The sealed parts are gone from bob's home once the file is saved.
