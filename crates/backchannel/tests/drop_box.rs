@@ -48,6 +48,15 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
         "a reply before any was sent"
     );
 
+    // The owner's client keeps the attachment sealed beside the vault until it is saved.
+    owner.ok(&["sync"]);
+    let sealed = files(&owner.home.join("files"));
+    assert_eq!(sealed.len(), 1, "{sealed:?}");
+    assert!(!contains(
+        &std::fs::read(&sealed[0]).unwrap(),
+        b"page one of the ledger"
+    ));
+
     // The owner reads both; the file is saved where it says.
     let save_to = root.path().join("inbox");
     let read = owner.ok(&["drop", "read", "tips", "--json", "--save-to", save_to.to_str().unwrap()]);
@@ -62,6 +71,7 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
     let saved = first["file"].as_str().unwrap();
     assert!(saved.starts_with(save_to.to_str().unwrap()), "{saved}");
     assert_eq!(std::fs::read(saved).unwrap(), std::fs::read(&attachment).unwrap());
+    assert!(files(&owner.home.join("files")).is_empty());
     assert_eq!(letters[1]["text"], "a second, shorter note");
     assert!(owner.ok(&["drop", "read", "tips"]).trim().is_empty(), "read twice");
 

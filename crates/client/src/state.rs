@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 
-use backchannel_core::drop::{DropKeys, LetterFile, ReplyTo};
+use backchannel_core::drop::{DropKeys, ReplyTo};
 use backchannel_core::envelope::Reassembler;
 use backchannel_core::mailbox::{MailboxAddress, MailboxKeys};
 use backchannel_core::message::FileOffer;
@@ -141,6 +141,15 @@ pub struct DropBox {
     pub seen: VecDeque<[u8; 16]>,
 }
 
+/// A file attached to a letter, waiting to be saved.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct LetterAttachment {
+    /// The name the source gave it (checked: see `valid_file_name`).
+    pub name: String,
+    /// Folder of its sealed contents under the home's `files/` (random, names nothing).
+    pub folder: String,
+}
+
 /// A letter as its drop box's owner keeps it.
 #[derive(Serialize, Deserialize, Clone)]
 pub struct LetterRecord {
@@ -150,8 +159,9 @@ pub struct LetterRecord {
     pub received_at: u64,
     /// What the source wrote.
     pub text: String,
-    /// An attached file, until `drop read` saves it.
-    pub file: Option<LetterFile>,
+    /// An attached file, sealed under the home's `files/` until `drop read` saves it
+    /// (never inside the vault, which is rewritten at every save).
+    pub file: Option<LetterAttachment>,
     /// Where `drop read` saved the attached file.
     pub saved_file: Option<String>,
     /// How to answer, if the source asked for answers.

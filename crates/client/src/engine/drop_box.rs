@@ -12,7 +12,7 @@ use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
 use super::{hex, now_s, protocol, Engine};
-use crate::state::{DropBox, LetterRecord};
+use crate::state::{DropBox, LetterAttachment, LetterRecord};
 use crate::ClientError;
 
 /// Longest reply text.
@@ -135,6 +135,25 @@ impl Engine {
                 refused_reply = true;
             }
         }
+        let mut file = None;
+        if let Some(f) = letter.file {
+            let mut folder = [0u8; 16];
+            OsRng.fill_bytes(&mut folder);
+            let folder = hex(&folder);
+            match self.home.write_sealed(&folder, "0", &f.data) {
+                Ok(()) => file = Some(LetterAttachment { name: f.name, folder }),
+                Err(e) => {
+                    self.home.remove_sealed(&folder);
+                    self.warn(
+                        None,
+                        format!("could not store the file attached to a letter to drop box {name}: {e}"),
+                    );
+                }
+            }
+        }
+        let Some(d) = self.state.drops.get_mut(name) else {
+            return;
+        };
         let id = loop {
             let mut id = [0u8; 4];
             OsRng.fill_bytes(&mut id);
@@ -147,7 +166,7 @@ impl Engine {
             id,
             received_at: now_s(),
             text: letter.text,
-            file: letter.file,
+            file,
             saved_file: None,
             reply: letter.reply,
             replies: 0,
@@ -167,14 +186,16 @@ impl Engine {
         let start = if all { 0 } else { d.read_upto.min(d.letters.len()) };
         let count = d.letters.len();
         let mut out = Vec::new();
+        let mut saved_folders = Vec::new();
         for i in start..count {
-            let saved = match self.state.drops.get(name).and_then(|d| d.letters[i].file.as_ref()) {
-                Some(f) => Some(save_file(
-                    save_to,
-                    &self.state.drops[name].letters[i].id,
-                    &f.name,
-                    &f.data,
-                )?),
+            let attachment = self.state.drops.get(name).and_then(|d| d.letters[i].file.clone());
+            let saved = match attachment {
+                Some(f) => {
+                    let data = self.home.read_sealed(&f.folder, "0")?;
+                    let path = save_file(save_to, &self.state.drops[name].letters[i].id, &f.name, &data)?;
+                    saved_folders.push(f.folder);
+                    Some(path)
+                }
                 None => None,
             };
             let Some(d) = self.state.drops.get_mut(name) else {
@@ -195,10 +216,14 @@ impl Engine {
             });
         }
         if let Some(d) = self.state.drops.get_mut(name) {
-            if d.read_upto != count || out.iter().any(|l| l.file.is_some()) {
+            if d.read_upto != count || !saved_folders.is_empty() {
                 d.read_upto = count;
                 self.save()?;
             }
+        }
+        // Only once the vault no longer points at them.
+        for folder in saved_folders {
+            self.home.remove_sealed(&folder);
         }
         Ok(out)
     }

@@ -25,7 +25,8 @@ use crate::ClientError;
 /// reassembled and saved without strain.
 pub const PART_SIZE: u32 = 64 * 1024;
 
-/// Parts encrypted between two saves (and two flushes): 1 MiB, a resume redoes at most that.
+/// Parts encrypted between two saves (and two flushes) for one recipient: 1 MiB, a
+/// resume redoes at most that. Divided by the number of recipients.
 const PARTS_PER_SAVE: usize = 16;
 
 /// Files one channel may be receiving at once (each holds sealed parts on disk).
@@ -247,7 +248,11 @@ impl Engine {
             if let Body::Part { data, .. } = msg.body {
                 buf = data;
             }
-            for to in self.others(&group) {
+            let recipients = self.others(&group);
+            // The outbox is saved with the vault: with more recipients, fewer parts per save
+            // keep what one save writes near 1 MiB.
+            let per_save = (PARTS_PER_SAVE / recipients.len().max(1)).max(1);
+            for to in recipients {
                 self.enqueue(&to, PayloadKind::Mls, &ct)?;
             }
             let me = self.identity.public_key();
@@ -281,7 +286,7 @@ impl Engine {
             let next = if job.offered { job.next_part + 1 } else { 0 };
             unsaved += 1;
             // The offer goes alone: parts pipelined with it could reach the relay first.
-            if !job.offered || unsaved >= PARTS_PER_SAVE || next >= parts {
+            if !job.offered || unsaved >= per_save || next >= parts {
                 self.save()?;
                 self.flush_file_parts(next, total, progress).await?;
                 unsaved = 0;
