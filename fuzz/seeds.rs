@@ -391,6 +391,12 @@ fn mls(out: &mut Out) -> (Member, Vec<u8>, Vec<u8>) {
         expires_at: 0,
     };
     out.seed("message", "channel-info", &info.to_bytes());
+    let timed = ChannelInfo {
+        disappear_after: 3_600,
+        expires_at: 1_700_086_400,
+        ..info.clone()
+    };
+    out.seed("message", "channel-info-v2", &timed.to_bytes());
     let mut a = Channel::create(&alice.provider, &alice.id, &info, &alice.mailbox.address, suite).unwrap();
     let kp_bob = key_package(&bob.provider, &bob.id, &bob.mailbox.address, suite).unwrap();
     let c = a
