@@ -891,6 +891,20 @@ pub(crate) mod tests {
             }
         }
 
+        /// A member who has just created the channel "room".
+        fn founder(name: &str, suite: Suite) -> Member {
+            let mut m = member(name);
+            let info = ChannelInfo {
+                name: "room".into(),
+                sequencer: mailbox(),
+                created_at: 1,
+                disappear_after: 0,
+                expires_at: 0,
+            };
+            m.channel = Some(Channel::create(&m.provider, &m.id, &info, &mailbox(), suite).unwrap());
+            m
+        }
+
         impl Member {
             fn ch(&mut self) -> &mut Channel {
                 self.channel.as_mut().unwrap()
@@ -972,15 +986,7 @@ pub(crate) mod tests {
         #[test]
         fn every_operation_survives_a_restart() {
             for suite in [Suite::PostQuantum, Suite::Classical] {
-                let mut alice = member("alice");
-                let info = ChannelInfo {
-                    name: "room".into(),
-                    sequencer: mailbox(),
-                    created_at: 1,
-                    disappear_after: 0,
-                    expires_at: 0,
-                };
-                alice.channel = Some(Channel::create(&alice.provider, &alice.id, &info, &mailbox(), suite).unwrap());
+                let mut alice = founder("alice", suite);
                 let (mut bob, mut carol) = (member("bob"), member("carol"));
                 admit(&mut alice, &mut bob, &mut [], suite);
                 reload_all(&mut [&mut alice, &mut bob]);
@@ -1065,15 +1071,7 @@ pub(crate) mod tests {
         fn messages_read_far_out_of_order() {
             use crate::channel::{MAX_FORWARD_DISTANCE, OUT_OF_ORDER_TOLERANCE};
             let suite = Suite::Classical;
-            let mut alice = member("alice");
-            let info = ChannelInfo {
-                name: "room".into(),
-                sequencer: mailbox(),
-                created_at: 1,
-                disappear_after: 0,
-                expires_at: 0,
-            };
-            alice.channel = Some(Channel::create(&alice.provider, &alice.id, &info, &mailbox(), suite).unwrap());
+            let mut alice = founder("alice", suite);
             let mut bob = member("bob");
             admit(&mut alice, &mut bob, &mut [], suite);
             // More than openmls' defaults allow (5 behind, 1,000 ahead).
@@ -1128,16 +1126,7 @@ pub(crate) mod tests {
 
         #[test]
         fn damaged_values_are_errors() {
-            let mut alice = member("alice");
-            let info = ChannelInfo {
-                name: "room".into(),
-                sequencer: mailbox(),
-                created_at: 1,
-                disappear_after: 0,
-                expires_at: 0,
-            };
-            alice.channel =
-                Some(Channel::create(&alice.provider, &alice.id, &info, &mailbox(), Suite::PostQuantum).unwrap());
+            let mut alice = founder("alice", Suite::PostQuantum);
             let gid = alice.ch().group_id();
             for kind in [Kind::Tree, Kind::MessageSecrets, Kind::GroupState, Kind::JoinConfig] {
                 let mut snapshot = alice.provider.snapshot();
