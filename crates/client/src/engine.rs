@@ -36,7 +36,7 @@ mod drop_box;
 mod files;
 
 pub use courier::ImportReport;
-pub use drop_box::LetterView;
+pub use drop_box::{LetterView, MAX_REPLY_TEXT};
 pub use files::{FileProgress, FileView};
 
 /// How many times a commit that lost its epoch is retried.
@@ -894,7 +894,9 @@ impl Engine {
         };
         let received = match group.process(&self.provider, payload) {
             Ok(r) => r,
-            Err(Rejection::FutureEpoch(_)) => return Err(Rejected::Later),
+            // A message from a later epoch, or carried ahead of its sender's earlier ones
+            // (a courier): kept until what it follows has been read.
+            Err(Rejection::FutureEpoch(_) | Rejection::TooFarAhead) => return Err(Rejected::Later),
             Err(rej) => return Err(Rejected::Now(format!("discarded a message: {rej}"))),
         };
         match received {

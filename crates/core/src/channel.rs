@@ -42,11 +42,12 @@ pub const MAX_PAST_EPOCHS: usize = 4;
 /// has not fetched: those must stay readable when they come.
 pub const OUT_OF_ORDER_TOLERANCE: u32 = 4096;
 
-/// How far ahead of the last message read from a member the next may be (in
-/// that member's messages of one epoch). A courier may carry the last part of
-/// a file whose earlier parts are still at the relay, so this is more than
-/// [`MAX_PARTS`](crate::message::MAX_PARTS).
-pub const MAX_FORWARD_DISTANCE: u32 = 1 << 17;
+/// How far ahead of the last message read from a member the next may be (in that
+/// member's messages of one epoch). No more than [`OUT_OF_ORDER_TOLERANCE`]: a jump
+/// further would push out the keys of messages skipped over, and they could never be
+/// read. A message further ahead is [`Rejection::TooFarAhead`], for the caller to keep
+/// until the ones before it have come.
+pub const MAX_FORWARD_DISTANCE: u32 = OUT_OF_ORDER_TOLERANCE;
 
 fn sender_ratchet() -> SenderRatchetConfiguration {
     SenderRatchetConfiguration::new(OUT_OF_ORDER_TOLERANCE, MAX_FORWARD_DISTANCE)
@@ -390,6 +391,10 @@ pub enum Rejection {
     /// a commit it depends on has not been processed yet.
     #[error("a message depends on a change to the channel that has not arrived")]
     FutureEpoch(u64),
+    /// The message is more than [`MAX_FORWARD_DISTANCE`] of its sender's messages ahead
+    /// of the last one read: those in between have not arrived yet.
+    #[error("a message came too far ahead of its sender's earlier ones")]
+    TooFarAhead,
 }
 
 /// A message accepted by the channel.
@@ -658,10 +663,15 @@ impl Channel {
         if epoch > self.epoch() {
             return Err(Rejection::FutureEpoch(epoch));
         }
-        let processed = self
-            .group
-            .process_message(provider, proto)
-            .map_err(|_| Rejection::Unverified)?;
+        let processed = self.group.process_message(provider, proto).map_err(|e| {
+            use openmls::framing::errors::{MessageDecryptionError, SecretTreeError};
+            match e {
+                ProcessMessageError::ValidationError(ValidationError::UnableToDecrypt(
+                    MessageDecryptionError::SecretTreeError(SecretTreeError::TooDistantInTheFuture),
+                )) => Rejection::TooFarAhead,
+                _ => Rejection::Unverified,
+            }
+        })?;
         let sender_leaf = match processed.sender() {
             Sender::Member(i) => Some(*i),
             _ => None,

@@ -862,7 +862,7 @@ pub(crate) mod tests {
 
         use super::*;
         use crate::channel::{
-            key_package, validate_key_package, Channel, ChannelInfo, MemberInfo, Provider, Received, Suite,
+            key_package, validate_key_package, Channel, ChannelInfo, MemberInfo, Provider, Received, Rejection, Suite,
         };
         use crate::identity::Identity;
         use crate::mailbox::{MailboxAddress, MailboxKeys};
@@ -1076,7 +1076,7 @@ pub(crate) mod tests {
             admit(&mut alice, &mut bob, &mut [], suite);
             // More than openmls' defaults allow (5 behind, 1,000 ahead).
             let count = 1_200;
-            assert!(count < OUT_OF_ORDER_TOLERANCE as usize && count < MAX_FORWARD_DISTANCE as usize);
+            assert!(count <= OUT_OF_ORDER_TOLERANCE as usize && count <= MAX_FORWARD_DISTANCE as usize);
             for (from, to) in [(0, 1), (1, 0)] {
                 let mut pair = [&mut alice, &mut bob];
                 let sent: Vec<Vec<u8>> = (0..count).map(|i| pair[from].say(&format!("m{i}"))).collect();
@@ -1090,6 +1090,20 @@ pub(crate) mod tests {
                 let p = &pair[to].provider;
                 assert!(pair[to].channel.as_mut().unwrap().process(p, &earlier[0]).is_err());
             }
+
+            // Further ahead than that is refused as "too far ahead", not as forged, and
+            // reads once the messages before it have been read.
+            let sent: Vec<Vec<u8>> = (0..=MAX_FORWARD_DISTANCE + 1)
+                .map(|i| alice.say(&format!("n{i}")))
+                .collect();
+            let (last, earlier) = sent.split_last().unwrap();
+            let p = &bob.provider;
+            let r = bob.channel.as_mut().unwrap().process(p, last);
+            assert!(matches!(r, Err(Rejection::TooFarAhead)), "{r:?}");
+            for bytes in earlier {
+                bob.hear(bytes);
+            }
+            assert_eq!(bob.hear(last).1, format!("n{}", MAX_FORWARD_DISTANCE + 1).into_bytes());
         }
 
         /// What the client's operations never write (update proposals'
