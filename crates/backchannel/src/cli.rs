@@ -519,8 +519,8 @@ async fn drop_check(args: &Args, receipt: Option<&str>) -> Result<(), Box<dyn st
     let mut stdout = std::io::stdout();
     let shown = backchannel_client::letter::check_replies(&receipt, proxy_arg(args), |reply| {
         // On the screen (or in the pipe) before the relay deletes it.
-        let _ = writeln!(stdout, "{}", escape_controls(reply));
-        let _ = stdout.flush();
+        writeln!(stdout, "{}", escape_controls(reply))?;
+        stdout.flush()
     })
     .await?;
     if shown == 0 {
@@ -702,9 +702,11 @@ impl Out {
 
 pub(crate) fn print_warnings(out: &Out, warnings: &[Warning]) {
     for w in warnings {
+        // Warnings name members and channels, names that come from the network.
+        let text = escape_controls(&w.text);
         match &w.channel {
-            Some(c) => out.eline(format!("warning: [{c}] {}", w.text)),
-            None => out.eline(format!("warning: {}", w.text)),
+            Some(c) => out.eline(format!("warning: [{}] {text}", escape_controls(c))),
+            None => out.eline(format!("warning: {text}")),
         }
     }
 }
@@ -1064,7 +1066,7 @@ pub(crate) async fn run_engine(
                     }
                     out.line(format!(
                         "{}\t{}\t{} members\t{} unread{lifetime}",
-                        c.name,
+                        escape_controls(&c.name),
                         c.status.word(),
                         c.members,
                         c.unread
@@ -1083,7 +1085,7 @@ pub(crate) async fn run_engine(
                 } else {
                     let you = if m.you { " (you)" } else { "" };
                     let v = if m.verified { "verified" } else { "unverified" };
-                    out.line(format!("{}{you}\t{}\t{v}", m.name, m.fingerprint));
+                    out.line(format!("{}{you}\t{}\t{v}", escape_controls(&m.name), m.fingerprint));
                 }
             }
         }

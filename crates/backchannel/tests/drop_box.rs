@@ -182,3 +182,51 @@ fn a_drop_box_refuses_envelopes_without_their_proof_of_work() {
     let e = source.fails(&["drop", "send", "bc-invite:abc", "hello"]);
     assert!(e.contains("bc-drop:"), "{e}");
 }
+
+#[test]
+fn a_reply_whose_envelopes_have_not_all_arrived_stays_at_the_relay_until_they_have() {
+    use backchannel_core::drop::{seal_reply, Receipt};
+    use backchannel_core::envelope::{seal_payload, PayloadKind};
+    use rand_core::OsRng;
+
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [owner] = people(root.path(), &relay, ["desk"]);
+    let address = owner.ok(&["drop", "create", "tips", "--pow-bits", "8"]);
+    let source = Client::new(root.path(), "source");
+    let receipt = source.ok(&["drop", "send", address.trim(), "are you there?"]);
+    let parsed = Receipt::from_text(receipt.trim()).unwrap();
+
+    // The longest reply the owner can send, delivered but for its last envelope (as
+    // when the owner's connection drops in the middle).
+    let text = "y".repeat(backchannel_client::engine::MAX_REPLY_TEXT);
+    let sealed = seal_reply(&parsed.key, &text, &mut OsRng);
+    let to = &parsed.mailbox.address;
+    let envelopes = seal_payload(&to.seal, &to.send, PayloadKind::Reply, &sealed, &mut OsRng).unwrap();
+    assert!(envelopes.len() > 2);
+    let (last, first) = envelopes.split_last().unwrap();
+    let deliver = |envs: &[backchannel_core::envelope::Envelope]| {
+        rt().block_on(async {
+            let mut c = RelayConnection::connect(&to.relay).await.unwrap();
+            for e in envs {
+                c.request(&Request::Send {
+                    send: to.send.0,
+                    envelope: e.clone(),
+                    pow: 0,
+                })
+                .await
+                .unwrap();
+            }
+        })
+    };
+    deliver(first);
+    let r = source.run(&["drop", "check", receipt.trim()]);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.stdout, "", "a partial reply was shown");
+    // Nothing of it was deleted: once the rest arrives, the whole reply is there.
+    deliver(std::slice::from_ref(last));
+    let r = source.run(&["drop", "check", receipt.trim()]);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), text);
+    assert_eq!(source.ok(&["drop", "check", receipt.trim()]), "");
+}

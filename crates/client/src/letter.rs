@@ -7,6 +7,7 @@ use backchannel_core::frame::{ErrorCode, Request, Response, MAX_FETCH};
 use backchannel_core::mailbox::MailboxKeys;
 use backchannel_core::pow;
 use rand_core::OsRng;
+use std::collections::HashMap;
 
 use crate::connection::RelayConnection;
 use crate::socks::ProxyAddr;
@@ -96,11 +97,17 @@ pub async fn send_letter(
 /// Reads the owner's replies waiting for a receipt, in the order they came. Each is
 /// handed to `show` and then deleted from the relay (a source keeps no state, so a
 /// reply is shown once); `show` must put it where the source will see it before it
-/// returns. Returns how many were shown.
+/// returns, and an error from it stops the check with that reply and every later one
+/// still at the relay. Returns how many were shown.
+///
+/// Only envelopes of replies shown (and envelopes that do not open) are deleted: a reply
+/// whose envelopes have not all arrived stays whole at the relay for the next check. A
+/// reply fits in one fetch ([`MAX_REPLY_TEXT`](crate::engine::MAX_REPLY_TEXT)), so such
+/// leftovers never keep later replies out of reach.
 pub async fn check_replies(
     receipt: &Receipt,
     proxy: Option<&ProxyAddr>,
-    mut show: impl FnMut(&str),
+    mut show: impl FnMut(&str) -> std::io::Result<()>,
 ) -> Result<usize, ClientError> {
     let keys = &receipt.mailbox;
     let mut conn = RelayConnection::connect_via(&keys.address.relay, proxy).await?;
@@ -122,7 +129,6 @@ pub async fn check_replies(
         Err(e) => return Err(e.into()),
     }
     let mut shown = 0;
-    let mut assembler = Reassembler::default();
     loop {
         let Response::Envelopes(list) = conn
             .request(&Request::Fetch {
@@ -135,30 +141,58 @@ pub async fn check_replies(
                 "the relay answered a fetch with something else".into(),
             ));
         };
-        if list.is_empty() {
-            return Ok(shown);
-        }
-        let mut acks = Vec::with_capacity(list.len());
+        // Each fetch starts again from the oldest envelope not deleted, so each batch is
+        // assembled on its own.
+        let mut assembler = Reassembler::default();
+        let mut pieces: HashMap<[u8; 16], Vec<u64>> = HashMap::new();
+        let mut done = Vec::new();
         for d in list {
-            acks.push(Request::Ack {
-                mailbox: keys.id(),
-                seq: d.seq,
-            });
             let Ok(chunk) = open_envelope(&keys.address.seal, &keys.address.send, &d.envelope) else {
+                done.push(d.seq);
                 continue;
             };
-            if let Ok(Some(whole)) = assembler.push(chunk) {
-                if whole.kind == PayloadKind::Reply {
-                    if let Ok(text) = open_reply(&receipt.key, &whole.payload) {
-                        show(&text);
-                        shown += 1;
+            let id = chunk.message_id;
+            pieces.entry(id).or_default().push(d.seq);
+            let whole = match assembler.push(chunk) {
+                Ok(Some(whole)) => whole,
+                Ok(None) => continue,
+                // Inconsistent chunks: nothing to show, nothing to keep.
+                Err(_) => {
+                    done.extend(pieces.remove(&id).unwrap_or_default());
+                    continue;
+                }
+            };
+            if whole.kind == PayloadKind::Reply {
+                if let Ok(text) = open_reply(&receipt.key, &whole.payload) {
+                    if let Err(e) = show(&text) {
+                        acknowledge(&mut conn, keys, &done).await?;
+                        return Err(ClientError::Usage(format!(
+                            "could not write a reply out ({e}); it stays at the relay for the next check"
+                        )));
                     }
+                    shown += 1;
                 }
             }
+            done.extend(pieces.remove(&id).unwrap_or_default());
         }
-        // Shown, so deleted: the next fetch returns what comes after.
-        for r in conn.pipeline(&acks).await? {
-            r?;
+        if done.is_empty() {
+            return Ok(shown);
         }
+        acknowledge(&mut conn, keys, &done).await?;
     }
+}
+
+/// Deletes envelopes of an opened mailbox at the relay.
+async fn acknowledge(conn: &mut RelayConnection, keys: &MailboxKeys, seqs: &[u64]) -> Result<(), ClientError> {
+    let acks: Vec<Request> = seqs
+        .iter()
+        .map(|&seq| Request::Ack {
+            mailbox: keys.id(),
+            seq,
+        })
+        .collect();
+    for r in conn.pipeline(&acks).await? {
+        r?;
+    }
+    Ok(())
 }

@@ -15,8 +15,9 @@ use super::{hex, now_s, protocol, Engine};
 use crate::state::{DropBox, LetterAttachment, LetterRecord};
 use crate::ClientError;
 
-/// Longest reply text.
-pub const MAX_REPLY_TEXT: usize = 64 * 1024;
+/// Longest reply text: a sealed reply fits in the envelopes of one fetch, so a source
+/// that deletes only whole replies always gets past one (`letter::check_replies`).
+pub const MAX_REPLY_TEXT: usize = 48 * 1024;
 
 /// Letters remembered per drop box to recognize a replayed one.
 const MAX_SEEN_LETTERS: usize = 4096;
@@ -191,10 +192,22 @@ impl Engine {
             let attachment = self.state.drops.get(name).and_then(|d| d.letters[i].file.clone());
             let saved = match attachment {
                 Some(f) => {
-                    let data = self.home.read_sealed(&f.folder, "0")?;
-                    let path = save_file(save_to, &self.state.drops[name].letters[i].id, &f.name, &data)?;
-                    saved_folders.push(f.folder);
-                    Some(path)
+                    let id = self.state.drops[name].letters[i].id.clone();
+                    let written = self
+                        .home
+                        .read_sealed(&f.folder, "0")
+                        .and_then(|data| save_file(save_to, &id, &f.name, &data));
+                    match written {
+                        Ok(path) => {
+                            saved_folders.push(f.folder);
+                            Some(path)
+                        }
+                        // The letter is still shown; its file stays sealed for the next read.
+                        Err(e) => {
+                            self.warn(None, format!("the file attached to letter {id} was not saved: {e}"));
+                            None
+                        }
+                    }
                 }
                 None => None,
             };
@@ -291,4 +304,31 @@ fn save_file(dir: &Path, id: &str, name: &str, data: &[u8]) -> Result<PathBuf, C
     let mut f = opts.open(&path).map_err(io)?;
     f.write_all(data).and_then(|()| f.sync_all()).map_err(io)?;
     Ok(path)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use backchannel_core::drop::{seal_reply, ReplyKey};
+    use backchannel_core::envelope::{seal_payload, PayloadKind};
+    use backchannel_core::frame::MAX_FETCH;
+    use backchannel_core::mailbox::MailboxKeys;
+    use backchannel_core::relay_address::RelayAddress;
+    use rand_core::OsRng;
+
+    use super::MAX_REPLY_TEXT;
+
+    #[test]
+    fn the_longest_reply_fits_in_one_fetch() {
+        let relay = RelayAddress {
+            pin: [0; 32],
+            host: "127.0.0.1".into(),
+            port: 1,
+        };
+        let to = MailboxKeys::generate(relay, &mut OsRng).address.clone();
+        let text = "x".repeat(MAX_REPLY_TEXT);
+        let sealed = seal_reply(&ReplyKey::generate(&mut OsRng), &text, &mut OsRng);
+        let envelopes = seal_payload(&to.seal, &to.send, PayloadKind::Reply, &sealed, &mut OsRng).unwrap();
+        assert!(envelopes.len() <= MAX_FETCH as usize, "{} envelopes", envelopes.len());
+    }
 }
