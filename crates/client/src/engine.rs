@@ -158,7 +158,9 @@ enum Via {
 /// Channel payloads remembered to recognize one carried both by hand and by a relay.
 const RECENT_PAYLOADS: usize = 4096;
 
-/// What [`State::recent_payloads`](crate::state::State::recent_payloads) keeps of a payload.
+/// What the client keeps of a payload to recognize it again: the first 16 bytes of its
+/// SHA-256 ([`State::recent_payloads`](crate::state::State::recent_payloads), a drop
+/// box's `seen` letters).
 fn payload_digest(payload: &[u8]) -> [u8; 16] {
     let full: [u8; 32] = Sha256::digest(payload).into();
     let mut digest = [0u8; 16];
@@ -777,12 +779,8 @@ impl Engine {
         };
         match (role, whole.kind) {
             (Role::Channel(name), PayloadKind::Mls) => {
-                let digest = payload_digest(&whole.payload);
-                if self.carried_twice(&digest, via) {
-                    return;
-                }
-                match self.process_mls(name, &whole.payload).await {
-                    Ok(()) => self.remember_payload(digest, via),
+                match self.read_channel_payload(name, &whole.payload, via).await {
+                    Ok(()) => {}
                     Err(Rejected::Later) => self.defer(name, whole.payload, via),
                     Err(Rejected::Now(text)) => self.warn(Some(name), text),
                 }
@@ -800,6 +798,19 @@ impl Engine {
             (Role::Drop(name), PayloadKind::Letter) => self.receive_letter(name, keys, &whole.payload),
             _ => self.warn(channel_name.as_deref(), "discarded a message of an unexpected kind"),
         }
+    }
+
+    /// Reads one channel payload through MLS, unless it is the second copy of a message
+    /// carried both by courier and by relay (from either path, or both waiting in
+    /// `deferred`): that one is skipped without a word.
+    async fn read_channel_payload(&mut self, name: &str, payload: &[u8], via: Via) -> Result<(), Rejected> {
+        let digest = payload_digest(payload);
+        if self.carried_twice(&digest, via) {
+            return Ok(());
+        }
+        self.process_mls(name, payload).await?;
+        self.remember_payload(digest, via);
+        Ok(())
     }
 
     /// Whether this channel payload was already processed and one of its two copies
@@ -858,18 +869,9 @@ impl Engine {
                     progress = true;
                     continue;
                 }
-                let digest = payload_digest(&d.payload);
                 let via = if d.by_courier { Via::Courier } else { Via::Relay };
-                // Both copies of a carried message can wait here; the second is skipped.
-                if self.carried_twice(&digest, via) {
-                    progress = true;
-                    continue;
-                }
-                match self.process_mls(&d.channel, &d.payload).await {
-                    Ok(()) => {
-                        progress = true;
-                        self.remember_payload(digest, via);
-                    }
+                match self.read_channel_payload(&d.channel, &d.payload, via).await {
+                    Ok(()) => progress = true,
                     Err(Rejected::Later) => keep.push(d),
                     Err(Rejected::Now(text)) => {
                         progress = true;

@@ -9,9 +9,9 @@ use backchannel_core::identity::validate_name;
 use backchannel_core::mailbox::MailboxKeys;
 use backchannel_core::relay_address::RelayAddress;
 use rand_core::{OsRng, RngCore};
-use sha2::{Digest, Sha256};
 
-use super::{hex, now_s, protocol, Engine};
+use super::files::random_folder;
+use super::{hex, now_s, payload_digest, protocol, Engine};
 use crate::state::{DropBox, LetterAttachment, LetterRecord};
 use crate::ClientError;
 
@@ -21,13 +21,6 @@ pub const MAX_REPLY_TEXT: usize = 48 * 1024;
 
 /// Letters remembered per drop box to recognize a replayed one.
 const MAX_SEEN_LETTERS: usize = 4096;
-
-fn letter_digest(sealed: &[u8]) -> [u8; 16] {
-    let full: [u8; 32] = Sha256::digest(sealed).into();
-    let mut d = [0u8; 16];
-    d.copy_from_slice(&full[..16]);
-    d
-}
 
 /// A letter as `drop read` shows it.
 #[derive(Debug, Clone)]
@@ -119,7 +112,7 @@ impl Engine {
         };
         // The same sealed letter twice is a replay (by the relay, or of a proof of work
         // the relay no longer remembers): shown once.
-        let seen = letter_digest(sealed);
+        let seen = payload_digest(sealed);
         if d.seen.contains(&seen) {
             return;
         }
@@ -138,9 +131,7 @@ impl Engine {
         }
         let mut file = None;
         if let Some(f) = letter.file {
-            let mut folder = [0u8; 16];
-            OsRng.fill_bytes(&mut folder);
-            let folder = hex(&folder);
+            let folder = random_folder();
             match self.home.write_sealed(&folder, "0", &f.data) {
                 Ok(()) => file = Some(LetterAttachment { name: f.name, folder }),
                 Err(e) => {

@@ -99,6 +99,14 @@ fn hash_file(path: &Path) -> Result<[u8; 32], ClientError> {
     Ok(h.finalize().into())
 }
 
+/// A fresh folder name under the home's `files/` for something received and kept
+/// sealed (a file's parts, a letter's attachment): random, so it names nothing.
+pub(super) fn random_folder() -> String {
+    let mut folder = [0u8; 16];
+    OsRng.fill_bytes(&mut folder);
+    hex(&folder)
+}
+
 fn paused(done: u64, total: u64, why: impl std::fmt::Display) -> ClientError {
     let pct = (done * 100).checked_div(total).unwrap_or(100);
     ClientError::Paused(format!("{pct}% sent so far: {why}"))
@@ -340,8 +348,6 @@ impl Engine {
             );
             return;
         }
-        let mut folder = [0u8; 16];
-        OsRng.fill_bytes(&mut folder);
         let parts = offer.parts();
         let status = if parts == 0 {
             FileStatus::Complete
@@ -354,7 +360,7 @@ impl Engine {
             message_id,
             received: vec![0; parts.div_ceil(8) as usize],
             count: 0,
-            folder: hex(&folder),
+            folder: random_folder(),
             offer,
             status,
             updated_at: now_ms(),
