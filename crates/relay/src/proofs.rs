@@ -15,8 +15,6 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
 use backchannel_core::envelope::Envelope;
-use backchannel_core::pow;
-use sha2::{Digest, Sha256};
 
 /// How many accepted proofs are remembered (32 bytes each, twice: 16 MiB at most).
 pub const CAPACITY: usize = 1 << 18;
@@ -41,12 +39,9 @@ struct Remembered {
 impl SpentProofs {
     /// The challenge to remember for a send, if its proof is worth remembering.
     pub fn key(send: &[u8; 32], envelope: &Envelope, nonce: u64) -> Option<[u8; 32]> {
-        if nonce == 0 {
-            return None;
-        }
-        let digest: [u8; 32] = Sha256::digest(send).into();
-        let challenge = pow::challenge(&digest, envelope);
-        (pow::work(&challenge, nonce) >= REMEMBERED_BITS).then_some(challenge)
+        crate::store::proof(send, envelope, nonce)
+            .filter(|(_, work)| *work >= REMEMBERED_BITS)
+            .map(|(challenge, _)| challenge)
     }
 
     /// Marks `key` spent; false if it already was (the send is a replay).
@@ -80,6 +75,9 @@ impl SpentProofs {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use backchannel_core::pow;
+    use sha2::{Digest, Sha256};
+
     use super::*;
 
     #[test]

@@ -323,11 +323,18 @@ impl MailboxRecord {
 /// mailbox deleted and re-created with another difficulty in between cannot
 /// slip an envelope past its check.
 fn proven_work(send: &[u8; 32], envelope: &Envelope, nonce: u64) -> u32 {
+    proof(send, envelope, nonce).map_or(0, |(_, work)| work)
+}
+
+/// The challenge a send answers and the bits of work `nonce` proves for it; `None` for
+/// the nonce 0, without hashing anything.
+pub(crate) fn proof(send: &[u8; 32], envelope: &Envelope, nonce: u64) -> Option<([u8; 32], u32)> {
     if nonce == 0 {
-        return 0;
+        return None;
     }
     let digest: [u8; 32] = Sha256::digest(send).into();
-    pow::work(&pow::challenge(&digest, envelope), nonce)
+    let challenge = pow::challenge(&digest, envelope);
+    Some((challenge, pow::work(&challenge, nonce)))
 }
 
 /// The redb key of an envelope record, also its associated data at rest.
