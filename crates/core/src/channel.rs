@@ -775,6 +775,24 @@ mod tests {
         MailboxKeys::generate(relay, &mut rand_core::OsRng).address.clone()
     }
 
+    /// The creator's group is configured by `MlsGroupCreateConfig`'s builder, a joiner's
+    /// by `join_config()`: openmls offers no way to build one from the other, so this
+    /// keeps the two from drifting apart (the sender ratchet above all).
+    #[test]
+    fn the_creator_and_joiners_use_one_configuration() {
+        let provider = Provider::new().unwrap();
+        let identity = Identity::generate("alice", &mut rand_core::OsRng).unwrap();
+        let info = ChannelInfo {
+            name: "room".into(),
+            sequencer: sequencer(),
+            created_at: 1,
+            disappear_after: 0,
+            expires_at: 0,
+        };
+        let channel = Channel::create(&provider, &identity, &info, &sequencer(), Suite::Classical).unwrap();
+        assert_eq!(channel.group.configuration(), &join_config());
+    }
+
     proptest! {
         #[test]
         fn channel_info_round_trips(name in "[a-z]{1,20}", created in any::<u64>(), disappear in any::<u64>(), expires in any::<u64>()) {
