@@ -780,13 +780,15 @@ fn print_message(out: &Out, m: &MessageView, json: bool) {
 /// as `\u{..}` escapes, and every line after the first is indented, so that no
 /// message can redraw the screen or pass a line of its own off as another message.
 fn escape_controls(text: &str) -> String {
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
             '\n' => out.push_str("\n    "),
             '\t' => out.push(c),
             c if c.is_control() || backchannel_core::message::is_format_char(c) => {
-                out.push_str(&format!("\\u{{{:04x}}}", u32::from(c)));
+                // Writing into a String cannot fail.
+                let _ = write!(out, "\\u{{{:04x}}}", u32::from(c));
             }
             c => out.push(c),
         }
