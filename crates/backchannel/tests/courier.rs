@@ -132,12 +132,7 @@ fn messages_carried_ahead_of_older_ones_still_at_the_relay_are_all_read() {
     let synced = bob.run(&["sync"]);
     assert!(synced.ok, "{}", synced.stderr);
     assert!(!synced.stderr.contains("discarded"), "{}", synced.stderr);
-    let mut texts: Vec<String> = bob
-        .messages("harbour")
-        .into_iter()
-        .filter(|m| m.get("event").is_none())
-        .map(|m| m["text"].as_str().unwrap().to_string())
-        .collect();
+    let mut texts: Vec<String> = bob.texts("harbour").into_iter().map(|(_, text)| text).collect();
     texts.sort();
     let mut expected = early.clone();
     expected.push("carried by hand".into());

@@ -10,6 +10,14 @@ use backchannel_core::frame::{ErrorCode, Request};
 use backchannel_core::pow;
 use common::*;
 
+/// A relay, and "desk" with a drop box "tips" of `pow_bits` there; returns its address.
+fn desk_with_drop_box(root: &std::path::Path, pow_bits: u8) -> (RelayProc, Client, String) {
+    let relay = RelayProc::start(&root.join("relay"), &[]);
+    let [owner] = people(root, &relay, ["desk"]);
+    let address = owner.ok(&["drop", "create", "tips", "--pow-bits", &pow_bits.to_string()]);
+    (relay, owner, address.trim().to_string())
+}
+
 #[test]
 fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
     let root = tempfile::tempdir().unwrap();
@@ -136,10 +144,8 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
 #[test]
 fn a_drop_box_refuses_envelopes_without_their_proof_of_work() {
     let root = tempfile::tempdir().unwrap();
-    let relay = RelayProc::start(&root.path().join("relay"), &[]);
-    let [owner] = people(root.path(), &relay, ["desk"]);
-    let address = owner.ok(&["drop", "create", "tips", "--pow-bits", "12"]);
-    let to = DropAddress::from_text(address.trim()).unwrap();
+    let (_relay, owner, address) = desk_with_drop_box(root.path(), 12);
+    let to = DropAddress::from_text(&address).unwrap();
     let envelope = Envelope::from_slice(&[9u8; ENVELOPE_SIZE]).unwrap();
     let challenge = pow::challenge(&to.mailbox.send.digest(), &envelope);
     let solved = pow::solve(&challenge, 12);
@@ -190,11 +196,9 @@ fn a_reply_whose_envelopes_have_not_all_arrived_stays_at_the_relay_until_they_ha
     use rand_core::OsRng;
 
     let root = tempfile::tempdir().unwrap();
-    let relay = RelayProc::start(&root.path().join("relay"), &[]);
-    let [owner] = people(root.path(), &relay, ["desk"]);
-    let address = owner.ok(&["drop", "create", "tips", "--pow-bits", "8"]);
+    let (_relay, _owner, address) = desk_with_drop_box(root.path(), 8);
     let source = Client::new(root.path(), "source");
-    let receipt = source.ok(&["drop", "send", address.trim(), "are you there?"]);
+    let receipt = source.ok(&["drop", "send", &address, "are you there?"]);
     let parsed = Receipt::from_text(receipt.trim()).unwrap();
 
     // The longest reply the owner can send, delivered but for its last envelope (as
