@@ -41,7 +41,6 @@ use async_nats::ServerAddr;
 use backchannel_core::envelope::Envelope;
 use backchannel_core::frame::Delivery;
 use backchannel_core::mailbox::MailboxId;
-use backchannel_core::pow;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
@@ -398,14 +397,14 @@ impl NatsStore {
         }
     }
 
-    async fn do_send(&self, send: [u8; 32], envelope: Envelope, nonce: u64) -> Result<(MailboxId, u64), StoreError> {
+    async fn do_send(&self, send: [u8; 32], envelope: Envelope, work: u32) -> Result<(MailboxId, u64), StoreError> {
         let digest: [u8; 32] = Sha256::digest(send).into();
         let Some(Target { id, pow_bits }) = self.target(&digest).await? else {
             return Err(StoreError::NoSuchMailbox);
         };
-        // Checked here, in this request's task (the relays' tasks run in parallel), before
-        // anything is published. The nonce 0 proves nothing: refused without hashing.
-        if pow_bits > 0 && (nonce == 0 || !pow::check(&pow::challenge(&digest, &envelope), pow_bits, nonce)) {
+        // Checked before anything is published; the caller hashed the proof in its own
+        // task (the relays' tasks run in parallel).
+        if u32::from(pow_bits) > work {
             return Err(StoreError::WorkRequired);
         }
         // The same envelope to the same mailbox is the same send: a retry.
@@ -659,10 +658,10 @@ impl MailboxStore for NatsStore {
         send: [u8; 32],
         envelope: Envelope,
         _expires_at: u64,
-        pow: u64,
+        work: u32,
     ) -> Result<(MailboxId, u64), StoreError> {
         // Expiry is the stream's max_age, the same for every envelope.
-        self.block(self.do_send(send, envelope, pow))
+        self.block(self.do_send(send, envelope, work))
     }
 
     fn recipient_key(&self, id: MailboxId) -> Result<Option<[u8; 32]>, StoreError> {
@@ -700,9 +699,9 @@ impl MailboxStore for NatsStore {
         send: [u8; 32],
         envelope: Envelope,
         _expires_at: u64,
-        pow: u64,
+        work: u32,
     ) -> StoreFuture<(MailboxId, u64)> {
-        Box::pin(async move { self.do_send(send, envelope, pow).await })
+        Box::pin(async move { self.do_send(send, envelope, work).await })
     }
 
     fn ack_async(self: Arc<Self>, id: MailboxId, seq: u64) -> StoreFuture<()> {

@@ -14,8 +14,6 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
-use backchannel_core::envelope::Envelope;
-
 /// How many accepted proofs are remembered (32 bytes each, twice: 16 MiB at most).
 pub const CAPACITY: usize = 1 << 18;
 
@@ -37,9 +35,10 @@ struct Remembered {
 }
 
 impl SpentProofs {
-    /// The challenge to remember for a send, if its proof is worth remembering.
-    pub fn key(send: &[u8; 32], envelope: &Envelope, nonce: u64) -> Option<[u8; 32]> {
-        crate::store::proof(send, envelope, nonce)
+    /// The challenge to remember for a send, given its proof
+    /// ([`proof`](crate::store::proof): challenge and work), if it is worth remembering.
+    pub fn key(proof: Option<([u8; 32], u32)>) -> Option<[u8; 32]> {
+        proof
             .filter(|(_, work)| *work >= REMEMBERED_BITS)
             .map(|(challenge, _)| challenge)
     }
@@ -75,10 +74,12 @@ impl SpentProofs {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use backchannel_core::envelope::Envelope;
     use backchannel_core::pow;
     use sha2::{Digest, Sha256};
 
     use super::*;
+    use crate::store::proof;
 
     #[test]
     fn a_proof_is_spent_once_refunded_again_and_the_oldest_forgotten() {
@@ -103,12 +104,12 @@ mod tests {
     fn only_proofs_of_real_work_are_remembered() {
         let envelope = Envelope::from_slice(&[7u8; backchannel_core::envelope::ENVELOPE_SIZE]).unwrap();
         let send = [3u8; 32];
-        assert_eq!(SpentProofs::key(&send, &envelope, 0), None);
+        assert_eq!(SpentProofs::key(proof(&send, &envelope, 0)), None);
         let digest: [u8; 32] = Sha256::digest(send).into();
         let challenge = pow::challenge(&digest, &envelope);
         let weak = (1..).find(|n| pow::work(&challenge, *n) < REMEMBERED_BITS).unwrap();
-        assert_eq!(SpentProofs::key(&send, &envelope, weak), None);
+        assert_eq!(SpentProofs::key(proof(&send, &envelope, weak)), None);
         let strong = pow::solve(&challenge, REMEMBERED_BITS as u8);
-        assert_eq!(SpentProofs::key(&send, &envelope, strong), Some(challenge));
+        assert_eq!(SpentProofs::key(proof(&send, &envelope, strong)), Some(challenge));
     }
 }

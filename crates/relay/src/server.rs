@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::proofs::SpentProofs;
-use crate::store::{off_executor, MailboxStore, StoreError};
+use crate::store::{off_executor, proof, MailboxStore, StoreError};
 use crate::Limits;
 
 /// Most bytes of the WebSocket upgrade request (request line and headers) read
@@ -699,23 +699,26 @@ async fn serve_stateless(shared: &Shared, req: Request) -> Response {
     match req {
         Request::Send { send, envelope, pow } => {
             let expires = now_secs().saturating_add(shared.limits.envelope_ttl.as_secs());
-            // A proof already used is refused before the store sees it (proofs.rs).
-            let proof = SpentProofs::key(&send, &envelope, pow);
-            if let Some(key) = proof {
+            // The proof is hashed once, here in the request's task (a few microseconds,
+            // and only for a nonzero nonce), not on the store's writer thread; the store
+            // compares the work with the mailbox's difficulty. A proof already used is
+            // refused before the store sees it (proofs.rs).
+            let proof = proof(&send, &envelope, pow);
+            let work = proof.map_or(0, |(_, work)| work);
+            let spent = SpentProofs::key(proof);
+            if let Some(key) = spent {
                 if !shared.spent.spend(key) {
                     return Connection::err(ErrorCode::WorkRequired);
                 }
             }
-            // The store checks the proof of work of a send to a drop box, hashing it
-            // outside its writer thread (store.rs, `proven_work`).
-            match store.send_async(send, envelope, expires, pow).await {
+            match store.send_async(send, envelope, expires, work).await {
                 Ok((mailbox, _)) => {
                     shared.metrics.envelopes_in.fetch_add(1, Ordering::Relaxed);
                     let _ = shared.notify.send(mailbox);
                     Response::Ok
                 }
                 Err(e) => {
-                    if let Some(key) = proof {
+                    if let Some(key) = spent {
                         shared.spent.refund(&key);
                     }
                     store_error(e)

@@ -210,15 +210,15 @@ pub trait MailboxStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Stores an envelope durably in the mailbox whose send capability is
     /// `send`; returns that mailbox's receive id and the envelope's sequence number.
-    /// If the mailbox demands proof of work and `pow` is not a nonce that proves it
-    /// for this envelope and mailbox ([`pow::check`]), refuses with
-    /// [`StoreError::WorkRequired`] and stores nothing.
+    /// `work` is the bits of work the send's nonce proves for this envelope and
+    /// mailbox, computed by the caller ([`proven_work`]); if the mailbox demands more,
+    /// refuses with [`StoreError::WorkRequired`] and stores nothing.
     fn send(
         &self,
         send: [u8; 32],
         envelope: Envelope,
         expires_at: u64,
-        pow: u64,
+        work: u32,
     ) -> Result<(MailboxId, u64), StoreError>;
     /// The recipient key of a mailbox.
     fn recipient_key(&self, id: MailboxId) -> Result<Option<[u8; 32]>, StoreError>;
@@ -244,9 +244,9 @@ pub trait MailboxStore: Send + Sync + 'static {
         send: [u8; 32],
         envelope: Envelope,
         expires_at: u64,
-        pow: u64,
+        work: u32,
     ) -> StoreFuture<(MailboxId, u64)> {
-        off_executor(move || self.send(send, envelope, expires_at, pow))
+        off_executor(move || self.send(send, envelope, expires_at, work))
     }
     /// [`MailboxStore::ack`] for the executor.
     fn ack_async(self: Arc<Self>, id: MailboxId, seq: u64) -> StoreFuture<()> {
@@ -322,7 +322,7 @@ impl MailboxRecord {
 /// same transaction that looks the mailbox up and stores the envelope, so a
 /// mailbox deleted and re-created with another difficulty in between cannot
 /// slip an envelope past its check.
-fn proven_work(send: &[u8; 32], envelope: &Envelope, nonce: u64) -> u32 {
+pub fn proven_work(send: &[u8; 32], envelope: &Envelope, nonce: u64) -> u32 {
     proof(send, envelope, nonce).map_or(0, |(_, work)| work)
 }
 
@@ -1241,10 +1241,8 @@ impl MailboxStore for EmbeddedStore {
         send: [u8; 32],
         envelope: Envelope,
         expires_at: u64,
-        pow: u64,
+        work: u32,
     ) -> Result<(MailboxId, u64), StoreError> {
-        // The proof is hashed here, on the caller's thread, not on the writer's.
-        let work = proven_work(&send, &envelope, pow);
         self.write(Write::Send {
             send,
             envelope,
@@ -1331,11 +1329,8 @@ impl MailboxStore for EmbeddedStore {
         send: [u8; 32],
         envelope: Envelope,
         expires_at: u64,
-        pow: u64,
+        work: u32,
     ) -> StoreFuture<(MailboxId, u64)> {
-        // Hashed on the executor (a few microseconds, and only for a nonzero nonce),
-        // not on the writer thread: see [`proven_work`].
-        let work = proven_work(&send, &envelope, pow);
         self.submitted(Write::Send {
             send,
             envelope,
@@ -1879,13 +1874,20 @@ mod tests {
         ));
         for bad in [0, wrong.unwrap(), for_env2, for_other_box] {
             assert_eq!(
-                s.send(drop_cap, env(1), u64::MAX, bad),
+                s.send(drop_cap, env(1), u64::MAX, proven_work(&drop_cap, &env(1), bad)),
                 Err(StoreError::WorkRequired),
                 "nonce {bad}"
             );
         }
         // The nonce for the other mailbox works there, not here.
-        assert!(s.send(other_cap, env(1), u64::MAX, for_other_box).is_ok());
+        assert!(s
+            .send(
+                other_cap,
+                env(1),
+                u64::MAX,
+                proven_work(&other_cap, &env(1), for_other_box)
+            )
+            .is_ok());
         // The async path refuses too.
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         assert_eq!(
@@ -1900,10 +1902,15 @@ mod tests {
         assert_eq!(s.stats().unwrap().envelopes, 1);
 
         // The solved nonce is accepted, by both paths.
-        let (to, seq) = s.send(drop_cap, env(1), u64::MAX, nonce).unwrap();
+        let (to, seq) = s
+            .send(drop_cap, env(1), u64::MAX, proven_work(&drop_cap, &env(1), nonce))
+            .unwrap();
         assert_eq!(to, drop_box);
         let (_, seq2) = rt
-            .block_on(s.clone().send_async(drop_cap, env(2), u64::MAX, for_env2))
+            .block_on(
+                s.clone()
+                    .send_async(drop_cap, env(2), u64::MAX, proven_work(&drop_cap, &env(2), for_env2)),
+            )
             .unwrap();
         let got = s.fetch(&[drop_box], 10).unwrap();
         assert_eq!(got.len(), 2);
@@ -1912,7 +1919,8 @@ mod tests {
 
         // An ordinary mailbox: no work needed, any nonce accepted.
         s.send(plain_cap, env(1), u64::MAX, 0).unwrap();
-        s.send(plain_cap, env(2), u64::MAX, 12345).unwrap();
+        s.send(plain_cap, env(2), u64::MAX, proven_work(&plain_cap, &env(2), 12345))
+            .unwrap();
         rt.block_on(s.clone().send_async(plain_cap, env(3), u64::MAX, 0))
             .unwrap();
         assert_eq!(s.fetch(&[plain], 10).unwrap().len(), 3);
@@ -1946,7 +1954,8 @@ mod tests {
         let s = open(dir.path(), 10);
         assert_eq!(s.send(drop_cap, env(1), u64::MAX, 0), Err(StoreError::WorkRequired));
         let nonce = pow::solve(&pow::challenge(&Sha256::digest(drop_cap).into(), &env(1)), 8);
-        s.send(drop_cap, env(1), u64::MAX, nonce).unwrap();
+        s.send(drop_cap, env(1), u64::MAX, proven_work(&drop_cap, &env(1), nonce))
+            .unwrap();
         s.send(old_cap, env(1), u64::MAX, 0).unwrap();
         assert_eq!(s.recipient_key(old).unwrap(), Some([3; 32]));
         assert_eq!(s.fetch(&[old], 10).unwrap().len(), 1);
