@@ -30,12 +30,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(j.to_bytes(), data, "a join request re-encodes to other bytes");
     }
     if let Ok(info) = ChannelInfo::from_bytes(data) {
-        let again = info.to_bytes();
-        if data.first() == Some(&2) {
-            assert_eq!(again, data, "channel info re-encodes to other bytes");
-        } else {
-            let upgraded = ChannelInfo::from_bytes(&again).expect("an upgraded channel info decodes");
-            assert_eq!(upgraded.to_bytes(), again, "an upgraded channel info changes again");
-        }
+        // Versions 1 and 2 both decode, and each value has one encoding.
+        assert_eq!(info.to_bytes(), data, "channel info re-encodes to other bytes");
     }
 });

@@ -193,7 +193,8 @@ impl ChannelInfo {
         w.into_vec()
     }
 
-    /// Parses the binary form (versions 1 and 2; version 1 has no lifecycle).
+    /// Parses the binary form (versions 1 and 2; version 1 has no lifecycle, and version 2
+    /// must have one).
     pub fn from_bytes(b: &[u8]) -> Result<Self, ChannelError> {
         let mut r = Reader::new(b);
         let bad = |_| ChannelError::Invalid("channel info");
@@ -210,6 +211,10 @@ impl ChannelInfo {
             (0, 0)
         };
         r.finish().map_err(bad)?;
+        // One encoding per value: a channel without a lifetime is written as version 1.
+        if version == 2 && disappear_after == 0 && expires_at == 0 {
+            return Err(ChannelError::Invalid("channel info version"));
+        }
         Ok(Self {
             name,
             sequencer,
@@ -829,5 +834,11 @@ mod tests {
             ..info
         };
         assert_eq!(timed.to_bytes()[0], 2);
+        // Version 2 without a lifetime is not how anything is written: refused, so every
+        // channel info has one encoding.
+        let mut v2_empty = timed.to_bytes();
+        let len = v2_empty.len();
+        v2_empty[len - 16..].fill(0);
+        assert!(ChannelInfo::from_bytes(&v2_empty).is_err());
     }
 }
