@@ -9,7 +9,7 @@ fn a_bundle_carried_while_the_relay_is_down_shows_each_message_once_however_it_a
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("relay");
     let mut relay = RelayProc::start(&data, &[]);
-    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    let [alice, bob] = people(root.path(), &relay, ["alice-ashdown", "bob-bertrand"]);
     channel_with(&alice, &[&bob], "harbour");
     alice.ok(&["send", "harbour", "over the wire"]);
     assert_eq!(bob.texts("harbour").len(), 1);
@@ -27,15 +27,16 @@ fn a_bundle_carried_while_the_relay_is_down_shows_each_message_once_however_it_a
     let e = alice.fails(&["courier", "export", "harbour", "--to", bundle.to_str().unwrap()]);
     assert!(e.contains("already exists"), "{e}");
 
-    // What the courier carries: fixed blocks, no plaintext, no names.
+    // What the courier carries: fixed blocks, no plaintext, no names. Every needle is
+    // long: a 3-byte one turns up by chance in about one 2-block bundle in 128.
     let bytes = std::fs::read(&bundle).unwrap();
     assert_eq!(bytes.len() % backchannel_core::courier::BLOCK_SIZE, 0);
     for needle in [
         &b"carried by hand"[..],
         b"a second one",
         b"harbour",
-        b"alice",
-        b"bob",
+        b"alice-ashdown",
+        b"bob-bertrand",
         b"127.0.0.1",
     ] {
         assert!(
@@ -91,7 +92,9 @@ fn a_bundle_carried_while_the_relay_is_down_shows_each_message_once_however_it_a
     assert_eq!(shown(&bob), ["over the wire", "carried by hand", "a second one"]);
     // And the channel goes on over the relay.
     bob.ok(&["send", "harbour", "got them"]);
-    assert!(alice.texts("harbour").contains(&("bob".into(), "got them".into())));
+    assert!(alice
+        .texts("harbour")
+        .contains(&("bob-bertrand".into(), "got them".into())));
     // Nothing is waiting any more: no empty bundle is written.
     let e = alice.fails(&[
         "courier",

@@ -10,11 +10,11 @@ use backchannel_core::frame::{ErrorCode, Request};
 use backchannel_core::pow;
 use common::*;
 
-/// A relay, and "desk" with a drop box "tips" of `pow_bits` there; returns its address.
+/// A relay, and "desk" with a drop box "tips-line" of `pow_bits` there; returns its address.
 fn desk_with_drop_box(root: &std::path::Path, pow_bits: u8) -> (RelayProc, Client, String) {
     let relay = RelayProc::start(&root.join("relay"), &[]);
     let [owner] = people(root, &relay, ["desk"]);
-    let address = owner.ok(&["drop", "create", "tips", "--pow-bits", &pow_bits.to_string()]);
+    let address = owner.ok(&["drop", "create", "tips-line", "--pow-bits", &pow_bits.to_string()]);
     (relay, owner, address.trim().to_string())
 }
 
@@ -23,11 +23,11 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
     let root = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&root.path().join("relay"), &[]);
     let [owner] = people(root.path(), &relay, ["newsdesk"]);
-    let address = owner.ok(&["drop", "create", "tips"]);
+    let address = owner.ok(&["drop", "create", "tips-line"]);
     assert_eq!(address.lines().count(), 1);
     let address = address.trim().to_string();
     assert!(address.starts_with("bc-drop:"), "{address}");
-    assert_eq!(owner.ok(&["drop", "address", "tips"]).trim(), address);
+    assert_eq!(owner.ok(&["drop", "address", "tips-line"]).trim(), address);
     let parsed = DropAddress::from_text(&address).unwrap();
     assert_eq!(parsed.pow_bits, DEFAULT_POW_BITS);
 
@@ -67,7 +67,14 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
 
     // The owner reads both; the file is saved where it says.
     let save_to = root.path().join("inbox");
-    let read = owner.ok(&["drop", "read", "tips", "--json", "--save-to", save_to.to_str().unwrap()]);
+    let read = owner.ok(&[
+        "drop",
+        "read",
+        "tips-line",
+        "--json",
+        "--save-to",
+        save_to.to_str().unwrap(),
+    ]);
     let letters: Vec<serde_json::Value> = read.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(letters.len(), 2, "{read}");
     let first = &letters[0];
@@ -81,12 +88,12 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
     assert_eq!(std::fs::read(saved).unwrap(), std::fs::read(&attachment).unwrap());
     assert!(files(&owner.home.join("files")).is_empty());
     assert_eq!(letters[1]["text"], "a second, shorter note");
-    assert!(owner.ok(&["drop", "read", "tips"]).trim().is_empty(), "read twice");
+    assert!(owner.ok(&["drop", "read", "tips-line"]).trim().is_empty(), "read twice");
 
     // The owner answers; only the receipt's holder reads the answer, once: the relay
     // deletes what was shown.
     let id = first["id"].as_str().unwrap();
-    owner.ok(&["drop", "reply", "tips", id, "received; do not come to the office"]);
+    owner.ok(&["drop", "reply", "tips-line", id, "received; do not come to the office"]);
     let replies = source.ok(&["drop", "check", &receipt]);
     assert_eq!(replies.trim(), "received; do not come to the office");
     let again = source.run(&["drop", "check", &receipt]);
@@ -96,10 +103,10 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
     // More replies than one fetch returns (15), one of them trying to drive the
     // terminal; the receipt comes on standard input, out of the process list.
     for i in 0..20 {
-        owner.ok(&["drop", "reply", "tips", id, &format!("reply {i}")]);
+        owner.ok(&["drop", "reply", "tips-line", id, &format!("reply {i}")]);
     }
-    owner.ok(&["drop", "reply", "tips", id, "line\x1b[2J\nforged"]);
-    owner.ok(&["drop", "reply", "tips", id, "tail\u{202e}txt.exe"]);
+    owner.ok(&["drop", "reply", "tips-line", id, "line\x1b[2J\nforged"]);
+    owner.ok(&["drop", "reply", "tips-line", id, "tail\u{202e}txt.exe"]);
     let r = source.run_with_input(&["drop", "check"], &format!("{receipt}\n"));
     assert!(r.ok, "{}", r.stderr);
     let lines: Vec<&str> = r.stdout.lines().collect();
@@ -111,7 +118,7 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
         "{}",
         r.stdout
     );
-    let e = owner.fails(&["drop", "reply", "tips", "deadbeef", "to nobody"]);
+    let e = owner.fails(&["drop", "reply", "tips-line", "deadbeef", "to nobody"]);
     assert!(e.contains("no letter"), "{e}");
 
     // The relay's disk and logs hold none of it in the clear.
@@ -120,7 +127,7 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
         secret_text.as_bytes(),
         b"page one of the ledger",
         b"do not come to the office",
-        b"tips",
+        b"tips-line",
         b"newsdesk",
     ] {
         for f in files(&relay.data) {
@@ -172,7 +179,7 @@ fn a_drop_box_refuses_envelopes_without_their_proof_of_work() {
         .unwrap();
     });
     // That one envelope was garbage: the owner is told, and shown nothing.
-    let r = owner.run(&["drop", "read", "tips", "--json"]);
+    let r = owner.run(&["drop", "read", "tips-line", "--json"]);
     assert!(r.ok, "{}", r.stderr);
     assert!(r.stdout.trim().is_empty(), "{}", r.stdout);
     assert!(r.stderr.contains("discarded"), "{}", r.stderr);
