@@ -115,6 +115,17 @@ impl RelayProc {
 impl Drop for RelayProc {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test shows what the relay said (its logs hold no secrets: a test
+        // checks that), so that a failure seen once in CI can be read afterwards.
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let lines: Vec<&str> = logs.lines().collect();
+            let tail = lines[lines.len().saturating_sub(300)..].join("\n");
+            eprintln!(
+                "relay {} logs, the last 300 lines (the test failed):\n{tail}",
+                self.address
+            );
+        }
     }
 }
 
