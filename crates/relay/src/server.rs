@@ -684,8 +684,10 @@ fn store_error(e: StoreError) -> Response {
         StoreError::RelayFull => (ErrorCode::RelayFull, 0),
         StoreError::EpochConflict(next) => (ErrorCode::EpochConflict, next),
         StoreError::WorkRequired => (ErrorCode::WorkRequired, 0),
-        StoreError::Storage(_) => {
-            tracing::error!("storage failure");
+        StoreError::Storage(detail) => {
+            // The detail is the store's or the NATS client's own text: fixed words and
+            // library errors, never a mailbox id, subject or envelope.
+            tracing::error!(error = %detail, "storage failure");
             (ErrorCode::Storage, 0)
         }
     };
