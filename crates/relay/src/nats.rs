@@ -36,7 +36,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_nats::ServerAddr;
 use backchannel_core::envelope::Envelope;
 use backchannel_core::frame::Delivery;
@@ -61,6 +63,8 @@ const GONE_SUBJECTS: &str = "bc.gone.*";
 const IDENTITY_SUBJECT: &str = "bc.tls";
 /// How long one NATS operation may take before the request fails with a storage error.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The pause before a publish that no stream answered is sent again.
+const NO_RESPONDERS_PAUSE: Duration = Duration::from_millis(100);
 /// Retried sends within this window are stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a starting relay waits for the cluster to accept its streams.
@@ -315,12 +319,42 @@ impl NatsStore {
         let msg = PublishMessage::build()
             .payload(value)
             .expected_last_subject_sequence(expected);
-        let ack = timed("writing", self.js.send_publish(subject.to_string(), msg)).await?;
-        match tokio::time::timeout(OP_TIMEOUT, ack).await {
-            Ok(Ok(_)) => Ok(Cas::Done),
-            Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Cas::Lost),
-            Ok(Err(e)) => Err(nats_error("writing", describe(&e))),
-            Err(_) => Err(nats_error("writing", "no acknowledgement from the cluster in time")),
+        match self.publish("writing", subject, msg).await? {
+            Ok(_) => Ok(Cas::Done),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Cas::Lost),
+            Err(e) => Err(nats_error("writing", describe(&e))),
+        }
+    }
+
+    /// Publishes `msg` on `subject` and waits for the stream's acknowledgement: `Ok` with
+    /// the stream's answer, or a storage error if there was none in time.
+    ///
+    /// A publish that no stream answered (no responders, which async-nats reports as
+    /// `StreamNotFound`) reached nobody and stored nothing, so it is sent again until
+    /// [`OP_TIMEOUT`]. That is a stream whose leader is being elected, or whose leader's
+    /// interest has not yet reached the node this relay talks to: both happen for a
+    /// moment after a cluster or a stream starts, and after a node is lost.
+    async fn publish(
+        &self,
+        doing: &str,
+        subject: &str,
+        msg: PublishMessage,
+    ) -> Result<Result<PublishAck, PublishError>, StoreError> {
+        let deadline = Instant::now() + OP_TIMEOUT;
+        loop {
+            let ack = timed(doing, self.js.send_publish(subject.to_string(), msg.clone())).await?;
+            match tokio::time::timeout(OP_TIMEOUT, ack).await {
+                Ok(Err(e)) if e.kind() == PublishErrorKind::StreamNotFound && Instant::now() < deadline => {
+                    tokio::time::sleep(NO_RESPONDERS_PAUSE).await;
+                }
+                Ok(answer) => return Ok(answer),
+                Err(_) => {
+                    return Err(nats_error(
+                        doing,
+                        "no acknowledgement from a quorum of the cluster in time",
+                    ))
+                }
+            }
         }
     }
 
@@ -416,10 +450,9 @@ impl NatsStore {
         let msg = PublishMessage::build()
             .payload(Bytes::copy_from_slice(envelope.as_bytes()))
             .message_id(msg_id);
-        let ack = timed("storing", self.js.send_publish(envelope_subject(&id), msg)).await?;
-        let seq = match tokio::time::timeout(OP_TIMEOUT, ack).await {
-            Ok(Ok(a)) => a.sequence,
-            Ok(Err(e)) => {
+        let seq = match self.publish("storing", &envelope_subject(&id), msg).await? {
+            Ok(a) => a.sequence,
+            Err(e) => {
                 let text = describe(&e);
                 return Err(if text.contains("per subject") {
                     StoreError::MailboxFull
@@ -428,12 +461,6 @@ impl NatsStore {
                 } else {
                     nats_error("storing", text)
                 });
-            }
-            Err(_) => {
-                return Err(nats_error(
-                    "storing",
-                    "no acknowledgement from a quorum of the cluster in time",
-                ))
             }
         };
         // Wake long-polls on every relay (best effort: they also poll).
