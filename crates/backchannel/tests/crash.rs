@@ -25,11 +25,23 @@ fn a_client_killed_in_the_middle_of_send_delivers_the_message_on_its_next_run_on
 
     // Freeze the relay: the send stores the message, then hangs in the network; kill it there.
     signal(relay.child.id(), "-STOP");
+    let vault = alice.home.join("state.bcv");
+    let before = std::fs::read(&vault).unwrap();
     let mut send = alice
         .cmd(&["send", "c", "said once, despite the crash"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The message is stored once the vault changes (every write seals under a fresh
+    // nonce); then the send reaches the frozen relay and waits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read(&vault).unwrap() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the send never stored the message"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     assert!(
         send.try_wait().unwrap().is_none(),
         "send should be waiting on the frozen relay"
@@ -163,7 +175,13 @@ fn a_truncated_or_altered_home_is_reported_never_reset() {
         );
     }
     std::fs::write(&vault, &good).unwrap();
-    assert!(alice.ok(&["channels"]).contains('c'));
+    let listed: Vec<serde_json::Value> = alice
+        .ok(&["channels", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["name"], "c");
 }
 
 #[test]
