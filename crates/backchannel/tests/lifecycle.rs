@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backchannel_client::home::Home;
 use backchannel_client::RelayConnection;
@@ -61,6 +61,17 @@ fn channel_json(c: &Client, channel: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("{channel} is not listed"))
 }
 
+fn unix_ms() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    u64::try_from(since.as_millis()).unwrap()
+}
+
+/// Sleeps until the wall clock reads `at` (Unix time in milliseconds), the clock the
+/// clients stamp messages and lifetimes with.
+fn sleep_until_unix_ms(at: u64) {
+    std::thread::sleep(Duration::from_millis(at.saturating_sub(unix_ms())));
+}
+
 fn shows(c: &Client, channel: &str, text: &str) -> bool {
     c.texts(channel).iter().any(|(_, t)| t == text)
 }
@@ -74,13 +85,20 @@ fn a_disappearing_message_is_gone_from_both_members_view_and_disk_after_its_time
     // Bob learned the setting from the channel itself, not from alice's word.
     assert_eq!(channel_json(&bob, "brief")["disappear_after_s"], 6);
 
-    let sent = Instant::now();
     alice.ok(&["send", "brief", "burn after reading"]);
     assert!(shows(&bob, "brief", "burn after reading"));
     assert!(shows(&alice, "brief", "burn after reading"));
     assert!(contains(&store_bytes(&bob), b"burn after reading"));
 
-    std::thread::sleep(Duration::from_secs(7).saturating_sub(sent.elapsed()));
+    // A second past its time, by the sending client's own clock (the process may have
+    // started well after this test asked for it on a loaded machine).
+    let sent_ms = alice
+        .messages("brief")
+        .iter()
+        .find(|m| m["text"] == "burn after reading")
+        .and_then(|m| m["sent_at"].as_u64())
+        .unwrap();
+    sleep_until_unix_ms(sent_ms + 7_000);
     for who in [&alice, &bob] {
         assert!(!shows(who, "brief", "burn after reading"), "still shown");
         assert!(
@@ -105,18 +123,15 @@ fn an_expiring_channel_closes_itself_for_every_member() {
     let root = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&root.path().join("relay"), &[]);
     let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
-    let created = Instant::now();
     channel_with_options(&alice, &[&bob], "pop-up", &["--expires", "15s"]);
-    assert!(channel_json(&bob, "pop-up")["expires_at"].as_u64().unwrap() > 0);
+    let expires_at = channel_json(&bob, "pop-up")["expires_at"].as_u64().unwrap();
+    assert_eq!(channel_json(&alice, "pop-up")["expires_at"], expires_at);
     bob.ok(&["send", "pop-up", "while it lasts"]);
     assert!(shows(&alice, "pop-up", "while it lasts"));
     let (a, b) = (mailbox(&alice, "pop-up"), mailbox(&bob, "pop-up"));
-    assert!(
-        created.elapsed() < Duration::from_secs(14),
-        "setup took too long for this test"
-    );
+    assert!(unix_ms() < (expires_at - 1) * 1000, "setup took too long for this test");
 
-    std::thread::sleep(Duration::from_secs(16).saturating_sub(created.elapsed()));
+    sleep_until_unix_ms((expires_at + 1) * 1000);
     let e = bob.fails(&["send", "pop-up", "after the end"]);
     assert!(e.contains("closed"), "{e}");
     alice.ok(&["sync"]);
