@@ -269,9 +269,11 @@ fn http_trickler(port: u16, stop: Arc<AtomicBool>, seen: Arc<Seen>, handshake_ti
 }
 
 fn check_trickle(kept: Duration, handshake_timeout: Duration, seen: &Seen) {
-    // Checked every 2 s, so seen closed up to 2 s after the relay closed.
+    // Checked every 2 s, so seen closed up to 2 s after the relay closed, and the
+    // relay is loaded by the flood: 2 s more of slack. A trickler that is not cut off
+    // would be kept for minutes.
     assert!(
-        kept <= handshake_timeout + Duration::from_millis(2500),
+        kept <= handshake_timeout + Duration::from_secs(4),
         "a trickler was kept {kept:?} (handshake timeout {handshake_timeout:?})"
     );
     seen.cut_off.fetch_add(1, Ordering::Relaxed);
@@ -426,7 +428,8 @@ async fn frame_flood(addr: RelayAddress, stop: Arc<AtomicBool>, seen: Arc<Seen>,
 async fn idle_client(addr: RelayAddress, seen: Arc<Seen>, idle_timeout: Duration) {
     let mut c = RelayConnection::connect(&addr).await.unwrap();
     seen.connections.fetch_add(1, Ordering::Relaxed);
-    tokio::time::sleep(idle_timeout + Duration::from_secs(1)).await;
+    // 3 s of slack for the relay, loaded by the flood, to act on its idle timer.
+    tokio::time::sleep(idle_timeout + Duration::from_secs(3)).await;
     assert!(
         c.request(&Request::Ping).await.is_err(),
         "an idle connection was kept past the idle timeout"
@@ -731,7 +734,13 @@ fn sigterm_finishes_every_send_in_flight_and_loses_no_acknowledged_envelope() {
                 .await;
             (Instant::now(), r)
         });
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        // SIGTERM comes while the sends flow: once 50 are acknowledged (on a loaded
+        // machine that takes longer than any fixed sleep would promise).
+        let flowing = Instant::now() + Duration::from_secs(30);
+        while acked.lock().unwrap().len() < 50 {
+            assert!(Instant::now() < flowing, "50 sends not acknowledged in 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let term = Instant::now();
         let status = std::process::Command::new("kill")
             .args(["-TERM", &relay.child.id().to_string()])
@@ -759,7 +768,6 @@ fn sigterm_finishes_every_send_in_flight_and_loses_no_acknowledged_envelope() {
         acked.len(),
         long_poll.0
     );
-    assert!(acked.len() >= 50, "only {} sends before SIGTERM", acked.len());
 
     // What the store holds is exactly what was acknowledged: nothing acknowledged is
     // lost, and nothing was executed without an answer.
@@ -770,8 +778,8 @@ fn sigterm_finishes_every_send_in_flight_and_loses_no_acknowledged_envelope() {
     assert!(stopped_after < Duration::from_secs(5), "{stopped_after:?}");
     let logs = relay.logs();
     assert!(logs.contains("relay stopped"), "{logs}");
-    // The long-poll was answered (empty) at once, not cut off.
-    assert!(long_poll.0 < Duration::from_secs(2), "{:?}", long_poll.0);
+    // The long-poll was answered (empty) at shutdown, not held for its 30 s nor cut off.
+    assert!(long_poll.0 < Duration::from_secs(5), "{:?}", long_poll.0);
     assert!(
         matches!(long_poll.1, Ok(Response::Envelopes(ref v)) if v.is_empty()),
         "{:?}",
