@@ -211,7 +211,7 @@ pub trait MailboxStore: Send + Sync + 'static {
     /// Stores an envelope durably in the mailbox whose send capability is
     /// `send`; returns that mailbox's receive id and the envelope's sequence number.
     /// `work` is the bits of work the send's nonce proves for this envelope and
-    /// mailbox, computed by the caller ([`proven_work`]); if the mailbox demands more,
+    /// mailbox, computed by the caller ([`proof`]); if the mailbox demands more,
     /// refuses with [`StoreError::WorkRequired`] and stores nothing.
     fn send(
         &self,
@@ -309,26 +309,20 @@ impl MailboxRecord {
     }
 }
 
-/// The bits of work `nonce` proves for sending `envelope` through the send
-/// capability `send` ([`pow::work`]): 0 for the nonce 0, which every send to an
+/// The challenge a send answers ([`pow::challenge`]) and the bits of work `nonce`
+/// proves for it ([`pow::work`]); `None` for the nonce 0, which every send to an
 /// ordinary mailbox carries, without hashing anything.
 ///
-/// It is computed by the caller, before the write is queued, not by the writer
-/// thread: the writer commits every write of the relay one batch after another,
-/// and two SHA-256 (over 4 KiB and 40 bytes, a few microseconds) for each of
-/// up to [`MAX_BATCH`] sends would lengthen every batch and so every send's
-/// wait. Callers run in parallel on the executor and the blocking pool. The
-/// writer then only compares this number with the mailbox's `pow_bits`, in the
-/// same transaction that looks the mailbox up and stores the envelope, so a
-/// mailbox deleted and re-created with another difficulty in between cannot
-/// slip an envelope past its check.
-pub fn proven_work(send: &[u8; 32], envelope: &Envelope, nonce: u64) -> u32 {
-    proof(send, envelope, nonce).map_or(0, |(_, work)| work)
-}
-
-/// The challenge a send answers and the bits of work `nonce` proves for it; `None` for
-/// the nonce 0, without hashing anything.
-pub(crate) fn proof(send: &[u8; 32], envelope: &Envelope, nonce: u64) -> Option<([u8; 32], u32)> {
+/// It is computed by the caller (`server.rs`, once per send, for the store and for the
+/// replay memory), before the write is queued, not by the writer thread: the writer
+/// commits every write of the relay one batch after another, and two SHA-256 (over 4 KiB
+/// and 40 bytes, a few microseconds) for each of up to `MAX_BATCH` sends would lengthen
+/// every batch and so every send's wait. Callers run in parallel on the executor and the
+/// blocking pool. The writer then only compares the work with the mailbox's `pow_bits`,
+/// in the same transaction that looks the mailbox up and stores the envelope, so a
+/// mailbox deleted and re-created with another difficulty in between cannot slip an
+/// envelope past its check.
+pub fn proof(send: &[u8; 32], envelope: &Envelope, nonce: u64) -> Option<([u8; 32], u32)> {
     if nonce == 0 {
         return None;
     }
@@ -523,7 +517,7 @@ enum Write {
         send: [u8; 32],
         envelope: Envelope,
         expires_at: u64,
-        /// The bits of work the send's nonce proves ([`proven_work`]).
+        /// The bits of work the send's nonce proves ([`proof`]).
         work: u32,
     },
     Ack {
@@ -1371,6 +1365,11 @@ mod tests {
 
     fn open(dir: &Path, max: u32) -> EmbeddedStore {
         EmbeddedStore::open(&dir.join("m.redb"), max).unwrap()
+    }
+
+    /// The work a send proves, as `server.rs` hands it to the store.
+    fn proven_work(send: &[u8; 32], envelope: &Envelope, nonce: u64) -> u32 {
+        proof(send, envelope, nonce).map_or(0, |(_, work)| work)
     }
 
     #[test]
