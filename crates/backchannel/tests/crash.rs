@@ -3,7 +3,7 @@
 
 mod common;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -33,12 +33,9 @@ fn a_client_killed_in_the_middle_of_send_delivers_the_message_on_its_next_run_on
         .unwrap();
     // The message is stored once the vault changes (every write seals under a fresh
     // nonce); then the send reaches the frozen relay and waits.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::read(&vault).unwrap() == before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the send never stored the message"
-        );
+        assert!(Instant::now() < deadline, "the send never stored the message");
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(500));
