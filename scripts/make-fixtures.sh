@@ -8,7 +8,9 @@
 # PATH/TO/backchannel must be built at the commit RELEASE names (default 94ba14f):
 # the fixtures are worth something only if the release users have made them. The
 # set is written from scratch into
-# crates/backchannel/tests/fixtures/release-RELEASE/ (an existing one is replaced).
+# crates/backchannel/tests/fixtures/release-RELEASE/ (an existing one is replaced,
+# except its README.md, which is written by hand from what this script prints and
+# lists what the set holds, for the test to check).
 # A later format change copies this script's pattern for its own release.
 #
 # What is fixed, so that a test can use the fixtures at any later date:
@@ -25,7 +27,7 @@
 #   path), so the test writes the same bytes there again (a deterministic pattern,
 #   below) before resuming.
 #
-# The story (every text, name and size is in the README this script writes):
+# The story (every text, name, size and hash is in the set's README.md):
 #   1. alice creates channel deal-room and admits bob.
 #   2. alice and bob exchange a message each and read them (read messages).
 #   3. bob sends a small file (notes.txt) and a message; alice fetches both but reads
@@ -83,7 +85,9 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
     exit 1
 fi
 
-rm -rf "$OUT"
+if [[ -d $OUT ]]; then
+    find "$OUT" -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+fi
 mkdir -p "$OUT/courier" "$OUT/source" "$SRC_DIR"
 
 # ---- helpers ----
@@ -228,4 +232,5 @@ echo "made $OUT ($(du -sh "$OUT" | cut -f1)):"
 echo "  relay address: $ADDRESS"
 echo "  term-sheet.txt: $TERM_SHEET_SIZE bytes, SHA-256 $TERM_SHEET_SHA"
 echo "  notes.txt: 3000 bytes, SHA-256 $NOTES_SHA"
-echo "  commit: $(git -C "$REPO" rev-parse HEAD)"
+echo "  commit: $(git -C "$REPO" rev-parse HEAD) (check that the binary was built there)"
+echo "update $OUT/README.md (address, fingerprints above, hashes) and the test's constants"
