@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use backchannel_client::engine::{FileProgress, FileView, Lifetime, MessageView, Warning};
 use backchannel_client::socks::ProxyAddr;
+use backchannel_client::state::EventKind;
 use backchannel_client::{ClientError, Engine};
 use backchannel_core::channel::Suite;
 use backchannel_core::relay_address::RelayAddress;
@@ -767,9 +768,7 @@ fn print_message(out: &Out, m: &MessageView, json: bool) {
                     _ => {}
                 }
             }
-            Some(kind) if kind == "rejected" => {
-                out.line(format!("[{h:02}:{mi:02}:{s:02}] !! {}", escape_controls(&msg.text)))
-            }
+            Some(EventKind::Rejected) => out.line(format!("[{h:02}:{mi:02}:{s:02}] !! {}", escape_controls(&msg.text))),
             Some(_) => out.line(format!("[{h:02}:{mi:02}:{s:02}] * {}", escape_controls(&msg.text))),
         }
     }

@@ -13,6 +13,9 @@ use backchannel_core::vault::{KdfParams, VaultError, VaultKey};
 use rand_core::OsRng;
 use sha2::{Digest, Sha256};
 
+use std::sync::Arc;
+
+use crate::session::Blobs;
 use crate::state::State;
 use crate::ClientError;
 
@@ -24,7 +27,7 @@ const FILES: &str = "files";
 /// An opened, locked home directory.
 pub struct Home {
     dir: PathBuf,
-    key: VaultKey,
+    key: Arc<VaultKey>,
     /// SHA-256 of the state last written (or read): an unchanged state is not
     /// written again (the daemon syncs every second or faster).
     written: Option<[u8; 32]>,
@@ -58,8 +61,8 @@ impl Home {
         dir.join(VAULT).exists()
     }
 
-    /// Creates a new home with `state`.
-    pub fn create(dir: &Path, passphrase: &[u8], state: &State) -> Result<Self, ClientError> {
+    /// Creates a new home with `state` (the encoded state).
+    pub fn create(dir: &Path, passphrase: &[u8], state: &[u8]) -> Result<Self, ClientError> {
         fs::create_dir_all(dir).map_err(|e| ClientError::io("creating the home directory", e))?;
         #[cfg(unix)]
         {
@@ -74,7 +77,7 @@ impl Home {
             .map_err(|_| ClientError::Corrupt("bad key-derivation parameters".into()))?;
         let mut home = Self {
             dir: dir.to_path_buf(),
-            key,
+            key: Arc::new(key),
             written: None,
             _lock: lock,
         };
@@ -95,7 +98,7 @@ impl Home {
         Ok((
             Self {
                 dir: dir.to_path_buf(),
-                key,
+                key: Arc::new(key),
                 written: Some(Sha256::digest(&plain[..]).into()),
                 _lock: lock,
             },
@@ -103,14 +106,13 @@ impl Home {
         ))
     }
 
-    /// Writes `state` durably and atomically, unless it is what was last written.
-    pub fn save(&mut self, state: &State) -> Result<(), ClientError> {
-        let plain = zeroize::Zeroizing::new(state.encode()?);
-        let digest: [u8; 32] = Sha256::digest(&plain[..]).into();
+    /// Writes the encoded state durably and atomically, unless it is what was last written.
+    pub fn save(&mut self, plain: &[u8]) -> Result<(), ClientError> {
+        let digest: [u8; 32] = Sha256::digest(plain).into();
         if self.written == Some(digest) {
             return Ok(());
         }
-        let blob = self.key.seal(&plain, &mut OsRng);
+        let blob = self.key.seal(plain, &mut OsRng);
         let tmp = self.dir.join(format!("{VAULT}.tmp"));
         let mut opts = OpenOptions::new();
         opts.write(true).create(true).truncate(true);
@@ -134,11 +136,26 @@ impl Home {
         Ok(())
     }
 
-    /// Seals `plain` under the vault's key into `files/<dir>/<name>` (durably; a
-    /// crash leaves the old file or the new one). Bulk data, such as the parts of a
-    /// file being received, lives there instead of inside the vault.
-    pub fn write_sealed(&self, dir: &str, name: &str, plain: &[u8]) -> Result<(), ClientError> {
-        let folder = self.dir.join(FILES).join(dir);
+    /// The sealed bulk data beside the vault (`files/`), under the vault's key.
+    pub fn blobs(&self) -> SealedFiles {
+        SealedFiles {
+            dir: self.dir.join(FILES),
+            key: Arc::clone(&self.key),
+        }
+    }
+}
+
+/// Bulk data sealed under the vault's key in the home's `files/` folder: the parts of
+/// a file being received, a letter's attachment. Each write is durable (a crash
+/// leaves the old file or the new one).
+pub struct SealedFiles {
+    dir: PathBuf,
+    key: Arc<VaultKey>,
+}
+
+impl Blobs for SealedFiles {
+    fn write(&mut self, dir: &str, name: &str, plain: &[u8]) -> Result<(), ClientError> {
+        let folder = self.dir.join(dir);
         fs::create_dir_all(&folder).map_err(|e| ClientError::io("creating a folder for received files", e))?;
         let blob = self.key.seal(plain, &mut OsRng);
         let tmp = folder.join(format!("{name}.tmp"));
@@ -149,18 +166,16 @@ impl Home {
         fs::rename(&tmp, folder.join(name)).map_err(|e| ClientError::io("writing part of a received file", e))
     }
 
-    /// Opens what [`Home::write_sealed`] wrote.
-    pub fn read_sealed(&self, dir: &str, name: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
-        let blob = fs::read(self.dir.join(FILES).join(dir).join(name))
+    fn read(&self, dir: &str, name: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
+        let blob = fs::read(self.dir.join(dir).join(name))
             .map_err(|e| ClientError::io("reading part of a received file", e))?;
         self.key
             .open(&blob)
             .map_err(|_| ClientError::Corrupt("part of a received file was modified on disk".into()))
     }
 
-    /// Deletes `files/<dir>` and everything in it (absent is fine).
-    pub fn remove_sealed(&self, dir: &str) {
-        let _ = fs::remove_dir_all(self.dir.join(FILES).join(dir));
+    fn remove(&mut self, dir: &str) {
+        let _ = fs::remove_dir_all(self.dir.join(dir));
     }
 }
 

@@ -13,8 +13,8 @@ use crate::connection::RelayConnection;
 use crate::socks::ProxyAddr;
 use crate::ClientError;
 
-fn protocol<E: std::fmt::Display>(e: E) -> ClientError {
-    ClientError::Protocol(e.to_string())
+fn protocol(e: impl Into<crate::ProtocolError>) -> ClientError {
+    ClientError::protocol(e)
 }
 
 /// Seals `text` (and a file) to the drop box's owner, delivers it with the proof of
@@ -57,7 +57,7 @@ pub async fn send_letter(
         // The work is pure CPU: off the executor, so the connection's keep-alives go on.
         let nonce = tokio::task::spawn_blocking(move || pow::solve(&challenge, bits))
             .await
-            .map_err(|_| ClientError::Protocol("the proof of work was interrupted".into()))?;
+            .map_err(|_| ClientError::protocol(crate::ProtocolError::WorkInterrupted))?;
         requests.push(Request::Send {
             send: to.mailbox.send.0,
             envelope,
@@ -137,9 +137,9 @@ pub async fn check_replies(
             })
             .await?
         else {
-            return Err(ClientError::Protocol(
-                "the relay answered a fetch with something else".into(),
-            ));
+            return Err(ClientError::protocol(crate::ProtocolError::Refused(
+                "the relay answered a fetch with something else",
+            )));
         };
         // Each fetch starts again from the oldest envelope not deleted, so each batch is
         // assembled on its own.

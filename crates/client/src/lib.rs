@@ -11,6 +11,7 @@ pub mod connection;
 pub mod engine;
 pub mod home;
 pub mod letter;
+pub mod session;
 pub mod socks;
 pub mod state;
 pub mod transport;
@@ -36,6 +37,14 @@ pub enum ClientError {
     /// The passphrase does not open the store.
     #[error("the passphrase is wrong (or the local store was modified); try again with the right passphrase")]
     WrongPassphrase,
+    /// The local store was written by a newer release.
+    #[error("the local store was written by a newer backchannel (store version {found}; this one reads up to {known}); upgrade backchannel — nothing was changed")]
+    NewerStore {
+        /// The version found.
+        found: u32,
+        /// The newest version this release reads.
+        known: u32,
+    },
     /// The local store is damaged.
     #[error("the local store is damaged ({0}); restore it from a backup — nothing was changed")]
     Corrupt(String),
@@ -83,13 +92,49 @@ pub enum ClientError {
     /// Another member kept committing first.
     #[error("other members kept changing \"{0}\" at the same moment; try again")]
     Contended(String),
-    /// An MLS or format error.
+    /// An MLS or format error, with its cause.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// An MLS or byte-format error from the core, kept whole as the cause of a
+/// [`ClientError::Protocol`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The MLS channel refused an operation.
+    #[error(transparent)]
+    Channel(#[from] backchannel_core::channel::ChannelError),
+    /// An envelope could not be sealed or opened.
+    #[error(transparent)]
+    Envelope(#[from] backchannel_core::envelope::EnvelopeError),
+    /// A courier bundle could not be sealed.
+    #[error(transparent)]
+    Courier(#[from] backchannel_core::courier::CourierError),
+    /// A drop-box letter or reply could not be sealed or opened.
+    #[error(transparent)]
+    Drop(#[from] backchannel_core::drop::DropError),
+    /// A name that cannot be used.
+    #[error(transparent)]
+    Name(#[from] backchannel_core::identity::BadName),
+    /// Bytes that do not decode.
+    #[error(transparent)]
+    Decode(#[from] backchannel_core::codec::DecodeError),
+    /// The proof of work a drop box demands was interrupted.
+    #[error("the proof of work was interrupted")]
+    WorkInterrupted,
+    /// A reply was refused for what it is, not for its bytes.
     #[error("{0}")]
-    Protocol(String),
+    Refused(&'static str),
 }
 
 impl ClientError {
     pub(crate) fn io(context: &'static str, source: std::io::Error) -> Self {
         ClientError::Io { context, source }
+    }
+
+    /// An MLS or format error from the core, kept as the cause.
+    pub(crate) fn protocol(e: impl Into<ProtocolError>) -> Self {
+        ClientError::Protocol(e.into())
     }
 }

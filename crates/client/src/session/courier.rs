@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use backchannel_core::courier::{open_bundle, seal_bundle, Bundle, BundleEntry};
 use backchannel_core::envelope::Envelope;
 use backchannel_core::mailbox::MailboxAddress;
-use rand_core::{OsRng, RngCore};
+use rand_core::OsRng;
 
-use super::{now_s, protocol, Engine, Role, Via};
+use super::{random_id, Role, Session, Via};
 use crate::ClientError;
 
 /// Bundle ids remembered, to say so when a bundle is imported again.
@@ -26,7 +26,7 @@ pub struct ImportReport {
     pub new: Vec<(String, usize)>,
 }
 
-impl Engine {
+impl Session {
     /// Seals everything waiting to go to `name`'s other members into one bundle. The
     /// messages stay queued for the relay too: each member is shown each message once,
     /// however many ways it arrives. Returns the bundle and how many envelopes it holds.
@@ -59,21 +59,19 @@ impl Engine {
                 "nothing is waiting to be sent in \"{name}\": everything has reached the relay; no bundle was written"
             )));
         }
-        let mut id = [0u8; 16];
-        OsRng.fill_bytes(&mut id);
         let bundle = Bundle {
-            id,
-            created_at: now_s(),
+            id: random_id(),
+            created_at: self.now_s(),
             entries,
         };
         let n = bundle.entries.len();
-        let file = seal_bundle(&bundle, &recipients, &mut OsRng).map_err(protocol)?;
+        let file = seal_bundle(&bundle, &recipients, &mut OsRng).map_err(ClientError::protocol)?;
         Ok((file, n))
     }
 
     /// Delivers the envelopes of a bundle that are addressed to this member's channels.
     /// A bundle that was modified is refused as a whole, before anything is delivered.
-    pub async fn courier_import(&mut self, file: &[u8]) -> Result<ImportReport, ClientError> {
+    pub fn courier_import(&mut self, file: &[u8]) -> Result<ImportReport, ClientError> {
         let boxes: Vec<_> = self
             .mailboxes()
             .into_iter()
@@ -102,9 +100,9 @@ impl Engine {
             };
             report.for_us += 1;
             let (keys, role) = boxes[i].clone();
-            self.handle_envelope(&keys, &role, &entry.envelope, Via::Courier).await;
+            self.receive(&keys, &role, &entry.envelope, Via::Courier);
         }
-        self.retry_deferred().await;
+        self.retry_deferred();
         // Counted before lifetimes apply: a message that disappears at once still arrived.
         for (n, c) in &self.state.channels {
             let was = before.get(n).copied().unwrap_or(0);
@@ -119,7 +117,7 @@ impl Engine {
             }
             self.state.imported_bundles.push_back(bundle.id);
         }
-        self.save()?;
+        self.save();
         Ok(report)
     }
 }

@@ -1,4 +1,17 @@
 //! Everything a client keeps, serialized with postcard inside the vault.
+//!
+//! The layout is versioned: the first field is [`STATE_VERSION`]. Each earlier layout
+//! that a release wrote is frozen in its own module (`v5`, …) with a conversion to
+//! the current one, and pinned by a fixture that release made
+//! (`crates/backchannel/tests/fixtures/`). A state written by a newer release is
+//! refused, and nothing is rewritten.
+//!
+//! Rule for the next change: copy every type whose layout changes into a new frozen
+//! module for the layout it replaces (the frozen modules name the current types only
+//! for what has not changed since), bump [`STATE_VERSION`], add the conversion, and
+//! add a fixture made by the release before the change.
+
+mod v5;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -15,7 +28,10 @@ use crate::socks::ProxyAddr;
 use crate::ClientError;
 
 /// Version of the state layout.
-pub const STATE_VERSION: u32 = 5;
+pub const STATE_VERSION: u32 = 6;
+
+/// The oldest layout this release converts.
+pub const OLDEST_STATE_VERSION: u32 = 5;
 
 /// The whole client state.
 #[derive(Serialize, Deserialize)]
@@ -179,6 +195,40 @@ pub struct RecentPayload {
     pub by_courier: bool,
 }
 
+impl State {
+    /// The state of a new identity: no channel yet.
+    pub fn new(
+        name: String,
+        identity_secret: [u8; 32],
+        relay: RelayAddress,
+        relay_alternates: Vec<RelayAddress>,
+        proxy: Option<ProxyAddr>,
+    ) -> Self {
+        Self {
+            version: STATE_VERSION,
+            name,
+            identity_secret,
+            relay,
+            relay_alternates,
+            mls: Vec::new(),
+            channels: BTreeMap::new(),
+            pending_joins: Vec::new(),
+            reassembly: BTreeMap::new(),
+            outbox: Vec::new(),
+            deferred: Vec::new(),
+            unsent: Vec::new(),
+            proxy,
+            cover: Vec::new(),
+            doomed: Vec::new(),
+            recent_payloads: VecDeque::new(),
+            imported_bundles: VecDeque::new(),
+            drops: BTreeMap::new(),
+            outgoing_files: Vec::new(),
+            incoming_files: Vec::new(),
+        }
+    }
+}
+
 impl Drop for State {
     fn drop(&mut self) {
         self.identity_secret.zeroize();
@@ -215,18 +265,25 @@ impl State {
         postcard::to_stdvec(self).map_err(|e| ClientError::Corrupt(e.to_string()))
     }
 
-    /// Deserializes.
+    /// Deserializes the current layout, or converts an earlier one.
     pub fn decode(b: &[u8]) -> Result<Self, ClientError> {
         // The version is the first field: read it alone, so that a store made by
         // another version says so instead of looking damaged.
-        if let Ok((version, _)) = postcard::take_from_bytes::<u32>(b) {
-            if version != STATE_VERSION {
-                return Err(ClientError::Corrupt(format!(
-                    "it was written by a backchannel with store version {version}, and this one reads version {STATE_VERSION}; use a matching version"
-                )));
-            }
+        let (version, _) = postcard::take_from_bytes::<u32>(b)
+            .map_err(|_| ClientError::Corrupt("the local store could not be decoded".into()))?;
+        let undecodable = |_| ClientError::Corrupt("the local store could not be decoded".into());
+        match version {
+            STATE_VERSION => postcard::from_bytes(b).map_err(undecodable),
+            5 => Ok(postcard::from_bytes::<v5::State>(b).map_err(undecodable)?.into()),
+            v if v > STATE_VERSION => Err(ClientError::NewerStore {
+                found: v,
+                known: STATE_VERSION,
+            }),
+            v => Err(ClientError::Corrupt(format!(
+                "it was written by an early backchannel with store version {v}, and this one reads versions \
+                 {OLDEST_STATE_VERSION} to {STATE_VERSION}"
+            ))),
         }
-        postcard::from_bytes(b).map_err(|_| ClientError::Corrupt("the local store could not be decoded".into()))
     }
 }
 
@@ -252,6 +309,12 @@ impl ChannelStatus {
             ChannelStatus::Left => "left",
             ChannelStatus::Closed => "closed",
         }
+    }
+}
+
+impl std::fmt::Display for ChannelStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
     }
 }
 
@@ -287,6 +350,35 @@ pub struct ChannelState {
     pub disappear_after: u64,
     /// The channel closes on its own at this time (Unix s; 0: never).
     pub expires_at: u64,
+}
+
+impl ChannelState {
+    /// A channel just created or joined: `mailbox` receives, nothing happened yet.
+    pub fn new(
+        group_id: Vec<u8>,
+        mailbox: MailboxKeys,
+        sequencer: Option<MailboxKeys>,
+        disappear_after: u64,
+        expires_at: u64,
+        now_s: u64,
+    ) -> Self {
+        Self {
+            group_id,
+            mailbox,
+            mailbox_since: now_s,
+            retired: Vec::new(),
+            sequencer,
+            invites: Vec::new(),
+            messages: Vec::new(),
+            read_upto: 0,
+            seen: Default::default(),
+            verified: Default::default(),
+            status: ChannelStatus::Active,
+            pending: None,
+            disappear_after,
+            expires_at,
+        }
+    }
 }
 
 /// A staged commit, kept so a crash between claim and fan-out can finish it.
@@ -366,7 +458,49 @@ pub struct StoredMessage {
     /// Text.
     pub text: String,
     /// `None` for a message; the event kind otherwise.
-    pub event: Option<String>,
+    pub event: Option<EventKind>,
+}
+
+/// What kind of event a history entry is (a message has none).
+///
+/// Serialized as its index in the vault (postcard) and as its [`word`](Self::word)
+/// in JSON.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// Something that arrived was refused or discarded; the text says what.
+    Rejected,
+    /// A member joined (or we did).
+    Joined,
+    /// A member was removed (or we were).
+    Removed,
+    /// The channel was closed (or expired).
+    Closed,
+}
+
+impl EventKind {
+    /// The word output uses for it (`read --json`'s `event` field).
+    pub fn word(self) -> &'static str {
+        match self {
+            EventKind::Rejected => "rejected",
+            EventKind::Joined => "joined",
+            EventKind::Removed => "removed",
+            EventKind::Closed => "closed",
+        }
+    }
+
+    /// Reads a word that [`EventKind::word`] gave (layout 5 stored the word).
+    pub fn from_word(word: &str) -> Option<Self> {
+        [Self::Rejected, Self::Joined, Self::Removed, Self::Closed]
+            .into_iter()
+            .find(|k| k.word() == word)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
 }
 
 /// A join request waiting for its welcome.

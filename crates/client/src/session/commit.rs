@@ -1,0 +1,263 @@
+//! Changes to a channel's membership and keys. A commit is staged (and saved) before
+//! its epoch is claimed at the channel's sequencer mailbox; the claim's answer decides:
+//! won, the commit is merged and sent to every member (and its welcome to joiners);
+//! lost, it is discarded and tried again on top of the winner's. A staged commit
+//! survives a crash between the claim and the fan-out: the next sync claims again
+//! with the same token, which the relay grants again.
+
+use backchannel_core::channel::ValidKeyPackage;
+use backchannel_core::envelope::PayloadKind;
+use backchannel_core::frame::Request;
+use backchannel_core::identity::Fingerprint;
+use backchannel_core::mailbox::MailboxKeys;
+use backchannel_core::relay_address::RelayAddress;
+
+use super::lifecycle::RETIRED_GRACE;
+use super::Session;
+use crate::state::{ChannelStatus, PendingCommit, RetiredMailbox};
+use crate::ClientError;
+
+/// How many times a commit that lost its epoch is retried.
+pub const COMMIT_ATTEMPTS: usize = 8;
+
+/// What a commit does.
+#[derive(Clone)]
+pub enum CommitOp {
+    /// Adds members (from their validated key packages).
+    Add(Vec<ValidKeyPackage>),
+    /// Removes members.
+    Remove(Vec<Fingerprint>),
+    /// Commits the proposals waiting (a member's leave).
+    Proposals,
+    /// Our own key update, announcing a fresh receiving mailbox (the driver makes it
+    /// at the channel's relay and passes it to [`Session::stage_commit`]).
+    SelfUpdate,
+}
+
+impl CommitOp {
+    /// Whether staging it needs a fresh mailbox.
+    pub fn needs_mailbox(&self) -> bool {
+        matches!(self, CommitOp::SelfUpdate)
+    }
+}
+
+/// A staged commit's claim: the request, and the relay of the sequencer it goes to.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The sequencer's relay.
+    pub relay: RelayAddress,
+    /// The claim request.
+    pub request: Request,
+}
+
+/// What the sequencer answered to a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimAnswer {
+    /// The epoch is ours.
+    Granted,
+    /// Another member's commit holds the epoch.
+    Conflict,
+}
+
+/// What became of a staged commit after its claim.
+#[derive(Debug)]
+pub enum CommitOutcome {
+    /// Merged and queued for every member; the channel's name.
+    Done,
+    /// Lost the epoch; a mailbox made for it that must now be deleted, if any.
+    Lost(Option<MailboxKeys>),
+}
+
+impl Session {
+    /// Stages `op` in channel `name`: the commit (and welcome) is kept, with who
+    /// receives it, and saved before its claim. `fresh` is the new mailbox a
+    /// [`CommitOp::SelfUpdate`] announces. Returns the claim to send, or `None` when
+    /// there is nothing to commit (the members are already in, or gone).
+    pub fn stage_commit(
+        &mut self,
+        name: &str,
+        op: &CommitOp,
+        fresh: Option<MailboxKeys>,
+    ) -> Result<Option<Claim>, ClientError> {
+        self.active(name)?;
+        let mut group = self.load_group(name)?;
+        let recipients = self.others(&group);
+        let mut new_mailbox = None;
+        let (out, joiners) = match op {
+            CommitOp::Add(kps) => {
+                let current: Vec<[u8; 32]> = group.members().iter().map(|m| m.identity_key).collect();
+                let fresh: Vec<ValidKeyPackage> = kps
+                    .iter()
+                    .filter(|k| !current.contains(&k.member.identity_key))
+                    .cloned()
+                    .collect();
+                if fresh.is_empty() {
+                    return Ok(None);
+                }
+                let joiners = fresh.iter().filter_map(|k| k.member.mailbox.clone()).collect();
+                let out = group
+                    .add(&self.provider, &self.identity, fresh)
+                    .map_err(ClientError::protocol)?;
+                (out, joiners)
+            }
+            CommitOp::Remove(fps) => {
+                let present: Vec<Fingerprint> = group
+                    .members()
+                    .iter()
+                    .map(|m| m.fingerprint)
+                    .filter(|f| fps.contains(f))
+                    .collect();
+                if present.is_empty() {
+                    return Ok(None);
+                }
+                let out = group
+                    .remove(&self.provider, &self.identity, &present)
+                    .map_err(ClientError::protocol)?;
+                (out, Vec::new())
+            }
+            CommitOp::Proposals => {
+                if !group.has_pending_proposals() {
+                    return Ok(None);
+                }
+                let out = group
+                    .commit_pending(&self.provider, &self.identity)
+                    .map_err(ClientError::protocol)?;
+                (out, Vec::new())
+            }
+            CommitOp::SelfUpdate => {
+                // A fresh mailbox: ids and send capability rotate too.
+                let out = group
+                    .self_update(&self.provider, &self.identity, fresh.as_ref().map(|f| &f.address))
+                    .map_err(ClientError::protocol)?;
+                new_mailbox = fresh;
+                (out, Vec::new())
+            }
+        };
+        let pending = PendingCommit {
+            new_mailbox,
+            epoch: out.epoch,
+            token: out.token(),
+            commit: out.commit.clone(),
+            welcome: out.welcome.clone(),
+            recipients,
+            joiners,
+        };
+        if let Some(ch) = self.state.channels.get_mut(name) {
+            ch.pending = Some(pending);
+        }
+        self.save();
+        self.claim(name)
+    }
+
+    /// The claim for the commit staged in `name`, if one is.
+    pub fn claim(&self, name: &str) -> Result<Option<Claim>, ClientError> {
+        let Some(pending) = &self.channel(name)?.pending else {
+            return Ok(None);
+        };
+        let group = self.load_group(name)?;
+        let seq = group.info().map_err(ClientError::protocol)?.sequencer;
+        Ok(Some(Claim {
+            relay: seq.relay.clone(),
+            request: Request::Claim {
+                send: seq.send.0,
+                epoch: pending.epoch,
+                token: pending.token,
+            },
+        }))
+    }
+
+    /// The channels with a commit staged (a crash came between its claim and its fan-out).
+    pub fn staged_commits(&self) -> Vec<String> {
+        self.state
+            .channels
+            .iter()
+            .filter(|(_, c)| c.pending.is_some() && c.status == ChannelStatus::Active)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The sequencer answered the claim of the commit staged in `name`.
+    pub fn claim_answered(&mut self, name: &str, answer: ClaimAnswer) -> Result<CommitOutcome, ClientError> {
+        let Some(pending) = self.channel(name)?.pending.clone() else {
+            return Ok(CommitOutcome::Done);
+        };
+        let mut group = self.load_group(name)?;
+        match answer {
+            ClaimAnswer::Granted => {
+                group.merge_pending(&self.provider).map_err(ClientError::protocol)?;
+                for to in &pending.recipients {
+                    self.enqueue(to, PayloadKind::Mls, &pending.commit)?;
+                }
+                if let Some(w) = &pending.welcome {
+                    for to in &pending.joiners {
+                        self.enqueue(to, PayloadKind::Welcome, w)?;
+                    }
+                }
+                let now = self.now_s();
+                if let Some(ch) = self.state.channels.get_mut(name) {
+                    ch.pending = None;
+                    if let Some(fresh) = pending.new_mailbox.clone() {
+                        let old = std::mem::replace(&mut ch.mailbox, fresh);
+                        ch.mailbox_since = now;
+                        ch.retired.push(RetiredMailbox {
+                            keys: old,
+                            until: now.saturating_add(RETIRED_GRACE.as_secs()),
+                        });
+                    }
+                }
+                self.save();
+                if !group.is_active() {
+                    self.wipe(name, ChannelStatus::Removed);
+                }
+                Ok(CommitOutcome::Done)
+            }
+            ClaimAnswer::Conflict => {
+                let _ = group.discard_pending(&self.provider);
+                if let Some(ch) = self.state.channels.get_mut(name) {
+                    ch.pending = None;
+                }
+                self.save();
+                Ok(CommitOutcome::Lost(pending.new_mailbox))
+            }
+        }
+    }
+
+    /// A mailbox made for a commit that lost could not be deleted now: a later sync does.
+    pub fn doom(&mut self, keys: MailboxKeys) {
+        self.state.doomed.push(keys);
+        self.save();
+    }
+
+    /// Join requests read since the last call, per channel, that an invite still
+    /// honours (each takes one of its uses); refusals become warnings.
+    pub fn take_admissions(&mut self) -> Vec<(String, Vec<ValidKeyPackage>)> {
+        let requests = std::mem::take(&mut self.admissions);
+        let now = self.now_s();
+        let mut per_channel: std::collections::BTreeMap<String, Vec<ValidKeyPackage>> = Default::default();
+        for (name, invite_id, kp) in requests {
+            let Some(ch) = self.state.channels.get_mut(&name) else {
+                continue;
+            };
+            let Some(inv) = ch.invites.iter_mut().find(|i| i.mailbox.id() == invite_id) else {
+                continue;
+            };
+            if inv.expires_at <= now {
+                self.warn(
+                    Some(&name),
+                    format!("refused {}: the invite had expired", kp.member.name),
+                );
+                continue;
+            }
+            if inv.uses_left == 0 {
+                self.warn(
+                    Some(&name),
+                    format!("refused {}: the invite was used up", kp.member.name),
+                );
+                continue;
+            }
+            inv.uses_left -= 1;
+            per_channel.entry(name).or_default().push(kp);
+        }
+        per_channel.into_iter().collect()
+    }
+}

@@ -1,0 +1,324 @@
+//! What arrives: envelopes opened and reassembled, payloads de-duplicated, MLS
+//! messages read or kept for a later epoch, welcomes and join requests taken.
+
+use backchannel_core::channel::{validate_key_package, Channel, Received, Rejection};
+use backchannel_core::envelope::{open_envelope, Envelope, PayloadKind};
+use backchannel_core::mailbox::{MailboxId, MailboxKeys};
+use backchannel_core::message::{AppMessage, Body, JoinRequest};
+
+use super::{files, hex, payload_digest, Effect, Role, Session};
+use crate::state::{ChannelState, ChannelStatus, DeferredMls, EventKind, RecentPayload, StoredMessage};
+
+/// Most MLS messages kept per channel while they wait for their epoch.
+pub const MAX_DEFERRED: usize = 256;
+
+/// Channel payloads remembered to recognize one carried both by hand and by a relay.
+pub const RECENT_PAYLOADS: usize = 4096;
+
+/// How an envelope reached us.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Via {
+    /// Fetched from a relay.
+    Relay,
+    /// Imported from a courier bundle.
+    Courier,
+}
+
+/// Why an MLS message was not taken.
+enum Rejected {
+    /// It belongs to a later epoch: keep it for when that commit arrives.
+    Later,
+    /// It will never be readable; the text says why.
+    Now(String),
+}
+
+impl Session {
+    /// Takes one envelope that arrived in mailbox `keys` (whose purpose is `role`).
+    /// Whatever happens is recorded in the state and the effects; nothing fails.
+    pub fn receive(&mut self, keys: &MailboxKeys, role: &Role, env: &Envelope, via: Via) {
+        let channel_name = match role {
+            Role::Channel(n) | Role::Invite(n, _) => Some(n.clone()),
+            Role::Join(_) | Role::Drop(_) => None,
+        };
+        let chunk = match open_envelope(&keys.address.seal, &keys.address.send, env) {
+            Ok(c) => c,
+            Err(_) => {
+                self.warn(
+                    channel_name.as_deref(),
+                    "discarded an envelope that failed authentication (forged or corrupted)",
+                );
+                return;
+            }
+        };
+        let r = self.state.reassembly.entry(keys.id().0).or_default();
+        let whole = match r.push(chunk) {
+            Ok(Some(w)) => w,
+            Ok(None) => return,
+            Err(_) => {
+                self.warn(channel_name.as_deref(), "discarded a malformed message");
+                return;
+            }
+        };
+        match (role, whole.kind) {
+            (Role::Channel(name), PayloadKind::Mls) => match self.read_channel_payload(name, &whole.payload, via) {
+                Ok(()) => {}
+                Err(Rejected::Later) => self.defer(name, whole.payload, via),
+                Err(Rejected::Now(text)) => self.warn(Some(name), text),
+            },
+            (Role::Invite(name, invite_id), PayloadKind::JoinRequest) => {
+                let kp = JoinRequest::from_bytes(&whole.payload)
+                    .ok()
+                    .and_then(|j| validate_key_package(&self.provider, &j.key_package).ok());
+                match kp {
+                    Some(kp) => self.admissions.push((name.clone(), *invite_id, kp)),
+                    None => self.warn(Some(name), "refused an invalid join request"),
+                }
+            }
+            (Role::Join(id), PayloadKind::Welcome) => self.accept_welcome(*id, &whole.payload),
+            (Role::Drop(name), PayloadKind::Letter) => self.receive_letter(name, keys, &whole.payload),
+            _ => self.warn(channel_name.as_deref(), "discarded a message of an unexpected kind"),
+        }
+    }
+
+    /// Reads one channel payload through MLS, unless it is the second copy of a message
+    /// carried both by courier and by relay (from either path, or both waiting in
+    /// `deferred`): that one is skipped without a word.
+    fn read_channel_payload(&mut self, name: &str, payload: &[u8], via: Via) -> Result<(), Rejected> {
+        let digest = payload_digest(payload);
+        if self.carried_twice(&digest, via) {
+            return Ok(());
+        }
+        self.process_mls(name, payload)?;
+        self.remember_payload(digest, via);
+        Ok(())
+    }
+
+    /// Whether this channel payload was already processed and one of its two copies
+    /// came by courier: the copy that arrives second is the same message, not a replay,
+    /// and is skipped without a word. Relay-only repeats still go to MLS, which reports
+    /// them as replays.
+    fn carried_twice(&self, digest: &[u8; 16], via: Via) -> bool {
+        self.state
+            .recent_payloads
+            .iter()
+            .any(|p| &p.digest == digest && (p.by_courier || via == Via::Courier))
+    }
+
+    /// Remembers a channel payload once MLS has read it (not before: a copy that
+    /// failed, or waits for a later epoch, must not hide the other copy).
+    fn remember_payload(&mut self, digest: [u8; 16], via: Via) {
+        if self.state.recent_payloads.len() >= RECENT_PAYLOADS {
+            self.state.recent_payloads.pop_front();
+        }
+        self.state.recent_payloads.push_back(RecentPayload {
+            digest,
+            by_courier: via == Via::Courier,
+        });
+    }
+
+    /// Keeps an MLS message from a later epoch for when its commit arrives.
+    fn defer(&mut self, name: &str, payload: Vec<u8>, via: Via) {
+        let held = self.state.deferred.iter().filter(|d| d.channel == name).count();
+        if held >= MAX_DEFERRED {
+            // The epoch in a message's header is not authenticated: bound what it can make us keep.
+            if let Some(pos) = self.state.deferred.iter().position(|d| d.channel == name) {
+                self.state.deferred.remove(pos);
+                self.warn(
+                    Some(name),
+                    "dropped a message that waited too long for a change to the channel that never arrived",
+                );
+            }
+        }
+        self.state.deferred.push(DeferredMls {
+            channel: name.to_string(),
+            payload,
+            by_courier: via == Via::Courier,
+        });
+    }
+
+    /// Retries the messages kept for a later epoch, until no more can be read.
+    /// Returns whether any was read or dropped (the driver then saves).
+    pub fn retry_deferred(&mut self) -> bool {
+        let mut changed = false;
+        loop {
+            let mut progress = false;
+            let waiting = std::mem::take(&mut self.state.deferred);
+            let mut keep = Vec::new();
+            for d in waiting {
+                if !self.is_active(&d.channel) {
+                    progress = true;
+                    continue;
+                }
+                let via = if d.by_courier { Via::Courier } else { Via::Relay };
+                match self.read_channel_payload(&d.channel, &d.payload, via) {
+                    Ok(()) => progress = true,
+                    Err(Rejected::Later) => keep.push(d),
+                    Err(Rejected::Now(text)) => {
+                        progress = true;
+                        self.warn(Some(&d.channel), text);
+                    }
+                }
+            }
+            // Anything deferred while retrying (none expected) is kept too.
+            keep.append(&mut self.state.deferred);
+            self.state.deferred = keep;
+            changed |= progress;
+            if !progress || self.state.deferred.is_empty() {
+                return changed;
+            }
+        }
+    }
+
+    /// Processes one MLS message.
+    fn process_mls(&mut self, name: &str, payload: &[u8]) -> Result<(), Rejected> {
+        let Ok(mut group) = self.load_group(name) else {
+            return Ok(());
+        };
+        let received = match group.process(&self.provider, payload) {
+            Ok(r) => r,
+            // A message from a later epoch, or carried ahead of its sender's earlier ones
+            // (a courier): kept until what it follows has been read.
+            Err(Rejection::FutureEpoch(_) | Rejection::TooFarAhead) => return Err(Rejected::Later),
+            Err(rej) => return Err(Rejected::Now(format!("discarded a message: {rej}"))),
+        };
+        let now = self.now_ms();
+        match received {
+            Received::Application { sender, plaintext } => {
+                let msg = match AppMessage::from_bytes(&plaintext) {
+                    Ok(m) => m,
+                    Err(_) => {
+                        self.warn(
+                            Some(name),
+                            format!("discarded a malformed message from {}", sender.name),
+                        );
+                        return Ok(());
+                    }
+                };
+                let Some(ch) = self.state.channels.get_mut(name) else {
+                    return Ok(());
+                };
+                // A part's id is never shown or answered: parts are told apart by their
+                // file and index (receive_part), and so stay out of the replay filter.
+                if !matches!(msg.body, Body::Part { .. }) && !ch.seen.insert(msg.id) {
+                    self.warn(Some(name), "discarded a replayed message");
+                    return Ok(());
+                }
+                // A sender's clock ahead of ours cannot keep a disappearing message longer.
+                let sent_at = msg.sent_at.min(now);
+                match msg.body {
+                    Body::Text(text) => {
+                        ch.messages.push(StoredMessage {
+                            id: hex(&msg.id),
+                            from: sender.name.clone(),
+                            from_key: sender.identity_key,
+                            sent_at,
+                            text,
+                            event: None,
+                        });
+                        self.shown(name);
+                    }
+                    Body::Close => {
+                        self.wipe(name, ChannelStatus::Closed);
+                        self.event(name, EventKind::Closed, format!("{} closed the channel", sender.name));
+                    }
+                    Body::File(offer) => {
+                        let id = hex(&msg.id);
+                        ch.messages.push(StoredMessage {
+                            id: id.clone(),
+                            from: sender.name.clone(),
+                            from_key: sender.identity_key,
+                            sent_at,
+                            text: files::offer_text(&offer),
+                            event: None,
+                        });
+                        self.shown(name);
+                        self.receive_offer(name, sender.identity_key, id, offer);
+                    }
+                    Body::Part { file_id, index, data } => {
+                        self.receive_part(name, sender.identity_key, file_id, index, &data);
+                    }
+                }
+            }
+            Received::Commit {
+                committer,
+                added,
+                removed,
+                self_removed,
+            } => {
+                let by = committer.map(|c| c.name).unwrap_or_else(|| "a member".into());
+                for m in added {
+                    self.event(name, EventKind::Joined, format!("{by} added {}", m.name));
+                }
+                for m in removed {
+                    if m.identity_key != self.identity.public_key() {
+                        self.event(name, EventKind::Removed, format!("{by} removed {}", m.name));
+                    }
+                }
+                if self_removed {
+                    self.event(name, EventKind::Removed, format!("{by} removed you from the channel"));
+                    self.wipe(name, ChannelStatus::Removed);
+                }
+            }
+            Received::Proposal { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn shown(&mut self, channel: &str) {
+        self.push(Effect::Show {
+            channel: channel.to_string(),
+            kind: None,
+        });
+    }
+
+    /// A welcome to a channel we asked to join.
+    fn accept_welcome(&mut self, join_id: MailboxId, payload: &[u8]) {
+        let Some(pos) = self.state.pending_joins.iter().position(|p| p.mailbox.id() == join_id) else {
+            return;
+        };
+        let (group, sender) = match Channel::join(&self.provider, payload) {
+            Ok(x) => x,
+            Err(_) => {
+                self.warn(None, "discarded an invalid welcome");
+                return;
+            }
+        };
+        let pj = self.state.pending_joins.remove(pos);
+        if sender.identity_key != pj.inviter_key {
+            self.warn(None, "discarded a welcome that did not come from the inviter");
+            let _ = group.delete(&self.provider);
+            self.state.pending_joins.push(pj);
+            return;
+        }
+        let Ok(info) = group.info() else {
+            self.warn(None, "discarded a welcome without the channel's description");
+            let _ = group.delete(&self.provider);
+            self.state.pending_joins.push(pj);
+            return;
+        };
+        let base = pj.local_name.clone().unwrap_or(info.name);
+        let mut local = base.clone();
+        let mut n = 2;
+        while self.state.channels.contains_key(&local) {
+            local = format!("{base}-{n}");
+            n += 1;
+        }
+        let now_s = self.now_s();
+        self.state.channels.insert(
+            local.clone(),
+            ChannelState::new(
+                group.group_id(),
+                pj.mailbox.clone(),
+                None,
+                info.disappear_after,
+                info.expires_at,
+                now_s,
+            ),
+        );
+        self.event(
+            &local,
+            EventKind::Joined,
+            format!("you joined; {} admitted you", sender.name),
+        );
+    }
+}

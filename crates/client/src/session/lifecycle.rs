@@ -1,0 +1,218 @@
+//! How long things last: disappearing messages, a channel's expiry, the end of a
+//! channel, invites used up or expired, retired mailboxes whose grace is over, and
+//! mailboxes old enough to rotate.
+
+use std::time::Duration;
+
+use backchannel_core::channel::Channel;
+use backchannel_core::mailbox::MailboxKeys;
+
+use backchannel_core::envelope::PayloadKind;
+use backchannel_core::message::{AppMessage, Body};
+
+use super::{random_id, Effect, Session};
+use crate::state::{ChannelStatus, EventKind};
+use crate::ClientError;
+
+/// How long a rotated-out mailbox is still read before it is deleted.
+pub const RETIRED_GRACE: Duration = Duration::from_secs(2 * 86_400);
+
+/// A channel mailbox older than this is rotated (with a key update) at the next sync.
+pub const ROTATE_AFTER: Duration = Duration::from_secs(7 * 86_400);
+
+impl Session {
+    /// Asks the other members of `name` to remove us (a leave proposal in the outbox).
+    /// The driver sends it, then [`Session::wipe`]s the channel with `Left`.
+    pub fn queue_leave(&mut self, name: &str) -> Result<(), ClientError> {
+        self.active(name)?;
+        let mut group = self.load_group(name)?;
+        let others = self.others(&group);
+        if !others.is_empty() {
+            let proposal = group
+                .leave(&self.provider, &self.identity)
+                .map_err(ClientError::protocol)?;
+            for to in &others {
+                self.enqueue(to, PayloadKind::Mls, &proposal)?;
+            }
+            self.save();
+        }
+        Ok(())
+    }
+
+    /// Tells every other member of `name` that the channel is closed (a close message
+    /// in the outbox). The driver sends it, then [`Session::wipe`]s the channel with
+    /// `Closed`.
+    pub fn queue_close(&mut self, name: &str) -> Result<(), ClientError> {
+        self.active(name)?;
+        let mut group = self.load_group(name)?;
+        let msg = AppMessage {
+            id: random_id(),
+            sent_at: self.now_ms(),
+            body: Body::Close,
+        };
+        let ct = group
+            .encrypt(&self.provider, &self.identity, &msg.to_bytes())
+            .map_err(ClientError::protocol)?;
+        for to in self.others(&group) {
+            self.enqueue(&to, PayloadKind::Mls, &ct)?;
+        }
+        self.save();
+        Ok(())
+    }
+
+    /// Ends a channel here and asks the driver to delete its mailboxes at the relays.
+    pub(crate) fn wipe(&mut self, name: &str, status: ChannelStatus) {
+        self.end_channel(name, status);
+        self.push(Effect::DeleteDoomed);
+    }
+
+    /// Ends a channel on this device without the network: deletes its MLS keys, queues
+    /// its mailboxes for deletion at the relays, and marks it with `status`. A closed
+    /// channel also loses its history: only a tombstone with its name stays, so that a
+    /// later send says the channel was closed.
+    pub(crate) fn end_channel(&mut self, name: &str, status: ChannelStatus) {
+        let Some(ch) = self.state.channels.get_mut(name) else {
+            return;
+        };
+        ch.status = status;
+        let staged = ch.pending.take().and_then(|p| p.new_mailbox);
+        let sequencer = ch.sequencer.take();
+        let mut doomed: Vec<MailboxKeys> = vec![ch.mailbox.clone()];
+        doomed.extend(ch.invites.drain(..).map(|i| i.mailbox));
+        doomed.extend(ch.retired.drain(..).map(|r| r.keys));
+        doomed.extend(staged);
+        if status == ChannelStatus::Closed {
+            // The sequencer goes only when nobody can commit any more.
+            doomed.extend(sequencer);
+            ch.messages.clear();
+            ch.read_upto = 0;
+            ch.seen.clear();
+            ch.verified.clear();
+        }
+        let gid = ch.group_id.clone();
+        if let Ok(Some(group)) = Channel::load(&self.provider, &gid) {
+            let _ = group.delete(&self.provider);
+        }
+        self.state.deferred.retain(|d| d.channel != name);
+        if status == ChannelStatus::Closed {
+            self.prune_files();
+        }
+        for k in &doomed {
+            self.state.reassembly.remove(&k.id().0);
+        }
+        self.state.doomed.extend(doomed);
+    }
+
+    /// Applies the channels' lifetimes: deletes messages older than their channel's
+    /// disappearing time, and ends channels whose expiry has passed. Returns whether
+    /// anything changed (and then asks for a save).
+    pub fn apply_lifecycle(&mut self) -> bool {
+        let now = self.now_s();
+        let mut changed = false;
+        let mut expired = Vec::new();
+        for (name, ch) in self.state.channels.iter_mut() {
+            if ch.status == ChannelStatus::Active && ch.expires_at != 0 && ch.expires_at <= now {
+                expired.push(name.clone());
+            }
+            if ch.disappear_after == 0 {
+                continue;
+            }
+            let keep_after = now.saturating_sub(ch.disappear_after);
+            let before = ch.messages.len();
+            let mut read_gone = 0;
+            let read_upto = ch.read_upto;
+            let mut i = 0;
+            ch.messages.retain(|m| {
+                let keep = m.sent_at / 1000 > keep_after;
+                if !keep && i < read_upto {
+                    read_gone += 1;
+                }
+                i += 1;
+                keep
+            });
+            if ch.messages.len() != before {
+                ch.read_upto = ch.read_upto.saturating_sub(read_gone).min(ch.messages.len());
+                changed = true;
+            }
+        }
+        for name in expired {
+            self.end_channel(&name, ChannelStatus::Closed);
+            self.event(&name, EventKind::Closed, "the channel expired and was closed".into());
+            changed = true;
+        }
+        if changed {
+            self.prune_files();
+            self.save();
+        }
+        changed
+    }
+
+    /// Queues for deletion the invite mailboxes that expired or were used up.
+    pub fn expire_invites(&mut self) {
+        let now = self.now_s();
+        let mut dead = Vec::new();
+        for ch in self.state.channels.values_mut() {
+            let (keep, gone): (Vec<_>, Vec<_>) = ch
+                .invites
+                .drain(..)
+                .partition(|i| i.uses_left > 0 && i.expires_at > now);
+            ch.invites = keep;
+            dead.extend(gone.into_iter().map(|i| i.mailbox));
+        }
+        if !dead.is_empty() {
+            self.state.doomed.extend(dead);
+            self.push(Effect::DeleteDoomed);
+        }
+    }
+
+    /// Queues for deletion the rotated-out mailboxes whose grace period is over. Only
+    /// call it once a fetch came back empty: nothing is left in them.
+    pub fn expire_retired(&mut self) {
+        let now = self.now_s();
+        let mut gone = Vec::new();
+        for ch in self.state.channels.values_mut() {
+            let (old, keep): (Vec<_>, Vec<_>) = ch.retired.drain(..).partition(|r| r.until <= now);
+            ch.retired = keep;
+            gone.extend(old.into_iter().map(|r| r.keys));
+        }
+        for k in &gone {
+            self.state.reassembly.remove(&k.id().0);
+        }
+        self.state.doomed.extend(gone);
+        self.push(Effect::DeleteDoomed);
+    }
+
+    /// The channels whose mailbox is older than [`ROTATE_AFTER`] (and no commit is staged).
+    pub fn rotations_due(&self) -> Vec<String> {
+        let now = self.now_s();
+        self.state
+            .channels
+            .iter()
+            .filter(|(_, c)| c.status == ChannelStatus::Active && c.pending.is_none())
+            .filter(|(_, c)| c.mailbox_since.saturating_add(ROTATE_AFTER.as_secs()) <= now)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The channels with proposals waiting for a commit.
+    pub fn proposals_waiting(&self) -> Vec<String> {
+        self.state
+            .channels
+            .iter()
+            .filter(|(_, c)| c.status == ChannelStatus::Active)
+            .map(|(n, _)| n.clone())
+            .filter(|n| self.load_group(n).map(|g| g.has_pending_proposals()).unwrap_or(false))
+            .collect()
+    }
+
+    /// The mailboxes queued for deletion (the driver deletes them, then calls
+    /// [`Session::doomed_kept`] with those it could not).
+    pub fn take_doomed(&mut self) -> Vec<MailboxKeys> {
+        std::mem::take(&mut self.state.doomed)
+    }
+
+    /// Puts back the doomed mailboxes whose relay could not be asked (tried again later).
+    pub fn doomed_kept(&mut self, keep: Vec<MailboxKeys>) {
+        self.state.doomed.extend(keep);
+    }
+}

@@ -1,0 +1,341 @@
+//! The client's protocol logic, without I/O: no tokio, no sockets, no files.
+//!
+//! A [`Session`] owns the client's state (channels, outbox, inbox, lifecycle, files
+//! received, drop boxes) and the MLS provider. The driver ([`crate::engine::Engine`])
+//! tells it the time, hands it what arrived (a fetched or carried envelope, a relay's
+//! answer) and performs what it asks for: the requests it plans (each names the relay
+//! it goes to) and the [`Effect`]s it queues (save the state, delete mailboxes, show a
+//! warning or an event). Bulk data received (a file's parts, a letter's attachment)
+//! goes through the [`Blobs`] trait, so tests keep it in memory.
+//!
+//! Its parts, each with the state it owns:
+//! - [`inbox`]: opening, reassembly, de-duplication, deferral of messages for a later
+//!   epoch, reading through MLS;
+//! - [`commit`]: staging a commit, the outcome of its epoch claim;
+//! - [`outbox`]: unsent messages → sealed envelopes in the newest epoch → delivered;
+//! - [`lifecycle`]: disappearing messages, expiry, the end of a channel, invites and
+//!   mailboxes that are due to go or to rotate;
+//! - [`files`], [`courier`], [`drop_box`]: files in parts, courier bundles, drop boxes.
+//!
+//! **Architecture invariant:** the driver performs effects in the order they were
+//! queued, and sends no request the session planned after an [`Effect::Save`] before
+//! that save is durable.
+
+use std::collections::{HashSet, VecDeque};
+
+use backchannel_core::channel::{Channel, Provider};
+use backchannel_core::identity::{Fingerprint, Identity};
+use backchannel_core::mailbox::{MailboxAddress, MailboxId, MailboxKeys};
+use backchannel_core::relay_address::RelayAddress;
+use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::state::{ChannelState, ChannelStatus, EventKind, State, StoredMessage};
+use crate::ClientError;
+
+pub mod commit;
+pub mod courier;
+pub mod drop_box;
+pub mod files;
+pub mod inbox;
+pub mod invite;
+pub mod lifecycle;
+pub mod outbox;
+
+#[cfg(test)]
+mod sim;
+
+pub use commit::CommitOp;
+pub use inbox::Via;
+
+/// Lower-case hex, for ids shown to the user and kept in the history.
+pub fn hex(b: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(b)
+}
+
+/// What the client keeps of a payload to recognize it again: the first 16 bytes of its
+/// SHA-256 ([`State::recent_payloads`], a drop box's `seen` letters).
+pub(crate) fn payload_digest(payload: &[u8]) -> [u8; 16] {
+    let full: [u8; 32] = Sha256::digest(payload).into();
+    let mut digest = [0u8; 16];
+    digest.copy_from_slice(&full[..16]);
+    digest
+}
+
+/// A fresh random id.
+pub(crate) fn random_id<const N: usize>() -> [u8; N] {
+    let mut id = [0u8; N];
+    OsRng.fill_bytes(&mut id);
+    id
+}
+
+/// Where bulk data received is kept, sealed, beside the vault: a file's parts, a
+/// letter's attachment (never inside the vault, which is rewritten at every save).
+/// The home directory implements it on disk; tests keep it in memory.
+pub trait Blobs: Send {
+    /// Writes `plain` durably as `name` in `folder` (replacing it).
+    fn write(&mut self, folder: &str, name: &str, plain: &[u8]) -> Result<(), ClientError>;
+    /// Reads what [`Blobs::write`] wrote.
+    fn read(&self, folder: &str, name: &str) -> Result<Zeroizing<Vec<u8>>, ClientError>;
+    /// Deletes `folder` and everything in it (absent is fine).
+    fn remove(&mut self, folder: &str);
+}
+
+/// Something the user should know that is not an error.
+#[derive(Debug, Clone)]
+pub struct Warning {
+    /// Channel concerned, if any.
+    pub channel: Option<String>,
+    /// What happened.
+    pub text: String,
+}
+
+/// What the session asks its driver to do, in order.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Effect {
+    /// Persist the state now ([`Session::encode`]): what follows may reach the network.
+    Save,
+    /// Delete the mailboxes queued in the state's `doomed` list at their relays.
+    DeleteDoomed,
+    /// Tell the user.
+    Warn(Warning),
+    /// A message or an event was added to a channel's history.
+    Show {
+        /// The channel.
+        channel: String,
+        /// What it was.
+        kind: Option<EventKind>,
+    },
+}
+
+/// Which mailbox an envelope came to, and so what it may carry.
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// A channel's mailbox (current or retired): MLS messages.
+    Channel(String),
+    /// A drop box's mailbox: letters.
+    Drop(String),
+    /// An invite's mailbox in a channel: join requests.
+    Invite(String, MailboxId),
+    /// Our mailbox of a join waiting for its welcome.
+    Join(MailboxId),
+}
+
+/// The client's protocol state machine. See the module documentation.
+pub struct Session {
+    pub(crate) state: State,
+    pub(crate) provider: Provider,
+    pub(crate) identity: Identity,
+    pub(crate) blobs: Box<dyn Blobs>,
+    /// The current time (Unix ms), as the driver last said.
+    now_ms: u64,
+    effects: VecDeque<Effect>,
+    /// Join requests read, to be admitted by the next commit.
+    pub(crate) admissions: Vec<(String, MailboxId, backchannel_core::channel::ValidKeyPackage)>,
+    /// Files whose stray parts were already reported (one warning per file, not per part).
+    pub(crate) stray_files: HashSet<[u8; 16]>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Session(..)")
+    }
+}
+
+impl Session {
+    /// A session over a state decoded from the home (or made by `init`).
+    pub fn new(mut state: State, blobs: Box<dyn Blobs>, now_ms: u64) -> Result<Self, ClientError> {
+        let provider = Provider::from_snapshot(std::mem::take(&mut state.mls)).map_err(ClientError::protocol)?;
+        let identity = Identity::from_secret(state.name.clone(), &state.identity_secret);
+        Ok(Self {
+            state,
+            provider,
+            identity,
+            blobs,
+            now_ms,
+            effects: VecDeque::new(),
+            admissions: Vec::new(),
+            stray_files: HashSet::new(),
+        })
+    }
+
+    /// Decodes a session from the bytes of an [`Effect::Save`] (a restart).
+    pub fn decode(bytes: &[u8], blobs: Box<dyn Blobs>, now_ms: u64) -> Result<Self, ClientError> {
+        Self::new(State::decode(bytes)?, blobs, now_ms)
+    }
+
+    /// The state as it is persisted (the MLS storage included).
+    pub fn encode(&mut self) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        self.state.mls = self.provider.snapshot();
+        let r = self.state.encode();
+        self.state.mls = Vec::new();
+        r.map(Zeroizing::new)
+    }
+
+    /// Tells the session the time (Unix ms). Time never goes back here.
+    pub fn set_now(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// The current time (Unix ms).
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// The current time (Unix s).
+    pub fn now_s(&self) -> u64 {
+        self.now_ms / 1000
+    }
+
+    /// The next effect to perform, oldest first.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// Asks the driver to save before anything else goes out (consecutive saves are one).
+    pub(crate) fn save(&mut self) {
+        if !matches!(self.effects.back(), Some(Effect::Save)) {
+            self.effects.push_back(Effect::Save);
+        }
+    }
+
+    pub(crate) fn push(&mut self, effect: Effect) {
+        self.effects.push_back(effect);
+    }
+
+    /// Our identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Our fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.identity.fingerprint()
+    }
+
+    /// The state (read-only).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The MLS provider.
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
+    /// Records a rejected input: an event in the channel's history and a warning.
+    pub(crate) fn warn(&mut self, channel: Option<&str>, text: impl Into<String>) {
+        let text = text.into();
+        if let Some(name) = channel {
+            self.event(name, EventKind::Rejected, text.clone());
+        }
+        self.push(Effect::Warn(Warning {
+            channel: channel.map(str::to_string),
+            text,
+        }));
+    }
+
+    /// Adds an event to a channel's history.
+    pub(crate) fn event(&mut self, channel: &str, kind: EventKind, text: String) {
+        let now = self.now_ms;
+        if let Some(ch) = self.state.channels.get_mut(channel) {
+            ch.messages.push(StoredMessage {
+                id: format!("event-{}", hex(&random_id::<8>())),
+                from: String::new(),
+                from_key: [0; 32],
+                sent_at: now,
+                text,
+                event: Some(kind),
+            });
+            self.push(Effect::Show {
+                channel: channel.to_string(),
+                kind: Some(kind),
+            });
+        }
+    }
+
+    /// Which links reach `relay`. Our own relay (its pin) is reached only through the
+    /// addresses given at `init`, whatever address a mailbox names: another member
+    /// cannot steer our connections to a host of theirs that forwards to our relay. Any
+    /// other relay is reached at the address given.
+    pub fn link_key(&self, relay: &RelayAddress) -> RelayAddress {
+        if relay.pin == self.state.relay.pin {
+            self.state.relay.clone()
+        } else {
+            relay.clone()
+        }
+    }
+
+    /// A channel by local name.
+    pub(crate) fn channel(&self, name: &str) -> Result<&ChannelState, ClientError> {
+        self.state
+            .channels
+            .get(name)
+            .ok_or_else(|| ClientError::UnknownChannel(name.to_string()))
+    }
+
+    pub(crate) fn is_active(&self, name: &str) -> bool {
+        self.state
+            .channels
+            .get(name)
+            .is_some_and(|c| c.status == ChannelStatus::Active)
+    }
+
+    /// A channel we are still a member of.
+    pub(crate) fn active(&self, name: &str) -> Result<&ChannelState, ClientError> {
+        let ch = self.channel(name)?;
+        if ch.status != ChannelStatus::Active {
+            return Err(ClientError::ChannelInactive(name.to_string(), ch.status.word()));
+        }
+        Ok(ch)
+    }
+
+    /// The MLS group of a channel.
+    pub(crate) fn load_group(&self, name: &str) -> Result<Channel, ClientError> {
+        let ch = self.channel(name)?;
+        Channel::load(&self.provider, &ch.group_id)
+            .map_err(ClientError::protocol)?
+            .ok_or_else(|| ClientError::ChannelInactive(name.to_string(), "gone"))
+    }
+
+    /// The receiving mailboxes of the other members of a group.
+    pub(crate) fn others(&self, group: &Channel) -> Vec<MailboxAddress> {
+        let me = self.identity.public_key();
+        group
+            .members()
+            .into_iter()
+            .filter(|m| m.identity_key != me)
+            .filter_map(|m| m.mailbox)
+            .collect()
+    }
+
+    /// Every mailbox we read, with what it is for.
+    pub fn mailboxes(&self) -> Vec<(MailboxKeys, Role)> {
+        let mut out = Vec::new();
+        for (name, ch) in &self.state.channels {
+            if ch.status == ChannelStatus::Active {
+                out.push((ch.mailbox.clone(), Role::Channel(name.clone())));
+                for r in &ch.retired {
+                    out.push((r.keys.clone(), Role::Channel(name.clone())));
+                }
+                for inv in &ch.invites {
+                    out.push((inv.mailbox.clone(), Role::Invite(name.clone(), inv.mailbox.id())));
+                }
+            }
+        }
+        for pj in &self.state.pending_joins {
+            out.push((pj.mailbox.clone(), Role::Join(pj.mailbox.id())));
+        }
+        for (name, d) in &self.state.drops {
+            out.push((d.mailbox.clone(), Role::Drop(name.clone())));
+        }
+        out
+    }
+
+    /// Messages and events in all channels (to count what a pass brought).
+    pub fn history_len(&self) -> usize {
+        self.state.channels.values().map(|c| c.messages.len()).sum()
+    }
+}
