@@ -8,22 +8,21 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backchannel_core::channel::{Channel, ChannelInfo, MemberInfo, Suite};
+use backchannel_core::channel::{Channel, ChannelInfo, Suite};
 use backchannel_core::frame::{ErrorCode, Request, Response, MAX_FETCH};
 use backchannel_core::identity::{validate_name, Fingerprint, Identity};
 use backchannel_core::mailbox::{MailboxId, MailboxKeys};
 use backchannel_core::relay_address::RelayAddress;
-use backchannel_core::safety_number::safety_number;
 use rand_core::OsRng;
 
 use crate::connection::{ConnectError, RelayConnection};
-use crate::home::Home;
+use crate::home::{Home, Vault};
 use crate::session::commit::{ClaimAnswer, CommitOutcome, COMMIT_ATTEMPTS};
 use crate::session::outbox::{Delivered, FlushReport};
 use crate::session::{CommitOp, Effect, Role, Session, Via};
 use crate::socks::ProxyAddr;
-use crate::state::{ChannelState, ChannelStatus, EventKind, State, StoredMessage};
-use crate::transport::{RelayLinks, TransportConfig};
+use crate::state::{ChannelState, ChannelStatus, EventKind, State};
+use crate::transport::{Links, Network, Results, TransportConfig};
 use crate::ClientError;
 
 mod drop_box;
@@ -32,6 +31,7 @@ mod files;
 pub use crate::session::courier::ImportReport;
 pub use crate::session::drop_box::MAX_REPLY_TEXT;
 pub use crate::session::files::{FileState, FileView};
+pub use crate::session::views::{ChannelSummary, MemberView, MessageView};
 pub use crate::session::Warning;
 pub use drop_box::LetterView;
 pub use files::FileProgress;
@@ -47,53 +47,6 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A member as `members` shows it.
-#[derive(Debug, Clone)]
-pub struct MemberView {
-    /// Display name.
-    pub name: String,
-    /// Fingerprint.
-    pub fingerprint: Fingerprint,
-    /// Identity key.
-    pub identity_key: [u8; 32],
-    /// Verified by this member.
-    pub verified: bool,
-    /// This is us.
-    pub you: bool,
-}
-
-/// A channel as `channels` shows it.
-#[derive(Debug, Clone)]
-pub struct ChannelSummary {
-    /// Local name.
-    pub name: String,
-    /// Status.
-    pub status: ChannelStatus,
-    /// Members (0 when not active).
-    pub members: usize,
-    /// Unread messages.
-    pub unread: usize,
-    /// Messages disappear this many seconds after they were sent (0: never).
-    pub disappear_after: u64,
-    /// The channel closes on its own at this time (Unix s; 0: never).
-    pub expires_at: u64,
-}
-
-/// A message as `read` shows it.
-#[derive(Debug, Clone)]
-pub struct MessageView {
-    /// Channel.
-    pub channel: String,
-    /// The stored message or event.
-    pub message: StoredMessage,
-    /// Whether its sender is verified.
-    pub verified: bool,
-    /// Fingerprint of the sender.
-    pub from_fingerprint: Fingerprint,
-    /// The file it offers, for a file received in the channel.
-    pub file: Option<FileView>,
-}
-
 /// How long a new channel's messages and the channel itself last.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Lifetime {
@@ -105,9 +58,9 @@ pub struct Lifetime {
 
 /// An opened home with its session, ready to run operations.
 pub struct Engine {
-    home: Home,
-    session: Session,
-    conns: HashMap<RelayAddress, RelayLinks>,
+    vault: Box<dyn Vault>,
+    pub(crate) session: Session,
+    net: Box<dyn Network>,
     transport: TransportConfig,
     warnings: Vec<Warning>,
     /// Why the last outbox flush left something queued.
@@ -183,21 +136,37 @@ impl Engine {
             proxy: session.state().proxy.clone(),
             ..TransportConfig::default()
         };
-        let mut engine = Self {
-            home,
-            session,
-            conns: HashMap::new(),
-            transport,
-            drained: false,
-            warnings: Vec::new(),
-            undelivered: None,
-            mailbox_full: false,
-        };
+        let ours: Vec<RelayAddress> = std::iter::once(&session.state().relay)
+            .chain(&session.state().relay_alternates)
+            .cloned()
+            .collect();
+        let net = Box::new(Links::new(ours, transport.clone()));
+        let mut engine = Self::from_parts(session, Box::new(home), net, transport);
         // Disappearing messages and expired channels go before anything can show them,
         // even if no relay answers today.
         engine.session.apply_lifecycle();
         engine.perform_local()?;
         Ok(engine)
+    }
+
+    /// An engine over a session, the vault it saves to and the network it reaches
+    /// relays through (the home and [`Links`] for a real client; models in tests).
+    pub fn from_parts(
+        session: Session,
+        vault: Box<dyn Vault>,
+        net: Box<dyn Network>,
+        transport: TransportConfig,
+    ) -> Self {
+        Self {
+            vault,
+            session,
+            net,
+            transport,
+            drained: false,
+            warnings: Vec::new(),
+            undelivered: None,
+            mailbox_full: false,
+        }
     }
 
     /// Our fingerprint.
@@ -218,7 +187,7 @@ impl Engine {
     /// Sends through `proxy` from now on (overrides the one set at `init`).
     pub fn set_proxy(&mut self, proxy: ProxyAddr) {
         self.transport.proxy = Some(proxy);
-        self.conns.clear();
+        self.net.configure(self.transport.clone());
     }
 
     /// Turns on cover traffic: from now on every link to a relay sends one
@@ -241,8 +210,8 @@ impl Engine {
             .map(|k| (k.address.relay.clone(), k.clone()))
             .collect();
         // Links opened before now were direct; reopen them paced, and start the stream now.
-        self.conns.clear();
-        self.conn(&relay).connect_all().await?;
+        self.net.configure(self.transport.clone());
+        self.net.connect_all(&relay).await?;
         Ok(())
     }
 
@@ -258,7 +227,7 @@ impl Engine {
 
     fn save(&mut self) -> Result<(), ClientError> {
         let bytes = self.session.encode()?;
-        self.home.save(&bytes)
+        self.vault.save(&bytes)
     }
 
     /// Performs the session's effects that need no network (saves, warnings); a
@@ -292,24 +261,28 @@ impl Engine {
         Ok(())
     }
 
-    /// The links to `relay` (connected lazily, by the first request that needs them).
-    fn conn(&mut self, relay: &RelayAddress) -> &mut RelayLinks {
+    /// Sends requests to `relay` (through the links that reach it), answers in order.
+    async fn pipeline(&mut self, relay: &RelayAddress, reqs: &[Request]) -> Result<Results, ConnectError> {
         let key = self.session.link_key(relay);
-        let state = self.session.state();
-        let ours = key == state.relay;
-        // The address list is built only when the links are first made, not per request.
-        let transport = &self.transport;
-        self.conns.entry(key).or_insert_with(|| {
-            let addrs = if ours {
-                std::iter::once(&state.relay)
-                    .chain(&state.relay_alternates)
-                    .cloned()
-                    .collect()
-            } else {
-                vec![relay.clone()]
-            };
-            RelayLinks::new(addrs, transport.clone())
-        })
+        self.net.pipeline(&key, reqs).await
+    }
+
+    /// Sends one request to `relay`; a refusal becomes `Err`.
+    async fn request(&mut self, relay: &RelayAddress, req: &Request) -> Result<Response, ConnectError> {
+        self.pipeline(relay, std::slice::from_ref(req))
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(ConnectError::Broken(relay.authority())))
+    }
+
+    /// Opens our mailboxes at `relay` so that fetches there return their envelopes.
+    async fn open_boxes(
+        &mut self,
+        relay: &RelayAddress,
+        boxes: &[MailboxKeys],
+    ) -> Result<Vec<Result<(), ConnectError>>, ConnectError> {
+        let key = self.session.link_key(relay);
+        self.net.open(&key, boxes).await
     }
 
     async fn create_mailbox(&mut self, relay: &RelayAddress) -> Result<MailboxKeys, ClientError> {
@@ -329,16 +302,22 @@ impl Engine {
             send_digest: keys.address.send.digest(),
             pow_bits,
         };
-        self.conn(relay).request(&req).await?;
+        self.request(relay, &req).await?;
         Ok(keys)
     }
 
     /// Deletes a mailbox at its relay; false if the relay could not be asked (try again later).
     async fn delete_mailbox(&mut self, keys: &MailboxKeys) -> bool {
         let relay = keys.address.relay.clone();
-        let conn = self.conn(&relay);
-        match conn.open(std::slice::from_ref(keys)).await.map(|mut v| v.pop()) {
-            Ok(Some(Ok(()))) => conn.request(&Request::Delete { mailbox: keys.id() }).await.is_ok(),
+        match self
+            .open_boxes(&relay, std::slice::from_ref(keys))
+            .await
+            .map(|mut v| v.pop())
+        {
+            Ok(Some(Ok(()))) => self
+                .request(&relay, &Request::Delete { mailbox: keys.id() })
+                .await
+                .is_ok(),
             // Already gone (deleted before, or expired at the relay).
             Ok(Some(Err(e))) if e.is(ErrorCode::NoSuchMailbox) => true,
             _ => false,
@@ -381,7 +360,7 @@ impl Engine {
                 outcomes.push(None);
                 continue;
             }
-            match self.conn(&d.relay).pipeline(&d.requests).await {
+            match self.pipeline(&d.relay, &d.requests).await {
                 Ok(results) => {
                     let results: Vec<Result<(), ConnectError>> = results.into_iter().map(|r| r.map(|_| ())).collect();
                     if results
@@ -394,7 +373,7 @@ impl Engine {
                 }
                 Err(e) => {
                     let key = self.session.link_key(&d.relay);
-                    self.conns.remove(&key);
+                    self.net.forget(&key);
                     unreachable.push(key);
                     outcomes.push(Some(Delivered::Unreachable(e)));
                 }
@@ -438,7 +417,7 @@ impl Engine {
         if self.transport.cover.is_some() {
             // Keep the paced streams going, reconnecting any that dropped.
             let relay = self.session.state().relay.clone();
-            self.conn(&relay).connect_all().await?;
+            self.net.connect_all(&relay).await?;
         }
         self.flush_outbox().await?;
         self.resume_staged_commits().await?;
@@ -497,7 +476,7 @@ impl Engine {
         wait: Duration,
     ) -> Result<(), ClientError> {
         let keys: Vec<MailboxKeys> = boxes.iter().map(|(k, _)| k.clone()).collect();
-        let results = self.conn(relay).open(&keys).await?;
+        let results = self.open_boxes(relay, &keys).await?;
         let mut routes: HashMap<MailboxId, (MailboxKeys, Role)> = HashMap::new();
         for ((k, role), r) in boxes.into_iter().zip(results) {
             match r {
@@ -536,12 +515,14 @@ impl Engine {
                 0
             };
             first = false;
-            let conn = self.conn(relay);
-            let resp = conn
-                .request(&Request::Fetch {
-                    max: MAX_FETCH,
-                    wait_ms,
-                })
+            let resp = self
+                .request(
+                    relay,
+                    &Request::Fetch {
+                        max: MAX_FETCH,
+                        wait_ms,
+                    },
+                )
                 .await?;
             let Response::Envelopes(list) = resp else {
                 return Err(ConnectError::Broken(relay.authority()).into());
@@ -565,8 +546,7 @@ impl Engine {
             // Durable before acknowledging: a crash here re-delivers, never loses.
             self.save()?;
             self.perform().await?;
-            let conn = self.conn(relay);
-            conn.pipeline(&acks).await?;
+            self.pipeline(relay, &acks).await?;
             // Stop fetching from mailboxes that closed during processing.
             let active: Vec<MailboxId> = self.session.mailboxes().iter().map(|(k, _)| k.id()).collect();
             routes.retain(|id, _| active.contains(id));
@@ -614,7 +594,7 @@ impl Engine {
         let Some(claim) = self.session.claim(name)? else {
             return Ok(true);
         };
-        let answer = match self.conn(&claim.relay).request(&claim.request).await {
+        let answer = match self.request(&claim.relay, &claim.request).await {
             Ok(_) => ClaimAnswer::Granted,
             Err(e) if e.is(ErrorCode::EpochConflict) => ClaimAnswer::Conflict,
             Err(e) => return Err(e.into()),
@@ -754,7 +734,7 @@ impl Engine {
         let relay = redeeming.relay().clone();
         let mailbox = self.create_mailbox(&relay).await?;
         let reqs = self.session.join_request(&redeeming, &mailbox)?;
-        let results = self.conn(&relay).pipeline(&reqs).await?;
+        let results = self.pipeline(&relay, &reqs).await?;
         for r in results {
             match r {
                 Ok(_) => {}
@@ -837,126 +817,33 @@ impl Engine {
     pub fn read(&mut self, name: &str, all: bool) -> Result<Vec<MessageView>, ClientError> {
         self.tick();
         self.session.apply_lifecycle();
+        let r = self.session.read(name, all);
         self.perform_local()?;
-        let ch = self.session.channel(name)?;
-        let start = if all { 0 } else { ch.read_upto.min(ch.messages.len()) };
-        let me = self.session.identity.public_key();
-        let out: Vec<MessageView> = ch.messages[start..]
-            .iter()
-            .map(|m| MessageView {
-                channel: name.to_string(),
-                verified: m.event.is_none() && (m.from_key == me || ch.verified.contains(&m.from_key)),
-                from_fingerprint: Fingerprint::of(&m.from_key),
-                file: self.session.file_view(name, &m.id),
-                message: m.clone(),
-            })
-            .collect();
-        if !out.is_empty() {
-            if let Some(ch) = self.session.state.channels.get_mut(name) {
-                ch.read_upto = ch.messages.len();
-            }
-            self.save()?;
-        }
-        Ok(out)
+        r
     }
 
     /// Our channels.
     pub fn channels(&self) -> Vec<ChannelSummary> {
-        self.session
-            .state
-            .channels
-            .iter()
-            .map(|(name, ch)| ChannelSummary {
-                name: name.clone(),
-                status: ch.status,
-                members: if ch.status == ChannelStatus::Active {
-                    self.session.load_group(name).map(|g| g.members().len()).unwrap_or(0)
-                } else {
-                    0
-                },
-                unread: ch.messages.len().saturating_sub(ch.read_upto),
-                disappear_after: ch.disappear_after,
-                expires_at: if ch.status == ChannelStatus::Active {
-                    ch.expires_at
-                } else {
-                    0
-                },
-            })
-            .collect()
+        self.session.channels()
     }
 
     /// Members of a channel.
     pub fn members(&self, name: &str) -> Result<Vec<MemberView>, ClientError> {
-        let ch = self.session.active(name)?;
-        let me = self.session.identity.public_key();
-        Ok(self
-            .session
-            .load_group(name)?
-            .members()
-            .into_iter()
-            .map(|m| MemberView {
-                verified: m.identity_key == me || ch.verified.contains(&m.identity_key),
-                you: m.identity_key == me,
-                name: m.name,
-                fingerprint: m.fingerprint,
-                identity_key: m.identity_key,
-            })
-            .collect())
-    }
-
-    fn find_member(&self, name: &str, who: &str) -> Result<MemberInfo, ClientError> {
-        let group = self.session.load_group(name)?;
-        let needle: String = who
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect::<String>()
-            .to_lowercase();
-        let matches: Vec<MemberInfo> = group
-            .members()
-            .into_iter()
-            .filter(|m| {
-                m.name == who || (needle.len() >= 4 && m.fingerprint.to_string().replace(' ', "").starts_with(&needle))
-            })
-            .collect();
-        match matches.len() {
-            0 => Err(ClientError::UnknownMember(name.to_string(), who.to_string())),
-            1 => Ok(matches
-                .into_iter()
-                .next()
-                .ok_or_else(|| ClientError::UnknownMember(name.into(), who.into()))?),
-            _ => Err(ClientError::AmbiguousMember(name.to_string(), who.to_string())),
-        }
+        self.session.members(name)
     }
 
     /// The safety number with a member; with `confirm`, marks them verified.
     pub fn verify(&mut self, name: &str, who: &str, confirm: bool) -> Result<(String, MemberView), ClientError> {
-        self.session.active(name)?;
-        let m = self.find_member(name, who)?;
-        let number = safety_number(&self.session.identity.public_key(), &m.identity_key);
-        if confirm {
-            if let Some(ch) = self.session.state.channels.get_mut(name) {
-                ch.verified.insert(m.identity_key);
-            }
-            self.save()?;
-        }
-        let verified = self.session.channel(name)?.verified.contains(&m.identity_key);
-        Ok((
-            number,
-            MemberView {
-                name: m.name,
-                fingerprint: m.fingerprint,
-                identity_key: m.identity_key,
-                verified,
-                you: m.identity_key == self.session.identity.public_key(),
-            },
-        ))
+        let r = self.session.verify(name, who, confirm);
+        self.perform_local()?;
+        r
     }
 
     /// Removes a member.
     pub async fn remove(&mut self, name: &str, who: &str) -> Result<String, ClientError> {
         self.sync(Duration::ZERO).await?;
         self.session.active(name)?;
-        let m = self.find_member(name, who)?;
+        let m = self.session.find_member(name, who)?;
         if m.identity_key == self.session.identity.public_key() {
             return Err(ClientError::Usage("to remove yourself, use `backchannel leave`".into()));
         }

@@ -24,6 +24,18 @@ const LOCK: &str = "lock";
 /// Folder for sealed bulk data (parts of files being received).
 const FILES: &str = "files";
 
+/// Where the driver saves the session's state (the home directory; memory in tests).
+pub trait Vault: Send {
+    /// Writes the encoded state durably and atomically.
+    fn save(&mut self, state: &[u8]) -> Result<(), ClientError>;
+}
+
+impl Vault for Home {
+    fn save(&mut self, state: &[u8]) -> Result<(), ClientError> {
+        Home::save(self, state)
+    }
+}
+
 /// An opened, locked home directory.
 pub struct Home {
     dir: PathBuf,

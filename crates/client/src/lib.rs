@@ -12,6 +12,9 @@ pub mod engine;
 pub mod home;
 pub mod letter;
 pub mod session;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod sim;
 pub mod socks;
 pub mod state;
 pub mod transport;

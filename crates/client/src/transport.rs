@@ -50,7 +50,98 @@ fn on_send_link(req: &Request) -> bool {
     matches!(req, Request::Send { .. } | Request::Claim { .. })
 }
 
-type Results = Vec<Result<Response, ConnectError>>;
+/// The answers to pipelined requests, in order.
+pub type Results = Vec<Result<Response, ConnectError>>;
+
+/// A relay operation under way.
+pub type NetFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, ConnectError>> + Send + 'a>>;
+
+/// How the engine reaches relays: the real [`Links`], or a model of a relay in tests.
+/// `relay` is always the engine's key for the relay (`Session::link_key`).
+pub trait Network: Send {
+    /// Sends requests, each on its link, and returns their answers in order.
+    fn pipeline<'a>(&'a mut self, relay: &'a RelayAddress, reqs: &'a [Request]) -> NetFuture<'a, Results>;
+    /// Opens mailboxes on the receive link (each once per connection) so that fetches
+    /// return their envelopes. One answer per mailbox.
+    fn open<'a>(
+        &'a mut self,
+        relay: &'a RelayAddress,
+        boxes: &'a [MailboxKeys],
+    ) -> NetFuture<'a, Vec<Result<(), ConnectError>>>;
+    /// Drops the links to `relay` (they broke): the next request connects again.
+    fn forget(&mut self, relay: &RelayAddress);
+    /// Connects every link to `relay` now (paced streams must not pause).
+    fn connect_all<'a>(&'a mut self, _relay: &'a RelayAddress) -> NetFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    /// From now on, connect with `config` (links open before are dropped).
+    fn configure(&mut self, _config: TransportConfig) {}
+}
+
+/// The real network: per relay, its [`RelayLinks`], connected lazily. Our own relay
+/// (its pin) is reached through every address given at `init`, in order.
+pub struct Links {
+    ours: Vec<RelayAddress>,
+    config: TransportConfig,
+    conns: HashMap<RelayAddress, RelayLinks>,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Links(..)")
+    }
+}
+
+impl Links {
+    /// Links to relays; `ours` are the addresses of our own relay, tried in order.
+    pub fn new(ours: Vec<RelayAddress>, config: TransportConfig) -> Self {
+        Self {
+            ours,
+            config,
+            conns: HashMap::new(),
+        }
+    }
+
+    fn links(&mut self, relay: &RelayAddress) -> &mut RelayLinks {
+        let (ours, config) = (&self.ours, &self.config);
+        // The address list is built only when the links are first made, not per request.
+        self.conns.entry(relay.clone()).or_insert_with(|| {
+            let addrs = if ours.first() == Some(relay) {
+                ours.clone()
+            } else {
+                vec![relay.clone()]
+            };
+            RelayLinks::new(addrs, config.clone())
+        })
+    }
+}
+
+impl Network for Links {
+    fn pipeline<'a>(&'a mut self, relay: &'a RelayAddress, reqs: &'a [Request]) -> NetFuture<'a, Results> {
+        Box::pin(self.links(relay).pipeline(reqs))
+    }
+
+    fn open<'a>(
+        &'a mut self,
+        relay: &'a RelayAddress,
+        boxes: &'a [MailboxKeys],
+    ) -> NetFuture<'a, Vec<Result<(), ConnectError>>> {
+        Box::pin(self.links(relay).open(boxes))
+    }
+
+    fn forget(&mut self, relay: &RelayAddress) {
+        self.conns.remove(relay);
+    }
+
+    fn connect_all<'a>(&'a mut self, relay: &'a RelayAddress) -> NetFuture<'a, ()> {
+        Box::pin(self.links(relay).connect_all())
+    }
+
+    fn configure(&mut self, config: TransportConfig) {
+        self.config = config;
+        self.conns.clear();
+    }
+}
 
 /// Receive-link (and drain-link) ticks per send tick: a fetch and an
 /// acknowledgement per envelope.

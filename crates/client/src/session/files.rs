@@ -123,12 +123,17 @@ pub enum FileBlocked {
 }
 
 impl Session {
-    /// The record of a transfer of `path` to `name`, if one is under way.
-    pub fn outgoing_file(&self, name: &str, path: &Path) -> Option<&OutgoingFile> {
+    /// Where the record of a transfer of `path` to `name` is, if one is under way.
+    fn outgoing_index(&self, name: &str, path: &Path) -> Option<usize> {
         self.state
             .outgoing_files
             .iter()
-            .find(|o| o.channel == name && o.path == path)
+            .position(|o| o.channel == name && o.path == path)
+    }
+
+    /// The record of a transfer of `path` to `name`, if one is under way.
+    pub fn outgoing_file(&self, name: &str, path: &Path) -> Option<&OutgoingFile> {
+        self.outgoing_index(name, path).map(|i| &self.state.outgoing_files[i])
     }
 
     /// Starts sending a file (or finds the interrupted transfer of the same file, unless
@@ -142,12 +147,7 @@ impl Session {
         sha256: [u8; 32],
     ) -> Result<OutgoingFile, ClientError> {
         self.active(name)?;
-        if let Some(i) = self
-            .state
-            .outgoing_files
-            .iter()
-            .position(|o| o.channel == name && o.path == path)
-        {
+        if let Some(i) = self.outgoing_index(name, &path) {
             if self.state.outgoing_files[i].offer.sha256 == sha256 {
                 return Ok(self.state.outgoing_files[i].clone());
             }
@@ -221,10 +221,8 @@ impl Session {
         let me = self.identity.public_key();
         let my_name = self.identity.name().to_string();
         if let Some(o) = self
-            .state
-            .outgoing_files
-            .iter_mut()
-            .find(|o| o.channel == name && o.path == path)
+            .outgoing_index(name, path)
+            .and_then(|i| self.state.outgoing_files.get_mut(i))
         {
             if o.offered {
                 o.next_part += 1;
@@ -249,9 +247,9 @@ impl Session {
 
     /// The transfer of `path` is over: every part reached the relay.
     pub fn finish_file(&mut self, name: &str, path: &Path) {
-        self.state
-            .outgoing_files
-            .retain(|o| !(o.channel == name && o.path == path));
+        if let Some(i) = self.outgoing_index(name, path) {
+            self.state.outgoing_files.remove(i);
+        }
         self.save();
     }
 

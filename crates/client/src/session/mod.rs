@@ -42,9 +42,7 @@ pub mod inbox;
 pub mod invite;
 pub mod lifecycle;
 pub mod outbox;
-
-#[cfg(test)]
-mod sim;
+pub mod views;
 
 pub use commit::CommitOp;
 pub use inbox::Via;

@@ -1,0 +1,175 @@
+//! What the user is shown: a channel's messages, the channels, the members, a
+//! safety number. Reading marks messages read; confirming a safety number marks a
+//! member verified.
+
+use backchannel_core::channel::MemberInfo;
+use backchannel_core::identity::Fingerprint;
+use backchannel_core::safety_number::safety_number;
+
+use super::files::FileView;
+use super::Session;
+use crate::state::{ChannelStatus, StoredMessage};
+use crate::ClientError;
+
+/// A member as `members` shows it.
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    /// Display name.
+    pub name: String,
+    /// Fingerprint.
+    pub fingerprint: Fingerprint,
+    /// Identity key.
+    pub identity_key: [u8; 32],
+    /// Verified by this member.
+    pub verified: bool,
+    /// This is us.
+    pub you: bool,
+}
+
+/// A channel as `channels` shows it.
+#[derive(Debug, Clone)]
+pub struct ChannelSummary {
+    /// Local name.
+    pub name: String,
+    /// Status.
+    pub status: ChannelStatus,
+    /// Members (0 when not active).
+    pub members: usize,
+    /// Unread messages.
+    pub unread: usize,
+    /// Messages disappear this many seconds after they were sent (0: never).
+    pub disappear_after: u64,
+    /// The channel closes on its own at this time (Unix s; 0: never).
+    pub expires_at: u64,
+}
+
+/// A message as `read` shows it.
+#[derive(Debug, Clone)]
+pub struct MessageView {
+    /// Channel.
+    pub channel: String,
+    /// The stored message or event.
+    pub message: StoredMessage,
+    /// Whether its sender is verified.
+    pub verified: bool,
+    /// Fingerprint of the sender.
+    pub from_fingerprint: Fingerprint,
+    /// The file it offers, for a file received in the channel.
+    pub file: Option<FileView>,
+}
+
+impl Session {
+    /// Messages of a channel: unread ones, or all.
+    pub fn read(&mut self, name: &str, all: bool) -> Result<Vec<MessageView>, ClientError> {
+        let ch = self.channel(name)?;
+        let start = if all { 0 } else { ch.read_upto.min(ch.messages.len()) };
+        let me = self.identity.public_key();
+        let out: Vec<MessageView> = ch.messages[start..]
+            .iter()
+            .map(|m| MessageView {
+                channel: name.to_string(),
+                verified: m.event.is_none() && (m.from_key == me || ch.verified.contains(&m.from_key)),
+                from_fingerprint: Fingerprint::of(&m.from_key),
+                file: self.file_view(name, &m.id),
+                message: m.clone(),
+            })
+            .collect();
+        if !out.is_empty() {
+            if let Some(ch) = self.state.channels.get_mut(name) {
+                ch.read_upto = ch.messages.len();
+            }
+            self.save();
+        }
+        Ok(out)
+    }
+
+    /// Our channels.
+    pub fn channels(&self) -> Vec<ChannelSummary> {
+        self.state
+            .channels
+            .iter()
+            .map(|(name, ch)| ChannelSummary {
+                name: name.clone(),
+                status: ch.status,
+                members: if ch.status == ChannelStatus::Active {
+                    self.load_group(name).map(|g| g.members().len()).unwrap_or(0)
+                } else {
+                    0
+                },
+                unread: ch.messages.len().saturating_sub(ch.read_upto),
+                disappear_after: ch.disappear_after,
+                expires_at: if ch.status == ChannelStatus::Active {
+                    ch.expires_at
+                } else {
+                    0
+                },
+            })
+            .collect()
+    }
+
+    /// Members of a channel.
+    pub fn members(&self, name: &str) -> Result<Vec<MemberView>, ClientError> {
+        let ch = self.active(name)?;
+        let me = self.identity.public_key();
+        Ok(self
+            .load_group(name)?
+            .members()
+            .into_iter()
+            .map(|m| MemberView {
+                verified: m.identity_key == me || ch.verified.contains(&m.identity_key),
+                you: m.identity_key == me,
+                name: m.name,
+                fingerprint: m.fingerprint,
+                identity_key: m.identity_key,
+            })
+            .collect())
+    }
+
+    pub(crate) fn find_member(&self, name: &str, who: &str) -> Result<MemberInfo, ClientError> {
+        let group = self.load_group(name)?;
+        let needle: String = who
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_lowercase();
+        let matches: Vec<MemberInfo> = group
+            .members()
+            .into_iter()
+            .filter(|m| {
+                m.name == who || (needle.len() >= 4 && m.fingerprint.to_string().replace(' ', "").starts_with(&needle))
+            })
+            .collect();
+        match matches.len() {
+            0 => Err(ClientError::UnknownMember(name.to_string(), who.to_string())),
+            1 => Ok(matches
+                .into_iter()
+                .next()
+                .ok_or_else(|| ClientError::UnknownMember(name.into(), who.into()))?),
+            _ => Err(ClientError::AmbiguousMember(name.to_string(), who.to_string())),
+        }
+    }
+
+    /// The safety number with a member; with `confirm`, marks them verified.
+    pub fn verify(&mut self, name: &str, who: &str, confirm: bool) -> Result<(String, MemberView), ClientError> {
+        self.active(name)?;
+        let m = self.find_member(name, who)?;
+        let number = safety_number(&self.identity.public_key(), &m.identity_key);
+        if confirm {
+            if let Some(ch) = self.state.channels.get_mut(name) {
+                ch.verified.insert(m.identity_key);
+            }
+            self.save();
+        }
+        let verified = self.channel(name)?.verified.contains(&m.identity_key);
+        Ok((
+            number,
+            MemberView {
+                name: m.name,
+                fingerprint: m.fingerprint,
+                identity_key: m.identity_key,
+                verified,
+                you: m.identity_key == self.identity.public_key(),
+            },
+        ))
+    }
+}

@@ -1,0 +1,581 @@
+//! Many clients and a relay in one process: the real engine (the driver) and session
+//! of each member, over the relay's real embedded store behind its trait, with no
+//! sockets. The relay model can reorder and duplicate what it delivers, and each
+//! member can be made to crash after any number of effects (saves and requests):
+//! the member is then restarted from the bytes of its last save, through the
+//! persisted codec, like a process killed and started again.
+//!
+//! Modelled on quinn-proto's `Pair::drive`: deterministic enough to run in the test
+//! suite in a fraction of a second per scenario.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backchannel_core::channel::Suite;
+use backchannel_core::frame::{ErrorCode, Request, Response};
+use backchannel_core::identity::Identity;
+use backchannel_core::mailbox::{MailboxId, MailboxKeys};
+use backchannel_core::relay_address::RelayAddress;
+use backchannel_relay::store::{EmbeddedStore, MailboxStore, StoreError};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_core::OsRng;
+use zeroize::Zeroizing;
+
+use crate::connection::ConnectError;
+use crate::engine::{Engine, Lifetime};
+use crate::home::Vault;
+use crate::session::{Blobs, Session};
+use crate::state::State;
+use crate::transport::{NetFuture, Network, Results, TransportConfig};
+use crate::ClientError;
+
+/// How many effects a member may still perform before it crashes (negative: never).
+#[derive(Debug, Default)]
+struct Crash(AtomicI64);
+
+impl Crash {
+    fn never() -> Arc<Self> {
+        Arc::new(Crash(AtomicI64::new(-1)))
+    }
+
+    /// Whether the next effect may happen (and counts it).
+    fn allow(&self) -> bool {
+        let left = self.0.load(Ordering::SeqCst);
+        if left < 0 {
+            return true;
+        }
+        if left == 0 {
+            return false;
+        }
+        self.0.store(left - 1, Ordering::SeqCst);
+        true
+    }
+
+    fn crashed(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == 0
+    }
+}
+
+/// What the relay does to deliveries.
+#[derive(Debug, Clone, Copy, Default)]
+struct Faults {
+    /// Shuffle each fetch's envelopes.
+    reorder: bool,
+    /// Deliver about one envelope in four twice.
+    duplicate: bool,
+}
+
+/// The relay: its real embedded store, and a model of its request handling.
+struct SimRelay {
+    store: EmbeddedStore,
+    faults: Mutex<Faults>,
+    rng: Mutex<rand::rngs::StdRng>,
+    _dir: tempfile::TempDir,
+}
+
+impl SimRelay {
+    fn new() -> Arc<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("mailboxes.redb"), 100_000).unwrap();
+        Arc::new(Self {
+            store,
+            faults: Mutex::new(Faults::default()),
+            rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(7)),
+            _dir: dir,
+        })
+    }
+
+    fn set_faults(&self, f: Faults) {
+        *self.faults.lock().unwrap() = f;
+    }
+
+    fn refusal(e: StoreError) -> ConnectError {
+        let (code, detail) = match e {
+            StoreError::NoSuchMailbox => (ErrorCode::NoSuchMailbox, 0),
+            StoreError::MailboxExists => (ErrorCode::MailboxExists, 0),
+            StoreError::MailboxFull => (ErrorCode::MailboxFull, 0),
+            StoreError::RelayFull => (ErrorCode::RelayFull, 0),
+            StoreError::EpochConflict(next) => (ErrorCode::EpochConflict, next),
+            StoreError::WorkRequired => (ErrorCode::WorkRequired, 0),
+            _ => (ErrorCode::Storage, 0),
+        };
+        ConnectError::Refused(code, detail)
+    }
+
+    /// One request on a connection that has opened `opened`.
+    fn handle(&self, opened: &mut HashSet<MailboxId>, req: &Request) -> Result<Response, ConnectError> {
+        let r = match req {
+            Request::Create {
+                mailbox,
+                recipient_key,
+                send_digest,
+                pow_bits,
+            } => self
+                .store
+                .create(*mailbox, *recipient_key, *send_digest, *pow_bits)
+                .map(|()| {
+                    opened.insert(*mailbox);
+                    Response::Ok
+                }),
+            Request::Open { mailbox, .. } => match self.store.recipient_key(*mailbox) {
+                Ok(Some(_)) => {
+                    opened.insert(*mailbox);
+                    Ok(Response::Ok)
+                }
+                Ok(None) => Err(StoreError::NoSuchMailbox),
+                Err(e) => Err(e),
+            },
+            Request::Send { send, envelope, .. } => self
+                .store
+                .send(*send, envelope.clone(), u64::MAX, 0)
+                .map(|_| Response::Ok),
+            Request::Fetch { max, .. } => {
+                let ids: Vec<MailboxId> = opened.iter().copied().collect();
+                self.store.fetch(&ids, *max as usize).map(|mut list| {
+                    let faults = *self.faults.lock().unwrap();
+                    let mut rng = self.rng.lock().unwrap();
+                    if faults.duplicate {
+                        let copies: Vec<_> = list.iter().filter(|_| rng.gen_ratio(1, 4)).cloned().collect();
+                        list.extend(copies);
+                    }
+                    if faults.reorder {
+                        list.shuffle(&mut *rng);
+                    }
+                    Response::Envelopes(list)
+                })
+            }
+            Request::Ack { mailbox, seq } => self.store.ack(*mailbox, *seq).map(|()| Response::Ok),
+            Request::Delete { mailbox } => {
+                opened.remove(mailbox);
+                self.store.delete(*mailbox).map(|()| Response::Ok)
+            }
+            Request::Claim { send, epoch, token } => self.store.claim(*send, *epoch, *token).map(|()| Response::Ok),
+            _ => Ok(Response::Ok),
+        };
+        r.map_err(Self::refusal)
+    }
+}
+
+/// A member's network: one connection to the sim relay.
+struct SimNet {
+    relay: Arc<SimRelay>,
+    opened: HashSet<MailboxId>,
+    crash: Arc<Crash>,
+}
+
+impl Network for SimNet {
+    fn pipeline<'a>(&'a mut self, _relay: &'a RelayAddress, reqs: &'a [Request]) -> NetFuture<'a, Results> {
+        Box::pin(async move {
+            // Let the other members run between requests, so that their commits race.
+            tokio::task::yield_now().await;
+            let mut out = Vec::with_capacity(reqs.len());
+            for req in reqs {
+                if !self.crash.allow() {
+                    return Err(ConnectError::Unreachable("sim".into()));
+                }
+                out.push(self.relay.handle(&mut self.opened, req));
+            }
+            Ok(out)
+        })
+    }
+
+    fn open<'a>(
+        &'a mut self,
+        relay: &'a RelayAddress,
+        boxes: &'a [MailboxKeys],
+    ) -> NetFuture<'a, Vec<Result<(), ConnectError>>> {
+        Box::pin(async move {
+            let reqs: Vec<Request> = boxes
+                .iter()
+                .map(|k| Request::Open {
+                    mailbox: k.id(),
+                    proof: k.open_proof(&[0; 32]),
+                })
+                .collect();
+            let results = self.pipeline(relay, &reqs).await?;
+            Ok(results.into_iter().map(|r| r.map(|_| ())).collect())
+        })
+    }
+
+    fn forget(&mut self, _relay: &RelayAddress) {
+        self.opened.clear();
+    }
+}
+
+/// A member's vault: the bytes of its last save.
+struct SimVault {
+    saved: Arc<Mutex<Vec<u8>>>,
+    crash: Arc<Crash>,
+}
+
+impl Vault for SimVault {
+    fn save(&mut self, state: &[u8]) -> Result<(), ClientError> {
+        if !self.crash.allow() {
+            return Err(ClientError::io(
+                "writing the local store",
+                std::io::Error::other("crashed"),
+            ));
+        }
+        *self.saved.lock().unwrap() = state.to_vec();
+        Ok(())
+    }
+}
+
+/// Sealed bulk data by folder and name.
+type BlobMap = BTreeMap<(String, String), Vec<u8>>;
+
+/// Sealed bulk data in memory (kept across a member's restarts, like files on disk).
+#[derive(Clone, Default)]
+struct SimBlobs(Arc<Mutex<BlobMap>>);
+
+impl Blobs for SimBlobs {
+    fn write(&mut self, folder: &str, name: &str, plain: &[u8]) -> Result<(), ClientError> {
+        self.0
+            .lock()
+            .unwrap()
+            .insert((folder.into(), name.into()), plain.to_vec());
+        Ok(())
+    }
+
+    fn read(&self, folder: &str, name: &str) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(&(folder.to_string(), name.to_string()))
+            .cloned()
+            .map(Zeroizing::new)
+            .ok_or_else(|| ClientError::io("reading part of a received file", std::io::ErrorKind::NotFound.into()))
+    }
+
+    fn remove(&mut self, folder: &str) {
+        self.0.lock().unwrap().retain(|(f, _), _| f != folder);
+    }
+}
+
+/// One member: its engine, and what survives a crash.
+struct Member {
+    name: String,
+    engine: Engine,
+    saved: Arc<Mutex<Vec<u8>>>,
+    blobs: SimBlobs,
+    crash: Arc<Crash>,
+    relay: Arc<SimRelay>,
+}
+
+fn relay_address() -> RelayAddress {
+    RelayAddress {
+        pin: [9; 32],
+        host: "sim.invalid".into(),
+        port: 1,
+    }
+}
+
+impl Member {
+    fn new(relay: &Arc<SimRelay>, name: &str) -> Self {
+        let identity = Identity::generate(name, &mut OsRng).unwrap();
+        let state = State::new(name.into(), *identity.secret_bytes(), relay_address(), Vec::new(), None);
+        let saved = Arc::new(Mutex::new(state.encode().unwrap()));
+        Self::start(relay, name, saved, SimBlobs::default())
+    }
+
+    /// Starts (or restarts) from the bytes of the last save.
+    fn start(relay: &Arc<SimRelay>, name: &str, saved: Arc<Mutex<Vec<u8>>>, blobs: SimBlobs) -> Self {
+        let crash = Crash::never();
+        let bytes = saved.lock().unwrap().clone();
+        let session = Session::decode(&bytes, Box::new(blobs.clone()), crate::engine::now_ms()).unwrap();
+        let engine = Engine::from_parts(
+            session,
+            Box::new(SimVault {
+                saved: saved.clone(),
+                crash: crash.clone(),
+            }),
+            Box::new(SimNet {
+                relay: relay.clone(),
+                opened: HashSet::new(),
+                crash: crash.clone(),
+            }),
+            TransportConfig::default(),
+        );
+        Self {
+            name: name.into(),
+            engine,
+            saved,
+            blobs,
+            crash,
+            relay: relay.clone(),
+        }
+    }
+
+    /// The process dies; a new one starts from what was saved.
+    fn restart(&mut self) {
+        *self = Self::start(&self.relay, &self.name, self.saved.clone(), self.blobs.clone());
+    }
+
+    /// Crash after `n` more effects.
+    fn crash_after(&self, n: i64) {
+        self.crash.0.store(n, Ordering::SeqCst);
+    }
+
+    async fn sync(&mut self) {
+        self.engine.sync(Duration::ZERO).await.unwrap();
+    }
+
+    /// Every text message in `channel`, in order (events left out).
+    fn texts(&mut self, channel: &str) -> Vec<String> {
+        self.engine
+            .read(channel, true)
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.message.event.is_none())
+            .map(|m| m.message.text)
+            .collect()
+    }
+
+    fn epoch(&self, channel: &str) -> u64 {
+        self.engine.session.load_group(channel).unwrap().epoch()
+    }
+
+    fn members(&self, channel: &str) -> Vec<String> {
+        let mut m: Vec<String> = self
+            .engine
+            .members(channel)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        m.sort();
+        m
+    }
+}
+
+/// A channel `name` made by the first member, with every other member in it.
+async fn channel(relay: &Arc<SimRelay>, name: &str, people: &[&str]) -> Vec<Member> {
+    let mut members: Vec<Member> = people.iter().map(|p| Member::new(relay, p)).collect();
+    members[0]
+        .engine
+        .channel_new(name, Suite::default(), Lifetime::default())
+        .await
+        .unwrap();
+    for i in 1..members.len() {
+        let invite = members[0]
+            .engine
+            .invite(name, 1, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        members[i].engine.join(&invite, None, Duration::ZERO).await.unwrap();
+        members[0].sync().await;
+        members[i].sync().await;
+        for m in members.iter_mut().take(i) {
+            m.sync().await;
+        }
+    }
+    for m in &mut members {
+        m.sync().await;
+    }
+    members
+}
+
+fn names(people: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = people.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn five_members_committing_at_once_agree_on_one_channel() {
+    let relay = SimRelay::new();
+    let people = ["ada", "bea", "cyd", "dov", "eve"];
+    let mut m = channel(&relay, "room", &people).await;
+    for round in 0..2 {
+        // Everyone rotates its keys at the same moment: one wins each epoch, the others
+        // fetch the winner's commit and try again on top of it.
+        let [a, b, c, d, e] = &mut m[..] else { unreachable!() };
+        let (ra, rb, rc, rd, re) = tokio::join!(
+            a.engine.update_keys("room"),
+            b.engine.update_keys("room"),
+            c.engine.update_keys("room"),
+            d.engine.update_keys("room"),
+            e.engine.update_keys("room"),
+        );
+        for r in [ra, rb, rc, rd, re] {
+            r.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+        for x in m.iter_mut() {
+            x.sync().await;
+        }
+        for x in m.iter_mut() {
+            x.sync().await;
+        }
+        let epochs: Vec<u64> = m.iter().map(|x| x.epoch("room")).collect();
+        assert!(
+            epochs.iter().all(|e| *e == epochs[0]),
+            "round {round}: epochs {epochs:?}"
+        );
+        for x in &m {
+            assert_eq!(x.members("room"), names(&people));
+        }
+    }
+    // The channel still works for everyone: each says something, all read all.
+    for x in m.iter_mut() {
+        let text = format!("after the race, {}", x.name);
+        x.engine.send("room", &text).await.unwrap();
+    }
+    for x in m.iter_mut() {
+        x.sync().await;
+    }
+    for x in m.iter_mut() {
+        let texts = x.texts("room");
+        for p in people {
+            let want = format!("after the race, {p}");
+            assert_eq!(
+                texts.iter().filter(|t| **t == want).count(),
+                1,
+                "{} sees {want:?} once",
+                x.name
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn two_hundred_messages_reordered_and_duplicated_are_each_shown_once() {
+    let relay = SimRelay::new();
+    let mut m = channel(&relay, "room", &["ada", "bea"]).await;
+    relay.set_faults(Faults {
+        reorder: true,
+        duplicate: true,
+    });
+    let sent: Vec<String> = (0..200).map(|i| format!("message number {i}")).collect();
+    for t in &sent {
+        m[0].engine.send("room", t).await.unwrap();
+    }
+    m[1].sync().await;
+    m[1].sync().await;
+    let got = m[1].texts("room");
+    let mut want = sent.clone();
+    want.sort();
+    let mut seen = got.clone();
+    seen.sort();
+    assert_eq!(seen, want, "every message once, whatever the order and the copies");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_member_offline_across_twenty_epochs_catches_up() {
+    let relay = SimRelay::new();
+    let mut m = channel(&relay, "room", &["ada", "bea", "cyd"]).await;
+    // cyd is away while the channel moves on by 20 epochs, with messages in between.
+    let start = m[2].epoch("room");
+    for i in 0..20 {
+        let who = i % 2;
+        m[who].engine.update_keys("room").await.unwrap();
+        let text = format!("epoch step {i}");
+        m[who].engine.send("room", &text).await.unwrap();
+        m[1 - who].sync().await;
+    }
+    assert_eq!(m[0].epoch("room"), start + 20);
+    m[2].sync().await;
+    m[2].sync().await;
+    assert_eq!(m[2].epoch("room"), m[0].epoch("room"));
+    let texts = m[2].texts("room");
+    for i in 0..20 {
+        let want = format!("epoch step {i}");
+        assert_eq!(texts.iter().filter(|t| **t == want).count(), 1, "{want:?} once");
+    }
+    // And cyd can still speak.
+    m[2].engine.send("room", "back again").await.unwrap();
+    m[0].sync().await;
+    assert!(m[0].texts("room").contains(&"back again".to_string()));
+}
+
+/// Runs `op` on member 0 with a crash after `k` effects, for every `k` until the
+/// operation completes; after each crash the member restarts from its last save and
+/// syncs twice; then `check` runs on the world.
+async fn crash_everywhere<Op, Check>(people: &[&str], mut op: Op, mut check: Check)
+where
+    Op: for<'a> FnMut(
+        &'a mut Member,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ClientError>> + 'a>>,
+    Check: FnMut(usize, bool, &mut [Member]),
+{
+    for k in 0.. {
+        let relay = SimRelay::new();
+        let mut m = channel(&relay, "room", people).await;
+        m[0].crash_after(k);
+        let _ = op(&mut m[0]).await;
+        let crashed = m[0].crash.crashed();
+        m[0].restart();
+        for _ in 0..2 {
+            for x in m.iter_mut() {
+                x.sync().await;
+            }
+        }
+        check(k as usize, crashed, &mut m);
+        // Whatever the crash left, the channel still works: another member can change
+        // it (no epoch is held by a commit that will never come) and a message reaches
+        // every member still in it, once.
+        m[1].engine
+            .update_keys("room")
+            .await
+            .unwrap_or_else(|e| panic!("crash after {k} effects: the channel is stuck: {e}"));
+        let text = format!("still talking after a crash at {k}");
+        m[1].engine.send("room", &text).await.unwrap();
+        for x in m.iter_mut() {
+            x.sync().await;
+        }
+        for x in m.iter_mut() {
+            if x.engine.session.is_active("room") {
+                let n = x.texts("room").iter().filter(|t| **t == text).count();
+                assert_eq!(n, 1, "crash after {k}: {} reads the next message once", x.name);
+            }
+        }
+        if !crashed {
+            assert!(k > 2, "the operation needs more than two effects");
+            eprintln!("crashed at each of {k} points");
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_send_crashed_between_any_two_effects_is_shown_once_or_not_at_all() {
+    crash_everywhere(
+        &["ada", "bea"],
+        |a| Box::pin(async move { a.engine.send("room", "the one message").await }),
+        |k, crashed, m| {
+            let mine = m[0].texts("room").iter().filter(|t| *t == "the one message").count();
+            let theirs = m[1].texts("room").iter().filter(|t| *t == "the one message").count();
+            // Before the first save the send never happened; after it, it happens once.
+            let want = if k == 0 { 0 } else { 1 };
+            assert_eq!(
+                (mine, theirs),
+                (want, want),
+                "crash after {k} effects (crashed: {crashed})"
+            );
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_commit_crashed_between_any_two_effects_leaves_one_channel() {
+    crash_everywhere(
+        &["ada", "bea", "cyd"],
+        |a| Box::pin(async move { a.engine.remove("room", "cyd").await.map(|_| ()) }),
+        |k, crashed, m| {
+            let (e0, e1) = (m[0].epoch("room"), m[1].epoch("room"));
+            assert_eq!(
+                e0, e1,
+                "crash after {k} effects (crashed: {crashed}): ada and bea agree"
+            );
+            let members = m[0].members("room");
+            assert_eq!(members, m[1].members("room"), "crash after {k}");
+            if !crashed {
+                assert_eq!(members, names(&["ada", "bea"]));
+            }
+        },
+    )
+    .await;
+}
