@@ -194,6 +194,11 @@ impl Blobs for SealedFiles {
 fn vault_error(e: VaultError) -> ClientError {
     match e {
         VaultError::Unauthentic => ClientError::WrongPassphrase,
+        // The vault's own format (the digit after its magic), not the state's layout.
+        VaultError::Newer(v) => ClientError::NewerStore {
+            found: v.to_digit(10).unwrap_or(0),
+            known: 1,
+        },
         other => ClientError::Corrupt(other.to_string()),
     }
 }

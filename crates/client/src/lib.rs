@@ -41,7 +41,7 @@ pub enum ClientError {
     #[error("the passphrase is wrong (or the local store was modified); try again with the right passphrase")]
     WrongPassphrase,
     /// The local store was written by a newer release.
-    #[error("the local store was written by a newer backchannel (store version {found}; this one reads up to {known}); upgrade backchannel — nothing was changed")]
+    #[error("the local store was written by a newer backchannel (format {found}; this one reads up to {known}); upgrade backchannel — nothing was changed")]
     NewerStore {
         /// The version found.
         found: u32,

@@ -17,6 +17,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::codec::{DecodeError, Reader, Writer};
 
+/// The magic and format version: `BCVAULT` then the version as one ASCII digit.
 const MAGIC: &[u8; 8] = b"BCVAULT1";
 const HEADER_LEN: usize = 8 + 4 + 4 + 4 + 16 + 24;
 
@@ -70,6 +71,9 @@ pub enum VaultError {
     /// The KDF parameters are out of range.
     #[error("the store's key-derivation parameters are invalid")]
     BadParams,
+    /// A newer release wrote this file, in a format this one does not know.
+    #[error("the file was written by a newer backchannel (format {0}); upgrade backchannel to open it")]
+    Newer(char),
 }
 
 impl From<DecodeError> for VaultError {
@@ -157,8 +161,14 @@ impl VaultKey {
 
 fn parse_header(blob: &[u8]) -> Result<(KdfParams, [u8; 16]), VaultError> {
     let mut r = Reader::new(blob);
-    if r.take(8)? != MAGIC {
-        return Err(VaultError::NotAVault);
+    let magic = r.take(8)?;
+    if magic != MAGIC {
+        return match magic.split_last() {
+            Some((&v, rest)) if rest == &MAGIC[..7] && v.is_ascii_digit() && v > MAGIC[7] => {
+                Err(VaultError::Newer(char::from(v)))
+            }
+            _ => Err(VaultError::NotAVault),
+        };
     }
     let params = KdfParams {
         m_cost_kib: r.u32()?,
@@ -233,5 +243,16 @@ mod tests {
             let k = VaultKey::create(b"p", cheap(), &mut OsRng).unwrap_or_else(|_| unreachable!());
             let _ = k.open(&b);
         }
+    }
+
+    #[test]
+    fn a_vault_of_a_newer_format_says_to_upgrade() {
+        let key = VaultKey::create(b"pw", cheap(), &mut OsRng).unwrap();
+        let mut blob = key.seal(b"state", &mut OsRng);
+        blob[7] = b'2';
+        assert_eq!(VaultKey::for_blob(b"pw", &blob).err(), Some(VaultError::Newer('2')));
+        assert!(VaultError::Newer('2').to_string().contains("upgrade backchannel"));
+        blob[7] = b'x';
+        assert_eq!(VaultKey::for_blob(b"pw", &blob).err(), Some(VaultError::NotAVault));
     }
 }

@@ -524,3 +524,37 @@ pub struct OutboxItem {
     /// Sealed envelopes (each exactly one envelope long).
     pub envelopes: Vec<Vec<u8>>,
 }
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    fn relay() -> RelayAddress {
+        RelayAddress {
+            pin: [1; 32],
+            host: "relay.invalid".into(),
+            port: 1,
+        }
+    }
+
+    #[test]
+    fn a_state_of_a_newer_layout_is_refused_with_upgrade() {
+        let s = State::new("ana".into(), [3; 32], relay(), Vec::new(), None);
+        let mut bytes = s.encode().unwrap();
+        // The layout version is the first field (a postcard varint: one byte below 128).
+        assert_eq!(u32::from(bytes[0]), STATE_VERSION);
+        bytes[0] = (STATE_VERSION + 1) as u8;
+        let e = State::decode(&bytes).err().unwrap();
+        assert!(matches!(e, ClientError::NewerStore { found, .. } if found == STATE_VERSION + 1));
+        assert!(e.to_string().contains("upgrade backchannel"), "{e}");
+        assert!(e.to_string().contains("nothing was changed"), "{e}");
+    }
+
+    #[test]
+    fn the_current_layout_round_trips() {
+        let s = State::new("ana".into(), [3; 32], relay(), Vec::new(), None);
+        let back = State::decode(&s.encode().unwrap()).unwrap();
+        assert_eq!(back.name, "ana");
+        assert_eq!(back.version, STATE_VERSION);
+    }
+}
