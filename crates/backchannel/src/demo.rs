@@ -8,15 +8,17 @@ use backchannel_core::channel::Suite;
 use backchannel_core::relay_address::RelayAddress;
 use backchannel_relay::{Limits, Relay};
 
+use crate::output::{shown, Shown};
+
 const PASS: &[u8] = b"demo passphrase";
 
 fn show(title: &str, engine: &mut Engine, channel: &str) -> Result<(), Box<dyn std::error::Error>> {
     println!("\n--- what {title} sees in {channel} ---");
     for m in engine.read(channel, true)? {
         let msg = m.message;
-        match msg.event {
-            None => println!("  {}: {}", msg.from, msg.text),
-            Some(_) => println!("  * {}", msg.text),
+        match shown(&msg) {
+            Shown::Said => println!("  {}: {}", msg.from, msg.text),
+            Shown::Rejected(_) | Shown::Event(_) => println!("  * {}", msg.text),
         }
     }
     Ok(())
