@@ -20,6 +20,9 @@ use backchannel_relay::Limits;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+/// Where `read` and `drop read` save received files, by default.
+const SAVE_TO: &str = "backchannel-files";
+
 /// A private line between two organizations over infrastructure neither trusts.
 #[derive(Parser, Debug)]
 #[command(name = "backchannel", version, about)]
@@ -373,7 +376,7 @@ pub struct ReadArgs {
     #[arg(long)]
     pub all: bool,
     /// Where received files are saved.
-    #[arg(long, value_name = "DIR", default_value = "backchannel-files")]
+    #[arg(long, value_name = "DIR", default_value = SAVE_TO)]
     pub save_to: PathBuf,
 }
 
@@ -529,7 +532,7 @@ pub struct DropReadArgs {
     #[arg(long)]
     pub all: bool,
     /// Where attached files are saved.
-    #[arg(long, value_name = "DIR", default_value = "backchannel-files")]
+    #[arg(long, value_name = "DIR", default_value = SAVE_TO)]
     pub save_to: PathBuf,
 }
 
@@ -704,6 +707,7 @@ fn parse_rate(s: &str) -> Result<Duration, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -122,6 +122,7 @@ async fn ask(path: &Path, req: &Request) -> Asked {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::args::{Args, Route};
