@@ -733,5 +733,20 @@ mod tests {
         assert_eq!(relay.max_connections, limits.max_connections);
         assert_eq!(relay.envelope_ttl.0, limits.envelope_ttl);
         assert_eq!(relay.shutdown_grace.0, limits.shutdown_grace);
+        // Shown in --help as they always were.
+        let mut cli = <Args as clap::CommandFactory>::command();
+        let help = cli
+            .find_subcommand_mut("relay")
+            .map(|c| c.render_long_help().to_string())
+            .unwrap_or_default();
+        for shown in [
+            "[default: 1024]",
+            "[default: 10s]",
+            "[default: 120s]",
+            "[default: 14d]",
+            "[default: 60s]",
+        ] {
+            assert!(help.contains(shown), "{shown} in {help}");
+        }
     }
 }

@@ -167,6 +167,11 @@ mod tests {
             let text = serde_json::to_string(&reply).unwrap();
             assert_eq!(serde_json::from_str::<Reply>(&text).unwrap(), reply);
         }
+        // The shapes docs/protocol.md shows.
+        let shape = |r: Reply| serde_json::to_string(&r).unwrap();
+        assert_eq!(shape(Reply::Line(Line::Out("x".into()))), r#"{"Line":{"Out":"x"}}"#);
+        assert_eq!(shape(Reply::Exit(Ok(()))), r#"{"Exit":{"Ok":null}}"#);
+        assert_eq!(shape(Reply::Exit(Err("why".into()))), r#"{"Exit":{"Err":"why"}}"#);
     }
 
     #[test]
