@@ -5,6 +5,7 @@ use std::time::Duration;
 use backchannel_client::engine::Lifetime;
 use backchannel_client::Engine;
 use backchannel_core::channel::Suite;
+use backchannel_core::envelope::ENVELOPE_SIZE;
 use backchannel_core::relay_address::RelayAddress;
 use backchannel_relay::{Limits, Relay};
 
@@ -40,7 +41,7 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     }));
     println!("relay address: {address}");
     println!(
-        "(a relay on loopback, storing only sealed 4096-byte envelopes in {})",
+        "(a relay on loopback, storing only sealed {ENVELOPE_SIZE}-byte envelopes in {})",
         dir.path().display()
     );
 
@@ -96,10 +97,10 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let stats = tokio::task::spawn_blocking(move || store.stats()).await??;
     println!(
-        "\nthe relay holds {} mailboxes and {} envelopes ({} bytes, every envelope exactly 4096 bytes); no names, no channel names, no plaintext",
+        "\nthe relay holds {} mailboxes and {} envelopes ({} bytes, every envelope exactly {ENVELOPE_SIZE} bytes); no names, no channel names, no plaintext",
         stats.mailboxes,
         stats.envelopes,
-        stats.envelopes * 4096
+        stats.envelopes * ENVELOPE_SIZE as u64
     );
     let _ = stop_tx.send(());
     let _ = server.await;

@@ -1,13 +1,20 @@
 //! The source's side of a drop box: leave an anonymous letter, and later read the
 //! owner's reply. Nothing here needs a home: a source keeps only the receipt.
+//!
+//! A command line starts from text: [`Draft::new`] reads a `bc-drop:` address and the
+//! file to attach, [`Draft::send`] delivers it, and [`read_receipt`] reads the
+//! `bc-receipt:` line that [`check_replies`] takes.
 
-use backchannel_core::drop::{open_reply, seal_letter, DropAddress, Letter, LetterFile, Receipt, ReplyKey};
+use backchannel_core::drop::{
+    open_reply, seal_letter, DropAddress, Letter, LetterFile, Receipt, ReplyKey, MAX_LETTER_FILE,
+};
 use backchannel_core::envelope::{open_envelope, seal_payload, PayloadKind, Reassembler};
 use backchannel_core::frame::{ErrorCode, Request, Response, MAX_FETCH};
 use backchannel_core::mailbox::MailboxKeys;
 use backchannel_core::pow;
 use rand_core::OsRng;
 use std::collections::HashMap;
+use std::path::Path;
 
 use crate::connection::RelayConnection;
 use crate::socks::ProxyAddr;
@@ -15,6 +22,71 @@ use crate::ClientError;
 
 fn protocol(e: impl Into<crate::ProtocolError>) -> ClientError {
     ClientError::protocol(e)
+}
+
+/// A letter addressed and ready to seal: what a source gave `drop send`.
+pub struct Draft {
+    to: DropAddress,
+    text: String,
+    file: Option<LetterFile>,
+}
+
+impl Draft {
+    /// Reads the drop box's address (a `bc-drop:` line) and the file to attach (at
+    /// most [`MAX_LETTER_FILE`] bytes). A letter needs a text, a file, or both.
+    pub fn new(address: &str, text: Option<String>, file: Option<&Path>) -> Result<Self, ClientError> {
+        let to = DropAddress::from_text(address.trim()).map_err(|e| ClientError::Usage(e.to_string()))?;
+        let file = file.map(read_attachment).transpose()?;
+        if text.is_none() && file.is_none() {
+            return Err(ClientError::Usage("give the letter's text, or --file PATH".into()));
+        }
+        Ok(Self {
+            to,
+            text: text.unwrap_or_default(),
+            file,
+        })
+    }
+
+    /// The proof of work the drop box demands per envelope, in bits.
+    pub fn pow_bits(&self) -> u8 {
+        self.to.pow_bits
+    }
+
+    /// Seals and delivers the letter ([`send_letter`]); returns the receipt that reads
+    /// the owner's reply.
+    pub async fn send(
+        self,
+        proxy: Option<&ProxyAddr>,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Receipt, ClientError> {
+        send_letter(&self.to, self.text, self.file, proxy, progress).await
+    }
+}
+
+/// Reads a file to attach to a letter, refusing one larger than a letter carries.
+fn read_attachment(path: &Path) -> Result<LetterFile, ClientError> {
+    let cannot = |e: std::io::Error| ClientError::Usage(format!("cannot read {}: {e}", path.display()));
+    let len = std::fs::metadata(path).map_err(cannot)?.len();
+    if len > MAX_LETTER_FILE as u64 {
+        return Err(ClientError::Usage(format!(
+            "{} is too large for a letter (at most {} MiB)",
+            path.display(),
+            MAX_LETTER_FILE >> 20
+        )));
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    Ok(LetterFile {
+        name,
+        data: std::fs::read(path).map_err(cannot)?,
+    })
+}
+
+/// Reads a receipt as `drop send` printed it (a `bc-receipt:` line).
+pub fn read_receipt(text: &str) -> Result<Receipt, ClientError> {
+    Receipt::from_text(text.trim()).map_err(|e| ClientError::Usage(e.to_string()))
 }
 
 /// Seals `text` (and a file) to the drop box's owner, delivers it with the proof of

@@ -69,12 +69,6 @@ impl serde::Serialize for FileState {
     }
 }
 
-impl PartialEq<&str> for FileState {
-    fn eq(&self, other: &&str) -> bool {
-        self.word() == *other
-    }
-}
-
 /// A file as `read` shows it.
 #[derive(Debug, Clone)]
 pub struct FileView {

@@ -1,0 +1,191 @@
+//! Channels and their members: `channel new`, `invite`, `join`, `channels`,
+//! `members`, `verify`, `remove`, `leave`, `close`, `update`, and `debug mailbox`.
+
+use std::time::Duration;
+
+use backchannel_client::engine::Lifetime;
+use backchannel_core::channel::Suite;
+
+use super::Context;
+use crate::args::{
+    ChannelArg, ChannelNewArgs, ChannelsArgs, InviteArgs, JoinArgs, MemberArgs, MembersArgs, Span, VerifyArgs,
+};
+use crate::error::CliError;
+use crate::output::{escape_controls, show_duration};
+
+/// `channel new`.
+pub async fn new(a: &ChannelNewArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
+    let suite = if a.classical {
+        Suite::Classical
+    } else {
+        Suite::PostQuantum
+    };
+    let lifetime = Lifetime {
+        disappear: a.disappear.map(|d| d.0),
+        expires: a.expires.map(|d| d.0),
+    };
+    let channel = &a.channel;
+    cx.engine.channel_new(channel, suite, lifetime).await?;
+    cx.out.line(format!("channel {channel} created"));
+    if let Some(Span(d)) = a.disappear {
+        cx.out.line(format!(
+            "messages disappear from every member's device {} after they are sent",
+            show_duration(d)
+        ));
+    }
+    if let Some(Span(d)) = a.expires {
+        cx.out
+            .line(format!("the channel closes on its own in {}", show_duration(d)));
+    }
+    Ok(())
+}
+
+/// `invite`: the invite on stdout, and with `--qr` drawn on stderr.
+pub async fn invite(a: &InviteArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
+    let Span(expires) = a.expires;
+    let invite = cx.engine.invite(&a.channel, a.uses, expires).await?;
+    cx.out.line(&invite);
+    if a.qr {
+        if let Ok(code) = qrcode::QrCode::new(invite.to_uppercase().as_bytes()) {
+            let art = code
+                .render::<char>()
+                .quiet_zone(true)
+                .module_dimensions(2, 1)
+                .dark_color('#')
+                .light_color(' ')
+                .build();
+            cx.out.eline(art);
+        }
+    }
+    Ok(())
+}
+
+/// `join`.
+pub async fn join(a: &JoinArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
+    match cx
+        .engine
+        .join(&a.invite, a.name.clone(), Duration::from_secs(a.wait))
+        .await?
+    {
+        Some(ch) => cx.out.line(format!("joined channel {ch}")),
+        None => cx.out.line(
+            "join request sent; you will be admitted when the inviter's backchannel next runs (then run `backchannel sync`)",
+        ),
+    }
+    Ok(())
+}
+
+/// `channels`.
+pub async fn channels(a: &ChannelsArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
+    cx.engine.refresh().await?;
+    for c in cx.engine.channels() {
+        if a.json {
+            cx.out.line(format!(
+                "{}",
+                serde_json::json!({"name": c.name, "status": c.status.word(), "members": c.members, "unread": c.unread,
+                    "disappear_after_s": c.disappear_after, "expires_at": c.expires_at})
+            ));
+        } else {
+            let mut lifetime = String::new();
+            if c.disappear_after > 0 {
+                lifetime.push_str(&format!("\tmessages disappear after {}s", c.disappear_after));
+            }
+            if c.expires_at > 0 {
+                lifetime.push_str(&format!("\tcloses at {} (Unix time)", c.expires_at));
+            }
+            cx.out.line(format!(
+                "{}\t{}\t{} members\t{} unread{lifetime}",
+                escape_controls(&c.name),
+                c.status.word(),
+                c.members,
+                c.unread
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `members`.
+pub async fn members(a: &MembersArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
+    cx.engine.refresh().await?;
+    for m in cx.engine.members(&a.channel)? {
+        if a.json {
+            cx.out.line(format!(
+                "{}",
+                serde_json::json!({"name": m.name, "fingerprint": m.fingerprint.to_string(), "verified": m.verified, "you": m.you})
+            ));
+        } else {
+            let you = if m.you { " (you)" } else { "" };
+            let v = if m.verified { "verified" } else { "unverified" };
+            cx.out
+                .line(format!("{}{you}\t{}\t{v}", escape_controls(&m.name), m.fingerprint));
+        }
+    }
+    Ok(())
+}
+
+/// `verify`: the safety number on stdout; with `--confirm`, marks the member verified.
+pub async fn verify(a: &VerifyArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
+    let VerifyArgs {
+        channel,
+        member,
+        confirm,
+    } = a;
+    cx.engine.refresh().await?;
+    let (number, m) = cx.engine.verify(channel, member, *confirm)?;
+    cx.out.line(number);
+    if *confirm {
+        cx.out.eline(format!("{} is now marked verified in {channel}", m.name));
+    } else {
+        cx.out.eline(format!(
+            "compare this number with {} in person or by voice; if it matches, run `backchannel verify {channel} {member} --confirm`",
+            m.name
+        ));
+    }
+    Ok(())
+}
+
+/// `remove`.
+pub async fn remove(a: &MemberArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
+    let name = cx.engine.remove(&a.channel, &a.member).await?;
+    cx.out.line(format!("removed {name} from {}", a.channel));
+    Ok(())
+}
+
+/// `leave`.
+pub async fn leave(a: &ChannelArg, cx: &mut Context<'_>) -> Result<(), CliError> {
+    cx.engine.leave(&a.channel).await?;
+    cx.out.line(format!("left {}", a.channel));
+    Ok(())
+}
+
+/// `close`.
+pub async fn close(a: &ChannelArg, cx: &mut Context<'_>) -> Result<(), CliError> {
+    cx.engine.close(&a.channel).await?;
+    cx.out.line(format!("closed {}", a.channel));
+    Ok(())
+}
+
+/// `update`: new keys and a new mailbox in the channel.
+pub async fn update(a: &ChannelArg, cx: &mut Context<'_>) -> Result<(), CliError> {
+    cx.engine.update_keys(&a.channel).await?;
+    cx.out.line(format!("keys and mailbox rotated in {}", a.channel));
+    Ok(())
+}
+
+/// `debug mailbox`: this member's receiving mailbox in the channel, secrets included
+/// (for tests that play the relay or a network observer).
+pub fn debug_mailbox(a: &ChannelArg, cx: &mut Context<'_>) -> Result<(), CliError> {
+    let k = cx.engine.debug_mailbox(&a.channel)?;
+    let hex = |b: &[u8]| data_encoding::HEXLOWER.encode(b);
+    cx.out.line(format!(
+        "{}",
+        serde_json::json!({
+            "relay": k.address.relay.to_string(),
+            "mailbox": hex(&k.id().0),
+            "send": hex(&k.address.send.0),
+            "seal": hex(&k.address.seal.0),
+        })
+    ));
+    Ok(())
+}

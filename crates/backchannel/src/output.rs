@@ -1,0 +1,255 @@
+//! What a command prints: the [`Out`] sink (this process's terminal, or a buffer the
+//! daemon sends back), text and JSON renderings of messages, and the escaping that
+//! keeps text from the network from driving the terminal.
+
+use std::io::{IsTerminal, Write as _};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use backchannel_client::engine::{FileState, FileView, MessageView, Warning};
+use backchannel_client::state::EventKind;
+use serde::{Deserialize, Serialize};
+
+/// One line of a command's output.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// For standard output.
+    Out(String),
+    /// For standard error: progress, hints, confirmations meant for a person.
+    Note(String),
+    /// Something the user should know that is not an error; text from the network,
+    /// escaped when it is printed.
+    Warning {
+        /// The channel concerned, if any.
+        channel: Option<String>,
+        /// What happened.
+        text: String,
+    },
+}
+
+impl Line {
+    /// Prints the line on this process's stdout or stderr.
+    pub fn print(&self) {
+        match self {
+            Line::Out(text) => println!("{text}"),
+            Line::Note(text) => eprintln!("{text}"),
+            Line::Warning { channel, text } => {
+                // Warnings name members and channels, names that come from the network.
+                let text = escape_controls(text);
+                match channel {
+                    Some(c) => eprintln!("warning: [{}] {text}", escape_controls(c)),
+                    None => eprintln!("warning: {text}"),
+                }
+            }
+        }
+    }
+}
+
+/// Where a command's output goes: this process's stdout and stderr, or a
+/// buffer that the daemon sends back to the command that asked for it.
+#[derive(Debug, Default)]
+pub struct Out {
+    buffer: Option<Mutex<Vec<Line>>>,
+}
+
+impl Out {
+    /// Straight to stdout and stderr.
+    pub fn local() -> Self {
+        Self { buffer: None }
+    }
+
+    /// Into a buffer.
+    pub fn buffered() -> Self {
+        Self {
+            buffer: Some(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Whether progress can be drawn: stderr is a terminal (never for a daemon's caller).
+    pub fn is_terminal(&self) -> bool {
+        self.buffer.is_none() && std::io::stderr().is_terminal()
+    }
+
+    /// The buffered lines, in order.
+    pub fn take(&self) -> Vec<Line> {
+        match &self.buffer {
+            Some(b) => b.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    fn push(&self, line: Line) {
+        match &self.buffer {
+            Some(b) => {
+                if let Ok(mut v) = b.lock() {
+                    v.push(line);
+                }
+            }
+            None => line.print(),
+        }
+    }
+
+    /// One line on stdout.
+    pub fn line(&self, line: impl std::fmt::Display) {
+        self.push(Line::Out(line.to_string()));
+    }
+
+    /// One line on stderr.
+    pub fn eline(&self, line: impl std::fmt::Display) {
+        self.push(Line::Note(line.to_string()));
+    }
+
+    /// The engine's warnings, each on a line of stderr.
+    pub fn warnings(&self, warnings: Vec<Warning>) {
+        for w in warnings {
+            self.push(Line::Warning {
+                channel: w.channel,
+                text: w.text,
+            });
+        }
+    }
+
+    /// Pushes what is printed so far to the terminal (for `watch`).
+    pub fn flush(&self) {
+        if self.buffer.is_none() {
+            let _ = std::io::stdout().flush();
+        }
+    }
+}
+
+/// Where a received file stands, as `read` shows it.
+enum Arrival<'a> {
+    /// Saved into the save directory, at this path.
+    Saved(&'a str),
+    /// Parts still arriving.
+    Receiving { got: u64, of: u64 },
+    /// Its hash did not match: discarded.
+    Damaged,
+    /// Nothing to say.
+    Other,
+}
+
+/// What `read` says of a file under its message.
+fn arrival(f: &FileView) -> Arrival<'_> {
+    match (&f.saved_to, &f.status) {
+        (Some(p), _) => Arrival::Saved(p),
+        (None, FileState::Receiving) => Arrival::Receiving {
+            got: f.parts.0,
+            of: f.parts.1,
+        },
+        (None, FileState::Damaged) => Arrival::Damaged,
+        _ => Arrival::Other,
+    }
+}
+
+/// Prints one message or event of a channel, as text or as one JSON object.
+pub fn print_message(out: &Out, m: &MessageView, json: bool) {
+    let msg = &m.message;
+    if json {
+        let line = match msg.event {
+            None => {
+                let mut line = serde_json::json!({
+                    "id": msg.id,
+                    "channel": m.channel,
+                    "from": msg.from,
+                    "from_fingerprint": m.from_fingerprint.to_string(),
+                    "verified": m.verified,
+                    "sent_at": msg.sent_at,
+                    "text": msg.text,
+                });
+                if let Some(f) = &m.file {
+                    line["file"] = serde_json::json!({
+                        "name": f.name, "size": f.size, "sha256": f.sha256, "status": f.status,
+                        "parts_received": f.parts.0, "parts": f.parts.1, "saved_to": f.saved_to,
+                    });
+                }
+                line
+            }
+            Some(kind) => serde_json::json!({
+                "event": kind,
+                "id": msg.id,
+                "channel": m.channel,
+                "sent_at": msg.sent_at,
+                "text": msg.text,
+            }),
+        };
+        out.line(line);
+    } else {
+        let secs = msg.sent_at / 1000;
+        let (h, mi, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+        match msg.event {
+            None => {
+                let mark = if m.verified { "" } else { " (unverified)" };
+                out.line(format!(
+                    "[{h:02}:{mi:02}:{s:02}] {}{mark}: {}",
+                    escape_controls(&msg.from),
+                    escape_controls(&msg.text)
+                ));
+                match m.file.as_ref().map(arrival) {
+                    Some(Arrival::Saved(p)) => out.line(format!("           saved to {p} (SHA-256 checked)")),
+                    Some(Arrival::Receiving { got, of }) => {
+                        out.line(format!("           arriving: {got} of {of} parts so far"))
+                    }
+                    Some(Arrival::Damaged) => {
+                        out.line("           arrived damaged and was discarded; ask for it again")
+                    }
+                    Some(Arrival::Other) | None => {}
+                }
+            }
+            // A message the client refused (forged, replayed, out of order): shown loudly.
+            Some(EventKind::Rejected) => out.line(format!("[{h:02}:{mi:02}:{s:02}] !! {}", escape_controls(&msg.text))),
+            Some(_) => out.line(format!("[{h:02}:{mi:02}:{s:02}] * {}", escape_controls(&msg.text))),
+        }
+    }
+}
+
+/// A duration as a person would write it: the largest whole unit.
+pub fn show_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    for (unit, n) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if s >= n && s.is_multiple_of(n) {
+            return format!("{}{unit}", s / n);
+        }
+    }
+    format!("{s}s")
+}
+
+/// Text from the network as it may reach a terminal: control characters (escape
+/// sequences) and invisible formatting characters (bidirectional overrides) are shown
+/// as `\u{..}` escapes, and every line after the first is indented, so that no
+/// message can redraw the screen or pass a line of its own off as another message.
+pub fn escape_controls(text: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\n    "),
+            '\t' => out.push(c),
+            c if c.is_control() || backchannel_core::message::is_format_char(c) => {
+                // Writing into a String cannot fail.
+                let _ = write!(out, "\\u{{{:04x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_controls;
+
+    #[test]
+    fn text_from_the_network_cannot_drive_the_terminal() {
+        // An escape sequence that would clear the screen, a right-to-left override,
+        // and a line break that would pass off a line as another message.
+        let hostile = "ok\u{1b}[2J\u{202e}gnp.exe\n[09:00:00] bob: planted";
+        let shown = escape_controls(hostile);
+        assert_eq!(shown, "ok\\u{001b}[2J\\u{202e}gnp.exe\n    [09:00:00] bob: planted");
+        assert!(!shown.chars().any(|c| c.is_control() && c != '\n'));
+        assert_eq!(
+            escape_controls("plain text, ünïcode, \tand a tab"),
+            "plain text, ünïcode, \tand a tab"
+        );
+    }
+}
