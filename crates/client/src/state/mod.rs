@@ -526,6 +526,7 @@ pub struct OutboxItem {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod version_tests {
     use super::*;
 
