@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use backchannel_client::core_types::RelayAddressError;
 use backchannel_client::socks::ProxyAddr;
 use backchannel_client::ClientError;
-use backchannel_core::relay_address::RelayAddressError;
 use backchannel_relay::RelayError;
 
 /// A command failed.

@@ -225,7 +225,7 @@ pub fn escape_controls(text: &str) -> String {
         match c {
             '\n' => out.push_str("\n    "),
             '\t' => out.push(c),
-            c if c.is_control() || backchannel_core::message::is_format_char(c) => {
+            c if c.is_control() || backchannel_client::core_types::is_format_char(c) => {
                 // Writing into a String cannot fail.
                 let _ = write!(out, "\\u{{{:04x}}}", u32::from(c));
             }

@@ -22,6 +22,15 @@ pub mod transport;
 use std::path::PathBuf;
 
 pub use connection::{ConnectError, RelayConnection};
+
+/// The core's types and limits that the client's API speaks in, so that its users
+/// need no other crate.
+pub mod core_types {
+    pub use backchannel_core::channel::Suite;
+    pub use backchannel_core::courier::MAX_FILE_SIZE as MAX_BUNDLE_SIZE;
+    pub use backchannel_core::message::is_format_char;
+    pub use backchannel_core::relay_address::{RelayAddress, RelayAddressError};
+}
 pub use engine::Engine;
 
 /// A client operation failed. Every message says what to do.

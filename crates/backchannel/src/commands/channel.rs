@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use backchannel_client::core_types::Suite;
 use backchannel_client::engine::Lifetime;
-use backchannel_core::channel::Suite;
 
 use super::Context;
 use crate::args::{

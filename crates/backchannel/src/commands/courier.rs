@@ -75,7 +75,7 @@ fn read_bundle(path: &Path) -> Result<Vec<u8>, CliError> {
         source,
     };
     let len = std::fs::metadata(path).map_err(cannot)?.len();
-    if len > backchannel_core::courier::MAX_FILE_SIZE as u64 {
+    if len > backchannel_client::core_types::MAX_BUNDLE_SIZE as u64 {
         return Err(CliError::NotABundle(path.to_path_buf()));
     }
     std::fs::read(path).map_err(cannot)

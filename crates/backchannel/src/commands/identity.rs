@@ -4,8 +4,8 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use backchannel_client::core_types::RelayAddress;
 use backchannel_client::Engine;
-use backchannel_core::relay_address::RelayAddress;
 
 use crate::args::{Global, InitArgs};
 use crate::error::CliError;
