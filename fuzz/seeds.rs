@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use backchannel_client::socks::ProxyAddr;
 use backchannel_client::state::{
-    ChannelState, ChannelStatus, DeferredMls, FileStatus, IncomingFile, InviteRecord, OutboxItem, PendingJoin,
-    RecentPayload, State, StoredMessage, UnsentMessage, STATE_VERSION,
+    ChannelState, ChannelStatus, CourierLog, DeferredMls, FileStatus, Files, Inbox, IncomingFile, InviteRecord, Outbox,
+    OutboxItem, PendingJoin, RecentPayload, State, StoredMessage, UnsentMessage, STATE_VERSION,
 };
 use backchannel_core::channel::{key_package, validate_key_package, Channel, ChannelInfo, Provider, Received, Suite};
 use backchannel_core::envelope::{
@@ -610,53 +610,61 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
             local_name: Some("other".into()),
             expires_at: 1_900_000_000,
         }],
-        reassembly,
-        outbox: vec![OutboxItem {
-            to: MailboxKeys::generate(relay(), &mut OsRng).address.clone(),
-            envelopes: vec![envelope(3).as_bytes().to_vec()],
-        }],
-        deferred: vec![DeferredMls {
-            channel: "deal-room".into(),
-            payload: vec![0, 1, 0, 2],
-            by_courier: true,
-        }],
-        unsent: vec![UnsentMessage {
-            channel: "deal-room".into(),
-            id: [9; 16],
-            sent_at: 1_700_000_200_000,
-            text: "queued".into(),
-        }],
+        inbox: Inbox {
+            reassembly,
+            deferred: vec![DeferredMls {
+                channel: "deal-room".into(),
+                payload: vec![0, 1, 0, 2],
+                by_courier: true,
+            }],
+            recent: [RecentPayload {
+                digest: [5; 16],
+                by_courier: true,
+            }]
+            .into(),
+        },
+        outbox: Outbox {
+            unsent: vec![UnsentMessage {
+                channel: "deal-room".into(),
+                id: [9; 16],
+                sent_at: 1_700_000_200_000,
+                text: "queued".into(),
+            }],
+            sealed: vec![OutboxItem {
+                to: MailboxKeys::generate(relay(), &mut OsRng).address.clone(),
+                envelopes: vec![envelope(3).as_bytes().to_vec()],
+            }],
+        },
         proxy: Some(ProxyAddr {
             host: "127.0.0.1".into(),
             port: 9050,
         }),
         cover: vec![MailboxKeys::generate(relay(), &mut OsRng)],
         doomed: vec![MailboxKeys::generate(relay(), &mut OsRng)],
-        recent_payloads: [RecentPayload {
-            digest: [5; 16],
-            by_courier: true,
-        }]
-        .into(),
-        imported_bundles: [[6; 16]].into(),
+        courier: CourierLog {
+            imported: [[6; 16]].into(),
+        },
         drops: BTreeMap::new(),
-        outgoing_files: Vec::new(),
-        incoming_files: vec![IncomingFile {
-            channel: "deal-room".into(),
-            from_key: [1; 32],
-            message_id: "42424242424242424242424242424242".into(),
-            offer: FileOffer {
-                file_id: [7; 16],
-                name: "ledger.pdf".into(),
-                size: 200_000,
-                sha256: [8; 32],
-                part_size: 65_536,
-            },
-            folder: "00112233445566778899aabbccddeeff".into(),
-            received: vec![0b0101],
-            count: 2,
-            updated_at: 1_700_000_300_000,
-            status: FileStatus::Receiving,
-        }],
+        files: Files {
+            outgoing: Vec::new(),
+            incoming: vec![IncomingFile {
+                channel: "deal-room".into(),
+                from_key: [1; 32],
+                message_id: "42424242424242424242424242424242".into(),
+                offer: FileOffer {
+                    file_id: [7; 16],
+                    name: "ledger.pdf".into(),
+                    size: 200_000,
+                    sha256: [8; 32],
+                    part_size: 65_536,
+                },
+                folder: "00112233445566778899aabbccddeeff".into(),
+                received: vec![0b0101],
+                count: 2,
+                updated_at: 1_700_000_300_000,
+                status: FileStatus::Receiving,
+            }],
+        },
     };
     let bytes = s.encode().unwrap();
     assert!(State::decode(&bytes).is_ok());
@@ -670,18 +678,14 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
         mls: Vec::new(),
         channels: BTreeMap::new(),
         pending_joins: Vec::new(),
-        reassembly: BTreeMap::new(),
-        outbox: Vec::new(),
-        deferred: Vec::new(),
-        unsent: Vec::new(),
+        inbox: Inbox::default(),
+        outbox: Outbox::default(),
         proxy: None,
         cover: Vec::new(),
         doomed: Vec::new(),
-        recent_payloads: Default::default(),
-        imported_bundles: Default::default(),
+        courier: CourierLog::default(),
         drops: BTreeMap::new(),
-        outgoing_files: Vec::new(),
-        incoming_files: Vec::new(),
+        files: Files::default(),
     };
     let small = small.encode().unwrap();
     out.seed("client_state", "fresh", &small);

@@ -43,7 +43,7 @@ impl Session {
             )));
         }
         let mut entries = Vec::new();
-        for item in &self.state.outbox {
+        for item in &self.state.outbox.sealed {
             if !recipients.contains(&item.to) {
                 continue;
             }
@@ -80,7 +80,7 @@ impl Session {
         let addresses: Vec<MailboxAddress> = boxes.iter().map(|(k, _)| k.address.clone()).collect();
         let (bundle, _) = open_bundle(file, &addresses).map_err(|e| ClientError::Courier(e.to_string()))?;
         let mut report = ImportReport {
-            again: self.state.imported_bundles.contains(&bundle.id),
+            again: self.state.courier.imported.contains(&bundle.id),
             ..ImportReport::default()
         };
         let by_digest: HashMap<[u8; 32], usize> = boxes
@@ -112,10 +112,10 @@ impl Session {
         }
         self.apply_lifecycle();
         if !report.again {
-            if self.state.imported_bundles.len() >= IMPORTED_BUNDLES {
-                self.state.imported_bundles.pop_front();
+            if self.state.courier.imported.len() >= IMPORTED_BUNDLES {
+                self.state.courier.imported.pop_front();
             }
-            self.state.imported_bundles.push_back(bundle.id);
+            self.state.courier.imported.push_back(bundle.id);
         }
         self.save();
         Ok(report)

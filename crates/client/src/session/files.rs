@@ -120,14 +120,15 @@ impl Session {
     /// Where the record of a transfer of `path` to `name` is, if one is under way.
     fn outgoing_index(&self, name: &str, path: &Path) -> Option<usize> {
         self.state
-            .outgoing_files
+            .files
+            .outgoing
             .iter()
             .position(|o| o.channel == name && o.path == path)
     }
 
     /// The record of a transfer of `path` to `name`, if one is under way.
     pub fn outgoing_file(&self, name: &str, path: &Path) -> Option<&OutgoingFile> {
-        self.outgoing_index(name, path).map(|i| &self.state.outgoing_files[i])
+        self.outgoing_index(name, path).map(|i| &self.state.files.outgoing[i])
     }
 
     /// Starts sending a file (or finds the interrupted transfer of the same file, unless
@@ -142,11 +143,11 @@ impl Session {
     ) -> Result<OutgoingFile, ClientError> {
         self.active(name)?;
         if let Some(i) = self.outgoing_index(name, &path) {
-            if self.state.outgoing_files[i].offer.sha256 == sha256 {
-                return Ok(self.state.outgoing_files[i].clone());
+            if self.state.files.outgoing[i].offer.sha256 == sha256 {
+                return Ok(self.state.files.outgoing[i].clone());
             }
             // The file changed since: its parts so far belong to other contents.
-            self.state.outgoing_files.remove(i);
+            self.state.files.outgoing.remove(i);
             self.warn(
                 Some(name),
                 format!("{file_name} changed since its interrupted transfer; it is sent again from the start"),
@@ -167,7 +168,7 @@ impl Session {
             offered: false,
             next_part: 0,
         };
-        self.state.outgoing_files.push(job.clone());
+        self.state.files.outgoing.push(job.clone());
         self.save();
         Ok(job)
     }
@@ -216,7 +217,7 @@ impl Session {
         let my_name = self.identity.name().to_string();
         if let Some(o) = self
             .outgoing_index(name, path)
-            .and_then(|i| self.state.outgoing_files.get_mut(i))
+            .and_then(|i| self.state.files.outgoing.get_mut(i))
         {
             if o.offered {
                 o.next_part += 1;
@@ -242,7 +243,7 @@ impl Session {
     /// The transfer of `path` is over: every part reached the relay.
     pub fn finish_file(&mut self, name: &str, path: &Path) {
         if let Some(i) = self.outgoing_index(name, path) {
-            self.state.outgoing_files.remove(i);
+            self.state.files.outgoing.remove(i);
         }
         self.save();
     }
@@ -251,7 +252,8 @@ impl Session {
     pub(crate) fn receive_offer(&mut self, channel: &str, from: [u8; 32], message_id: String, offer: FileOffer) {
         let receiving = self
             .state
-            .incoming_files
+            .files
+            .incoming
             .iter()
             .filter(|f| f.channel == channel && f.status == FileStatus::Receiving)
             .count();
@@ -269,7 +271,7 @@ impl Session {
             FileStatus::Receiving
         };
         let now = self.now_ms();
-        self.state.incoming_files.push(IncomingFile {
+        self.state.files.incoming.push(IncomingFile {
             channel: channel.to_string(),
             from_key: from,
             message_id,
@@ -288,7 +290,8 @@ impl Session {
         let now = self.now_ms();
         let Some(pos) = self
             .state
-            .incoming_files
+            .files
+            .incoming
             .iter()
             .enumerate()
             .filter(|(_, f)| f.channel == channel && f.status == FileStatus::Receiving)
@@ -298,7 +301,7 @@ impl Session {
         else {
             return false;
         };
-        let name = self.state.incoming_files[pos].offer.name.clone();
+        let name = self.state.files.incoming[pos].offer.name.clone();
         self.discard_incoming(pos);
         self.warn(
             Some(channel),
@@ -309,7 +312,7 @@ impl Session {
 
     /// Marks a received file damaged and deletes its sealed parts.
     fn discard_incoming(&mut self, pos: usize) {
-        let f = &mut self.state.incoming_files[pos];
+        let f = &mut self.state.files.incoming[pos];
         f.status = FileStatus::Damaged;
         let folder = f.folder.clone();
         self.blobs.remove(&folder);
@@ -317,7 +320,7 @@ impl Session {
 
     /// One part of a file arrives.
     pub(crate) fn receive_part(&mut self, channel: &str, from: [u8; 32], file_id: [u8; 16], index: u32, data: &[u8]) {
-        let Some(pos) = self.state.incoming_files.iter().position(|f| {
+        let Some(pos) = self.state.files.incoming.iter().position(|f| {
             f.channel == channel
                 && f.from_key == from
                 && f.offer.file_id == file_id
@@ -326,7 +329,8 @@ impl Session {
             // Parts of a file given up (damaged, or refused) keep coming: one word per file.
             let known = self
                 .state
-                .incoming_files
+                .files
+                .incoming
                 .iter()
                 .any(|f| f.channel == channel && f.from_key == from && f.offer.file_id == file_id);
             if !known && self.stray_files.insert(file_id) {
@@ -334,7 +338,7 @@ impl Session {
             }
             return;
         };
-        let f = &self.state.incoming_files[pos];
+        let f = &self.state.files.incoming[pos];
         let index = u64::from(index);
         if f.offer.part_len(index) != Some(data.len()) {
             self.warn(Some(channel), format!("discarded a malformed part of {}", f.offer.name));
@@ -357,15 +361,15 @@ impl Session {
             return;
         }
         let now = self.now_ms();
-        let f = &mut self.state.incoming_files[pos];
+        let f = &mut self.state.files.incoming[pos];
         f.received[byte] |= bit;
         f.count += 1;
         f.updated_at = now;
         if f.count == f.offer.parts() {
             let ok = self
                 .file_digest(pos)
-                .is_ok_and(|d| d == self.state.incoming_files[pos].offer.sha256);
-            let f = &mut self.state.incoming_files[pos];
+                .is_ok_and(|d| d == self.state.files.incoming[pos].offer.sha256);
+            let f = &mut self.state.files.incoming[pos];
             if ok {
                 f.status = FileStatus::Complete;
             } else {
@@ -381,7 +385,7 @@ impl Session {
 
     /// SHA-256 of a received file, from its sealed parts.
     fn file_digest(&self, pos: usize) -> Result<[u8; 32], ClientError> {
-        let f = &self.state.incoming_files[pos];
+        let f = &self.state.files.incoming[pos];
         let mut h = Sha256::new();
         for i in 0..f.offer.parts() {
             h.update(&self.blobs.read(&f.folder, &i.to_string())?[..]);
@@ -393,7 +397,8 @@ impl Session {
     pub fn file_view(&self, channel: &str, message_id: &str) -> Option<FileView> {
         let f = self
             .state
-            .incoming_files
+            .files
+            .incoming
             .iter()
             .find(|f| f.channel == channel && f.message_id == message_id)?;
         let (status, saved_to) = match &f.status {
@@ -415,17 +420,18 @@ impl Session {
     /// The received file record a message of `channel` offered.
     pub(crate) fn incoming_file(&self, channel: &str, message_id: &str) -> Option<(usize, IncomingFile)> {
         self.state
-            .incoming_files
+            .files
+            .incoming
             .iter()
             .position(|f| f.channel == channel && f.message_id == message_id)
-            .map(|i| (i, self.state.incoming_files[i].clone()))
+            .map(|i| (i, self.state.files.incoming[i].clone()))
     }
 
     /// A received file was written out at `path`: recorded (and saved) before its
     /// sealed copy goes, so a crash in between leaves parts to prune, never a file
     /// marked complete whose parts are gone.
     pub(crate) fn file_saved(&mut self, pos: usize, path: &Path) {
-        if let Some(f) = self.state.incoming_files.get_mut(pos) {
+        if let Some(f) = self.state.files.incoming.get_mut(pos) {
             f.status = FileStatus::Saved(path.display().to_string());
         }
         self.save();
@@ -434,7 +440,8 @@ impl Session {
     /// Message ids of the files of `channel` that arrived completely and are not saved yet.
     pub fn unsaved_files(&self, channel: &str) -> Vec<String> {
         self.state
-            .incoming_files
+            .files
+            .incoming
             .iter()
             .filter(|f| f.channel == channel && f.status == FileStatus::Complete)
             .map(|f| f.message_id.clone())
@@ -446,19 +453,19 @@ impl Session {
     pub(crate) fn prune_files(&mut self) {
         let channels = &self.state.channels;
         let (keep, gone): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.state.incoming_files)
+            std::mem::take(&mut self.state.files.incoming)
                 .into_iter()
                 .partition(|f| {
                     channels.get(&f.channel).is_some_and(|c| {
                         c.status != ChannelStatus::Closed && c.messages.iter().any(|m| m.id == f.message_id)
                     })
                 });
-        self.state.incoming_files = keep;
+        self.state.files.incoming = keep;
         for f in gone {
             self.blobs.remove(&f.folder);
         }
         let channels = &self.state.channels;
-        self.state.outgoing_files.retain(|o| {
+        self.state.files.outgoing.retain(|o| {
             channels
                 .get(&o.channel)
                 .is_some_and(|c| c.status == ChannelStatus::Active)

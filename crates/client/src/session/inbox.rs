@@ -50,7 +50,7 @@ impl Session {
                 return;
             }
         };
-        let r = self.state.reassembly.entry(keys.id().0).or_default();
+        let r = self.state.inbox.reassembly.entry(keys.id().0).or_default();
         let whole = match r.push(chunk) {
             Ok(Some(w)) => w,
             Ok(None) => return,
@@ -99,7 +99,8 @@ impl Session {
     /// them as replays.
     fn carried_twice(&self, digest: &[u8; 16], via: Via) -> bool {
         self.state
-            .recent_payloads
+            .inbox
+            .recent
             .iter()
             .any(|p| &p.digest == digest && (p.by_courier || via == Via::Courier))
     }
@@ -107,10 +108,10 @@ impl Session {
     /// Remembers a channel payload once MLS has read it (not before: a copy that
     /// failed, or waits for a later epoch, must not hide the other copy).
     fn remember_payload(&mut self, digest: [u8; 16], via: Via) {
-        if self.state.recent_payloads.len() >= RECENT_PAYLOADS {
-            self.state.recent_payloads.pop_front();
+        if self.state.inbox.recent.len() >= RECENT_PAYLOADS {
+            self.state.inbox.recent.pop_front();
         }
-        self.state.recent_payloads.push_back(RecentPayload {
+        self.state.inbox.recent.push_back(RecentPayload {
             digest,
             by_courier: via == Via::Courier,
         });
@@ -118,18 +119,18 @@ impl Session {
 
     /// Keeps an MLS message from a later epoch for when its commit arrives.
     fn defer(&mut self, name: &str, payload: Vec<u8>, via: Via) {
-        let held = self.state.deferred.iter().filter(|d| d.channel == name).count();
+        let held = self.state.inbox.deferred.iter().filter(|d| d.channel == name).count();
         if held >= MAX_DEFERRED {
             // The epoch in a message's header is not authenticated: bound what it can make us keep.
-            if let Some(pos) = self.state.deferred.iter().position(|d| d.channel == name) {
-                self.state.deferred.remove(pos);
+            if let Some(pos) = self.state.inbox.deferred.iter().position(|d| d.channel == name) {
+                self.state.inbox.deferred.remove(pos);
                 self.warn(
                     Some(name),
                     "dropped a message that waited too long for a change to the channel that never arrived",
                 );
             }
         }
-        self.state.deferred.push(DeferredMls {
+        self.state.inbox.deferred.push(DeferredMls {
             channel: name.to_string(),
             payload,
             by_courier: via == Via::Courier,
@@ -142,7 +143,7 @@ impl Session {
         let mut changed = false;
         loop {
             let mut progress = false;
-            let waiting = std::mem::take(&mut self.state.deferred);
+            let waiting = std::mem::take(&mut self.state.inbox.deferred);
             let mut keep = Vec::new();
             for d in waiting {
                 if !self.is_active(&d.channel) {
@@ -160,10 +161,10 @@ impl Session {
                 }
             }
             // Anything deferred while retrying (none expected) is kept too.
-            keep.append(&mut self.state.deferred);
-            self.state.deferred = keep;
+            keep.append(&mut self.state.inbox.deferred);
+            self.state.inbox.deferred = keep;
             changed |= progress;
-            if !progress || self.state.deferred.is_empty() {
+            if !progress || self.state.inbox.deferred.is_empty() {
                 return changed;
             }
         }

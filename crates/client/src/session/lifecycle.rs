@@ -93,12 +93,12 @@ impl Session {
         if let Ok(Some(group)) = Channel::load(&self.provider, &gid) {
             let _ = group.delete(&self.provider);
         }
-        self.state.deferred.retain(|d| d.channel != name);
+        self.state.inbox.deferred.retain(|d| d.channel != name);
         if status == ChannelStatus::Closed {
             self.prune_files();
         }
         for k in &doomed {
-            self.state.reassembly.remove(&k.id().0);
+            self.state.inbox.reassembly.remove(&k.id().0);
         }
         self.state.doomed.extend(doomed);
     }
@@ -176,7 +176,7 @@ impl Session {
             gone.extend(old.into_iter().map(|r| r.keys));
         }
         for k in &gone {
-            self.state.reassembly.remove(&k.id().0);
+            self.state.inbox.reassembly.remove(&k.id().0);
         }
         self.state.doomed.extend(gone);
         self.push(Effect::DeleteDoomed);

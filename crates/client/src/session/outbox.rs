@@ -54,7 +54,7 @@ impl Session {
         payload: &[u8],
     ) -> Result<(), ClientError> {
         let envs = seal_payload(&to.seal, &to.send, kind, payload, &mut OsRng).map_err(ClientError::protocol)?;
-        self.state.outbox.push(OutboxItem {
+        self.state.outbox.sealed.push(OutboxItem {
             to: to.clone(),
             envelopes: envs.iter().map(|e| e.as_bytes().to_vec()).collect(),
         });
@@ -71,14 +71,18 @@ impl Session {
             sent_at: self.now_ms(),
             text: text.to_string(),
         };
-        self.state.unsent.push(unsent.clone());
+        self.state.outbox.unsent.push(unsent.clone());
         self.save();
         Ok(unsent)
     }
 
     /// Whether messages written in `name` still wait to be sealed.
     pub fn has_unsent(&self, name: Option<&str>) -> bool {
-        self.state.unsent.iter().any(|u| name.is_none_or(|n| u.channel == n))
+        self.state
+            .outbox
+            .unsent
+            .iter()
+            .any(|u| name.is_none_or(|n| u.channel == n))
     }
 
     /// Puts our own message into its channel's history, once.
@@ -103,10 +107,10 @@ impl Session {
     /// Encrypts every unsent message whose channel can take one now into the
     /// outbox, in one durable save (so each is sealed exactly once).
     pub fn seal_unsent(&mut self) -> Result<(), ClientError> {
-        if self.state.unsent.is_empty() {
+        if self.state.outbox.unsent.is_empty() {
             return Ok(());
         }
-        let unsent = std::mem::take(&mut self.state.unsent);
+        let unsent = std::mem::take(&mut self.state.outbox.unsent);
         let mut keep = Vec::new();
         let mut failed = None;
         for u in unsent {
@@ -132,7 +136,7 @@ impl Session {
                 }
             }
         }
-        self.state.unsent = keep;
+        self.state.outbox.unsent = keep;
         self.save();
         failed.map_or(Ok(()), Err)
     }
@@ -159,7 +163,7 @@ impl Session {
 
     /// Whether the outbox holds anything.
     pub fn outbox_is_empty(&self) -> bool {
-        self.state.outbox.is_empty()
+        self.state.outbox.sealed.is_empty()
     }
 
     /// Takes the outbox for a flush: one [`Delivery`] per item, in order. Give every
@@ -169,6 +173,7 @@ impl Session {
     pub fn outbox_deliveries(&self) -> Vec<Delivery> {
         self.state
             .outbox
+            .sealed
             .iter()
             .map(|item| Delivery {
                 relay: item.to.relay.clone(),
@@ -192,7 +197,7 @@ impl Session {
     /// for the same mailbox waits too, so that it never arrives ahead of it: a file's
     /// parts ahead of its offer, say).
     pub fn must_wait(&self, index: usize, unreachable: &[RelayAddress], refused: &[[u8; 32]]) -> bool {
-        self.state.outbox.get(index).is_none_or(|item| {
+        self.state.outbox.sealed.get(index).is_none_or(|item| {
             unreachable.contains(&self.link_key(&item.to.relay)) || refused.contains(&item.to.send.0)
         })
     }
@@ -201,7 +206,7 @@ impl Session {
     /// [`Session::outbox_deliveries`], `None` for an item not tried) and keeps in the
     /// outbox what was not accepted.
     pub fn delivered(&mut self, outcomes: Vec<Option<Delivered>>) -> FlushReport {
-        let items = std::mem::take(&mut self.state.outbox);
+        let items = std::mem::take(&mut self.state.outbox.sealed);
         let mut report = FlushReport::default();
         let mut keep = Vec::new();
         let mut dropped = 0usize;
@@ -243,8 +248,8 @@ impl Session {
         }
         report.queued = keep.len();
         // Anything queued while the flush was out (nothing, today) goes after.
-        keep.append(&mut self.state.outbox);
-        self.state.outbox = keep;
+        keep.append(&mut self.state.outbox.sealed);
+        self.state.outbox.sealed = keep;
         self.save();
         report
     }

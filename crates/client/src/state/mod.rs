@@ -47,41 +47,69 @@ pub struct State {
     /// Other addresses of that same relay (same pin: relays sharing one cluster),
     /// tried in order when an address doesn't answer.
     pub relay_alternates: Vec<RelayAddress>,
+    /// SOCKS5 proxy every connection goes through (set at `init`).
+    pub proxy: Option<ProxyAddr>,
+    /// Cover mailboxes, one per relay, that receive the daemon's dummies.
+    pub cover: Vec<MailboxKeys>,
     /// openmls storage.
     pub mls: Vec<(Vec<u8>, Vec<u8>)>,
     /// Channels by local name.
     pub channels: BTreeMap<String, ChannelState>,
     /// Join requests waiting for a welcome.
     pub pending_joins: Vec<PendingJoin>,
-    /// Half-assembled payloads per mailbox id.
-    pub reassembly: BTreeMap<[u8; 32], Reassembler>,
-    /// Envelopes sealed but not yet accepted by a relay.
-    pub outbox: Vec<OutboxItem>,
-    /// MLS messages from an epoch this member has not reached yet, kept
-    /// until the commit they depend on arrives (bounded per channel).
-    pub deferred: Vec<DeferredMls>,
-    /// Messages written but not yet encrypted (saved before the network is
-    /// touched, encrypted in the channel's current epoch once synced).
-    pub unsent: Vec<UnsentMessage>,
-    /// SOCKS5 proxy every connection goes through (set at `init`).
-    pub proxy: Option<ProxyAddr>,
-    /// Cover mailboxes, one per relay, that receive the daemon's dummies.
-    pub cover: Vec<MailboxKeys>,
+    /// What arrived and is not read yet (`session::inbox`).
+    pub inbox: Inbox,
+    /// What goes out (`session::outbox`).
+    pub outbox: Outbox,
     /// Mailboxes of ended channels still to be deleted at their relays
     /// (kept until a relay confirms, so a teardown while offline finishes later).
     pub doomed: Vec<MailboxKeys>,
-    /// Digests of the latest channel payloads processed, to recognize a message that
-    /// arrives both by courier and through a relay (bounded, oldest first).
-    pub recent_payloads: VecDeque<RecentPayload>,
-    /// Ids of the courier bundles imported (bounded, oldest first).
-    pub imported_bundles: VecDeque<[u8; 16]>,
+    /// Courier bundles imported (`session::courier`).
+    pub courier: CourierLog,
     /// Drop boxes this member owns, by local name.
     pub drops: BTreeMap<String, DropBox>,
+    /// Files in transfer (`session::files`).
+    pub files: Files,
+}
+
+/// What arrived and is not read yet.
+#[derive(Serialize, Deserialize, Default)]
+pub struct Inbox {
+    /// Half-assembled payloads per mailbox id.
+    pub reassembly: BTreeMap<[u8; 32], Reassembler>,
+    /// MLS messages from an epoch this member has not reached yet, kept
+    /// until the commit they depend on arrives (bounded per channel).
+    pub deferred: Vec<DeferredMls>,
+    /// Digests of the latest channel payloads processed, to recognize a message that
+    /// arrives both by courier and through a relay (bounded, oldest first).
+    pub recent: VecDeque<RecentPayload>,
+}
+
+/// What goes out.
+#[derive(Serialize, Deserialize, Default)]
+pub struct Outbox {
+    /// Messages written but not yet encrypted (saved before the network is
+    /// touched, encrypted in the channel's current epoch once synced).
+    pub unsent: Vec<UnsentMessage>,
+    /// Envelopes sealed but not yet accepted by a relay.
+    pub sealed: Vec<OutboxItem>,
+}
+
+/// Courier bundles imported.
+#[derive(Serialize, Deserialize, Default)]
+pub struct CourierLog {
+    /// Ids of the bundles imported (bounded, oldest first).
+    pub imported: VecDeque<[u8; 16]>,
+}
+
+/// Files in transfer.
+#[derive(Serialize, Deserialize, Default)]
+pub struct Files {
     /// Files this member is sending (kept until every part is out, so an
     /// interrupted transfer resumes where it stopped).
-    pub outgoing_files: Vec<OutgoingFile>,
+    pub outgoing: Vec<OutgoingFile>,
     /// Files being received or received and not yet saved.
-    pub incoming_files: Vec<IncomingFile>,
+    pub incoming: Vec<IncomingFile>,
 }
 
 /// A file being sent.
@@ -210,21 +238,17 @@ impl State {
             identity_secret,
             relay,
             relay_alternates,
+            proxy,
+            cover: Vec::new(),
             mls: Vec::new(),
             channels: BTreeMap::new(),
             pending_joins: Vec::new(),
-            reassembly: BTreeMap::new(),
-            outbox: Vec::new(),
-            deferred: Vec::new(),
-            unsent: Vec::new(),
-            proxy,
-            cover: Vec::new(),
+            inbox: Inbox::default(),
+            outbox: Outbox::default(),
             doomed: Vec::new(),
-            recent_payloads: VecDeque::new(),
-            imported_bundles: VecDeque::new(),
+            courier: CourierLog::default(),
             drops: BTreeMap::new(),
-            outgoing_files: Vec::new(),
-            incoming_files: Vec::new(),
+            files: Files::default(),
         }
     }
 }

@@ -3,7 +3,9 @@
 //! Only the types whose layout changed since are copied here; the others are the
 //! current types, whose layout has not changed since layout 5 (the fixture test in
 //! `crates/backchannel/tests/formats.rs` fails if one does). Layout 6 changed
-//! [`StoredMessage::event`] from a word to [`super::EventKind`].
+//! [`StoredMessage::event`] from a word to [`super::EventKind`], and grouped the
+//! state's fields by the part of the session that owns them (inbox, outbox, courier,
+//! files).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -131,18 +133,26 @@ impl From<State> for super::State {
                 .map(|(n, c)| (n, c.into()))
                 .collect(),
             pending_joins: std::mem::take(&mut s.pending_joins),
-            reassembly: std::mem::take(&mut s.reassembly),
-            outbox: std::mem::take(&mut s.outbox),
-            deferred: std::mem::take(&mut s.deferred),
-            unsent: std::mem::take(&mut s.unsent),
+            inbox: super::Inbox {
+                reassembly: std::mem::take(&mut s.reassembly),
+                deferred: std::mem::take(&mut s.deferred),
+                recent: std::mem::take(&mut s.recent_payloads),
+            },
+            outbox: super::Outbox {
+                unsent: std::mem::take(&mut s.unsent),
+                sealed: std::mem::take(&mut s.outbox),
+            },
             proxy: s.proxy.take(),
             cover: std::mem::take(&mut s.cover),
             doomed: std::mem::take(&mut s.doomed),
-            recent_payloads: std::mem::take(&mut s.recent_payloads),
-            imported_bundles: std::mem::take(&mut s.imported_bundles),
+            courier: super::CourierLog {
+                imported: std::mem::take(&mut s.imported_bundles),
+            },
             drops: std::mem::take(&mut s.drops),
-            outgoing_files: std::mem::take(&mut s.outgoing_files),
-            incoming_files: std::mem::take(&mut s.incoming_files),
+            files: super::Files {
+                outgoing: std::mem::take(&mut s.outgoing_files),
+                incoming: std::mem::take(&mut s.incoming_files),
+            },
         }
     }
 }
