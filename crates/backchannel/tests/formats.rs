@@ -1,0 +1,318 @@
+//! Formats that last: what an earlier release left on disk (a relay's data
+//! directory, two homes, a courier bundle) opens, reads and keeps working with
+//! this code. Each fixture set under tests/fixtures/ was made by
+//! scripts/make-fixtures.sh with the binary of the release it names; its README
+//! lists what it holds, which is what this test checks.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+/// The fixed address the fixture's relay listened on: the homes hold it.
+const LISTEN: &str = "127.0.0.1:29471";
+const PASSPHRASE: &str = "fixture-passphrase";
+
+fn fixture(release: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("release-{release}"))
+}
+
+/// Copies a fixture set, so that the repository's copy is never written.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The deterministic text make-fixtures.sh writes: numbered lines, cut to `size` bytes.
+fn pattern(prefix: &str, size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size + 64);
+    let mut i = 0;
+    while out.len() < size {
+        out.extend_from_slice(format!("{prefix} {i:06}\n").as_bytes());
+        i += 1;
+    }
+    out.truncate(size);
+    out
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn home(root: &Path, name: &str) -> Client {
+    Client {
+        home: root.join(name),
+        pass: PASSPHRASE.to_string(),
+    }
+}
+
+/// Waits until nothing listens on the fixture's port (another run of this test, in
+/// another worktree, may hold it for a while).
+fn wait_for_port() {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while std::net::TcpStream::connect(LISTEN).is_ok() {
+        assert!(Instant::now() < deadline, "{LISTEN} stayed in use for 5 minutes");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `read --json` lines as (from, text) of real messages, events left out.
+fn said(lines: &str) -> Vec<(String, String)> {
+    lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|m| m.get("event").is_none())
+        .map(|m| {
+            (
+                m["from"].as_str().unwrap().to_string(),
+                m["text"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
+/// The set made by the release at commit 94ba14f (see its README.md).
+#[test]
+fn the_state_left_by_release_94ba14f_opens_reads_and_keeps_working() {
+    const RELAY_ADDRESS: &str = "bc://jbysz3mufz2z54mnlrfnvdgn37w72ut4ms7rdtadczu4gbtz2r2q@127.0.0.1:29471";
+    // The file alice was sending when it stopped: her home holds this absolute path.
+    const TERM_SHEET: &str = "/tmp/backchannel-fixture-94ba14f/term-sheet.txt";
+    const TERM_SHEET_SHA256: &str = "04ede2aa7413912aa3f26bdf34a65a32d15e04d9c1bf1cec92b39640fd96e200";
+    const ALICE_FINGERPRINT: &str = "e7a1 4abf c072 ecd5 0369 1edb 7eda bed0";
+    const BOB_FINGERPRINT: &str = "a8c9 4d92 8093 b254 6513 d76b b0aa 4fbb";
+    const NOTES_SHA256: &str = "4585f2c0e2ef713294561f7b470e48e3dce2d5c75fb29eb4f37c9fec27139e1c";
+
+    let set = fixture("94ba14f");
+    let readme = std::fs::read_to_string(set.join("README.md")).unwrap();
+    assert!(
+        readme.contains(RELAY_ADDRESS),
+        "the README records another relay address"
+    );
+    assert_eq!(
+        std::fs::read_to_string(set.join("relay-address.txt")).unwrap().trim(),
+        RELAY_ADDRESS
+    );
+    let root = tempfile::tempdir().unwrap();
+    copy_dir(&set, root.path());
+    let out = root.path().join("out");
+    let out_s = out.to_str().unwrap();
+
+    // The relay opens its data directory with the same key: the same PIN, the same
+    // address. Envelopes carry the expiry they were stored with (100 years); the flag
+    // here governs only new ones.
+    wait_for_port();
+    let relay = RelayProc::start_on(
+        &root.path().join("relay"),
+        LISTEN,
+        &["--envelope-ttl", "36500d", "--stats-interval", "1s"],
+    );
+    assert_eq!(relay.address, RELAY_ADDRESS);
+
+    // The source file of the transfer in progress, byte for byte where it was (written
+    // while this run holds the port, so that two runs never share it).
+    let term_sheet = pattern("term sheet line", 132_072);
+    assert_eq!(sha256_hex(&term_sheet), TERM_SHEET_SHA256);
+    let term_sheet_path = Path::new(TERM_SHEET);
+    std::fs::create_dir_all(term_sheet_path.parent().unwrap()).unwrap();
+    std::fs::write(term_sheet_path, &term_sheet).unwrap();
+
+    let alice = home(root.path(), "alice");
+    let bob = home(root.path(), "bob");
+    let source = home(root.path(), "source-without-home");
+    let receipt = |n: u8| {
+        std::fs::read_to_string(root.path().join(format!("source/receipt-{n}.txt")))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+
+    // Alice imports bob's courier bundle before anything else touches her home.
+    let imported = alice.ok(&[
+        "courier",
+        "import",
+        root.path().join("courier/bob-to-alice.bundle").to_str().unwrap(),
+    ]);
+    assert!(imported.contains("1 new in deal-room"), "{imported}");
+
+    // Bob: what waited for him at the relay is exactly what is unread, then the rest.
+    let unread = bob.ok(&["read", "deal-room", "--json"]);
+    assert_eq!(
+        said(&unread),
+        pairs(&[
+            ("alice", "second: we need the audited accounts"),
+            ("alice", "third: meet on thursday at ten"),
+            ("alice", "sent a file: term-sheet.txt (129.0 KiB)"),
+        ]),
+        "{unread}"
+    );
+    for line in unread.lines() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(m["from_fingerprint"], ALICE_FINGERPRINT, "{m}");
+    }
+    let offer: serde_json::Value = serde_json::from_str(unread.lines().last().unwrap()).unwrap();
+    assert_eq!(offer["file"]["status"], "receiving", "{offer}");
+    assert_eq!(offer["file"]["parts"], 3);
+    assert_eq!(offer["file"]["parts_received"], 1);
+    assert_eq!(offer["file"]["sha256"], TERM_SHEET_SHA256);
+    let history = pairs(&[
+        ("alice", "welcome to the deal room"),
+        ("bob", "glad to be here"),
+        ("bob", "sent a file: notes.txt (2.9 KiB)"),
+        ("bob", "the notes are attached; the numbers are in the second table"),
+        ("alice", "first look: the valuation is too high"),
+        ("bob", "carried by hand: the accounts are coming"),
+        ("alice", "second: we need the audited accounts"),
+        ("alice", "third: meet on thursday at ten"),
+        ("alice", "sent a file: term-sheet.txt (129.0 KiB)"),
+    ]);
+    assert_eq!(bob.texts("deal-room"), history);
+    assert!(
+        bob.ok(&["read", "deal-room", "--json"]).trim().is_empty(),
+        "shown twice"
+    );
+
+    // Alice: the message carried by hand is unread (its relay copy, sent by bob's first
+    // sync just now, is not shown again); the file bob sent before is saved, checked.
+    let unread = alice.ok(&["read", "deal-room", "--json", "--save-to", out_s]);
+    assert_eq!(
+        said(&unread),
+        pairs(&[("bob", "carried by hand: the accounts are coming")]),
+        "{unread}"
+    );
+    let carried: serde_json::Value = serde_json::from_str(unread.lines().next().unwrap()).unwrap();
+    assert_eq!(carried["from_fingerprint"], BOB_FINGERPRINT, "{carried}");
+    let notes = std::fs::read(out.join("notes.txt")).unwrap();
+    assert_eq!(notes, pattern("notes line", 3000));
+    assert_eq!(sha256_hex(&notes), NOTES_SHA256);
+    assert_eq!(alice.texts("deal-room"), {
+        // Alice's history lists bob's courier message where she received it.
+        let mut h = history.clone();
+        let carried = h.remove(5);
+        h.push(carried);
+        h
+    });
+    // The second channel, which alice had fetched and never read.
+    let side = alice.ok(&["read", "side-room", "--json"]);
+    assert_eq!(
+        said(&side),
+        pairs(&[("bob", "a quiet word: the seller is flexible")]),
+        "{side}"
+    );
+
+    // Alice's drop box: letter 2 (fetched, its attachment sealed in her home) and
+    // letter 3 (still at the relay) are unread; letter 1 was read.
+    let letters_dir = root.path().join("letters");
+    let letters = alice.ok(&[
+        "drop",
+        "read",
+        "tips-line",
+        "--json",
+        "--save-to",
+        letters_dir.to_str().unwrap(),
+    ]);
+    let letters: Vec<serde_json::Value> = letters.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let texts: Vec<&str> = letters.iter().map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(
+        texts,
+        ["a scan of the first page", "a third letter, still at the relay"]
+    );
+    let scan = letters[0]["file"].as_str().unwrap();
+    assert_eq!(std::fs::read(scan).unwrap(), b"page one of the ledger, line by line\n");
+    assert!(letters[1]["file"].is_null());
+    let all = alice.ok(&["drop", "read", "tips-line", "--all", "--json"]);
+    let all: Vec<String> = all
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        all,
+        [
+            "the ledger is in locker 12",
+            "a scan of the first page",
+            "a third letter, still at the relay"
+        ]
+    );
+    // The reply alice wrote to letter 1 waited at the relay for its source.
+    assert_eq!(
+        source.ok(&["drop", "check", &receipt(1)]).trim(),
+        "received; do not come to the office"
+    );
+    assert!(!source.home.exists(), "drop check made a home");
+
+    // Alice's interrupted transfer resumes with the same command, and bob gets the file whole.
+    let r = alice.run(&["send", "deal-room", "--file", TERM_SHEET]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stderr.contains("resuming an interrupted transfer"), "{}", r.stderr);
+    let got = bob.ok(&["read", "deal-room", "--json", "--all", "--save-to", out_s]);
+    let files: Vec<serde_json::Value> = got
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|m| m["file"]["name"] == "term-sheet.txt")
+        .collect();
+    assert_eq!(files.len(), 1, "{got}");
+    assert_eq!(files[0]["file"]["status"], "saved", "{got}");
+    let saved = std::fs::read(out.join("term-sheet.txt")).unwrap();
+    assert_eq!(sha256_hex(&saved), TERM_SHEET_SHA256);
+    let _ = std::fs::remove_file(term_sheet_path);
+    let _ = std::fs::remove_dir(term_sheet_path.parent().unwrap());
+
+    // And everything keeps working: both talk in both channels, the drop box takes a
+    // new letter, and a reply reaches letter 2's source.
+    alice.ok(&["send", "deal-room", "alice, after the upgrade"]);
+    bob.ok(&["send", "deal-room", "bob, after the upgrade"]);
+    bob.ok(&["send", "side-room", "bob in side-room, after the upgrade"]);
+    alice.ok(&["send", "side-room", "alice in side-room, after the upgrade"]);
+    assert!(alice
+        .texts("deal-room")
+        .contains(&("bob".into(), "bob, after the upgrade".into())));
+    let bob_sees = bob.texts("deal-room");
+    assert!(bob_sees.contains(&("alice".into(), "alice, after the upgrade".into())));
+    assert!(bob
+        .texts("side-room")
+        .contains(&("alice".into(), "alice in side-room, after the upgrade".into())));
+    for c in [&alice, &bob] {
+        let t = c.texts("deal-room");
+        for m in &t {
+            assert_eq!(t.iter().filter(|x| *x == m).count(), 1, "{m:?} twice in {t:?}");
+        }
+        assert_eq!(t.len(), history.len() + 2, "{t:?}");
+    }
+    let drop_address = std::fs::read_to_string(root.path().join("source/drop-address.txt")).unwrap();
+    source.ok(&[
+        "drop",
+        "send",
+        drop_address.trim(),
+        "a fourth letter, after the upgrade",
+    ]);
+    let new = alice.ok(&["drop", "read", "tips-line", "--json"]);
+    assert_eq!(new.lines().count(), 1, "{new}");
+    let letter: serde_json::Value = serde_json::from_str(new.trim()).unwrap();
+    assert_eq!(letter["text"], "a fourth letter, after the upgrade");
+    let second = letters[0]["id"].as_str().unwrap();
+    alice.ok(&["drop", "reply", "tips-line", second, "thank you for the scan"]);
+    assert_eq!(
+        source.ok(&["drop", "check", &receipt(2)]).trim(),
+        "thank you for the scan"
+    );
+}
