@@ -290,6 +290,9 @@ async fn sweep(store: Arc<Backend>, every: Duration, metrics: Arc<Metrics>) {
 
 async fn log_counts_every(store: Arc<Backend>, every: Duration, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(every.max(MIN_PERIOD));
+    // A count that took longer than the period (a store that does not answer) is
+    // followed by one line, not by a burst of the lines it missed.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         log_counts(&store, &metrics).await;
