@@ -749,7 +749,8 @@ fn store(out: &mut Out) {
         s.create(store_input::id(1), [11; 32], digest(1), 0).unwrap();
         s.create(store_input::id(2), [12; 32], digest(2), 0).unwrap();
         for fill in 0..3 {
-            s.send([1; 32], envelope(fill), 2_000_000_000, ProvenWork::NONE).unwrap();
+            s.send([1; 32], envelope(fill), 2_000_000_000, ProvenWork::NONE)
+                .unwrap();
         }
         s.send([2; 32], envelope(9), 1_000, ProvenWork::NONE).unwrap();
         s.ack(store_input::id(1), 2).unwrap();

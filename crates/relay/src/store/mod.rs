@@ -100,6 +100,9 @@ pub enum StoreError {
     /// The operating system had no randomness for an envelope key.
     #[error("the system's random number generator failed")]
     Randomness(#[source] Arc<rand_core::Error>),
+    /// The embedded store could not start its writer thread.
+    #[error("the relay's store could not start its writer thread; the system may be out of threads or memory")]
+    Thread(#[source] Arc<std::io::Error>),
     /// The embedded store's writer thread is gone (the store is closing).
     #[error("the relay's store is closing")]
     Closed,
@@ -319,5 +322,35 @@ impl MailboxStore for Backend {
 
     fn forward_deliveries(&self, notify: tokio::sync::broadcast::Sender<MailboxId>) {
         each!(self, s => s.forward_deliveries(notify))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the relay logs of a failure is its message: fixed text, whatever the
+    /// backend said (kept as the source, which is never logged).
+    #[test]
+    fn a_failures_message_is_fixed_text_and_the_backends_words_only_its_source() {
+        let words = format!("bc.env.{} at 10.0.0.7:4222", "ab".repeat(32));
+        let nats = StoreError::Nats {
+            doing: "storing an envelope",
+            source: Arc::new(NatsError::Client(words.clone().into())),
+        };
+        assert_eq!(nats.to_string(), "the NATS cluster failed while storing an envelope");
+        let io = StoreError::key_file("reading a key")(std::io::Error::other(words.clone()));
+        for e in [&nats, &io] {
+            assert!(!e.to_string().contains(&words), "{e}");
+            assert!(e.is_failure());
+            let mut chain = String::new();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                chain.push_str(&c.to_string());
+                cause = c.source();
+            }
+            assert!(chain.contains(&words), "the cause is kept: {chain}");
+        }
+        assert!(!StoreError::MailboxFull.is_failure());
     }
 }

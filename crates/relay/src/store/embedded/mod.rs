@@ -230,7 +230,7 @@ impl EmbeddedStore {
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer::writer(writer_db, writer_keys, book, rx, quota))
-            .map_err(StoreError::key_file("starting the writer thread"))?;
+            .map_err(|e| StoreError::Thread(Arc::new(e)))?;
         Ok(Self {
             reader: Reader { db, keys },
             writes: Some(tx),
