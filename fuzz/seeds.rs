@@ -31,7 +31,7 @@ use backchannel_core::message::{AppMessage, Body, FileOffer, JoinRequest};
 use backchannel_core::vault::{KdfParams, VaultKey};
 use backchannel_fuzz::store_input::{self, Input, Op, Record};
 use backchannel_fuzz::{relay, seal_key, send_capability, MlsFixture};
-use backchannel_relay::store::{EmbeddedStore, MailboxStore, KEY_FILE};
+use backchannel_relay::store::{EmbeddedStore, ProvenWork, ENVELOPE_KEY_FILE};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand_core::OsRng;
@@ -734,7 +734,7 @@ fn dump(dir: &Path) -> Input {
             });
         }
     }
-    let keys = fs::read(dir.join(KEY_FILE)).unwrap();
+    let keys = fs::read(dir.join(ENVELOPE_KEY_FILE)).unwrap();
     for (slot, key) in keys.chunks_exact(32).enumerate() {
         if key.iter().any(|b| *b != 0) {
             input.keys.push((slot as u16, key.try_into().unwrap()));
@@ -753,9 +753,10 @@ fn store(out: &mut Out) {
         s.create(store_input::id(1), [11; 32], digest(1), 0).unwrap();
         s.create(store_input::id(2), [12; 32], digest(2), 0).unwrap();
         for fill in 0..3 {
-            s.send([1; 32], envelope(fill), 2_000_000_000, 0).unwrap();
+            s.send([1; 32], envelope(fill), 2_000_000_000, ProvenWork::NONE)
+                .unwrap();
         }
-        s.send([2; 32], envelope(9), 1_000, 0).unwrap();
+        s.send([2; 32], envelope(9), 1_000, ProvenWork::NONE).unwrap();
         s.ack(store_input::id(1), 2).unwrap();
         s.claim([2; 32], 0, [5; 32]).unwrap();
     }

@@ -1,7 +1,7 @@
 //! The relay's embedded store reading its own files back: records of every
 //! table and the key file are written raw into a fresh data directory (on
-//! tmpfs), then the store opens it (crash recovery, migration of plaintext
-//! records) and runs operations on it, including the network's requests
+//! tmpfs), then the store opens it (crash recovery, conversion of records of
+//! older formats, refusal of newer ones) and runs operations on it, including the network's requests
 //! with any numbers in them. Input format: `backchannel_fuzz::store_input`.
 //!
 //! Asserts: nothing panics, in this thread or in the store's writer
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
 use backchannel_core::mailbox::MailboxId;
 use backchannel_fuzz::store_input::{id, Input, Op};
-use backchannel_relay::store::{EmbeddedStore, MailboxStore, StoreError, KEY_FILE};
+use backchannel_relay::store::{EmbeddedStore, ProvenWork, StoreError, ENVELOPE_KEY_FILE};
 use libfuzzer_sys::fuzz_target;
 use redb::{Database, TableDefinition};
 use sha2::{Digest, Sha256};
@@ -64,7 +64,7 @@ fn prepare(dir: &Path, input: &Input) {
         .truncate(false)
         .read(true)
         .write(true)
-        .open(dir.join(KEY_FILE))
+        .open(dir.join(ENVELOPE_KEY_FILE))
         .unwrap();
     for (slot, key) in &input.keys {
         std::os::unix::fs::FileExt::write_all_at(&keys, key, *slot as u64 * 32).unwrap();
@@ -80,7 +80,7 @@ fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
     let mut tries = 0;
     loop {
         match EmbeddedStore::open(&dir.join("store.redb"), MAX_ENVELOPES) {
-            Err(StoreError::Storage(e)) if e.contains("already open") && tries < 1000 => {
+            Err(StoreError::InUse) if tries < 1000 => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_micros(100));
             }
@@ -107,7 +107,7 @@ fn run(dir: &Path, input: &Input) {
                 }
             }
             Op::Send { send, fill, expires_at } => {
-                if let Ok((mailbox, seq)) = store.send([send; 32], envelope(fill), expires_at, 0) {
+                if let Ok((mailbox, seq)) = store.send([send; 32], envelope(fill), expires_at, ProvenWork::NONE) {
                     if let Ok(all) = store.fetch(&[mailbox], usize::MAX) {
                         assert!(
                             all.iter()

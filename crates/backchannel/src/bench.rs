@@ -19,7 +19,7 @@ use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
 use backchannel_core::frame::{Request, Response, MAX_FETCH};
 use backchannel_core::mailbox::{MailboxId, MailboxKeys};
 use backchannel_core::relay_address::RelayAddress;
-use backchannel_relay::store::{EmbeddedStore, MailboxStore, Quota};
+use backchannel_relay::store::{EmbeddedStore, MailboxStore, ProvenWork, Quota};
 use rand_core::OsRng;
 use serde_json::json;
 
@@ -421,7 +421,7 @@ async fn receive(
 /// The embedded store alone: `n` writers with `window` sends each in flight (so its
 /// group commit batches as it does under the relay), `n` readers fetching and
 /// acknowledging each batch at once, every send durable before it returns. Writes go
-/// through the same queue the relay uses (`send_async`, `ack_async`).
+/// through the same queue the relay uses (the `MailboxStore` methods).
 async fn embedded_baseline(path: &Path, n: usize, m: usize, window: usize) -> Result<f64, BenchError> {
     let store: Arc<EmbeddedStore> = Arc::new(EmbeddedStore::open_with_quota(
         path,
@@ -459,11 +459,13 @@ async fn embedded_baseline(path: &Path, n: usize, m: usize, window: usize) -> Re
                 let batch = window.min(count - sent);
                 let mut pending = Vec::with_capacity(batch);
                 for s in 0..batch {
-                    pending.push(
-                        store
-                            .clone()
-                            .send_async(cap, stamped(t0, (sent + s) as u64)?, u64::MAX, 0),
-                    );
+                    pending.push(MailboxStore::send(
+                        &*store,
+                        cap,
+                        stamped(t0, (sent + s) as u64)?,
+                        u64::MAX,
+                        ProvenWork::NONE,
+                    ));
                 }
                 for p in pending {
                     p.await?;
@@ -485,7 +487,7 @@ async fn embedded_baseline(path: &Path, n: usize, m: usize, window: usize) -> Re
                     tokio::time::sleep(Duration::from_micros(500)).await;
                 }
                 got += list.len();
-                let acks: Vec<_> = list.iter().map(|d| store.clone().ack_async(id, d.seq)).collect();
+                let acks: Vec<_> = list.iter().map(|d| MailboxStore::ack(&*store, id, d.seq)).collect();
                 for a in acks {
                     a.await?;
                 }

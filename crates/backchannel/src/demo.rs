@@ -7,6 +7,7 @@ use backchannel_client::Engine;
 use backchannel_core::channel::Suite;
 use backchannel_core::envelope::ENVELOPE_SIZE;
 use backchannel_core::relay_address::RelayAddress;
+use backchannel_relay::store::MailboxStore as _;
 use backchannel_relay::{Limits, Relay};
 
 const PASS: &[u8] = b"demo passphrase";
@@ -95,7 +96,7 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     show("bruno", &mut bruno, "deal-room")?;
     show("amir", &mut amir, "deal-room")?;
 
-    let stats = tokio::task::spawn_blocking(move || store.stats()).await??;
+    let stats = store.stats().await?;
     println!(
         "\nthe relay holds {} mailboxes and {} envelopes ({} bytes, every envelope exactly {ENVELOPE_SIZE} bytes); no names, no channel names, no plaintext",
         stats.mailboxes,

@@ -427,3 +427,134 @@ fn the_relays_of_a_cluster_share_mailboxes_claims_and_limits_and_wake_each_other
         }
     });
 }
+
+/// What must never be in a relay's log: a mailbox id or capability (64 hex digits), a
+/// NATS subject of ours (`bc.`), or a network address (IPv4 or IPv6 with a port).
+fn identifying(log: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in log.lines() {
+        let bytes = line.as_bytes();
+        let mut run = 0;
+        for b in bytes {
+            run = if b.is_ascii_hexdigit() { run + 1 } else { 0 };
+            if run == 64 {
+                found.push(format!("64 hex digits: {line}"));
+                break;
+            }
+        }
+        if line.contains("bc.") {
+            found.push(format!("a bc. subject: {line}"));
+        }
+        // a.b.c.d:port, or [v6]:port
+        let ipv4_port = line
+            .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+            .any(|w| {
+                let mut parts = w.splitn(2, ':');
+                let (host, port) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                host.split('.').count() == 4
+                    && host.split('.').all(|o| !o.is_empty() && o.parse::<u8>().is_ok())
+                    && !port.is_empty()
+                    && port.chars().all(|c| c.is_ascii_digit())
+            });
+        if ipv4_port || line.contains("]:") {
+            found.push(format!("an address: {line}"));
+        }
+    }
+    found
+}
+
+#[test]
+fn identifying_finds_ids_subjects_and_addresses() {
+    let id = "ab".repeat(32);
+    assert_eq!(identifying(&format!("x error={id}")).len(), 1);
+    assert_eq!(identifying("reading bc.box.00 failed").len(), 1);
+    assert_eq!(identifying("connect to 127.0.0.1:4222 failed").len(), 1);
+    assert_eq!(identifying("connect to [::1]:4222 failed").len(), 1);
+    assert!(identifying("relay counts connections=3 envelopes=12 at 12:30:01.5").is_empty());
+}
+
+/// Relay logs carry counts only, failures included: a NATS-backed relay that loses
+/// quorum in the middle of sends logs that its storage failed and what it was doing,
+/// and never a mailbox id, a `bc.` subject or an address (the NATS client's own error
+/// text holds subjects; it is never logged).
+#[test]
+fn a_relay_losing_quorum_mid_sends_logs_no_id_subject_or_address() {
+    let Some(bin) = require_nats() else { return };
+    let mut cluster = NatsCluster::start(&bin);
+    let root = tempfile::tempdir().unwrap();
+    let relay = relay_on(&cluster, &root.path().join("r"), &[0, 1, 2]);
+    let address: RelayAddress = relay.address.parse().unwrap();
+    let runtime = rt();
+    let (mut conn, keys) = runtime.block_on(async {
+        let mut conn = RelayConnection::connect(&address).await.unwrap();
+        let keys = MailboxKeys::generate(address.clone(), &mut OsRng);
+        conn.request(&Request::Create {
+            mailbox: keys.id(),
+            recipient_key: keys.recipient_public(),
+            send_digest: keys.address.send.digest(),
+            pow_bits: 0,
+        })
+        .await
+        .unwrap();
+        conn.request(&Request::Open {
+            mailbox: keys.id(),
+            proof: keys.open_proof(conn.nonce()),
+        })
+        .await
+        .unwrap();
+        (conn, keys)
+    });
+    let send = |i: u32| Request::Send {
+        send: keys.address.send.0,
+        envelope: envelope(i as u8),
+        pow: 0,
+    };
+    // Pipelined sends: some acknowledged, then quorum goes while they continue.
+    let (stored, refused) = runtime.block_on(async {
+        let mut stored = 0;
+        let mut refused = 0;
+        for round in 0..6u32 {
+            if round == 4 {
+                cluster.kill(1);
+                cluster.kill(2);
+            }
+            let batch: Vec<Request> = (0..8).map(|i| send(round * 8 + i)).collect();
+            for r in conn.pipeline(&batch).await.unwrap() {
+                match r {
+                    Ok(_) => stored += 1,
+                    Err(ConnectError::Refused(ErrorCode::Storage, _)) => refused += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            // Every other kind of request during the outage, too.
+            let _ = conn.request(&Request::Fetch { max: 15, wait_ms: 0 }).await;
+            let _ = conn
+                .request(&Request::Claim {
+                    send: keys.address.send.0,
+                    epoch: u64::from(round),
+                    token: [round as u8; 32],
+                })
+                .await;
+        }
+        (stored, refused)
+    });
+    assert!(stored >= 32, "sends were acknowledged before the outage: {stored}");
+    assert!(refused > 0, "sends were refused without quorum: {refused}");
+    cluster.restart(1);
+    cluster.restart(2);
+    // The counts line after the outage is logged as well.
+    std::thread::sleep(Duration::from_secs(2));
+    let log = relay.logs();
+    assert!(log.contains("storage failure"), "the failures are logged: {log}");
+    assert!(
+        log.contains("storing an envelope"),
+        "with what the relay was doing: {log}"
+    );
+    let found = identifying(&log);
+    assert!(
+        found.is_empty(),
+        "the relay's log identifies something:\n{}",
+        found.join("\n")
+    );
+    drop(relay);
+}

@@ -807,7 +807,7 @@ fn sigterm_finishes_every_send_in_flight_and_loses_no_acknowledged_envelope() {
 
 /// Every envelope in one mailbox of a stopped relay's store.
 fn stored_envelopes_all(data: &std::path::Path, receive_id: [u8; 32]) -> Vec<Vec<u8>> {
-    use backchannel_relay::store::{EmbeddedStore, MailboxStore as _};
+    use backchannel_relay::store::EmbeddedStore;
     let store = EmbeddedStore::open(&data.join("mailboxes.redb"), u32::MAX).unwrap();
     let out = store
         .fetch(&[backchannel_core::mailbox::MailboxId(receive_id)], usize::MAX)

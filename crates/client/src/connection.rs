@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backchannel_core::frame::{
-    decode_response, encode_request, ErrorCode, Request, Response, ResponseAssembler, PROTOCOL_VERSION,
+    decode_response, encode_request, hello_version, ErrorCode, Request, Response, ResponseAssembler, PROTOCOL_VERSION,
 };
 use backchannel_core::relay_address::{Pin, RelayAddress};
 
@@ -43,9 +43,12 @@ pub enum ConnectError {
     /// The certificate does not match the pin.
     #[error("the relay at {0} presented a different key than its address pins; someone may be intercepting the connection, or the relay was reinstalled: get its current address from its operator")]
     PinMismatch(String),
-    /// The relay speaks another protocol version.
-    #[error("the relay at {0} speaks protocol version {1} and this client speaks {PROTOCOL_VERSION}; upgrade whichever is older")]
-    Version(String, u8),
+    /// The relay speaks a newer protocol version than this client.
+    #[error("the relay at {0} speaks a newer protocol; upgrade backchannel on this device")]
+    RelayNewer(String),
+    /// The relay speaks an older protocol version than this client.
+    #[error("the relay at {0} is older than this client; ask its operator to upgrade it")]
+    RelayOlder(String),
     /// The relay refused a request.
     #[error("the relay refused: {0}")]
     Refused(ErrorCode, u64),
@@ -200,17 +203,45 @@ impl RelayConnection {
             next_id: 1,
             authority: authority.to_string(),
         };
-        match conn.read_response().await? {
-            (_, Response::Hello { version, nonce, .. }) => {
-                if version != PROTOCOL_VERSION {
-                    return Err(ConnectError::Version(conn.authority.clone(), version));
-                }
+        // The relay's version first, from the prefix every version keeps: a relay of
+        // another version is told apart before the rest of its hello is parsed.
+        let first = match conn.ws.next().await {
+            Some(Ok(Message::Binary(b))) => b,
+            _ => return Err(ConnectError::Broken(conn.authority.clone())),
+        };
+        if let Some(version) = hello_version(&first) {
+            conn.check_version(version)?;
+        }
+        let frame = decode_response(&first).map_err(|_| ConnectError::Broken(conn.authority.clone()))?;
+        match (frame.id, frame.response) {
+            (_, Response::Hello { nonce, .. }) => {
                 conn.nonce = nonce;
                 Ok(conn)
             }
             (_, Response::Error { code, detail }) => Err(ConnectError::Refused(code, detail)),
             _ => Err(ConnectError::Broken(conn.authority.clone())),
         }
+    }
+
+    /// Refuses a relay of another protocol version, naming the side to upgrade.
+    fn check_version(&self, relay: u8) -> Result<(), ConnectError> {
+        match relay.cmp(&PROTOCOL_VERSION) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Greater => Err(ConnectError::RelayNewer(self.authority.clone())),
+            std::cmp::Ordering::Less => Err(ConnectError::RelayOlder(self.authority.clone())),
+        }
+    }
+
+    /// A refusal, or the version error it stands for: a relay that could not parse a
+    /// request answers `Malformed` with its protocol version as the detail (0 from
+    /// relays before that rule, which says nothing).
+    fn refusal(&self, code: ErrorCode, detail: u64) -> ConnectError {
+        if code == ErrorCode::Malformed && detail != 0 {
+            if let Err(e) = self.check_version(u8::try_from(detail).unwrap_or(u8::MAX)) {
+                return e;
+            }
+        }
+        ConnectError::Refused(code, detail)
     }
 
     /// The per-connection nonce that open proofs sign.
@@ -290,7 +321,7 @@ impl RelayConnection {
                 return Err(ConnectError::Broken(self.authority.clone()));
             }
             out.push(match resp {
-                Response::Error { code, detail } => Err(ConnectError::Refused(code, detail)),
+                Response::Error { code, detail } => Err(self.refusal(code, detail)),
                 other => Ok(other),
             });
         }

@@ -19,7 +19,30 @@ use crate::mailbox::MailboxId;
 use crate::pow::MAX_POW_BITS;
 
 /// Protocol version spoken by this build.
+///
+/// How the two sides learn each other's version (docs/protocol.md, "Versions"): the
+/// relay's first frame, [`Response::Hello`], begins with a prefix that every version
+/// keeps (tag 0x81, request id, version), which [`hello_version`] reads without
+/// decoding the rest; the client compares it with its own and, if they differ, tells
+/// the user which side to upgrade. A request the relay cannot parse (as a newer
+/// client's new request would be) is answered [`ErrorCode::Malformed`] with the
+/// relay's version as the detail (0 from relays before this rule), in the error
+/// frame's layout, which every version keeps too.
 pub const PROTOCOL_VERSION: u8 = 2;
+
+/// The tag of [`Response::Hello`], frozen in every version.
+const HELLO_TAG: u8 = 0x81;
+
+/// The protocol version a relay announces in its first frame, read from the prefix
+/// that every protocol version keeps: tag 0x81, request id (4), version (1). `None`
+/// if the frame is not a hello. The rest of the frame is not looked at, so a hello
+/// of any version, longer or laid out otherwise, gives its version.
+pub fn hello_version(frame: &[u8]) -> Option<u8> {
+    match frame {
+        [HELLO_TAG, _, _, _, _, version, ..] => Some(*version),
+        _ => None,
+    }
+}
 
 /// The size of every frame on the wire, in both directions: the largest
 /// frame (one delivered envelope with its mailbox id and sequence number)
@@ -107,7 +130,8 @@ pub enum Request {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum ErrorCode {
-    /// The frame could not be parsed.
+    /// The frame could not be parsed. `Response::Error.detail` holds the relay's
+    /// protocol version (0 from relays before that rule).
     #[error("the relay could not parse a request (client and relay versions may differ)")]
     Malformed,
     /// The frame was longer than [`FRAME_SIZE`] (a shorter one is [`ErrorCode::Malformed`]).
@@ -377,7 +401,7 @@ pub fn encode_response(id: u32, resp: &Response) -> Vec<Vec<u8>> {
     let mut w = Writer::with_capacity(FRAME_SIZE);
     match resp {
         Response::Hello { version, nonce, limits } => {
-            w.u8(0x81)
+            w.u8(HELLO_TAG)
                 .u32(id)
                 .u8(*version)
                 .put(nonce)
@@ -438,7 +462,7 @@ pub fn decode_response(frame: &[u8]) -> Result<ResponseFrame, FrameError> {
         let id = r.u32()?;
         let mut more = false;
         let response = match tag {
-            0x81 => Response::Hello {
+            HELLO_TAG => Response::Hello {
                 version: r.u8()?,
                 nonce: r.array()?,
                 limits: Limits {
@@ -637,6 +661,33 @@ mod tests {
             dirty[FRAME_SIZE - 1] = 1;
             prop_assert!(decode_request(&dirty).is_err());
         }
+    }
+
+    /// The prefix every version keeps: a hello of this version gives its version, and
+    /// so does one of any other version, longer or laid out otherwise after the prefix.
+    #[test]
+    fn the_hello_prefix_gives_the_version_of_any_relay() {
+        let hello = encode_response(
+            0,
+            &Response::Hello {
+                version: PROTOCOL_VERSION,
+                nonce: [7; 32],
+                limits: Limits {
+                    max_request_frame: 1,
+                    max_envelopes_per_mailbox: 2,
+                    max_mailboxes_per_connection: 3,
+                },
+            },
+        );
+        assert_eq!(hello_version(&hello[0]), Some(PROTOCOL_VERSION));
+        // Bytes 0..6 are frozen: tag 0x81, request id, version.
+        assert_eq!(&hello[0][..6], &[0x81, 0, 0, 0, 0, PROTOCOL_VERSION]);
+        let mut future = vec![0x81, 0, 0, 0, 0, 9];
+        future.extend_from_slice(&[0xff; 9000]);
+        assert_eq!(hello_version(&future), Some(9));
+        assert!(decode_response(&future).is_err(), "a later layout does not decode");
+        assert_eq!(hello_version(&encode_response(0, &Response::Ok)[0]), None);
+        assert_eq!(hello_version(&[0x81, 0, 0]), None);
     }
 
     #[test]

@@ -88,6 +88,53 @@ pub fn check(challenge: &[u8; 32], bits: u8, nonce: u64) -> bool {
     bits == 0 || work(challenge, nonce) >= u32::from(bits)
 }
 
+/// Bits of work a send's nonce was checked to prove for its envelope and
+/// mailbox. Only [`prove`] makes one from a nonce (or [`ProvenWork::NONE`], which
+/// claims nothing), so a store that takes a `ProvenWork` cannot be handed a
+/// number that no check produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProvenWork(u32);
+
+impl ProvenWork {
+    /// No work: what a send with the nonce 0 proves (every send to an ordinary mailbox).
+    pub const NONE: ProvenWork = ProvenWork(0);
+
+    /// The bits proven.
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether this work meets a mailbox's difficulty of `bits`.
+    pub fn meets(self, bits: u8) -> bool {
+        self.0 >= u32::from(bits)
+    }
+}
+
+/// A checked proof of work: the challenge it answers (what a replay memory
+/// remembers) and the work its nonce proves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proof {
+    /// [`challenge`] of the send.
+    pub challenge: [u8; 32],
+    /// The bits of work the nonce proves for it.
+    pub work: ProvenWork,
+}
+
+/// The proof check: the challenge for sending `envelope` to the mailbox whose send
+/// capability has the SHA-256 `send_digest`, and the work `nonce` proves for it.
+/// `None` for the nonce 0, which every send to an ordinary mailbox carries, without
+/// hashing anything (its work is [`ProvenWork::NONE`]).
+pub fn prove(send_digest: &[u8; 32], envelope: &Envelope, nonce: u64) -> Option<Proof> {
+    if nonce == 0 {
+        return None;
+    }
+    let challenge = challenge(send_digest, envelope);
+    Some(Proof {
+        challenge,
+        work: ProvenWork(work(&challenge, nonce)),
+    })
+}
+
 /// The first nonce in `nonces` (0 skipped) that proves `bits` of work, if
 /// any: to split a search across threads, or into slices that can be stopped.
 pub fn search(challenge: &[u8; 32], bits: u8, nonces: std::ops::Range<u64>) -> Option<u64> {
@@ -128,6 +175,23 @@ mod tests {
 
     fn nth_challenge(i: u64) -> [u8; 32] {
         challenge(&[7; 32], &envelope(1, i))
+    }
+
+    /// The checked work is what `work` counts for the challenge, and the nonce 0 proves
+    /// nothing without hashing.
+    #[test]
+    fn prove_checks_the_nonce_against_the_challenge() {
+        let e = envelope(3, 9);
+        assert_eq!(prove(&[7; 32], &e, 0), None);
+        let c = challenge(&[7; 32], &e);
+        let nonce = solve(&c, 8);
+        let p = prove(&[7; 32], &e, nonce).unwrap_or_else(|| unreachable!());
+        assert_eq!(p.challenge, c);
+        assert_eq!(p.work.bits(), work(&c, nonce));
+        assert!(p.work.meets(8) && !ProvenWork::NONE.meets(1) && ProvenWork::NONE.meets(0));
+        // The same nonce for another mailbox proves what it proves there, not here.
+        let other = prove(&[8; 32], &e, nonce).unwrap_or_else(|| unreachable!());
+        assert_eq!(other.work.bits(), work(&challenge(&[8; 32], &e), nonce));
     }
 
     proptest! {

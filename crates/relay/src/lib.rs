@@ -8,7 +8,6 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-pub mod nats;
 pub mod proofs;
 pub mod server;
 pub mod store;
@@ -25,7 +24,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 
 pub use server::Metrics;
-use store::{EmbeddedStore, MailboxStore, Quota};
+/// The NATS JetStream backend (also at `store::nats`).
+pub use store::nats;
+use store::{Backend, EmbeddedStore, MailboxStore, Quota, StoreError};
 
 /// The relay could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +44,8 @@ pub enum RelayError {
     #[error("TLS setup failed: {0}")]
     Tls(String),
     /// The store could not be opened.
-    #[error("the relay's store could not be opened ({0}); check the --data directory")]
-    Store(String),
+    #[error("the relay's store could not be opened: {0}")]
+    Store(#[source] StoreError),
 }
 
 impl RelayError {
@@ -87,34 +88,45 @@ pub struct Limits {
     pub shutdown_grace: Duration,
 }
 
+impl Limits {
+    /// The defaults: the one place they are written (the command line's defaults are
+    /// read from here).
+    pub const DEFAULT: Limits = Limits {
+        max_connections: 1024,
+        max_connections_per_address: 64,
+        max_mailboxes_per_connection: 256,
+        max_envelopes_per_mailbox: 10_000,
+        max_stored_envelopes: 10_000_000,
+        max_requests_per_second: 200,
+        request_burst: 1000,
+        envelope_ttl: Duration::from_secs(14 * 24 * 3600),
+        max_wait: Duration::from_secs(30),
+        handshake_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(120),
+        sweep_interval: Duration::from_secs(60),
+        stats_interval: Duration::from_secs(60),
+        shutdown_grace: Duration::from_secs(5),
+    };
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_connections: 1024,
-            max_connections_per_address: 64,
-            max_mailboxes_per_connection: 256,
-            max_envelopes_per_mailbox: 10_000,
-            max_stored_envelopes: 10_000_000,
-            max_requests_per_second: 200,
-            request_burst: 1000,
-            envelope_ttl: Duration::from_secs(14 * 24 * 3600),
-            max_wait: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(120),
-            sweep_interval: Duration::from_secs(60),
-            stats_interval: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(5),
-        }
+        Self::DEFAULT
     }
 }
+
+/// The embedded store's database file in the data directory.
+pub const STORE_FILE: &str = "mailboxes.redb";
 
 /// A relay ready to serve: identity loaded, store open.
 pub struct Relay {
     pin: Pin,
     tls: Arc<rustls::ServerConfig>,
-    store: Arc<dyn MailboxStore>,
+    store: Arc<Backend>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    /// The protocol version it announces.
+    protocol_version: u8,
 }
 
 impl std::fmt::Debug for Relay {
@@ -132,35 +144,41 @@ impl Relay {
             per_mailbox: limits.max_envelopes_per_mailbox,
             total: limits.max_stored_envelopes,
         };
-        let store = EmbeddedStore::open_with_quota(&data_dir.join("mailboxes.redb"), quota)
-            .map_err(|e| RelayError::Store(e.to_string()))?;
-        Self::with(&identity, Arc::new(store), limits)
+        let store = EmbeddedStore::open_with_quota(&data_dir.join(STORE_FILE), quota).map_err(RelayError::Store)?;
+        Self::with(&identity, Arc::new(Backend::Embedded(store)), limits)
     }
 
-    fn with(identity: &tls::TlsIdentity, store: Arc<dyn MailboxStore>, limits: Limits) -> Result<Self, RelayError> {
+    fn with(identity: &tls::TlsIdentity, store: Arc<Backend>, limits: Limits) -> Result<Self, RelayError> {
         Ok(Self {
             pin: identity.pin(),
             tls: identity.server_config()?,
             store,
             limits,
             metrics: Arc::new(Metrics::default()),
+            protocol_version: backchannel_core::frame::PROTOCOL_VERSION,
         })
     }
 
     /// Connects to a NATS JetStream cluster as one of the relays that share it: same
     /// identity (kept in the cluster; the first relay to start makes it), same mailboxes.
     pub async fn open_nats(config: nats::NatsConfig, limits: Limits) -> Result<Self, RelayError> {
-        let store = nats::NatsStore::connect(&config)
-            .await
-            .map_err(|e| RelayError::Store(e.to_string()))?;
+        let store = nats::NatsStore::connect(&config).await.map_err(RelayError::Store)?;
         // Made before asking, so that a failure here never stores an empty identity.
         let made = tls::TlsIdentity::generate()?;
         let shared = store
             .shared_identity(made.to_bytes())
             .await
-            .map_err(|e| RelayError::Store(e.to_string()))?;
+            .map_err(RelayError::Store)?;
         let identity = tls::TlsIdentity::from_bytes(&shared)?;
-        Self::with(&identity, Arc::new(store), limits)
+        Self::with(&identity, Arc::new(Backend::Nats(Box::new(store))), limits)
+    }
+
+    /// Announces another protocol version than this build's, and answers unparseable
+    /// requests with it: only for tests that play a relay of another version.
+    #[doc(hidden)]
+    pub fn with_protocol_version(mut self, version: u8) -> Self {
+        self.protocol_version = version;
+        self
     }
 
     /// The pin clients must see.
@@ -169,7 +187,7 @@ impl Relay {
     }
 
     /// A handle on the store (for counts in the demo and tests).
-    pub fn store(&self) -> Arc<dyn MailboxStore> {
+    pub fn store(&self) -> Arc<Backend> {
         self.store.clone()
     }
 
@@ -188,7 +206,7 @@ impl Relay {
         self.store.forward_deliveries(notify.clone());
         let (closing_tx, closing) = watch::channel(false);
         let (done_tx, mut done) = mpsc::channel::<()>(1);
-        let shared = Arc::new(server::Shared::new(
+        let mut shared = server::Shared::new(
             self.store.clone(),
             self.limits.clone(),
             notify,
@@ -196,7 +214,9 @@ impl Relay {
             tokio_rustls::TlsAcceptor::from(self.tls.clone()),
             closing,
             done_tx,
-        ));
+        );
+        shared.protocol_version = self.protocol_version;
+        let shared = Arc::new(shared);
         let sweeper = tokio::spawn(sweep(
             self.store.clone(),
             self.limits.sweep_interval,
@@ -247,23 +267,32 @@ impl Relay {
 /// The shortest period a timer gets (`tokio::time::interval` refuses zero).
 const MIN_PERIOD: Duration = Duration::from_millis(100);
 
-async fn sweep(store: Arc<dyn MailboxStore>, every: Duration, metrics: Arc<Metrics>) {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn sweep(store: Arc<Backend>, every: Duration, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(every.max(MIN_PERIOD));
     loop {
         tick.tick().await;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let s = store.clone();
-        if let Ok(Ok(expired)) = tokio::task::spawn_blocking(move || s.expire(now)).await {
-            metrics.envelopes_expired.fetch_add(expired, Ordering::Relaxed);
+        match store.expire(now_secs()).await {
+            Ok(expired) => {
+                metrics.envelopes_expired.fetch_add(expired, Ordering::Relaxed);
+            }
+            Err(e) => server::log_store_failure("deleting expired envelopes", &e),
         }
     }
 }
 
-async fn log_counts_every(store: Arc<dyn MailboxStore>, every: Duration, metrics: Arc<Metrics>) {
+async fn log_counts_every(store: Arc<Backend>, every: Duration, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(every.max(MIN_PERIOD));
+    // A count that took longer than the period (a store that does not answer) is
+    // followed by one line, not by a burst of the lines it missed.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         log_counts(&store, &metrics).await;
@@ -271,11 +300,11 @@ async fn log_counts_every(store: Arc<dyn MailboxStore>, every: Duration, metrics
 }
 
 /// One log line of counts: never an id, an address or a time of a single event.
-async fn log_counts(store: &Arc<dyn MailboxStore>, metrics: &Metrics) {
-    let s = store.clone();
+async fn log_counts(store: &Backend, metrics: &Metrics) {
     // O(1) on the embedded store (two table lengths); the NATS store lists its mailbox subjects.
-    let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || s.stats()).await else {
-        return;
+    let stats = match store.stats().await {
+        Ok(stats) => stats,
+        Err(e) => return server::log_store_failure("counting", &e),
     };
     let m = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     tracing::info!(

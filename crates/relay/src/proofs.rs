@@ -14,6 +14,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
+use backchannel_core::pow::Proof;
+
 /// How many accepted proofs are remembered (32 bytes each, twice: 16 MiB at most).
 pub const CAPACITY: usize = 1 << 18;
 
@@ -35,12 +37,10 @@ struct Remembered {
 }
 
 impl SpentProofs {
-    /// The challenge to remember for a send, given its proof
-    /// ([`proof`](crate::store::proof): challenge and work), if it is worth remembering.
-    pub fn key(proof: Option<([u8; 32], u32)>) -> Option<[u8; 32]> {
-        proof
-            .filter(|(_, work)| *work >= REMEMBERED_BITS)
-            .map(|(challenge, _)| challenge)
+    /// The challenge to remember for a send, given its checked proof
+    /// ([`pow::prove`](backchannel_core::pow::prove)), if it is worth remembering.
+    pub fn key(proof: Option<Proof>) -> Option<[u8; 32]> {
+        proof.filter(|p| p.work.bits() >= REMEMBERED_BITS).map(|p| p.challenge)
     }
 
     /// Marks `key` spent; false if it already was (the send is a replay).
@@ -79,7 +79,11 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     use super::*;
-    use crate::store::proof;
+
+    /// The proof the relay checks for a send ([`pow::prove`], as `server.rs` calls it).
+    fn proof(send: &[u8; 32], envelope: &Envelope, nonce: u64) -> Option<Proof> {
+        pow::prove(&Sha256::digest(send).into(), envelope, nonce)
+    }
 
     #[test]
     fn a_proof_is_spent_once_refunded_again_and_the_oldest_forgotten() {

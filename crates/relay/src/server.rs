@@ -9,16 +9,18 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use backchannel_core::frame::{
     decode_request, encode_response, ErrorCode, FrameError, Limits as WireLimits, Request, Response, FRAME_SIZE,
     MAX_FETCH, PROTOCOL_VERSION,
 };
 use backchannel_core::mailbox::{verify_open_proof, MailboxId};
+use backchannel_core::pow;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -30,8 +32,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::proofs::SpentProofs;
-use crate::store::{off_executor, proof, MailboxStore, StoreError};
-use crate::Limits;
+use crate::store::{Backend, MailboxStore, ProvenWork, StoreError};
+use crate::{now_secs, Limits};
 
 /// Most bytes of the WebSocket upgrade request (request line and headers) read
 /// before the connection is dropped. A real client sends about 250. (tungstenite
@@ -99,7 +101,7 @@ impl Metrics {
 }
 
 pub(crate) struct Shared {
-    store: Arc<dyn MailboxStore>,
+    store: Arc<Backend>,
     limits: Limits,
     notify: broadcast::Sender<MailboxId>,
     metrics: Arc<Metrics>,
@@ -111,6 +113,9 @@ pub(crate) struct Shared {
     /// Proofs of work already used for a drop box.
     spent: Arc<SpentProofs>,
     tls: TlsAcceptor,
+    /// The protocol version announced in the hello ([`PROTOCOL_VERSION`] but in tests
+    /// that play a relay of another version).
+    pub(crate) protocol_version: u8,
     /// Turns true when the relay shuts down.
     closing: watch::Receiver<bool>,
     /// Never sent on: `serve` waits until every clone (one per `Shared`) is dropped.
@@ -119,7 +124,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(
-        store: Arc<dyn MailboxStore>,
+        store: Arc<Backend>,
         limits: Limits,
         notify: broadcast::Sender<MailboxId>,
         metrics: Arc<Metrics>,
@@ -141,6 +146,7 @@ impl Shared {
             notify,
             metrics,
             tls,
+            protocol_version: PROTOCOL_VERSION,
             closing,
             _done: done,
         }
@@ -156,13 +162,6 @@ impl Shared {
         let mut closing = self.closing.clone();
         let _ = closing.wait_for(|c| *c).await;
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -485,7 +484,7 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared) -> Ended {
         touched: 0,
     };
     let hello = Response::Hello {
-        version: PROTOCOL_VERSION,
+        version: shared.protocol_version,
         nonce: conn.nonce,
         limits: WireLimits {
             max_request_frame: FRAME_SIZE as u32,
@@ -569,7 +568,12 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared) -> Ended {
                     Metrics::count(&metrics.oversize_frames);
                     Err(Connection::err(ErrorCode::FrameTooLarge))
                 }
-                Err(_) => Err(Connection::err(ErrorCode::Malformed)),
+                // With the relay's version, which a client of another version reads
+                // to say which side to upgrade (docs/protocol.md, "Versions").
+                Err(_) => Err(Response::Error {
+                    code: ErrorCode::Malformed,
+                    detail: u64::from(shared.protocol_version),
+                }),
             }
         };
         match request {
@@ -676,7 +680,16 @@ struct Connection {
     touched: usize,
 }
 
-fn store_error(e: StoreError) -> Response {
+/// Logs a failure of the store: what the relay was doing and the failure's own
+/// description, both fixed text. Never the backend's words (the error's sources),
+/// which can hold mailbox ids or NATS subjects: relay logs carry counts only.
+pub(crate) fn log_store_failure(doing: &'static str, e: &StoreError) {
+    tracing::error!(doing, failure = %e, "storage failure");
+}
+
+/// The answer to a request the store refused or failed; a failure is logged (see
+/// [`log_store_failure`]) and answered `Storage`.
+fn store_error(doing: &'static str, e: StoreError) -> Response {
     let (code, detail) = match e {
         StoreError::NoSuchMailbox => (ErrorCode::NoSuchMailbox, 0),
         StoreError::MailboxExists => (ErrorCode::MailboxExists, 0),
@@ -684,10 +697,8 @@ fn store_error(e: StoreError) -> Response {
         StoreError::RelayFull => (ErrorCode::RelayFull, 0),
         StoreError::EpochConflict(next) => (ErrorCode::EpochConflict, next),
         StoreError::WorkRequired => (ErrorCode::WorkRequired, 0),
-        StoreError::Storage(detail) => {
-            // The detail is the store's or the NATS client's own text: fixed words and
-            // library errors, never a mailbox id, subject or envelope.
-            tracing::error!(error = %detail, "storage failure");
+        e => {
+            log_store_failure(doing, &e);
             (ErrorCode::Storage, 0)
         }
     };
@@ -701,19 +712,25 @@ async fn serve_stateless(shared: &Shared, req: Request) -> Response {
     match req {
         Request::Send { send, envelope, pow } => {
             let expires = now_secs().saturating_add(shared.limits.envelope_ttl.as_secs());
-            // The proof is hashed once, here in the request's task (a few microseconds,
-            // and only for a nonzero nonce), not on the store's writer thread; the store
-            // compares the work with the mailbox's difficulty. A proof already used is
-            // refused before the store sees it (proofs.rs).
-            let proof = proof(&send, &envelope, pow);
-            let work = proof.map_or(0, |(_, work)| work);
+            // The proof is checked once, here in the request's task (three SHA-256, a few
+            // microseconds, and only for a nonzero nonce), not on the store's writer
+            // thread: the writer commits every write of the relay one batch after
+            // another, and hashing there would lengthen every send's wait. The store
+            // compares the checked work with the mailbox's difficulty in the same step
+            // that stores the envelope. A proof already used is refused before the store
+            // sees it (proofs.rs).
+            let proof = match pow {
+                0 => None,
+                nonce => pow::prove(&Sha256::digest(send).into(), &envelope, nonce),
+            };
+            let work = proof.map_or(ProvenWork::NONE, |p| p.work);
             let spent = SpentProofs::key(proof);
             if let Some(key) = spent {
                 if !shared.spent.spend(key) {
                     return Connection::err(ErrorCode::WorkRequired);
                 }
             }
-            match store.send_async(send, envelope, expires, work).await {
+            match store.send(send, envelope, expires, work).await {
                 Ok((mailbox, _)) => {
                     shared.metrics.envelopes_in.fetch_add(1, Ordering::Relaxed);
                     let _ = shared.notify.send(mailbox);
@@ -723,20 +740,20 @@ async fn serve_stateless(shared: &Shared, req: Request) -> Response {
                     if let Some(key) = spent {
                         shared.spent.refund(&key);
                     }
-                    store_error(e)
+                    store_error("storing an envelope", e)
                 }
             }
         }
-        Request::Claim { send, epoch, token } => match store.claim_async(send, epoch, token).await {
+        Request::Claim { send, epoch, token } => match store.claim(send, epoch, token).await {
             Ok(()) => Response::Ok,
-            Err(e) => store_error(e),
+            Err(e) => store_error("claiming an epoch", e),
         },
-        Request::Ack { mailbox, seq } => match store.ack_async(mailbox, seq).await {
+        Request::Ack { mailbox, seq } => match store.ack(mailbox, seq).await {
             Ok(()) => {
                 shared.metrics.envelopes_acked.fetch_add(1, Ordering::Relaxed);
                 Response::Ok
             }
-            Err(e) => store_error(e),
+            Err(e) => store_error("deleting an acknowledged envelope", e),
         },
         _ => Connection::err(ErrorCode::Malformed),
     }
@@ -760,13 +777,13 @@ impl Connection {
                 if self.touched >= shared.limits.max_mailboxes_per_connection {
                     return Self::err(ErrorCode::TooManyMailboxes);
                 }
-                match off_executor(move || store.create(mailbox, recipient_key, send_digest, pow_bits)).await {
+                match store.create(mailbox, recipient_key, send_digest, pow_bits).await {
                     Ok(()) => {
                         self.touched += 1;
                         self.opened.insert(mailbox);
                         Response::Ok
                     }
-                    Err(e) => store_error(e),
+                    Err(e) => store_error("creating a mailbox", e),
                 }
             }
             req @ (Request::Send { .. } | Request::Claim { .. }) => serve_stateless(shared, req).await,
@@ -777,7 +794,7 @@ impl Connection {
                 if self.touched >= shared.limits.max_mailboxes_per_connection {
                     return Self::err(ErrorCode::TooManyMailboxes);
                 }
-                match off_executor(move || store.recipient_key(mailbox)).await {
+                match store.recipient_key(mailbox).await {
                     Ok(Some(key)) => {
                         if verify_open_proof(&key, &self.nonce, &mailbox, &proof) {
                             self.touched += 1;
@@ -788,7 +805,7 @@ impl Connection {
                         }
                     }
                     Ok(None) => Self::err(ErrorCode::NoSuchMailbox),
-                    Err(e) => store_error(e),
+                    Err(e) => store_error("opening a mailbox", e),
                 }
             }
             Request::Fetch { max, wait_ms } => {
@@ -807,14 +824,14 @@ impl Connection {
                 if !self.opened.contains(&mailbox) {
                     return Self::err(ErrorCode::NotOpened);
                 }
-                match off_executor(move || store.delete(mailbox)).await {
+                match store.delete(mailbox).await {
                     Ok(()) => {
                         if self.opened.remove(&mailbox) {
                             self.touched = self.touched.saturating_sub(1);
                         }
                         Response::Ok
                     }
-                    Err(e) => store_error(e),
+                    Err(e) => store_error("deleting a mailbox", e),
                 }
             }
         }
@@ -836,12 +853,10 @@ impl Connection {
         let mut rx = shared.notify.subscribe();
         let ids: Vec<MailboxId> = self.opened.iter().copied().collect();
         loop {
-            let store = shared.store.clone();
-            let query = ids.clone();
-            match off_executor(move || store.fetch(&query, max)).await {
+            match shared.store.fetch(&ids, max).await {
                 Ok(list) if !list.is_empty() => return Response::Envelopes(list),
                 Ok(_) => {}
-                Err(e) => return store_error(e),
+                Err(e) => return store_error("fetching envelopes", e),
             }
             // Wait for a delivery into one of our mailboxes, the deadline, or shutdown.
             loop {
@@ -929,6 +944,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::EmbeddedStore::open(&dir.path().join("m.redb"), 10).unwrap();
+        let store = Backend::Embedded(store);
         let (done_tx, done_rx) = mpsc::channel(1);
         drop(done_rx);
         let (_closing_tx, closing) = watch::channel(false);
@@ -976,13 +992,13 @@ mod tests {
         let nonce = pow::solve(&pow::challenge(&digest(drop_cap), &envelope), bits);
         assert_eq!(conn.serve(&shared, send(drop_cap, 0)).await, refused);
         assert_eq!(conn.serve(&shared, send(drop_cap, nonce + 1)).await, refused);
-        assert_eq!(shared.store.stats().unwrap().envelopes, 0);
+        assert_eq!(shared.store.stats().await.unwrap().envelopes, 0);
         assert_eq!(conn.serve(&shared, send(drop_cap, nonce)).await, Response::Ok);
         assert_eq!(conn.serve(&shared, send(plain_cap, 0)).await, Response::Ok);
-        assert_eq!(shared.store.stats().unwrap().envelopes, 2);
+        assert_eq!(shared.store.stats().await.unwrap().envelopes, 2);
         // The same solved envelope again is a replay: refused, and not stored.
         assert_eq!(conn.serve(&shared, send(drop_cap, nonce)).await, refused);
-        assert_eq!(shared.store.stats().unwrap().envelopes, 2);
+        assert_eq!(shared.store.stats().await.unwrap().envelopes, 2);
         let metrics = Metrics::default();
         count_refusal(&metrics, ErrorCode::WorkRequired);
         assert_eq!(metrics.work_required.load(Ordering::Relaxed), 1);

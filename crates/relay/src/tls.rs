@@ -12,8 +12,10 @@ use zeroize::Zeroizing;
 
 use crate::RelayError;
 
-const KEY_FILE: &str = "relay-key.der";
-const CERT_FILE: &str = "relay-cert.der";
+/// The relay's TLS private key in the data directory (DER).
+pub const TLS_KEY_FILE: &str = "relay-key.der";
+/// The relay's self-signed certificate in the data directory (DER); its SHA-256 is the PIN.
+pub const TLS_CERT_FILE: &str = "relay-cert.der";
 
 /// The relay's certificate and key, loaded or freshly made.
 pub struct TlsIdentity {
@@ -46,8 +48,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 impl TlsIdentity {
     /// Loads the identity from `dir`, creating it on first start.
     pub fn load_or_create(dir: &Path) -> Result<Self, RelayError> {
-        let key_path = dir.join(KEY_FILE);
-        let cert_path = dir.join(CERT_FILE);
+        let key_path = dir.join(TLS_KEY_FILE);
+        let cert_path = dir.join(TLS_CERT_FILE);
         if key_path.exists() && cert_path.exists() {
             let key = fs::read(&key_path).map_err(|e| RelayError::io("reading the relay key", e))?;
             let cert = fs::read(&cert_path).map_err(|e| RelayError::io("reading the relay certificate", e))?;

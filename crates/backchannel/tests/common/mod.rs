@@ -46,7 +46,7 @@ fn spawn_announced(mut cmd: Command) -> (Child, String, Arc<Mutex<String>>) {
 /// The envelopes waiting in one mailbox, read from a stopped relay's store the way its
 /// operator could.
 pub fn stored_envelopes(data: &Path, receive_id: [u8; 32]) -> Vec<Vec<u8>> {
-    use backchannel_relay::store::{EmbeddedStore, MailboxStore as _};
+    use backchannel_relay::store::EmbeddedStore;
     let store = EmbeddedStore::open(&data.join("mailboxes.redb"), 10_000).unwrap();
     let out = store
         .fetch(&[backchannel_core::mailbox::MailboxId(receive_id)], 100)

@@ -43,16 +43,16 @@ use async_nats::ServerAddr;
 use backchannel_core::envelope::Envelope;
 use backchannel_core::frame::Delivery;
 use backchannel_core::mailbox::MailboxId;
+use backchannel_core::pow::ProvenWork;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::runtime::Handle;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
-use crate::store::{MailboxStore, Quota, Stats, StoreError, StoreFuture};
+use super::{MailboxStore, Quota, Stats, StoreError};
 
 const ENVELOPES: &str = "BC_ENVELOPES";
 const META: &str = "BC_META";
@@ -103,7 +103,6 @@ type SenderCache = HashMap<[u8; 32], (Target, Instant)>;
 
 /// Mailboxes and envelopes in a NATS JetStream cluster.
 pub struct NatsStore {
-    rt: Handle,
     client: async_nats::Client,
     js: jetstream::Context,
     envelopes: stream::Stream,
@@ -132,8 +131,49 @@ impl Drop for NatsStore {
     }
 }
 
-fn nats_error(doing: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Storage(format!("NATS: {doing}: {e}"))
+/// What went wrong with the cluster. The messages are fixed text; the NATS
+/// client's own error, which can name subjects (and so mailbox ids), is only a source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NatsError {
+    /// No `--nats` URL was given.
+    #[error("no --nats URL was given; give the cluster's servers with --nats")]
+    NoUrl,
+    /// A `--nats` URL does not parse.
+    #[error("a --nats URL is not valid; write it as nats://host:port")]
+    BadUrl(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// None of the servers could be reached.
+    #[error("could not connect to any --nats server")]
+    Unreachable,
+    /// The client or the cluster reported an error.
+    #[error("the NATS client reported an error")]
+    Client(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The cluster answered a request with an error.
+    #[error("the cluster refused the request")]
+    Refused,
+    /// No answer in time.
+    #[error("no answer from the cluster in time")]
+    Timeout,
+    /// A publish was not acknowledged in time: no quorum of the stream's replicas has it.
+    #[error("no acknowledgement from a quorum of the cluster in time")]
+    NoQuorum,
+    /// The relay identity stored in the cluster disappeared while it was being read.
+    #[error("the relay identity vanished from the cluster")]
+    IdentityVanished,
+    /// A claim lost to concurrent claims every time it was tried.
+    #[error("the claim kept losing to concurrent claims")]
+    Contended,
+}
+
+fn nats_error(doing: &'static str, e: NatsError) -> StoreError {
+    StoreError::Nats {
+        doing,
+        source: Arc::new(e),
+    }
+}
+
+fn client_error(doing: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    nats_error(doing, NatsError::Client(Box::new(e)))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -165,17 +205,18 @@ fn note_subject(id: &MailboxId) -> String {
 }
 
 /// Runs `f` with the operation deadline.
-async fn timed<T, E: std::fmt::Display>(
-    doing: &str,
+async fn timed<T, E: std::error::Error + Send + Sync + 'static>(
+    doing: &'static str,
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(OP_TIMEOUT, f).await {
-        Ok(r) => r.map_err(|e| nats_error(doing, e)),
-        Err(_) => Err(nats_error(doing, "no answer from the cluster in time")),
+        Ok(r) => r.map_err(|e| client_error(doing, e)),
+        Err(_) => Err(nats_error(doing, NatsError::Timeout)),
     }
 }
 
-/// The whole error text, sources included (JetStream's own description is a source).
+/// The whole error text, sources included (JetStream's own description is a source):
+/// only to tell a full stream from a failure, never logged.
 fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -195,15 +236,18 @@ enum Cas {
 
 impl NatsStore {
     /// Connects to the cluster and creates the streams if they don't exist yet.
-    /// Must be called inside a Tokio runtime; the store's methods block on it and so
-    /// must be called off the executor (as the relay does, with `spawn_blocking`).
+    /// Must be called inside a Tokio runtime; the store's methods are futures on it.
     pub async fn connect(config: &NatsConfig) -> Result<Self, StoreError> {
         let mut addrs: Vec<ServerAddr> = Vec::new();
         for u in &config.urls {
-            addrs.push(u.parse().map_err(|e| nats_error("reading the --nats URL", e))?);
+            addrs.push(
+                u.parse().map_err(|e: std::io::Error| {
+                    nats_error("reading the --nats URLs", NatsError::BadUrl(Box::new(e)))
+                })?,
+            );
         }
         if addrs.is_empty() {
-            return Err(StoreError::Storage("NATS: no --nats URL given".into()));
+            return Err(nats_error("reading the --nats URLs", NatsError::NoUrl));
         }
         let client = async_nats::ConnectOptions::new()
             .name("backchannel-relay")
@@ -215,14 +259,12 @@ impl NatsStore {
             .no_echo()
             .connect(addrs)
             .await
-            .map_err(|e| nats_error("connecting", e))?;
+            .map_err(|e| client_error("connecting", e))?;
         // `retry_on_initial_connect` returns at once: wait (bounded) for the first connection.
         let mut waited = Duration::ZERO;
         while client.connection_state() != async_nats::connection::State::Connected {
             if waited > 3 * OP_TIMEOUT {
-                return Err(StoreError::Storage(
-                    "NATS: could not connect to any --nats server".into(),
-                ));
+                return Err(nats_error("connecting", NatsError::Unreachable));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
             waited += Duration::from_millis(50);
@@ -277,7 +319,6 @@ impl NatsStore {
         )
         .await?;
         Ok(Self {
-            rt: Handle::current(),
             client,
             js,
             envelopes,
@@ -298,7 +339,7 @@ impl NatsStore {
             Cas::Done => Ok(mine),
             Cas::Lost => match self.latest(IDENTITY_SUBJECT).await? {
                 Some((_, v)) => Ok(Zeroizing::new(v.to_vec())),
-                None => Err(StoreError::Storage("NATS: the relay identity vanished".into())),
+                None => Err(nats_error("reading the relay identity", NatsError::IdentityVanished)),
             },
         }
     }
@@ -309,8 +350,8 @@ impl NatsStore {
         match tokio::time::timeout(OP_TIMEOUT, self.meta.get_last_raw_message_by_subject(subject)).await {
             Ok(Ok(m)) => Ok(Some((m.sequence, m.payload))),
             Ok(Err(e)) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Ok(Err(e)) => Err(nats_error("reading", describe(&e))),
-            Err(_) => Err(nats_error("reading", "no answer from the cluster in time")),
+            Ok(Err(e)) => Err(client_error("reading a record", e)),
+            Err(_) => Err(nats_error("reading a record", NatsError::Timeout)),
         }
     }
 
@@ -319,10 +360,10 @@ impl NatsStore {
         let msg = PublishMessage::build()
             .payload(value)
             .expected_last_subject_sequence(expected);
-        match self.publish("writing", subject, msg).await? {
+        match self.publish("writing a record", subject, msg).await? {
             Ok(_) => Ok(Cas::Done),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Cas::Lost),
-            Err(e) => Err(nats_error("writing", describe(&e))),
+            Err(e) => Err(client_error("writing a record", e)),
         }
     }
 
@@ -336,7 +377,7 @@ impl NatsStore {
     /// moment after a cluster or a stream starts, and after a node is lost.
     async fn publish(
         &self,
-        doing: &str,
+        doing: &'static str,
         subject: &str,
         msg: PublishMessage,
     ) -> Result<Result<PublishAck, PublishError>, StoreError> {
@@ -348,12 +389,7 @@ impl NatsStore {
                     tokio::time::sleep(NO_RESPONDERS_PAUSE).await;
                 }
                 Ok(answer) => return Ok(answer),
-                Err(_) => {
-                    return Err(nats_error(
-                        doing,
-                        "no acknowledgement from a quorum of the cluster in time",
-                    ))
-                }
+                Err(_) => return Err(nats_error(doing, NatsError::NoQuorum)),
             }
         }
     }
@@ -431,14 +467,19 @@ impl NatsStore {
         }
     }
 
-    async fn do_send(&self, send: [u8; 32], envelope: Envelope, work: u32) -> Result<(MailboxId, u64), StoreError> {
+    async fn do_send(
+        &self,
+        send: [u8; 32],
+        envelope: Envelope,
+        work: ProvenWork,
+    ) -> Result<(MailboxId, u64), StoreError> {
         let digest: [u8; 32] = Sha256::digest(send).into();
         let Some(Target { id, pow_bits }) = self.target(&digest).await? else {
             return Err(StoreError::NoSuchMailbox);
         };
         // Checked before anything is published; the caller hashed the proof in its own
         // task (the relays' tasks run in parallel).
-        if u32::from(pow_bits) > work {
+        if !work.meets(pow_bits) {
             return Err(StoreError::WorkRequired);
         }
         // The same envelope to the same mailbox is the same send: a retry.
@@ -450,7 +491,7 @@ impl NatsStore {
         let msg = PublishMessage::build()
             .payload(Bytes::copy_from_slice(envelope.as_bytes()))
             .message_id(msg_id);
-        let seq = match self.publish("storing", &envelope_subject(&id), msg).await? {
+        let seq = match self.publish("storing an envelope", &envelope_subject(&id), msg).await? {
             Ok(a) => a.sequence,
             Err(e) => {
                 let text = describe(&e);
@@ -459,7 +500,7 @@ impl NatsStore {
                 } else if text.contains("maximum messages") || text.contains("maximum bytes") {
                     StoreError::RelayFull
                 } else {
-                    nats_error("storing", text)
+                    client_error("storing an envelope", e)
                 });
             }
         };
@@ -483,8 +524,8 @@ impl NatsStore {
                 let m = match tokio::time::timeout(OP_TIMEOUT, get.send()).await {
                     Ok(Ok(m)) => m,
                     Ok(Err(e)) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
-                    Ok(Err(e)) => return Err(nats_error("fetching", describe(&e))),
-                    Err(_) => return Err(nats_error("fetching", "no answer from the cluster in time")),
+                    Ok(Err(e)) => return Err(client_error("fetching envelopes", e)),
+                    Err(_) => return Err(nats_error("fetching envelopes", NatsError::Timeout)),
                 };
                 if m.subject.as_str() != subject {
                     break;
@@ -519,8 +560,8 @@ impl NatsStore {
             None => match tokio::time::timeout(OP_TIMEOUT, self.envelopes.get_raw_message(seq)).await {
                 Ok(Ok(m)) => m.subject.as_str() == envelope_subject(&id),
                 Ok(Err(e)) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(()),
-                Ok(Err(e)) => return Err(nats_error("acknowledging", describe(&e))),
-                Err(_) => return Err(nats_error("acknowledging", "no answer from the cluster in time")),
+                Ok(Err(e)) => return Err(client_error("acknowledging an envelope", e)),
+                Err(_) => return Err(nats_error("acknowledging an envelope", NatsError::Timeout)),
             },
         };
         if !mine {
@@ -545,8 +586,7 @@ impl NatsStore {
             // Deleted meanwhile (a second ack, or expiry): gone is what was asked.
             Some(e) if e.get("err_code").and_then(serde_json::Value::as_u64) == Some(10037) => Ok(()),
             Some(e) if e.to_string().contains("no message found") => Ok(()),
-            Some(e) => Err(nats_error("deleting", e)),
-            None => Err(nats_error("deleting", "an answer without success")),
+            Some(_) | None => Err(nats_error("deleting an envelope", NatsError::Refused)),
         }
     }
 
@@ -614,9 +654,7 @@ impl NatsStore {
                 return Err(StoreError::EpochConflict(next));
             }
         }
-        Err(StoreError::Storage(
-            "NATS: the claim kept losing to concurrent claims".into(),
-        ))
+        Err(nats_error("claiming an epoch", NatsError::Contended))
     }
 
     async fn do_stats(&self) -> Result<Stats, StoreError> {
@@ -641,14 +679,10 @@ impl NatsStore {
             envelopes: env,
         })
     }
-
-    fn block<T>(&self, f: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        self.rt.block_on(f)
-    }
 }
 
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Storage(format!("NATS: corrupt {what}"))
+fn corrupt(what: &'static str) -> StoreError {
+    StoreError::corrupt(what)
 }
 
 async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, StoreError> {
@@ -661,6 +695,7 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
         match timed("opening a stream", js.get_or_create_stream(config.clone())).await {
             Ok(s) => return Ok(s),
             Err(e) if tokio::time::Instant::now() < deadline => {
+                // The error's fixed description only (never the client's text).
                 tracing::warn!(stream = %name, error = %e, "could not open the stream yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -670,88 +705,67 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
 }
 
 impl MailboxStore for NatsStore {
-    fn create(
+    async fn create(
         &self,
         id: MailboxId,
         recipient_key: [u8; 32],
         send_digest: [u8; 32],
         pow_bits: u8,
     ) -> Result<(), StoreError> {
-        self.block(self.do_create(id, recipient_key, send_digest, pow_bits))
+        self.do_create(id, recipient_key, send_digest, pow_bits).await
     }
 
-    fn send(
+    async fn send(
         &self,
         send: [u8; 32],
         envelope: Envelope,
         _expires_at: u64,
-        work: u32,
+        work: ProvenWork,
     ) -> Result<(MailboxId, u64), StoreError> {
         // Expiry is the stream's max_age, the same for every envelope.
-        self.block(self.do_send(send, envelope, work))
+        self.do_send(send, envelope, work).await
     }
 
-    fn recipient_key(&self, id: MailboxId) -> Result<Option<[u8; 32]>, StoreError> {
-        self.block(async {
-            Ok(match self.latest(&box_subject(&id)).await? {
-                Some((_, v)) => Some(
-                    v.get(..32)
-                        .and_then(|b| b.try_into().ok())
-                        .ok_or_else(|| corrupt("mailbox record"))?,
-                ),
-                None => None,
-            })
+    async fn recipient_key(&self, id: MailboxId) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(match self.latest(&box_subject(&id)).await? {
+            Some((_, v)) => Some(
+                v.get(..32)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| corrupt("mailbox record"))?,
+            ),
+            None => None,
         })
     }
 
-    fn fetch(&self, ids: &[MailboxId], max: usize) -> Result<Vec<Delivery>, StoreError> {
-        self.block(self.do_fetch(ids, max))
+    async fn fetch(&self, ids: &[MailboxId], max: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.do_fetch(ids, max).await
     }
 
-    fn ack(&self, id: MailboxId, seq: u64) -> Result<(), StoreError> {
-        self.block(self.do_ack(id, seq))
+    async fn ack(&self, id: MailboxId, seq: u64) -> Result<(), StoreError> {
+        self.do_ack(id, seq).await
     }
 
-    fn delete(&self, id: MailboxId) -> Result<(), StoreError> {
-        self.block(self.do_delete(id))
+    async fn delete(&self, id: MailboxId) -> Result<(), StoreError> {
+        self.do_delete(id).await
     }
 
-    fn claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
-        self.block(self.do_claim(send, epoch, token))
+    async fn claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
+        self.do_claim(send, epoch, token).await
     }
 
-    // Natively async: no blocking thread per request.
-    fn send_async(
-        self: Arc<Self>,
-        send: [u8; 32],
-        envelope: Envelope,
-        _expires_at: u64,
-        work: u32,
-    ) -> StoreFuture<(MailboxId, u64)> {
-        Box::pin(async move { self.do_send(send, envelope, work).await })
-    }
-
-    fn ack_async(self: Arc<Self>, id: MailboxId, seq: u64) -> StoreFuture<()> {
-        Box::pin(async move { self.do_ack(id, seq).await })
-    }
-
-    fn claim_async(self: Arc<Self>, send: [u8; 32], epoch: u64, token: [u8; 32]) -> StoreFuture<()> {
-        Box::pin(async move { self.do_claim(send, epoch, token).await })
-    }
-
-    fn expire(&self, _now: u64) -> Result<u64, StoreError> {
+    async fn expire(&self, _now: u64) -> Result<u64, StoreError> {
         // JetStream removes envelopes past the stream's max_age itself.
         Ok(0)
     }
 
-    fn stats(&self) -> Result<Stats, StoreError> {
-        self.block(self.do_stats())
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        self.do_stats().await
     }
 
     fn forward_deliveries(&self, notify: broadcast::Sender<MailboxId>) {
         let client = self.client.clone();
         let senders = self.senders.clone();
-        let task = self.rt.spawn(async move {
+        let task = tokio::spawn(async move {
             // Resubscribes after a failure; the client reconnects on its own.
             loop {
                 let subs = tokio::try_join!(client.subscribe(NOTE_SUBJECTS), client.subscribe(GONE_SUBJECTS));
@@ -769,7 +783,7 @@ impl MailboxStore for NatsStore {
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not listen for the other relays' notices"),
+                    Err(_) => tracing::warn!("could not listen for the other relays' notices; retrying"),
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

@@ -1,0 +1,305 @@
+//! Envelopes sealed at rest, each under a key of its own, kept in the key file
+//! ([`ENVELOPE_KEY_FILE`]) and destroyed with the envelope (the module documentation of
+//! [`super`] explains why and what this does not do).
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use rand_core::{OsRng, RngCore};
+use redb::{Database, ReadableTable};
+use zeroize::Zeroizing;
+
+use super::record::{EnvelopeValue, SLOT_LEN};
+use super::{count_off, ENVELOPES, MAILBOXES};
+use crate::store::StoreError;
+
+/// The file of per-envelope keys, in the directory of the redb file: an array of
+/// 32-byte slots, one per stored envelope, written in place with positioned writes;
+/// a slot that no envelope uses holds zeros. Its layout belongs to the data
+/// directory's format version (`super::upgrade`).
+pub const ENVELOPE_KEY_FILE: &str = "envelope-keys.bin";
+
+/// One envelope's at-rest key.
+pub(crate) type EnvelopeKey = Zeroizing<[u8; SLOT_LEN]>;
+
+pub(crate) fn fresh_key() -> Result<EnvelopeKey, StoreError> {
+    let mut key = Zeroizing::new([0u8; SLOT_LEN]);
+    OsRng
+        .try_fill_bytes(&mut key[..])
+        .map_err(|e| StoreError::Randomness(Arc::new(e)))?;
+    Ok(key)
+}
+
+/// The all-zero nonce: each key seals exactly one envelope, exactly once (a
+/// rewrite, as in the conversion of plaintext records, takes a new key), so no
+/// (key, nonce) pair ever repeats.
+fn nonce() -> Nonce {
+    Nonce::default()
+}
+
+/// Seals `plaintext` (an envelope's 4096 bytes) under `key` with the record key
+/// `aad`: ciphertext || tag.
+pub(crate) fn seal(key: &EnvelopeKey, aad: &[u8; 40], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let mut sealed = Vec::with_capacity(plaintext.len() + super::record::TAG_LEN);
+    sealed.extend_from_slice(plaintext);
+    let tag = ChaCha20Poly1305::new(Key::from_slice(&key[..]))
+        .encrypt_in_place_detached(&nonce(), aad, &mut sealed)
+        // Only a plaintext longer than ChaCha20 allows fails, and an envelope is not.
+        .map_err(|_| StoreError::corrupt("envelope to seal"))?;
+    sealed.extend_from_slice(&tag);
+    Ok(sealed)
+}
+
+/// Why a stored envelope did not open.
+pub(crate) enum Unopened {
+    /// The key file could not be read.
+    Disk(io::Error),
+    /// The slot holds no key that opens the record (destroyed, reused or corrupt).
+    WrongKey,
+}
+
+/// Opens a sealed envelope value with the key in its slot.
+pub(crate) fn open_sealed(keys: &KeyFile, aad: &[u8; 40], slot: u64, sealed: &[u8]) -> Result<Envelope, Unopened> {
+    if sealed.len() != ENVELOPE_SIZE + super::record::TAG_LEN {
+        return Err(Unopened::WrongKey);
+    }
+    let key = keys.read(slot).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidInput => Unopened::WrongKey,
+        _ => Unopened::Disk(e),
+    })?;
+    let (sealed, tag) = sealed.split_at(ENVELOPE_SIZE);
+    let mut plain = sealed.to_vec();
+    ChaCha20Poly1305::new(Key::from_slice(&key[..]))
+        .decrypt_in_place_detached(&nonce(), aad, &mut plain, Tag::from_slice(tag))
+        .map_err(|_| Unopened::WrongKey)?;
+    Envelope::from_slice(&plain).map_err(|_| Unopened::WrongKey)
+}
+
+fn slot_offset(slot: u64) -> io::Result<u64> {
+    slot.checked_mul(SLOT_LEN as u64)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "key slot out of range"))
+}
+
+/// The key file: an array of 32-byte slots, overwritten in place.
+#[derive(Debug)]
+pub(crate) struct KeyFile {
+    file: File,
+}
+
+impl KeyFile {
+    pub(crate) fn open(dir: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join(ENVELOPE_KEY_FILE))?;
+        // The file's directory entry must be durable before a commit relies on a key in it.
+        File::open(dir)?.sync_all()?;
+        Ok(Self { file })
+    }
+
+    pub(crate) fn read(&self, slot: u64) -> io::Result<EnvelopeKey> {
+        let mut key = Zeroizing::new([0u8; SLOT_LEN]);
+        self.file.read_exact_at(&mut key[..], slot_offset(slot)?)?;
+        Ok(key)
+    }
+
+    /// Writes 32 bytes into each slot, one positioned write per run of
+    /// neighbouring slots.
+    fn write(&self, mut slots: Vec<(u64, &[u8; SLOT_LEN])>) -> io::Result<()> {
+        slots.sort_unstable_by_key(|(slot, _)| *slot);
+        slots.dedup_by_key(|(slot, _)| *slot);
+        // Sized once: growing would leave unzeroized copies of keys behind.
+        let mut run = Zeroizing::new(Vec::with_capacity(slots.len() * SLOT_LEN));
+        let mut start = 0;
+        for (slot, bytes) in slots {
+            if !run.is_empty() && start + (run.len() / SLOT_LEN) as u64 != slot {
+                self.file.write_all_at(&run, slot_offset(start)?)?;
+                run.clear();
+            }
+            if run.is_empty() {
+                start = slot;
+            }
+            run.extend_from_slice(bytes);
+        }
+        if !run.is_empty() {
+            self.file.write_all_at(&run, slot_offset(start)?)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write_keys(&self, keys: &[(u64, EnvelopeKey)]) -> io::Result<()> {
+        self.write(keys.iter().map(|(slot, key)| (*slot, &**key)).collect())
+    }
+
+    pub(crate) fn zero(&self, slots: &[u64]) -> io::Result<()> {
+        const ZERO: [u8; SLOT_LEN] = [0; SLOT_LEN];
+        self.write(slots.iter().map(|slot| (*slot, &ZERO)).collect())
+    }
+
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+/// The writer's ledger of key slots.
+#[derive(Debug)]
+pub(crate) struct SlotBook {
+    /// Slots whose zeros are durable (or that lie past the end of the file).
+    pub(crate) free: BTreeSet<u64>,
+    /// The first slot never handed out.
+    pub(crate) next: u64,
+    /// Slots that no committed record uses but whose zeroing is not yet durable.
+    pub(crate) to_zero: Vec<u64>,
+}
+
+impl SlotBook {
+    pub(crate) fn take(&mut self) -> u64 {
+        self.free.pop_first().unwrap_or_else(|| {
+            let slot = self.next;
+            self.next = self.next.saturating_add(1);
+            slot
+        })
+    }
+}
+
+/// Zeroes key slots durably. The deletions that freed them are committed; if this
+/// fails, a later batch or the next open zeroes them.
+pub(crate) fn zero_slots(keys: &KeyFile, slots: &[u64]) -> Result<(), StoreError> {
+    if slots.is_empty() {
+        return Ok(());
+    }
+    keys.zero(slots)
+        .and_then(|()| keys.sync())
+        .map_err(StoreError::key_file("destroying the keys of deleted envelopes"))
+}
+
+/// What [`recover_slots`] found among the envelope records.
+pub(crate) struct Found {
+    /// Records in an older layout (without a version byte, or in the clear).
+    pub(crate) legacy: bool,
+}
+
+/// Zeroes every slot of the key file that no record uses and returns the
+/// ledger, and whether records of an older layout remain. Cleans up
+/// after a crash between a commit and the zeroing of the slots it freed, or
+/// between writing keys and a commit that never happened.
+pub(crate) fn recover_slots(db: &Database, keys: &KeyFile) -> Result<(SlotBook, Found), StoreError> {
+    const READING: &str = "reading envelope records to recover key slots";
+    let len = keys
+        .file
+        .metadata()
+        .map_err(StoreError::key_file("measuring the key file"))?
+        .len();
+    let span = len.div_ceil(SLOT_LEN as u64);
+    let mut used = HashSet::new();
+    let mut found = Found { legacy: false };
+    // Records whose slot lies past the end of the key file (a damaged or planted
+    // data directory) have no key: they can never be read, and handing out or
+    // zeroing slots up to theirs would grow the key file without bound.
+    let mut keyless = Vec::new();
+    {
+        let txn = db.begin_read().map_err(StoreError::database(READING))?;
+        let envs = txn.open_table(ENVELOPES).map_err(StoreError::database(READING))?;
+        for entry in envs.iter().map_err(StoreError::database(READING))? {
+            let (k, v) = entry.map_err(StoreError::database(READING))?;
+            // A record of a newer version refuses the whole directory, before
+            // anything is written.
+            let value = match EnvelopeValue::parse(v.value()) {
+                Ok(value) => value,
+                Err(e @ StoreError::NewerFormat { .. }) => return Err(e),
+                // Corrupt records are reported when read.
+                Err(_) => continue,
+            };
+            match value {
+                EnvelopeValue::Sealed { slot, legacy, .. } => {
+                    found.legacy |= legacy;
+                    if slot >= span {
+                        keyless.push(k.value().to_vec());
+                    } else {
+                        used.insert(slot);
+                    }
+                }
+                EnvelopeValue::Plaintext { .. } => found.legacy = true,
+            }
+        }
+    }
+    if !keyless.is_empty() {
+        tracing::warn!(
+            count = keyless.len(),
+            "removed stored envelopes whose key is missing from {ENVELOPE_KEY_FILE}"
+        );
+        remove_records(db, &keyless)?;
+    }
+    let mut book = SlotBook {
+        free: BTreeSet::new(),
+        next: span,
+        to_zero: Vec::new(),
+    };
+    let mut dirty = Vec::new();
+    // Read in chunks of 2048 slots; bytes past the end of the file read as zeros.
+    const CHUNK: u64 = 2048;
+    let mut buf = Zeroizing::new(vec![0u8; CHUNK as usize * SLOT_LEN]);
+    let mut first = 0;
+    while first < span {
+        let n = CHUNK.min(span - first);
+        let chunk = &mut buf[..n as usize * SLOT_LEN];
+        chunk.fill(0);
+        let at = slot_offset(first).map_err(StoreError::key_file("reading the key file"))?;
+        let mut filled = 0;
+        while filled < chunk.len() {
+            match keys.file.read_at(&mut chunk[filled..], at + filled as u64) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(StoreError::key_file("reading the key file")(e)),
+            }
+        }
+        for (i, bytes) in chunk.chunks_exact(SLOT_LEN).enumerate() {
+            let slot = first + i as u64;
+            if !used.contains(&slot) {
+                book.free.insert(slot);
+                // A torn last slot is rewritten whole.
+                let torn = len % SLOT_LEN as u64 != 0 && slot + 1 == span;
+                if torn || bytes.iter().any(|b| *b != 0) {
+                    dirty.push(slot);
+                }
+            }
+        }
+        first += n;
+    }
+    if !dirty.is_empty() {
+        keys.zero(&dirty)
+            .and_then(|()| keys.sync())
+            .map_err(StoreError::key_file("zeroing unused key slots"))?;
+    }
+    Ok((book, found))
+}
+
+/// Removes envelope records by key and counts them off their mailboxes.
+fn remove_records(db: &Database, record_keys: &[Vec<u8>]) -> Result<(), StoreError> {
+    const DOING: &str = "removing envelope records without a key";
+    let mut txn = db.begin_write().map_err(StoreError::database(DOING))?;
+    txn.set_two_phase_commit(true);
+    {
+        let mut envs = txn.open_table(ENVELOPES).map_err(StoreError::database(DOING))?;
+        let mut boxes = txn.open_table(MAILBOXES).map_err(StoreError::database(DOING))?;
+        for k in record_keys {
+            envs.remove(&k[..]).map_err(StoreError::database(DOING))?;
+            let Some(id) = super::record::record_mailbox(k) else {
+                continue;
+            };
+            count_off(&mut boxes, &id)?;
+        }
+    }
+    txn.commit().map_err(StoreError::database(DOING))
+}

@@ -1,0 +1,500 @@
+//! The embedded store: mailboxes and envelopes in redb, on the relay's disk.
+//!
+//! Every write goes through a single writer thread that batches whatever is
+//! pending into one redb transaction (group commit) with two-phase commit,
+//! as redb recommends for attacker-chosen bytes. A caller's write returns
+//! only after the transaction holding it is durable on disk.
+//!
+//! # Nothing left behind: one key per envelope, destroyed with it
+//!
+//! redb is copy-on-write: a removed value's bytes can survive in freed pages
+//! of the redb file long after the envelope was acknowledged, deleted or
+//! expired, and neither deletion nor compaction promises to scrub them. So
+//! the redb file never holds an envelope in the clear, nor a key to one:
+//!
+//! - Each envelope is sealed at rest with ChaCha20-Poly1305 under a fresh
+//!   random 32-byte key used for that envelope only, with the record's key,
+//!   receive id (32) || seq (u64 BE), as associated data (a record moved to
+//!   another mailbox or position does not open). The redb value is
+//!   expires_at (u64 BE) || slot (u64 BE) || ciphertext (4096 + 16-byte tag).
+//! - The keys live in [`ENVELOPE_KEY_FILE`] next to the redb file: an array of 32-byte
+//!   slots, one per stored envelope, written in place with positioned writes;
+//!   a slot that no envelope uses holds zeros.
+//! - The writer keeps this order for each batch: allocate slots for new
+//!   envelopes, write their keys and `fdatasync` the key file, then commit the
+//!   redb transaction, so a committed envelope always has its key on disk.
+//!   For acknowledged, deleted and expired envelopes it commits first, then
+//!   overwrites their slots with zeros and `fdatasync`s, and only then makes
+//!   the slots reusable, so a slot is never handed out before its zeroing is
+//!   durable (a second thread does the zeroing, so the next batch's commit does not
+//!   wait for it). A send is answered once its commit is durable; an ack, delete
+//!   or expiry once its zeros are too. Once a key's zeros are on
+//!   disk, whatever is left of the envelope in freed redb pages is ciphertext
+//!   under a key that no longer exists.
+//! - On open, every slot that no record refers to is zeroed (after a crash
+//!   between a commit and the zeroing, or between writing a key and a commit
+//!   that never happened), and records of the earlier plaintext format are
+//!   sealed the same way (their old bytes may remain in freed pages;
+//!   [`upgrade`]).
+//! - A record whose key does not open it is reported as a storage error.
+//!
+//! The key file grows by at most one slot per envelope stored at the same
+//! time; it is never shrunk.
+//!
+//! ## What this does not do
+//!
+//! - It protects envelopes after they are gone, not while they are stored:
+//!   the keys sit next to the ciphertext, so whoever reads the data directory
+//!   reads every envelope still held (they are end-to-end sealed anyway).
+//! - Zeroing a slot destroys the key only if the overwrite reaches the same
+//!   physical block. On copy-on-write or log-structured file systems (btrfs,
+//!   ZFS, bcachefs, F2FS), under snapshots or backups of the directory, with
+//!   ext4's `data=journal`, and on SSDs or SD cards whose flash translation
+//!   layer remaps writes (wear levelling), the old block can survive until the
+//!   device reuses or trims it. An attacker with a raw image of such a device
+//!   can then try every 32-byte string it finds against each ciphertext left
+//!   in freed redb pages (cheap: one Poly1305 check per candidate) and recover
+//!   those envelopes as they were delivered: sealed end to end, so it learns
+//!   what a relay operator saw at the time (which mailbox, which sequence
+//!   number, the sealed bytes), not their content. Keep the data directory on
+//!   a file system that overwrites in place, or on full-disk encryption whose
+//!   key is destroyed with the machine.
+//! - Keys and envelopes pass through the relay's memory; key buffers are
+//!   zeroized after use, but swap or a hibernation image are out of reach here.
+
+//!
+//! # Where the parts are
+//!
+//! - [`record`]: the byte layouts of the records and their format versions.
+//! - [`at_rest`]: the key file, sealing and opening, the slot ledger, and the
+//!   recovery of slots on open.
+//! - [`writer`]: the writer thread (group commit) and the zeroing thread.
+//! - [`upgrade`]: the data directory's format version and the conversion of older
+//!   layouts (a newer one is refused and nothing is rewritten).
+//! - here: [`EmbeddedStore`], its reads, and [`MailboxStore`] over it.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use backchannel_core::envelope::Envelope;
+use backchannel_core::frame::Delivery;
+use backchannel_core::mailbox::MailboxId;
+use backchannel_core::pow::ProvenWork;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::store::{MailboxStore, Quota, Stats, StoreError};
+
+mod at_rest;
+mod record;
+mod upgrade;
+mod writer;
+
+pub use at_rest::ENVELOPE_KEY_FILE;
+pub use upgrade::FORMAT;
+
+use at_rest::{open_sealed, KeyFile, Unopened};
+use record::{record_key, record_seq, EnvelopeValue, MailboxRecord};
+use writer::{Answer, Reply, Write};
+
+/// receive id (32) -> mailbox record ([`record`]).
+const MAILBOXES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mailboxes");
+/// SHA-256(send capability) (32) -> sender record: the receive id ([`record`]).
+/// Senders name a mailbox only by its send capability; the relay keeps just the
+/// digest, so its disk alone does not let anyone deliver.
+const SENDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("senders");
+/// id (32) || seq (u64 BE) -> envelope record ([`record`]): its expiry, its key
+/// slot and the envelope sealed under the key in that slot, with the record key as
+/// associated data.
+const ENVELOPES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("envelopes");
+
+/// redb's page cache.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+type Table<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+/// One envelope fewer in a mailbox (gone already is fine).
+fn count_off(boxes: &mut Table<'_>, id: &MailboxId) -> Result<(), StoreError> {
+    if let Some(rec) = get_record(boxes, id)? {
+        let rec = MailboxRecord {
+            count: rec.count.saturating_sub(1),
+            ..rec
+        };
+        boxes
+            .insert(&id.0[..], &rec.encode()[..])
+            .map_err(StoreError::database("counting off a deleted envelope"))?;
+    }
+    Ok(())
+}
+
+fn get_record(boxes: &Table<'_>, id: &MailboxId) -> Result<Option<MailboxRecord>, StoreError> {
+    match boxes
+        .get(&id.0[..])
+        .map_err(StoreError::database("reading a mailbox record"))?
+    {
+        Some(v) => Ok(Some(MailboxRecord::decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// The embedded, crash-safe store (redb), with each envelope sealed under a
+/// key of its own in [`ENVELOPE_KEY_FILE`] (see the module documentation).
+///
+/// Its [`MailboxStore`] methods are for the executor. The inherent methods of the
+/// same names block until done, for tools and tests that run off the executor.
+pub struct EmbeddedStore {
+    reader: Reader,
+    /// `None` only while dropping.
+    writes: Option<mpsc::Sender<(Write, Reply)>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What reads need: the database and the key file (cheap to clone onto the blocking pool).
+#[derive(Clone)]
+struct Reader {
+    db: Arc<Database>,
+    keys: Arc<KeyFile>,
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        // Close the queue and wait for the writer, so the database is closed
+        // cleanly (no repair scan at the next start) before the store is gone.
+        self.writes = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EmbeddedStore")
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store at `path` and its key file [`ENVELOPE_KEY_FILE`] in
+    /// the same directory. redb recovers from a crash on open; a data directory of an
+    /// older format is converted ([`upgrade`]), one of a newer format refused
+    /// ([`StoreError::NewerFormat`]) before anything is written; then every key
+    /// slot no record uses is zeroed.
+    pub fn open(path: &Path, max_envelopes_per_mailbox: u32) -> Result<Self, StoreError> {
+        Self::open_with_quota(
+            path,
+            Quota {
+                per_mailbox: max_envelopes_per_mailbox,
+                total: u64::MAX,
+            },
+        )
+    }
+
+    /// [`EmbeddedStore::open`] with a quota on all mailboxes together as well: a send
+    /// beyond `quota.total` stored envelopes is refused with [`StoreError::RelayFull`].
+    pub fn open_with_quota(path: &Path, quota: Quota) -> Result<Self, StoreError> {
+        // redb locks its file: a second store on the same path fails here,
+        // before it touches the key file.
+        // An explicit page cache: redb's default (about 1 GiB) would let memory
+        // grow with the stored data whatever the connection limits.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
+                e => StoreError::database("opening the database")(e),
+            })?;
+        let db = Arc::new(db);
+        // Nothing is written before the format is known to be one this code reads.
+        let found = upgrade::check(&db)?;
+        if let upgrade::Found::New = found {
+            upgrade::create(&db)?;
+        }
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let keys = Arc::new(KeyFile::open(dir).map_err(StoreError::key_file("opening the key file"))?);
+        let (mut book, records) = at_rest::recover_slots(&db, &keys)?;
+        if records.legacy {
+            upgrade::convert_envelopes(&db, &keys, &mut book)?;
+        }
+        if let upgrade::Found::Format1 = found {
+            upgrade::finish_format1(&db)?;
+        }
+        let (tx, rx) = mpsc::channel::<(Write, Reply)>();
+        let writer_db = db.clone();
+        let writer_keys = keys.clone();
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer::writer(writer_db, writer_keys, book, rx, quota))
+            .map_err(|e| StoreError::Thread(Arc::new(e)))?;
+        Ok(Self {
+            reader: Reader { db, keys },
+            writes: Some(tx),
+            writer: Some(writer),
+        })
+    }
+
+    /// Queues a write for the writer thread, in call order.
+    fn queue(&self, w: Write, reply: Reply) -> Result<(), StoreError> {
+        self.writes
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send((w, reply))
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues a write and waits for its answer, blocking the thread.
+    fn write(&self, w: Write) -> Answer {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.queue(w, Reply::Blocking(tx))?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues a write and waits for its answer without holding a thread, so a
+    /// connection's pipelined writes share one batch.
+    async fn submit(&self, w: Write) -> Answer {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue(w, Reply::Future(tx))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a read on the blocking pool (redb reads block on the disk).
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Reader) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || f(&reader))
+            .await
+            .unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Creates a mailbox, blocking ([`MailboxStore::create`]).
+    pub fn create(
+        &self,
+        id: MailboxId,
+        recipient: [u8; 32],
+        send_digest: [u8; 32],
+        pow_bits: u8,
+    ) -> Result<(), StoreError> {
+        self.write(Write::Create {
+            id,
+            recipient,
+            send_digest,
+            pow_bits,
+        })
+        .map(|_| ())
+    }
+
+    /// Stores an envelope, blocking ([`MailboxStore::send`]).
+    pub fn send(
+        &self,
+        send: [u8; 32],
+        envelope: Envelope,
+        expires_at: u64,
+        work: ProvenWork,
+    ) -> Result<(MailboxId, u64), StoreError> {
+        self.write(Write::Send {
+            send,
+            envelope,
+            expires_at,
+            work,
+        })
+    }
+
+    /// A mailbox's recipient key, blocking ([`MailboxStore::recipient_key`]).
+    pub fn recipient_key(&self, id: MailboxId) -> Result<Option<[u8; 32]>, StoreError> {
+        self.reader.recipient_key(id)
+    }
+
+    /// The oldest envelopes of these mailboxes, blocking ([`MailboxStore::fetch`]).
+    pub fn fetch(&self, ids: &[MailboxId], max: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.reader.fetch(ids, max)
+    }
+
+    /// Deletes one envelope, blocking ([`MailboxStore::ack`]).
+    pub fn ack(&self, id: MailboxId, seq: u64) -> Result<(), StoreError> {
+        self.write(Write::Ack { id, seq }).map(|_| ())
+    }
+
+    /// Deletes a mailbox, blocking ([`MailboxStore::delete`]).
+    pub fn delete(&self, id: MailboxId) -> Result<(), StoreError> {
+        self.write(Write::Delete { id }).map(|_| ())
+    }
+
+    /// Claims an epoch, blocking ([`MailboxStore::claim`]).
+    pub fn claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
+        self.write(Write::Claim { send, epoch, token }).map(|_| ())
+    }
+
+    /// Deletes expired envelopes, blocking ([`MailboxStore::expire`]).
+    pub fn expire(&self, now: u64) -> Result<u64, StoreError> {
+        self.write(Write::Expire { now }).map(|(_, n)| n)
+    }
+
+    /// Counts, blocking ([`MailboxStore::stats`]).
+    pub fn stats(&self) -> Result<Stats, StoreError> {
+        self.reader.stats()
+    }
+
+    /// The at-rest key of a stored envelope, as the key file holds it now.
+    #[cfg(test)]
+    fn key_of(&self, id: MailboxId, seq: u64) -> Option<[u8; 32]> {
+        let txn = self.reader.db.begin_read().ok()?;
+        let envs = txn.open_table(ENVELOPES).ok()?;
+        let slot = EnvelopeValue::parse(envs.get(&record_key(&id, seq)[..]).ok()??.value())
+            .ok()?
+            .slot()?;
+        self.reader.keys.read(slot).ok().map(|k| *k)
+    }
+}
+
+impl Reader {
+    /// Whether the record under `key` still holds exactly `value`.
+    fn still_stored(&self, key: &[u8; 40], value: &[u8]) -> Result<bool, StoreError> {
+        const DOING: &str = "fetching envelopes";
+        let txn = self.db.begin_read().map_err(StoreError::database(DOING))?;
+        let envs = txn.open_table(ENVELOPES).map_err(StoreError::database(DOING))?;
+        Ok(envs
+            .get(&key[..])
+            .map_err(StoreError::database(DOING))?
+            .is_some_and(|now| now.value() == value))
+    }
+
+    fn recipient_key(&self, id: MailboxId) -> Result<Option<[u8; 32]>, StoreError> {
+        const DOING: &str = "reading a mailbox record";
+        let txn = self.db.begin_read().map_err(StoreError::database(DOING))?;
+        let boxes = txn.open_table(MAILBOXES).map_err(StoreError::database(DOING))?;
+        match boxes.get(&id.0[..]).map_err(StoreError::database(DOING))? {
+            Some(v) => Ok(Some(MailboxRecord::decode(v.value())?.recipient)),
+            None => Ok(None),
+        }
+    }
+
+    fn fetch(&self, ids: &[MailboxId], max: usize) -> Result<Vec<Delivery>, StoreError> {
+        const DOING: &str = "fetching envelopes";
+        let corrupt = || StoreError::corrupt("envelope record");
+        let txn = self.db.begin_read().map_err(StoreError::database(DOING))?;
+        let envs = txn.open_table(ENVELOPES).map_err(StoreError::database(DOING))?;
+        let mut out = Vec::new();
+        for id in ids {
+            if out.len() >= max {
+                break;
+            }
+            let start = record_key(id, 0);
+            let end = record_key(id, u64::MAX);
+            for entry in envs.range(&start[..]..=&end[..]).map_err(StoreError::database(DOING))? {
+                if out.len() >= max {
+                    break;
+                }
+                let (k, v) = entry.map_err(StoreError::database(DOING))?;
+                let (k, v) = (k.value(), v.value());
+                let rk: [u8; 40] = k.try_into().map_err(|_| corrupt())?;
+                // Records in the clear are sealed on open; one here is corrupt.
+                let EnvelopeValue::Sealed { slot, sealed, .. } = EnvelopeValue::parse(v)? else {
+                    return Err(corrupt());
+                };
+                match open_sealed(&self.keys, &rk, slot, sealed) {
+                    Ok(envelope) => out.push(Delivery {
+                        mailbox: *id,
+                        seq: record_seq(&rk),
+                        envelope,
+                    }),
+                    Err(Unopened::Disk(e)) => return Err(StoreError::key_file("reading a key")(e)),
+                    // This read snapshot may predate an ack, delete or expiry
+                    // whose key is destroyed by now (and its slot may already
+                    // hold a newer envelope's key): then the envelope is gone
+                    // and is skipped. If it is still stored, its key is bad.
+                    Err(Unopened::WrongKey) => {
+                        if self.still_stored(&rk, v)? {
+                            return Err(corrupt());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn stats(&self) -> Result<Stats, StoreError> {
+        const DOING: &str = "counting";
+        let txn = self.db.begin_read().map_err(StoreError::database(DOING))?;
+        let boxes = txn.open_table(MAILBOXES).map_err(StoreError::database(DOING))?;
+        let envs = txn.open_table(ENVELOPES).map_err(StoreError::database(DOING))?;
+        Ok(Stats {
+            mailboxes: boxes.len().map_err(StoreError::database(DOING))?,
+            envelopes: envs.len().map_err(StoreError::database(DOING))?,
+        })
+    }
+}
+
+impl MailboxStore for EmbeddedStore {
+    async fn create(
+        &self,
+        id: MailboxId,
+        recipient: [u8; 32],
+        send_digest: [u8; 32],
+        pow_bits: u8,
+    ) -> Result<(), StoreError> {
+        self.submit(Write::Create {
+            id,
+            recipient,
+            send_digest,
+            pow_bits,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn send(
+        &self,
+        send: [u8; 32],
+        envelope: Envelope,
+        expires_at: u64,
+        work: ProvenWork,
+    ) -> Result<(MailboxId, u64), StoreError> {
+        self.submit(Write::Send {
+            send,
+            envelope,
+            expires_at,
+            work,
+        })
+        .await
+    }
+
+    async fn recipient_key(&self, id: MailboxId) -> Result<Option<[u8; 32]>, StoreError> {
+        self.read(move |r| r.recipient_key(id)).await
+    }
+
+    async fn fetch(&self, ids: &[MailboxId], max: usize) -> Result<Vec<Delivery>, StoreError> {
+        let ids = ids.to_vec();
+        self.read(move |r| r.fetch(&ids, max)).await
+    }
+
+    async fn ack(&self, id: MailboxId, seq: u64) -> Result<(), StoreError> {
+        self.submit(Write::Ack { id, seq }).await.map(|_| ())
+    }
+
+    async fn delete(&self, id: MailboxId) -> Result<(), StoreError> {
+        self.submit(Write::Delete { id }).await.map(|_| ())
+    }
+
+    async fn claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
+        self.submit(Write::Claim { send, epoch, token }).await.map(|_| ())
+    }
+
+    async fn expire(&self, now: u64) -> Result<u64, StoreError> {
+        self.submit(Write::Expire { now }).await.map(|(_, n)| n)
+    }
+
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        self.read(Reader::stats).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

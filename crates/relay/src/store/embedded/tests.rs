@@ -1,0 +1,805 @@
+#![allow(clippy::unwrap_used)]
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+
+use backchannel_core::envelope::ENVELOPE_SIZE;
+use backchannel_core::pow;
+use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+
+use super::record::{LEGACY_MAILBOX_LEN_BEFORE_POW, MAILBOX_RECORD_LEN};
+use super::*;
+
+fn env(b: u8) -> Envelope {
+    Envelope::from_slice(&[b; ENVELOPE_SIZE]).unwrap()
+}
+
+fn open(dir: &Path, max: u32) -> EmbeddedStore {
+    EmbeddedStore::open(&dir.join("m.redb"), max).unwrap()
+}
+
+/// The work a send proves, as `server.rs` hands it to the store.
+fn proven_work(send: &[u8; 32], envelope: &Envelope, nonce: u64) -> ProvenWork {
+    pow::prove(&Sha256::digest(send).into(), envelope, nonce).map_or(ProvenWork::NONE, |p| p.work)
+}
+
+#[test]
+fn send_fetch_ack_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 2);
+    let id = MailboxId([1; 32]);
+    let cap = [2u8; 32];
+    let digest: [u8; 32] = Sha256::digest(cap).into();
+    s.create(id, [3; 32], digest, 0).unwrap();
+    assert_eq!(s.create(id, [3; 32], digest, 0), Err(StoreError::MailboxExists));
+    assert_eq!(
+        s.create(MailboxId([7; 32]), [3; 32], digest, 0),
+        Err(StoreError::MailboxExists)
+    );
+    assert_eq!(
+        s.send([9; 32], env(1), u64::MAX, ProvenWork::NONE),
+        Err(StoreError::NoSuchMailbox)
+    );
+    assert_eq!(
+        s.send(id.0, env(1), u64::MAX, ProvenWork::NONE),
+        Err(StoreError::NoSuchMailbox)
+    );
+    let (to, a) = s.send(cap, env(1), u64::MAX, ProvenWork::NONE).unwrap();
+    assert_eq!(to, id);
+    let (_, b) = s.send(cap, env(2), u64::MAX, ProvenWork::NONE).unwrap();
+    assert!(b > a);
+    assert_eq!(
+        s.send(cap, env(3), u64::MAX, ProvenWork::NONE),
+        Err(StoreError::MailboxFull)
+    );
+    let got = s.fetch(&[id], 10).unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].envelope, env(1));
+    s.ack(id, a).unwrap();
+    assert_eq!(s.fetch(&[id], 10).unwrap().len(), 1);
+    s.send(cap, env(4), u64::MAX, ProvenWork::NONE).unwrap();
+    s.delete(id).unwrap();
+    assert_eq!(s.stats().unwrap(), Stats::default());
+    assert_eq!(
+        s.send(cap, env(5), u64::MAX, ProvenWork::NONE),
+        Err(StoreError::NoSuchMailbox)
+    );
+}
+
+#[test]
+fn the_total_quota_counts_every_mailbox_and_sends_in_the_same_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let quota = Quota {
+        per_mailbox: 100,
+        total: 3,
+    };
+    let s = Arc::new(EmbeddedStore::open_with_quota(&dir.path().join("m.redb"), quota).unwrap());
+    let caps: Vec<[u8; 32]> = (0..2u8).map(|i| [10 + i; 32]).collect();
+    for (i, cap) in caps.iter().enumerate() {
+        s.create(MailboxId([i as u8; 32]), [3; 32], Sha256::digest(cap).into(), 0)
+            .unwrap();
+    }
+    // Concurrent sends land in one batch: the count inside the transaction holds.
+    let sends: Vec<_> = (0..8u8)
+        .map(|i| {
+            let (s, cap) = (s.clone(), caps[usize::from(i % 2)]);
+            std::thread::spawn(move || s.send(cap, env(i), u64::MAX, ProvenWork::NONE))
+        })
+        .collect();
+    let results: Vec<_> = sends.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3, "{results:?}");
+    assert!(results.iter().all(|r| r.is_ok() || *r == Err(StoreError::RelayFull)));
+    // An acknowledgement makes room again.
+    let (id, seq) = results.iter().find_map(|r| r.clone().ok()).unwrap();
+    s.ack(id, seq).unwrap();
+    s.send(caps[0], env(9), u64::MAX, ProvenWork::NONE).unwrap();
+    assert_eq!(
+        s.send(caps[1], env(10), u64::MAX, ProvenWork::NONE),
+        Err(StoreError::RelayFull)
+    );
+}
+
+#[test]
+fn claims_are_granted_once_per_epoch_and_idempotent_per_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 10);
+    let id = MailboxId([1; 32]);
+    let cap = [2u8; 32];
+    s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+    s.claim(cap, 0, [7; 32]).unwrap();
+    s.claim(cap, 0, [7; 32]).unwrap();
+    assert_eq!(s.claim(cap, 0, [8; 32]), Err(StoreError::EpochConflict(1)));
+    assert_eq!(s.claim(cap, 5, [8; 32]), Err(StoreError::EpochConflict(1)));
+    s.claim(cap, 1, [8; 32]).unwrap();
+    assert_eq!(s.claim([0; 32], 2, [8; 32]), Err(StoreError::NoSuchMailbox));
+    // The last epoch number from the network neither panics the writer nor wraps.
+    assert_eq!(s.claim(cap, u64::MAX, [9; 32]), Err(StoreError::EpochConflict(2)));
+    s.claim(cap, 2, [8; 32]).unwrap();
+}
+
+#[test]
+fn expiry_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = MailboxId([1; 32]);
+    let cap = [2u8; 32];
+    {
+        let s = open(dir.path(), 10);
+        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+        s.send(cap, env(1), 100, ProvenWork::NONE).unwrap();
+        s.send(cap, env(2), 300, ProvenWork::NONE).unwrap();
+    }
+    // Give the previous writer thread time to drop its handle on the file.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let s = open(dir.path(), 10);
+    assert_eq!(s.expire(200).unwrap(), 1);
+    let left = s.fetch(&[id], 10).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].envelope, env(2));
+}
+
+/// An envelope of random bytes: every 32-byte window of it is distinctive.
+fn random_env() -> Envelope {
+    let mut b = vec![0u8; ENVELOPE_SIZE];
+    OsRng.fill_bytes(&mut b);
+    Envelope::from_slice(&b).unwrap()
+}
+
+/// The index of a needle (each at least 2 bytes) found in `haystack`.
+/// Filters on the first two bytes, so that it stays fast without optimization.
+fn find_any(haystack: &[u8], needles: &[&[u8]]) -> Option<usize> {
+    let two = |b: &[u8]| usize::from(u16::from_be_bytes([b[0], b[1]]));
+    let mut starts = vec![false; 1 << 16];
+    for n in needles {
+        starts[two(n)] = true;
+    }
+    (0..haystack.len().saturating_sub(1))
+        .filter(|at| starts[two(&haystack[*at..])])
+        .find_map(|at| needles.iter().position(|n| haystack[at..].starts_with(n)))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    find_any(haystack, &[needle]).is_some()
+}
+
+/// Every file in `dir`, by name, with its raw bytes.
+fn raw_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            out.push((
+                entry.file_name().to_string_lossy().into_owned(),
+                std::fs::read(entry.path()).unwrap(),
+            ));
+        }
+    }
+    assert!(
+        out.iter().any(|(name, _)| name == ENVELOPE_KEY_FILE),
+        "{ENVELOPE_KEY_FILE} is next to the redb file"
+    );
+    out
+}
+
+/// Neither the envelopes (whole, their first 32 bytes, 32 bytes from the
+/// middle, their last 32 bytes) nor the keys appear in any file of `dir`.
+fn assert_nothing_recoverable(dir: &Path, envelopes: &[Envelope], keys: &[[u8; 32]]) {
+    let mid = ENVELOPE_SIZE / 2 + 7;
+    let mut needles: Vec<(&str, &[u8])> = Vec::new();
+    for e in envelopes {
+        let e = e.as_bytes();
+        needles.push(("a whole envelope", e));
+        needles.push(("an envelope's first 32 bytes", &e[..32]));
+        needles.push(("32 bytes from an envelope's middle", &e[mid..mid + 32]));
+        needles.push(("an envelope's last 32 bytes", &e[ENVELOPE_SIZE - 32..]));
+    }
+    for k in keys {
+        needles.push(("an envelope key", k));
+    }
+    let bare: Vec<&[u8]> = needles.iter().map(|(_, n)| *n).collect();
+    for (name, bytes) in raw_files(dir) {
+        let found = find_any(&bytes, &bare);
+        assert!(
+            found.is_none(),
+            "{} is recoverable from {name}",
+            found.map_or("", |i| needles[i].0)
+        );
+    }
+}
+
+/// Closes the store, then compacts its redb file the way an operator
+/// could (compaction moves live pages and releases freed ones).
+fn close_and_compact(s: EmbeddedStore, dir: &Path) {
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut db = Database::open(dir.join("m.redb")).unwrap();
+    db.compact().unwrap();
+    drop(db);
+}
+
+/// A mailbox (id [1; 32], send capability [2; 32]) of random envelopes.
+struct Stored {
+    store: EmbeddedStore,
+    id: MailboxId,
+    seqs: Vec<u64>,
+    envelopes: Vec<Envelope>,
+    /// Each envelope's at-rest key, read before it is destroyed.
+    keys: Vec<[u8; 32]>,
+}
+
+/// Stores `n` random envelopes in a new mailbox and checks that each
+/// fetches back intact.
+fn stored(dir: &Path, n: usize, expires_at: u64) -> Stored {
+    let store = open(dir, 100);
+    let id = MailboxId([1; 32]);
+    let cap = [2u8; 32];
+    store.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+    let envelopes: Vec<Envelope> = (0..n).map(|_| random_env()).collect();
+    let seqs: Vec<u64> = envelopes
+        .iter()
+        .map(|e| store.send(cap, e.clone(), expires_at, ProvenWork::NONE).unwrap().1)
+        .collect();
+    let got = store.fetch(&[id], 100).unwrap();
+    assert_eq!(got.len(), n);
+    for ((d, seq), e) in got.iter().zip(&seqs).zip(&envelopes) {
+        assert_eq!((d.mailbox, d.seq, &d.envelope), (id, *seq, e));
+    }
+    let keys: Vec<[u8; 32]> = seqs.iter().map(|seq| store.key_of(id, *seq).unwrap()).collect();
+    assert!(keys.iter().all(|k| *k != [0; 32]));
+    Stored {
+        store,
+        id,
+        seqs,
+        envelopes,
+        keys,
+    }
+}
+
+#[test]
+fn acknowledged_envelopes_leave_no_recoverable_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = stored(dir.path(), 6, u64::MAX);
+    for seq in &t.seqs {
+        t.store.ack(t.id, *seq).unwrap();
+    }
+    assert_eq!(t.store.stats().unwrap().envelopes, 0);
+    assert_nothing_recoverable(dir.path(), &t.envelopes, &t.keys);
+    close_and_compact(t.store, dir.path());
+    assert_nothing_recoverable(dir.path(), &t.envelopes, &t.keys);
+}
+
+#[test]
+fn deleted_mailboxes_leave_no_recoverable_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = stored(dir.path(), 6, u64::MAX);
+    t.store.delete(t.id).unwrap();
+    assert_eq!(t.store.stats().unwrap(), Stats::default());
+    assert_nothing_recoverable(dir.path(), &t.envelopes, &t.keys);
+    close_and_compact(t.store, dir.path());
+    assert_nothing_recoverable(dir.path(), &t.envelopes, &t.keys);
+}
+
+#[test]
+fn expired_envelopes_leave_no_recoverable_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = stored(dir.path(), 6, 100);
+    // One envelope that outlives the sweep stays readable.
+    let kept = random_env();
+    let (_, kept_seq) = t.store.send([2; 32], kept.clone(), 300, ProvenWork::NONE).unwrap();
+    assert_eq!(t.store.expire(200).unwrap(), 6);
+    let left = t.store.fetch(&[t.id], 100).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!((left[0].seq, &left[0].envelope), (kept_seq, &kept));
+    assert_nothing_recoverable(dir.path(), &t.envelopes, &t.keys);
+    close_and_compact(t.store, dir.path());
+    assert_nothing_recoverable(dir.path(), &t.envelopes, &t.keys);
+}
+
+#[test]
+fn stored_envelopes_are_encrypted_at_rest_and_their_keys_never_reach_redb() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = stored(dir.path(), 4, u64::MAX);
+    for (name, bytes) in raw_files(dir.path()) {
+        for e in &t.envelopes {
+            assert!(!contains(&bytes, &e.as_bytes()[..32]), "plaintext in {name}");
+            assert!(!contains(&bytes, &e.as_bytes()[2000..2032]), "plaintext in {name}");
+        }
+        for k in &t.keys {
+            assert_eq!(contains(&bytes, k), name == ENVELOPE_KEY_FILE, "a key in {name}");
+        }
+    }
+}
+
+#[test]
+fn keys_of_uncommitted_envelopes_are_zeroed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = MailboxId([1; 32]);
+    let cap = [2u8; 32];
+    let first = random_env();
+    let key_path = dir.path().join(ENVELOPE_KEY_FILE);
+    {
+        let s = open(dir.path(), 10);
+        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+        s.send(cap, first.clone(), u64::MAX, ProvenWork::NONE).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(std::fs::metadata(&key_path).unwrap().len(), 32);
+    // A crash after the keys of a batch were written and before its
+    // commit: slot 2 holds a key that no record uses (and a torn slot 3).
+    let orphan = [0xab; 32];
+    {
+        let f = OpenOptions::new().write(true).open(&key_path).unwrap();
+        f.write_all_at(&orphan, 64).unwrap();
+        f.write_all_at(&[0xcd; 5], 96).unwrap();
+    }
+    let s = open(dir.path(), 10);
+    let raw = std::fs::read(&key_path).unwrap();
+    assert_eq!(raw.len(), 4 * 32);
+    assert!(raw[32..].iter().all(|b| *b == 0), "unused slots are zeroed");
+    assert_ne!(raw[..32], [0; 32], "the stored envelope keeps its key");
+    let got = s.fetch(&[id], 10).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].envelope, first);
+    let second = random_env();
+    let (_, seq) = s.send(cap, second.clone(), u64::MAX, ProvenWork::NONE).unwrap();
+    assert_eq!(s.fetch(&[id], 10).unwrap()[1].envelope, second);
+    assert_eq!(
+        std::fs::metadata(&key_path).unwrap().len(),
+        4 * 32,
+        "a zeroed slot is reused"
+    );
+    s.ack(id, seq).unwrap();
+    assert_eq!(s.fetch(&[id], 10).unwrap().len(), 1);
+}
+
+#[test]
+fn a_record_whose_key_is_bad_is_a_storage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = MailboxId([1; 32]);
+    let cap = [2u8; 32];
+    let seq;
+    {
+        let s = open(dir.path(), 10);
+        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+        seq = s.send(cap, env(1), u64::MAX, ProvenWork::NONE).unwrap().1;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let f = OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(ENVELOPE_KEY_FILE))
+        .unwrap();
+    f.write_all_at(&[0x55; 32], 0).unwrap();
+    drop(f);
+    let s = open(dir.path(), 10);
+    assert_eq!(s.fetch(&[id], 10), Err(StoreError::corrupt("envelope record")));
+    // The record can still be removed, and its slot is zeroed.
+    s.ack(id, seq).unwrap();
+    assert_eq!(s.fetch(&[id], 10).unwrap(), vec![]);
+    assert!(std::fs::read(dir.path().join(ENVELOPE_KEY_FILE))
+        .unwrap()
+        .iter()
+        .all(|b| *b == 0));
+}
+
+#[test]
+fn a_record_whose_slot_is_far_past_the_key_file_is_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = MailboxId([1; 32]);
+    let cap = [2u8; 32];
+    {
+        let s = open(dir.path(), 10);
+        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+        s.send(cap, env(1), u64::MAX, ProvenWork::NONE).unwrap();
+    }
+    // A damaged or planted data directory: the record names slot 2^36.
+    {
+        let db = Database::open(dir.path().join("m.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut envs = txn.open_table(ENVELOPES).unwrap();
+            let (k, mut v) = {
+                let (k, v) = envs.first().unwrap().unwrap();
+                (k.value().to_vec(), v.value().to_vec())
+            };
+            v[9..17].copy_from_slice(&(1u64 << 36).to_be_bytes());
+            envs.insert(&k[..], &v[..]).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let s = open(dir.path(), 10);
+    // The keyless record is gone (it could never be read) and its mailbox is usable.
+    assert_eq!(s.fetch(&[id], 10).unwrap(), vec![]);
+    s.send(cap, env(2), u64::MAX, ProvenWork::NONE).unwrap();
+    assert_eq!(s.fetch(&[id], 10).unwrap().len(), 1);
+    // The key file did not grow towards the far slot.
+    assert!(std::fs::metadata(dir.path().join(ENVELOPE_KEY_FILE)).unwrap().len() <= 2 * 32);
+}
+
+#[test]
+fn the_key_file_grows_only_with_envelopes_stored_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 100);
+    let id = MailboxId([1; 32]);
+    let cap = [2u8; 32];
+    s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+    for _ in 0..5 {
+        let seqs: Vec<u64> = (0..3)
+            .map(|i| s.send(cap, env(i), u64::MAX, ProvenWork::NONE).unwrap().1)
+            .collect();
+        for seq in seqs {
+            s.ack(id, seq).unwrap();
+        }
+    }
+    assert_eq!(
+        std::fs::metadata(dir.path().join(ENVELOPE_KEY_FILE)).unwrap().len(),
+        3 * 32
+    );
+}
+
+#[test]
+fn fetches_racing_acks_skip_gone_envelopes_without_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(dir.path(), 100));
+    let (slow, slow_cap) = (MailboxId([1; 32]), [2u8; 32]);
+    let (busy, busy_cap) = (MailboxId([4; 32]), [5u8; 32]);
+    s.create(slow, [3; 32], Sha256::digest(slow_cap).into(), 0).unwrap();
+    s.create(busy, [3; 32], Sha256::digest(busy_cap).into(), 0).unwrap();
+    // A fetch opens these first, which gives the writer time to destroy
+    // the key of a `busy` envelope that the fetch's snapshot still holds.
+    for _ in 0..40 {
+        s.send(slow_cap, env(6), u64::MAX, ProvenWork::NONE).unwrap();
+    }
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (s, done) = (s.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut fetched = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for d in s.fetch(&[slow, busy], 100).unwrap() {
+                    assert_eq!(d.envelope, env(if d.mailbox == slow { 6 } else { 7 }));
+                    fetched += usize::from(d.mailbox == busy);
+                }
+            }
+            fetched
+        })
+    };
+    // Every envelope is acknowledged right after it is stored, so its
+    // slot is zeroed and reused while a fetch may still see its record.
+    for _ in 0..300 {
+        let (_, seq) = s.send(busy_cap, env(7), u64::MAX, ProvenWork::NONE).unwrap();
+        s.ack(busy, seq).unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+}
+
+#[test]
+fn records_stored_in_the_clear_by_an_older_relay_are_sealed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = MailboxId([1; 32]);
+    let cap = [2u8; 32];
+    let old = random_env();
+    {
+        let s = open(dir.path(), 10);
+        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    {
+        let db = Database::open(dir.path().join("m.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut boxes = txn.open_table(MAILBOXES).unwrap();
+            let rec = MailboxRecord::decode(boxes.get(&id.0[..]).unwrap().unwrap().value()).unwrap();
+            let rec = MailboxRecord {
+                next_seq: 2,
+                count: 1,
+                ..rec
+            };
+            boxes.insert(&id.0[..], &rec.encode()[..]).unwrap();
+            let mut envs = txn.open_table(ENVELOPES).unwrap();
+            let mut value = 500u64.to_be_bytes().to_vec();
+            value.extend_from_slice(old.as_bytes());
+            envs.insert(&record_key(&id, 1)[..], &value[..]).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let s = open(dir.path(), 10);
+    let got = s.fetch(&[id], 10).unwrap();
+    assert_eq!((got.len(), got[0].seq, &got[0].envelope), (1, 1, &old));
+    assert!(s.key_of(id, 1).is_some());
+    assert_eq!(s.expire(400).unwrap(), 0, "the expiry is kept");
+    let (_, seq) = s.send(cap, env(2), u64::MAX, ProvenWork::NONE).unwrap();
+    assert_eq!(seq, 2);
+    assert_eq!(s.expire(500).unwrap(), 1);
+    assert_eq!(s.fetch(&[id], 10).unwrap().len(), 1);
+}
+
+/// A drop box (a mailbox with a difficulty) takes only envelopes whose nonce
+/// solves the puzzle for that envelope and that mailbox; a refused send stores
+/// nothing. An ordinary mailbox takes any nonce, 0 included.
+#[test]
+fn a_drop_box_takes_only_envelopes_with_their_proof_of_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(dir.path(), 10));
+    let bits = 10;
+    let (drop_box, drop_cap) = (MailboxId([1; 32]), [2u8; 32]);
+    let (other_box, other_cap) = (MailboxId([4; 32]), [5u8; 32]);
+    let (plain, plain_cap) = (MailboxId([6; 32]), [7u8; 32]);
+    let digest = |cap: [u8; 32]| -> [u8; 32] { Sha256::digest(cap).into() };
+    s.create(drop_box, [3; 32], digest(drop_cap), bits).unwrap();
+    s.create(other_box, [3; 32], digest(other_cap), bits).unwrap();
+    s.create(plain, [3; 32], digest(plain_cap), 0).unwrap();
+    let solved = |cap, e: &Envelope| pow::solve(&pow::challenge(&digest(cap), e), bits);
+    let nonce = solved(drop_cap, &env(1));
+    assert!(nonce > 0);
+
+    // Missing, wrong, for another envelope, for another mailbox: refused.
+    let wrong = (1..).find(|n| !pow::check(&pow::challenge(&digest(drop_cap), &env(1)), bits, *n));
+    let for_env2 = solved(drop_cap, &env(2));
+    assert!(!pow::check(&pow::challenge(&digest(drop_cap), &env(1)), bits, for_env2));
+    let for_other_box = solved(other_cap, &env(1));
+    assert!(!pow::check(
+        &pow::challenge(&digest(drop_cap), &env(1)),
+        bits,
+        for_other_box
+    ));
+    for bad in [0, wrong.unwrap(), for_env2, for_other_box] {
+        assert_eq!(
+            s.send(drop_cap, env(1), u64::MAX, proven_work(&drop_cap, &env(1), bad)),
+            Err(StoreError::WorkRequired),
+            "nonce {bad}"
+        );
+    }
+    // The nonce for the other mailbox works there, not here.
+    assert!(s
+        .send(
+            other_cap,
+            env(1),
+            u64::MAX,
+            proven_work(&other_cap, &env(1), for_other_box)
+        )
+        .is_ok());
+    // The async path refuses too.
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    assert_eq!(
+        rt.block_on(MailboxStore::send(&*s, drop_cap, env(1), u64::MAX, ProvenWork::NONE)),
+        Err(StoreError::WorkRequired)
+    );
+    assert_eq!(
+        s.fetch(&[drop_box], 10).unwrap(),
+        Vec::new(),
+        "a refused send stored something"
+    );
+    assert_eq!(s.stats().unwrap().envelopes, 1);
+
+    // The solved nonce is accepted, by both paths.
+    let (to, seq) = s
+        .send(drop_cap, env(1), u64::MAX, proven_work(&drop_cap, &env(1), nonce))
+        .unwrap();
+    assert_eq!(to, drop_box);
+    let (_, seq2) = rt
+        .block_on(MailboxStore::send(
+            &*s,
+            drop_cap,
+            env(2),
+            u64::MAX,
+            proven_work(&drop_cap, &env(2), for_env2),
+        ))
+        .unwrap();
+    let got = s.fetch(&[drop_box], 10).unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].seq, &got[0].envelope), (seq, &env(1)));
+    assert_eq!((got[1].seq, &got[1].envelope), (seq2, &env(2)));
+
+    // An ordinary mailbox: no work needed, any nonce accepted.
+    s.send(plain_cap, env(1), u64::MAX, ProvenWork::NONE).unwrap();
+    s.send(plain_cap, env(2), u64::MAX, proven_work(&plain_cap, &env(2), 12345))
+        .unwrap();
+    rt.block_on(MailboxStore::send(&*s, plain_cap, env(3), u64::MAX, ProvenWork::NONE))
+        .unwrap();
+    assert_eq!(s.fetch(&[plain], 10).unwrap().len(), 3);
+}
+
+/// The difficulty survives a restart, and mailbox records written before
+/// drop boxes (without the difficulty byte) read as ordinary mailboxes.
+#[test]
+fn the_difficulty_is_stored_and_old_records_are_ordinary_mailboxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (drop_box, drop_cap) = (MailboxId([1; 32]), [2u8; 32]);
+    let (old, old_cap) = (MailboxId([4; 32]), [5u8; 32]);
+    {
+        let s = open(dir.path(), 10);
+        s.create(drop_box, [3; 32], Sha256::digest(drop_cap).into(), 8).unwrap();
+        s.create(old, [3; 32], Sha256::digest(old_cap).into(), 0).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    {
+        let db = Database::open(dir.path().join("m.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut boxes = txn.open_table(MAILBOXES).unwrap();
+            let mut value = boxes.get(&old.0[..]).unwrap().unwrap().value().to_vec();
+            assert_eq!(value.len(), MAILBOX_RECORD_LEN);
+            // The record as a relay before drop boxes wrote it: no version, no difficulty.
+            value = value[1..1 + LEGACY_MAILBOX_LEN_BEFORE_POW].to_vec();
+            boxes.insert(&old.0[..], &value[..]).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let s = open(dir.path(), 10);
+    assert_eq!(
+        s.send(drop_cap, env(1), u64::MAX, ProvenWork::NONE),
+        Err(StoreError::WorkRequired)
+    );
+    let nonce = pow::solve(&pow::challenge(&Sha256::digest(drop_cap).into(), &env(1)), 8);
+    s.send(drop_cap, env(1), u64::MAX, proven_work(&drop_cap, &env(1), nonce))
+        .unwrap();
+    s.send(old_cap, env(1), u64::MAX, ProvenWork::NONE).unwrap();
+    assert_eq!(s.recipient_key(old).unwrap(), Some([3; 32]));
+    assert_eq!(s.fetch(&[old], 10).unwrap().len(), 1);
+    // A record of any other length is corrupt.
+    assert!(MailboxRecord::decode(&[0; MAILBOX_RECORD_LEN + 1]).is_err());
+    assert!(MailboxRecord::decode(&[0; LEGACY_MAILBOX_LEN_BEFORE_POW - 1]).is_err());
+}
+
+/// Rewrites a closed store's data directory as release 94ba14f wrote it (format 1):
+/// records without their version byte, no `format` table.
+fn rewrite_as_format_1(path: &Path) {
+    let db = Database::open(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    for table in [MAILBOXES, SENDERS, ENVELOPES] {
+        let mut t = txn.open_table(table).unwrap();
+        let all: Vec<(Vec<u8>, Vec<u8>)> = t
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value().to_vec(), v.value().to_vec())
+            })
+            .collect();
+        for (k, v) in all {
+            assert_eq!(v[0], record::RECORD_VERSION);
+            t.insert(&k[..], &v[1..]).unwrap();
+        }
+    }
+    txn.delete_table(redb::TableDefinition::<&str, u32>::new("format"))
+        .unwrap();
+    txn.commit().unwrap();
+}
+
+/// Every record's first byte, by table.
+fn record_versions(path: &Path) -> Vec<(&'static str, usize, u8)> {
+    let db = Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let mut out = Vec::new();
+    for (name, table) in [("mailboxes", MAILBOXES), ("senders", SENDERS), ("envelopes", ENVELOPES)] {
+        let t = txn.open_table(table).unwrap();
+        for e in t.iter().unwrap() {
+            let (_, v) = e.unwrap();
+            out.push((name, v.value().len(), v.value()[0]));
+        }
+    }
+    out
+}
+
+/// A data directory of format 1 (release 94ba14f: unversioned records) opens, its
+/// envelopes read back, and it is converted to the current format: every record
+/// versioned, sends and claims go on where they were.
+#[test]
+fn a_format_1_data_directory_is_converted_and_keeps_its_envelopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.redb");
+    let (id, cap) = (MailboxId([1; 32]), [2u8; 32]);
+    let envelopes: Vec<Envelope> = (0..3).map(|_| random_env()).collect();
+    {
+        let s = open(dir.path(), 10);
+        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+        for e in &envelopes {
+            s.send(cap, e.clone(), u64::MAX, ProvenWork::NONE).unwrap();
+        }
+        s.claim(cap, 0, [7; 32]).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    rewrite_as_format_1(&path);
+    assert!(record_versions(&path)
+        .iter()
+        .all(|(_, len, _)| [32, 117, 4128].contains(len)));
+
+    let s = open(dir.path(), 10);
+    let got = s.fetch(&[id], 10).unwrap();
+    assert_eq!(got.iter().map(|d| d.envelope.clone()).collect::<Vec<_>>(), envelopes);
+    assert_eq!(s.recipient_key(id).unwrap(), Some([3; 32]));
+    let (_, seq) = s.send(cap, env(9), u64::MAX, ProvenWork::NONE).unwrap();
+    assert_eq!(seq, 4, "the sequence goes on");
+    assert_eq!(s.claim(cap, 0, [8; 32]), Err(StoreError::EpochConflict(1)));
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let versions = record_versions(&path);
+    assert_eq!(versions.len(), 1 + 1 + 4);
+    assert!(
+        versions.iter().all(|(_, _, v)| *v == record::RECORD_VERSION),
+        "{versions:?}"
+    );
+}
+
+/// A data directory written by a newer backchannel is refused with a message that says
+/// to upgrade, and nothing in it is rewritten (not the database, not the key file).
+#[test]
+fn a_newer_data_directory_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.redb");
+    {
+        let s = open(dir.path(), 10);
+        s.create(MailboxId([1; 32]), [3; 32], Sha256::digest([2u8; 32]).into(), 0)
+            .unwrap();
+        s.send([2; 32], env(1), u64::MAX, ProvenWork::NONE).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(redb::TableDefinition::<&str, u32>::new("format"))
+            .unwrap()
+            .insert("data directory", FORMAT + 1)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    // A stray key that an open would zero, were it allowed to write.
+    {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(ENVELOPE_KEY_FILE))
+            .unwrap();
+        f.write_all_at(&[0xab; 32], 32).unwrap();
+    }
+    let before = raw_files(dir.path());
+    let e = EmbeddedStore::open(&path, 10).unwrap_err();
+    assert_eq!(
+        e,
+        StoreError::NewerFormat {
+            what: "data directory",
+            found: FORMAT + 1,
+            known: FORMAT
+        }
+    );
+    assert!(
+        e.to_string()
+            .starts_with("this relay data directory was written by a newer backchannel"),
+        "{e}"
+    );
+    assert!(e.to_string().ends_with("upgrade backchannel"), "{e}");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(raw_files(dir.path()), before, "nothing was rewritten");
+
+    // So is a record of a newer version in a directory of the current format.
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(redb::TableDefinition::<&str, u32>::new("format"))
+            .unwrap()
+            .insert("data directory", FORMAT)
+            .unwrap();
+        {
+            let mut envs = txn.open_table(ENVELOPES).unwrap();
+            let (k, mut v) = {
+                let (k, v) = envs.first().unwrap().unwrap();
+                (k.value().to_vec(), v.value().to_vec())
+            };
+            v[0] = record::RECORD_VERSION + 1;
+            envs.insert(&k[..], &v[..]).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let key_file = std::fs::read(dir.path().join(ENVELOPE_KEY_FILE)).unwrap();
+    assert!(matches!(
+        EmbeddedStore::open(&path, 10),
+        Err(StoreError::NewerFormat {
+            what: "envelope record",
+            ..
+        })
+    ));
+    assert_eq!(
+        std::fs::read(dir.path().join(ENVELOPE_KEY_FILE)).unwrap(),
+        key_file,
+        "the key file is untouched"
+    );
+}

@@ -1,0 +1,202 @@
+//! The data directory's format version, and the conversion of older layouts.
+//!
+//! A data directory of format 2 (this code) holds the version in the redb table
+//! `format` (key `"data directory"`, a u32) and writes every record with a version
+//! byte ([`super::record`]). Format 1 is what release 94ba14f and earlier wrote: no
+//! `format` table, unversioned records told apart by their length, envelopes sealed
+//! at rest (or, before that, in the clear). The key file has had one layout, an
+//! array of 32-byte slots, in both.
+//!
+//! On open, before anything in the directory is written (the key file included):
+//! - a format newer than [`FORMAT`] is refused with [`StoreError::NewerFormat`]
+//!   ("… upgrade backchannel"), and nothing is changed;
+//! - format 1 is converted: every record is rewritten in the current layout (an
+//!   envelope stored in the clear is sealed under a new key), in batches, then the
+//!   version is written. A crash midway leaves records of both layouts, which read
+//!   alike, and the next open finishes the conversion.
+
+use std::ops::Bound;
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+use super::at_rest::{fresh_key, seal, EnvelopeKey, KeyFile, SlotBook};
+use super::record::{decode_sender, encode_envelope_value, encode_sender, EnvelopeValue, MailboxRecord};
+use super::{ENVELOPES, MAILBOXES, MAX_BATCH, SENDERS};
+use crate::store::StoreError;
+
+/// The data directory format this code writes.
+pub const FORMAT: u32 = 2;
+
+/// The table of format versions.
+const FORMATS: TableDefinition<&str, u32> = TableDefinition::new("format");
+/// The key of the data directory's version in [`FORMATS`].
+const DIRECTORY: &str = "data directory";
+
+/// What an opened database holds.
+pub(crate) enum Found {
+    /// Nothing yet: a new data directory.
+    New,
+    /// Format 1 (no version written): to convert.
+    Format1,
+    /// The current format.
+    Current,
+}
+
+/// Reads the data directory's format, refusing a newer one. Writes nothing.
+pub(crate) fn check(db: &Database) -> Result<Found, StoreError> {
+    const DOING: &str = "reading the data directory's format version";
+    let txn = db.begin_read().map_err(StoreError::database(DOING))?;
+    match txn.open_table(FORMATS) {
+        Ok(t) => match t.get(DIRECTORY).map_err(StoreError::database(DOING))? {
+            Some(v) if v.value() > FORMAT => Err(StoreError::NewerFormat {
+                what: "data directory",
+                found: v.value(),
+                known: FORMAT,
+            }),
+            Some(_) => Ok(Found::Current),
+            None => Ok(Found::Format1),
+        },
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            // Format 1 had the three tables and no `format` table.
+            Ok(match txn.open_table(MAILBOXES) {
+                Ok(_) => Found::Format1,
+                Err(redb::TableError::TableDoesNotExist(_)) => Found::New,
+                Err(e) => return Err(StoreError::database(DOING)(e)),
+            })
+        }
+        Err(e) => Err(StoreError::database(DOING)(e)),
+    }
+}
+
+/// Creates the tables of a new data directory and writes its format.
+pub(crate) fn create(db: &Database) -> Result<(), StoreError> {
+    const DOING: &str = "creating the store's tables";
+    let txn = db.begin_write().map_err(StoreError::database(DOING))?;
+    txn.open_table(MAILBOXES).map_err(StoreError::database(DOING))?;
+    txn.open_table(ENVELOPES).map_err(StoreError::database(DOING))?;
+    txn.open_table(SENDERS).map_err(StoreError::database(DOING))?;
+    txn.open_table(FORMATS)
+        .map_err(StoreError::database(DOING))?
+        .insert(DIRECTORY, FORMAT)
+        .map_err(StoreError::database(DOING))?;
+    txn.commit().map_err(StoreError::database(DOING))
+}
+
+/// Rewrites every envelope record of an older layout in the current one, in
+/// batches: a sealed one keeps its key and ciphertext and gains the version byte;
+/// one in the clear is sealed under a new key (its old bytes may remain in freed
+/// pages). Returns how many were converted.
+pub(crate) fn convert_envelopes(db: &Database, keys: &KeyFile, book: &mut SlotBook) -> Result<u64, StoreError> {
+    const DOING: &str = "converting envelope records to the current format";
+    let mut after: Option<Vec<u8>> = None;
+    let mut converted = 0u64;
+    let mut sealed = 0u64;
+    loop {
+        let mut txn = db.begin_write().map_err(StoreError::database(DOING))?;
+        txn.set_two_phase_commit(true);
+        let mut new: Vec<(u64, EnvelopeKey)> = Vec::new();
+        let (more, done) = {
+            let mut envs = txn.open_table(ENVELOPES).map_err(StoreError::database(DOING))?;
+            let mut old = Vec::new();
+            let from = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            for entry in envs
+                .range::<&[u8]>((from, Bound::Unbounded))
+                .map_err(StoreError::database(DOING))?
+            {
+                let (k, v) = entry.map_err(StoreError::database(DOING))?;
+                let legacy = matches!(
+                    EnvelopeValue::parse(v.value()),
+                    Ok(EnvelopeValue::Plaintext { .. } | EnvelopeValue::Sealed { legacy: true, .. })
+                );
+                if legacy {
+                    old.push((k.value().to_vec(), v.value().to_vec()));
+                    if old.len() == MAX_BATCH {
+                        break;
+                    }
+                }
+            }
+            for (k, v) in &old {
+                let Ok(aad) = <[u8; 40]>::try_from(&k[..]) else {
+                    // A damaged key: left for the reads to report.
+                    continue;
+                };
+                let value = match EnvelopeValue::parse(v)? {
+                    EnvelopeValue::Sealed {
+                        expires_at,
+                        slot,
+                        sealed,
+                        ..
+                    } => encode_envelope_value(expires_at, slot, sealed),
+                    EnvelopeValue::Plaintext { expires_at, envelope } => {
+                        let key = fresh_key()?;
+                        let slot = book.take();
+                        let value = encode_envelope_value(expires_at, slot, &seal(&key, &aad, envelope)?);
+                        new.push((slot, key));
+                        sealed += 1;
+                        value
+                    }
+                };
+                envs.insert(&k[..], &value[..]).map_err(StoreError::database(DOING))?;
+            }
+            after = old.last().map(|(k, _)| k.clone());
+            (old.len() == MAX_BATCH, old.len() as u64)
+        };
+        if done == 0 {
+            break;
+        }
+        if !new.is_empty() {
+            keys.write_keys(&new)
+                .and_then(|()| keys.sync())
+                .map_err(StoreError::key_file("writing envelope keys"))?;
+        }
+        txn.commit().map_err(StoreError::database(DOING))?;
+        converted += done;
+        if !more {
+            break;
+        }
+    }
+    if sealed > 0 {
+        tracing::info!(sealed, "sealed stored envelopes of the earlier format at rest");
+    }
+    Ok(converted)
+}
+
+/// Rewrites the mailbox and sender records of format 1 in the current layout and
+/// writes the data directory's format. Run after [`convert_envelopes`].
+pub(crate) fn finish_format1(db: &Database) -> Result<(), StoreError> {
+    const DOING: &str = "converting mailbox records to the current format";
+    let mut txn = db.begin_write().map_err(StoreError::database(DOING))?;
+    txn.set_two_phase_commit(true);
+    {
+        let mut boxes = txn.open_table(MAILBOXES).map_err(StoreError::database(DOING))?;
+        let mut rewrite = Vec::new();
+        for entry in boxes.iter().map_err(StoreError::database(DOING))? {
+            let (k, v) = entry.map_err(StoreError::database(DOING))?;
+            // A corrupt record stays as it is, reported when it is read.
+            if let Ok(rec) = MailboxRecord::decode(v.value()) {
+                rewrite.push((k.value().to_vec(), rec.encode()));
+            }
+        }
+        for (k, v) in rewrite {
+            boxes.insert(&k[..], &v[..]).map_err(StoreError::database(DOING))?;
+        }
+        let mut senders = txn.open_table(SENDERS).map_err(StoreError::database(DOING))?;
+        let mut rewrite = Vec::new();
+        for entry in senders.iter().map_err(StoreError::database(DOING))? {
+            let (k, v) = entry.map_err(StoreError::database(DOING))?;
+            if let Ok(id) = decode_sender(v.value()) {
+                rewrite.push((k.value().to_vec(), encode_sender(&id)));
+            }
+        }
+        for (k, v) in rewrite {
+            senders.insert(&k[..], &v[..]).map_err(StoreError::database(DOING))?;
+        }
+        txn.open_table(FORMATS)
+            .map_err(StoreError::database(DOING))?
+            .insert(DIRECTORY, FORMAT)
+            .map_err(StoreError::database(DOING))?;
+    }
+    txn.commit().map_err(StoreError::database(DOING))?;
+    tracing::info!(format = FORMAT, "converted the data directory to the current format");
+    Ok(())
+}

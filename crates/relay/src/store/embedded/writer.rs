@@ -1,0 +1,455 @@
+//! The writer thread (group commit) and the zeroing thread.
+//!
+//! Every write goes through the single writer thread, which batches whatever is
+//! pending into one redb transaction with two-phase commit, as redb recommends for
+//! attacker-chosen bytes. For each batch: allocate key slots for new envelopes,
+//! write their keys and `fdatasync` the key file, then commit; answer the writes
+//! that deleted nothing; hand the slots the batch freed to the zeroing thread,
+//! which overwrites them with zeros, `fdatasync`s, answers the deletions and only
+//! then gives the slots back for reuse.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use backchannel_core::envelope::Envelope;
+use backchannel_core::mailbox::MailboxId;
+use backchannel_core::pow::ProvenWork;
+use redb::{Database, ReadableTable, ReadableTableMetadata};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::at_rest::{fresh_key, seal, zero_slots, EnvelopeKey, KeyFile, SlotBook};
+use super::record::{decode_sender, encode_envelope_value, encode_sender, record_key, EnvelopeValue, MailboxRecord};
+use super::{count_off, get_record, Table, ENVELOPES, MAILBOXES, MAX_BATCH, SENDERS};
+use crate::store::{Quota, StoreError};
+
+/// What one batch does to the key file.
+#[derive(Default)]
+struct BatchSlots {
+    /// Slots taken for new envelopes, with their keys.
+    new: Vec<(u64, EnvelopeKey)>,
+    /// Slots of the envelopes the batch deletes.
+    freed: Vec<u64>,
+}
+
+pub(crate) enum Write {
+    Create {
+        id: MailboxId,
+        recipient: [u8; 32],
+        send_digest: [u8; 32],
+        pow_bits: u8,
+    },
+    Send {
+        send: [u8; 32],
+        envelope: Envelope,
+        expires_at: u64,
+        /// The work the send's nonce was checked to prove.
+        work: ProvenWork,
+    },
+    Ack {
+        id: MailboxId,
+        seq: u64,
+    },
+    Delete {
+        id: MailboxId,
+    },
+    Claim {
+        send: [u8; 32],
+        epoch: u64,
+        token: [u8; 32],
+    },
+    Expire {
+        now: u64,
+    },
+}
+
+/// What a write answers: the receive id it touched (for sends) and a number.
+pub(crate) type Answer = Result<(MailboxId, u64), StoreError>;
+
+/// Where the writer thread sends a write's answer: to a blocked thread, or to a future.
+pub(crate) enum Reply {
+    Blocking(mpsc::SyncSender<Answer>),
+    Future(tokio::sync::oneshot::Sender<Answer>),
+}
+
+impl Reply {
+    fn send(self, answer: Answer) {
+        // A caller that stopped waiting does not need its answer.
+        let _ = match self {
+            Reply::Blocking(tx) => tx.send(answer).map_err(|_| ()),
+            Reply::Future(tx) => tx.send(answer).map_err(|_| ()),
+        };
+    }
+}
+
+pub(crate) fn writer(
+    db: Arc<Database>,
+    keys: Arc<KeyFile>,
+    mut book: SlotBook,
+    rx: mpsc::Receiver<(Write, Reply)>,
+    max: Quota,
+) {
+    // Zeroing freed keys runs on a thread of its own, so the next batch's commit does
+    // not wait for it. It hands the slots back once their zeros are durable.
+    let (zero_tx, zero_rx) = mpsc::channel::<Zeroing>();
+    let (back_tx, back_rx) = mpsc::channel::<Zeroed>();
+    let zeroer_keys = keys.clone();
+    let zeroer = std::thread::Builder::new()
+        .name("store-zeroer".into())
+        .spawn(move || zeroer(&zeroer_keys, zero_rx, back_tx));
+    let zeroer = zeroer.ok();
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        while let Ok(back) = back_rx.try_recv() {
+            match back {
+                Zeroed::Free(slots) => book.free.extend(slots),
+                Zeroed::Failed(slots) => book.to_zero.extend(slots),
+            }
+        }
+        let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
+        match apply_batch(&db, &keys, &mut book, &writes, max) {
+            Ok((results, shreds)) => {
+                // Writes that deleted nothing are answered now: their effect is
+                // committed. Deletions are answered once the keys they freed are zeroed.
+                let mut waiting = Vec::new();
+                for ((reply, r), shred) in replies.into_iter().zip(results).zip(shreds) {
+                    if shred {
+                        waiting.push((reply, r));
+                    } else {
+                        reply.send(r);
+                    }
+                }
+                let job = Zeroing {
+                    slots: std::mem::take(&mut book.to_zero),
+                    replies: waiting,
+                };
+                if job.slots.is_empty() && job.replies.is_empty() {
+                    continue;
+                }
+                if let Err(mpsc::SendError(job)) = zero_tx.send(job) {
+                    // No zeroer thread: zero here.
+                    let mut book_slots = job.slots;
+                    let done = zero_slots(&keys, &book_slots);
+                    for (reply, r) in job.replies {
+                        reply.send(done.clone().and(r));
+                    }
+                    match done {
+                        Ok(()) => book.free.extend(book_slots.drain(..)),
+                        Err(_) => book.to_zero.append(&mut book_slots),
+                    }
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+    drop(zero_tx);
+    if let Some(z) = zeroer {
+        let _ = z.join();
+    }
+}
+
+/// Key slots to zero, and the answers of the deletions that freed them.
+struct Zeroing {
+    slots: Vec<u64>,
+    replies: Vec<(Reply, Answer)>,
+}
+
+/// Slots handed back by the zeroer.
+enum Zeroed {
+    /// Zeros durable: free to reuse.
+    Free(Vec<u64>),
+    /// Zeroing failed: still to zero.
+    Failed(Vec<u64>),
+}
+
+fn zeroer(keys: &KeyFile, jobs: mpsc::Receiver<Zeroing>, back: mpsc::Sender<Zeroed>) {
+    while let Ok(job) = jobs.recv() {
+        let done = zero_slots(keys, &job.slots);
+        for (reply, r) in job.replies {
+            reply.send(done.clone().and(r));
+        }
+        let _ = back.send(match done {
+            Ok(()) => Zeroed::Free(job.slots),
+            Err(_) => Zeroed::Failed(job.slots),
+        });
+    }
+}
+
+/// What a batch's transaction was doing, for its errors.
+const COMMITTING: &str = "committing a batch of writes";
+
+/// Applies a batch: new keys durable, then the commit. Returns each write's answer
+/// and whether it deleted envelopes (whose keys the zeroer thread then destroys).
+fn apply_batch(
+    db: &Database,
+    keys: &KeyFile,
+    book: &mut SlotBook,
+    batch: &[Write],
+    max: Quota,
+) -> Result<(Vec<Answer>, Vec<bool>), StoreError> {
+    let mut slots = BatchSlots::default();
+    let mut txn = db.begin_write().map_err(StoreError::database(COMMITTING))?;
+    txn.set_two_phase_commit(true);
+    let (results, shreds) = match stage(&txn, book, &mut slots, batch, max) {
+        Ok(staged) => staged,
+        Err(e) => {
+            // The transaction is dropped, so aborted, and no key was written.
+            book.free.extend(slots.new.iter().map(|(slot, _)| *slot));
+            return Err(e);
+        }
+    };
+    if !slots.new.is_empty() {
+        if let Err(e) = keys.write_keys(&slots.new).and_then(|()| keys.sync()) {
+            // Never committed: zero these along with the next batch's freed slots.
+            book.to_zero.extend(slots.new.iter().map(|(slot, _)| *slot));
+            return Err(StoreError::key_file("writing envelope keys")(e));
+        }
+    }
+    // A failed commit may still have reached the disk, so its new slots stay
+    // out of the ledger (neither free nor to zero); the next open sorts them out.
+    txn.commit().map_err(StoreError::database(COMMITTING))?;
+    drop(slots.new);
+    book.to_zero.append(&mut slots.freed);
+    Ok((results, shreds))
+}
+
+/// Applies each write of a batch to the open transaction; returns the
+/// answers and, for each write, whether it deleted envelopes.
+fn stage(
+    txn: &redb::WriteTransaction,
+    book: &mut SlotBook,
+    slots: &mut BatchSlots,
+    batch: &[Write],
+    max: Quota,
+) -> Result<(Vec<Answer>, Vec<bool>), StoreError> {
+    let mut boxes = txn.open_table(MAILBOXES).map_err(StoreError::database(COMMITTING))?;
+    let mut envs = txn.open_table(ENVELOPES).map_err(StoreError::database(COMMITTING))?;
+    let mut senders = txn.open_table(SENDERS).map_err(StoreError::database(COMMITTING))?;
+    let mut tables = Tables {
+        boxes: &mut boxes,
+        envs: &mut envs,
+        senders: &mut senders,
+        book,
+        slots,
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    let mut shreds = Vec::with_capacity(batch.len());
+    for w in batch {
+        let freed = tables.slots.freed.len();
+        results.push(apply(&mut tables, w, max)?);
+        shreds.push(tables.slots.freed.len() > freed);
+    }
+    Ok((results, shreds))
+}
+
+fn sender(senders: &Table<'_>, send: &[u8; 32]) -> Result<Option<MailboxId>, StoreError> {
+    let digest: [u8; 32] = Sha256::digest(send).into();
+    match senders
+        .get(&digest[..])
+        .map_err(StoreError::database("looking up a send capability"))?
+    {
+        Some(v) => Ok(Some(decode_sender(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.ct_eq(b).into()
+}
+
+struct Tables<'a, 't> {
+    boxes: &'a mut Table<'t>,
+    envs: &'a mut Table<'t>,
+    senders: &'a mut Table<'t>,
+    book: &'a mut SlotBook,
+    slots: &'a mut BatchSlots,
+}
+
+/// The slot of an envelope value being removed (none for one in the clear or corrupt).
+fn slot_of(value: &[u8]) -> Option<u64> {
+    EnvelopeValue::parse(value).ok().and_then(|v| v.slot())
+}
+
+/// Applies one write. The outer `Result` is a storage failure that aborts the
+/// batch; the inner one is this operation's own answer (a refused operation
+/// writes nothing).
+fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreError> {
+    let Tables {
+        boxes,
+        envs,
+        senders,
+        book,
+        slots,
+    } = t;
+    const NONE: MailboxId = MailboxId([0; 32]);
+    Ok(match w {
+        Write::Create {
+            id,
+            recipient,
+            send_digest,
+            pow_bits,
+        } => {
+            const DOING: &str = "creating a mailbox";
+            if get_record(boxes, id)?.is_some()
+                || senders
+                    .get(&send_digest[..])
+                    .map_err(StoreError::database(DOING))?
+                    .is_some()
+            {
+                Err(StoreError::MailboxExists)
+            } else {
+                let rec = MailboxRecord {
+                    recipient: *recipient,
+                    send_digest: *send_digest,
+                    next_seq: 1,
+                    count: 0,
+                    next_epoch: 0,
+                    last_token: [0; 32],
+                    pow_bits: *pow_bits,
+                };
+                boxes
+                    .insert(&id.0[..], &rec.encode()[..])
+                    .map_err(StoreError::database(DOING))?;
+                senders
+                    .insert(&send_digest[..], &encode_sender(id)[..])
+                    .map_err(StoreError::database(DOING))?;
+                Ok((*id, 0))
+            }
+        }
+        Write::Send {
+            send,
+            envelope,
+            expires_at,
+            work,
+        } => match sender(senders, send)?
+            .map(|id| get_record(boxes, &id).map(|r| (id, r)))
+            .transpose()?
+        {
+            Some((id, Some(rec))) => {
+                const DOING: &str = "storing an envelope";
+                let id = &id;
+                // Checked first: a send without its work learns nothing else.
+                if !work.meets(rec.pow_bits) {
+                    Err(StoreError::WorkRequired)
+                // A record at the last sequence number (only a damaged or planted
+                // store has one) is full rather than wrapping around.
+                } else if rec.count >= max.per_mailbox || rec.next_seq == u64::MAX {
+                    Err(StoreError::MailboxFull)
+                } else if envs.len().map_err(StoreError::database(DOING))? >= max.total {
+                    // O(1): redb keeps each table's length in its root.
+                    Err(StoreError::RelayFull)
+                } else {
+                    let seq = rec.next_seq;
+                    let rk = record_key(id, seq);
+                    let key = fresh_key()?;
+                    let slot = book.take();
+                    let value = seal(&key, &rk, envelope.as_bytes())
+                        .map(|sealed| encode_envelope_value(*expires_at, slot, &sealed));
+                    slots.new.push((slot, key));
+                    envs.insert(&rk[..], &value?[..]).map_err(StoreError::database(DOING))?;
+                    let rec = MailboxRecord {
+                        next_seq: seq + 1,
+                        count: rec.count + 1,
+                        ..rec
+                    };
+                    boxes
+                        .insert(&id.0[..], &rec.encode()[..])
+                        .map_err(StoreError::database(DOING))?;
+                    Ok((*id, seq))
+                }
+            }
+            _ => Err(StoreError::NoSuchMailbox),
+        },
+        Write::Ack { id, seq } => {
+            let removed = envs
+                .remove(&record_key(id, *seq)[..])
+                .map_err(StoreError::database("deleting an acknowledged envelope"))?
+                .map(|v| slot_of(v.value()));
+            if let Some(slot) = removed {
+                slots.freed.extend(slot);
+                count_off(boxes, id)?;
+            }
+            Ok((*id, 0))
+        }
+        Write::Delete { id } => {
+            const DOING: &str = "deleting a mailbox";
+            let start = record_key(id, 0);
+            let end = record_key(id, u64::MAX);
+            let keys: Vec<Vec<u8>> = envs
+                .range(&start[..]..=&end[..])
+                .map_err(StoreError::database(DOING))?
+                .filter_map(|e| e.ok().map(|(k, _)| k.value().to_vec()))
+                .collect();
+            for k in &keys {
+                if let Some(v) = envs.remove(&k[..]).map_err(StoreError::database(DOING))? {
+                    slots.freed.extend(slot_of(v.value()));
+                }
+            }
+            if let Some(rec) = get_record(boxes, id)? {
+                senders
+                    .remove(&rec.send_digest[..])
+                    .map_err(StoreError::database(DOING))?;
+            }
+            boxes.remove(&id.0[..]).map_err(StoreError::database(DOING))?;
+            Ok((*id, keys.len() as u64))
+        }
+        Write::Claim { send, epoch, token } => match sender(senders, send)?
+            .map(|id| get_record(boxes, &id).map(|r| (id, r)))
+            .transpose()?
+        {
+            Some((id, Some(rec))) => {
+                let id = &id;
+                // Epochs come from the network: u64::MAX must not overflow.
+                let following = epoch.checked_add(1);
+                if let (true, Some(next_epoch)) = (*epoch == rec.next_epoch, following) {
+                    let rec = MailboxRecord {
+                        next_epoch,
+                        last_token: *token,
+                        ..rec
+                    };
+                    boxes
+                        .insert(&id.0[..], &rec.encode()[..])
+                        .map_err(StoreError::database("granting a claim"))?;
+                    Ok((*id, *epoch))
+                } else if following == Some(rec.next_epoch) && ct_eq(token, &rec.last_token) {
+                    Ok((*id, *epoch))
+                } else {
+                    Err(StoreError::EpochConflict(rec.next_epoch))
+                }
+            }
+            _ => Err(StoreError::NoSuchMailbox),
+        },
+        Write::Expire { now } => {
+            const DOING: &str = "deleting expired envelopes";
+            let mut expired = Vec::new();
+            for entry in envs.iter().map_err(StoreError::database(DOING))? {
+                let (k, v) = entry.map_err(StoreError::database(DOING))?;
+                if let Ok(value) = EnvelopeValue::parse(v.value()) {
+                    if value.expires_at() <= *now {
+                        expired.push((k.value().to_vec(), value.slot()));
+                    }
+                }
+            }
+            for (k, slot) in &expired {
+                envs.remove(&k[..]).map_err(StoreError::database(DOING))?;
+                slots.freed.extend(*slot);
+                // A record with a short key (a damaged store) is removed, nothing else.
+                let Some(id) = super::record::record_mailbox(k) else {
+                    continue;
+                };
+                count_off(boxes, &id)?;
+            }
+            Ok((NONE, expired.len() as u64))
+        }
+    })
+}
