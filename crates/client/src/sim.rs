@@ -17,6 +17,7 @@ use backchannel_core::channel::Suite;
 use backchannel_core::frame::{ErrorCode, Request, Response};
 use backchannel_core::identity::Identity;
 use backchannel_core::mailbox::{MailboxId, MailboxKeys};
+use backchannel_core::pow::ProvenWork;
 use backchannel_core::relay_address::RelayAddress;
 use backchannel_relay::store::{EmbeddedStore, MailboxStore, StoreError};
 use rand::seq::SliceRandom;
@@ -105,22 +106,23 @@ impl SimRelay {
         ConnectError::Refused(code, detail)
     }
 
-    /// One request on a connection that has opened `opened`.
-    fn handle(&self, opened: &mut HashSet<MailboxId>, req: &Request) -> Result<Response, ConnectError> {
+    /// One request on a connection that has opened `opened`, through the store's trait
+    /// (as the relay's server calls it).
+    async fn handle(&self, opened: &mut HashSet<MailboxId>, req: &Request) -> Result<Response, ConnectError> {
+        let store = &self.store;
         let r = match req {
             Request::Create {
                 mailbox,
                 recipient_key,
                 send_digest,
                 pow_bits,
-            } => self
-                .store
-                .create(*mailbox, *recipient_key, *send_digest, *pow_bits)
+            } => MailboxStore::create(store, *mailbox, *recipient_key, *send_digest, *pow_bits)
+                .await
                 .map(|()| {
                     opened.insert(*mailbox);
                     Response::Ok
                 }),
-            Request::Open { mailbox, .. } => match self.store.recipient_key(*mailbox) {
+            Request::Open { mailbox, .. } => match MailboxStore::recipient_key(store, *mailbox).await {
                 Ok(Some(_)) => {
                     opened.insert(*mailbox);
                     Ok(Response::Ok)
@@ -128,13 +130,21 @@ impl SimRelay {
                 Ok(None) => Err(StoreError::NoSuchMailbox),
                 Err(e) => Err(e),
             },
-            Request::Send { send, envelope, .. } => self
-                .store
-                .send(*send, envelope.clone(), u64::MAX, 0)
-                .map(|_| Response::Ok),
-            Request::Fetch { max, .. } => {
+            Request::Send { send, envelope, .. } => {
+                MailboxStore::send(store, *send, envelope.clone(), u64::MAX, ProvenWork::NONE)
+                    .await
+                    .map(|_| Response::Ok)
+            }
+            Request::Fetch { max, wait_ms } => {
                 let ids: Vec<MailboxId> = opened.iter().copied().collect();
-                self.store.fetch(&ids, *max as usize).map(|mut list| {
+                // A long-poll, as the relay's: wait (up to `wait_ms`) for something to arrive.
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(*wait_ms));
+                let mut fetched = MailboxStore::fetch(store, &ids, *max as usize).await;
+                while matches!(&fetched, Ok(l) if l.is_empty()) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    fetched = MailboxStore::fetch(store, &ids, *max as usize).await;
+                }
+                fetched.map(|mut list| {
                     let faults = *self.faults.lock().unwrap();
                     let mut rng = self.rng.lock().unwrap();
                     if faults.duplicate {
@@ -147,12 +157,14 @@ impl SimRelay {
                     Response::Envelopes(list)
                 })
             }
-            Request::Ack { mailbox, seq } => self.store.ack(*mailbox, *seq).map(|()| Response::Ok),
+            Request::Ack { mailbox, seq } => MailboxStore::ack(store, *mailbox, *seq).await.map(|()| Response::Ok),
             Request::Delete { mailbox } => {
                 opened.remove(mailbox);
-                self.store.delete(*mailbox).map(|()| Response::Ok)
+                MailboxStore::delete(store, *mailbox).await.map(|()| Response::Ok)
             }
-            Request::Claim { send, epoch, token } => self.store.claim(*send, *epoch, *token).map(|()| Response::Ok),
+            Request::Claim { send, epoch, token } => MailboxStore::claim(store, *send, *epoch, *token)
+                .await
+                .map(|()| Response::Ok),
             _ => Ok(Response::Ok),
         };
         r.map_err(Self::refusal)
@@ -176,7 +188,7 @@ impl Network for SimNet {
                 if !self.crash.allow() {
                     return Err(ConnectError::Unreachable("sim".into()));
                 }
-                out.push(self.relay.handle(&mut self.opened, req));
+                out.push(self.relay.handle(&mut self.opened, req).await);
             }
             Ok(out)
         })
