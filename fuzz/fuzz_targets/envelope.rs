@@ -41,13 +41,13 @@ fn seal_raw(plain: &[u8]) -> Envelope {
         .unwrap();
     let mut bytes = nonce.to_vec();
     bytes.extend_from_slice(&ct);
-    Envelope::from_slice(&bytes).unwrap()
+    Envelope::from_bytes(&bytes).unwrap()
 }
 
 fn from_network(data: &[u8]) {
     let mut b = data[..data.len().min(ENVELOPE_SIZE)].to_vec();
     b.resize(ENVELOPE_SIZE, 0);
-    let env = Envelope::from_slice(&b).unwrap();
+    let env = Envelope::from_bytes(&b).unwrap();
     // Only a real envelope (a seed) opens; whatever opens is a valid chunk.
     if let Ok(c) = open_envelope(&seal_key(), &send_capability(), &env) {
         assert!(c.data.len() <= CHUNK_DATA && (c.total_len as usize) <= MAX_PAYLOAD && c.index < c.count);

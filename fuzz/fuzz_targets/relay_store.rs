@@ -90,7 +90,7 @@ fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
 }
 
 fn envelope(fill: u8) -> Envelope {
-    Envelope::from_slice(&[fill; ENVELOPE_SIZE]).unwrap()
+    Envelope::from_bytes(&[fill; ENVELOPE_SIZE]).unwrap()
 }
 
 fn run(dir: &Path, input: &Input) {

@@ -199,7 +199,7 @@ fn stamped_at(due: Duration, serial: u64) -> Result<Envelope, BenchError> {
     let ns = due.as_nanos() as u64;
     b[..8].copy_from_slice(&ns.to_le_bytes());
     b[8..16].copy_from_slice(&serial.to_le_bytes());
-    Ok(Envelope::from_slice(&b)?)
+    Ok(Envelope::from_bytes(&b)?)
 }
 
 fn stamp_of(e: &Envelope) -> u64 {

@@ -260,7 +260,7 @@ fn code(r: Result<Response, ConnectError>) -> Option<ErrorCode> {
 }
 
 fn envelope(byte: u8) -> Envelope {
-    Envelope::from_slice(&[byte; ENVELOPE_SIZE]).unwrap()
+    Envelope::from_bytes(&[byte; ENVELOPE_SIZE]).unwrap()
 }
 
 #[test]

@@ -153,7 +153,7 @@ fn a_drop_box_refuses_envelopes_without_their_proof_of_work() {
     let root = tempfile::tempdir().unwrap();
     let (_relay, owner, address) = desk_with_drop_box(root.path(), 12);
     let to = DropAddress::from_text(&address).unwrap();
-    let envelope = Envelope::from_slice(&[9u8; ENVELOPE_SIZE]).unwrap();
+    let envelope = Envelope::from_bytes(&[9u8; ENVELOPE_SIZE]).unwrap();
     let challenge = pow::challenge(&to.mailbox.send.digest(), &envelope);
     let solved = pow::solve(&challenge, 12);
     let wrong = (1..).find(|n| !pow::check(&challenge, 12, *n)).unwrap();

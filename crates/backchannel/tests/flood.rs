@@ -163,7 +163,7 @@ fn last_counts(logs: &str) -> HashMap<String, u64> {
 fn random_envelope() -> Envelope {
     let mut b = vec![0u8; ENVELOPE_SIZE];
     OsRng.fill_bytes(&mut b);
-    Envelope::from_slice(&b).unwrap()
+    Envelope::from_bytes(&b).unwrap()
 }
 
 fn refused(r: &Result<Response, ConnectError>, code: ErrorCode) -> bool {

@@ -55,7 +55,7 @@ fn forged_garbage_and_replayed_envelopes_are_never_shown_and_are_reported() {
     // 1. Random bytes: fail the envelope's authentication.
     let mut junk = vec![0u8; ENVELOPE_SIZE];
     OsRng.fill_bytes(&mut junk);
-    inject(&t, vec![Envelope::from_slice(&junk).unwrap()]);
+    inject(&t, vec![Envelope::from_bytes(&junk).unwrap()]);
     // 2. Correctly sealed (the sender knows the mailbox) but a forged MLS message claiming to be alice.
     let forged = seal_payload(
         &t.seal,
@@ -90,7 +90,7 @@ fn forged_garbage_and_replayed_envelopes_are_never_shown_and_are_reported() {
         bob.texts("auth"),
         vec![("alice".to_string(), "transfer approved".to_string())]
     );
-    inject(&t, captured.iter().map(|b| Envelope::from_slice(b).unwrap()).collect());
+    inject(&t, captured.iter().map(|b| Envelope::from_bytes(b).unwrap()).collect());
     let r = bob.run(&["read", "auth", "--json"]);
     assert!(r.stderr.contains("warning:"), "the replay is reported: {}", r.stderr);
     assert_eq!(bob.texts("auth").len(), 1, "the replayed message is shown once");
@@ -296,7 +296,7 @@ fn relay_limits_are_enforced_with_clear_protocol_errors() {
         }
         // A wrong capability looks like a missing mailbox, and so does the receive id used as one.
         for send in [[0; 32], boxes[1].id().0] {
-            let envelope = Envelope::from_slice(&[0u8; ENVELOPE_SIZE]).unwrap();
+            let envelope = Envelope::from_bytes(&[0u8; ENVELOPE_SIZE]).unwrap();
             let r = c.request(&Request::Send { send, envelope, pow: 0 }).await;
             assert!(r.unwrap_err().is(ErrorCode::NoSuchMailbox));
         }

@@ -30,7 +30,7 @@ fn mailbox(c: &Client, channel: &str) -> Mailbox {
 fn exists_at_relay(m: &Mailbox) -> bool {
     rt().block_on(async {
         let mut c = RelayConnection::connect(&m.relay).await.unwrap();
-        let envelope = Envelope::from_slice(&[7u8; ENVELOPE_SIZE]).unwrap();
+        let envelope = Envelope::from_bytes(&[7u8; ENVELOPE_SIZE]).unwrap();
         match c
             .request(&Request::Send {
                 send: m.send,

@@ -177,7 +177,7 @@ impl Filler {
             Filler::Dummy(sink) => {
                 let mut bytes = vec![0u8; ENVELOPE_SIZE];
                 OsRng.fill_bytes(&mut bytes);
-                match Envelope::from_slice(&bytes) {
+                match Envelope::from_bytes(&bytes) {
                     Ok(envelope) => Request::Send {
                         send: sink.0,
                         envelope,

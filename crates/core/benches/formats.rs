@@ -114,7 +114,7 @@ fn safety_numbers(c: &mut Criterion) {
 }
 
 fn frames(c: &mut Criterion) {
-    let env = Envelope::from_slice(&[0xa5; backchannel_core::envelope::ENVELOPE_SIZE]).unwrap();
+    let env = Envelope::from_bytes(&[0xa5; backchannel_core::envelope::ENVELOPE_SIZE]).unwrap();
     let send = Request::Send {
         send: [4; 32],
         envelope: env.clone(),
@@ -154,7 +154,7 @@ fn frames(c: &mut Criterion) {
             .map(|i| Delivery {
                 mailbox: MailboxId([6; 32]),
                 seq: i,
-                envelope: Envelope::from_slice(&[i as u8; backchannel_core::envelope::ENVELOPE_SIZE]).unwrap(),
+                envelope: Envelope::from_bytes(&[i as u8; backchannel_core::envelope::ENVELOPE_SIZE]).unwrap(),
             })
             .collect(),
     );
@@ -168,7 +168,7 @@ fn frames(c: &mut Criterion) {
 /// 40 bytes; a sender makes 2^bits of the second kind on average (`solve` is that loop).
 fn proof_of_work(c: &mut Criterion) {
     use backchannel_core::pow::{challenge, check, solve, work};
-    let env = Envelope::from_slice(&[0x5a; backchannel_core::envelope::ENVELOPE_SIZE]).unwrap();
+    let env = Envelope::from_bytes(&[0x5a; backchannel_core::envelope::ENVELOPE_SIZE]).unwrap();
     let ch = challenge(&[7; 32], &env);
     let nonce = solve(&ch, 12);
     let mut g = c.benchmark_group("pow");
@@ -184,7 +184,7 @@ fn proof_of_work(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             solve(
-                &challenge(&[7; 32], &Envelope::from_slice(&[i as u8; 4096]).unwrap()),
+                &challenge(&[7; 32], &Envelope::from_bytes(&[i as u8; 4096]).unwrap()),
                 16,
             )
         })

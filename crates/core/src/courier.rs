@@ -554,7 +554,7 @@ pub fn open_bundle(file: &[u8], mailboxes: &[MailboxAddress]) -> Result<(Bundle,
     for _ in 0..count {
         let to = r.array()?;
         r.read(&mut envelope)?;
-        let envelope = Envelope::from_slice(&envelope).map_err(|_| CourierError::Damaged)?;
+        let envelope = Envelope::from_bytes(&envelope).map_err(|_| CourierError::Damaged)?;
         entries.push(BundleEntry { to, envelope });
     }
     r.finish()?;
@@ -611,7 +611,7 @@ mod tests {
             .map(|i| {
                 let to = &recipients[i % recipients.len()];
                 let envelope = if i == 0 {
-                    Envelope::from_slice(&[0x41; ENVELOPE_SIZE]).unwrap()
+                    Envelope::from_bytes(&[0x41; ENVELOPE_SIZE]).unwrap()
                 } else {
                     seal_payload(&to.seal, &to.send, PayloadKind::Mls, &[i as u8; 300], rng)
                         .unwrap()

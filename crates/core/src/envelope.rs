@@ -53,7 +53,7 @@ impl fmt::Debug for Envelope {
 
 impl Envelope {
     /// Wraps exactly [`ENVELOPE_SIZE`] bytes.
-    pub fn from_slice(b: &[u8]) -> Result<Self, DecodeError> {
+    pub fn from_bytes(b: &[u8]) -> Result<Self, DecodeError> {
         let arr: [u8; ENVELOPE_SIZE] = b.try_into().map_err(|_| DecodeError::Invalid("envelope size"))?;
         Ok(Self(Box::new(arr)))
     }
@@ -401,7 +401,7 @@ mod tests {
             .remove(0);
         let mut bytes = e.as_bytes().to_vec();
         bytes[100] ^= 1;
-        let flipped = Envelope::from_slice(&bytes).unwrap_or_else(|_| e.clone());
+        let flipped = Envelope::from_bytes(&bytes).unwrap_or_else(|_| e.clone());
         assert_eq!(open_envelope(&k, &m, &flipped), Err(EnvelopeError::Unauthentic));
         assert_eq!(
             open_envelope(&k, &SendCapability([5; 32]), &e),

@@ -364,7 +364,7 @@ pub fn decode_request(frame: &[u8]) -> Result<(u32, Request), FrameError> {
             },
             0x02 => Request::Send {
                 send: r.array()?,
-                envelope: Envelope::from_slice(r.take(ENVELOPE_SIZE)?)?,
+                envelope: Envelope::from_bytes(r.take(ENVELOPE_SIZE)?)?,
                 pow: r.u64()?,
             },
             0x03 => Request::Open {
@@ -483,7 +483,7 @@ pub fn decode_response(frame: &[u8]) -> Result<ResponseFrame, FrameError> {
                     list.push(Delivery {
                         mailbox: MailboxId(r.array()?),
                         seq: r.u64()?,
-                        envelope: Envelope::from_slice(r.take(ENVELOPE_SIZE)?)?,
+                        envelope: Envelope::from_bytes(r.take(ENVELOPE_SIZE)?)?,
                     });
                 }
                 Response::Envelopes(list)
@@ -547,7 +547,7 @@ mod tests {
         (any::<u8>(), any::<u64>()).prop_map(|(b, n)| {
             let mut v = vec![b; ENVELOPE_SIZE];
             v[..8].copy_from_slice(&n.to_be_bytes());
-            Envelope::from_slice(&v).unwrap_or_else(|_| unreachable!())
+            Envelope::from_bytes(&v).unwrap_or_else(|_| unreachable!())
         })
     }
 
@@ -703,7 +703,7 @@ mod tests {
             2,
             &Request::Send {
                 send: [1; 32],
-                envelope: Envelope::from_slice(&[9; ENVELOPE_SIZE]).unwrap_or_else(|_| unreachable!()),
+                envelope: Envelope::from_bytes(&[9; ENVELOPE_SIZE]).unwrap_or_else(|_| unreachable!()),
                 pow: u64::MAX,
             },
         );
@@ -718,7 +718,7 @@ mod tests {
     /// zero padding: such a frame reads as an ordinary mailbox and no nonce.
     #[test]
     fn pow_fields_fill_former_padding_and_are_bounded() {
-        let envelope = Envelope::from_slice(&[9; ENVELOPE_SIZE]).unwrap_or_else(|_| unreachable!());
+        let envelope = Envelope::from_bytes(&[9; ENVELOPE_SIZE]).unwrap_or_else(|_| unreachable!());
         // The largest request fits: tag, id, capability, envelope, nonce.
         const { assert!(1 + 4 + 32 + ENVELOPE_SIZE + 8 <= FRAME_SIZE) };
         let mut old_send = vec![0x02, 0, 0, 0, 5];
@@ -783,7 +783,7 @@ mod tests {
         let d = Delivery {
             mailbox: MailboxId([1; 32]),
             seq: 1,
-            envelope: Envelope::from_slice(&[9; ENVELOPE_SIZE]).unwrap_or_else(|_| unreachable!()),
+            envelope: Envelope::from_bytes(&[9; ENVELOPE_SIZE]).unwrap_or_else(|_| unreachable!()),
         };
         let two = encode_response(7, &Response::Envelopes(vec![d.clone(), d.clone()]));
         let mut asm = ResponseAssembler::default();

@@ -23,6 +23,19 @@
 //! | [`safety_number`] | 60-digit numbers to compare aloud |
 //! | [`courier`] | courier bundles: sealed envelopes carried by hand on a file |
 //! | [`vault`] | passphrase-sealed client state |
+//!
+//! Names of encoders and decoders, one convention for the whole crate:
+//! - a whole value as bytes: `to_bytes` / `from_bytes` (envelopes, messages, join
+//!   requests, channel info, mailbox addresses);
+//! - a whole value as a line of text: `to_text` / `from_text` (invites, drop
+//!   addresses, receipts);
+//! - a part of a larger encoding, read from or written to a [`codec::Reader`] or
+//!   [`codec::Writer`]: `encode` / `decode`;
+//! - a frame on the wire, whose first bytes say what it is: `encode_request` /
+//!   `decode_request` and `encode_response` / `decode_response` in [`frame`];
+//! - a sealed format (a bundle, a letter, a vault): `seal_*` / `open_*`.
+//!
+//! Every decoder takes untrusted bytes and returns an error, never panics.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 

@@ -170,7 +170,7 @@ mod tests {
     fn envelope(fill: u8, n: u64) -> Envelope {
         let mut v = vec![fill; ENVELOPE_SIZE];
         v[..8].copy_from_slice(&n.to_be_bytes());
-        Envelope::from_slice(&v).unwrap_or_else(|_| unreachable!())
+        Envelope::from_bytes(&v).unwrap_or_else(|_| unreachable!())
     }
 
     fn nth_challenge(i: u64) -> [u8; 32] {
@@ -271,7 +271,7 @@ mod tests {
             base,
             challenge(
                 &[7; 32],
-                &Envelope::from_slice(&bytes).unwrap_or_else(|_| unreachable!())
+                &Envelope::from_bytes(&bytes).unwrap_or_else(|_| unreachable!())
             )
         );
     }

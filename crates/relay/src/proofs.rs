@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn only_proofs_of_real_work_are_remembered() {
-        let envelope = Envelope::from_slice(&[7u8; backchannel_core::envelope::ENVELOPE_SIZE]).unwrap();
+        let envelope = Envelope::from_bytes(&[7u8; backchannel_core::envelope::ENVELOPE_SIZE]).unwrap();
         let send = [3u8; 32];
         assert_eq!(SpentProofs::key(proof(&send, &envelope, 0)), None);
         let digest: [u8; 32] = Sha256::digest(send).into();

@@ -977,7 +977,7 @@ mod tests {
             });
             assert_eq!(conn.serve(&shared, create).await, Response::Ok);
         }
-        let envelope = Envelope::from_slice(&[9; ENVELOPE_SIZE]).unwrap();
+        let envelope = Envelope::from_bytes(&[9; ENVELOPE_SIZE]).unwrap();
         let send = |send, pow| {
             wire(Request::Send {
                 send,

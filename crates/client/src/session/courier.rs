@@ -49,7 +49,7 @@ impl Session {
             }
             let to = item.to.send.digest();
             for e in &item.envelopes {
-                if let Ok(envelope) = Envelope::from_slice(e) {
+                if let Ok(envelope) = Envelope::from_bytes(e) {
                     entries.push(BundleEntry { to, envelope });
                 }
             }

@@ -181,7 +181,7 @@ impl Session {
                 requests: item
                     .envelopes
                     .iter()
-                    .filter_map(|e| Envelope::from_slice(e).ok())
+                    .filter_map(|e| Envelope::from_bytes(e).ok())
                     .map(|envelope| Request::Send {
                         send: item.to.send.0,
                         pow: 0,

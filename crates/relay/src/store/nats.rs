@@ -539,7 +539,7 @@ impl NatsStore {
                 out.push(Delivery {
                     mailbox: *id,
                     seq: m.sequence,
-                    envelope: Envelope::from_slice(&m.payload).map_err(|_| corrupt("envelope"))?,
+                    envelope: Envelope::from_bytes(&m.payload).map_err(|_| corrupt("envelope"))?,
                 });
                 from = m.sequence.saturating_add(1);
             }

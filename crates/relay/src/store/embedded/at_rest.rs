@@ -79,7 +79,7 @@ pub(crate) fn open_sealed(keys: &KeyFile, aad: &[u8; 40], slot: u64, sealed: &[u
     ChaCha20Poly1305::new(Key::from_slice(&key[..]))
         .decrypt_in_place_detached(&nonce(), aad, &mut plain, Tag::from_slice(tag))
         .map_err(|_| Unopened::WrongKey)?;
-    Envelope::from_slice(&plain).map_err(|_| Unopened::WrongKey)
+    Envelope::from_bytes(&plain).map_err(|_| Unopened::WrongKey)
 }
 
 fn slot_offset(slot: u64) -> io::Result<u64> {

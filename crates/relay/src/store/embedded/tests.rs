@@ -11,7 +11,7 @@ use super::record::{LEGACY_MAILBOX_LEN_BEFORE_POW, MAILBOX_RECORD_LEN};
 use super::*;
 
 fn env(b: u8) -> Envelope {
-    Envelope::from_slice(&[b; ENVELOPE_SIZE]).unwrap()
+    Envelope::from_bytes(&[b; ENVELOPE_SIZE]).unwrap()
 }
 
 fn open(dir: &Path, max: u32) -> EmbeddedStore {
@@ -141,7 +141,7 @@ fn expiry_and_reopen() {
 fn random_env() -> Envelope {
     let mut b = vec![0u8; ENVELOPE_SIZE];
     OsRng.fill_bytes(&mut b);
-    Envelope::from_slice(&b).unwrap()
+    Envelope::from_bytes(&b).unwrap()
 }
 
 /// The index of a needle (each at least 2 bytes) found in `haystack`.
