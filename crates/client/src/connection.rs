@@ -12,7 +12,6 @@ use backchannel_core::relay_address::{Pin, RelayAddress};
 
 use crate::socks::ProxyAddr;
 use futures_util::{SinkExt, StreamExt};
-use rand_core::{OsRng, RngCore};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -38,8 +37,15 @@ pub enum ConnectError {
     #[error("the relay at {0} is unreachable; check that it is running and the address is right")]
     Unreachable(String),
     /// The SOCKS5 proxy failed or refused.
-    #[error("the proxy {0} could not connect to the relay ({1}); check that the proxy (e.g. Tor) is running")]
-    Proxy(String, String),
+    #[error("the proxy {proxy} could not connect to the relay ({source}); check that the proxy (e.g. Tor) is running")]
+    Proxy {
+        /// The proxy's address.
+        proxy: String,
+        /// What the proxy said, or how talking to it failed (a
+        /// [`SocksError`](crate::socks::SocksError) inside, see `get_ref`).
+        #[source]
+        source: std::io::Error,
+    },
     /// The certificate does not match the pin.
     #[error("the relay at {0} presented a different key than its address pins; someone may be intercepting the connection, or the relay was reinstalled: get its current address from its operator")]
     PinMismatch(String),
@@ -167,12 +173,13 @@ impl RelayConnection {
                 .await
                 .map_err(|_| ConnectError::Unreachable(authority.to_string()))?,
             Some(p) => {
-                let mut isolation = [0u8; 16];
-                OsRng.fill_bytes(&mut isolation);
-                let isolation: String = isolation.iter().map(|b| format!("{b:02x}")).collect();
+                let isolation = crate::session::hex(&crate::session::random_id::<16>());
                 crate::socks::connect(p, &addr.host, addr.port, &isolation)
                     .await
-                    .map_err(|e| ConnectError::Proxy(p.to_string(), e.to_string()))?
+                    .map_err(|source| ConnectError::Proxy {
+                        proxy: p.to_string(),
+                        source,
+                    })?
             }
         };
         let _ = tcp.set_nodelay(true);

@@ -62,7 +62,7 @@ pub(crate) fn payload_digest(payload: &[u8]) -> [u8; 16] {
 }
 
 /// A fresh random id.
-pub(crate) fn random_id<const N: usize>() -> [u8; N] {
+pub fn random_id<const N: usize>() -> [u8; N] {
     let mut id = [0u8; N];
     OsRng.fill_bytes(&mut id);
     id
