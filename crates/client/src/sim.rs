@@ -93,16 +93,9 @@ impl SimRelay {
         *self.faults.lock().unwrap() = f;
     }
 
+    /// A refusal as the relay answers it (a failure of the store is `Storage`).
     fn refusal(e: StoreError) -> ConnectError {
-        let (code, detail) = match e {
-            StoreError::NoSuchMailbox => (ErrorCode::NoSuchMailbox, 0),
-            StoreError::MailboxExists => (ErrorCode::MailboxExists, 0),
-            StoreError::MailboxFull => (ErrorCode::MailboxFull, 0),
-            StoreError::RelayFull => (ErrorCode::RelayFull, 0),
-            StoreError::EpochConflict(next) => (ErrorCode::EpochConflict, next),
-            StoreError::WorkRequired => (ErrorCode::WorkRequired, 0),
-            _ => (ErrorCode::Storage, 0),
-        };
+        let (code, detail) = e.refusal().unwrap_or((ErrorCode::Storage, 0));
         ConnectError::Refused(code, detail)
     }
 

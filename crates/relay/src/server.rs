@@ -690,18 +690,10 @@ pub(crate) fn log_store_failure(doing: &'static str, e: &StoreError) {
 /// The answer to a request the store refused or failed; a failure is logged (see
 /// [`log_store_failure`]) and answered `Storage`.
 fn store_error(doing: &'static str, e: StoreError) -> Response {
-    let (code, detail) = match e {
-        StoreError::NoSuchMailbox => (ErrorCode::NoSuchMailbox, 0),
-        StoreError::MailboxExists => (ErrorCode::MailboxExists, 0),
-        StoreError::MailboxFull => (ErrorCode::MailboxFull, 0),
-        StoreError::RelayFull => (ErrorCode::RelayFull, 0),
-        StoreError::EpochConflict(next) => (ErrorCode::EpochConflict, next),
-        StoreError::WorkRequired => (ErrorCode::WorkRequired, 0),
-        e => {
-            log_store_failure(doing, &e);
-            (ErrorCode::Storage, 0)
-        }
-    };
+    let (code, detail) = e.refusal().unwrap_or_else(|| {
+        log_store_failure(doing, &e);
+        (ErrorCode::Storage, 0)
+    });
     Response::Error { code, detail }
 }
 

@@ -255,11 +255,16 @@ impl State {
 
 impl Drop for State {
     fn drop(&mut self) {
-        self.identity_secret.zeroize();
-        for (k, v) in &mut self.mls {
-            k.zeroize();
-            v.zeroize();
-        }
+        zeroize_secrets(&mut self.identity_secret, &mut self.mls);
+    }
+}
+
+/// Zeroes the secrets a state holds (every layout's): the identity key and the MLS storage.
+fn zeroize_secrets(identity_secret: &mut [u8; 32], mls: &mut [(Vec<u8>, Vec<u8>)]) {
+    identity_secret.zeroize();
+    for (k, v) in mls {
+        k.zeroize();
+        v.zeroize();
     }
 }
 

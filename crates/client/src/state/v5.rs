@@ -13,7 +13,6 @@ use backchannel_core::envelope::Reassembler;
 use backchannel_core::mailbox::MailboxKeys;
 use backchannel_core::relay_address::RelayAddress;
 use serde::Deserialize;
-use zeroize::Zeroize;
 
 use super::{
     ChannelStatus, DeferredMls, DropBox, EventKind, IncomingFile, InviteRecord, OutboxItem, OutgoingFile,
@@ -47,11 +46,7 @@ pub(super) struct State {
 
 impl Drop for State {
     fn drop(&mut self) {
-        self.identity_secret.zeroize();
-        for (k, v) in &mut self.mls {
-            k.zeroize();
-            v.zeroize();
-        }
+        super::zeroize_secrets(&mut self.identity_secret, &mut self.mls);
     }
 }
 

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use backchannel_core::envelope::Envelope;
-use backchannel_core::frame::Delivery;
+use backchannel_core::frame::{Delivery, ErrorCode};
 use backchannel_core::mailbox::MailboxId;
 pub use backchannel_core::pow::ProvenWork;
 
@@ -145,15 +145,21 @@ impl Eq for StoreError {}
 impl StoreError {
     /// Whether this is a failure of the store rather than an answer to the request.
     pub fn is_failure(&self) -> bool {
-        !matches!(
-            self,
-            StoreError::NoSuchMailbox
-                | StoreError::MailboxExists
-                | StoreError::MailboxFull
-                | StoreError::RelayFull
-                | StoreError::EpochConflict(_)
-                | StoreError::WorkRequired
-        )
+        self.refusal().is_none()
+    }
+
+    /// The code and detail a client is answered when the store refused its request;
+    /// `None` for a failure of the store (answered `Storage`, and logged).
+    pub fn refusal(&self) -> Option<(ErrorCode, u64)> {
+        Some(match self {
+            StoreError::NoSuchMailbox => (ErrorCode::NoSuchMailbox, 0),
+            StoreError::MailboxExists => (ErrorCode::MailboxExists, 0),
+            StoreError::MailboxFull => (ErrorCode::MailboxFull, 0),
+            StoreError::RelayFull => (ErrorCode::RelayFull, 0),
+            StoreError::EpochConflict(next) => (ErrorCode::EpochConflict, *next),
+            StoreError::WorkRequired => (ErrorCode::WorkRequired, 0),
+            _ => return None,
+        })
     }
 
     pub(crate) fn database<E: Into<redb::Error>>(doing: &'static str) -> impl FnOnce(E) -> StoreError {
