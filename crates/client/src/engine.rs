@@ -17,7 +17,7 @@ use rand_core::OsRng;
 
 use crate::connection::{ConnectError, RelayConnection};
 use crate::home::{Home, Vault};
-use crate::session::commit::{ClaimAnswer, CommitOutcome, COMMIT_ATTEMPTS};
+use crate::session::commit::{ClaimAnswer, CommitOutcome, Staged, COMMIT_ATTEMPTS};
 use crate::session::outbox::{Delivered, FlushReport};
 use crate::session::{CommitOp, Effect, Role, Session, Via};
 use crate::socks::ProxyAddr;
@@ -575,11 +575,12 @@ impl Engine {
                 None
             };
             let staged = self.session.stage_commit(name, &op, fresh);
+            // Durable before the claim goes out.
             self.perform_local()?;
-            if staged?.is_none() {
+            let Some(staged) = staged? else {
                 return Ok(());
-            }
-            if self.claim_and_finish(name).await? {
+            };
+            if self.claim_and_finish(staged).await? {
                 return Ok(());
             }
             // Lost the epoch: wait for the winner's commit and try again.
@@ -590,17 +591,15 @@ impl Engine {
 
     /// Claims the staged commit's epoch; on success merges and sends it.
     /// Returns false if another member won the epoch (the staged commit is dropped).
-    async fn claim_and_finish(&mut self, name: &str) -> Result<bool, ClientError> {
-        let Some(claim) = self.session.claim(name)? else {
-            return Ok(true);
-        };
+    async fn claim_and_finish(&mut self, staged: Staged) -> Result<bool, ClientError> {
+        let claim = staged.claim().clone();
         let answer = match self.request(&claim.relay, &claim.request).await {
             Ok(_) => ClaimAnswer::Granted,
             Err(e) if e.is(ErrorCode::EpochConflict) => ClaimAnswer::Conflict,
             Err(e) => return Err(e.into()),
         };
         self.tick();
-        let outcome = self.session.claim_answered(name, answer);
+        let outcome = self.session.claim_answered(staged, answer);
         self.perform_local()?;
         match outcome? {
             CommitOutcome::Done => {
@@ -622,8 +621,8 @@ impl Engine {
     }
 
     async fn resume_staged_commits(&mut self) -> Result<(), ClientError> {
-        for name in self.session.staged_commits() {
-            self.claim_and_finish(&name).await?;
+        for staged in self.session.staged_commits() {
+            self.claim_and_finish(staged).await?;
         }
         Ok(())
     }

@@ -50,6 +50,29 @@ pub struct Claim {
     pub request: Request,
 }
 
+/// A commit staged and saved, whose claim is still to be sent. Only
+/// [`Session::stage_commit`] and [`Session::staged_commits`] make one, and
+/// [`Session::claim_answered`] consumes it: a claim's answer can only be given for a
+/// commit that was durably staged first.
+#[derive(Debug)]
+#[must_use = "a staged commit holds its epoch until its claim is answered"]
+pub struct Staged {
+    channel: String,
+    claim: Claim,
+}
+
+impl Staged {
+    /// The channel's local name.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The claim to send to the channel's sequencer.
+    pub fn claim(&self) -> &Claim {
+        &self.claim
+    }
+}
+
 /// What the sequencer answered to a claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimAnswer {
@@ -78,7 +101,7 @@ impl Session {
         name: &str,
         op: &CommitOp,
         fresh: Option<MailboxKeys>,
-    ) -> Result<Option<Claim>, ClientError> {
+    ) -> Result<Option<Staged>, ClientError> {
         self.active(name)?;
         let mut group = self.load_group(name)?;
         let recipients = self.others(&group);
@@ -146,38 +169,43 @@ impl Session {
             ch.pending = Some(pending);
         }
         self.save();
-        self.claim(name)
+        self.staged(name)
     }
 
-    /// The claim for the commit staged in `name`, if one is.
-    pub fn claim(&self, name: &str) -> Result<Option<Claim>, ClientError> {
+    /// The commit staged in `name`, if one is.
+    fn staged(&self, name: &str) -> Result<Option<Staged>, ClientError> {
         let Some(pending) = &self.channel(name)?.pending else {
             return Ok(None);
         };
         let group = self.load_group(name)?;
         let seq = group.info().map_err(ClientError::protocol)?.sequencer;
-        Ok(Some(Claim {
-            relay: seq.relay.clone(),
-            request: Request::Claim {
-                send: seq.send.0,
-                epoch: pending.epoch,
-                token: pending.token,
+        Ok(Some(Staged {
+            channel: name.to_string(),
+            claim: Claim {
+                relay: seq.relay.clone(),
+                request: Request::Claim {
+                    send: seq.send.0,
+                    epoch: pending.epoch,
+                    token: pending.token,
+                },
             },
         }))
     }
 
-    /// The channels with a commit staged (a crash came between its claim and its fan-out).
-    pub fn staged_commits(&self) -> Vec<String> {
+    /// The commits staged in the state (a crash came between a claim and its fan-out),
+    /// to claim again with the same token.
+    pub fn staged_commits(&self) -> Vec<Staged> {
         self.state
             .channels
             .iter()
             .filter(|(_, c)| c.pending.is_some() && c.status == ChannelStatus::Active)
-            .map(|(n, _)| n.clone())
+            .filter_map(|(n, _)| self.staged(n).ok().flatten())
             .collect()
     }
 
-    /// The sequencer answered the claim of the commit staged in `name`.
-    pub fn claim_answered(&mut self, name: &str, answer: ClaimAnswer) -> Result<CommitOutcome, ClientError> {
+    /// The sequencer answered the claim of a staged commit.
+    pub fn claim_answered(&mut self, staged: Staged, answer: ClaimAnswer) -> Result<CommitOutcome, ClientError> {
+        let name = staged.channel.as_str();
         let Some(pending) = self.channel(name)?.pending.clone() else {
             return Ok(CommitOutcome::Done);
         };
