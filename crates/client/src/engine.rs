@@ -23,7 +23,7 @@ use crate::session::{CommitOp, Effect, Role, Session, Via};
 use crate::socks::ProxyAddr;
 use crate::state::{ChannelState, ChannelStatus, EventKind, State};
 use crate::transport::{Links, Network, Results, TransportConfig};
-use crate::ClientError;
+use crate::{ClientError, InviteProblem};
 
 mod drop_box;
 mod files;
@@ -739,14 +739,10 @@ impl Engine {
                 Ok(_) => {}
                 Err(e) if e.is(ErrorCode::NoSuchMailbox) => {
                     self.delete_mailbox(&mailbox).await;
-                    return Err(ClientError::Invite(
-                        "this invite has been used up or withdrawn; ask the inviter for a new one".into(),
-                    ));
+                    return Err(InviteProblem::UsedUp.into());
                 }
                 Err(e) if e.is(ErrorCode::MailboxFull) => {
-                    return Err(ClientError::Invite(
-                        "the invite's mailbox is full; try again later".into(),
-                    ));
+                    return Err(InviteProblem::MailboxFull.into());
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::session::Blobs;
 use crate::state::State;
-use crate::ClientError;
+use crate::{ClientError, Damage};
 
 const VAULT: &str = "state.bcv";
 const LOCK: &str = "lock";
@@ -86,7 +86,7 @@ impl Home {
             return Err(ClientError::AlreadyInitialized(dir.to_path_buf()));
         }
         let key = VaultKey::create(passphrase, KdfParams::default(), &mut OsRng)
-            .map_err(|_| ClientError::Corrupt("bad key-derivation parameters".into()))?;
+            .map_err(|e| ClientError::Corrupt(Damage::Vault(e)))?;
         let mut home = Self {
             dir: dir.to_path_buf(),
             key: Arc::new(key),
@@ -183,7 +183,7 @@ impl Blobs for SealedFiles {
             .map_err(|e| ClientError::io("reading part of a received file", e))?;
         self.key
             .open(&blob)
-            .map_err(|_| ClientError::Corrupt("part of a received file was modified on disk".into()))
+            .map_err(|_| ClientError::Corrupt(Damage::SealedPart))
     }
 
     fn remove(&mut self, dir: &str) {
@@ -199,6 +199,6 @@ fn vault_error(e: VaultError) -> ClientError {
             found: v.to_digit(10).unwrap_or(0),
             known: 1,
         },
-        other => ClientError::Corrupt(other.to_string()),
+        other => ClientError::Corrupt(Damage::Vault(other)),
     }
 }

@@ -59,7 +59,7 @@ pub enum ClientError {
     },
     /// The local store is damaged.
     #[error("the local store is damaged ({0}); restore it from a backup — nothing was changed")]
-    Corrupt(String),
+    Corrupt(#[source] Damage),
     /// A file operation failed.
     #[error("{context} failed: {source}")]
     Io {
@@ -87,8 +87,8 @@ pub enum ClientError {
     #[error("{0}")]
     Usage(String),
     /// The invite cannot be used.
-    #[error("{0}")]
-    Invite(String),
+    #[error(transparent)]
+    Invite(#[from] InviteProblem),
     /// A relay problem.
     #[error(transparent)]
     Relay(#[from] ConnectError),
@@ -98,15 +98,65 @@ pub enum ClientError {
     /// A file transfer stopped before every part was sent; holds how far and why.
     #[error("the file is not completely sent ({0}); run the same `backchannel send --file` command again to resume")]
     Paused(String),
-    /// A courier bundle could not be used; the text says why and what to do.
-    #[error("{0}")]
-    Courier(String),
+    /// A courier bundle could not be used; the error says why and what to do.
+    #[error(transparent)]
+    Courier(backchannel_core::courier::CourierError),
     /// Another member kept committing first.
     #[error("other members kept changing \"{0}\" at the same moment; try again")]
     Contended(String),
     /// An MLS or format error, with its cause.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+}
+
+/// What is damaged in the local store (the cause of a [`ClientError::Corrupt`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Damage {
+    /// The state does not decode.
+    #[error("the local store could not be decoded")]
+    Undecodable,
+    /// The state could not be encoded.
+    #[error("the state could not be encoded: {0}")]
+    Unencodable(#[source] postcard::Error),
+    /// A layout older than any this release converts.
+    #[error(
+        "it was written by an early backchannel with store version {0}, and this one reads versions \
+         {oldest} to {newest}",
+        oldest = state::OLDEST_STATE_VERSION,
+        newest = state::STATE_VERSION
+    )]
+    TooOld(u32),
+    /// The vault itself is not readable.
+    #[error(transparent)]
+    Vault(backchannel_core::vault::VaultError),
+    /// A part of a received file was changed on disk.
+    #[error("part of a received file was modified on disk")]
+    SealedPart,
+    /// A received file changed on disk after it arrived.
+    #[error("{0} changed on disk after it arrived")]
+    FileChanged(String),
+}
+
+/// Why an invite cannot be used (the cause of a [`ClientError::Invite`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InviteProblem {
+    /// The text is not an invite.
+    #[error(transparent)]
+    Unreadable(#[from] backchannel_core::invite::InviteError),
+    /// Past its expiry.
+    #[error("this invite has expired; ask the inviter for a new one")]
+    Expired,
+    /// A ciphersuite this release does not have.
+    #[error("this invite uses a ciphersuite this version does not support; upgrade backchannel")]
+    UnknownSuite,
+    /// Its mailbox is gone.
+    #[error("this invite has been used up or withdrawn; ask the inviter for a new one")]
+    UsedUp,
+    /// Its mailbox is full.
+    #[error("the invite's mailbox is full; try again later")]
+    MailboxFull,
 }
 
 /// An MLS or byte-format error from the core, kept whole as the cause of a

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::Engine;
 use crate::session::files::{show_size, FileBlocked, FileView};
 use crate::state::FileStatus;
-use crate::ClientError;
+use crate::{ClientError, Damage};
 
 /// How long a sender waits for a full mailbox to be drained before it pauses.
 const FULL_MAILBOX_PATIENCE: Duration = Duration::from_secs(120);
@@ -224,10 +224,7 @@ impl Engine {
         out.sync_all().map_err(cannot)?;
         if <[u8; 32]>::from(h.finalize()) != f.offer.sha256 {
             let _ = std::fs::remove_file(&tmp);
-            return Err(ClientError::Corrupt(format!(
-                "{} changed on disk after it arrived",
-                f.offer.name
-            )));
+            return Err(ClientError::Corrupt(Damage::FileChanged(f.offer.name.clone())));
         }
         std::fs::rename(&tmp, &path).map_err(cannot)?;
         // Recorded before the sealed copy goes: a crash in between leaves parts to

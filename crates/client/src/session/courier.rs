@@ -78,7 +78,7 @@ impl Session {
             .filter(|(_, r)| matches!(r, Role::Channel(_)))
             .collect();
         let addresses: Vec<MailboxAddress> = boxes.iter().map(|(k, _)| k.address.clone()).collect();
-        let (bundle, _) = open_bundle(file, &addresses).map_err(|e| ClientError::Courier(e.to_string()))?;
+        let (bundle, _) = open_bundle(file, &addresses).map_err(ClientError::Courier)?;
         let mut report = ImportReport {
             again: self.state.courier.imported.contains(&bundle.id),
             ..ImportReport::default()

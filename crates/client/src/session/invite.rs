@@ -14,7 +14,7 @@ use rand_core::OsRng;
 
 use super::Session;
 use crate::state::{InviteRecord, PendingJoin};
-use crate::ClientError;
+use crate::{ClientError, InviteProblem};
 
 /// An invite read and checked, before our mailbox for it exists.
 #[derive(Debug)]
@@ -69,16 +69,12 @@ impl Session {
 
     /// Reads and checks an invite to redeem (nothing is kept yet).
     pub fn redeem(&self, text: &str, local_name: Option<String>) -> Result<Redeeming, ClientError> {
-        let invite = Invite::from_text(text).map_err(|e| ClientError::Invite(e.to_string()))?;
+        let invite = Invite::from_text(text).map_err(InviteProblem::from)?;
         if invite.expires_at <= self.now_s() {
-            return Err(ClientError::Invite(
-                "this invite has expired; ask the inviter for a new one".into(),
-            ));
+            return Err(InviteProblem::Expired.into());
         }
         let Some(suite) = Suite::from_code(invite.ciphersuite) else {
-            return Err(ClientError::Invite(
-                "this invite uses a ciphersuite this version does not support; upgrade backchannel".into(),
-            ));
+            return Err(InviteProblem::UnknownSuite.into());
         };
         if let Some(n) = &local_name {
             validate_name(n).map_err(|e| ClientError::Usage(format!("channel {e}")))?;

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
 use crate::socks::ProxyAddr;
-use crate::ClientError;
+use crate::{ClientError, Damage};
 
 /// Version of the state layout.
 pub const STATE_VERSION: u32 = 6;
@@ -291,16 +291,16 @@ mod tests {
 impl State {
     /// Serializes.
     pub fn encode(&self) -> Result<Vec<u8>, ClientError> {
-        postcard::to_stdvec(self).map_err(|e| ClientError::Corrupt(e.to_string()))
+        postcard::to_stdvec(self).map_err(|e| ClientError::Corrupt(Damage::Unencodable(e)))
     }
 
     /// Deserializes the current layout, or converts an earlier one.
     pub fn decode(b: &[u8]) -> Result<Self, ClientError> {
         // The version is the first field: read it alone, so that a store made by
         // another version says so instead of looking damaged.
-        let (version, _) = postcard::take_from_bytes::<u32>(b)
-            .map_err(|_| ClientError::Corrupt("the local store could not be decoded".into()))?;
-        let undecodable = |_| ClientError::Corrupt("the local store could not be decoded".into());
+        let (version, _) =
+            postcard::take_from_bytes::<u32>(b).map_err(|_| ClientError::Corrupt(Damage::Undecodable))?;
+        let undecodable = |_| ClientError::Corrupt(Damage::Undecodable);
         match version {
             STATE_VERSION => postcard::from_bytes(b).map_err(undecodable),
             5 => Ok(postcard::from_bytes::<v5::State>(b).map_err(undecodable)?.into()),
@@ -308,10 +308,7 @@ impl State {
                 found: v,
                 known: STATE_VERSION,
             }),
-            v => Err(ClientError::Corrupt(format!(
-                "it was written by an early backchannel with store version {v}, and this one reads versions \
-                 {OLDEST_STATE_VERSION} to {STATE_VERSION}"
-            ))),
+            v => Err(ClientError::Corrupt(Damage::TooOld(v))),
         }
     }
 }
