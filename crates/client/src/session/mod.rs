@@ -337,3 +337,41 @@ impl Session {
         self.state.channels.values().map(|c| c.messages.len()).sum()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod tests {
+    /// The architecture invariant, checked on the source: no module of the session
+    /// reaches for the runtime, the file system, the network or the clock.
+    #[test]
+    fn the_session_does_no_io() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/session");
+        let mut read = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.map(|e| e.path()).unwrap_or_default();
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            read += 1;
+            // Up to the first test module (tests may do what they like; this one names
+            // what it looks for).
+            let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let code: String = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for banned in [
+                "tokio",
+                "std::fs",
+                "std::net",
+                "SystemTime",
+                "Instant::now",
+                "std::thread",
+            ] {
+                assert!(!code.contains(banned), "{} uses {banned}", path.display());
+            }
+        }
+        assert!(read >= 10, "read {read} files of the session");
+    }
+}
