@@ -19,6 +19,7 @@ use crate::connection::{ConnectError, RelayConnection};
 use crate::home::{Home, Vault};
 use crate::session::commit::{ClaimAnswer, CommitOutcome, Staged, COMMIT_ATTEMPTS};
 use crate::session::outbox::{Delivered, FlushReport};
+use crate::session::sync::{SyncStep, SYNC_STEPS};
 use crate::session::{CommitOp, Effect, Role, Session, Via};
 use crate::socks::ProxyAddr;
 use crate::state::{ChannelState, ChannelStatus, EventKind, State};
@@ -405,42 +406,56 @@ impl Engine {
     }
 
     /// Fetches and processes everything waiting, admits joiners, commits
-    /// pending proposals. Waits up to `wait` for something to arrive.
-    ///
-    /// The steps, in order: keep paced links up; flush the outbox; finish commits
-    /// staged before a crash; fetch and read (saved before each ack); apply lifetimes;
-    /// admit joiners; commit waiting proposals; seal unsent messages in the newest
-    /// epoch; flush again; drop expired invites; delete retired mailboxes once
-    /// drained; rotate old mailboxes; delete what is doomed; save.
+    /// pending proposals. Waits up to `wait` for something to arrive. Performs the
+    /// session's [`SYNC_STEPS`] in their order, then saves; returns how many messages
+    /// and events arrived.
     pub async fn sync(&mut self, wait: Duration) -> Result<usize, ClientError> {
         self.tick();
-        if self.transport.cover.is_some() {
-            // Keep the paced streams going, reconnecting any that dropped.
-            let relay = self.session.state().relay.clone();
-            self.net.connect_all(&relay).await?;
+        let mut before = self.session.history_len();
+        for step in SYNC_STEPS {
+            match step {
+                SyncStep::KeepLinks => {
+                    if self.transport.cover.is_some() {
+                        let relay = self.session.state().relay.clone();
+                        self.net.connect_all(&relay).await?;
+                    }
+                }
+                SyncStep::Flush => {
+                    self.flush_outbox().await?;
+                }
+                SyncStep::ResumeCommits => self.resume_staged_commits().await?,
+                SyncStep::Fetch => {
+                    before = self.session.history_len();
+                    self.fetch_all(wait).await?;
+                    self.tick();
+                }
+                SyncStep::Lifetimes => {
+                    self.session.apply_lifecycle();
+                    self.perform().await?;
+                }
+                SyncStep::Admit => self.admit().await?,
+                SyncStep::CommitProposals => self.commit_proposals().await?,
+                SyncStep::SealUnsent => {
+                    let sealed = self.session.seal_unsent();
+                    self.perform().await?;
+                    sealed?;
+                    self.flush_outbox().await?;
+                }
+                SyncStep::ExpireInvites => {
+                    self.session.expire_invites();
+                    self.perform().await?;
+                }
+                SyncStep::ExpireRetired => {
+                    // Only once a fetch came back empty: nothing is left in them.
+                    if std::mem::take(&mut self.drained) {
+                        self.session.expire_retired();
+                        self.perform().await?;
+                    }
+                }
+                SyncStep::Rotate => self.rotate_old_mailboxes().await,
+                SyncStep::DeleteDoomed => self.delete_doomed().await,
+            }
         }
-        self.flush_outbox().await?;
-        self.resume_staged_commits().await?;
-        let before = self.session.history_len();
-        self.fetch_all(wait).await?;
-        self.tick();
-        self.session.apply_lifecycle();
-        self.perform().await?;
-        self.admit().await?;
-        self.commit_proposals().await?;
-        // Messages written earlier are sealed only now, in the newest epoch we know
-        // (never to a member whose removal is already waiting at the relay).
-        self.session.seal_unsent()?;
-        self.perform().await?;
-        self.flush_outbox().await?;
-        self.session.expire_invites();
-        // Retired mailboxes go only once a fetch came back empty: nothing is left in them.
-        if std::mem::take(&mut self.drained) {
-            self.session.expire_retired();
-        }
-        self.perform().await?;
-        self.rotate_old_mailboxes().await;
-        self.delete_doomed().await;
         self.save()?;
         let after = self.session.history_len();
         Ok(after.saturating_sub(before))

@@ -42,6 +42,7 @@ pub mod inbox;
 pub mod invite;
 pub mod lifecycle;
 pub mod outbox;
+pub mod sync;
 pub mod views;
 
 pub use commit::CommitOp;
