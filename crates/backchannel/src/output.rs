@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write as _};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use backchannel_client::engine::{FileState, FileView, MessageView, Warning};
+use backchannel_client::engine::{FileStatus, FileView, MessageView, Warning};
 use backchannel_client::state::EventKind;
 use serde::{Deserialize, Serialize};
 
@@ -133,11 +133,11 @@ enum Arrival<'a> {
 fn arrival(f: &FileView) -> Arrival<'_> {
     match (&f.saved_to, &f.status) {
         (Some(p), _) => Arrival::Saved(p),
-        (None, FileState::Receiving) => Arrival::Receiving {
+        (None, FileStatus::Receiving) => Arrival::Receiving {
             got: f.parts.0,
             of: f.parts.1,
         },
-        (None, FileState::Damaged) => Arrival::Damaged,
+        (None, FileStatus::Damaged) => Arrival::Damaged,
         _ => Arrival::Other,
     }
 }
@@ -159,7 +159,7 @@ pub fn print_message(out: &Out, m: &MessageView, json: bool) {
                 });
                 if let Some(f) = &m.file {
                     line["file"] = serde_json::json!({
-                        "name": f.name, "size": f.size, "sha256": f.sha256, "status": f.status,
+                        "name": f.name, "size": f.size, "sha256": f.sha256, "status": f.status.word(),
                         "parts_received": f.parts.0, "parts": f.parts.1, "saved_to": f.saved_to,
                     });
                 }

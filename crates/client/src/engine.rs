@@ -31,9 +31,10 @@ mod files;
 
 pub use crate::session::courier::ImportReport;
 pub use crate::session::drop_box::MAX_REPLY_TEXT;
-pub use crate::session::files::{FileState, FileView};
+pub use crate::session::files::FileView;
 pub use crate::session::views::{ChannelSummary, MemberView, MessageView};
 pub use crate::session::Warning;
+pub use crate::state::FileStatus;
 pub use drop_box::LetterView;
 pub use files::FileProgress;
 

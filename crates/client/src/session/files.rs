@@ -32,43 +32,6 @@ pub const MAX_INCOMING_PER_CHANNEL: usize = 16;
 /// A file with no new part for this long is given up when another needs its place.
 pub const STALLED_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Where a received file stands, as `read` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileState {
-    /// Parts are still arriving.
-    Receiving,
-    /// Every part is in and the hash matched: ready to save.
-    Complete,
-    /// Damaged or given up: discarded.
-    Damaged,
-    /// Saved at this path.
-    Saved(String),
-}
-
-impl FileState {
-    /// The word output uses for it.
-    pub fn word(&self) -> &'static str {
-        match self {
-            FileState::Receiving => "receiving",
-            FileState::Complete => "complete",
-            FileState::Damaged => "damaged",
-            FileState::Saved(_) => "saved",
-        }
-    }
-}
-
-impl std::fmt::Display for FileState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.word())
-    }
-}
-
-impl serde::Serialize for FileState {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.word())
-    }
-}
-
 /// A file as `read` shows it.
 #[derive(Debug, Clone)]
 pub struct FileView {
@@ -79,7 +42,7 @@ pub struct FileView {
     /// SHA-256, hex.
     pub sha256: String,
     /// Where it stands.
-    pub status: FileState,
+    pub status: FileStatus,
     /// Parts received and in all.
     pub parts: (u64, u64),
     /// Where it was saved.
@@ -401,17 +364,15 @@ impl Session {
             .incoming
             .iter()
             .find(|f| f.channel == channel && f.message_id == message_id)?;
-        let (status, saved_to) = match &f.status {
-            FileStatus::Receiving => (FileState::Receiving, None),
-            FileStatus::Complete => (FileState::Complete, None),
-            FileStatus::Damaged => (FileState::Damaged, None),
-            FileStatus::Saved(p) => (FileState::Saved(p.clone()), Some(p.clone())),
+        let saved_to = match &f.status {
+            FileStatus::Saved(p) => Some(p.clone()),
+            _ => None,
         };
         Some(FileView {
             name: f.offer.name.clone(),
             size: f.offer.size,
             sha256: hex(&f.offer.sha256),
-            status,
+            status: f.status.clone(),
             parts: (f.count, f.offer.parts()),
             saved_to,
         })

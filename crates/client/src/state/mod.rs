@@ -144,6 +144,24 @@ pub enum FileStatus {
     Saved(String),
 }
 
+impl FileStatus {
+    /// The word output uses for it (`read --json`'s file `status`).
+    pub fn word(&self) -> &'static str {
+        match self {
+            FileStatus::Receiving => "receiving",
+            FileStatus::Complete => "complete",
+            FileStatus::Damaged => "damaged",
+            FileStatus::Saved(_) => "saved",
+        }
+    }
+}
+
+impl std::fmt::Display for FileStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
 /// A file being received.
 #[derive(Serialize, Deserialize, Clone)]
 pub struct IncomingFile {
