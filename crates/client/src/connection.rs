@@ -34,8 +34,14 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 #[non_exhaustive]
 pub enum ConnectError {
     /// TCP connection failed.
-    #[error("the relay at {0} is unreachable; check that it is running and the address is right")]
-    Unreachable(String),
+    #[error("the relay at {relay} is unreachable; check that it is running and the address is right")]
+    Unreachable {
+        /// The relay's host and port.
+        relay: String,
+        /// The connect error, when there was one (none after a timeout).
+        #[source]
+        source: Option<std::io::Error>,
+    },
     /// The SOCKS5 proxy failed or refused.
     #[error("the proxy {proxy} could not connect to the relay ({source}); check that the proxy (e.g. Tor) is running")]
     Proxy {
@@ -59,11 +65,61 @@ pub enum ConnectError {
     #[error("the relay refused: {0}")]
     Refused(ErrorCode, u64),
     /// The relay broke the protocol or closed the connection.
-    #[error("the connection to the relay at {0} failed; try again")]
-    Broken(String),
+    #[error("the connection to the relay at {relay} failed; try again")]
+    Broken {
+        /// The relay's host and port.
+        relay: String,
+        /// What went wrong on the connection.
+        #[source]
+        why: Breakage,
+    },
+}
+
+/// How a connection to a relay broke (the source of [`ConnectError::Broken`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Breakage {
+    /// TLS could not be set up on this side.
+    #[error("TLS could not be configured")]
+    TlsSetup(#[source] rustls::Error),
+    /// The TLS handshake failed (not on the pin: that is [`ConnectError::PinMismatch`]).
+    #[error("the TLS handshake failed")]
+    Handshake(#[source] std::io::Error),
+    /// The WebSocket upgrade, a read or a write failed.
+    #[error("the WebSocket connection failed")]
+    WebSocket(#[source] Box<tokio_tungstenite::tungstenite::Error>),
+    /// The relay sent a frame this client cannot decode.
+    #[error("the relay's answer could not be decoded")]
+    Garbled(#[source] backchannel_core::frame::FrameError),
+    /// The relay sent an answer that does not fit the request.
+    #[error("the relay's answer did not fit the request")]
+    Unexpected,
+    /// The relay closed the connection.
+    #[error("the relay closed the connection")]
+    Closed,
+    /// The relay did not answer in time.
+    #[error("the relay did not answer in time")]
+    Timeout,
+    /// The task that held the connection ended.
+    #[error("the connection's task ended")]
+    TaskEnded,
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for Breakage {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        Breakage::WebSocket(Box::new(e))
+    }
 }
 
 impl ConnectError {
+    /// A broken connection to `relay`, with why.
+    pub fn broken(relay: impl Into<String>, why: Breakage) -> Self {
+        ConnectError::Broken {
+            relay: relay.into(),
+            why,
+        }
+    }
+
     /// Whether this is a relay refusal with `code`.
     pub fn is(&self, code: ErrorCode) -> bool {
         matches!(self, ConnectError::Refused(c, _) if *c == code)
@@ -146,7 +202,10 @@ impl RelayConnection {
         let authority = addr.authority();
         match tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(addr, proxy, &authority)).await {
             Ok(r) => r,
-            Err(_) => Err(ConnectError::Unreachable(authority)),
+            Err(_) => Err(ConnectError::Unreachable {
+                relay: authority,
+                source: None,
+            }),
         }
     }
 
@@ -164,35 +223,39 @@ impl RelayConnection {
         };
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|_| ConnectError::Broken(authority.to_string()))?
+            .map_err(|e| ConnectError::broken(authority, Breakage::TlsSetup(e)))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
-        let tcp = match proxy {
-            None => TcpStream::connect((addr.host.as_str(), addr.port))
-                .await
-                .map_err(|_| ConnectError::Unreachable(authority.to_string()))?,
-            Some(p) => {
-                let isolation = crate::session::hex(&crate::session::random_id::<16>());
-                crate::socks::connect(p, &addr.host, addr.port, &isolation)
-                    .await
-                    .map_err(|source| ConnectError::Proxy {
-                        proxy: p.to_string(),
-                        source,
-                    })?
-            }
-        };
+        let tcp =
+            match proxy {
+                None => TcpStream::connect((addr.host.as_str(), addr.port)).await.map_err(|e| {
+                    ConnectError::Unreachable {
+                        relay: authority.to_string(),
+                        source: Some(e),
+                    }
+                })?,
+                Some(p) => {
+                    let isolation = crate::session::hex(&crate::session::random_id::<16>());
+                    crate::socks::connect(p, &addr.host, addr.port, &isolation)
+                        .await
+                        .map_err(|source| ConnectError::Proxy {
+                            proxy: p.to_string(),
+                            source,
+                        })?
+                }
+            };
         let _ = tcp.set_nodelay(true);
-        let name =
-            ServerName::try_from("backchannel-relay").map_err(|_| ConnectError::Broken(authority.to_string()))?;
+        let name = ServerName::try_from("backchannel-relay")
+            .map_err(|e| ConnectError::broken(authority, Breakage::TlsSetup(rustls::Error::General(e.to_string()))))?;
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
-            .map_err(|_| {
+            .map_err(|e| {
                 if mismatch.load(Ordering::SeqCst) {
                     ConnectError::PinMismatch(authority.to_string())
                 } else {
-                    ConnectError::Broken(authority.to_string())
+                    ConnectError::broken(authority, Breakage::Handshake(e))
                 }
             })?;
         let ws_config = WebSocketConfig::default()
@@ -203,7 +266,7 @@ impl RelayConnection {
         let url = format!("wss://{authority}/v1");
         let (ws, _) = tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config))
             .await
-            .map_err(|_| ConnectError::Broken(authority.to_string()))?;
+            .map_err(|e| ConnectError::broken(authority, e.into()))?;
         let mut conn = Self {
             ws,
             nonce: [0; 32],
@@ -214,19 +277,21 @@ impl RelayConnection {
         // another version is told apart before the rest of its hello is parsed.
         let first = match conn.ws.next().await {
             Some(Ok(Message::Binary(b))) => b,
-            _ => return Err(ConnectError::Broken(conn.authority.clone())),
+            Some(Err(e)) => return Err(ConnectError::broken(&conn.authority, e.into())),
+            Some(Ok(_)) => return Err(ConnectError::broken(&conn.authority, Breakage::Unexpected)),
+            None => return Err(ConnectError::broken(&conn.authority, Breakage::Closed)),
         };
         if let Some(version) = hello_version(&first) {
             conn.check_version(version)?;
         }
-        let frame = decode_response(&first).map_err(|_| ConnectError::Broken(conn.authority.clone()))?;
+        let frame = decode_response(&first).map_err(|e| ConnectError::broken(&conn.authority, Breakage::Garbled(e)))?;
         match (frame.id, frame.response) {
             (_, Response::Hello { nonce, .. }) => {
                 conn.nonce = nonce;
                 Ok(conn)
             }
             (_, Response::Error { code, detail }) => Err(ConnectError::Refused(code, detail)),
-            _ => Err(ConnectError::Broken(conn.authority.clone())),
+            _ => Err(ConnectError::broken(&conn.authority, Breakage::Unexpected)),
         }
     }
 
@@ -258,18 +323,20 @@ impl RelayConnection {
 
     /// Reads one whole response (a fetch's envelopes span several frames).
     async fn read_response(&mut self) -> Result<(u32, Response), ConnectError> {
-        let broken = || ConnectError::Broken(self.authority.clone());
+        let broken = |why| ConnectError::broken(&self.authority, why);
         let mut asm = ResponseAssembler::default();
         loop {
             match self.ws.next().await {
                 Some(Ok(Message::Binary(b))) => {
-                    let frame = decode_response(&b).map_err(|_| broken())?;
-                    if let Some(done) = asm.push(frame).map_err(|_| broken())? {
+                    let frame = decode_response(&b).map_err(|e| broken(Breakage::Garbled(e)))?;
+                    if let Some(done) = asm.push(frame).map_err(|e| broken(Breakage::Garbled(e)))? {
                         return Ok(done);
                     }
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                _ => return Err(broken()),
+                Some(Ok(Message::Close(_))) | None => return Err(broken(Breakage::Closed)),
+                Some(Ok(_)) => return Err(broken(Breakage::Unexpected)),
+                Some(Err(e)) => return Err(broken(e.into())),
             }
         }
     }
@@ -280,7 +347,7 @@ impl RelayConnection {
         self.ws
             .send(Message::Binary(bytes.into()))
             .await
-            .map_err(|_| ConnectError::Broken(self.authority.clone()))?;
+            .map_err(|e| ConnectError::broken(&self.authority, e.into()))?;
         Ok(self.read_response().await?.1)
     }
 
@@ -288,7 +355,7 @@ impl RelayConnection {
     pub async fn request(&mut self, req: &Request) -> Result<Response, ConnectError> {
         let mut out = self.pipeline(std::slice::from_ref(req)).await?;
         out.pop()
-            .unwrap_or_else(|| Err(ConnectError::Broken(self.authority.clone())))
+            .unwrap_or_else(|| Err(ConnectError::broken(&self.authority, Breakage::Unexpected)))
     }
 
     /// Sends several requests back to back, then reads their responses in order.
@@ -303,7 +370,7 @@ impl RelayConnection {
         let deadline = RESPONSE_TIMEOUT + Duration::from_millis(wait);
         match tokio::time::timeout(deadline, self.pipeline_inner(reqs)).await {
             Ok(r) => r,
-            Err(_) => Err(ConnectError::Broken(self.authority.clone())),
+            Err(_) => Err(ConnectError::broken(&self.authority, Breakage::Timeout)),
         }
     }
 
@@ -315,17 +382,17 @@ impl RelayConnection {
             self.ws
                 .feed(Message::Binary(encode_request(id, req).into()))
                 .await
-                .map_err(|_| ConnectError::Broken(self.authority.clone()))?;
+                .map_err(|e| ConnectError::broken(&self.authority, e.into()))?;
         }
         self.ws
             .flush()
             .await
-            .map_err(|_| ConnectError::Broken(self.authority.clone()))?;
+            .map_err(|e| ConnectError::broken(&self.authority, e.into()))?;
         let mut out = Vec::with_capacity(reqs.len());
         for i in 0..reqs.len() {
             let (id, resp) = self.read_response().await?;
             if id != first.wrapping_add(i as u32) {
-                return Err(ConnectError::Broken(self.authority.clone()));
+                return Err(ConnectError::broken(&self.authority, Breakage::Unexpected));
             }
             out.push(match resp {
                 Response::Error { code, detail } => Err(self.refusal(code, detail)),

@@ -15,7 +15,7 @@ use backchannel_core::mailbox::{MailboxId, MailboxKeys};
 use backchannel_core::relay_address::RelayAddress;
 use rand_core::OsRng;
 
-use crate::connection::{ConnectError, RelayConnection};
+use crate::connection::{Breakage, ConnectError, RelayConnection};
 use crate::home::{Home, Vault};
 use crate::session::commit::{ClaimAnswer, CommitOutcome, Staged, COMMIT_ATTEMPTS};
 use crate::session::outbox::{Delivered, FlushReport};
@@ -24,7 +24,7 @@ use crate::session::{CommitOp, Effect, Role, Session, Via};
 use crate::socks::ProxyAddr;
 use crate::state::{ChannelState, ChannelStatus, EventKind, State};
 use crate::transport::{Links, Network, Results, TransportConfig};
-use crate::{ClientError, InviteProblem};
+use crate::{ClientError, Holdup, InviteProblem};
 
 mod drop_box;
 mod files;
@@ -66,7 +66,7 @@ pub struct Engine {
     transport: TransportConfig,
     warnings: Vec<Warning>,
     /// Why the last outbox flush left something queued.
-    undelivered: Option<String>,
+    undelivered: Option<ConnectError>,
     /// A recipient's mailbox was full at the last flush.
     mailbox_full: bool,
     /// The last fetch pass emptied every opened mailbox.
@@ -106,7 +106,10 @@ impl Engine {
                     .into(),
             ));
         }
-        let mut answered = Err(ConnectError::Unreachable(relay.authority()));
+        let mut answered = Err(ConnectError::Unreachable {
+            relay: relay.authority(),
+            source: None,
+        });
         for addr in std::iter::once(&relay).chain(&relay_alternates) {
             match RelayConnection::connect_via(addr, proxy.as_ref()).await {
                 Ok(_) => {
@@ -274,7 +277,7 @@ impl Engine {
         self.pipeline(relay, std::slice::from_ref(req))
             .await?
             .pop()
-            .unwrap_or_else(|| Err(ConnectError::Broken(relay.authority())))
+            .unwrap_or_else(|| Err(ConnectError::broken(relay.authority(), Breakage::Unexpected)))
     }
 
     /// Opens our mailboxes at `relay` so that fetches there return their envelopes.
@@ -478,7 +481,7 @@ impl Engine {
                 // The receive link broke (the relay closed an idle link, or this address
                 // died): once more on a fresh link, which opens the mailboxes again and
                 // fails over to another address of the relay.
-                Err(ClientError::Relay(ConnectError::Broken(_))) => self.fetch_relay(&relay, boxes, wait).await?,
+                Err(ClientError::Relay(ConnectError::Broken { .. })) => self.fetch_relay(&relay, boxes, wait).await?,
                 r => r?,
             }
         }
@@ -541,7 +544,7 @@ impl Engine {
                 )
                 .await?;
             let Response::Envelopes(list) = resp else {
-                return Err(ConnectError::Broken(relay.authority()).into());
+                return Err(ConnectError::broken(relay.authority(), Breakage::Unexpected).into());
             };
             if list.is_empty() {
                 self.drained = true;
@@ -815,9 +818,9 @@ impl Engine {
         let queued = self.flush_outbox().await?;
         if queued > 0 || synced.is_err() || self.session.has_unsent(None) {
             let why = match (synced, self.undelivered.take()) {
-                (Err(e), _) => e.to_string(),
-                (Ok(_), Some(why)) => why,
-                (Ok(_), None) => "the relay could not be reached".to_string(),
+                (Err(e), _) => Holdup::Sync(Box::new(e)),
+                (Ok(_), Some(why)) => Holdup::Relay(why),
+                (Ok(_), None) => Holdup::Unreachable,
             };
             return Err(ClientError::Queued(why));
         }

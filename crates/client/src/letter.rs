@@ -65,7 +65,7 @@ impl Draft {
 
 /// Reads a file to attach to a letter, refusing one larger than a letter carries.
 fn read_attachment(path: &Path) -> Result<LetterFile, ClientError> {
-    let cannot = |e: std::io::Error| ClientError::Usage(format!("cannot read {}: {e}", path.display()));
+    let cannot = ClientError::path("read", path);
     let len = std::fs::metadata(path).map_err(cannot)?.len();
     if len > MAX_LETTER_FILE as u64 {
         return Err(ClientError::Usage(format!(

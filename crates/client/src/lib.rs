@@ -21,7 +21,7 @@ pub mod transport;
 
 use std::path::PathBuf;
 
-pub use connection::{ConnectError, RelayConnection};
+pub use connection::{Breakage, ConnectError, RelayConnection};
 
 /// The core's types and limits that the client's API speaks in, so that its users
 /// need no other crate.
@@ -68,6 +68,16 @@ pub enum ClientError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A file or folder the user named cannot be used.
+    #[error("cannot {doing} {}: {source}", path.display())]
+    Path {
+        /// What was being done ("read", "save a file in").
+        doing: &'static str,
+        /// The path the user gave.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// No channel with that name.
     #[error("there is no channel called \"{0}\"; `backchannel channels` lists yours")]
     UnknownChannel(String),
@@ -107,6 +117,25 @@ pub enum ClientError {
     /// An MLS or format error, with its cause.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+}
+
+/// Why something waits to be sent (the cause of a [`ClientError::Queued`] or
+/// [`ClientError::Paused`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Holdup {
+    /// A relay refused or could not be reached.
+    #[error(transparent)]
+    Relay(ConnectError),
+    /// No relay was tried or none answered, without a more precise reason.
+    #[error("the relay could not be reached")]
+    Unreachable,
+    /// MLS allows nothing to be sent while a proposal waits for its commit.
+    #[error("a change to the channel is waiting to be committed")]
+    ProposalsWaiting,
+    /// The sync before sending failed.
+    #[error(transparent)]
+    Sync(Box<ClientError>),
 }
 
 /// What is damaged in the local store (the cause of a [`ClientError::Corrupt`]).
@@ -193,6 +222,18 @@ pub enum ProtocolError {
 impl ClientError {
     pub(crate) fn io(context: &'static str, source: std::io::Error) -> Self {
         ClientError::Io { context, source }
+    }
+
+    /// A user-named path that cannot be used for `doing`.
+    pub(crate) fn path<'a>(
+        doing: &'static str,
+        path: &'a std::path::Path,
+    ) -> impl Fn(std::io::Error) -> Self + Copy + 'a {
+        move |source| ClientError::Path {
+            doing,
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     /// An MLS or format error from the core, kept as the cause.

@@ -179,7 +179,10 @@ impl Network for SimNet {
             let mut out = Vec::with_capacity(reqs.len());
             for req in reqs {
                 if !self.crash.allow() {
-                    return Err(ConnectError::Unreachable("sim".into()));
+                    return Err(ConnectError::Unreachable {
+                        relay: "sim".into(),
+                        source: None,
+                    });
                 }
                 out.push(self.relay.handle(&mut self.opened, req).await);
             }

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use crate::connection::{ConnectError, RelayConnection};
+use crate::connection::{Breakage, ConnectError, RelayConnection};
 use crate::socks::ProxyAddr;
 
 /// How the client reaches relays.
@@ -216,7 +216,7 @@ async fn pace(mut conn: RelayConnection, mut jobs: mpsc::UnboundedReceiver<Job>,
             None => filler.request(),
         };
         let result = conn.request(&req).await;
-        let broken = matches!(result, Err(ConnectError::Broken(_)));
+        let broken = matches!(result, Err(ConnectError::Broken { .. }));
         if let Some(j) = job {
             let _ = j.reply.send(result);
         }
@@ -298,12 +298,15 @@ impl Link {
                         req: req.clone(),
                         reply,
                     })
-                    .map_err(|_| ConnectError::Broken(authority.to_string()))?;
+                    .map_err(|_| ConnectError::broken(authority, Breakage::TaskEnded))?;
                     waiting.push(rx);
                 }
                 let mut out = Vec::with_capacity(waiting.len());
                 for rx in waiting {
-                    out.push(rx.await.map_err(|_| ConnectError::Broken(authority.to_string()))?);
+                    out.push(
+                        rx.await
+                            .map_err(|_| ConnectError::broken(authority, Breakage::TaskEnded))?,
+                    );
                 }
                 Ok(out)
             }
@@ -386,7 +389,7 @@ impl RelayLinks {
             };
             // Fail over: from the address that last answered, each address once.
             let n = self.addrs.len();
-            let mut failure = ConnectError::Broken(self.authority());
+            let mut failure = ConnectError::broken(self.authority(), Breakage::Closed);
             let mut made = None;
             for i in 0..n {
                 let at = (self.current + i) % n;
@@ -409,7 +412,7 @@ impl RelayLinks {
         }
         let authority = self.authority();
         let slot = if send { &mut self.send } else { &mut self.recv };
-        slot.as_mut().ok_or(ConnectError::Broken(authority))
+        slot.as_mut().ok_or(ConnectError::broken(authority, Breakage::Closed))
     }
 
     /// Connects every link now, and reconnects any that dropped: a paced
@@ -496,7 +499,7 @@ impl RelayLinks {
         }
         let authority = self.authority();
         out.into_iter()
-            .map(|r| r.ok_or_else(|| ConnectError::Broken(authority.clone())))
+            .map(|r| r.ok_or_else(|| ConnectError::broken(&authority, Breakage::Unexpected)))
             .collect()
     }
 
@@ -514,7 +517,7 @@ impl RelayLinks {
         self.pipeline(std::slice::from_ref(req))
             .await?
             .pop()
-            .unwrap_or_else(|| Err(ConnectError::Broken(self.authority())))
+            .unwrap_or_else(|| Err(ConnectError::broken(self.authority(), Breakage::Unexpected)))
     }
 
     /// Opens mailboxes on the receive link (each once per connection) so

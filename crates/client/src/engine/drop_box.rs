@@ -8,7 +8,7 @@ use backchannel_core::identity::validate_name;
 use rand_core::OsRng;
 
 use super::Engine;
-use crate::ClientError;
+use crate::{ClientError, Holdup};
 
 /// A letter as `drop read` shows it.
 #[derive(Debug, Clone)]
@@ -130,10 +130,7 @@ impl Engine {
         self.perform_local()?;
         self.undelivered = None;
         if self.flush_outbox().await? > 0 {
-            let why = self
-                .undelivered
-                .take()
-                .unwrap_or_else(|| "the relay could not be reached".into());
+            let why = self.undelivered.take().map_or(Holdup::Unreachable, Holdup::Relay);
             return Err(ClientError::Queued(why));
         }
         Ok(())
@@ -143,7 +140,7 @@ impl Engine {
 /// Writes an attached file as `<dir>/<letter id>-<name>`, never over an existing file.
 fn save_file(dir: &Path, id: &str, name: &str, data: &[u8]) -> Result<PathBuf, ClientError> {
     use std::io::Write as _;
-    let io = |e: std::io::Error| ClientError::Usage(format!("cannot save an attached file in {}: {e}", dir.display()));
+    let io = ClientError::path("save an attached file in", dir);
     std::fs::create_dir_all(dir).map_err(io)?;
     // The name was checked when the letter was opened (no separators, no "..").
     let mut path = dir.join(format!("{id}-{name}"));

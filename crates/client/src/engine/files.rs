@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::Engine;
 use crate::session::files::{show_size, FileBlocked, FileView};
 use crate::state::FileStatus;
-use crate::{ClientError, Damage};
+use crate::{ClientError, Damage, Holdup};
 
 /// How long a sender waits for a full mailbox to be drained before it pauses.
 const FULL_MAILBOX_PATIENCE: Duration = Duration::from_secs(120);
@@ -49,9 +49,9 @@ fn hash_file(path: &Path) -> Result<[u8; 32], ClientError> {
     Ok(h.finalize().into())
 }
 
-fn paused(done: u64, total: u64, why: impl std::fmt::Display) -> ClientError {
-    let pct = (done * 100).checked_div(total).unwrap_or(100);
-    ClientError::Paused(format!("{pct}% sent so far: {why}"))
+fn paused(done: u64, total: u64, why: Holdup) -> ClientError {
+    let percent = (done * 100).checked_div(total).unwrap_or(100);
+    ClientError::Paused { percent, why }
 }
 
 impl Engine {
@@ -64,8 +64,7 @@ impl Engine {
     ) -> Result<(), ClientError> {
         self.tick();
         self.session.active(name)?;
-        let path = std::fs::canonicalize(path)
-            .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))?;
+        let path = std::fs::canonicalize(path).map_err(ClientError::path("read", path))?;
         let meta = std::fs::metadata(&path).map_err(|e| ClientError::io("reading the file to send", e))?;
         if !meta.is_file() {
             return Err(ClientError::Usage(format!("{} is not a file", path.display())));
@@ -94,7 +93,7 @@ impl Engine {
             done: part_bytes(job.next_part),
         });
         if let Err(e) = self.refresh().await {
-            return Err(paused(part_bytes(job.next_part), total, e));
+            return Err(paused(part_bytes(job.next_part), total, Holdup::Sync(Box::new(e))));
         }
         self.session.active(name)?;
         let mut file = std::fs::File::open(&path).map_err(|e| ClientError::io("reading the file to send", e))?;
@@ -124,11 +123,7 @@ impl Engine {
             let per_save = match self.session.seal_file_message(name, &path, part)? {
                 Ok(n) => n,
                 Err(FileBlocked::ProposalsWaiting) => {
-                    return Err(paused(
-                        part_bytes(job.next_part),
-                        total,
-                        "a change to the channel is waiting to be committed",
-                    ))
+                    return Err(paused(part_bytes(job.next_part), total, Holdup::ProposalsWaiting))
                 }
             };
             // Durable before the relay sees them: a crash from here on resumes after these
@@ -162,10 +157,7 @@ impl Engine {
                 progress(FileProgress::Sent(sent));
                 return Ok(());
             }
-            let why = self
-                .undelivered
-                .take()
-                .unwrap_or_else(|| "the relay could not be reached".into());
+            let why = self.undelivered.take().map_or(Holdup::Unreachable, Holdup::Relay);
             if !self.mailbox_full || started.elapsed() >= FULL_MAILBOX_PATIENCE {
                 return Err(paused(
                     sent.saturating_sub(u64::from(crate::session::files::PART_SIZE)),
@@ -205,7 +197,7 @@ impl Engine {
                 f.offer.name
             )));
         }
-        let cannot = |e: std::io::Error| ClientError::Usage(format!("cannot save a file in {}: {e}", dir.display()));
+        let cannot = ClientError::path("save a file in", dir);
         std::fs::create_dir_all(dir).map_err(cannot)?;
         let mut path = dir.join(&f.offer.name);
         let mut n = 2;

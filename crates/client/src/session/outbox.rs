@@ -31,7 +31,7 @@ pub struct FlushReport {
     /// Items still queued.
     pub queued: usize,
     /// Why the last thing left queued was not delivered.
-    pub undelivered: Option<String>,
+    pub undelivered: Option<ConnectError>,
     /// A recipient's mailbox was full.
     pub mailbox_full: bool,
 }
@@ -215,7 +215,7 @@ impl Session {
             match outcomes.next().flatten() {
                 None => keep.push(item),
                 Some(Delivered::Unreachable(e)) => {
-                    report.undelivered = Some(e.to_string());
+                    report.undelivered = Some(e);
                     keep.push(item);
                 }
                 Some(Delivered::Answered(results)) => {
@@ -228,7 +228,7 @@ impl Session {
                             Err(e) if e.is(ErrorCode::NoSuchMailbox) => dropped += 1,
                             Err(e) => {
                                 report.mailbox_full |= e.is(ErrorCode::MailboxFull);
-                                report.undelivered = Some(e.to_string());
+                                report.undelivered = Some(e);
                                 left.push(env);
                             }
                         }
