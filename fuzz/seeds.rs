@@ -31,7 +31,7 @@ use backchannel_core::message::{AppMessage, Body, FileOffer, JoinRequest};
 use backchannel_core::vault::{KdfParams, VaultKey};
 use backchannel_fuzz::store_input::{self, Input, Op, Record};
 use backchannel_fuzz::{relay, seal_key, send_capability, MlsFixture};
-use backchannel_relay::store::{EmbeddedStore, ProvenWork, ENVELOPE_KEY_FILE};
+use backchannel_relay::store::{ClaimProof, EmbeddedStore, ProvenWork, ENVELOPE_KEY_FILE};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand_core::OsRng;
@@ -151,6 +151,15 @@ fn frames(out: &mut Out, kp: &[u8]) {
             },
         ),
         ("ping", Request::Ping),
+        (
+            "claim-keyed",
+            Request::ClaimKeyed {
+                send: [8; 32],
+                epoch: 3,
+                key: [9; 32],
+                next: [10; 32],
+            },
+        ),
     ];
     for (i, (name, req)) in requests.iter().enumerate() {
         out.seed("frame_request", name, &encode_request(i as u32 + 1, req));
@@ -758,7 +767,7 @@ fn store(out: &mut Out) {
         }
         s.send([2; 32], envelope(9), 1_000, ProvenWork::NONE).unwrap();
         s.ack(store_input::id(1), 2).unwrap();
-        s.claim([2; 32], 0, [5; 32]).unwrap();
+        s.claim([2; 32], 0, ClaimProof::Token([5; 32])).unwrap();
     }
     let mut input = dump(&dir);
     fs::remove_dir_all(&dir).unwrap();

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
 use backchannel_core::mailbox::MailboxId;
 use backchannel_fuzz::store_input::{id, Input, Op};
-use backchannel_relay::store::{EmbeddedStore, ProvenWork, StoreError, ENVELOPE_KEY_FILE};
+use backchannel_core::frame::claim_lock;
+use backchannel_relay::store::{ClaimProof, EmbeddedStore, ProvenWork, StoreError, ENVELOPE_KEY_FILE};
 use libfuzzer_sys::fuzz_target;
 use redb::{Database, TableDefinition};
 use sha2::{Digest, Sha256};
@@ -132,7 +133,17 @@ fn run(dir: &Path, input: &Input) {
                 }
             }
             Op::Claim { send, epoch, token } => {
-                let _ = store.claim([send; 32], epoch, [token; 32]);
+                // Even tokens claim as the previous protocol did; odd ones with a key, whose
+                // lock the claim with key token + 2 opens.
+                let proof = if token % 2 == 0 {
+                    ClaimProof::Token([token; 32])
+                } else {
+                    ClaimProof::Key {
+                        key: [token; 32],
+                        next: claim_lock(&[token.wrapping_add(2); 32]),
+                    }
+                };
+                let _ = store.claim([send; 32], epoch, proof);
             }
             Op::Expire { now } => {
                 let _ = store.expire(now);

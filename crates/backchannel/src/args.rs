@@ -572,6 +572,9 @@ pub struct ImportArgs {
 pub enum DebugCommand {
     /// Print this member's own receiving mailbox for a channel, as JSON (secrets included).
     Mailbox(ChannelArg),
+    /// Print a channel's sequencer, its epoch and the epoch's claim key, as JSON (secrets
+    /// included).
+    Sequencer(ChannelArg),
 }
 
 /// Where a relay keeps its mailboxes (for `relay` and `bench relay`).

@@ -382,6 +382,26 @@ fn the_relays_of_a_cluster_share_mailboxes_claims_and_limits_and_wake_each_other
         }
         c2.request(&claim(0, [1; 32])).await.unwrap();
         c2.request(&claim(1, [2; 32])).await.unwrap();
+        // A claim with a key locks the sequencer for the whole cluster: the next claim
+        // needs the key that opens the lock, whichever relay is asked, and a claim
+        // without a key is answered as one from an older client.
+        let keyed = |epoch, key: u8, next: u8| Request::ClaimKeyed {
+            send: b.address.send.0,
+            epoch,
+            key: [key; 32],
+            next: backchannel_core::frame::claim_lock(&[next; 32]),
+        };
+        c1.request(&keyed(2, 20, 21)).await.unwrap();
+        assert_eq!(
+            code(c2.request(&keyed(3, 20, 22)).await),
+            Some(ErrorCode::NoSuchMailbox)
+        );
+        assert!(matches!(
+            c2.request(&claim(3, [3; 32])).await,
+            Err(ConnectError::RelayNewer(_))
+        ));
+        c2.request(&keyed(3, 21, 22)).await.unwrap();
+        c1.request(&keyed(3, 21, 22)).await.unwrap();
 
         // Deleted through relay 1: relay 2 refuses sends to it (its cache is told).
         c1.request(&Request::Delete { mailbox: a.id() }).await.unwrap();

@@ -277,8 +277,12 @@ fn the_state_left_by_release_94ba14f_opens_reads_and_keeps_working() {
     let _ = std::fs::remove_file(term_sheet_path);
     let _ = std::fs::remove_dir(term_sheet_path.parent().unwrap());
 
-    // And everything keeps working: both talk in both channels, the drop box takes a
-    // new letter, and a reply reaches letter 2's source.
+    // And everything keeps working: both change their keys in a channel whose sequencer
+    // the release granted claims by token (the first claim with a key locks it), both
+    // talk in both channels, the drop box takes a new letter, and a reply reaches
+    // letter 2's source.
+    alice.ok(&["update", "deal-room"]);
+    bob.ok(&["update", "deal-room"]);
     alice.ok(&["send", "deal-room", "alice, after the upgrade"]);
     bob.ok(&["send", "deal-room", "bob, after the upgrade"]);
     bob.ok(&["send", "side-room", "bob in side-room, after the upgrade"]);

@@ -615,6 +615,8 @@ impl Engine {
         let answer = match self.request(&claim.relay, &claim.request).await {
             Ok(_) => ClaimAnswer::Granted,
             Err(e) if e.is(ErrorCode::EpochConflict) => ClaimAnswer::Conflict,
+            // The claim key did not open the sequencer's lock.
+            Err(e) if e.is(ErrorCode::NoSuchMailbox) => return Err(ClientError::Split(staged.channel().to_string())),
             Err(e) => return Err(e.into()),
         };
         self.tick();
@@ -641,7 +643,9 @@ impl Engine {
 
     async fn resume_staged_commits(&mut self) -> Result<(), ClientError> {
         for staged in self.session.staged_commits() {
-            self.claim_and_finish(staged).await?;
+            let name = staged.channel().to_string();
+            let r = self.claim_and_finish(staged).await.map(|_| ());
+            self.isolate(&name, r)?;
         }
         Ok(())
     }
@@ -651,16 +655,36 @@ impl Engine {
         let per_channel = self.session.take_admissions();
         self.perform_local()?;
         for (name, kps) in per_channel {
-            self.commit(&name, CommitOp::Add(kps)).await?;
+            let r = self.commit(&name, CommitOp::Add(kps)).await;
+            self.isolate(&name, r)?;
         }
         Ok(())
     }
 
     async fn commit_proposals(&mut self) -> Result<(), ClientError> {
         for name in self.session.proposals_waiting() {
-            self.commit(&name, CommitOp::Proposals).await?;
+            let r = self.commit(&name, CommitOp::Proposals).await;
+            self.isolate(&name, r)?;
         }
         Ok(())
+    }
+
+    /// Keeps one channel's failed commit from stopping the sync of the others: a relay
+    /// that cannot be reached or a store that cannot be written stops the sync, anything
+    /// else (the channel's sequencer refused, other members kept winning) becomes a
+    /// warning for that channel, and the sync goes on. A command on that channel reports
+    /// its own error.
+    fn isolate(&mut self, name: &str, r: Result<(), ClientError>) -> Result<(), ClientError> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e @ (ClientError::Io { .. } | ClientError::Corrupt(_))) => Err(e),
+            Err(ClientError::Relay(e)) if !matches!(e, ConnectError::Refused(..)) => Err(ClientError::Relay(e)),
+            Err(e) => {
+                self.session
+                    .warn(Some(name), format!("a change to the channel is waiting: {e}"));
+                self.perform_local()
+            }
+        }
     }
 
     /// Rotates every channel mailbox that is due; a failure is retried at the next sync.
@@ -895,6 +919,18 @@ impl Engine {
     /// Our own receiving mailbox for a channel (for tests that play a hostile sender).
     pub fn debug_mailbox(&self, name: &str) -> Result<MailboxKeys, ClientError> {
         Ok(self.session.channel(name)?.mailbox.clone())
+    }
+
+    /// A channel's sequencer, its current epoch and that epoch's claim key (for tests that
+    /// play a removed member's old device).
+    pub fn debug_sequencer(
+        &self,
+        name: &str,
+    ) -> Result<(backchannel_core::mailbox::MailboxAddress, u64, [u8; 32]), ClientError> {
+        let group = self.session.load_group(name)?;
+        let info = group.info().map_err(ClientError::protocol)?;
+        let key = group.claim_key(&self.session.provider).map_err(ClientError::protocol)?;
+        Ok((info.sequencer, group.epoch(), key))
     }
 
     /// Rotates our keys in a channel (post-compromise security) with a self-update commit.

@@ -104,13 +104,29 @@ pub enum ClientError {
     Relay(#[from] ConnectError),
     /// The message was stored and will be sent later; holds why it was not sent now.
     #[error("the message is queued, not delivered: {0}; the next backchannel command will send it")]
-    Queued(String),
+    Queued(#[source] Holdup),
     /// A file transfer stopped before every part was sent; holds how far and why.
-    #[error("the file is not completely sent ({0}); run the same `backchannel send --file` command again to resume")]
-    Paused(String),
+    #[error(
+        "the file is not completely sent ({percent}% sent so far: {why}); run the same `backchannel send --file` \
+         command again to resume"
+    )]
+    Paused {
+        /// How much of the file the relay holds, in percent.
+        percent: u64,
+        /// Why the transfer stopped.
+        #[source]
+        why: Holdup,
+    },
     /// A courier bundle could not be used; the error says why and what to do.
     #[error(transparent)]
     Courier(backchannel_core::courier::CourierError),
+    /// The channel's sequencer refused this device's claim key: this device applied a
+    /// change to the channel that the sequencer never granted (a split channel).
+    #[error(
+        "this device's copy of \"{0}\" has split from the other members' (it applied a change to the channel \
+         that the channel's relay never granted); it cannot change the channel"
+    )]
+    Split(String),
     /// Another member kept committing first.
     #[error("other members kept changing \"{0}\" at the same moment; try again")]
     Contended(String),

@@ -19,7 +19,7 @@ use backchannel_core::identity::Identity;
 use backchannel_core::mailbox::{MailboxId, MailboxKeys};
 use backchannel_core::pow::ProvenWork;
 use backchannel_core::relay_address::RelayAddress;
-use backchannel_relay::store::{EmbeddedStore, MailboxStore, StoreError};
+use backchannel_relay::store::{ClaimProof, EmbeddedStore, MailboxStore, StoreError};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_core::OsRng;
@@ -155,9 +155,12 @@ impl SimRelay {
                 opened.remove(mailbox);
                 MailboxStore::delete(store, *mailbox).await.map(|()| Response::Ok)
             }
-            Request::Claim { send, epoch, token } => MailboxStore::claim(store, *send, *epoch, *token)
-                .await
-                .map(|()| Response::Ok),
+            req @ (Request::Claim { .. } | Request::ClaimKeyed { .. }) => match ClaimProof::of(req) {
+                Some((send, epoch, proof)) => MailboxStore::claim(store, send, epoch, proof)
+                    .await
+                    .map(|()| Response::Ok),
+                None => Ok(Response::Ok),
+            },
             _ => Ok(Response::Ok),
         };
         r.map_err(Self::refusal)

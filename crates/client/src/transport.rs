@@ -47,7 +47,10 @@ pub struct TransportConfig {
 
 /// Which link a request travels on.
 fn on_send_link(req: &Request) -> bool {
-    matches!(req, Request::Send { .. } | Request::Claim { .. })
+    matches!(
+        req,
+        Request::Send { .. } | Request::Claim { .. } | Request::ClaimKeyed { .. }
+    )
 }
 
 /// The answers to pipelined requests, in order.

@@ -375,6 +375,38 @@ impl OutgoingCommit {
     }
 }
 
+/// What a member shows the sequencer to claim the channel's current epoch.
+#[derive(Clone)]
+pub struct ClaimKeys {
+    /// The current epoch's claim key: only its members can derive it.
+    pub key: [u8; 32],
+    /// The lock of the epoch the staged commit moves to.
+    pub next: [u8; 32],
+}
+
+impl fmt::Debug for ClaimKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClaimKeys(..)")
+    }
+}
+
+impl Drop for ClaimKeys {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.key.zeroize();
+    }
+}
+
+/// The MLS exporter label of an epoch's claim key.
+const CLAIM_KEY_LABEL: &str = "backchannel/v1/claim-key";
+
+fn exported_key(secret: Result<Vec<u8>, ExportSecretError>) -> Result<[u8; 32], ChannelError> {
+    let mut secret = secret.map_err(mls)?;
+    let key = <[u8; 32]>::try_from(secret.as_slice()).map_err(|_| ChannelError::Invalid("exported secret"));
+    zeroize::Zeroize::zeroize(&mut secret);
+    key
+}
+
 /// Why an incoming message was not accepted. None of these is ever shown as
 /// a message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

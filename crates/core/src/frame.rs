@@ -124,7 +124,37 @@ pub enum Request {
     },
     /// Keep-alive.
     Ping,
+    /// Claim `epoch` of a sequencer mailbox with the epoch's claim key: granted when
+    /// the key opens the lock the previous epoch's winner left ([`claim_lock`]), or
+    /// when the sequencer has no lock yet; the grant leaves `next` as the lock of the
+    /// following epoch. Repeating a granted claim with the same `next` is granted again.
+    /// A sequencer with a lock refuses a [`Request::Claim`] (docs/protocol.md, "Claims").
+    ClaimKeyed {
+        /// The sequencer mailbox's send capability.
+        send: [u8; 32],
+        /// The epoch being claimed.
+        epoch: u64,
+        /// The claim key of `epoch` (an MLS exporter secret of that epoch).
+        key: [u8; 32],
+        /// The lock of `epoch + 1`: [`claim_lock`] of that epoch's claim key.
+        next: [u8; 32],
+    },
 }
+
+/// The lock that a claim key opens: what the relay keeps of the next epoch's claim key.
+pub fn claim_lock(key: &[u8; 32]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::new()
+        .chain_update(b"backchannel/v1/claim-lock")
+        .chain_update(key)
+        .finalize()
+        .into()
+}
+
+/// The `detail` of the `Malformed` answer to a [`Request::Claim`] on a sequencer that
+/// has a lock: the protocol version that claims there need, so that a client of
+/// version 2 tells its user to upgrade.
+pub const KEYED_CLAIMS_VERSION: u64 = 3;
 
 /// Why the relay refused a request. Codes are stable on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -343,6 +373,9 @@ pub fn encode_request(id: u32, req: &Request) -> Vec<u8> {
         Request::Ping => {
             w.u8(0x08).u32(id);
         }
+        Request::ClaimKeyed { send, epoch, key, next } => {
+            w.u8(0x09).u32(id).put(send).u64(*epoch).put(key).put(next);
+        }
     }
     padded(w)
 }
@@ -388,6 +421,12 @@ pub fn decode_request(frame: &[u8]) -> Result<(u32, Request), FrameError> {
                 token: r.array()?,
             },
             0x08 => Request::Ping,
+            0x09 => Request::ClaimKeyed {
+                send: r.array()?,
+                epoch: r.u64()?,
+                key: r.array()?,
+                next: r.array()?,
+            },
             _ => return Err(DecodeError::Invalid("request tag")),
         };
         Ok((id, req))
@@ -580,6 +619,8 @@ mod tests {
                 token
             }),
             Just(Request::Ping),
+            (any::<[u8; 32]>(), any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>())
+                .prop_map(|(send, epoch, key, next)| Request::ClaimKeyed { send, epoch, key, next }),
         ]
     }
 

@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::proofs::SpentProofs;
-use crate::store::{Backend, MailboxStore, ProvenWork, StoreError};
+use crate::store::{Backend, ClaimProof, MailboxStore, ProvenWork, StoreError};
 use crate::{now_secs, Limits};
 
 /// Most bytes of the WebSocket upgrade request (request line and headers) read
@@ -736,9 +736,12 @@ async fn serve_stateless(shared: &Shared, req: Request) -> Response {
                 }
             }
         }
-        Request::Claim { send, epoch, token } => match store.claim(send, epoch, token).await {
-            Ok(()) => Response::Ok,
-            Err(e) => store_error("claiming an epoch", e),
+        ref req @ (Request::Claim { .. } | Request::ClaimKeyed { .. }) => match ClaimProof::of(req) {
+            Some((send, epoch, proof)) => match store.claim(send, epoch, proof).await {
+                Ok(()) => Response::Ok,
+                Err(e) => store_error("claiming an epoch", e),
+            },
+            None => Connection::err(ErrorCode::Malformed),
         },
         Request::Ack { mailbox, seq } => match store.ack(mailbox, seq).await {
             Ok(()) => {
@@ -778,7 +781,9 @@ impl Connection {
                     Err(e) => store_error("creating a mailbox", e),
                 }
             }
-            req @ (Request::Send { .. } | Request::Claim { .. }) => serve_stateless(shared, req).await,
+            req @ (Request::Send { .. } | Request::Claim { .. } | Request::ClaimKeyed { .. }) => {
+                serve_stateless(shared, req).await
+            }
             Request::Open { mailbox, proof } => {
                 if self.opened.contains(&mailbox) {
                     return Response::Ok;
@@ -835,7 +840,7 @@ impl Connection {
     fn concurrent(&self, req: &Request) -> bool {
         match req {
             Request::Ack { mailbox, .. } => self.opened.contains(mailbox),
-            Request::Send { .. } | Request::Claim { .. } => true,
+            Request::Send { .. } | Request::Claim { .. } | Request::ClaimKeyed { .. } => true,
             _ => false,
         }
     }

@@ -173,6 +173,23 @@ pub async fn update(a: &ChannelArg, cx: &mut Context<'_>) -> Result<(), CliError
     Ok(())
 }
 
+/// `debug sequencer`: the channel's sequencer, epoch and claim key (for tests that play
+/// a removed member's old device).
+pub fn debug_sequencer(a: &ChannelArg, cx: &mut Context<'_>) -> Result<(), CliError> {
+    let (seq, epoch, key) = cx.engine.debug_sequencer(&a.channel)?;
+    let hex = |b: &[u8]| data_encoding::HEXLOWER.encode(b);
+    cx.out.line(format!(
+        "{}",
+        serde_json::json!({
+            "relay": seq.relay.to_string(),
+            "send": hex(&seq.send.0),
+            "epoch": epoch,
+            "claim_key": hex(&key),
+        })
+    ));
+    Ok(())
+}
+
 /// `debug mailbox`: this member's receiving mailbox in the channel, secrets included
 /// (for tests that play the relay or a network observer).
 pub fn debug_mailbox(a: &ChannelArg, cx: &mut Context<'_>) -> Result<(), CliError> {

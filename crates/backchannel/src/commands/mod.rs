@@ -44,6 +44,7 @@ pub async fn run(command: &EngineCommand, cx: &mut Context<'_>) -> Result<(), Cl
         EngineCommand::Close(a) => channel::close(a, cx).await,
         EngineCommand::Update(a) => channel::update(a, cx).await,
         EngineCommand::Debug(DebugCommand::Mailbox(a)) => channel::debug_mailbox(a, cx),
+        EngineCommand::Debug(DebugCommand::Sequencer(a)) => channel::debug_sequencer(a, cx),
         EngineCommand::Sync(a) => message::sync(a, cx).await,
         EngineCommand::Send(a) => message::send(a, cx).await,
         EngineCommand::Read(a) => message::read(a, cx).await,

@@ -3,7 +3,8 @@
 //! won, the commit is merged and sent to every member (and its welcome to joiners);
 //! lost, it is discarded and tried again on top of the winner's. A staged commit
 //! survives a crash between the claim and the fan-out: the next sync claims again
-//! with the same token, which the relay grants again.
+//! with the same keys, which the relay grants again. A claim shows the current epoch's
+//! claim key and leaves the lock of the next (docs/protocol.md, "Claims").
 
 use backchannel_core::channel::ValidKeyPackage;
 use backchannel_core::envelope::PayloadKind;
@@ -179,21 +180,29 @@ impl Session {
         };
         let group = self.load_group(name)?;
         let seq = group.info().map_err(ClientError::protocol)?.sequencer;
+        // The epoch's claim key proves membership of it, so a removed member's old
+        // device cannot hold the channel's next epoch (docs/protocol.md, "Claims").
+        let request = match group.claim_keys(&self.provider).map_err(ClientError::protocol)? {
+            Some(keys) => Request::ClaimKeyed {
+                send: seq.send.0,
+                epoch: pending.epoch,
+                key: keys.key,
+                next: keys.next,
+            },
+            // No staged commit in the group: nothing it could claim a lock for.
+            None => return Ok(None),
+        };
         Ok(Some(Staged {
             channel: name.to_string(),
             claim: Claim {
                 relay: seq.relay.clone(),
-                request: Request::Claim {
-                    send: seq.send.0,
-                    epoch: pending.epoch,
-                    token: pending.token,
-                },
+                request,
             },
         }))
     }
 
     /// The commits staged in the state (a crash came between a claim and its fan-out),
-    /// to claim again with the same token.
+    /// to claim again with the same keys.
     pub fn staged_commits(&self) -> Vec<Staged> {
         self.state
             .channels

@@ -430,7 +430,8 @@ impl ChannelState {
 pub struct PendingCommit {
     /// Epoch claimed.
     pub epoch: u64,
-    /// Claim token.
+    /// Claim token of protocol version 2 (kept for the state layout; claims now show the
+    /// epoch's claim key, derived from the staged commit, see `Channel::claim_keys`).
     pub token: [u8; 32],
     /// Commit bytes.
     pub commit: Vec<u8>,

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use backchannel_core::envelope::Envelope;
-use backchannel_core::frame::{Delivery, ErrorCode};
+use backchannel_core::frame::{claim_lock, Delivery, ErrorCode, KEYED_CLAIMS_VERSION};
 use backchannel_core::mailbox::MailboxId;
 pub use backchannel_core::pow::ProvenWork;
 
@@ -53,6 +53,10 @@ pub enum StoreError {
     /// The claimed epoch is not the next; holds the next epoch.
     #[error("epoch conflict")]
     EpochConflict(u64),
+    /// A claim without a key, at a sequencer whose claims need one (its client is older
+    /// than the channel's other members).
+    #[error("claim without a key")]
+    ClaimNeedsKey,
     /// The mailbox demands proof of work and the send does not provide it (see
     /// [`backchannel_core::pow`]).
     #[error("proof of work required")]
@@ -157,6 +161,9 @@ impl StoreError {
             StoreError::MailboxFull => (ErrorCode::MailboxFull, 0),
             StoreError::RelayFull => (ErrorCode::RelayFull, 0),
             StoreError::EpochConflict(next) => (ErrorCode::EpochConflict, *next),
+            // Answered like a request of a newer protocol, so that the older client
+            // tells its user to upgrade.
+            StoreError::ClaimNeedsKey => (ErrorCode::Malformed, KEYED_CLAIMS_VERSION),
             StoreError::WorkRequired => (ErrorCode::WorkRequired, 0),
             _ => return None,
         })
@@ -239,9 +246,14 @@ pub trait MailboxStore: Send + Sync + 'static {
     fn ack(&self, id: MailboxId, seq: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Deletes a mailbox and its envelopes.
     fn delete(&self, id: MailboxId) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Claims an epoch of the sequencer mailbox whose send capability is `send`.
-    fn claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32])
-        -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Claims an epoch of the sequencer mailbox whose send capability is `send`
+    /// (by [`Claims::judge`]).
+    fn claim(
+        &self,
+        send: [u8; 32],
+        epoch: u64,
+        proof: ClaimProof,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Deletes envelopes whose expiry is before `now`; returns how many.
     fn expire(&self, now: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Counts.
@@ -250,6 +262,107 @@ pub trait MailboxStore: Send + Sync + 'static {
     /// mailbox ids) so long-polls here wake at once. A store only this relay uses
     /// has none: the relay announces its own deliveries. Call inside the runtime.
     fn forward_deliveries(&self, _notify: tokio::sync::broadcast::Sender<MailboxId>) {}
+}
+
+/// What a claim shows a sequencer.
+#[derive(Clone, Copy)]
+pub enum ClaimProof {
+    /// A claim of a client from before claim keys: the claimant's commit token. Only a
+    /// sequencer without a lock accepts it.
+    Token([u8; 32]),
+    /// The epoch's claim key, and the lock it leaves for the next epoch
+    /// ([`backchannel_core::frame::Request::ClaimKeyed`]).
+    Key {
+        /// The claim key of the epoch claimed.
+        key: [u8; 32],
+        /// The lock of the epoch after it.
+        next: [u8; 32],
+    },
+}
+
+impl std::fmt::Debug for ClaimProof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClaimProof::Token(_) => "ClaimProof::Token(..)",
+            ClaimProof::Key { .. } => "ClaimProof::Key(..)",
+        })
+    }
+}
+
+/// A sequencer's claims, as each backend stores them: the rule of a claim is here, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claims {
+    /// The epoch the next claim must name.
+    pub next_epoch: u64,
+    /// The last grant's token (a claim without a key) or the lock of `next_epoch`.
+    pub last: [u8; 32],
+    /// Whether `last` is a lock: claims need the key that opens it.
+    pub locked: bool,
+}
+
+impl ClaimProof {
+    /// The claim a request makes: its epoch and proof, or `None` for another request.
+    pub fn of(req: &backchannel_core::frame::Request) -> Option<([u8; 32], u64, ClaimProof)> {
+        use backchannel_core::frame::Request;
+        match req {
+            Request::Claim { send, epoch, token } => Some((*send, *epoch, ClaimProof::Token(*token))),
+            Request::ClaimKeyed { send, epoch, key, next } => {
+                Some((*send, *epoch, ClaimProof::Key { key: *key, next: *next }))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Claims {
+    /// No claim makes the next epoch this or more.
+    pub const EPOCH_LIMIT: u64 = 1 << 63;
+
+    /// A sequencer nobody has claimed yet.
+    pub const NEW: Claims = Claims {
+        next_epoch: 0,
+        last: [0; 32],
+        locked: false,
+    };
+
+    /// What a claim of `epoch` with `proof` does: `Ok(Some(claims))` grants it and the
+    /// sequencer's claims become `claims`; `Ok(None)` grants it again (a claimant
+    /// repeating its granted claim); `Err` refuses it. A key that does not open the
+    /// lock is answered as a wrong capability: it comes from someone who is not a
+    /// member of the epoch (a removed member, or a fork).
+    pub fn judge(&self, epoch: u64, proof: &ClaimProof) -> Result<Option<Claims>, StoreError> {
+        use subtle::ConstantTimeEq;
+        let eq = |a: &[u8; 32], b: &[u8; 32]| bool::from(a.ct_eq(b));
+        // Epochs come from the network: u64::MAX must not overflow, and no epoch reaches
+        // bit 63 (a backend may keep a flag there).
+        let following = epoch.checked_add(1).filter(|f| *f < Claims::EPOCH_LIMIT);
+        match proof {
+            ClaimProof::Token(_) if self.locked => Err(StoreError::ClaimNeedsKey),
+            ClaimProof::Token(token) => match following {
+                Some(next_epoch) if epoch == self.next_epoch => Ok(Some(Claims {
+                    next_epoch,
+                    last: *token,
+                    locked: false,
+                })),
+                _ if following == Some(self.next_epoch) && eq(token, &self.last) => Ok(None),
+                _ => Err(StoreError::EpochConflict(self.next_epoch)),
+            },
+            ClaimProof::Key { key, next } => match following {
+                Some(next_epoch) if epoch == self.next_epoch => {
+                    if self.locked && !eq(&claim_lock(key), &self.last) {
+                        return Err(StoreError::NoSuchMailbox);
+                    }
+                    Ok(Some(Claims {
+                        next_epoch,
+                        last: *next,
+                        locked: true,
+                    }))
+                }
+                _ if self.locked && following == Some(self.next_epoch) && eq(next, &self.last) => Ok(None),
+                _ => Err(StoreError::EpochConflict(self.next_epoch)),
+            },
+        }
+    }
 }
 
 /// The store a relay runs on: one of the two backends.
@@ -314,8 +427,8 @@ impl MailboxStore for Backend {
         each!(self, s => MailboxStore::delete(s, id).await)
     }
 
-    async fn claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
-        each!(self, s => MailboxStore::claim(s, send, epoch, token).await)
+    async fn claim(&self, send: [u8; 32], epoch: u64, proof: ClaimProof) -> Result<(), StoreError> {
+        each!(self, s => MailboxStore::claim(s, send, epoch, proof).await)
     }
 
     async fn expire(&self, now: u64) -> Result<u64, StoreError> {

@@ -47,12 +47,11 @@ use backchannel_core::pow::ProvenWork;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
-use super::{MailboxStore, Quota, Stats, StoreError};
+use super::{ClaimProof, Claims, MailboxStore, Quota, Stats, StoreError};
 
 const ENVELOPES: &str = "BC_ENVELOPES";
 const META: &str = "BC_META";
@@ -617,41 +616,23 @@ impl NatsStore {
         Ok(())
     }
 
-    async fn do_claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
+    async fn do_claim(&self, send: [u8; 32], epoch: u64, proof: ClaimProof) -> Result<(), StoreError> {
         let digest: [u8; 32] = Sha256::digest(send).into();
         let Some(Target { id, .. }) = self.target(&digest).await? else {
             return Err(StoreError::NoSuchMailbox);
         };
         let subject = claim_subject(&id);
         for _ in 0..CAS_ATTEMPTS {
-            let (seq, next, last) = match self.latest(&subject).await? {
-                Some((seq, v)) => {
-                    let next = v
-                        .get(..8)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u64::from_be_bytes)
-                        .ok_or_else(|| corrupt("claim record"))?;
-                    let last: [u8; 32] = v
-                        .get(8..40)
-                        .and_then(|b| b.try_into().ok())
-                        .ok_or_else(|| corrupt("claim record"))?;
-                    (seq, next, last)
-                }
-                None => (0, 0, [0; 32]),
+            let (seq, claims) = match self.latest(&subject).await? {
+                Some((seq, v)) => (seq, decode_claims(&v)?),
+                None => (0, Claims::NEW),
             };
-            let following = epoch.checked_add(1);
-            if let (true, Some(next_epoch)) = (epoch == next, following) {
-                let mut v = Vec::with_capacity(40);
-                v.extend_from_slice(&next_epoch.to_be_bytes());
-                v.extend_from_slice(&token);
-                match self.put_if(&subject, Bytes::from(v), seq).await? {
-                    Cas::Done => return Ok(()),
-                    Cas::Lost => continue,
-                }
-            } else if seq != 0 && following == Some(next) && bool::from(token.ct_eq(&last)) {
+            let Some(claims) = claims.judge(epoch, &proof)? else {
                 return Ok(());
-            } else {
-                return Err(StoreError::EpochConflict(next));
+            };
+            match self.put_if(&subject, Bytes::from(encode_claims(&claims)), seq).await? {
+                Cas::Done => return Ok(()),
+                Cas::Lost => continue,
             }
         }
         Err(nats_error("claiming an epoch", NatsError::Contended))
@@ -679,6 +660,43 @@ impl NatsStore {
             envelopes: env,
         })
     }
+}
+
+/// Bit 63 of the claim record's next epoch: the claims are locked. The record keeps the
+/// layout of version 1 (next epoch (u64) ‖ last token or lock (32)), frozen because relays
+/// of one cluster may run different releases during a rolling upgrade: a relay of an
+/// earlier release reads a locked record as a next epoch no client reaches, so it grants
+/// nothing there (a claim of an earlier client is answered EpochConflict) and never
+/// misreads it as a grant. [`Claims::judge`] refuses epochs that would reach this bit.
+const LOCKED: u64 = 1 << 63;
+
+fn encode_claims(c: &Claims) -> Vec<u8> {
+    let mut v = Vec::with_capacity(40);
+    let next = c.next_epoch | if c.locked { LOCKED } else { 0 };
+    v.extend_from_slice(&next.to_be_bytes());
+    v.extend_from_slice(&c.last);
+    v
+}
+
+fn decode_claims(v: &[u8]) -> Result<Claims, StoreError> {
+    const WHAT: &str = "claim record";
+    if v.len() != 40 {
+        return Err(corrupt(WHAT));
+    }
+    let next = v
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt(WHAT))?;
+    let last: [u8; 32] = v
+        .get(8..40)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| corrupt(WHAT))?;
+    Ok(Claims {
+        next_epoch: next & !LOCKED,
+        last,
+        locked: next & LOCKED != 0,
+    })
 }
 
 fn corrupt(what: &'static str) -> StoreError {
@@ -749,8 +767,8 @@ impl MailboxStore for NatsStore {
         self.do_delete(id).await
     }
 
-    async fn claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
-        self.do_claim(send, epoch, token).await
+    async fn claim(&self, send: [u8; 32], epoch: u64, proof: ClaimProof) -> Result<(), StoreError> {
+        self.do_claim(send, epoch, proof).await
     }
 
     async fn expire(&self, _now: u64) -> Result<u64, StoreError> {
@@ -793,5 +811,32 @@ impl MailboxStore for NatsStore {
                 old.abort();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The claim record: a locked one round-trips, one of an earlier release reads as
+    /// unlocked, and a locked one reads to an earlier release as an epoch nobody claims.
+    #[test]
+    fn claim_records_keep_their_layout() {
+        let c = Claims {
+            next_epoch: 9,
+            last: [5; 32],
+            locked: true,
+        };
+        let v = encode_claims(&c);
+        assert_eq!(v.len(), 40);
+        assert_eq!(decode_claims(&v).unwrap(), c);
+        let old = [&9u64.to_be_bytes()[..], &[5; 32]].concat();
+        assert_eq!(old, encode_claims(&Claims { locked: false, ..c }));
+        assert_eq!(decode_claims(&old).unwrap(), Claims { locked: false, ..c });
+        // What an earlier relay reads as the next epoch of a locked record.
+        let seen = u64::from_be_bytes(v[..8].try_into().unwrap());
+        assert!(seen > 1 << 62, "{seen}");
+        assert!(decode_claims(&[0; 41]).is_err());
     }
 }

@@ -83,7 +83,7 @@ use backchannel_core::mailbox::MailboxId;
 use backchannel_core::pow::ProvenWork;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::store::{MailboxStore, Quota, Stats, StoreError};
+use crate::store::{ClaimProof, MailboxStore, Quota, Stats, StoreError};
 
 mod at_rest;
 mod record;
@@ -327,8 +327,8 @@ impl EmbeddedStore {
     }
 
     /// Claims an epoch, blocking ([`MailboxStore::claim`]).
-    pub fn claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
-        self.write(Write::Claim { send, epoch, token }).map(|_| ())
+    pub fn claim(&self, send: [u8; 32], epoch: u64, proof: ClaimProof) -> Result<(), StoreError> {
+        self.write(Write::Claim { send, epoch, proof }).map(|_| ())
     }
 
     /// Deletes expired envelopes, blocking ([`MailboxStore::expire`]).
@@ -483,8 +483,8 @@ impl MailboxStore for EmbeddedStore {
         self.submit(Write::Delete { id }).await.map(|_| ())
     }
 
-    async fn claim(&self, send: [u8; 32], epoch: u64, token: [u8; 32]) -> Result<(), StoreError> {
-        self.submit(Write::Claim { send, epoch, token }).await.map(|_| ())
+    async fn claim(&self, send: [u8; 32], epoch: u64, proof: ClaimProof) -> Result<(), StoreError> {
+        self.submit(Write::Claim { send, epoch, proof }).await.map(|_| ())
     }
 
     async fn expire(&self, now: u64) -> Result<u64, StoreError> {

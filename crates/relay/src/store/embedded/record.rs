@@ -10,7 +10,7 @@
 //!
 //! | table | key | value (current, version 1) | older values |
 //! |---|---|---|---|
-//! | `mailboxes` | receive id (32) | 1 ‖ recipient key (32) ‖ send digest (32) ‖ next seq (u64 BE) ‖ count (u32 BE) ‖ next epoch (u64 BE) ‖ last token (32) ‖ pow bits (1): 118 bytes | the same without the version byte (117), or without it and pow bits (116, read as 0) |
+//! | `mailboxes` | receive id (32) | 2 ‖ recipient key (32) ‖ send digest (32) ‖ next seq (u64 BE) ‖ count (u32 BE) ‖ next epoch (u64 BE) ‖ last token or lock (32) ‖ pow bits (1) ‖ flags (1: bit 0, claims locked): 119 bytes | version 1: the same without flags (118, not locked); without the version byte (117), or without it and pow bits (116, read as 0) |
 //! | `senders` | SHA-256(send capability) (32) | 1 ‖ receive id (32): 33 bytes | the receive id alone (32) |
 //! | `envelopes` | receive id (32) ‖ seq (u64 BE) | 1 ‖ expires at (u64 BE, Unix s) ‖ key slot (u64 BE) ‖ sealed envelope (4096) ‖ tag (16): 4129 bytes | the same without the version byte (4128), or expires at ‖ envelope in the clear (4104) |
 
@@ -18,7 +18,7 @@ use backchannel_core::codec::Reader;
 use backchannel_core::envelope::ENVELOPE_SIZE;
 use backchannel_core::mailbox::MailboxId;
 
-use crate::store::StoreError;
+use crate::store::{Claims, StoreError};
 
 /// The version of every record layout this code writes.
 pub(crate) const RECORD_VERSION: u8 = 1;
@@ -30,8 +30,13 @@ pub(crate) const TAG_LEN: usize = 16;
 
 /// A mailbox record body (after the version byte).
 const MAILBOX_BODY_LEN: usize = 32 + 32 + 8 + 4 + 8 + 32 + 1;
-/// A mailbox record of the current version.
-pub(crate) const MAILBOX_RECORD_LEN: usize = 1 + MAILBOX_BODY_LEN;
+/// A mailbox record of version 1.
+pub(crate) const MAILBOX_RECORD_LEN_V1: usize = 1 + MAILBOX_BODY_LEN;
+/// A mailbox record of the current version (2): version 1 and a flags byte.
+pub(crate) const MAILBOX_RECORD_LEN: usize = MAILBOX_RECORD_LEN_V1 + 1;
+/// The version of the mailbox record layout this code writes (the others are at
+/// [`RECORD_VERSION`]).
+pub(crate) const MAILBOX_VERSION: u8 = 2;
 /// An unversioned mailbox record as release 94ba14f wrote it.
 pub(crate) const LEGACY_MAILBOX_LEN: usize = MAILBOX_BODY_LEN;
 /// An unversioned mailbox record from before drop boxes, without `pow_bits`.
@@ -70,48 +75,60 @@ pub(crate) struct MailboxRecord {
     pub(crate) send_digest: [u8; 32],
     pub(crate) next_seq: u64,
     pub(crate) count: u32,
-    pub(crate) next_epoch: u64,
-    pub(crate) last_token: [u8; 32],
+    /// The mailbox's claims, when it is a channel's sequencer.
+    pub(crate) claims: Claims,
     pub(crate) pow_bits: u8,
 }
 
 impl MailboxRecord {
-    /// The current layout.
+    /// Version 2: the version 1 layout and a flags byte (bit 0: the claims are locked).
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(MAILBOX_RECORD_LEN);
-        v.push(RECORD_VERSION);
+        v.push(MAILBOX_VERSION);
         v.extend_from_slice(&self.recipient);
         v.extend_from_slice(&self.send_digest);
         v.extend_from_slice(&self.next_seq.to_be_bytes());
         v.extend_from_slice(&self.count.to_be_bytes());
-        v.extend_from_slice(&self.next_epoch.to_be_bytes());
-        v.extend_from_slice(&self.last_token);
+        v.extend_from_slice(&self.claims.next_epoch.to_be_bytes());
+        v.extend_from_slice(&self.claims.last);
         v.push(self.pow_bits);
+        v.push(u8::from(self.claims.locked));
         v
     }
 
-    /// Any layout: the current one, or an unversioned one of release 94ba14f or earlier.
+    /// Reads versions 2 and 1, and the unversioned layouts of format 1 (locked: no).
     pub(crate) fn decode(b: &[u8]) -> Result<Self, StoreError> {
         const WHAT: &str = "mailbox record";
-        let body = match b.len() {
-            LEGACY_MAILBOX_LEN | LEGACY_MAILBOX_LEN_BEFORE_POW => b,
-            _ => {
-                version(WHAT, b)?;
-                &b[1..]
-            }
-        };
-        if body.len() != MAILBOX_BODY_LEN && b.len() != LEGACY_MAILBOX_LEN_BEFORE_POW {
-            return Err(StoreError::corrupt(WHAT));
-        }
-        let mut r = Reader::new(body);
         let bad = |_| StoreError::corrupt(WHAT);
+        let (body, flags) = match (b.len(), b.first()) {
+            (LEGACY_MAILBOX_LEN | LEGACY_MAILBOX_LEN_BEFORE_POW, _) => (b, None),
+            (MAILBOX_RECORD_LEN_V1, Some(1)) => (&b[1..], None),
+            (MAILBOX_RECORD_LEN, Some(&MAILBOX_VERSION)) => (&b[1..MAILBOX_RECORD_LEN - 1], b.last().copied()),
+            (_, Some(&v)) if v > MAILBOX_VERSION => {
+                return Err(StoreError::NewerFormat {
+                    what: WHAT,
+                    found: u32::from(v),
+                    known: u32::from(MAILBOX_VERSION),
+                })
+            }
+            _ => return Err(StoreError::corrupt(WHAT)),
+        };
+        let locked = match flags {
+            None | Some(0) => false,
+            Some(1) => true,
+            Some(_) => return Err(StoreError::corrupt(WHAT)),
+        };
+        let mut r = Reader::new(body);
         let rec = Self {
             recipient: r.array().map_err(bad)?,
             send_digest: r.array().map_err(bad)?,
             next_seq: r.u64().map_err(bad)?,
             count: r.u32().map_err(bad)?,
-            next_epoch: r.u64().map_err(bad)?,
-            last_token: r.array().map_err(bad)?,
+            claims: Claims {
+                next_epoch: r.u64().map_err(bad)?,
+                last: r.array().map_err(bad)?,
+                locked,
+            },
             pow_bits: if r.remaining() == 0 { 0 } else { r.u8().map_err(bad)? },
         };
         r.finish().map_err(bad)?;
@@ -119,7 +136,6 @@ impl MailboxRecord {
     }
 }
 
-/// A sender record (the value in `senders`), current layout.
 pub(crate) fn encode_sender(id: &MailboxId) -> [u8; SENDER_RECORD_LEN] {
     let mut v = [0u8; SENDER_RECORD_LEN];
     v[0] = RECORD_VERSION;
@@ -247,8 +263,11 @@ mod tests {
             send_digest: [4; 32],
             next_seq: 7,
             count: 2,
-            next_epoch: 9,
-            last_token: [5; 32],
+            claims: Claims {
+                next_epoch: 9,
+                last: [5; 32],
+                locked: true,
+            },
             pow_bits: 12,
         }
     }
@@ -258,10 +277,12 @@ mod tests {
     fn the_current_layouts_are_frozen() {
         let rec = record().encode();
         assert_eq!(rec.len(), MAILBOX_RECORD_LEN);
-        assert_eq!(rec[0], 1, "the version comes first");
+        assert_eq!(rec[0], 2, "the version comes first");
         assert_eq!(&rec[1..33], &[3; 32]);
         assert_eq!(&rec[65..73], &7u64.to_be_bytes());
+        assert_eq!(&rec[77..85], &9u64.to_be_bytes());
         assert_eq!(rec[117], 12);
+        assert_eq!(rec[118], 1, "claims locked");
         assert_eq!(
             encode_sender(&MailboxId([8; 32]))[..],
             [&[1u8][..], &[8; 32]].concat()[..]
@@ -284,11 +305,32 @@ mod tests {
         }
     }
 
+    /// Mailbox records of version 1 (release e46e4e4) read, with unlocked claims.
+    #[test]
+    fn version_1_mailbox_records_read_unlocked() {
+        let mut v1 = record().encode();
+        v1.pop();
+        v1[0] = 1;
+        let rec = MailboxRecord::decode(&v1).unwrap();
+        assert_eq!((rec.next_seq, rec.pow_bits), (7, 12));
+        assert_eq!(
+            rec.claims,
+            Claims {
+                next_epoch: 9,
+                last: [5; 32],
+                locked: false
+            }
+        );
+        let mut bad_flags = record().encode();
+        bad_flags[118] = 2;
+        assert!(MailboxRecord::decode(&bad_flags).is_err());
+    }
+
     /// Records of release 94ba14f (no version byte) still read.
     #[test]
     fn unversioned_records_of_release_94ba14f_read() {
         let current = record().encode();
-        let legacy = &current[1..];
+        let legacy = &current[1..current.len() - 1];
         let rec = MailboxRecord::decode(legacy).unwrap();
         assert_eq!((rec.recipient, rec.next_seq, rec.pow_bits), ([3; 32], 7, 12));
         let before_pow = MailboxRecord::decode(&legacy[..LEGACY_MAILBOX_LEN_BEFORE_POW]).unwrap();
@@ -305,14 +347,14 @@ mod tests {
     #[test]
     fn a_newer_record_version_is_refused() {
         let mut rec = record().encode();
-        rec[0] = 2;
+        rec[0] = 3;
         let e = MailboxRecord::decode(&rec).unwrap_err();
         assert_eq!(
             e,
             StoreError::NewerFormat {
                 what: "mailbox record",
-                found: 2,
-                known: 1
+                found: 3,
+                known: 2
             }
         );
         assert!(e.to_string().contains("upgrade backchannel"), "{e}");

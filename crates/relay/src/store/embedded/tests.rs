@@ -106,15 +106,68 @@ fn claims_are_granted_once_per_epoch_and_idempotent_per_token() {
     let id = MailboxId([1; 32]);
     let cap = [2u8; 32];
     s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
-    s.claim(cap, 0, [7; 32]).unwrap();
-    s.claim(cap, 0, [7; 32]).unwrap();
-    assert_eq!(s.claim(cap, 0, [8; 32]), Err(StoreError::EpochConflict(1)));
-    assert_eq!(s.claim(cap, 5, [8; 32]), Err(StoreError::EpochConflict(1)));
-    s.claim(cap, 1, [8; 32]).unwrap();
-    assert_eq!(s.claim([0; 32], 2, [8; 32]), Err(StoreError::NoSuchMailbox));
+    s.claim(cap, 0, ClaimProof::Token([7; 32])).unwrap();
+    s.claim(cap, 0, ClaimProof::Token([7; 32])).unwrap();
+    assert_eq!(
+        s.claim(cap, 0, ClaimProof::Token([8; 32])),
+        Err(StoreError::EpochConflict(1))
+    );
+    assert_eq!(
+        s.claim(cap, 5, ClaimProof::Token([8; 32])),
+        Err(StoreError::EpochConflict(1))
+    );
+    s.claim(cap, 1, ClaimProof::Token([8; 32])).unwrap();
+    assert_eq!(
+        s.claim([0; 32], 2, ClaimProof::Token([8; 32])),
+        Err(StoreError::NoSuchMailbox)
+    );
     // The last epoch number from the network neither panics the writer nor wraps.
-    assert_eq!(s.claim(cap, u64::MAX, [9; 32]), Err(StoreError::EpochConflict(2)));
-    s.claim(cap, 2, [8; 32]).unwrap();
+    assert_eq!(
+        s.claim(cap, u64::MAX, ClaimProof::Token([9; 32])),
+        Err(StoreError::EpochConflict(2))
+    );
+    s.claim(cap, 2, ClaimProof::Token([8; 32])).unwrap();
+}
+
+/// Keyed claims: the first locks the sequencer; from then on a claim must show the key
+/// that opens the lock the previous grant left (a removed member, who never learns the
+/// next epoch's key, is refused as a wrong capability), a claim without a key is refused
+/// with the answer that tells an older client to upgrade, and the winner's repeat is
+/// granted again. The lock survives a reopen.
+#[test]
+fn keyed_claims_lock_the_sequencer_to_the_members_of_each_epoch() {
+    use backchannel_core::frame::{claim_lock, ErrorCode, KEYED_CLAIMS_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    let (id, cap) = (MailboxId([1; 32]), [2u8; 32]);
+    let key = |n: u8| [n; 32];
+    let keyed = |k: u8, next: u8| ClaimProof::Key {
+        key: key(k),
+        next: claim_lock(&key(next)),
+    };
+    {
+        let s = open(dir.path(), 10);
+        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+        // A sequencer without a lock takes any key: only its creator knows it then.
+        s.claim(cap, 0, keyed(10, 11)).unwrap();
+        s.claim(cap, 0, keyed(10, 11)).unwrap();
+        assert_eq!(s.claim(cap, 0, keyed(10, 12)), Err(StoreError::EpochConflict(1)));
+        // Epoch 1: only key 11 opens the lock.
+        assert_eq!(s.claim(cap, 1, keyed(99, 98)), Err(StoreError::NoSuchMailbox));
+        assert_eq!(s.claim(cap, 1, keyed(10, 98)), Err(StoreError::NoSuchMailbox));
+        let old = s.claim(cap, 1, ClaimProof::Token([5; 32])).unwrap_err();
+        assert_eq!(old, StoreError::ClaimNeedsKey);
+        assert_eq!(old.refusal(), Some((ErrorCode::Malformed, KEYED_CLAIMS_VERSION)));
+        s.claim(cap, 1, keyed(11, 12)).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let s = open(dir.path(), 10);
+    assert_eq!(s.claim(cap, 2, keyed(11, 13)), Err(StoreError::NoSuchMailbox));
+    assert_eq!(
+        s.claim(cap, 2, ClaimProof::Token([5; 32])),
+        Err(StoreError::ClaimNeedsKey)
+    );
+    s.claim(cap, 2, keyed(12, 13)).unwrap();
+    assert_eq!(s.claim(cap, u64::MAX, keyed(13, 14)), Err(StoreError::EpochConflict(3)));
 }
 
 #[test]
@@ -657,8 +710,14 @@ fn rewrite_as_format_1(path: &Path) {
             })
             .collect();
         for (k, v) in all {
-            assert_eq!(v[0], record::RECORD_VERSION);
-            t.insert(&k[..], &v[1..]).unwrap();
+            // A mailbox record loses its flags byte too (version 1 had none).
+            let end = if v[0] == record::MAILBOX_VERSION {
+                v.len() - 1
+            } else {
+                v.len()
+            };
+            assert!([record::RECORD_VERSION, record::MAILBOX_VERSION].contains(&v[0]));
+            t.insert(&k[..], &v[1..end]).unwrap();
         }
     }
     txn.delete_table(redb::TableDefinition::<&str, u32>::new("format"))
@@ -696,7 +755,7 @@ fn a_format_1_data_directory_is_converted_and_keeps_its_envelopes() {
         for e in &envelopes {
             s.send(cap, e.clone(), u64::MAX, ProvenWork::NONE).unwrap();
         }
-        s.claim(cap, 0, [7; 32]).unwrap();
+        s.claim(cap, 0, ClaimProof::Token([7; 32])).unwrap();
     }
     std::thread::sleep(std::time::Duration::from_millis(100));
     rewrite_as_format_1(&path);
@@ -710,13 +769,21 @@ fn a_format_1_data_directory_is_converted_and_keeps_its_envelopes() {
     assert_eq!(s.recipient_key(id).unwrap(), Some([3; 32]));
     let (_, seq) = s.send(cap, env(9), u64::MAX, ProvenWork::NONE).unwrap();
     assert_eq!(seq, 4, "the sequence goes on");
-    assert_eq!(s.claim(cap, 0, [8; 32]), Err(StoreError::EpochConflict(1)));
+    assert_eq!(
+        s.claim(cap, 0, ClaimProof::Token([8; 32])),
+        Err(StoreError::EpochConflict(1))
+    );
     drop(s);
     std::thread::sleep(std::time::Duration::from_millis(100));
     let versions = record_versions(&path);
     assert_eq!(versions.len(), 1 + 1 + 4);
     assert!(
-        versions.iter().all(|(_, _, v)| *v == record::RECORD_VERSION),
+        versions.iter().all(|(table, _, v)| *v
+            == if *table == "mailboxes" {
+                record::MAILBOX_VERSION
+            } else {
+                record::RECORD_VERSION
+            }),
         "{versions:?}"
     );
 }

@@ -16,12 +16,11 @@ use backchannel_core::mailbox::MailboxId;
 use backchannel_core::pow::ProvenWork;
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::at_rest::{fresh_key, seal, zero_slots, EnvelopeKey, KeyFile, SlotBook};
 use super::record::{decode_sender, encode_envelope_value, encode_sender, record_key, EnvelopeValue, MailboxRecord};
 use super::{count_off, get_record, Table, ENVELOPES, MAILBOXES, MAX_BATCH, SENDERS};
-use crate::store::{Quota, StoreError};
+use crate::store::{ClaimProof, Claims, Quota, StoreError};
 
 /// What one batch does to the key file.
 #[derive(Default)]
@@ -56,7 +55,7 @@ pub(crate) enum Write {
     Claim {
         send: [u8; 32],
         epoch: u64,
-        token: [u8; 32],
+        proof: ClaimProof,
     },
     Expire {
         now: u64,
@@ -263,10 +262,6 @@ fn sender(senders: &Table<'_>, send: &[u8; 32]) -> Result<Option<MailboxId>, Sto
     }
 }
 
-fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.ct_eq(b).into()
-}
-
 struct Tables<'a, 't> {
     boxes: &'a mut Table<'t>,
     envs: &'a mut Table<'t>,
@@ -313,8 +308,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                     send_digest: *send_digest,
                     next_seq: 1,
                     count: 0,
-                    next_epoch: 0,
-                    last_token: [0; 32],
+                    claims: Claims::NEW,
                     pow_bits: *pow_bits,
                 };
                 boxes
@@ -403,30 +397,22 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             boxes.remove(&id.0[..]).map_err(StoreError::database(DOING))?;
             Ok((*id, keys.len() as u64))
         }
-        Write::Claim { send, epoch, token } => match sender(senders, send)?
+        Write::Claim { send, epoch, proof } => match sender(senders, send)?
             .map(|id| get_record(boxes, &id).map(|r| (id, r)))
             .transpose()?
         {
-            Some((id, Some(rec))) => {
-                let id = &id;
-                // Epochs come from the network: u64::MAX must not overflow.
-                let following = epoch.checked_add(1);
-                if let (true, Some(next_epoch)) = (*epoch == rec.next_epoch, following) {
-                    let rec = MailboxRecord {
-                        next_epoch,
-                        last_token: *token,
-                        ..rec
-                    };
+            // A refusal is this write's answer, not the batch's failure.
+            Some((id, Some(rec))) => match rec.claims.judge(*epoch, proof) {
+                Ok(Some(claims)) => {
+                    let rec = MailboxRecord { claims, ..rec };
                     boxes
                         .insert(&id.0[..], &rec.encode()[..])
                         .map_err(StoreError::database("granting a claim"))?;
-                    Ok((*id, *epoch))
-                } else if following == Some(rec.next_epoch) && ct_eq(token, &rec.last_token) {
-                    Ok((*id, *epoch))
-                } else {
-                    Err(StoreError::EpochConflict(rec.next_epoch))
+                    Ok((id, *epoch))
                 }
-            }
+                Ok(None) => Ok((id, *epoch)),
+                Err(refused) => Err(refused),
+            },
             _ => Err(StoreError::NoSuchMailbox),
         },
         Write::Expire { now } => {

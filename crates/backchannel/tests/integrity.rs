@@ -1,0 +1,147 @@
+//! Channel integrity against a hostile member, an ex-member and a hostile host (the
+//! attacks of docs/threat-model.md, "Insiders"), each played against real relays and
+//! real clients driven through the binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use backchannel_client::{ConnectError, RelayConnection};
+use backchannel_core::frame::{claim_lock, ErrorCode, Request};
+use backchannel_core::relay_address::RelayAddress;
+use common::*;
+use rand_core::{OsRng, RngCore};
+
+/// What a member's device knows of a channel's sequencer.
+struct Sequencer {
+    relay: RelayAddress,
+    send: [u8; 32],
+    epoch: u64,
+    key: [u8; 32],
+}
+
+fn sequencer(c: &Client, channel: &str) -> Sequencer {
+    let v: serde_json::Value = serde_json::from_str(&c.ok(&["debug", "sequencer", channel])).unwrap();
+    Sequencer {
+        relay: v["relay"].as_str().unwrap().parse().unwrap(),
+        send: unhex(v["send"].as_str().unwrap()).try_into().unwrap(),
+        epoch: v["epoch"].as_u64().unwrap(),
+        key: unhex(v["claim_key"].as_str().unwrap()).try_into().unwrap(),
+    }
+}
+
+fn random() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    OsRng.fill_bytes(&mut b);
+    b
+}
+
+/// Finding 1 of the integrity review, reproduced by hand before the fix: a removed member's
+/// old copy of its device sent one claim for the channel's next epoch, and from then on
+/// every commit of every other member lost ("other members kept changing the channel"),
+/// and with a leave pending nobody could send. Claims now show the epoch's claim key, which
+/// a removed member never learns: each of the copy's claims is refused, and the members go
+/// on changing and using the channel.
+#[test]
+fn a_removed_members_old_device_cannot_freeze_the_channel_with_a_claim() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [alice, bob, carol] = people(root.path(), &relay, ["alice", "bob", "carol"]);
+    channel_with(&alice, &[&bob, &carol], "kept");
+    // Carol keeps a copy of her device, with the epoch's claim key, before she is removed.
+    let copy = Client::new(root.path(), "carol-copy");
+    std::fs::create_dir_all(&copy.home).unwrap();
+    for f in files(&carol.home) {
+        std::fs::copy(&f, copy.home.join(f.file_name().unwrap())).unwrap();
+    }
+    let old = sequencer(&copy, "kept");
+    alice.ok(&["remove", "kept", "carol"]);
+    bob.ok(&["sync"]);
+    let now = sequencer(&alice, "kept");
+    assert_eq!(now.epoch, old.epoch + 1, "the removal is one commit");
+    assert_eq!(now.send, old.send, "the sequencer stays where it was");
+
+    // The copy claims the next epoch every way it can.
+    rt().block_on(async {
+        let mut c = RelayConnection::connect(&old.relay).await.unwrap();
+        // As a client of the previous protocol would (a token, no key): the relay answers
+        // with the version that claims need, so an old client says to upgrade.
+        let r = c
+            .request(&Request::Claim {
+                send: old.send,
+                epoch: now.epoch,
+                token: random(),
+            })
+            .await;
+        assert!(matches!(r, Err(ConnectError::RelayNewer(_))), "{r:?}");
+        // With the old epoch's key, or any other, for the current and later epochs.
+        for (epoch, key) in [(now.epoch, old.key), (now.epoch, random()), (now.epoch + 1, old.key)] {
+            let r = c
+                .request(&Request::ClaimKeyed {
+                    send: old.send,
+                    epoch,
+                    key,
+                    next: claim_lock(&random()),
+                })
+                .await;
+            let refused = matches!(&r, Err(e) if e.is(ErrorCode::NoSuchMailbox) || e.is(ErrorCode::EpochConflict));
+            assert!(refused, "epoch {epoch}: {r:?}");
+        }
+    });
+    // The copy's own client, run as its owner would, changes nothing either.
+    let _ = copy.run(&["update", "kept"]);
+    let _ = copy.run(&["send", "kept", "planted after removal"]);
+
+    // The members go on: key updates, a removal and messages, in both directions.
+    alice.ok(&["update", "kept"]);
+    bob.ok(&["update", "kept"]);
+    alice.ok(&["send", "kept", "still ours"]);
+    bob.ok(&["send", "kept", "agreed"]);
+    let both = vec![
+        ("alice".to_string(), "still ours".to_string()),
+        ("bob".to_string(), "agreed".to_string()),
+    ];
+    assert_eq!(bob.texts("kept"), both);
+    assert_eq!(alice.texts("kept"), both);
+    assert_eq!(sequencer(&bob, "kept").epoch, now.epoch + 2);
+}
+
+/// Finding 1, second half: a channel whose commits cannot go through (here a member who
+/// is still in it holds the next epoch with a claim and never commits, which claim keys
+/// do not prevent) used to stop the whole sync, so that the victim could not send in any
+/// channel. Now only that channel waits, with a warning; the others work.
+#[test]
+fn a_frozen_channel_does_not_stop_the_others() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [alice, bob, mallory] = people(root.path(), &relay, ["alice", "bob", "mallory"]);
+    channel_with(&alice, &[&bob, &mallory], "frozen");
+    channel_with(&alice, &[&bob], "other");
+    // Mallory holds the next epoch of "frozen" and never sends its commit.
+    let seq = sequencer(&mallory, "frozen");
+    rt().block_on(async {
+        let mut c = RelayConnection::connect(&seq.relay).await.unwrap();
+        c.request(&Request::ClaimKeyed {
+            send: seq.send,
+            epoch: seq.epoch,
+            key: seq.key,
+            next: claim_lock(&random()),
+        })
+        .await
+        .unwrap();
+    });
+    // Bob leaves: alice has a proposal to commit in "frozen", which cannot be.
+    bob.ok(&["leave", "frozen"]);
+    let r = alice.run(&["send", "other", "the other channel works"]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("warning:"),
+        "the frozen channel is reported: {}",
+        r.stderr
+    );
+    assert_eq!(
+        bob.texts("other"),
+        vec![("alice".to_string(), "the other channel works".to_string())]
+    );
+    // In the frozen channel itself the send says why it cannot go.
+    let e = alice.fails(&["send", "frozen", "stuck"]);
+    assert!(e.contains("frozen"), "{e}");
+}
