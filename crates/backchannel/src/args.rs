@@ -407,8 +407,9 @@ pub struct MembersArgs {
 #[derive(clap::Args, Serialize, Deserialize, Debug, Clone)]
 pub struct VerifyArgs {
     pub channel: String,
-    pub member: String,
-    #[arg(long)]
+    /// Without a member: the channel code, which every member compares.
+    pub member: Option<String>,
+    #[arg(long, requires = "member")]
     pub confirm: bool,
 }
 

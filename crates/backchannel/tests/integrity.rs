@@ -145,3 +145,38 @@ fn a_frozen_channel_does_not_stop_the_others() {
     let e = alice.fails(&["send", "frozen", "stuck"]);
     assert!(e.contains("frozen"), "{e}");
 }
+
+/// Finding 3, the channel code: `backchannel verify CHANNEL` (no member) prints the epoch
+/// and 30 digits, the same on every member's device in one epoch, and new after each
+/// change (that it differs across a split channel is
+/// `channel_sim::the_channel_code_is_shared_by_one_channel_and_differs_across_a_split`).
+#[test]
+fn every_member_sees_the_same_channel_code() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [alice, bob, carol] = people(root.path(), &relay, ["alice", "bob", "carol"]);
+    channel_with(&alice, &[&bob, &carol], "room");
+    let codes = || -> Vec<String> {
+        [&alice, &bob, &carol]
+            .iter()
+            .map(|c| c.ok(&["verify", "room"]).trim().to_string())
+            .collect()
+    };
+    let first = codes();
+    assert!(first.iter().all(|c| *c == first[0]), "{first:?}");
+    let (epoch, digits) = first[0].split_once(": ").unwrap();
+    assert!(epoch.starts_with("epoch "), "{epoch}");
+    let groups: Vec<&str> = digits.split(' ').collect();
+    assert_eq!(groups.len(), 6, "{digits}");
+    assert!(groups
+        .iter()
+        .all(|g| g.len() == 5 && g.bytes().all(|b| b.is_ascii_digit())));
+
+    carol.ok(&["update", "room"]);
+    let second = codes();
+    assert!(second.iter().all(|c| *c == second[0]), "{second:?}");
+    assert_ne!(second[0], first[0]);
+    // Naming a member still gives the safety number; --confirm needs a member.
+    assert_eq!(alice.ok(&["verify", "room", "bob"]).trim().split(' ').count(), 12);
+    alice.fails(&["verify", "room", "--confirm"]);
+}

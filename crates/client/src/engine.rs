@@ -870,6 +870,12 @@ impl Engine {
         self.session.members(name)
     }
 
+    /// The channel's epoch and channel code (compare it with the other members after a
+    /// sync: a different code in the same epoch means the channel was split).
+    pub fn channel_code(&self, name: &str) -> Result<(u64, String), ClientError> {
+        self.session.channel_code(name)
+    }
+
     /// The safety number with a member; with `confirm`, marks them verified.
     pub fn verify(&mut self, name: &str, who: &str, confirm: bool) -> Result<(String, MemberView), ClientError> {
         let r = self.session.verify(name, who, confirm);

@@ -677,6 +677,52 @@ impl Channel {
         out.tls_serialize_detached().map_err(mls)
     }
 
+    /// The channel code of the current epoch (docs/protocol.md, "Channel code"): members
+    /// in the same epoch of one channel see the same 30 digits; a member whose channel was
+    /// split from the others' sees different ones.
+    pub fn channel_code(&self) -> String {
+        use sha2::{Digest, Sha512};
+        let mut h = Sha512::new()
+            .chain_update(b"backchannel/v1/channel-code")
+            .chain_update(self.epoch().to_be_bytes())
+            .chain_update(self.group.epoch_authenticator().as_slice());
+        for m in self.group.members() {
+            h.update(m.index.u32().to_be_bytes());
+            h.update((m.credential.serialized_content().len() as u32).to_be_bytes());
+            h.update(m.credential.serialized_content());
+            h.update(&m.signature_key);
+        }
+        let digest = h.finalize();
+        let groups: Vec<String> = digest
+            .chunks_exact(5)
+            .take(6)
+            .map(|c| {
+                let v = c.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b));
+                format!("{:05}", v % 100_000)
+            })
+            .collect();
+        groups.join(" ")
+    }
+
+    /// The current epoch's claim key: what the sequencer's lock for this epoch opens with.
+    pub fn claim_key(&self, provider: &Provider) -> Result<[u8; 32], ChannelError> {
+        exported_key(self.group.export_secret(provider.crypto(), CLAIM_KEY_LABEL, &[], 32))
+    }
+
+    /// The keys that claim the current epoch for the staged commit: the current epoch's
+    /// claim key and the lock of the next one (see [`crate::frame::Request::ClaimKeyed`]).
+    /// `None` when no commit is staged.
+    pub fn claim_keys(&self, provider: &Provider) -> Result<Option<ClaimKeys>, ChannelError> {
+        let Some(staged) = self.group.pending_commit() else {
+            return Ok(None);
+        };
+        let key = self.claim_key(provider)?;
+        let mut next_key = exported_key(staged.export_secret(provider.crypto(), CLAIM_KEY_LABEL, &[], 32))?;
+        let next = crate::frame::claim_lock(&next_key);
+        zeroize::Zeroize::zeroize(&mut next_key);
+        Ok(Some(ClaimKeys { key, next }))
+    }
+
     /// Applies the staged commit after it won its epoch.
     pub fn merge_pending(&mut self, provider: &Provider) -> Result<(), ChannelError> {
         self.group.merge_pending_commit(provider).map_err(mls)

@@ -267,3 +267,55 @@ fn a_message_sent_before_its_sender_was_removed_is_refused_after() {
         Ok(("bob".into(), "sent before carol's removal".into()))
     );
 }
+
+/// The channel code (`backchannel verify CHANNEL`): the same for every member in one epoch,
+/// new with each epoch, and different on the two sides of a split channel at the same epoch
+/// number (here two members each merged their own commit, as a relay or member that
+/// withholds the sequencer's verdict could make them do).
+#[test]
+fn the_channel_code_is_shared_by_one_channel_and_differs_across_a_split() {
+    let suite = Suite::Classical;
+    let mut alice = founder("alice", suite);
+    let mut bob = member("bob");
+    let mut carol = member("carol");
+    admit(&mut alice, &mut bob, &mut [], suite);
+    admit(&mut alice, &mut carol, &mut [&mut bob], suite);
+    let code = |m: &Member| m.channel.as_ref().unwrap().channel_code();
+    let epoch = |m: &Member| m.channel.as_ref().unwrap().epoch();
+    let c = code(&alice);
+    assert_eq!((code(&bob), code(&carol)), (c.clone(), c.clone()));
+    let groups: Vec<&str> = c.split(' ').collect();
+    assert_eq!(groups.len(), 6, "{c}");
+    assert!(groups
+        .iter()
+        .all(|g| g.len() == 5 && g.bytes().all(|b| b.is_ascii_digit())));
+
+    // Bob and carol commit at the same epoch; each merges its own; alice follows bob.
+    let b = bob
+        .channel
+        .as_mut()
+        .unwrap()
+        .self_update(&bob.provider, &bob.id, None)
+        .unwrap();
+    carol
+        .channel
+        .as_mut()
+        .unwrap()
+        .self_update(&carol.provider, &carol.id, None)
+        .unwrap();
+    bob.channel.as_mut().unwrap().merge_pending(&bob.provider).unwrap();
+    carol.channel.as_mut().unwrap().merge_pending(&carol.provider).unwrap();
+    alice
+        .channel
+        .as_mut()
+        .unwrap()
+        .process(&alice.provider, &b.commit)
+        .unwrap();
+    assert_eq!(
+        (epoch(&alice), epoch(&bob), epoch(&carol)),
+        (b.epoch + 1, b.epoch + 1, b.epoch + 1)
+    );
+    assert_eq!(code(&alice), code(&bob));
+    assert_ne!(code(&alice), c, "a new epoch, a new code");
+    assert_ne!(code(&carol), code(&alice), "the split shows");
+}

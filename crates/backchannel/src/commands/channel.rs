@@ -125,6 +125,7 @@ pub async fn members(a: &MembersArgs, cx: &mut Context<'_>) -> Result<(), CliErr
 }
 
 /// `verify`: the safety number on stdout; with `--confirm`, marks the member verified.
+/// Without a member: the channel's epoch and channel code.
 pub async fn verify(a: &VerifyArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
     let VerifyArgs {
         channel,
@@ -132,6 +133,16 @@ pub async fn verify(a: &VerifyArgs, cx: &mut Context<'_>) -> Result<(), CliError
         confirm,
     } = a;
     cx.engine.refresh().await?;
+    let Some(member) = member else {
+        let (epoch, code) = cx.engine.channel_code(channel)?;
+        cx.out.line(format!("epoch {epoch}: {code}"));
+        cx.out.eline(format!(
+            "compare this code with the other members of {channel} after each of you synced: in the same \
+             epoch the codes are the same; a different code means the channel was split, and someone \
+             sees messages the others do not"
+        ));
+        return Ok(());
+    };
     let (number, m) = cx.engine.verify(channel, member, *confirm)?;
     cx.out.line(number);
     if *confirm {

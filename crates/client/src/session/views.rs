@@ -149,6 +149,13 @@ impl Session {
         }
     }
 
+    /// The channel's epoch and channel code, which every member in that epoch sees alike.
+    pub fn channel_code(&self, name: &str) -> Result<(u64, String), ClientError> {
+        self.active(name)?;
+        let group = self.load_group(name)?;
+        Ok((group.epoch(), group.channel_code()))
+    }
+
     /// The safety number with a member; with `confirm`, marks them verified.
     pub fn verify(&mut self, name: &str, who: &str, confirm: bool) -> Result<(String, MemberView), ClientError> {
         self.active(name)?;
