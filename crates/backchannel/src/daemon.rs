@@ -101,9 +101,16 @@ pub async fn serve(global: &Global, args: &DaemonArgs, out: &Out) -> Result<(), 
                         next_sync = tokio::time::Instant::now() + poll;
                     }
                     Err(e) => {
+                        // The daemon's stderr is often a system log: it gets a fixed
+                        // line; the error itself (which can name a channel or a path)
+                        // goes to the next command, like the sync's warnings.
                         let text = e.to_string();
                         if text != last_error {
-                            out.eline(format!("warning: {text}"));
+                            out.eline("warning: a background sync failed; the next backchannel command shows why");
+                            pending.push(Warning {
+                                channel: None,
+                                text: format!("a background sync failed: {text}"),
+                            });
                             last_error = text;
                         }
                         next_sync = tokio::time::Instant::now() + backoff;

@@ -103,11 +103,7 @@ fn a_removed_member_with_its_old_keys_cannot_speak_in_the_channel() {
     let [alice, bob, carol] = people(root.path(), &relay, ["alice", "bob", "carol"]);
     channel_with(&alice, &[&bob, &carol], "kept");
     // Carol keeps a copy of her device before she is removed.
-    let stolen = Client::new(root.path(), "carol-copy");
-    std::fs::create_dir_all(&stolen.home).unwrap();
-    for f in files(&carol.home) {
-        std::fs::copy(&f, stolen.home.join(f.file_name().unwrap())).unwrap();
-    }
+    let stolen = carol.copy_as(root.path(), "carol-copy");
     alice.ok(&["remove", "kept", "carol"]);
     bob.ok(&["sync"]);
     carol.ok(&["sync"]);

@@ -47,11 +47,7 @@ fn a_removed_members_old_device_cannot_freeze_the_channel_with_a_claim() {
     let [alice, bob, carol] = people(root.path(), &relay, ["alice", "bob", "carol"]);
     channel_with(&alice, &[&bob, &carol], "kept");
     // Carol keeps a copy of her device, with the epoch's claim key, before she is removed.
-    let copy = Client::new(root.path(), "carol-copy");
-    std::fs::create_dir_all(&copy.home).unwrap();
-    for f in files(&carol.home) {
-        std::fs::copy(&f, copy.home.join(f.file_name().unwrap())).unwrap();
-    }
+    let copy = carol.copy_as(root.path(), "carol-copy");
     let old = sequencer(&copy, "kept");
     alice.ok(&["remove", "kept", "carol"]);
     bob.ok(&["sync"]);
@@ -179,4 +175,32 @@ fn every_member_sees_the_same_channel_code() {
     // Naming a member still gives the safety number; --confirm needs a member.
     assert_eq!(alice.ok(&["verify", "room", "bob"]).trim().split(' ').count(), 12);
     alice.fails(&["verify", "room", "--confirm"]);
+}
+
+/// Finding 6: a daemon's stderr is often a system log, so a failed background sync writes
+/// a fixed line there; what failed (which can name a channel, a path or a relay) is shown to
+/// the next command instead.
+#[test]
+fn a_daemons_failed_sync_names_nothing_in_its_log() {
+    let root = tempfile::tempdir().unwrap();
+    let mut relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "merger-talks");
+    let daemon = DaemonProc::start(&alice, &[]);
+    relay.kill9();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !daemon.stderr.lock().unwrap().contains("background sync failed") {
+        assert!(std::time::Instant::now() < deadline, "no warning from the daemon");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = daemon.stderr.lock().unwrap().clone();
+    for secret in ["merger-talks", "127.0.0.1", &relay.port.to_string()] {
+        assert!(!log.contains(secret), "{secret} in the daemon's log: {log}");
+    }
+    let r = alice.run(&["channels"]);
+    assert!(
+        r.stderr.contains("a background sync failed: the relay at"),
+        "the next command says why: {}",
+        r.stderr
+    );
 }

@@ -842,6 +842,7 @@ impl Engine {
         let queued = self.flush_outbox().await?;
         if queued > 0 || synced.is_err() || self.session.has_unsent(None) {
             let why = match (synced, self.undelivered.take()) {
+                (Ok(_), _) if self.session.is_behind(name) => Holdup::Behind,
                 (Err(e), _) => Holdup::Sync(Box::new(e)),
                 (Ok(_), Some(why)) => Holdup::Relay(why),
                 (Ok(_), None) => Holdup::Unreachable,

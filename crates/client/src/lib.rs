@@ -149,6 +149,9 @@ pub enum Holdup {
     /// MLS allows nothing to be sent while a proposal waits for its commit.
     #[error("a change to the channel is waiting to be committed")]
     ProposalsWaiting,
+    /// A message from a later epoch showed that this device missed a change to the channel.
+    #[error("this device is behind in the channel: a change to it has not arrived yet")]
+    Behind,
     /// The sync before sending failed.
     #[error(transparent)]
     Sync(Box<ClientError>),

@@ -67,12 +67,18 @@ struct Faults {
     reorder: bool,
     /// Deliver about one envelope in four twice.
     duplicate: bool,
+    /// Deliver every envelope twice (a relay replaying each one).
+    replay: bool,
 }
 
 /// The relay: its real embedded store, and a model of its request handling.
 struct SimRelay {
     store: EmbeddedStore,
     faults: Mutex<Faults>,
+    /// The send capability whose next envelope the relay stores but withholds.
+    hold_next: Mutex<Option<[u8; 32]>>,
+    /// Envelopes stored and withheld from every fetch, until released.
+    held: Mutex<HashSet<(MailboxId, u64)>>,
     rng: Mutex<rand::rngs::StdRng>,
     _dir: tempfile::TempDir,
 }
@@ -84,6 +90,8 @@ impl SimRelay {
         Arc::new(Self {
             store,
             faults: Mutex::new(Faults::default()),
+            hold_next: Mutex::new(None),
+            held: Mutex::new(HashSet::new()),
             rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(7)),
             _dir: dir,
         })
@@ -91,6 +99,16 @@ impl SimRelay {
 
     fn set_faults(&self, f: Faults) {
         *self.faults.lock().unwrap() = f;
+    }
+
+    /// Withholds the next envelope sent with capability `send` (a relay hiding a commit
+    /// from one member), until [`SimRelay::release`].
+    fn withhold_next(&self, send: [u8; 32]) {
+        *self.hold_next.lock().unwrap() = Some(send);
+    }
+
+    fn release(&self) {
+        self.held.lock().unwrap().clear();
     }
 
     /// A refusal as the relay answers it (a failure of the store is `Storage`).
@@ -126,7 +144,14 @@ impl SimRelay {
             Request::Send { send, envelope, .. } => {
                 MailboxStore::send(store, *send, envelope.clone(), u64::MAX, ProvenWork::NONE)
                     .await
-                    .map(|_| Response::Ok)
+                    .map(|stored| {
+                        let mut hold = self.hold_next.lock().unwrap();
+                        if *hold == Some(*send) {
+                            *hold = None;
+                            self.held.lock().unwrap().insert(stored);
+                        }
+                        Response::Ok
+                    })
             }
             Request::Fetch { max, wait_ms } => {
                 let ids: Vec<MailboxId> = opened.iter().copied().collect();
@@ -138,8 +163,14 @@ impl SimRelay {
                     fetched = MailboxStore::fetch(store, &ids, *max as usize).await;
                 }
                 fetched.map(|mut list| {
+                    let held = self.held.lock().unwrap();
+                    list.retain(|d| !held.contains(&(d.mailbox, d.seq)));
                     let faults = *self.faults.lock().unwrap();
                     let mut rng = self.rng.lock().unwrap();
+                    if faults.replay {
+                        let copies = list.clone();
+                        list.extend(copies);
+                    }
                     if faults.duplicate {
                         let copies: Vec<_> = list.iter().filter(|_| rng.gen_ratio(1, 4)).cloned().collect();
                         list.extend(copies);
@@ -458,6 +489,7 @@ async fn two_hundred_messages_reordered_and_duplicated_are_each_shown_once() {
     relay.set_faults(Faults {
         reorder: true,
         duplicate: true,
+        ..Faults::default()
     });
     let sent: Vec<String> = (0..200).map(|i| format!("message number {i}")).collect();
     for t in &sent {
@@ -589,4 +621,96 @@ async fn a_commit_crashed_between_any_two_effects_leaves_one_channel() {
         },
     )
     .await;
+}
+
+/// Finding 6 of the integrity review: a relay that delivers every envelope twice used to
+/// spend an invite's uses on the copies of one join request, and the duplicate key package
+/// in the batch aborted the admission. Now the copy is dropped without taking a use: the
+/// joiner is admitted, and the invite's second use admits a second joiner.
+#[tokio::test(flavor = "current_thread")]
+async fn a_replayed_join_request_takes_one_use_and_admits_once() {
+    let relay = SimRelay::new();
+    let mut m = channel(&relay, "room", &["ada"]).await;
+    let invite = m[0].engine.invite("room", 2, Duration::from_secs(3600)).await.unwrap();
+    relay.set_faults(Faults {
+        replay: true,
+        ..Faults::default()
+    });
+    for name in ["bea", "cyd"] {
+        let mut joiner = Member::new(&relay, name);
+        joiner.engine.join(&invite, None, Duration::ZERO).await.unwrap();
+        m[0].sync().await;
+        joiner.sync().await;
+        m.push(joiner);
+    }
+    assert_eq!(m[0].members("room"), names(&["ada", "bea", "cyd"]));
+    for x in &mut m {
+        x.sync().await;
+    }
+    assert_eq!(m[2].members("room"), names(&["ada", "bea", "cyd"]));
+}
+
+/// Finding 6: a join request that nobody answers is given up a day after its invite
+/// expired: the joiner is told, its join mailbox is deleted at the relay and the key
+/// package's private key is forgotten.
+#[tokio::test(flavor = "current_thread")]
+async fn an_unanswered_join_request_is_given_up_after_its_invite_expired() {
+    let relay = SimRelay::new();
+    let mut m = channel(&relay, "room", &["ada"]).await;
+    let invite = m[0].engine.invite("room", 1, Duration::from_secs(60)).await.unwrap();
+    let mut bea = Member::new(&relay, "bea");
+    bea.engine.join(&invite, None, Duration::ZERO).await.unwrap();
+    // Ada never answers. A day and a minute later:
+    let waiting = bea.engine.session.state().pending_joins[0].mailbox.id();
+    let later = crate::engine::now_ms() + (60 + crate::session::lifecycle::JOIN_GRACE.as_secs() + 1) * 1000;
+    bea.engine.session.set_now(later);
+    bea.engine.session.expire_invites();
+    assert!(bea.engine.session.state().pending_joins.is_empty());
+    assert_eq!(
+        bea.engine.session.provider.forget_key_packages(),
+        0,
+        "already forgotten"
+    );
+    bea.sync().await;
+    assert!(bea
+        .engine
+        .take_warnings()
+        .iter()
+        .any(|w| w.text.contains("gave up waiting to be admitted")));
+    assert_eq!(
+        MailboxStore::recipient_key(&relay.store, waiting).await.unwrap(),
+        None,
+        "the join mailbox is deleted"
+    );
+}
+
+/// Finding 3: a relay withholds a commit from one member and delivers the message that
+/// follows it. That member says at once that it is behind, and does not seal its own
+/// message in the epoch the others have left: it waits, and goes once the commit arrives.
+#[tokio::test(flavor = "current_thread")]
+async fn a_member_whose_commit_is_withheld_says_it_is_behind_and_does_not_send() {
+    let relay = SimRelay::new();
+    let mut m = channel(&relay, "room", &["ada", "bea"]).await;
+    let bea_box = m[1].engine.debug_mailbox("room").unwrap().address.send.0;
+    relay.withhold_next(bea_box);
+    m[0].engine.update_keys("room").await.unwrap();
+    m[0].engine.send("room", "after the change").await.unwrap();
+    m[1].sync().await;
+    let warned = m[1].engine.take_warnings();
+    assert!(
+        warned.iter().any(|w| w.text.contains("this device is behind")),
+        "{warned:?}"
+    );
+    assert!(m[1].texts("room").is_empty(), "nothing readable yet");
+    match m[1].engine.send("room", "a reply").await {
+        Err(ClientError::Queued(crate::Holdup::Behind)) => {}
+        other => panic!("{other:?}"),
+    }
+    // Once the relay lets the commit through, everything arrives and the reply goes.
+    relay.release();
+    m[1].sync().await;
+    assert!(m[1].texts("room").contains(&"after the change".to_string()));
+    m[0].sync().await;
+    assert!(m[0].texts("room").contains(&"a reply".to_string()));
+    assert_eq!(m[0].epoch("room"), m[1].epoch("room"));
 }

@@ -144,6 +144,11 @@ impl Provider {
     pub fn snapshot(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.storage.snapshot()
     }
+
+    /// Forgets every key package this client made (see [`Store::forget_key_packages`]).
+    pub fn forget_key_packages(&self) -> usize {
+        self.storage.forget_key_packages()
+    }
 }
 
 impl OpenMlsProvider for Provider {

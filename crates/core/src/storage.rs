@@ -210,6 +210,15 @@ impl Store {
         entries
     }
 
+    /// Removes every key package (with its private init key), for a client that no
+    /// longer waits for any welcome. Returns how many were removed.
+    pub fn forget_key_packages(&self) -> usize {
+        let mut values = self.write();
+        let before = values.len();
+        values.retain(|k, _| k.get(2) != Some(&(Kind::KeyPackage as u8)));
+        before - values.len()
+    }
+
     /// The number of stored values.
     pub fn len(&self) -> usize {
         self.read().len()

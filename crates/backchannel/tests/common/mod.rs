@@ -160,6 +160,17 @@ impl Client {
         }
     }
 
+    /// A copy of this device as it is now (its home's files), under `root/name`: what
+    /// someone keeps who copied the device before, say, its owner was removed.
+    pub fn copy_as(&self, root: &Path, name: &str) -> Client {
+        let copy = Client::new(root, name);
+        std::fs::create_dir_all(&copy.home).unwrap();
+        for f in files(&self.home) {
+            std::fs::copy(&f, copy.home.join(f.file_name().unwrap())).unwrap();
+        }
+        copy
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
         c.args(args)

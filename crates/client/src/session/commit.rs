@@ -266,12 +266,25 @@ impl Session {
     }
 
     /// Join requests read since the last call, per channel, that an invite still
-    /// honours (each takes one of its uses); refusals become warnings.
+    /// honours (each takes one of its uses); refusals become warnings. A request from
+    /// someone already in the channel, or a second one from the same person (a relay
+    /// replaying the envelope), is dropped without taking a use.
     pub fn take_admissions(&mut self) -> Vec<(String, Vec<ValidKeyPackage>)> {
         let requests = std::mem::take(&mut self.admissions);
         let now = self.now_s();
         let mut per_channel: std::collections::BTreeMap<String, Vec<ValidKeyPackage>> = Default::default();
+        let mut present: std::collections::BTreeMap<String, Vec<[u8; 32]>> = Default::default();
         for (name, invite_id, kp) in requests {
+            if !present.contains_key(&name) {
+                let Ok(group) = self.load_group(&name) else {
+                    continue;
+                };
+                present.insert(name.clone(), group.members().iter().map(|m| m.identity_key).collect());
+            }
+            let seen = present.entry(name.clone()).or_default();
+            if seen.contains(&kp.member.identity_key) {
+                continue;
+            }
             let Some(ch) = self.state.channels.get_mut(&name) else {
                 continue;
             };
@@ -293,6 +306,7 @@ impl Session {
                 continue;
             }
             inv.uses_left -= 1;
+            seen.push(kp.member.identity_key);
             per_channel.entry(name).or_default().push(kp);
         }
         per_channel.into_iter().collect()

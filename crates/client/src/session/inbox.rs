@@ -137,9 +137,35 @@ impl Session {
         });
     }
 
+    /// A message from a later epoch arrived in `name`: this device missed a change to the
+    /// channel (a relay may be withholding it). Said at once, and nothing is sealed in
+    /// that channel until the change arrives.
+    fn mark_behind(&mut self, name: &str) {
+        if self.behind.insert(name.to_string()) && !self.was_behind.contains(name) {
+            self.warn(
+                Some(name),
+                "this device is behind: a message arrived from a later state of the channel than it \
+                 has; nothing is sent here until the change it follows arrives",
+            );
+        }
+    }
+
+    /// Whether `name` waits for a change that a later message showed this device missed.
+    pub fn is_behind(&self, name: &str) -> bool {
+        self.behind.contains(name)
+    }
+
     /// Retries the messages kept for a later epoch, until no more can be read.
-    /// Returns whether any was read or dropped (the driver then saves).
+    /// Returns whether any was read or dropped (the driver then saves). Works out
+    /// again which channels are behind.
     pub fn retry_deferred(&mut self) -> bool {
+        self.was_behind = std::mem::take(&mut self.behind);
+        let changed = self.retry_deferred_inner();
+        self.was_behind.clear();
+        changed
+    }
+
+    fn retry_deferred_inner(&mut self) -> bool {
         let mut changed = false;
         loop {
             let mut progress = false;
@@ -179,7 +205,11 @@ impl Session {
             Ok(r) => r,
             // A message from a later epoch, or carried ahead of its sender's earlier ones
             // (a courier): kept until what it follows has been read.
-            Err(Rejection::FutureEpoch(_) | Rejection::TooFarAhead) => return Err(Rejected::Later),
+            Err(Rejection::FutureEpoch(_)) => {
+                self.mark_behind(name);
+                return Err(Rejected::Later);
+            }
+            Err(Rejection::TooFarAhead) => return Err(Rejected::Later),
             Err(rej) => return Err(Rejected::Now(format!("discarded a message: {rej}"))),
         };
         let now = self.now_ms();

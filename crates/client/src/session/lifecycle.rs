@@ -17,6 +17,9 @@ use crate::ClientError;
 /// How long a rotated-out mailbox is still read before it is deleted.
 pub const RETIRED_GRACE: Duration = Duration::from_secs(2 * 86_400);
 
+/// How long after its invite expired a join request still waits for its welcome.
+pub const JOIN_GRACE: Duration = Duration::from_secs(86_400);
+
 /// A channel mailbox older than this is rotated (with a key update) at the next sync.
 pub const ROTATE_AFTER: Duration = Duration::from_secs(7 * 86_400);
 
@@ -148,6 +151,8 @@ impl Session {
     }
 
     /// Queues for deletion the invite mailboxes that expired or were used up.
+    /// Also gives up the join requests that were never answered ([`JOIN_GRACE`] after
+    /// their invite expired): their mailbox is deleted and the key package forgotten.
     pub fn expire_invites(&mut self) {
         let now = self.now_s();
         let mut dead = Vec::new();
@@ -158,6 +163,25 @@ impl Session {
                 .partition(|i| i.uses_left > 0 && i.expires_at > now);
             ch.invites = keep;
             dead.extend(gone.into_iter().map(|i| i.mailbox));
+        }
+        // A join request nobody answered: its mailbox and key package go once the invite
+        // has expired and the inviter had a while to send a welcome it admitted before.
+        let (waiting, lapsed): (Vec<_>, Vec<_>) = std::mem::take(&mut self.state.pending_joins)
+            .into_iter()
+            .partition(|pj| pj.expires_at.saturating_add(JOIN_GRACE.as_secs()) > now);
+        self.state.pending_joins = waiting;
+        if !lapsed.is_empty() {
+            for _ in &lapsed {
+                self.warn(
+                    None,
+                    "gave up waiting to be admitted: the invite expired without an answer; ask for a new one",
+                );
+            }
+            dead.extend(lapsed.into_iter().map(|pj| pj.mailbox));
+            if self.state.pending_joins.is_empty() {
+                self.provider.forget_key_packages();
+            }
+            self.save();
         }
         if !dead.is_empty() {
             self.state.doomed.extend(dead);

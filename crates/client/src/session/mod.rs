@@ -133,6 +133,12 @@ pub struct Session {
     effects: VecDeque<Effect>,
     /// Join requests read, to be admitted by the next commit.
     pub(crate) admissions: Vec<(String, MailboxId, backchannel_core::channel::ValidKeyPackage)>,
+    /// Channels in which a message from a later epoch waits for the commit it follows:
+    /// nothing is sealed there until it arrives. Worked out again at every
+    /// [`Session::retry_deferred`], so it needs no place in the saved state.
+    pub(crate) behind: std::collections::BTreeSet<String>,
+    /// [`Session::behind`] before the retry in progress (so it does not warn again).
+    was_behind: std::collections::BTreeSet<String>,
     /// Files whose stray parts were already reported (one warning per file, not per part).
     pub(crate) stray_files: HashSet<[u8; 16]>,
 }
@@ -156,6 +162,8 @@ impl Session {
             now_ms,
             effects: VecDeque::new(),
             admissions: Vec::new(),
+            behind: Default::default(),
+            was_behind: Default::default(),
             stray_files: HashSet::new(),
         })
     }

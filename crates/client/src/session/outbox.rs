@@ -143,6 +143,11 @@ impl Session {
 
     /// Seals one unsent message; false if its channel cannot take one now.
     fn seal_one(&mut self, u: &UnsentMessage) -> Result<bool, ClientError> {
+        // Sealed now it would go in an epoch the others have left (and a member removed
+        // in the change this device missed could read it).
+        if self.is_behind(&u.channel) {
+            return Ok(false);
+        }
         let mut group = self.load_group(&u.channel)?;
         if group.has_pending_proposals() {
             return Ok(false);
