@@ -284,6 +284,23 @@ fn member_from_leaf(leaf: &LeafNode, index: LeafNodeIndex) -> Option<MemberInfo>
     })
 }
 
+/// An added leaf: a member this client lists, and not someone already in.
+fn check_new_leaf(leaf: &LeafNode, current: &[MemberInfo]) -> Result<(), Rejection> {
+    let m = member_from_leaf_node(leaf).ok_or(Rejection::Policy)?;
+    if current.iter().any(|c| c.identity_key == m.identity_key) {
+        return Err(Rejection::Policy);
+    }
+    Ok(())
+}
+
+/// A changed leaf: still a member this client lists, with the same identity.
+fn check_same_member(leaf: &LeafNode, owner: &MemberInfo) -> Result<(), Rejection> {
+    match member_from_leaf_node(leaf) {
+        Some(m) if m.identity_key == owner.identity_key && m.name == owner.name => Ok(()),
+        _ => Err(Rejection::Policy),
+    }
+}
+
 fn capabilities(suite: Suite) -> Capabilities {
     Capabilities::new(
         None,
@@ -433,6 +450,11 @@ pub enum Rejection {
     /// a commit it depends on has not been processed yet.
     #[error("a message depends on a change to the channel that has not arrived")]
     FutureEpoch(u64),
+    /// A change that would give the channel a member whose credential is not one this
+    /// client accepts (an identity that does not parse, or a signature key other than the
+    /// identity key), change a member's identity, or add someone twice. Refused, not merged.
+    #[error("a change to the channel was refused: it would add or change a member against the channel's rules")]
+    Policy,
     /// The message is more than [`MAX_FORWARD_DISTANCE`] of its sender's messages ahead
     /// of the last one read: those in between have not arrived yet.
     #[error("a message came too far ahead of its sender's earlier ones")]
@@ -534,6 +556,14 @@ impl Channel {
         let group = staged.into_group(provider).map_err(mls)?;
         let channel = Self { group };
         channel.info()?;
+        // The credential policy on the whole tree: every leaf a member this client lists,
+        // each identity once. Otherwise the group is dropped unjoined.
+        if !channel.tree_is_listed() {
+            let _ = channel.delete(provider);
+            return Err(ChannelError::Invalid(
+                "a member of the channel has an unacceptable credential",
+            ));
+        }
         Ok((channel, sender))
     }
 
@@ -578,6 +608,16 @@ impl Channel {
                     .and_then(|l| member_from_leaf(l, m.index))
             })
             .collect()
+    }
+
+    /// Whether [`Channel::members`] lists every leaf of the tree, each identity once: the
+    /// credential policy holds for the whole group.
+    pub fn tree_is_listed(&self) -> bool {
+        let listed = self.members();
+        let mut keys: Vec<[u8; 32]> = listed.iter().map(|m| m.identity_key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        listed.len() == self.group.members().count() && keys.len() == listed.len()
     }
 
     /// Whether proposals wait to be committed.
@@ -779,12 +819,14 @@ impl Channel {
                 let Some(sender) = sender else {
                     return Err(Rejection::RemovedMember);
                 };
+                self.check_proposal(p.proposal(), &sender, &current)?;
                 self.group
                     .store_pending_proposal(provider.storage(), *p)
                     .map_err(|_| Rejection::Unverified)?;
                 Ok(Received::Proposal { sender: Some(sender) })
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
+                self.check_commit(&staged, sender.as_ref(), &current)?;
                 let removed: Vec<MemberInfo> = staged
                     .remove_proposals()
                     .filter_map(|r| {
@@ -811,6 +853,44 @@ impl Channel {
             }
             _ => Err(Rejection::Malformed),
         }
+    }
+
+    /// The credential policy on a proposal (RFC 9420 leaves credential checks to the
+    /// application): an added leaf must be a member this client lists, not one already
+    /// in; an updated leaf must keep its member's identity.
+    fn check_proposal(&self, p: &Proposal, sender: &MemberInfo, current: &[MemberInfo]) -> Result<(), Rejection> {
+        match p {
+            Proposal::Add(add) => check_new_leaf(add.key_package().leaf_node(), current),
+            Proposal::Update(u) => check_same_member(u.leaf_node(), sender),
+            _ => Ok(()),
+        }
+    }
+
+    /// The credential policy on every leaf a commit adds or changes ([`Self::check_proposal`]
+    /// for each proposal, and the committer's new path leaf).
+    fn check_commit(
+        &self,
+        staged: &StagedCommit,
+        committer: Option<&MemberInfo>,
+        current: &[MemberInfo],
+    ) -> Result<(), Rejection> {
+        let mut adding: Vec<MemberInfo> = current.to_vec();
+        for add in staged.add_proposals() {
+            let leaf = add.add_proposal().key_package().leaf_node();
+            check_new_leaf(leaf, &adding)?;
+            adding.extend(member_from_leaf_node(leaf));
+        }
+        for u in staged.update_proposals() {
+            let Sender::Member(i) = u.sender() else {
+                return Err(Rejection::Policy);
+            };
+            let owner = current.iter().find(|m| m.leaf == i.u32()).ok_or(Rejection::Policy)?;
+            check_same_member(u.update_proposal().leaf_node(), owner)?;
+        }
+        if let Some(leaf) = staged.update_path_leaf_node() {
+            check_same_member(leaf, committer.ok_or(Rejection::Policy)?)?;
+        }
+        Ok(())
     }
 
     /// The sender of an application message: the current member at the
@@ -861,6 +941,135 @@ mod tests {
             port: 7000,
         };
         MailboxKeys::generate(relay, &mut rand_core::OsRng).address.clone()
+    }
+
+    /// A three-member channel: (provider, identity, channel) for alice, bob and mallory.
+    fn trio() -> Vec<(Provider, Identity, Channel)> {
+        let suite = Suite::Classical;
+        let info = ChannelInfo {
+            name: "room".into(),
+            sequencer: sequencer(),
+            created_at: 1,
+            disappear_after: 0,
+            expires_at: 0,
+        };
+        let alice = (
+            Provider::new().unwrap(),
+            Identity::generate("alice", &mut rand_core::OsRng).unwrap(),
+        );
+        let mut alice_ch = Channel::create(&alice.0, &alice.1, &info, &sequencer(), suite).unwrap();
+        let mut out: Vec<(Provider, Identity, Channel)> = Vec::new();
+        for name in ["bob", "mallory"] {
+            let p = Provider::new().unwrap();
+            let id = Identity::generate(name, &mut rand_core::OsRng).unwrap();
+            let kp = key_package(&p, &id, &sequencer(), suite).unwrap();
+            let valid = validate_key_package(&alice.0, &kp).unwrap();
+            let c = alice_ch.add(&alice.0, &alice.1, vec![valid]).unwrap();
+            alice_ch.merge_pending(&alice.0).unwrap();
+            for (op, _, och) in out.iter_mut() {
+                och.process(op, &c.commit).unwrap();
+            }
+            let (ch, _) = Channel::join(&p, c.welcome.as_ref().unwrap()).unwrap();
+            out.push((p, id, ch));
+        }
+        out.insert(0, (alice.0, alice.1, alice_ch));
+        out
+    }
+
+    /// A key package whose credential names one key and whose leaf signs with another.
+    fn forged_key_package(provider: &Provider) -> KeyPackage {
+        let ghost = Identity::generate("ghost", &mut rand_core::OsRng).unwrap();
+        let mut id = [9u8; 32].to_vec();
+        id.extend_from_slice(b"ghost");
+        KeyPackage::builder()
+            .leaf_node_capabilities(capabilities(Suite::Classical))
+            .leaf_node_extensions(leaf_extensions(&sequencer()).unwrap())
+            .build(
+                Suite::Classical.ciphersuite(),
+                provider,
+                &ghost,
+                CredentialWithKey {
+                    credential: BasicCredential::new(id).into(),
+                    signature_key: ghost.public_key().to_vec().into(),
+                },
+            )
+            .unwrap()
+            .key_package()
+            .clone()
+    }
+
+    /// Finding 2 of the integrity review: a hostile member (mallory, driving openmls
+    /// directly, past this client's checks) adds a leaf whose credential does not match its
+    /// key, proposes one, and updates her own leaf to another name. Each is refused by the
+    /// others, not merged, and `members` never disagrees with the tree.
+    #[test]
+    fn a_hostile_members_invisible_or_renamed_leaves_are_refused() {
+        let mut t = trio();
+        let (mallory, rest) = t.split_last_mut().unwrap();
+        let kp = forged_key_package(&mallory.0);
+        let (commit, _, _) = mallory
+            .2
+            .group
+            .add_members(&mallory.0, &mallory.1, std::slice::from_ref(&kp))
+            .unwrap();
+        mallory.2.group.clear_pending_commit(mallory.0.storage()).unwrap();
+        let commit = commit.tls_serialize_detached().unwrap();
+        let proposal = mallory
+            .2
+            .group
+            .propose_add_member(&mallory.0, &mallory.1, &kp)
+            .unwrap()
+            .0
+            .tls_serialize_detached()
+            .unwrap();
+        mallory.2.group.clear_pending_proposals(mallory.0.storage()).unwrap();
+        let renamed = {
+            let mut id = mallory.1.public_key().to_vec();
+            id.extend_from_slice(b"alice");
+            let params = LeafNodeParameters::builder()
+                .with_credential_with_key(CredentialWithKey {
+                    credential: BasicCredential::new(id).into(),
+                    signature_key: mallory.1.public_key().to_vec().into(),
+                })
+                .build();
+            let bundle = mallory.2.group.self_update(&mallory.0, &mallory.1, params).unwrap();
+            mallory.2.group.clear_pending_commit(mallory.0.storage()).unwrap();
+            bundle.into_messages().0.tls_serialize_detached().unwrap()
+        };
+        for (p, _, ch) in rest.iter_mut() {
+            let epoch = ch.epoch();
+            for bytes in [&commit, &proposal, &renamed] {
+                assert_eq!(ch.process(p, bytes).unwrap_err(), Rejection::Policy);
+                assert_eq!(ch.epoch(), epoch, "nothing merged");
+                assert!(!ch.has_pending_proposals(), "nothing stored");
+                assert!(ch.tree_is_listed());
+                assert_eq!(ch.members().len(), 3);
+            }
+            assert!(ch.members().iter().any(|m| m.name == "mallory"));
+        }
+        // In her own copy she merges the forged leaf and invites dave: dave refuses the
+        // welcome, whose tree holds a leaf he could not list.
+        let kp = forged_key_package(&mallory.0);
+        mallory.2.group.add_members(&mallory.0, &mallory.1, &[kp]).unwrap();
+        mallory.2.merge_pending(&mallory.0).unwrap();
+        assert!(!mallory.2.tree_is_listed());
+        let dave = (
+            Provider::new().unwrap(),
+            Identity::generate("dave", &mut rand_core::OsRng).unwrap(),
+        );
+        let dave_kp = key_package(&dave.0, &dave.1, &sequencer(), Suite::Classical).unwrap();
+        let valid = validate_key_package(&mallory.0, &dave_kp).unwrap();
+        let out = mallory.2.add(&mallory.0, &mallory.1, vec![valid]).unwrap();
+        assert!(Channel::join(&dave.0, out.welcome.as_ref().unwrap()).is_err());
+        // The others still talk, and can remove her.
+        let (ap, aid, ach) = &mut rest[0];
+        let out = ach
+            .remove(ap, aid, &[Fingerprint::of(&mallory.1.public_key())])
+            .unwrap();
+        ach.merge_pending(ap).unwrap();
+        let (bp, _, bch) = &mut rest[1];
+        assert!(matches!(bch.process(bp, &out.commit).unwrap(), Received::Commit { .. }));
+        assert_eq!(bch.members().len(), 2);
     }
 
     /// The creator's group is configured by `MlsGroupCreateConfig`'s builder, a joiner's
