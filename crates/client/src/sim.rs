@@ -714,3 +714,43 @@ async fn a_member_whose_commit_is_withheld_says_it_is_behind_and_does_not_send()
     assert!(m[0].texts("room").contains(&"a reply".to_string()));
     assert_eq!(m[0].epoch("room"), m[1].epoch("room"));
 }
+
+/// Finding 4 (part): a relay that replays one bad envelope, or a holder of a member's send
+/// capability who sends garbage, 500 times over: the member's history gets one event that
+/// counts them, its saved state grows by that one event, and honest messages still arrive.
+#[tokio::test(flavor = "current_thread")]
+async fn five_hundred_rejections_are_one_counted_event() {
+    use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
+    use rand::RngCore;
+    let relay = SimRelay::new();
+    let mut m = channel(&relay, "room", &["ada", "bea"]).await;
+    m[1].sync().await;
+    let _ = m[1].engine.read("room", false).unwrap();
+    let before = m[1].engine.session.encode().unwrap().len();
+    let bea_box = m[1].engine.debug_mailbox("room").unwrap().address.send.0;
+    let mut junk = vec![0u8; ENVELOPE_SIZE];
+    rand::thread_rng().fill_bytes(&mut junk);
+    let junk = Envelope::from_bytes(&junk).unwrap();
+    for _ in 0..500 {
+        MailboxStore::send(&relay.store, bea_box, junk.clone(), u64::MAX, ProvenWork::NONE)
+            .await
+            .unwrap();
+    }
+    m[0].engine.send("room", "still here").await.unwrap();
+    for _ in 0..40 {
+        m[1].sync().await;
+    }
+    let shown = m[1].engine.read("room", false).unwrap();
+    let events: Vec<&str> = shown
+        .iter()
+        .filter(|v| v.message.event.is_some())
+        .map(|v| v.message.text.as_str())
+        .collect();
+    assert_eq!(
+        events,
+        vec!["discarded an envelope that failed authentication (forged or corrupted) (500 times)"]
+    );
+    assert!(shown.iter().any(|v| v.message.text == "still here"));
+    let after = m[1].engine.session.encode().unwrap().len();
+    assert!(after < before + 2048, "the state grew from {before} to {after} bytes");
+}

@@ -90,6 +90,16 @@ pub struct Warning {
     pub text: String,
 }
 
+/// A rejection event's text without its count, and the count (1 when none is written).
+fn rejection_count(text: &str) -> (&str, u64) {
+    if let Some((base, tail)) = text.rsplit_once(" (") {
+        if let Some(n) = tail.strip_suffix(" times)").and_then(|n| n.parse::<u64>().ok()) {
+            return (base, n);
+        }
+    }
+    (text, 1)
+}
+
 /// What the session asks its driver to do, in order.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -232,16 +242,44 @@ impl Session {
         &self.provider
     }
 
-    /// Records a rejected input: an event in the channel's history and a warning.
+    /// Records a rejected input: an event in the channel's history and a warning. The
+    /// same rejection again, while its event is still unread, is counted in that event
+    /// rather than stored once more: a relay replaying one bad envelope cannot grow the
+    /// history (and the vault) by an event each time.
     pub(crate) fn warn(&mut self, channel: Option<&str>, text: impl Into<String>) {
         let text = text.into();
         if let Some(name) = channel {
-            self.event(name, EventKind::Rejected, text.clone());
+            if !self.count_again(name, &text) {
+                self.event(name, EventKind::Rejected, text.clone());
+            }
         }
         self.push(Effect::Warn(Warning {
             channel: channel.map(str::to_string),
             text,
         }));
+    }
+
+    /// Counts `text` in the channel's last event if that is the same unread rejection.
+    fn count_again(&mut self, channel: &str, text: &str) -> bool {
+        let now = self.now_ms;
+        let Some(ch) = self.state.channels.get_mut(channel) else {
+            return false;
+        };
+        let unread_from = ch.read_upto.min(ch.messages.len());
+        let last = ch.messages.len().checked_sub(1).filter(|i| *i >= unread_from);
+        let Some(last) = last.and_then(|i| ch.messages.get_mut(i)) else {
+            return false;
+        };
+        if last.event != Some(EventKind::Rejected) {
+            return false;
+        }
+        let (base, times) = rejection_count(&last.text);
+        if base != text {
+            return false;
+        }
+        last.text = format!("{text} ({} times)", times.saturating_add(1));
+        last.sent_at = now;
+        true
     }
 
     /// Adds an event to a channel's history.
