@@ -204,3 +204,24 @@ fn a_daemons_failed_sync_names_nothing_in_its_log() {
         r.stderr
     );
 }
+
+/// Finding 5 (part): a removal committed on someone else's behalf is shown with who asked
+/// for it. Bob leaves; alice's client commits his leave; carol is told that bob left, not
+/// that alice removed him.
+#[test]
+fn a_leave_committed_by_another_member_says_who_left() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [alice, bob, carol] = people(root.path(), &relay, ["alice", "bob", "carol"]);
+    channel_with(&alice, &[&bob, &carol], "room");
+    let _ = carol.run(&["read", "room"]);
+    bob.ok(&["leave", "room"]);
+    alice.ok(&["sync"]);
+    let events: Vec<String> = carol
+        .messages("room")
+        .into_iter()
+        .filter(|m| m["event"] == "removed")
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(events, vec!["bob left".to_string()]);
+}

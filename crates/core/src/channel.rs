@@ -477,8 +477,10 @@ pub enum Received {
         committer: Option<MemberInfo>,
         /// Members it added.
         added: Vec<MemberInfo>,
-        /// Members it removed.
-        removed: Vec<MemberInfo>,
+        /// Members it removed, each with who proposed the removal (the committer for a
+        /// removal in the commit itself; the member who sent the proposal, or the removed
+        /// member for a leave, for one committed on someone else's behalf).
+        removed: Vec<(MemberInfo, Option<MemberInfo>)>,
         /// Whether it removed this client.
         self_removed: bool,
     },
@@ -827,11 +829,16 @@ impl Channel {
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 self.check_commit(&staged, sender.as_ref(), &current)?;
-                let removed: Vec<MemberInfo> = staged
+                let at = |i: u32| current.iter().find(|m| m.leaf == i).cloned();
+                let removed: Vec<(MemberInfo, Option<MemberInfo>)> = staged
                     .remove_proposals()
                     .filter_map(|r| {
-                        let idx = r.remove_proposal().removed();
-                        current.iter().find(|m| m.leaf == idx.u32()).cloned()
+                        let member = at(r.remove_proposal().removed().u32())?;
+                        let proposer = match r.sender() {
+                            Sender::Member(i) => at(i.u32()),
+                            _ => None,
+                        };
+                        Some((member, proposer))
                     })
                     .collect();
                 let self_removed = staged.self_removed();

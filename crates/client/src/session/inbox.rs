@@ -276,17 +276,31 @@ impl Session {
                 removed,
                 self_removed,
             } => {
+                let committer_key = committer.as_ref().map(|c| c.identity_key);
                 let by = committer.map(|c| c.name).unwrap_or_else(|| "a member".into());
                 for m in added {
                     self.event(name, EventKind::Joined, format!("{by} added {}", m.name));
                 }
-                for m in removed {
-                    if m.identity_key != self.identity.public_key() {
-                        self.event(name, EventKind::Removed, format!("{by} removed {}", m.name));
+                let me = self.identity.public_key();
+                let mut removed_me_by = None;
+                for (m, proposer) in removed {
+                    // Events name who asked for the removal, not only who committed it.
+                    let text = |whom: &str| match &proposer {
+                        Some(p) if p.identity_key == m.identity_key => format!("{} left", m.name),
+                        Some(p) if Some(p.identity_key) != committer_key => {
+                            format!("{} removed {whom} (committed by {by})", p.name)
+                        }
+                        _ => format!("{by} removed {whom}"),
+                    };
+                    if m.identity_key == me {
+                        removed_me_by = Some(text("you from the channel"));
+                    } else {
+                        self.event(name, EventKind::Removed, text(&m.name));
                     }
                 }
                 if self_removed {
-                    self.event(name, EventKind::Removed, format!("{by} removed you from the channel"));
+                    let text = removed_me_by.unwrap_or_else(|| format!("{by} removed you from the channel"));
+                    self.event(name, EventKind::Removed, text);
                     self.wipe(name, ChannelStatus::Removed);
                 }
             }
