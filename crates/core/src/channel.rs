@@ -950,16 +950,21 @@ mod tests {
         MailboxKeys::generate(relay, &mut rand_core::OsRng).address.clone()
     }
 
-    /// A three-member channel: (provider, identity, channel) for alice, bob and mallory.
-    fn trio() -> Vec<(Provider, Identity, Channel)> {
-        let suite = Suite::Classical;
-        let info = ChannelInfo {
+    /// The description of a channel "room" without a lifetime.
+    fn room() -> ChannelInfo {
+        ChannelInfo {
             name: "room".into(),
             sequencer: sequencer(),
             created_at: 1,
             disappear_after: 0,
             expires_at: 0,
-        };
+        }
+    }
+
+    /// A three-member channel: (provider, identity, channel) for alice, bob and mallory.
+    fn trio() -> Vec<(Provider, Identity, Channel)> {
+        let suite = Suite::Classical;
+        let info = room();
         let alice = (
             Provider::new().unwrap(),
             Identity::generate("alice", &mut rand_core::OsRng).unwrap(),
@@ -1086,13 +1091,7 @@ mod tests {
     fn the_creator_and_joiners_use_one_configuration() {
         let provider = Provider::new().unwrap();
         let identity = Identity::generate("alice", &mut rand_core::OsRng).unwrap();
-        let info = ChannelInfo {
-            name: "room".into(),
-            sequencer: sequencer(),
-            created_at: 1,
-            disappear_after: 0,
-            expires_at: 0,
-        };
+        let info = room();
         let channel = Channel::create(&provider, &identity, &info, &sequencer(), Suite::Classical).unwrap();
         assert_eq!(channel.group.configuration(), &join_config());
     }

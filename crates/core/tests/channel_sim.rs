@@ -65,6 +65,16 @@ fn admit(adder: &mut Member, joiner: &mut Member, others: &mut [&mut Member], su
     joiner.channel = Some(ch);
 }
 
+/// Alice's channel with bob and carol in it, every member up to date.
+fn trio(suite: Suite) -> (Member, Member, Member) {
+    let mut alice = founder("alice", suite);
+    let mut bob = member("bob");
+    let mut carol = member("carol");
+    admit(&mut alice, &mut bob, &mut [], suite);
+    admit(&mut alice, &mut carol, &mut [&mut bob], suite);
+    (alice, bob, carol)
+}
+
 fn say(from: &mut Member, text: &str) -> Vec<u8> {
     from.channel
         .as_mut()
@@ -83,11 +93,7 @@ fn hear(to: &mut Member, bytes: &[u8]) -> Result<(String, String), Rejection> {
 #[test]
 fn three_parties_talk_and_a_removed_member_reads_nothing_after() {
     for suite in [Suite::PostQuantum, Suite::Classical] {
-        let mut alice = founder("alice", suite);
-        let mut bob = member("bob");
-        let mut carol = member("carol");
-        admit(&mut alice, &mut bob, &mut [], suite);
-        admit(&mut alice, &mut carol, &mut [&mut bob], suite);
+        let (mut alice, mut bob, mut carol) = trio(suite);
         assert_eq!(alice.channel.as_ref().unwrap().members().len(), 3);
 
         let m = say(&mut bob, "hello from bob");
@@ -242,11 +248,7 @@ fn a_message_that_overtakes_its_commit_is_reported_as_future_and_reads_after_the
 #[test]
 fn a_message_sent_before_its_sender_was_removed_is_refused_after() {
     let suite = Suite::Classical;
-    let mut alice = founder("alice", suite);
-    let mut bob = member("bob");
-    let mut carol = member("carol");
-    admit(&mut alice, &mut bob, &mut [], suite);
-    admit(&mut alice, &mut carol, &mut [&mut bob], suite);
+    let (mut alice, mut bob, mut carol) = trio(suite);
     let before = say(&mut carol, "sent before my removal");
     let still_fine = say(&mut bob, "sent before carol's removal");
     let ch = alice.channel.as_mut().unwrap();
@@ -275,11 +277,7 @@ fn a_message_sent_before_its_sender_was_removed_is_refused_after() {
 #[test]
 fn the_channel_code_is_shared_by_one_channel_and_differs_across_a_split() {
     let suite = Suite::Classical;
-    let mut alice = founder("alice", suite);
-    let mut bob = member("bob");
-    let mut carol = member("carol");
-    admit(&mut alice, &mut bob, &mut [], suite);
-    admit(&mut alice, &mut carol, &mut [&mut bob], suite);
+    let (mut alice, mut bob, mut carol) = trio(suite);
     let code = |m: &Member| m.channel.as_ref().unwrap().channel_code();
     let epoch = |m: &Member| m.channel.as_ref().unwrap().epoch();
     let c = code(&alice);
