@@ -120,11 +120,14 @@ pub enum ClientError {
     /// A courier bundle could not be used; the error says why and what to do.
     #[error(transparent)]
     Courier(backchannel_core::courier::CourierError),
-    /// The channel's sequencer refused this device's claim key: this device applied a
-    /// change to the channel that the sequencer never granted (a split channel).
+    /// The channel's sequencer refused this device's claim as a wrong capability: the
+    /// relay gives that one answer for a claim key that does not open the lock (this
+    /// device applied a change the sequencer never granted: a split channel) and for a
+    /// sequencer that is gone (the channel was closed), so the message names both.
     #[error(
-        "this device's copy of \"{0}\" has split from the other members' (it applied a change to the channel \
-         that the channel's relay never granted); it cannot change the channel"
+        "the relay refused this device's change to \"{0}\": either the channel was closed, or this \
+         device's copy of it has split from the other members' (it applied a change the relay never \
+         granted); run `backchannel sync`, then compare `backchannel verify {0}` with the others"
     )]
     Split(String),
     /// Another member kept committing first.
