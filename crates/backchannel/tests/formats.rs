@@ -58,6 +58,20 @@ fn home(root: &Path, name: &str) -> Client {
     }
 }
 
+/// Holds the fixture's port for this process: every fixture set's relay listens on the
+/// same one, and the tests of two sets run in parallel processes. Released on drop.
+fn hold_port() -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("backchannel-fixture-port.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    wait_for_port();
+    lock
+}
+
 /// Waits until nothing listens on the fixture's port (another run of this test, in
 /// another worktree, may hold it for a while).
 fn wait_for_port() {
@@ -87,26 +101,55 @@ fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
     v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
 }
 
-/// The set made by the release at commit 94ba14f (see its README.md).
+/// What differs between two fixture sets of the same story: who made them, and the keys.
+struct Release {
+    /// The commit that made the set.
+    commit: &'static str,
+    relay_address: &'static str,
+    alice_fingerprint: &'static str,
+    bob_fingerprint: &'static str,
+}
+
+/// The set made by the release at commit 94ba14f (state layout 5, mailbox records of
+/// version 1, sequencers without a lock; see its README.md).
 #[test]
 fn the_state_left_by_release_94ba14f_opens_reads_and_keeps_working() {
-    const RELAY_ADDRESS: &str = "bc://jbysz3mufz2z54mnlrfnvdgn37w72ut4ms7rdtadczu4gbtz2r2q@127.0.0.1:29471";
+    opens_reads_and_keeps_working(&Release {
+        commit: "94ba14f",
+        relay_address: "bc://jbysz3mufz2z54mnlrfnvdgn37w72ut4ms7rdtadczu4gbtz2r2q@127.0.0.1:29471",
+        alice_fingerprint: "e7a1 4abf c072 ecd5 0369 1edb 7eda bed0",
+        bob_fingerprint: "a8c9 4d92 8093 b254 6513 d76b b0aa 4fbb",
+    });
+}
+
+/// The set made by the release at commit 8ae7932 (state layout 6, mailbox records of
+/// version 2, locked sequencers; see its README.md).
+#[test]
+fn the_state_left_by_release_8ae7932_opens_reads_and_keeps_working() {
+    opens_reads_and_keeps_working(&Release {
+        commit: "8ae7932",
+        relay_address: "bc://qsizbobjm7xyu3uquvtu3lvxtvcu4cdgcfge5kf5trjkmvys55fa@127.0.0.1:29471",
+        alice_fingerprint: "7642 ff8a 48a9 60e9 989c 5730 994f 8400",
+        bob_fingerprint: "0d4e c90e 3a6e 8da1 1681 472f 9f1e 819f",
+    });
+}
+
+/// The story of scripts/make-fixtures.sh, as a release left it, opened by this one.
+fn opens_reads_and_keeps_working(release: &Release) {
     // The file alice was sending when it stopped: her home holds this absolute path.
-    const TERM_SHEET: &str = "/tmp/backchannel-fixture-94ba14f/term-sheet.txt";
+    let term_sheet_at = format!("/tmp/backchannel-fixture-{}/term-sheet.txt", release.commit);
     const TERM_SHEET_SHA256: &str = "04ede2aa7413912aa3f26bdf34a65a32d15e04d9c1bf1cec92b39640fd96e200";
-    const ALICE_FINGERPRINT: &str = "e7a1 4abf c072 ecd5 0369 1edb 7eda bed0";
-    const BOB_FINGERPRINT: &str = "a8c9 4d92 8093 b254 6513 d76b b0aa 4fbb";
     const NOTES_SHA256: &str = "4585f2c0e2ef713294561f7b470e48e3dce2d5c75fb29eb4f37c9fec27139e1c";
 
-    let set = fixture("94ba14f");
+    let set = fixture(release.commit);
     let readme = std::fs::read_to_string(set.join("README.md")).unwrap();
     assert!(
-        readme.contains(RELAY_ADDRESS),
+        readme.contains(release.relay_address),
         "the README records another relay address"
     );
     assert_eq!(
         std::fs::read_to_string(set.join("relay-address.txt")).unwrap().trim(),
-        RELAY_ADDRESS
+        release.relay_address
     );
     let root = tempfile::tempdir().unwrap();
     copy_dir(&set, root.path());
@@ -116,19 +159,19 @@ fn the_state_left_by_release_94ba14f_opens_reads_and_keeps_working() {
     // The relay opens its data directory with the same key: the same PIN, the same
     // address. Envelopes carry the expiry they were stored with (100 years); the flag
     // here governs only new ones.
-    wait_for_port();
+    let _port = hold_port();
     let relay = RelayProc::start_on(
         &root.path().join("relay"),
         LISTEN,
         &["--envelope-ttl", "36500d", "--stats-interval", "1s"],
     );
-    assert_eq!(relay.address, RELAY_ADDRESS);
+    assert_eq!(relay.address, release.relay_address);
 
     // The source file of the transfer in progress, byte for byte where it was (written
     // while this run holds the port, so that two runs never share it).
     let term_sheet = pattern("term sheet line", 132_072);
     assert_eq!(sha256_hex(&term_sheet), TERM_SHEET_SHA256);
-    let term_sheet_path = Path::new(TERM_SHEET);
+    let term_sheet_path = Path::new(&term_sheet_at);
     std::fs::create_dir_all(term_sheet_path.parent().unwrap()).unwrap();
     std::fs::write(term_sheet_path, &term_sheet).unwrap();
 
@@ -163,7 +206,7 @@ fn the_state_left_by_release_94ba14f_opens_reads_and_keeps_working() {
     );
     for line in unread.lines() {
         let m: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert_eq!(m["from_fingerprint"], ALICE_FINGERPRINT, "{m}");
+        assert_eq!(m["from_fingerprint"], release.alice_fingerprint, "{m}");
     }
     let offer: serde_json::Value = serde_json::from_str(unread.lines().last().unwrap()).unwrap();
     assert_eq!(offer["file"]["status"], "receiving", "{offer}");
@@ -196,7 +239,7 @@ fn the_state_left_by_release_94ba14f_opens_reads_and_keeps_working() {
         "{unread}"
     );
     let carried: serde_json::Value = serde_json::from_str(unread.lines().next().unwrap()).unwrap();
-    assert_eq!(carried["from_fingerprint"], BOB_FINGERPRINT, "{carried}");
+    assert_eq!(carried["from_fingerprint"], release.bob_fingerprint, "{carried}");
     let notes = std::fs::read(out.join("notes.txt")).unwrap();
     assert_eq!(notes, pattern("notes line", 3000));
     assert_eq!(sha256_hex(&notes), NOTES_SHA256);
@@ -261,7 +304,7 @@ fn the_state_left_by_release_94ba14f_opens_reads_and_keeps_working() {
     assert!(!source.home.exists(), "drop check made a home");
 
     // Alice's interrupted transfer resumes with the same command, and bob gets the file whole.
-    let r = alice.run(&["send", "deal-room", "--file", TERM_SHEET]);
+    let r = alice.run(&["send", "deal-room", "--file", &term_sheet_at]);
     assert!(r.ok, "{}", r.stderr);
     assert!(r.stderr.contains("resuming an interrupted transfer"), "{}", r.stderr);
     let got = bob.ok(&["read", "deal-room", "--json", "--all", "--save-to", out_s]);
