@@ -1,7 +1,8 @@
 //! What members send inside a channel and through an invite mailbox:
 //! application messages (from a verified member, still checked), join
-//! requests (from anyone holding an invite) and the channel info carried in
-//! the group context of a welcome.
+//! requests (from anyone holding an invite), the channel info carried in
+//! the group context of a welcome, and the trail in a message's MLS
+//! authenticated data.
 //!
 //! Asserts: each that decodes re-encodes to exactly the same bytes (channel
 //! info of version 1, which has no lifecycle fields, re-encodes as version 2
@@ -10,7 +11,7 @@
 #![no_main]
 
 use backchannel_core::channel::ChannelInfo;
-use backchannel_core::message::{valid_file_name, AppMessage, Body, JoinRequest, MAX_PART, MAX_PARTS, MAX_TEXT};
+use backchannel_core::message::{valid_file_name, AppMessage, Body, JoinRequest, Trail, MAX_PART, MAX_PARTS, MAX_TEXT};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -28,6 +29,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(j) = JoinRequest::from_bytes(data) {
         assert_eq!(j.to_bytes(), data, "a join request re-encodes to other bytes");
+    }
+    if let Some(t) = Trail::from_bytes(data) {
+        assert_eq!(t.to_bytes(), data, "a trail re-encodes to other bytes");
     }
     if let Ok(info) = ChannelInfo::from_bytes(data) {
         // Versions 1 and 2 both decode, and each value has one encoding.

@@ -25,6 +25,7 @@ use thiserror::Error;
 use crate::codec::{Reader, Writer};
 use crate::identity::{Fingerprint, Identity};
 use crate::mailbox::MailboxAddress;
+use crate::message::Trail;
 use crate::storage::Store;
 
 /// Leaf-node extension holding the member's receiving [`MailboxAddress`].
@@ -470,6 +471,10 @@ pub enum Received {
         sender: MemberInfo,
         /// The plaintext.
         plaintext: Vec<u8>,
+        /// The epoch it was sealed in (this one, or a past one).
+        epoch: u64,
+        /// The sender's trail, if its client writes one.
+        trail: Option<Trail>,
     },
     /// A commit that was merged.
     Commit {
@@ -483,11 +488,15 @@ pub enum Received {
         removed: Vec<(MemberInfo, Option<MemberInfo>)>,
         /// Whether it removed this client.
         self_removed: bool,
+        /// The committer's trail, if its client writes one.
+        trail: Option<Trail>,
     },
     /// A proposal stored for the next commit.
     Proposal {
         /// Who proposed.
         sender: Option<MemberInfo>,
+        /// The proposer's trail, if its client writes one.
+        trail: Option<Trail>,
     },
 }
 
@@ -625,6 +634,12 @@ impl Channel {
     /// Whether proposals wait to be committed.
     pub fn has_pending_proposals(&self) -> bool {
         self.group.has_pending_proposals()
+    }
+
+    /// Sets the trail that the next application message or commit made here carries
+    /// (in its MLS authenticated data; cleared once that message is made).
+    pub fn set_trail(&mut self, trail: &Trail) {
+        self.group.set_aad(trail.to_bytes());
     }
 
     /// Encrypts application data for the channel.
@@ -807,11 +822,14 @@ impl Channel {
             _ => None,
         };
         let (sender_key, _) = parse_credential(processed.credential()).ok_or(Rejection::UnknownSender)?;
+        let trail = Trail::from_bytes(processed.aad());
         let content = processed.into_content();
         if let ProcessedMessageContent::ApplicationMessage(app) = content {
             return Ok(Received::Application {
                 sender: self.application_sender(sender_leaf, &sender_key)?,
                 plaintext: app.into_bytes(),
+                epoch,
+                trail,
             });
         }
         let current = self.members();
@@ -825,7 +843,10 @@ impl Channel {
                 self.group
                     .store_pending_proposal(provider.storage(), *p)
                     .map_err(|_| Rejection::Unverified)?;
-                Ok(Received::Proposal { sender: Some(sender) })
+                Ok(Received::Proposal {
+                    sender: Some(sender),
+                    trail,
+                })
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 self.check_commit(&staged, sender.as_ref(), &current)?;
@@ -856,6 +877,7 @@ impl Channel {
                     added,
                     removed,
                     self_removed,
+                    trail,
                 })
             }
             _ => Err(Rejection::Malformed),

@@ -9,6 +9,7 @@
 //!                  | SHA-256 of the contents (32) | part size (u32)
 //!   kind 4 part  : body = file id (16) | index (u32) | data (u32 length)
 //! join request = version (1) = 1 | key package (u32 length, TLS-encoded MLS KeyPackage)
+//! trail        = version (1) = 1 | count (u64) | last (16)     (MLS authenticated data)
 //! ```
 
 use crate::codec::{DecodeError, Reader, Writer};
@@ -217,6 +218,56 @@ impl AppMessage {
     }
 }
 
+/// What a member's every application message and commit carries in its MLS authenticated
+/// data, so that the others can tell that one of its messages is missing or came out of
+/// order (docs/protocol.md, "Trails"): how many application messages the sender had sent
+/// in the channel before this one, and the [`Trail::digest`] of the last of them. A commit
+/// carries it too, so that a sender's last message is missed at its next commit at the
+/// latest. MLS authenticates it with the message, so a relay cannot change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Trail {
+    /// Application messages the sender sent in this channel before this one.
+    pub count: u64,
+    /// The digest of the last of them (zeros before the first).
+    pub last: [u8; 16],
+}
+
+impl Trail {
+    /// Binary form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(1).u64(self.count).put(&self.last);
+        w.into_vec()
+    }
+
+    /// Parses the authenticated data of a message (from a verified member, still
+    /// checked): `None` for a message without a trail (a client from before trails), or
+    /// one this client does not read.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(b);
+        if r.u8().ok()? != 1 {
+            return None;
+        }
+        let count = r.u64().ok()?;
+        let last = r.array().ok()?;
+        r.finish().ok()?;
+        Some(Self { count, last })
+    }
+
+    /// What a trail names an application message by: the first 16 bytes of SHA-256 over
+    /// a label and the message's plaintext (its random id makes every one distinct).
+    pub fn digest(plaintext: &[u8]) -> [u8; 16] {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::new()
+            .chain_update(b"backchannel/v1/trail")
+            .chain_update(plaintext)
+            .finalize();
+        let mut out = [0; 16];
+        out.copy_from_slice(&d[..16]);
+        out
+    }
+}
+
 /// A request to join, sent through an invite's mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinRequest {
@@ -316,9 +367,16 @@ mod tests {
         }
 
         #[test]
+        fn trails_round_trip(count in any::<u64>(), last in any::<[u8; 16]>()) {
+            let t = Trail { count, last };
+            prop_assert_eq!(Trail::from_bytes(&t.to_bytes()), Some(t));
+        }
+
+        #[test]
         fn garbage_never_panics(b in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = AppMessage::from_bytes(&b);
             let _ = JoinRequest::from_bytes(&b);
+            let _ = Trail::from_bytes(&b);
         }
     }
 }

@@ -946,7 +946,7 @@ pub(crate) mod tests {
             fn hear(&mut self, bytes: &[u8]) -> (MemberInfo, Vec<u8>) {
                 let p = &self.provider;
                 match self.channel.as_mut().unwrap().process(p, bytes).unwrap() {
-                    Received::Application { sender, plaintext } => (sender, plaintext),
+                    Received::Application { sender, plaintext, .. } => (sender, plaintext),
                     other => panic!("{other:?}"),
                 }
             }

@@ -85,7 +85,7 @@ fn say(from: &mut Member, text: &str) -> Vec<u8> {
 
 fn hear(to: &mut Member, bytes: &[u8]) -> Result<(String, String), Rejection> {
     match to.channel.as_mut().unwrap().process(&to.provider, bytes)? {
-        Received::Application { sender, plaintext } => Ok((sender.name, String::from_utf8(plaintext).unwrap())),
+        Received::Application { sender, plaintext, .. } => Ok((sender.name, String::from_utf8(plaintext).unwrap())),
         other => panic!("expected an application message, got {other:?}"),
     }
 }
