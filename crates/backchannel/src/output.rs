@@ -196,8 +196,11 @@ pub fn print_message(out: &Out, m: &MessageView, json: bool) {
                     Some(Arrival::Other) | None => {}
                 }
             }
-            // A message the client refused (forged, replayed, out of order): shown loudly.
-            Some(EventKind::Rejected) => out.line(format!("[{h:02}:{mi:02}:{s:02}] !! {}", escape_controls(&msg.text))),
+            // A message the client refused (forged, replayed, out of order), one that is
+            // missing, or one a removed member could read: shown loudly.
+            Some(EventKind::Rejected | EventKind::Missing | EventKind::Exposed) => {
+                out.line(format!("[{h:02}:{mi:02}:{s:02}] !! {}", escape_controls(&msg.text)))
+            }
             Some(_) => out.line(format!("[{h:02}:{mi:02}:{s:02}] * {}", escape_controls(&msg.text))),
         }
     }

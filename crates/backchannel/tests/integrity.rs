@@ -225,3 +225,48 @@ fn a_leave_committed_by_another_member_says_who_left() {
         .collect();
     assert_eq!(events, vec!["bob left".to_string()]);
 }
+
+/// Finding 3: the relay's operator drops one of alice's messages for bob (deletes it from
+/// the store) and delivers the rest. Bob's `read` says at once that a message from alice is
+/// missing (a warning, and a loud `missing` event in the history); alice, who lost nothing,
+/// sees no such event.
+#[test]
+fn a_message_the_relay_drops_is_shown_as_missing() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("relay");
+    let mut relay = RelayProc::start(&data, &[]);
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "watched");
+    let v: serde_json::Value = serde_json::from_str(&bob.ok(&["debug", "mailbox", "watched"])).unwrap();
+    let bob_box: [u8; 32] = unhex(v["mailbox"].as_str().unwrap()).try_into().unwrap();
+    alice.ok(&["send", "watched", "one"]);
+    assert_eq!(bob.texts("watched").len(), 1);
+    alice.ok(&["send", "watched", "two: the figure is 4.2M"]);
+    relay.kill9();
+    assert_eq!(drop_newest_envelope(&data, bob_box), 1, "the message waited for bob");
+    let listen = format!("127.0.0.1:{}", relay.port);
+    let _relay = RelayProc::start_on(&data, &listen, &[]);
+    alice.ok(&["send", "watched", "three"]);
+
+    let r = bob.run(&["read", "watched", "--json"]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("a message from alice is missing"),
+        "said at once: {}",
+        r.stderr
+    );
+    let shown: Vec<serde_json::Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let missing: Vec<&serde_json::Value> = shown.iter().filter(|m| m["event"] == "missing").collect();
+    assert_eq!(missing.len(), 1, "{shown:?}");
+    assert_eq!(missing[0]["text"], "a message from alice is missing");
+    assert_eq!(
+        bob.texts("watched"),
+        [
+            ("alice".to_string(), "one".to_string()),
+            ("alice".to_string(), "three".to_string())
+        ]
+    );
+    let human = bob.ok(&["read", "watched", "--all"]);
+    assert!(human.contains("!! a message from alice is missing"), "{human}");
+    assert!(alice.messages("watched").iter().all(|m| m["event"] != "missing"));
+}

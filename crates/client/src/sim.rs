@@ -754,3 +754,157 @@ async fn five_hundred_rejections_are_one_counted_event() {
     let after = m[1].engine.session.encode().unwrap().len();
     assert!(after < before + 2048, "the state grew from {before} to {after} bytes");
 }
+
+/// The alarms in `channel` in `m`'s history, in order: its events other than joins,
+/// removals and closing.
+fn events(m: &mut Member, channel: &str) -> Vec<(crate::state::EventKind, String)> {
+    use crate::state::EventKind::{Closed, Joined, Removed};
+    m.engine
+        .read(channel, true)
+        .unwrap()
+        .into_iter()
+        .filter_map(|v| v.message.event.map(|k| (k, v.message.text)))
+        .filter(|(k, _)| !matches!(k, Joined | Removed | Closed))
+        .collect()
+}
+
+/// Finding 3: a relay drops one copy of one message for one member (it stores it and
+/// never delivers it). The next message from the same sender shows that one is missing,
+/// said at once and kept in the history; when the relay lets it through after all, it is
+/// shown and the event says it came out of order.
+#[tokio::test(flavor = "current_thread")]
+async fn a_withheld_message_is_reported_missing_until_it_arrives() {
+    use crate::state::EventKind;
+    let relay = SimRelay::new();
+    let mut m = channel(&relay, "room", &["ada", "bea"]).await;
+    let bea_box = m[1].engine.debug_mailbox("room").unwrap().address.send.0;
+    m[0].engine.send("room", "one").await.unwrap();
+    relay.withhold_next(bea_box);
+    m[0].engine.send("room", "two").await.unwrap();
+    m[0].engine.send("room", "three").await.unwrap();
+    m[1].sync().await;
+    assert_eq!(m[1].texts("room"), ["one", "three"]);
+    let warned = m[1].engine.take_warnings();
+    assert!(
+        warned.iter().any(|w| w.text.contains("a message from ada is missing")),
+        "{warned:?}"
+    );
+    assert_eq!(
+        events(&mut m[1], "room"),
+        [(EventKind::Missing, "a message from ada is missing".to_string())]
+    );
+    relay.release();
+    m[1].sync().await;
+    assert_eq!(m[1].texts("room"), ["one", "three", "two"]);
+    assert_eq!(
+        events(&mut m[1], "room"),
+        [(
+            EventKind::Missing,
+            "the message from ada that was missing arrived, out of order".to_string()
+        )]
+    );
+    // Nothing is reported where nothing was withheld.
+    assert!(events(&mut m[0], "room").is_empty());
+}
+
+/// Finding 3: the last message a member sent is withheld for good. No later message
+/// shows the gap; the sender's next commit does (a key update: weekly at the latest).
+#[tokio::test(flavor = "current_thread")]
+async fn a_withheld_last_message_is_missed_at_the_senders_next_commit() {
+    use crate::state::EventKind;
+    let relay = SimRelay::new();
+    let mut m = channel(&relay, "room", &["ada", "bea"]).await;
+    let bea_box = m[1].engine.debug_mailbox("room").unwrap().address.send.0;
+    m[0].engine.send("room", "one").await.unwrap();
+    relay.withhold_next(bea_box);
+    m[0].engine.send("room", "the last word").await.unwrap();
+    m[1].sync().await;
+    assert_eq!(m[1].texts("room"), ["one"]);
+    assert!(events(&mut m[1], "room").is_empty());
+    m[0].engine.update_keys("room").await.unwrap();
+    m[1].sync().await;
+    assert_eq!(
+        events(&mut m[1], "room"),
+        [(EventKind::Missing, "a message from ada is missing".to_string())]
+    );
+}
+
+/// Finding 3: a relay withholds a removal from one member, who goes on sealing in the
+/// epoch before it (so the removed member could read what it sends). A member who has
+/// seen the removal shows that message with a loud note saying so.
+#[tokio::test(flavor = "current_thread")]
+async fn a_message_sealed_before_a_removal_is_flagged() {
+    use crate::state::EventKind;
+    let relay = SimRelay::new();
+    let mut m = channel(&relay, "room", &["ada", "bea", "cyd"]).await;
+    let bea_box = m[1].engine.debug_mailbox("room").unwrap().address.send.0;
+    relay.withhold_next(bea_box);
+    m[0].engine.remove("room", "cyd").await.unwrap();
+    m[1].engine.send("room", "for ada and cyd").await.unwrap();
+    m[0].sync().await;
+    assert!(m[0].texts("room").contains(&"for ada and cyd".to_string()));
+    let ev = events(&mut m[0], "room");
+    assert_eq!(
+        ev.last(),
+        Some(&(
+            EventKind::Exposed,
+            "bea sealed the message above before cyd was removed: cyd could read it".to_string()
+        )),
+        "{ev:?}"
+    );
+    // Once bea has the removal, what it sends is not flagged.
+    relay.release();
+    m[1].sync().await;
+    m[1].engine.send("room", "now for ada alone").await.unwrap();
+    m[0].sync().await;
+    assert_eq!(
+        events(&mut m[0], "room")
+            .iter()
+            .filter(|(k, _)| *k == EventKind::Exposed)
+            .count(),
+        1
+    );
+}
+
+/// Finding 6: a relay replays the join request of someone the invite admitted and who
+/// was removed since. The invite admits a person once: the request is refused with a
+/// warning and takes no use.
+#[tokio::test(flavor = "current_thread")]
+async fn a_replayed_join_request_of_a_removed_member_is_refused() {
+    let relay = SimRelay::new();
+    let mut m = channel(&relay, "room", &["ada"]).await;
+    let invite = m[0].engine.invite("room", 2, Duration::from_secs(3600)).await.unwrap();
+    let invite_box = m[0].engine.session.channel("room").unwrap().invites[0].mailbox.clone();
+    let mut bea = Member::new(&relay, "bea");
+    bea.engine.join(&invite, None, Duration::ZERO).await.unwrap();
+    // The relay keeps a copy of bea's request.
+    let copies = MailboxStore::fetch(&relay.store, &[invite_box.id()], 100)
+        .await
+        .unwrap();
+    assert!(!copies.is_empty());
+    m[0].sync().await;
+    bea.sync().await;
+    assert_eq!(m[0].members("room"), names(&["ada", "bea"]));
+    m[0].engine.remove("room", "bea").await.unwrap();
+    for c in copies {
+        MailboxStore::send(
+            &relay.store,
+            invite_box.address.send.0,
+            c.envelope,
+            u64::MAX,
+            ProvenWork::NONE,
+        )
+        .await
+        .unwrap();
+    }
+    m[0].sync().await;
+    assert_eq!(m[0].members("room"), names(&["ada"]));
+    let warned = m[0].engine.take_warnings();
+    assert!(
+        warned.iter().any(|w| w
+            .text
+            .contains("refused bea: the invite had already admitted them once")),
+        "{warned:?}"
+    );
+    assert_eq!(m[0].engine.session.channel("room").unwrap().invites[0].uses_left, 1);
+}

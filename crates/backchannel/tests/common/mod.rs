@@ -60,6 +60,21 @@ pub fn stored_envelopes(data: &Path, receive_id: [u8; 32]) -> Vec<Vec<u8>> {
     out
 }
 
+/// Deletes the newest envelope of a mailbox from a stopped relay's store (an operator
+/// dropping one message for one recipient); returns how many were there.
+pub fn drop_newest_envelope(data: &Path, receive_id: [u8; 32]) -> usize {
+    use backchannel_relay::store::EmbeddedStore;
+    let id = backchannel_core::mailbox::MailboxId(receive_id);
+    let store = EmbeddedStore::open(&data.join("mailboxes.redb"), 10_000).unwrap();
+    let waiting = store.fetch(&[id], 100).unwrap();
+    if let Some(newest) = waiting.iter().map(|d| d.seq).max() {
+        store.ack(id, newest).unwrap();
+    }
+    drop(store);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    waiting.len()
+}
+
 /// A relay process; killed on drop.
 pub struct RelayProc {
     pub child: Child,

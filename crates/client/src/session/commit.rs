@@ -107,6 +107,8 @@ impl Session {
         let mut group = self.load_group(name)?;
         let recipients = self.others(&group);
         let mut new_mailbox = None;
+        // The commit counts our messages, so a withheld last one is missed (session::trail).
+        self.trail_commit(name, &mut group)?;
         let (out, joiners) = match op {
             CommitOp::Add(kps) => {
                 let current: Vec<[u8; 32]> = group.members().iter().map(|m| m.identity_key).collect();
@@ -221,7 +223,21 @@ impl Session {
         let mut group = self.load_group(name)?;
         match answer {
             ClaimAnswer::Granted => {
+                let before = group.members();
                 group.merge_pending(&self.provider).map_err(ClientError::protocol)?;
+                let after = group.members();
+                let me = self.identity.public_key();
+                let gone: Vec<_> = before
+                    .iter()
+                    .filter(|m| m.identity_key != me && !after.iter().any(|a| a.identity_key == m.identity_key))
+                    .cloned()
+                    .collect();
+                let added: Vec<_> = after
+                    .iter()
+                    .filter(|m| !before.iter().any(|b| b.identity_key == m.identity_key))
+                    .cloned()
+                    .collect();
+                self.trails_after_commit(name, &added, &gone, group.epoch());
                 for to in &pending.recipients {
                     self.enqueue(to, PayloadKind::Mls, &pending.commit)?;
                 }
@@ -268,7 +284,8 @@ impl Session {
     /// Join requests read since the last call, per channel, that an invite still
     /// honours (each takes one of its uses); refusals become warnings. A request from
     /// someone already in the channel, or a second one from the same person (a relay
-    /// replaying the envelope), is dropped without taking a use.
+    /// replaying the envelope), is dropped without taking a use; so is one from someone
+    /// the invite admitted before (replayed after they were removed), with a warning.
     pub fn take_admissions(&mut self) -> Vec<(String, Vec<ValidKeyPackage>)> {
         let requests = std::mem::take(&mut self.admissions);
         let now = self.now_s();
@@ -291,6 +308,18 @@ impl Session {
             let Some(inv) = ch.invites.iter_mut().find(|i| i.mailbox.id() == invite_id) else {
                 continue;
             };
+            // An invite admits a person once: the same request again is a replay (by a
+            // relay, after that person left or was removed), not a new wish to join.
+            if inv.admitted.contains(&kp.member.identity_key) {
+                self.warn(
+                    Some(&name),
+                    format!(
+                        "refused {}: the invite had already admitted them once (a repeated join request)",
+                        kp.member.name
+                    ),
+                );
+                continue;
+            }
             if inv.expires_at <= now {
                 self.warn(
                     Some(&name),
@@ -306,6 +335,7 @@ impl Session {
                 continue;
             }
             inv.uses_left -= 1;
+            inv.admitted.push(kp.member.identity_key);
             seen.push(kp.member.identity_key);
             per_channel.entry(name).or_default().push(kp);
         }

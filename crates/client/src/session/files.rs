@@ -166,9 +166,7 @@ impl Session {
             sent_at: if job.offered { self.now_ms() } else { job.sent_at },
             body,
         };
-        let ct = group
-            .encrypt(&self.provider, &self.identity, &msg.to_bytes())
-            .map_err(ClientError::protocol)?;
+        let ct = self.seal_app(name, &mut group, &msg)?;
         let recipients = self.others(&group);
         // The outbox is saved with the vault: with more recipients, fewer parts per save
         // keep what one save writes near 1 MiB.

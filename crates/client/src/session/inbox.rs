@@ -12,6 +12,10 @@ use crate::state::{ChannelState, ChannelStatus, DeferredMls, EventKind, RecentPa
 /// Most MLS messages kept per channel while they wait for their epoch.
 pub const MAX_DEFERRED: usize = 256;
 
+/// How long an MLS message waits for its epoch (seconds) before it is dropped: as long
+/// as a retired mailbox is read, by which time the commit it follows has arrived or never will.
+pub const DEFERRED_LIFETIME: u64 = super::lifecycle::RETIRED_GRACE.as_secs();
+
 /// Channel payloads remembered to recognize one carried both by hand and by a relay.
 pub const RECENT_PAYLOADS: usize = 4096;
 
@@ -130,10 +134,12 @@ impl Session {
                 );
             }
         }
+        let arrived_at = self.now_s();
         self.state.inbox.deferred.push(DeferredMls {
             channel: name.to_string(),
             payload,
             by_courier: via == Via::Courier,
+            arrived_at,
         });
     }
 
@@ -171,9 +177,18 @@ impl Session {
             let mut progress = false;
             let waiting = std::mem::take(&mut self.state.inbox.deferred);
             let mut keep = Vec::new();
+            let now = self.now_s();
             for d in waiting {
                 if !self.is_active(&d.channel) {
                     progress = true;
+                    continue;
+                }
+                if now.saturating_sub(d.arrived_at) > DEFERRED_LIFETIME {
+                    progress = true;
+                    self.warn(
+                        Some(&d.channel),
+                        "dropped a message that waited too long for a change to the channel that never arrived",
+                    );
                     continue;
                 }
                 let via = if d.by_courier { Via::Courier } else { Via::Relay };
@@ -214,7 +229,15 @@ impl Session {
         };
         let now = self.now_ms();
         match received {
-            Received::Application { sender, plaintext } => {
+            Received::Application {
+                sender,
+                plaintext,
+                epoch,
+                trail,
+            } => {
+                // What the sender's trail says goes before the message (a gap); whether a
+                // removed member could read it goes after.
+                self.read_trail(name, &sender, trail, &plaintext);
                 let msg = match AppMessage::from_bytes(&plaintext) {
                     Ok(m) => m,
                     Err(_) => {
@@ -269,13 +292,20 @@ impl Session {
                         self.receive_part(name, sender.identity_key, file_id, index, &data);
                     }
                 }
+                self.flag_sealed_before_removal(name, &sender, epoch);
             }
             Received::Commit {
                 committer,
                 added,
                 removed,
                 self_removed,
+                trail,
             } => {
+                if let Some(c) = &committer {
+                    self.read_commit_trail(name, c, trail);
+                }
+                let gone: Vec<_> = removed.iter().map(|(m, _)| m.clone()).collect();
+                self.trails_after_commit(name, &added, &gone, group.epoch());
                 let committer_key = committer.as_ref().map(|c| c.identity_key);
                 let by = committer.map(|c| c.name).unwrap_or_else(|| "a member".into());
                 for m in added {
@@ -304,7 +334,11 @@ impl Session {
                     self.wipe(name, ChannelStatus::Removed);
                 }
             }
-            Received::Proposal { .. } => {}
+            Received::Proposal { sender, trail } => {
+                if let Some(p) = &sender {
+                    self.read_commit_trail(name, p, trail);
+                }
+            }
         }
         Ok(())
     }

@@ -61,6 +61,7 @@ impl Session {
                 mailbox,
                 uses_left: uses,
                 expires_at,
+                admitted: Vec::new(),
             });
         }
         self.save();

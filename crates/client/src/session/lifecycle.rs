@@ -31,6 +31,8 @@ impl Session {
         let mut group = self.load_group(name)?;
         let others = self.others(&group);
         if !others.is_empty() {
+            // The proposal counts our messages, so a withheld last one is missed.
+            self.trail_commit(name, &mut group)?;
             let proposal = group
                 .leave(&self.provider, &self.identity)
                 .map_err(ClientError::protocol)?;
@@ -53,9 +55,7 @@ impl Session {
             sent_at: self.now_ms(),
             body: Body::Close,
         };
-        let ct = group
-            .encrypt(&self.provider, &self.identity, &msg.to_bytes())
-            .map_err(ClientError::protocol)?;
+        let ct = self.seal_app(name, &mut group, &msg)?;
         for to in self.others(&group) {
             self.enqueue(&to, PayloadKind::Mls, &ct)?;
         }

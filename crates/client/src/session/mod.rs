@@ -43,6 +43,7 @@ pub mod invite;
 pub mod lifecycle;
 pub mod outbox;
 pub mod sync;
+pub mod trail;
 pub mod views;
 
 pub use commit::CommitOp;
@@ -253,9 +254,15 @@ impl Session {
                 self.event(name, EventKind::Rejected, text.clone());
             }
         }
+        self.tell(channel, text);
+    }
+
+    /// Tells the user now, without an event in the channel's history (the caller adds
+    /// its own).
+    pub(crate) fn tell(&mut self, channel: Option<&str>, text: impl Into<String>) {
         self.push(Effect::Warn(Warning {
             channel: channel.map(str::to_string),
-            text,
+            text: text.into(),
         }));
     }
 
@@ -284,12 +291,18 @@ impl Session {
 
     /// Adds an event to a channel's history.
     pub(crate) fn event(&mut self, channel: &str, kind: EventKind, text: String) {
+        let id = format!("event-{}", hex(&random_id::<8>()));
+        self.event_with_id(channel, kind, id, [0; 32], text);
+    }
+
+    /// Adds an event with this id, about the member whose identity key is `about`.
+    pub(crate) fn event_with_id(&mut self, channel: &str, kind: EventKind, id: String, about: [u8; 32], text: String) {
         let now = self.now_ms;
         if let Some(ch) = self.state.channels.get_mut(channel) {
             ch.messages.push(StoredMessage {
-                id: format!("event-{}", hex(&random_id::<8>())),
+                id,
                 from: String::new(),
-                from_key: [0; 32],
+                from_key: about,
                 sent_at: now,
                 text,
                 event: Some(kind),

@@ -157,9 +157,7 @@ impl Session {
             sent_at: u.sent_at,
             body: Body::Text(u.text.clone()),
         };
-        let ct = group
-            .encrypt(&self.provider, &self.identity, &msg.to_bytes())
-            .map_err(ClientError::protocol)?;
+        let ct = self.seal_app(&u.channel, &mut group, &msg)?;
         for to in self.others(&group) {
             self.enqueue(&to, PayloadKind::Mls, &ct)?;
         }

@@ -12,6 +12,7 @@
 //! add a fixture made by the release before the change.
 
 mod v5;
+mod v6;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ use crate::socks::ProxyAddr;
 use crate::{ClientError, Damage};
 
 /// Version of the state layout.
-pub const STATE_VERSION: u32 = 6;
+pub const STATE_VERSION: u32 = 7;
 
 /// The oldest layout this release converts.
 pub const OLDEST_STATE_VERSION: u32 = 5;
@@ -321,7 +322,11 @@ impl State {
         let undecodable = |_| ClientError::Corrupt(Damage::Undecodable);
         match version {
             STATE_VERSION => postcard::from_bytes(b).map_err(undecodable),
-            5 => Ok(postcard::from_bytes::<v5::State>(b).map_err(undecodable)?.into()),
+            6 => Ok(v6::upgrade(postcard::from_bytes(b).map_err(undecodable)?, unix_now())),
+            5 => Ok(v6::upgrade(
+                postcard::from_bytes::<v5::State>(b).map_err(undecodable)?.into(),
+                unix_now(),
+            )),
             v if v > STATE_VERSION => Err(ClientError::NewerStore {
                 found: v,
                 known: STATE_VERSION,
@@ -329,6 +334,13 @@ impl State {
             v => Err(ClientError::Corrupt(Damage::TooOld(v))),
         }
     }
+}
+
+/// The clock an upgrade dates what it converts by (the session itself has no clock).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Where a channel stands for this member.
@@ -394,6 +406,35 @@ pub struct ChannelState {
     pub disappear_after: u64,
     /// The channel closes on its own at this time (Unix s; 0: never).
     pub expires_at: u64,
+    /// Our trail and the others' as read here (`session::trail`).
+    pub trails: Trails,
+}
+
+/// What a member knows of the trails in one channel: its own, to write on what it sends,
+/// and each other member's, to tell a missing or out-of-order message (`session::trail`,
+/// docs/protocol.md, "Trails").
+#[derive(Serialize, Deserialize, Default, Clone, Debug)]
+pub struct Trails {
+    /// Application messages this member has sealed in the channel.
+    pub sent: u64,
+    /// The trail digest of the last of them.
+    pub sent_last: [u8; 16],
+    /// Each other member's trail, by identity key, from the first message read from them.
+    pub read: BTreeMap<[u8; 32], SenderTrail>,
+    /// The latest removals read or made here (bounded, oldest first): the first epoch
+    /// without the removed members, and their names.
+    pub removals: Vec<(u64, Vec<String>)>,
+}
+
+/// One sender's trail as read here.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq, Eq)]
+pub struct SenderTrail {
+    /// The count the sender's next message must carry.
+    pub next: u64,
+    /// The digest of the sender's message before that.
+    pub last: [u8; 16],
+    /// Counts of the sender's messages that are missing (bounded, the latest kept).
+    pub missing: BTreeSet<u64>,
 }
 
 impl ChannelState {
@@ -421,6 +462,7 @@ impl ChannelState {
             pending: None,
             disappear_after,
             expires_at,
+            trails: Trails::default(),
         }
     }
 }
@@ -454,6 +496,9 @@ pub struct DeferredMls {
     pub payload: Vec<u8>,
     /// It came in a courier bundle.
     pub by_courier: bool,
+    /// When it arrived (Unix s): one kept longer than [`crate::session::inbox::DEFERRED_LIFETIME`]
+    /// is dropped.
+    pub arrived_at: u64,
 }
 
 /// A message the user sent that is not yet sealed into the outbox.
@@ -487,6 +532,9 @@ pub struct InviteRecord {
     pub uses_left: u32,
     /// Expiry (Unix seconds).
     pub expires_at: u64,
+    /// Identity keys of the people it admitted: a request from one of them again (a relay
+    /// replaying it after that person was removed) is refused without taking a use.
+    pub admitted: Vec<[u8; 32]>,
 }
 
 /// A message or an event in a channel's history.
@@ -521,6 +569,10 @@ pub enum EventKind {
     Removed,
     /// The channel was closed (or expired).
     Closed,
+    /// A member's messages are missing (or, once they arrived, were out of order).
+    Missing,
+    /// The message before it was sealed before a removal: the removed member could read it.
+    Exposed,
 }
 
 impl EventKind {
@@ -531,14 +583,23 @@ impl EventKind {
             EventKind::Joined => "joined",
             EventKind::Removed => "removed",
             EventKind::Closed => "closed",
+            EventKind::Missing => "missing",
+            EventKind::Exposed => "exposed",
         }
     }
 
     /// Reads a word that [`EventKind::word`] gave (layout 5 stored the word).
     pub fn from_word(word: &str) -> Option<Self> {
-        [Self::Rejected, Self::Joined, Self::Removed, Self::Closed]
-            .into_iter()
-            .find(|k| k.word() == word)
+        [
+            Self::Rejected,
+            Self::Joined,
+            Self::Removed,
+            Self::Closed,
+            Self::Missing,
+            Self::Exposed,
+        ]
+        .into_iter()
+        .find(|k| k.word() == word)
     }
 }
 

@@ -5,7 +5,7 @@
 //! `crates/backchannel/tests/formats.rs` fails if one does). Layout 6 changed
 //! [`StoredMessage::event`] from a word to [`super::EventKind`], and grouped the
 //! state's fields by the part of the session that owns them (inbox, outbox, courier,
-//! files).
+//! files). It converts to layout 6 ([`super::v6`]), which converts to the current one.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -14,9 +14,10 @@ use backchannel_core::mailbox::MailboxKeys;
 use backchannel_core::relay_address::RelayAddress;
 use serde::Deserialize;
 
+use super::v6::{self, DeferredMls, InviteRecord};
 use super::{
-    ChannelStatus, DeferredMls, DropBox, EventKind, IncomingFile, InviteRecord, OutboxItem, OutgoingFile,
-    PendingCommit, PendingJoin, RecentPayload, RetiredMailbox, UnsentMessage,
+    ChannelStatus, DropBox, EventKind, IncomingFile, OutboxItem, OutgoingFile, PendingCommit, PendingJoin,
+    RecentPayload, RetiredMailbox, UnsentMessage,
 };
 use crate::socks::ProxyAddr;
 
@@ -92,7 +93,7 @@ impl From<StoredMessage> for super::StoredMessage {
     }
 }
 
-impl From<ChannelState> for super::ChannelState {
+impl From<ChannelState> for v6::ChannelState {
     fn from(c: ChannelState) -> Self {
         Self {
             group_id: c.group_id,
@@ -113,11 +114,11 @@ impl From<ChannelState> for super::ChannelState {
     }
 }
 
-impl From<State> for super::State {
+impl From<State> for v6::State {
     fn from(mut s: State) -> Self {
         let _ = s.version;
         Self {
-            version: super::STATE_VERSION,
+            version: 6,
             name: std::mem::take(&mut s.name),
             identity_secret: s.identity_secret,
             relay: s.relay.clone(),
@@ -128,7 +129,7 @@ impl From<State> for super::State {
                 .map(|(n, c)| (n, c.into()))
                 .collect(),
             pending_joins: std::mem::take(&mut s.pending_joins),
-            inbox: super::Inbox {
+            inbox: v6::Inbox {
                 reassembly: std::mem::take(&mut s.reassembly),
                 deferred: std::mem::take(&mut s.deferred),
                 recent: std::mem::take(&mut s.recent_payloads),
