@@ -908,3 +908,25 @@ async fn a_replayed_join_request_of_a_removed_member_is_refused() {
     );
     assert_eq!(m[0].engine.session.channel("room").unwrap().invites[0].uses_left, 1);
 }
+
+/// Finding 4: a removed member knew every member's mailbox (its send capability). Each
+/// remaining member rotates its mailbox at its next sync after reading the removal, the
+/// remover included, so what the ex-member can send them dies with its membership.
+#[tokio::test(flavor = "current_thread")]
+async fn after_a_removal_every_remaining_member_rotates_its_mailbox() {
+    let relay = SimRelay::new();
+    let mut m = channel(&relay, "room", &["ada", "bea", "cyd"]).await;
+    let before: Vec<_> = m.iter().map(|x| x.engine.debug_mailbox("room").unwrap().id()).collect();
+    m[0].engine.remove("room", "cyd").await.unwrap();
+    for _ in 0..2 {
+        m[0].sync().await;
+        m[1].sync().await;
+    }
+    for (i, x) in m.iter().take(2).enumerate() {
+        assert_ne!(x.engine.debug_mailbox("room").unwrap().id(), before[i], "{}", x.name);
+    }
+    assert_eq!(m[0].epoch("room"), m[1].epoch("room"));
+    m[1].engine.send("room", "after the rotations").await.unwrap();
+    m[0].sync().await;
+    assert!(m[0].texts("room").contains(&"after the rotations".to_string()));
+}

@@ -159,7 +159,7 @@ impl Session {
 
     /// A commit read or made here changed who is in `name`: a member who joins starts a
     /// new trail, one who left ends theirs, and a removal is remembered from `epoch` on
-    /// (the first epoch without them).
+    /// (the first epoch without them) and makes our mailbox due to rotate.
     pub(super) fn trails_after_commit(&mut self, name: &str, added: &[MemberInfo], removed: &[MemberInfo], epoch: u64) {
         let Some(ch) = self.state.channels.get_mut(name) else {
             return;
@@ -168,6 +168,10 @@ impl Session {
             ch.trails.read.remove(&m.identity_key);
         }
         if !removed.is_empty() {
+            // The removed member knew our mailbox's send capability: it is rotated at the
+            // next sync, so what it could send to us dies with its membership (the old one
+            // is read for RETIRED_GRACE more, then deleted).
+            ch.mailbox_since = 0;
             let removals = &mut ch.trails.removals;
             if removals.len() >= REMOVALS_KEPT {
                 removals.remove(0);
