@@ -122,7 +122,7 @@ fn build(n: usize) -> Fixture {
         disappear_after: 0,
         expires_at: 0,
     };
-    let mut founder_ch = Channel::create(&founder_p, &founder_id, &info, &mailbox(&mut rng), SUITE).unwrap();
+    let mut founder_ch = Channel::create(&founder_p, &founder_id, &info, &mailbox(&mut rng), SUITE, false).unwrap();
     let group_id = founder_ch.group_id();
 
     // Key packages for leaves 1..n; kept members get their own storage.

@@ -85,7 +85,7 @@ fn pair(rng: &mut StdRng, updates: usize) -> (Member, Member) {
         expires_at: 0,
     };
     let suite = Suite::PostQuantum;
-    let mut ch = Channel::create(&alice.provider, &alice.id, &info, &alice.mailbox, suite).unwrap();
+    let mut ch = Channel::create(&alice.provider, &alice.id, &info, &alice.mailbox, suite, false).unwrap();
     let kp = key_package(&bob.provider, &bob.id, &bob.mailbox, suite).unwrap();
     let valid = validate_key_package(&alice.provider, &kp).unwrap();
     let out = ch.add(&alice.provider, &alice.id, vec![valid]).unwrap();

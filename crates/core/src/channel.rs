@@ -10,6 +10,9 @@
 //!   `identity key (32) || display name`, and whose leaf signature key must
 //!   equal that identity key; so the sender shown for a message is the key
 //!   that signed it.
+//! * Who may do what (admins, members) lives in another group-context extension
+//!   ([`crate::roles::ROLES_EXTENSION`]); every member checks it on every proposal and
+//!   commit it reads, with the credential policy.
 //! * All messages, handshake included, use MLS private framing.
 //!
 //! This module performs no I/O: it takes bytes and returns bytes.
@@ -26,6 +29,7 @@ use crate::codec::{Reader, Writer};
 use crate::identity::{Fingerprint, Identity};
 use crate::mailbox::MailboxAddress;
 use crate::message::Trail;
+use crate::roles::{Act, Roles, ROLES_EXTENSION};
 use crate::storage::Store;
 
 /// Leaf-node extension holding the member's receiving [`MailboxAddress`].
@@ -285,6 +289,29 @@ fn member_from_leaf(leaf: &LeafNode, index: LeafNodeIndex) -> Option<MemberInfo>
     })
 }
 
+/// The roles in a group context, if it has roles that parse.
+fn roles_in(exts: &Extensions<GroupContext>) -> Option<Roles> {
+    exts.unknown(ROLES_EXTENSION).and_then(|e| Roles::from_bytes(&e.0).ok())
+}
+
+/// What a proposal from `sender` does, as the roles see it.
+fn act_of(p: &Proposal, sender: &MemberInfo, current: &[MemberInfo]) -> Act {
+    match p {
+        Proposal::Add(_) => Act::Add,
+        Proposal::Update(_) => Act::Update,
+        Proposal::SelfRemove => Act::Leave,
+        Proposal::Remove(r) => {
+            if r.removed().u32() == sender.leaf && current.iter().any(|m| m.leaf == sender.leaf) {
+                Act::Leave
+            } else {
+                Act::RemoveOther
+            }
+        }
+        Proposal::GroupContextExtensions(_) => Act::ChangeChannel,
+        _ => Act::Other,
+    }
+}
+
 /// An added leaf: a member this client lists, and not someone already in.
 fn check_new_leaf(leaf: &LeafNode, current: &[MemberInfo]) -> Result<(), Rejection> {
     let m = member_from_leaf_node(leaf).ok_or(Rejection::Policy)?;
@@ -309,6 +336,7 @@ fn capabilities(suite: Suite) -> Capabilities {
         Some(&[
             ExtensionType::Unknown(MAILBOX_EXTENSION),
             ExtensionType::Unknown(CHANNEL_INFO_EXTENSION),
+            ExtensionType::Unknown(ROLES_EXTENSION),
         ]),
         None,
         Some(&[CredentialType::Basic]),
@@ -456,6 +484,11 @@ pub enum Rejection {
     /// identity key), change a member's identity, or add someone twice. Refused, not merged.
     #[error("a change to the channel was refused: it would add or change a member against the channel's rules")]
     Policy,
+    /// A proposal or commit that the proposer's role does not allow (a member who is not
+    /// an admin removing someone, inviting where members may not, or changing the
+    /// channel), or that moves the channel's sequencer or drops its roles. Refused, not merged.
+    #[error("a change to the channel was refused: the member who asked for it may not make it")]
+    Forbidden,
     /// The message is more than [`MAX_FORWARD_DISTANCE`] of its sender's messages ahead
     /// of the last one read: those in between have not arrived yet.
     #[error("a message came too far ahead of its sender's earlier ones")]
@@ -507,24 +540,31 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// Creates a channel with this client as its only member.
+    /// Creates a channel with this client as its only member and its one admin; with
+    /// `members_invite`, members who are not admins may invite too.
     pub fn create(
         provider: &Provider,
         identity: &Identity,
         info: &ChannelInfo,
         my_mailbox: &MailboxAddress,
         suite: Suite,
+        members_invite: bool,
     ) -> Result<Self, ChannelError> {
+        let roles = Roles::new(identity.public_key(), members_invite);
+        // Roles are a required capability: a client from before roles, which would not
+        // enforce them, cannot join.
         let gce = Extensions::from_vec(vec![
             Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
                 &[
                     ExtensionType::Unknown(MAILBOX_EXTENSION),
                     ExtensionType::Unknown(CHANNEL_INFO_EXTENSION),
+                    ExtensionType::Unknown(ROLES_EXTENSION),
                 ],
                 &[],
                 &[CredentialType::Basic],
             )),
             Extension::Unknown(CHANNEL_INFO_EXTENSION, UnknownExtension(info.to_bytes())),
+            Extension::Unknown(ROLES_EXTENSION, UnknownExtension(roles.to_bytes())),
         ])
         .map_err(mls)?;
         let config = MlsGroupCreateConfig::builder()
@@ -606,6 +646,47 @@ impl Channel {
             .unknown(CHANNEL_INFO_EXTENSION)
             .ok_or(ChannelError::Invalid("missing channel info"))?;
         ChannelInfo::from_bytes(&ext.0)
+    }
+
+    /// The channel's roles; `None` for a channel made before roles (everyone may do
+    /// everything), or one whose roles do not parse (treated the same by every member).
+    pub fn roles(&self) -> Option<Roles> {
+        roles_in(self.group.extensions())
+    }
+
+    /// Whether the member with identity key `who` may do `act` here ([`Roles::allows`]).
+    pub fn allows(&self, who: &[u8; 32], act: Act) -> bool {
+        Roles::allows(self.roles().as_ref(), who, act)
+    }
+
+    /// Stages a commit that gives the channel these roles (the group context's other
+    /// extensions unchanged). Fails for a channel made before roles.
+    pub fn set_roles(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        roles: &Roles,
+    ) -> Result<OutgoingCommit, ChannelError> {
+        if self.roles().is_none() {
+            return Err(ChannelError::Invalid("a channel made before roles has none to change"));
+        }
+        let epoch = self.epoch();
+        let kept = self
+            .group
+            .extensions()
+            .iter()
+            .filter(|e| e.extension_type() != ExtensionType::Unknown(ROLES_EXTENSION))
+            .cloned();
+        let exts = Extensions::from_vec(
+            kept.chain([Extension::Unknown(ROLES_EXTENSION, UnknownExtension(roles.to_bytes()))])
+                .collect(),
+        )
+        .map_err(mls)?;
+        let (commit, welcome, _) = self
+            .group
+            .update_group_context_extensions(provider, exts, identity)
+            .map_err(mls)?;
+        self.outgoing(epoch, commit, welcome)
     }
 
     /// Current members, in leaf order.
@@ -888,6 +969,12 @@ impl Channel {
     /// application): an added leaf must be a member this client lists, not one already
     /// in; an updated leaf must keep its member's identity.
     fn check_proposal(&self, p: &Proposal, sender: &MemberInfo, current: &[MemberInfo]) -> Result<(), Rejection> {
+        if !self.allows(&sender.identity_key, act_of(p, sender, current)) {
+            return Err(Rejection::Forbidden);
+        }
+        if let Proposal::GroupContextExtensions(g) = p {
+            self.check_context(g.extensions())?;
+        }
         match p {
             Proposal::Add(add) => check_new_leaf(add.key_package().leaf_node(), current),
             Proposal::Update(u) => check_same_member(u.leaf_node(), sender),
@@ -903,6 +990,21 @@ impl Channel {
         committer: Option<&MemberInfo>,
         current: &[MemberInfo],
     ) -> Result<(), Rejection> {
+        // Roles: each proposal against its proposer's (the committer's, for one made in
+        // the commit itself), under the roles before the commit.
+        for q in staged.queued_proposals() {
+            let proposer = match q.sender() {
+                Sender::Member(i) => current.iter().find(|m| m.leaf == i.u32()),
+                _ => None,
+            }
+            .ok_or(Rejection::Forbidden)?;
+            if !self.allows(&proposer.identity_key, act_of(q.proposal(), proposer, current)) {
+                return Err(Rejection::Forbidden);
+            }
+        }
+        if staged.group_context().extensions() != self.group.extensions() {
+            self.check_context(staged.group_context().extensions())?;
+        }
         let mut adding: Vec<MemberInfo> = current.to_vec();
         for add in staged.add_proposals() {
             let leaf = add.add_proposal().key_package().leaf_node();
@@ -918,6 +1020,24 @@ impl Channel {
         }
         if let Some(leaf) = staged.update_path_leaf_node() {
             check_same_member(leaf, committer.ok_or(Rejection::Policy)?)?;
+        }
+        Ok(())
+    }
+
+    /// What a change to the group context may be: the channel info with the same
+    /// sequencer (nobody moves the channel's ordering elsewhere), and roles that parse,
+    /// kept in a channel that has them.
+    fn check_context(&self, next: &Extensions<GroupContext>) -> Result<(), Rejection> {
+        let info = next
+            .unknown(CHANNEL_INFO_EXTENSION)
+            .and_then(|e| ChannelInfo::from_bytes(&e.0).ok())
+            .ok_or(Rejection::Policy)?;
+        let now = self.info().map_err(|_| Rejection::Policy)?;
+        if info.sequencer != now.sequencer {
+            return Err(Rejection::Policy);
+        }
+        if self.roles().is_some() && roles_in(next).is_none() {
+            return Err(Rejection::Policy);
         }
         Ok(())
     }
@@ -983,15 +1103,16 @@ mod tests {
         }
     }
 
-    /// A three-member channel: (provider, identity, channel) for alice, bob and mallory.
-    fn trio() -> Vec<(Provider, Identity, Channel)> {
+    /// A three-member channel: (provider, identity, channel) for alice (its admin), bob
+    /// and mallory; with `members_invite`, bob and mallory may add members too.
+    fn trio(members_invite: bool) -> Vec<(Provider, Identity, Channel)> {
         let suite = Suite::Classical;
         let info = room();
         let alice = (
             Provider::new().unwrap(),
             Identity::generate("alice", &mut rand_core::OsRng).unwrap(),
         );
-        let mut alice_ch = Channel::create(&alice.0, &alice.1, &info, &sequencer(), suite).unwrap();
+        let mut alice_ch = Channel::create(&alice.0, &alice.1, &info, &sequencer(), suite, members_invite).unwrap();
         let mut out: Vec<(Provider, Identity, Channel)> = Vec::new();
         for name in ["bob", "mallory"] {
             let p = Provider::new().unwrap();
@@ -1032,13 +1153,84 @@ mod tests {
             .clone()
     }
 
+    /// Finding 5 of the integrity review: mallory, a member who is not an admin, drives
+    /// the channel directly (past this client's own checks): her commits removing bob,
+    /// adding someone, or making herself an admin, and her proposal to remove bob, are
+    /// refused by alice and bob and not merged. What a member may do still goes: her leave,
+    /// bob's key update. Alice, the admin, makes bob an admin, and then bob may remove.
+    #[test]
+    fn a_member_who_is_not_an_admin_cannot_remove_invite_or_take_roles() {
+        let mut t = trio(false);
+        let keys: Vec<[u8; 32]> = t.iter().map(|(_, id, _)| id.public_key()).collect();
+        let bob_fp = t[1].1.fingerprint();
+        let (mp, mid, mut mch) = t.remove(2);
+        let epoch = t[0].2.epoch();
+        let dave = (
+            Provider::new().unwrap(),
+            Identity::generate("dave", &mut rand_core::OsRng).unwrap(),
+        );
+        let dave_kp = key_package(&dave.0, &dave.1, &sequencer(), Suite::Classical).unwrap();
+        let dave_kp = validate_key_package(&mp, &dave_kp).unwrap();
+        let forged_roles = t[0].2.roles().unwrap().with_admin(mid.public_key(), true);
+        let attempts = [
+            mch.remove(&mp, &mid, &[bob_fp]).unwrap().commit,
+            {
+                mch.discard_pending(&mp).unwrap();
+                mch.add(&mp, &mid, vec![dave_kp]).unwrap().commit
+            },
+            {
+                mch.discard_pending(&mp).unwrap();
+                mch.set_roles(&mp, &mid, &forged_roles).unwrap().commit
+            },
+        ];
+        mch.discard_pending(&mp).unwrap();
+        for bytes in &attempts {
+            for (p, _, ch) in t.iter_mut() {
+                assert_eq!(ch.process(p, bytes).unwrap_err(), Rejection::Forbidden);
+                assert_eq!(ch.epoch(), epoch, "not merged");
+            }
+        }
+        let leaf = mch.members().iter().find(|m| m.fingerprint == bob_fp).unwrap().leaf;
+        let proposal = mch
+            .group
+            .propose_remove_member(&mp, &mid, LeafNodeIndex::new(leaf))
+            .unwrap()
+            .0
+            .tls_serialize_detached()
+            .unwrap();
+        for (p, _, ch) in t.iter_mut() {
+            assert_eq!(ch.process(p, &proposal).unwrap_err(), Rejection::Forbidden);
+            assert!(!ch.has_pending_proposals());
+        }
+        for (p, _, ch) in t.iter() {
+            assert!(!ch.allows(&keys[2], Act::RemoveOther) && !ch.allows(&keys[1], Act::Close));
+            assert!(ch.allows(&keys[0], Act::RemoveOther) && ch.allows(&keys[2], Act::Leave));
+            let _ = p;
+        }
+        // Her leave is hers to propose.
+        let leave = mch.leave(&mp, &mid).unwrap();
+        for (p, _, ch) in t.iter_mut() {
+            assert!(matches!(ch.process(p, &leave).unwrap(), Received::Proposal { .. }));
+        }
+        // The admin makes bob an admin; every member reads it, and bob may now remove.
+        let (ap, aid, ach) = &mut t[0];
+        let roles = ach.roles().unwrap().with_admin(keys[1], true);
+        let out = ach.set_roles(ap, aid, &roles).unwrap();
+        ach.merge_pending(ap).unwrap();
+        let (bp, _, bch) = &mut t[1];
+        assert!(matches!(bch.process(bp, &out.commit).unwrap(), Received::Commit { .. }));
+        assert!(bch.allows(&keys[1], Act::RemoveOther));
+        assert_eq!(bch.roles(), t[0].2.roles());
+    }
+
     /// Finding 2 of the integrity review: a hostile member (mallory, driving openmls
     /// directly, past this client's checks) adds a leaf whose credential does not match its
     /// key, proposes one, and updates her own leaf to another name. Each is refused by the
     /// others, not merged, and `members` never disagrees with the tree.
     #[test]
     fn a_hostile_members_invisible_or_renamed_leaves_are_refused() {
-        let mut t = trio();
+        // Members may add here: what is refused is the leaf, not mallory's role.
+        let mut t = trio(true);
         let (mallory, rest) = t.split_last_mut().unwrap();
         let kp = forged_key_package(&mallory.0);
         let (commit, _, _) = mallory
@@ -1114,7 +1306,7 @@ mod tests {
         let provider = Provider::new().unwrap();
         let identity = Identity::generate("alice", &mut rand_core::OsRng).unwrap();
         let info = room();
-        let channel = Channel::create(&provider, &identity, &info, &sequencer(), Suite::Classical).unwrap();
+        let channel = Channel::create(&provider, &identity, &info, &sequencer(), Suite::Classical, false).unwrap();
         assert_eq!(channel.group.configuration(), &join_config());
     }
 

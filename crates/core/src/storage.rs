@@ -910,7 +910,7 @@ pub(crate) mod tests {
                 disappear_after: 0,
                 expires_at: 0,
             };
-            m.channel = Some(Channel::create(&m.provider, &m.id, &info, &mailbox(), suite).unwrap());
+            m.channel = Some(Channel::create(&m.provider, &m.id, &info, &mailbox(), suite, false).unwrap());
             m
         }
 
@@ -1056,20 +1056,20 @@ pub(crate) mod tests {
                 let m3 = alice.say("after carol");
                 assert_eq!(bob.hear(&m3).1, b"after carol");
 
-                // Bob removes alice; then the channel goes from bob's store.
-                let fp = alice.id.fingerprint();
-                let out = bob.with(|ch, p, id| ch.remove(p, id, &[fp])).unwrap();
-                bob.with(|ch, p, _| ch.merge_pending(p)).unwrap();
-                bob.reload();
-                alice.process(&out.commit);
-                let gid = bob.ch().group_id();
-                let before = bob.provider.storage().len();
-                let channel = bob.channel.take().unwrap();
-                channel.delete(&bob.provider).unwrap();
-                assert!(bob.provider.storage().len() < before);
-                assert_eq!(bob.stored(Kind::GroupState), 0);
-                assert_eq!(bob.stored(Kind::MessageSecrets), 0);
-                assert!(Channel::load(&bob.provider, &gid).unwrap().is_none());
+                // Alice (the admin) removes bob; then the channel goes from alice's store.
+                let fp = bob.id.fingerprint();
+                let out = alice.with(|ch, p, id| ch.remove(p, id, &[fp])).unwrap();
+                alice.with(|ch, p, _| ch.merge_pending(p)).unwrap();
+                alice.reload();
+                bob.process(&out.commit);
+                let gid = alice.ch().group_id();
+                let before = alice.provider.storage().len();
+                let channel = alice.channel.take().unwrap();
+                channel.delete(&alice.provider).unwrap();
+                assert!(alice.provider.storage().len() < before);
+                assert_eq!(alice.stored(Kind::GroupState), 0);
+                assert_eq!(alice.stored(Kind::MessageSecrets), 0);
+                assert!(Channel::load(&alice.provider, &gid).unwrap().is_none());
             }
         }
 

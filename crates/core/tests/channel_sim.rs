@@ -42,7 +42,7 @@ fn founder(name: &str, suite: Suite) -> Member {
         disappear_after: 0,
         expires_at: 0,
     };
-    m.channel = Some(Channel::create(&m.provider, &m.id, &info, &m.mailbox, suite).unwrap());
+    m.channel = Some(Channel::create(&m.provider, &m.id, &info, &m.mailbox, suite, false).unwrap());
     m
 }
 
