@@ -77,8 +77,10 @@ pub enum Command {
     Members(MembersArgs),
     /// Show the safety number with a member; --confirm marks them verified.
     Verify(VerifyArgs),
-    /// Remove a member.
+    /// Remove a member (admins only, in a channel with roles).
     Remove(MemberArgs),
+    /// Make a member an admin of a channel; --revoke makes them a member again.
+    Admin(AdminArgs),
     /// Leave a channel.
     Leave(ChannelArg),
     /// Close a channel for everyone.
@@ -165,6 +167,7 @@ impl Command {
             Command::Members(a) => Route::Forwardable(E::Members(a)),
             Command::Verify(a) => Route::Forwardable(E::Verify(a)),
             Command::Remove(a) => Route::Forwardable(E::Remove(a)),
+            Command::Admin(a) => Route::Forwardable(E::Admin(a)),
             Command::Leave(a) => Route::Forwardable(E::Leave(a)),
             Command::Close(a) => Route::Forwardable(E::Close(a)),
             Command::Courier { command } => Route::Forwardable(E::Courier(command)),
@@ -221,6 +224,8 @@ pub enum EngineCommand {
     Verify(VerifyArgs),
     /// `remove`.
     Remove(MemberArgs),
+    /// `admin`.
+    Admin(AdminArgs),
     /// `leave`.
     Leave(ChannelArg),
     /// `close`.
@@ -420,6 +425,16 @@ pub struct MemberArgs {
     pub member: String,
 }
 
+// `admin`.
+#[derive(clap::Args, Serialize, Deserialize, Debug, Clone)]
+pub struct AdminArgs {
+    pub channel: String,
+    pub member: String,
+    /// Make them a member again (not an admin).
+    #[arg(long)]
+    pub revoke: bool,
+}
+
 // `leave`, `close`, `update`, `debug mailbox`.
 #[derive(clap::Args, Serialize, Deserialize, Debug, Clone)]
 pub struct ChannelArg {
@@ -453,6 +468,9 @@ pub struct ChannelNewArgs {
     /// The channel closes on its own this long after now (e.g. 30d).
     #[arg(long, value_name = "DURATION", value_parser = parse_span)]
     pub expires: Option<Span>,
+    /// Members who are not admins may invite too (by default only admins invite).
+    #[arg(long)]
+    pub members_invite: bool,
 }
 
 #[derive(Subcommand, Debug)]

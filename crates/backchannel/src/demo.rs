@@ -59,7 +59,7 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut bruno = Engine::open(&homes[2], PASS)?;
 
     alice
-        .channel_new("deal-room", Suite::PostQuantum, Lifetime::default())
+        .channel_new("deal-room", Suite::PostQuantum, Lifetime::default(), false)
         .await?;
     println!("\nalice created channel deal-room (MLS, X-Wing post-quantum hybrid)");
     let invite = alice.invite("deal-room", 2, Duration::from_secs(3600)).await?;

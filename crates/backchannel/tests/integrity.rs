@@ -272,3 +272,94 @@ fn a_message_the_relay_drops_is_shown_as_missing() {
     assert!(human.contains("!! a message from alice is missing"), "{human}");
     assert!(alice.messages("watched").iter().all(|m| m["event"] != "missing"));
 }
+
+/// Finding 5: roles. The creator is the channel's admin; a member who is not may leave and
+/// update, not remove, invite or close (unless the channel lets members invite); `members`
+/// shows who is what; the last admin cannot leave while others stay, and hands over with
+/// `admin`. (A hostile member's client that sends what its role forbids anyway is played in
+/// `channel::tests::a_member_who_is_not_an_admin_cannot_remove_invite_or_take_roles`.)
+#[test]
+fn admins_remove_invite_and_close_members_leave_and_update() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [alice, bob, carol, dave] = people(root.path(), &relay, ["alice", "bob", "carol", "dave"]);
+    channel_with(&alice, &[&bob, &carol], "board");
+    let roles = |c: &Client| -> Vec<(String, String)> {
+        c.ok(&["members", "board", "--json"])
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["name"].as_str().unwrap().to_string(),
+                    v["role"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let expected = |admins: &[&str], members: &[&str]| {
+        let mut v: Vec<(String, String)> = admins
+            .iter()
+            .map(|n| (n.to_string(), "admin".to_string()))
+            .chain(members.iter().map(|n| (n.to_string(), "member".to_string())))
+            .collect();
+        v.sort();
+        v
+    };
+    let sorted = |mut v: Vec<(String, String)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(roles(&carol)), expected(&["alice"], &["bob", "carol"]));
+
+    for (args, what) in [
+        (vec!["remove", "board", "carol"], "remove members"),
+        (vec!["invite", "board"], "invite"),
+        (vec!["close", "board"], "close the channel"),
+        (vec!["admin", "board", "bob"], "make or unmake admins"),
+    ] {
+        let e = bob.fails(&args);
+        assert!(e.contains(&format!("only an admin of \"board\" may {what}")), "{e}");
+    }
+    bob.ok(&["update", "board"]);
+    bob.ok(&["send", "board", "members still talk"]);
+
+    // The last admin cannot leave while others stay; she hands over first.
+    let e = alice.fails(&["leave", "board"]);
+    assert!(e.contains("you are the last admin of \"board\""), "{e}");
+    assert!(alice
+        .ok(&["admin", "board", "bob"])
+        .contains("bob is now an admin of board"));
+    carol.ok(&["sync"]);
+    assert_eq!(sorted(roles(&carol)), expected(&["alice", "bob"], &["carol"]));
+    assert!(carol
+        .messages("board")
+        .iter()
+        .any(|m| m["text"] == "alice made bob an admin"));
+    alice.ok(&["leave", "board"]);
+    bob.ok(&["sync"]);
+    assert!(bob
+        .ok(&["remove", "board", "carol"])
+        .contains("removed carol from board"));
+    assert_eq!(sorted(roles(&bob)), expected(&["bob"], &[]));
+
+    // A channel whose members may invite: dave is invited by carol, who is not an admin.
+    channel_with_options(&alice, &[&carol], "open", &["--members-invite"]);
+    let invite = carol.ok(&["invite", "open"]);
+    dave.ok(&["join", invite.trim()]);
+    carol.ok(&["sync"]);
+    dave.ok(&["sync", "--wait", "5"]);
+    alice.ok(&["sync"]);
+    let mut open: Vec<String> = alice
+        .ok(&["members", "open", "--json"])
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    open.sort();
+    assert_eq!(open, ["alice", "carol", "dave"]);
+    assert!(carol.fails(&["remove", "open", "dave"]).contains("only an admin"));
+}

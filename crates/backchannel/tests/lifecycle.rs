@@ -159,6 +159,21 @@ fn closing_a_channel_wipes_it_for_every_member_and_deletes_its_mailboxes() {
         assert!(exists_at_relay(b));
     }
 
+    // Only an admin may close it: bob may not, until alice makes him one.
+    let refused = bob.fails(&["close", "deal"]);
+    assert!(
+        refused.contains("only an admin of \"deal\" may close the channel"),
+        "{refused}"
+    );
+    let made = alice.ok(&["admin", "deal", "bob"]);
+    assert!(made.contains("bob is now an admin of deal"), "{made}");
+    let listed = bob.ok(&["members", "deal"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("bob (you)") && l.ends_with("\tadmin")),
+        "{listed}"
+    );
     // Bob closes it; alice and carol are wiped at their next sync.
     bob.ok(&["close", "deal"]);
     alice.ok(&["sync"]);

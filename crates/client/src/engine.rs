@@ -25,6 +25,7 @@ use crate::socks::ProxyAddr;
 use crate::state::{ChannelState, ChannelStatus, EventKind, State};
 use crate::transport::{Links, Network, Results, TransportConfig};
 use crate::{ClientError, Holdup, InviteProblem};
+use backchannel_core::roles::Act;
 
 mod drop_box;
 mod files;
@@ -699,7 +700,14 @@ impl Engine {
     // ---- user operations ----
 
     /// Creates a channel on our relay.
-    pub async fn channel_new(&mut self, name: &str, suite: Suite, lifetime: Lifetime) -> Result<(), ClientError> {
+    /// With `members_invite`, members who are not admins may invite too.
+    pub async fn channel_new(
+        &mut self,
+        name: &str,
+        suite: Suite,
+        lifetime: Lifetime,
+        members_invite: bool,
+    ) -> Result<(), ClientError> {
         self.tick();
         validate_name(name).map_err(|e| ClientError::Usage(format!("channel {e}")))?;
         if self.session.state.channels.contains_key(name) {
@@ -732,6 +740,7 @@ impl Engine {
             &info,
             &mailbox.address,
             suite,
+            members_invite,
         )
         .map_err(ClientError::protocol)?;
         let now_s = self.session.now_s();
@@ -892,11 +901,26 @@ impl Engine {
         if m.identity_key == self.session.identity.public_key() {
             return Err(ClientError::Usage("to remove yourself, use `backchannel leave`".into()));
         }
+        self.session.may(name, Act::RemoveOther, "remove members")?;
         self.commit(name, CommitOp::Remove(vec![m.fingerprint])).await?;
         self.session
             .event(name, EventKind::Removed, format!("you removed {}", m.name));
         self.save()?;
         Ok(m.name)
+    }
+
+    /// Makes a member an admin of a channel (or, with `revoke`, no longer one). Returns
+    /// the member's name, and whether anything changed.
+    pub async fn admin(&mut self, name: &str, who: &str, revoke: bool) -> Result<(String, bool), ClientError> {
+        self.sync(Duration::ZERO).await?;
+        self.session.active(name)?;
+        let m = self.session.find_member(name, who)?;
+        let Some(roles) = self.session.roles_with(name, &m, revoke)? else {
+            return Ok((m.name, false));
+        };
+        self.commit(name, CommitOp::Roles(roles)).await?;
+        self.save()?;
+        Ok((m.name, true))
     }
 
     /// Leaves a channel: asks the others to remove us, then wipes it here.

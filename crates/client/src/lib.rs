@@ -96,6 +96,14 @@ pub enum ClientError {
     /// A bad argument.
     #[error("{0}")]
     Usage(String),
+    /// The channel's roles do not allow this member to do that.
+    #[error("only an admin of \"{channel}\" may {what}; `backchannel members {channel}` shows the admins")]
+    NotAllowed {
+        /// The channel.
+        channel: String,
+        /// What was refused ("remove members").
+        what: String,
+    },
     /// The invite cannot be used.
     #[error(transparent)]
     Invite(#[from] InviteProblem),

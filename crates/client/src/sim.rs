@@ -398,7 +398,7 @@ async fn channel(relay: &Arc<SimRelay>, name: &str, people: &[&str]) -> Vec<Memb
     let mut members: Vec<Member> = people.iter().map(|p| Member::new(relay, p)).collect();
     members[0]
         .engine
-        .channel_new(name, Suite::default(), Lifetime::default())
+        .channel_new(name, Suite::default(), Lifetime::default(), false)
         .await
         .unwrap();
     for i in 1..members.len() {

@@ -8,7 +8,8 @@ use backchannel_client::engine::Lifetime;
 
 use super::Context;
 use crate::args::{
-    ChannelArg, ChannelNewArgs, ChannelsArgs, InviteArgs, JoinArgs, MemberArgs, MembersArgs, Span, VerifyArgs,
+    AdminArgs, ChannelArg, ChannelNewArgs, ChannelsArgs, InviteArgs, JoinArgs, MemberArgs, MembersArgs, Span,
+    VerifyArgs,
 };
 use crate::error::CliError;
 use crate::output::{escape_controls, show_duration};
@@ -25,8 +26,13 @@ pub async fn new(a: &ChannelNewArgs, cx: &mut Context<'_>) -> Result<(), CliErro
         expires: a.expires.map(|d| d.0),
     };
     let channel = &a.channel;
-    cx.engine.channel_new(channel, suite, lifetime).await?;
-    cx.out.line(format!("channel {channel} created"));
+    cx.engine
+        .channel_new(channel, suite, lifetime, a.members_invite)
+        .await?;
+    cx.out.line(format!("channel {channel} created; you are its admin"));
+    if a.members_invite {
+        cx.out.line("every member may invite");
+    }
     if let Some(Span(d)) = a.disappear {
         cx.out.line(format!(
             "messages disappear from every member's device {} after they are sent",
@@ -112,16 +118,29 @@ pub async fn members(a: &MembersArgs, cx: &mut Context<'_>) -> Result<(), CliErr
         if a.json {
             cx.out.line(format!(
                 "{}",
-                serde_json::json!({"name": m.name, "fingerprint": m.fingerprint.to_string(), "verified": m.verified, "you": m.you})
+                serde_json::json!({"name": m.name, "fingerprint": m.fingerprint.to_string(), "verified": m.verified, "you": m.you, "role": role(m.admin)})
             ));
         } else {
             let you = if m.you { " (you)" } else { "" };
             let v = if m.verified { "verified" } else { "unverified" };
-            cx.out
-                .line(format!("{}{you}\t{}\t{v}", escape_controls(&m.name), m.fingerprint));
+            cx.out.line(format!(
+                "{}{you}\t{}\t{v}\t{}",
+                escape_controls(&m.name),
+                m.fingerprint,
+                role(m.admin)
+            ));
         }
     }
     Ok(())
+}
+
+/// A member's role as `members` shows it.
+fn role(admin: bool) -> &'static str {
+    if admin {
+        "admin"
+    } else {
+        "member"
+    }
 }
 
 /// `verify`: the safety number on stdout; with `--confirm`, marks the member verified.
@@ -153,6 +172,18 @@ pub async fn verify(a: &VerifyArgs, cx: &mut Context<'_>) -> Result<(), CliError
             m.name
         ));
     }
+    Ok(())
+}
+
+/// `admin`.
+pub async fn admin(a: &AdminArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
+    let (name, changed) = cx.engine.admin(&a.channel, &a.member, a.revoke).await?;
+    cx.out.line(match (changed, a.revoke) {
+        (true, false) => format!("{name} is now an admin of {}", a.channel),
+        (true, true) => format!("{name} is no longer an admin of {}", a.channel),
+        (false, false) => format!("{name} is already an admin of {}", a.channel),
+        (false, true) => format!("{name} is not an admin of {}", a.channel),
+    });
     Ok(())
 }
 

@@ -40,6 +40,7 @@ pub async fn run(command: &EngineCommand, cx: &mut Context<'_>) -> Result<(), Cl
         EngineCommand::Members(a) => channel::members(a, cx).await,
         EngineCommand::Verify(a) => channel::verify(a, cx).await,
         EngineCommand::Remove(a) => channel::remove(a, cx).await,
+        EngineCommand::Admin(a) => channel::admin(a, cx).await,
         EngineCommand::Leave(a) => channel::leave(a, cx).await,
         EngineCommand::Close(a) => channel::close(a, cx).await,
         EngineCommand::Update(a) => channel::update(a, cx).await,

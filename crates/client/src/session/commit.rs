@@ -12,6 +12,7 @@ use backchannel_core::frame::Request;
 use backchannel_core::identity::Fingerprint;
 use backchannel_core::mailbox::MailboxKeys;
 use backchannel_core::relay_address::RelayAddress;
+use backchannel_core::roles::{Act, Roles};
 
 use super::lifecycle::RETIRED_GRACE;
 use super::Session;
@@ -33,6 +34,8 @@ pub enum CommitOp {
     /// Our own key update, announcing a fresh receiving mailbox (the driver makes it
     /// at the channel's relay and passes it to [`Session::stage_commit`]).
     SelfUpdate,
+    /// New roles for the channel (an admin made or unmade).
+    Roles(Roles),
 }
 
 impl CommitOp {
@@ -150,6 +153,15 @@ impl Session {
                     .map_err(ClientError::protocol)?;
                 (out, Vec::new())
             }
+            CommitOp::Roles(roles) => {
+                if group.roles().as_ref() == Some(roles) {
+                    return Ok(None);
+                }
+                let out = group
+                    .set_roles(&self.provider, &self.identity, roles)
+                    .map_err(ClientError::protocol)?;
+                (out, Vec::new())
+            }
             CommitOp::SelfUpdate => {
                 // A fresh mailbox: ids and send capability rotate too.
                 let out = group
@@ -224,6 +236,7 @@ impl Session {
         match answer {
             ClaimAnswer::Granted => {
                 let before = group.members();
+                let roles_before = group.roles();
                 group.merge_pending(&self.provider).map_err(ClientError::protocol)?;
                 let after = group.members();
                 let me = self.identity.public_key();
@@ -238,6 +251,7 @@ impl Session {
                     .cloned()
                     .collect();
                 self.trails_after_commit(name, &added, &gone, group.epoch());
+                self.roles_changed(name, roles_before, &group, "you");
                 for to in &pending.recipients {
                     self.enqueue(to, PayloadKind::Mls, &pending.commit)?;
                 }
@@ -302,12 +316,24 @@ impl Session {
             if seen.contains(&kp.member.identity_key) {
                 continue;
             }
+            // Admitting is adding: a member who is no longer allowed to (an admin no
+            // more) does not admit what its invites bring.
+            let may_add = self
+                .load_group(&name)
+                .is_ok_and(|g| g.allows(&self.identity.public_key(), Act::Add));
             let Some(ch) = self.state.channels.get_mut(&name) else {
                 continue;
             };
             let Some(inv) = ch.invites.iter_mut().find(|i| i.mailbox.id() == invite_id) else {
                 continue;
             };
+            if !may_add {
+                self.warn(
+                    Some(&name),
+                    format!("refused {}: only an admin may admit members here", kp.member.name),
+                );
+                continue;
+            }
             // An invite admits a person once: the same request again is a replay (by a
             // relay, after that person left or was removed), not a new wish to join.
             if inv.admitted.contains(&kp.member.identity_key) {

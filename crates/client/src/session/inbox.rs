@@ -5,6 +5,7 @@ use backchannel_core::channel::{validate_key_package, Channel, Received, Rejecti
 use backchannel_core::envelope::{open_envelope, Envelope, PayloadKind};
 use backchannel_core::mailbox::{MailboxId, MailboxKeys};
 use backchannel_core::message::{AppMessage, Body, JoinRequest};
+use backchannel_core::roles::Act;
 
 use super::{files, hex, payload_digest, Effect, Role, Session};
 use crate::state::{ChannelState, ChannelStatus, DeferredMls, EventKind, RecentPayload, StoredMessage};
@@ -216,6 +217,7 @@ impl Session {
         let Ok(mut group) = self.load_group(name) else {
             return Ok(());
         };
+        let roles_before = group.roles();
         let received = match group.process(&self.provider, payload) {
             Ok(r) => r,
             // A message from a later epoch, or carried ahead of its sender's earlier ones
@@ -271,6 +273,15 @@ impl Session {
                         });
                         self.shown(name);
                     }
+                    Body::Close if !group.allows(&sender.identity_key, Act::Close) => {
+                        self.warn(
+                            Some(name),
+                            format!(
+                                "refused {}'s closing of the channel: only an admin may close it",
+                                sender.name
+                            ),
+                        );
+                    }
                     Body::Close => {
                         self.wipe(name, ChannelStatus::Closed);
                         self.event(name, EventKind::Closed, format!("{} closed the channel", sender.name));
@@ -308,6 +319,7 @@ impl Session {
                 self.trails_after_commit(name, &added, &gone, group.epoch());
                 let committer_key = committer.as_ref().map(|c| c.identity_key);
                 let by = committer.map(|c| c.name).unwrap_or_else(|| "a member".into());
+                self.roles_changed(name, roles_before, &group, &by);
                 for m in added {
                     self.event(name, EventKind::Joined, format!("{by} added {}", m.name));
                 }

@@ -35,6 +35,7 @@ impl Session {
     /// Where an invite to `name` must be made: the relay of the channel's sequencer.
     pub fn invite_relay(&self, name: &str) -> Result<RelayAddress, ClientError> {
         self.active(name)?;
+        self.may(name, backchannel_core::roles::Act::Add, "invite")?;
         let group = self.load_group(name)?;
         Ok(group.info().map_err(ClientError::protocol)?.sequencer.relay)
     }

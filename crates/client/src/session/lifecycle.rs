@@ -28,6 +28,7 @@ impl Session {
     /// The driver sends it, then [`Session::wipe`]s the channel with `Left`.
     pub fn queue_leave(&mut self, name: &str) -> Result<(), ClientError> {
         self.active(name)?;
+        self.may_leave(name)?;
         let mut group = self.load_group(name)?;
         let others = self.others(&group);
         if !others.is_empty() {
@@ -49,6 +50,7 @@ impl Session {
     /// `Closed`.
     pub fn queue_close(&mut self, name: &str) -> Result<(), ClientError> {
         self.active(name)?;
+        self.may(name, backchannel_core::roles::Act::Close, "close the channel")?;
         let mut group = self.load_group(name)?;
         let msg = AppMessage {
             id: random_id(),

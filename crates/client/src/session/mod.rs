@@ -42,6 +42,7 @@ pub mod inbox;
 pub mod invite;
 pub mod lifecycle;
 pub mod outbox;
+pub mod roles;
 pub mod sync;
 pub mod trail;
 pub mod views;

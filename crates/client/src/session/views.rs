@@ -24,6 +24,8 @@ pub struct MemberView {
     pub verified: bool,
     /// This is us.
     pub you: bool,
+    /// An admin of the channel (every member is, in a channel made before roles).
+    pub admin: bool,
 }
 
 /// A channel as `channels` shows it.
@@ -111,11 +113,13 @@ impl Session {
     pub fn members(&self, name: &str) -> Result<Vec<MemberView>, ClientError> {
         let ch = self.active(name)?;
         let me = self.identity.public_key();
-        Ok(self
-            .load_group(name)?
+        let group = self.load_group(name)?;
+        let roles = group.roles();
+        Ok(group
             .members()
             .into_iter()
             .map(|m| MemberView {
+                admin: roles.as_ref().is_none_or(|r| r.is_admin(&m.identity_key)),
                 verified: m.identity_key == me || ch.verified.contains(&m.identity_key),
                 you: m.identity_key == me,
                 name: m.name,
@@ -168,6 +172,10 @@ impl Session {
             self.save();
         }
         let verified = self.channel(name)?.verified.contains(&m.identity_key);
+        let admin = self
+            .load_group(name)?
+            .roles()
+            .is_none_or(|r| r.is_admin(&m.identity_key));
         Ok((
             number,
             MemberView {
@@ -176,6 +184,7 @@ impl Session {
                 identity_key: m.identity_key,
                 verified,
                 you: m.identity_key == self.identity.public_key(),
+                admin,
             },
         ))
     }
