@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     match received {
-        Received::Application { sender, plaintext } => {
+        Received::Application { sender, plaintext, .. } => {
             assert!(members.contains(&sender), "an application message from a non-member");
             let _ = AppMessage::from_bytes(&plaintext);
             assert!(
@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
                 "a replayed application message was accepted"
             );
         }
-        Received::Proposal { sender } => {
+        Received::Proposal { sender, .. } => {
             assert!(
                 sender.is_some_and(|s| members.contains(&s)),
                 "a proposal from a non-member"

@@ -930,3 +930,56 @@ async fn after_a_removal_every_remaining_member_rotates_its_mailbox() {
     m[0].sync().await;
     assert!(m[0].texts("room").contains(&"after the rotations".to_string()));
 }
+
+/// Finding 4: someone who holds a member's mailbox keys (a member, or an ex-member before
+/// the rotation) pushes 1 GiB at it: 256 payloads of 4 MiB, every one short of its last
+/// chunk, and chunks announcing payloads larger than a channel mailbox takes. The member's
+/// saved state stays within 8 MiB plus 64 KiB for its one channel, one counted event says
+/// what was refused, and an honest message sent meanwhile arrives.
+#[tokio::test(flavor = "current_thread")]
+async fn a_gibibyte_of_unfinished_payloads_keeps_the_vault_bounded_and_honest_messages_arrive() {
+    use crate::session::inbox::{Via, CHANNEL_PARTIAL_BYTES};
+    use crate::session::Role;
+    use backchannel_core::envelope::seal_payload;
+    use backchannel_core::envelope::PayloadKind;
+    let relay = SimRelay::new();
+    let mut m = channel(&relay, "room", &["ada", "bea"]).await;
+    let keys = m[1].engine.debug_mailbox("room").unwrap();
+    let role = Role::Channel("room".into());
+    let (seal, send) = (&keys.address.seal, &keys.address.send);
+    let mut pushed = 0usize;
+    let filler = vec![0x5a; CHANNEL_PARTIAL_BYTES];
+    for round in 0..256 {
+        let envs = seal_payload(seal, send, PayloadKind::Mls, &filler, &mut OsRng).unwrap();
+        for e in &envs[..envs.len() - 1] {
+            m[1].engine.session.receive(&keys, &role, e, Via::Relay);
+            pushed += e.as_bytes().len();
+        }
+        if round % 64 == 0 {
+            // An honest message, in the middle of it all.
+            m[0].engine.send("room", &format!("still here {round}")).await.unwrap();
+            m[1].sync().await;
+        }
+        let _ = m[1].engine.take_warnings();
+    }
+    let oversize = seal_payload(seal, send, PayloadKind::Mls, &vec![1; CHANNEL_PARTIAL_BYTES + 1], &mut OsRng).unwrap();
+    for e in oversize.iter().take(100) {
+        m[1].engine.session.receive(&keys, &role, e, Via::Relay);
+        pushed += e.as_bytes().len();
+    }
+    assert!(pushed >= 1 << 30, "{pushed} bytes pushed");
+    let state = m[1].engine.session.encode().unwrap().len();
+    assert!(state <= 8 * 1024 * 1024 + 64 * 1024, "the saved state is {state} bytes");
+    m[0].engine.send("room", "and after").await.unwrap();
+    m[1].sync().await;
+    let texts = m[1].texts("room");
+    for want in ["still here 0", "still here 64", "still here 128", "still here 192", "and after"] {
+        assert!(texts.contains(&want.to_string()), "{want}: {texts:?}");
+    }
+    let refused: Vec<String> = events(&mut m[1], "room").into_iter().map(|(_, t)| t).collect();
+    assert_eq!(
+        refused,
+        ["discarded a message larger than this mailbox takes (100 times)"],
+        "{refused:?}"
+    );
+}

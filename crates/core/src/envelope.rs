@@ -288,6 +288,9 @@ pub struct Reassembled {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Reassembler {
     partials: BTreeMap<[u8; 16], Partial>,
+    /// Bytes held in `partials` (worked out again after a load; not stored).
+    #[serde(skip)]
+    held: Option<usize>,
 }
 
 /// Most payloads held half-assembled at once; beyond it the one with the
@@ -297,6 +300,16 @@ pub const MAX_PARTIALS: usize = 64;
 impl Reassembler {
     /// Adds a chunk; returns the payload when its last chunk arrives.
     pub fn push(&mut self, chunk: Chunk) -> Result<Option<Reassembled>, EnvelopeError> {
+        self.push_within(chunk, MAX_PAYLOAD)
+    }
+
+    /// [`Reassembler::push`], holding at most `max_bytes` of half-assembled payloads: a
+    /// payload announced as larger is refused ([`EnvelopeError::TooLarge`]), and to make
+    /// room others are dropped as [`MAX_PARTIALS`] drops them (a random one first).
+    pub fn push_within(&mut self, chunk: Chunk, max_bytes: usize) -> Result<Option<Reassembled>, EnvelopeError> {
+        if chunk.total_len as usize > max_bytes {
+            return Err(EnvelopeError::TooLarge(chunk.total_len as usize));
+        }
         if chunk.count == 1 {
             return Ok(Some(Reassembled {
                 kind: chunk.kind,
@@ -304,11 +317,19 @@ impl Reassembler {
                 payload: chunk.data,
             }));
         }
+        let mut held = self.held();
+        while held + chunk.data.len() > max_bytes {
+            let Some(victim) = self.partials.keys().find(|id| **id != chunk.message_id).copied() else {
+                break;
+            };
+            held -= self.partials.remove(&victim).map_or(0, |p| p.bytes());
+        }
         if !self.partials.contains_key(&chunk.message_id) && self.partials.len() >= MAX_PARTIALS {
             if let Some(first) = self.partials.keys().next().copied() {
-                self.partials.remove(&first);
+                held -= self.partials.remove(&first).map_or(0, |p| p.bytes());
             }
         }
+        self.held = Some(held);
         let p = self.partials.entry(chunk.message_id).or_default();
         match p.kind {
             None => {
@@ -321,13 +342,16 @@ impl Reassembler {
             }
             Some(_) => {}
         }
-        p.chunks.insert(chunk.index, chunk.data);
+        let added = chunk.data.len();
+        let replaced = p.chunks.insert(chunk.index, chunk.data).map_or(0, |d| d.len());
+        self.held = Some(held + added - replaced);
         if p.chunks.len() < p.count as usize {
             return Ok(None);
         }
         let Some(p) = self.partials.remove(&chunk.message_id) else {
             return Ok(None);
         };
+        self.held = Some(self.held().saturating_sub(p.bytes()));
         let mut payload = Vec::with_capacity(p.total_len as usize);
         for (_, d) in p.chunks {
             payload.extend_from_slice(&d);
@@ -342,6 +366,19 @@ impl Reassembler {
     /// Number of payloads waiting for more chunks.
     pub fn pending(&self) -> usize {
         self.partials.len()
+    }
+
+    /// Bytes of the payloads waiting for more chunks.
+    pub fn held(&mut self) -> usize {
+        *self
+            .held
+            .get_or_insert_with(|| self.partials.values().map(Partial::bytes).sum())
+    }
+}
+
+impl Partial {
+    fn bytes(&self) -> usize {
+        self.chunks.values().map(Vec::len).sum()
     }
 }
 
@@ -381,6 +418,35 @@ mod tests {
         fn arbitrary_plaintext_chunks_never_panic(b in proptest::collection::vec(any::<u8>(), 0..CHUNK_SIZE + 8)) {
             let _ = decode_chunk(&b);
         }
+    }
+
+    /// Half-assembled payloads never hold more than the bound, however many chunks of
+    /// never-finished payloads arrive; a payload announced larger is refused; one that
+    /// arrives whole in the meantime still comes out.
+    #[test]
+    fn half_assembled_payloads_stay_within_their_bound() {
+        let (k, m) = key();
+        let bound = 64 * 1024;
+        let mut r = Reassembler::default();
+        for i in 0..200u8 {
+            let envs = seal_payload(&k, &m, PayloadKind::Mls, &vec![i; 40_000], &mut OsRng).unwrap_or_default();
+            for e in envs.iter().take(envs.len() - 1) {
+                let c = open_envelope(&k, &m, e).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(r.push_within(c, bound), Ok(None));
+                assert!(r.held() <= bound, "{}", r.held());
+            }
+        }
+        let big = seal_payload(&k, &m, PayloadKind::Mls, &vec![1; bound + 1], &mut OsRng).unwrap_or_default();
+        let c = open_envelope(&k, &m, &big[0]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.push_within(c, bound), Err(EnvelopeError::TooLarge(bound + 1)));
+        let whole = seal_payload(&k, &m, PayloadKind::Mls, &[9; 30_000], &mut OsRng).unwrap_or_default();
+        let mut out = None;
+        for e in &whole {
+            let c = open_envelope(&k, &m, e).unwrap_or_else(|e| panic!("{e}"));
+            out = r.push_within(c, bound).unwrap_or_else(|e| panic!("{e}")).or(out);
+        }
+        assert_eq!(out.map(|o| o.payload), Some(vec![9; 30_000]));
+        assert!(r.held() <= bound);
     }
 
     #[test]

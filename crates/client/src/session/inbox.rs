@@ -2,7 +2,7 @@
 //! messages read or kept for a later epoch, welcomes and join requests taken.
 
 use backchannel_core::channel::{validate_key_package, Channel, Received, Rejection};
-use backchannel_core::envelope::{open_envelope, Envelope, PayloadKind};
+use backchannel_core::envelope::{open_envelope, Envelope, EnvelopeError, PayloadKind, MAX_PAYLOAD};
 use backchannel_core::mailbox::{MailboxId, MailboxKeys};
 use backchannel_core::message::{AppMessage, Body, JoinRequest};
 use backchannel_core::roles::Act;
@@ -16,6 +16,15 @@ pub const MAX_DEFERRED: usize = 256;
 /// How long an MLS message waits for its epoch (seconds) before it is dropped: as long
 /// as a retired mailbox is read, by which time the commit it follows has arrived or never will.
 pub const DEFERRED_LIFETIME: u64 = super::lifecycle::RETIRED_GRACE.as_secs();
+
+/// Most bytes of half-assembled payloads kept per channel mailbox: three times the largest
+/// message a member sends (a 1 MiB text or file part, in MLS), so that a member or ex-member
+/// who holds the mailbox's keys cannot fill the vault with payloads it never finishes. Other
+/// mailboxes (invites, joins, drop boxes) keep up to [`MAX_PAYLOAD`], the largest payload.
+pub const CHANNEL_PARTIAL_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most bytes of MLS messages kept per channel while they wait for their epoch.
+pub const DEFERRED_BYTES: usize = 8 * 1024 * 1024;
 
 /// Channel payloads remembered to recognize one carried both by hand and by a relay.
 pub const RECENT_PAYLOADS: usize = 4096;
@@ -55,10 +64,18 @@ impl Session {
                 return;
             }
         };
+        let bound = match role {
+            Role::Channel(_) => CHANNEL_PARTIAL_BYTES,
+            Role::Invite(..) | Role::Join(_) | Role::Drop(_) => MAX_PAYLOAD,
+        };
         let r = self.state.inbox.reassembly.entry(keys.id().0).or_default();
-        let whole = match r.push(chunk) {
+        let whole = match r.push_within(chunk, bound) {
             Ok(Some(w)) => w,
             Ok(None) => return,
+            Err(EnvelopeError::TooLarge(_)) => {
+                self.warn(channel_name.as_deref(), "discarded a message larger than this mailbox takes");
+                return;
+            }
             Err(_) => {
                 self.warn(channel_name.as_deref(), "discarded a malformed message");
                 return;
@@ -124,16 +141,27 @@ impl Session {
 
     /// Keeps an MLS message from a later epoch for when its commit arrives.
     fn defer(&mut self, name: &str, payload: Vec<u8>, via: Via) {
-        let held = self.state.inbox.deferred.iter().filter(|d| d.channel == name).count();
-        if held >= MAX_DEFERRED {
-            // The epoch in a message's header is not authenticated: bound what it can make us keep.
-            if let Some(pos) = self.state.inbox.deferred.iter().position(|d| d.channel == name) {
-                self.state.inbox.deferred.remove(pos);
-                self.warn(
-                    Some(name),
-                    "dropped a message that waited too long for a change to the channel that never arrived",
-                );
+        // The epoch in a message's header is not authenticated: bound what it can make us
+        // keep, in number and in bytes; the oldest goes first.
+        loop {
+            let (count, bytes) = self
+                .state
+                .inbox
+                .deferred
+                .iter()
+                .filter(|d| d.channel == name)
+                .fold((0, 0), |(n, b), d| (n + 1, b + d.payload.len()));
+            if count == 0 || (count < MAX_DEFERRED && bytes + payload.len() <= DEFERRED_BYTES) {
+                break;
             }
+            let Some(pos) = self.state.inbox.deferred.iter().position(|d| d.channel == name) else {
+                break;
+            };
+            self.state.inbox.deferred.remove(pos);
+            self.warn(
+                Some(name),
+                "dropped a message that waited too long for a change to the channel that never arrived",
+            );
         }
         let arrived_at = self.now_s();
         self.state.inbox.deferred.push(DeferredMls {
