@@ -784,6 +784,90 @@ impl Channel {
         self.outgoing(epoch, commit, welcome)
     }
 
+    /// Stages a commit removing `who` (and the proposals received so far) that also moves
+    /// the channel's sequencer to `sequencer`, a fresh mailbox on the same relay: the
+    /// removed members knew the old one (docs/protocol.md, "Claims").
+    pub fn remove_moving_sequencer(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        who: &[Fingerprint],
+        sequencer: &MailboxAddress,
+    ) -> Result<OutgoingCommit, ChannelError> {
+        let leaves: Vec<LeafNodeIndex> = self
+            .members()
+            .into_iter()
+            .filter(|m| who.contains(&m.fingerprint))
+            .map(|m| LeafNodeIndex::new(m.leaf))
+            .collect();
+        if leaves.is_empty() {
+            return Err(ChannelError::NoSuchMember);
+        }
+        self.commit_moving_sequencer(provider, identity, leaves, sequencer)
+    }
+
+    /// Stages a commit of the proposals received so far that also moves the sequencer (for
+    /// proposals that remove someone, a leave among them).
+    pub fn commit_pending_moving_sequencer(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        sequencer: &MailboxAddress,
+    ) -> Result<OutgoingCommit, ChannelError> {
+        self.commit_moving_sequencer(provider, identity, Vec::new(), sequencer)
+    }
+
+    /// Whether a proposal waiting to be committed removes someone.
+    pub fn has_pending_removals(&self) -> bool {
+        self.group
+            .pending_proposals()
+            .any(|q| matches!(q.proposal(), Proposal::Remove(_) | Proposal::SelfRemove))
+    }
+
+    fn commit_moving_sequencer(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        removals: Vec<LeafNodeIndex>,
+        sequencer: &MailboxAddress,
+    ) -> Result<OutgoingCommit, ChannelError> {
+        let epoch = self.epoch();
+        let mut info = self.info()?;
+        if info.sequencer.relay != sequencer.relay {
+            return Err(ChannelError::Invalid("a sequencer moves only within its relay"));
+        }
+        info.sequencer = sequencer.clone();
+        let kept = self
+            .group
+            .extensions()
+            .iter()
+            .filter(|e| e.extension_type() != ExtensionType::Unknown(CHANNEL_INFO_EXTENSION))
+            .cloned();
+        let exts = Extensions::from_vec(
+            kept.chain([Extension::Unknown(
+                CHANNEL_INFO_EXTENSION,
+                UnknownExtension(info.to_bytes()),
+            )])
+            .collect(),
+        )
+        .map_err(mls)?;
+        let bundle = self
+            .group
+            .commit_builder()
+            .propose_removals(removals)
+            .propose_group_context_extensions(exts)
+            .map_err(mls)?
+            .load_psks(provider.storage())
+            .map_err(mls)?
+            .build(provider.rand(), provider.crypto(), identity, |_| true)
+            .map_err(mls)?
+            .stage_commit(provider)
+            .map_err(mls)?;
+        let welcome = bundle.to_welcome_msg();
+        let (commit, _, _) = bundle.into_contents();
+        self.outgoing(epoch, commit, welcome)
+    }
+
     /// Stages a commit of the proposals received so far.
     pub fn commit_pending(&mut self, provider: &Provider, identity: &Identity) -> Result<OutgoingCommit, ChannelError> {
         let epoch = self.epoch();
@@ -992,12 +1076,22 @@ impl Channel {
     ) -> Result<(), Rejection> {
         // Roles: each proposal against its proposer's (the committer's, for one made in
         // the commit itself), under the roles before the commit.
+        // The one exception: a commit that removes someone may move the sequencer (on the
+        // same relay, and nothing else of the context), whoever commits it.
+        let removes = staged
+            .queued_proposals()
+            .any(|q| matches!(q.proposal(), Proposal::Remove(_) | Proposal::SelfRemove));
         for q in staged.queued_proposals() {
             let proposer = match q.sender() {
                 Sender::Member(i) => current.iter().find(|m| m.leaf == i.u32()),
                 _ => None,
             }
             .ok_or(Rejection::Forbidden)?;
+            if let Proposal::GroupContextExtensions(g) = q.proposal() {
+                if removes && self.moves_only_the_sequencer(g.extensions()) {
+                    continue;
+                }
+            }
             if !self.allows(&proposer.identity_key, act_of(q.proposal(), proposer, current)) {
                 return Err(Rejection::Forbidden);
             }
@@ -1024,16 +1118,39 @@ impl Channel {
         Ok(())
     }
 
-    /// What a change to the group context may be: the channel info with the same
-    /// sequencer (nobody moves the channel's ordering elsewhere), and roles that parse,
-    /// kept in a channel that has them.
+    /// Whether `next` is the group context with only the sequencer moved (to another
+    /// mailbox of the same relay).
+    fn moves_only_the_sequencer(&self, next: &Extensions<GroupContext>) -> bool {
+        let (Some(mut moved), Ok(now)) = (
+            next.unknown(CHANNEL_INFO_EXTENSION)
+                .and_then(|e| ChannelInfo::from_bytes(&e.0).ok()),
+            self.info(),
+        ) else {
+            return false;
+        };
+        let others_kept = next
+            .iter()
+            .filter(|e| e.extension_type() != ExtensionType::Unknown(CHANNEL_INFO_EXTENSION))
+            .eq(self
+                .group
+                .extensions()
+                .iter()
+                .filter(|e| e.extension_type() != ExtensionType::Unknown(CHANNEL_INFO_EXTENSION)));
+        let same_relay = moved.sequencer.relay == now.sequencer.relay;
+        moved.sequencer = now.sequencer.clone();
+        others_kept && same_relay && moved == now
+    }
+
+    /// What a change to the group context may be: the channel info with its sequencer on
+    /// the same relay (nobody moves the channel's ordering elsewhere), and roles that
+    /// parse, kept in a channel that has them.
     fn check_context(&self, next: &Extensions<GroupContext>) -> Result<(), Rejection> {
         let info = next
             .unknown(CHANNEL_INFO_EXTENSION)
             .and_then(|e| ChannelInfo::from_bytes(&e.0).ok())
             .ok_or(Rejection::Policy)?;
         let now = self.info().map_err(|_| Rejection::Policy)?;
-        if info.sequencer != now.sequencer {
+        if info.sequencer.relay != now.sequencer.relay {
             return Err(Rejection::Policy);
         }
         if self.roles().is_some() && roles_in(next).is_none() {
@@ -1221,6 +1338,78 @@ mod tests {
         assert!(matches!(bch.process(bp, &out.commit).unwrap(), Received::Commit { .. }));
         assert!(bch.allows(&keys[1], Act::RemoveOther));
         assert_eq!(bch.roles(), t[0].2.roles());
+    }
+
+    /// Finding 1: a commit that removes someone moves the sequencer to a fresh mailbox of
+    /// the same relay, whoever commits it (here bob, not an admin, commits mallory's leave).
+    /// Moving it without a removal is the admins' alone, and to another relay nobody's.
+    #[test]
+    fn a_removal_moves_the_sequencer_within_its_relay_and_nothing_else_does() {
+        let mut t = trio(false);
+        let (mp, mid, mch) = &mut t[2];
+        let leave = mch.leave(mp, mid).unwrap();
+        for (p, _, ch) in t.iter_mut().take(2) {
+            assert!(matches!(ch.process(p, &leave).unwrap(), Received::Proposal { .. }));
+        }
+        let before = t[0].2.info().unwrap().sequencer;
+        let elsewhere = {
+            let relay = RelayAddress {
+                pin: [8; 32],
+                host: "10.0.0.9".into(),
+                port: 7000,
+            };
+            MailboxKeys::generate(relay, &mut rand_core::OsRng).address.clone()
+        };
+        let same_relay = MailboxKeys::generate(before.relay.clone(), &mut rand_core::OsRng)
+            .address
+            .clone();
+        let (bp, bid, bch) = &mut t[1];
+        // Another relay: bob's own client refuses to make it; driven past that, everyone
+        // refuses it. Without a removal: only an admin may.
+        assert!(bch.commit_pending_moving_sequencer(bp, bid, &elsewhere).is_err());
+        let mut forged = bch.info().unwrap();
+        forged.sequencer = same_relay.clone();
+        let exts = Extensions::from_vec(
+            bch.group
+                .extensions()
+                .iter()
+                .filter(|e| e.extension_type() != ExtensionType::Unknown(CHANNEL_INFO_EXTENSION))
+                .cloned()
+                .chain([Extension::Unknown(
+                    CHANNEL_INFO_EXTENSION,
+                    UnknownExtension(forged.to_bytes()),
+                )])
+                .collect(),
+        )
+        .unwrap();
+        let alone = bch
+            .group
+            .commit_builder()
+            .consume_proposal_store(false)
+            .propose_group_context_extensions(exts)
+            .unwrap()
+            .load_psks(bp.storage())
+            .unwrap()
+            .build(bp.rand(), bp.crypto(), bid, |_| true)
+            .unwrap()
+            .stage_commit(bp)
+            .unwrap()
+            .into_contents()
+            .0;
+        bch.discard_pending(bp).unwrap();
+        let (ap, _, ach) = &mut t[0];
+        assert_eq!(
+            ach.process(ap, &alone.tls_serialize_detached().unwrap()).unwrap_err(),
+            Rejection::Forbidden
+        );
+        // With the leave it commits: accepted, and the channel's sequencer is the new one.
+        let (bp, bid, bch) = &mut t[1];
+        let out = bch.commit_pending_moving_sequencer(bp, bid, &same_relay).unwrap();
+        bch.merge_pending(bp).unwrap();
+        let (ap, _, ach) = &mut t[0];
+        assert!(matches!(ach.process(ap, &out.commit).unwrap(), Received::Commit { .. }));
+        assert_eq!(ach.info().unwrap().sequencer, same_relay);
+        assert_eq!(ach.members().len(), 2);
     }
 
     /// Finding 2 of the integrity review: a hostile member (mallory, driving openmls

@@ -424,6 +424,7 @@ mod tests {
     /// never-finished payloads arrive; a payload announced larger is refused; one that
     /// arrives whole in the meantime still comes out.
     #[test]
+    #[allow(clippy::panic)]
     fn half_assembled_payloads_stay_within_their_bound() {
         let (k, m) = key();
         let bound = 64 * 1024;

@@ -325,7 +325,8 @@ impl Claims {
         locked: false,
     };
 
-    /// What a claim of `epoch` with `proof` does: `Ok(Some(claims))` grants it and the
+    /// What a claim of `epoch` with `proof` does (a keyed claim is the first of any epoch
+    /// at a sequencer never claimed): `Ok(Some(claims))` grants it and the
     /// sequencer's claims become `claims`; `Ok(None)` grants it again (a claimant
     /// repeating its granted claim); `Err` refuses it. A key that does not open the
     /// lock is answered as a wrong capability: it comes from someone who is not a
@@ -347,8 +348,11 @@ impl Claims {
                 _ if following == Some(self.next_epoch) && eq(token, &self.last) => Ok(None),
                 _ => Err(StoreError::EpochConflict(self.next_epoch)),
             },
+            // A sequencer nobody has claimed yet takes a keyed claim of any epoch as its
+            // first: a channel's sequencer moved to a fresh mailbox (when someone is
+            // removed) carries on from the epoch the channel is at.
             ClaimProof::Key { key, next } => match following {
-                Some(next_epoch) if epoch == self.next_epoch => {
+                Some(next_epoch) if epoch == self.next_epoch || *self == Claims::NEW => {
                     if self.locked && !eq(&claim_lock(key), &self.last) {
                         return Err(StoreError::NoSuchMailbox);
                     }

@@ -168,6 +168,24 @@ fn keyed_claims_lock_the_sequencer_to_the_members_of_each_epoch() {
     );
     s.claim(cap, 2, keyed(12, 13)).unwrap();
     assert_eq!(s.claim(cap, u64::MAX, keyed(13, 14)), Err(StoreError::EpochConflict(3)));
+
+    // A sequencer that replaces another (a removal moved it) takes its first keyed claim at
+    // the epoch the channel is at, then locks like any other; a token claim still starts
+    // at epoch 0 only.
+    let (moved, moved_cap) = (MailboxId([7; 32]), [8u8; 32]);
+    s.create(moved, [3; 32], Sha256::digest(moved_cap).into(), 0).unwrap();
+    assert_eq!(
+        s.claim(moved_cap, 5, ClaimProof::Token([5; 32])),
+        Err(StoreError::EpochConflict(0))
+    );
+    s.claim(moved_cap, 41, keyed(41, 42)).unwrap();
+    s.claim(moved_cap, 41, keyed(41, 42)).unwrap();
+    assert_eq!(
+        s.claim(moved_cap, 41, keyed(41, 43)),
+        Err(StoreError::EpochConflict(42))
+    );
+    assert_eq!(s.claim(moved_cap, 42, keyed(41, 43)), Err(StoreError::NoSuchMailbox));
+    s.claim(moved_cap, 42, keyed(42, 43)).unwrap();
 }
 
 #[test]
