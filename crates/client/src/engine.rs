@@ -587,12 +587,9 @@ impl Engine {
     async fn commit(&mut self, name: &str, op: CommitOp) -> Result<(), ClientError> {
         for _ in 0..COMMIT_ATTEMPTS {
             self.session.active(name)?;
-            let fresh = if op.needs_mailbox() {
-                // At the same relay as the mailbox it replaces.
-                let relay = self.session.channel(name)?.mailbox.address.relay.clone();
-                Some(self.create_mailbox(&relay).await?)
-            } else {
-                None
+            let fresh = match self.session.fresh_mailbox_for(name, &op)? {
+                Some(relay) => Some(self.create_mailbox(&relay).await?),
+                None => None,
             };
             let staged = self.session.stage_commit(name, &op, fresh);
             // Durable before the claim goes out.

@@ -962,7 +962,14 @@ async fn a_gibibyte_of_unfinished_payloads_keeps_the_vault_bounded_and_honest_me
         }
         let _ = m[1].engine.take_warnings();
     }
-    let oversize = seal_payload(seal, send, PayloadKind::Mls, &vec![1; CHANNEL_PARTIAL_BYTES + 1], &mut OsRng).unwrap();
+    let oversize = seal_payload(
+        seal,
+        send,
+        PayloadKind::Mls,
+        &vec![1; CHANNEL_PARTIAL_BYTES + 1],
+        &mut OsRng,
+    )
+    .unwrap();
     for e in oversize.iter().take(100) {
         m[1].engine.session.receive(&keys, &role, e, Via::Relay);
         pushed += e.as_bytes().len();
@@ -973,7 +980,13 @@ async fn a_gibibyte_of_unfinished_payloads_keeps_the_vault_bounded_and_honest_me
     m[0].engine.send("room", "and after").await.unwrap();
     m[1].sync().await;
     let texts = m[1].texts("room");
-    for want in ["still here 0", "still here 64", "still here 128", "still here 192", "and after"] {
+    for want in [
+        "still here 0",
+        "still here 64",
+        "still here 128",
+        "still here 192",
+        "and after",
+    ] {
         assert!(texts.contains(&want.to_string()), "{want}: {texts:?}");
     }
     let refused: Vec<String> = events(&mut m[1], "room").into_iter().map(|(_, t)| t).collect();

@@ -6,7 +6,7 @@
 //! with the same keys, which the relay grants again. A claim shows the current epoch's
 //! claim key and leaves the lock of the next (docs/protocol.md, "Claims").
 
-use backchannel_core::channel::ValidKeyPackage;
+use backchannel_core::channel::{Channel, ValidKeyPackage};
 use backchannel_core::envelope::PayloadKind;
 use backchannel_core::frame::Request;
 use backchannel_core::identity::Fingerprint;
@@ -15,7 +15,7 @@ use backchannel_core::relay_address::RelayAddress;
 use backchannel_core::roles::{Act, Roles};
 
 use super::lifecycle::RETIRED_GRACE;
-use super::Session;
+use super::{Effect, Session};
 use crate::state::{ChannelStatus, PendingCommit, RetiredMailbox};
 use crate::ClientError;
 
@@ -36,13 +36,6 @@ pub enum CommitOp {
     SelfUpdate,
     /// New roles for the channel (an admin made or unmade).
     Roles(Roles),
-}
-
-impl CommitOp {
-    /// Whether staging it needs a fresh mailbox.
-    pub fn needs_mailbox(&self) -> bool {
-        matches!(self, CommitOp::SelfUpdate)
-    }
 }
 
 /// A staged commit's claim: the request, and the relay of the sequencer it goes to.
@@ -96,9 +89,27 @@ pub enum CommitOutcome {
 }
 
 impl Session {
+    /// Where the driver must make a fresh mailbox for `op` in `name` before staging it, if
+    /// anywhere: our own new mailbox for a key update (at the relay of the one it
+    /// replaces), and the channel's new sequencer for a commit that removes someone (at the
+    /// sequencer's relay: the removed member knew the old one).
+    pub fn fresh_mailbox_for(&self, name: &str, op: &CommitOp) -> Result<Option<RelayAddress>, ClientError> {
+        let group = self.load_group(name)?;
+        let sequencer = || -> Result<Option<RelayAddress>, ClientError> {
+            Ok(Some(group.info().map_err(ClientError::protocol)?.sequencer.relay))
+        };
+        match op {
+            CommitOp::SelfUpdate => Ok(Some(self.channel(name)?.mailbox.address.relay.clone())),
+            CommitOp::Remove(_) => sequencer(),
+            CommitOp::Proposals if group.has_pending_removals() => sequencer(),
+            CommitOp::Proposals | CommitOp::Add(_) | CommitOp::Roles(_) => Ok(None),
+        }
+    }
+
     /// Stages `op` in channel `name`: the commit (and welcome) is kept, with who
-    /// receives it, and saved before its claim. `fresh` is the new mailbox a
-    /// [`CommitOp::SelfUpdate`] announces. Returns the claim to send, or `None` when
+    /// receives it, and saved before its claim. `fresh` is the mailbox the driver made for
+    /// it ([`Session::fresh_mailbox_for`]): the new mailbox a [`CommitOp::SelfUpdate`]
+    /// announces, or the new sequencer a commit that removes someone moves to. Returns the claim to send, or `None` when
     /// there is nothing to commit (the members are already in, or gone).
     pub fn stage_commit(
         &mut self,
@@ -139,18 +150,24 @@ impl Session {
                 if present.is_empty() {
                     return Ok(None);
                 }
-                let out = group
-                    .remove(&self.provider, &self.identity, &present)
-                    .map_err(ClientError::protocol)?;
+                let out = match &fresh {
+                    Some(seq) => group.remove_moving_sequencer(&self.provider, &self.identity, &present, &seq.address),
+                    None => group.remove(&self.provider, &self.identity, &present),
+                }
+                .map_err(ClientError::protocol)?;
+                new_mailbox = fresh;
                 (out, Vec::new())
             }
             CommitOp::Proposals => {
                 if !group.has_pending_proposals() {
                     return Ok(None);
                 }
-                let out = group
-                    .commit_pending(&self.provider, &self.identity)
-                    .map_err(ClientError::protocol)?;
+                let out = match &fresh {
+                    Some(seq) => group.commit_pending_moving_sequencer(&self.provider, &self.identity, &seq.address),
+                    None => group.commit_pending(&self.provider, &self.identity),
+                }
+                .map_err(ClientError::protocol)?;
+                new_mailbox = fresh;
                 (out, Vec::new())
             }
             CommitOp::Roles(roles) => {
@@ -261,9 +278,20 @@ impl Session {
                     }
                 }
                 let now = self.now_s();
+                let sequencer = group.info().ok().map(|i| i.sequencer);
                 if let Some(ch) = self.state.channels.get_mut(name) {
                     ch.pending = None;
-                    if let Some(fresh) = pending.new_mailbox.clone() {
+                    if let Some(fresh) = pending
+                        .new_mailbox
+                        .clone()
+                        .filter(|f| Some(&f.address) == sequencer.as_ref())
+                    {
+                        // The commit moved the sequencer to the mailbox made for it: ours to
+                        // delete when the channel closes; the old one, if ours, goes now.
+                        let old = ch.sequencer.replace(fresh);
+                        self.state.doomed.extend(old);
+                        self.push(Effect::DeleteDoomed);
+                    } else if let Some(fresh) = pending.new_mailbox.clone() {
                         let old = std::mem::replace(&mut ch.mailbox, fresh);
                         ch.mailbox_since = now;
                         ch.retired.push(RetiredMailbox {
@@ -366,5 +394,23 @@ impl Session {
             per_channel.entry(name).or_default().push(kp);
         }
         per_channel.into_iter().collect()
+    }
+}
+
+impl Session {
+    /// After a commit read here: if it moved the channel's sequencer and we held the old
+    /// one (we made it), that one is deleted at its relay.
+    pub(crate) fn sequencer_moved(&mut self, name: &str, group: &Channel) {
+        let Ok(info) = group.info() else {
+            return;
+        };
+        let Some(ch) = self.state.channels.get_mut(name) else {
+            return;
+        };
+        if ch.sequencer.as_ref().is_some_and(|s| s.address != info.sequencer) {
+            let old = ch.sequencer.take();
+            self.state.doomed.extend(old);
+            self.push(Effect::DeleteDoomed);
+        }
     }
 }

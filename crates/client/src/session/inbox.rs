@@ -73,7 +73,10 @@ impl Session {
             Ok(Some(w)) => w,
             Ok(None) => return,
             Err(EnvelopeError::TooLarge(_)) => {
-                self.warn(channel_name.as_deref(), "discarded a message larger than this mailbox takes");
+                self.warn(
+                    channel_name.as_deref(),
+                    "discarded a message larger than this mailbox takes",
+                );
                 return;
             }
             Err(_) => {
@@ -345,6 +348,7 @@ impl Session {
                 }
                 let gone: Vec<_> = removed.iter().map(|(m, _)| m.clone()).collect();
                 self.trails_after_commit(name, &added, &gone, group.epoch());
+                self.sequencer_moved(name, &group);
                 let committer_key = committer.as_ref().map(|c| c.identity_key);
                 let by = committer.map(|c| c.name).unwrap_or_else(|| "a member".into());
                 self.roles_changed(name, roles_before, &group, &by);
