@@ -671,17 +671,7 @@ impl Channel {
             return Err(ChannelError::Invalid("a channel made before roles has none to change"));
         }
         let epoch = self.epoch();
-        let kept = self
-            .group
-            .extensions()
-            .iter()
-            .filter(|e| e.extension_type() != ExtensionType::Unknown(ROLES_EXTENSION))
-            .cloned();
-        let exts = Extensions::from_vec(
-            kept.chain([Extension::Unknown(ROLES_EXTENSION, UnknownExtension(roles.to_bytes()))])
-                .collect(),
-        )
-        .map_err(mls)?;
+        let exts = self.context_with(ROLES_EXTENSION, roles.to_bytes())?;
         let (commit, welcome, _) = self
             .group
             .update_group_context_extensions(provider, exts, identity)
@@ -763,14 +753,8 @@ impl Channel {
         self.outgoing(epoch, commit, Some(welcome))
     }
 
-    /// Stages a commit removing the members with these fingerprints.
-    pub fn remove(
-        &mut self,
-        provider: &Provider,
-        identity: &Identity,
-        who: &[Fingerprint],
-    ) -> Result<OutgoingCommit, ChannelError> {
-        let epoch = self.epoch();
+    /// The leaves of the members with these fingerprints (at least one).
+    fn leaves_of(&self, who: &[Fingerprint]) -> Result<Vec<LeafNodeIndex>, ChannelError> {
         let leaves: Vec<LeafNodeIndex> = self
             .members()
             .into_iter()
@@ -780,6 +764,33 @@ impl Channel {
         if leaves.is_empty() {
             return Err(ChannelError::NoSuchMember);
         }
+        Ok(leaves)
+    }
+
+    /// The group context's extensions with the one of type `kind` replaced by `bytes`.
+    fn context_with(&self, kind: u16, bytes: Vec<u8>) -> Result<Extensions<GroupContext>, ChannelError> {
+        let kept = self
+            .group
+            .extensions()
+            .iter()
+            .filter(|e| e.extension_type() != ExtensionType::Unknown(kind))
+            .cloned();
+        Extensions::from_vec(
+            kept.chain([Extension::Unknown(kind, UnknownExtension(bytes))])
+                .collect(),
+        )
+        .map_err(mls)
+    }
+
+    /// Stages a commit removing the members with these fingerprints.
+    pub fn remove(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        who: &[Fingerprint],
+    ) -> Result<OutgoingCommit, ChannelError> {
+        let epoch = self.epoch();
+        let leaves = self.leaves_of(who)?;
         let (commit, welcome, _) = self.group.remove_members(provider, identity, &leaves).map_err(mls)?;
         self.outgoing(epoch, commit, welcome)
     }
@@ -794,15 +805,7 @@ impl Channel {
         who: &[Fingerprint],
         sequencer: &MailboxAddress,
     ) -> Result<OutgoingCommit, ChannelError> {
-        let leaves: Vec<LeafNodeIndex> = self
-            .members()
-            .into_iter()
-            .filter(|m| who.contains(&m.fingerprint))
-            .map(|m| LeafNodeIndex::new(m.leaf))
-            .collect();
-        if leaves.is_empty() {
-            return Err(ChannelError::NoSuchMember);
-        }
+        let leaves = self.leaves_of(who)?;
         self.commit_moving_sequencer(provider, identity, leaves, sequencer)
     }
 
@@ -837,20 +840,7 @@ impl Channel {
             return Err(ChannelError::Invalid("a sequencer moves only within its relay"));
         }
         info.sequencer = sequencer.clone();
-        let kept = self
-            .group
-            .extensions()
-            .iter()
-            .filter(|e| e.extension_type() != ExtensionType::Unknown(CHANNEL_INFO_EXTENSION))
-            .cloned();
-        let exts = Extensions::from_vec(
-            kept.chain([Extension::Unknown(
-                CHANNEL_INFO_EXTENSION,
-                UnknownExtension(info.to_bytes()),
-            )])
-            .collect(),
-        )
-        .map_err(mls)?;
+        let exts = self.context_with(CHANNEL_INFO_EXTENSION, info.to_bytes())?;
         let bundle = self
             .group
             .commit_builder()
@@ -1369,19 +1359,7 @@ mod tests {
         assert!(bch.commit_pending_moving_sequencer(bp, bid, &elsewhere).is_err());
         let mut forged = bch.info().unwrap();
         forged.sequencer = same_relay.clone();
-        let exts = Extensions::from_vec(
-            bch.group
-                .extensions()
-                .iter()
-                .filter(|e| e.extension_type() != ExtensionType::Unknown(CHANNEL_INFO_EXTENSION))
-                .cloned()
-                .chain([Extension::Unknown(
-                    CHANNEL_INFO_EXTENSION,
-                    UnknownExtension(forged.to_bytes()),
-                )])
-                .collect(),
-        )
-        .unwrap();
+        let exts = bch.context_with(CHANNEL_INFO_EXTENSION, forged.to_bytes()).unwrap();
         let alone = bch
             .group
             .commit_builder()
