@@ -449,3 +449,61 @@ fn after_a_rotation_the_others_deliver_to_the_new_mailbox() {
     assert_eq!(waiting(&data, &old.receive_id), 0);
     assert_eq!(waiting(&data, &new.receive_id), 0);
 }
+
+/// The extensions of a TLS ClientHello (type, body), from the first record a client sent.
+fn client_hello_extensions(opening: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    let u16_at = |b: &[u8], i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+    assert_eq!(opening[0], 22, "a handshake record");
+    let record_len = usize::from(u16_at(opening, 3));
+    let hello = &opening[5..5 + record_len];
+    assert_eq!(hello[0], 1, "a ClientHello");
+    // type (1) | length (3) | legacy_version (2) | random (32)
+    let mut i = 4 + 2 + 32;
+    i += 1 + usize::from(hello[i]); // session id
+    i += 2 + usize::from(u16_at(hello, i)); // cipher suites
+    i += 1 + usize::from(hello[i]); // compression methods
+    let end = i + 2 + usize::from(u16_at(hello, i));
+    i += 2;
+    let mut out = Vec::new();
+    while i < end {
+        let (kind, len) = (u16_at(hello, i), usize::from(u16_at(hello, i + 2)));
+        out.push((kind, hello[i + 4..i + 4 + len].to_vec()));
+        i += 4 + len;
+    }
+    out
+}
+
+/// Issue 16, point 5 (part): an observer of the wire sees no name in any ClientHello: no
+/// server_name extension, and not the fixed name earlier releases sent; and a new relay's
+/// certificate carries no fixed name either (its hash is all a client checks).
+#[test]
+fn no_client_hello_names_the_service() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let obs = Observer::start(relay.port);
+    let [alice, bob] = observed_people(root.path(), &relay, &obs, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "quiet");
+    alice.ok(&["send", "quiet", "hello"]);
+    assert_eq!(bob.texts("quiet").len(), 1);
+    let openings = obs.openings();
+    assert!(openings.len() >= 2, "{} connections", openings.len());
+    for opening in &openings {
+        let exts = client_hello_extensions(opening);
+        assert!(!exts.is_empty());
+        assert!(
+            exts.iter().all(|(kind, _)| *kind != 0),
+            "a server_name extension: {exts:?}"
+        );
+        assert!(
+            !opening.windows(11).any(|w| w == b"backchannel"),
+            "the service's name in a ClientHello"
+        );
+    }
+    let cert = std::fs::read(root.path().join("relay/relay-cert.der")).unwrap();
+    for fixed in [&b"backchannel"[..], b"rcgen"] {
+        assert!(
+            !cert.windows(fixed.len()).any(|w| w == fixed),
+            "the certificate names {fixed:?}"
+        );
+    }
+}

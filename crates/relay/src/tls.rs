@@ -66,13 +66,28 @@ impl TlsIdentity {
         Ok(made)
     }
 
-    /// A fresh self-signed identity.
+    /// A fresh self-signed identity. Its certificate carries nothing a prober could match
+    /// across relays: a random name, an empty subject, and validity from the start of this
+    /// year (clients check only its hash, the PIN). Relays made before keep theirs, and so
+    /// their PIN.
     pub fn generate() -> Result<Self, RelayError> {
-        let made = rcgen::generate_simple_self_signed(vec!["backchannel-relay".to_string()])
-            .map_err(|_| RelayError::Tls("could not generate the relay certificate".into()))?;
+        use rand_core::{OsRng, RngCore};
+        let failed = |_| RelayError::Tls("could not generate the relay certificate".into());
+        let mut label = [0u8; 8];
+        OsRng.fill_bytes(&mut label);
+        let name: String = label.iter().map(|b| format!("{b:02x}")).collect();
+        let mut params = rcgen::CertificateParams::new(vec![name]).map_err(failed)?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let year = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(2026, |d| 1970 + (d.as_secs() / 31_556_952) as i32);
+        params.not_before = rcgen::date_time_ymd(year, 1, 1);
+        params.not_after = rcgen::date_time_ymd(year + 25, 1, 1);
+        let key_pair = rcgen::KeyPair::generate().map_err(failed)?;
+        let cert = params.self_signed(&key_pair).map_err(failed)?;
         Ok(Self {
-            cert: CertificateDer::from(made.cert.der().to_vec()),
-            key: PrivatePkcs8KeyDer::from(made.key_pair.serialize_der()),
+            cert: CertificateDer::from(cert.der().to_vec()),
+            key: PrivatePkcs8KeyDer::from(key_pair.serialize_der()),
         })
     }
 

@@ -113,6 +113,8 @@ impl RecordParser {
 pub struct Observer {
     pub port: u16,
     records: Arc<Mutex<Vec<Record>>>,
+    /// The first bytes each client sent on each connection (its ClientHello), by connection.
+    openings: Openings,
     connections: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
@@ -124,20 +126,23 @@ impl Observer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("observer: bind 127.0.0.1:0");
         let port = listener.local_addr().unwrap().port();
         let records = Arc::new(Mutex::new(Vec::new()));
+        let openings: Openings = Arc::new(Mutex::new(BTreeMap::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         {
             let records = records.clone();
+            let openings = openings.clone();
             let connections = connections.clone();
             let stop = stop.clone();
             thread::Builder::new()
                 .name("observer-accept".into())
-                .spawn(move || accept_loop(listener, target_port, records, connections, stop))
+                .spawn(move || accept_loop(listener, target_port, records, openings, connections, stop))
                 .expect("observer: spawn accept thread");
         }
         Observer {
             port,
             records,
+            openings,
             connections,
             stop,
         }
@@ -152,6 +157,11 @@ impl Observer {
     /// Forgets the records seen so far (connection indices keep counting).
     pub fn clear(&self) {
         self.records.lock().unwrap().clear();
+    }
+
+    /// The first bytes (up to [`OPENING`]) each client sent on each connection so far.
+    pub fn openings(&self) -> Vec<Vec<u8>> {
+        self.openings.lock().unwrap().values().cloned().collect()
     }
 
     /// How many client connections have been accepted.
@@ -189,10 +199,16 @@ pub fn lengths_histogram(records: &[Record]) -> BTreeMap<u16, usize> {
     histogram
 }
 
+/// How many of a client's first bytes on a connection are kept.
+pub const OPENING: usize = 4096;
+
+type Openings = Arc<Mutex<BTreeMap<usize, Vec<u8>>>>;
+
 fn accept_loop(
     listener: TcpListener,
     target_port: u16,
     records: Arc<Mutex<Vec<Record>>>,
+    openings: Openings,
     connections: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 ) {
@@ -214,21 +230,35 @@ fn accept_loop(
         let (Ok(client2), Ok(relay2)) = (client.try_clone(), relay.try_clone()) else {
             continue;
         };
-        spawn_forwarder(conn, Dir::Up, client, relay, records.clone());
-        spawn_forwarder(conn, Dir::Down, relay2, client2, records.clone());
+        spawn_forwarder(conn, Dir::Up, client, relay, records.clone(), Some(openings.clone()));
+        spawn_forwarder(conn, Dir::Down, relay2, client2, records.clone(), None);
     }
 }
 
-fn spawn_forwarder(conn: usize, dir: Dir, from: TcpStream, to: TcpStream, records: Arc<Mutex<Vec<Record>>>) {
+fn spawn_forwarder(
+    conn: usize,
+    dir: Dir,
+    from: TcpStream,
+    to: TcpStream,
+    records: Arc<Mutex<Vec<Record>>>,
+    openings: Option<Openings>,
+) {
     let name = format!("observer-{conn}-{dir:?}");
     thread::Builder::new()
         .name(name)
-        .spawn(move || forward(conn, dir, from, to, &records))
+        .spawn(move || forward(conn, dir, from, to, &records, openings.as_ref()))
         .expect("observer: spawn forwarding thread");
 }
 
 /// Copies `from` to `to` chunk by chunk, logging record headers on the way.
-fn forward(conn: usize, dir: Dir, mut from: TcpStream, mut to: TcpStream, records: &Mutex<Vec<Record>>) {
+fn forward(
+    conn: usize,
+    dir: Dir,
+    mut from: TcpStream,
+    mut to: TcpStream,
+    records: &Mutex<Vec<Record>>,
+    openings: Option<&Openings>,
+) {
     let mut parser = RecordParser::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -237,6 +267,12 @@ fn forward(conn: usize, dir: Dir, mut from: TcpStream, mut to: TcpStream, record
             Ok(n) => n,
         };
         let at = Instant::now();
+        if let Some(openings) = openings {
+            let mut o = openings.lock().unwrap();
+            let kept = o.entry(conn).or_default();
+            let room = OPENING.saturating_sub(kept.len()).min(n);
+            kept.extend_from_slice(&buf[..room]);
+        }
         let headers = parser.feed(&buf[..n]);
         if !headers.is_empty() {
             let mut log = records.lock().unwrap();
