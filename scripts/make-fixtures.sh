@@ -128,6 +128,8 @@ alice() { BACKCHANNEL_HOME=$OUT/alice "$BIN" "$@"; }
 bob() { BACKCHANNEL_HOME=$OUT/bob "$BIN" "$@"; }
 # The anonymous source has no home (drop send needs none and makes none).
 source_() { BACKCHANNEL_HOME=$WORK/no-home "$BIN" "$@"; }
+# Releases from d99887e on (exclusive) refuse `drop send` and `drop check` without a proxy unless --direct.
+DIRECT=$("$BIN" drop send --help | grep -q -- '--direct' && echo --direct || true)
 
 # Line i (from 0) of a deterministic text, cut to a size: the test writes the same.
 pattern() { # prefix size
@@ -172,12 +174,12 @@ bob send side-room "a quiet word: the seller is flexible"
 
 # ---- 4. the drop box ----
 DROP=$(alice drop create tips-line --pow-bits 8)
-source_ drop send "$DROP" "the ledger is in locker 12" >"$OUT/source/receipt-1.txt"
+source_ drop send $DIRECT "$DROP" "the ledger is in locker 12" >"$OUT/source/receipt-1.txt"
 alice drop read tips-line --json --save-to "$WORK/letters" >"$WORK/letter-1.json"
 LETTER_1=$(python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())["id"])' <"$WORK/letter-1.json")
 alice drop reply tips-line "$LETTER_1" "received; do not come to the office"
 printf 'page one of the ledger, line by line\n' >"$WORK/scan.txt"
-source_ drop send "$DROP" "a scan of the first page" --file "$WORK/scan.txt" >"$OUT/source/receipt-2.txt"
+source_ drop send $DIRECT "$DROP" "a scan of the first page" --file "$WORK/scan.txt" >"$OUT/source/receipt-2.txt"
 
 # ---- 5. messages bob fetches but does not read, and two he never fetches ----
 # (alice's send fetches letter 2 first: it stays unread in her home.)
@@ -211,7 +213,7 @@ fi
 
 # ---- 7. a letter alice never fetches ----
 start_relay
-source_ drop send "$DROP" "a third letter, still at the relay" >"$OUT/source/receipt-3.txt"
+source_ drop send $DIRECT "$DROP" "a third letter, still at the relay" >"$OUT/source/receipt-3.txt"
 stop_relay
 
 # ---- 8. a courier bundle (no relay answers) ----

@@ -530,6 +530,9 @@ pub struct LetterArgs {
     /// Attach a file (at most 8 MiB).
     #[arg(long)]
     pub file: Option<PathBuf>,
+    /// Connect without --proxy: the drop box's relay then sees this computer's address.
+    #[arg(long)]
+    pub direct: bool,
 }
 
 // `drop check`.
@@ -538,6 +541,9 @@ pub struct CheckArgs {
     /// The receipt; without it, it is read from standard input (so it stays out of
     /// the shell's history and the process list).
     pub receipt: Option<String>,
+    /// Connect without --proxy: the drop box's relay then sees this computer's address.
+    #[arg(long)]
+    pub direct: bool,
 }
 
 // `drop read`.

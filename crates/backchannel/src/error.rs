@@ -37,6 +37,12 @@ pub enum CliError {
     /// An empty passphrase was typed.
     #[error("the passphrase must not be empty")]
     EmptyPassphrase,
+    /// `drop send` or `drop check` without a proxy, and without `--direct`.
+    #[error(
+        "`drop {0}` would connect to the drop box's relay from this computer's own address; give \
+         --proxy socks5h://127.0.0.1:9050 (Tor), or --direct to connect without a proxy"
+    )]
+    NeedsProxy(&'static str),
     /// `send` got both a text and a file, or neither.
     #[error("give the message text or --file PATH, not both")]
     TextOrFile,

@@ -39,6 +39,7 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
     let r = source.run(&[
         "drop",
         "send",
+        "--direct",
         &address,
         secret_text,
         "--file",
@@ -49,9 +50,9 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
     assert!(receipt.starts_with("bc-receipt:"), "{receipt}");
     assert!(!source.home.exists(), "drop send created a home");
     // A second letter, without asking anything.
-    source.ok(&["drop", "send", &address, "a second, shorter note"]);
+    source.ok(&["drop", "send", "--direct", &address, "a second, shorter note"]);
     assert_eq!(
-        source.ok(&["drop", "check", &receipt]).trim(),
+        source.ok(&["drop", "check", "--direct", &receipt]).trim(),
         "",
         "a reply before any was sent"
     );
@@ -94,9 +95,9 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
     // deletes what was shown.
     let id = first["id"].as_str().unwrap();
     owner.ok(&["drop", "reply", "tips-line", id, "received; do not come to the office"]);
-    let replies = source.ok(&["drop", "check", &receipt]);
+    let replies = source.ok(&["drop", "check", "--direct", &receipt]);
     assert_eq!(replies.trim(), "received; do not come to the office");
-    let again = source.run(&["drop", "check", &receipt]);
+    let again = source.run(&["drop", "check", "--direct", &receipt]);
     assert!(again.ok, "{}", again.stderr);
     assert_eq!(again.stdout.trim(), "");
     assert!(again.stderr.contains("no new reply"), "{}", again.stderr);
@@ -107,7 +108,7 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
     }
     owner.ok(&["drop", "reply", "tips-line", id, "line\x1b[2J\nforged"]);
     owner.ok(&["drop", "reply", "tips-line", id, "tail\u{202e}txt.exe"]);
-    let r = source.run_with_input(&["drop", "check"], &format!("{receipt}\n"));
+    let r = source.run_with_input(&["drop", "check", "--direct"], &format!("{receipt}\n"));
     assert!(r.ok, "{}", r.stderr);
     let lines: Vec<&str> = r.stdout.lines().collect();
     let expected: Vec<String> = (0..20).map(|i| format!("reply {i}")).collect();
@@ -188,12 +189,23 @@ fn a_drop_box_refuses_envelopes_without_their_proof_of_work() {
     let source = Client::new(root.path(), "source");
     let mut damaged = address.trim().to_string();
     damaged.pop();
-    let e = source.fails(&["drop", "send", &damaged, "hello"]);
+    let e = source.fails(&["drop", "send", "--direct", &damaged, "hello"]);
     assert!(e.contains("damaged") || e.contains("drop"), "{e}");
-    let e = source.fails(&["drop", "check", "bc-receipt:aaaa"]);
+    let e = source.fails(&["drop", "check", "--direct", "bc-receipt:aaaa"]);
     assert!(e.contains("damaged") || e.contains("receipt"), "{e}");
-    let e = source.fails(&["drop", "send", "bc-invite:abc", "hello"]);
+    let e = source.fails(&["drop", "send", "--direct", "bc-invite:abc", "hello"]);
     assert!(e.contains("bc-drop:"), "{e}");
+
+    // Without a proxy a source must say --direct: its address must never reach the relay
+    // by accident. Nothing is sent, and no home is made.
+    for args in [
+        vec!["drop", "send", address.trim(), "from my own address?"],
+        vec!["drop", "check", "bc-receipt:aaaa"],
+    ] {
+        let e = source.fails(&args);
+        assert!(e.contains("--proxy socks5h://") && e.contains("--direct"), "{e}");
+    }
+    assert!(!source.home.exists());
 }
 
 #[test]
@@ -205,7 +217,7 @@ fn a_reply_whose_envelopes_have_not_all_arrived_stays_at_the_relay_until_they_ha
     let root = tempfile::tempdir().unwrap();
     let (_relay, _owner, address) = desk_with_drop_box(root.path(), 8);
     let source = Client::new(root.path(), "source");
-    let receipt = source.ok(&["drop", "send", &address, "are you there?"]);
+    let receipt = source.ok(&["drop", "send", "--direct", &address, "are you there?"]);
     let parsed = Receipt::from_text(receipt.trim()).unwrap();
 
     // The longest reply the owner can send, delivered but for its last envelope (as
@@ -231,13 +243,13 @@ fn a_reply_whose_envelopes_have_not_all_arrived_stays_at_the_relay_until_they_ha
         })
     };
     deliver(first);
-    let r = source.run(&["drop", "check", receipt.trim()]);
+    let r = source.run(&["drop", "check", "--direct", receipt.trim()]);
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(r.stdout, "", "a partial reply was shown");
     // Nothing of it was deleted: once the rest arrives, the whole reply is there.
     deliver(std::slice::from_ref(last));
-    let r = source.run(&["drop", "check", receipt.trim()]);
+    let r = source.run(&["drop", "check", "--direct", receipt.trim()]);
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(r.stdout.trim(), text);
-    assert_eq!(source.ok(&["drop", "check", receipt.trim()]), "");
+    assert_eq!(source.ok(&["drop", "check", "--direct", receipt.trim()]), "");
 }

@@ -298,7 +298,7 @@ fn opens_reads_and_keeps_working(release: &Release) {
     );
     // The reply alice wrote to letter 1 waited at the relay for its source.
     assert_eq!(
-        source.ok(&["drop", "check", &receipt(1)]).trim(),
+        source.ok(&["drop", "check", "--direct", &receipt(1)]).trim(),
         "received; do not come to the office"
     );
     assert!(!source.home.exists(), "drop check made a home");
@@ -349,6 +349,7 @@ fn opens_reads_and_keeps_working(release: &Release) {
     source.ok(&[
         "drop",
         "send",
+        "--direct",
         drop_address.trim(),
         "a fourth letter, after the upgrade",
     ]);
@@ -359,7 +360,7 @@ fn opens_reads_and_keeps_working(release: &Release) {
     let second = letters[0]["id"].as_str().unwrap();
     alice.ok(&["drop", "reply", "tips-line", second, "thank you for the scan"]);
     assert_eq!(
-        source.ok(&["drop", "check", &receipt(2)]).trim(),
+        source.ok(&["drop", "check", "--direct", &receipt(2)]).trim(),
         "thank you for the scan"
     );
 }

@@ -13,6 +13,9 @@ use crate::output::{escape_controls, Out};
 
 /// `drop send`: no home, no identity; only the address, the text and the network.
 pub async fn send(global: &Global, a: &LetterArgs, out: &Out) -> Result<(), CliError> {
+    if global.proxy.is_none() && !a.direct {
+        return Err(CliError::NeedsProxy("send"));
+    }
     let draft = Draft::new(&a.address, a.text.clone(), a.file.as_deref())?;
     let terminal = out.is_terminal();
     let bits = draft.pow_bits();
@@ -39,6 +42,9 @@ pub async fn send(global: &Global, a: &LetterArgs, out: &Out) -> Result<(), CliE
 /// `drop check`: shows the replies to a letter with its receipt, and deletes them
 /// from the relay.
 pub async fn check(global: &Global, a: &CheckArgs, out: &Out) -> Result<(), CliError> {
+    if global.proxy.is_none() && !a.direct {
+        return Err(CliError::NeedsProxy("check"));
+    }
     let text = match &a.receipt {
         Some(r) => r.clone(),
         None => {
