@@ -330,6 +330,11 @@ fn admins_remove_invite_and_close_members_leave_and_update() {
         v
     };
     assert_eq!(sorted(roles(&carol)), expected(&["alice"], &["bob", "carol"]));
+    // Each member's relay is listed (issue 16, point 3): here everyone's is the one relay.
+    for line in carol.ok(&["members", "board", "--json"]).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["relay"], relay.address, "{v}");
+    }
 
     for (args, what) in [
         (vec!["remove", "board", "carol"], "remove members"),

@@ -118,7 +118,7 @@ pub async fn members(a: &MembersArgs, cx: &mut Context<'_>) -> Result<(), CliErr
         if a.json {
             cx.out.line(format!(
                 "{}",
-                serde_json::json!({"name": m.name, "fingerprint": m.fingerprint.to_string(), "verified": m.verified, "you": m.you, "role": role(m.admin)})
+                serde_json::json!({"name": m.name, "fingerprint": m.fingerprint.to_string(), "verified": m.verified, "you": m.you, "role": role(m.admin), "relay": m.relay.as_ref().map(ToString::to_string)})
             ));
         } else {
             let you = if m.you { " (you)" } else { "" };

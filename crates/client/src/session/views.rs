@@ -26,6 +26,8 @@ pub struct MemberView {
     pub you: bool,
     /// An admin of the channel (every member is, in a channel made before roles).
     pub admin: bool,
+    /// The relay the member's mailbox lives on (where messages to them go).
+    pub relay: Option<backchannel_core::relay_address::RelayAddress>,
 }
 
 /// A channel as `channels` shows it.
@@ -120,6 +122,7 @@ impl Session {
             .into_iter()
             .map(|m| MemberView {
                 admin: roles.as_ref().is_none_or(|r| r.is_admin(&m.identity_key)),
+                relay: m.mailbox.as_ref().map(|a| a.relay.clone()),
                 verified: m.identity_key == me || ch.verified.contains(&m.identity_key),
                 you: m.identity_key == me,
                 name: m.name,
@@ -185,6 +188,7 @@ impl Session {
                 verified,
                 you: m.identity_key == self.identity.public_key(),
                 admin,
+                relay: m.mailbox.map(|a| a.relay),
             },
         ))
     }
