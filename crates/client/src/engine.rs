@@ -685,10 +685,24 @@ impl Engine {
         }
     }
 
-    /// Rotates every channel mailbox that is due; a failure is retried at the next sync.
+    /// Rotates every channel mailbox that is due; an admin (anyone, in a channel made
+    /// before roles) also moves the channel's sequencer, so that who claims where changes
+    /// weekly too. A failure is retried at the next sync.
     async fn rotate_old_mailboxes(&mut self) {
         for name in self.session.rotations_due() {
-            let _ = self.commit(&name, CommitOp::SelfUpdate).await;
+            // A rotation a removal made due follows a commit that moved the sequencer already.
+            let weekly = !self.session.rotation_follows_removal(&name);
+            if self.commit(&name, CommitOp::SelfUpdate).await.is_err() {
+                continue;
+            }
+            if weekly
+                && self
+                    .session
+                    .may(&name, Act::ChangeChannel, "move the sequencer")
+                    .is_ok()
+            {
+                let _ = self.commit(&name, CommitOp::MoveSequencer).await;
+            }
         }
     }
 }

@@ -996,3 +996,47 @@ async fn a_gibibyte_of_unfinished_payloads_keeps_the_vault_bounded_and_honest_me
         "{refused:?}"
     );
 }
+
+/// Issue 16, point 4 (and finding 1): at the weekly mailbox rotation an admin also moves
+/// the channel's sequencer to a fresh mailbox on the same relay; a member who is not an
+/// admin rotates only its mailbox. Both agree on the new sequencer and commit there.
+#[tokio::test(flavor = "current_thread")]
+async fn an_admins_weekly_rotation_moves_the_sequencer() {
+    let relay = SimRelay::new();
+    let mut m = channel(&relay, "room", &["ada", "bea"]).await;
+    let seq = |x: &Member| x.engine.debug_sequencer("room").unwrap().0;
+    let before = seq(&m[0]);
+    // Bea's mailbox is due (a week old): she rotates it, and the sequencer stays.
+    m[1].engine
+        .session
+        .state
+        .channels
+        .get_mut("room")
+        .unwrap()
+        .mailbox_since = 1;
+    m[1].sync().await;
+    m[0].sync().await;
+    assert_eq!(seq(&m[0]), before);
+    assert_eq!(seq(&m[1]), before);
+    // Ada's is due: she rotates it and moves the sequencer, on the same relay.
+    m[0].engine
+        .session
+        .state
+        .channels
+        .get_mut("room")
+        .unwrap()
+        .mailbox_since = 1;
+    m[0].sync().await;
+    m[1].sync().await;
+    let after = seq(&m[0]);
+    assert_ne!(after, before);
+    assert_eq!(after.relay, before.relay);
+    assert_eq!(seq(&m[1]), after);
+    // Commits go on at the new one.
+    m[1].engine.update_keys("room").await.unwrap();
+    m[0].sync().await;
+    assert_eq!(m[0].epoch("room"), m[1].epoch("room"));
+    m[0].engine.send("room", "after the move").await.unwrap();
+    m[1].sync().await;
+    assert!(m[1].texts("room").contains(&"after the move".to_string()));
+}

@@ -820,6 +820,17 @@ impl Channel {
         self.commit_moving_sequencer(provider, identity, Vec::new(), sequencer)
     }
 
+    /// Stages a commit (of the proposals received so far) that moves the sequencer to
+    /// `sequencer`, a fresh mailbox on the same relay: an admin's weekly move.
+    pub fn move_sequencer(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        sequencer: &MailboxAddress,
+    ) -> Result<OutgoingCommit, ChannelError> {
+        self.commit_moving_sequencer(provider, identity, Vec::new(), sequencer)
+    }
+
     /// Whether a proposal waiting to be committed removes someone.
     pub fn has_pending_removals(&self) -> bool {
         self.group

@@ -36,6 +36,9 @@ pub enum CommitOp {
     SelfUpdate,
     /// New roles for the channel (an admin made or unmade).
     Roles(Roles),
+    /// The sequencer moves to a fresh mailbox on its relay (an admin's weekly move; the
+    /// driver makes the mailbox, [`Session::fresh_mailbox_for`]).
+    MoveSequencer,
 }
 
 /// A staged commit's claim: the request, and the relay of the sequencer it goes to.
@@ -100,7 +103,7 @@ impl Session {
         };
         match op {
             CommitOp::SelfUpdate => Ok(Some(self.channel(name)?.mailbox.address.relay.clone())),
-            CommitOp::Remove(_) => sequencer(),
+            CommitOp::Remove(_) | CommitOp::MoveSequencer => sequencer(),
             CommitOp::Proposals if group.has_pending_removals() => sequencer(),
             CommitOp::Proposals | CommitOp::Add(_) | CommitOp::Roles(_) => Ok(None),
         }
@@ -167,6 +170,16 @@ impl Session {
                     None => group.commit_pending(&self.provider, &self.identity),
                 }
                 .map_err(ClientError::protocol)?;
+                new_mailbox = fresh;
+                (out, Vec::new())
+            }
+            CommitOp::MoveSequencer => {
+                let Some(seq) = &fresh else {
+                    return Ok(None);
+                };
+                let out = group
+                    .move_sequencer(&self.provider, &self.identity, &seq.address)
+                    .map_err(ClientError::protocol)?;
                 new_mailbox = fresh;
                 (out, Vec::new())
             }

@@ -220,6 +220,12 @@ impl Session {
             .collect()
     }
 
+    /// Whether the rotation due in `name` was made due by a removal (which sets the
+    /// mailbox's age to 0, `Session::trails_after_commit`) rather than by age.
+    pub fn rotation_follows_removal(&self, name: &str) -> bool {
+        self.channel(name).is_ok_and(|c| c.mailbox_since == 0)
+    }
+
     /// The channels with proposals waiting for a commit.
     pub fn proposals_waiting(&self) -> Vec<String> {
         self.state
