@@ -28,7 +28,11 @@ use crate::pow::MAX_POW_BITS;
 /// client's new request would be) is answered [`ErrorCode::Malformed`] with the
 /// relay's version as the detail (0 from relays before this rule), in the error
 /// frame's layout, which every version keeps too.
-pub const PROTOCOL_VERSION: u8 = 2;
+///
+/// Version 3: a sequencer never claimed takes a keyed claim of any epoch as its first
+/// (a channel's sequencer moves at removals), which a relay of version 2 refuses; so a
+/// client of version 3 must not talk to one.
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// The tag of [`Response::Hello`], frozen in every version.
 const HELLO_TAG: u8 = 0x81;
