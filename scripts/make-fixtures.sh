@@ -128,7 +128,7 @@ alice() { BACKCHANNEL_HOME=$OUT/alice "$BIN" "$@"; }
 bob() { BACKCHANNEL_HOME=$OUT/bob "$BIN" "$@"; }
 # The anonymous source has no home (drop send needs none and makes none).
 source_() { BACKCHANNEL_HOME=$WORK/no-home "$BIN" "$@"; }
-# Releases from d99887e on (exclusive) refuse `drop send` and `drop check` without a proxy unless --direct.
+# Releases from commit d051f37 on refuse `drop send` and `drop check` without a proxy unless --direct.
 DIRECT=$("$BIN" drop send --help | grep -q -- '--direct' && echo --direct || true)
 
 # Line i (from 0) of a deterministic text, cut to a size: the test writes the same.
