@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use backchannel_client::socks::ProxyAddr;
 use backchannel_client::state::{
     ChannelState, ChannelStatus, CourierLog, DeferredMls, FileStatus, Files, Inbox, IncomingFile, InviteRecord, Outbox,
-    OutboxItem, PendingJoin, RecentPayload, State, StoredMessage, UnsentMessage, STATE_VERSION,
+    OutboxItem, PendingJoin, RecentPayload, SenderTrail, State, StoredMessage, Trails, UnsentMessage, STATE_VERSION,
 };
 use backchannel_core::channel::{key_package, validate_key_package, Channel, ChannelInfo, Provider, Received, Suite};
 use backchannel_core::envelope::{
@@ -406,7 +406,7 @@ fn mls(out: &mut Out) -> (Member, Vec<u8>, Vec<u8>) {
         ..info.clone()
     };
     out.seed("message", "channel-info-v2", &timed.to_bytes());
-    let mut a = Channel::create(&alice.provider, &alice.id, &info, &alice.mailbox.address, suite).unwrap();
+    let mut a = Channel::create(&alice.provider, &alice.id, &info, &alice.mailbox.address, suite, false).unwrap();
     let kp_bob = key_package(&bob.provider, &bob.id, &bob.mailbox.address, suite).unwrap();
     let c = a
         .add(
@@ -550,6 +550,13 @@ fn mls(out: &mut Out) -> (Member, Vec<u8>, Vec<u8>) {
     out.seed("key_package", "join-request", &join);
     out.seed("key_package", "key-package", &kp);
     out.seed("message", "join-request", &join);
+    let trail = backchannel_core::message::Trail {
+        count: 7,
+        last: [9; 16],
+    };
+    out.seed("message", "trail", &trail.to_bytes());
+    let roles = backchannel_core::roles::Roles::new([1; 32], true).with_admin([2; 32], true);
+    out.seed("message", "roles", &roles.to_bytes());
     (bob, group_id, kp)
 }
 
@@ -584,6 +591,7 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
                 mailbox: MailboxKeys::generate(relay(), &mut OsRng),
                 uses_left: 1,
                 expires_at: 1_900_000_000,
+                admitted: vec![[3; 32]],
             }],
             messages: vec![StoredMessage {
                 id: "42424242424242424242424242424242".into(),
@@ -600,6 +608,19 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
             pending: None,
             disappear_after: 3600,
             expires_at: 1_900_000_000,
+            trails: Trails {
+                sent: 2,
+                sent_last: [6; 16],
+                read: BTreeMap::from([(
+                    [1; 32],
+                    SenderTrail {
+                        next: 5,
+                        last: [7; 16],
+                        missing: BTreeSet::from([3]),
+                    },
+                )]),
+                removals: vec![(4, vec!["carol".into()])],
+            },
         },
     );
     let s = State {
@@ -625,6 +646,7 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
                 channel: "deal-room".into(),
                 payload: vec![0, 1, 0, 2],
                 by_courier: true,
+                arrived_at: 1_700_000_500,
             }],
             recent: [RecentPayload {
                 digest: [5; 16],
