@@ -591,10 +591,16 @@ impl Engine {
                 Some(relay) => Some(self.create_mailbox(&relay).await?),
                 None => None,
             };
-            let staged = self.session.stage_commit(name, &op, fresh);
+            let staged = self.session.stage_commit(name, &op, fresh.clone());
             // Durable before the claim goes out.
             self.perform_local()?;
             let Some(staged) = staged? else {
+                // Nothing to commit after all (the member is gone, no proposal waits): the
+                // mailbox made for it goes with the doomed ones at the next sync.
+                if let Some(unused) = fresh {
+                    self.session.doom(unused);
+                    self.perform_local()?;
+                }
                 return Ok(());
             };
             if self.claim_and_finish(staged).await? {
