@@ -809,19 +809,9 @@ impl Channel {
         self.commit_moving_sequencer(provider, identity, leaves, sequencer)
     }
 
-    /// Stages a commit of the proposals received so far that also moves the sequencer (for
-    /// proposals that remove someone, a leave among them).
-    pub fn commit_pending_moving_sequencer(
-        &mut self,
-        provider: &Provider,
-        identity: &Identity,
-        sequencer: &MailboxAddress,
-    ) -> Result<OutgoingCommit, ChannelError> {
-        self.commit_moving_sequencer(provider, identity, Vec::new(), sequencer)
-    }
-
-    /// Stages a commit (of the proposals received so far) that moves the sequencer to
-    /// `sequencer`, a fresh mailbox on the same relay: an admin's weekly move.
+    /// Stages a commit of the proposals received so far that moves the sequencer to
+    /// `sequencer`, a fresh mailbox on the same relay: with proposals that remove someone
+    /// (a leave), any member's; without, an admin's weekly move.
     pub fn move_sequencer(
         &mut self,
         provider: &Provider,
@@ -1367,7 +1357,7 @@ mod tests {
         let (bp, bid, bch) = &mut t[1];
         // Another relay: bob's own client refuses to make it; driven past that, everyone
         // refuses it. Without a removal: only an admin may.
-        assert!(bch.commit_pending_moving_sequencer(bp, bid, &elsewhere).is_err());
+        assert!(bch.move_sequencer(bp, bid, &elsewhere).is_err());
         let mut forged = bch.info().unwrap();
         forged.sequencer = same_relay.clone();
         let exts = bch.context_with(CHANNEL_INFO_EXTENSION, forged.to_bytes()).unwrap();
@@ -1393,7 +1383,7 @@ mod tests {
         );
         // With the leave it commits: accepted, and the channel's sequencer is the new one.
         let (bp, bid, bch) = &mut t[1];
-        let out = bch.commit_pending_moving_sequencer(bp, bid, &same_relay).unwrap();
+        let out = bch.move_sequencer(bp, bid, &same_relay).unwrap();
         bch.merge_pending(bp).unwrap();
         let (ap, _, ach) = &mut t[0];
         assert!(matches!(ach.process(ap, &out.commit).unwrap(), Received::Commit { .. }));

@@ -166,7 +166,7 @@ impl Session {
                     return Ok(None);
                 }
                 let out = match &fresh {
-                    Some(seq) => group.commit_pending_moving_sequencer(&self.provider, &self.identity, &seq.address),
+                    Some(seq) => group.move_sequencer(&self.provider, &self.identity, &seq.address),
                     None => group.commit_pending(&self.provider, &self.identity),
                 }
                 .map_err(ClientError::protocol)?;
