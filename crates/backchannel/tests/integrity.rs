@@ -365,7 +365,7 @@ fn admins_remove_invite_and_close_members_leave_and_update() {
     assert!(carol
         .messages("board")
         .iter()
-        .any(|m| m["text"] == "alice made bob an admin"));
+        .any(|m| m["text"] == "alice made bob an admin" && m["event"] == "role"));
     alice.ok(&["leave", "board"]);
     bob.ok(&["sync"]);
     assert!(bob

@@ -755,16 +755,16 @@ async fn five_hundred_rejections_are_one_counted_event() {
     assert!(after < before + 2048, "the state grew from {before} to {after} bytes");
 }
 
-/// The alarms in `channel` in `m`'s history, in order: its events other than joins,
+/// The alarms in `channel` in `m`'s history, in order: its events other than joins, role changes,
 /// removals and closing.
 fn events(m: &mut Member, channel: &str) -> Vec<(crate::state::EventKind, String)> {
-    use crate::state::EventKind::{Closed, Joined, Removed};
+    use crate::state::EventKind::{Closed, Joined, Removed, Role};
     m.engine
         .read(channel, true)
         .unwrap()
         .into_iter()
         .filter_map(|v| v.message.event.map(|k| (k, v.message.text)))
-        .filter(|(k, _)| !matches!(k, Joined | Removed | Closed))
+        .filter(|(k, _)| !matches!(k, Joined | Removed | Closed | Role))
         .collect()
 }
 

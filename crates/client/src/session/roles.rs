@@ -80,14 +80,14 @@ impl Session {
                 m.name.clone()
             };
             match (before.is_admin(&m.identity_key), after.is_admin(&m.identity_key)) {
-                (false, true) => self.event(name, EventKind::Joined, format!("{by} made {whom} an admin")),
+                (false, true) => self.event(name, EventKind::Role, format!("{by} made {whom} an admin")),
                 (true, false) => {
                     let text = if m.identity_key == me {
                         format!("{by} revoked your admin role")
                     } else {
                         format!("{by} revoked {whom}'s admin role")
                     };
-                    self.event(name, EventKind::Removed, text)
+                    self.event(name, EventKind::Role, text)
                 }
                 _ => {}
             }

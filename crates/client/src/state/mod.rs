@@ -573,6 +573,8 @@ pub enum EventKind {
     Missing,
     /// The message before it was sealed before a removal: the removed member could read it.
     Exposed,
+    /// A member was made an admin, or is no longer one.
+    Role,
 }
 
 impl EventKind {
@@ -585,6 +587,7 @@ impl EventKind {
             EventKind::Closed => "closed",
             EventKind::Missing => "missing",
             EventKind::Exposed => "exposed",
+            EventKind::Role => "role",
         }
     }
 
@@ -597,6 +600,7 @@ impl EventKind {
             Self::Closed,
             Self::Missing,
             Self::Exposed,
+            Self::Role,
         ]
         .into_iter()
         .find(|k| k.word() == word)
