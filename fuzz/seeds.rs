@@ -160,6 +160,33 @@ fn frames(out: &mut Out, kp: &[u8]) {
                 next: [10; 32],
             },
         ),
+        (
+            "deposit",
+            Request::Deposit {
+                part: 1,
+                total: 3,
+                bytes: vec![11; 300],
+            },
+        ),
+        (
+            "claim-commit",
+            Request::ClaimCommit {
+                send: [8; 32],
+                epoch: 3,
+                key: [9; 32],
+                next: [10; 32],
+                digest: [12; 32],
+            },
+        ),
+        (
+            "fetch-commit",
+            Request::FetchCommit {
+                send: [8; 32],
+                epoch: 3,
+                key: [9; 32],
+                part: 2,
+            },
+        ),
     ];
     for (i, (name, req)) in requests.iter().enumerate() {
         out.seed("frame_request", name, &encode_request(i as u32 + 1, req));
@@ -184,6 +211,13 @@ fn frames(out: &mut Out, kp: &[u8]) {
         ),
         ("ok", Response::Ok),
         ("pong", Response::Pong),
+        (
+            "commit",
+            Response::Commit {
+                total: 2,
+                bytes: vec![13; 500],
+            },
+        ),
         (
             "error-epoch",
             Response::Error {

@@ -143,7 +143,13 @@ fn run(dir: &Path, input: &Input) {
                         next: claim_lock(&[token.wrapping_add(2); 32]),
                     }
                 };
-                let _ = store.claim([send; 32], epoch, proof);
+                // Some keyed claims carry a commit, which a member of the epoch then reads.
+                let commit = (token % 4 == 1).then(|| std::sync::Arc::<[u8]>::from(vec![token; 1 + usize::from(token) * 40]));
+                if store.claim([send; 32], epoch, proof, commit.clone()).is_ok() {
+                    if let (Some(c), Ok(held)) = (commit, store.held_commit([send; 32], epoch, [token; 32])) {
+                        assert_eq!(&*held, &*c, "the commit held with a grant is the one it carried");
+                    }
+                }
             }
             Op::Expire { now } => {
                 let _ = store.expire(now);

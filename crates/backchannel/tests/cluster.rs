@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use backchannel_client::{ConnectError, RelayConnection};
 use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
-use backchannel_core::frame::{ErrorCode, Request, Response};
+use backchannel_core::frame::{commit_digest, ErrorCode, Request, Response, COMMIT_PART};
 use backchannel_core::mailbox::MailboxKeys;
 use backchannel_core::pow;
 use backchannel_core::relay_address::RelayAddress;
@@ -251,6 +251,29 @@ fn without_quorum_sends_fail_clearly_and_succeed_again_when_it_returns() {
     drop(relay);
 }
 
+/// The requests that claim `epoch` at sequencer `send` with key `[key; 32]`, leaving the
+/// lock of `[next; 32]`, carrying `commit` (in parts, as a client deposits it).
+fn claim_carrying(send: [u8; 32], epoch: u64, key: u8, next: u8, commit: &[u8]) -> Vec<Request> {
+    let parts: Vec<&[u8]> = commit.chunks(COMMIT_PART).collect();
+    let mut reqs: Vec<Request> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| Request::Deposit {
+            part: i as u16,
+            total: parts.len() as u16,
+            bytes: bytes.to_vec(),
+        })
+        .collect();
+    reqs.push(Request::ClaimCommit {
+        send,
+        epoch,
+        key: [key; 32],
+        next: backchannel_core::frame::claim_lock(&[next; 32]),
+        digest: commit_digest(commit),
+    });
+    reqs
+}
+
 fn code(r: Result<Response, ConnectError>) -> Option<ErrorCode> {
     match r {
         Ok(_) => None,
@@ -370,39 +393,59 @@ fn the_relays_of_a_cluster_share_mailboxes_claims_and_limits_and_wake_each_other
         assert_eq!(code(c1.request(&send_b(8)).await), Some(ErrorCode::RelayFull));
 
         // One claim per epoch, whichever relay is asked; a retry of the winner is granted.
-        let claim = |epoch, token| Request::Claim {
-            send: b.address.send.0,
-            epoch,
-            token,
-        };
-        c1.request(&claim(0, [1; 32])).await.unwrap();
-        match c2.request(&claim(0, [2; 32])).await {
-            Err(ConnectError::Refused(ErrorCode::EpochConflict, next)) => assert_eq!(next, 1),
-            other => panic!("{other:?}"),
-        }
-        c2.request(&claim(0, [1; 32])).await.unwrap();
-        c2.request(&claim(1, [2; 32])).await.unwrap();
-        // A claim with a key locks the sequencer for the whole cluster: the next claim
-        // needs the key that opens the lock, whichever relay is asked, and a claim
-        // without a key is answered as one from an older client.
-        let keyed = |epoch, key: u8, next: u8| Request::ClaimKeyed {
-            send: b.address.send.0,
-            epoch,
-            key: [key; 32],
-            next: backchannel_core::frame::claim_lock(&[next; 32]),
-        };
-        c1.request(&keyed(2, 20, 21)).await.unwrap();
+        // A claim carries its commit; the key of the epoch must open the lock the last
+        // grant left, whichever relay is asked; a claim without a commit is refused.
+        let seq = b.address.send.0;
+        let claim = |epoch, key: u8, next: u8, commit: &[u8]| claim_carrying(seq, epoch, key, next, commit);
+        let granted = |answers: Vec<Result<Response, ConnectError>>| answers.into_iter().all(|a| a.is_ok());
+        let last = |mut answers: Vec<Result<Response, ConnectError>>| code(answers.pop().unwrap());
+        assert!(granted(c1.pipeline(&claim(0, 10, 11, b"first")).await.unwrap()));
         assert_eq!(
-            code(c2.request(&keyed(3, 20, 22)).await),
+            last(c2.pipeline(&claim(0, 10, 12, b"second")).await.unwrap()),
+            Some(ErrorCode::EpochConflict)
+        );
+        assert!(granted(c2.pipeline(&claim(0, 10, 11, b"first")).await.unwrap()));
+        assert_eq!(
+            last(c2.pipeline(&claim(1, 99, 12, b"wrong key")).await.unwrap()),
             Some(ErrorCode::NoSuchMailbox)
         );
-        // (Detail 3, the version keyed claims need: a client of version 2 says to upgrade.)
-        assert!(matches!(
-            c2.request(&claim(3, [3; 32])).await,
-            Err(ConnectError::Refused(ErrorCode::Malformed, 3))
-        ));
-        c2.request(&keyed(3, 21, 22)).await.unwrap();
-        c1.request(&keyed(3, 21, 22)).await.unwrap();
+        let bare = Request::ClaimKeyed {
+            send: seq,
+            epoch: 1,
+            key: [11; 32],
+            next: backchannel_core::frame::claim_lock(&[12; 32]),
+        };
+        assert_eq!(code(c1.request(&bare).await), Some(ErrorCode::NoDeposit));
+        assert_eq!(
+            code(
+                c1.request(&Request::Claim {
+                    send: seq,
+                    epoch: 1,
+                    token: [1; 32]
+                })
+                .await
+            ),
+            Some(ErrorCode::NoDeposit)
+        );
+        // The held commit, in two parts, through relay 1: the cluster holds it with the
+        // grant, and a member of that epoch reads it through relay 2.
+        let commit: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        assert!(granted(c1.pipeline(&claim(1, 11, 12, &commit)).await.unwrap()));
+        let fetch = |part, key| Request::FetchCommit {
+            send: seq,
+            epoch: 1,
+            key: [key; 32],
+            part,
+        };
+        let mut held = Vec::new();
+        for part in 0..2 {
+            match c2.request(&fetch(part, 11)).await {
+                Ok(Response::Commit { total: 2, bytes }) => held.extend(bytes),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(held, commit);
+        assert_eq!(code(c2.request(&fetch(0, 10)).await), Some(ErrorCode::NoSuchMailbox));
 
         // Deleted through relay 1: relay 2 refuses sends to it (its cache is told).
         c1.request(&Request::Delete { mailbox: a.id() }).await.unwrap();
@@ -550,11 +593,7 @@ fn a_relay_losing_quorum_mid_sends_logs_no_id_subject_or_address() {
             // Every other kind of request during the outage, too.
             let _ = conn.request(&Request::Fetch { max: 15, wait_ms: 0 }).await;
             let _ = conn
-                .request(&Request::Claim {
-                    send: keys.address.send.0,
-                    epoch: u64::from(round),
-                    token: [round as u8; 32],
-                })
+                .pipeline(&claim_carrying(keys.address.send.0, u64::from(round), 1, 2, b"commit"))
                 .await;
         }
         (stored, refused)

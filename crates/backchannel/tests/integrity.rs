@@ -5,7 +5,7 @@
 
 mod common;
 use backchannel_client::{ConnectError, RelayConnection};
-use backchannel_core::frame::{claim_lock, ErrorCode, Request, KEYED_CLAIMS_VERSION};
+use backchannel_core::frame::{claim_lock, commit_digest, ErrorCode, Request};
 use backchannel_core::relay_address::RelayAddress;
 use common::*;
 use rand_core::{OsRng, RngCore};
@@ -68,20 +68,22 @@ fn a_removed_members_old_device_cannot_freeze_the_channel_with_a_claim() {
                 token: random(),
             })
             .await;
-        let refused = matches!(&token, Err(e) if e.is(ErrorCode::Malformed) || e.is(ErrorCode::NoSuchMailbox));
-        assert!(refused, "{token:?}");
+        // (A claim without a commit is refused whatever it shows.)
+        assert!(matches!(&token, Err(e) if e.is(ErrorCode::NoDeposit)), "{token:?}");
         // With the old epoch's key, or any other, for the current and later epochs.
         for (epoch, key) in [(now.epoch, old.key), (now.epoch, random()), (now.epoch + 1, old.key)] {
-            let r = c
-                .request(&Request::ClaimKeyed {
-                    send: old.send,
-                    epoch,
-                    key,
-                    next: claim_lock(&random()),
-                })
-                .await;
+            let r = claim_with_garbage(&mut c, old.send, epoch, key).await;
             let refused = matches!(&r, Err(e) if e.is(ErrorCode::NoSuchMailbox) || e.is(ErrorCode::EpochConflict));
             assert!(refused, "epoch {epoch}: {r:?}");
+        }
+        // The new sequencer is named in the removal commit, which the copy can read (it
+        // was sent to carol too, and the copy holds that epoch's keys). Alice locked it
+        // to the new epoch's members before she sent that commit: a sequencer never
+        // claimed would have taken the copy's claim as its first.
+        for (epoch, key) in [(now.epoch, random()), (old.epoch, old.key), (now.epoch + 3, random())] {
+            let r = claim_with_garbage(&mut c, now.send, epoch, key).await;
+            let refused = matches!(&r, Err(e) if e.is(ErrorCode::NoSuchMailbox) || e.is(ErrorCode::EpochConflict));
+            assert!(refused, "new sequencer, epoch {epoch}: {r:?}");
         }
     });
     // The copy's own client, run as its owner would, changes nothing either.
@@ -105,10 +107,8 @@ fn a_removed_members_old_device_cannot_freeze_the_channel_with_a_claim() {
     assert_eq!(later.epoch, now.epoch + 4);
     assert_eq!(later.send, now.send);
 
-    // A claim as the previous protocol made it (a token, no key) at the new sequencer,
-    // which the members' commits have locked: refused with the version that keyed claims
-    // need as the detail (a client of version 2 reads it as "upgrade this device"; it is
-    // refused at the hello now anyway).
+    // A claim as the protocol before keyed claims made it (a token, no key, no commit) at
+    // the new sequencer: refused, as any claim without its commit.
     rt().block_on(async {
         let mut c = RelayConnection::connect(&later.relay).await.unwrap();
         let r = c
@@ -118,20 +118,45 @@ fn a_removed_members_old_device_cannot_freeze_the_channel_with_a_claim() {
                 token: random(),
             })
             .await;
-        assert!(
-            matches!(
-                r,
-                Err(ConnectError::Refused(ErrorCode::Malformed, KEYED_CLAIMS_VERSION))
-            ),
-            "{r:?}"
-        );
+        assert!(matches!(&r, Err(e) if e.is(ErrorCode::NoDeposit)), "{r:?}");
     });
 }
 
+/// Claims `epoch` at the sequencer `send` with `key`, carrying a commit of random bytes,
+/// as a hostile client would: the claim's own answer.
+async fn claim_with_garbage(
+    c: &mut RelayConnection,
+    send: [u8; 32],
+    epoch: u64,
+    key: [u8; 32],
+) -> Result<(), ConnectError> {
+    let garbage = random().to_vec();
+    let mut answers = c
+        .pipeline(&[
+            Request::Deposit {
+                part: 0,
+                total: 1,
+                bytes: garbage.clone(),
+            },
+            Request::ClaimCommit {
+                send,
+                epoch,
+                key,
+                next: claim_lock(&random()),
+                digest: commit_digest(&garbage),
+            },
+        ])
+        .await?;
+    let claim = answers.pop().expect("two answers");
+    answers.pop().expect("two answers")?;
+    claim.map(|_| ())
+}
+
 /// Finding 1, second half: a channel whose commits cannot go through (here a member who
-/// is still in it holds the next epoch with a claim and never commits, which claim keys
-/// do not prevent) used to stop the whole sync, so that the victim could not send in any
-/// channel. Now only that channel waits, with a warning; the others work.
+/// is still in it wins the next epoch with a commit that nobody can read, which claim keys
+/// cannot prevent: the relay holds no secret of the channel) used to stop the whole sync,
+/// so that the victim could not send in any channel. Now only that channel waits, with a
+/// warning that says why; the others work. And a claim without its commit is refused.
 #[test]
 fn a_frozen_channel_does_not_stop_the_others() {
     let root = tempfile::tempdir().unwrap();
@@ -139,26 +164,29 @@ fn a_frozen_channel_does_not_stop_the_others() {
     let [alice, bob, mallory] = people(root.path(), &relay, ["alice", "bob", "mallory"]);
     channel_with(&alice, &[&bob, &mallory], "frozen");
     channel_with(&alice, &[&bob], "other");
-    // Mallory holds the next epoch of "frozen" and never sends its commit.
     let seq = sequencer(&mallory, "frozen");
     rt().block_on(async {
         let mut c = RelayConnection::connect(&seq.relay).await.unwrap();
-        c.request(&Request::ClaimKeyed {
-            send: seq.send,
-            epoch: seq.epoch,
-            key: seq.key,
-            next: claim_lock(&random()),
-        })
-        .await
-        .unwrap();
+        // A claim without a commit is worth nothing: refused.
+        let bare = c
+            .request(&Request::ClaimKeyed {
+                send: seq.send,
+                epoch: seq.epoch,
+                key: seq.key,
+                next: claim_lock(&random()),
+            })
+            .await;
+        assert!(matches!(&bare, Err(e) if e.is(ErrorCode::NoDeposit)), "{bare:?}");
+        // Mallory wins the next epoch of "frozen" with garbage for a commit.
+        claim_with_garbage(&mut c, seq.send, seq.epoch, seq.key).await.unwrap();
     });
     // Bob leaves: alice has a proposal to commit in "frozen", which cannot be.
     bob.ok(&["leave", "frozen"]);
     let r = alice.run(&["send", "other", "the other channel works"]);
     assert!(r.ok, "{}", r.stderr);
     assert!(
-        r.stderr.contains("warning:"),
-        "the frozen channel is reported: {}",
+        r.stderr.contains("warning:") && r.stderr.contains("can no longer change"),
+        "the frozen channel is reported, with why: {}",
         r.stderr
     );
     assert_eq!(

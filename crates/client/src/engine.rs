@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backchannel_core::channel::{Channel, ChannelInfo, Suite};
-use backchannel_core::frame::{ErrorCode, Request, Response, MAX_FETCH};
+use backchannel_core::frame::{ErrorCode, Request, Response, KEPT_COMMITS, MAX_FETCH};
 use backchannel_core::identity::{validate_name, Fingerprint, Identity};
 use backchannel_core::mailbox::{MailboxId, MailboxKeys};
 use backchannel_core::relay_address::RelayAddress;
@@ -432,6 +432,7 @@ impl Engine {
                 SyncStep::Fetch => {
                     before = self.session.history_len();
                     self.fetch_all(wait).await?;
+                    self.catch_up_behind().await?;
                     self.tick();
                 }
                 SyncStep::Lifetimes => {
@@ -606,17 +607,98 @@ impl Engine {
             if self.claim_and_finish(staged).await? {
                 return Ok(());
             }
-            // Lost the epoch: wait for the winner's commit and try again.
-            self.fetch_all(Duration::from_millis(500)).await?;
+            // Lost the epoch: read the winner's commit at the sequencer (or, from a
+            // sequencer that holds none, wait for it in the mailbox) and try again.
+            match self.catch_up(name).await? {
+                CatchUp::Moved => {}
+                CatchUp::NotHeld => self.fetch_all(Duration::from_millis(500)).await?,
+                CatchUp::Refused => return Err(ClientError::RefusedWinner(name.to_string())),
+            }
         }
         Err(ClientError::Contended(name.to_string()))
+    }
+
+    /// Reads the commit that won channel `name`'s current epoch from its sequencer, in
+    /// parts, and merges it (through every check a commit from the mailbox passes).
+    async fn catch_up(&mut self, name: &str) -> Result<CatchUp, ClientError> {
+        // Returns whether the channel moved on, the sequencer held nothing to read, or this
+        // device refused what it held.
+        let Some((relay, first)) = self.session.held_commit_request(name) else {
+            return Ok(CatchUp::NotHeld);
+        };
+        let Request::FetchCommit { send, epoch, key, .. } = first else {
+            return Ok(CatchUp::NotHeld);
+        };
+        let before = self.session.epoch(name);
+        let mut commit = Vec::new();
+        let mut total = 1u16;
+        let mut part = 0u16;
+        while part < total {
+            let req = Request::FetchCommit { send, epoch, key, part };
+            match self.request(&relay, &req).await {
+                Ok(Response::Commit { total: t, bytes }) if part == 0 || t == total => {
+                    total = t;
+                    commit.extend_from_slice(&bytes);
+                }
+                Ok(_) => return Err(ConnectError::broken(relay.authority(), Breakage::Unexpected).into()),
+                Err(e) if e.is(ErrorCode::EpochConflict) || e.is(ErrorCode::NoSuchMailbox) => {
+                    return Ok(CatchUp::NotHeld)
+                }
+                Err(e) => return Err(e.into()),
+            }
+            part += 1;
+        }
+        self.tick();
+        let refused = self.session.read_held_commit(name, &commit);
+        self.perform().await?;
+        Ok(if refused {
+            CatchUp::Refused
+        } else if self.session.epoch(name) != before {
+            CatchUp::Moved
+        } else {
+            CatchUp::NotHeld
+        })
+    }
+
+    /// For each channel a later message showed to be behind: reads the commit it missed
+    /// at the sequencer (a relay that withheld it from the mailbox, or a committer whose
+    /// device died before sending it), then the messages that waited for it.
+    async fn catch_up_behind(&mut self) -> Result<(), ClientError> {
+        // One epoch at a time, as far back as the sequencer keeps commits.
+        for _ in 0..KEPT_COMMITS {
+            let behind = self.session.behind_channels();
+            if behind.is_empty() {
+                break;
+            }
+            let mut moved = false;
+            for name in behind {
+                let r = self.catch_up(&name).await;
+                moved |= matches!(r, Ok(CatchUp::Moved));
+                self.isolate(&name, r.map(|_| ()))?;
+            }
+            if self.session.retry_deferred() {
+                self.save()?;
+            }
+            if !moved {
+                break;
+            }
+        }
+        self.perform().await
     }
 
     /// Claims the staged commit's epoch; on success merges and sends it.
     /// Returns false if another member won the epoch (the staged commit is dropped).
     async fn claim_and_finish(&mut self, staged: Staged) -> Result<bool, ClientError> {
         let claim = staged.claim().clone();
-        let answer = match self.request(&claim.relay, &claim.request).await {
+        let mut answers = self.pipeline(&claim.relay, &claim.requests).await?;
+        let last = answers
+            .pop()
+            .unwrap_or_else(|| Err(ConnectError::broken(claim.relay.authority(), Breakage::Unexpected)));
+        // The parts, and the lock of a new sequencer: any refusal there fails the claim.
+        if let Some(Err(e)) = answers.into_iter().find(Result::is_err) {
+            return Err(e.into());
+        }
+        let answer = match last {
             Ok(_) => ClaimAnswer::Granted,
             Err(e) if e.is(ErrorCode::EpochConflict) => ClaimAnswer::Conflict,
             // The claim key did not open the sequencer's lock.
@@ -1005,4 +1087,16 @@ impl Engine {
         self.perform().await?;
         r
     }
+}
+
+/// What reading a channel's held commit came to ([`Engine::catch_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CatchUp {
+    /// The channel moved on to the next epoch.
+    Moved,
+    /// The sequencer holds no commit of this epoch (none won it yet, or a client of an
+    /// earlier release won it without one): the mailbox brings it, if anything does.
+    NotHeld,
+    /// This device refused the commit that won the epoch.
+    Refused,
 }

@@ -141,6 +141,15 @@ pub enum ClientError {
     /// Another member kept committing first.
     #[error("other members kept changing \"{0}\" at the same moment; try again")]
     Contended(String),
+    /// The commit that won the channel's epoch, held at its sequencer, is one this device
+    /// refuses (a member's garbage, or a change against the channel's rules): the channel's
+    /// membership and keys can no longer change (docs/protocol.md, "Claims").
+    #[error(
+        "\"{0}\" can no longer change: the change that won its current state at the relay is one \
+         this device refuses (see `backchannel read {0}`); messages still go, but members cannot \
+         be added or removed; make a new channel and move there"
+    )]
+    RefusedWinner(String),
     /// An MLS or format error, with its cause.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),

@@ -941,6 +941,16 @@ impl Channel {
         Ok(Some(ClaimKeys { key, next }))
     }
 
+    /// The sequencer the staged commit names, when it moves the channel's sequencer (to
+    /// a fresh mailbox the committer made): the committer locks that one for the next
+    /// epoch before anyone else can learn it. `None` without a staged commit or a move.
+    pub fn staged_sequencer(&self) -> Option<MailboxAddress> {
+        let staged = self.group.pending_commit()?;
+        let ext = staged.group_context().extensions().unknown(CHANNEL_INFO_EXTENSION)?;
+        let next = ChannelInfo::from_bytes(&ext.0).ok()?.sequencer;
+        (Some(&next) != self.info().ok().as_ref().map(|i| &i.sequencer)).then_some(next)
+    }
+
     /// Applies the staged commit after it won its epoch.
     pub fn merge_pending(&mut self, provider: &Provider) -> Result<(), ChannelError> {
         self.group.merge_pending_commit(provider).map_err(mls)

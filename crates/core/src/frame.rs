@@ -32,7 +32,11 @@ use crate::pow::MAX_POW_BITS;
 /// Version 3: a sequencer never claimed takes a keyed claim of any epoch as its first
 /// (a channel's sequencer moves at removals), which a relay of version 2 refuses; so a
 /// client of version 3 must not talk to one.
-pub const PROTOCOL_VERSION: u8 = 3;
+///
+/// Version 4: a claim carries its commit ([`Request::Deposit`], [`Request::ClaimCommit`]),
+/// which the sequencer holds for the members who lost the epoch or missed the commit
+/// ([`Request::FetchCommit`]).
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// The tag of [`Response::Hello`], frozen in every version.
 const HELLO_TAG: u8 = 0x81;
@@ -55,6 +59,31 @@ pub const FRAME_SIZE: usize = 4160;
 
 /// Most envelopes the relay returns for one fetch.
 pub const MAX_FETCH: u16 = 15;
+
+/// Bytes of a commit in one [`Request::Deposit`] or [`Response::Commit`] frame.
+pub const COMMIT_PART: usize = 4096;
+
+/// Most parts of one deposited commit: a commit of at most 512 KiB.
+pub const MAX_COMMIT_PARTS: u16 = 128;
+
+/// How long a deposit may take, from its first part to the claim that names it
+/// (docs/protocol.md, "Claims"): a deposit not claimed by then lapses, and a claim
+/// without its whole deposit is refused, so no claim is ever granted without its commit.
+pub const DEPOSIT_LAPSE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How many of a sequencer's latest epochs keep their winning commits for
+/// [`Request::FetchCommit`] (docs/protocol.md, "Claims").
+pub const KEPT_COMMITS: u64 = 16;
+
+/// The digest a [`Request::ClaimCommit`] names: SHA-256 of the deposited commit.
+pub fn commit_digest(commit: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::new()
+        .chain_update(b"backchannel/v1/commit")
+        .chain_update(commit)
+        .finalize()
+        .into()
+}
 
 /// Flag on an envelope frame: it carries a delivery.
 const HAS_DELIVERY: u8 = 0x01;
@@ -143,6 +172,44 @@ pub enum Request {
         /// The lock of `epoch + 1`: [`claim_lock`] of that epoch's claim key.
         next: [u8; 32],
     },
+    /// One part of a commit about to be claimed, kept by the relay for this connection
+    /// only: part 0 starts a new deposit, the others follow in order.
+    Deposit {
+        /// This part's index.
+        part: u16,
+        /// How many parts the commit has (1 to [`MAX_COMMIT_PARTS`]).
+        total: u16,
+        /// At most [`COMMIT_PART`] bytes.
+        bytes: Vec<u8>,
+    },
+    /// A [`Request::ClaimKeyed`] that carries its commit: granted only when this
+    /// connection's deposit is whole and its [`commit_digest`] is `digest`; the
+    /// sequencer then holds the commit with the grant, for [`Request::FetchCommit`].
+    ClaimCommit {
+        /// The sequencer mailbox's send capability.
+        send: [u8; 32],
+        /// The epoch being claimed.
+        epoch: u64,
+        /// The claim key of `epoch`.
+        key: [u8; 32],
+        /// The lock of `epoch + 1`.
+        next: [u8; 32],
+        /// The deposited commit's digest.
+        digest: [u8; 32],
+    },
+    /// One part of the commit that won `epoch` at a sequencer, for a member of that
+    /// epoch (who shows its claim key): answered [`Response::Commit`]; `EpochConflict`
+    /// (detail: the next epoch) when the sequencer holds no commit of `epoch`.
+    FetchCommit {
+        /// The sequencer mailbox's send capability.
+        send: [u8; 32],
+        /// The epoch whose winning commit is asked for.
+        epoch: u64,
+        /// The claim key of `epoch`.
+        key: [u8; 32],
+        /// Which part.
+        part: u16,
+    },
 }
 
 /// The lock that a claim key opens: what the relay keeps of the next epoch's claim key.
@@ -211,6 +278,10 @@ pub enum ErrorCode {
         "the drop box refused the letter: its proof of work is missing or wrong (the sender's backchannel must compute it; upgrade it)"
     )]
     WorkRequired,
+    /// A [`Request::ClaimCommit`] without this connection's whole deposit of that commit
+    /// (never sent, incomplete, lapsed, or another one).
+    #[error("the relay does not have the whole change that the claim names; it will be sent again")]
+    NoDeposit,
 }
 
 impl ErrorCode {
@@ -230,6 +301,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => 12,
             ErrorCode::RelayFull => 13,
             ErrorCode::WorkRequired => 14,
+            ErrorCode::NoDeposit => 15,
         }
     }
 
@@ -249,6 +321,7 @@ impl ErrorCode {
             12 => ErrorCode::RateLimited,
             13 => ErrorCode::RelayFull,
             14 => ErrorCode::WorkRequired,
+            15 => ErrorCode::NoDeposit,
             _ => return Err(DecodeError::Invalid("error code")),
         })
     }
@@ -301,6 +374,13 @@ pub enum Response {
     },
     /// Answer to [`Request::Ping`].
     Pong,
+    /// One part of a held commit ([`Request::FetchCommit`]).
+    Commit {
+        /// How many parts the commit has.
+        total: u16,
+        /// This part: at most [`COMMIT_PART`] bytes.
+        bytes: Vec<u8>,
+    },
 }
 
 /// A frame could not be decoded.
@@ -380,6 +460,25 @@ pub fn encode_request(id: u32, req: &Request) -> Vec<u8> {
         Request::ClaimKeyed { send, epoch, key, next } => {
             w.u8(0x09).u32(id).put(send).u64(*epoch).put(key).put(next);
         }
+        Request::Deposit { part, total, bytes } => {
+            w.u8(0x0a)
+                .u32(id)
+                .u16(*part)
+                .u16(*total)
+                .bytes16(&bytes[..bytes.len().min(COMMIT_PART)]);
+        }
+        Request::ClaimCommit {
+            send,
+            epoch,
+            key,
+            next,
+            digest,
+        } => {
+            w.u8(0x0b).u32(id).put(send).u64(*epoch).put(key).put(next).put(digest);
+        }
+        Request::FetchCommit { send, epoch, key, part } => {
+            w.u8(0x0c).u32(id).put(send).u64(*epoch).put(key).u16(*part);
+        }
     }
     padded(w)
 }
@@ -430,6 +529,35 @@ pub fn decode_request(frame: &[u8]) -> Result<(u32, Request), FrameError> {
                 epoch: r.u64()?,
                 key: r.array()?,
                 next: r.array()?,
+            },
+            0x0a => {
+                let part = r.u16()?;
+                let total = r.u16()?;
+                let bytes = r.bytes16()?;
+                if total == 0 || total > MAX_COMMIT_PARTS || part >= total {
+                    return Err(DecodeError::Invalid("commit part"));
+                }
+                if bytes.is_empty() || bytes.len() > COMMIT_PART {
+                    return Err(DecodeError::Invalid("commit part size"));
+                }
+                Request::Deposit {
+                    part,
+                    total,
+                    bytes: bytes.to_vec(),
+                }
+            }
+            0x0b => Request::ClaimCommit {
+                send: r.array()?,
+                epoch: r.u64()?,
+                key: r.array()?,
+                next: r.array()?,
+                digest: r.array()?,
+            },
+            0x0c => Request::FetchCommit {
+                send: r.array()?,
+                epoch: r.u64()?,
+                key: r.array()?,
+                part: r.u16()?,
             },
             _ => return Err(DecodeError::Invalid("request tag")),
         };
@@ -482,6 +610,12 @@ pub fn encode_response(id: u32, resp: &Response) -> Vec<Vec<u8>> {
         }
         Response::Pong => {
             w.u8(0x85).u32(id);
+        }
+        Response::Commit { total, bytes } => {
+            w.u8(0x86)
+                .u32(id)
+                .u16(*total)
+                .bytes16(&bytes[..bytes.len().min(COMMIT_PART)]);
         }
     }
     vec![padded(w)]
@@ -536,6 +670,17 @@ pub fn decode_response(frame: &[u8]) -> Result<ResponseFrame, FrameError> {
                 detail: r.u64()?,
             },
             0x85 => Response::Pong,
+            0x86 => {
+                let total = r.u16()?;
+                let bytes = r.bytes16()?;
+                if total == 0 || total > MAX_COMMIT_PARTS || bytes.is_empty() || bytes.len() > COMMIT_PART {
+                    return Err(DecodeError::Invalid("commit part"));
+                }
+                Response::Commit {
+                    total,
+                    bytes: bytes.to_vec(),
+                }
+            }
             _ => return Err(DecodeError::Invalid("response tag")),
         };
         Ok(ResponseFrame { id, response, more })
@@ -625,6 +770,32 @@ mod tests {
             Just(Request::Ping),
             (any::<[u8; 32]>(), any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>())
                 .prop_map(|(send, epoch, key, next)| Request::ClaimKeyed { send, epoch, key, next }),
+            (
+                1..=MAX_COMMIT_PARTS,
+                any::<u16>(),
+                proptest::collection::vec(any::<u8>(), 1..=COMMIT_PART)
+            )
+                .prop_map(|(total, part, bytes)| Request::Deposit {
+                    part: part % total,
+                    total,
+                    bytes,
+                }),
+            (
+                any::<[u8; 32]>(),
+                any::<u64>(),
+                any::<[u8; 32]>(),
+                any::<[u8; 32]>(),
+                any::<[u8; 32]>()
+            )
+                .prop_map(|(send, epoch, key, next, digest)| Request::ClaimCommit {
+                    send,
+                    epoch,
+                    key,
+                    next,
+                    digest,
+                }),
+            (any::<[u8; 32]>(), any::<u64>(), any::<[u8; 32]>(), any::<u16>())
+                .prop_map(|(send, epoch, key, part)| Request::FetchCommit { send, epoch, key, part }),
         ]
     }
 
@@ -648,7 +819,12 @@ mod tests {
                         .collect(),
                 )
             }),
-            (1u16..=14, any::<u64>()).prop_map(|(c, detail)| Response::Error {
+            (
+                1..=MAX_COMMIT_PARTS,
+                proptest::collection::vec(any::<u8>(), 1..=COMMIT_PART)
+            )
+                .prop_map(|(total, bytes)| Response::Commit { total, bytes }),
+            (1u16..=15, any::<u64>()).prop_map(|(c, detail)| Response::Error {
                 code: ErrorCode::from_u16(c).unwrap_or(ErrorCode::Malformed),
                 detail
             }),

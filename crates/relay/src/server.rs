@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::deposit::{commit_part, DepositBudget, DepositSlot};
 use crate::proofs::SpentProofs;
 use crate::store::{Backend, ClaimProof, MailboxStore, ProvenWork, StoreError};
 use crate::{now_secs, Limits};
@@ -112,6 +113,8 @@ pub(crate) struct Shared {
     concurrent: Arc<Semaphore>,
     /// Proofs of work already used for a drop box.
     spent: Arc<SpentProofs>,
+    /// Bytes of commits deposited on connections, relay-wide.
+    deposits: DepositBudget,
     tls: TlsAcceptor,
     /// The protocol version announced in the hello ([`PROTOCOL_VERSION`] but in tests
     /// that play a relay of another version).
@@ -142,6 +145,7 @@ impl Shared {
             refusals: Arc::new(Semaphore::new(MAX_PENDING_REFUSALS)),
             concurrent: Arc::new(Semaphore::new(CONCURRENT_BUDGET)),
             spent: Arc::new(SpentProofs::default()),
+            deposits: DepositBudget::default(),
             limits,
             notify,
             metrics,
@@ -482,6 +486,7 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared) -> Ended {
         },
         opened: HashSet::new(),
         touched: 0,
+        deposit: DepositSlot::default(),
     };
     let hello = Response::Hello {
         version: shared.protocol_version,
@@ -678,6 +683,8 @@ struct Connection {
     opened: HashSet<MailboxId>,
     /// Mailboxes created or opened on this connection.
     touched: usize,
+    /// The commit being deposited for this connection's next claim.
+    deposit: DepositSlot,
 }
 
 /// Logs a failure of the store: what the relay was doing and the failure's own
@@ -736,12 +743,16 @@ async fn serve_stateless(shared: &Shared, req: Request) -> Response {
                 }
             }
         }
-        ref req @ (Request::Claim { .. } | Request::ClaimKeyed { .. }) => match ClaimProof::of(req) {
-            Some((send, epoch, proof)) => match store.claim(send, epoch, proof).await {
-                Ok(()) => Response::Ok,
-                Err(e) => store_error("claiming an epoch", e),
+        // A claim without its commit is worth nothing since protocol 4 (docs/protocol.md,
+        // "Claims"): only `ClaimCommit` claims. (Clients that sent these are refused at the
+        // hello.)
+        Request::Claim { .. } | Request::ClaimKeyed { .. } => Connection::err(ErrorCode::NoDeposit),
+        Request::FetchCommit { send, epoch, key, part } => match store.held_commit(send, epoch, key).await {
+            Ok(commit) => match commit_part(&commit, part) {
+                Some((total, bytes)) => Response::Commit { total, bytes },
+                None => Connection::err(ErrorCode::Malformed),
             },
-            None => Connection::err(ErrorCode::Malformed),
+            Err(e) => store_error("reading a held commit", e),
         },
         Request::Ack { mailbox, seq } => match store.ack(mailbox, seq).await {
             Ok(()) => {
@@ -781,8 +792,31 @@ impl Connection {
                     Err(e) => store_error("creating a mailbox", e),
                 }
             }
-            req @ (Request::Send { .. } | Request::Claim { .. } | Request::ClaimKeyed { .. }) => {
-                serve_stateless(shared, req).await
+            req @ (Request::Send { .. }
+            | Request::Claim { .. }
+            | Request::ClaimKeyed { .. }
+            | Request::FetchCommit { .. }) => serve_stateless(shared, req).await,
+            Request::Deposit { part, total, bytes } => {
+                match self
+                    .deposit
+                    .push(&shared.deposits, part, total, &bytes, std::time::Instant::now())
+                {
+                    Ok(()) => Response::Ok,
+                    Err(code) => Self::err(code),
+                }
+            }
+            ref req @ Request::ClaimCommit { digest, .. } => {
+                let commit = match self.deposit.take(&digest, std::time::Instant::now()) {
+                    Ok(c) => c,
+                    Err(code) => return Self::err(code),
+                };
+                match ClaimProof::of(req) {
+                    Some((send, epoch, proof)) => match store.claim(send, epoch, proof, Some(commit)).await {
+                        Ok(()) => Response::Ok,
+                        Err(e) => store_error("claiming an epoch", e),
+                    },
+                    None => Self::err(ErrorCode::Malformed),
+                }
             }
             Request::Open { mailbox, proof } => {
                 if self.opened.contains(&mailbox) {
@@ -840,7 +874,9 @@ impl Connection {
     fn concurrent(&self, req: &Request) -> bool {
         match req {
             Request::Ack { mailbox, .. } => self.opened.contains(mailbox),
-            Request::Send { .. } | Request::Claim { .. } | Request::ClaimKeyed { .. } => true,
+            Request::Send { .. } | Request::Claim { .. } | Request::ClaimKeyed { .. } | Request::FetchCommit { .. } => {
+                true
+            }
             _ => false,
         }
     }
@@ -959,6 +995,7 @@ mod tests {
             nonce: [0; 32],
             opened: HashSet::new(),
             touched: 0,
+            deposit: DepositSlot::default(),
         };
         // Every request goes through its wire form, as the relay receives it.
         let wire = |req: Request| decode_request(&encode_request(1, &req)).unwrap().1;

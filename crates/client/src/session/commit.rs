@@ -4,11 +4,15 @@
 //! lost, it is discarded and tried again on top of the winner's. A staged commit
 //! survives a crash between the claim and the fan-out: the next sync claims again
 //! with the same keys, which the relay grants again. A claim shows the current epoch's
-//! claim key and leaves the lock of the next (docs/protocol.md, "Claims").
+//! claim key and leaves the lock of the next, and carries the commit, which the
+//! sequencer holds with the grant: a member who lost the epoch, or whose copy of the
+//! commit is missing, reads it there (docs/protocol.md, "Claims"). A commit that moves
+//! the sequencer claims the new one first, so that it is locked before anyone but the
+//! committer knows it.
 
-use backchannel_core::channel::{Channel, ValidKeyPackage};
+use backchannel_core::channel::{Channel, ClaimKeys, ValidKeyPackage};
 use backchannel_core::envelope::PayloadKind;
-use backchannel_core::frame::Request;
+use backchannel_core::frame::{commit_digest, Request, COMMIT_PART, MAX_COMMIT_PARTS};
 use backchannel_core::identity::Fingerprint;
 use backchannel_core::mailbox::MailboxKeys;
 use backchannel_core::relay_address::RelayAddress;
@@ -41,13 +45,42 @@ pub enum CommitOp {
     MoveSequencer,
 }
 
-/// A staged commit's claim: the request, and the relay of the sequencer it goes to.
+/// A staged commit's claim: the requests, and the relay of the sequencer they go to.
 #[derive(Debug, Clone)]
 pub struct Claim {
     /// The sequencer's relay.
     pub relay: RelayAddress,
-    /// The claim request.
-    pub request: Request,
+    /// In order: for a commit that moves the sequencer, the deposit and claim that lock
+    /// the new one; then the commit's parts and the claim at the channel's sequencer,
+    /// whose answer is the claim's.
+    pub requests: Vec<Request>,
+}
+
+/// The largest commit a sequencer holds, and so the largest this client makes.
+const MAX_COMMIT: usize = COMMIT_PART * MAX_COMMIT_PARTS as usize;
+
+/// The requests that deposit `commit` at the sequencer whose send capability is `send`
+/// and claim `epoch` with it ([`Session::stage_commit`] makes no larger commit than
+/// [`MAX_COMMIT`]).
+fn claim_carrying(send: [u8; 32], epoch: u64, keys: &ClaimKeys, commit: &[u8]) -> Vec<Request> {
+    let parts: Vec<&[u8]> = commit.chunks(COMMIT_PART).collect();
+    let total = u16::try_from(parts.len()).unwrap_or(u16::MAX);
+    let mut requests: Vec<Request> = (0..total)
+        .zip(parts)
+        .map(|(part, bytes)| Request::Deposit {
+            part,
+            total,
+            bytes: bytes.to_vec(),
+        })
+        .collect();
+    requests.push(Request::ClaimCommit {
+        send,
+        epoch,
+        key: keys.key,
+        next: keys.next,
+        digest: commit_digest(commit),
+    });
+    requests
 }
 
 /// A commit staged and saved, whose claim is still to be sent. Only
@@ -201,6 +234,15 @@ impl Session {
                 (out, Vec::new())
             }
         };
+        if out.commit.len() > MAX_COMMIT {
+            let _ = group.discard_pending(&self.provider);
+            return Err(ClientError::Usage(format!(
+                "this change is too large for one commit ({} KiB; the relay holds at most {} KiB): \
+                 add fewer members at once",
+                out.commit.len() / 1024,
+                MAX_COMMIT / 1024
+            )));
+        }
         let pending = PendingCommit {
             new_mailbox,
             epoch: out.epoch,
@@ -226,21 +268,23 @@ impl Session {
         let seq = group.info().map_err(ClientError::protocol)?.sequencer;
         // The epoch's claim key proves membership of it, so a removed member's old
         // device cannot hold the channel's next epoch (docs/protocol.md, "Claims").
-        let request = match group.claim_keys(&self.provider).map_err(ClientError::protocol)? {
-            Some(keys) => Request::ClaimKeyed {
-                send: seq.send.0,
-                epoch: pending.epoch,
-                key: keys.key,
-                next: keys.next,
-            },
+        let Some(keys) = group.claim_keys(&self.provider).map_err(ClientError::protocol)? else {
             // No staged commit in the group: nothing it could claim a lock for.
-            None => return Ok(None),
+            return Ok(None);
         };
+        let mut requests = Vec::new();
+        // A new sequencer (on the same relay: the channel's rules refuse another) is
+        // locked to the next epoch's members first: the removed member reads the commit
+        // that names it, and a sequencer never claimed takes the first keyed claim.
+        if let Some(next) = group.staged_sequencer().filter(|n| n.relay == seq.relay) {
+            requests.extend(claim_carrying(next.send.0, pending.epoch, &keys, &pending.commit));
+        }
+        requests.extend(claim_carrying(seq.send.0, pending.epoch, &keys, &pending.commit));
         Ok(Some(Staged {
             channel: name.to_string(),
             claim: Claim {
                 relay: seq.relay.clone(),
-                request,
+                requests,
             },
         }))
     }
@@ -328,6 +372,34 @@ impl Session {
                 Ok(CommitOutcome::Lost(pending.new_mailbox))
             }
         }
+    }
+
+    /// Where to read the commit that won the current epoch of channel `name` (after a
+    /// lost claim, or when the channel is behind): the sequencer's relay, and the fetch
+    /// of part 0 (the others follow with [`Request::FetchCommit`]'s `part`).
+    pub fn held_commit_request(&self, name: &str) -> Option<(RelayAddress, Request)> {
+        let group = self.load_group(name).ok()?;
+        let seq = group.info().ok()?.sequencer;
+        let key = group.claim_key(&self.provider).ok()?;
+        Some((
+            seq.relay,
+            Request::FetchCommit {
+                send: seq.send.0,
+                epoch: group.epoch(),
+                key,
+                part: 0,
+            },
+        ))
+    }
+
+    /// Reads a commit fetched from channel `name`'s sequencer as if it had come in the
+    /// mailbox (through MLS and every check); its copy in the mailbox, when it comes, is
+    /// then skipped without a word.
+    /// Returns whether this device refused it.
+    pub fn read_held_commit(&mut self, name: &str, commit: &[u8]) -> bool {
+        let refused = self.read_fetched(name, commit);
+        self.save();
+        refused
     }
 
     /// A mailbox made for a commit that lost could not be deleted now: a later sync does.

@@ -36,6 +36,8 @@ pub enum Via {
     Relay,
     /// Imported from a courier bundle.
     Courier,
+    /// Read from the channel's sequencer, which holds the commit that won an epoch.
+    Sequencer,
 }
 
 /// Why an MLS message was not taken.
@@ -105,6 +107,21 @@ impl Session {
         }
     }
 
+    /// Reads a commit fetched from the channel's sequencer ([`Via::Sequencer`]).
+    /// Returns whether it was refused.
+    pub(crate) fn read_fetched(&mut self, name: &str, commit: &[u8]) -> bool {
+        match self.read_channel_payload(name, commit, Via::Sequencer) {
+            Ok(()) | Err(Rejected::Later) => false,
+            Err(Rejected::Now(text)) => {
+                self.warn(
+                    Some(name),
+                    format!("{text} (the change that won the channel's state at the relay)"),
+                );
+                true
+            }
+        }
+    }
+
     /// Reads one channel payload through MLS, unless it is the second copy of a message
     /// carried both by courier and by relay (from either path, or both waiting in
     /// `deferred`): that one is skipped without a word.
@@ -127,7 +144,7 @@ impl Session {
             .inbox
             .recent
             .iter()
-            .any(|p| &p.digest == digest && (p.by_courier || via == Via::Courier))
+            .any(|p| &p.digest == digest && (p.by_courier || via != Via::Relay))
     }
 
     /// Remembers a channel payload once MLS has read it (not before: a copy that
@@ -138,7 +155,9 @@ impl Session {
         }
         self.state.inbox.recent.push_back(RecentPayload {
             digest,
-            by_courier: via == Via::Courier,
+            // Set for a copy that did not come through the mailbox (a courier's, or the
+            // sequencer's); the field keeps its name in the saved state.
+            by_courier: via != Via::Relay,
         });
     }
 
@@ -170,7 +189,9 @@ impl Session {
         self.state.inbox.deferred.push(DeferredMls {
             channel: name.to_string(),
             payload,
-            by_courier: via == Via::Courier,
+            // Set for a copy that did not come through the mailbox (a courier's, or the
+            // sequencer's); the field keeps its name in the saved state.
+            by_courier: via != Via::Relay,
             arrived_at,
         });
     }
@@ -191,6 +212,16 @@ impl Session {
     /// Whether `name` waits for a change that a later message showed this device missed.
     pub fn is_behind(&self, name: &str) -> bool {
         self.behind.contains(name)
+    }
+
+    /// The channels that wait for a change a later message showed this device missed.
+    pub fn behind_channels(&self) -> Vec<String> {
+        self.behind.iter().cloned().collect()
+    }
+
+    /// Channel `name`'s epoch, as this device has it.
+    pub fn epoch(&self, name: &str) -> Option<u64> {
+        self.load_group(name).ok().map(|g| g.epoch())
     }
 
     /// Retries the messages kept for a later epoch, until no more can be read.

@@ -247,13 +247,24 @@ pub trait MailboxStore: Send + Sync + 'static {
     /// Deletes a mailbox and its envelopes.
     fn delete(&self, id: MailboxId) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Claims an epoch of the sequencer mailbox whose send capability is `send`
-    /// (by [`Claims::judge`]).
+    /// (by [`Claims::judge`]). A keyed claim that carries its `commit` leaves it held
+    /// with the grant, in the same write ([`HeldCommit`]); any other grant drops the
+    /// commit held before.
     fn claim(
         &self,
         send: [u8; 32],
         epoch: u64,
         proof: ClaimProof,
+        commit: Option<Arc<[u8]>>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The commit that won `epoch` at the sequencer whose send capability is `send`, for
+    /// a member of that epoch who shows its claim `key` (by [`HeldCommit::judge_fetch`]).
+    fn held_commit(
+        &self,
+        send: [u8; 32],
+        epoch: u64,
+        key: [u8; 32],
+    ) -> impl Future<Output = Result<Arc<[u8]>, StoreError>> + Send;
     /// Deletes envelopes whose expiry is before `now`; returns how many.
     fn expire(&self, now: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Counts.
@@ -300,15 +311,119 @@ pub struct Claims {
     pub locked: bool,
 }
 
+/// A commit a sequencer holds with the grant of its epoch (protocol 4), for the latest
+/// [`HeldCommit::KEPT`] epochs: a member who lost that epoch, or whose copy of the commit was
+/// withheld or lost (its committer's device died before sending it), reads it there, so a
+/// claim is never worth anything without its commit (docs/protocol.md, "Claims").
+#[derive(Clone, PartialEq, Eq)]
+pub struct HeldCommit {
+    /// The epoch the commit won.
+    pub epoch: u64,
+    /// The lock the winning claim opened: [`claim_lock`] of the epoch's claim key, which
+    /// a fetch must show.
+    pub opened: [u8; 32],
+    /// The commit, as the committer sent it to every member.
+    pub bytes: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for HeldCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HeldCommit(epoch {}, {} bytes)", self.epoch, self.bytes.len())
+    }
+}
+
+impl HeldCommit {
+    /// The first byte of an encoded held commit.
+    const VERSION: u8 = 1;
+
+    /// How many of a sequencer's latest epochs keep their commits: epoch *e*'s is kept in
+    /// slot *e* mod `KEPT` ([`HeldCommit::slot`]), until epoch *e* + `KEPT` replaces it.
+    pub const KEPT: u64 = backchannel_core::frame::KEPT_COMMITS;
+
+    /// The slot where epoch `epoch`'s commit is kept.
+    pub fn slot(epoch: u64) -> u8 {
+        (epoch % Self::KEPT) as u8
+    }
+
+    /// What a grant of `epoch` by `proof` leaves held, if it carries a commit.
+    pub fn of_grant(epoch: u64, proof: &ClaimProof, commit: Option<Arc<[u8]>>) -> Option<HeldCommit> {
+        match (proof, commit) {
+            (ClaimProof::Key { key, .. }, Some(bytes)) => Some(HeldCommit {
+                epoch,
+                opened: claim_lock(key),
+                bytes,
+            }),
+            _ => None,
+        }
+    }
+
+    /// What a fetch of `epoch` with `key` is answered, at a sequencer whose claims are
+    /// `claims` and that holds `held` in the epoch's slot: the commit that won that epoch,
+    /// only to a member of the epoch. A wrong key is answered as a wrong capability, like a
+    /// wrong claim; no commit of that epoch (not granted yet, granted without one, or its
+    /// slot taken by a later epoch) is an epoch conflict that names the next epoch.
+    pub fn judge_fetch(
+        claims: &Claims,
+        held: Option<&HeldCommit>,
+        epoch: u64,
+        key: &[u8; 32],
+    ) -> Result<Arc<[u8]>, StoreError> {
+        use subtle::ConstantTimeEq;
+        match held {
+            Some(h) if h.epoch == epoch && claims.locked && epoch < claims.next_epoch => {
+                if bool::from(claim_lock(key).ct_eq(&h.opened)) {
+                    Ok(h.bytes.clone())
+                } else {
+                    Err(StoreError::NoSuchMailbox)
+                }
+            }
+            _ => Err(StoreError::EpochConflict(claims.next_epoch)),
+        }
+    }
+
+    /// `1 | epoch (u64 BE) | opened (32) | commit (the rest)`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(41 + self.bytes.len());
+        v.push(Self::VERSION);
+        v.extend_from_slice(&self.epoch.to_be_bytes());
+        v.extend_from_slice(&self.opened);
+        v.extend_from_slice(&self.bytes);
+        v
+    }
+
+    /// Reads [`HeldCommit::encode`]'s layout.
+    pub fn decode(v: &[u8]) -> Result<HeldCommit, StoreError> {
+        const WHAT: &str = "held commit";
+        match v {
+            [Self::VERSION, rest @ ..] if rest.len() > 40 => {
+                let (epoch, rest) = rest.split_at(8);
+                let (opened, bytes) = rest.split_at(32);
+                Ok(HeldCommit {
+                    epoch: u64::from_be_bytes(epoch.try_into().map_err(|_| StoreError::corrupt(WHAT))?),
+                    opened: opened.try_into().map_err(|_| StoreError::corrupt(WHAT))?,
+                    bytes: Arc::from(bytes),
+                })
+            }
+            [version, ..] if *version > Self::VERSION => Err(StoreError::NewerFormat {
+                what: WHAT,
+                found: u32::from(*version),
+                known: u32::from(Self::VERSION),
+            }),
+            _ => Err(StoreError::corrupt(WHAT)),
+        }
+    }
+}
+
 impl ClaimProof {
     /// The claim a request makes: its epoch and proof, or `None` for another request.
     pub fn of(req: &backchannel_core::frame::Request) -> Option<([u8; 32], u64, ClaimProof)> {
         use backchannel_core::frame::Request;
         match req {
             Request::Claim { send, epoch, token } => Some((*send, *epoch, ClaimProof::Token(*token))),
-            Request::ClaimKeyed { send, epoch, key, next } => {
-                Some((*send, *epoch, ClaimProof::Key { key: *key, next: *next }))
-            }
+            Request::ClaimKeyed { send, epoch, key, next }
+            | Request::ClaimCommit {
+                send, epoch, key, next, ..
+            } => Some((*send, *epoch, ClaimProof::Key { key: *key, next: *next })),
             _ => None,
         }
     }
@@ -431,8 +546,18 @@ impl MailboxStore for Backend {
         each!(self, s => MailboxStore::delete(s, id).await)
     }
 
-    async fn claim(&self, send: [u8; 32], epoch: u64, proof: ClaimProof) -> Result<(), StoreError> {
-        each!(self, s => MailboxStore::claim(s, send, epoch, proof).await)
+    async fn claim(
+        &self,
+        send: [u8; 32],
+        epoch: u64,
+        proof: ClaimProof,
+        commit: Option<Arc<[u8]>>,
+    ) -> Result<(), StoreError> {
+        each!(self, s => MailboxStore::claim(s, send, epoch, proof, commit).await)
+    }
+
+    async fn held_commit(&self, send: [u8; 32], epoch: u64, key: [u8; 32]) -> Result<Arc<[u8]>, StoreError> {
+        each!(self, s => MailboxStore::held_commit(s, send, epoch, key).await)
     }
 
     async fn expire(&self, now: u64) -> Result<u64, StoreError> {

@@ -15,7 +15,9 @@
 //!   (recipient key (32) || send digest (32) || proof-of-work bits (1); a record
 //!   written before drop boxes has no last byte and reads as 0), `bc.snd.<send
 //!   digest>` (receive id),
-//!   `bc.clm.<receive id>` (the sequencer's next epoch and last token) and
+//!   `bc.clm.<receive id>` (the sequencer's next epoch and last token or lock, then the
+//!   commit it holds with that grant, if any: [`super::HeldCommit`]), `bc.clm.<receive
+//!   id>-<slot>` (the commits of the sequencer's latest epochs, one per slot) and
 //!   `bc.tls` (the relay identity shared by every relay on the cluster). Creating
 //!   and claiming are compare-and-set writes (`Nats-Expected-Last-Subject-Sequence`).
 //!
@@ -51,7 +53,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
-use super::{ClaimProof, Claims, MailboxStore, Quota, Stats, StoreError};
+use super::{ClaimProof, Claims, HeldCommit, MailboxStore, Quota, Stats, StoreError};
 
 const ENVELOPES: &str = "BC_ENVELOPES";
 const META: &str = "BC_META";
@@ -197,6 +199,12 @@ fn sender_subject(digest: &[u8; 32]) -> String {
 
 fn claim_subject(id: &MailboxId) -> String {
     format!("bc.clm.{}", hex(&id.0))
+}
+
+/// Where the commit of `epoch` at sequencer `id` is kept after its grant: one subject per
+/// slot ([`HeldCommit::slot`]), matched by the meta stream's `bc.clm.*`.
+fn held_subject(id: &MailboxId, epoch: u64) -> String {
+    format!("bc.clm.{}-{}", hex(&id.0), HeldCommit::slot(epoch))
 }
 
 fn note_subject(id: &MailboxId) -> String {
@@ -605,6 +613,12 @@ impl NatsStore {
             }
         }
         self.purge(&box_subject(&id)).await?;
+        // Only a sequencer (a mailbox with claims) has commits in slots.
+        if self.latest(&claim_subject(&id)).await?.is_some() {
+            for epoch in 0..HeldCommit::KEPT {
+                self.purge(&held_subject(&id, epoch)).await?;
+            }
+        }
         self.purge(&claim_subject(&id)).await?;
         timed("deleting", async {
             self.envelopes.purge().filter(envelope_subject(&id)).await.map(|_| ())
@@ -616,26 +630,53 @@ impl NatsStore {
         Ok(())
     }
 
-    async fn do_claim(&self, send: [u8; 32], epoch: u64, proof: ClaimProof) -> Result<(), StoreError> {
+    async fn do_claim(
+        &self,
+        send: [u8; 32],
+        epoch: u64,
+        proof: ClaimProof,
+        commit: Option<Arc<[u8]>>,
+    ) -> Result<(), StoreError> {
         let digest: [u8; 32] = Sha256::digest(send).into();
         let Some(Target { id, .. }) = self.target(&digest).await? else {
             return Err(StoreError::NoSuchMailbox);
         };
         let subject = claim_subject(&id);
+        let held = HeldCommit::of_grant(epoch, &proof, commit);
         for _ in 0..CAS_ATTEMPTS {
-            let (seq, claims) = match self.latest(&subject).await? {
+            let (seq, (claims, _)) = match self.latest(&subject).await? {
                 Some((seq, v)) => (seq, decode_claims(&v)?),
-                None => (0, Claims::NEW),
+                None => (0, (Claims::NEW, None)),
             };
             let Some(claims) = claims.judge(epoch, &proof)? else {
-                return Ok(());
+                // The winner again: its commit goes to its slot (again, if a relay died
+                // between the grant and that write).
+                return self.keep_held(&id, held.as_ref()).await;
             };
-            match self.put_if(&subject, Bytes::from(encode_claims(&claims)), seq).await? {
-                Cas::Done => return Ok(()),
+            // The grant and its commit in one record: never one without the other. The
+            // latest epoch's commit is read there; earlier ones from their slots.
+            let record = encode_claims(&claims, held.as_ref());
+            match self.put_if(&subject, Bytes::from(record), seq).await? {
+                Cas::Done => return self.keep_held(&id, held.as_ref()).await,
                 Cas::Lost => continue,
             }
         }
         Err(nats_error("claiming an epoch", NatsError::Contended))
+    }
+
+    /// Writes a granted commit to its epoch's slot (only a winner does, after its grant).
+    async fn keep_held(&self, id: &MailboxId, held: Option<&HeldCommit>) -> Result<(), StoreError> {
+        let Some(h) = held else {
+            return Ok(());
+        };
+        let msg = PublishMessage::build().payload(Bytes::from(h.encode()));
+        match self
+            .publish("keeping a commit", &held_subject(id, h.epoch), msg)
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(client_error("keeping a commit", e)),
+        }
     }
 
     async fn do_stats(&self) -> Result<Stats, StoreError> {
@@ -670,19 +711,29 @@ impl NatsStore {
 /// misreads it as a grant. [`Claims::judge`] refuses epochs that would reach this bit.
 const LOCKED: u64 = 1 << 63;
 
-fn encode_claims(c: &Claims) -> Vec<u8> {
-    let mut v = Vec::with_capacity(40);
+/// The claim record: the 40 bytes above, then the commit held with the grant, if any
+/// ([`HeldCommit::encode`]). A relay of an earlier release reads a record with a commit
+/// as corrupt and answers its claims `Storage`: it never misreads one (the protocol
+/// version that brought held commits already has every relay of a cluster upgraded
+/// together, docs/deployment.md).
+fn encode_claims(c: &Claims, held: Option<&HeldCommit>) -> Vec<u8> {
+    let held = held.map(HeldCommit::encode).unwrap_or_default();
+    let mut v = Vec::with_capacity(40 + held.len());
     let next = c.next_epoch | if c.locked { LOCKED } else { 0 };
     v.extend_from_slice(&next.to_be_bytes());
     v.extend_from_slice(&c.last);
+    v.extend_from_slice(&held);
     v
 }
 
-fn decode_claims(v: &[u8]) -> Result<Claims, StoreError> {
+fn decode_claims(v: &[u8]) -> Result<(Claims, Option<HeldCommit>), StoreError> {
     const WHAT: &str = "claim record";
-    if v.len() != 40 {
-        return Err(corrupt(WHAT));
-    }
+    let held = match v.get(40..) {
+        Some([]) => None,
+        Some(rest) => Some(HeldCommit::decode(rest)?),
+        None => return Err(corrupt(WHAT)),
+    };
+    let v = v.get(..40).ok_or_else(|| corrupt(WHAT))?;
     let next = v
         .get(..8)
         .and_then(|b| b.try_into().ok())
@@ -692,11 +743,14 @@ fn decode_claims(v: &[u8]) -> Result<Claims, StoreError> {
         .get(8..40)
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| corrupt(WHAT))?;
-    Ok(Claims {
-        next_epoch: next & !LOCKED,
-        last,
-        locked: next & LOCKED != 0,
-    })
+    Ok((
+        Claims {
+            next_epoch: next & !LOCKED,
+            last,
+            locked: next & LOCKED != 0,
+        },
+        held,
+    ))
 }
 
 fn corrupt(what: &'static str) -> StoreError {
@@ -767,8 +821,33 @@ impl MailboxStore for NatsStore {
         self.do_delete(id).await
     }
 
-    async fn claim(&self, send: [u8; 32], epoch: u64, proof: ClaimProof) -> Result<(), StoreError> {
-        self.do_claim(send, epoch, proof).await
+    async fn claim(
+        &self,
+        send: [u8; 32],
+        epoch: u64,
+        proof: ClaimProof,
+        commit: Option<Arc<[u8]>>,
+    ) -> Result<(), StoreError> {
+        self.do_claim(send, epoch, proof, commit).await
+    }
+
+    async fn held_commit(&self, send: [u8; 32], epoch: u64, key: [u8; 32]) -> Result<Arc<[u8]>, StoreError> {
+        let digest: [u8; 32] = Sha256::digest(send).into();
+        let Some(Target { id, .. }) = self.target(&digest).await? else {
+            return Err(StoreError::NoSuchMailbox);
+        };
+        let (claims, latest) = match self.latest(&claim_subject(&id)).await? {
+            Some((_, v)) => decode_claims(&v)?,
+            None => (Claims::NEW, None),
+        };
+        let held = match latest.filter(|h| h.epoch == epoch) {
+            Some(h) => Some(h),
+            None => match self.latest(&held_subject(&id, epoch)).await? {
+                Some((_, v)) => Some(HeldCommit::decode(&v)?),
+                None => None,
+            },
+        };
+        HeldCommit::judge_fetch(&claims, held.as_ref(), epoch, &key)
     }
 
     async fn expire(&self, _now: u64) -> Result<u64, StoreError> {
@@ -820,7 +899,8 @@ mod tests {
     use super::*;
 
     /// The claim record: a locked one round-trips, one of an earlier release reads as
-    /// unlocked, and a locked one reads to an earlier release as an epoch nobody claims.
+    /// unlocked, a locked one reads to an earlier release as an epoch nobody claims, and
+    /// one with a held commit keeps the 40 bytes in front of it.
     #[test]
     fn claim_records_keep_their_layout() {
         let c = Claims {
@@ -828,15 +908,24 @@ mod tests {
             last: [5; 32],
             locked: true,
         };
-        let v = encode_claims(&c);
+        let v = encode_claims(&c, None);
         assert_eq!(v.len(), 40);
-        assert_eq!(decode_claims(&v).unwrap(), c);
+        assert_eq!(decode_claims(&v).unwrap(), (c, None));
         let old = [&9u64.to_be_bytes()[..], &[5; 32]].concat();
-        assert_eq!(old, encode_claims(&Claims { locked: false, ..c }));
-        assert_eq!(decode_claims(&old).unwrap(), Claims { locked: false, ..c });
+        assert_eq!(old, encode_claims(&Claims { locked: false, ..c }, None));
+        assert_eq!(decode_claims(&old).unwrap(), (Claims { locked: false, ..c }, None));
         // What an earlier relay reads as the next epoch of a locked record.
         let seen = u64::from_be_bytes(v[..8].try_into().unwrap());
         assert!(seen > 1 << 62, "{seen}");
+        let held = HeldCommit {
+            epoch: 8,
+            opened: [7; 32],
+            bytes: Arc::from(&b"commit"[..]),
+        };
+        let with = encode_claims(&c, Some(&held));
+        assert_eq!(with[..40], v[..]);
+        assert_eq!(decode_claims(&with).unwrap(), (c, Some(held)));
         assert!(decode_claims(&[0; 41]).is_err());
+        assert!(decode_claims(&[0; 39]).is_err());
     }
 }

@@ -83,7 +83,7 @@ use backchannel_core::mailbox::MailboxId;
 use backchannel_core::pow::ProvenWork;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::store::{ClaimProof, MailboxStore, Quota, Stats, StoreError};
+use crate::store::{ClaimProof, Claims, HeldCommit, MailboxStore, Quota, Stats, StoreError};
 
 mod at_rest;
 mod record;
@@ -107,6 +107,11 @@ const SENDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("senders");
 /// slot and the envelope sealed under the key in that slot, with the record key as
 /// associated data.
 const ENVELOPES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("envelopes");
+/// receive id (32) || slot (1) -> a commit a sequencer holds with the grant of its epoch, in
+/// the epoch's slot ([`crate::store::HeldCommit::encode`], [`HeldCommit::slot`]). Added in data directory format 2 without a
+/// change of format: a directory without the table holds no commit, and a relay of an
+/// earlier release never opens it.
+const HELD: TableDefinition<&[u8], &[u8]> = TableDefinition::new("held");
 
 /// redb's page cache.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -115,6 +120,14 @@ const CACHE_BYTES: usize = 64 * 1024 * 1024;
 const MAX_BATCH: usize = 512;
 
 type Table<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+/// Where the commit of `epoch` at sequencer `id` is kept.
+fn held_key(id: &MailboxId, epoch: u64) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[..32].copy_from_slice(&id.0);
+    k[32] = HeldCommit::slot(epoch);
+    k
+}
 
 /// One envelope fewer in a mailbox (gone already is fine).
 fn count_off(boxes: &mut Table<'_>, id: &MailboxId) -> Result<(), StoreError> {
@@ -327,8 +340,25 @@ impl EmbeddedStore {
     }
 
     /// Claims an epoch, blocking ([`MailboxStore::claim`]).
-    pub fn claim(&self, send: [u8; 32], epoch: u64, proof: ClaimProof) -> Result<(), StoreError> {
-        self.write(Write::Claim { send, epoch, proof }).map(|_| ())
+    pub fn claim(
+        &self,
+        send: [u8; 32],
+        epoch: u64,
+        proof: ClaimProof,
+        commit: Option<Arc<[u8]>>,
+    ) -> Result<(), StoreError> {
+        self.write(Write::Claim {
+            send,
+            epoch,
+            proof,
+            commit,
+        })
+        .map(|_| ())
+    }
+
+    /// The commit held for `epoch`, blocking ([`MailboxStore::held_commit`]).
+    pub fn held_commit(&self, send: [u8; 32], epoch: u64, key: [u8; 32]) -> Result<Arc<[u8]>, StoreError> {
+        self.reader.held_commit(send, epoch, &key)
     }
 
     /// Deletes expired envelopes, blocking ([`MailboxStore::expire`]).
@@ -420,6 +450,37 @@ impl Reader {
         Ok(out)
     }
 
+    fn held_commit(&self, send: [u8; 32], epoch: u64, key: &[u8; 32]) -> Result<Arc<[u8]>, StoreError> {
+        const DOING: &str = "reading a held commit";
+        use sha2::Digest as _;
+        let txn = self.db.begin_read().map_err(StoreError::database(DOING))?;
+        let senders = txn.open_table(SENDERS).map_err(StoreError::database(DOING))?;
+        let digest: [u8; 32] = sha2::Sha256::digest(send).into();
+        let Some(id) = senders
+            .get(&digest[..])
+            .map_err(StoreError::database(DOING))?
+            .map(|v| record::decode_sender(v.value()))
+            .transpose()?
+        else {
+            return Err(StoreError::NoSuchMailbox);
+        };
+        let boxes = txn.open_table(MAILBOXES).map_err(StoreError::database(DOING))?;
+        let claims: Claims = match boxes.get(&id.0[..]).map_err(StoreError::database(DOING))? {
+            Some(v) => MailboxRecord::decode(v.value())?.claims,
+            None => return Err(StoreError::NoSuchMailbox),
+        };
+        let held = match txn.open_table(HELD) {
+            Ok(t) => t
+                .get(&held_key(&id, epoch)[..])
+                .map_err(StoreError::database(DOING))?
+                .map(|v| HeldCommit::decode(v.value()))
+                .transpose()?,
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(StoreError::database(DOING)(e)),
+        };
+        HeldCommit::judge_fetch(&claims, held.as_ref(), epoch, key)
+    }
+
     fn stats(&self) -> Result<Stats, StoreError> {
         const DOING: &str = "counting";
         let txn = self.db.begin_read().map_err(StoreError::database(DOING))?;
@@ -483,8 +544,25 @@ impl MailboxStore for EmbeddedStore {
         self.submit(Write::Delete { id }).await.map(|_| ())
     }
 
-    async fn claim(&self, send: [u8; 32], epoch: u64, proof: ClaimProof) -> Result<(), StoreError> {
-        self.submit(Write::Claim { send, epoch, proof }).await.map(|_| ())
+    async fn claim(
+        &self,
+        send: [u8; 32],
+        epoch: u64,
+        proof: ClaimProof,
+        commit: Option<Arc<[u8]>>,
+    ) -> Result<(), StoreError> {
+        self.submit(Write::Claim {
+            send,
+            epoch,
+            proof,
+            commit,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn held_commit(&self, send: [u8; 32], epoch: u64, key: [u8; 32]) -> Result<Arc<[u8]>, StoreError> {
+        self.read(move |r| r.held_commit(send, epoch, &key)).await
     }
 
     async fn expire(&self, now: u64) -> Result<u64, StoreError> {

@@ -106,27 +106,27 @@ fn claims_are_granted_once_per_epoch_and_idempotent_per_token() {
     let id = MailboxId([1; 32]);
     let cap = [2u8; 32];
     s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
-    s.claim(cap, 0, ClaimProof::Token([7; 32])).unwrap();
-    s.claim(cap, 0, ClaimProof::Token([7; 32])).unwrap();
+    s.claim(cap, 0, ClaimProof::Token([7; 32]), None).unwrap();
+    s.claim(cap, 0, ClaimProof::Token([7; 32]), None).unwrap();
     assert_eq!(
-        s.claim(cap, 0, ClaimProof::Token([8; 32])),
+        s.claim(cap, 0, ClaimProof::Token([8; 32]), None),
         Err(StoreError::EpochConflict(1))
     );
     assert_eq!(
-        s.claim(cap, 5, ClaimProof::Token([8; 32])),
+        s.claim(cap, 5, ClaimProof::Token([8; 32]), None),
         Err(StoreError::EpochConflict(1))
     );
-    s.claim(cap, 1, ClaimProof::Token([8; 32])).unwrap();
+    s.claim(cap, 1, ClaimProof::Token([8; 32]), None).unwrap();
     assert_eq!(
-        s.claim([0; 32], 2, ClaimProof::Token([8; 32])),
+        s.claim([0; 32], 2, ClaimProof::Token([8; 32]), None),
         Err(StoreError::NoSuchMailbox)
     );
     // The last epoch number from the network neither panics the writer nor wraps.
     assert_eq!(
-        s.claim(cap, u64::MAX, ClaimProof::Token([9; 32])),
+        s.claim(cap, u64::MAX, ClaimProof::Token([9; 32]), None),
         Err(StoreError::EpochConflict(2))
     );
-    s.claim(cap, 2, ClaimProof::Token([8; 32])).unwrap();
+    s.claim(cap, 2, ClaimProof::Token([8; 32]), None).unwrap();
 }
 
 /// Keyed claims: the first locks the sequencer; from then on a claim must show the key
@@ -148,26 +148,29 @@ fn keyed_claims_lock_the_sequencer_to_the_members_of_each_epoch() {
         let s = open(dir.path(), 10);
         s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
         // A sequencer without a lock takes any key: only its creator knows it then.
-        s.claim(cap, 0, keyed(10, 11)).unwrap();
-        s.claim(cap, 0, keyed(10, 11)).unwrap();
-        assert_eq!(s.claim(cap, 0, keyed(10, 12)), Err(StoreError::EpochConflict(1)));
+        s.claim(cap, 0, keyed(10, 11), None).unwrap();
+        s.claim(cap, 0, keyed(10, 11), None).unwrap();
+        assert_eq!(s.claim(cap, 0, keyed(10, 12), None), Err(StoreError::EpochConflict(1)));
         // Epoch 1: only key 11 opens the lock.
-        assert_eq!(s.claim(cap, 1, keyed(99, 98)), Err(StoreError::NoSuchMailbox));
-        assert_eq!(s.claim(cap, 1, keyed(10, 98)), Err(StoreError::NoSuchMailbox));
-        let old = s.claim(cap, 1, ClaimProof::Token([5; 32])).unwrap_err();
+        assert_eq!(s.claim(cap, 1, keyed(99, 98), None), Err(StoreError::NoSuchMailbox));
+        assert_eq!(s.claim(cap, 1, keyed(10, 98), None), Err(StoreError::NoSuchMailbox));
+        let old = s.claim(cap, 1, ClaimProof::Token([5; 32]), None).unwrap_err();
         assert_eq!(old, StoreError::ClaimNeedsKey);
         assert_eq!(old.refusal(), Some((ErrorCode::Malformed, KEYED_CLAIMS_VERSION)));
-        s.claim(cap, 1, keyed(11, 12)).unwrap();
+        s.claim(cap, 1, keyed(11, 12), None).unwrap();
     }
     std::thread::sleep(std::time::Duration::from_millis(100));
     let s = open(dir.path(), 10);
-    assert_eq!(s.claim(cap, 2, keyed(11, 13)), Err(StoreError::NoSuchMailbox));
+    assert_eq!(s.claim(cap, 2, keyed(11, 13), None), Err(StoreError::NoSuchMailbox));
     assert_eq!(
-        s.claim(cap, 2, ClaimProof::Token([5; 32])),
+        s.claim(cap, 2, ClaimProof::Token([5; 32]), None),
         Err(StoreError::ClaimNeedsKey)
     );
-    s.claim(cap, 2, keyed(12, 13)).unwrap();
-    assert_eq!(s.claim(cap, u64::MAX, keyed(13, 14)), Err(StoreError::EpochConflict(3)));
+    s.claim(cap, 2, keyed(12, 13), None).unwrap();
+    assert_eq!(
+        s.claim(cap, u64::MAX, keyed(13, 14), None),
+        Err(StoreError::EpochConflict(3))
+    );
 
     // A sequencer that replaces another (a removal moved it) takes its first keyed claim at
     // the epoch the channel is at, then locks like any other; a token claim still starts
@@ -175,17 +178,20 @@ fn keyed_claims_lock_the_sequencer_to_the_members_of_each_epoch() {
     let (moved, moved_cap) = (MailboxId([7; 32]), [8u8; 32]);
     s.create(moved, [3; 32], Sha256::digest(moved_cap).into(), 0).unwrap();
     assert_eq!(
-        s.claim(moved_cap, 5, ClaimProof::Token([5; 32])),
+        s.claim(moved_cap, 5, ClaimProof::Token([5; 32]), None),
         Err(StoreError::EpochConflict(0))
     );
-    s.claim(moved_cap, 41, keyed(41, 42)).unwrap();
-    s.claim(moved_cap, 41, keyed(41, 42)).unwrap();
+    s.claim(moved_cap, 41, keyed(41, 42), None).unwrap();
+    s.claim(moved_cap, 41, keyed(41, 42), None).unwrap();
     assert_eq!(
-        s.claim(moved_cap, 41, keyed(41, 43)),
+        s.claim(moved_cap, 41, keyed(41, 43), None),
         Err(StoreError::EpochConflict(42))
     );
-    assert_eq!(s.claim(moved_cap, 42, keyed(41, 43)), Err(StoreError::NoSuchMailbox));
-    s.claim(moved_cap, 42, keyed(42, 43)).unwrap();
+    assert_eq!(
+        s.claim(moved_cap, 42, keyed(41, 43), None),
+        Err(StoreError::NoSuchMailbox)
+    );
+    s.claim(moved_cap, 42, keyed(42, 43), None).unwrap();
 }
 
 #[test]
@@ -773,7 +779,7 @@ fn a_format_1_data_directory_is_converted_and_keeps_its_envelopes() {
         for e in &envelopes {
             s.send(cap, e.clone(), u64::MAX, ProvenWork::NONE).unwrap();
         }
-        s.claim(cap, 0, ClaimProof::Token([7; 32])).unwrap();
+        s.claim(cap, 0, ClaimProof::Token([7; 32]), None).unwrap();
     }
     std::thread::sleep(std::time::Duration::from_millis(100));
     rewrite_as_format_1(&path);
@@ -788,7 +794,7 @@ fn a_format_1_data_directory_is_converted_and_keeps_its_envelopes() {
     let (_, seq) = s.send(cap, env(9), u64::MAX, ProvenWork::NONE).unwrap();
     assert_eq!(seq, 4, "the sequence goes on");
     assert_eq!(
-        s.claim(cap, 0, ClaimProof::Token([8; 32])),
+        s.claim(cap, 0, ClaimProof::Token([8; 32]), None),
         Err(StoreError::EpochConflict(1))
     );
     drop(s);
@@ -887,4 +893,61 @@ fn a_newer_data_directory_is_refused_and_left_untouched() {
         key_file,
         "the key file is untouched"
     );
+}
+
+/// A claim that carries its commit leaves it held with the grant: a member of that epoch
+/// (who shows its claim key) reads it, nobody else does, a loser's claim changes nothing,
+/// the latest 16 epochs' commits stay readable, and a grant without a commit holds none. It
+/// survives a reopen, and goes with its mailbox.
+#[test]
+fn a_granted_claim_holds_its_commit_for_the_members_of_its_epoch() {
+    use backchannel_core::frame::claim_lock;
+    let dir = tempfile::tempdir().unwrap();
+    let (id, cap) = (MailboxId([1; 32]), [2u8; 32]);
+    let keyed = |k: u8, next: u8| ClaimProof::Key {
+        key: [k; 32],
+        next: claim_lock(&[next; 32]),
+    };
+    let commit = |b: u8| Some(std::sync::Arc::<[u8]>::from(vec![b; 5000]));
+    {
+        let s = open(dir.path(), 10);
+        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+        assert_eq!(s.held_commit(cap, 0, [10; 32]), Err(StoreError::EpochConflict(0)));
+        s.claim(cap, 0, keyed(10, 11), commit(1)).unwrap();
+        assert_eq!(&*s.held_commit(cap, 0, [10; 32]).unwrap(), &[1; 5000][..]);
+        assert_eq!(
+            s.held_commit(cap, 0, [99; 32]),
+            Err(StoreError::NoSuchMailbox),
+            "not a member"
+        );
+        assert_eq!(s.held_commit(cap, 1, [11; 32]), Err(StoreError::EpochConflict(1)));
+        assert_eq!(s.held_commit([0; 32], 0, [10; 32]), Err(StoreError::NoSuchMailbox));
+        // A loser's claim changes nothing held.
+        assert_eq!(
+            s.claim(cap, 0, keyed(10, 12), commit(2)),
+            Err(StoreError::EpochConflict(1))
+        );
+        assert_eq!(&*s.held_commit(cap, 0, [10; 32]).unwrap(), &[1; 5000][..]);
+        s.claim(cap, 1, keyed(11, 12), commit(3)).unwrap();
+        assert_eq!(&*s.held_commit(cap, 0, [10; 32]).unwrap(), &[1; 5000][..], "still kept");
+        assert_eq!(&*s.held_commit(cap, 1, [11; 32]).unwrap(), &[3; 5000][..]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let s = open(dir.path(), 10);
+    assert_eq!(&*s.held_commit(cap, 1, [11; 32]).unwrap(), &[3; 5000][..]);
+    s.claim(cap, 2, keyed(12, 13), None).unwrap();
+    assert_eq!(
+        s.held_commit(cap, 2, [12; 32]),
+        Err(StoreError::EpochConflict(3)),
+        "none held"
+    );
+    // Sixteen epochs later, epoch 1's slot holds epoch 17's commit.
+    for e in 3..=17u8 {
+        s.claim(cap, u64::from(e), keyed(e + 10, e + 11), commit(e)).unwrap();
+    }
+    assert_eq!(&*s.held_commit(cap, 17, [27; 32]).unwrap(), &[17; 5000][..]);
+    assert_eq!(&*s.held_commit(cap, 3, [13; 32]).unwrap(), &[3; 5000][..]);
+    assert_eq!(s.held_commit(cap, 1, [11; 32]), Err(StoreError::EpochConflict(18)));
+    s.delete(id).unwrap();
+    assert_eq!(s.held_commit(cap, 17, [27; 32]), Err(StoreError::NoSuchMailbox));
 }

@@ -19,8 +19,8 @@ use sha2::{Digest, Sha256};
 
 use super::at_rest::{fresh_key, seal, zero_slots, EnvelopeKey, KeyFile, SlotBook};
 use super::record::{decode_sender, encode_envelope_value, encode_sender, record_key, EnvelopeValue, MailboxRecord};
-use super::{count_off, get_record, Table, ENVELOPES, MAILBOXES, MAX_BATCH, SENDERS};
-use crate::store::{ClaimProof, Claims, Quota, StoreError};
+use super::{count_off, get_record, held_key, Table, ENVELOPES, HELD, MAILBOXES, MAX_BATCH, SENDERS};
+use crate::store::{ClaimProof, Claims, HeldCommit, Quota, StoreError};
 
 /// What one batch does to the key file.
 #[derive(Default)]
@@ -56,6 +56,8 @@ pub(crate) enum Write {
         send: [u8; 32],
         epoch: u64,
         proof: ClaimProof,
+        /// The commit the claim carries, held with the grant.
+        commit: Option<Arc<[u8]>>,
     },
     Expire {
         now: u64,
@@ -234,10 +236,12 @@ fn stage(
     let mut boxes = txn.open_table(MAILBOXES).map_err(StoreError::database(COMMITTING))?;
     let mut envs = txn.open_table(ENVELOPES).map_err(StoreError::database(COMMITTING))?;
     let mut senders = txn.open_table(SENDERS).map_err(StoreError::database(COMMITTING))?;
+    let mut held = txn.open_table(HELD).map_err(StoreError::database(COMMITTING))?;
     let mut tables = Tables {
         boxes: &mut boxes,
         envs: &mut envs,
         senders: &mut senders,
+        held: &mut held,
         book,
         slots,
     };
@@ -266,6 +270,7 @@ struct Tables<'a, 't> {
     boxes: &'a mut Table<'t>,
     envs: &'a mut Table<'t>,
     senders: &'a mut Table<'t>,
+    held: &'a mut Table<'t>,
     book: &'a mut SlotBook,
     slots: &'a mut BatchSlots,
 }
@@ -283,6 +288,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
         boxes,
         envs,
         senders,
+        held,
         book,
         slots,
     } = t;
@@ -395,19 +401,34 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                     .map_err(StoreError::database(DOING))?;
             }
             boxes.remove(&id.0[..]).map_err(StoreError::database(DOING))?;
+            for epoch in 0..HeldCommit::KEPT {
+                held.remove(&held_key(id, epoch)[..])
+                    .map_err(StoreError::database(DOING))?;
+            }
             Ok((*id, keys.len() as u64))
         }
-        Write::Claim { send, epoch, proof } => match sender(senders, send)?
+        Write::Claim {
+            send,
+            epoch,
+            proof,
+            commit,
+        } => match sender(senders, send)?
             .map(|id| get_record(boxes, &id).map(|r| (id, r)))
             .transpose()?
         {
             // A refusal is this write's answer, not the batch's failure.
             Some((id, Some(rec))) => match rec.claims.judge(*epoch, proof) {
                 Ok(Some(claims)) => {
+                    const DOING: &str = "granting a claim";
                     let rec = MailboxRecord { claims, ..rec };
                     boxes
                         .insert(&id.0[..], &rec.encode()[..])
-                        .map_err(StoreError::database("granting a claim"))?;
+                        .map_err(StoreError::database(DOING))?;
+                    // The grant and its commit in one transaction: never one without the other.
+                    if let Some(h) = HeldCommit::of_grant(*epoch, proof, commit.clone()) {
+                        held.insert(&held_key(&id, *epoch)[..], &h.encode()[..])
+                            .map_err(StoreError::database(DOING))?;
+                    }
                     Ok((id, *epoch))
                 }
                 Ok(None) => Ok((id, *epoch)),

@@ -1,0 +1,205 @@
+//! Commits deposited on a connection for the claim that carries them (protocol 4;
+//! docs/protocol.md, "Claims"). A commit is larger than a frame, so it comes in parts
+//! ([`Request::Deposit`](backchannel_core::frame::Request::Deposit)) before the
+//! [`Request::ClaimCommit`](backchannel_core::frame::Request::ClaimCommit) that names its
+//! digest; the relay keeps the parts in memory for that connection only, and the store
+//! writes the commit with the grant. A deposit that is not claimed within
+//! [`DEPOSIT_LAPSE`] lapses, and a claim without its whole deposit is refused: a claim is
+//! never granted without its commit.
+//!
+//! Memory: at most one deposit per connection ([`MAX_COMMIT_PARTS`] ×
+//! [`COMMIT_PART`] bytes), and at most [`DEPOSIT_BUDGET`] bytes for all connections
+//! together; past it a deposit is refused `RelayFull` until others are claimed or dropped.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use backchannel_core::frame::{commit_digest, ErrorCode, COMMIT_PART, DEPOSIT_LAPSE, MAX_COMMIT_PARTS};
+
+/// Bytes of deposits the relay keeps for all its connections together.
+pub const DEPOSIT_BUDGET: usize = 64 * 1024 * 1024;
+
+/// The bytes of deposits in memory, relay-wide, against [`DEPOSIT_BUDGET`].
+#[derive(Debug, Clone, Default)]
+pub struct DepositBudget {
+    used: Arc<AtomicUsize>,
+}
+
+/// One connection's deposit, if it is making one.
+#[derive(Debug, Default)]
+pub struct DepositSlot {
+    current: Option<Deposit>,
+}
+
+#[derive(Debug)]
+struct Deposit {
+    total: u16,
+    parts: u16,
+    bytes: Vec<u8>,
+    started: Instant,
+    budget: DepositBudget,
+}
+
+impl Drop for Deposit {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+    }
+}
+
+impl DepositSlot {
+    /// Takes part `part` of `total`: part 0 starts a new deposit (the one before is
+    /// dropped), any other must follow the last in order, within [`DEPOSIT_LAPSE`] of the
+    /// first. A part out of order ends the deposit (`NoDeposit`); one past the relay's
+    /// budget too (`RelayFull`).
+    pub fn push(
+        &mut self,
+        budget: &DepositBudget,
+        part: u16,
+        total: u16,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<(), ErrorCode> {
+        if total == 0 || total > MAX_COMMIT_PARTS || part >= total || bytes.is_empty() || bytes.len() > COMMIT_PART {
+            self.current = None;
+            return Err(ErrorCode::Malformed);
+        }
+        if part == 0 {
+            self.current = Some(Deposit {
+                total,
+                parts: 0,
+                bytes: Vec::new(),
+                started: now,
+                budget: budget.clone(),
+            });
+        }
+        let Some(d) = self
+            .current
+            .as_mut()
+            .filter(|d| d.total == total && d.parts == part && !lapsed(d.started, now))
+        else {
+            self.current = None;
+            return Err(ErrorCode::NoDeposit);
+        };
+        let before = budget.used.fetch_add(bytes.len(), Ordering::Relaxed);
+        if before.saturating_add(bytes.len()) > DEPOSIT_BUDGET {
+            budget.used.fetch_sub(bytes.len(), Ordering::Relaxed);
+            self.current = None;
+            return Err(ErrorCode::RelayFull);
+        }
+        d.bytes.extend_from_slice(bytes);
+        d.parts += 1;
+        Ok(())
+    }
+
+    /// The whole deposit whose digest is `digest`, taken for its claim; anything else
+    /// (none, incomplete, lapsed, another commit) is `NoDeposit`, and ends the deposit.
+    pub fn take(&mut self, digest: &[u8; 32], now: Instant) -> Result<Arc<[u8]>, ErrorCode> {
+        match self.current.take() {
+            Some(d) if d.parts == d.total && !lapsed(d.started, now) && commit_digest(&d.bytes) == *digest => {
+                Ok(Arc::from(&d.bytes[..]))
+            }
+            _ => Err(ErrorCode::NoDeposit),
+        }
+    }
+}
+
+fn lapsed(started: Instant, now: Instant) -> bool {
+    now.saturating_duration_since(started) > DEPOSIT_LAPSE
+}
+
+/// Part `part` of a held commit, as a fetch answers it: `(total, bytes)`, or `None` past
+/// the last part.
+pub fn commit_part(commit: &[u8], part: u16) -> Option<(u16, Vec<u8>)> {
+    let total = commit.len().div_ceil(COMMIT_PART).max(1);
+    let total = u16::try_from(total).ok().filter(|t| *t <= MAX_COMMIT_PARTS)?;
+    let start = usize::from(part).checked_mul(COMMIT_PART)?;
+    let bytes = commit.get(start..commit.len().min(start + COMMIT_PART))?;
+    (!bytes.is_empty()).then(|| (total, bytes.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::Duration;
+
+    /// A deposit in order is taken whole by the claim that names its digest; out of order,
+    /// lapsed, or named by another digest, it is not; the budget is given back.
+    #[test]
+    fn a_deposit_is_taken_whole_in_order_and_within_its_lapse() {
+        let budget = DepositBudget::default();
+        let commit: Vec<u8> = (0..COMMIT_PART * 2 + 5).map(|i| i as u8).collect();
+        let parts: Vec<&[u8]> = commit.chunks(COMMIT_PART).collect();
+        let t0 = Instant::now();
+        let mut slot = DepositSlot::default();
+        for (i, p) in parts.iter().enumerate() {
+            assert_eq!(slot.push(&budget, i as u16, 3, p, t0), Ok(()));
+        }
+        assert_eq!(budget.used.load(Ordering::Relaxed), commit.len());
+        assert_eq!(slot.take(&[0; 32], t0), Err(ErrorCode::NoDeposit), "another digest");
+        assert_eq!(budget.used.load(Ordering::Relaxed), 0, "the refused deposit is dropped");
+        for (i, p) in parts.iter().enumerate() {
+            slot.push(&budget, i as u16, 3, p, t0).unwrap();
+        }
+        assert_eq!(&*slot.take(&commit_digest(&commit), t0).unwrap(), &commit[..]);
+        assert_eq!(
+            slot.take(&commit_digest(&commit), t0),
+            Err(ErrorCode::NoDeposit),
+            "taken once"
+        );
+        assert_eq!(budget.used.load(Ordering::Relaxed), 0);
+
+        // Out of order, incomplete, lapsed.
+        assert_eq!(slot.push(&budget, 1, 3, parts[1], t0), Err(ErrorCode::NoDeposit));
+        slot.push(&budget, 0, 3, parts[0], t0).unwrap();
+        assert_eq!(slot.push(&budget, 2, 3, parts[2], t0), Err(ErrorCode::NoDeposit));
+        slot.push(&budget, 0, 3, parts[0], t0).unwrap();
+        slot.push(&budget, 1, 3, parts[1], t0).unwrap();
+        assert_eq!(slot.take(&commit_digest(&commit), t0), Err(ErrorCode::NoDeposit));
+        for (i, p) in parts.iter().enumerate() {
+            slot.push(&budget, i as u16, 3, p, t0).unwrap();
+        }
+        let late = t0 + DEPOSIT_LAPSE + Duration::from_secs(1);
+        assert_eq!(slot.take(&commit_digest(&commit), late), Err(ErrorCode::NoDeposit));
+        assert_eq!(budget.used.load(Ordering::Relaxed), 0);
+    }
+
+    /// Past the relay-wide budget a part is refused and its deposit dropped.
+    #[test]
+    fn deposits_stay_within_the_relays_budget() {
+        let budget = DepositBudget::default();
+        let part = vec![1u8; COMMIT_PART];
+        let t0 = Instant::now();
+        let mut slots: Vec<DepositSlot> = Vec::new();
+        let mut refused = false;
+        'fill: for _ in 0..(DEPOSIT_BUDGET / (COMMIT_PART * MAX_COMMIT_PARTS as usize) + 1) {
+            let mut slot = DepositSlot::default();
+            for i in 0..MAX_COMMIT_PARTS {
+                if let Err(e) = slot.push(&budget, i, MAX_COMMIT_PARTS, &part, t0) {
+                    assert_eq!(e, ErrorCode::RelayFull);
+                    refused = true;
+                    break 'fill;
+                }
+            }
+            slots.push(slot);
+        }
+        assert!(refused);
+        assert!(budget.used.load(Ordering::Relaxed) <= DEPOSIT_BUDGET);
+        drop(slots);
+        assert_eq!(budget.used.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_held_commit_is_answered_in_parts() {
+        let commit = vec![9u8; COMMIT_PART + 1];
+        assert_eq!(
+            commit_part(&commit, 0).map(|(t, b)| (t, b.len())),
+            Some((2, COMMIT_PART))
+        );
+        assert_eq!(commit_part(&commit, 1).map(|(t, b)| (t, b.len())), Some((2, 1)));
+        assert_eq!(commit_part(&commit, 2), None);
+        assert_eq!(commit_part(&commit, u16::MAX), None);
+        assert_eq!(commit_part(&[], 0), None);
+    }
+}
