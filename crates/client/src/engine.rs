@@ -1001,7 +1001,19 @@ impl Engine {
             return Err(ClientError::Usage("to remove yourself, use `backchannel leave`".into()));
         }
         self.session.may(name, Act::RemoveOther, "remove members")?;
-        self.commit(name, CommitOp::Remove(vec![m.fingerprint])).await?;
+        match self.commit(name, CommitOp::Remove(vec![m.fingerprint])).await {
+            Ok(()) => {}
+            // Others kept winning (a member committing first, again and again, so as not to
+            // be removed): the removal goes out as a proposal, which every commit must carry.
+            Err(ClientError::Contended(_)) => {
+                self.session.propose_removal(name, &m.fingerprint)?;
+                self.perform_local()?;
+                self.flush_outbox().await?;
+                self.perform().await?;
+                return Err(ClientError::RemovalWaiting(name.to_string(), m.name));
+            }
+            Err(e) => return Err(e),
+        }
         self.session
             .event(name, EventKind::Removed, format!("you removed {}", m.name));
         self.save()?;

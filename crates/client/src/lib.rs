@@ -150,6 +150,14 @@ pub enum ClientError {
          be added or removed; make a new channel and move there"
     )]
     RefusedWinner(String),
+    /// An admin's removal kept losing its epoch to other members' changes, so it was sent
+    /// as a proposal instead: the next change by anyone must carry it.
+    #[error(
+        "other members kept changing \"{0}\" at the same moment, so your removal of {1} was sent \
+         as a proposal: the next change by any member removes {1}, and a change that leaves it out \
+         is refused by everyone; `backchannel sync` commits it when you can"
+    )]
+    RemovalWaiting(String, String),
     /// An MLS or format error, with its cause.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),

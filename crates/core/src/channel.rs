@@ -489,6 +489,11 @@ pub enum Rejection {
     /// channel), or that moves the channel's sequencer or drops its roles. Refused, not merged.
     #[error("a change to the channel was refused: the member who asked for it may not make it")]
     Forbidden,
+    /// A commit that leaves out a removal waiting in this member's store (an admin's
+    /// removal of a member, or a member's leave): the member it would keep in (often the
+    /// committer itself, committing so as not to be removed) stays out of it. Refused.
+    #[error("a change to the channel was refused: it leaves out a removal that was waiting to be made")]
+    LeavesOutRemoval,
     /// The message is more than [`MAX_FORWARD_DISTANCE`] of its sender's messages ahead
     /// of the last one read: those in between have not arrived yet.
     #[error("a message came too far ahead of its sender's earlier ones")]
@@ -889,6 +894,32 @@ impl Channel {
         self.outgoing(epoch, commit, welcome)
     }
 
+    /// Proposals to remove these members, for whoever commits next: every commit must
+    /// then carry them, or the other members refuse it ([`Rejection::LeavesOutRemoval`]).
+    pub fn propose_removal(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        who: &[Fingerprint],
+    ) -> Result<Vec<Vec<u8>>, ChannelError> {
+        let leaves: Vec<u32> = self
+            .members()
+            .iter()
+            .filter(|m| who.contains(&m.fingerprint))
+            .map(|m| m.leaf)
+            .collect();
+        leaves
+            .into_iter()
+            .map(|leaf| {
+                let (msg, _) = self
+                    .group
+                    .propose_remove_member(provider, identity, LeafNodeIndex::new(leaf))
+                    .map_err(mls)?;
+                msg.tls_serialize_detached().map_err(mls)
+            })
+            .collect()
+    }
+
     /// A proposal to remove this member, for the others to commit.
     pub fn leave(&mut self, provider: &Provider, identity: &Identity) -> Result<Vec<u8>, ChannelError> {
         let out = self.group.leave_group(provider, identity).map_err(mls)?;
@@ -1095,6 +1126,33 @@ impl Channel {
             }
             if !self.allows(&proposer.identity_key, act_of(q.proposal(), proposer, current)) {
                 return Err(Rejection::Forbidden);
+            }
+        }
+        // Every removal waiting here (an admin's, or a leave: each was checked against its
+        // proposer's role when it arrived) is in the commit, or the commit is refused: a
+        // member cannot keep itself in by committing first without it.
+        let removing: Vec<u32> = staged
+            .remove_proposals()
+            .map(|r| r.remove_proposal().removed().u32())
+            .collect();
+        for q in self.group.pending_proposals() {
+            let target = match q.proposal() {
+                Proposal::Remove(r) => Some(r.removed().u32()),
+                Proposal::SelfRemove => match q.sender() {
+                    Sender::Member(i) => Some(i.u32()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(t) = target {
+                let in_commit = removing.contains(&t)
+                    || staged.queued_proposals().any(|c| {
+                        matches!(c.proposal(), Proposal::SelfRemove)
+                            && matches!(c.sender(), Sender::Member(i) if i.u32() == t)
+                    });
+                if !in_commit && current.iter().any(|m| m.leaf == t) {
+                    return Err(Rejection::LeavesOutRemoval);
+                }
             }
         }
         if staged.group_context().extensions() != self.group.extensions() {
@@ -1339,6 +1397,48 @@ mod tests {
         assert!(matches!(bch.process(bp, &out.commit).unwrap(), Received::Commit { .. }));
         assert!(bch.allows(&keys[1], Act::RemoveOther));
         assert_eq!(bch.roles(), t[0].2.roles());
+    }
+
+    /// Finding 1: an admin's removal, once proposed, cannot be dodged. Alice proposes
+    /// mallory's removal (her own commit kept losing); mallory, past this client's checks,
+    /// clears it from her store and commits a key update without it: alice and bob refuse
+    /// that commit. Bob's next commit carries the removal, and mallory is out.
+    #[test]
+    fn a_commit_that_leaves_out_a_waiting_removal_is_refused() {
+        let mut t = trio(false);
+        let mallory_fp = t[2].1.fingerprint();
+        let epoch = t[0].2.epoch();
+        let proposals = {
+            let (ap, aid, ach) = &mut t[0];
+            ach.propose_removal(ap, aid, &[mallory_fp]).unwrap()
+        };
+        assert_eq!(proposals.len(), 1);
+        for (p, _, ch) in t.iter_mut().skip(1) {
+            assert!(matches!(
+                ch.process(p, &proposals[0]).unwrap(),
+                Received::Proposal { .. }
+            ));
+        }
+        let dodge = {
+            let (mp, mid, mch) = &mut t[2];
+            mch.group.clear_pending_proposals(mp.storage()).unwrap();
+            mch.self_update(mp, mid, None).unwrap().commit
+        };
+        for (p, _, ch) in t.iter_mut().take(2) {
+            assert_eq!(ch.process(p, &dodge).unwrap_err(), Rejection::LeavesOutRemoval);
+            assert_eq!(ch.epoch(), epoch, "not merged");
+            assert!(ch.has_pending_removals(), "the removal still waits");
+        }
+        let out = {
+            let (bp, bid, bch) = &mut t[1];
+            let out = bch.commit_pending(bp, bid).unwrap();
+            bch.merge_pending(bp).unwrap();
+            out
+        };
+        let (ap, _, ach) = &mut t[0];
+        assert!(matches!(ach.process(ap, &out.commit).unwrap(), Received::Commit { .. }));
+        assert!(!ach.members().iter().any(|m| m.fingerprint == mallory_fp));
+        assert_eq!(ach.members(), t[1].2.members());
     }
 
     /// Finding 1: a commit that removes someone moves the sequencer to a fresh mailbox of

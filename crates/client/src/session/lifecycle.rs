@@ -45,6 +45,29 @@ impl Session {
         Ok(())
     }
 
+    /// Proposes the removal of the member with fingerprint `who` in `name` to every other
+    /// member: for whoever commits next (an admin's removal whose commit kept losing).
+    pub fn propose_removal(
+        &mut self,
+        name: &str,
+        who: &backchannel_core::identity::Fingerprint,
+    ) -> Result<(), ClientError> {
+        self.active(name)?;
+        self.may(name, backchannel_core::roles::Act::RemoveOther, "remove members")?;
+        let mut group = self.load_group(name)?;
+        let others = self.others(&group);
+        let proposals = group
+            .propose_removal(&self.provider, &self.identity, std::slice::from_ref(who))
+            .map_err(ClientError::protocol)?;
+        for p in &proposals {
+            for to in &others {
+                self.enqueue(to, PayloadKind::Mls, p)?;
+            }
+        }
+        self.save();
+        Ok(())
+    }
+
     /// Tells every other member of `name` that the channel is closed (a close message
     /// in the outbox). The driver sends it, then [`Session::wipe`]s the channel with
     /// `Closed`.
