@@ -446,6 +446,27 @@ fn the_relays_of_a_cluster_share_mailboxes_claims_and_limits_and_wake_each_other
         }
         assert_eq!(held, commit);
         assert_eq!(code(c2.request(&fetch(0, 10)).await), Some(ErrorCode::NoSuchMailbox));
+        // After the next grant, through relay 2, epoch 1's commit is read from its slot
+        // (the claim record now holds epoch 2's), through relay 1.
+        assert!(granted(c2.pipeline(&claim(2, 12, 13, b"the next")).await.unwrap()));
+        let mut again = Vec::new();
+        for part in 0..2 {
+            match c1.request(&fetch(part, 11)).await {
+                Ok(Response::Commit { total: 2, bytes }) => again.extend(bytes),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(again, commit);
+        let latest = Request::FetchCommit {
+            send: seq,
+            epoch: 2,
+            key: [12; 32],
+            part: 0,
+        };
+        match c1.request(&latest).await {
+            Ok(Response::Commit { total: 1, bytes }) => assert_eq!(bytes, b"the next"),
+            other => panic!("{other:?}"),
+        }
 
         // Deleted through relay 1: relay 2 refuses sends to it (its cache is told).
         c1.request(&Request::Delete { mailbox: a.id() }).await.unwrap();

@@ -82,7 +82,7 @@ impl ServerCertVerifier for AnyCert {
 }
 
 fn tls_client() -> ClientConnection {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(backchannel_core::tls::provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()

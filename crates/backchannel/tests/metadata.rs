@@ -473,9 +473,11 @@ fn client_hello_extensions(opening: &[u8]) -> Vec<(u16, Vec<u8>)> {
     out
 }
 
-/// Issue 16, point 5 (part): an observer of the wire sees no name in any ClientHello: no
-/// server_name extension, and not the fixed name earlier releases sent; and a new relay's
-/// certificate carries no fixed name either (its hash is all a client checks).
+/// Issue 16, point 5: an observer of the wire sees no name in any ClientHello: no
+/// server_name extension, and not the fixed name earlier releases sent; a new relay's
+/// certificate carries no fixed name either (its hash is all a client checks); and every
+/// link's key exchange is the hybrid X25519MLKEM768, the only group a client offers (the
+/// relay refuses a classical one: `tls::tests::the_relay_speaks_only_the_hybrid_post_quantum_key_exchange`).
 #[test]
 fn no_client_hello_names_the_service() {
     let root = tempfile::tempdir().unwrap();
@@ -498,6 +500,14 @@ fn no_client_hello_names_the_service() {
             !opening.windows(11).any(|w| w == b"backchannel"),
             "the service's name in a ClientHello"
         );
+        // Point 5: the one key exchange offered, and the one share, is X25519MLKEM768.
+        let hybrid = backchannel_core::tls::X25519MLKEM768_CODE.to_be_bytes();
+        let groups = &exts.iter().find(|(k, _)| *k == 10).expect("supported_groups").1;
+        assert_eq!(groups[..], [0, 2, hybrid[0], hybrid[1]], "groups offered: {groups:?}");
+        let share = &exts.iter().find(|(k, _)| *k == 51).expect("key_share").1;
+        assert_eq!(share[2..4], hybrid, "the one key share");
+        // Its 1,184-byte ML-KEM-768 key and 32-byte X25519 key, and nothing after.
+        assert_eq!(share.len(), 2 + 4 + 1184 + 32);
     }
     let cert = std::fs::read(root.path().join("relay/relay-cert.der")).unwrap();
     for fixed in [&b"backchannel"[..], b"rcgen"] {

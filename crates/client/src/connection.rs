@@ -214,7 +214,8 @@ impl RelayConnection {
         proxy: Option<&ProxyAddr>,
         authority: &str,
     ) -> Result<Self, ConnectError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // X25519MLKEM768 only (`core::tls`).
+        let provider = Arc::new(backchannel_core::tls::provider());
         let mismatch = Arc::new(AtomicBool::new(false));
         let verifier = PinVerifier {
             pin: addr.pin(),

@@ -54,4 +54,5 @@ pub mod relay_address;
 pub mod roles;
 pub mod safety_number;
 pub mod storage;
+pub mod tls;
 pub mod vault;

@@ -128,7 +128,9 @@ impl TlsIdentity {
 
     /// A rustls server configuration (TLS 1.3 only).
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, RelayError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // X25519MLKEM768 only (`core::tls`): a client that offers only classical groups
+        // fails the handshake.
+        let provider = Arc::new(backchannel_core::tls::provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| RelayError::Tls(e.to_string()))?
@@ -140,5 +142,106 @@ impl TlsIdentity {
         // post-handshake records whose size is not one frame.
         config.send_tls13_tickets = 0;
         Ok(Arc::new(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{ServerName, UnixTime};
+    use rustls::{ClientConnection, DigitallySignedStruct, NamedGroup, ServerConnection, SignatureScheme};
+
+    /// Accepts any certificate (the pin is not what these tests look at).
+    #[derive(Debug)]
+    struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Err(rustls::Error::General("TLS 1.2".into()))
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// Runs a handshake in memory between a client with `provider` and the relay's server
+    /// configuration: the group it agreed on, or the error.
+    fn handshake(provider: rustls::crypto::CryptoProvider) -> Result<Option<NamedGroup>, rustls::Error> {
+        let identity = TlsIdentity::generate().unwrap();
+        let provider = Arc::new(provider);
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+            .with_no_client_auth();
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let mut client = ClientConnection::new(Arc::new(config), name)?;
+        let mut server = ServerConnection::new(identity.server_config().unwrap())?;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                server.read_tls(&mut rd).unwrap();
+            }
+            server.process_new_packets()?;
+            let mut back = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut back).unwrap();
+            }
+            let mut rd = &back[..];
+            while !rd.is_empty() {
+                client.read_tls(&mut rd).unwrap();
+            }
+            client.process_new_packets()?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(server.negotiated_key_exchange_group().map(|g| g.name()));
+            }
+        }
+        Err(rustls::Error::General("the handshake did not finish".into()))
+    }
+
+    /// Issue 16, point 5: the relay's key exchange is X25519MLKEM768, and a client that
+    /// offers only classical groups (a recording of which a quantum computer would open)
+    /// is refused.
+    #[test]
+    fn the_relay_speaks_only_the_hybrid_post_quantum_key_exchange() {
+        assert_eq!(
+            handshake(backchannel_core::tls::provider()).unwrap(),
+            Some(NamedGroup::X25519MLKEM768)
+        );
+        let classical = rustls::crypto::ring::default_provider();
+        assert!(handshake(classical).is_err(), "a classical client is refused");
+        let mut x25519 = rustls::crypto::aws_lc_rs::default_provider();
+        x25519.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+        assert!(handshake(x25519).is_err(), "so is one offering X25519 alone");
     }
 }
