@@ -607,12 +607,17 @@ impl Engine {
             if self.claim_and_finish(staged).await? {
                 return Ok(());
             }
-            // Lost the epoch: read the winner's commit at the sequencer (or, from a
-            // sequencer that holds none, wait for it in the mailbox) and try again.
-            match self.catch_up(name).await? {
-                CatchUp::Moved => {}
-                CatchUp::NotHeld => self.fetch_all(Duration::from_millis(500)).await?,
-                CatchUp::Refused => return Err(ClientError::RefusedWinner(name.to_string())),
+            // Lost the epoch: the winner's commit (and any proposal it carries) may be in
+            // the mailbox already; if not, read it at the sequencer (or, from a sequencer
+            // that holds none, wait for it in the mailbox), and try again.
+            let before = self.session.epoch(name);
+            self.fetch_all(Duration::ZERO).await?;
+            if self.session.epoch(name) == before {
+                match self.catch_up(name).await? {
+                    CatchUp::Moved => {}
+                    CatchUp::NotHeld => self.fetch_all(Duration::from_millis(500)).await?,
+                    CatchUp::Refused => return Err(ClientError::RefusedWinner(name.to_string())),
+                }
             }
         }
         Err(ClientError::Contended(name.to_string()))

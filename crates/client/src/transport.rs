@@ -49,7 +49,12 @@ pub struct TransportConfig {
 fn on_send_link(req: &Request) -> bool {
     matches!(
         req,
-        Request::Send { .. } | Request::Claim { .. } | Request::ClaimKeyed { .. }
+        Request::Send { .. }
+            | Request::Claim { .. }
+            | Request::ClaimKeyed { .. }
+            | Request::Deposit { .. }
+            | Request::ClaimCommit { .. }
+            | Request::FetchCommit { .. }
     )
 }
 

@@ -489,10 +489,10 @@ pub enum Rejection {
     /// channel), or that moves the channel's sequencer or drops its roles. Refused, not merged.
     #[error("a change to the channel was refused: the member who asked for it may not make it")]
     Forbidden,
-    /// A commit that leaves out a removal waiting in this member's store (an admin's
-    /// removal of a member, or a member's leave): the member it would keep in (often the
-    /// committer itself, committing so as not to be removed) stays out of it. Refused.
-    #[error("a change to the channel was refused: it leaves out a removal that was waiting to be made")]
+    /// A commit by a member whose removal (by an admin) waits in this member's store: MLS
+    /// lets no member commit its own removal, so whatever it commits leaves the removal out,
+    /// to stay in. Refused.
+    #[error("a change to the channel was refused: it was made by a member whose removal was waiting")]
     LeavesOutRemoval,
     /// The message is more than [`MAX_FORWARD_DISTANCE`] of its sender's messages ahead
     /// of the last one read: those in between have not arrived yet.
@@ -1128,31 +1128,18 @@ impl Channel {
                 return Err(Rejection::Forbidden);
             }
         }
-        // Every removal waiting here (an admin's, or a leave: each was checked against its
-        // proposer's role when it arrived) is in the commit, or the commit is refused: a
-        // member cannot keep itself in by committing first without it.
-        let removing: Vec<u32> = staged
-            .remove_proposals()
-            .map(|r| r.remove_proposal().removed().u32())
-            .collect();
-        for q in self.group.pending_proposals() {
-            let target = match q.proposal() {
-                Proposal::Remove(r) => Some(r.removed().u32()),
-                Proposal::SelfRemove => match q.sender() {
-                    Sender::Member(i) => Some(i.u32()),
-                    _ => None,
-                },
-                _ => None,
-            };
-            if let Some(t) = target {
-                let in_commit = removing.contains(&t)
-                    || staged.queued_proposals().any(|c| {
-                        matches!(c.proposal(), Proposal::SelfRemove)
-                            && matches!(c.sender(), Sender::Member(i) if i.u32() == t)
-                    });
-                if !in_commit && current.iter().any(|m| m.leaf == t) {
-                    return Err(Rejection::LeavesOutRemoval);
-                }
+        // A member whose removal by another (an admin: checked against the proposer's role
+        // when it arrived) waits here may commit nothing: its commit would leave the removal
+        // out (MLS lets nobody commit its own), and so keep it in. Only this case: a commit
+        // that leaves out someone else's waiting removal may simply have been made before
+        // that proposal reached its committer (the removal is then proposed again).
+        if let Some(c) = committer {
+            let targeted = self.group.pending_proposals().any(|q| {
+                matches!(q.proposal(), Proposal::Remove(r) if r.removed().u32() == c.leaf)
+                    && matches!(q.sender(), Sender::Member(i) if i.u32() != c.leaf)
+            });
+            if targeted {
+                return Err(Rejection::LeavesOutRemoval);
             }
         }
         if staged.group_context().extensions() != self.group.extensions() {

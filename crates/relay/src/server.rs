@@ -874,9 +874,9 @@ impl Connection {
     fn concurrent(&self, req: &Request) -> bool {
         match req {
             Request::Ack { mailbox, .. } => self.opened.contains(mailbox),
-            Request::Send { .. } | Request::Claim { .. } | Request::ClaimKeyed { .. } | Request::FetchCommit { .. } => {
-                true
-            }
+            // Not `FetchCommit`: each reads a whole held commit (up to 512 KiB), so one
+            // connection's run one after the other.
+            Request::Send { .. } | Request::Claim { .. } | Request::ClaimKeyed { .. } => true,
             _ => false,
         }
     }

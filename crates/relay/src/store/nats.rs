@@ -644,14 +644,15 @@ impl NatsStore {
         let subject = claim_subject(&id);
         let held = HeldCommit::of_grant(epoch, &proof, commit);
         for _ in 0..CAS_ATTEMPTS {
-            let (seq, (claims, _)) = match self.latest(&subject).await? {
+            let (seq, (claims, latest)) = match self.latest(&subject).await? {
                 Some((seq, v)) => (seq, decode_claims(&v)?),
                 None => (0, (Claims::NEW, None)),
             };
             let Some(claims) = claims.judge(epoch, &proof)? else {
-                // The winner again: its commit goes to its slot (again, if a relay died
-                // between the grant and that write).
-                return self.keep_held(&id, held.as_ref()).await;
+                // The winner's claim again: the commit the grant holds (never this request's,
+                // which any member of the next epoch could send) goes to its slot again, in
+                // case a relay died between the grant and that write.
+                return self.keep_held(&id, latest.filter(|h| h.epoch == epoch).as_ref()).await;
             };
             // The grant and its commit in one record: never one without the other. The
             // latest epoch's commit is read there; earlier ones from their slots.

@@ -951,3 +951,45 @@ fn a_granted_claim_holds_its_commit_for_the_members_of_its_epoch() {
     s.delete(id).unwrap();
     assert_eq!(s.held_commit(cap, 17, [27; 32]), Err(StoreError::NoSuchMailbox));
 }
+
+/// Held commits are bounded relay-wide (`HELD_BYTES`, 256 MiB; 4 MiB in these tests):
+/// anyone can make a sequencer and claim it, so past the bound a claim that brings a commit
+/// is refused (`RelayFull`) and nothing is written; deleting a sequencer gives its bytes back.
+#[test]
+fn held_commits_stay_within_the_relays_bound() {
+    use backchannel_core::frame::claim_lock;
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 10);
+    let commit = std::sync::Arc::<[u8]>::from(vec![7u8; 512 * 1024]);
+    let proof = |k: u8| ClaimProof::Key {
+        key: [k; 32],
+        next: claim_lock(&[k + 1; 32]),
+    };
+    let mut granted = 0;
+    let mut refused = None;
+    for i in 0..20u8 {
+        let cap = [i + 100; 32];
+        s.create(MailboxId([i; 32]), [3; 32], Sha256::digest(cap).into(), 0)
+            .unwrap();
+        match s.claim(cap, 0, proof(1), Some(commit.clone())) {
+            Ok(()) => granted += 1,
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    assert!(refused.is_some(), "the bound is reached");
+    let (full, e) = refused.unwrap();
+    assert_eq!(e, StoreError::RelayFull);
+    assert_eq!(granted, 7, "4 MiB holds seven commits of 512 KiB and their headers");
+    let full_cap = [full + 100; 32];
+    assert_eq!(
+        s.held_commit(full_cap, 0, [1; 32]),
+        Err(StoreError::EpochConflict(0)),
+        "nothing written"
+    );
+    s.delete(MailboxId([0; 32])).unwrap();
+    s.claim(full_cap, 0, proof(1), Some(commit.clone())).unwrap();
+    assert_eq!(&*s.held_commit(full_cap, 0, [1; 32]).unwrap(), &commit[..]);
+}

@@ -255,6 +255,32 @@ fn stage(
     Ok((results, shreds))
 }
 
+/// Most bytes of held commits the store keeps, all sequencers together (a sequencer
+/// keeps at most [`HeldCommit::KEPT`] commits of 512 KiB). Smaller in this crate's tests,
+/// which fill it.
+#[cfg(not(test))]
+pub(crate) const HELD_BYTES: u64 = 256 * 1024 * 1024;
+#[cfg(test)]
+pub(crate) const HELD_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The `held` table's key for the bytes it holds in all (shorter than any commit's key).
+const HELD_TOTAL: &[u8] = b"total";
+
+fn held_total(held: &Table<'_>) -> Result<u64, StoreError> {
+    const DOING: &str = "counting held commits";
+    Ok(held
+        .get(HELD_TOTAL)
+        .map_err(StoreError::database(DOING))?
+        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
+fn set_held_total(held: &mut Table<'_>, total: u64) -> Result<(), StoreError> {
+    held.insert(HELD_TOTAL, &total.to_be_bytes()[..])
+        .map_err(StoreError::database("counting held commits"))?;
+    Ok(())
+}
+
 fn sender(senders: &Table<'_>, send: &[u8; 32]) -> Result<Option<MailboxId>, StoreError> {
     let digest: [u8; 32] = Sha256::digest(send).into();
     match senders
@@ -401,9 +427,18 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                     .map_err(StoreError::database(DOING))?;
             }
             boxes.remove(&id.0[..]).map_err(StoreError::database(DOING))?;
+            let mut freed = 0u64;
             for epoch in 0..HeldCommit::KEPT {
-                held.remove(&held_key(id, epoch)[..])
-                    .map_err(StoreError::database(DOING))?;
+                if let Some(v) = held
+                    .remove(&held_key(id, epoch)[..])
+                    .map_err(StoreError::database(DOING))?
+                {
+                    freed += v.value().len() as u64;
+                }
+            }
+            if freed > 0 {
+                let total = held_total(held)?;
+                set_held_total(held, total.saturating_sub(freed))?;
             }
             Ok((*id, keys.len() as u64))
         }
@@ -420,14 +455,27 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             Some((id, Some(rec))) => match rec.claims.judge(*epoch, proof) {
                 Ok(Some(claims)) => {
                     const DOING: &str = "granting a claim";
+                    let kept = HeldCommit::of_grant(*epoch, proof, commit.clone()).map(|h| h.encode());
+                    let key = held_key(&id, *epoch);
+                    let replaced = held
+                        .get(&key[..])
+                        .map_err(StoreError::database(DOING))?
+                        .map_or(0, |v| v.value().len() as u64);
+                    let total = held_total(held)?;
+                    let after = total.saturating_sub(replaced) + kept.as_ref().map_or(0, |k| k.len() as u64);
+                    // Held commits are bounded relay-wide, like envelopes: past the bound a
+                    // claim that brings one is refused, and nothing is written.
+                    if kept.is_some() && after > HELD_BYTES {
+                        return Ok(Err(StoreError::RelayFull));
+                    }
                     let rec = MailboxRecord { claims, ..rec };
                     boxes
                         .insert(&id.0[..], &rec.encode()[..])
                         .map_err(StoreError::database(DOING))?;
                     // The grant and its commit in one transaction: never one without the other.
-                    if let Some(h) = HeldCommit::of_grant(*epoch, proof, commit.clone()) {
-                        held.insert(&held_key(&id, *epoch)[..], &h.encode()[..])
-                            .map_err(StoreError::database(DOING))?;
+                    if let Some(k) = kept {
+                        held.insert(&key[..], &k[..]).map_err(StoreError::database(DOING))?;
+                        set_held_total(held, after)?;
                     }
                     Ok((id, *epoch))
                 }
