@@ -58,7 +58,8 @@ fn a_removed_members_old_device_cannot_freeze_the_channel_with_a_claim() {
     assert_eq!(now.relay, old.relay, "to the same relay");
 
     // The copy claims the next epoch every way it can, at the only sequencer it knows
-    // (locked, then deleted by alice, who made it, once the removal moved it).
+    // (locked to the epoch the copy never reached; alice, who made it, keeps it 2 days for the
+    // commits it holds, then deletes it).
     rt().block_on(async {
         let mut c = RelayConnection::connect(&old.relay).await.unwrap();
         let token = c

@@ -1088,6 +1088,11 @@ async fn an_admins_weekly_rotation_moves_the_sequencer() {
     assert_eq!(seq(&m[0]), before);
     assert_eq!(seq(&m[1]), before);
     // Ada's is due: she rotates it and moves the sequencer, on the same relay.
+    let old_id = m[0].engine.session.state.channels["room"]
+        .sequencer
+        .as_ref()
+        .unwrap()
+        .id();
     m[0].engine
         .session
         .state
@@ -1108,6 +1113,16 @@ async fn an_admins_weekly_rotation_moves_the_sequencer() {
     m[0].engine.send("room", "after the move").await.unwrap();
     m[1].sync().await;
     assert!(m[1].texts("room").contains(&"after the move".to_string()));
+    // The old sequencer stays at the relay, with the commits it holds, as long as a retired
+    // mailbox (a member who missed the move reads it there), then goes.
+    let store = &relay.store;
+    let exists = |id| async move { MailboxStore::recipient_key(store, id).await.unwrap().is_some() };
+    assert!(exists(old_id).await, "kept for its grace");
+    for r in &mut m[0].engine.session.state.channels.get_mut("room").unwrap().retired {
+        r.until = 1;
+    }
+    m[0].sync().await;
+    assert!(!exists(old_id).await, "deleted after it");
 }
 
 /// Finding 1: a device killed at a random point of a `remove` or an `update` (seeded; the

@@ -19,7 +19,7 @@ use backchannel_core::relay_address::RelayAddress;
 use backchannel_core::roles::{Act, Roles};
 
 use super::lifecycle::RETIRED_GRACE;
-use super::{Effect, Session};
+use super::Session;
 use crate::state::{ChannelStatus, PendingCommit, RetiredMailbox};
 use crate::ClientError;
 
@@ -344,10 +344,15 @@ impl Session {
                         .filter(|f| Some(&f.address) == sequencer.as_ref())
                     {
                         // The commit moved the sequencer to the mailbox made for it: ours to
-                        // delete when the channel closes; the old one, if ours, goes now.
-                        let old = ch.sequencer.replace(fresh);
-                        self.state.doomed.extend(old);
-                        self.push(Effect::DeleteDoomed);
+                        // delete when the channel closes. The old one, if ours, is kept as long
+                        // as a retired mailbox, for the commits it holds (a member who missed
+                        // one reads it there), then deleted.
+                        if let Some(old) = ch.sequencer.replace(fresh) {
+                            ch.retired.push(RetiredMailbox {
+                                keys: old,
+                                until: now.saturating_add(RETIRED_GRACE.as_secs()),
+                            });
+                        }
                     } else if let Some(fresh) = pending.new_mailbox.clone() {
                         let old = std::mem::replace(&mut ch.mailbox, fresh);
                         ch.mailbox_since = now;
@@ -484,18 +489,23 @@ impl Session {
 
 impl Session {
     /// After a commit read here: if it moved the channel's sequencer and we held the old
-    /// one (we made it), that one is deleted at its relay.
+    /// one (we made it), that one is retired: deleted at its relay after [`RETIRED_GRACE`].
     pub(crate) fn sequencer_moved(&mut self, name: &str, group: &Channel) {
         let Ok(info) = group.info() else {
             return;
         };
+        let now = self.now_s();
         let Some(ch) = self.state.channels.get_mut(name) else {
             return;
         };
         if ch.sequencer.as_ref().is_some_and(|s| s.address != info.sequencer) {
-            let old = ch.sequencer.take();
-            self.state.doomed.extend(old);
-            self.push(Effect::DeleteDoomed);
+            // Kept as long as a retired mailbox, for the commits it holds, then deleted.
+            if let Some(old) = ch.sequencer.take() {
+                ch.retired.push(RetiredMailbox {
+                    keys: old,
+                    until: now.saturating_add(RETIRED_GRACE.as_secs()),
+                });
+            }
         }
     }
 }
