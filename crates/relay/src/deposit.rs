@@ -8,11 +8,15 @@
 //! never granted without its commit.
 //!
 //! Memory: at most one deposit per connection ([`MAX_COMMIT_PARTS`] ×
-//! [`COMMIT_PART`] bytes), and at most [`DEPOSIT_BUDGET`] bytes for all connections
-//! together; past it a deposit is refused `RelayFull` until others are claimed or dropped.
+//! [`COMMIT_PART`] bytes), at most [`DEPOSIT_PER_ADDRESS`] for the connections of one
+//! address (an IPv4 address or an IPv6 /64), and at most [`DEPOSIT_BUDGET`] bytes for all
+//! connections together; past either a deposit is refused `RelayFull` until others are
+//! claimed or dropped. So one party needs 16 addresses to hold the whole budget.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use backchannel_core::frame::{commit_digest, ErrorCode, COMMIT_PART, DEPOSIT_LAPSE, MAX_COMMIT_PARTS};
@@ -20,16 +24,62 @@ use backchannel_core::frame::{commit_digest, ErrorCode, COMMIT_PART, DEPOSIT_LAP
 /// Bytes of deposits the relay keeps for all its connections together.
 pub const DEPOSIT_BUDGET: usize = 64 * 1024 * 1024;
 
-/// The bytes of deposits in memory, relay-wide, against [`DEPOSIT_BUDGET`].
+/// Bytes of deposits the relay keeps for the connections of one address.
+pub const DEPOSIT_PER_ADDRESS: usize = 4 * 1024 * 1024;
+
+/// The bytes of deposits in memory, relay-wide against [`DEPOSIT_BUDGET`] and per address
+/// against [`DEPOSIT_PER_ADDRESS`].
 #[derive(Debug, Clone, Default)]
 pub struct DepositBudget {
     used: Arc<AtomicUsize>,
+    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl DepositBudget {
+    /// Takes `n` bytes for `address`, if both bounds allow.
+    fn take(&self, address: Option<IpAddr>, n: usize) -> bool {
+        let before = self.used.fetch_add(n, Ordering::Relaxed);
+        if before.saturating_add(n) > DEPOSIT_BUDGET {
+            self.used.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        if let Some(a) = address {
+            let mut map = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+            let mine = map.entry(a).or_insert(0);
+            if mine.saturating_add(n) > DEPOSIT_PER_ADDRESS {
+                if *mine == 0 {
+                    map.remove(&a);
+                }
+                self.used.fetch_sub(n, Ordering::Relaxed);
+                return false;
+            }
+            *mine += n;
+        }
+        true
+    }
+
+    /// Gives back `n` bytes of `address`.
+    fn give(&self, address: Option<IpAddr>, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+        if let Some(a) = address {
+            let mut map = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(mine) = map.get_mut(&a) {
+                *mine = mine.saturating_sub(n);
+                if *mine == 0 {
+                    map.remove(&a);
+                }
+            }
+        }
+    }
 }
 
 /// One connection's deposit, if it is making one.
 #[derive(Debug, Default)]
 pub struct DepositSlot {
     current: Option<Deposit>,
+    /// The connection's address (its key in the per-address bound); `None` counts only
+    /// against the relay-wide budget.
+    address: Option<IpAddr>,
 }
 
 #[derive(Debug)]
@@ -39,15 +89,24 @@ struct Deposit {
     bytes: Vec<u8>,
     started: Instant,
     budget: DepositBudget,
+    address: Option<IpAddr>,
 }
 
 impl Drop for Deposit {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+        self.budget.give(self.address, self.bytes.len());
     }
 }
 
 impl DepositSlot {
+    /// The slot of a connection from `address` (as the relay's per-address limits key it).
+    pub fn for_address(address: IpAddr) -> Self {
+        Self {
+            current: None,
+            address: Some(address),
+        }
+    }
+
     /// Takes part `part` of `total`: part 0 starts a new deposit (the one before is
     /// dropped), any other must follow the last in order, within [`DEPOSIT_LAPSE`] of the
     /// first. A part out of order ends the deposit (`NoDeposit`); one past the relay's
@@ -71,6 +130,7 @@ impl DepositSlot {
                 bytes: Vec::new(),
                 started: now,
                 budget: budget.clone(),
+                address: self.address,
             });
         }
         let Some(d) = self
@@ -81,9 +141,7 @@ impl DepositSlot {
             self.current = None;
             return Err(ErrorCode::NoDeposit);
         };
-        let before = budget.used.fetch_add(bytes.len(), Ordering::Relaxed);
-        if before.saturating_add(bytes.len()) > DEPOSIT_BUDGET {
-            budget.used.fetch_sub(bytes.len(), Ordering::Relaxed);
+        if !budget.take(self.address, bytes.len()) {
             self.current = None;
             return Err(ErrorCode::RelayFull);
         }
@@ -188,6 +246,37 @@ mod tests {
         assert!(budget.used.load(Ordering::Relaxed) <= DEPOSIT_BUDGET);
         drop(slots);
         assert_eq!(budget.used.load(Ordering::Relaxed), 0);
+    }
+
+    /// One address holds at most its share of deposits: past it a part is refused, while
+    /// another address still deposits; the share comes back when the deposits go.
+    #[test]
+    fn one_address_holds_at_most_its_share() {
+        let budget = DepositBudget::default();
+        let part = vec![1u8; COMMIT_PART];
+        let t0 = Instant::now();
+        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let mut slots: Vec<DepositSlot> = Vec::new();
+        let mut refused = false;
+        'fill: for _ in 0..(DEPOSIT_PER_ADDRESS / (COMMIT_PART * MAX_COMMIT_PARTS as usize) + 1) {
+            let mut slot = DepositSlot::for_address(a);
+            for i in 0..MAX_COMMIT_PARTS {
+                if let Err(e) = slot.push(&budget, i, MAX_COMMIT_PARTS, &part, t0) {
+                    assert_eq!(e, ErrorCode::RelayFull);
+                    refused = true;
+                    break 'fill;
+                }
+            }
+            slots.push(slot);
+        }
+        assert!(refused);
+        assert!(budget.used.load(Ordering::Relaxed) <= DEPOSIT_PER_ADDRESS);
+        let mut other = DepositSlot::for_address(b);
+        assert_eq!(other.push(&budget, 0, 1, &part, t0), Ok(()));
+        drop(slots);
+        drop(other);
+        assert_eq!(budget.used.load(Ordering::Relaxed), 0);
+        assert!(budget.per_address.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -434,7 +434,7 @@ async fn handle(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermi
         Err(_) => return Metrics::count(&shared.metrics.handshake_timeouts),
     };
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    if serve_connection(&mut ws, &shared).await == Ended::Shutdown {
+    if serve_connection(&mut ws, &shared, address.key).await == Ended::Shutdown {
         close_on_shutdown(&mut ws).await;
     }
     shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
@@ -477,7 +477,7 @@ async fn close_on_shutdown(ws: &mut Ws) {
 /// to [`PIPELINE_DEPTH`], so that one client's pipelined writes share a group commit);
 /// anything else waits for them and runs alone. Answers go out in request order. A
 /// request that was read is always executed and answered, shutdown or not.
-async fn serve_connection(ws: &mut Ws, shared: &Shared) -> Ended {
+async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ended {
     let mut conn = Connection {
         nonce: {
             let mut n = [0u8; 32];
@@ -486,7 +486,7 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared) -> Ended {
         },
         opened: HashSet::new(),
         touched: 0,
-        deposit: DepositSlot::default(),
+        deposit: DepositSlot::for_address(address),
     };
     let hello = Response::Hello {
         version: shared.protocol_version,
