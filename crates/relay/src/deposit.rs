@@ -223,27 +223,31 @@ mod tests {
         assert_eq!(budget.used.load(Ordering::Relaxed), 0);
     }
 
+    /// Makes full deposits on slots from `slot` until a part is refused (which must be
+    /// `RelayFull`, and come within `bound` bytes); returns the slots that hold deposits.
+    fn fill_until_refused(budget: &DepositBudget, bound: usize, slot: impl Fn() -> DepositSlot) -> Vec<DepositSlot> {
+        let part = vec![1u8; COMMIT_PART];
+        let t0 = Instant::now();
+        let mut slots = Vec::new();
+        for _ in 0..=bound / (COMMIT_PART * MAX_COMMIT_PARTS as usize) {
+            let mut s = slot();
+            for i in 0..MAX_COMMIT_PARTS {
+                if let Err(e) = s.push(budget, i, MAX_COMMIT_PARTS, &part, t0) {
+                    assert_eq!(e, ErrorCode::RelayFull);
+                    assert!(budget.used.load(Ordering::Relaxed) <= bound);
+                    return slots;
+                }
+            }
+            slots.push(s);
+        }
+        unreachable!("no part was refused within {bound} bytes")
+    }
+
     /// Past the relay-wide budget a part is refused and its deposit dropped.
     #[test]
     fn deposits_stay_within_the_relays_budget() {
         let budget = DepositBudget::default();
-        let part = vec![1u8; COMMIT_PART];
-        let t0 = Instant::now();
-        let mut slots: Vec<DepositSlot> = Vec::new();
-        let mut refused = false;
-        'fill: for _ in 0..(DEPOSIT_BUDGET / (COMMIT_PART * MAX_COMMIT_PARTS as usize) + 1) {
-            let mut slot = DepositSlot::default();
-            for i in 0..MAX_COMMIT_PARTS {
-                if let Err(e) = slot.push(&budget, i, MAX_COMMIT_PARTS, &part, t0) {
-                    assert_eq!(e, ErrorCode::RelayFull);
-                    refused = true;
-                    break 'fill;
-                }
-            }
-            slots.push(slot);
-        }
-        assert!(refused);
-        assert!(budget.used.load(Ordering::Relaxed) <= DEPOSIT_BUDGET);
+        let slots = fill_until_refused(&budget, DEPOSIT_BUDGET, DepositSlot::default);
         drop(slots);
         assert_eq!(budget.used.load(Ordering::Relaxed), 0);
     }
@@ -253,26 +257,10 @@ mod tests {
     #[test]
     fn one_address_holds_at_most_its_share() {
         let budget = DepositBudget::default();
-        let part = vec![1u8; COMMIT_PART];
-        let t0 = Instant::now();
         let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
-        let mut slots: Vec<DepositSlot> = Vec::new();
-        let mut refused = false;
-        'fill: for _ in 0..(DEPOSIT_PER_ADDRESS / (COMMIT_PART * MAX_COMMIT_PARTS as usize) + 1) {
-            let mut slot = DepositSlot::for_address(a);
-            for i in 0..MAX_COMMIT_PARTS {
-                if let Err(e) = slot.push(&budget, i, MAX_COMMIT_PARTS, &part, t0) {
-                    assert_eq!(e, ErrorCode::RelayFull);
-                    refused = true;
-                    break 'fill;
-                }
-            }
-            slots.push(slot);
-        }
-        assert!(refused);
-        assert!(budget.used.load(Ordering::Relaxed) <= DEPOSIT_PER_ADDRESS);
+        let slots = fill_until_refused(&budget, DEPOSIT_PER_ADDRESS, || DepositSlot::for_address(a));
         let mut other = DepositSlot::for_address(b);
-        assert_eq!(other.push(&budget, 0, 1, &part, t0), Ok(()));
+        assert_eq!(other.push(&budget, 0, 1, &[1u8; 16], Instant::now()), Ok(()));
         drop(slots);
         drop(other);
         assert_eq!(budget.used.load(Ordering::Relaxed), 0);
