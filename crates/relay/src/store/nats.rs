@@ -637,10 +637,7 @@ impl NatsStore {
         proof: ClaimProof,
         commit: Option<Arc<[u8]>>,
     ) -> Result<(), StoreError> {
-        let digest: [u8; 32] = Sha256::digest(send).into();
-        let Some(Target { id, .. }) = self.target(&digest).await? else {
-            return Err(StoreError::NoSuchMailbox);
-        };
+        let id = self.mailbox_of(send).await?;
         let subject = claim_subject(&id);
         let held = HeldCommit::of_grant(epoch, &proof, commit);
         for _ in 0..CAS_ATTEMPTS {
@@ -663,6 +660,15 @@ impl NatsStore {
             }
         }
         Err(nats_error("claiming an epoch", NatsError::Contended))
+    }
+
+    /// The mailbox a send capability leads to (a sequencer, for claims and held commits).
+    async fn mailbox_of(&self, send: [u8; 32]) -> Result<MailboxId, StoreError> {
+        let digest: [u8; 32] = Sha256::digest(send).into();
+        match self.target(&digest).await? {
+            Some(Target { id, .. }) => Ok(id),
+            None => Err(StoreError::NoSuchMailbox),
+        }
     }
 
     /// Writes a granted commit to its epoch's slot (only a winner does, after its grant).
@@ -833,10 +839,7 @@ impl MailboxStore for NatsStore {
     }
 
     async fn held_commit(&self, send: [u8; 32], epoch: u64, key: [u8; 32]) -> Result<Arc<[u8]>, StoreError> {
-        let digest: [u8; 32] = Sha256::digest(send).into();
-        let Some(Target { id, .. }) = self.target(&digest).await? else {
-            return Err(StoreError::NoSuchMailbox);
-        };
+        let id = self.mailbox_of(send).await?;
         let (claims, latest) = match self.latest(&claim_subject(&id)).await? {
             Some((_, v)) => decode_claims(&v)?,
             None => (Claims::NEW, None),

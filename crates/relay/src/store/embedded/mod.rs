@@ -121,6 +121,22 @@ const MAX_BATCH: usize = 512;
 
 type Table<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
 
+/// The mailbox a send capability leads to, from the `senders` table (read or written).
+fn sender(
+    senders: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    send: &[u8; 32],
+) -> Result<Option<MailboxId>, StoreError> {
+    use sha2::Digest as _;
+    let digest: [u8; 32] = sha2::Sha256::digest(send).into();
+    match senders
+        .get(&digest[..])
+        .map_err(StoreError::database("looking up a send capability"))?
+    {
+        Some(v) => Ok(Some(record::decode_sender(v.value())?)),
+        None => Ok(None),
+    }
+}
+
 /// Where the commit of `epoch` at sequencer `id` is kept.
 fn held_key(id: &MailboxId, epoch: u64) -> [u8; 33] {
     let mut k = [0u8; 33];
@@ -452,16 +468,9 @@ impl Reader {
 
     fn held_commit(&self, send: [u8; 32], epoch: u64, key: &[u8; 32]) -> Result<Arc<[u8]>, StoreError> {
         const DOING: &str = "reading a held commit";
-        use sha2::Digest as _;
         let txn = self.db.begin_read().map_err(StoreError::database(DOING))?;
         let senders = txn.open_table(SENDERS).map_err(StoreError::database(DOING))?;
-        let digest: [u8; 32] = sha2::Sha256::digest(send).into();
-        let Some(id) = senders
-            .get(&digest[..])
-            .map_err(StoreError::database(DOING))?
-            .map(|v| record::decode_sender(v.value()))
-            .transpose()?
-        else {
+        let Some(id) = sender(&senders, &send)? else {
             return Err(StoreError::NoSuchMailbox);
         };
         let boxes = txn.open_table(MAILBOXES).map_err(StoreError::database(DOING))?;

@@ -15,11 +15,10 @@ use backchannel_core::envelope::Envelope;
 use backchannel_core::mailbox::MailboxId;
 use backchannel_core::pow::ProvenWork;
 use redb::{Database, ReadableTable, ReadableTableMetadata};
-use sha2::{Digest, Sha256};
 
 use super::at_rest::{fresh_key, seal, zero_slots, EnvelopeKey, KeyFile, SlotBook};
-use super::record::{decode_sender, encode_envelope_value, encode_sender, record_key, EnvelopeValue, MailboxRecord};
-use super::{count_off, get_record, held_key, Table, ENVELOPES, HELD, MAILBOXES, MAX_BATCH, SENDERS};
+use super::record::{encode_envelope_value, encode_sender, record_key, EnvelopeValue, MailboxRecord};
+use super::{count_off, get_record, held_key, sender, Table, ENVELOPES, HELD, MAILBOXES, MAX_BATCH, SENDERS};
 use crate::store::{ClaimProof, Claims, HeldCommit, Quota, StoreError};
 
 /// What one batch does to the key file.
@@ -281,17 +280,6 @@ fn set_held_total(held: &mut Table<'_>, total: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn sender(senders: &Table<'_>, send: &[u8; 32]) -> Result<Option<MailboxId>, StoreError> {
-    let digest: [u8; 32] = Sha256::digest(send).into();
-    match senders
-        .get(&digest[..])
-        .map_err(StoreError::database("looking up a send capability"))?
-    {
-        Some(v) => Ok(Some(decode_sender(v.value())?)),
-        None => Ok(None),
-    }
-}
-
 struct Tables<'a, 't> {
     boxes: &'a mut Table<'t>,
     envs: &'a mut Table<'t>,
@@ -357,7 +345,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             envelope,
             expires_at,
             work,
-        } => match sender(senders, send)?
+        } => match sender(&**senders, send)?
             .map(|id| get_record(boxes, &id).map(|r| (id, r)))
             .transpose()?
         {
@@ -447,7 +435,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             epoch,
             proof,
             commit,
-        } => match sender(senders, send)?
+        } => match sender(&**senders, send)?
             .map(|id| get_record(boxes, &id).map(|r| (id, r)))
             .transpose()?
         {
