@@ -628,19 +628,15 @@ impl Engine {
     async fn catch_up(&mut self, name: &str) -> Result<CatchUp, ClientError> {
         // Returns whether the channel moved on, the sequencer held nothing to read, or this
         // device refused what it held.
-        let Some((relay, first)) = self.session.held_commit_request(name) else {
+        let Some(source) = self.session.held_commit_source(name) else {
             return Ok(CatchUp::NotHeld);
         };
-        let Request::FetchCommit { send, epoch, key, .. } = first else {
-            return Ok(CatchUp::NotHeld);
-        };
-        let before = self.session.epoch(name);
+        let relay = source.relay.clone();
         let mut commit = Vec::new();
         let mut total = 1u16;
         let mut part = 0u16;
         while part < total {
-            let req = Request::FetchCommit { send, epoch, key, part };
-            match self.request(&relay, &req).await {
+            match self.request(&relay, &source.fetch(part)).await {
                 Ok(Response::Commit { total: t, bytes }) if part == 0 || t == total => {
                     total = t;
                     commit.extend_from_slice(&bytes);
@@ -658,7 +654,7 @@ impl Engine {
         self.perform().await?;
         Ok(if refused {
             CatchUp::Refused
-        } else if self.session.epoch(name) != before {
+        } else if self.session.epoch(name) != Some(source.epoch) {
             CatchUp::Moved
         } else {
             CatchUp::NotHeld

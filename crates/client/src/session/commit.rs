@@ -106,6 +106,35 @@ impl Staged {
     }
 }
 
+/// Where a channel's sequencer holds the commit that won the member's current epoch, and
+/// the claim key that shows the member may read it.
+pub struct HeldCommitSource {
+    /// The sequencer's relay.
+    pub relay: RelayAddress,
+    send: [u8; 32],
+    /// The epoch whose winning commit is read.
+    pub epoch: u64,
+    key: [u8; 32],
+}
+
+impl HeldCommitSource {
+    /// The request for part `part` of the commit.
+    pub fn fetch(&self, part: u16) -> Request {
+        Request::FetchCommit {
+            send: self.send,
+            epoch: self.epoch,
+            key: self.key,
+            part,
+        }
+    }
+}
+
+impl Drop for HeldCommitSource {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
 /// What the sequencer answered to a claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimAnswer {
@@ -380,21 +409,16 @@ impl Session {
     }
 
     /// Where to read the commit that won the current epoch of channel `name` (after a
-    /// lost claim, or when the channel is behind): the sequencer's relay, and the fetch
-    /// of part 0 (the others follow with [`Request::FetchCommit`]'s `part`).
-    pub fn held_commit_request(&self, name: &str) -> Option<(RelayAddress, Request)> {
+    /// lost claim, or when the channel is behind).
+    pub fn held_commit_source(&self, name: &str) -> Option<HeldCommitSource> {
         let group = self.load_group(name).ok()?;
         let seq = group.info().ok()?.sequencer;
-        let key = group.claim_key(&self.provider).ok()?;
-        Some((
-            seq.relay,
-            Request::FetchCommit {
-                send: seq.send.0,
-                epoch: group.epoch(),
-                key,
-                part: 0,
-            },
-        ))
+        Some(HeldCommitSource {
+            relay: seq.relay,
+            send: seq.send.0,
+            epoch: group.epoch(),
+            key: group.claim_key(&self.provider).ok()?,
+        })
     }
 
     /// Reads a commit fetched from channel `name`'s sequencer as if it had come in the
