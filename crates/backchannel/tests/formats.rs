@@ -134,6 +134,19 @@ fn the_state_left_by_release_8ae7932_opens_reads_and_keeps_working() {
     });
 }
 
+/// The set made by the release at commit 5aa6103 (state layout 7: trails, the identities
+/// an invite admitted, arrival times of deferred messages; relay protocol 4 with the
+/// `held` table of claimed commits; see its README.md).
+#[test]
+fn the_state_left_by_release_5aa6103_opens_reads_and_keeps_working() {
+    opens_reads_and_keeps_working(&Release {
+        commit: "5aa6103",
+        relay_address: "bc://2hck37qszxid264cbpsugb4rhlrk4aoz43fk53pjawggbuvfps2q@127.0.0.1:29471",
+        alice_fingerprint: "2872 da90 c9d8 2732 def1 d11e abb9 d0dc",
+        bob_fingerprint: "d816 3afa 7483 2771 802b d51f 1024 54b2",
+    });
+}
+
 /// The story of scripts/make-fixtures.sh, as a release left it, opened by this one.
 fn opens_reads_and_keeps_working(release: &Release) {
     // The file alice was sending when it stopped: her home holds this absolute path.
