@@ -189,6 +189,10 @@ impl Blobs for SealedFiles {
     fn remove(&mut self, dir: &str) {
         let _ = fs::remove_dir_all(self.dir.join(dir));
     }
+
+    fn delete(&mut self, dir: &str, name: &str) {
+        let _ = fs::remove_file(self.dir.join(dir).join(name));
+    }
 }
 
 fn vault_error(e: VaultError) -> ClientError {

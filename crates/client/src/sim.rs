@@ -312,7 +312,14 @@ type BlobMap = BTreeMap<(String, String), Vec<u8>>;
 
 /// Sealed bulk data in memory (kept across a member's restarts, like files on disk).
 #[derive(Clone, Default)]
-struct SimBlobs(Arc<Mutex<BlobMap>>);
+pub(crate) struct SimBlobs(pub(crate) Arc<Mutex<BlobMap>>);
+
+impl SimBlobs {
+    /// Bytes held, in all.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.0.lock().unwrap().values().map(|b| b.len() as u64).sum()
+    }
+}
 
 impl Blobs for SimBlobs {
     fn write(&mut self, folder: &str, name: &str, plain: &[u8]) -> Result<(), ClientError> {
@@ -335,6 +342,10 @@ impl Blobs for SimBlobs {
 
     fn remove(&mut self, folder: &str) {
         self.0.lock().unwrap().retain(|(f, _), _| f != folder);
+    }
+
+    fn delete(&mut self, folder: &str, name: &str) {
+        self.0.lock().unwrap().remove(&(folder.to_string(), name.to_string()));
     }
 }
 
@@ -1000,23 +1011,49 @@ async fn after_a_removal_every_remaining_member_rotates_its_mailbox() {
     assert!(m[0].texts("room").contains(&"after the rotations".to_string()));
 }
 
-/// Finding 4: someone who holds a member's mailbox keys (a member, or an ex-member before
-/// the rotation) pushes 1 GiB at it: 256 payloads of 4 MiB, every one short of its last
-/// chunk, and chunks announcing payloads larger than a channel mailbox takes. The member's
-/// saved state stays within 8 MiB plus 64 KiB for its one channel, one counted event says
-/// what was refused, and an honest message sent meanwhile arrives.
+/// Finding 4: a hostile member (or anyone holding a member's mailbox keys, like an
+/// ex-member for the days after a rotation) pushes well over 1 GiB at bea: valid messages
+/// that fill her history past its cap (4 MiB in tests, 64 MiB in the binary: the same
+/// code), then 256 payloads of 4 MiB, every one
+/// short of its last chunk, and chunks announcing payloads larger than a channel mailbox
+/// takes. Her saved state stays within 8 MiB plus 64 KiB for her one channel, what is
+/// sealed beside it within its stated caps, the oldest history gives way with one event,
+/// one counted event says what was refused, and the honest messages sent meanwhile arrive.
 #[tokio::test(flavor = "current_thread")]
-async fn a_gibibyte_of_unfinished_payloads_keeps_the_vault_bounded_and_honest_messages_arrive() {
+async fn a_gibibyte_of_hostile_data_keeps_the_vault_bounded_and_honest_messages_arrive() {
     use crate::session::inbox::{Via, CHANNEL_PARTIAL_BYTES};
+    use crate::session::log::{HISTORY_BYTES, SEGMENT_BYTES};
     use crate::session::Role;
+    use crate::state::EventKind;
     use backchannel_core::envelope::seal_payload;
     use backchannel_core::envelope::PayloadKind;
     let relay = SimRelay::new();
-    let mut m = channel(&relay, "room", &["ada", "bea"]).await;
+    let mut m = channel(&relay, "room", &["ada", "bea", "mal"]).await;
+    let vault_bound = 8 * 1024 * 1024 + 64 * 1024;
+    let before = m[1].engine.session.encode().unwrap().len();
+    let sealed = |m: &Member| m.blobs.bytes();
+    let sealed_bound = HISTORY_BYTES + SEGMENT_BYTES as u64 + CHANNEL_PARTIAL_BYTES as u64 + (1 << 20);
+    let mut pushed = 0usize;
+
+    // Valid messages: 40 of 200 kB from mal, an honest one from ada after the 20th.
+    let big = "m".repeat(200_000);
+    for i in 0..40 {
+        m[2].engine.send("room", &big).await.unwrap();
+        pushed += big.len();
+        if i == 20 {
+            m[0].engine.send("room", "in the middle of it").await.unwrap();
+        }
+        m[1].sync().await;
+        let _ = m[1].engine.take_warnings();
+    }
+    let state = m[1].engine.session.encode().unwrap().len();
+    assert!(state <= vault_bound, "the saved state is {state} bytes");
+    assert!(sealed(&m[1]) <= sealed_bound, "{} bytes sealed", sealed(&m[1]));
+
+    // Unfinished payloads.
     let keys = m[1].engine.debug_mailbox("room").unwrap();
     let role = Role::Channel("room".into());
     let (seal, send) = (&keys.address.seal, &keys.address.send);
-    let mut pushed = 0usize;
     let filler = vec![0x5a; CHANNEL_PARTIAL_BYTES];
     for round in 0..256 {
         let envs = seal_payload(seal, send, PayloadKind::Mls, &filler, &mut OsRng).unwrap();
@@ -1043,27 +1080,56 @@ async fn a_gibibyte_of_unfinished_payloads_keeps_the_vault_bounded_and_honest_me
         m[1].engine.session.receive(&keys, &role, e, Via::Relay);
         pushed += e.as_bytes().len();
     }
-    assert!(pushed >= 1 << 30, "{pushed} bytes pushed");
+    assert!(pushed >= (1 << 30) + 8_000_000, "{pushed} bytes pushed");
     let state = m[1].engine.session.encode().unwrap().len();
-    assert!(state <= 8 * 1024 * 1024 + 64 * 1024, "the saved state is {state} bytes");
+    assert!(state <= vault_bound, "the saved state is {state} bytes");
+    assert!(sealed(&m[1]) <= sealed_bound, "{} bytes sealed", sealed(&m[1]));
+    assert!(m[1].engine.session.partial_bytes() <= CHANNEL_PARTIAL_BYTES as u64);
+    // Well within the bound: the vault grew by what its tail and indexes hold (16 kB
+    // before, 19 kB after, when this was written).
+    assert!(
+        state < before + 16 * 1024,
+        "the saved state grew from {before} to {state} bytes"
+    );
+
     m[0].engine.send("room", "and after").await.unwrap();
     m[1].sync().await;
     let texts = m[1].texts("room");
     for want in [
+        "in the middle of it",
         "still here 0",
         "still here 64",
         "still here 128",
         "still here 192",
         "and after",
     ] {
-        assert!(texts.contains(&want.to_string()), "{want}: {texts:?}");
+        assert_eq!(texts.iter().filter(|t| *t == want).count(), 1, "{want}");
     }
-    let refused: Vec<String> = events(&mut m[1], "room").into_iter().map(|(_, t)| t).collect();
+    // The oldest of mal's messages gave way; what is left of them is whole.
+    let kept = texts.iter().filter(|t| **t == big).count();
+    assert!((10..40).contains(&kept), "{kept} of mal's messages kept");
+    let alarms = events(&mut m[1], "room");
+    let trimmed: Vec<&String> = alarms
+        .iter()
+        .filter(|(k, _)| *k == EventKind::Trimmed)
+        .map(|(_, t)| t)
+        .collect();
+    assert!(!trimmed.is_empty(), "{alarms:?}");
+    assert!(trimmed[0].contains("MiB of a channel's history"), "{trimmed:?}");
+    let refused: Vec<&String> = alarms
+        .iter()
+        .filter(|(k, _)| *k == EventKind::Rejected)
+        .map(|(_, t)| t)
+        .collect();
     assert_eq!(
         refused,
         ["discarded a message larger than this mailbox takes (100 times)"],
         "{refused:?}"
     );
+    // Bea still talks.
+    m[1].engine.send("room", "bea, unshaken").await.unwrap();
+    m[0].sync().await;
+    assert!(m[0].texts("room").contains(&"bea, unshaken".to_string()));
 }
 
 /// Issue 16, point 4 (and finding 1): at the weekly mailbox rotation an admin also moves

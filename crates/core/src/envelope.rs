@@ -363,6 +363,27 @@ impl Reassembler {
         }))
     }
 
+    /// Takes every chunk held, emptying the assembler (a client moving half-assembled
+    /// payloads to another store).
+    pub fn drain(&mut self) -> Vec<Chunk> {
+        self.held = Some(0);
+        let mut out = Vec::new();
+        for (message_id, p) in std::mem::take(&mut self.partials) {
+            let Some(kind) = p.kind else {
+                continue;
+            };
+            out.extend(p.chunks.into_iter().map(|(index, data)| Chunk {
+                kind,
+                message_id,
+                index,
+                count: p.count,
+                total_len: p.total_len,
+                data,
+            }));
+        }
+        out
+    }
+
     /// Number of payloads waiting for more chunks.
     pub fn pending(&self) -> usize {
         self.partials.len()

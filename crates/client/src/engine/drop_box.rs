@@ -58,60 +58,65 @@ impl Engine {
     /// `save_to` (created if needed) the first time they are shown.
     pub fn drop_read(&mut self, name: &str, all: bool, save_to: &Path) -> Result<Vec<LetterView>, ClientError> {
         let d = self.session.drop_box(name)?;
-        let start = if all { 0 } else { d.read_upto.min(d.letters.len()) };
-        let count = d.letters.len();
+        let letters = if all {
+            d.letters.entries_from(0, &*self.session.blobs)?
+        } else {
+            d.letters.unread_entries(&*self.session.blobs)?
+        };
+        let unread = d.letters.unread() > 0;
         let mut out = Vec::new();
         let mut saved_folders = Vec::new();
-        for i in start..count {
-            let attachment = self
-                .session
-                .state
-                .drops
-                .get(name)
-                .and_then(|d| d.letters[i].file.clone());
-            let saved = match attachment {
-                Some(f) => {
-                    let id = self.session.state.drops[name].letters[i].id.clone();
-                    let written = self
-                        .session
-                        .blobs
-                        .read(&f.folder, "0")
-                        .and_then(|data| save_file(save_to, &id, &f.name, &data));
-                    match written {
-                        Ok(path) => {
+        for mut l in letters {
+            if let Some(f) = l.file.clone() {
+                let written = self
+                    .session
+                    .blobs
+                    .read(&f.folder, "0")
+                    .and_then(|data| save_file(save_to, &l.id, &f.name, &data));
+                match written {
+                    Ok(path) => {
+                        let saved = path.display().to_string();
+                        let s = &mut self.session;
+                        let noted = s.state.drops.get_mut(name).map(|d| {
+                            let noted = d.letters.update(
+                                &mut *s.blobs,
+                                |x| x.id == l.id,
+                                |x| {
+                                    x.saved_file = Some(saved.clone());
+                                    x.file = None;
+                                },
+                            );
+                            if matches!(noted, Ok(true)) {
+                                d.attachments = d.attachments.saturating_sub(1);
+                            }
+                            noted
+                        });
+                        // Sealed copies go only once the vault no longer points at them.
+                        if matches!(noted, Some(Ok(true))) {
                             saved_folders.push(f.folder);
-                            Some(path)
                         }
-                        // The letter is still shown; its file stays sealed for the next read.
-                        Err(e) => {
-                            self.session
-                                .warn(None, format!("the file attached to letter {id} was not saved: {e}"));
-                            None
-                        }
+                        l.saved_file = Some(saved);
+                        l.file = None;
+                    }
+                    // The letter is still shown; its file stays sealed for the next read.
+                    Err(e) => {
+                        self.session
+                            .warn(None, format!("the file attached to letter {} was not saved: {e}", l.id));
                     }
                 }
-                None => None,
-            };
-            let Some(d) = self.session.state.drops.get_mut(name) else {
-                break;
-            };
-            let l = &mut d.letters[i];
-            if let Some(path) = saved {
-                l.saved_file = Some(path.display().to_string());
-                l.file = None;
             }
             out.push(LetterView {
                 drop: name.to_string(),
-                id: l.id.clone(),
+                id: l.id,
                 received_at: l.received_at,
-                text: l.text.clone(),
-                file: l.saved_file.clone(),
+                text: l.text,
+                file: l.saved_file,
                 can_reply: l.reply.is_some(),
             });
         }
         if let Some(d) = self.session.state.drops.get_mut(name) {
-            if d.read_upto != count || !saved_folders.is_empty() {
-                d.read_upto = count;
+            if unread || !saved_folders.is_empty() {
+                d.letters.mark_read();
                 self.session.save();
             }
         }

@@ -88,11 +88,11 @@ impl Session {
             .enumerate()
             .map(|(i, (k, _))| (k.address.send.digest(), i))
             .collect();
-        let before: HashMap<String, usize> = self
+        let before: HashMap<String, u64> = self
             .state
             .channels
             .iter()
-            .map(|(n, c)| (n.clone(), c.messages.len()))
+            .map(|(n, c)| (n.clone(), c.history.end()))
             .collect();
         for entry in &bundle.entries {
             let Some(&i) = by_digest.get(&entry.to) else {
@@ -106,8 +106,8 @@ impl Session {
         // Counted before lifetimes apply: a message that disappears at once still arrived.
         for (n, c) in &self.state.channels {
             let was = before.get(n).copied().unwrap_or(0);
-            if c.messages.len() > was {
-                report.new.push((n.clone(), c.messages.len() - was));
+            if c.history.end() > was {
+                report.new.push((n.clone(), (c.history.end() - was) as usize));
             }
         }
         self.apply_lifecycle();

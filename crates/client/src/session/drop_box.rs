@@ -8,8 +8,9 @@ use backchannel_core::relay_address::RelayAddress;
 use rand_core::OsRng;
 
 use super::files::random_folder;
+use super::log::LETTER_BYTES;
 use super::{hex, payload_digest, random_id, Session};
-use crate::state::{DropBox, LetterAttachment, LetterRecord};
+use crate::state::{DropBox, LetterAttachment, LetterRecord, Log};
 use crate::ClientError;
 
 /// Longest reply text: a sealed reply fits in the envelopes of one fetch, so a source
@@ -18,6 +19,10 @@ pub const MAX_REPLY_TEXT: usize = 48 * 1024;
 
 /// Letters remembered per drop box to recognize a replayed one.
 const MAX_SEEN_LETTERS: usize = 4096;
+
+/// Most letters per drop box whose attached file is sealed beside the vault, unsaved
+/// (each at most `MAX_LETTER_FILE`, 8 MiB): past it, a letter arrives without its file.
+pub const MAX_ATTACHMENTS: u32 = 32;
 
 impl Session {
     /// A drop box of ours, by name.
@@ -42,8 +47,8 @@ impl Session {
                 mailbox,
                 keys,
                 pow_bits,
-                letters: Vec::new(),
-                read_upto: 0,
+                letters: Log::new(),
+                attachments: 0,
                 seen: Default::default(),
             },
         );
@@ -101,6 +106,21 @@ impl Session {
             }
         }
         let mut file = None;
+        let full = self
+            .state
+            .drops
+            .get(name)
+            .is_some_and(|d| d.attachments >= MAX_ATTACHMENTS);
+        if letter.file.is_some() && full {
+            letter.file = None;
+            self.warn(
+                None,
+                format!(
+                    "discarded the file attached to a letter to drop box {name}: {MAX_ATTACHMENTS} attached \
+                     files wait to be saved; `backchannel drop read {name}` saves them"
+                ),
+            );
+        }
         if let Some(f) = letter.file {
             let folder = random_folder();
             match self.blobs.write(&folder, "0", &f.data) {
@@ -118,13 +138,19 @@ impl Session {
         let Some(d) = self.state.drops.get_mut(name) else {
             return;
         };
+        // Six random bytes: a clash among the letters kept is unlikely, and the newest
+        // letter with an id is the one `drop reply` answers. Only the vault's letters
+        // are searched.
         let id = loop {
-            let id = hex(&random_id::<4>());
-            if !d.letters.iter().any(|l| l.id == id) {
+            let id = hex(&random_id::<6>());
+            if !d.letters.tail.iter().any(|l| l.id == id) {
                 break id;
             }
         };
-        d.letters.push(LetterRecord {
+        if file.is_some() {
+            d.attachments += 1;
+        }
+        let record = LetterRecord {
             id,
             received_at: now,
             text: letter.text,
@@ -132,7 +158,24 @@ impl Session {
             saved_file: None,
             reply: letter.reply,
             replies: 0,
-        });
+        };
+        let (dropped, gone) = d.letters.push(record, &mut *self.blobs, LETTER_BYTES);
+        for l in gone {
+            if let Some(f) = l.file {
+                self.blobs.remove(&f.folder);
+                d.attachments = d.attachments.saturating_sub(1);
+            }
+        }
+        if dropped > 0 {
+            self.warn(
+                None,
+                format!(
+                    "deleted the {dropped} oldest letters of drop box {name}: this device keeps at most {} MiB \
+                     of a drop box's letters",
+                    LETTER_BYTES / (1024 * 1024)
+                ),
+            );
+        }
         if refused_reply {
             self.warn(
                 None,
@@ -149,7 +192,7 @@ impl Session {
             )));
         }
         let d = self.drop_box(name)?;
-        let letter = d.letters.iter().find(|l| l.id == id).ok_or_else(|| {
+        let letter = d.letters.find(&*self.blobs, |l| l.id == id)?.ok_or_else(|| {
             ClientError::Usage(format!(
                 "drop box \"{name}\" has no letter {id}; `backchannel drop read {name} --all` lists them"
             ))
@@ -160,13 +203,9 @@ impl Session {
             .ok_or_else(|| ClientError::Usage("the source of that letter did not ask for replies".into()))?;
         let sealed = seal_reply(&reply.key, text, &mut OsRng);
         self.enqueue(&reply.mailbox, PayloadKind::Reply, &sealed)?;
-        if let Some(l) = self
-            .state
-            .drops
-            .get_mut(name)
-            .and_then(|d| d.letters.iter_mut().find(|l| l.id == id))
-        {
-            l.replies += 1;
+        if let Some(d) = self.state.drops.get_mut(name) {
+            // The reply is queued whether or not its count is written.
+            let _ = d.letters.update(&mut *self.blobs, |l| l.id == id, |l| l.replies += 1);
         }
         self.save();
         Ok(())

@@ -66,11 +66,7 @@ pub fn offer_text(offer: &FileOffer) -> String {
     format!("sent a file: {} ({})", offer.name, show_size(offer.size))
 }
 
-/// A fresh folder name for something received and kept sealed (a file's parts, a
-/// letter's attachment): random, so it names nothing.
-pub(crate) fn random_folder() -> String {
-    hex(&random_id::<16>())
-}
+pub(crate) use crate::state::random_folder;
 
 /// Why the next message of a file transfer cannot be sealed now.
 #[derive(Debug)]
@@ -185,16 +181,19 @@ impl Session {
             } else {
                 o.offered = true;
                 if let Some(ch) = self.state.channels.get_mut(name) {
-                    ch.seen.insert(job.offer_id);
-                    ch.messages.push(StoredMessage {
+                    ch.see(job.offer_id);
+                    let own = StoredMessage {
                         id: hex(&job.offer_id),
                         from: my_name,
                         from_key: me,
                         sent_at: job.sent_at,
                         text: offer_text(&job.offer),
                         event: None,
-                    });
-                    ch.read_upto = ch.messages.len();
+                    };
+                    self.record(name, own);
+                    if let Some(ch) = self.state.channels.get_mut(name) {
+                        ch.history.mark_read();
+                    }
                 }
             }
         }
@@ -407,17 +406,17 @@ impl Session {
             .collect()
     }
 
-    /// Forgets received files whose message is gone (disappeared, or the channel was
-    /// closed), deleting their sealed parts.
-    pub(crate) fn prune_files(&mut self) {
+    /// Forgets received files whose message is gone (its id is in `disappeared`, or the
+    /// channel was closed), deleting their sealed parts.
+    pub(crate) fn prune_files(&mut self, disappeared: &[String]) {
         let channels = &self.state.channels;
         let (keep, gone): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.state.files.incoming)
                 .into_iter()
                 .partition(|f| {
-                    channels.get(&f.channel).is_some_and(|c| {
-                        c.status != ChannelStatus::Closed && c.messages.iter().any(|m| m.id == f.message_id)
-                    })
+                    channels
+                        .get(&f.channel)
+                        .is_some_and(|c| c.status != ChannelStatus::Closed && !disappeared.contains(&f.message_id))
                 });
         self.state.files.incoming = keep;
         for f in gone {

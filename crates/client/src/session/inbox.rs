@@ -2,16 +2,17 @@
 //! messages read or kept for a later epoch, welcomes and join requests taken.
 
 use backchannel_core::channel::{validate_key_package, Channel, Received, Rejection};
-use backchannel_core::envelope::{open_envelope, Envelope, EnvelopeError, PayloadKind, MAX_PAYLOAD};
+use backchannel_core::envelope::{open_envelope, Envelope, PayloadKind, MAX_PAYLOAD};
 use backchannel_core::mailbox::{MailboxId, MailboxKeys};
 use backchannel_core::message::{AppMessage, Body, JoinRequest};
 use backchannel_core::roles::Act;
 
+use super::partials::Assembled;
 use super::{files, hex, payload_digest, Effect, Role, Session};
-use crate::state::{ChannelState, ChannelStatus, DeferredMls, EventKind, RecentPayload, StoredMessage};
+use crate::state::{random_folder, ChannelState, ChannelStatus, DeferredMls, EventKind, RecentPayload, StoredMessage};
 
 /// Most MLS messages kept per channel while they wait for their epoch.
-pub const MAX_DEFERRED: usize = 256;
+pub const MAX_DEFERRED: usize = 128;
 
 /// How long an MLS message waits for its epoch (seconds) before it is dropped: as long
 /// as a retired mailbox is read, by which time the commit it follows has arrived or never will.
@@ -23,7 +24,8 @@ pub const DEFERRED_LIFETIME: u64 = super::lifecycle::RETIRED_GRACE.as_secs();
 /// mailboxes (invites, joins, drop boxes) keep up to [`MAX_PAYLOAD`], the largest payload.
 pub const CHANNEL_PARTIAL_BYTES: usize = 4 * 1024 * 1024;
 
-/// Most bytes of MLS messages kept per channel while they wait for their epoch.
+/// Most bytes of MLS messages kept per channel while they wait for their epoch (sealed
+/// beside the vault).
 pub const DEFERRED_BYTES: usize = 8 * 1024 * 1024;
 
 /// Channel payloads remembered to recognize one carried both by hand and by a relay.
@@ -70,19 +72,25 @@ impl Session {
             Role::Channel(_) => CHANNEL_PARTIAL_BYTES,
             Role::Invite(..) | Role::Join(_) | Role::Drop(_) => MAX_PAYLOAD,
         };
-        let r = self.state.inbox.reassembly.entry(keys.id().0).or_default();
-        let whole = match r.push_within(chunk, bound) {
-            Ok(Some(w)) => w,
-            Ok(None) => return,
-            Err(EnvelopeError::TooLarge(_)) => {
+        let whole = match self.assemble(keys.id().0, chunk, bound) {
+            Assembled::Whole(w) => w,
+            Assembled::Waiting => return,
+            Assembled::TooLarge => {
                 self.warn(
                     channel_name.as_deref(),
                     "discarded a message larger than this mailbox takes",
                 );
                 return;
             }
-            Err(_) => {
+            Assembled::Malformed => {
                 self.warn(channel_name.as_deref(), "discarded a malformed message");
+                return;
+            }
+            Assembled::Unstored(e) => {
+                self.warn(
+                    channel_name.as_deref(),
+                    format!("could not keep part of a message that is still arriving: {e}"),
+                );
                 return;
             }
         };
@@ -172,26 +180,42 @@ impl Session {
                 .deferred
                 .iter()
                 .filter(|d| d.channel == name)
-                .fold((0, 0), |(n, b), d| (n + 1, b + d.payload.len()));
+                .fold((0, 0), |(n, b), d| (n + 1, b + d.bytes as usize));
             if count == 0 || (count < MAX_DEFERRED && bytes + payload.len() <= DEFERRED_BYTES) {
                 break;
             }
             let Some(pos) = self.state.inbox.deferred.iter().position(|d| d.channel == name) else {
                 break;
             };
-            self.state.inbox.deferred.remove(pos);
+            let gone = self.state.inbox.deferred.remove(pos);
+            self.blobs.remove(&gone.folder);
             self.warn(
                 Some(name),
                 "dropped a message that waited too long for a change to the channel that never arrived",
             );
         }
         let arrived_at = self.now_s();
+        self.keep_deferred(name, &payload, via != Via::Relay, arrived_at);
+    }
+
+    /// Seals a deferred MLS message beside the vault and notes it in `deferred`.
+    pub(crate) fn keep_deferred(&mut self, name: &str, payload: &[u8], by_courier: bool, arrived_at: u64) {
+        let folder = random_folder();
+        if let Err(e) = self.blobs.write(&folder, "0", payload) {
+            self.blobs.remove(&folder);
+            self.warn(
+                Some(name),
+                format!("could not keep a message that waits for a change to the channel: {e}"),
+            );
+            return;
+        }
         self.state.inbox.deferred.push(DeferredMls {
             channel: name.to_string(),
-            payload,
+            folder,
+            bytes: u32::try_from(payload.len()).unwrap_or(u32::MAX),
             // Set for a copy that did not come through the mailbox (a courier's, or the
             // sequencer's); the field keeps its name in the saved state.
-            by_courier: via != Via::Relay,
+            by_courier,
             arrived_at,
         });
     }
@@ -244,22 +268,40 @@ impl Session {
             for d in waiting {
                 if !self.is_active(&d.channel) {
                     progress = true;
+                    self.blobs.remove(&d.folder);
                     continue;
                 }
                 if now.saturating_sub(d.arrived_at) > DEFERRED_LIFETIME {
                     progress = true;
+                    self.blobs.remove(&d.folder);
                     self.warn(
                         Some(&d.channel),
                         "dropped a message that waited too long for a change to the channel that never arrived",
                     );
                     continue;
                 }
+                let payload = match self.blobs.read(&d.folder, "0") {
+                    Ok(p) => p,
+                    Err(e) => {
+                        progress = true;
+                        self.blobs.remove(&d.folder);
+                        self.warn(
+                            Some(&d.channel),
+                            format!("lost a message that waited for a change to the channel: {e}"),
+                        );
+                        continue;
+                    }
+                };
                 let via = if d.by_courier { Via::Courier } else { Via::Relay };
-                match self.read_channel_payload(&d.channel, &d.payload, via) {
-                    Ok(()) => progress = true,
+                match self.read_channel_payload(&d.channel, &payload, via) {
+                    Ok(()) => {
+                        progress = true;
+                        self.blobs.remove(&d.folder);
+                    }
                     Err(Rejected::Later) => keep.push(d),
                     Err(Rejected::Now(text)) => {
                         progress = true;
+                        self.blobs.remove(&d.folder);
                         self.warn(Some(&d.channel), text);
                     }
                 }
@@ -317,7 +359,7 @@ impl Session {
                 };
                 // A part's id is never shown or answered: parts are told apart by their
                 // file and index (receive_part), and so stay out of the replay filter.
-                if !matches!(msg.body, Body::Part { .. }) && !ch.seen.insert(msg.id) {
+                if !matches!(msg.body, Body::Part { .. }) && !ch.see(msg.id) {
                     self.warn(Some(name), "discarded a replayed message");
                     return Ok(());
                 }
@@ -325,14 +367,17 @@ impl Session {
                 let sent_at = msg.sent_at.min(now);
                 match msg.body {
                     Body::Text(text) => {
-                        ch.messages.push(StoredMessage {
-                            id: hex(&msg.id),
-                            from: sender.name.clone(),
-                            from_key: sender.identity_key,
-                            sent_at,
-                            text,
-                            event: None,
-                        });
+                        self.record(
+                            name,
+                            StoredMessage {
+                                id: hex(&msg.id),
+                                from: sender.name.clone(),
+                                from_key: sender.identity_key,
+                                sent_at,
+                                text,
+                                event: None,
+                            },
+                        );
                         self.shown(name);
                     }
                     Body::Close if !group.allows(&sender.identity_key, Act::Close) => {
@@ -350,14 +395,17 @@ impl Session {
                     }
                     Body::File(offer) => {
                         let id = hex(&msg.id);
-                        ch.messages.push(StoredMessage {
-                            id: id.clone(),
-                            from: sender.name.clone(),
-                            from_key: sender.identity_key,
-                            sent_at,
-                            text: files::offer_text(&offer),
-                            event: None,
-                        });
+                        self.record(
+                            name,
+                            StoredMessage {
+                                id: id.clone(),
+                                from: sender.name.clone(),
+                                from_key: sender.identity_key,
+                                sent_at,
+                                text: files::offer_text(&offer),
+                                event: None,
+                            },
+                        );
                         self.shown(name);
                         self.receive_offer(name, sender.identity_key, id, offer);
                     }

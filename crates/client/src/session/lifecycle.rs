@@ -112,8 +112,7 @@ impl Session {
         if status == ChannelStatus::Closed {
             // The sequencer goes only when nobody can commit any more.
             doomed.extend(sequencer);
-            ch.messages.clear();
-            ch.read_upto = 0;
+            ch.history.clear(&mut *self.blobs);
             ch.seen.clear();
             ch.verified.clear();
         }
@@ -121,12 +120,19 @@ impl Session {
         if let Ok(Some(group)) = Channel::load(&self.provider, &gid) {
             let _ = group.delete(&self.provider);
         }
-        self.state.inbox.deferred.retain(|d| d.channel != name);
+        let blobs = &mut self.blobs;
+        self.state.inbox.deferred.retain(|d| {
+            let gone = d.channel == name;
+            if gone {
+                blobs.remove(&d.folder);
+            }
+            !gone
+        });
         if status == ChannelStatus::Closed {
-            self.prune_files();
+            self.prune_files(&[]);
         }
         for k in &doomed {
-            self.state.inbox.reassembly.remove(&k.id().0);
+            self.forget_partials(k.id().0);
         }
         self.state.doomed.extend(doomed);
     }
@@ -138,6 +144,7 @@ impl Session {
         let now = self.now_s();
         let mut changed = false;
         let mut expired = Vec::new();
+        let mut disappeared = Vec::new();
         for (name, ch) in self.state.channels.iter_mut() {
             if ch.status == ChannelStatus::Active && ch.expires_at != 0 && ch.expires_at <= now {
                 expired.push(name.clone());
@@ -145,22 +152,12 @@ impl Session {
             if ch.disappear_after == 0 {
                 continue;
             }
-            let keep_after = now.saturating_sub(ch.disappear_after);
-            let before = ch.messages.len();
-            let mut read_gone = 0;
-            let read_upto = ch.read_upto;
-            let mut i = 0;
-            ch.messages.retain(|m| {
-                let keep = m.sent_at / 1000 > keep_after;
-                if !keep && i < read_upto {
-                    read_gone += 1;
-                }
-                i += 1;
-                keep
-            });
-            if ch.messages.len() != before {
-                ch.read_upto = ch.read_upto.saturating_sub(read_gone).min(ch.messages.len());
-                changed = true;
+            // Kept: sent in the last `disappear_after` seconds (whole seconds, as before).
+            let cutoff_ms = (now.saturating_sub(ch.disappear_after) + 1).saturating_mul(1000) - 1;
+            // A segment that cannot be read now is tried again at the next pass.
+            if let Ok(gone) = ch.history.expire(cutoff_ms, &mut *self.blobs) {
+                changed |= !gone.is_empty();
+                disappeared.extend(gone.into_iter().map(|m| m.id));
             }
         }
         for name in expired {
@@ -169,7 +166,7 @@ impl Session {
             changed = true;
         }
         if changed {
-            self.prune_files();
+            self.prune_files(&disappeared);
             self.save();
         }
         changed
@@ -225,7 +222,7 @@ impl Session {
             gone.extend(old.into_iter().map(|r| r.keys));
         }
         for k in &gone {
-            self.state.inbox.reassembly.remove(&k.id().0);
+            self.forget_partials(k.id().0);
         }
         self.state.doomed.extend(gone);
         self.push(Effect::DeleteDoomed);

@@ -33,6 +33,7 @@ use zeroize::Zeroizing;
 
 use crate::state::{ChannelState, ChannelStatus, EventKind, State, StoredMessage};
 use crate::ClientError;
+use log::HISTORY_BYTES;
 
 pub mod commit;
 pub mod courier;
@@ -41,7 +42,9 @@ pub mod files;
 pub mod inbox;
 pub mod invite;
 pub mod lifecycle;
+pub mod log;
 pub mod outbox;
+pub mod partials;
 pub mod roles;
 pub mod sync;
 pub mod trail;
@@ -81,6 +84,8 @@ pub trait Blobs: Send {
     fn read(&self, folder: &str, name: &str) -> Result<Zeroizing<Vec<u8>>, ClientError>;
     /// Deletes `folder` and everything in it (absent is fine).
     fn remove(&mut self, folder: &str);
+    /// Deletes `name` in `folder` (absent is fine).
+    fn delete(&mut self, folder: &str, name: &str);
 }
 
 /// Something the user should know that is not an error.
@@ -166,7 +171,7 @@ impl Session {
     pub fn new(mut state: State, blobs: Box<dyn Blobs>, now_ms: u64) -> Result<Self, ClientError> {
         let provider = Provider::from_snapshot(std::mem::take(&mut state.mls)).map_err(ClientError::protocol)?;
         let identity = Identity::from_secret(state.name.clone(), &state.identity_secret);
-        Ok(Self {
+        let mut session = Self {
             state,
             provider,
             identity,
@@ -177,7 +182,33 @@ impl Session {
             behind: Default::default(),
             was_behind: Default::default(),
             stray_files: HashSet::new(),
-        })
+        };
+        session.take_carried();
+        Ok(session)
+    }
+
+    /// Seals beside the vault what a state converted from an earlier layout still holds
+    /// in it (half-assembled payloads, deferred messages, long histories), then asks for
+    /// a save, so the conversion is done once.
+    fn take_carried(&mut self) {
+        let carried = std::mem::take(&mut self.state.carried);
+        if !carried.upgraded {
+            return;
+        }
+        for (mailbox, chunk) in carried.chunks {
+            // Whole payloads were never kept; what an earlier layout held fits the bound.
+            let _ = self.assemble(mailbox, chunk, backchannel_core::envelope::MAX_PAYLOAD);
+        }
+        for (channel, payload, by_courier, arrived_at) in carried.deferred {
+            self.keep_deferred(&channel, &payload, by_courier, arrived_at);
+        }
+        for ch in self.state.channels.values_mut() {
+            ch.history.seal_oversized_tail(&mut *self.blobs);
+        }
+        for d in self.state.drops.values_mut() {
+            d.letters.seal_oversized_tail(&mut *self.blobs);
+        }
+        self.save();
     }
 
     /// Decodes a session from the bytes of an [`Effect::Save`] (a restart).
@@ -273,9 +304,9 @@ impl Session {
         let Some(ch) = self.state.channels.get_mut(channel) else {
             return false;
         };
-        let unread_from = ch.read_upto.min(ch.messages.len());
-        let last = ch.messages.len().checked_sub(1).filter(|i| *i >= unread_from);
-        let Some(last) = last.and_then(|i| ch.messages.get_mut(i)) else {
+        // Only the newest entry, and only while it is unread and in the vault.
+        let unread = ch.history.unread() > 0;
+        let Some(last) = ch.history.tail.last_mut().filter(|_| unread) else {
             return false;
         };
         if last.event != Some(EventKind::Rejected) {
@@ -299,20 +330,48 @@ impl Session {
     /// Adds an event with this id, about the member whose identity key is `about`.
     pub(crate) fn event_with_id(&mut self, channel: &str, kind: EventKind, id: String, about: [u8; 32], text: String) {
         let now = self.now_ms;
-        if let Some(ch) = self.state.channels.get_mut(channel) {
-            ch.messages.push(StoredMessage {
-                id,
-                from: String::new(),
-                from_key: about,
-                sent_at: now,
-                text,
-                event: Some(kind),
-            });
+        let event = StoredMessage {
+            id,
+            from: String::new(),
+            from_key: about,
+            sent_at: now,
+            text,
+            event: Some(kind),
+        };
+        if self.record(channel, event) {
             self.push(Effect::Show {
                 channel: channel.to_string(),
                 kind: Some(kind),
             });
         }
+    }
+
+    /// Adds a message or an event to a channel's history, whose older part is sealed
+    /// beside the vault; when its cap made room by deleting the oldest messages, an
+    /// event says so. Returns whether the channel exists.
+    pub(crate) fn record(&mut self, channel: &str, entry: StoredMessage) -> bool {
+        let now = self.now_ms;
+        let Some(ch) = self.state.channels.get_mut(channel) else {
+            return false;
+        };
+        let (dropped, gone) = ch.history.push(entry, &mut *self.blobs, HISTORY_BYTES);
+        if dropped > 0 {
+            let note = StoredMessage {
+                id: format!("event-{}", hex(&random_id::<8>())),
+                from: String::new(),
+                from_key: [0; 32],
+                sent_at: now,
+                text: format!(
+                    "deleted the {dropped} oldest messages: this device keeps at most {} MiB of a channel's history",
+                    HISTORY_BYTES / (1024 * 1024)
+                ),
+                event: Some(EventKind::Trimmed),
+            };
+            ch.history.push(note, &mut *self.blobs, HISTORY_BYTES);
+            let ids: Vec<String> = gone.into_iter().map(|m| m.id).collect();
+            self.prune_files(&ids);
+        }
+        true
     }
 
     /// Which links reach `relay`. Our own relay (its pin) is reached only through the
@@ -395,7 +454,7 @@ impl Session {
 
     /// Messages and events in all channels (to count what a pass brought).
     pub fn history_len(&self) -> usize {
-        self.state.channels.values().map(|c| c.messages.len()).sum()
+        self.state.channels.values().map(|c| c.history.len() as usize).sum()
     }
 }
 

@@ -89,18 +89,20 @@ impl Session {
     pub(crate) fn record_own(&mut self, u: &UnsentMessage) {
         let me = self.identity.public_key();
         let my_name = self.identity.name().to_string();
+        if !self.state.channels.get_mut(&u.channel).is_some_and(|ch| ch.see(u.id)) {
+            return;
+        }
+        let own = StoredMessage {
+            id: hex(&u.id),
+            from: my_name,
+            from_key: me,
+            sent_at: u.sent_at,
+            text: u.text.clone(),
+            event: None,
+        };
+        self.record(&u.channel, own);
         if let Some(ch) = self.state.channels.get_mut(&u.channel) {
-            if ch.seen.insert(u.id) {
-                ch.messages.push(StoredMessage {
-                    id: hex(&u.id),
-                    from: my_name,
-                    from_key: me,
-                    sent_at: u.sent_at,
-                    text: u.text.clone(),
-                    event: None,
-                });
-                ch.read_upto = ch.messages.len();
-            }
+            ch.history.mark_read();
         }
     }
 

@@ -243,7 +243,14 @@ impl Session {
         let Some(log) = ch.trails.read.get(&sender.identity_key) else {
             return;
         };
-        for m in ch.messages.iter_mut().filter(|m| m.event == Some(EventKind::Missing)) {
+        // The gap's event is looked for among the entries still in the vault (a gap filled
+        // after its event was sealed away keeps the event's first text).
+        for m in ch
+            .history
+            .tail
+            .iter_mut()
+            .filter(|m| m.event == Some(EventKind::Missing))
+        {
             let range = m.id.strip_prefix(&prefix).and_then(|r| {
                 let (a, b) = r.split_once('-')?;
                 Some(a.parse::<u64>().ok()?..b.parse::<u64>().ok()?)

@@ -66,21 +66,25 @@ impl Session {
     /// Messages of a channel: unread ones, or all.
     pub fn read(&mut self, name: &str, all: bool) -> Result<Vec<MessageView>, ClientError> {
         let ch = self.channel(name)?;
-        let start = if all { 0 } else { ch.read_upto.min(ch.messages.len()) };
+        let entries = if all {
+            ch.history.entries_from(0, &*self.blobs)?
+        } else {
+            ch.history.unread_entries(&*self.blobs)?
+        };
         let me = self.identity.public_key();
-        let out: Vec<MessageView> = ch.messages[start..]
-            .iter()
+        let out: Vec<MessageView> = entries
+            .into_iter()
             .map(|m| MessageView {
                 channel: name.to_string(),
                 verified: m.event.is_none() && (m.from_key == me || ch.verified.contains(&m.from_key)),
                 from_fingerprint: Fingerprint::of(&m.from_key),
                 file: self.file_view(name, &m.id),
-                message: m.clone(),
+                message: m,
             })
             .collect();
         if !out.is_empty() {
             if let Some(ch) = self.state.channels.get_mut(name) {
-                ch.read_upto = ch.messages.len();
+                ch.history.mark_read();
             }
             self.save();
         }
@@ -100,7 +104,7 @@ impl Session {
                 } else {
                     0
                 },
-                unread: ch.messages.len().saturating_sub(ch.read_upto),
+                unread: ch.history.unread() as usize,
                 disappear_after: ch.disappear_after,
                 expires_at: if ch.status == ChannelStatus::Active {
                     ch.expires_at

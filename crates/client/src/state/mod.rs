@@ -13,12 +13,13 @@
 
 mod v5;
 mod v6;
+mod v7;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 
 use backchannel_core::drop::{DropKeys, ReplyTo};
-use backchannel_core::envelope::Reassembler;
+use backchannel_core::envelope::{Chunk, PayloadKind};
 use backchannel_core::mailbox::{MailboxAddress, MailboxKeys};
 use backchannel_core::message::FileOffer;
 use backchannel_core::relay_address::RelayAddress;
@@ -29,7 +30,7 @@ use crate::socks::ProxyAddr;
 use crate::{ClientError, Damage};
 
 /// Version of the state layout.
-pub const STATE_VERSION: u32 = 7;
+pub const STATE_VERSION: u32 = 8;
 
 /// The oldest layout this release converts.
 pub const OLDEST_STATE_VERSION: u32 = 5;
@@ -71,15 +72,33 @@ pub struct State {
     pub drops: BTreeMap<String, DropBox>,
     /// Files in transfer (`session::files`).
     pub files: Files,
+    /// What an upgrade from an earlier layout found in the vault and must now be sealed
+    /// beside it; never saved (the session writes it out when it starts).
+    #[serde(skip)]
+    pub carried: Carried,
+}
+
+/// Bulk data an upgrade took out of an earlier layout's vault, for the session to seal
+/// beside the vault ([`State::carried`]).
+#[derive(Default)]
+pub struct Carried {
+    /// The state was converted from an earlier layout (the session saves it at once).
+    pub upgraded: bool,
+    /// Chunks of half-assembled payloads, by the id of the mailbox they arrived in.
+    pub chunks: Vec<([u8; 32], Chunk)>,
+    /// Deferred MLS messages: channel, payload, came by courier, arrival (Unix s).
+    pub deferred: Vec<(String, Vec<u8>, bool, u64)>,
 }
 
 /// What arrived and is not read yet.
 #[derive(Serialize, Deserialize, Default)]
 pub struct Inbox {
-    /// Half-assembled payloads per mailbox id.
-    pub reassembly: BTreeMap<[u8; 32], Reassembler>,
+    /// Payloads whose chunks are still arriving (their chunks are sealed beside the
+    /// vault; bounded per mailbox and in all, see `session::partials`).
+    pub partials: Vec<PartialPayload>,
     /// MLS messages from an epoch this member has not reached yet, kept
-    /// until the commit they depend on arrives (bounded per channel).
+    /// until the commit they depend on arrives (bounded per channel; their bytes are
+    /// sealed beside the vault).
     pub deferred: Vec<DeferredMls>,
     /// Digests of the latest channel payloads processed, to recognize a message that
     /// arrives both by courier and through a relay (bounded, oldest first).
@@ -195,10 +214,11 @@ pub struct DropBox {
     pub keys: DropKeys,
     /// Proof-of-work bits the relay demands per envelope.
     pub pow_bits: u8,
-    /// Letters received, oldest first.
-    pub letters: Vec<LetterRecord>,
-    /// How many of `letters` `drop read` has shown.
-    pub read_upto: usize,
+    /// Letters received, oldest first (the older ones sealed beside the vault).
+    pub letters: Log<LetterRecord>,
+    /// Letters whose attached file is sealed beside the vault, not yet saved (bounded:
+    /// see `session::drop_box::MAX_ATTACHMENTS`).
+    pub attachments: u32,
     /// Digests of the latest sealed letters received, to drop a replayed one
     /// (bounded, oldest first).
     pub seen: VecDeque<[u8; 16]>,
@@ -268,6 +288,7 @@ impl State {
             courier: CourierLog::default(),
             drops: BTreeMap::new(),
             files: Files::default(),
+            carried: Carried::default(),
         }
     }
 }
@@ -322,11 +343,15 @@ impl State {
         let undecodable = |_| ClientError::Corrupt(Damage::Undecodable);
         match version {
             STATE_VERSION => postcard::from_bytes(b).map_err(undecodable),
-            6 => Ok(v6::upgrade(postcard::from_bytes(b).map_err(undecodable)?, unix_now())),
-            5 => Ok(v6::upgrade(
+            7 => Ok(v7::upgrade(postcard::from_bytes(b).map_err(undecodable)?)),
+            6 => Ok(v7::upgrade(v6::upgrade(
+                postcard::from_bytes(b).map_err(undecodable)?,
+                unix_now(),
+            ))),
+            5 => Ok(v7::upgrade(v6::upgrade(
                 postcard::from_bytes::<v5::State>(b).map_err(undecodable)?.into(),
                 unix_now(),
-            )),
+            ))),
             v if v > STATE_VERSION => Err(ClientError::NewerStore {
                 found: v,
                 known: STATE_VERSION,
@@ -390,12 +415,11 @@ pub struct ChannelState {
     pub sequencer: Option<MailboxKeys>,
     /// Invites issued and still honoured.
     pub invites: Vec<InviteRecord>,
-    /// Messages and events, in arrival order.
-    pub messages: Vec<StoredMessage>,
-    /// How many of `messages` `read` has shown.
-    pub read_upto: usize,
-    /// Ids of application messages already shown (replay and duplicate filter).
-    pub seen: BTreeSet<[u8; 16]>,
+    /// Messages and events, in arrival order (the older ones sealed beside the vault).
+    pub history: Log<StoredMessage>,
+    /// Ids of the latest application messages shown (duplicate filter; at most
+    /// [`SEEN_IDS`], oldest first).
+    pub seen: VecDeque<[u8; 16]>,
     /// Identity keys this member has verified.
     pub verified: BTreeSet<[u8; 32]>,
     /// Status.
@@ -454,8 +478,7 @@ impl ChannelState {
             retired: Vec::new(),
             sequencer,
             invites: Vec::new(),
-            messages: Vec::new(),
-            read_upto: 0,
+            history: Log::new(),
             seen: Default::default(),
             verified: Default::default(),
             status: ChannelStatus::Active,
@@ -464,6 +487,20 @@ impl ChannelState {
             expires_at,
             trails: Trails::default(),
         }
+    }
+}
+
+impl ChannelState {
+    /// Notes an application message's id as shown; false if it was already.
+    pub fn see(&mut self, id: [u8; 16]) -> bool {
+        if self.seen.contains(&id) {
+            return false;
+        }
+        if self.seen.len() >= SEEN_IDS {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(id);
+        true
     }
 }
 
@@ -492,8 +529,10 @@ pub struct PendingCommit {
 pub struct DeferredMls {
     /// Local channel name.
     pub channel: String,
-    /// The MLS message.
-    pub payload: Vec<u8>,
+    /// Folder of the sealed MLS message (one file, `0`).
+    pub folder: String,
+    /// Its length.
+    pub bytes: u32,
     /// It came in a courier bundle.
     pub by_courier: bool,
     /// When it arrived (Unix s): one kept longer than [`crate::session::inbox::DEFERRED_LIFETIME`]
@@ -575,6 +614,8 @@ pub enum EventKind {
     Exposed,
     /// A member was made an admin, or is no longer one.
     Role,
+    /// The oldest history was deleted to keep the channel within its cap.
+    Trimmed,
 }
 
 impl EventKind {
@@ -588,6 +629,7 @@ impl EventKind {
             EventKind::Missing => "missing",
             EventKind::Exposed => "exposed",
             EventKind::Role => "role",
+            EventKind::Trimmed => "trimmed",
         }
     }
 
@@ -601,6 +643,7 @@ impl EventKind {
             Self::Missing,
             Self::Exposed,
             Self::Role,
+            Self::Trimmed,
         ]
         .into_iter()
         .find(|k| k.word() == word)
@@ -633,6 +676,93 @@ pub struct OutboxItem {
     pub to: MailboxAddress,
     /// Sealed envelopes (each exactly one envelope long).
     pub envelopes: Vec<Vec<u8>>,
+}
+
+/// Most ids a channel's duplicate filter keeps ([`ChannelState::seen`]).
+pub const SEEN_IDS: usize = 512;
+
+/// A list that grows with what others send (a channel's history, a drop box's letters),
+/// kept mostly beside the vault: its newest entries are in `tail`, the older ones in
+/// sealed segments (`session::log` writes, reads and bounds them). Entries are numbered
+/// from the first ever added; those before `first` were dropped.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct Log<T> {
+    /// Folder of the segments beside the vault (random, names nothing).
+    pub folder: String,
+    /// The sealed segments, oldest first.
+    pub segments: VecDeque<Segment>,
+    /// The newest entries, in the vault.
+    pub tail: Vec<T>,
+    /// Number of the oldest entry kept.
+    pub first: u64,
+    /// Entries before this number have been shown.
+    pub read_upto: u64,
+    /// Name of the next new segment.
+    pub next_name: u64,
+}
+
+impl<T> Log<T> {
+    /// An empty log in a new folder.
+    pub fn new() -> Self {
+        Self {
+            folder: random_folder(),
+            segments: VecDeque::new(),
+            tail: Vec::new(),
+            first: 0,
+            read_upto: 0,
+            next_name: 0,
+        }
+    }
+}
+
+impl<T> Default for Log<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One sealed segment of a [`Log`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Its file's name in the log's folder.
+    pub name: u64,
+    /// Entries it holds (its file may hold more, written before a crash kept the vault
+    /// from recording them: those are not read).
+    pub count: u32,
+    /// Encoded size of those entries.
+    pub bytes: u32,
+    /// The oldest date among them (ms), to find what disappears without reading it.
+    pub oldest_at: u64,
+}
+
+/// A payload whose chunks are arriving; the chunks are sealed beside the vault, one
+/// file per chunk named by its index.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct PartialPayload {
+    /// The mailbox it arrives in.
+    pub mailbox: [u8; 32],
+    /// The id its chunks share.
+    pub message_id: [u8; 16],
+    /// What the first chunk announced: kind, chunks, length.
+    pub kind: PayloadKind,
+    /// Chunks in all.
+    pub count: u16,
+    /// Payload length.
+    pub total_len: u32,
+    /// Folder of its chunks.
+    pub folder: String,
+    /// One bit per chunk received.
+    pub have: Vec<u8>,
+    /// Bytes of the chunks received.
+    pub bytes: u32,
+}
+
+/// A fresh folder name for something kept sealed beside the vault (a file's parts, a
+/// letter's attachment, a log's segments): random, so it names nothing.
+pub fn random_folder() -> String {
+    let mut b = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    crate::session::hex(&b)
 }
 
 #[cfg(test)]

@@ -15,9 +15,10 @@ use backchannel_core::relay_address::RelayAddress;
 use serde::Deserialize;
 
 use super::v6::{self, DeferredMls, InviteRecord};
+use super::v7::DropBox;
 use super::{
-    ChannelStatus, DropBox, EventKind, IncomingFile, OutboxItem, OutgoingFile, PendingCommit, PendingJoin,
-    RecentPayload, RetiredMailbox, UnsentMessage,
+    ChannelStatus, EventKind, IncomingFile, OutboxItem, OutgoingFile, PendingCommit, PendingJoin, RecentPayload,
+    RetiredMailbox, UnsentMessage,
 };
 use crate::socks::ProxyAddr;
 

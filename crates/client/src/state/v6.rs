@@ -13,9 +13,9 @@ use backchannel_core::mailbox::MailboxKeys;
 use backchannel_core::relay_address::RelayAddress;
 use serde::Deserialize;
 
+use super::v7::{self, DropBox};
 use super::{
-    ChannelStatus, CourierLog, DropBox, Files, Outbox, PendingCommit, PendingJoin, RecentPayload, RetiredMailbox,
-    StoredMessage,
+    ChannelStatus, CourierLog, Files, Outbox, PendingCommit, PendingJoin, RecentPayload, RetiredMailbox, StoredMessage,
 };
 use crate::socks::ProxyAddr;
 use backchannel_core::envelope::Reassembler;
@@ -86,7 +86,7 @@ pub(super) struct ChannelState {
     pub(super) expires_at: u64,
 }
 
-impl From<ChannelState> for super::ChannelState {
+impl From<ChannelState> for v7::ChannelState {
     fn from(c: ChannelState) -> Self {
         Self {
             group_id: c.group_id,
@@ -120,11 +120,11 @@ impl From<ChannelState> for super::ChannelState {
     }
 }
 
-/// Converts a layout-6 state; `now` (Unix s) dates the messages it had deferred.
-pub(super) fn upgrade(mut s: State, now: u64) -> super::State {
+/// Converts a layout-6 state to layout 7; `now` (Unix s) dates the messages it had deferred.
+pub(super) fn upgrade(mut s: State, now: u64) -> v7::State {
     let _ = s.version;
-    super::State {
-        version: super::STATE_VERSION,
+    v7::State {
+        version: 7,
         name: std::mem::take(&mut s.name),
         identity_secret: s.identity_secret,
         relay: s.relay.clone(),
@@ -137,11 +137,11 @@ pub(super) fn upgrade(mut s: State, now: u64) -> super::State {
             .map(|(n, c)| (n, c.into()))
             .collect(),
         pending_joins: std::mem::take(&mut s.pending_joins),
-        inbox: super::Inbox {
+        inbox: v7::Inbox {
             reassembly: std::mem::take(&mut s.inbox.reassembly),
             deferred: std::mem::take(&mut s.inbox.deferred)
                 .into_iter()
-                .map(|d| super::DeferredMls {
+                .map(|d| v7::DeferredMls {
                     channel: d.channel,
                     payload: d.payload,
                     by_courier: d.by_courier,

@@ -1,0 +1,307 @@
+//! Payloads whose chunks are still arriving. Each chunk is sealed beside the vault (one
+//! file per chunk, in a folder per payload); the vault keeps only which chunks are in
+//! ([`PartialPayload`]). Whoever holds a mailbox's keys (a member, an ex-member for the
+//! days its old mailbox is read, anyone with a drop box's address) can send chunks of
+//! payloads it never finishes, so what is held is bounded three ways: per mailbox
+//! (the `bound` the caller gives), in all ([`PARTIAL_BYTES`], [`MAX_PARTIALS`]), and the
+//! payloads dropped to make room are taken from the mailbox that holds the most.
+
+use backchannel_core::envelope::{Chunk, Reassembled};
+
+use super::Session;
+use crate::state::{random_folder, PartialPayload};
+use crate::ClientError;
+
+/// The most bytes of half-assembled payloads a home keeps, sealed beside the vault.
+pub const PARTIAL_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The most half-assembled payloads a home keeps (each costs the vault its chunk map).
+pub const MAX_PARTIALS: usize = 256;
+
+/// What became of a chunk.
+pub(crate) enum Assembled {
+    /// The payload's last chunk: here it is.
+    Whole(Reassembled),
+    /// Kept; more chunks must come.
+    Waiting,
+    /// The payload is larger than the mailbox takes.
+    TooLarge,
+    /// The chunk contradicts the payload's earlier chunks, or the payload read back is damaged.
+    Malformed,
+    /// The chunk could not be sealed beside the vault (a full disk).
+    Unstored(ClientError),
+}
+
+impl Session {
+    /// Adds a chunk that arrived in `mailbox`, which takes payloads of at most `bound` bytes
+    /// and holds at most that many bytes of unfinished ones.
+    pub(crate) fn assemble(&mut self, mailbox: [u8; 32], chunk: Chunk, bound: usize) -> Assembled {
+        if chunk.total_len as usize > bound {
+            return Assembled::TooLarge;
+        }
+        if chunk.count == 1 {
+            return Assembled::Whole(Reassembled {
+                kind: chunk.kind,
+                message_id: chunk.message_id,
+                payload: chunk.data,
+            });
+        }
+        let id = chunk.message_id;
+        let at = self.partial_index(mailbox, id);
+        if let Some(p) = at.and_then(|i| self.state.inbox.partials.get(i)) {
+            if p.kind != chunk.kind || p.count != chunk.count || p.total_len != chunk.total_len {
+                return Assembled::Malformed;
+            }
+            if has(&p.have, chunk.index) {
+                return Assembled::Waiting;
+            }
+        }
+        self.make_room(mailbox, id, chunk.data.len() as u64, bound as u64, at.is_none());
+        let i = match self.partial_index(mailbox, id) {
+            Some(i) => i,
+            None => {
+                self.state.inbox.partials.push(PartialPayload {
+                    mailbox,
+                    message_id: id,
+                    kind: chunk.kind,
+                    count: chunk.count,
+                    total_len: chunk.total_len,
+                    folder: random_folder(),
+                    have: vec![0; usize::from(chunk.count).div_ceil(8)],
+                    bytes: 0,
+                });
+                self.state.inbox.partials.len() - 1
+            }
+        };
+        let Some(p) = self.state.inbox.partials.get_mut(i) else {
+            return Assembled::Malformed;
+        };
+        if let Err(e) = self.blobs.write(&p.folder, &chunk.index.to_string(), &chunk.data) {
+            return Assembled::Unstored(e);
+        }
+        if let Some(b) = p.have.get_mut(usize::from(chunk.index / 8)) {
+            *b |= 1 << (chunk.index % 8);
+        }
+        p.bytes = p.bytes.saturating_add(chunk.data.len() as u32);
+        if (0..p.count).any(|c| !has(&p.have, c)) {
+            return Assembled::Waiting;
+        }
+        let p = self.state.inbox.partials.swap_remove(i);
+        let mut payload = Vec::with_capacity(p.total_len as usize);
+        for c in 0..p.count {
+            match self.blobs.read(&p.folder, &c.to_string()) {
+                Ok(d) => payload.extend_from_slice(&d),
+                Err(_) => {
+                    self.blobs.remove(&p.folder);
+                    return Assembled::Malformed;
+                }
+            }
+        }
+        self.blobs.remove(&p.folder);
+        if payload.len() != p.total_len as usize {
+            return Assembled::Malformed;
+        }
+        Assembled::Whole(Reassembled {
+            kind: p.kind,
+            message_id: p.message_id,
+            payload,
+        })
+    }
+
+    fn partial_index(&self, mailbox: [u8; 32], id: [u8; 16]) -> Option<usize> {
+        self.state
+            .inbox
+            .partials
+            .iter()
+            .position(|p| p.mailbox == mailbox && p.message_id == id)
+    }
+
+    /// Drops other unfinished payloads until `adding` more bytes (and, if `new`, one more
+    /// payload) fit in `mailbox`'s bound and in the home's. In the mailbox, the payload with
+    /// the smallest id goes first (ids are random: a random one); beyond the home's bounds,
+    /// one of the mailbox that holds the most bytes.
+    fn make_room(&mut self, mailbox: [u8; 32], keep: [u8; 16], adding: u64, bound: u64, new: bool) {
+        let others = |p: &PartialPayload| p.message_id != keep || p.mailbox != mailbox;
+        loop {
+            let partials = &self.state.inbox.partials;
+            let held = |m: [u8; 32]| -> u64 {
+                partials
+                    .iter()
+                    .filter(|p| p.mailbox == m)
+                    .map(|p| u64::from(p.bytes))
+                    .sum()
+            };
+            let total: u64 = partials.iter().map(|p| u64::from(p.bytes)).sum();
+            let from = if held(mailbox) + adding > bound {
+                mailbox
+            } else if total + adding > PARTIAL_BYTES || (new && partials.len() >= MAX_PARTIALS) {
+                let Some(largest) = partials
+                    .iter()
+                    .filter(|p| others(p))
+                    .map(|p| p.mailbox)
+                    .max_by_key(|m| held(*m))
+                else {
+                    return;
+                };
+                largest
+            } else {
+                return;
+            };
+            let victim = partials
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.mailbox == from && others(p))
+                .min_by_key(|(_, p)| p.message_id)
+                .map(|(i, _)| i);
+            let Some(i) = victim else {
+                return;
+            };
+            let p = self.state.inbox.partials.swap_remove(i);
+            self.blobs.remove(&p.folder);
+        }
+    }
+
+    /// Forgets the unfinished payloads of a mailbox no longer read.
+    pub(crate) fn forget_partials(&mut self, mailbox: [u8; 32]) {
+        let blobs = &mut self.blobs;
+        self.state.inbox.partials.retain(|p| {
+            let gone = p.mailbox == mailbox;
+            if gone {
+                blobs.remove(&p.folder);
+            }
+            !gone
+        });
+    }
+
+    /// Bytes of unfinished payloads held, in all.
+    pub fn partial_bytes(&self) -> u64 {
+        self.state.inbox.partials.iter().map(|p| u64::from(p.bytes)).sum()
+    }
+}
+
+fn has(have: &[u8], index: u16) -> bool {
+    have.get(usize::from(index / 8))
+        .is_some_and(|b| b & (1 << (index % 8)) != 0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use backchannel_core::envelope::{PayloadKind, CHUNK_DATA, MAX_PAYLOAD};
+    use backchannel_core::relay_address::RelayAddress;
+
+    use super::*;
+    use crate::sim::SimBlobs;
+    use crate::state::State;
+
+    fn session(blobs: &SimBlobs) -> Session {
+        let relay = RelayAddress {
+            pin: [1; 32],
+            host: "relay.invalid".into(),
+            port: 1,
+        };
+        let state = State::new("bea".into(), [3; 32], relay, Vec::new(), None);
+        Session::new(state, Box::new(blobs.clone()), 0).unwrap()
+    }
+
+    /// The chunks of a payload of `len` bytes, each byte `id`.
+    fn chunks(id: u8, len: usize) -> Vec<Chunk> {
+        let count = len.div_ceil(CHUNK_DATA);
+        (0..count)
+            .map(|i| Chunk {
+                kind: PayloadKind::Letter,
+                message_id: [id; 16],
+                index: i as u16,
+                count: count as u16,
+                total_len: len as u32,
+                data: vec![id; (len - i * CHUNK_DATA).min(CHUNK_DATA)],
+            })
+            .collect()
+    }
+
+    fn whole(a: Assembled) -> Vec<u8> {
+        match a {
+            Assembled::Whole(w) => w.payload,
+            _ => panic!("not whole"),
+        }
+    }
+
+    /// Unfinished payloads in many mailboxes (drop boxes, invites: 16 MiB each) stay
+    /// within the home's bound, in bytes sealed and in payloads noted in the vault, and
+    /// the room is taken from the mailbox holding the most: a small payload arriving
+    /// slowly in another mailbox survives the flood and completes.
+    #[test]
+    fn unfinished_payloads_stay_within_the_homes_bounds_and_the_largest_holder_gives_way() {
+        let blobs = SimBlobs::default();
+        let mut s = session(&blobs);
+        let honest = chunks(200, 3 * CHUNK_DATA);
+        for c in &honest[..2] {
+            assert!(matches!(
+                s.assemble([9; 32], c.clone(), MAX_PAYLOAD),
+                Assembled::Waiting
+            ));
+        }
+        for mailbox in 0..8u8 {
+            let flood = chunks(mailbox, MAX_PAYLOAD);
+            for c in &flood[..flood.len() - 1] {
+                assert!(matches!(
+                    s.assemble([mailbox; 32], c.clone(), MAX_PAYLOAD),
+                    Assembled::Waiting
+                ));
+            }
+            assert!(s.partial_bytes() <= PARTIAL_BYTES);
+            assert!(blobs.bytes() <= PARTIAL_BYTES);
+        }
+        let got = whole(s.assemble([9; 32], honest[2].clone(), MAX_PAYLOAD));
+        assert_eq!(got, vec![200; 3 * CHUNK_DATA]);
+
+        // In number: one chunk short in each of 300 mailboxes.
+        for mailbox in 0..300u16 {
+            let mut id = [0; 32];
+            id[..2].copy_from_slice(&mailbox.to_be_bytes());
+            id[31] = 1;
+            let c = chunks(7, 2 * CHUNK_DATA);
+            assert!(matches!(s.assemble(id, c[0].clone(), MAX_PAYLOAD), Assembled::Waiting));
+            assert!(s.state.inbox.partials.len() <= MAX_PARTIALS);
+        }
+        assert!(blobs.bytes() <= PARTIAL_BYTES);
+    }
+
+    #[test]
+    fn a_mailbox_holds_at_most_its_bound_and_refuses_larger_payloads() {
+        let blobs = SimBlobs::default();
+        let mut s = session(&blobs);
+        let bound = 64 * CHUNK_DATA;
+        assert!(matches!(
+            s.assemble([1; 32], chunks(1, bound + 1)[0].clone(), bound),
+            Assembled::TooLarge
+        ));
+        for id in 0..10u8 {
+            let c = chunks(id, bound);
+            for c in &c[..c.len() - 1] {
+                s.assemble([1; 32], c.clone(), bound);
+            }
+            assert!(s.partial_bytes() <= bound as u64);
+        }
+        // A chunk again is not counted twice; one that contradicts its payload is refused.
+        let c = chunks(50, 4 * CHUNK_DATA);
+        s.assemble([2; 32], c[0].clone(), bound);
+        let before = s.partial_bytes();
+        assert!(matches!(s.assemble([2; 32], c[0].clone(), bound), Assembled::Waiting));
+        assert_eq!(s.partial_bytes(), before);
+        let mut odd = c[1].clone();
+        odd.total_len += 1;
+        assert!(matches!(s.assemble([2; 32], odd, bound), Assembled::Malformed));
+        for c in &c[1..3] {
+            s.assemble([2; 32], c.clone(), bound);
+        }
+        assert_eq!(
+            whole(s.assemble([2; 32], c[3].clone(), bound)),
+            vec![50; 4 * CHUNK_DATA]
+        );
+        // A mailbox no longer read takes its chunks with it.
+        s.forget_partials([1; 32]);
+        assert_eq!(s.partial_bytes(), 0);
+        assert_eq!(blobs.bytes(), 0);
+    }
+}
