@@ -616,6 +616,11 @@ pub struct StorageArgs {
     /// With --store nats: replicas of each stream (default: 3, or the cluster's size if smaller).
     #[arg(long, value_name = "N")]
     pub nats_replicas: Option<usize>,
+    /// With --store nats: most bytes of the cluster's record stream (mailboxes, claims and
+    /// the commits they hold; default 1 GiB). Past it, new mailboxes and claims are
+    /// refused with "relay full".
+    #[arg(long, value_name = "BYTES")]
+    pub nats_meta_bytes: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -291,7 +291,14 @@ fn the_relays_of_a_cluster_share_mailboxes_claims_and_limits_and_wake_each_other
     let Some(bin) = require_nats() else { return };
     let cluster = NatsCluster::start(&bin);
     let root = tempfile::tempdir().unwrap();
-    let limits = ["--max-envelopes-per-mailbox", "3", "--max-stored-envelopes", "5"];
+    let limits = [
+        "--max-envelopes-per-mailbox",
+        "3",
+        "--max-stored-envelopes",
+        "5",
+        "--nats-meta-bytes",
+        "1500000",
+    ];
     let relay1 = relay_with(&cluster, &root.path().join("r1"), &[0, 1, 2], &limits);
     let relay2 = relay_with(&cluster, &root.path().join("r2"), &[2, 1, 0], &limits);
     let addr1: RelayAddress = relay1.address.parse().unwrap();
@@ -510,6 +517,37 @@ fn the_relays_of_a_cluster_share_mailboxes_claims_and_limits_and_wake_each_other
             }
             other => panic!("{other:?}"),
         }
+
+        // The record stream is bounded (--nats-meta-bytes, 1.5 MB here): a sequencer's
+        // first commit of 512 KiB is held twice (the claim record and its slot), and the
+        // next claim would pass the bound, so it is refused as "relay full" and changes
+        // nothing; deleting that sequencer makes room for another.
+        let big = vec![7u8; 512 * 1024];
+        let s = MailboxKeys::generate(addr1.clone(), &mut OsRng);
+        c1.request(&create(&s)).await.unwrap();
+        let send = s.address.send.0;
+        assert!(granted(
+            c1.pipeline(&claim_carrying(send, 0, 20, 21, &big)).await.unwrap()
+        ));
+        assert_eq!(
+            last(c2.pipeline(&claim_carrying(send, 1, 21, 22, &big)).await.unwrap()),
+            Some(ErrorCode::RelayFull)
+        );
+        let first = Request::FetchCommit {
+            send,
+            epoch: 0,
+            key: [20; 32],
+            part: 0,
+        };
+        assert!(c2.request(&first).await.is_ok(), "epoch 0's commit is still held");
+        c1.request(&Request::Delete { mailbox: s.id() }).await.unwrap();
+        let t = MailboxKeys::generate(addr1.clone(), &mut OsRng);
+        c1.request(&create(&t)).await.unwrap();
+        assert!(granted(
+            c2.pipeline(&claim_carrying(t.address.send.0, 0, 30, 31, &big))
+                .await
+                .unwrap()
+        ));
     });
 }
 

@@ -11,7 +11,9 @@
 //!   does once a quorum of the replicas has it. Each publish carries a
 //!   `Nats-Msg-Id` derived from the capability and the envelope, so a retried
 //!   send within the duplicate window is stored once.
-//! - `BC_META`, one message per subject (the latest value): `bc.box.<receive id>`
+//! - `BC_META`, one message per subject (the latest value), at most
+//!   [`NatsConfig::meta_bytes`] in all, "discard new" (a full stream refuses records,
+//!   as "relay full"): `bc.box.<receive id>`
 //!   (recipient key (32) || send digest (32) || proof-of-work bits (1); a record
 //!   written before drop boxes has no last byte and reads as 0), `bc.snd.<send
 //!   digest>` (receive id),
@@ -90,7 +92,16 @@ pub struct NatsConfig {
     pub quota: Quota,
     /// Envelope lifetime.
     pub ttl: Duration,
+    /// Most bytes of the record stream (`BC_META`: mailboxes, claims and the commits
+    /// they hold): past it, writes are refused as "relay full" ([`DEFAULT_META_BYTES`]).
+    pub meta_bytes: u64,
 }
+
+/// The default bound of the record stream: room for the commits held by many thousands
+/// of sequencers (each holds at most 17 of 512 KiB, the claim record's and 16 slots) and
+/// millions of mailbox records. Anyone may make a mailbox and claim it, so without a
+/// bound a client could fill the cluster's disk with held commits.
+pub const DEFAULT_META_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Where a send capability leads: the mailbox, and the bits of work each send
 /// to it must prove (0: an ordinary mailbox).
@@ -320,6 +331,10 @@ impl NatsStore {
                 num_replicas: replicas,
                 retention: stream::RetentionPolicy::Limits,
                 max_messages_per_subject: 1,
+                // Refuse when full (never drop another record); a record replacing its
+                // subject's last one is refused too when the stream is at its bound.
+                discard: stream::DiscardPolicy::New,
+                max_bytes: i64::try_from(config.meta_bytes).unwrap_or(i64::MAX),
                 allow_direct: false,
                 ..Default::default()
             },
@@ -370,7 +385,7 @@ impl NatsStore {
         match self.publish("writing a record", subject, msg).await? {
             Ok(_) => Ok(Cas::Done),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Cas::Lost),
-            Err(e) => Err(client_error("writing a record", e)),
+            Err(e) => Err(full_or("writing a record", e)),
         }
     }
 
@@ -500,16 +515,8 @@ impl NatsStore {
             .message_id(msg_id);
         let seq = match self.publish("storing an envelope", &envelope_subject(&id), msg).await? {
             Ok(a) => a.sequence,
-            Err(e) => {
-                let text = describe(&e);
-                return Err(if text.contains("per subject") {
-                    StoreError::MailboxFull
-                } else if text.contains("maximum messages") || text.contains("maximum bytes") {
-                    StoreError::RelayFull
-                } else {
-                    client_error("storing an envelope", e)
-                });
-            }
+            Err(e) if describe(&e).contains("per subject") => return Err(StoreError::MailboxFull),
+            Err(e) => return Err(full_or("storing an envelope", e)),
         };
         // Wake long-polls on every relay (best effort: they also poll).
         let _ = self.client.publish(note_subject(&id), Bytes::new()).await;
@@ -682,7 +689,7 @@ impl NatsStore {
             .await?
         {
             Ok(_) => Ok(()),
-            Err(e) => Err(client_error("keeping a commit", e)),
+            Err(e) => Err(full_or("keeping a commit", e)),
         }
     }
 
@@ -760,6 +767,16 @@ fn decode_claims(v: &[u8]) -> Result<(Claims, Option<HeldCommit>), StoreError> {
     ))
 }
 
+/// A refused publish: "relay full" when a stream is at its bound, the client's error otherwise.
+fn full_or(doing: &'static str, e: PublishError) -> StoreError {
+    let text = describe(&e);
+    if text.contains("maximum messages") || text.contains("maximum bytes") {
+        StoreError::RelayFull
+    } else {
+        client_error(doing, e)
+    }
+}
+
 fn corrupt(what: &'static str) -> StoreError {
     StoreError::corrupt(what)
 }
@@ -772,7 +789,17 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
     let deadline = tokio::time::Instant::now() + STARTUP_PATIENCE;
     loop {
         match timed("opening a stream", js.get_or_create_stream(config.clone())).await {
-            Ok(s) => return Ok(s),
+            Ok(mut s) => {
+                let have = &s.cached_info().config;
+                if have.max_bytes == config.max_bytes && have.discard == config.discard {
+                    return Ok(s);
+                }
+                // Made by an earlier release (the record stream had no bound), or with
+                // another bound: this relay's bound applies from now on.
+                timed("updating a stream", js.update_stream(config.clone())).await?;
+                s.info().await.map_err(|e| client_error("updating a stream", e))?;
+                return Ok(s);
+            }
             Err(e) if tokio::time::Instant::now() < deadline => {
                 // The error's fixed description only (never the client's text).
                 tracing::warn!(stream = %name, error = %e, "could not open the stream yet; retrying");
