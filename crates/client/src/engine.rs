@@ -231,9 +231,12 @@ impl Engine {
         self.session.set_now(now_ms());
     }
 
-    fn save(&mut self) -> Result<(), ClientError> {
+    pub(crate) fn save(&mut self) -> Result<(), ClientError> {
         let bytes = self.session.encode()?;
-        self.vault.save(&bytes)
+        self.vault.save(&bytes)?;
+        // Sealed data the saved state no longer points at can go now.
+        self.session.blobs.settle();
+        Ok(())
     }
 
     /// Performs the session's effects that need no network (saves, warnings); a

@@ -175,7 +175,11 @@ impl Blobs for SealedFiles {
         f.write_all(&blob)
             .and_then(|()| f.sync_data())
             .map_err(|e| ClientError::io("writing part of a received file", e))?;
-        fs::rename(&tmp, folder.join(name)).map_err(|e| ClientError::io("writing part of a received file", e))
+        fs::rename(&tmp, folder.join(name)).map_err(|e| ClientError::io("writing part of a received file", e))?;
+        // The new name is durable before a vault that points at it is saved.
+        File::open(&folder)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| ClientError::io("writing part of a received file", e))
     }
 
     fn read(&self, dir: &str, name: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {

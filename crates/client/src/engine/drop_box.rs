@@ -8,6 +8,7 @@ use backchannel_core::identity::validate_name;
 use rand_core::OsRng;
 
 use super::Engine;
+use crate::session::Blobs;
 use crate::{ClientError, Holdup};
 
 /// A letter as `drop read` shows it.
@@ -59,9 +60,9 @@ impl Engine {
     pub fn drop_read(&mut self, name: &str, all: bool, save_to: &Path) -> Result<Vec<LetterView>, ClientError> {
         let d = self.session.drop_box(name)?;
         let letters = if all {
-            d.letters.entries_from(0, &*self.session.blobs)?
+            d.letters.entries_from(0, &self.session.blobs)?
         } else {
-            d.letters.unread_entries(&*self.session.blobs)?
+            d.letters.unread_entries(&self.session.blobs)?
         };
         let unread = d.letters.unread() > 0;
         let mut out = Vec::new();
@@ -79,7 +80,7 @@ impl Engine {
                         let s = &mut self.session;
                         let noted = s.state.drops.get_mut(name).map(|d| {
                             let noted = d.letters.update(
-                                &mut *s.blobs,
+                                &mut s.blobs,
                                 |x| x.id == l.id,
                                 |x| {
                                     x.saved_file = Some(saved.clone());
@@ -120,11 +121,11 @@ impl Engine {
                 self.session.save();
             }
         }
-        self.perform_local()?;
-        // Only once the vault no longer points at them.
+        // Deleted once the state that no longer points at them is saved.
         for folder in saved_folders {
             self.session.blobs.remove(&folder);
         }
+        self.perform_local()?;
         Ok(out)
     }
 

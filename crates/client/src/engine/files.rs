@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::Engine;
 use crate::session::files::{show_size, FileBlocked, FileView};
+use crate::session::Blobs;
 use crate::state::FileStatus;
 use crate::{ClientError, Damage, Holdup};
 
@@ -222,8 +223,9 @@ impl Engine {
         // Recorded before the sealed copy goes: a crash in between leaves parts to
         // prune, never a file marked complete whose parts are gone.
         self.session.file_saved(pos, &path);
-        self.perform_local()?;
+        // Deleted once the state that no longer points at it is saved.
         self.session.blobs.remove(&f.folder);
+        self.perform_local()?;
         Ok(path)
     }
 }

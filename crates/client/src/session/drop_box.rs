@@ -9,6 +9,7 @@ use rand_core::OsRng;
 
 use super::files::random_folder;
 use super::log::LETTER_BYTES;
+use super::Blobs;
 use super::{hex, payload_digest, random_id, Session};
 use crate::state::{DropBox, LetterAttachment, LetterRecord, Log};
 use crate::ClientError;
@@ -159,7 +160,7 @@ impl Session {
             reply: letter.reply,
             replies: 0,
         };
-        let (dropped, gone) = d.letters.push(record, &mut *self.blobs, LETTER_BYTES);
+        let (dropped, gone) = d.letters.push(record, &mut self.blobs, LETTER_BYTES);
         for l in gone {
             if let Some(f) = l.file {
                 self.blobs.remove(&f.folder);
@@ -192,7 +193,7 @@ impl Session {
             )));
         }
         let d = self.drop_box(name)?;
-        let letter = d.letters.find(&*self.blobs, |l| l.id == id)?.ok_or_else(|| {
+        let letter = d.letters.find(&self.blobs, |l| l.id == id)?.ok_or_else(|| {
             ClientError::Usage(format!(
                 "drop box \"{name}\" has no letter {id}; `backchannel drop read {name} --all` lists them"
             ))
@@ -205,7 +206,7 @@ impl Session {
         self.enqueue(&reply.mailbox, PayloadKind::Reply, &sealed)?;
         if let Some(d) = self.state.drops.get_mut(name) {
             // The reply is queued whether or not its count is written.
-            let _ = d.letters.update(&mut *self.blobs, |l| l.id == id, |l| l.replies += 1);
+            let _ = d.letters.update(&mut self.blobs, |l| l.id == id, |l| l.replies += 1);
         }
         self.save();
         Ok(())

@@ -14,6 +14,7 @@ use backchannel_core::envelope::PayloadKind;
 use backchannel_core::message::{AppMessage, Body, FileOffer};
 use sha2::{Digest, Sha256};
 
+use super::Blobs;
 use super::{hex, random_id, Session};
 use crate::state::{ChannelStatus, FileStatus, IncomingFile, OutgoingFile, StoredMessage};
 use crate::ClientError;
@@ -28,6 +29,12 @@ pub const PARTS_PER_SAVE: usize = 16;
 
 /// Files one channel may be receiving at once (each holds sealed parts on disk).
 pub const MAX_INCOMING_PER_CHANNEL: usize = 16;
+
+/// Records of received files one channel keeps, whatever their state (each costs the
+/// vault a few hundred bytes, and a member can offer empty files as fast as it sends):
+/// past it, the oldest saved or damaged one is forgotten, else the oldest unsaved one,
+/// with a warning.
+pub const MAX_FILES_PER_CHANNEL: usize = 64;
 
 /// A file with no new part for this long is given up when another needs its place.
 pub const STALLED_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -224,6 +231,7 @@ impl Session {
             );
             return;
         }
+        self.make_room_for_a_file(channel);
         let parts = offer.parts();
         let status = if parts == 0 {
             FileStatus::Complete
@@ -242,6 +250,35 @@ impl Session {
             status,
             updated_at: now,
         });
+    }
+
+    /// Keeps `channel`'s file records below [`MAX_FILES_PER_CHANNEL`] before another comes.
+    fn make_room_for_a_file(&mut self, channel: &str) {
+        loop {
+            let files = &self.state.files.incoming;
+            if files.iter().filter(|f| f.channel == channel).count() < MAX_FILES_PER_CHANNEL {
+                return;
+            }
+            let oldest =
+                |done: &dyn Fn(&FileStatus) -> bool| files.iter().position(|f| f.channel == channel && done(&f.status));
+            let pos = oldest(&|s| matches!(s, FileStatus::Saved(_) | FileStatus::Damaged))
+                .or_else(|| oldest(&|s| *s == FileStatus::Complete));
+            let Some(pos) = pos else {
+                return;
+            };
+            let f = self.state.files.incoming.remove(pos);
+            self.blobs.remove(&f.folder);
+            if f.status == FileStatus::Complete {
+                self.warn(
+                    Some(channel),
+                    format!(
+                        "deleted the unsaved file {} to make room: this device keeps at most \
+                         {MAX_FILES_PER_CHANNEL} files per channel (`read --save-to` saves them)",
+                        f.offer.name
+                    ),
+                );
+            }
+        }
     }
 
     /// Makes room for another file in `channel` by giving up on the transfer that has
@@ -274,6 +311,7 @@ impl Session {
     fn discard_incoming(&mut self, pos: usize) {
         let f = &mut self.state.files.incoming[pos];
         f.status = FileStatus::Damaged;
+        f.received = Vec::new();
         let folder = f.folder.clone();
         self.blobs.remove(&folder);
     }
@@ -332,6 +370,7 @@ impl Session {
             let f = &mut self.state.files.incoming[pos];
             if ok {
                 f.status = FileStatus::Complete;
+                f.received = Vec::new();
             } else {
                 let name = f.offer.name.clone();
                 self.discard_incoming(pos);
@@ -391,6 +430,7 @@ impl Session {
     pub(crate) fn file_saved(&mut self, pos: usize, path: &Path) {
         if let Some(f) = self.state.files.incoming.get_mut(pos) {
             f.status = FileStatus::Saved(path.display().to_string());
+            f.received = Vec::new();
         }
         self.save();
     }

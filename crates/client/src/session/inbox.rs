@@ -8,11 +8,13 @@ use backchannel_core::message::{AppMessage, Body, JoinRequest};
 use backchannel_core::roles::Act;
 
 use super::partials::Assembled;
+use super::Blobs;
 use super::{files, hex, payload_digest, Effect, Role, Session};
 use crate::state::{random_folder, ChannelState, ChannelStatus, DeferredMls, EventKind, RecentPayload, StoredMessage};
 
-/// Most MLS messages kept per channel while they wait for their epoch.
-pub const MAX_DEFERRED: usize = 128;
+/// Most MLS messages kept per channel while they wait for their epoch (their bytes are
+/// sealed beside the vault; the vault keeps about 80 bytes for each).
+pub const MAX_DEFERRED: usize = 256;
 
 /// How long an MLS message waits for its epoch (seconds) before it is dropped: as long
 /// as a retired mailbox is read, by which time the commit it follows has arrived or never will.
@@ -191,7 +193,7 @@ impl Session {
             self.blobs.remove(&gone.folder);
             self.warn(
                 Some(name),
-                "dropped a message that waited too long for a change to the channel that never arrived",
+                "dropped the oldest message waiting for a change to the channel: too many were waiting",
             );
         }
         let arrived_at = self.now_s();

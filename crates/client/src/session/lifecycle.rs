@@ -10,6 +10,7 @@ use backchannel_core::mailbox::MailboxKeys;
 use backchannel_core::envelope::PayloadKind;
 use backchannel_core::message::{AppMessage, Body};
 
+use super::Blobs;
 use super::{random_id, Effect, Session};
 use crate::state::{ChannelStatus, EventKind};
 use crate::ClientError;
@@ -112,7 +113,7 @@ impl Session {
         if status == ChannelStatus::Closed {
             // The sequencer goes only when nobody can commit any more.
             doomed.extend(sequencer);
-            ch.history.clear(&mut *self.blobs);
+            ch.history.clear(&mut self.blobs);
             ch.seen.clear();
             ch.verified.clear();
         }
@@ -155,10 +156,9 @@ impl Session {
             // Kept: sent in the last `disappear_after` seconds (whole seconds, as before).
             let cutoff_ms = (now.saturating_sub(ch.disappear_after) + 1).saturating_mul(1000) - 1;
             // A segment that cannot be read now is tried again at the next pass.
-            if let Ok(gone) = ch.history.expire(cutoff_ms, &mut *self.blobs) {
-                changed |= !gone.is_empty();
-                disappeared.extend(gone.into_iter().map(|m| m.id));
-            }
+            let gone = ch.history.expire(cutoff_ms, &mut self.blobs);
+            changed |= !gone.is_empty();
+            disappeared.extend(gone.into_iter().map(|m| m.id));
         }
         for name in expired {
             self.end_channel(&name, ChannelStatus::Closed);

@@ -114,14 +114,42 @@ impl<T: Entry> Log<T> {
         dropped
     }
 
-    /// Writes the tail into the last segment (or a new one) and empties it.
+    /// Writes the tail into the last segment, if it has room, and new ones of at most
+    /// [`SEGMENT_BYTES`] each (an entry larger than that gets one of its own), and empties
+    /// it. What could not be written stays in the tail.
     fn seal_tail(&mut self, blobs: &mut dyn Blobs) -> Result<(), ClientError> {
-        let tail_bytes = encoded_len(&self.tail);
+        let tail = std::mem::take(&mut self.tail);
+        let mut groups: Vec<&[T]> = Vec::new();
+        let (mut start, mut size) = (0, 0);
+        for (i, e) in tail.iter().enumerate() {
+            let n = encoded_len(std::slice::from_ref(e));
+            if i > start && size + n > SEGMENT_BYTES {
+                groups.push(&tail[start..i]);
+                (start, size) = (i, 0);
+            }
+            size += n;
+        }
+        groups.push(&tail[start..]);
+        let mut sealed = 0;
+        for group in groups {
+            if let Err(e) = self.seal(blobs, group) {
+                self.tail = tail[sealed..].to_vec();
+                return Err(e);
+            }
+            sealed += group.len();
+        }
+        Ok(())
+    }
+
+    /// Writes `group` into the last segment if it fits there (the file grows; what the
+    /// saved vault counts of it stays as it was), or into a new segment.
+    fn seal(&mut self, blobs: &mut dyn Blobs, group: &[T]) -> Result<(), ClientError> {
+        let bytes = encoded_len(group);
         let (mut entries, name, extend) = match self.segments.back() {
-            Some(s) if s.bytes as usize + tail_bytes <= SEGMENT_BYTES => (self.load(s, blobs)?, s.name, true),
+            Some(s) if s.bytes as usize + bytes <= SEGMENT_BYTES => (self.load(s, blobs)?, s.name, true),
             _ => (Vec::new(), self.next_name, false),
         };
-        entries.extend(self.tail.iter().cloned());
+        entries.extend(group.iter().cloned());
         let segment = self.write(blobs, name, &entries)?;
         if extend {
             self.segments.pop_back();
@@ -129,7 +157,19 @@ impl<T: Entry> Log<T> {
             self.next_name += 1;
         }
         self.segments.push_back(segment);
-        self.tail.clear();
+        Ok(())
+    }
+
+    /// Writes `entries` in place of segment `i` under a new name, and deletes the old file
+    /// (the store deletes it once the vault that counts the new one is saved).
+    fn rewrite(&mut self, blobs: &mut dyn Blobs, i: usize, entries: &[T]) -> Result<(), ClientError> {
+        let Some(old) = self.segments.get(i).copied() else {
+            return Ok(());
+        };
+        let segment = self.write(blobs, self.next_name, entries)?;
+        self.next_name += 1;
+        self.segments[i] = segment;
+        blobs.delete(&self.folder, &old.name.to_string());
         Ok(())
     }
 
@@ -211,7 +251,7 @@ impl<T: Entry> Log<T> {
             let mut entries = self.load(&s, blobs)?;
             if let Some(e) = entries.iter_mut().rev().find(|e| pred(e)) {
                 change(e);
-                self.segments[i] = self.write(blobs, s.name, &entries)?;
+                self.rewrite(blobs, i, &entries)?;
                 return Ok(true);
             }
         }
@@ -219,8 +259,10 @@ impl<T: Entry> Log<T> {
     }
 
     /// Removes the entries dated at or before `cutoff_ms` (disappearing messages) and
-    /// returns them. Only segments holding such an entry are read.
-    pub fn expire(&mut self, cutoff_ms: u64, blobs: &mut dyn Blobs) -> Result<Vec<T>, ClientError> {
+    /// returns them. Only segments holding such an entry are read; one that cannot be
+    /// read or rewritten now is left as it is (tried again at the next call), and the
+    /// others, and the tail, are done all the same.
+    pub fn expire(&mut self, cutoff_ms: u64, blobs: &mut dyn Blobs) -> Vec<T> {
         let mut gone = Vec::new();
         // Numbers count from `first` as before the removal; those shown move down by the
         // shown ones removed.
@@ -235,23 +277,36 @@ impl<T: Entry> Log<T> {
                 i += 1;
                 continue;
             }
-            let mut keep = Vec::new();
-            for (n, e) in self.load(&s, blobs)?.into_iter().enumerate() {
-                if e.at_ms() > cutoff_ms {
-                    keep.push(e);
-                } else {
-                    if start + (n as u64) < self.read_upto {
-                        read_gone += 1;
+            let Ok(entries) = self.load(&s, blobs) else {
+                i += 1;
+                continue;
+            };
+            let (keep, out): (Vec<T>, Vec<(usize, T)>) = {
+                let mut keep = Vec::new();
+                let mut out = Vec::new();
+                for (n, e) in entries.into_iter().enumerate() {
+                    if e.at_ms() > cutoff_ms {
+                        keep.push(e);
+                    } else {
+                        out.push((n, e));
                     }
-                    gone.push(e);
                 }
-            }
+                (keep, out)
+            };
             if keep.is_empty() {
                 blobs.delete(&self.folder, &s.name.to_string());
                 self.segments.remove(i);
-            } else {
-                self.segments[i] = self.write(blobs, s.name, &keep)?;
+            } else if self.rewrite(blobs, i, &keep).is_ok() {
                 i += 1;
+            } else {
+                i += 1;
+                continue;
+            }
+            for (n, e) in out {
+                if start + (n as u64) < self.read_upto {
+                    read_gone += 1;
+                }
+                gone.push(e);
             }
         }
         let mut n = at;
@@ -268,12 +323,13 @@ impl<T: Entry> Log<T> {
             keep
         });
         self.read_upto = self.read_upto.saturating_sub(read_gone);
-        Ok(gone)
+        gone
     }
 
-    /// Forgets everything, deleting the segments.
+    /// Forgets everything, deleting the segments (later ones go to a new folder).
     pub fn clear(&mut self, blobs: &mut dyn Blobs) {
         blobs.remove(&self.folder);
+        self.folder = crate::state::random_folder();
         self.segments.clear();
         self.tail.clear();
         self.first = 0;
@@ -390,7 +446,7 @@ mod tests {
             log.push(message(i, 300), &mut blobs, HISTORY_BYTES);
         }
         log.read_upto = 250;
-        let gone = log.expire(99_000, &mut blobs).unwrap();
+        let gone = log.expire(99_000, &mut blobs);
         assert_eq!(gone.len(), 100);
         assert_eq!(log.len(), 200);
         assert_eq!(log.unread(), 50);
@@ -398,7 +454,7 @@ mod tests {
         let all = log.entries_from(0, &blobs).unwrap();
         assert_eq!(all.first().unwrap().id, "m100");
         // Everything goes.
-        log.expire(u64::MAX, &mut blobs).unwrap();
+        log.expire(u64::MAX, &mut blobs);
         assert!(log.is_empty());
         assert_eq!(log.unread(), 0);
         assert!(blobs.0.lock().unwrap().is_empty(), "segments left behind");
@@ -420,6 +476,39 @@ mod tests {
         assert_eq!(log.len(), 300);
         log.clear(&mut blobs);
         assert!(blobs.0.lock().unwrap().is_empty());
+    }
+
+    /// What a rewrite or a cap replaces is deleted only after the vault that no longer
+    /// counts it is saved: a crash before that save leaves the saved log whole.
+    #[test]
+    fn a_crash_before_the_save_leaves_the_saved_log_readable() {
+        use crate::session::SealedStore;
+        let blobs = Mem::default();
+        let mut store = SealedStore::new(Box::new(blobs.clone()));
+        let mut log: Log<StoredMessage> = Log::new();
+        for i in 0..300 {
+            log.push(message(i, 300), &mut store, HISTORY_BYTES);
+        }
+        store.settle();
+        let saved = log.clone();
+        // Messages disappear, one is changed, the cap drops the oldest: then a crash.
+        assert_eq!(log.expire(99_000, &mut store).len(), 100);
+        log.update(&mut store, |m| m.id == "m150", |m| m.text = "changed".into())
+            .unwrap();
+        let dropped: u64 = (300..1100)
+            .map(|i| log.push(message(i, 300), &mut store, 64 * 1024).0)
+            .sum();
+        assert!(dropped > 0);
+        let all = saved.entries_from(0, &blobs).unwrap();
+        assert_eq!(all.len(), 300);
+        assert_eq!(all[150].text, "x".repeat(300));
+        // Saved, then settled: the new log reads, and nothing it no longer counts is left.
+        store.settle();
+        let now = log.entries_from(0, &blobs).unwrap();
+        assert_eq!(now.len() as u64, log.len());
+        assert!(now.iter().any(|m| m.text == "changed") || log.first > 150);
+        let files = blobs.0.lock().unwrap().len();
+        assert_eq!(files, log.segments.len(), "files left behind");
     }
 
     #[test]

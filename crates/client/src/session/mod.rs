@@ -88,6 +88,54 @@ pub trait Blobs: Send {
     fn delete(&mut self, folder: &str, name: &str);
 }
 
+/// The session's sealed store: writes and reads reach the [`Blobs`] at once; deletions
+/// wait until the vault that no longer points at what they delete is saved
+/// ([`SealedStore::settle`], which the driver calls after each save). So a crash never
+/// leaves a saved vault pointing at a deleted chunk, segment or message.
+pub struct SealedStore {
+    inner: Box<dyn Blobs>,
+    /// Folders (and files in them) to delete after the next save.
+    pending: Vec<(String, Option<String>)>,
+}
+
+impl SealedStore {
+    /// Over `inner`, nothing waiting.
+    pub fn new(inner: Box<dyn Blobs>) -> Self {
+        Self {
+            inner,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Deletes what waited for the save that just happened.
+    pub fn settle(&mut self) {
+        for (folder, name) in self.pending.drain(..) {
+            match name {
+                Some(name) => self.inner.delete(&folder, &name),
+                None => self.inner.remove(&folder),
+            }
+        }
+    }
+}
+
+impl Blobs for SealedStore {
+    fn write(&mut self, folder: &str, name: &str, plain: &[u8]) -> Result<(), ClientError> {
+        self.inner.write(folder, name, plain)
+    }
+
+    fn read(&self, folder: &str, name: &str) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        self.inner.read(folder, name)
+    }
+
+    fn remove(&mut self, folder: &str) {
+        self.pending.push((folder.to_string(), None));
+    }
+
+    fn delete(&mut self, folder: &str, name: &str) {
+        self.pending.push((folder.to_string(), Some(name.to_string())));
+    }
+}
+
 /// Something the user should know that is not an error.
 #[derive(Debug, Clone)]
 pub struct Warning {
@@ -144,7 +192,7 @@ pub struct Session {
     pub(crate) state: State,
     pub(crate) provider: Provider,
     pub(crate) identity: Identity,
-    pub(crate) blobs: Box<dyn Blobs>,
+    pub(crate) blobs: SealedStore,
     /// The current time (Unix ms), as the driver last said.
     now_ms: u64,
     effects: VecDeque<Effect>,
@@ -175,7 +223,7 @@ impl Session {
             state,
             provider,
             identity,
-            blobs,
+            blobs: SealedStore::new(blobs),
             now_ms,
             effects: VecDeque::new(),
             admissions: Vec::new(),
@@ -203,10 +251,10 @@ impl Session {
             self.keep_deferred(&channel, &payload, by_courier, arrived_at);
         }
         for ch in self.state.channels.values_mut() {
-            ch.history.seal_oversized_tail(&mut *self.blobs);
+            ch.history.seal_oversized_tail(&mut self.blobs);
         }
         for d in self.state.drops.values_mut() {
-            d.letters.seal_oversized_tail(&mut *self.blobs);
+            d.letters.seal_oversized_tail(&mut self.blobs);
         }
         self.save();
     }
@@ -354,7 +402,7 @@ impl Session {
         let Some(ch) = self.state.channels.get_mut(channel) else {
             return false;
         };
-        let (dropped, gone) = ch.history.push(entry, &mut *self.blobs, HISTORY_BYTES);
+        let (dropped, gone) = ch.history.push(entry, &mut self.blobs, HISTORY_BYTES);
         if dropped > 0 {
             let note = StoredMessage {
                 id: format!("event-{}", hex(&random_id::<8>())),
@@ -367,7 +415,7 @@ impl Session {
                 ),
                 event: Some(EventKind::Trimmed),
             };
-            ch.history.push(note, &mut *self.blobs, HISTORY_BYTES);
+            ch.history.push(note, &mut self.blobs, HISTORY_BYTES);
             let ids: Vec<String> = gone.into_iter().map(|m| m.id).collect();
             self.prune_files(&ids);
         }
@@ -452,9 +500,10 @@ impl Session {
         out
     }
 
-    /// Messages and events in all channels (to count what a pass brought).
+    /// Messages and events ever added in all channels (to count what a pass brought:
+    /// it does not fall when old history is deleted).
     pub fn history_len(&self) -> usize {
-        self.state.channels.values().map(|c| c.history.len() as usize).sum()
+        self.state.channels.values().map(|c| c.history.end() as usize).sum()
     }
 }
 

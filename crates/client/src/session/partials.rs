@@ -8,6 +8,7 @@
 
 use backchannel_core::envelope::{Chunk, Reassembled};
 
+use super::Blobs;
 use super::Session;
 use crate::state::{random_folder, PartialPayload};
 use crate::ClientError;
@@ -17,6 +18,9 @@ pub const PARTIAL_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The most half-assembled payloads a home keeps (each costs the vault its chunk map).
 pub const MAX_PARTIALS: usize = 256;
+
+/// The most half-assembled payloads one mailbox keeps.
+pub const MAILBOX_PARTIALS: usize = backchannel_core::envelope::MAX_PARTIALS;
 
 /// What became of a chunk.
 pub(crate) enum Assembled {
@@ -117,9 +121,13 @@ impl Session {
     }
 
     /// Drops other unfinished payloads until `adding` more bytes (and, if `new`, one more
-    /// payload) fit in `mailbox`'s bound and in the home's. In the mailbox, the payload with
-    /// the smallest id goes first (ids are random: a random one); beyond the home's bounds,
-    /// one of the mailbox that holds the most bytes.
+    /// payload) fit in `mailbox`'s bounds (`bound` bytes, [`MAILBOX_PARTIALS`] payloads) and
+    /// in the home's. Past the mailbox's bounds, one of its own goes; past the home's bytes,
+    /// one of the mailbox that holds the most bytes; past the home's count, one of the
+    /// mailbox that holds the most payloads. So a flood through one mailbox (a drop box
+    /// anyone may write to) evicts its own, never a payload arriving in another. Within a
+    /// mailbox the smallest id goes first (ids are the sender's choice: a sender can only
+    /// choose among its own mailbox's payloads).
     fn make_room(&mut self, mailbox: [u8; 32], keep: [u8; 16], adding: u64, bound: u64, new: bool) {
         let others = |p: &PartialPayload| p.message_id != keep || p.mailbox != mailbox;
         loop {
@@ -131,26 +139,28 @@ impl Session {
                     .map(|p| u64::from(p.bytes))
                     .sum()
             };
+            let count = |m: [u8; 32]| partials.iter().filter(|p| p.mailbox == m).count();
             let total: u64 = partials.iter().map(|p| u64::from(p.bytes)).sum();
-            let from = if held(mailbox) + adding > bound {
-                mailbox
-            } else if total + adding > PARTIAL_BYTES || (new && partials.len() >= MAX_PARTIALS) {
-                let Some(largest) = partials
+            let largest = |by: &dyn Fn([u8; 32]) -> u64| {
+                partials
                     .iter()
                     .filter(|p| others(p))
                     .map(|p| p.mailbox)
-                    .max_by_key(|m| held(*m))
-                else {
-                    return;
-                };
-                largest
+                    .max_by_key(|m| by(*m))
+            };
+            let from = if held(mailbox) + adding > bound || (new && count(mailbox) >= MAILBOX_PARTIALS) {
+                Some(mailbox)
+            } else if total + adding > PARTIAL_BYTES {
+                largest(&held)
+            } else if new && partials.len() >= MAX_PARTIALS {
+                largest(&|m| count(m) as u64)
             } else {
                 return;
             };
             let victim = partials
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| p.mailbox == from && others(p))
+                .filter(|(_, p)| Some(p.mailbox) == from && others(p))
                 .min_by_key(|(_, p)| p.message_id)
                 .map(|(i, _)| i);
             let Some(i) = victim else {
@@ -249,13 +259,31 @@ mod tests {
                     Assembled::Waiting
                 ));
             }
+            // The driver saves after each batch, and then what was dropped is deleted.
+            s.blobs.settle();
             assert!(s.partial_bytes() <= PARTIAL_BYTES);
             assert!(blobs.bytes() <= PARTIAL_BYTES);
         }
         let got = whole(s.assemble([9; 32], honest[2].clone(), MAX_PAYLOAD));
         assert_eq!(got, vec![200; 3 * CHUNK_DATA]);
 
-        // In number: one chunk short in each of 300 mailboxes.
+        // In number: a stranger sends the tiny last chunk of 300 payloads to one drop box
+        // (a few bytes each, so that mailbox never holds the most bytes), while an honest
+        // payload of 300 KiB arrives in a channel mailbox: the flood evicts its own.
+        let honest = chunks(201, 75 * CHUNK_DATA);
+        for c in &honest[..74] {
+            s.assemble([8; 32], c.clone(), 4 << 20);
+        }
+        for n in 0..300u16 {
+            let mut c = chunks(0, CHUNK_DATA + 1).pop().unwrap();
+            c.message_id[..2].copy_from_slice(&n.to_be_bytes());
+            assert!(matches!(s.assemble([6; 32], c, MAX_PAYLOAD), Assembled::Waiting));
+            assert!(s.state.inbox.partials.len() <= MAX_PARTIALS);
+            assert!(s.state.inbox.partials.iter().filter(|p| p.mailbox == [6; 32]).count() <= MAILBOX_PARTIALS);
+        }
+        let got = whole(s.assemble([8; 32], honest[74].clone(), 4 << 20));
+        assert_eq!(got, vec![201; 75 * CHUNK_DATA]);
+        // And many mailboxes with one payload each stay within the home's count.
         for mailbox in 0..300u16 {
             let mut id = [0; 32];
             id[..2].copy_from_slice(&mailbox.to_be_bytes());
@@ -264,7 +292,35 @@ mod tests {
             assert!(matches!(s.assemble(id, c[0].clone(), MAX_PAYLOAD), Assembled::Waiting));
             assert!(s.state.inbox.partials.len() <= MAX_PARTIALS);
         }
+        s.blobs.settle();
         assert!(blobs.bytes() <= PARTIAL_BYTES);
+    }
+
+    /// A payload's chunks are deleted only after the vault that forgets them is saved: a
+    /// crash between its last chunk and that save, then the relay delivering that chunk
+    /// again (it was not acknowledged), completes it again.
+    #[test]
+    fn a_crash_after_the_last_chunk_before_the_save_loses_nothing() {
+        let blobs = SimBlobs::default();
+        let mut s = session(&blobs);
+        let c = chunks(42, 3 * CHUNK_DATA);
+        for c in &c[..2] {
+            s.assemble([1; 32], c.clone(), MAX_PAYLOAD);
+        }
+        let saved = s.encode().unwrap();
+        s.blobs.settle();
+        assert_eq!(
+            whole(s.assemble([1; 32], c[2].clone(), MAX_PAYLOAD)),
+            vec![42; 3 * CHUNK_DATA]
+        );
+        // The crash: the process restarts from the saved state.
+        let mut s = Session::decode(&saved, Box::new(blobs.clone()), 0).unwrap();
+        assert_eq!(
+            whole(s.assemble([1; 32], c[2].clone(), MAX_PAYLOAD)),
+            vec![42; 3 * CHUNK_DATA]
+        );
+        s.blobs.settle();
+        assert_eq!(blobs.bytes(), 0);
     }
 
     #[test]
@@ -299,9 +355,11 @@ mod tests {
             whole(s.assemble([2; 32], c[3].clone(), bound)),
             vec![50; 4 * CHUNK_DATA]
         );
-        // A mailbox no longer read takes its chunks with it.
+        // A mailbox no longer read takes its chunks with it (deleted after the next save).
         s.forget_partials([1; 32]);
         assert_eq!(s.partial_bytes(), 0);
+        assert!(blobs.bytes() > 0);
+        s.blobs.settle();
         assert_eq!(blobs.bytes(), 0);
     }
 }

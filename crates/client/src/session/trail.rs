@@ -19,7 +19,7 @@ use backchannel_core::channel::{Channel, MemberInfo};
 use backchannel_core::message::{AppMessage, Trail};
 
 use super::{hex, Session};
-use crate::state::{EventKind, SenderTrail};
+use crate::state::{EventKind, SenderTrail, StoredMessage};
 use crate::ClientError;
 
 /// Most missing messages tracked per sender (the latest); a larger gap is still reported
@@ -243,36 +243,33 @@ impl Session {
         let Some(log) = ch.trails.read.get(&sender.identity_key) else {
             return;
         };
-        // The gap's event is looked for among the entries still in the vault (a gap filled
-        // after its event was sealed away keeps the event's first text).
-        for m in ch
-            .history
-            .tail
-            .iter_mut()
-            .filter(|m| m.event == Some(EventKind::Missing))
-        {
-            let range = m.id.strip_prefix(&prefix).and_then(|r| {
-                let (a, b) = r.split_once('-')?;
-                Some(a.parse::<u64>().ok()?..b.parse::<u64>().ok()?)
-            });
-            let Some(range) = range else {
-                continue;
+        let range_of = |m: &StoredMessage| {
+            let r = m.id.strip_prefix(&prefix)?;
+            let (a, b) = r.split_once('-')?;
+            Some(a.parse::<u64>().ok()?..b.parse::<u64>().ok()?)
+        };
+        let filled = |m: &StoredMessage| {
+            m.event == Some(EventKind::Missing)
+                && range_of(m).is_some_and(|r| r.contains(&count) && !log.missing.iter().any(|c| r.contains(c)))
+        };
+        let said = |m: &mut StoredMessage| {
+            let n = range_of(m).map_or(1, |r| r.end - r.start);
+            m.text = if n == 1 {
+                format!(
+                    "the message from {} that was missing arrived, out of order",
+                    sender.name
+                )
+            } else {
+                format!(
+                    "the {n} messages from {} that were missing arrived, out of order",
+                    sender.name
+                )
             };
-            if range.contains(&count) && !log.missing.iter().any(|c| range.contains(c)) {
-                let n = range.end - range.start;
-                m.text = if n == 1 {
-                    format!(
-                        "the message from {} that was missing arrived, out of order",
-                        sender.name
-                    )
-                } else {
-                    format!(
-                        "the {n} messages from {} that were missing arrived, out of order",
-                        sender.name
-                    )
-                };
-            }
-        }
+        };
+        // The gap's event may be sealed away by now (a message carried by hand can come
+        // days later): the log finds it there. If it cannot be read now, the event keeps
+        // its first text.
+        let _ = ch.history.update(&mut self.blobs, filled, said);
     }
 }
 

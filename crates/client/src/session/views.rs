@@ -67,9 +67,9 @@ impl Session {
     pub fn read(&mut self, name: &str, all: bool) -> Result<Vec<MessageView>, ClientError> {
         let ch = self.channel(name)?;
         let entries = if all {
-            ch.history.entries_from(0, &*self.blobs)?
+            ch.history.entries_from(0, &self.blobs)?
         } else {
-            ch.history.unread_entries(&*self.blobs)?
+            ch.history.unread_entries(&self.blobs)?
         };
         let me = self.identity.public_key();
         let out: Vec<MessageView> = entries
