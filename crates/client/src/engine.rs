@@ -152,6 +152,11 @@ impl Engine {
         // even if no relay answers today.
         engine.session.apply_lifecycle();
         engine.perform_local()?;
+        // The state is now the saved one: what it does not point at beside it was left by a
+        // crash, and goes.
+        if engine.session.collect_orphans() > 0 {
+            engine.session.blobs.settle();
+        }
         Ok(engine)
     }
 

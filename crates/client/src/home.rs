@@ -197,6 +197,17 @@ impl Blobs for SealedFiles {
     fn delete(&mut self, dir: &str, name: &str) {
         let _ = fs::remove_file(self.dir.join(dir).join(name));
     }
+
+    fn folders(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    }
 }
 
 fn vault_error(e: VaultError) -> ClientError {

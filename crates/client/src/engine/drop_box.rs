@@ -88,7 +88,7 @@ impl Engine {
                                 },
                             );
                             if matches!(noted, Ok(true)) {
-                                d.attachments = d.attachments.saturating_sub(1);
+                                d.attachments.retain(|a| *a != f.folder);
                             }
                             noted
                         });

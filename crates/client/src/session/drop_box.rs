@@ -49,7 +49,7 @@ impl Session {
                 keys,
                 pow_bits,
                 letters: Log::new(),
-                attachments: 0,
+                attachments: Vec::new(),
                 seen: Default::default(),
             },
         );
@@ -111,7 +111,7 @@ impl Session {
             .state
             .drops
             .get(name)
-            .is_some_and(|d| d.attachments >= MAX_ATTACHMENTS);
+            .is_some_and(|d| d.attachments.len() >= MAX_ATTACHMENTS as usize);
         if letter.file.is_some() && full {
             letter.file = None;
             self.warn(
@@ -148,8 +148,8 @@ impl Session {
                 break id;
             }
         };
-        if file.is_some() {
-            d.attachments += 1;
+        if let Some(f) = &file {
+            d.attachments.push(f.folder.clone());
         }
         let record = LetterRecord {
             id,
@@ -164,7 +164,7 @@ impl Session {
         for l in gone {
             if let Some(f) = l.file {
                 self.blobs.remove(&f.folder);
-                d.attachments = d.attachments.saturating_sub(1);
+                d.attachments.retain(|a| *a != f.folder);
             }
         }
         if dropped > 0 {

@@ -86,6 +86,8 @@ pub trait Blobs: Send {
     fn remove(&mut self, folder: &str);
     /// Deletes `name` in `folder` (absent is fine).
     fn delete(&mut self, folder: &str, name: &str);
+    /// The folders there are.
+    fn folders(&self) -> Vec<String>;
 }
 
 /// The session's sealed store: writes and reads reach the [`Blobs`] at once; deletions
@@ -133,6 +135,10 @@ impl Blobs for SealedStore {
 
     fn delete(&mut self, folder: &str, name: &str) {
         self.pending.push((folder.to_string(), Some(name.to_string())));
+    }
+
+    fn folders(&self) -> Vec<String> {
+        self.inner.folders()
     }
 }
 
@@ -498,6 +504,40 @@ impl Session {
             out.push((d.mailbox.clone(), Role::Drop(name.clone())));
         }
         out
+    }
+
+    /// Every folder beside the vault that the state points at.
+    fn folders_in_use(&self) -> HashSet<&str> {
+        let s = &self.state;
+        let mut used: HashSet<&str> = HashSet::new();
+        used.extend(s.files.incoming.iter().map(|f| f.folder.as_str()));
+        used.extend(s.inbox.deferred.iter().map(|d| d.folder.as_str()));
+        used.extend(s.inbox.partials.iter().map(|p| p.folder.as_str()));
+        used.extend(s.channels.values().map(|c| c.history.folder.as_str()));
+        for d in s.drops.values() {
+            used.insert(d.letters.folder.as_str());
+            used.extend(d.attachments.iter().map(String::as_str));
+        }
+        used
+    }
+
+    /// Deletes the folders beside the vault that the state does not point at (left by a
+    /// crash between a write and the save that would have counted it). Only for a state
+    /// that is the one saved: the deletions happen at the store's next `settle`. Returns
+    /// how many.
+    pub fn collect_orphans(&mut self) -> usize {
+        let orphans: Vec<String> = {
+            let used = self.folders_in_use();
+            self.blobs
+                .folders()
+                .into_iter()
+                .filter(|f| !used.contains(f.as_str()))
+                .collect()
+        };
+        for f in &orphans {
+            self.blobs.remove(f);
+        }
+        orphans.len()
     }
 
     /// Messages and events ever added in all channels (to count what a pass brought:

@@ -216,9 +216,10 @@ pub struct DropBox {
     pub pow_bits: u8,
     /// Letters received, oldest first (the older ones sealed beside the vault).
     pub letters: Log<LetterRecord>,
-    /// Letters whose attached file is sealed beside the vault, not yet saved (bounded:
-    /// see `session::drop_box::MAX_ATTACHMENTS`).
-    pub attachments: u32,
+    /// Folders of the attached files sealed beside the vault, not yet saved (bounded:
+    /// see `session::drop_box::MAX_ATTACHMENTS`; kept here, not only in the letters,
+    /// which may be sealed away, so that the vault alone names every folder in use).
+    pub attachments: Vec<String>,
     /// Digests of the latest sealed letters received, to drop a replayed one
     /// (bounded, oldest first).
     pub seen: VecDeque<[u8; 16]>,

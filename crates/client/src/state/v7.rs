@@ -139,7 +139,12 @@ impl From<ChannelState> for super::ChannelState {
 
 impl From<DropBox> for super::DropBox {
     fn from(d: DropBox) -> Self {
-        let attachments = d.letters.iter().filter(|l| l.file.is_some()).count() as u32;
+        let attachments = d
+            .letters
+            .iter()
+            .filter_map(|l| l.file.as_ref())
+            .map(|f| f.folder.clone())
+            .collect();
         Self {
             mailbox: d.mailbox,
             keys: d.keys,
