@@ -36,6 +36,8 @@ pub enum Store {
         urls: Vec<String>,
         /// Stream replicas.
         replicas: Option<usize>,
+        /// Bound of the record stream (`--nats-meta-bytes`), if not the default.
+        meta_bytes: Option<u64>,
     },
 }
 
@@ -101,13 +103,21 @@ impl RelayChild {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Store::Nats { urls, replicas } = store {
+        if let Store::Nats {
+            urls,
+            replicas,
+            meta_bytes,
+        } = store
+        {
             cmd.args(["--store", "nats"]);
             for u in urls {
                 cmd.args(["--nats", u]);
             }
             if let Some(r) = replicas {
                 cmd.args(["--nats-replicas", &r.to_string()]);
+            }
+            if let Some(b) = meta_bytes {
+                cmd.args(["--nats-meta-bytes", &b.to_string()]);
             }
         }
         let mut child = cmd.spawn()?;
@@ -238,7 +248,7 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
             "embedded store (redb, group commit), in-process",
             embedded_baseline(&dir.path().join("baseline.redb"), n, m, b.window).await?,
         ),
-        Store::Nats { urls, replicas } => (
+        Store::Nats { urls, replicas, .. } => (
             "JetStream publish + pull consume + ack, same replicas",
             nats_baseline(urls, *replicas, n, m, b.window).await?,
         ),

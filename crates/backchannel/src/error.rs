@@ -75,10 +75,10 @@ pub enum CliError {
     #[error("--store nats needs at least one --nats nats://HOST:PORT")]
     NatsWithoutServers,
     /// NATS options without `--store nats`.
-    #[error("--nats and --nats-replicas need --store nats")]
+    #[error("--nats, --nats-replicas and --nats-meta-bytes need --store nats")]
     NatsOptionsWithoutNats,
     /// `bench relay` options that need NATS without `--store nats`.
-    #[error("--nats, --nats-replicas and --relays above 1 need --store nats")]
+    #[error("--nats, --nats-replicas, --nats-meta-bytes and --relays above 1 need --store nats")]
     BenchOptionsWithoutNats,
     /// The relay's listening address is taken or not ours.
     #[error("could not listen on {addr} ({source}); choose another --listen address")]

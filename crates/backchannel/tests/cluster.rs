@@ -677,3 +677,20 @@ fn a_relay_losing_quorum_mid_sends_logs_no_id_subject_or_address() {
     );
     drop(relay);
 }
+
+/// The cluster's options are refused without `--store nats`, rather than ignored.
+#[test]
+fn nats_options_without_the_nats_store_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    for option in [["--nats-meta-bytes", "1000000"], ["--nats-replicas", "3"]] {
+        let out = std::process::Command::new(common::bin())
+            .args(["relay", "--listen", "127.0.0.1:0", "--data"])
+            .arg(root.path().join("relay"))
+            .args(option)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{option:?} was taken");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("need --store nats"), "{stderr}");
+    }
+}

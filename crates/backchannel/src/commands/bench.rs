@@ -31,6 +31,7 @@ async fn relay(a: &BenchRelayArgs) -> Result<serde_json::Value, CliError> {
         StoreKind::Nats => bench::Store::Nats {
             urls: a.storage.nats.clone(),
             replicas: a.storage.nats_replicas,
+            meta_bytes: a.storage.nats_meta_bytes,
         },
     };
     let settings = bench::RelayBench {
