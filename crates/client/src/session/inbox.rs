@@ -88,13 +88,6 @@ impl Session {
                 self.warn(channel_name.as_deref(), "discarded a malformed message");
                 return;
             }
-            Assembled::Unstored(e) => {
-                self.warn(
-                    channel_name.as_deref(),
-                    format!("could not keep part of a message that is still arriving: {e}"),
-                );
-                return;
-            }
         };
         match (role, whole.kind) {
             (Role::Channel(name), PayloadKind::Mls) => match self.read_channel_payload(name, &whole.payload, via) {

@@ -212,6 +212,9 @@ pub struct Session {
     was_behind: std::collections::BTreeSet<String>,
     /// Files whose stray parts were already reported (one warning per file, not per part).
     pub(crate) stray_files: HashSet<[u8; 16]>,
+    /// Chunks of half-assembled payloads not yet sealed beside the vault, by folder: the
+    /// next [`Session::encode`] seals them before the state that counts them is saved.
+    pub(crate) unsealed: std::collections::BTreeMap<String, std::collections::BTreeMap<u16, Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -236,6 +239,7 @@ impl Session {
             behind: Default::default(),
             was_behind: Default::default(),
             stray_files: HashSet::new(),
+            unsealed: Default::default(),
         };
         session.take_carried();
         Ok(session)
@@ -270,8 +274,10 @@ impl Session {
         Self::new(State::decode(bytes)?, blobs, now_ms)
     }
 
-    /// The state as it is persisted (the MLS storage included).
+    /// The state as it is persisted (the MLS storage included). The chunks it counts are
+    /// sealed beside it first.
     pub fn encode(&mut self) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        self.seal_chunks()?;
         self.state.mls = self.provider.snapshot();
         let r = self.state.encode();
         self.state.mls = Vec::new();

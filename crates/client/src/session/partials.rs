@@ -32,8 +32,6 @@ pub(crate) enum Assembled {
     TooLarge,
     /// The chunk contradicts the payload's earlier chunks, or the payload read back is damaged.
     Malformed,
-    /// The chunk could not be sealed beside the vault (a full disk).
-    Unstored(ClientError),
 }
 
 impl Session {
@@ -80,20 +78,29 @@ impl Session {
         let Some(p) = self.state.inbox.partials.get_mut(i) else {
             return Assembled::Malformed;
         };
-        if let Err(e) = self.blobs.write(&p.folder, &chunk.index.to_string(), &chunk.data) {
-            return Assembled::Unstored(e);
-        }
+        // Kept in memory until the next save seals it (most payloads complete within the
+        // batch that brought their first chunk, and are never written).
+        let data_len = chunk.data.len();
+        self.unsealed
+            .entry(p.folder.clone())
+            .or_default()
+            .insert(chunk.index, chunk.data);
         if let Some(b) = p.have.get_mut(usize::from(chunk.index / 8)) {
             *b |= 1 << (chunk.index % 8);
         }
-        p.bytes = p.bytes.saturating_add(chunk.data.len() as u32);
+        p.bytes = p.bytes.saturating_add(data_len as u32);
         if (0..p.count).any(|c| !has(&p.have, c)) {
             return Assembled::Waiting;
         }
         let p = self.state.inbox.partials.swap_remove(i);
+        let mut held = self.unsealed.remove(&p.folder).unwrap_or_default();
         let mut payload = Vec::with_capacity(p.total_len as usize);
         for c in 0..p.count {
-            match self.blobs.read(&p.folder, &c.to_string()) {
+            let chunk = match held.remove(&c) {
+                Some(d) => Ok(zeroize::Zeroizing::new(d)),
+                None => self.blobs.read(&p.folder, &c.to_string()),
+            };
+            match chunk {
                 Ok(d) => payload.extend_from_slice(&d),
                 Err(_) => {
                     self.blobs.remove(&p.folder);
@@ -167,16 +174,33 @@ impl Session {
                 return;
             };
             let p = self.state.inbox.partials.swap_remove(i);
+            self.unsealed.remove(&p.folder);
             self.blobs.remove(&p.folder);
         }
     }
 
+    /// Seals the chunks kept in memory beside the vault: before a save, which then counts
+    /// them. What could not be written stays in memory, and the save fails.
+    pub(crate) fn seal_chunks(&mut self) -> Result<(), ClientError> {
+        while let Some((folder, mut chunks)) = self.unsealed.pop_first() {
+            while let Some((index, data)) = chunks.pop_first() {
+                if let Err(e) = self.blobs.write(&folder, &index.to_string(), &data) {
+                    chunks.insert(index, data);
+                    self.unsealed.insert(folder, chunks);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets the unfinished payloads of a mailbox no longer read.
     pub(crate) fn forget_partials(&mut self, mailbox: [u8; 32]) {
-        let blobs = &mut self.blobs;
+        let (blobs, unsealed) = (&mut self.blobs, &mut self.unsealed);
         self.state.inbox.partials.retain(|p| {
             let gone = p.mailbox == mailbox;
             if gone {
+                unsealed.remove(&p.folder);
                 blobs.remove(&p.folder);
             }
             !gone
@@ -296,6 +320,38 @@ mod tests {
         assert!(blobs.bytes() <= PARTIAL_BYTES);
     }
 
+    /// Chunks are sealed beside the vault when it is saved, not as they arrive: a payload
+    /// that completes between two saves is never written.
+    #[test]
+    fn chunks_are_sealed_by_the_save_that_counts_them() {
+        let blobs = SimBlobs::default();
+        let mut s = session(&blobs);
+        let c = chunks(9, 4 * CHUNK_DATA);
+        for c in &c[..3] {
+            s.assemble([1; 32], c.clone(), MAX_PAYLOAD);
+        }
+        assert_eq!(blobs.bytes(), 0);
+        let saved = s.encode().unwrap();
+        assert!(blobs.bytes() >= 3 * CHUNK_DATA as u64);
+        let mut again = Session::decode(&saved, Box::new(blobs.clone()), 0).unwrap();
+        assert_eq!(
+            whole(again.assemble([1; 32], c[3].clone(), MAX_PAYLOAD)),
+            vec![9; 4 * CHUNK_DATA]
+        );
+        // A payload whole within one batch touches no file.
+        let blobs = SimBlobs::default();
+        let mut s = session(&blobs);
+        for c in &c[..3] {
+            s.assemble([1; 32], c.clone(), MAX_PAYLOAD);
+        }
+        assert_eq!(
+            whole(s.assemble([1; 32], c[3].clone(), MAX_PAYLOAD)),
+            vec![9; 4 * CHUNK_DATA]
+        );
+        s.encode().unwrap();
+        assert_eq!(blobs.bytes(), 0);
+    }
+
     /// A payload's chunks are deleted only after the vault that forgets them is saved: a
     /// crash between its last chunk and that save, then the relay delivering that chunk
     /// again (it was not acknowledged), completes it again.
@@ -356,6 +412,7 @@ mod tests {
             vec![50; 4 * CHUNK_DATA]
         );
         // A mailbox no longer read takes its chunks with it (deleted after the next save).
+        s.encode().unwrap();
         s.forget_partials([1; 32]);
         assert_eq!(s.partial_bytes(), 0);
         assert!(blobs.bytes() > 0);
