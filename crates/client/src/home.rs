@@ -141,9 +141,7 @@ impl Home {
         f.sync_all()
             .map_err(|e| ClientError::io("syncing the local store", e))?;
         fs::rename(&tmp, self.dir.join(VAULT)).map_err(|e| ClientError::io("replacing the local store", e))?;
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
+        sync_dir(&self.dir);
         self.written = Some(digest);
         Ok(())
     }
@@ -168,7 +166,17 @@ pub struct SealedFiles {
 impl Blobs for SealedFiles {
     fn write(&mut self, dir: &str, name: &str, plain: &[u8]) -> Result<(), ClientError> {
         let folder = self.dir.join(dir);
-        fs::create_dir_all(&folder).map_err(|e| ClientError::io("creating a folder for received files", e))?;
+        if !folder.is_dir() {
+            let made_files = !self.dir.is_dir();
+            fs::create_dir_all(&folder).map_err(|e| ClientError::io("creating a folder for received files", e))?;
+            // The new folder's name is durable before a vault that points at it is saved.
+            sync_dir(&self.dir);
+            if made_files {
+                if let Some(home) = self.dir.parent() {
+                    sync_dir(home);
+                }
+            }
+        }
         let blob = self.key.seal(plain, &mut OsRng);
         let tmp = folder.join(format!("{name}.tmp"));
         let mut f = File::create(&tmp).map_err(|e| ClientError::io("writing part of a received file", e))?;
@@ -177,9 +185,8 @@ impl Blobs for SealedFiles {
             .map_err(|e| ClientError::io("writing part of a received file", e))?;
         fs::rename(&tmp, folder.join(name)).map_err(|e| ClientError::io("writing part of a received file", e))?;
         // The new name is durable before a vault that points at it is saved.
-        File::open(&folder)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| ClientError::io("writing part of a received file", e))
+        sync_dir(&folder);
+        Ok(())
     }
 
     fn read(&self, dir: &str, name: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
@@ -207,6 +214,13 @@ impl Blobs for SealedFiles {
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter_map(|e| e.file_name().into_string().ok())
             .collect()
+    }
+}
+
+/// Makes a folder's entries durable (best effort, as for the vault's own folder).
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
     }
 }
 

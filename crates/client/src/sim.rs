@@ -1053,8 +1053,12 @@ async fn a_gibibyte_of_hostile_data_keeps_the_vault_bounded_and_honest_messages_
         let _ = m[1].engine.take_warnings();
     }
     // Offers of empty files (complete at once, so no limit on transfers in progress
-    // applies): the records a channel keeps are bounded.
+    // applies): the records a channel keeps are bounded, and the flood deletes mal's own
+    // records, not the file ada sent before it, which bea has not saved yet.
     let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.txt");
+    std::fs::write(&ledger, vec![b'l'; 10_000]).unwrap();
+    m[0].engine.send_file("room", &ledger, &mut |_| {}).await.unwrap();
     for i in 0..100 {
         let empty = dir.path().join(format!("empty-{i}"));
         std::fs::write(&empty, b"").unwrap();
@@ -1066,6 +1070,16 @@ async fn a_gibibyte_of_hostile_data_keeps_the_vault_bounded_and_honest_messages_
     assert!(
         records <= crate::session::files::MAX_FILES_PER_CHANNEL,
         "{records} file records"
+    );
+    assert!(
+        m[1].engine
+            .session
+            .state
+            .files
+            .incoming
+            .iter()
+            .any(|f| f.offer.name == "ledger.txt" && f.status == crate::state::FileStatus::Complete),
+        "ada's unsaved file was deleted by mal's flood"
     );
     let state = m[1].engine.session.encode().unwrap().len();
     assert!(state <= vault_bound, "the saved state is {state} bytes");
@@ -1145,11 +1159,16 @@ async fn a_gibibyte_of_hostile_data_keeps_the_vault_bounded_and_honest_messages_
         .filter(|(k, _)| *k == EventKind::Rejected)
         .map(|(_, t)| t)
         .collect();
-    // 100 empty files offered, 64 kept: each of the 36 deleted is said.
+    // 100 empty files offered beside ada's one, 64 kept: each of the 37 deleted is said,
+    // all of them mal's.
     let (deleted, others): (Vec<&String>, Vec<&String>) = refused
         .into_iter()
-        .partition(|t| t.starts_with("deleted the unsaved file empty-"));
-    assert_eq!(deleted.len(), 36, "{deleted:?}");
+        .partition(|t| t.starts_with("deleted the unsaved file "));
+    assert_eq!(deleted.len(), 37, "{deleted:?}");
+    assert!(
+        deleted.iter().all(|t| t.starts_with("deleted the unsaved file empty-")),
+        "{deleted:?}"
+    );
     assert_eq!(
         others,
         ["discarded a message larger than this mailbox takes (100 times)"],

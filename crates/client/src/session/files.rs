@@ -231,7 +231,7 @@ impl Session {
             );
             return;
         }
-        self.make_room_for_a_file(channel);
+        self.make_room_for_a_file(channel, &from);
         let parts = offer.parts();
         let status = if parts == 0 {
             FileStatus::Complete
@@ -252,17 +252,20 @@ impl Session {
         });
     }
 
-    /// Keeps `channel`'s file records below [`MAX_FILES_PER_CHANNEL`] before another comes.
-    fn make_room_for_a_file(&mut self, channel: &str) {
+    /// Keeps `channel`'s file records below [`MAX_FILES_PER_CHANNEL`] before `from` offers
+    /// another: a saved or damaged record goes first, then the oldest unsaved file of `from`
+    /// itself (so a member who floods offers deletes its own), then anyone's.
+    fn make_room_for_a_file(&mut self, channel: &str, from: &[u8; 32]) {
         loop {
             let files = &self.state.files.incoming;
             if files.iter().filter(|f| f.channel == channel).count() < MAX_FILES_PER_CHANNEL {
                 return;
             }
             let oldest =
-                |done: &dyn Fn(&FileStatus) -> bool| files.iter().position(|f| f.channel == channel && done(&f.status));
-            let pos = oldest(&|s| matches!(s, FileStatus::Saved(_) | FileStatus::Damaged))
-                .or_else(|| oldest(&|s| *s == FileStatus::Complete));
+                |pick: &dyn Fn(&IncomingFile) -> bool| files.iter().position(|f| f.channel == channel && pick(f));
+            let pos = oldest(&|f| matches!(f.status, FileStatus::Saved(_) | FileStatus::Damaged))
+                .or_else(|| oldest(&|f| f.status == FileStatus::Complete && f.from_key == *from))
+                .or_else(|| oldest(&|f| f.status == FileStatus::Complete));
             let Some(pos) = pos else {
                 return;
             };

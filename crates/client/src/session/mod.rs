@@ -277,7 +277,7 @@ impl Session {
     /// The state as it is persisted (the MLS storage included). The chunks it counts are
     /// sealed beside it first.
     pub fn encode(&mut self) -> Result<Zeroizing<Vec<u8>>, ClientError> {
-        self.seal_chunks()?;
+        self.seal_chunks();
         self.state.mls = self.provider.snapshot();
         let r = self.state.encode();
         self.state.mls = Vec::new();

@@ -11,7 +11,6 @@ use backchannel_core::envelope::{Chunk, Reassembled};
 use super::Blobs;
 use super::Session;
 use crate::state::{random_folder, PartialPayload};
-use crate::ClientError;
 
 /// The most bytes of half-assembled payloads a home keeps, sealed beside the vault.
 pub const PARTIAL_BYTES: u64 = 64 * 1024 * 1024;
@@ -180,18 +179,22 @@ impl Session {
     }
 
     /// Seals the chunks kept in memory beside the vault: before a save, which then counts
-    /// them. What could not be written stays in memory, and the save fails.
-    pub(crate) fn seal_chunks(&mut self) -> Result<(), ClientError> {
-        while let Some((folder, mut chunks)) = self.unsealed.pop_first() {
-            while let Some((index, data)) = chunks.pop_first() {
-                if let Err(e) = self.blobs.write(&folder, &index.to_string(), &data) {
-                    chunks.insert(index, data);
-                    self.unsealed.insert(folder, chunks);
-                    return Err(e);
-                }
+    /// them. A payload whose chunk cannot be written (a full disk) is given up, with a
+    /// warning, so that the save, and the rest of the batch, still go through.
+    pub(crate) fn seal_chunks(&mut self) {
+        while let Some((folder, chunks)) = self.unsealed.pop_first() {
+            let failed = chunks
+                .iter()
+                .find_map(|(index, data)| self.blobs.write(&folder, &index.to_string(), data).err());
+            if let Some(e) = failed {
+                self.state.inbox.partials.retain(|p| p.folder != folder);
+                self.blobs.remove(&folder);
+                self.tell(
+                    None,
+                    format!("discarded part of a message that is still arriving: it could not be stored ({e})"),
+                );
             }
         }
-        Ok(())
     }
 
     /// Forgets the unfinished payloads of a mailbox no longer read.
