@@ -206,15 +206,24 @@ impl Blobs for SealedFiles {
     }
 
     fn folders(&self) -> Vec<String> {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect()
+        entries(&self.dir, true)
     }
+
+    fn names(&self, dir: &str) -> Vec<String> {
+        entries(&self.dir.join(dir), false)
+    }
+}
+
+/// The names of the folders (or the files) in `dir`.
+fn entries(dir: &Path, folders: bool) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() == folders))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect()
 }
 
 /// Makes a folder's entries durable (best effort, as for the vault's own folder).

@@ -353,6 +353,16 @@ impl Blobs for SimBlobs {
         v.dedup();
         v
     }
+
+    fn names(&self, folder: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(f, _)| f == folder)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
 }
 
 /// One member: its engine, and what survives a crash.
@@ -1347,15 +1357,20 @@ async fn orphaned_sealed_folders_are_collected_and_nothing_in_use_is() {
     blobs
         .write("0123456789abcdef0123456789abcdef", "0", b"left by a crash")
         .unwrap();
+    // A segment a save replaced, and an unfinished write, left by a crash in a folder in use.
+    blobs.write(&history.folder, "999", b"an old segment").unwrap();
+    blobs.write(&history.folder, "1000.tmp", b"half written").unwrap();
+    let segments = blobs.names(&history.folder).len();
     let before = blobs.folders();
     assert!(
         before.contains(&parts) && before.contains(&history.folder),
         "{before:?}"
     );
-    assert_eq!(m[1].engine.session.collect_orphans(), 1);
+    assert_eq!(m[1].engine.session.collect_orphans(), 3);
     m[1].engine.save().unwrap();
     let after = blobs.folders();
     assert_eq!(after.len(), before.len() - 1, "{after:?}");
+    assert_eq!(blobs.names(&history.folder).len(), segments - 2);
     assert!(!after.contains(&"0123456789abcdef0123456789abcdef".to_string()));
     let texts = m[1].texts("room");
     assert_eq!(texts.iter().filter(|t| t.starts_with("message ")).count(), 100);

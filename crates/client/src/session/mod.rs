@@ -88,6 +88,8 @@ pub trait Blobs: Send {
     fn delete(&mut self, folder: &str, name: &str);
     /// The folders there are.
     fn folders(&self) -> Vec<String>;
+    /// The files in `folder`.
+    fn names(&self, folder: &str) -> Vec<String>;
 }
 
 /// The session's sealed store: writes and reads reach the [`Blobs`] at once; deletions
@@ -139,6 +141,10 @@ impl Blobs for SealedStore {
 
     fn folders(&self) -> Vec<String> {
         self.inner.folders()
+    }
+
+    fn names(&self, folder: &str) -> Vec<String> {
+        self.inner.names(folder)
     }
 }
 
@@ -528,9 +534,9 @@ impl Session {
     }
 
     /// Deletes the folders beside the vault that the state does not point at (left by a
-    /// crash between a write and the save that would have counted it). Only for a state
-    /// that is the one saved: the deletions happen at the store's next `settle`. Returns
-    /// how many.
+    /// crash between a write and the save that would have counted it), and the files in
+    /// its logs' and payloads' folders that it does not count. Only for a state that is the
+    /// one saved: the deletions happen at the store's next `settle`. Returns how many.
     pub fn collect_orphans(&mut self) -> usize {
         let orphans: Vec<String> = {
             let used = self.folders_in_use();
@@ -543,7 +549,54 @@ impl Session {
         for f in &orphans {
             self.blobs.remove(f);
         }
-        orphans.len()
+        // Within folders in use: files a save allowed to delete before a crash did (a
+        // segment replaced, holding messages that had disappeared; a chunk of a payload
+        // given up), and unfinished writes.
+        let mut strays: Vec<(String, String)> = Vec::new();
+        let logs = self
+            .state
+            .channels
+            .values()
+            .map(|c| {
+                (
+                    c.history.folder.as_str(),
+                    c.history.segments.iter().map(|s| s.name).collect::<Vec<_>>(),
+                )
+            })
+            .chain(self.state.drops.values().map(|d| {
+                (
+                    d.letters.folder.as_str(),
+                    d.letters.segments.iter().map(|s| s.name).collect(),
+                )
+            }));
+        for (folder, kept) in logs {
+            for name in self.blobs.names(folder) {
+                if !name.parse::<u64>().is_ok_and(|n| kept.contains(&n)) {
+                    strays.push((folder.to_string(), name));
+                }
+            }
+        }
+        for p in &self.state.inbox.partials {
+            for name in self.blobs.names(&p.folder) {
+                let counted = name
+                    .parse::<u16>()
+                    .is_ok_and(|i| p.have.get(usize::from(i / 8)).is_some_and(|b| b & (1 << (i % 8)) != 0));
+                if !counted {
+                    strays.push((p.folder.clone(), name));
+                }
+            }
+        }
+        for f in &self.state.files.incoming {
+            for name in self.blobs.names(&f.folder) {
+                if name.ends_with(".tmp") {
+                    strays.push((f.folder.clone(), name));
+                }
+            }
+        }
+        for (folder, name) in &strays {
+            self.blobs.delete(folder, name);
+        }
+        orphans.len() + strays.len()
     }
 
     /// Messages and events ever added in all channels (to count what a pass brought:
