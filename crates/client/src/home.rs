@@ -168,7 +168,7 @@ impl Blobs for SealedFiles {
         let folder = self.dir.join(dir);
         if !folder.is_dir() {
             let made_files = !self.dir.is_dir();
-            fs::create_dir_all(&folder).map_err(|e| ClientError::io("creating a folder for received files", e))?;
+            fs::create_dir_all(&folder).map_err(|e| ClientError::io("creating a folder beside the local store", e))?;
             // The new folder's name is durable before a vault that points at it is saved.
             sync_dir(&self.dir);
             if made_files {
@@ -179,11 +179,13 @@ impl Blobs for SealedFiles {
         }
         let blob = self.key.seal(plain, &mut OsRng);
         let tmp = folder.join(format!("{name}.tmp"));
-        let mut f = File::create(&tmp).map_err(|e| ClientError::io("writing part of a received file", e))?;
+        let mut f =
+            File::create(&tmp).map_err(|e| ClientError::io("writing a sealed file beside the local store", e))?;
         f.write_all(&blob)
             .and_then(|()| f.sync_data())
-            .map_err(|e| ClientError::io("writing part of a received file", e))?;
-        fs::rename(&tmp, folder.join(name)).map_err(|e| ClientError::io("writing part of a received file", e))?;
+            .map_err(|e| ClientError::io("writing a sealed file beside the local store", e))?;
+        fs::rename(&tmp, folder.join(name))
+            .map_err(|e| ClientError::io("writing a sealed file beside the local store", e))?;
         // The new name is durable before a vault that points at it is saved.
         sync_dir(&folder);
         Ok(())
@@ -191,7 +193,7 @@ impl Blobs for SealedFiles {
 
     fn read(&self, dir: &str, name: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
         let blob = fs::read(self.dir.join(dir).join(name))
-            .map_err(|e| ClientError::io("reading part of a received file", e))?;
+            .map_err(|e| ClientError::io("reading a sealed file beside the local store", e))?;
         self.key
             .open(&blob)
             .map_err(|_| ClientError::Corrupt(Damage::SealedPart))

@@ -206,8 +206,9 @@ pub enum Damage {
     /// The vault itself is not readable.
     #[error(transparent)]
     Vault(backchannel_core::vault::VaultError),
-    /// A part of a received file was changed on disk.
-    #[error("part of a received file was modified on disk")]
+    /// A sealed file beside the vault (a received file's part, a history segment, a
+    /// waiting message) was changed on disk.
+    #[error("a sealed file beside the local store (in its files/ folder) was modified on disk")]
     SealedPart,
     /// A received file changed on disk after it arrived.
     #[error("{0} changed on disk after it arrived")]

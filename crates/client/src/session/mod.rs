@@ -525,12 +525,22 @@ impl Session {
         used.extend(s.files.incoming.iter().map(|f| f.folder.as_str()));
         used.extend(s.inbox.deferred.iter().map(|d| d.folder.as_str()));
         used.extend(s.inbox.partials.iter().map(|p| p.folder.as_str()));
-        used.extend(s.channels.values().map(|c| c.history.folder.as_str()));
-        for d in s.drops.values() {
-            used.insert(d.letters.folder.as_str());
-            used.extend(d.attachments.iter().map(String::as_str));
-        }
+        used.extend(self.log_segments().map(|(folder, _)| folder));
+        used.extend(s.drops.values().flat_map(|d| d.attachments.iter().map(String::as_str)));
         used
+    }
+
+    /// Every log's folder (channels' histories, drop boxes' letters) with its segments.
+    fn log_segments(&self) -> impl Iterator<Item = (&str, &VecDeque<crate::state::Segment>)> {
+        let s = &self.state;
+        s.channels
+            .values()
+            .map(|c| (c.history.folder.as_str(), &c.history.segments))
+            .chain(
+                s.drops
+                    .values()
+                    .map(|d| (d.letters.folder.as_str(), &d.letters.segments)),
+            )
     }
 
     /// Deletes the folders beside the vault that the state does not point at (left by a
@@ -553,22 +563,10 @@ impl Session {
         // segment replaced, holding messages that had disappeared; a chunk of a payload
         // given up), and unfinished writes.
         let mut strays: Vec<(String, String)> = Vec::new();
-        let logs = self
-            .state
-            .channels
-            .values()
-            .map(|c| {
-                (
-                    c.history.folder.as_str(),
-                    c.history.segments.iter().map(|s| s.name).collect::<Vec<_>>(),
-                )
-            })
-            .chain(self.state.drops.values().map(|d| {
-                (
-                    d.letters.folder.as_str(),
-                    d.letters.segments.iter().map(|s| s.name).collect(),
-                )
-            }));
+        let logs: Vec<(&str, Vec<u64>)> = self
+            .log_segments()
+            .map(|(folder, segments)| (folder, segments.iter().map(|s| s.name).collect()))
+            .collect();
         for (folder, kept) in logs {
             for name in self.blobs.names(folder) {
                 if !name.parse::<u64>().is_ok_and(|n| kept.contains(&n)) {
@@ -600,7 +598,7 @@ impl Session {
     }
 
     /// Messages and events ever added in all channels (to count what a pass brought:
-    /// it does not fall when old history is deleted).
+    /// it does not fall when the history's cap deletes old messages).
     pub fn history_len(&self) -> usize {
         self.state.channels.values().map(|c| c.history.end() as usize).sum()
     }

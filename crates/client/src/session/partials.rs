@@ -88,7 +88,9 @@ impl Session {
             *b |= 1 << (chunk.index % 8);
         }
         p.bytes = p.bytes.saturating_add(data_len as u32);
-        if (0..p.count).any(|c| !has(&p.have, c)) {
+        // Each chunk's length is fixed by its index (`decode_chunk`) and a chunk is counted
+        // once: the payload is whole when its bytes are all in.
+        if p.bytes != p.total_len {
             return Assembled::Waiting;
         }
         let p = self.state.inbox.partials.swap_remove(i);
