@@ -153,50 +153,143 @@ async fn claim_with_garbage(
     claim.map(|_| ())
 }
 
-/// Finding 1, second half: a channel whose commits cannot go through (here a member who
-/// is still in it wins the next epoch with a commit that nobody can read, which claim keys
-/// cannot prevent: the relay holds no secret of the channel) used to stop the whole sync,
-/// so that the victim could not send in any channel. Now only that channel waits, with a
-/// warning that says why; the others work. And a claim without its commit is refused.
+/// Finding 1, second half: a member who is still in the channel wins its next epoch with a
+/// commit that nobody can read (claim keys cannot prevent it: the relay holds no secret of
+/// the channel). Until the channel's first admin moves it on, a member's changes there wait
+/// with a warning that says why and who moves it on, and the member's other channels work
+/// (a failed channel used to stop the whole sync). Then the first admin's next change
+/// moves the channel to a new sequencer, and everyone goes on together. And a claim without
+/// its commit is refused.
 #[test]
-fn a_frozen_channel_does_not_stop_the_others() {
+fn a_refused_winner_holds_a_channel_up_until_its_first_admin_moves_it_on() {
     let root = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&root.path().join("relay"), &[]);
-    let [alice, bob, mallory] = people(root.path(), &relay, ["alice", "bob", "mallory"]);
-    channel_with(&alice, &[&bob, &mallory], "frozen");
+    let [alice, bob, carol, mallory] = people(root.path(), &relay, ["alice", "bob", "carol", "mallory"]);
+    channel_with(&alice, &[&bob, &carol, &mallory], "frozen");
     channel_with(&alice, &[&bob], "other");
-    let seq = sequencer(&mallory, "frozen");
+    let before = sequencer(&mallory, "frozen");
     rt().block_on(async {
-        let mut c = RelayConnection::connect(&seq.relay).await.unwrap();
+        let mut c = RelayConnection::connect(&before.relay).await.unwrap();
         // A claim without a commit is worth nothing: refused.
         let bare = c
             .request(&Request::ClaimKeyed {
-                send: seq.send,
-                epoch: seq.epoch,
-                key: seq.key,
+                send: before.send,
+                epoch: before.epoch,
+                key: before.key,
                 next: claim_lock(&random()),
             })
             .await;
         assert!(matches!(&bare, Err(e) if e.is(ErrorCode::NoDeposit)), "{bare:?}");
         // Mallory wins the next epoch of "frozen" with garbage for a commit.
-        claim_with_garbage(&mut c, seq.send, seq.epoch, seq.key).await.unwrap();
+        claim_with_garbage(&mut c, before.send, before.epoch, before.key)
+            .await
+            .unwrap();
     });
-    // Bob leaves: alice has a proposal to commit in "frozen", which cannot be.
-    bob.ok(&["leave", "frozen"]);
-    let r = alice.run(&["send", "other", "the other channel works"]);
+    // Carol leaves: bob has a proposal to commit in "frozen", which cannot be yet.
+    carol.ok(&["leave", "frozen"]);
+    let r = bob.run(&["send", "other", "the other channel works"]);
     assert!(r.ok, "{}", r.stderr);
     assert!(
-        r.stderr.contains("warning:") && r.stderr.contains("can no longer change"),
-        "the frozen channel is reported, with why: {}",
+        r.stderr.contains("warning:")
+            && r.stderr.contains("cannot change for now")
+            && r.stderr.contains("alice, its first admin"),
+        "the held-up channel is reported, with why and who moves it on: {}",
         r.stderr
     );
-    assert_eq!(
-        bob.texts("other"),
-        vec![("alice".to_string(), "the other channel works".to_string())]
+    // With carol's leave waiting, MLS lets bob seal no message there: his is kept, and
+    // goes once a commit carries the leave. A change there says why it cannot be made.
+    let r = bob.run(&["send", "frozen", "still goes"]);
+    assert!(
+        !r.ok && r.stderr.contains("queued") && r.stderr.contains("waiting"),
+        "{}",
+        r.stderr
     );
-    // In the frozen channel itself the send says why it cannot go.
-    let e = alice.fails(&["send", "frozen", "stuck"]);
-    assert!(e.contains("frozen"), "{e}");
+    let e = bob.fails(&["update", "frozen"]);
+    assert!(e.contains("frozen") && e.contains("alice, its first admin"), "{e}");
+
+    // Alice, the first admin, commits carol's leave at her next sync, on a new sequencer
+    // claimed there only.
+    let r = alice.run(&["read", "other"]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stdout.contains("the other channel works"), "{}", r.stdout);
+    assert!(r.stderr.contains("new sequencer"), "{}", r.stderr);
+    let after = sequencer(&alice, "frozen");
+    assert_ne!(after.send, before.send, "a new sequencer");
+    assert_eq!(after.relay, before.relay, "on the same relay");
+    // The move with carol's leave, and the rotation of alice's mailbox that a removal makes due.
+    assert_eq!(after.epoch, before.epoch + 2);
+    bob.ok(&["sync"]);
+    alice.ok(&["send", "frozen", "moved on"]);
+    let events = alice.messages("frozen");
+    assert!(
+        events
+            .iter()
+            .any(|m| m["event"] == "rejected" && m["text"].as_str().unwrap().contains("new sequencer")),
+        "alice's history says what she did: {events:?}"
+    );
+    // Everyone still in goes on together: messages, a key update by a member, one code.
+    bob.ok(&["send", "frozen", "works again"]);
+    bob.ok(&["update", "frozen"]);
+    mallory.ok(&["sync"]);
+    alice.ok(&["sync"]);
+    let texts = vec![
+        ("bob".to_string(), "still goes".to_string()),
+        ("alice".to_string(), "moved on".to_string()),
+        ("bob".to_string(), "works again".to_string()),
+    ];
+    assert_eq!(alice.texts("frozen"), texts);
+    assert_eq!(bob.texts("frozen"), texts);
+    let members = bob.ok(&["members", "frozen"]);
+    assert!(!members.contains("carol"), "{members}");
+    let codes: Vec<String> = [&alice, &bob, &mallory]
+        .iter()
+        .map(|c| c.ok(&["verify", "frozen"]))
+        .collect();
+    assert!(codes.iter().all(|c| *c == codes[0]), "{codes:?}");
+}
+
+/// The first admin removes the member who won the epoch with garbage: the removal itself
+/// moves the channel to a new sequencer, claimed there first, so the removed member never
+/// gets a chance at it.
+#[test]
+fn the_first_admin_removes_a_member_who_won_the_epoch_with_garbage() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [alice, bob, mallory] = people(root.path(), &relay, ["alice", "bob", "mallory"]);
+    channel_with(&alice, &[&bob, &mallory], "room");
+    let before = sequencer(&mallory, "room");
+    rt().block_on(async {
+        let mut c = RelayConnection::connect(&before.relay).await.unwrap();
+        claim_with_garbage(&mut c, before.send, before.epoch, before.key)
+            .await
+            .unwrap();
+    });
+    // Bob, not an admin, is told who moves the channel on.
+    let e = bob.fails(&["update", "room"]);
+    assert!(
+        e.contains("cannot change for now") && e.contains("alice, its first admin"),
+        "{e}"
+    );
+    let r = alice.run(&["remove", "room", "mallory"]);
+    assert!(r.ok, "{}", r.stderr);
+    let after = sequencer(&alice, "room");
+    assert_eq!(after.epoch, before.epoch + 1, "the removal is the move: one commit");
+    assert_ne!(after.send, before.send);
+    bob.ok(&["sync"]);
+    let members = bob.ok(&["members", "room"]);
+    assert!(!members.contains("mallory"), "{members}");
+    bob.ok(&["update", "room"]);
+    alice.ok(&["sync"]);
+    assert_eq!(alice.ok(&["verify", "room"]), bob.ok(&["verify", "room"]));
+    // Mallory, removed, cannot claim at the new sequencer with what she held.
+    rt().block_on(async {
+        let mut c = RelayConnection::connect(&after.relay).await.unwrap();
+        for epoch in [after.epoch, after.epoch + 1] {
+            let r = claim_with_garbage(&mut c, after.send, epoch, before.key).await;
+            let refused = matches!(&r, Err(e) if e.is(ErrorCode::NoSuchMailbox) || e.is(ErrorCode::EpochConflict));
+            assert!(refused, "epoch {epoch}: {r:?}");
+        }
+    });
 }
 
 /// Finding 3, the channel code: `backchannel verify CHANNEL` (no member) prints the epoch

@@ -593,14 +593,29 @@ impl Engine {
     // ---- commits ----
 
     /// Stages, claims and sends one commit; retries when another member won the epoch.
+    ///
+    /// When the epoch was won by a commit this device refuses, the channel's recoverer
+    /// ([`Session::recoverer`]) moves the sequencer to a fresh one with its next commit,
+    /// claimed there only, and carries on; anyone else is told who will.
     async fn commit(&mut self, name: &str, op: CommitOp) -> Result<(), ClientError> {
+        let mut recovering = false;
         for _ in 0..COMMIT_ATTEMPTS {
             self.session.active(name)?;
-            let fresh = match self.session.fresh_mailbox_for(name, &op)? {
+            let step = if recovering {
+                self.session.recovery_step(name, &op)?
+            } else {
+                op.clone()
+            };
+            let fresh_at = if recovering {
+                self.session.sequencer_relay(name)
+            } else {
+                self.session.fresh_mailbox_for(name, &step)?
+            };
+            let fresh = match fresh_at {
                 Some(relay) => Some(self.create_mailbox(&relay).await?),
                 None => None,
             };
-            let staged = self.session.stage_commit(name, &op, fresh.clone());
+            let staged = self.session.stage_commit(name, &step, fresh.clone(), recovering);
             // Durable before the claim goes out.
             self.perform_local()?;
             let Some(staged) = staged? else {
@@ -613,6 +628,15 @@ impl Engine {
                 return Ok(());
             };
             if self.claim_and_finish(staged).await? {
+                if recovering {
+                    self.session.recovered(name);
+                    self.perform_local()?;
+                    recovering = false;
+                    // A move alone was made on the way to `op`: now `op` itself.
+                    if matches!(step, CommitOp::MoveSequencer) && !matches!(op, CommitOp::MoveSequencer) {
+                        continue;
+                    }
+                }
                 return Ok(());
             }
             // Lost the epoch: the winner's commit (and any proposal it carries) may be in
@@ -624,7 +648,18 @@ impl Engine {
                 match self.catch_up(name).await? {
                     CatchUp::Moved => {}
                     CatchUp::NotHeld => self.fetch_all(Duration::from_millis(500)).await?,
-                    CatchUp::Refused => return Err(ClientError::RefusedWinner(name.to_string())),
+                    CatchUp::Refused => {
+                        let me = self.session.identity().public_key();
+                        match self.session.recoverer(name) {
+                            Some(r) if r.identity_key == me => recovering = true,
+                            r => {
+                                return Err(ClientError::RefusedWinner(
+                                    name.to_string(),
+                                    r.map(|m| m.name).unwrap_or_default(),
+                                ))
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -951,9 +986,10 @@ impl Engine {
             && self.session.has_unsent(Some(name))
             && self.session.load_group(name)?.has_pending_proposals()
         {
-            // MLS allows no application message while proposals are pending;
-            // sync tried to commit them and failed: report why.
-            return Err(synced.err().unwrap_or_else(|| ClientError::Contended(name.to_string())));
+            // MLS allows no application message while proposals are pending; sync tried
+            // to commit them and failed (its warning said why). The message waits, saved,
+            // and goes once a commit carries them.
+            return Err(ClientError::Queued(Holdup::ProposalsWaiting));
         }
         self.undelivered = None;
         let queued = self.flush_outbox().await?;

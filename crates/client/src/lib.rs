@@ -143,13 +143,14 @@ pub enum ClientError {
     Contended(String),
     /// The commit that won the channel's epoch, held at its sequencer, is one this device
     /// refuses (a member's garbage, or a change against the channel's rules): the channel's
-    /// membership and keys can no longer change (docs/protocol.md, "Claims").
+    /// membership and keys cannot change until its recoverer (named, when there is one)
+    /// moves it to a new sequencer (docs/protocol.md, "Moving past a refused commit").
     #[error(
-        "\"{0}\" can no longer change: the change that won its current state at the relay is one \
-         this device refuses (see `backchannel read {0}`); messages still go, but members cannot \
-         be added or removed; make a new channel and move there"
+        "\"{0}\" cannot change for now: the change that won its current state at the relay is one \
+         this device refuses (see `backchannel read {0}`); messages still go; {recoverer}",
+        recoverer = refused_winner_recoverer(.0, .1)
     )]
-    RefusedWinner(String),
+    RefusedWinner(String, String),
     /// An admin's removal kept losing its epoch to other members' changes, so it was sent
     /// as a proposal instead: the next change by anyone must carry it.
     #[error(
@@ -288,4 +289,15 @@ impl ClientError {
     pub(crate) fn protocol(e: impl Into<ProtocolError>) -> Self {
         ClientError::Protocol(e.into())
     }
+}
+
+/// The end of [`ClientError::RefusedWinner`]'s message: who moves the channel on.
+fn refused_winner_recoverer(channel: &str, recoverer: &str) -> String {
+    if recoverer.is_empty() {
+        return "no admin is left to move it to a new sequencer: make a new channel and move there".into();
+    }
+    format!(
+        "{recoverer}, its first admin, moves it to a new sequencer with their next change to it \
+         (`backchannel update {channel}` is one); if nothing changes, make a new channel and move there"
+    )
 }

@@ -10,7 +10,7 @@
 //! the sequencer claims the new one first, so that it is locked before anyone but the
 //! committer knows it.
 
-use backchannel_core::channel::{Channel, ClaimKeys, ValidKeyPackage};
+use backchannel_core::channel::{Channel, ClaimKeys, MemberInfo, ValidKeyPackage};
 use backchannel_core::envelope::PayloadKind;
 use backchannel_core::frame::{commit_digest, Request, COMMIT_PART, MAX_COMMIT_PARTS};
 use backchannel_core::identity::Fingerprint;
@@ -154,6 +154,48 @@ pub enum CommitOutcome {
 }
 
 impl Session {
+    /// Who moves channel `name` past a commit that won its epoch at the sequencer and that
+    /// the members refuse: its first admin in the tree's order (its first member, in a
+    /// channel made before roles). One member only, so that two honest admins never move
+    /// the channel to two sequencers at once, which would split it (docs/protocol.md,
+    /// "Moving past a refused commit").
+    pub fn recoverer(&self, name: &str) -> Option<MemberInfo> {
+        let group = self.load_group(name).ok()?;
+        group
+            .members()
+            .into_iter()
+            .find(|m| group.allows(&m.identity_key, Act::ChangeChannel))
+    }
+
+    /// The relay of channel `name`'s sequencer, where a new one is made.
+    pub fn sequencer_relay(&self, name: &str) -> Option<RelayAddress> {
+        Some(self.load_group(name).ok()?.info().ok()?.sequencer.relay)
+    }
+
+    /// Channel `name` moved past a refused winner with our commit: said in its history.
+    pub fn recovered(&mut self, name: &str) {
+        // An event of the refusal it answers (its kind is `rejected`): no new kind, so that
+        // the state's layout stays the one an earlier release of layout 8 reads.
+        self.warn(
+            Some(name),
+            "you moved the channel to a new sequencer: the change that had won its state at the \
+             relay was one this device refused (a member's garbage, or a change against the \
+             channel's rules)",
+        );
+    }
+
+    /// The commit that moves channel `name` past a refused winner on the way to `op`:
+    /// `op` itself when it can carry the move of the sequencer (a removal, the proposals
+    /// waiting, the move itself), else a move alone, after which `op` is made as usual.
+    pub fn recovery_step(&self, name: &str, op: &CommitOp) -> Result<CommitOp, ClientError> {
+        let group = self.load_group(name)?;
+        Ok(match op {
+            CommitOp::Remove(_) | CommitOp::MoveSequencer => op.clone(),
+            CommitOp::Proposals if group.has_pending_proposals() => op.clone(),
+            _ => CommitOp::MoveSequencer,
+        })
+    }
+
     /// Where the driver must make a fresh mailbox for `op` in `name` before staging it, if
     /// anywhere: our own new mailbox for a key update (at the relay of the one it
     /// replaces), and the channel's new sequencer for a commit that removes someone (at the
@@ -176,11 +218,16 @@ impl Session {
     /// it ([`Session::fresh_mailbox_for`]): the new mailbox a [`CommitOp::SelfUpdate`]
     /// announces, or the new sequencer a commit that removes someone moves to. Returns the claim to send, or `None` when
     /// there is nothing to commit (the members are already in, or gone).
+    ///
+    /// With `recovery`, the commit moves the sequencer to `fresh` and is claimed there
+    /// only: the old sequencer's epoch was won by a commit this device refused
+    /// ([`Session::recovery_step`]).
     pub fn stage_commit(
         &mut self,
         name: &str,
         op: &CommitOp,
         fresh: Option<MailboxKeys>,
+        recovery: bool,
     ) -> Result<Option<Staged>, ClientError> {
         self.active(name)?;
         let mut group = self.load_group(name)?;
@@ -285,11 +332,12 @@ impl Session {
             ch.pending = Some(pending);
         }
         self.save();
-        self.staged(name)
+        self.staged(name, recovery)
     }
 
-    /// The commit staged in `name`, if one is.
-    fn staged(&self, name: &str) -> Result<Option<Staged>, ClientError> {
+    /// The commit staged in `name`, if one is; with `recovery`, claimed at the new
+    /// sequencer it moves to, and only there.
+    fn staged(&self, name: &str, recovery: bool) -> Result<Option<Staged>, ClientError> {
         let Some(pending) = &self.channel(name)?.pending else {
             return Ok(None);
         };
@@ -305,10 +353,15 @@ impl Session {
         // A new sequencer (on the same relay: the channel's rules refuse another) is
         // locked to the next epoch's members first: the removed member reads the commit
         // that names it, and a sequencer never claimed takes the first keyed claim.
-        if let Some(next) = group.staged_sequencer().filter(|n| n.relay == seq.relay) {
+        let next = group.staged_sequencer().filter(|n| n.relay == seq.relay);
+        if let Some(next) = &next {
             requests.extend(claim_carrying(next.send.0, pending.epoch, &keys, &pending.commit));
         }
-        requests.extend(claim_carrying(seq.send.0, pending.epoch, &keys, &pending.commit));
+        // A recovery skips the old sequencer, whose epoch a refused commit holds: the new
+        // one's claim, the first it takes, is the claim's answer.
+        if !(recovery && next.is_some()) {
+            requests.extend(claim_carrying(seq.send.0, pending.epoch, &keys, &pending.commit));
+        }
         Ok(Some(Staged {
             channel: name.to_string(),
             claim: Claim {
@@ -325,7 +378,7 @@ impl Session {
             .channels
             .iter()
             .filter(|(_, c)| c.pending.is_some() && c.status == ChannelStatus::Active)
-            .filter_map(|(n, _)| self.staged(n).ok().flatten())
+            .filter_map(|(n, _)| self.staged(n, false).ok().flatten())
             .collect()
     }
 
