@@ -474,7 +474,8 @@ fn client_hello_extensions(opening: &[u8]) -> Vec<(u16, Vec<u8>)> {
 }
 
 /// Issue 16, point 5: an observer of the wire sees no name in any ClientHello: no
-/// server_name extension, and not the fixed name earlier releases sent; a new relay's
+/// server_name extension, and not the fixed name earlier releases sent, nor a ticket to
+/// resume an earlier connection's session (which would link the two); a new relay's
 /// certificate carries no fixed name either (its hash is all a client checks); and every
 /// link's key exchange is the hybrid X25519MLKEM768, the only group a client offers (the
 /// relay refuses a classical one: `tls::tests::the_relay_speaks_only_the_hybrid_post_quantum_key_exchange`).
@@ -495,6 +496,11 @@ fn no_client_hello_names_the_service() {
         assert!(
             exts.iter().all(|(kind, _)| *kind != 0),
             "a server_name extension: {exts:?}"
+        );
+        // No resumption: a pre_shared_key (41) would tie this connection to an earlier one.
+        assert!(
+            exts.iter().all(|(kind, _)| *kind != 41),
+            "a pre_shared_key extension: {exts:?}"
         );
         assert!(
             !opening.windows(11).any(|w| w == b"backchannel"),
