@@ -119,6 +119,10 @@ impl Default for Limits {
 /// The embedded store's database file in the data directory.
 pub const STORE_FILE: &str = "mailboxes.redb";
 
+/// Told each request a relay reads, with the number of the connection it came on: what an
+/// operator who modifies its relay can record ([`Relay::with_recorder`]).
+pub type Recorder = Arc<dyn Fn(u64, &backchannel_core::frame::Request) + Send + Sync>;
+
 /// A relay ready to serve: identity loaded, store open.
 pub struct Relay {
     pin: Pin,
@@ -128,6 +132,7 @@ pub struct Relay {
     metrics: Arc<Metrics>,
     /// The protocol version it announces.
     protocol_version: u8,
+    recorder: Option<Recorder>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -157,6 +162,7 @@ impl Relay {
             limits,
             metrics: Arc::new(Metrics::default()),
             protocol_version: backchannel_core::frame::PROTOCOL_VERSION,
+            recorder: None,
         })
     }
 
@@ -179,6 +185,15 @@ impl Relay {
     #[doc(hidden)]
     pub fn with_protocol_version(mut self, version: u8) -> Self {
         self.protocol_version = version;
+        self
+    }
+
+    /// Tells `recorder` every request with the connection it came on: only for tests that
+    /// play an operator who modified its relay to record what each connection does (the
+    /// relay itself records none of it, and the command line cannot turn this on).
+    #[doc(hidden)]
+    pub fn with_recorder(mut self, recorder: Recorder) -> Self {
+        self.recorder = Some(recorder);
         self
     }
 
@@ -217,6 +232,7 @@ impl Relay {
             done_tx,
         );
         shared.protocol_version = self.protocol_version;
+        shared.recorder = self.recorder.clone();
         let shared = Arc::new(shared);
         let sweeper = tokio::spawn(sweep(
             self.store.clone(),

@@ -119,6 +119,11 @@ pub(crate) struct Shared {
     /// The protocol version announced in the hello ([`PROTOCOL_VERSION`] but in tests
     /// that play a relay of another version).
     pub(crate) protocol_version: u8,
+    /// Told every request and the connection it came on, in tests that play an operator
+    /// who records that (`Relay::with_recorder`).
+    pub(crate) recorder: Option<crate::Recorder>,
+    /// Numbers the connections for the recorder.
+    connection_count: std::sync::atomic::AtomicU64,
     /// Turns true when the relay shuts down.
     closing: watch::Receiver<bool>,
     /// Never sent on: `serve` waits until every clone (one per `Shared`) is dropped.
@@ -151,6 +156,8 @@ impl Shared {
             metrics,
             tls,
             protocol_version: PROTOCOL_VERSION,
+            recorder: None,
+            connection_count: std::sync::atomic::AtomicU64::new(0),
             closing,
             _done: done,
         }
@@ -488,6 +495,9 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
         touched: 0,
         deposit: DepositSlot::for_address(address),
     };
+    let number = shared
+        .connection_count
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let hello = Response::Hello {
         version: shared.protocol_version,
         nonce: conn.nonce,
@@ -568,7 +578,12 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
             })
         } else {
             match decode_request(&bytes) {
-                Ok((_, req)) => Ok(req),
+                Ok((_, req)) => {
+                    if let Some(record) = &shared.recorder {
+                        record(number, &req);
+                    }
+                    Ok(req)
+                }
                 Err(FrameError::TooLarge(_)) => {
                     Metrics::count(&metrics.oversize_frames);
                     Err(Connection::err(ErrorCode::FrameTooLarge))
