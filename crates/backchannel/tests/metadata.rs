@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::observer::{lengths_histogram, Dir, Observer, Record, APPLICATION_DATA};
@@ -522,4 +523,193 @@ fn no_client_hello_names_the_service() {
             "the certificate names {fixed:?}"
         );
     }
+}
+
+/// Per connection: the ids of our mailboxes it touched, and the digests of the send
+/// capabilities it sent into.
+type Touched = (BTreeSet<[u8; 32]>, BTreeSet<[u8; 32]>);
+
+/// A relay run in this process that records, per connection, every request: what an
+/// operator who modified its relay would see.
+struct RecordingRelay {
+    address: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<(u64, backchannel_core::frame::Request)>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RecordingRelay {
+    fn start(data: &std::path::Path) -> Self {
+        let log: std::sync::Arc<std::sync::Mutex<Vec<(u64, backchannel_core::frame::Request)>>> = Default::default();
+        let record = log.clone();
+        let relay = backchannel_relay::Relay::open(data.to_path_buf(), backchannel_relay::Limits::default())
+            .unwrap()
+            .with_recorder(std::sync::Arc::new(move |conn, req| {
+                record.lock().unwrap().push((conn, req.clone()));
+            }));
+        let pin = relay.pin();
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let port = std_listener.local_addr().unwrap().port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            rt().block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                relay
+                    .serve(listener, async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            })
+        });
+        let address = backchannel_core::relay_address::RelayAddress {
+            pin: pin.0,
+            host: "127.0.0.1".into(),
+            port,
+        }
+        .to_string();
+        RecordingRelay {
+            address,
+            log,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Per connection: our mailboxes it created, opened, acknowledged in or deleted, and
+    /// the mailboxes it sent into (by their send capability's digest, as the relay keeps them).
+    fn per_connection(&self) -> BTreeMap<u64, Touched> {
+        use backchannel_core::frame::Request;
+        use backchannel_core::mailbox::SendCapability;
+        let mut out: BTreeMap<u64, Touched> = BTreeMap::new();
+        for (conn, req) in self.log.lock().unwrap().iter() {
+            let (mine, into) = out.entry(*conn).or_default();
+            match req {
+                Request::Create { mailbox, .. }
+                | Request::Open { mailbox, .. }
+                | Request::Ack { mailbox, .. }
+                | Request::Delete { mailbox } => {
+                    mine.insert(mailbox.0);
+                }
+                Request::Send { send, .. } => {
+                    into.insert(SendCapability(*send).digest());
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+impl Drop for RecordingRelay {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What `debug mailbox` prints for a member's mailbox in a channel: its id, and the digest
+/// of its send capability (how the relay knows the mailbox a send goes into).
+fn mailbox_of(c: &Client, channel: &str) -> ([u8; 32], [u8; 32]) {
+    let v: serde_json::Value = serde_json::from_str(&c.ok(&["debug", "mailbox", channel])).unwrap();
+    let id: [u8; 32] = unhex(v["mailbox"].as_str().unwrap()).try_into().unwrap();
+    let send: [u8; 32] = unhex(v["send"].as_str().unwrap()).try_into().unwrap();
+    (id, backchannel_core::mailbox::SendCapability(send).digest())
+}
+
+/// Issue 16, point 2: a relay operator who is a member, holding every capability a member
+/// holds, and who records which connection does what, cannot tie two of a member's
+/// mailboxes together by their connections. Bob is in two channels (with alice, and with
+/// carol) and runs a drop box; everyone sends, reads, updates keys and leaves a letter. No
+/// connection of anyone creates, opens, fetches from or deletes two mailboxes, and none
+/// sends into two channels.
+#[test]
+fn no_connection_ties_two_of_a_members_mailboxes() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RecordingRelay::start(&root.path().join("relay"));
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|n| {
+        let c = Client::new(root.path(), n);
+        c.init(n, &relay.address);
+        c
+    });
+    for (owner, channel) in [(&alice, "one"), (&carol, "two")] {
+        owner.ok(&["channel", "new", channel]);
+        let invite = owner.ok(&["invite", channel]);
+        bob.ok(&["join", invite.trim()]);
+        owner.ok(&["sync"]);
+        bob.ok(&["sync", "--wait", "5"]);
+    }
+    let drop = bob.ok(&["drop", "create", "tips"]);
+    alice.ok(&["send", "one", "to bob from alice"]);
+    carol.ok(&["send", "two", "to bob from carol"]);
+    bob.ok(&["send", "one", "hello alice"]);
+    bob.ok(&["send", "two", "hello carol"]);
+    bob.ok(&["update", "one"]);
+    alice.ok(&["drop", "send", "--direct", drop.trim(), "a tip"]);
+    bob.ok(&["sync"]);
+    assert_eq!(bob.texts("one").len(), 2);
+    assert_eq!(bob.texts("two").len(), 2);
+    assert_eq!(alice.texts("one").len(), 2);
+    assert_eq!(carol.texts("two").len(), 2);
+    assert!(bob.ok(&["drop", "read", "tips"]).contains("a tip"));
+
+    let connections = relay.per_connection();
+    assert!(connections.len() > 10, "{} connections", connections.len());
+    for (conn, (mine, _)) in &connections {
+        assert!(mine.len() <= 1, "connection {conn} touched {} mailboxes", mine.len());
+    }
+    // Bob's sends in "one" go to alice's mailbox there, his sends in "two" to carol's.
+    let (_, alice_one) = mailbox_of(&alice, "one");
+    let (_, carol_two) = mailbox_of(&carol, "two");
+    for (conn, (_, into)) in &connections {
+        assert!(
+            !(into.contains(&alice_one) && into.contains(&carol_two)),
+            "connection {conn} sent into both channels"
+        );
+    }
+}
+
+/// Issue 16, point 2: with a connection per mailbox, a home with 200 channels still syncs
+/// within the relay's default per-address limits (64 connections): the mailboxes are
+/// fetched in turn, each connection closed before the next opens, and a wait long-polls
+/// at most 16 of them at once.
+#[test]
+fn a_home_with_200_channels_syncs_within_the_default_limits() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &["--stats-interval", "1s"]);
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    for i in 0..200 {
+        alice.ok(&["channel", "new", &format!("c{i:03}")]);
+    }
+    let invite = alice.ok(&["invite", "c199"]);
+    bob.ok(&["join", invite.trim()]);
+    alice.ok(&["sync"]);
+    bob.ok(&["sync", "--wait", "5"]);
+    bob.ok(&["send", "c199", "found you"]);
+    let started = Instant::now();
+    alice.ok(&["sync", "--wait", "5"]);
+    eprintln!("a sync of 200 channels with one message took {:?}", started.elapsed());
+    assert_eq!(alice.texts("c199"), vec![("bob".to_string(), "found you".to_string())]);
+    // A wait with nothing to bring long-polls some, and fails nothing.
+    alice.ok(&["sync", "--wait", "1"]);
+    // No connection was refused for its address, in any of the relay's counts (one more
+    // count is logged after the last command).
+    std::thread::sleep(Duration::from_millis(1200));
+    let logs = relay.logs();
+    let refused: Vec<u64> = logs
+        .split("refused_per_address=")
+        .skip(1)
+        .map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(!refused.is_empty() && refused.iter().all(|n| *n == 0), "{refused:?}");
 }

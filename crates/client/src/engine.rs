@@ -23,7 +23,7 @@ use crate::session::sync::{SyncStep, SYNC_STEPS};
 use crate::session::{CommitOp, Effect, Role, Session, Via};
 use crate::socks::ProxyAddr;
 use crate::state::{ChannelState, ChannelStatus, EventKind, State};
-use crate::transport::{Links, Network, Results, TransportConfig};
+use crate::transport::{Compartment, LinkKey, Links, Network, Results, TransportConfig};
 use crate::{ClientError, Holdup, InviteProblem};
 use backchannel_core::roles::Act;
 
@@ -41,6 +41,24 @@ pub use files::FileProgress;
 
 /// Fetches per sync pass when links are paced.
 const PACED_FETCH_ROUNDS: usize = 2;
+
+/// The compartment of requests that all send to one mailbox outside our channels.
+fn sends_to(reqs: &[Request]) -> Compartment {
+    match reqs.first() {
+        Some(Request::Send { send, .. }) => Compartment::To(*send),
+        _ => Compartment::Shared,
+    }
+}
+
+/// Most mailboxes whose receive links stay open between fetches (each its own): with more,
+/// each fetch opens and closes a connection per mailbox, so that a home stays within the
+/// relay's per-address budget however many channels it has.
+const MAX_KEPT: usize = 16;
+
+/// Most mailboxes a wait long-polls at once, each on a connection of its own: a quarter of
+/// the relay's default connections per address (64), which an organization behind one
+/// address shares.
+const MAX_WAITING: usize = 16;
 
 /// The time now, in Unix milliseconds (the one clock of the client).
 pub fn now_ms() -> u64 {
@@ -72,6 +90,10 @@ pub struct Engine {
     mailbox_full: bool,
     /// The last fetch pass emptied every opened mailbox.
     drained: bool,
+    /// Where the next long poll over several mailboxes starts ([`MAX_WAITING`] at a time).
+    wait_from: usize,
+    /// Receive links kept open between fetches, one per mailbox (at most [`MAX_KEPT`]).
+    kept: Vec<LinkKey>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -174,10 +196,17 @@ impl Engine {
             net,
             transport,
             drained: false,
+            wait_from: 0,
+            kept: Vec::new(),
             warnings: Vec::new(),
             undelivered: None,
             mailbox_full: false,
         }
+    }
+
+    /// How many mailboxes a sync fetches (each on a connection of its own without cover).
+    pub fn mailbox_count(&self) -> usize {
+        self.session.mailboxes().len()
     }
 
     /// Our fingerprint.
@@ -222,7 +251,8 @@ impl Engine {
             .collect();
         // Links opened before now were direct; reopen them paced, and start the stream now.
         self.net.configure(self.transport.clone());
-        self.net.connect_all(&relay).await?;
+        let key = self.key(&relay, Compartment::Shared);
+        self.net.connect_all(&key).await?;
         Ok(())
     }
 
@@ -275,28 +305,48 @@ impl Engine {
         Ok(())
     }
 
-    /// Sends requests to `relay` (through the links that reach it), answers in order.
-    async fn pipeline(&mut self, relay: &RelayAddress, reqs: &[Request]) -> Result<Results, ConnectError> {
-        let key = self.session.link_key(relay);
-        self.net.pipeline(&key, reqs).await
+    /// The links for `compartment`'s requests to `relay`: links of its own, unless cover
+    /// traffic paces one stream per relay (docs/protocol.md, "Unlinkable links").
+    fn key(&self, relay: &RelayAddress, compartment: Compartment) -> LinkKey {
+        LinkKey {
+            relay: self.session.link_key(relay),
+            compartment: if self.transport.cover.is_some() {
+                Compartment::Shared
+            } else {
+                compartment
+            },
+        }
     }
 
-    /// Sends one request to `relay`; a refusal becomes `Err`.
-    async fn request(&mut self, relay: &RelayAddress, req: &Request) -> Result<Response, ConnectError> {
-        self.pipeline(relay, std::slice::from_ref(req))
+    /// Closes the links of `key` once their work is done, so that a later compartment's
+    /// work never finds them open; paced links stay (their stream must not pause).
+    fn release(&mut self, key: &LinkKey) {
+        if key.compartment != Compartment::Shared {
+            self.net.forget(key);
+        }
+    }
+
+    /// Sends requests on the links of `key`, answers in order.
+    async fn pipeline(&mut self, key: &LinkKey, reqs: &[Request]) -> Result<Results, ConnectError> {
+        self.net.pipeline(key, reqs).await
+    }
+
+    /// Sends one request on the links of `key`; a refusal becomes `Err`.
+    async fn request(&mut self, key: &LinkKey, req: &Request) -> Result<Response, ConnectError> {
+        self.pipeline(key, std::slice::from_ref(req))
             .await?
             .pop()
-            .unwrap_or_else(|| Err(ConnectError::broken(relay.authority(), Breakage::Unexpected)))
+            .unwrap_or_else(|| Err(ConnectError::broken(key.relay.authority(), Breakage::Unexpected)))
     }
 
-    /// Opens our mailboxes at `relay` so that fetches there return their envelopes.
+    /// Opens our mailboxes on the links of `key` so that fetches there return their
+    /// envelopes.
     async fn open_boxes(
         &mut self,
-        relay: &RelayAddress,
+        key: &LinkKey,
         boxes: &[MailboxKeys],
     ) -> Result<Vec<Result<(), ConnectError>>, ConnectError> {
-        let key = self.session.link_key(relay);
-        self.net.open(&key, boxes).await
+        self.net.open(key, boxes).await
     }
 
     async fn create_mailbox(&mut self, relay: &RelayAddress) -> Result<MailboxKeys, ClientError> {
@@ -316,26 +366,32 @@ impl Engine {
             send_digest: keys.address.send.digest(),
             pow_bits,
         };
-        self.request(relay, &req).await?;
+        // Created on a connection of its own: nothing ties it to the mailbox it replaces.
+        let key = self.key(relay, Compartment::Mailbox(keys.id()));
+        let created = self.request(&key, &req).await;
+        self.release(&key);
+        created?;
         Ok(keys)
     }
 
     /// Deletes a mailbox at its relay; false if the relay could not be asked (try again later).
     async fn delete_mailbox(&mut self, keys: &MailboxKeys) -> bool {
-        let relay = keys.address.relay.clone();
-        match self
-            .open_boxes(&relay, std::slice::from_ref(keys))
+        let key = self.key(&keys.address.relay, Compartment::Mailbox(keys.id()));
+        let deleted = match self
+            .open_boxes(&key, std::slice::from_ref(keys))
             .await
             .map(|mut v| v.pop())
         {
             Ok(Some(Ok(()))) => self
-                .request(&relay, &Request::Delete { mailbox: keys.id() })
+                .request(&key, &Request::Delete { mailbox: keys.id() })
                 .await
                 .is_ok(),
             // Already gone (deleted before, or expired at the relay).
             Ok(Some(Err(e))) if e.is(ErrorCode::NoSuchMailbox) => true,
             _ => false,
-        }
+        };
+        self.release(&key);
+        deleted
     }
 
     /// Deletes the mailboxes of ended channels at their relays; those a relay
@@ -365,16 +421,32 @@ impl Engine {
             return Ok(0);
         }
         let deliveries = self.session.outbox_deliveries();
-        let mut outcomes = Vec::with_capacity(deliveries.len());
+        // Each delivery goes on its compartment's send link: one channel's fan-out shares
+        // one, never with another channel's (`Session::send_compartments`). Taken one
+        // compartment after the other (each mailbox's items keep their order: a mailbox is
+        // in one compartment), each compartment's links closed before the next one's open.
+        let compartments = self.session.send_compartments(&deliveries);
+        let mut order: Vec<usize> = (0..deliveries.len()).collect();
+        order.sort_by(|a, b| compartments.get(*a).cmp(&compartments.get(*b)));
+        let mut outcomes: Vec<Option<Delivered>> = (0..deliveries.len()).map(|_| None).collect();
         let mut unreachable: Vec<RelayAddress> = Vec::new();
         // Mailboxes that refused an envelope in this pass (see `Session::must_wait`).
         let mut refused: Vec<[u8; 32]> = Vec::new();
-        for (i, d) in deliveries.into_iter().enumerate() {
+        let mut current: Option<LinkKey> = None;
+        for i in order {
+            let (Some(d), Some(compartment)) = (deliveries.get(i), compartments.get(i)) else {
+                continue;
+            };
             if self.session.must_wait(i, &unreachable, &refused) {
-                outcomes.push(None);
                 continue;
             }
-            match self.pipeline(&d.relay, &d.requests).await {
+            let key = self.key(&d.relay, compartment.clone());
+            if current.as_ref() != Some(&key) {
+                if let Some(done) = current.replace(key.clone()) {
+                    self.release(&done);
+                }
+            }
+            let outcome = match self.pipeline(&key, &d.requests).await {
                 Ok(results) => {
                     let results: Vec<Result<(), ConnectError>> = results.into_iter().map(|r| r.map(|_| ())).collect();
                     if results
@@ -383,15 +455,20 @@ impl Engine {
                     {
                         refused.push(d.send);
                     }
-                    outcomes.push(Some(Delivered::Answered(results)));
+                    Delivered::Answered(results)
                 }
                 Err(e) => {
-                    let key = self.session.link_key(&d.relay);
                     self.net.forget(&key);
-                    unreachable.push(key);
-                    outcomes.push(Some(Delivered::Unreachable(e)));
+                    unreachable.push(key.relay.clone());
+                    Delivered::Unreachable(e)
                 }
+            };
+            if let Some(slot) = outcomes.get_mut(i) {
+                *slot = Some(outcome);
             }
+        }
+        if let Some(done) = current {
+            self.release(&done);
         }
         let FlushReport {
             queued,
@@ -430,7 +507,8 @@ impl Engine {
                 SyncStep::KeepLinks => {
                     if self.transport.cover.is_some() {
                         let relay = self.session.state().relay.clone();
-                        self.net.connect_all(&relay).await?;
+                        let key = self.key(&relay, Compartment::Shared);
+                        self.net.connect_all(&key).await?;
                     }
                 }
                 SyncStep::Flush => {
@@ -475,37 +553,105 @@ impl Engine {
         Ok(after.saturating_sub(before))
     }
 
+    /// Fetches every mailbox we read, and processes and acknowledges what arrived; waits up
+    /// to `wait` for something to arrive. Each of our mailboxes is fetched on links of its
+    /// own (one set per relay under cover), closed after (docs/protocol.md, "Unlinkable
+    /// links"), so no connection opens two of them.
     async fn fetch_all(&mut self, wait: Duration) -> Result<(), ClientError> {
-        let boxes = self.session.mailboxes();
-        // One group per set of links: every mailbox a receive link has opened is fetched
-        // (and so acknowledged) in its group.
-        let mut by_relay: BTreeMap<RelayAddress, Vec<(MailboxKeys, Role)>> = BTreeMap::new();
-        for (k, r) in boxes {
-            by_relay
-                .entry(self.session.link_key(&k.address.relay))
-                .or_default()
-                .push((k, r));
+        let mut groups: BTreeMap<LinkKey, Vec<(MailboxKeys, Role)>> = BTreeMap::new();
+        for (k, r) in self.session.mailboxes() {
+            let key = self.key(&k.address.relay, Compartment::Mailbox(k.id()));
+            groups.entry(key).or_default().push((k, r));
         }
-        for (relay, boxes) in by_relay {
-            match self.fetch_relay(&relay, boxes.clone(), wait).await {
-                // The receive link broke (the relay closed an idle link, or this address
-                // died): once more on a fresh link, which opens the mailboxes again and
-                // fails over to another address of the relay.
-                Err(ClientError::Relay(ConnectError::Broken { .. })) => self.fetch_relay(&relay, boxes, wait).await?,
-                r => r?,
-            }
+        let groups: Vec<(LinkKey, Vec<(MailboxKeys, Role)>)> = groups.into_iter().collect();
+        // Links kept open for mailboxes we no longer read are closed.
+        let current: Vec<LinkKey> = groups.iter().map(|(k, _)| k.clone()).collect();
+        for gone in self
+            .kept
+            .iter()
+            .filter(|k| !current.contains(k))
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            self.net.forget(&gone);
+        }
+        self.kept.retain(|k| current.contains(k));
+        if groups.len() <= 1 || wait.is_zero() || self.transport.cover.is_some() {
+            // One set of links per relay (cover), or one mailbox: a long poll on each.
+            self.fetch_pass(&groups, wait).await?;
+            return Ok(());
+        }
+        if self.fetch_pass(&groups, Duration::ZERO).await? > 0 {
+            return Ok(());
+        }
+        // Nothing yet: a long poll on several mailboxes at once, each on its own links, up
+        // to the relay's per-address budget (the others are looked at by each pass).
+        let start = self.wait_from % groups.len();
+        self.wait_from = self.wait_from.wrapping_add(MAX_WAITING);
+        let waits: Vec<(LinkKey, Vec<MailboxKeys>)> = groups
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(groups.len().min(MAX_WAITING))
+            .map(|(key, boxes)| (key.clone(), boxes.iter().map(|(k, _)| k.clone()).collect()))
+            .collect();
+        if self.net.wait_any(&waits, wait).await? {
+            self.fetch_pass(&groups, Duration::ZERO).await?;
         }
         Ok(())
     }
 
+    /// One fetch of each group, in turn, each on its links. With up to [`MAX_KEPT`]
+    /// groups their links stay open for the next pass (each only ever serves its own
+    /// mailbox); with more, each group's are closed before the next group's open.
+    /// Returns how many envelopes arrived.
+    async fn fetch_pass(
+        &mut self,
+        groups: &[(LinkKey, Vec<(MailboxKeys, Role)>)],
+        wait: Duration,
+    ) -> Result<usize, ClientError> {
+        let mut fetched = 0;
+        let mut drained = true;
+        let keep = groups.len() <= MAX_KEPT;
+        for (key, boxes) in groups {
+            let r = match self.fetch_relay(key, boxes.clone(), wait).await {
+                // The receive link broke (the relay closed an idle link, or this address
+                // died): once more on a fresh link, which opens the mailboxes again and
+                // fails over to another address of the relay.
+                Err(ClientError::Relay(ConnectError::Broken { .. })) => {
+                    self.fetch_relay(key, boxes.clone(), wait).await
+                }
+                r => r,
+            };
+            if keep && r.is_ok() {
+                if !self.kept.contains(key) {
+                    self.kept.push(key.clone());
+                }
+            } else {
+                self.release(key);
+                self.kept.retain(|k| k != key);
+            }
+            let (n, empty) = r?;
+            fetched += n;
+            drained &= empty;
+        }
+        if drained {
+            self.drained = true;
+        }
+        Ok(fetched)
+    }
+
+    /// Fetches the mailboxes of one group on the links of `key`: how many envelopes
+    /// arrived, and whether the last fetch came back empty.
     async fn fetch_relay(
         &mut self,
-        relay: &RelayAddress,
+        key: &LinkKey,
         boxes: Vec<(MailboxKeys, Role)>,
         wait: Duration,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(usize, bool), ClientError> {
+        let relay = &key.relay;
         let keys: Vec<MailboxKeys> = boxes.iter().map(|(k, _)| k.clone()).collect();
-        let results = self.open_boxes(relay, &keys).await?;
+        let results = self.open_boxes(key, &keys).await?;
         let mut routes: HashMap<MailboxId, (MailboxKeys, Role)> = HashMap::new();
         for ((k, role), r) in boxes.into_iter().zip(results) {
             match r {
@@ -523,8 +669,10 @@ impl Engine {
         }
         self.perform_local()?;
         if routes.is_empty() {
-            return Ok(());
+            return Ok((0, true));
         }
+        let mut fetched = 0;
+        let mut drained = false;
         let mut first = true;
         // With cover traffic our own dummies keep arriving: take a bounded
         // number per pass so that the daemon gets back to its callers.
@@ -546,7 +694,7 @@ impl Engine {
             first = false;
             let resp = self
                 .request(
-                    relay,
+                    key,
                     &Request::Fetch {
                         max: MAX_FETCH,
                         wait_ms,
@@ -557,9 +705,10 @@ impl Engine {
                 return Err(ConnectError::broken(relay.authority(), Breakage::Unexpected).into());
             };
             if list.is_empty() {
-                self.drained = true;
+                drained = true;
                 break;
             }
+            fetched += list.len();
             self.tick();
             let mut acks = Vec::with_capacity(list.len());
             for d in list {
@@ -575,7 +724,7 @@ impl Engine {
             // Durable before acknowledging: a crash here re-delivers, never loses.
             self.save()?;
             self.perform().await?;
-            self.pipeline(relay, &acks).await?;
+            self.pipeline(key, &acks).await?;
             // Stop fetching from mailboxes that closed during processing.
             let active: Vec<MailboxId> = self.session.mailboxes().iter().map(|(k, _)| k.id()).collect();
             routes.retain(|id, _| active.contains(id));
@@ -587,7 +736,8 @@ impl Engine {
         if self.session.retry_deferred() {
             self.save()?;
         }
-        self.perform().await
+        self.perform().await?;
+        Ok((fetched, drained))
     }
 
     // ---- commits ----
@@ -674,24 +824,12 @@ impl Engine {
         let Some(source) = self.session.held_commit_source(name) else {
             return Ok(CatchUp::NotHeld);
         };
-        let relay = source.relay.clone();
-        let mut commit = Vec::new();
-        let mut total = 1u16;
-        let mut part = 0u16;
-        while part < total {
-            match self.request(&relay, &source.fetch(part)).await {
-                Ok(Response::Commit { total: t, bytes }) if part == 0 || t == total => {
-                    total = t;
-                    commit.extend_from_slice(&bytes);
-                }
-                Ok(_) => return Err(ConnectError::broken(relay.authority(), Breakage::Unexpected).into()),
-                Err(e) if e.is(ErrorCode::EpochConflict) || e.is(ErrorCode::NoSuchMailbox) => {
-                    return Ok(CatchUp::NotHeld)
-                }
-                Err(e) => return Err(e.into()),
-            }
-            part += 1;
-        }
+        let key = self.key(&source.relay, Compartment::Channel(name.to_string()));
+        let read = self.read_held(&key, &source).await;
+        self.release(&key);
+        let Some(commit) = read? else {
+            return Ok(CatchUp::NotHeld);
+        };
         self.tick();
         let refused = self.session.read_held_commit(name, &commit);
         self.perform().await?;
@@ -702,6 +840,31 @@ impl Engine {
         } else {
             CatchUp::NotHeld
         })
+    }
+
+    /// Reads the commit `source` names, in parts, on the links of `key`; `None` when the
+    /// sequencer holds none for that epoch (or the key does not open it).
+    async fn read_held(
+        &mut self,
+        key: &LinkKey,
+        source: &crate::session::commit::HeldCommitSource,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let mut commit = Vec::new();
+        let mut total = 1u16;
+        let mut part = 0u16;
+        while part < total {
+            match self.request(key, &source.fetch(part)).await {
+                Ok(Response::Commit { total: t, bytes }) if part == 0 || t == total => {
+                    total = t;
+                    commit.extend_from_slice(&bytes);
+                }
+                Ok(_) => return Err(ConnectError::broken(key.relay.authority(), Breakage::Unexpected).into()),
+                Err(e) if e.is(ErrorCode::EpochConflict) || e.is(ErrorCode::NoSuchMailbox) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+            part += 1;
+        }
+        Ok(Some(commit))
     }
 
     /// For each channel a later message showed to be behind: reads the commit it missed
@@ -734,7 +897,10 @@ impl Engine {
     /// Returns false if another member won the epoch (the staged commit is dropped).
     async fn claim_and_finish(&mut self, staged: Staged) -> Result<bool, ClientError> {
         let claim = staged.claim().clone();
-        let mut answers = self.pipeline(&claim.relay, &claim.requests).await?;
+        let key = self.key(&claim.relay, Compartment::Channel(staged.channel().to_string()));
+        let answers = self.pipeline(&key, &claim.requests).await;
+        self.release(&key);
+        let mut answers = answers?;
         let last = answers
             .pop()
             .unwrap_or_else(|| Err(ConnectError::broken(claim.relay.authority(), Breakage::Unexpected)));
@@ -928,7 +1094,10 @@ impl Engine {
         let relay = redeeming.relay().clone();
         let mailbox = self.create_mailbox(&relay).await?;
         let reqs = self.session.join_request(&redeeming, &mailbox)?;
-        let results = self.pipeline(&relay, &reqs).await?;
+        let key = self.key(&relay, sends_to(&reqs));
+        let results = self.pipeline(&key, &reqs).await;
+        self.release(&key);
+        let results = results?;
         for r in results {
             match r {
                 Ok(_) => {}

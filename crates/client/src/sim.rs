@@ -8,7 +8,7 @@
 //! Modelled on quinn-proto's `Pair::drive`: deterministic enough to run in the test
 //! suite in a fraction of a second per scenario.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +31,7 @@ use crate::engine::{Engine, Lifetime};
 use crate::home::Vault;
 use crate::session::{Blobs, Session};
 use crate::state::State;
-use crate::transport::{NetFuture, Network, Results, TransportConfig};
+use crate::transport::{LinkKey, NetFuture, Network, Results, TransportConfig};
 use crate::ClientError;
 
 /// How many effects a member may still perform before it crashes (negative: never).
@@ -238,16 +238,16 @@ impl SimRelay {
     }
 }
 
-/// A member's network: one connection to the sim relay.
+/// A member's network: a connection to the sim relay per set of links, each with the
+/// mailboxes opened on it and its deposit.
 struct SimNet {
     relay: Arc<SimRelay>,
-    opened: HashSet<MailboxId>,
-    deposit: DepositSlot,
+    conns: HashMap<LinkKey, (HashSet<MailboxId>, DepositSlot)>,
     crash: Arc<Crash>,
 }
 
 impl Network for SimNet {
-    fn pipeline<'a>(&'a mut self, _relay: &'a RelayAddress, reqs: &'a [Request]) -> NetFuture<'a, Results> {
+    fn pipeline<'a>(&'a mut self, key: &'a LinkKey, reqs: &'a [Request]) -> NetFuture<'a, Results> {
         Box::pin(async move {
             // Let the other members run between requests, so that their commits race.
             tokio::task::yield_now().await;
@@ -259,7 +259,8 @@ impl Network for SimNet {
                         source: None,
                     });
                 }
-                out.push(self.relay.handle(&mut self.opened, &mut self.deposit, req).await);
+                let (opened, deposit) = self.conns.entry(key.clone()).or_default();
+                out.push(self.relay.handle(opened, deposit, req).await);
             }
             Ok(out)
         })
@@ -267,7 +268,7 @@ impl Network for SimNet {
 
     fn open<'a>(
         &'a mut self,
-        relay: &'a RelayAddress,
+        key: &'a LinkKey,
         boxes: &'a [MailboxKeys],
     ) -> NetFuture<'a, Vec<Result<(), ConnectError>>> {
         Box::pin(async move {
@@ -278,13 +279,13 @@ impl Network for SimNet {
                     proof: k.open_proof(&[0; 32]),
                 })
                 .collect();
-            let results = self.pipeline(relay, &reqs).await?;
+            let results = self.pipeline(key, &reqs).await?;
             Ok(results.into_iter().map(|r| r.map(|_| ())).collect())
         })
     }
 
-    fn forget(&mut self, _relay: &RelayAddress) {
-        self.opened.clear();
+    fn forget(&mut self, key: &LinkKey) {
+        self.conns.remove(key);
     }
 }
 
@@ -404,8 +405,7 @@ impl Member {
             }),
             Box::new(SimNet {
                 relay: relay.clone(),
-                opened: HashSet::new(),
-                deposit: DepositSlot::default(),
+                conns: HashMap::new(),
                 crash: crash.clone(),
             }),
             TransportConfig::default(),

@@ -45,6 +45,35 @@ pub struct TransportConfig {
     pub cover_boxes: HashMap<RelayAddress, MailboxKeys>,
 }
 
+/// Which requests may share a connection (docs/protocol.md, "Unlinkable links"). Without
+/// cover traffic each compartment has links of its own, so that no connection shows the
+/// relay two of a member's mailboxes, or its sends in two channels; under cover every
+/// request of a relay goes on that relay's one paced stream (`Shared`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Compartment {
+    /// All of a relay's requests (cover traffic paces one stream per relay).
+    Shared,
+    /// One of our own mailboxes: its creation, opening, fetches, acknowledgements and
+    /// deletion, and nothing else.
+    Mailbox(MailboxId),
+    /// What we send in one channel: its fan-out, its claims, the commits read at its
+    /// sequencer.
+    Channel(String),
+    /// What we send to one mailbox that is in none of our channels (a join request, a
+    /// welcome, a letter, a reply), by its send capability.
+    To([u8; 32]),
+}
+
+/// The links a request goes on: a relay (the engine's key for it, `Session::link_key`)
+/// and a compartment.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkKey {
+    /// The relay.
+    pub relay: RelayAddress,
+    /// What may share these links.
+    pub compartment: Compartment,
+}
+
 /// Which link a request travels on.
 fn on_send_link(req: &Request) -> bool {
     matches!(
@@ -65,22 +94,30 @@ pub type Results = Vec<Result<Response, ConnectError>>;
 pub type NetFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, ConnectError>> + Send + 'a>>;
 
 /// How the engine reaches relays: the real [`Links`], or a model of a relay in tests.
-/// `relay` is always the engine's key for the relay (`Session::link_key`).
+/// A [`LinkKey`]'s relay is always the engine's key for the relay (`Session::link_key`).
 pub trait Network: Send {
     /// Sends requests, each on its link, and returns their answers in order.
-    fn pipeline<'a>(&'a mut self, relay: &'a RelayAddress, reqs: &'a [Request]) -> NetFuture<'a, Results>;
+    fn pipeline<'a>(&'a mut self, key: &'a LinkKey, reqs: &'a [Request]) -> NetFuture<'a, Results>;
     /// Opens mailboxes on the receive link (each once per connection) so that fetches
     /// return their envelopes. One answer per mailbox.
     fn open<'a>(
         &'a mut self,
-        relay: &'a RelayAddress,
+        key: &'a LinkKey,
         boxes: &'a [MailboxKeys],
     ) -> NetFuture<'a, Vec<Result<(), ConnectError>>>;
-    /// Drops the links to `relay` (they broke): the next request connects again.
-    fn forget(&mut self, relay: &RelayAddress);
-    /// Connects every link to `relay` now (paced streams must not pause).
-    fn connect_all<'a>(&'a mut self, _relay: &'a RelayAddress) -> NetFuture<'a, ()> {
+    /// Closes the links of `key` (they broke, or their work is done): the next request
+    /// connects again.
+    fn forget(&mut self, key: &LinkKey);
+    /// Connects every link of `key` now (paced streams must not pause).
+    fn connect_all<'a>(&'a mut self, _key: &'a LinkKey) -> NetFuture<'a, ()> {
         Box::pin(async { Ok(()) })
+    }
+    /// Waits, up to `wait`, until a fetch on one of the given receive links would bring
+    /// something: a long poll on each at once (its mailboxes opened first). Returns whether
+    /// one did. The links that waited are closed after (what a poll fetched and nobody
+    /// acknowledged is fetched again).
+    fn wait_any<'a>(&'a mut self, _waits: &'a [(LinkKey, Vec<MailboxKeys>)], _wait: Duration) -> NetFuture<'a, bool> {
+        Box::pin(async { Ok(true) })
     }
     /// From now on, connect with `config` (links open before are dropped).
     fn configure(&mut self, _config: TransportConfig) {}
@@ -91,7 +128,7 @@ pub trait Network: Send {
 pub struct Links {
     ours: Vec<RelayAddress>,
     config: TransportConfig,
-    conns: HashMap<RelayAddress, RelayLinks>,
+    conns: HashMap<LinkKey, RelayLinks>,
 }
 
 impl std::fmt::Debug for Links {
@@ -110,39 +147,74 @@ impl Links {
         }
     }
 
-    fn links(&mut self, relay: &RelayAddress) -> &mut RelayLinks {
-        let (ours, config) = (&self.ours, &self.config);
+    /// New links for `relay`, not connected yet.
+    fn fresh(&self, relay: &RelayAddress) -> RelayLinks {
+        fresh_links(&self.ours, &self.config, relay)
+    }
+
+    fn links(&mut self, key: &LinkKey) -> &mut RelayLinks {
+        let Self { ours, config, conns } = self;
         // The address list is built only when the links are first made, not per request.
-        self.conns.entry(relay.clone()).or_insert_with(|| {
-            let addrs = if ours.first() == Some(relay) {
-                ours.clone()
-            } else {
-                vec![relay.clone()]
-            };
-            RelayLinks::new(addrs, config.clone())
-        })
+        conns
+            .entry(key.clone())
+            .or_insert_with(|| fresh_links(ours, config, &key.relay))
     }
 }
 
+/// Links to `relay`, not connected yet: through every address of our own relay, in order,
+/// when it is ours.
+fn fresh_links(ours: &[RelayAddress], config: &TransportConfig, relay: &RelayAddress) -> RelayLinks {
+    let addrs = if ours.first() == Some(relay) {
+        ours.to_vec()
+    } else {
+        vec![relay.clone()]
+    };
+    RelayLinks::new(addrs, config.clone())
+}
+
 impl Network for Links {
-    fn pipeline<'a>(&'a mut self, relay: &'a RelayAddress, reqs: &'a [Request]) -> NetFuture<'a, Results> {
-        Box::pin(self.links(relay).pipeline(reqs))
+    fn pipeline<'a>(&'a mut self, key: &'a LinkKey, reqs: &'a [Request]) -> NetFuture<'a, Results> {
+        Box::pin(self.links(key).pipeline(reqs))
     }
 
     fn open<'a>(
         &'a mut self,
-        relay: &'a RelayAddress,
+        key: &'a LinkKey,
         boxes: &'a [MailboxKeys],
     ) -> NetFuture<'a, Vec<Result<(), ConnectError>>> {
-        Box::pin(self.links(relay).open(boxes))
+        Box::pin(self.links(key).open(boxes))
     }
 
-    fn forget(&mut self, relay: &RelayAddress) {
-        self.conns.remove(relay);
+    fn forget(&mut self, key: &LinkKey) {
+        self.conns.remove(key);
     }
 
-    fn connect_all<'a>(&'a mut self, relay: &'a RelayAddress) -> NetFuture<'a, ()> {
-        Box::pin(self.links(relay).connect_all())
+    fn connect_all<'a>(&'a mut self, key: &'a LinkKey) -> NetFuture<'a, ()> {
+        Box::pin(self.links(key).connect_all())
+    }
+
+    fn wait_any<'a>(&'a mut self, waits: &'a [(LinkKey, Vec<MailboxKeys>)], wait: Duration) -> NetFuture<'a, bool> {
+        Box::pin(async move {
+            // Each waits on links of its own, taken out of the map: they are closed after.
+            let mut taken = Vec::with_capacity(waits.len());
+            for (key, boxes) in waits {
+                let mut links = self.conns.remove(key).unwrap_or_else(|| self.fresh(&key.relay));
+                links.open(boxes).await?;
+                taken.push(links);
+            }
+            if taken.is_empty() {
+                return Ok(false);
+            }
+            let wait_ms = wait.as_millis().min(u32::MAX as u128) as u32;
+            let poll = Request::Fetch { max: 1, wait_ms };
+            let polls = taken.iter_mut().map(|l| Box::pin(l.request(&poll)));
+            let (first, _, _) = futures_util::future::select_all(polls).await;
+            Ok(match first {
+                Ok(Response::Envelopes(list)) => !list.is_empty(),
+                // A link that broke or was refused: look, rather than wait on.
+                _ => true,
+            })
+        })
     }
 
     fn configure(&mut self, config: TransportConfig) {

@@ -9,9 +9,12 @@ use backchannel_core::message::{AppMessage, Body};
 use backchannel_core::relay_address::RelayAddress;
 use rand_core::OsRng;
 
+use std::collections::HashMap;
+
 use super::{hex, random_id, Session};
 use crate::connection::ConnectError;
-use crate::state::{OutboxItem, StoredMessage, UnsentMessage};
+use crate::state::{ChannelStatus, OutboxItem, StoredMessage, UnsentMessage};
+use crate::transport::Compartment;
 use crate::ClientError;
 
 /// Envelopes for one mailbox, to send in order to the relay that holds it.
@@ -193,6 +196,33 @@ impl Session {
                         envelope,
                     })
                     .collect(),
+            })
+            .collect()
+    }
+
+    /// The compartment each delivery goes in (docs/protocol.md, "Unlinkable links"): the
+    /// channel whose member's mailbox it goes to, else its mailbox alone (a join request,
+    /// a welcome, a letter, a reply, a mailbox a member has since left).
+    pub fn send_compartments(&self, deliveries: &[Delivery]) -> Vec<Compartment> {
+        let mut channel_of: HashMap<[u8; 32], String> = HashMap::new();
+        for (name, ch) in &self.state.channels {
+            if ch.status != ChannelStatus::Active {
+                continue;
+            }
+            let Ok(group) = self.load_group(name) else {
+                continue;
+            };
+            for m in group.members() {
+                if let Some(mailbox) = m.mailbox {
+                    channel_of.insert(mailbox.send.0, name.clone());
+                }
+            }
+        }
+        deliveries
+            .iter()
+            .map(|d| match channel_of.get(&d.send) {
+                Some(name) => Compartment::Channel(name.clone()),
+                None => Compartment::To(d.send),
             })
             .collect()
     }
