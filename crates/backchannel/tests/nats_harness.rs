@@ -1,6 +1,7 @@
 //! The three-node NATS JetStream cluster harness (`common::nats`) on its own:
-//! it forms, keeps a meta leader when a node dies, and takes the node back.
-//! Skipped loudly without `nats-server` outside CI (`bash scripts/install-nats.sh`).
+//! it forms, keeps a meta leader when a node dies, and takes the node back. Without
+//! `nats-server` the tests install the pinned one first, and fail if they cannot: none
+//! passes without running.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -12,7 +13,7 @@ const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[test]
 fn cluster_forms_with_jetstream_on_every_node() {
-    let Some(bin) = require_nats() else { return };
+    let bin = require_nats();
     let cluster = NatsCluster::start(&bin);
 
     let urls = cluster.urls();
@@ -58,7 +59,7 @@ fn cluster_forms_with_jetstream_on_every_node() {
 
 #[test]
 fn cluster_survives_a_killed_node_and_takes_it_back() {
-    let Some(bin) = require_nats() else { return };
+    let bin = require_nats();
     let mut cluster = NatsCluster::start(&bin);
     let store_n2 = cluster.dir().join("n2-store");
     assert!(store_n2.join("jetstream").is_dir());
@@ -95,4 +96,25 @@ fn cluster_survives_a_killed_node_and_takes_it_back() {
 
     cluster.restart(dead);
     cluster.wait_meta_leader(&[0, 1, 2], ELECTION_TIMEOUT);
+}
+
+/// A NATS test that cannot have its `nats-server` fails, and says how to fix it: it never
+/// passes without running. Played by running one of this file's tests again, as a child
+/// process, with `NATS_SERVER` naming a binary that does not exist.
+#[test]
+fn a_nats_test_without_nats_server_fails_and_says_how_to_fix_it() {
+    let missing = tempfile::tempdir().unwrap().path().join("no-nats-server");
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "cluster_forms_with_jetstream_on_every_node", "--nocapture"])
+        .env("NATS_SERVER", &missing)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it passed without running:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 failed"), "{stdout}");
+    assert!(
+        stderr.contains("not a file") && stderr.contains("install-nats.sh"),
+        "{stderr}"
+    );
 }

