@@ -305,23 +305,21 @@ impl Engine {
         Ok(())
     }
 
-    /// The links for `compartment`'s requests to `relay`: links of its own, unless cover
-    /// traffic paces one stream per relay (docs/protocol.md, "Unlinkable links").
+    /// The links for `compartment`'s requests to `relay` (docs/protocol.md, "Unlinkable
+    /// links"): links of its own, or, under cover, the relay's paced links in the
+    /// compartment's turn.
     fn key(&self, relay: &RelayAddress, compartment: Compartment) -> LinkKey {
         LinkKey {
             relay: self.session.link_key(relay),
-            compartment: if self.transport.cover.is_some() {
-                Compartment::Shared
-            } else {
-                compartment
-            },
+            compartment,
         }
     }
 
     /// Closes the links of `key` once their work is done, so that a later compartment's
-    /// work never finds them open; paced links stay (their stream must not pause).
+    /// work never finds them open; paced links stay (their stream must not pause, and
+    /// each turn connects afresh anyway).
     fn release(&mut self, key: &LinkKey) {
-        if key.compartment != Compartment::Shared {
+        if self.transport.cover.is_none() {
             self.net.forget(key);
         }
     }
@@ -573,11 +571,11 @@ impl Engine {
             .cloned()
             .collect::<Vec<_>>()
         {
-            self.net.forget(&gone);
+            self.release(&gone);
         }
         self.kept.retain(|k| current.contains(k));
         if groups.len() <= 1 || wait.is_zero() || self.transport.cover.is_some() {
-            // One set of links per relay (cover), or one mailbox: a long poll on each.
+            // Paced links (cover: each mailbox in its turn), or one mailbox: a long poll on each.
             self.fetch_pass(&groups, wait).await?;
             return Ok(());
         }

@@ -1,14 +1,17 @@
 //! How the engine reaches a relay.
 //!
-//! Each relay gets two links (three with cover traffic, below): a *send link* for the requests that deliver
-//! into other people's mailboxes (`Send`, `Claim`) and a *receive link* for
-//! the requests that concern our own (`Create`, `Open`, `Fetch`, `Ack`,
-//! `Delete`). The relay sees a send and a receive on different connections
-//! with different ids; through a proxy each link has its own Tor circuit.
+//! Requests are sent in *compartments* ([`Compartment`]): each of our mailboxes is one,
+//! and so is our sending in each channel; no connection serves two (docs/protocol.md,
+//! "Unlinkable links"). A compartment gets two links (three with cover traffic, below):
+//! a *send link* for the requests that deliver into other people's mailboxes (`Send`,
+//! `Claim`) and a *receive link* for the requests that concern our own (`Create`, `Open`,
+//! `Fetch`, `Ack`, `Delete`). The relay sees a send and a receive on different connections
+//! with different ids; through a proxy each connection has its own Tor circuit.
 //!
 //! A link is either *direct* (requests go out at once, pipelined) or *paced*
 //! (cover traffic, for the daemon): the link sends exactly one frame per
-//! tick. A paced send link sends a queued request if there is one and
+//! tick, and under cover a relay has one paced send link and one paced receive link,
+//! each serving one compartment per turn of [`TURN_TICKS`] ticks on a fresh connection. A paced send link sends a queued request if there is one and
 //! otherwise a dummy: a `Send` of uniformly random bytes into the client's
 //! own cover mailbox, which on the wire and at the relay has the shape of
 //! any other send (a sealed envelope is indistinguishable from random
@@ -19,7 +22,7 @@
 //! frame is the same size (see `backchannel_core::frame`), so a network
 //! observer sees one steady stream whatever the user does.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
@@ -152,12 +155,27 @@ impl Links {
         fresh_links(&self.ours, &self.config, relay)
     }
 
+    /// The links `key` uses: its own without cover; under cover, the relay's one set of
+    /// paced links, whose turns serve each compartment in its turn.
     fn links(&mut self, key: &LinkKey) -> &mut RelayLinks {
+        let key = self.slot(key);
         let Self { ours, config, conns } = self;
         // The address list is built only when the links are first made, not per request.
         conns
             .entry(key.clone())
             .or_insert_with(|| fresh_links(ours, config, &key.relay))
+    }
+
+    /// Where `key`'s links are kept.
+    fn slot(&self, key: &LinkKey) -> LinkKey {
+        if self.config.cover.is_some() {
+            LinkKey {
+                relay: key.relay.clone(),
+                compartment: Compartment::Shared,
+            }
+        } else {
+            key.clone()
+        }
     }
 }
 
@@ -174,7 +192,7 @@ fn fresh_links(ours: &[RelayAddress], config: &TransportConfig, relay: &RelayAdd
 
 impl Network for Links {
     fn pipeline<'a>(&'a mut self, key: &'a LinkKey, reqs: &'a [Request]) -> NetFuture<'a, Results> {
-        Box::pin(self.links(key).pipeline(reqs))
+        Box::pin(self.links(key).pipeline(reqs, &key.compartment))
     }
 
     fn open<'a>(
@@ -182,11 +200,12 @@ impl Network for Links {
         key: &'a LinkKey,
         boxes: &'a [MailboxKeys],
     ) -> NetFuture<'a, Vec<Result<(), ConnectError>>> {
-        Box::pin(self.links(key).open(boxes))
+        Box::pin(self.links(key).open(boxes, &key.compartment))
     }
 
     fn forget(&mut self, key: &LinkKey) {
-        self.conns.remove(key);
+        let slot = self.slot(key);
+        self.conns.remove(&slot);
     }
 
     fn connect_all<'a>(&'a mut self, key: &'a LinkKey) -> NetFuture<'a, ()> {
@@ -199,7 +218,7 @@ impl Network for Links {
             let mut taken = Vec::with_capacity(waits.len());
             for (key, boxes) in waits {
                 let mut links = self.conns.remove(key).unwrap_or_else(|| self.fresh(&key.relay));
-                links.open(boxes).await?;
+                links.open(boxes, &key.compartment).await?;
                 taken.push(links);
             }
             if taken.is_empty() {
@@ -207,7 +226,10 @@ impl Network for Links {
             }
             let wait_ms = wait.as_millis().min(u32::MAX as u128) as u32;
             let poll = Request::Fetch { max: 1, wait_ms };
-            let polls = taken.iter_mut().map(|l| Box::pin(l.request(&poll)));
+            let polls = taken
+                .iter_mut()
+                .zip(waits)
+                .map(|(l, (key, _))| Box::pin(l.request(&poll, &key.compartment)));
             let (first, _, _) = futures_util::future::select_all(polls).await;
             Ok(match first {
                 Ok(Response::Envelopes(list)) => !list.is_empty(),
@@ -227,17 +249,29 @@ impl Network for Links {
 /// acknowledgement per envelope.
 pub const RECEIVE_TICKS: u32 = 2;
 
+/// Ticks a paced link keeps one connection, serving one compartment, before it connects
+/// afresh (docs/protocol.md, "Unlinkable links"): turns start on this fixed schedule
+/// whatever the user does, so a new connection shows nothing; a request of another
+/// compartment waits for the next turn.
+pub const TURN_TICKS: u32 = 8;
+
+/// What a paced link is asked to send.
+enum Work {
+    Request(Request),
+    /// Opens this mailbox on the connection of the compartment's turn (its proof needs that
+    /// connection's nonce), and on each fresh connection of later turns of the compartment.
+    Open(MailboxKeys),
+}
+
+/// Requests of one compartment, sent one per tick on one connection, in order.
 struct Job {
-    req: Request,
-    reply: oneshot::Sender<Result<Response, ConnectError>>,
+    compartment: Compartment,
+    work: VecDeque<(Work, oneshot::Sender<Result<Response, ConnectError>>)>,
 }
 
 enum Link {
     Direct(Box<RelayConnection>),
-    Paced {
-        jobs: mpsc::UnboundedSender<Job>,
-        nonce: [u8; 32],
-    },
+    Paced { jobs: mpsc::UnboundedSender<Job> },
 }
 
 /// What a paced link sends when it has nothing real to send.
@@ -281,28 +315,169 @@ fn paced_form(req: Request) -> Request {
     }
 }
 
-async fn pace(mut conn: RelayConnection, mut jobs: mpsc::UnboundedReceiver<Job>, period: Duration, filler: Filler) {
+/// The connection a paced link holds, and what it knows to open on the next ones.
+struct Pacer {
+    addrs: Vec<RelayAddress>,
+    /// The address that last answered.
+    at: usize,
+    proxy: Option<ProxyAddr>,
+    conn: Option<RelayConnection>,
+    /// The compartment of this turn's connection (none: nothing was waiting).
+    current: Option<Compartment>,
+    /// Ticks left in this turn.
+    turn_left: u32,
+    /// Each compartment's mailboxes opened before: opened again on each of its turns.
+    boxes: HashMap<Compartment, Vec<MailboxKeys>>,
+    /// Mailboxes still to open on this turn's connection.
+    reopen: VecDeque<MailboxKeys>,
+}
+
+impl Pacer {
+    fn authority(&self) -> String {
+        self.addrs.get(self.at).map(RelayAddress::authority).unwrap_or_default()
+    }
+
+    /// Starts a turn for `compartment` on a fresh connection (from the address that last
+    /// answered, each address once).
+    async fn new_turn(&mut self, compartment: Option<Compartment>) -> Result<(), ConnectError> {
+        self.conn = None;
+        self.turn_left = TURN_TICKS;
+        self.reopen = compartment
+            .as_ref()
+            .and_then(|c| self.boxes.get(c))
+            .map(|b| b.iter().cloned().collect())
+            .unwrap_or_default();
+        self.current = compartment;
+        let n = self.addrs.len();
+        let mut failure = ConnectError::broken(self.authority(), Breakage::Closed);
+        for i in 0..n {
+            let at = (self.at + i) % n;
+            let Some(addr) = self.addrs.get(at) else { break };
+            match RelayConnection::connect_via(addr, self.proxy.as_ref()).await {
+                Ok(c) => {
+                    self.at = at;
+                    self.conn = Some(c);
+                    return Ok(());
+                }
+                Err(e) => failure = e,
+            }
+        }
+        Err(failure)
+    }
+
+    /// Sends one request on this turn's connection; a broken connection is dropped (the
+    /// next turn connects again).
+    async fn send(&mut self, req: &Request) -> Result<Response, ConnectError> {
+        let authority = self.authority();
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(ConnectError::broken(authority, Breakage::Closed));
+        };
+        let result = conn.request(req).await;
+        if matches!(result, Err(ConnectError::Broken { .. })) {
+            self.conn = None;
+        }
+        result
+    }
+
+    /// The request for `work` on this turn's connection.
+    fn request(&mut self, work: Work) -> Request {
+        match work {
+            Work::Request(req) => paced_form(req),
+            Work::Open(keys) => {
+                let nonce = self.conn.as_ref().map(|c| *c.nonce()).unwrap_or_default();
+                let req = Request::Open {
+                    mailbox: keys.id(),
+                    proof: keys.open_proof(&nonce),
+                };
+                if let Some(c) = &self.current {
+                    let known = self.boxes.entry(c.clone()).or_default();
+                    if !known.iter().any(|k| k.id() == keys.id()) {
+                        known.push(keys);
+                    }
+                }
+                req
+            }
+        }
+    }
+}
+
+/// A paced link: one frame per tick, on a connection that serves one compartment for a
+/// turn of [`TURN_TICKS`] ticks and is then replaced by a fresh one, for the compartment
+/// whose requests wait first (nothing opened when none wait). A job is never split across
+/// two connections (a commit's deposit and its claim must share one). With nothing to send,
+/// a tick sends `filler`.
+async fn pace(mut pacer: Pacer, mut jobs: mpsc::UnboundedReceiver<Job>, period: Duration, filler: Filler) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut queue: VecDeque<Job> = VecDeque::new();
+    let mut job: Option<Job> = None;
     loop {
         tick.tick().await;
-        let job = match jobs.try_recv() {
-            Ok(j) => Some(j),
-            Err(mpsc::error::TryRecvError::Empty) => None,
-            Err(mpsc::error::TryRecvError::Disconnected) => return,
-        };
-        let req = match &job {
-            Some(j) => paced_form(j.req.clone()),
-            None => filler.request(),
-        };
-        let result = conn.request(&req).await;
-        let broken = matches!(result, Err(ConnectError::Broken { .. }));
-        if let Some(j) = job {
-            let _ = j.reply.send(result);
+        loop {
+            match jobs.try_recv() {
+                Ok(j) => queue.push_back(j),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    if queue.is_empty() && job.is_none() {
+                        return;
+                    }
+                    break;
+                }
+            }
         }
-        if broken {
-            // Dropping the queue fails every waiting request; the engine reconnects.
-            return;
+        if pacer.turn_left == 0 && job.is_none() {
+            let next = queue.front().map(|j| j.compartment.clone());
+            if let Err(e) = pacer.new_turn(next.clone()).await {
+                // The relay cannot be reached: the first waiting job fails now, not later.
+                if let Some(failed) = queue.pop_front() {
+                    let mut first = Some(e);
+                    for (_, reply) in failed.work {
+                        let err = first.take().unwrap_or_else(|| ConnectError::Unreachable {
+                            relay: pacer.authority(),
+                            source: None,
+                        });
+                        let _ = reply.send(Err(err));
+                    }
+                }
+                continue;
+            }
+        }
+        pacer.turn_left = pacer.turn_left.saturating_sub(1);
+        if let Some(keys) = pacer.reopen.pop_front() {
+            let req = pacer.request(Work::Open(keys));
+            let _ = pacer.send(&req).await;
+            continue;
+        }
+        if job.is_none()
+            && queue
+                .front()
+                .is_some_and(|j| pacer.current.as_ref() == Some(&j.compartment))
+        {
+            job = queue.pop_front();
+        }
+        let next = job.as_mut().and_then(|j| j.work.pop_front());
+        match next {
+            Some((work, reply)) => {
+                let req = pacer.request(work);
+                let result = pacer.send(&req).await;
+                let broken = pacer.conn.is_none();
+                let _ = reply.send(result);
+                if broken {
+                    // What the job still holds cannot go on another connection.
+                    if let Some(rest) = job.take() {
+                        for (_, reply) in rest.work {
+                            let _ = reply.send(Err(ConnectError::broken(pacer.authority(), Breakage::Closed)));
+                        }
+                    }
+                    pacer.turn_left = 0;
+                }
+                if job.as_ref().is_some_and(|j| j.work.is_empty()) {
+                    job = None;
+                }
+            }
+            None => {
+                let _ = pacer.send(&filler.request()).await;
+            }
         }
     }
 }
@@ -342,53 +517,79 @@ async fn drain(addr: RelayAddress, proxy: Option<ProxyAddr>, cover: MailboxKeys,
 }
 
 impl Link {
+    /// Connects to `addrs[at]`; paced, the link then connects afresh at each turn, from
+    /// the address that last answered.
     async fn connect(
-        addr: &RelayAddress,
+        addrs: &[RelayAddress],
+        at: usize,
         proxy: Option<&ProxyAddr>,
         pace_every: Option<Duration>,
         filler: Filler,
     ) -> Result<Self, ConnectError> {
+        let Some(addr) = addrs.get(at) else {
+            return Err(ConnectError::broken("", Breakage::Closed));
+        };
         let conn = RelayConnection::connect_via(addr, proxy).await?;
         Ok(match pace_every {
             None => Link::Direct(Box::new(conn)),
             Some(period) => {
-                let nonce = *conn.nonce();
                 let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(pace(conn, rx, period, filler));
-                Link::Paced { jobs: tx, nonce }
+                let pacer = Pacer {
+                    addrs: addrs.to_vec(),
+                    at,
+                    proxy: proxy.cloned(),
+                    conn: Some(conn),
+                    current: None,
+                    turn_left: TURN_TICKS,
+                    boxes: HashMap::new(),
+                    reopen: VecDeque::new(),
+                };
+                tokio::spawn(pace(pacer, rx, period, filler));
+                Link::Paced { jobs: tx }
             }
         })
     }
 
-    fn nonce(&self) -> [u8; 32] {
-        match self {
-            Link::Direct(c) => *c.nonce(),
-            Link::Paced { nonce, .. } => *nonce,
+    /// Sends `work` as one job of `compartment` and waits for its answers, in order.
+    async fn run(
+        jobs: &mpsc::UnboundedSender<Job>,
+        compartment: &Compartment,
+        work: Vec<Work>,
+        authority: &str,
+    ) -> Result<Results, ConnectError> {
+        let mut waiting = Vec::with_capacity(work.len());
+        let mut queued = VecDeque::with_capacity(work.len());
+        for w in work {
+            let (reply, rx) = oneshot::channel();
+            queued.push_back((w, reply));
+            waiting.push(rx);
         }
+        jobs.send(Job {
+            compartment: compartment.clone(),
+            work: queued,
+        })
+        .map_err(|_| ConnectError::broken(authority, Breakage::TaskEnded))?;
+        let mut out = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            out.push(
+                rx.await
+                    .map_err(|_| ConnectError::broken(authority, Breakage::TaskEnded))?,
+            );
+        }
+        Ok(out)
     }
 
-    async fn pipeline(&mut self, reqs: &[Request], authority: &str) -> Result<Results, ConnectError> {
+    async fn pipeline(
+        &mut self,
+        reqs: &[Request],
+        authority: &str,
+        compartment: &Compartment,
+    ) -> Result<Results, ConnectError> {
         match self {
             Link::Direct(c) => c.pipeline(reqs).await,
-            Link::Paced { jobs, .. } => {
-                let mut waiting = Vec::with_capacity(reqs.len());
-                for req in reqs {
-                    let (reply, rx) = oneshot::channel();
-                    jobs.send(Job {
-                        req: req.clone(),
-                        reply,
-                    })
-                    .map_err(|_| ConnectError::broken(authority, Breakage::TaskEnded))?;
-                    waiting.push(rx);
-                }
-                let mut out = Vec::with_capacity(waiting.len());
-                for rx in waiting {
-                    out.push(
-                        rx.await
-                            .map_err(|_| ConnectError::broken(authority, Breakage::TaskEnded))?,
-                    );
-                }
-                Ok(out)
+            Link::Paced { jobs } => {
+                let work = reqs.iter().cloned().map(Work::Request).collect();
+                Self::run(jobs, compartment, work, authority).await
             }
         }
     }
@@ -473,8 +674,7 @@ impl RelayLinks {
             let mut made = None;
             for i in 0..n {
                 let at = (self.current + i) % n;
-                let Some(addr) = self.addrs.get(at) else { break };
-                match Link::connect(addr, self.config.proxy.as_ref(), period, filler.clone()).await {
+                match Link::connect(&self.addrs, at, self.config.proxy.as_ref(), period, filler.clone()).await {
                     Ok(link) => {
                         self.current = at;
                         made = Some(link);
@@ -527,8 +727,8 @@ impl RelayLinks {
         Ok(())
     }
 
-    /// Sends requests, each on its link, and returns their answers in order.
-    pub async fn pipeline(&mut self, reqs: &[Request]) -> Result<Results, ConnectError> {
+    /// Sends requests of `compartment`, each on its link, and returns their answers in order.
+    pub async fn pipeline(&mut self, reqs: &[Request], compartment: &Compartment) -> Result<Results, ConnectError> {
         let (sends, recvs): (Vec<_>, Vec<_>) = reqs.iter().cloned().enumerate().partition(|(_, r)| on_send_link(r));
         let mut out: Vec<Option<Result<Response, ConnectError>>> = (0..reqs.len()).map(|_| None).collect();
         for (send, group) in [(true, sends), (false, recvs)] {
@@ -538,7 +738,7 @@ impl RelayLinks {
             let (idx, batch): (Vec<usize>, Vec<Request>) = group.into_iter().unzip();
             let reused = if send { self.send.is_some() } else { self.recv.is_some() };
             let mut authority = self.authority();
-            let mut attempt = self.link(send).await?.pipeline(&batch, &authority).await;
+            let mut attempt = self.link(send).await?.pipeline(&batch, &authority, compartment).await;
             if attempt.is_err() {
                 // A broken link is dropped. A send-link batch gets one retry on a fresh
                 // connection if the link had sat idle (the relay closes those) or the relay
@@ -555,7 +755,7 @@ impl RelayLinks {
                         self.current = (self.current + 1) % self.addrs.len().max(1);
                     }
                     authority = self.authority();
-                    attempt = self.link(send).await?.pipeline(&batch, &authority).await;
+                    attempt = self.link(send).await?.pipeline(&batch, &authority, compartment).await;
                     if attempt.is_err() {
                         self.drop_link(send);
                     }
@@ -592,18 +792,32 @@ impl RelayLinks {
         }
     }
 
-    /// Sends one request; a refusal becomes `Err`.
-    pub async fn request(&mut self, req: &Request) -> Result<Response, ConnectError> {
-        self.pipeline(std::slice::from_ref(req))
+    /// Sends one request of `compartment`; a refusal becomes `Err`.
+    pub async fn request(&mut self, req: &Request, compartment: &Compartment) -> Result<Response, ConnectError> {
+        self.pipeline(std::slice::from_ref(req), compartment)
             .await?
             .pop()
             .unwrap_or_else(|| Err(ConnectError::broken(self.authority(), Breakage::Unexpected)))
     }
 
-    /// Opens mailboxes on the receive link (each once per connection) so
+    /// Opens mailboxes of `compartment` on the receive link (each once per connection) so
     /// that fetches return their envelopes. One answer per mailbox.
-    pub async fn open(&mut self, boxes: &[MailboxKeys]) -> Result<Vec<Result<(), ConnectError>>, ConnectError> {
-        let nonce = self.link(false).await?.nonce();
+    pub async fn open(
+        &mut self,
+        boxes: &[MailboxKeys],
+        compartment: &Compartment,
+    ) -> Result<Vec<Result<(), ConnectError>>, ConnectError> {
+        let authority = self.authority();
+        let nonce = match self.link(false).await? {
+            Link::Direct(c) => *c.nonce(),
+            // Paced: opened on the connection of the compartment's turn, and again on each
+            // later turn of it.
+            Link::Paced { jobs } => {
+                let work = boxes.iter().cloned().map(Work::Open).collect();
+                let results = Link::run(jobs, compartment, work, &authority).await?;
+                return Ok(results.into_iter().map(|r| r.map(|_| ())).collect());
+            }
+        };
         let todo: Vec<&MailboxKeys> = boxes.iter().filter(|k| !self.opened.contains(&k.id())).collect();
         let reqs: Vec<Request> = todo
             .iter()
@@ -612,7 +826,7 @@ impl RelayLinks {
                 proof: k.open_proof(&nonce),
             })
             .collect();
-        let results = self.pipeline(&reqs).await?;
+        let results = self.pipeline(&reqs, compartment).await?;
         for (k, r) in todo.iter().zip(&results) {
             if r.is_ok() {
                 self.opened.insert(k.id());
