@@ -106,6 +106,7 @@ fn with_cover_traffic_the_observer_sees_the_same_steady_stream_whether_or_not_an
     let [bob] = people(root.path(), &relay, ["bob"]);
     channel_with(&alice, &[&bob], "cover");
 
+    let daemon_from = Instant::now();
     let mut daemon = DaemonProc::start(&alice, &["--cover", "4/s"]);
     std::thread::sleep(Duration::from_millis(2500));
     // Alice's commands go through her daemon: no connection of their own. The daemon's
@@ -166,6 +167,35 @@ fn with_cover_traffic_the_observer_sees_the_same_steady_stream_whether_or_not_an
     let all: Vec<Record> = quiet.iter().chain(&busy).cloned().collect();
     one_length(&all, Dir::Up);
     one_length(&stream(&obs, Dir::Down, quiet_from, Instant::now()), Dir::Down);
+
+    // Point 7: the links do not open at the same moment (a turn takes 6 to 10 ticks at
+    // random, and each link first connects after a random wait), so the opening times of
+    // a daemon's connections do not pair them up.
+    let mut first: BTreeMap<usize, Instant> = BTreeMap::new();
+    for r in obs.records() {
+        first.entry(r.conn).or_insert(r.at);
+    }
+    let opened: Vec<Instant> = first.into_values().filter(|t| *t >= daemon_from).collect();
+    let together = opened
+        .iter()
+        .filter(|t| {
+            opened
+                .iter()
+                .filter(|u| (**t).max(**u) - (**t).min(**u) < Duration::from_millis(20))
+                .count()
+                > 1
+        })
+        .count();
+    eprintln!(
+        "{together} of {} connections opened within 20 ms of another",
+        opened.len()
+    );
+    assert!(opened.len() >= 10, "{} connections", opened.len());
+    assert!(
+        together * 3 < opened.len(),
+        "{together} of {} connections opened within 20 ms of another",
+        opened.len()
+    );
 
     // And the conversation happened: every message arrived, once.
     bob.ok(&["sync"]);

@@ -250,10 +250,23 @@ impl Network for Links {
 pub const RECEIVE_TICKS: u32 = 2;
 
 /// Ticks a paced link keeps one connection, serving one compartment, before it connects
-/// afresh (docs/protocol.md, "Unlinkable links"): turns start on this fixed schedule
-/// whatever the user does, so a new connection shows nothing; a request of another
-/// compartment waits for the next turn.
+/// afresh (docs/protocol.md, "Unlinkable links"), on average: each turn takes 6 to 10 ticks
+/// at random, whatever the user does, so a new connection shows nothing, and the send and
+/// receive links' turns do not start together; a request of another compartment waits for
+/// the next turn.
 pub const TURN_TICKS: u32 = 8;
+
+/// The length of one turn: [`TURN_TICKS`], give or take 2, at random.
+fn turn_length() -> u32 {
+    TURN_TICKS - 2 + OsRng.next_u32() % 5
+}
+
+/// A random wait of less than `period`, before a paced link first connects: the links of
+/// one daemon do not open at the same moment.
+async fn stagger(period: Duration) {
+    let most = period.as_millis().clamp(1, u64::MAX as u128) as u64;
+    tokio::time::sleep(Duration::from_millis(OsRng.next_u64() % most)).await;
+}
 
 /// What a paced link is asked to send.
 enum Work {
@@ -341,7 +354,7 @@ impl Pacer {
     /// answered, each address once).
     async fn new_turn(&mut self, compartment: Option<Compartment>) -> Result<(), ConnectError> {
         self.conn = None;
-        self.turn_left = TURN_TICKS;
+        self.turn_left = turn_length();
         self.reopen = compartment
             .as_ref()
             .and_then(|c| self.boxes.get(c))
@@ -485,6 +498,7 @@ async fn pace(mut pacer: Pacer, mut jobs: mpsc::UnboundedReceiver<Job>, period: 
 /// Empties a cover mailbox on a connection of its own: each tick either
 /// acknowledges the dummy fetched on the previous tick or fetches the next.
 async fn drain(addr: RelayAddress, proxy: Option<ProxyAddr>, cover: MailboxKeys, period: Duration) {
+    stagger(period * RECEIVE_TICKS).await;
     let Ok(mut conn) = RelayConnection::connect_via(&addr, proxy.as_ref()).await else {
         return;
     };
@@ -540,7 +554,7 @@ impl Link {
                     proxy: proxy.cloned(),
                     conn: Some(conn),
                     current: None,
-                    turn_left: TURN_TICKS,
+                    turn_left: turn_length(),
                     boxes: HashMap::new(),
                     reopen: VecDeque::new(),
                 };
@@ -711,6 +725,10 @@ impl RelayLinks {
                     self.recv = None;
                     self.opened.clear();
                 }
+            }
+            let absent = if send { self.send.is_none() } else { self.recv.is_none() };
+            if let (true, Some(period)) = (absent, self.config.cover) {
+                stagger(period).await;
             }
             self.link(send).await?;
         }
