@@ -190,3 +190,72 @@ fn a_file_larger_than_the_recipients_mailbox_waits_for_them_to_fetch() {
     daemon.stop();
     assert_eq!(sha256_of(&downloads.join("notes.bin")), digest);
 }
+
+/// Every folder and file under `dir` with its permission bits.
+fn modes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = vec![(
+        dir.to_path_buf(),
+        std::fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+    )];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(modes(&path));
+        } else {
+            out.push((
+                path.clone(),
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            ));
+        }
+    }
+    out
+}
+
+/// Issue 17, point 6 (in part): what a home holds and the files it saves are its owner's
+/// alone (0600 files in 0700 folders, whatever the umask), and `init` refuses an empty
+/// passphrase from the environment and from a file, as from the prompt.
+#[test]
+fn a_home_and_the_files_it_saves_are_readable_by_their_owner_only() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "drops");
+    let path = root.path().join("ledger.bin");
+    let digest = random_file(&path, 300 * 1024);
+    alice.ok(&["send", "drops", "--file", path.to_str().unwrap()]);
+    bob.ok(&["sync"]);
+    // The parts arrived, sealed beside bob's vault: nothing there is anyone else's to read.
+    let home = modes(&root.path().join("bob"));
+    assert!(home.len() > 4, "{home:?}");
+    for (p, mode) in &home {
+        let want = if p.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{} is {mode:o}", p.display());
+    }
+    let downloads = root.path().join("dl").join("in");
+    bob.ok(&["read", "drops", "--all", "--save-to", downloads.to_str().unwrap()]);
+    assert_eq!(sha256_of(&downloads.join("ledger.bin")), digest);
+    for (p, mode) in modes(&root.path().join("dl")) {
+        let want = if p.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} is {mode:o}", p.display());
+    }
+
+    // An empty passphrase is refused, from the environment and from a file.
+    let mut carol = Client::new(root.path(), "carol");
+    carol.pass = String::new();
+    let e = carol.fails(&["init", "--name", "carol", "--relay", &relay.address]);
+    assert!(e.contains("must not be empty"), "{e}");
+    let empty = root.path().join("empty-passphrase");
+    std::fs::write(&empty, "\n").unwrap();
+    let e = carol.fails(&[
+        "--passphrase-file",
+        empty.to_str().unwrap(),
+        "init",
+        "--name",
+        "carol",
+        "--relay",
+        &relay.address,
+    ]);
+    assert!(e.contains("must not be empty"), "{e}");
+    assert!(!root.path().join("carol").join("state.bcv").exists());
+}

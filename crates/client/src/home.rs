@@ -53,10 +53,14 @@ impl std::fmt::Debug for Home {
 }
 
 fn lock(dir: &Path) -> Result<File, ClientError> {
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut opts = OpenOptions::new();
+    opts.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let f = opts
         .open(dir.join(LOCK))
         .map_err(|e| ClientError::io("opening the home's lock file", e))?;
     match f.try_lock() {
@@ -75,7 +79,7 @@ impl Home {
 
     /// Creates a new home with `state` (the encoded state).
     pub fn create(dir: &Path, passphrase: &[u8], state: &[u8]) -> Result<Self, ClientError> {
-        fs::create_dir_all(dir).map_err(|e| ClientError::io("creating the home directory", e))?;
+        private_dir(dir).map_err(|e| ClientError::io("creating the home directory", e))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -168,7 +172,7 @@ impl Blobs for SealedFiles {
         let folder = self.dir.join(dir);
         if !folder.is_dir() {
             let made_files = !self.dir.is_dir();
-            fs::create_dir_all(&folder).map_err(|e| ClientError::io("creating a folder beside the local store", e))?;
+            private_dir(&folder).map_err(|e| ClientError::io("creating a folder beside the local store", e))?;
             // The new folder's name is durable before a vault that points at it is saved.
             sync_dir(&self.dir);
             if made_files {
@@ -180,7 +184,7 @@ impl Blobs for SealedFiles {
         let blob = self.key.seal(plain, &mut OsRng);
         let tmp = folder.join(format!("{name}.tmp"));
         let mut f =
-            File::create(&tmp).map_err(|e| ClientError::io("writing a sealed file beside the local store", e))?;
+            private_file(&tmp).map_err(|e| ClientError::io("writing a sealed file beside the local store", e))?;
         f.write_all(&blob)
             .and_then(|()| f.sync_data())
             .map_err(|e| ClientError::io("writing a sealed file beside the local store", e))?;
@@ -229,6 +233,32 @@ fn entries(dir: &Path, folders: bool) -> Vec<String> {
 }
 
 /// Makes a folder's entries durable (best effort, as for the vault's own folder).
+/// Creates `dir` and any missing parent, each one it makes readable by its owner only
+/// (0700); an existing folder keeps its mode.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
+/// Creates (or empties) `path` for writing; a file it makes is readable by its owner
+/// only (0600).
+pub(crate) fn private_file(path: &Path) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path)
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();

@@ -20,14 +20,21 @@ pub fn home(global: &Global) -> Result<PathBuf, CliError> {
 }
 
 /// The passphrase: from `--passphrase-file`, `$BACKCHANNEL_PASSPHRASE`, or a prompt
-/// (typed twice when `confirm`).
+/// (typed twice when `confirm`, at `init`). An empty one is refused whatever its source
+/// when a home is made, and at the prompt always (a home made empty by an earlier release
+/// still opens from the environment or a file).
 fn passphrase(global: &Global, confirm: bool) -> Result<Vec<u8>, CliError> {
-    if let Some(f) = &global.passphrase_file {
+    let given = if let Some(f) = &global.passphrase_file {
         let s = std::fs::read_to_string(f).map_err(CliError::io("reading the passphrase file"))?;
-        return Ok(s.trim_end_matches(['\n', '\r']).as_bytes().to_vec());
-    }
-    if let Ok(p) = std::env::var("BACKCHANNEL_PASSPHRASE") {
-        return Ok(p.into_bytes());
+        Some(s.trim_end_matches(['\n', '\r']).as_bytes().to_vec())
+    } else {
+        std::env::var("BACKCHANNEL_PASSPHRASE").ok().map(String::into_bytes)
+    };
+    if let Some(p) = given {
+        if confirm && p.is_empty() {
+            return Err(CliError::EmptyPassphrase);
+        }
+        return Ok(p);
     }
     if std::io::stdin().is_terminal() {
         let p = rpassword::prompt_password("passphrase: ").map_err(CliError::io("reading the passphrase"))?;

@@ -147,7 +147,7 @@ impl Engine {
 fn save_file(dir: &Path, id: &str, name: &str, data: &[u8]) -> Result<PathBuf, ClientError> {
     use std::io::Write as _;
     let io = ClientError::path("save an attached file in", dir);
-    std::fs::create_dir_all(dir).map_err(io)?;
+    crate::home::private_dir(dir).map_err(io)?;
     // The name was checked when the letter was opened (no separators, no "..").
     let mut path = dir.join(format!("{id}-{name}"));
     let mut n = 2;

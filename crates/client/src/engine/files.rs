@@ -199,7 +199,8 @@ impl Engine {
             )));
         }
         let cannot = ClientError::path("save a file in", dir);
-        std::fs::create_dir_all(dir).map_err(cannot)?;
+        // Received files are for this user alone: 0600 in folders made 0700.
+        crate::home::private_dir(dir).map_err(cannot)?;
         let mut path = dir.join(&f.offer.name);
         let mut n = 2;
         while path.exists() {
@@ -207,7 +208,7 @@ impl Engine {
             n += 1;
         }
         let tmp = dir.join(format!(".{}.part", f.folder));
-        let mut out = std::fs::File::create(&tmp).map_err(cannot)?;
+        let mut out = crate::home::private_file(&tmp).map_err(cannot)?;
         let mut h = Sha256::new();
         for i in 0..f.offer.parts() {
             let part = self.session.blobs.read(&f.folder, &i.to_string())?;
