@@ -820,3 +820,33 @@ fn stored_envelopes_all(data: &std::path::Path, receive_id: [u8; 32]) -> Vec<Vec
     std::thread::sleep(Duration::from_millis(200));
     out
 }
+
+/// Issue 17, point 4: a relay answers a request over its rate with RateLimited and how
+/// long to wait; the client waits that long and sends the refused requests again within
+/// the same command, so a burst read under a low rate is acknowledged whole: every message
+/// shown once, no warning, nothing fetched twice.
+#[test]
+fn under_a_low_rate_limit_a_burst_arrives_once_within_one_sync() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(
+        &root.path().join("relay"),
+        &["--max-requests-per-second", "10", "--request-burst", "10"],
+    );
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "slow");
+    for i in 0..14 {
+        alice.ok(&["send", "slow", &format!("burst {i}")]);
+    }
+    // One sync takes the 14 envelopes and acknowledges them all: 14 acknowledgements in one
+    // pipeline, past the burst of 10.
+    let r = bob.run(&["sync"]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+    let got: Vec<String> = bob.texts("slow").into_iter().map(|(_, t)| t).collect();
+    let want: Vec<String> = (0..14).map(|i| format!("burst {i}")).collect();
+    assert_eq!(got, want);
+    // Nothing is left to fetch again.
+    let r = bob.run(&["sync"]);
+    assert!(r.ok && !r.stderr.contains("warning"), "{}", r.stderr);
+    assert_eq!(bob.texts("slow").len(), 14);
+}

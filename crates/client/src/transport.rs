@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
-use backchannel_core::frame::{Request, Response};
+use backchannel_core::frame::{ErrorCode, Request, Response};
 use backchannel_core::mailbox::{MailboxId, MailboxKeys, SendCapability};
 use backchannel_core::relay_address::RelayAddress;
 use rand_core::{OsRng, RngCore};
@@ -244,6 +244,13 @@ impl Network for Links {
         self.conns.clear();
     }
 }
+
+/// How many times requests refused for the relay's rate are sent again in one go.
+const RATE_RETRIES: usize = 8;
+
+/// The longest wait for the relay's rate that a command sits through; past it the refusal
+/// is the answer (a send stays queued, a fetch waits for the next sync).
+const MAX_RATE_WAIT: Duration = Duration::from_secs(5);
 
 /// Receive-link (and drain-link) ticks per send tick: a fetch and an
 /// acknowledgement per envelope.
@@ -779,7 +786,8 @@ impl RelayLinks {
                     }
                 }
             }
-            let results = attempt?;
+            let mut results = attempt?;
+            self.retry_rate_limited(send, &batch, &mut results, compartment).await;
             for ((i, req), r) in idx.into_iter().zip(batch).zip(results) {
                 match (&req, &r) {
                     (Request::Create { mailbox, .. }, Ok(_)) => {
@@ -799,6 +807,50 @@ impl RelayLinks {
         out.into_iter()
             .map(|r| r.ok_or_else(|| ConnectError::broken(&authority, Breakage::Unexpected)))
             .collect()
+    }
+
+    /// Requests the relay refused for going over its rate (`RateLimited`, with how long
+    /// to wait) are sent again, in their order, on the same link once that time has
+    /// passed: up to [`RATE_RETRIES`] times, each wait at most [`MAX_RATE_WAIT`] (a longer
+    /// one is left to the caller, as the refusal). Paced links keep their own rate.
+    async fn retry_rate_limited(
+        &mut self,
+        send: bool,
+        batch: &[Request],
+        results: &mut [Result<Response, ConnectError>],
+        compartment: &Compartment,
+    ) {
+        if self.config.cover.is_some() {
+            return;
+        }
+        for _ in 0..RATE_RETRIES {
+            let mut limited = Vec::new();
+            let mut wait_ms = 0u64;
+            for (i, r) in results.iter().enumerate() {
+                if let Err(ConnectError::Refused(ErrorCode::RateLimited, ms)) = r {
+                    limited.push(i);
+                    wait_ms = wait_ms.max(*ms);
+                }
+            }
+            let wait = Duration::from_millis(wait_ms);
+            if limited.is_empty() || wait > MAX_RATE_WAIT {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            let again: Vec<Request> = limited.iter().filter_map(|i| batch.get(*i).cloned()).collect();
+            let authority = self.authority();
+            let Ok(link) = self.link(send).await else {
+                return;
+            };
+            let Ok(answers) = link.pipeline(&again, &authority, compartment).await else {
+                return;
+            };
+            for (i, a) in limited.into_iter().zip(answers) {
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = a;
+                }
+            }
+        }
     }
 
     fn drop_link(&mut self, send: bool) {
