@@ -824,7 +824,8 @@ fn stored_envelopes_all(data: &std::path::Path, receive_id: [u8; 32]) -> Vec<Vec
 /// Issue 17, point 4: a relay answers a request over its rate with RateLimited and how
 /// long to wait; the client waits that long and sends the refused requests again within
 /// the same command, so a burst read under a low rate is acknowledged whole: every message
-/// shown once, no warning, nothing fetched twice.
+/// shown once, no warning, nothing fetched twice; and a daemon under that rate brings a
+/// second burst the same way.
 #[test]
 fn under_a_low_rate_limit_a_burst_arrives_once_within_one_sync() {
     let root = tempfile::tempdir().unwrap();
@@ -849,4 +850,24 @@ fn under_a_low_rate_limit_a_burst_arrives_once_within_one_sync() {
     let r = bob.run(&["sync"]);
     assert!(r.ok && !r.stderr.contains("warning"), "{}", r.stderr);
     assert_eq!(bob.texts("slow").len(), 14);
+
+    // A daemon under the same rate paces itself the same way: a second burst arrives once.
+    let mut daemon = DaemonProc::start(&bob, &[]);
+    for i in 14..28 {
+        alice.ok(&["send", "slow", &format!("burst {i}")]);
+    }
+    let want: Vec<String> = (0..28).map(|i| format!("burst {i}")).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got: Vec<String> = bob.texts("slow").into_iter().map(|(_, t)| t).collect();
+        if got.len() >= 28 {
+            assert_eq!(got, want);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{got:?}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    daemon.stop();
+    let log = daemon.stderr.lock().unwrap().clone();
+    assert!(!log.contains("warning"), "{log}");
 }
