@@ -119,15 +119,17 @@ fn with_cover_traffic_the_observer_sees_the_same_steady_stream_whether_or_not_an
     let before = obs.connections();
     let started = Instant::now();
     for _ in 0..3 {
-        alice.ok(&["channels"]);
+        alice.ok(&["sync"]);
         alice.ok(&["members", "cover"]);
     }
     std::thread::sleep(span.saturating_sub(started.elapsed()));
     let with_commands = obs.connections() - before;
     eprintln!("connections opened in {span:?}: {idle} idle, {with_commands} with six commands");
     assert!(idle >= 3, "the links are replaced at each turn: {idle} in {span:?}");
+    // Turns of 6 to 10 ticks open 3 to 6 connections in 3 s; three syncs of their own
+    // would open at least two each (a receive link per mailbox, alice's send link).
     assert!(
-        with_commands <= idle + 1,
+        with_commands <= idle + 4,
         "commands opened connections of their own: {with_commands} against {idle}"
     );
     // A command that asks for a proxy the daemon is not using is refused, not sent around it.

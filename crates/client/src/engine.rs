@@ -425,7 +425,13 @@ impl Engine {
         // in one compartment), each compartment's links closed before the next one's open.
         let compartments = self.session.send_compartments(&deliveries);
         let mut order: Vec<usize> = (0..deliveries.len()).collect();
-        order.sort_by(|a, b| compartments.get(*a).cmp(&compartments.get(*b)));
+        let link = |i: usize| {
+            (
+                deliveries.get(i).map(|d| self.session.link_key(&d.relay)),
+                compartments.get(i),
+            )
+        };
+        order.sort_by_key(|i| link(*i));
         let mut outcomes: Vec<Option<Delivered>> = (0..deliveries.len()).map(|_| None).collect();
         let mut unreachable: Vec<RelayAddress> = Vec::new();
         // Mailboxes that refused an envelope in this pass (see `Session::must_wait`).
@@ -456,7 +462,8 @@ impl Engine {
                     Delivered::Answered(results)
                 }
                 Err(e) => {
-                    self.net.forget(&key);
+                    // Under cover the paced link connects again at its next turn.
+                    self.release(&key);
                     unreachable.push(key.relay.clone());
                     Delivered::Unreachable(e)
                 }
@@ -610,6 +617,7 @@ impl Engine {
     ) -> Result<usize, ClientError> {
         let mut fetched = 0;
         let mut drained = true;
+        let mut failure = None;
         let keep = groups.len() <= MAX_KEPT;
         for (key, boxes) in groups {
             let r = match self.fetch_relay(key, boxes.clone(), wait).await {
@@ -629,9 +637,21 @@ impl Engine {
                 self.release(key);
                 self.kept.retain(|k| k != key);
             }
-            let (n, empty) = r?;
-            fetched += n;
-            drained &= empty;
+            // One mailbox that fails (its relay down, say) does not keep the others from
+            // being fetched: the first failure is the pass's, once all were tried.
+            match r {
+                Ok((n, empty)) => {
+                    fetched += n;
+                    drained &= empty;
+                }
+                Err(e) => {
+                    drained = false;
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
         if drained {
             self.drained = true;

@@ -445,6 +445,11 @@ async fn pace(mut pacer: Pacer, mut jobs: mpsc::UnboundedReceiver<Job>, period: 
                 }
             }
         }
+        // A connection that broke, or never came, is replaced at once rather than at the
+        // end of its turn (never while a job runs on it: the job was failed already).
+        if pacer.conn.is_none() && job.is_none() {
+            pacer.turn_left = 0;
+        }
         if pacer.turn_left == 0 && job.is_none() {
             let next = queue.front().map(|j| j.compartment.clone());
             if let Err(e) = pacer.new_turn(next.clone()).await {
@@ -474,6 +479,10 @@ async fn pace(mut pacer: Pacer, mut jobs: mpsc::UnboundedReceiver<Job>, period: 
                 .is_some_and(|j| pacer.current.as_ref() == Some(&j.compartment))
         {
             job = queue.pop_front();
+        }
+        // A job with nothing left (or nothing at all) is done.
+        if job.as_ref().is_some_and(|j| j.work.is_empty()) {
+            job = None;
         }
         let next = job.as_mut().and_then(|j| j.work.pop_front());
         match next {
@@ -578,6 +587,9 @@ impl Link {
         work: Vec<Work>,
         authority: &str,
     ) -> Result<Results, ConnectError> {
+        if work.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut waiting = Vec::with_capacity(work.len());
         let mut queued = VecDeque::with_capacity(work.len());
         for w in work {
@@ -837,6 +849,15 @@ impl RelayLinks {
                 return;
             }
             tokio::time::sleep(wait).await;
+            // A claim's parts and the claim share state on the connection (its deposit):
+            // it goes again whole, which the relay grants again. Anything else: what was
+            // refused, in its order.
+            let claim = batch
+                .iter()
+                .any(|r| matches!(r, Request::Deposit { .. } | Request::ClaimCommit { .. }));
+            if claim {
+                limited = (0..batch.len()).collect();
+            }
             let again: Vec<Request> = limited.iter().filter_map(|i| batch.get(*i).cloned()).collect();
             let authority = self.authority();
             let Ok(link) = self.link(send).await else {
