@@ -118,16 +118,25 @@ fn a_disappearing_message_is_gone_from_both_members_view_and_disk_after_its_time
     assert!(shows(&alice, "brief", "still here"));
 }
 
+/// An expiring channel closes itself for every member at its end, and its history goes,
+/// also from a member removed before the end.
 #[test]
 fn an_expiring_channel_closes_itself_for_every_member() {
     let root = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&root.path().join("relay"), &[]);
-    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
-    channel_with_options(&alice, &[&bob], "pop-up", &["--expires", "15s"]);
+    let [alice, bob, carol] = people(root.path(), &relay, ["alice", "bob", "carol"]);
+    channel_with_options(&alice, &[&bob, &carol], "pop-up", &["--expires", "20s"]);
     let expires_at = channel_json(&bob, "pop-up")["expires_at"].as_u64().unwrap();
     assert_eq!(channel_json(&alice, "pop-up")["expires_at"], expires_at);
     bob.ok(&["send", "pop-up", "while it lasts"]);
     assert!(shows(&alice, "pop-up", "while it lasts"));
+    // Carol reads it, then is removed before the end: her copy of the history must not
+    // outlive the channel either (issue 17, point 6).
+    assert!(shows(&carol, "pop-up", "while it lasts"));
+    alice.ok(&["remove", "pop-up", "carol"]);
+    carol.ok(&["sync"]);
+    assert_eq!(channel_json(&carol, "pop-up")["status"], "removed");
+    assert!(shows(&carol, "pop-up", "while it lasts"));
     let (a, b) = (mailbox(&alice, "pop-up"), mailbox(&bob, "pop-up"));
     assert!(unix_ms() < (expires_at - 1) * 1000, "setup took too long for this test");
 
@@ -135,7 +144,7 @@ fn an_expiring_channel_closes_itself_for_every_member() {
     let e = bob.fails(&["send", "pop-up", "after the end"]);
     assert!(e.contains("closed"), "{e}");
     alice.ok(&["sync"]);
-    for who in [&alice, &bob] {
+    for who in [&alice, &bob, &carol] {
         assert_eq!(channel_json(who, "pop-up")["status"], "closed");
         assert!(!shows(who, "pop-up", "while it lasts"), "history kept after expiry");
         assert!(who.ok(&["read", "pop-up", "--all"]).contains("expired"));

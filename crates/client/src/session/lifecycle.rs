@@ -147,7 +147,9 @@ impl Session {
         let mut expired = Vec::new();
         let mut disappeared = Vec::new();
         for (name, ch) in self.state.channels.iter_mut() {
-            if ch.status == ChannelStatus::Active && ch.expires_at != 0 && ch.expires_at <= now {
+            // Whatever the channel's status: a member removed (or gone) before the end
+            // loses the history at the end too, as the others do.
+            if ch.status != ChannelStatus::Closed && ch.expires_at != 0 && ch.expires_at <= now {
                 expired.push(name.clone());
             }
             if ch.disappear_after == 0 {
