@@ -86,6 +86,13 @@ fn a_disappearing_message_is_gone_from_both_members_view_and_disk_after_its_time
     assert_eq!(channel_json(&bob, "brief")["disappear_after_s"], 6);
 
     alice.ok(&["send", "brief", "burn after reading"]);
+    // And a file, which bob's `read` saves: that copy goes with its message too.
+    let file = root.path().join("plan.txt");
+    std::fs::write(&file, b"the plan, briefly").unwrap();
+    alice.ok(&["send", "brief", "--file", file.to_str().unwrap()]);
+    let saved_in = root.path().join("bob-files");
+    bob.ok(&["read", "brief", "--save-to", saved_in.to_str().unwrap()]);
+    assert_eq!(std::fs::read(saved_in.join("plan.txt")).unwrap(), b"the plan, briefly");
     assert!(shows(&bob, "brief", "burn after reading"));
     assert!(shows(&alice, "brief", "burn after reading"));
     assert!(contains(&store_bytes(&bob), b"burn after reading"));
@@ -98,7 +105,7 @@ fn a_disappearing_message_is_gone_from_both_members_view_and_disk_after_its_time
         .find(|m| m["text"] == "burn after reading")
         .and_then(|m| m["sent_at"].as_u64())
         .unwrap();
-    sleep_until_unix_ms(sent_ms + 7_000);
+    sleep_until_unix_ms(sent_ms + 8_000);
     for who in [&alice, &bob] {
         assert!(!shows(who, "brief", "burn after reading"), "still shown");
         assert!(
@@ -106,6 +113,11 @@ fn a_disappearing_message_is_gone_from_both_members_view_and_disk_after_its_time
             "still in the decrypted local store"
         );
     }
+
+    assert!(
+        !saved_in.join("plan.txt").exists(),
+        "the saved file outlived its message"
+    );
 
     // A message that reaches a member after its time is never shown there.
     alice.ok(&["send", "brief", "too late to read"]);

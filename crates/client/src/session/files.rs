@@ -464,6 +464,17 @@ impl Session {
         self.state.files.incoming = keep;
         for f in gone {
             self.blobs.remove(&f.folder);
+            // A copy saved from a channel with a lifetime goes with its message: what the
+            // channel promises to forget is not kept beside it (best effort: the user may
+            // have moved or deleted it already).
+            let lifetime = self
+                .state
+                .channels
+                .get(&f.channel)
+                .is_some_and(|c| c.disappear_after != 0 || c.expires_at != 0);
+            if let (true, FileStatus::Saved(path)) = (lifetime, &f.status) {
+                let _ = std::fs::remove_file(path);
+            }
         }
         let channels = &self.state.channels;
         self.state.files.outgoing.retain(|o| {
