@@ -42,6 +42,12 @@ pub use files::FileProgress;
 /// Fetches per sync pass when links are paced.
 const PACED_FETCH_ROUNDS: usize = 2;
 
+/// Deletes a saved copy of a received file ([`Effect::DeleteSaved`]); one the user moved
+/// or deleted already is not an error.
+fn delete_saved(path: &str) {
+    let _ = std::fs::remove_file(path);
+}
+
 /// The compartment of requests that all send to one mailbox outside our channels.
 fn sends_to(reqs: &[Request]) -> Compartment {
     match reqs.first() {
@@ -281,6 +287,7 @@ impl Engine {
             match effect {
                 Effect::Save => self.save()?,
                 Effect::Warn(w) => self.warnings.push(w),
+                Effect::DeleteSaved(path) => delete_saved(&path),
                 Effect::DeleteDoomed | Effect::Show { .. } => {}
             }
         }
@@ -295,6 +302,7 @@ impl Engine {
                 Effect::Save => self.save()?,
                 Effect::Warn(w) => self.warnings.push(w),
                 Effect::DeleteDoomed => delete = true,
+                Effect::DeleteSaved(path) => delete_saved(&path),
                 Effect::Show { .. } => {}
             }
         }

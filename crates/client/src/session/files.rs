@@ -15,7 +15,7 @@ use backchannel_core::message::{AppMessage, Body, FileOffer};
 use sha2::{Digest, Sha256};
 
 use super::Blobs;
-use super::{hex, random_id, Session};
+use super::{hex, random_id, Effect, Session};
 use crate::state::{ChannelStatus, FileStatus, IncomingFile, OutgoingFile, StoredMessage};
 use crate::ClientError;
 
@@ -472,8 +472,8 @@ impl Session {
                 .channels
                 .get(&f.channel)
                 .is_some_and(|c| c.disappear_after != 0 || c.expires_at != 0);
-            if let (true, FileStatus::Saved(path)) = (lifetime, &f.status) {
-                let _ = std::fs::remove_file(path);
+            if let (true, FileStatus::Saved(path)) = (lifetime, f.status) {
+                self.push(Effect::DeleteSaved(path));
             }
         }
         let channels = &self.state.channels;

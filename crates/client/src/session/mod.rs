@@ -177,6 +177,9 @@ pub enum Effect {
     DeleteDoomed,
     /// Tell the user.
     Warn(Warning),
+    /// Delete this file outside the home (a copy of a received file that `read` saved,
+    /// whose message a channel's lifetime took away); best effort.
+    DeleteSaved(String),
     /// A message or an event was added to a channel's history.
     Show {
         /// The channel.
