@@ -150,11 +150,6 @@ impl Links {
         }
     }
 
-    /// New links for `relay`, not connected yet.
-    fn fresh(&self, relay: &RelayAddress) -> RelayLinks {
-        fresh_links(&self.ours, &self.config, relay)
-    }
-
     /// The links `key` uses: its own without cover; under cover, the relay's one set of
     /// paced links, whose turns serve each compartment in its turn.
     fn links(&mut self, key: &LinkKey) -> &mut RelayLinks {
@@ -217,7 +212,10 @@ impl Network for Links {
             // Each waits on links of its own, taken out of the map: they are closed after.
             let mut taken = Vec::with_capacity(waits.len());
             for (key, boxes) in waits {
-                let mut links = self.conns.remove(key).unwrap_or_else(|| self.fresh(&key.relay));
+                let mut links = self
+                    .conns
+                    .remove(key)
+                    .unwrap_or_else(|| fresh_links(&self.ours, &self.config, &key.relay));
                 links.open(boxes, &key.compartment).await?;
                 taken.push(links);
             }
