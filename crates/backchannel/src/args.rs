@@ -309,6 +309,12 @@ pub struct RelayArgs {
     /// On SIGTERM, time the requests in flight get to finish before the relay exits anyway.
     #[arg(long, default_value_t = Span(Limits::default().shutdown_grace), value_parser = parse_span)]
     pub shutdown_grace: Span,
+    /// A paced connection's (cover traffic's) answers leave no sooner than this after their
+    /// request (e.g. 25ms): above the store's usual fsync time, so that an observer cannot
+    /// tell the requests apart by their answer time. The counts' `answers_late` says how
+    /// often the store was slower.
+    #[arg(long, default_value_t = Span(Limits::default().answer_floor), value_parser = parse_span)]
+    pub answer_floor: Span,
 }
 
 // `init`.
@@ -685,6 +691,9 @@ pub struct Span(pub Duration);
 impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const DAY: u64 = 86_400;
+        if self.0.subsec_nanos() != 0 {
+            return write!(f, "{}ms", self.0.as_millis());
+        }
         match self.0.as_secs() {
             s if s >= DAY && s.is_multiple_of(DAY) => write!(f, "{}d", s / DAY),
             s => write!(f, "{s}s"),
@@ -700,13 +709,16 @@ impl FromStr for Span {
         let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
         let n: u64 = num
             .parse()
-            .map_err(|_| format!("\"{s}\" is not a duration like 30s, 10m, 24h or 7d"))?;
+            .map_err(|_| format!("\"{s}\" is not a duration like 25ms, 30s, 10m, 24h or 7d"))?;
+        if unit == "ms" {
+            return Ok(Span(Duration::from_millis(n)));
+        }
         let unit = match unit {
             "" | "s" => 1,
             "m" => 60,
             "h" => 3600,
             "d" => 86_400,
-            _ => return Err(format!("\"{s}\" is not a duration like 30s, 10m, 24h or 7d")),
+            _ => return Err(format!("\"{s}\" is not a duration like 25ms, 30s, 10m, 24h or 7d")),
         };
         let secs = n
             .checked_mul(unit)
@@ -731,10 +743,11 @@ fn parse_rate(s: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(3600),
         _ => return Err(bad()),
     };
-    // The receive and drain links tick twice per send tick; 50/s keeps each link
-    // well under a relay's default of 200 requests per second per connection.
-    if n == 0 || per / n < Duration::from_millis(20) {
-        return Err(format!("\"{s}\": the cover rate must be between 1/h and 50/s"));
+    // The receive link ticks twice per send tick and waits for each answer, which a relay
+    // sends no sooner than its answer floor (25 ms by default): at 20/s the receive link
+    // ticks every 25 ms, the most a relay of the default floor keeps up with.
+    if n == 0 || per / n < Duration::from_millis(50) {
+        return Err(format!("\"{s}\": the cover rate must be between 1/h and 20/s"));
     }
     Ok(per / n)
 }
@@ -746,7 +759,7 @@ mod tests {
 
     #[test]
     fn spans_read_back_as_they_are_shown() {
-        for text in ["30s", "120s", "14d", "90s", "0s"] {
+        for text in ["30s", "120s", "14d", "90s", "0s", "25ms", "1500ms"] {
             let span: Span = text.parse().unwrap();
             assert_eq!(span.to_string(), text);
         }
@@ -766,6 +779,7 @@ mod tests {
         assert_eq!(relay.max_connections, limits.max_connections);
         assert_eq!(relay.envelope_ttl.0, limits.envelope_ttl);
         assert_eq!(relay.shutdown_grace.0, limits.shutdown_grace);
+        assert_eq!(relay.answer_floor.0, limits.answer_floor);
         // Shown in --help as they always were.
         let mut cli = <Args as clap::CommandFactory>::command();
         let help = cli
@@ -776,6 +790,7 @@ mod tests {
             "[default: 1024]",
             "[default: 10s]",
             "[default: 120s]",
+            "[default: 25ms]",
             "[default: 14d]",
             "[default: 60s]",
         ] {

@@ -237,24 +237,23 @@ impl Engine {
     }
 
     /// Turns on cover traffic: from now on every link to a relay sends one
-    /// frame per `period` (a dummy when nothing is queued). Creates a cover
-    /// mailbox at our relay if there is none.
+    /// frame per `period` (a filler when nothing is queued). A cover mailbox that an
+    /// earlier release made (its dummies went there) is deleted at its relay first; one
+    /// that cannot be is kept for the next time.
     pub async fn enable_cover(&mut self, period: Duration) -> Result<(), ClientError> {
         let relay = self.session.state().relay.clone();
-        if !self.session.state().cover.iter().any(|k| k.address.relay == relay) {
-            let keys = self.create_mailbox(&relay).await?;
-            self.session.state.cover.push(keys);
+        let old = std::mem::take(&mut self.session.state.cover);
+        let had = old.len();
+        for keys in old {
+            if !self.delete_mailbox(&keys).await {
+                self.session.state.cover.push(keys);
+            }
+        }
+        if had != self.session.state().cover.len() {
             self.session.save();
             self.perform_local()?;
         }
         self.transport.cover = Some(period);
-        self.transport.cover_boxes = self
-            .session
-            .state()
-            .cover
-            .iter()
-            .map(|k| (k.address.relay.clone(), k.clone()))
-            .collect();
         // Links opened before now were direct; reopen them paced, and start the stream now.
         self.net.configure(self.transport.clone());
         let key = self.key(&relay, Compartment::Shared);

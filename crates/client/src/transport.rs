@@ -11,27 +11,26 @@
 //! A link is either *direct* (requests go out at once, pipelined) or *paced*
 //! (cover traffic, for the daemon): the link sends exactly one frame per
 //! tick, and under cover a relay has one paced send link and one paced receive link,
-//! each serving one compartment per turn of [`TURN_TICKS`] ticks on a fresh connection. A paced send link sends a queued request if there is one and
-//! otherwise a dummy: a `Send` of uniformly random bytes into the client's
-//! own cover mailbox, which on the wire and at the relay has the shape of
-//! any other send (a sealed envelope is indistinguishable from random
-//! bytes). A paced receive link ticks twice as often (a fetch and an
-//! acknowledgement per envelope): with nothing queued it fetches. The cover
-//! mailbox is drained by a third paced link that opens nothing else, so the
-//! dummies do not tie the send link to the receive link at the relay. Every
-//! frame is the same size (see `backchannel_core::frame`), so a network
-//! observer sees one steady stream whatever the user does.
+//! each serving one compartment per turn of [`TURN_TICKS`] ticks on a fresh connection.
+//! A paced send link sends a queued request if there is one and otherwise a `Ping`; a
+//! paced receive link ticks twice as often (a fetch and an acknowledgement per envelope)
+//! and with nothing queued fetches. Every paced connection first declares itself paced
+//! ([`Request::Paced`]), so that the relay answers each request at the same delay
+//! whether it waited for the store's fsync (a `Send`, `Ack` or `Create`) or not (a
+//! `Ping` or `Fetch`). Every frame is the same size (see `backchannel_core::frame`), so a
+//! network observer sees one steady stream whatever the user does. The relay tells the
+//! filler from real requests, as it always could; no dummy goes into a mailbox, so
+//! nothing at the relay ties a member's send turns together (docs/protocol.md, "The
+//! cover mailbox").
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
 use backchannel_core::frame::{ErrorCode, Request, Response};
-use backchannel_core::mailbox::{MailboxId, MailboxKeys, SendCapability};
+use backchannel_core::mailbox::{MailboxId, MailboxKeys};
 use backchannel_core::relay_address::RelayAddress;
 use rand_core::{OsRng, RngCore};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::connection::{Breakage, ConnectError, RelayConnection};
@@ -44,8 +43,6 @@ pub struct TransportConfig {
     pub proxy: Option<ProxyAddr>,
     /// Pace every link (cover traffic) with this period between send ticks.
     pub cover: Option<Duration>,
-    /// Each relay's cover mailbox: dummies go into it, the drain link empties it.
-    pub cover_boxes: HashMap<RelayAddress, MailboxKeys>,
 }
 
 /// Which requests may share a connection (docs/protocol.md, "Unlinkable links"). Without
@@ -250,8 +247,7 @@ const RATE_RETRIES: usize = 8;
 /// is the answer (a send stays queued, a fetch waits for the next sync).
 const MAX_RATE_WAIT: Duration = Duration::from_secs(5);
 
-/// Receive-link (and drain-link) ticks per send tick: a fetch and an
-/// acknowledgement per envelope.
+/// Receive-link ticks per send tick: a fetch and an acknowledgement per envelope.
 pub const RECEIVE_TICKS: u32 = 2;
 
 /// Ticks a paced link keeps one connection, serving one compartment, before it connects
@@ -293,35 +289,29 @@ enum Link {
 }
 
 /// What a paced link sends when it has nothing real to send.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 enum Filler {
-    /// A dummy envelope into our cover mailbox.
-    Dummy(SendCapability),
     /// A fetch whose answer is ignored (what is not acknowledged is fetched again).
     Fetch,
-    /// No cover mailbox at this relay: a keep-alive (same size on the wire).
+    /// A keep-alive: on a paced connection answered at the same delay as a send.
     Ping,
 }
 
 impl Filler {
-    fn request(&self) -> Request {
+    fn request(self) -> Request {
         match self {
-            Filler::Dummy(sink) => {
-                let mut bytes = vec![0u8; ENVELOPE_SIZE];
-                OsRng.fill_bytes(&mut bytes);
-                match Envelope::from_bytes(&bytes) {
-                    Ok(envelope) => Request::Send {
-                        send: sink.0,
-                        envelope,
-                        pow: 0,
-                    },
-                    Err(_) => Request::Ping,
-                }
-            }
             Filler::Fetch => Request::Fetch { max: 1, wait_ms: 0 },
             Filler::Ping => Request::Ping,
         }
     }
+}
+
+/// A connection for a paced link: it declares itself paced before anything else, so that
+/// every answer on it leaves at the relay's answer floor (docs/protocol.md, "Answer times").
+async fn connect_paced(addr: &RelayAddress, proxy: Option<&ProxyAddr>) -> Result<RelayConnection, ConnectError> {
+    let mut conn = RelayConnection::connect_via(addr, proxy).await?;
+    conn.request(&Request::Paced).await?;
+    Ok(conn)
 }
 
 /// A paced link answers exactly one frame per request: fetches take one
@@ -371,7 +361,7 @@ impl Pacer {
         for i in 0..n {
             let at = (self.at + i) % n;
             let Some(addr) = self.addrs.get(at) else { break };
-            match RelayConnection::connect_via(addr, self.proxy.as_ref()).await {
+            match connect_paced(addr, self.proxy.as_ref()).await {
                 Ok(c) => {
                     self.at = at;
                     self.conn = Some(c);
@@ -509,41 +499,6 @@ async fn pace(mut pacer: Pacer, mut jobs: mpsc::UnboundedReceiver<Job>, period: 
     }
 }
 
-/// Empties a cover mailbox on a connection of its own: each tick either
-/// acknowledges the dummy fetched on the previous tick or fetches the next.
-async fn drain(addr: RelayAddress, proxy: Option<ProxyAddr>, cover: MailboxKeys, period: Duration) {
-    stagger(period * RECEIVE_TICKS).await;
-    let Ok(mut conn) = RelayConnection::connect_via(&addr, proxy.as_ref()).await else {
-        return;
-    };
-    let open = Request::Open {
-        mailbox: cover.id(),
-        proof: cover.open_proof(conn.nonce()),
-    };
-    if conn.request(&open).await.is_err() {
-        return;
-    }
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut fetched: Option<u64> = None;
-    loop {
-        tick.tick().await;
-        let req = match fetched.take() {
-            Some(seq) => Request::Ack {
-                mailbox: cover.id(),
-                seq,
-            },
-            None => Request::Fetch { max: 1, wait_ms: 0 },
-        };
-        match conn.request(&req).await {
-            Ok(Response::Envelopes(list)) => fetched = list.first().map(|d| d.seq),
-            Ok(_) => {}
-            Err(ConnectError::Refused(..)) => {}
-            Err(_) => return,
-        }
-    }
-}
-
 impl Link {
     /// Connects to `addrs[at]`; paced, the link then connects afresh at each turn, from
     /// the address that last answered.
@@ -557,10 +512,10 @@ impl Link {
         let Some(addr) = addrs.get(at) else {
             return Err(ConnectError::broken("", Breakage::Closed));
         };
-        let conn = RelayConnection::connect_via(addr, proxy).await?;
         Ok(match pace_every {
-            None => Link::Direct(Box::new(conn)),
+            None => Link::Direct(Box::new(RelayConnection::connect_via(addr, proxy).await?)),
             Some(period) => {
+                let conn = connect_paced(addr, proxy).await?;
                 let (tx, rx) = mpsc::unbounded_channel();
                 let pacer = Pacer {
                     addrs: addrs.to_vec(),
@@ -636,18 +591,8 @@ pub struct RelayLinks {
     config: TransportConfig,
     send: Option<Link>,
     recv: Option<Link>,
-    /// The paced task that empties our cover mailbox, if cover is on.
-    drain: Option<JoinHandle<()>>,
     /// Mailboxes opened (or created) on the receive link.
     opened: HashSet<MailboxId>,
-}
-
-impl Drop for RelayLinks {
-    fn drop(&mut self) {
-        if let Some(d) = &self.drain {
-            d.abort();
-        }
-    }
 }
 
 impl std::fmt::Debug for RelayLinks {
@@ -666,7 +611,6 @@ impl RelayLinks {
             config,
             send: None,
             recv: None,
-            drain: None,
             opened: HashSet::new(),
         }
     }
@@ -680,23 +624,12 @@ impl RelayLinks {
         self.addr().map(RelayAddress::authority).unwrap_or_default()
     }
 
-    /// This relay's cover mailbox, if cover is on and it has one.
-    fn cover_box(&self) -> Option<&MailboxKeys> {
-        self.addrs.iter().find_map(|a| self.config.cover_boxes.get(a))
-    }
-
     async fn link(&mut self, send: bool) -> Result<&mut Link, ConnectError> {
         let open = if send { self.send.is_some() } else { self.recv.is_some() };
         if !open {
             let (period, filler) = match (self.config.cover, send) {
                 (None, _) => (None, Filler::Ping),
-                (Some(p), true) => (
-                    Some(p),
-                    match self.cover_box() {
-                        Some(cover) => Filler::Dummy(cover.address.send.clone()),
-                        None => Filler::Ping,
-                    },
-                ),
+                (Some(p), true) => (Some(p), Filler::Ping),
                 (Some(p), false) => (Some(p / RECEIVE_TICKS), Filler::Fetch),
             };
             // Fail over: from the address that last answered, each address once.
@@ -705,7 +638,7 @@ impl RelayLinks {
             let mut made = None;
             for i in 0..n {
                 let at = (self.current + i) % n;
-                match Link::connect(&self.addrs, at, self.config.proxy.as_ref(), period, filler.clone()).await {
+                match Link::connect(&self.addrs, at, self.config.proxy.as_ref(), period, filler).await {
                     Ok(link) => {
                         self.current = at;
                         made = Some(link);
@@ -748,16 +681,6 @@ impl RelayLinks {
                 stagger(period).await;
             }
             self.link(send).await?;
-        }
-        if let (Some(period), Some(cover), Some(addr)) = (self.config.cover, self.cover_box(), self.addr()) {
-            if self.drain.as_ref().is_none_or(|d| d.is_finished()) {
-                self.drain = Some(tokio::spawn(drain(
-                    addr.clone(),
-                    self.config.proxy.clone(),
-                    cover.clone(),
-                    period / RECEIVE_TICKS,
-                )));
-            }
         }
         Ok(())
     }

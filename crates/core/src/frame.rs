@@ -36,7 +36,12 @@ use crate::pow::MAX_POW_BITS;
 /// Version 4: a claim carries its commit ([`Request::Deposit`], [`Request::ClaimCommit`]),
 /// which the sequencer holds for the members who lost the epoch or missed the commit
 /// ([`Request::FetchCommit`]).
-pub const PROTOCOL_VERSION: u8 = 4;
+///
+/// Version 5: a connection may declare itself paced ([`Request::Paced`]); the relay then
+/// answers each of its requests no sooner than a fixed delay after it arrived, so that an
+/// observer of a paced link cannot tell an `Ack` or `Create` (which wait for the store's
+/// fsync) from a `Fetch` or a `Ping` by the answer's delay.
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// The tag of [`Response::Hello`], frozen in every version.
 const HELLO_TAG: u8 = 0x81;
@@ -210,6 +215,10 @@ pub enum Request {
         /// Which part.
         part: u16,
     },
+    /// This connection is a paced link (cover traffic): answer each of its requests, this
+    /// one included, no sooner than the relay's answer floor after it arrived (or when it is
+    /// done, if later). Answered [`Response::Ok`].
+    Paced,
 }
 
 /// The lock that a claim key opens: what the relay keeps of the next epoch's claim key.
@@ -479,6 +488,9 @@ pub fn encode_request(id: u32, req: &Request) -> Vec<u8> {
         Request::FetchCommit { send, epoch, key, part } => {
             w.u8(0x0c).u32(id).put(send).u64(*epoch).put(key).u16(*part);
         }
+        Request::Paced => {
+            w.u8(0x0d).u32(id);
+        }
     }
     padded(w)
 }
@@ -559,6 +571,7 @@ pub fn decode_request(frame: &[u8]) -> Result<(u32, Request), FrameError> {
                 key: r.array()?,
                 part: r.u16()?,
             },
+            0x0d => Request::Paced,
             _ => return Err(DecodeError::Invalid("request tag")),
         };
         Ok((id, req))
@@ -768,6 +781,7 @@ mod tests {
                 token
             }),
             Just(Request::Ping),
+            Just(Request::Paced),
             (any::<[u8; 32]>(), any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>())
                 .prop_map(|(send, epoch, key, next)| Request::ClaimKeyed { send, epoch, key, next }),
             (

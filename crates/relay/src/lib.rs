@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod answer_floor;
 pub mod deposit;
 pub mod proofs;
 pub mod server;
@@ -87,6 +88,10 @@ pub struct Limits {
     pub stats_interval: Duration,
     /// On shutdown, time the requests in flight get to finish before the relay exits anyway.
     pub shutdown_grace: Duration,
+    /// A paced connection's requests are answered no sooner than this after they arrive
+    /// ([`backchannel_core::frame::Request::Paced`]); set it above the store's usual fsync
+    /// time (`answers_late` in the counts says how often a store was slower).
+    pub answer_floor: Duration,
 }
 
 impl Limits {
@@ -107,6 +112,7 @@ impl Limits {
         sweep_interval: Duration::from_secs(60),
         stats_interval: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(5),
+        answer_floor: Duration::from_millis(25),
     };
 }
 
@@ -345,6 +351,7 @@ async fn log_counts(store: &Backend, metrics: &Metrics) {
         relay_full = m(&metrics.relay_full),
         work_required = m(&metrics.work_required),
         protocol_errors = m(&metrics.protocol_errors),
+        answers_late = m(&metrics.answers_late),
         "relay counts"
     );
 }

@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::answer_floor::AnswerFloor;
 use crate::deposit::{commit_part, DepositBudget, DepositSlot};
 use crate::proofs::SpentProofs;
 use crate::store::{Backend, ClaimProof, MailboxStore, ProvenWork, StoreError};
@@ -93,6 +94,9 @@ pub struct Metrics {
     pub envelopes_expired: AtomicU64,
     /// Requests refused with a protocol error (of any code).
     pub protocol_errors: AtomicU64,
+    /// Requests of paced connections done after the answer floor (the store was slower):
+    /// an observer may tell those apart by their answer time.
+    pub answers_late: AtomicU64,
 }
 
 impl Metrics {
@@ -115,6 +119,8 @@ pub(crate) struct Shared {
     spent: Arc<SpentProofs>,
     /// Bytes of commits deposited on connections, relay-wide.
     deposits: DepositBudget,
+    /// When a paced connection's answers may leave.
+    floor: AnswerFloor,
     tls: TlsAcceptor,
     /// The protocol version announced in the hello ([`PROTOCOL_VERSION`] but in tests
     /// that play a relay of another version).
@@ -151,6 +157,7 @@ impl Shared {
             concurrent: Arc::new(Semaphore::new(CONCURRENT_BUDGET)),
             spent: Arc::new(SpentProofs::default()),
             deposits: DepositBudget::default(),
+            floor: AnswerFloor::new(limits.answer_floor),
             limits,
             notify,
             metrics,
@@ -494,6 +501,7 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
         opened: HashSet::new(),
         touched: 0,
         deposit: DepositSlot::for_address(address),
+        paced: false,
     };
     let number = shared
         .connection_count
@@ -570,6 +578,7 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
             Message::Binary(b) => b,
         };
         let id = request_id(&bytes);
+        let arrived = Instant::now();
         let request = if let Err(wait) = bucket.take(Instant::now()) {
             Metrics::count(&metrics.rate_limited);
             Err(Response::Error {
@@ -596,14 +605,26 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
                 }),
             }
         };
+        // On a paced connection no answer leaves before its floor (docs/protocol.md,
+        // "Answer times"); the request that declares it is the first so answered.
+        let mut answered = Answered {
+            arrived,
+            started: arrived,
+            paced: conn.paced || matches!(request, Ok(Request::Paced)),
+            writes: matches!(&request, Ok(req) if writes(req)),
+        };
         match request {
             // A refusal takes its place in the order of answers.
-            Err(response) => inflight.push_back(Box::pin(std::future::ready((id, response)))),
+            Err(response) => inflight.push_back(Box::pin(async move {
+                answered.wait(shared).await;
+                (id, response)
+            })),
             Ok(req) => match (conn.concurrent(&req), shared.concurrent_budget()) {
                 // Within the relay-wide budget of requests in flight (each may hold an envelope).
                 (true, Some(permit)) => inflight.push_back(Box::pin(async move {
                     let response = serve_stateless(shared, req).await;
                     drop(permit);
+                    answered.wait(shared).await;
                     (id, response)
                 })),
                 _ => {
@@ -615,7 +636,9 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
                         }
                     }
                     // Boxed for the same reason: only a request being served holds its state.
+                    answered.started = Instant::now();
                     let response = Box::pin(conn.serve(shared, req)).await;
+                    answered.wait(shared).await;
                     if !finish(ws, id, &response, shared).await {
                         return Ended::Client;
                     }
@@ -623,6 +646,52 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
             },
         }
     }
+}
+
+/// What decides when a request's answer may leave.
+#[derive(Clone, Copy)]
+struct Answered {
+    arrived: Instant,
+    /// When the store was asked (later than `arrived` for a request that waited for the
+    /// connection's earlier ones).
+    started: Instant,
+    /// On a paced connection: not before the answer floor.
+    paced: bool,
+    /// The request writes to the store: its time tells the floor how slow the store is.
+    writes: bool,
+}
+
+impl Answered {
+    /// Called when the answer is ready: tells the floor how long a write took, and on a
+    /// paced connection waits until the floor has passed since the request arrived (a
+    /// request done after it is counted in `answers_late`).
+    async fn wait(self, shared: &Shared) {
+        if self.writes {
+            shared.floor.record(self.started.elapsed());
+        }
+        if !self.paced {
+            return;
+        }
+        let took = self.arrived.elapsed();
+        let floor = shared.floor.get();
+        if took > floor {
+            Metrics::count(&shared.metrics.answers_late);
+        } else {
+            tokio::time::sleep_until(self.arrived + floor).await;
+        }
+    }
+}
+
+/// Whether a request writes to the store (waits for its fsync when it succeeds).
+fn writes(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::Send { .. }
+            | Request::Ack { .. }
+            | Request::Create { .. }
+            | Request::Delete { .. }
+            | Request::ClaimCommit { .. }
+    )
 }
 
 /// Requests of one connection executed at once, at most: each may hold an envelope.
@@ -698,6 +767,8 @@ struct Connection {
     opened: HashSet<MailboxId>,
     /// Mailboxes created or opened on this connection.
     touched: usize,
+    /// The connection declared itself paced: its answers wait for the answer floor.
+    paced: bool,
     /// The commit being deposited for this connection's next claim.
     deposit: DepositSlot,
 }
@@ -789,6 +860,10 @@ impl Connection {
         let store = shared.store.clone();
         match req {
             Request::Ping => Response::Pong,
+            Request::Paced => {
+                self.paced = true;
+                Response::Ok
+            }
             Request::Create {
                 mailbox,
                 recipient_key,
@@ -1011,6 +1086,7 @@ mod tests {
             opened: HashSet::new(),
             touched: 0,
             deposit: DepositSlot::default(),
+            paced: false,
         };
         // Every request goes through its wire form, as the relay receives it.
         let wire = |req: Request| decode_request(&encode_request(1, &req)).unwrap().1;

@@ -43,6 +43,7 @@ pub async fn run(a: &RelayArgs, out: &Out) -> Result<(), CliError> {
         sweep_interval: a.sweep_interval.0,
         stats_interval: a.stats_interval.0,
         shutdown_grace: a.shutdown_grace.0,
+        answer_floor: a.answer_floor.0,
         ..Limits::default()
     };
     let relay = match a.storage.store {

@@ -51,7 +51,9 @@ pub struct State {
     pub relay_alternates: Vec<RelayAddress>,
     /// SOCKS5 proxy every connection goes through (set at `init`).
     pub proxy: Option<ProxyAddr>,
-    /// Cover mailboxes, one per relay, that receive the daemon's dummies.
+    /// Cover mailboxes that releases before protocol 5 made for the daemon's dummies; the
+    /// next `enable_cover` deletes them at their relays (dummies no longer go into a
+    /// mailbox). Kept in the format so that an older home still opens.
     pub cover: Vec<MailboxKeys>,
     /// openmls storage.
     pub mls: Vec<(Vec<u8>, Vec<u8>)>,
