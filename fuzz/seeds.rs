@@ -151,6 +151,7 @@ fn frames(out: &mut Out, kp: &[u8]) {
             },
         ),
         ("ping", Request::Ping),
+        ("paced", Request::Paced),
         (
             "claim-keyed",
             Request::ClaimKeyed {
@@ -207,6 +208,8 @@ fn frames(out: &mut Out, kp: &[u8]) {
                     max_envelopes_per_mailbox: 10_000,
                     max_mailboxes_per_connection: 64,
                 },
+                identity: vec![0x30; 400],
+                credential: vec![1; 150],
             },
         ),
         ("ok", Response::Ok),

@@ -1,14 +1,15 @@
-//! A connection to one relay: TLS 1.3 pinned to the relay address's PIN,
-//! then WebSocket, then request/response frames.
+//! A connection to one relay: TLS 1.3, then WebSocket, then request/response frames. The
+//! relay's hello proves that the TLS certificate is vouched for by the identity the
+//! address's PIN names (`relay_identity::check`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use backchannel_core::frame::{
     decode_response, encode_request, hello_version, ErrorCode, Request, Response, ResponseAssembler, PROTOCOL_VERSION,
 };
-use backchannel_core::relay_address::{Pin, RelayAddress};
+use backchannel_core::relay_address::RelayAddress;
+use backchannel_core::relay_identity::{self, IdentityError};
 
 use crate::socks::ProxyAddr;
 use futures_util::{SinkExt, StreamExt};
@@ -55,6 +56,9 @@ pub enum ConnectError {
     /// The certificate does not match the pin.
     #[error("the relay at {0} presented a different key than its address pins; someone may be intercepting the connection, or the relay was reinstalled: get its current address from its operator")]
     PinMismatch(String),
+    /// The relay's credential for its TLS key is not valid at this device's time.
+    #[error("the relay at {0} presented a credential that is not valid now; check this device's clock, or ask the relay's operator to restart it (a relay's credential lasts five years from its start)")]
+    StaleCredential(String),
     /// The relay speaks a newer protocol version than this client.
     #[error("the relay at {0} speaks a newer protocol; upgrade backchannel on this device")]
     RelayNewer(String),
@@ -127,9 +131,13 @@ impl ConnectError {
 }
 
 #[derive(Debug)]
+/// Takes note of the certificate the relay presents; whether it is the relay's is decided
+/// after the hello, from the identity and credential the hello carries
+/// (`relay_identity::check`). rustls still checks that the relay holds the certificate's key
+/// (its handshake signature, `verify_tls13_signature`). Nothing is sent on the connection
+/// before that check but the WebSocket upgrade, which carries nothing of the user's.
 struct PinVerifier {
-    pin: Pin,
-    mismatch: Arc<AtomicBool>,
+    presented: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -142,11 +150,12 @@ impl ServerCertVerifier for PinVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if Pin::of_certificate(end_entity.as_ref()) == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            self.mismatch.store(true, Ordering::SeqCst);
-            Err(rustls::Error::General("certificate does not match the pin".into()))
+        match self.presented.lock() {
+            Ok(mut presented) => {
+                *presented = Some(end_entity.to_vec());
+                Ok(ServerCertVerified::assertion())
+            }
+            Err(_) => Err(rustls::Error::General("the certificate could not be kept".into())),
         }
     }
 
@@ -216,10 +225,9 @@ impl RelayConnection {
     ) -> Result<Self, ConnectError> {
         // X25519MLKEM768 only (`core::tls`).
         let provider = Arc::new(backchannel_core::tls::provider());
-        let mismatch = Arc::new(AtomicBool::new(false));
+        let presented = Arc::new(std::sync::Mutex::new(None));
         let verifier = PinVerifier {
-            pin: addr.pin(),
-            mismatch: mismatch.clone(),
+            presented: presented.clone(),
             provider: provider.clone(),
         };
         let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -253,13 +261,7 @@ impl RelayConnection {
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
-            .map_err(|e| {
-                if mismatch.load(Ordering::SeqCst) {
-                    ConnectError::PinMismatch(authority.to_string())
-                } else {
-                    ConnectError::broken(authority, Breakage::Handshake(e))
-                }
-            })?;
+            .map_err(|e| ConnectError::broken(authority, Breakage::Handshake(e)))?;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(16 * 1024)
             .write_buffer_size(0)
@@ -288,7 +290,25 @@ impl RelayConnection {
         }
         let frame = decode_response(&first).map_err(|e| ConnectError::broken(&conn.authority, Breakage::Garbled(e)))?;
         match (frame.id, frame.response) {
-            (_, Response::Hello { nonce, .. }) => {
+            (
+                _,
+                Response::Hello {
+                    nonce,
+                    identity,
+                    credential,
+                    ..
+                },
+            ) => {
+                let tls_cert = presented.lock().ok().and_then(|p| p.clone()).unwrap_or_default();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                match relay_identity::check(&addr.pin(), &identity, &credential, &tls_cert, now) {
+                    Ok(_) => {}
+                    Err(IdentityError::Expired) => return Err(ConnectError::StaleCredential(conn.authority)),
+                    Err(_) => return Err(ConnectError::PinMismatch(conn.authority)),
+                }
                 conn.nonce = nonce;
                 Ok(conn)
             }

@@ -145,7 +145,7 @@ impl Engine {
                     answered = Ok(());
                     break;
                 }
-                Err(e @ ConnectError::PinMismatch(_)) => return Err(e.into()),
+                Err(e @ (ConnectError::PinMismatch(_) | ConnectError::StaleCredential(_))) => return Err(e.into()),
                 Err(e) => answered = Err(e),
             }
         }

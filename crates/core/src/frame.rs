@@ -40,8 +40,13 @@ use crate::pow::MAX_POW_BITS;
 /// Version 5: a connection may declare itself paced ([`Request::Paced`]); the relay then
 /// answers each of its requests no sooner than a fixed delay after it arrived, so that an
 /// observer of a paced link cannot tell an `Ack` or `Create` (which wait for the store's
-/// fsync) from a `Fetch` or a `Ping` by the answer's delay.
+/// fsync) from a `Fetch` or a `Ping` by the answer's delay. And the hello carries the
+/// relay's identity certificate and its credential for the TLS certificate of the
+/// connection (`relay_identity`): the PIN is the identity's, and the TLS key is fresh at
+/// every start of the relay.
 pub const PROTOCOL_VERSION: u8 = 5;
+
+pub use crate::relay_identity::{MAX_CREDENTIAL, MAX_IDENTITY_CERT};
 
 /// The tag of [`Response::Hello`], frozen in every version.
 const HELLO_TAG: u8 = 0x81;
@@ -369,6 +374,12 @@ pub enum Response {
         nonce: [u8; 32],
         /// The relay's limits.
         limits: Limits,
+        /// The relay's identity certificate (DER): SHA-256 of it is the PIN
+        /// (`relay_identity`; at most [`MAX_IDENTITY_CERT`] bytes).
+        identity: Vec<u8>,
+        /// The identity's credential for this relay's TLS certificate
+        /// (`relay_identity::Credential`; at most [`MAX_CREDENTIAL`] bytes).
+        credential: Vec<u8>,
     },
     /// The request succeeded.
     Ok,
@@ -410,6 +421,14 @@ fn padded(w: Writer) -> Vec<u8> {
     debug_assert!(v.len() <= FRAME_SIZE);
     v.resize(FRAME_SIZE, 0);
     v
+}
+
+/// A field of at most `max` bytes.
+fn bounded(bytes: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
+    if bytes.len() > max {
+        return Err(DecodeError::Invalid("field length"));
+    }
+    Ok(bytes.to_vec())
 }
 
 /// Checks the frame's size, then after `parse` that only zero padding is left.
@@ -584,14 +603,24 @@ pub fn decode_request(frame: &[u8]) -> Result<(u32, Request), FrameError> {
 pub fn encode_response(id: u32, resp: &Response) -> Vec<Vec<u8>> {
     let mut w = Writer::with_capacity(FRAME_SIZE);
     match resp {
-        Response::Hello { version, nonce, limits } => {
+        Response::Hello {
+            version,
+            nonce,
+            limits,
+            identity,
+            credential,
+        } => {
+            let identity = identity.get(..MAX_IDENTITY_CERT).unwrap_or(identity);
+            let credential = credential.get(..MAX_CREDENTIAL).unwrap_or(credential);
             w.u8(HELLO_TAG)
                 .u32(id)
                 .u8(*version)
                 .put(nonce)
                 .u32(limits.max_request_frame)
                 .u32(limits.max_envelopes_per_mailbox)
-                .u32(limits.max_mailboxes_per_connection);
+                .u32(limits.max_mailboxes_per_connection)
+                .bytes16(identity)
+                .bytes16(credential);
         }
         Response::Ok => {
             w.u8(0x82).u32(id);
@@ -660,6 +689,8 @@ pub fn decode_response(frame: &[u8]) -> Result<ResponseFrame, FrameError> {
                     max_envelopes_per_mailbox: r.u32()?,
                     max_mailboxes_per_connection: r.u32()?,
                 },
+                identity: bounded(r.bytes16()?, MAX_IDENTITY_CERT)?,
+                credential: bounded(r.bytes16()?, MAX_CREDENTIAL)?,
             },
             0x82 => Response::Ok,
             0x83 => {
@@ -815,15 +846,23 @@ mod tests {
 
     fn arb_response() -> impl Strategy<Value = Response> {
         prop_oneof![
-            (any::<[u8; 32]>(), any::<(u32, u32, u32)>()).prop_map(|(nonce, (a, b, c))| Response::Hello {
-                version: PROTOCOL_VERSION,
-                nonce,
-                limits: Limits {
-                    max_request_frame: a,
-                    max_envelopes_per_mailbox: b,
-                    max_mailboxes_per_connection: c
-                }
-            }),
+            (
+                any::<[u8; 32]>(),
+                any::<(u32, u32, u32)>(),
+                proptest::collection::vec(any::<u8>(), 0..=MAX_IDENTITY_CERT),
+                proptest::collection::vec(any::<u8>(), 0..=MAX_CREDENTIAL)
+            )
+                .prop_map(|(nonce, (a, b, c), identity, credential)| Response::Hello {
+                    version: PROTOCOL_VERSION,
+                    nonce,
+                    limits: Limits {
+                        max_request_frame: a,
+                        max_envelopes_per_mailbox: b,
+                        max_mailboxes_per_connection: c
+                    },
+                    identity,
+                    credential,
+                }),
             Just(Response::Ok),
             Just(Response::Pong),
             proptest::collection::vec((arb_id(), any::<u64>(), arb_envelope()), 0..=MAX_FETCH as usize).prop_map(|v| {
@@ -912,6 +951,8 @@ mod tests {
                     max_envelopes_per_mailbox: 2,
                     max_mailboxes_per_connection: 3,
                 },
+                identity: vec![1; 400],
+                credential: vec![2; 200],
             },
         );
         assert_eq!(hello_version(&hello[0]), Some(PROTOCOL_VERSION));

@@ -51,6 +51,7 @@ pub mod mailbox;
 pub mod message;
 pub mod pow;
 pub mod relay_address;
+pub mod relay_identity;
 pub mod roles;
 pub mod safety_number;
 pub mod storage;

@@ -132,7 +132,8 @@ pub type Recorder = Arc<dyn Fn(u64, &backchannel_core::frame::Request) + Send + 
 /// A relay ready to serve: identity loaded, store open.
 pub struct Relay {
     pin: Pin,
-    tls: Arc<rustls::ServerConfig>,
+    /// The TLS certificate of this run and the identity's credential for it.
+    keys: Arc<tls::WireKeys>,
     store: Arc<Backend>,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -163,7 +164,7 @@ impl Relay {
     fn with(identity: &tls::TlsIdentity, store: Arc<Backend>, limits: Limits) -> Result<Self, RelayError> {
         Ok(Self {
             pin: identity.pin(),
-            tls: identity.server_config()?,
+            keys: Arc::new(identity.wire_keys(now_secs())?),
             store,
             limits,
             metrics: Arc::new(Metrics::default()),
@@ -203,6 +204,26 @@ impl Relay {
         self
     }
 
+    /// What this relay's hello carries to vouch for its TLS certificate: its identity
+    /// certificate and the credential (public: every client sees them).
+    pub fn hello_identity(&self) -> (Vec<u8>, Vec<u8>) {
+        (self.keys.identity_cert.clone(), self.keys.credential.clone())
+    }
+
+    /// Carries `identity` and `credential` in the hello instead of its own: only for tests
+    /// that play a relay replaying another relay's hello (which it can read as any client
+    /// does) without that relay's TLS key.
+    #[doc(hidden)]
+    pub fn with_hello_identity(mut self, identity: Vec<u8>, credential: Vec<u8>) -> Self {
+        self.keys = Arc::new(tls::WireKeys {
+            server_config: self.keys.server_config.clone(),
+            tls_cert: self.keys.tls_cert.clone(),
+            identity_cert: identity,
+            credential,
+        });
+        self
+    }
+
     /// The pin clients must see.
     pub fn pin(&self) -> Pin {
         self.pin
@@ -233,10 +254,11 @@ impl Relay {
             self.limits.clone(),
             notify,
             self.metrics.clone(),
-            tokio_rustls::TlsAcceptor::from(self.tls.clone()),
+            tokio_rustls::TlsAcceptor::from(self.keys.server_config.clone()),
             closing,
             done_tx,
         );
+        shared.identity = (self.keys.identity_cert.clone(), self.keys.credential.clone());
         shared.protocol_version = self.protocol_version;
         shared.recorder = self.recorder.clone();
         let shared = Arc::new(shared);

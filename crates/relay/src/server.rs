@@ -125,6 +125,9 @@ pub(crate) struct Shared {
     /// The protocol version announced in the hello ([`PROTOCOL_VERSION`] but in tests
     /// that play a relay of another version).
     pub(crate) protocol_version: u8,
+    /// What the hello carries to vouch for the TLS certificate: the identity certificate
+    /// and its credential (`tls::WireKeys`).
+    pub(crate) identity: (Vec<u8>, Vec<u8>),
     /// Told every request and the connection it came on, in tests that play an operator
     /// who records that (`Relay::with_recorder`).
     pub(crate) recorder: Option<crate::Recorder>,
@@ -163,6 +166,7 @@ impl Shared {
             metrics,
             tls,
             protocol_version: PROTOCOL_VERSION,
+            identity: (Vec::new(), Vec::new()),
             recorder: None,
             connection_count: std::sync::atomic::AtomicU64::new(0),
             closing,
@@ -514,6 +518,8 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
             max_envelopes_per_mailbox: shared.limits.max_envelopes_per_mailbox,
             max_mailboxes_per_connection: shared.limits.max_mailboxes_per_connection as u32,
         },
+        identity: shared.identity.0.clone(),
+        credential: shared.identity.1.clone(),
     };
     let idle = shared.limits.idle_timeout;
     let metrics = &shared.metrics;

@@ -1,5 +1,7 @@
-//! The relay's TLS identity: a self-signed certificate made on first start
-//! and kept in the data directory, so restarts keep the same pin.
+//! The relay's identity: a self-signed certificate made on first start and kept in the
+//! data directory (or in the NATS cluster), so restarts keep the same pin; and the keys it
+//! uses on the wire, made at each start and vouched for by the identity
+//! ([`TlsIdentity::wire_keys`], docs/protocol.md, "Relay identity").
 
 use std::fs;
 use std::io::Write as _;
@@ -7,7 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use backchannel_core::relay_address::Pin;
+use backchannel_core::relay_identity::{cert_digest, Credential};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::SignatureScheme;
 use zeroize::Zeroizing;
 
 use crate::RelayError;
@@ -17,7 +21,24 @@ pub const TLS_KEY_FILE: &str = "relay-key.der";
 /// The relay's self-signed certificate in the data directory (DER); its SHA-256 is the PIN.
 pub const TLS_CERT_FILE: &str = "relay-cert.der";
 
-/// The relay's certificate and key, loaded or freshly made.
+/// How long a credential made at start stays valid: a relay running longer must be
+/// restarted to make a new one (key rollover while running is issue 21's).
+pub const CREDENTIAL_LIFETIME: std::time::Duration = std::time::Duration::from_secs(5 * 365 * 86_400);
+
+/// What a relay uses on the wire (docs/protocol.md, "Relay identity"): a TLS certificate
+/// made at start, and what its hello carries to vouch for it.
+pub struct WireKeys {
+    /// The TLS configuration with the fresh certificate.
+    pub server_config: Arc<rustls::ServerConfig>,
+    /// The fresh TLS certificate (DER).
+    pub tls_cert: Vec<u8>,
+    /// The identity certificate (its SHA-256 is the PIN).
+    pub identity_cert: Vec<u8>,
+    /// The identity's credential for the TLS certificate.
+    pub credential: Vec<u8>,
+}
+
+/// The relay's certificate and key, loaded or freshly made: its identity.
 pub struct TlsIdentity {
     cert: CertificateDer<'static>,
     key: PrivatePkcs8KeyDer<'static>,
@@ -119,6 +140,46 @@ impl TlsIdentity {
         // A certificate and key that don't make a server configuration are refused now.
         identity.server_config()?;
         Ok(identity)
+    }
+
+    /// The keys this relay uses on the wire until it stops, vouched for by this identity: a
+    /// fresh TLS certificate, and a credential for it signed by the identity key (valid
+    /// from a day before `now`, Unix seconds, for [`CREDENTIAL_LIFETIME`]).
+    pub fn wire_keys(&self, now: u64) -> Result<WireKeys, RelayError> {
+        let tls = Self::generate()?;
+        let failed = |what: &str| RelayError::Tls(format!("could not sign the relay credential: {what}"));
+        let mut credential = Credential {
+            tls_cert_digest: cert_digest(tls.cert.as_ref()),
+            // No forward key yet: forwarding (docs/protocol.md, "What is forwarded") brings it.
+            forward_kem: 0,
+            forward_key: Vec::new(),
+            not_before: now.saturating_sub(86_400),
+            not_after: now.saturating_add(CREDENTIAL_LIFETIME.as_secs()),
+            scheme: 0,
+            signature: Vec::new(),
+        };
+        let key = backchannel_core::tls::provider()
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(self.key.clone_key()))
+            .map_err(|e| failed(&e.to_string()))?;
+        let signer = key
+            .choose_scheme(&[
+                SignatureScheme::ED25519,
+                SignatureScheme::ECDSA_NISTP256_SHA256,
+                SignatureScheme::ECDSA_NISTP384_SHA384,
+                SignatureScheme::RSA_PSS_SHA256,
+            ])
+            .ok_or_else(|| failed("no signature scheme for the identity key"))?;
+        credential.scheme = u16::from(signer.scheme());
+        credential.signature = signer
+            .sign(&credential.signed_bytes())
+            .map_err(|e| failed(&e.to_string()))?;
+        Ok(WireKeys {
+            server_config: tls.server_config()?,
+            tls_cert: tls.cert.to_vec(),
+            identity_cert: self.cert.to_vec(),
+            credential: credential.to_bytes(),
+        })
     }
 
     /// The pin clients check.
@@ -243,5 +304,67 @@ mod tests {
         let mut x25519 = rustls::crypto::aws_lc_rs::default_provider();
         x25519.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
         assert!(handshake(x25519).is_err(), "so is one offering X25519 alone");
+    }
+
+    /// A credential the identity made vouches for its fresh TLS certificate under the PIN,
+    /// and for nothing else: not under another PIN, not for another TLS certificate, not
+    /// when signed by another identity, not outside its validity.
+    #[test]
+    fn a_credential_vouches_for_its_own_tls_certificate_only() {
+        use backchannel_core::relay_identity::{check, IdentityError};
+        let now = 1_800_000_000;
+        let identity = TlsIdentity::generate().unwrap();
+        let keys = identity.wire_keys(now).unwrap();
+        let pin = identity.pin();
+        assert_ne!(
+            Pin::of_certificate(&keys.tls_cert),
+            pin,
+            "the TLS key is not the identity's"
+        );
+        let c = check(&pin, &keys.identity_cert, &keys.credential, &keys.tls_cert, now).unwrap();
+        assert_eq!(c.tls_cert_digest, cert_digest(&keys.tls_cert));
+
+        let other = TlsIdentity::generate().unwrap();
+        let other_keys = other.wire_keys(now).unwrap();
+        assert_eq!(
+            check(&other.pin(), &keys.identity_cert, &keys.credential, &keys.tls_cert, now),
+            Err(IdentityError::NotThePin)
+        );
+        assert_eq!(
+            check(&pin, &keys.identity_cert, &keys.credential, &other_keys.tls_cert, now),
+            Err(IdentityError::OtherCertificate)
+        );
+        // Another identity's credential under this identity's certificate.
+        assert_eq!(
+            check(
+                &pin,
+                &keys.identity_cert,
+                &other_keys.credential,
+                &other_keys.tls_cert,
+                now
+            ),
+            Err(IdentityError::BadSignature)
+        );
+        let mut flipped = keys.credential.clone();
+        flipped[5] ^= 1;
+        assert_eq!(
+            check(&pin, &keys.identity_cert, &flipped, &keys.tls_cert, now),
+            Err(IdentityError::BadSignature)
+        );
+        let later = now + CREDENTIAL_LIFETIME.as_secs() + 1;
+        assert_eq!(
+            check(&pin, &keys.identity_cert, &keys.credential, &keys.tls_cert, later),
+            Err(IdentityError::Expired)
+        );
+        assert_eq!(
+            check(
+                &pin,
+                &keys.identity_cert,
+                &keys.credential,
+                &keys.tls_cert,
+                now - 2 * 86_400
+            ),
+            Err(IdentityError::Expired)
+        );
     }
 }
