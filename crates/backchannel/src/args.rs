@@ -627,6 +627,11 @@ pub struct StorageArgs {
     /// refused with "relay full".
     #[arg(long, value_name = "BYTES")]
     pub nats_meta_bytes: Option<u64>,
+    /// With --store nats: how long a request waits for the cluster to answer again (while
+    /// it elects a new leader after losing a node) before it fails with "storage
+    /// unavailable" (default 20s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_span)]
+    pub nats_patience: Option<Span>,
 }
 
 #[derive(Subcommand, Debug)]

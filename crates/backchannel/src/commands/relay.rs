@@ -1,7 +1,7 @@
 //! `relay`: runs a relay until SIGTERM or Ctrl-C.
 
 use backchannel_core::relay_address::RelayAddress;
-use backchannel_relay::nats::{NatsConfig, DEFAULT_META_BYTES};
+use backchannel_relay::nats::{NatsConfig, DEFAULT_META_BYTES, DEFAULT_PATIENCE};
 use backchannel_relay::store::Quota;
 use backchannel_relay::{Limits, Relay};
 
@@ -13,7 +13,10 @@ impl StorageArgs {
     /// Refuses `--store nats` without a server, and NATS options without `--store nats`;
     /// `bench_relays` is `bench relay --relays` (more than one relay needs NATS too).
     pub fn check(&self, bench_relays: Option<usize>) -> Result<(), CliError> {
-        let nats_options = !self.nats.is_empty() || self.nats_replicas.is_some() || self.nats_meta_bytes.is_some();
+        let nats_options = !self.nats.is_empty()
+            || self.nats_replicas.is_some()
+            || self.nats_meta_bytes.is_some()
+            || self.nats_patience.is_some();
         match (self.store, bench_relays) {
             (StoreKind::Nats, _) if self.nats.is_empty() => Err(CliError::NatsWithoutServers),
             (StoreKind::Nats, _) => Ok(()),
@@ -59,6 +62,7 @@ pub async fn run(a: &RelayArgs, out: &Out) -> Result<(), CliError> {
                 },
                 ttl,
                 meta_bytes: a.storage.nats_meta_bytes.unwrap_or(DEFAULT_META_BYTES),
+                patience: a.storage.nats_patience.map_or(DEFAULT_PATIENCE, |Span(p)| p),
             };
             Relay::open_nats(config, limits).await?
         }

@@ -338,6 +338,24 @@ impl NatsCluster {
         (status == 200).then(|| serde_json::from_str(&body).unwrap())
     }
 
+    /// The index of the node that leads `stream`, as node `i` sees it; `None` if it does not
+    /// answer or knows no leader.
+    pub fn stream_leader(&self, i: usize, stream: &str) -> Option<usize> {
+        let (status, body) = self.monitor(i, "/jsz?streams=true")?;
+        if status != 200 {
+            return None;
+        }
+        let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let leader = jsz["account_details"]
+            .as_array()?
+            .iter()
+            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+            .find(|s| s["name"].as_str() == Some(stream))?["cluster"]["leader"]
+            .as_str()?
+            .to_string();
+        (0..NODES).find(|&n| self.name(n) == leader)
+    }
+
     /// Node `i`'s view of the meta group, from `/jsz`; `None` if it does not
     /// answer or has no meta group yet.
     pub fn meta(&self, i: usize) -> Option<MetaView> {

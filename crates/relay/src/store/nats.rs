@@ -66,6 +66,11 @@ const GONE_SUBJECTS: &str = "bc.gone.*";
 const IDENTITY_SUBJECT: &str = "bc.tls";
 /// How long one NATS operation may take before the request fails with a storage error.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request waits, by default, for the cluster while it elects a stream leader
+/// (after a node is lost): a failed operation is tried again, with pauses of 100 ms doubling
+/// up to 1 s, as long as the next try can end within this (docs/reliability.md, "Failover";
+/// `--nats-patience`).
+pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(20);
 /// The pause before a publish that no stream answered is sent again.
 const NO_RESPONDERS_PAUSE: Duration = Duration::from_millis(100);
 /// Retried sends within this window are stored once.
@@ -95,6 +100,8 @@ pub struct NatsConfig {
     /// Most bytes of the record stream (`BC_META`: mailboxes, claims and the commits
     /// they hold): past it, writes are refused as "relay full" ([`DEFAULT_META_BYTES`]).
     pub meta_bytes: u64,
+    /// How long a request waits for the cluster to answer again ([`DEFAULT_PATIENCE`]).
+    pub patience: Duration,
 }
 
 /// The default bound of the record stream: room for the commits held by many thousands
@@ -125,6 +132,8 @@ pub struct NatsStore {
     senders: Arc<Mutex<SenderCache>>,
     /// Sequence -> mailbox of envelopes this relay handed out, so their acks need no read.
     delivered: Mutex<HashMap<u64, MailboxId>>,
+    /// How long a request waits for the cluster ([`NatsConfig::patience`]).
+    patience: Duration,
 }
 
 impl std::fmt::Debug for NatsStore {
@@ -348,6 +357,7 @@ impl NatsStore {
             listener: Mutex::new(None),
             senders: Arc::new(Mutex::new(HashMap::new())),
             delivered: Mutex::new(HashMap::new()),
+            patience: config.patience,
         })
     }
 
@@ -465,19 +475,40 @@ impl NatsStore {
         recipient: [u8; 32],
         digest: [u8; 32],
         pow_bits: u8,
+        again: Again,
     ) -> Result<(), StoreError> {
         let mut record = Vec::with_capacity(65);
         record.extend_from_slice(&recipient);
         record.extend_from_slice(&digest);
         record.push(pow_bits);
-        if let Cas::Lost = self.put_if(&box_subject(&id), Bytes::from(record), 0).await? {
-            return Err(StoreError::MailboxExists);
+        // Tried again, a record already there that is this very one was written by the
+        // earlier try (whose answer was lost to a failover): the creation goes on. (A client
+        // that sends the same creation twice is told the mailbox exists, as by the embedded
+        // store.)
+        if let Cas::Lost = self.put_if(&box_subject(&id), Bytes::from(record.clone()), 0).await? {
+            if !again.0
+                || self
+                    .latest(&box_subject(&id))
+                    .await?
+                    .is_none_or(|(_, v)| v.as_ref() != record)
+            {
+                return Err(StoreError::MailboxExists);
+            }
         }
         match self
             .put_if(&sender_subject(&digest), Bytes::copy_from_slice(&id.0), 0)
             .await
         {
             Ok(Cas::Done) => Ok(()),
+            Ok(Cas::Lost)
+                if again.0
+                    && self
+                        .latest(&sender_subject(&digest))
+                        .await?
+                        .is_some_and(|(_, v)| v.as_ref() == id.0) =>
+            {
+                Ok(())
+            }
             Ok(Cas::Lost) => {
                 self.purge(&box_subject(&id)).await?;
                 Err(StoreError::MailboxExists)
@@ -562,6 +593,23 @@ impl NatsStore {
             }
         }
         Ok(out)
+    }
+
+    /// The commit held for `epoch` at the sequencer behind `send`, for a member with its key.
+    async fn do_held_commit(&self, send: [u8; 32], epoch: u64, key: [u8; 32]) -> Result<Arc<[u8]>, StoreError> {
+        let id = self.mailbox_of(send).await?;
+        let (claims, latest) = match self.latest(&claim_subject(&id)).await? {
+            Some((_, v)) => decode_claims(&v)?,
+            None => (Claims::NEW, None),
+        };
+        let held = match latest.filter(|h| h.epoch == epoch) {
+            Some(h) => Some(h),
+            None => match self.latest(&held_subject(&id, epoch)).await? {
+                Some((_, v)) => Some(HeldCommit::decode(&v)?),
+                None => None,
+            },
+        };
+        HeldCommit::judge_fetch(&claims, held.as_ref(), epoch, &key)
     }
 
     /// Deletes one envelope if it is in mailbox `id`.
@@ -810,6 +858,42 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
     }
 }
 
+/// Whether an operation is being tried again by [`patiently`] (its earlier try may have
+/// written before its answer was lost).
+#[derive(Clone, Copy)]
+struct Again(bool);
+
+/// Whether a store error may pass once the cluster has a leader again: no answer in time,
+/// no quorum, or an error the client or cluster reported (no responders, a leader gone).
+fn transient(e: &StoreError) -> bool {
+    matches!(e, StoreError::Nats { source, .. }
+        if matches!(**source, NatsError::Timeout | NatsError::NoQuorum | NatsError::Client(_) | NatsError::Refused))
+}
+
+/// Runs `op` until it gives an answer that is not [`transient`], or until another try could
+/// not end within `patience`: a request waits through a leader election rather
+/// than fail. Every operation of the store may run twice: sends carry a message id (the
+/// stream stores one), creations and claims recognise their own earlier write, and reads,
+/// acknowledgements and deletions give the same result again.
+async fn patiently<T, Fut>(patience: Duration, op: impl Fn(Again) -> Fut) -> Result<T, StoreError>
+where
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(100);
+    let mut again = Again(false);
+    loop {
+        match op(again).await {
+            Err(e) if transient(&e) && started.elapsed() + pause + OP_TIMEOUT <= patience => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                again = Again(true);
+            }
+            answer => return answer,
+        }
+    }
+}
+
 impl MailboxStore for NatsStore {
     async fn create(
         &self,
@@ -818,7 +902,10 @@ impl MailboxStore for NatsStore {
         send_digest: [u8; 32],
         pow_bits: u8,
     ) -> Result<(), StoreError> {
-        self.do_create(id, recipient_key, send_digest, pow_bits).await
+        patiently(self.patience, |again| {
+            self.do_create(id, recipient_key, send_digest, pow_bits, again)
+        })
+        .await
     }
 
     async fn send(
@@ -829,11 +916,13 @@ impl MailboxStore for NatsStore {
         work: ProvenWork,
     ) -> Result<(MailboxId, u64), StoreError> {
         // Expiry is the stream's max_age, the same for every envelope.
-        self.do_send(send, envelope, work).await
+        patiently(self.patience, |_| self.do_send(send, envelope.clone(), work)).await
     }
 
     async fn recipient_key(&self, id: MailboxId) -> Result<Option<[u8; 32]>, StoreError> {
-        Ok(match self.latest(&box_subject(&id)).await? {
+        let subject = box_subject(&id);
+        let record = patiently(self.patience, |_| self.latest(&subject)).await?;
+        Ok(match record {
             Some((_, v)) => Some(
                 v.get(..32)
                     .and_then(|b| b.try_into().ok())
@@ -844,15 +933,15 @@ impl MailboxStore for NatsStore {
     }
 
     async fn fetch(&self, ids: &[MailboxId], max: usize) -> Result<Vec<Delivery>, StoreError> {
-        self.do_fetch(ids, max).await
+        patiently(self.patience, |_| self.do_fetch(ids, max)).await
     }
 
     async fn ack(&self, id: MailboxId, seq: u64) -> Result<(), StoreError> {
-        self.do_ack(id, seq).await
+        patiently(self.patience, |_| self.do_ack(id, seq)).await
     }
 
     async fn delete(&self, id: MailboxId) -> Result<(), StoreError> {
-        self.do_delete(id).await
+        patiently(self.patience, |_| self.do_delete(id)).await
     }
 
     async fn claim(
@@ -862,23 +951,11 @@ impl MailboxStore for NatsStore {
         proof: ClaimProof,
         commit: Option<Arc<[u8]>>,
     ) -> Result<(), StoreError> {
-        self.do_claim(send, epoch, proof, commit).await
+        patiently(self.patience, |_| self.do_claim(send, epoch, proof, commit.clone())).await
     }
 
     async fn held_commit(&self, send: [u8; 32], epoch: u64, key: [u8; 32]) -> Result<Arc<[u8]>, StoreError> {
-        let id = self.mailbox_of(send).await?;
-        let (claims, latest) = match self.latest(&claim_subject(&id)).await? {
-            Some((_, v)) => decode_claims(&v)?,
-            None => (Claims::NEW, None),
-        };
-        let held = match latest.filter(|h| h.epoch == epoch) {
-            Some(h) => Some(h),
-            None => match self.latest(&held_subject(&id, epoch)).await? {
-                Some((_, v)) => Some(HeldCommit::decode(&v)?),
-                None => None,
-            },
-        };
-        HeldCommit::judge_fetch(&claims, held.as_ref(), epoch, &key)
+        patiently(self.patience, |_| self.do_held_commit(send, epoch, key)).await
     }
 
     async fn expire(&self, _now: u64) -> Result<u64, StoreError> {
@@ -887,7 +964,7 @@ impl MailboxStore for NatsStore {
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {
-        self.do_stats().await
+        patiently(self.patience, |_| self.do_stats()).await
     }
 
     fn forward_deliveries(&self, notify: broadcast::Sender<MailboxId>) {
