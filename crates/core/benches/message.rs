@@ -365,7 +365,31 @@ fn primitives(c: &mut Criterion) {
                     .unwrap()
             })
         });
+        // Forwarding (docs/protocol.md, "The per-frame seal"): one whole frame sealed to a
+        // relay's forward key with a fresh encapsulation, and opened by that relay.
+        let frame = vec![0x42u8; backchannel_core::frame::FRAME_SIZE];
+        g.bench_function(format!("forward_frame/{label}"), |b| {
+            b.iter(|| {
+                let ct = crypto
+                    .hpke_seal(cs.hpke_config(), &pair.public, b"forward", b"", black_box(&frame))
+                    .unwrap();
+                crypto
+                    .hpke_open(cs.hpke_config(), &ct, &pair.private, b"forward", b"")
+                    .unwrap()
+            })
+        });
     }
+    // The baseline of a forwarded frame: the same bytes sealed and opened with the AEAD
+    // alone (what a relay already does to every envelope at rest, and TLS on every record).
+    let frame = vec![0x42u8; backchannel_core::frame::FRAME_SIZE];
+    let aead = ChaCha20Poly1305::new(&[9u8; 32].into());
+    g.bench_function("forward_frame/aead_only", |b| {
+        b.iter(|| {
+            let nonce = Nonce::from_slice(&[0u8; 12]);
+            let ct = aead.encrypt(nonce, black_box(frame.as_slice())).unwrap();
+            aead.decrypt(nonce, ct.as_slice()).unwrap()
+        })
+    });
     g.finish();
 }
 
