@@ -364,11 +364,17 @@ impl NatsStore {
     /// The relay identity kept in the cluster: the one stored there, or `mine` stored as
     /// it if there is none yet (the first relay to start wins).
     pub async fn shared_identity(&self, mine: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        patiently(self.patience, |_| self.identity_or(&mine)).await
+    }
+
+    /// One try of [`Self::shared_identity`] (tried again, a value stored by the earlier try
+    /// is read back as the cluster's).
+    async fn identity_or(&self, mine: &Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         if let Some((_, v)) = self.latest(IDENTITY_SUBJECT).await? {
             return Ok(Zeroizing::new(v.to_vec()));
         }
-        match self.put_if(IDENTITY_SUBJECT, Bytes::copy_from_slice(&mine), 0).await? {
-            Cas::Done => Ok(mine),
+        match self.put_if(IDENTITY_SUBJECT, Bytes::copy_from_slice(mine), 0).await? {
+            Cas::Done => Ok(mine.clone()),
             Cas::Lost => match self.latest(IDENTITY_SUBJECT).await? {
                 Some((_, v)) => Ok(Zeroizing::new(v.to_vec())),
                 None => Err(nats_error("reading the relay identity", NatsError::IdentityVanished)),
@@ -871,8 +877,8 @@ fn transient(e: &StoreError) -> bool {
 }
 
 /// Runs `op` until it gives an answer that is not [`transient`], or until another try could
-/// not end within `patience`: a request waits through a leader election rather
-/// than fail. Every operation of the store may run twice: sends carry a message id (the
+/// not end within `patience` (and in any case for at most `patience` and one [`OP_TIMEOUT`]):
+/// a request waits through a leader election rather than fail. Every operation of the store may run twice: sends carry a message id (the
 /// stream stores one), creations and claims recognise their own earlier write, and reads,
 /// acknowledgements and deletions give the same result again.
 async fn patiently<T, Fut>(patience: Duration, op: impl Fn(Again) -> Fut) -> Result<T, StoreError>
@@ -882,15 +888,24 @@ where
     let started = Instant::now();
     let mut pause = Duration::from_millis(100);
     let mut again = Again(false);
-    loop {
-        match op(again).await {
-            Err(e) if transient(&e) && started.elapsed() + pause + OP_TIMEOUT <= patience => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-                again = Again(true);
+    let tries = async {
+        loop {
+            match op(again).await {
+                Err(e) if transient(&e) && started.elapsed() + pause + OP_TIMEOUT <= patience => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                    again = Again(true);
+                }
+                answer => return answer,
             }
-            answer => return answer,
         }
+    };
+    // One try is several NATS requests, each with its own deadline: the whole is bounded
+    // too (25 s by default), so that the client hears the refusal before it stops waiting
+    // for an answer (30 s).
+    match tokio::time::timeout(patience + OP_TIMEOUT, tries).await {
+        Ok(answer) => answer,
+        Err(_) => Err(nats_error("waiting for the cluster", NatsError::Timeout)),
     }
 }
 
