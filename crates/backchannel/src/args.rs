@@ -107,6 +107,17 @@ pub enum Command {
     },
     /// Hold this home's relay connections; other commands hand their work to it.
     Daemon(DaemonArgs),
+    /// Print a shell completion script: `backchannel completions bash > /etc/bash_completion.d/backchannel`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page of backchannel, or of one command (`man send`, `man drop send`),
+    /// in roff: `backchannel man | man -l -`.
+    Man {
+        /// The command, and its subcommand if it has them.
+        command: Vec<String>,
+    },
     /// Test hooks (not for normal use).
     #[command(hide = true)]
     Debug {
@@ -138,6 +149,8 @@ impl Command {
             Command::Demo => Route::Local(L::Demo),
             Command::Bench { what } => Route::Local(L::Bench(what)),
             Command::Daemon(a) => Route::Local(L::Daemon(a)),
+            Command::Completions { shell } => Route::Local(L::Completions(shell)),
+            Command::Man { command } => Route::Local(L::Man(command)),
             Command::Drop {
                 command: DropCommand::Send(a),
             } => Route::Local(L::DropSend(a)),
@@ -194,6 +207,10 @@ pub enum LocalCommand {
     DropSend(LetterArgs),
     /// `drop check`.
     DropCheck(CheckArgs),
+    /// `completions`.
+    Completions(clap_complete::Shell),
+    /// `man`.
+    Man(Vec<String>),
 }
 
 /// A command on an open engine: what the daemon's socket carries.

@@ -43,6 +43,9 @@ pub enum CliError {
          --proxy socks5h://127.0.0.1:9050 (Tor), or --direct to connect without a proxy"
     )]
     NeedsProxy(&'static str),
+    /// `man` was asked for a command there is none of.
+    #[error("there is no command `{0}`; `backchannel --help` lists them")]
+    NoSuchCommand(String),
     /// `send` got both a text and a file, or neither.
     #[error("give the message text or --file PATH, not both")]
     TextOrFile,

@@ -76,5 +76,7 @@ async fn run_local(global: &Global, command: LocalCommand, out: &Out) -> Result<
         LocalCommand::Daemon(a) => daemon::serve(global, &a, out).await,
         LocalCommand::DropSend(a) => commands::drop::send(global, &a, out).await,
         LocalCommand::DropCheck(a) => commands::drop::check(global, &a, out).await,
+        LocalCommand::Completions(shell) => commands::manual::completions(shell, out),
+        LocalCommand::Man(command) => commands::manual::man(&command, out),
     }
 }

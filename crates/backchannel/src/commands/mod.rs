@@ -9,6 +9,7 @@ pub mod courier;
 pub mod drop;
 pub mod files;
 pub mod identity;
+pub mod manual;
 pub mod message;
 pub mod relay;
 
