@@ -85,4 +85,63 @@ fn the_data_directory_of_release_94ba14f_opens_and_keeps_its_envelopes_and_pin()
     let store = EmbeddedStore::open(&data.join(STORE_FILE), u32::MAX).unwrap();
     assert_eq!(store.stats().unwrap(), stored);
     assert_eq!(store.fetch(&ids, usize::MAX).unwrap().len() as u64, stored.envelopes);
+    // Indexed by expiry on the way (format 3): they expire when their time comes.
+    assert_eq!(store.expire(now()).unwrap(), 0);
+    assert_eq!(store.expire(u64::MAX).unwrap(), stored.envelopes);
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The data directory's format, read from the database as an operator could.
+fn format_of(store_file: &Path) -> Option<u32> {
+    let db = redb::Database::open(store_file).unwrap();
+    let txn = db.begin_read().unwrap();
+    let table = txn.open_table(redb::TableDefinition::<&str, u32>::new("format")).ok()?;
+    let v = table.get("data directory").unwrap().map(|v| v.value());
+    v
+}
+
+/// A data directory of format 2 (tests/fixtures/relay-format-2, with its README): opened by
+/// this code it becomes format 3, keeps its PIN, its mailboxes and its envelopes, and the
+/// envelopes expire by the index that the conversion built.
+#[test]
+fn a_format_2_data_directory_gains_the_expiry_index_and_keeps_its_envelopes_and_pin() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../backchannel/tests/fixtures/relay-format-2");
+    assert!(fixture.is_dir(), "the fixture {} is missing", fixture.display());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    copy_dir(&fixture, &data);
+    assert_eq!(format_of(&data.join(STORE_FILE)), Some(2));
+    let ids = mailboxes_with_envelopes(&data.join(STORE_FILE));
+    assert_eq!(ids.len(), 1, "bob's mailbox holds the waiting envelopes");
+
+    let relay = Relay::open(data.clone(), Limits::default()).unwrap();
+    assert_eq!(
+        relay.pin().to_string(),
+        "jvkxm6d7ztnn27ek6szy76ocuh2lgn4j6kyujgzjwftcs3tdyviq",
+        "users keep the PIN they hold"
+    );
+    drop(relay);
+    settle();
+    assert_eq!(
+        format_of(&data.join(STORE_FILE)),
+        Some(backchannel_relay::store::embedded::FORMAT)
+    );
+    let store = EmbeddedStore::open(&data.join(STORE_FILE), u32::MAX).unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.mailboxes, stats.envelopes), (3, 3), "{stats:?}");
+    assert_eq!(
+        store.fetch(&ids, usize::MAX).unwrap().len(),
+        3,
+        "every waiting envelope opens"
+    );
+    // Stored with a 36500-day expiry: not now, but at the end of time.
+    assert_eq!(store.expire(now()).unwrap(), 0);
+    assert_eq!(store.expire(u64::MAX).unwrap(), 3);
+    assert_eq!(store.stats().unwrap().envelopes, 0);
 }

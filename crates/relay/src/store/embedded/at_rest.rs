@@ -17,7 +17,7 @@ use redb::{Database, ReadableTable};
 use zeroize::Zeroizing;
 
 use super::record::{EnvelopeValue, SLOT_LEN};
-use super::{count_off, ENVELOPES, MAILBOXES};
+use super::{count_off, expiry_key, ENVELOPES, EXPIRY, MAILBOXES};
 use crate::store::StoreError;
 
 /// The file of per-envelope keys, in the directory of the redb file: an array of
@@ -293,8 +293,17 @@ fn remove_records(db: &Database, record_keys: &[Vec<u8>]) -> Result<(), StoreErr
     {
         let mut envs = txn.open_table(ENVELOPES).map_err(StoreError::database(DOING))?;
         let mut boxes = txn.open_table(MAILBOXES).map_err(StoreError::database(DOING))?;
+        let mut expiry = txn.open_table(EXPIRY).map_err(StoreError::database(DOING))?;
         for k in record_keys {
-            envs.remove(&k[..]).map_err(StoreError::database(DOING))?;
+            let removed = envs
+                .remove(&k[..])
+                .map_err(StoreError::database(DOING))?
+                .map(|v| v.value().to_vec());
+            if let Some(Ok(value)) = removed.as_deref().map(EnvelopeValue::parse) {
+                expiry
+                    .remove(&expiry_key(value.expires_at(), k)[..])
+                    .map_err(StoreError::database(DOING))?;
+            }
             let Some(id) = super::record::record_mailbox(k) else {
                 continue;
             };

@@ -113,6 +113,19 @@ const ENVELOPES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("envelopes
 /// earlier release never opens it.
 const HELD: TableDefinition<&[u8], &[u8]> = TableDefinition::new("held");
 
+/// expiry (u64 BE) || envelope record key (40) -> nothing: the envelopes by when they
+/// expire, so that a sweep reads only what has expired, whatever the store holds. Added in
+/// data directory format 3 (`upgrade::index_expiries` builds it for an older directory).
+const EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("expiry");
+
+/// The key of an envelope in [`EXPIRY`].
+fn expiry_key(expires_at: u64, record_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + record_key.len());
+    k.extend_from_slice(&expires_at.to_be_bytes());
+    k.extend_from_slice(record_key);
+    k
+}
+
 /// redb's page cache.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -252,6 +265,9 @@ impl EmbeddedStore {
         }
         if let upgrade::Found::Format1 = found {
             upgrade::finish_format1(&db)?;
+        }
+        if let upgrade::Found::Format1 | upgrade::Found::Format2 = found {
+            upgrade::index_expiries(&db)?;
         }
         let (tx, rx) = mpsc::channel::<(Write, Reply)>();
         let writer_db = db.clone();

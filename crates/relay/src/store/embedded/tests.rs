@@ -576,6 +576,11 @@ fn records_stored_in_the_clear_by_an_older_relay_are_sealed_on_open() {
             let mut value = 500u64.to_be_bytes().to_vec();
             value.extend_from_slice(old.as_bytes());
             envs.insert(&record_key(&id, 1)[..], &value[..]).unwrap();
+            // As a directory of that release: no format written (format 1).
+            txn.open_table(redb::TableDefinition::<&str, u32>::new("format"))
+                .unwrap()
+                .remove("data directory")
+                .unwrap();
         }
         txn.commit().unwrap();
     }
@@ -992,4 +997,59 @@ fn held_commits_stay_within_the_relays_bound() {
     s.delete(MailboxId([0; 32])).unwrap();
     s.claim(full_cap, 0, proof(1), Some(commit.clone())).unwrap();
     assert_eq!(&*s.held_commit(full_cap, 0, [1; 32]).unwrap(), &commit[..]);
+}
+
+/// The expiry index's entries, read from the database as an operator could.
+fn expiry_entries(path: &Path) -> u64 {
+    let db = Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    txn.open_table(EXPIRY).unwrap().len().unwrap()
+}
+
+/// Issue 17, point 5: the sweep takes what has expired from the expiry index (its cost does
+/// not grow with what the store holds: `benches/sweep.rs`), and the index keeps exactly one
+/// entry per stored envelope through sends, acknowledgements, deletions and sweeps.
+#[test]
+fn the_sweep_deletes_what_expired_and_the_index_follows_every_envelope() {
+    let dir = tempfile::tempdir().unwrap();
+    let (long, short, gone) = (MailboxId([1; 32]), MailboxId([2; 32]), MailboxId([3; 32]));
+    let cap = |b: u8| [b; 32];
+    {
+        let s = open(dir.path(), 1000);
+        for (id, c) in [(long, 11), (short, 12), (gone, 13)] {
+            s.create(id, [3; 32], Sha256::digest(cap(c)).into(), 0).unwrap();
+        }
+        for i in 0..300u32 {
+            s.send(cap(11), env(i as u8), 10_000, ProvenWork::NONE).unwrap();
+        }
+        for i in 0..3u8 {
+            s.send(cap(12), env(i), 100, ProvenWork::NONE).unwrap();
+            s.send(cap(13), env(i), 100, ProvenWork::NONE).unwrap();
+        }
+        s.delete(gone).unwrap();
+        assert_eq!(s.expire(99).unwrap(), 0, "nothing has expired yet");
+        assert_eq!(
+            s.expire(100).unwrap(),
+            3,
+            "the short-lived envelopes, not the deleted mailbox's"
+        );
+        assert_eq!(s.expire(100).unwrap(), 0);
+        assert_eq!(s.fetch(&[long], 15).unwrap().len(), 15);
+        assert!(s.fetch(&[short], 15).unwrap().is_empty());
+        s.ack(long, 1).unwrap();
+        s.ack(long, 2).unwrap();
+        assert_eq!(s.stats().unwrap().envelopes, 298);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        expiry_entries(&dir.path().join("m.redb")),
+        298,
+        "one index entry per envelope"
+    );
+    let s = open(dir.path(), 1000);
+    assert_eq!(s.expire(10_000).unwrap(), 298);
+    assert_eq!(s.stats().unwrap().envelopes, 0);
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(expiry_entries(&dir.path().join("m.redb")), 0);
 }

@@ -1,6 +1,8 @@
 //! The data directory's format version, and the conversion of older layouts.
 //!
-//! A data directory of format 2 (this code) holds the version in the redb table
+//! Format 3 (this code) is format 2 with the expiry index ([`super::EXPIRY`]), which
+//! [`index_expiries`] builds for a directory of format 2 (and of format 1, once converted).
+//! A data directory of format 2 holds the version in the redb table
 //! `format` (key `"data directory"`, a u32) and writes every record with a version
 //! byte ([`super::record`]). Format 1 is what release 94ba14f and earlier wrote: no
 //! `format` table, unversioned records told apart by their length, envelopes sealed
@@ -21,11 +23,12 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use super::at_rest::{fresh_key, seal, EnvelopeKey, KeyFile, SlotBook};
 use super::record::{decode_sender, encode_envelope_value, encode_sender, EnvelopeValue, MailboxRecord};
-use super::{ENVELOPES, MAILBOXES, MAX_BATCH, SENDERS};
+use super::{expiry_key, ENVELOPES, EXPIRY, MAILBOXES, MAX_BATCH, SENDERS};
 use crate::store::StoreError;
 
-/// The data directory format this code writes.
-pub const FORMAT: u32 = 2;
+/// The data directory format this code writes. Format 3 added the expiry index
+/// ([`super::EXPIRY`]).
+pub const FORMAT: u32 = 3;
 
 /// The table of format versions.
 const FORMATS: TableDefinition<&str, u32> = TableDefinition::new("format");
@@ -38,6 +41,8 @@ pub(crate) enum Found {
     New,
     /// Format 1 (no version written): to convert.
     Format1,
+    /// Format 2: versioned records, without the expiry index.
+    Format2,
     /// The current format.
     Current,
 }
@@ -53,6 +58,7 @@ pub(crate) fn check(db: &Database) -> Result<Found, StoreError> {
                 found: v.value(),
                 known: FORMAT,
             }),
+            Some(v) if v.value() < FORMAT => Ok(Found::Format2),
             Some(_) => Ok(Found::Current),
             None => Ok(Found::Format1),
         },
@@ -75,6 +81,7 @@ pub(crate) fn create(db: &Database) -> Result<(), StoreError> {
     txn.open_table(MAILBOXES).map_err(StoreError::database(DOING))?;
     txn.open_table(ENVELOPES).map_err(StoreError::database(DOING))?;
     txn.open_table(SENDERS).map_err(StoreError::database(DOING))?;
+    txn.open_table(EXPIRY).map_err(StoreError::database(DOING))?;
     txn.open_table(FORMATS)
         .map_err(StoreError::database(DOING))?
         .insert(DIRECTORY, FORMAT)
@@ -193,10 +200,63 @@ pub(crate) fn finish_format1(db: &Database) -> Result<(), StoreError> {
         }
         txn.open_table(FORMATS)
             .map_err(StoreError::database(DOING))?
-            .insert(DIRECTORY, FORMAT)
+            .insert(DIRECTORY, 2)
             .map_err(StoreError::database(DOING))?;
     }
     txn.commit().map_err(StoreError::database(DOING))?;
-    tracing::info!(format = FORMAT, "converted the data directory to the current format");
+    tracing::info!(format = 2, "converted the data directory's records");
+    Ok(())
+}
+
+/// Format 2 to 3: indexes every envelope by its expiry ([`super::EXPIRY`]), in batches, then
+/// writes the format. A crash midway leaves the version at 2 and part of the index, which
+/// the next open completes (an entry written again is the same entry).
+pub(crate) fn index_expiries(db: &Database) -> Result<(), StoreError> {
+    const DOING: &str = "indexing envelopes by expiry";
+    let mut after: Option<Vec<u8>> = None;
+    let mut indexed = 0u64;
+    loop {
+        let mut txn = db.begin_write().map_err(StoreError::database(DOING))?;
+        txn.set_two_phase_commit(true);
+        let more = {
+            let envs = txn.open_table(ENVELOPES).map_err(StoreError::database(DOING))?;
+            let mut index = txn.open_table(EXPIRY).map_err(StoreError::database(DOING))?;
+            let from = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let mut last = None;
+            let mut n = 0;
+            for entry in envs
+                .range::<&[u8]>((from, Bound::Unbounded))
+                .map_err(StoreError::database(DOING))?
+            {
+                let (k, v) = entry.map_err(StoreError::database(DOING))?;
+                // A record that does not parse is left for the reads to report; it has
+                // no expiry to index.
+                if let Ok(value) = EnvelopeValue::parse(v.value()) {
+                    index
+                        .insert(&expiry_key(value.expires_at(), k.value())[..], &[][..])
+                        .map_err(StoreError::database(DOING))?;
+                    indexed += 1;
+                }
+                last = Some(k.value().to_vec());
+                n += 1;
+                if n == MAX_BATCH {
+                    break;
+                }
+            }
+            after = last;
+            n == MAX_BATCH
+        };
+        if !more {
+            txn.open_table(FORMATS)
+                .map_err(StoreError::database(DOING))?
+                .insert(DIRECTORY, FORMAT)
+                .map_err(StoreError::database(DOING))?;
+        }
+        txn.commit().map_err(StoreError::database(DOING))?;
+        if !more {
+            break;
+        }
+    }
+    tracing::info!(format = FORMAT, envelopes = indexed, "indexed the envelopes by expiry");
     Ok(())
 }

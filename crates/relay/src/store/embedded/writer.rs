@@ -18,7 +18,9 @@ use redb::{Database, ReadableTable, ReadableTableMetadata};
 
 use super::at_rest::{fresh_key, seal, zero_slots, EnvelopeKey, KeyFile, SlotBook};
 use super::record::{encode_envelope_value, encode_sender, record_key, EnvelopeValue, MailboxRecord};
-use super::{count_off, get_record, held_key, sender, Table, ENVELOPES, HELD, MAILBOXES, MAX_BATCH, SENDERS};
+use super::{
+    count_off, expiry_key, get_record, held_key, sender, Table, ENVELOPES, EXPIRY, HELD, MAILBOXES, MAX_BATCH, SENDERS,
+};
 use crate::store::{ClaimProof, Claims, HeldCommit, Quota, StoreError};
 
 /// What one batch does to the key file.
@@ -234,11 +236,13 @@ fn stage(
 ) -> Result<(Vec<Answer>, Vec<bool>), StoreError> {
     let mut boxes = txn.open_table(MAILBOXES).map_err(StoreError::database(COMMITTING))?;
     let mut envs = txn.open_table(ENVELOPES).map_err(StoreError::database(COMMITTING))?;
+    let mut expiry = txn.open_table(EXPIRY).map_err(StoreError::database(COMMITTING))?;
     let mut senders = txn.open_table(SENDERS).map_err(StoreError::database(COMMITTING))?;
     let mut held = txn.open_table(HELD).map_err(StoreError::database(COMMITTING))?;
     let mut tables = Tables {
         boxes: &mut boxes,
         envs: &mut envs,
+        expiry: &mut expiry,
         senders: &mut senders,
         held: &mut held,
         book,
@@ -283,6 +287,9 @@ fn set_held_total(held: &mut Table<'_>, total: u64) -> Result<(), StoreError> {
 struct Tables<'a, 't> {
     boxes: &'a mut Table<'t>,
     envs: &'a mut Table<'t>,
+    /// The expiry index ([`super::EXPIRY`]): an entry per envelope, written and removed
+    /// with it.
+    expiry: &'a mut Table<'t>,
     senders: &'a mut Table<'t>,
     held: &'a mut Table<'t>,
     book: &'a mut SlotBook,
@@ -294,6 +301,17 @@ fn slot_of(value: &[u8]) -> Option<u64> {
     EnvelopeValue::parse(value).ok().and_then(|v| v.slot())
 }
 
+/// Removes the expiry index's entry of an envelope record being removed (none for a
+/// corrupt one, which has none).
+fn unindex(expiry: &mut Table<'_>, record_key: &[u8], value: &[u8], doing: &'static str) -> Result<(), StoreError> {
+    if let Ok(v) = EnvelopeValue::parse(value) {
+        expiry
+            .remove(&expiry_key(v.expires_at(), record_key)[..])
+            .map_err(StoreError::database(doing))?;
+    }
+    Ok(())
+}
+
 /// Applies one write. The outer `Result` is a storage failure that aborts the
 /// batch; the inner one is this operation's own answer (a refused operation
 /// writes nothing).
@@ -301,6 +319,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
     let Tables {
         boxes,
         envs,
+        expiry,
         senders,
         held,
         book,
@@ -371,6 +390,9 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                         .map(|sealed| encode_envelope_value(*expires_at, slot, &sealed));
                     slots.new.push((slot, key));
                     envs.insert(&rk[..], &value?[..]).map_err(StoreError::database(DOING))?;
+                    expiry
+                        .insert(&expiry_key(*expires_at, &rk)[..], &[][..])
+                        .map_err(StoreError::database(DOING))?;
                     let rec = MailboxRecord {
                         next_seq: seq + 1,
                         count: rec.count + 1,
@@ -385,11 +407,15 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             _ => Err(StoreError::NoSuchMailbox),
         },
         Write::Ack { id, seq } => {
+            const DOING: &str = "deleting an acknowledged envelope";
+            let rk = record_key(id, *seq);
             let removed = envs
-                .remove(&record_key(id, *seq)[..])
-                .map_err(StoreError::database("deleting an acknowledged envelope"))?
-                .map(|v| slot_of(v.value()));
-            if let Some(slot) = removed {
+                .remove(&rk[..])
+                .map_err(StoreError::database(DOING))?
+                .map(|v| v.value().to_vec());
+            if let Some(value) = removed {
+                unindex(expiry, &rk, &value, DOING)?;
+                let slot = slot_of(&value);
                 slots.freed.extend(slot);
                 count_off(boxes, id)?;
             }
@@ -405,8 +431,13 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                 .filter_map(|e| e.ok().map(|(k, _)| k.value().to_vec()))
                 .collect();
             for k in &keys {
-                if let Some(v) = envs.remove(&k[..]).map_err(StoreError::database(DOING))? {
-                    slots.freed.extend(slot_of(v.value()));
+                let removed = envs
+                    .remove(&k[..])
+                    .map_err(StoreError::database(DOING))?
+                    .map(|v| v.value().to_vec());
+                if let Some(value) = removed {
+                    unindex(expiry, k, &value, DOING)?;
+                    slots.freed.extend(slot_of(&value));
                 }
             }
             if let Some(rec) = get_record(boxes, id)? {
@@ -474,25 +505,33 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
         },
         Write::Expire { now } => {
             const DOING: &str = "deleting expired envelopes";
-            let mut expired = Vec::new();
-            for entry in envs.iter().map_err(StoreError::database(DOING))? {
-                let (k, v) = entry.map_err(StoreError::database(DOING))?;
-                if let Ok(value) = EnvelopeValue::parse(v.value()) {
-                    if value.expires_at() <= *now {
-                        expired.push((k.value().to_vec(), value.slot()));
-                    }
-                }
-            }
-            for (k, slot) in &expired {
-                envs.remove(&k[..]).map_err(StoreError::database(DOING))?;
-                slots.freed.extend(*slot);
+            // Only the index entries up to `now` are read: the sweep's cost is what has
+            // expired, not what the store holds.
+            let end = expiry_key(*now, &[0xff; 40]);
+            let due: Vec<Vec<u8>> = expiry
+                .range::<&[u8]>(..=&end[..])
+                .map_err(StoreError::database(DOING))?
+                .map(|e| e.map(|(k, _)| k.value().to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(StoreError::database(DOING))?;
+            let mut expired = 0u64;
+            for k in &due {
+                expiry.remove(&k[..]).map_err(StoreError::database(DOING))?;
+                let rk = k.get(8..).unwrap_or_default();
+                let removed = envs
+                    .remove(rk)
+                    .map_err(StoreError::database(DOING))?
+                    .map(|v| v.value().to_vec());
+                let Some(value) = removed else { continue };
+                expired += 1;
+                slots.freed.extend(slot_of(&value));
                 // A record with a short key (a damaged store) is removed, nothing else.
-                let Some(id) = super::record::record_mailbox(k) else {
+                let Some(id) = super::record::record_mailbox(rk) else {
                     continue;
                 };
                 count_off(boxes, &id)?;
             }
-            Ok((NONE, expired.len() as u64))
+            Ok((NONE, expired))
         }
     })
 }
