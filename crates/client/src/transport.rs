@@ -477,6 +477,13 @@ async fn pace(mut pacer: Pacer, mut jobs: mpsc::UnboundedReceiver<Job>, period: 
             Some((work, reply)) => {
                 let req = pacer.request(work);
                 let result = pacer.send(&req).await;
+                // A deleted mailbox is not opened again at its compartment's later turns
+                // (nor kept in memory for them).
+                if matches!((&req, &result), (Request::Delete { .. }, Ok(_))) {
+                    if let Some(c) = &pacer.current {
+                        pacer.boxes.remove(c);
+                    }
+                }
                 let broken = pacer.conn.is_none();
                 let _ = reply.send(result);
                 if broken {
