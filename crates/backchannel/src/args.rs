@@ -287,6 +287,13 @@ pub struct RelayArgs {
     /// Host name to print in the relay address (default: the listen IP).
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Serve the relay's counts for a monitoring system on this address (e.g.
+    /// 127.0.0.1:9464): Prometheus text on /metrics, /healthz and /readyz. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Allow --metrics on an address that is not loopback.
+    #[arg(long, requires = "metrics")]
+    pub metrics_public: bool,
     /// Most concurrent connections.
     #[arg(long, default_value_t = Limits::default().max_connections)]
     pub max_connections: usize,

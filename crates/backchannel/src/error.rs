@@ -91,6 +91,9 @@ pub enum CliError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// `--metrics` on an address other than loopback, without `--metrics-public`.
+    #[error("--metrics {0} is reachable from other machines; use a loopback address such as 127.0.0.1:9464, or add --metrics-public")]
+    MetricsNotLoopback(SocketAddr),
     /// The daemon's socket could not be made.
     #[error("could not create the daemon's socket {} ({source})", .path.display())]
     DaemonSocket {

@@ -10,6 +10,7 @@
 
 pub mod answer_floor;
 pub mod deposit;
+mod exporter;
 pub mod proofs;
 pub mod server;
 pub mod store;
@@ -140,6 +141,8 @@ pub struct Relay {
     /// The protocol version it announces.
     protocol_version: u8,
     recorder: Option<Recorder>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -170,6 +173,7 @@ impl Relay {
             metrics: Arc::new(Metrics::default()),
             protocol_version: backchannel_core::frame::PROTOCOL_VERSION,
             recorder: None,
+            metrics_listener: None,
         })
     }
 
@@ -224,6 +228,14 @@ impl Relay {
         self
     }
 
+    /// Serves the counts on `listener` while the relay runs: Prometheus text on `/metrics`,
+    /// `/healthz` and `/readyz` (`relay --metrics ADDR`). The caller chooses the address
+    /// (the command line binds loopback unless told otherwise).
+    pub fn with_metrics(mut self, listener: TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
     /// The pin clients must see.
     pub fn pin(&self) -> Pin {
         self.pin
@@ -272,6 +284,9 @@ impl Relay {
             self.limits.stats_interval,
             self.metrics.clone(),
         ));
+        let exporter = self
+            .metrics_listener
+            .map(|l| tokio::spawn(exporter::serve(l, self.metrics.clone(), self.store.clone())));
         tracing::info!(
             max_connections = self.limits.max_connections,
             max_connections_per_address = self.limits.max_connections_per_address,
@@ -287,6 +302,9 @@ impl Relay {
         // The accept loop, and with it the listener, is gone: new connections are refused.
         sweeper.abort();
         counts.abort();
+        if let Some(e) = &exporter {
+            e.abort();
+        }
         tracing::info!(
             connections = self.metrics.connections.load(Ordering::Relaxed),
             "relay stopping: finishing requests in flight"

@@ -103,6 +103,78 @@ impl Metrics {
     fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Every counter with its name and what it counts (`relay --metrics`).
+    pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 18] {
+        [
+            (
+                "refused_connections",
+                "Connections refused at --max-connections.",
+                &self.refused_connections,
+            ),
+            (
+                "refused_per_address",
+                "Connections refused at --max-connections-per-address.",
+                &self.refused_per_address,
+            ),
+            (
+                "refusals_unanswered",
+                "Refused connections closed without an answer.",
+                &self.refusals_unanswered,
+            ),
+            (
+                "handshake_timeouts",
+                "Handshakes cut off at --handshake-timeout.",
+                &self.handshake_timeouts,
+            ),
+            (
+                "handshake_failures",
+                "Handshakes that failed.",
+                &self.handshake_failures,
+            ),
+            (
+                "oversize_upgrades",
+                "Upgrade requests dropped as too large.",
+                &self.oversize_upgrades,
+            ),
+            (
+                "idle_timeouts",
+                "Connections closed at --idle-timeout.",
+                &self.idle_timeouts,
+            ),
+            ("oversize_frames", "Frames longer than a frame.", &self.oversize_frames),
+            ("rate_limited", "Requests refused with RateLimited.", &self.rate_limited),
+            (
+                "too_many_mailboxes",
+                "Requests refused with TooManyMailboxes.",
+                &self.too_many_mailboxes,
+            ),
+            ("mailbox_full", "Sends refused with MailboxFull.", &self.mailbox_full),
+            ("relay_full", "Sends refused with RelayFull.", &self.relay_full),
+            (
+                "work_required",
+                "Sends to a drop box refused with WorkRequired.",
+                &self.work_required,
+            ),
+            ("envelopes_in", "Envelopes stored.", &self.envelopes_in),
+            ("envelopes_acked", "Envelopes acknowledged.", &self.envelopes_acked),
+            (
+                "envelopes_expired",
+                "Envelopes deleted at expiry.",
+                &self.envelopes_expired,
+            ),
+            (
+                "protocol_errors",
+                "Requests refused with a protocol error.",
+                &self.protocol_errors,
+            ),
+            (
+                "answers_late",
+                "Paced answers that left after the answer floor.",
+                &self.answers_late,
+            ),
+        ]
+    }
 }
 
 pub(crate) struct Shared {

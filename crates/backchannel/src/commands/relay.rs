@@ -31,6 +31,9 @@ impl StorageArgs {
 /// and serves.
 pub async fn run(a: &RelayArgs, out: &Out) -> Result<(), CliError> {
     a.storage.check(None)?;
+    if let Some(addr) = a.metrics.filter(|m| !m.ip().is_loopback() && !a.metrics_public) {
+        return Err(CliError::MetricsNotLoopback(addr));
+    }
     log_to_stderr();
     let limits = Limits {
         max_connections: a.max_connections,
@@ -66,6 +69,15 @@ pub async fn run(a: &RelayArgs, out: &Out) -> Result<(), CliError> {
             };
             Relay::open_nats(config, limits).await?
         }
+    };
+    let relay = match a.metrics {
+        Some(addr) => {
+            let metrics = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| CliError::Listen { addr, source })?;
+            relay.with_metrics(metrics)
+        }
+        None => relay,
     };
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
