@@ -242,19 +242,33 @@ fn every_send_is_acknowledged_within_its_command_while_leaders_and_a_relay_die()
 }
 
 #[test]
-fn without_quorum_sends_fail_clearly_and_succeed_again_when_it_returns() {
+fn without_quorum_sends_fail_clearly_readiness_says_so_and_both_come_back_with_it() {
     let bin = require_nats();
     let mut cluster = NatsCluster::start(&bin);
     let root = tempfile::tempdir().unwrap();
-    let relay = relay_on(&cluster, &root.path().join("r"), &[0, 1, 2]);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let relay = relay_with(&cluster, &root.path().join("r"), &[0, 1, 2], &["--metrics", &metrics]);
     let [alice, bob] = common::people(root.path(), &relay, ["alice", "bob"]);
     channel_with(&alice, &[&bob], "ops");
     alice.ok(&["send", "ops", "before"]);
     assert_eq!(bob.texts("ops"), vec![("alice".into(), "before".into())]);
 
+    // Ready while the cluster answers (`relay --metrics`: /readyz).
+    assert_eq!(readyz(metrics_port), 200);
+
     // Two of three nodes gone: no quorum for any stream.
     cluster.kill(1);
     cluster.kill(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readyz(metrics_port) != 503 {
+        assert!(Instant::now() < deadline, "/readyz still says ready without quorum");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let started = Instant::now();
     let r = alice.run(&["send", "ops", "during"]);
     eprintln!(
@@ -285,6 +299,7 @@ fn without_quorum_sends_fail_clearly_and_succeed_again_when_it_returns() {
         std::thread::sleep(Duration::from_millis(500));
     }
     alice.ok(&["send", "ops", "after"]);
+    assert_eq!(readyz(metrics_port), 200, "ready again with quorum");
     assert_eq!(
         bob.texts("ops"),
         vec![
@@ -294,6 +309,16 @@ fn without_quorum_sends_fail_clearly_and_succeed_again_when_it_returns() {
         ]
     );
     drop(relay);
+}
+
+/// The status of a relay's `/readyz` (`relay --metrics`).
+fn readyz(port: u16) -> u16 {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.write_all(b"GET /readyz HTTP/1.1\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 /// The requests that claim `epoch` at sequencer `send` with key `[key; 32]`, leaving the
