@@ -276,6 +276,13 @@ impl EngineCommand {
 // `relay`.
 #[derive(clap::Args, Debug)]
 pub struct RelayArgs {
+    /// Read settings from this TOML file: each key is a flag's name (`max-connections = 512`,
+    /// `nats = ["nats://…"]`); a flag given on the command line wins over the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the settings the relay would run with, as a config file, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7443")]
     pub listen: SocketAddr,

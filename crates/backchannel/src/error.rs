@@ -91,6 +91,14 @@ pub enum CliError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A relay config file could not be read, or holds an unknown key or a bad value.
+    #[error("in the config file {}: {why}", .path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// `--metrics` on an address other than loopback, without `--metrics-public`.
     #[error("--metrics {0} is reachable from other machines; use a loopback address such as 127.0.0.1:9464, or add --metrics-public")]
     MetricsNotLoopback(SocketAddr),

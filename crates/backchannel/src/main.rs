@@ -14,10 +14,9 @@ mod demo;
 mod error;
 mod ipc;
 mod output;
+mod relay_config;
 
 use std::process::ExitCode;
-
-use clap::Parser;
 
 use args::{Args, Global, LocalCommand, Route};
 use commands::{identity, Context};
@@ -25,7 +24,17 @@ use error::{report, CliError};
 use output::Out;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match relay_config::parse(std::env::args_os().collect()) {
+        Ok(relay_config::Parsed::Run(args)) => args,
+        Ok(relay_config::Parsed::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            return ExitCode::FAILURE;
+        }
+    };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
