@@ -60,14 +60,28 @@ fn the_relay_exports_its_counts_and_health_without_an_id_or_an_address() {
     assert_eq!(sample(&text, "backchannel_store_up"), 1);
     sample(&text, "backchannel_connections");
     sample(&text, "backchannel_answers_late_total");
-    // Numbers only: no label, so no id, address or key can be in a sample.
+    assert_eq!(sample(&text, "backchannel_storage_failures_total"), 0);
+    // The store's write times: every write counted, in cumulative buckets.
+    let writes = sample(&text, "backchannel_store_write_seconds_count");
+    assert!(writes >= 3, "the sends, acknowledgements and creations: {writes}");
+    assert_eq!(
+        sample(&text, "backchannel_store_write_seconds_bucket{le=\"+Inf\"}"),
+        writes
+    );
+    // Numbers only, whose one label is a bucket's bound: no id, address or key can be in
+    // a sample.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = line.split_once(' ').unwrap();
+        let (name, label) = name.split_once('{').unwrap_or((name, ""));
         assert!(
             name.starts_with("backchannel_") && name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
             "{line}"
         );
-        value.parse::<u64>().unwrap_or_else(|_| panic!("not a count: {line}"));
+        if !label.is_empty() {
+            let bound = label.strip_prefix("le=\"").and_then(|l| l.strip_suffix("\"}")).unwrap();
+            assert!(bound == "+Inf" || bound.parse::<f64>().is_ok(), "{line}");
+        }
+        value.parse::<f64>().unwrap_or_else(|_| panic!("not a number: {line}"));
     }
     let receive_id = hex(&mailbox_id(&bob, "ops"));
     for secret in [receive_id.as_str(), "127.0.0.1", "alice", "bob", "ops", "hello"] {

@@ -3,7 +3,8 @@
 //! plain HTTP on an address the operator gives, loopback unless `--metrics-public`.
 //!
 //! What is exported is what the relay already counts and logs ([`Metrics`], the store's
-//! totals): numbers only, with no label, so never an id, an address or a key. The HTTP side
+//! totals) and the store's write times: numbers only, whose one label is a histogram
+//! bucket's bound, so never an id, an address or a key. The HTTP side
 //! is the least a scraper needs, and bounded: one request per connection, its head at most
 //! [`MAX_REQUEST`] bytes, answered within [`DEADLINE`], at most [`MAX_SCRAPERS`] at once.
 
@@ -16,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::server::Metrics;
+use crate::server::{Metrics, WRITE_BUCKETS};
 use crate::store::{Backend, MailboxStore, Stats};
 
 /// Most bytes of a request's head read.
@@ -117,5 +118,27 @@ pub(crate) fn render(metrics: &Metrics, stats: Option<&Stats>) -> String {
             counter.load(Ordering::Relaxed),
         );
     }
+    // The write times, as a Prometheus histogram: the one label is a bucket's bound.
+    let h = &metrics.write_times;
+    out.push_str("# HELP backchannel_store_write_seconds How long the store took for each write.\n");
+    out.push_str("# TYPE backchannel_store_write_seconds histogram\n");
+    let mut cumulative = 0u64;
+    for (bound, bucket) in WRITE_BUCKETS.iter().zip(&h.buckets) {
+        cumulative += bucket.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "backchannel_store_write_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    if let Some(above) = h.buckets.last() {
+        cumulative += above.load(Ordering::Relaxed);
+    }
+    let _ = writeln!(
+        out,
+        "backchannel_store_write_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+    );
+    let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+    let _ = writeln!(out, "backchannel_store_write_seconds_sum {sum}");
+    let _ = writeln!(out, "backchannel_store_write_seconds_count {cumulative}");
     out
 }

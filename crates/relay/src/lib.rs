@@ -392,6 +392,7 @@ async fn log_counts(store: &Backend, metrics: &Metrics) {
         work_required = m(&metrics.work_required),
         protocol_errors = m(&metrics.protocol_errors),
         answers_late = m(&metrics.answers_late),
+        storage_failures = m(&metrics.storage_failures),
         "relay counts"
     );
 }

@@ -97,6 +97,39 @@ pub struct Metrics {
     /// Requests of paced connections done after the answer floor (the store was slower):
     /// an observer may tell those apart by their answer time.
     pub answers_late: AtomicU64,
+    /// Requests answered `Storage`: the store failed (each is logged with what it was doing).
+    pub storage_failures: AtomicU64,
+    /// How long the store took for each write (`Send`, `Ack`, `Create`, `Delete`,
+    /// `ClaimCommit`), from when it was asked.
+    pub write_times: Histogram,
+}
+
+/// Upper bounds of the [`Histogram`]'s buckets, in seconds.
+pub const WRITE_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// Durations counted in [`WRITE_BUCKETS`] (cumulative when exported, as Prometheus has it).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket, the observations at most its bound and above the previous one; the last
+    /// slot holds those above every bound.
+    pub buckets: [AtomicU64; WRITE_BUCKETS.len() + 1],
+    /// The sum of all observations, in microseconds.
+    pub sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let at = WRITE_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(WRITE_BUCKETS.len());
+        if let Some(bucket) = self.buckets.get(at) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -105,7 +138,7 @@ impl Metrics {
     }
 
     /// Every counter with its name and what it counts (`relay --metrics`).
-    pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 18] {
+    pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 19] {
         [
             (
                 "refused_connections",
@@ -172,6 +205,11 @@ impl Metrics {
                 "answers_late",
                 "Paced answers that left after the answer floor.",
                 &self.answers_late,
+            ),
+            (
+                "storage_failures",
+                "Requests answered Storage: the store failed.",
+                &self.storage_failures,
             ),
         ]
     }
@@ -745,7 +783,9 @@ impl Answered {
     /// request done after it is counted in `answers_late`).
     async fn wait(self, shared: &Shared) {
         if self.writes {
-            shared.floor.record(self.started.elapsed());
+            let took = self.started.elapsed();
+            shared.floor.record(took);
+            shared.metrics.write_times.observe(took);
         }
         if !self.paced {
             return;
@@ -813,6 +853,7 @@ fn count_refusal(metrics: &Metrics, code: ErrorCode) {
         ErrorCode::MailboxFull => Metrics::count(&metrics.mailbox_full),
         ErrorCode::RelayFull => Metrics::count(&metrics.relay_full),
         ErrorCode::WorkRequired => Metrics::count(&metrics.work_required),
+        ErrorCode::Storage => Metrics::count(&metrics.storage_failures),
         _ => {}
     }
 }
