@@ -6,7 +6,7 @@
 //! answer on a paced connection waits until its request arrived a *floor* ago: the
 //! configured one (`--answer-floor`), or more while the store has been slower than that.
 //! The floor follows the store: a quarter above the 95th percentile of the last
-//! [`WINDOW`] writes' times, never below the configured floor nor above [`CEILING`]. It is
+//! [`WINDOW`] successful writes' times on paced connections, never below the configured floor nor above [`CEILING`]. It is
 //! the same for every request of the moment, so what an observer learns from it is how
 //! busy the relay's disk is, not what a request was.
 
@@ -31,6 +31,8 @@ pub(crate) struct AnswerFloor {
     recent: Mutex<VecDeque<u64>>,
     /// The floor now, in microseconds.
     current: AtomicU64,
+    /// Writes recorded so far: the floor is worked out again at every [`EVERY`]th.
+    seen: AtomicU64,
 }
 
 impl AnswerFloor {
@@ -39,6 +41,7 @@ impl AnswerFloor {
             least,
             recent: Mutex::new(VecDeque::with_capacity(WINDOW)),
             current: AtomicU64::new(micros(least)),
+            seen: AtomicU64::new(0),
         }
     }
 
@@ -54,7 +57,7 @@ impl AnswerFloor {
             recent.pop_front();
         }
         recent.push_back(micros(took));
-        if recent.len() % EVERY != 0 {
+        if !(self.seen.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(EVERY as u64) {
             return;
         }
         let mut sorted: Vec<u64> = recent.iter().copied().collect();

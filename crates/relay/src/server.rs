@@ -99,8 +99,9 @@ pub struct Metrics {
     pub answers_late: AtomicU64,
     /// Requests answered `Storage`: the store failed (each is logged with what it was doing).
     pub storage_failures: AtomicU64,
-    /// How long the store took for each write (`Send`, `Ack`, `Create`, `Delete`,
-    /// `ClaimCommit`), from when it was asked.
+    /// How long each successful write (`Send`, `Ack`, `Create`, `Delete`, `ClaimCommit`)
+    /// took, from when the store was asked until its answer was taken up (which, on a
+    /// connection that pipelines and reads its answers slowly, includes that wait).
     pub write_times: Histogram,
 }
 
@@ -732,7 +733,7 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
         match request {
             // A refusal takes its place in the order of answers.
             Err(response) => inflight.push_back(Box::pin(async move {
-                answered.wait(shared).await;
+                answered.wait(shared, false).await;
                 (id, response)
             })),
             Ok(req) => match (conn.concurrent(&req), shared.concurrent_budget()) {
@@ -740,7 +741,7 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
                 (true, Some(permit)) => inflight.push_back(Box::pin(async move {
                     let response = serve_stateless(shared, req).await;
                     drop(permit);
-                    answered.wait(shared).await;
+                    answered.wait(shared, !matches!(response, Response::Error { .. })).await;
                     (id, response)
                 })),
                 _ => {
@@ -754,7 +755,7 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
                     // Boxed for the same reason: only a request being served holds its state.
                     answered.started = Instant::now();
                     let response = Box::pin(conn.serve(shared, req)).await;
-                    answered.wait(shared).await;
+                    answered.wait(shared, !matches!(response, Response::Error { .. })).await;
                     if !finish(ws, id, &response, shared).await {
                         return Ended::Client;
                     }
@@ -778,13 +779,21 @@ struct Answered {
 }
 
 impl Answered {
-    /// Called when the answer is ready: tells the floor how long a write took, and on a
-    /// paced connection waits until the floor has passed since the request arrived (a
-    /// request done after it is counted in `answers_late`).
-    async fn wait(self, shared: &Shared) {
-        if self.writes {
+    /// Called when the answer is ready: counts how long a write took, and on a paced
+    /// connection waits until the floor has passed since the request arrived (a request done
+    /// after it is counted in `answers_late`).
+    ///
+    /// Only a write that `succeeded` counts (a refused one never reached the store, and a
+    /// flood of them would pull the floor down), and only one of a paced connection tells the
+    /// floor: such a connection sends one request at a time, so nothing but the store stands
+    /// between the request and its answer (a pipelining client that reads slowly would make
+    /// its writes look slow, and push every paced link's floor up).
+    async fn wait(self, shared: &Shared, succeeded: bool) {
+        if self.writes && succeeded {
             let took = self.started.elapsed();
-            shared.floor.record(took);
+            if self.paced {
+                shared.floor.record(took);
+            }
             shared.metrics.write_times.observe(took);
         }
         if !self.paced {

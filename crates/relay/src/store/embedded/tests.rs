@@ -1053,3 +1053,38 @@ fn the_sweep_deletes_what_expired_and_the_index_follows_every_envelope() {
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(expiry_entries(&dir.path().join("m.redb")), 0);
 }
+
+/// An index entry that names a record key used again since (left by a release that kept no
+/// index) does not take the newer envelope with it: the sweep goes by the record's own expiry.
+#[test]
+fn a_stale_index_entry_never_deletes_an_envelope_that_has_not_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = MailboxId([1; 32]);
+    let cap = [2u8; 32];
+    {
+        let s = open(dir.path(), 10);
+        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+        s.send(cap, env(1), 10_000, ProvenWork::NONE).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    {
+        let db = Database::open(dir.path().join("m.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(EXPIRY)
+            .unwrap()
+            .insert(&expiry_key(50, &record_key(&id, 1))[..], &[][..])
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let s = open(dir.path(), 10);
+    assert_eq!(s.expire(100).unwrap(), 0, "the envelope expires at 10,000");
+    assert_eq!(s.fetch(&[id], 10).unwrap().len(), 1);
+    assert_eq!(s.expire(10_000).unwrap(), 1);
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        expiry_entries(&dir.path().join("m.redb")),
+        0,
+        "the stale entry is gone too"
+    );
+}

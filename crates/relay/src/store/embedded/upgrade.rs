@@ -209,10 +209,19 @@ pub(crate) fn finish_format1(db: &Database) -> Result<(), StoreError> {
 }
 
 /// Format 2 to 3: indexes every envelope by its expiry ([`super::EXPIRY`]), in batches, then
-/// writes the format. A crash midway leaves the version at 2 and part of the index, which
-/// the next open completes (an entry written again is the same entry).
+/// writes the format. The index is built from nothing each time: a crash midway leaves the
+/// version at 2 and part of the index, and a release before the index may have opened the
+/// directory since and removed envelopes without their entries.
 pub(crate) fn index_expiries(db: &Database) -> Result<(), StoreError> {
     const DOING: &str = "indexing envelopes by expiry";
+    {
+        let txn = db.begin_write().map_err(StoreError::database(DOING))?;
+        match txn.delete_table(EXPIRY) {
+            Ok(_) => {}
+            Err(e) => return Err(StoreError::database(DOING)(e)),
+        }
+        txn.commit().map_err(StoreError::database(DOING))?;
+    }
     let mut after: Option<Vec<u8>> = None;
     let mut indexed = 0u64;
     loop {

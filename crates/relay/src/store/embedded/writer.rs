@@ -518,11 +518,17 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             for k in &due {
                 expiry.remove(&k[..]).map_err(StoreError::database(DOING))?;
                 let rk = k.get(8..).unwrap_or_default();
-                let removed = envs
-                    .remove(rk)
+                // Only a record that has itself expired goes: an entry left by another
+                // release (which kept no index) may name a record key used again since.
+                let current = envs
+                    .get(rk)
                     .map_err(StoreError::database(DOING))?
                     .map(|v| v.value().to_vec());
-                let Some(value) = removed else { continue };
+                let Some(value) = current else { continue };
+                if EnvelopeValue::parse(&value).is_ok_and(|v| v.expires_at() > *now) {
+                    continue;
+                }
+                envs.remove(rk).map_err(StoreError::database(DOING))?;
                 expired += 1;
                 slots.freed.extend(slot_of(&value));
                 // A record with a short key (a damaged store) is removed, nothing else.
