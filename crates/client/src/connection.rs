@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backchannel_core::frame::{
-    decode_response, encode_request, hello_version, ErrorCode, Request, Response, ResponseAssembler, PROTOCOL_VERSION,
+    decode_response, encode_request, hello_identity, hello_version, ErrorCode, Request, Response, ResponseAssembler,
+    PROTOCOL_VERSION,
 };
 use backchannel_core::relay_address::RelayAddress;
 use backchannel_core::relay_identity::{self, IdentityError};
@@ -285,7 +286,27 @@ impl RelayConnection {
             Some(Ok(_)) => return Err(ConnectError::broken(&conn.authority, Breakage::Unexpected)),
             None => return Err(ConnectError::broken(&conn.authority, Breakage::Closed)),
         };
+        let tls_cert = presented.lock().ok().and_then(|p| p.clone()).unwrap_or_default();
+        let verify = |identity: &[u8], credential: &[u8], authority: &str| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            match relay_identity::check(&addr.pin(), identity, credential, &tls_cert, now) {
+                Ok(_) => Ok(()),
+                Err(IdentityError::Expired) => Err(ConnectError::StaleCredential(authority.to_string())),
+                Err(_) => Err(ConnectError::PinMismatch(authority.to_string())),
+            }
+        };
         if let Some(version) = hello_version(&first) {
+            // A relay of version 5 or later proves its identity in the prefix those versions
+            // keep, before its word on versions is taken ("upgrade this device" from someone
+            // on the path who is not the relay would be a lure). Earlier relays cannot.
+            if version != PROTOCOL_VERSION {
+                if let Some((identity, credential)) = hello_identity(&first) {
+                    verify(&identity, &credential, &conn.authority)?;
+                }
+            }
             conn.check_version(version)?;
         }
         let frame = decode_response(&first).map_err(|e| ConnectError::broken(&conn.authority, Breakage::Garbled(e)))?;
@@ -299,16 +320,7 @@ impl RelayConnection {
                     ..
                 },
             ) => {
-                let tls_cert = presented.lock().ok().and_then(|p| p.clone()).unwrap_or_default();
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                match relay_identity::check(&addr.pin(), &identity, &credential, &tls_cert, now) {
-                    Ok(_) => {}
-                    Err(IdentityError::Expired) => return Err(ConnectError::StaleCredential(conn.authority)),
-                    Err(_) => return Err(ConnectError::PinMismatch(conn.authority)),
-                }
+                verify(&identity, &credential, &conn.authority)?;
                 conn.nonce = nonce;
                 Ok(conn)
             }

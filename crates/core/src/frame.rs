@@ -62,6 +62,22 @@ pub fn hello_version(frame: &[u8]) -> Option<u8> {
     }
 }
 
+/// The relay's identity certificate and credential from a hello of version 5 or later, read
+/// from the prefix that those versions keep: tag, request id, version, nonce (32), the three
+/// limits (u32 each), then the two fields. A client checks the relay's identity with them
+/// before it believes what the hello says of the relay's version (a relay of another version
+/// is otherwise told apart before its hello is parsed). `None` if the frame has no such
+/// prefix.
+pub fn hello_identity(frame: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    if hello_version(frame)? < 5 {
+        return None;
+    }
+    let mut r = Reader::new(frame.get(1 + 4 + 1 + 32 + 12..)?);
+    let identity = bounded(r.bytes16().ok()?, MAX_IDENTITY_CERT).ok()?;
+    let credential = bounded(r.bytes16().ok()?, MAX_CREDENTIAL).ok()?;
+    Some((identity, credential))
+}
+
 /// The size of every frame on the wire, in both directions: the largest
 /// frame (one delivered envelope with its mailbox id and sequence number)
 /// rounded up to a multiple of 64.

@@ -88,3 +88,22 @@ async fn a_relay_that_replays_another_relays_identity_is_refused() {
     assert!(matches!(err, ConnectError::PinMismatch(_)), "{err:?}");
     assert!(err.to_string().contains("different key than its address pins"), "{err}");
 }
+
+/// A relay that is not the PIN's cannot lure the user into "upgrade backchannel on this
+/// device" by announcing a newer version: the identity in the prefix that versions from 5 on
+/// keep is checked before the version is believed. (A genuine newer relay still says so:
+/// tests/versions.rs.)
+#[tokio::test]
+async fn a_relay_that_is_not_the_pins_cannot_tell_the_user_to_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = Relay::open(dir.path().join("victim"), Limits::default()).unwrap();
+    let pin = victim.pin();
+    let (identity, credential) = victim.hello_identity();
+    let impostor = Relay::open(dir.path().join("impostor"), Limits::default())
+        .unwrap()
+        .with_hello_identity(identity, credential)
+        .with_protocol_version(backchannel_core::frame::PROTOCOL_VERSION + 1);
+    let address = serve(impostor, pin).await;
+    let err = RelayConnection::connect(&address).await.unwrap_err();
+    assert!(matches!(err, ConnectError::PinMismatch(_)), "{err:?}");
+}
