@@ -288,10 +288,7 @@ impl RelayConnection {
         };
         let tls_cert = presented.lock().ok().and_then(|p| p.clone()).unwrap_or_default();
         let verify = |identity: &[u8], credential: &[u8], authority: &str| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let now = crate::engine::now_ms() / 1000;
             match relay_identity::check(&addr.pin(), identity, credential, &tls_cert, now) {
                 Ok(_) => Ok(()),
                 Err(IdentityError::Expired) => Err(ConnectError::StaleCredential(authority.to_string())),

@@ -279,22 +279,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Performs the session's effects that need no network (saves, warnings); a
-    /// deletion asked for is left queued in the state for the next sync.
-    fn perform_local(&mut self) -> Result<(), ClientError> {
-        while let Some(effect) = self.session.poll_effect() {
-            match effect {
-                Effect::Save => self.save()?,
-                Effect::Warn(w) => self.warnings.push(w),
-                Effect::DeleteSaved(path) => delete_saved(&path),
-                Effect::DeleteDoomed | Effect::Show { .. } => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Performs the session's effects in order.
-    async fn perform(&mut self) -> Result<(), ClientError> {
+    /// Performs the session's effects that need no network (saves, warnings, deleting a
+    /// saved copy), in order; a deletion at the relay asked for is left queued in the state
+    /// for the next sync. Returns whether one was asked for.
+    fn perform_local(&mut self) -> Result<bool, ClientError> {
         let mut delete = false;
         while let Some(effect) = self.session.poll_effect() {
             match effect {
@@ -305,7 +293,12 @@ impl Engine {
                 Effect::Show { .. } => {}
             }
         }
-        if delete {
+        Ok(delete)
+    }
+
+    /// Performs the session's effects in order, the deletions at the relays included.
+    async fn perform(&mut self) -> Result<(), ClientError> {
+        if self.perform_local()? {
             self.delete_doomed().await;
             self.save()?;
         }
@@ -1003,7 +996,7 @@ impl Engine {
             Err(e) => {
                 self.session
                     .warn(Some(name), format!("a change to the channel is waiting: {e}"));
-                self.perform_local()
+                self.perform_local().map(|_| ())
             }
         }
     }

@@ -16,7 +16,6 @@
 
 use rustls::pki_types::CertificateDer;
 use rustls::SignatureScheme;
-use sha2::{Digest, Sha256};
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::relay_address::Pin;
@@ -39,7 +38,8 @@ pub const MAX_CREDENTIAL: usize = 1024;
 /// The identity key's statement about the keys a relay uses on the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credential {
-    /// SHA-256 of the DER of the TLS certificate the relay presents.
+    /// SHA-256 of the DER of the TLS certificate the relay presents (computed as a PIN is,
+    /// [`Pin::of_certificate`]).
     pub tls_cert_digest: [u8; 32],
     /// The forward key's HPKE KEM id ([`FORWARD_KEM_X25519`]).
     pub forward_kem: u16,
@@ -124,11 +124,6 @@ impl Credential {
     }
 }
 
-/// SHA-256 of a certificate's DER: what a credential names, and what a PIN is.
-pub fn cert_digest(der: &[u8]) -> [u8; 32] {
-    Sha256::digest(der).into()
-}
-
 /// Checks a relay's identity as a client does after the hello: `identity_cert` is the
 /// PIN's, `credential` is signed by it and valid at `now` (Unix seconds), and names
 /// `tls_cert`, the certificate this connection's handshake presented (whose key rustls has
@@ -158,7 +153,7 @@ pub fn check(
     if !verified {
         return Err(IdentityError::BadSignature);
     }
-    if c.tls_cert_digest != cert_digest(tls_cert) {
+    if c.tls_cert_digest != Pin::of_certificate(tls_cert).0 {
         return Err(IdentityError::OtherCertificate);
     }
     if now < c.not_before || now > c.not_after {

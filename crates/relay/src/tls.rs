@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use backchannel_core::relay_address::Pin;
-use backchannel_core::relay_identity::{cert_digest, Credential};
+use backchannel_core::relay_identity::Credential;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::SignatureScheme;
 use zeroize::Zeroizing;
@@ -149,7 +149,7 @@ impl TlsIdentity {
         let tls = Self::generate()?;
         let failed = |what: &str| RelayError::Tls(format!("could not sign the relay credential: {what}"));
         let mut credential = Credential {
-            tls_cert_digest: cert_digest(tls.cert.as_ref()),
+            tls_cert_digest: Pin::of_certificate(tls.cert.as_ref()).0,
             // No forward key yet: forwarding (docs/protocol.md, "What is forwarded") brings it.
             forward_kem: 0,
             forward_key: Vec::new(),
@@ -322,7 +322,7 @@ mod tests {
             "the TLS key is not the identity's"
         );
         let c = check(&pin, &keys.identity_cert, &keys.credential, &keys.tls_cert, now).unwrap();
-        assert_eq!(c.tls_cert_digest, cert_digest(&keys.tls_cert));
+        assert_eq!(c.tls_cert_digest, Pin::of_certificate(&keys.tls_cert).0);
 
         let other = TlsIdentity::generate().unwrap();
         let other_keys = other.wire_keys(now).unwrap();
