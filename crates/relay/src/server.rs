@@ -35,6 +35,7 @@ use crate::answer_floor::AnswerFloor;
 use crate::deposit::{commit_part, DepositBudget, DepositSlot};
 use crate::proofs::SpentProofs;
 use crate::store::{Backend, ClaimProof, MailboxStore, ProvenWork, StoreError};
+use crate::tls::WireKeys;
 use crate::{now_secs, Limits};
 
 /// Most bytes of the WebSocket upgrade request (request line and headers) read
@@ -138,7 +139,8 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Every counter with its name and what it counts (`relay --metrics`).
+    /// Every counter with its name and what it counts: the one list that the counts line in
+    /// the log and `relay --metrics` both read.
     pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 19] {
         [
             (
@@ -233,12 +235,11 @@ pub(crate) struct Shared {
     /// When a paced connection's answers may leave.
     floor: AnswerFloor,
     tls: TlsAcceptor,
+    /// The TLS certificate of this run and what the hello carries to vouch for it.
+    keys: Arc<WireKeys>,
     /// The protocol version announced in the hello ([`PROTOCOL_VERSION`] but in tests
     /// that play a relay of another version).
     pub(crate) protocol_version: u8,
-    /// What the hello carries to vouch for the TLS certificate: the identity certificate
-    /// and its credential (`tls::WireKeys`).
-    pub(crate) identity: (Vec<u8>, Vec<u8>),
     /// Told every request and the connection it came on, in tests that play an operator
     /// who records that (`Relay::with_recorder`).
     pub(crate) recorder: Option<crate::Recorder>,
@@ -256,7 +257,7 @@ impl Shared {
         limits: Limits,
         notify: broadcast::Sender<MailboxId>,
         metrics: Arc<Metrics>,
-        tls: TlsAcceptor,
+        keys: Arc<WireKeys>,
         closing: watch::Receiver<bool>,
         done: mpsc::Sender<()>,
     ) -> Self {
@@ -275,9 +276,9 @@ impl Shared {
             limits,
             notify,
             metrics,
-            tls,
+            tls: TlsAcceptor::from(keys.server_config.clone()),
+            keys,
             protocol_version: PROTOCOL_VERSION,
-            identity: (Vec::new(), Vec::new()),
             recorder: None,
             connection_count: std::sync::atomic::AtomicU64::new(0),
             closing,
@@ -629,8 +630,8 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
             max_envelopes_per_mailbox: shared.limits.max_envelopes_per_mailbox,
             max_mailboxes_per_connection: shared.limits.max_mailboxes_per_connection as u32,
         },
-        identity: shared.identity.0.clone(),
-        credential: shared.identity.1.clone(),
+        identity: shared.keys.identity_cert.clone(),
+        credential: shared.keys.credential.clone(),
     };
     let idle = shared.limits.idle_timeout;
     let metrics = &shared.metrics;
@@ -1205,7 +1206,7 @@ mod tests {
             Limits::default(),
             broadcast::channel(16).0,
             Arc::new(Metrics::default()),
-            TlsAcceptor::from(identity.server_config().unwrap()),
+            Arc::new(identity.wire_keys(0).unwrap()),
             closing,
             done_tx,
         );
