@@ -267,14 +267,9 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
         let addr = &relays[i % k].address;
         let keys = MailboxKeys::generate(addr.clone(), &mut OsRng);
         let mut recv = RelayConnection::connect(addr).await?;
-        recv.request(&Request::Create {
-            mailbox: keys.id(),
-            recipient_key: keys.recipient_public(),
-            send_digest: keys.address.send.digest(),
-            pow_bits: 0,
-        })
-        .await
-        .map_err(|e| refused("creating a mailbox", e))?;
+        recv.request(&Request::create(&keys, 0))
+            .await
+            .map_err(|e| refused("creating a mailbox", e))?;
         receivers.push(recv);
         senders.push(RelayConnection::connect(addr).await?);
         boxes.push(keys);
@@ -694,13 +689,7 @@ pub async fn connections(count: usize) -> Result<serde_json::Value, BenchError> 
                 let setup = async {
                     let mut conn = RelayConnection::connect(&addr).await?;
                     let keys = MailboxKeys::generate(addr.clone(), &mut OsRng);
-                    conn.request(&Request::Create {
-                        mailbox: keys.id(),
-                        recipient_key: keys.recipient_public(),
-                        send_digest: keys.address.send.digest(),
-                        pow_bits: 0,
-                    })
-                    .await?;
+                    conn.request(&Request::create(&keys, 0)).await?;
                     Ok::<_, ConnectError>(conn)
                 };
                 let mut conn = match setup.await {

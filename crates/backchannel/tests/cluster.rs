@@ -375,12 +375,7 @@ fn the_relays_of_a_cluster_share_mailboxes_claims_and_limits_and_wake_each_other
         let mut c2 = RelayConnection::connect(&addr2).await.unwrap();
         let a = MailboxKeys::generate(addr1.clone(), &mut OsRng);
         let b = MailboxKeys::generate(addr2.clone(), &mut OsRng);
-        let create = |k: &MailboxKeys| Request::Create {
-            mailbox: k.id(),
-            recipient_key: k.recipient_public(),
-            send_digest: k.address.send.digest(),
-            pow_bits: 0,
-        };
+        let create = |k: &MailboxKeys| Request::create(k, 0);
         c1.request(&create(&a)).await.unwrap();
         c2.request(&create(&b)).await.unwrap();
         // One namespace: the id taken through relay 1 is taken at relay 2.
@@ -424,12 +419,7 @@ fn the_relays_of_a_cluster_share_mailboxes_claims_and_limits_and_wake_each_other
         })
         .await
         .unwrap();
-        c2.request(&Request::Open {
-            mailbox: a.id(),
-            proof: a.open_proof(c2.nonce()),
-        })
-        .await
-        .unwrap();
+        c2.request(&Request::open(&a, c2.nonce())).await.unwrap();
         match c2.request(&Request::Fetch { max: 15, wait_ms: 0 }).await.unwrap() {
             Response::Envelopes(list) => assert!(list.is_empty(), "{list:?}"),
             other => panic!("{other:?}"),
@@ -441,12 +431,7 @@ fn the_relays_of_a_cluster_share_mailboxes_claims_and_limits_and_wake_each_other
             other => panic!("{other:?}"),
         };
         let mut c3 = RelayConnection::connect(&addr1).await.unwrap();
-        c3.request(&Request::Open {
-            mailbox: b.id(),
-            proof: b.open_proof(c3.nonce()),
-        })
-        .await
-        .unwrap();
+        c3.request(&Request::open(&b, c3.nonce())).await.unwrap();
         c3.request(&Request::Ack { mailbox: b.id(), seq }).await.unwrap();
         match c2.request(&Request::Fetch { max: 15, wait_ms: 0 }).await.unwrap() {
             Response::Envelopes(list) => assert_eq!(list.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![seq]),
@@ -551,14 +536,7 @@ fn the_relays_of_a_cluster_share_mailboxes_claims_and_limits_and_wake_each_other
         // send without it, or with a nonce solved for another envelope, is refused and
         // stores nothing; the solved one is stored.
         let d = MailboxKeys::generate(addr1.clone(), &mut OsRng);
-        c1.request(&Request::Create {
-            mailbox: d.id(),
-            recipient_key: d.recipient_public(),
-            send_digest: d.address.send.digest(),
-            pow_bits: 8,
-        })
-        .await
-        .unwrap();
+        c1.request(&Request::create(&d, 8)).await.unwrap();
         let send_d = |byte, pow| Request::Send {
             send: d.address.send.0,
             envelope: envelope(byte),
@@ -679,20 +657,8 @@ fn a_relay_losing_quorum_mid_sends_logs_no_id_subject_or_address() {
     let (mut conn, keys) = runtime.block_on(async {
         let mut conn = RelayConnection::connect(&address).await.unwrap();
         let keys = MailboxKeys::generate(address.clone(), &mut OsRng);
-        conn.request(&Request::Create {
-            mailbox: keys.id(),
-            recipient_key: keys.recipient_public(),
-            send_digest: keys.address.send.digest(),
-            pow_bits: 0,
-        })
-        .await
-        .unwrap();
-        conn.request(&Request::Open {
-            mailbox: keys.id(),
-            proof: keys.open_proof(conn.nonce()),
-        })
-        .await
-        .unwrap();
+        conn.request(&Request::create(&keys, 0)).await.unwrap();
+        conn.request(&Request::open(&keys, conn.nonce())).await.unwrap();
         (conn, keys)
     });
     let send = |i: u32| Request::Send {

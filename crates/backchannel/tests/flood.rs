@@ -372,12 +372,7 @@ async fn frame_flood(addr: RelayAddress, stop: Arc<AtomicBool>, seen: Arc<Seen>,
                 2 => {
                     if own.is_none() {
                         let k = MailboxKeys::generate(addr.clone(), &mut OsRng);
-                        let create = Request::Create {
-                            mailbox: k.id(),
-                            recipient_key: k.recipient_public(),
-                            send_digest: k.address.send.digest(),
-                            pow_bits: 0,
-                        };
+                        let create = Request::create(&k, 0);
                         if c.request(&create).await.is_ok() {
                             own = Some(k);
                         }
@@ -628,14 +623,7 @@ fn each_limit_refuses_with_its_own_protocol_error() {
             .map(|_| MailboxKeys::generate(addr.clone(), &mut OsRng))
             .collect();
         for k in &boxes {
-            c.request(&Request::Create {
-                mailbox: k.id(),
-                recipient_key: k.recipient_public(),
-                send_digest: k.address.send.digest(),
-                pow_bits: 0,
-            })
-            .await
-            .unwrap();
+            c.request(&Request::create(k, 0)).await.unwrap();
         }
         let send = |k: &MailboxKeys| Request::Send {
             send: k.address.send.0,
@@ -696,14 +684,7 @@ fn sigterm_finishes_every_send_in_flight_and_loses_no_acknowledged_envelope() {
     let acked: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     let (stopped_after, long_poll) = rt().block_on(async {
         let mut c = RelayConnection::connect(&addr).await.unwrap();
-        c.request(&Request::Create {
-            mailbox: keys.id(),
-            recipient_key: keys.recipient_public(),
-            send_digest: keys.address.send.digest(),
-            pow_bits: 0,
-        })
-        .await
-        .unwrap();
+        c.request(&Request::create(&keys, 0)).await.unwrap();
         let mut senders = Vec::new();
         for _ in 0..SENDERS {
             let (addr, acked, send) = (addr.clone(), acked.clone(), keys.address.send.0);

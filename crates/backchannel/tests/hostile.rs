@@ -257,14 +257,7 @@ fn relay_limits_are_enforced_with_clear_protocol_errors() {
             .map(|_| MailboxKeys::generate(addr.clone(), &mut OsRng))
             .collect();
         for (i, k) in boxes.iter().enumerate() {
-            let r = c
-                .request(&Request::Create {
-                    mailbox: k.id(),
-                    recipient_key: k.recipient_public(),
-                    send_digest: k.address.send.digest(),
-                    pow_bits: 0,
-                })
-                .await;
+            let r = c.request(&Request::create(k, 0)).await;
             if i < 2 {
                 r.unwrap();
             } else {

@@ -878,12 +878,7 @@ fn observed_answer_delays(relay: &RelayProc, paced: bool, workers: usize, rounds
                 }
                 for _ in 0..rounds {
                     let keys = MailboxKeys::generate(address.clone(), &mut OsRng);
-                    let create = Request::Create {
-                        mailbox: keys.id(),
-                        recipient_key: keys.recipient_public(),
-                        send_digest: keys.address.send.digest(),
-                        pow_bits: 0,
-                    };
+                    let create = Request::create(&keys, 0);
                     recv.request(&create).await.unwrap();
                     let mut bytes = vec![0u8; ENVELOPE_SIZE];
                     OsRng.fill_bytes(&mut bytes);
@@ -965,33 +960,34 @@ fn on_a_paced_link_an_observer_cannot_tell_what_waited_for_the_disk_by_its_answe
         d[d.len() / 2]
     };
 
-    // 4 workers × 84 rounds × 3 = 1,008 answers of each kind.
-    let paced = observed_answer_delays(&relay, true, 4, 84);
-    let slow = paced.iter().filter(|s| s.1).count();
-    assert!(slow >= 1000 && paced.len() - slow >= 1000, "{slow} of {}", paced.len());
-    let (train, test) = split(&paced);
-    let accuracy = threshold_accuracy(&train, &test);
-    eprintln!(
-        "paced: median answer {:.1} ms after a request that waited for the disk, {:.1} ms after one that did not; classifier {:.1} %",
-        median(&paced, true),
-        median(&paced, false),
-        accuracy * 100.0
-    );
+    // 4 workers × 84 rounds × 3 = 1,008 answers of each kind; the held-out accuracy of a
+    // threshold trained on half of them.
+    let classify = |paced: bool| -> f64 {
+        let samples = observed_answer_delays(&relay, paced, 4, 84);
+        let slow = samples.iter().filter(|s| s.1).count();
+        assert!(
+            slow >= 1000 && samples.len() - slow >= 1000,
+            "{slow} of {}",
+            samples.len()
+        );
+        let (train, test) = split(&samples);
+        let accuracy = threshold_accuracy(&train, &test);
+        eprintln!(
+            "{}: median answer {:.2} ms after a request that waited for the disk, {:.2} ms after one that did not; classifier {:.1} %",
+            if paced { "paced" } else { "not paced" },
+            median(&samples, true),
+            median(&samples, false),
+            accuracy * 100.0
+        );
+        accuracy
+    };
+    let accuracy = classify(true);
     assert!(
         accuracy <= 0.55,
         "the observer tells them apart {:.1} % of the time",
         accuracy * 100.0
     );
-
-    let direct = observed_answer_delays(&relay, false, 4, 84);
-    let (train, test) = split(&direct);
-    let unpaced = threshold_accuracy(&train, &test);
-    eprintln!(
-        "not paced: median {:.2} ms against {:.2} ms; classifier {:.1} %",
-        median(&direct, true),
-        median(&direct, false),
-        unpaced * 100.0
-    );
+    let unpaced = classify(false);
     assert!(
         unpaced > 0.65,
         "without the floor the answer times differ: {:.1} %",

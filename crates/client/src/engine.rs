@@ -358,12 +358,7 @@ impl Engine {
         pow_bits: u8,
     ) -> Result<MailboxKeys, ClientError> {
         let keys = MailboxKeys::generate(relay.clone(), &mut OsRng);
-        let req = Request::Create {
-            mailbox: keys.id(),
-            recipient_key: keys.recipient_public(),
-            send_digest: keys.address.send.digest(),
-            pow_bits,
-        };
+        let req = Request::create(&keys, pow_bits);
         // Created on a connection of its own: nothing ties it to the mailbox it replaces.
         let key = self.key(relay, Compartment::Mailbox(keys.id()));
         let created = self.request(&key, &req).await;

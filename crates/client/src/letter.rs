@@ -140,13 +140,7 @@ pub async fn send_letter(
     // Connect only once the work is done: it can take longer than the relay waits on
     // an idle connection.
     let mut conn = RelayConnection::connect_via(&to.mailbox.relay, proxy).await?;
-    conn.request(&Request::Create {
-        mailbox: receipt.mailbox.id(),
-        recipient_key: receipt.mailbox.recipient_public(),
-        send_digest: receipt.mailbox.address.send.digest(),
-        pow_bits: 0,
-    })
-    .await?;
+    conn.request(&Request::create(&receipt.mailbox, 0)).await?;
     for r in conn.pipeline(&requests).await? {
         match r {
             Ok(_) => {}

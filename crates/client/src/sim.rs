@@ -272,13 +272,7 @@ impl Network for SimNet {
         boxes: &'a [MailboxKeys],
     ) -> NetFuture<'a, Vec<Result<(), ConnectError>>> {
         Box::pin(async move {
-            let reqs: Vec<Request> = boxes
-                .iter()
-                .map(|k| Request::Open {
-                    mailbox: k.id(),
-                    proof: k.open_proof(&[0; 32]),
-                })
-                .collect();
+            let reqs: Vec<Request> = boxes.iter().map(|k| Request::open(k, &[0; 32])).collect();
             let results = self.pipeline(key, &reqs).await?;
             Ok(results.into_iter().map(|r| r.map(|_| ())).collect())
         })

@@ -393,10 +393,7 @@ impl Pacer {
             Work::Request(req) => paced_form(req),
             Work::Open(keys) => {
                 let nonce = self.conn.as_ref().map(|c| *c.nonce()).unwrap_or_default();
-                let req = Request::Open {
-                    mailbox: keys.id(),
-                    proof: keys.open_proof(&nonce),
-                };
+                let req = Request::open(&keys, &nonce);
                 if let Some(c) = &self.current {
                     let known = self.boxes.entry(c.clone()).or_default();
                     if !known.iter().any(|k| k.id() == keys.id()) {
@@ -838,13 +835,7 @@ impl RelayLinks {
             }
         };
         let todo: Vec<&MailboxKeys> = boxes.iter().filter(|k| !self.opened.contains(&k.id())).collect();
-        let reqs: Vec<Request> = todo
-            .iter()
-            .map(|k| Request::Open {
-                mailbox: k.id(),
-                proof: k.open_proof(&nonce),
-            })
-            .collect();
+        let reqs: Vec<Request> = todo.iter().map(|k| Request::open(k, &nonce)).collect();
         let results = self.pipeline(&reqs, compartment).await?;
         for (k, r) in todo.iter().zip(&results) {
             if r.is_ok() {

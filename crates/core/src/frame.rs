@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::envelope::{Envelope, ENVELOPE_SIZE};
-use crate::mailbox::MailboxId;
+use crate::mailbox::{MailboxId, MailboxKeys};
 use crate::pow::MAX_POW_BITS;
 
 /// Protocol version spoken by this build.
@@ -240,6 +240,27 @@ pub enum Request {
     /// one included, no sooner than the relay's answer floor after it arrived (or when it is
     /// done, if later). Answered [`Response::Ok`].
     Paced,
+}
+
+impl Request {
+    /// The `Create` of the mailbox `keys` holds, with `pow_bits` of work asked of each send
+    /// (0: an ordinary mailbox).
+    pub fn create(keys: &MailboxKeys, pow_bits: u8) -> Self {
+        Request::Create {
+            mailbox: keys.id(),
+            recipient_key: keys.recipient_public(),
+            send_digest: keys.address.send.digest(),
+            pow_bits,
+        }
+    }
+
+    /// The `Open` of the mailbox `keys` holds, on the connection whose hello gave `nonce`.
+    pub fn open(keys: &MailboxKeys, nonce: &[u8; 32]) -> Self {
+        Request::Open {
+            mailbox: keys.id(),
+            proof: keys.open_proof(nonce),
+        }
+    }
 }
 
 /// The lock that a claim key opens: what the relay keeps of the next epoch's claim key.

@@ -60,6 +60,14 @@ async fn the_pin_stays_while_the_tls_key_is_made_afresh_at_each_start() {
     RelayConnection::connect(&address).await.unwrap();
 }
 
+/// Serves `relay` under `pin` and connects to it: the client refuses it as not the PIN's.
+async fn refused_as_not_the_pins(relay: Relay, pin: Pin) -> ConnectError {
+    let address = serve(relay, pin).await;
+    let err = RelayConnection::connect(&address).await.unwrap_err();
+    assert!(matches!(err, ConnectError::PinMismatch(_)), "{err:?}");
+    err
+}
+
 /// An attacker's relay that knows the victim's identity certificate and credential (every
 /// client sees them in the hello) but not its TLS key: with the victim's credential it is
 /// refused (the credential names another TLS certificate), and so it is with a credential
@@ -76,16 +84,12 @@ async fn a_relay_that_replays_another_relays_identity_is_refused() {
     let replaying = Relay::open(dir.path().join("attacker"), Limits::default())
         .unwrap()
         .with_hello_identity(identity.clone(), credential);
-    let address = serve(replaying, pin).await;
-    let err = RelayConnection::connect(&address).await.unwrap_err();
-    assert!(matches!(err, ConnectError::PinMismatch(_)), "{err:?}");
+    refused_as_not_the_pins(replaying, pin).await;
 
     let attacker = Relay::open(dir.path().join("attacker2"), Limits::default()).unwrap();
     let own = attacker.hello_identity().1;
     let forging = attacker.with_hello_identity(identity, own);
-    let address = serve(forging, pin).await;
-    let err = RelayConnection::connect(&address).await.unwrap_err();
-    assert!(matches!(err, ConnectError::PinMismatch(_)), "{err:?}");
+    let err = refused_as_not_the_pins(forging, pin).await;
     assert!(err.to_string().contains("different key than its address pins"), "{err}");
 }
 
@@ -103,7 +107,5 @@ async fn a_relay_that_is_not_the_pins_cannot_tell_the_user_to_upgrade() {
         .unwrap()
         .with_hello_identity(identity, credential)
         .with_protocol_version(backchannel_core::frame::PROTOCOL_VERSION + 1);
-    let address = serve(impostor, pin).await;
-    let err = RelayConnection::connect(&address).await.unwrap_err();
-    assert!(matches!(err, ConnectError::PinMismatch(_)), "{err:?}");
+    refused_as_not_the_pins(impostor, pin).await;
 }
