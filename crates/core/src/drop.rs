@@ -140,7 +140,7 @@ pub enum DropError {
     Crypto(String),
 }
 
-fn hpke() -> Hpke<HpkeLibcrux> {
+pub(crate) fn hpke() -> Hpke<HpkeLibcrux> {
     Hpke::new(
         Mode::Base,
         KemAlgorithm::XWingDraft06,
@@ -200,7 +200,7 @@ impl DropKeys {
         &self.public
     }
 
-    fn pair(&self) -> Result<(HpkePrivateKey, HpkePublicKey), DropError> {
+    pub(crate) fn pair(&self) -> Result<(HpkePrivateKey, HpkePublicKey), DropError> {
         hpke()
             .derive_key_pair(&self.seed)
             .map(|p| p.into_keys())

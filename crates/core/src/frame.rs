@@ -15,8 +15,10 @@ use thiserror::Error;
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::envelope::{Envelope, ENVELOPE_SIZE};
+use crate::forward::{SEALED_ANSWER_LEN, SEALED_LEN};
 use crate::mailbox::{MailboxId, MailboxKeys};
 use crate::pow::MAX_POW_BITS;
+use crate::relay_address::RelayAddress;
 
 /// Protocol version spoken by this build.
 ///
@@ -44,7 +46,14 @@ use crate::pow::MAX_POW_BITS;
 /// relay's identity certificate and its credential for the TLS certificate of the
 /// connection (`relay_identity`): the PIN is the identity's, and the TLS key is fresh at
 /// every start of the relay.
-pub const PROTOCOL_VERSION: u8 = 5;
+///
+/// Version 6: forwarding (`crate::forward`, docs/protocol.md, "Forwarding"). A client sends
+/// what it sends to a mailbox on another relay to its own home relay, sealed to the
+/// destination relay's forward key ([`Request::Forward`]); the home relay passes it on
+/// ([`Request::Sealed`]) and hands back the sealed answer ([`Response::Sealed`]). Every frame
+/// grows from [`INNER_FRAME_SIZE`] (4,160 bytes, which a forwarded request still is inside
+/// its seal) to [`FRAME_SIZE`] (5,632 bytes) to hold the seal's X-Wing encapsulation.
+pub const PROTOCOL_VERSION: u8 = 6;
 
 pub use crate::relay_identity::{MAX_CREDENTIAL, MAX_IDENTITY_CERT};
 
@@ -78,10 +87,15 @@ pub fn hello_identity(frame: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((identity, credential))
 }
 
-/// The size of every frame on the wire, in both directions: the largest
-/// frame (one delivered envelope with its mailbox id and sequence number)
-/// rounded up to a multiple of 64.
-pub const FRAME_SIZE: usize = 4160;
+/// The size of every frame on the wire, in both directions: the largest frame (a
+/// [`Request::Forward`]: the destination's address, at most 291 bytes, and a sealed inner
+/// frame, [`crate::forward::SEALED_LEN`]) rounded up to a multiple of 64.
+pub const FRAME_SIZE: usize = 5632;
+
+/// The size of a forwarded request's frame, and of its answer's, inside their seals
+/// (`crate::forward`): the largest such frame (a send: its capability, envelope and proof
+/// of work) rounded up to a multiple of 64. It was the size of every frame before protocol 6.
+pub const INNER_FRAME_SIZE: usize = 4160;
 
 /// Most envelopes the relay returns for one fetch.
 pub const MAX_FETCH: u16 = 15;
@@ -240,6 +254,43 @@ pub enum Request {
     /// one included, no sooner than the relay's answer floor after it arrived (or when it is
     /// done, if later). Answered [`Response::Ok`].
     Paced,
+    /// To the client's home relay: pass `sealed` on to the relay at `to` as a
+    /// [`Request::Sealed`], and answer with its answer ([`Response::Sealed`], or an error of
+    /// the home relay's own, [`ErrorCode::Unreachable`] when the destination cannot be
+    /// reached). `sealed` is a forwarded request sealed to `to`'s forward key
+    /// (`crate::forward::seal`), exactly [`crate::forward::SEALED_LEN`] bytes.
+    Forward {
+        /// The destination relay.
+        to: RelayAddress,
+        /// The sealed request.
+        sealed: Vec<u8>,
+    },
+    /// From a forwarding relay: open `sealed` with this relay's forward key and execute
+    /// the request inside; answered [`Response::Sealed`] (or `Unsealed` when it does not
+    /// open).
+    Sealed {
+        /// The sealed request ([`crate::forward::SEALED_LEN`] bytes).
+        sealed: Vec<u8>,
+    },
+    /// To the client's home relay: the identity certificate and credential of the relay at
+    /// `relay`, as that relay presented them to the home relay (the client checks them
+    /// against the PIN, `relay_identity::check_forward`). Answered [`Response::Identity`].
+    Identify {
+        /// The relay whose identity is asked for.
+        relay: RelayAddress,
+    },
+    /// From a forwarding relay, first on its connection: its identity certificate and its
+    /// identity key's signature over [`crate::forward::FORWARDER_LABEL`] and this
+    /// connection's hello nonce. The relay then counts the connection's requests against
+    /// that forwarder's budget rather than a client's. Answered [`Response::Ok`].
+    Forwarder {
+        /// The forwarding relay's identity certificate (DER).
+        identity: Vec<u8>,
+        /// The TLS 1.3 signature scheme of `signature`.
+        scheme: u16,
+        /// The signature.
+        signature: Vec<u8>,
+    },
 }
 
 impl Request {
@@ -261,6 +312,25 @@ impl Request {
             proof: keys.open_proof(nonce),
         }
     }
+}
+
+/// Whether a request may be forwarded to another relay (sealed inside a
+/// [`Request::Forward`]): the requests that name a mailbox by its send capability, a
+/// `Create` (a channel's new sequencer, made by the member who removes someone, on the
+/// sequencer's relay), and `Ping`. The receive side (`Open`, `Fetch`, `Ack`, `Delete`) is
+/// only ever spoken with one's own relay.
+pub fn forwardable(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::Create { .. }
+            | Request::Send { .. }
+            | Request::Claim { .. }
+            | Request::ClaimKeyed { .. }
+            | Request::Deposit { .. }
+            | Request::ClaimCommit { .. }
+            | Request::FetchCommit { .. }
+            | Request::Ping
+    )
 }
 
 /// The lock that a claim key opens: what the relay keeps of the next epoch's claim key.
@@ -333,6 +403,14 @@ pub enum ErrorCode {
     /// (never sent, incomplete, lapsed, or another one).
     #[error("the relay does not have the whole change that the claim names; it will be sent again")]
     NoDeposit,
+    /// A forwarded request could not be passed on: the home relay could not reach the
+    /// destination relay, or it did not prove the identity its address pins.
+    #[error("your relay could not reach the other relay; the message stays queued")]
+    Unreachable,
+    /// A [`Request::Sealed`] that this relay's forward key does not open (sealed to a key
+    /// of before its last restart, or damaged): nothing was executed.
+    #[error("the other relay could not open a forwarded request; it will be sent again")]
+    Unsealed,
 }
 
 impl ErrorCode {
@@ -353,6 +431,8 @@ impl ErrorCode {
             ErrorCode::RelayFull => 13,
             ErrorCode::WorkRequired => 14,
             ErrorCode::NoDeposit => 15,
+            ErrorCode::Unreachable => 16,
+            ErrorCode::Unsealed => 17,
         }
     }
 
@@ -373,6 +453,8 @@ impl ErrorCode {
             13 => ErrorCode::RelayFull,
             14 => ErrorCode::WorkRequired,
             15 => ErrorCode::NoDeposit,
+            16 => ErrorCode::Unreachable,
+            17 => ErrorCode::Unsealed,
             _ => return Err(DecodeError::Invalid("error code")),
         })
     }
@@ -438,6 +520,16 @@ pub enum Response {
         /// This part: at most [`COMMIT_PART`] bytes.
         bytes: Vec<u8>,
     },
+    /// Answer to [`Request::Identify`].
+    Identity {
+        /// The relay's identity certificate (at most [`MAX_IDENTITY_CERT`] bytes).
+        identity: Vec<u8>,
+        /// Its credential (at most [`MAX_CREDENTIAL`] bytes).
+        credential: Vec<u8>,
+    },
+    /// The destination relay's answer to a forwarded request, sealed for the client
+    /// (`crate::forward::open_answer`; [`crate::forward::SEALED_ANSWER_LEN`] bytes).
+    Sealed(Vec<u8>),
 }
 
 /// A frame could not be decoded.
@@ -452,11 +544,11 @@ pub enum FrameError {
     Malformed(#[from] DecodeError),
 }
 
-/// Pads a frame body to [`FRAME_SIZE`].
-fn padded(w: Writer) -> Vec<u8> {
+/// Pads a frame body to `size` ([`FRAME_SIZE`], or [`INNER_FRAME_SIZE`] inside a seal).
+fn padded(w: Writer, size: usize) -> Vec<u8> {
     let mut v = w.into_vec();
-    debug_assert!(v.len() <= FRAME_SIZE);
-    v.resize(FRAME_SIZE, 0);
+    debug_assert!(v.len() <= size);
+    v.resize(size, 0);
     v
 }
 
@@ -468,12 +560,16 @@ fn bounded(bytes: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
     Ok(bytes.to_vec())
 }
 
-/// Checks the frame's size, then after `parse` that only zero padding is left.
-fn strict<T>(frame: &[u8], parse: impl FnOnce(&mut Reader<'_>) -> Result<T, DecodeError>) -> Result<T, FrameError> {
-    if frame.len() > FRAME_SIZE {
+/// Checks the frame's size (`size`), then after `parse` that only zero padding is left.
+fn strict<T>(
+    frame: &[u8],
+    size: usize,
+    parse: impl FnOnce(&mut Reader<'_>) -> Result<T, DecodeError>,
+) -> Result<T, FrameError> {
+    if frame.len() > size {
         return Err(FrameError::TooLarge(frame.len()));
     }
-    if frame.len() < FRAME_SIZE {
+    if frame.len() < size {
         return Err(DecodeError::Invalid("frame size").into());
     }
     let mut r = Reader::new(frame);
@@ -486,6 +582,26 @@ fn strict<T>(frame: &[u8], parse: impl FnOnce(&mut Reader<'_>) -> Result<T, Deco
 
 /// Encodes a request with its id as one frame of [`FRAME_SIZE`] bytes.
 pub fn encode_request(id: u32, req: &Request) -> Vec<u8> {
+    padded(request_body(id, req), FRAME_SIZE)
+}
+
+/// Encodes a forwarded request as the frame of [`INNER_FRAME_SIZE`] bytes that its seal
+/// holds (request id 0); `None` for a request that is not [`forwardable`].
+pub fn encode_inner_request(req: &Request) -> Option<Vec<u8>> {
+    forwardable(req).then(|| padded(request_body(0, req), INNER_FRAME_SIZE))
+}
+
+/// Decodes the request inside a seal (attacker input): a [`forwardable`] request in a
+/// frame of [`INNER_FRAME_SIZE`] bytes.
+pub fn decode_inner_request(frame: &[u8]) -> Result<Request, FrameError> {
+    let (_, req) = strict(frame, INNER_FRAME_SIZE, parse_request)?;
+    if !forwardable(&req) {
+        return Err(DecodeError::Invalid("forwarded request").into());
+    }
+    Ok(req)
+}
+
+fn request_body(id: u32, req: &Request) -> Writer {
     let mut w = Writer::with_capacity(FRAME_SIZE);
     match req {
         Request::Create {
@@ -547,13 +663,41 @@ pub fn encode_request(id: u32, req: &Request) -> Vec<u8> {
         Request::Paced => {
             w.u8(0x0d).u32(id);
         }
+        Request::Forward { to, sealed } => {
+            w.u8(0x0e).u32(id);
+            to.encode(&mut w);
+            w.put(&sealed[..sealed.len().min(SEALED_LEN)]);
+        }
+        Request::Sealed { sealed } => {
+            w.u8(0x0f).u32(id).put(&sealed[..sealed.len().min(SEALED_LEN)]);
+        }
+        Request::Identify { relay } => {
+            w.u8(0x10).u32(id);
+            relay.encode(&mut w);
+        }
+        Request::Forwarder {
+            identity,
+            scheme,
+            signature,
+        } => {
+            let identity = identity.get(..MAX_IDENTITY_CERT).unwrap_or(identity);
+            let signature = signature.get(..MAX_SIGNATURE).unwrap_or(signature);
+            w.u8(0x11).u32(id).bytes16(identity).u16(*scheme).bytes16(signature);
+        }
     }
-    padded(w)
+    w
 }
+
+/// Longest signature a [`Request::Forwarder`] carries.
+pub const MAX_SIGNATURE: usize = 512;
 
 /// Decodes a request frame from a client (attacker input).
 pub fn decode_request(frame: &[u8]) -> Result<(u32, Request), FrameError> {
-    strict(frame, |r| {
+    strict(frame, FRAME_SIZE, parse_request)
+}
+
+fn parse_request(r: &mut Reader<'_>) -> Result<(u32, Request), DecodeError> {
+    {
         let tag = r.u8()?;
         let id = r.u32()?;
         let req = match tag {
@@ -628,16 +772,90 @@ pub fn decode_request(frame: &[u8]) -> Result<(u32, Request), FrameError> {
                 part: r.u16()?,
             },
             0x0d => Request::Paced,
+            0x0e => Request::Forward {
+                to: RelayAddress::decode(r)?,
+                sealed: r.take(SEALED_LEN)?.to_vec(),
+            },
+            0x0f => Request::Sealed {
+                sealed: r.take(SEALED_LEN)?.to_vec(),
+            },
+            0x10 => Request::Identify {
+                relay: RelayAddress::decode(r)?,
+            },
+            0x11 => Request::Forwarder {
+                identity: bounded(r.bytes16()?, MAX_IDENTITY_CERT)?,
+                scheme: r.u16()?,
+                signature: bounded(r.bytes16()?, MAX_SIGNATURE)?,
+            },
             _ => return Err(DecodeError::Invalid("request tag")),
         };
         Ok((id, req))
-    })
+    }
 }
 
 /// Encodes a response with the id of the request it answers: one frame,
 /// or for [`Response::Envelopes`] one frame per envelope (at most
 /// [`MAX_FETCH`]) and one empty frame when there are none.
 pub fn encode_response(id: u32, resp: &Response) -> Vec<Vec<u8>> {
+    if let Some(w) = single_response(id, resp) {
+        return vec![padded(w, FRAME_SIZE)];
+    }
+    let Response::Envelopes(list) = resp else {
+        return Vec::new();
+    };
+    let list = &list[..list.len().min(MAX_FETCH as usize)];
+    if list.is_empty() {
+        let mut w = Writer::with_capacity(FRAME_SIZE);
+        w.u8(0x83).u32(id).u8(0);
+        return vec![padded(w, FRAME_SIZE)];
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let more = if i + 1 < list.len() { MORE } else { 0 };
+            let mut w = Writer::with_capacity(FRAME_SIZE);
+            w.u8(0x83)
+                .u32(id)
+                .u8(HAS_DELIVERY | more)
+                .put(&d.mailbox.0)
+                .u64(d.seq)
+                .put(d.envelope.as_bytes());
+            padded(w, FRAME_SIZE)
+        })
+        .collect()
+}
+
+/// Encodes the answer to a forwarded request as the frame of [`INNER_FRAME_SIZE`] bytes
+/// that its seal holds: an answer of one frame (a forwarded request is never a fetch;
+/// envelopes are answered `Malformed`).
+pub fn encode_inner_response(resp: &Response) -> Vec<u8> {
+    let w = single_response(0, resp)
+        .filter(|_| {
+            !matches!(
+                resp,
+                Response::Sealed(_) | Response::Identity { .. } | Response::Hello { .. }
+            )
+        })
+        .unwrap_or_else(|| {
+            let mut w = Writer::new();
+            w.u8(0x84).u32(0).u16(ErrorCode::Malformed.to_u16()).u64(0);
+            w
+        });
+    padded(w, INNER_FRAME_SIZE)
+}
+
+/// Decodes the answer inside a seal (attacker input): one frame of [`INNER_FRAME_SIZE`]
+/// bytes, `Ok`, `Pong`, an error or a commit's part.
+pub fn decode_inner_response(frame: &[u8]) -> Result<Response, FrameError> {
+    let f = strict(frame, INNER_FRAME_SIZE, parse_response)?;
+    match f.response {
+        r @ (Response::Ok | Response::Pong | Response::Error { .. } | Response::Commit { .. }) => Ok(r),
+        _ => Err(DecodeError::Invalid("forwarded answer").into()),
+    }
+}
+
+/// The body of a response that is one frame; `None` for envelopes.
+fn single_response(id: u32, resp: &Response) -> Option<Writer> {
     let mut w = Writer::with_capacity(FRAME_SIZE);
     match resp {
         Response::Hello {
@@ -662,28 +880,7 @@ pub fn encode_response(id: u32, resp: &Response) -> Vec<Vec<u8>> {
         Response::Ok => {
             w.u8(0x82).u32(id);
         }
-        Response::Envelopes(list) => {
-            let list = &list[..list.len().min(MAX_FETCH as usize)];
-            if list.is_empty() {
-                w.u8(0x83).u32(id).u8(0);
-                return vec![padded(w)];
-            }
-            return list
-                .iter()
-                .enumerate()
-                .map(|(i, d)| {
-                    let more = if i + 1 < list.len() { MORE } else { 0 };
-                    let mut w = Writer::with_capacity(FRAME_SIZE);
-                    w.u8(0x83)
-                        .u32(id)
-                        .u8(HAS_DELIVERY | more)
-                        .put(&d.mailbox.0)
-                        .u64(d.seq)
-                        .put(d.envelope.as_bytes());
-                    padded(w)
-                })
-                .collect();
-        }
+        Response::Envelopes(_) => return None,
         Response::Error { code, detail } => {
             w.u8(0x84).u32(id).u16(code.to_u16()).u64(*detail);
         }
@@ -696,8 +893,16 @@ pub fn encode_response(id: u32, resp: &Response) -> Vec<Vec<u8>> {
                 .u16(*total)
                 .bytes16(&bytes[..bytes.len().min(COMMIT_PART)]);
         }
+        Response::Identity { identity, credential } => {
+            let identity = identity.get(..MAX_IDENTITY_CERT).unwrap_or(identity);
+            let credential = credential.get(..MAX_CREDENTIAL).unwrap_or(credential);
+            w.u8(0x87).u32(id).bytes16(identity).bytes16(credential);
+        }
+        Response::Sealed(sealed) => {
+            w.u8(0x88).u32(id).put(&sealed[..sealed.len().min(SEALED_ANSWER_LEN)]);
+        }
     }
-    vec![padded(w)]
+    Some(w)
 }
 
 /// One decoded response frame.
@@ -713,7 +918,11 @@ pub struct ResponseFrame {
 
 /// Decodes one response frame from a relay (attacker input for the client).
 pub fn decode_response(frame: &[u8]) -> Result<ResponseFrame, FrameError> {
-    strict(frame, |r| {
+    strict(frame, FRAME_SIZE, parse_response)
+}
+
+fn parse_response(r: &mut Reader<'_>) -> Result<ResponseFrame, DecodeError> {
+    {
         let tag = r.u8()?;
         let id = r.u32()?;
         let mut more = false;
@@ -762,10 +971,15 @@ pub fn decode_response(frame: &[u8]) -> Result<ResponseFrame, FrameError> {
                     bytes: bytes.to_vec(),
                 }
             }
+            0x87 => Response::Identity {
+                identity: bounded(r.bytes16()?, MAX_IDENTITY_CERT)?,
+                credential: bounded(r.bytes16()?, MAX_CREDENTIAL)?,
+            },
+            0x88 => Response::Sealed(r.take(SEALED_ANSWER_LEN)?.to_vec()),
             _ => return Err(DecodeError::Invalid("response tag")),
         };
         Ok(ResponseFrame { id, response, more })
-    })
+    }
 }
 
 /// Collects the frames of one response: envelope frames are joined until

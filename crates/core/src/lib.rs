@@ -44,6 +44,7 @@ pub mod codec;
 pub mod courier;
 pub mod drop;
 pub mod envelope;
+pub mod forward;
 pub mod frame;
 pub mod identity;
 pub mod invite;

@@ -29,11 +29,15 @@ const CREDENTIAL_VERSION: u8 = 1;
 /// HPKE KEM id of a forward key: DHKEM(X25519, HKDF-SHA256) (RFC 9180).
 pub const FORWARD_KEM_X25519: u16 = 0x0020;
 
+/// HPKE KEM id of a forward key: X-Wing (draft-connolly-cfrg-xwing-kem-06), the only one
+/// clients seal to (`crate::forward`).
+pub const FORWARD_KEM_XWING: u16 = 0x647a;
+
 /// Longest identity certificate a hello carries (ours are about 400 bytes).
 pub const MAX_IDENTITY_CERT: usize = 2048;
 
-/// Longest credential a hello carries.
-pub const MAX_CREDENTIAL: usize = 1024;
+/// Longest credential a hello carries (an X-Wing forward key alone is 1,216 bytes).
+pub const MAX_CREDENTIAL: usize = 2048;
 
 /// The identity key's statement about the keys a relay uses on the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,31 +139,60 @@ pub fn check(
     tls_cert: &[u8],
     now: u64,
 ) -> Result<Credential, IdentityError> {
+    let c = check_signed(pin, identity_cert, credential, now)?;
+    if c.tls_cert_digest != Pin::of_certificate(tls_cert).0 {
+        return Err(IdentityError::OtherCertificate);
+    }
+    Ok(c)
+}
+
+/// Checks a relay's identity as a client does before it seals a forwarded request to it
+/// (`crate::forward`): `identity_cert` is the PIN's, `credential` is signed by it, valid at
+/// `now`, and names an X-Wing forward key. The credential comes through the client's home
+/// relay, which cannot forge it; which TLS certificate it names does not matter here.
+pub fn check_forward(
+    pin: &Pin,
+    identity_cert: &[u8],
+    credential: &[u8],
+    now: u64,
+) -> Result<Credential, IdentityError> {
+    let c = check_signed(pin, identity_cert, credential, now)?;
+    if c.forward_kem != FORWARD_KEM_XWING || c.forward_key.len() != crate::forward::FORWARD_KEY_LEN {
+        return Err(IdentityError::Malformed);
+    }
+    Ok(c)
+}
+
+/// The checks [`check`] and [`check_forward`] share: the PIN, the signature, the validity.
+fn check_signed(pin: &Pin, identity_cert: &[u8], credential: &[u8], now: u64) -> Result<Credential, IdentityError> {
     if Pin::of_certificate(identity_cert) != *pin {
         return Err(IdentityError::NotThePin);
     }
     let c = Credential::from_bytes(credential)?;
-    let der = CertificateDer::from(identity_cert);
-    let cert = webpki::EndEntityCert::try_from(&der).map_err(|_| IdentityError::BadSignature)?;
-    let scheme = SignatureScheme::from(c.scheme);
-    let algorithms = crate::tls::provider().signature_verification_algorithms;
-    let signed = c.signed_bytes();
-    let verified = algorithms
-        .mapping
-        .iter()
-        .filter(|(s, _)| *s == scheme)
-        .flat_map(|(_, algs)| algs.iter())
-        .any(|alg| cert.verify_signature(*alg, &signed, &c.signature).is_ok());
-    if !verified {
+    if !verify_signature(identity_cert, c.scheme, &c.signed_bytes(), &c.signature) {
         return Err(IdentityError::BadSignature);
-    }
-    if c.tls_cert_digest != Pin::of_certificate(tls_cert).0 {
-        return Err(IdentityError::OtherCertificate);
     }
     if now < c.not_before || now > c.not_after {
         return Err(IdentityError::Expired);
     }
     Ok(c)
+}
+
+/// Whether `signature` (TLS 1.3 scheme `scheme`) over `message` verifies under the key of
+/// `identity_cert`, with rustls's provider's algorithms.
+pub fn verify_signature(identity_cert: &[u8], scheme: u16, message: &[u8], signature: &[u8]) -> bool {
+    let der = CertificateDer::from(identity_cert);
+    let Ok(cert) = webpki::EndEntityCert::try_from(&der) else {
+        return false;
+    };
+    let scheme = SignatureScheme::from(scheme);
+    crate::tls::provider()
+        .signature_verification_algorithms
+        .mapping
+        .iter()
+        .filter(|(s, _)| *s == scheme)
+        .flat_map(|(_, algs)| algs.iter())
+        .any(|alg| cert.verify_signature(*alg, message, signature).is_ok())
 }
 
 #[cfg(test)]
