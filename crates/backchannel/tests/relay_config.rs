@@ -80,6 +80,9 @@ sweep-interval = "11s"
 stats-interval = "12s"
 shutdown-grace = "4s"
 answer-floor = "30ms"
+forwarder-rate = 77
+forwarder-burst = 88
+forward-private = true
 "#;
     std::fs::write(&file, config).unwrap();
     let (ok, defaults, _) = relay(&["--print-config"]);

@@ -11,6 +11,7 @@
 pub mod answer_floor;
 pub mod deposit;
 mod exporter;
+mod forward;
 pub mod proofs;
 pub mod server;
 pub mod store;
@@ -93,6 +94,15 @@ pub struct Limits {
     /// ([`backchannel_core::frame::Request::Paced`]); set it above the store's usual fsync
     /// time (`answers_late` in the counts says how often a store was slower).
     pub answer_floor: Duration,
+    /// Requests per second that one forwarding relay (docs/protocol.md, "Forwarding") may
+    /// make on average, all its connections together, in place of a connection's
+    /// `max_requests_per_second` (0: no limit).
+    pub forwarder_rate: u32,
+    /// Requests one forwarding relay may make at once (its token bucket's size).
+    pub forwarder_burst: u32,
+    /// Forward to relays at loopback, private and link-local addresses too (off by default:
+    /// a client must not make the relay connect into the network it sits in).
+    pub forward_private: bool,
 }
 
 impl Limits {
@@ -114,6 +124,9 @@ impl Limits {
         stats_interval: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(5),
         answer_floor: Duration::from_millis(25),
+        forwarder_rate: 2000,
+        forwarder_burst: 4000,
+        forward_private: false,
     };
 }
 
@@ -219,12 +232,7 @@ impl Relay {
     /// does) without that relay's TLS key.
     #[doc(hidden)]
     pub fn with_hello_identity(mut self, identity: Vec<u8>, credential: Vec<u8>) -> Self {
-        self.keys = Arc::new(tls::WireKeys {
-            server_config: self.keys.server_config.clone(),
-            tls_cert: self.keys.tls_cert.clone(),
-            identity_cert: identity,
-            credential,
-        });
+        self.keys = Arc::new(self.keys.replaying(identity, credential));
         self
     }
 

@@ -33,10 +33,13 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::answer_floor::AnswerFloor;
 use crate::deposit::{commit_part, DepositBudget, DepositSlot};
+use crate::forward::{Ask, Forwarder};
 use crate::proofs::SpentProofs;
 use crate::store::{Backend, ClaimProof, MailboxStore, ProvenWork, StoreError};
 use crate::tls::WireKeys;
 use crate::{now_secs, Limits};
+use backchannel_core::forward::{self as seal, AnswerKey, ForwardError, SESSION_LEN};
+use backchannel_core::relay_address::Pin as RelayPin;
 
 /// Most bytes of the WebSocket upgrade request (request line and headers) read
 /// before the connection is dropped. A real client sends about 250. (tungstenite
@@ -100,6 +103,12 @@ pub struct Metrics {
     pub answers_late: AtomicU64,
     /// Requests answered `Storage`: the store failed (each is logged with what it was doing).
     pub storage_failures: AtomicU64,
+    /// Our users' requests forwarded to another relay and answered by it.
+    pub forwarded: AtomicU64,
+    /// Our users' requests that could not be forwarded: the other relay was unreachable.
+    pub forward_unreachable: AtomicU64,
+    /// Requests forwarded to us by other relays, opened and executed.
+    pub forwarded_in: AtomicU64,
     /// How long each successful write (`Send`, `Ack`, `Create`, `Delete`, `ClaimCommit`)
     /// took, from when the store was asked until its answer was taken up (which, on a
     /// connection that pipelines and reads its answers slowly, includes that wait).
@@ -141,7 +150,7 @@ impl Metrics {
 
     /// Every counter with its name and what it counts: the one list that the counts line in
     /// the log and `relay --metrics` both read.
-    pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 19] {
+    pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 22] {
         [
             (
                 "refused_connections",
@@ -214,6 +223,21 @@ impl Metrics {
                 "Requests answered Storage: the store failed.",
                 &self.storage_failures,
             ),
+            (
+                "forwarded",
+                "Our users' requests forwarded to another relay and answered by it.",
+                &self.forwarded,
+            ),
+            (
+                "forward_unreachable",
+                "Our users' requests not forwarded: the other relay was unreachable.",
+                &self.forward_unreachable,
+            ),
+            (
+                "forwarded_in",
+                "Requests forwarded to us by other relays, opened and executed.",
+                &self.forwarded_in,
+            ),
         ]
     }
 }
@@ -237,6 +261,13 @@ pub(crate) struct Shared {
     tls: TlsAcceptor,
     /// The TLS certificate of this run and what the hello carries to vouch for it.
     keys: Arc<WireKeys>,
+    /// Our PIN (what a sealed request is bound to).
+    pin: [u8; 32],
+    /// Our connections to other relays, for our users' forwarded requests.
+    forwarder: Forwarder,
+    /// The token bucket of forwarding relays, by address (as the per-address limits key it),
+    /// all their connections together: identities made up on one address share one budget.
+    forwarders: Mutex<HashMap<IpAddr, Bucket>>,
     /// The protocol version announced in the hello ([`PROTOCOL_VERSION`] but in tests
     /// that play a relay of another version).
     pub(crate) protocol_version: u8,
@@ -261,6 +292,7 @@ impl Shared {
         closing: watch::Receiver<bool>,
         done: mpsc::Sender<()>,
     ) -> Self {
+        let forward_private = limits.forward_private;
         Self {
             store,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
@@ -277,6 +309,9 @@ impl Shared {
             notify,
             metrics,
             tls: TlsAcceptor::from(keys.server_config.clone()),
+            pin: RelayPin::of_certificate(&keys.identity_cert).0,
+            forwarder: Forwarder::new(keys.clone(), forward_private),
+            forwarders: Mutex::new(HashMap::new()),
             keys,
             protocol_version: PROTOCOL_VERSION,
             recorder: None,
@@ -618,10 +653,14 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
         touched: 0,
         deposit: DepositSlot::for_address(address),
         paced: false,
+        number: shared
+            .connection_count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        address,
+        forwarder: None,
+        sessions: Sessions::default(),
     };
-    let number = shared
-        .connection_count
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let number = conn.number;
     let hello = Response::Hello {
         version: shared.protocol_version,
         nonce: conn.nonce,
@@ -697,7 +736,7 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
         };
         let id = request_id(&bytes);
         let arrived = Instant::now();
-        let request = if let Err(wait) = bucket.take(Instant::now()) {
+        let request = if let Err(wait) = conn.take_token(&mut bucket, shared) {
             Metrics::count(&metrics.rate_limited);
             Err(Response::Error {
                 code: ErrorCode::RateLimited,
@@ -731,6 +770,12 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
             paced: conn.paced || matches!(request, Ok(Request::Paced)),
             writes: matches!(&request, Ok(req) if writes(req)),
         };
+        let request = request.and_then(|req| match req {
+            // Only a relay that proved its identity forwards (each seal costs an X-Wing
+            // decapsulation, counted against the forwarders' budget of its address).
+            Request::Sealed { .. } if conn.forwarder.is_none() => Err(Connection::err(ErrorCode::Malformed)),
+            req => Work::of(req, shared),
+        });
         match request {
             // A refusal takes its place in the order of answers.
             Err(response) => inflight.push_back(Box::pin(async move {
@@ -740,7 +785,12 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
             Ok(req) => match (conn.concurrent(&req), shared.concurrent_budget()) {
                 // Within the relay-wide budget of requests in flight (each may hold an envelope).
                 (true, Some(permit)) => inflight.push_back(Box::pin(async move {
-                    let response = serve_stateless(shared, req).await;
+                    let response = match req {
+                        Work::Plain(req) => serve_concurrent(shared, number, req).await,
+                        Work::Sealed { inner, key, .. } => {
+                            sealed_answer(shared, &key, &serve_stateless(shared, inner).await)
+                        }
+                    };
                     drop(permit);
                     answered.wait(shared, !matches!(response, Response::Error { .. })).await;
                     (id, response)
@@ -755,7 +805,13 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
                     }
                     // Boxed for the same reason: only a request being served holds its state.
                     answered.started = Instant::now();
-                    let response = Box::pin(conn.serve(shared, req)).await;
+                    let response = match req {
+                        Work::Plain(req) => Box::pin(conn.serve(shared, req)).await,
+                        Work::Sealed { session, inner, key } => {
+                            let response = Box::pin(conn.serve_sealed(shared, session, inner)).await;
+                            sealed_answer(shared, &key, &response)
+                        }
+                    };
                     answered.wait(shared, !matches!(response, Response::Error { .. })).await;
                     if !finish(ws, id, &response, shared).await {
                         return Ended::Client;
@@ -900,6 +956,88 @@ struct Connection {
     paced: bool,
     /// The commit being deposited for this connection's next claim.
     deposit: DepositSlot,
+    /// The connection's number (a forwarded request's queue at the forwarder).
+    number: u64,
+    /// The address it came from.
+    address: IpAddr,
+    /// The forwarding relay (its PIN) this connection proved to be ([`Request::Forwarder`]).
+    forwarder: Option<[u8; 32]>,
+    /// What forwarded requests keep between them, per session ([`Sessions`]).
+    sessions: Sessions,
+}
+
+/// Most sessions one connection keeps: a forwarding relay's carries many users' requests,
+/// each user's connection with a session of its own; past this, the oldest is forgotten (a
+/// deposit in it lapses early, and its claim is refused `NoDeposit` and sent again).
+const MAX_SESSIONS: usize = 4096;
+
+/// The state of forwarded requests, by session (`backchannel_core::forward`): what a
+/// connection keeps for its own requests (a deposit, a count of mailboxes made).
+#[derive(Default)]
+struct Sessions {
+    by_id: HashMap<[u8; SESSION_LEN], Session>,
+    /// Oldest first.
+    order: std::collections::VecDeque<[u8; SESSION_LEN]>,
+}
+
+struct Session {
+    deposit: DepositSlot,
+    created: usize,
+}
+
+impl Sessions {
+    fn get(&mut self, id: [u8; SESSION_LEN], address: IpAddr) -> &mut Session {
+        if !self.by_id.contains_key(&id) {
+            if self.order.len() >= MAX_SESSIONS {
+                if let Some(old) = self.order.pop_front() {
+                    self.by_id.remove(&old);
+                }
+            }
+            self.order.push_back(id);
+        }
+        self.by_id.entry(id).or_insert_with(|| Session {
+            deposit: DepositSlot::for_address(address),
+            created: 0,
+        })
+    }
+}
+
+/// What a request read from a connection asks: a request of its own, or one forwarded to
+/// us, opened ([`Request::Sealed`]).
+enum Work {
+    Plain(Request),
+    Sealed {
+        session: [u8; SESSION_LEN],
+        inner: Request,
+        key: AnswerKey,
+    },
+}
+
+impl Work {
+    /// Opens a sealed request; anything else as it is. A seal that does not open is
+    /// answered `Unsealed` (the client asks for our forward key again).
+    fn of(req: Request, shared: &Shared) -> Result<Self, Response> {
+        let Request::Sealed { sealed } = req else {
+            return Ok(Work::Plain(req));
+        };
+        match seal::open(&shared.keys.forward, &shared.pin, &sealed) {
+            Ok((session, inner, key)) => Ok(Work::Sealed { session, inner, key }),
+            Err(ForwardError::Unsealed) => Err(Connection::err(ErrorCode::Unsealed)),
+            Err(_) => Err(Response::Error {
+                code: ErrorCode::Malformed,
+                detail: u64::from(shared.protocol_version),
+            }),
+        }
+    }
+}
+
+/// The sealed answer to a forwarded request (counted in `forwarded_in`).
+fn sealed_answer(shared: &Shared, key: &AnswerKey, response: &Response) -> Response {
+    Metrics::count(&shared.metrics.forwarded_in);
+    match seal::seal_answer(key, response) {
+        Ok(s) => Response::Sealed(s),
+        Err(_) => Connection::err(ErrorCode::Malformed),
+    }
 }
 
 /// Logs a failure of the store: what the relay was doing and the failure's own
@@ -917,6 +1055,54 @@ fn store_error(doing: &'static str, e: StoreError) -> Response {
         (ErrorCode::Storage, 0)
     });
     Response::Error { code, detail }
+}
+
+/// Takes one part of a commit into `slot` (a connection's, or a forwarded session's).
+fn deposit(slot: &mut DepositSlot, shared: &Shared, part: u16, total: u16, bytes: &[u8]) -> Response {
+    match slot.push(&shared.deposits, part, total, bytes, std::time::Instant::now()) {
+        Ok(()) => Response::Ok,
+        Err(code) => Connection::err(code),
+    }
+}
+
+/// Claims an epoch with the whole commit deposited in `slot`.
+async fn claim_commit(slot: &mut DepositSlot, shared: &Shared, req: &Request) -> Response {
+    let Request::ClaimCommit { digest, .. } = req else {
+        return Connection::err(ErrorCode::Malformed);
+    };
+    let commit = match slot.take(digest, std::time::Instant::now()) {
+        Ok(c) => c,
+        Err(code) => return Connection::err(code),
+    };
+    match ClaimProof::of(req) {
+        Some((send, epoch, proof)) => match shared.store.claim(send, epoch, proof, Some(commit)).await {
+            Ok(()) => Response::Ok,
+            Err(e) => store_error("claiming an epoch", e),
+        },
+        None => Connection::err(ErrorCode::Malformed),
+    }
+}
+
+/// Executes a request that may run beside others of its connection
+/// ([`Connection::concurrent`]): one we forward for our user on connection `source`, or one
+/// of [`serve_stateless`]'s.
+async fn serve_concurrent(shared: &Shared, source: u64, req: Request) -> Response {
+    match req {
+        Request::Forward { to, sealed } => {
+            let answer = shared.forwarder.ask(source, &to, Ask::Sealed(sealed)).await;
+            let counter = match answer {
+                Response::Error {
+                    code: ErrorCode::Unreachable,
+                    ..
+                } => &shared.metrics.forward_unreachable,
+                _ => &shared.metrics.forwarded,
+            };
+            Metrics::count(counter);
+            answer
+        }
+        Request::Identify { relay } => shared.forwarder.ask(source, &relay, Ask::Identify).await,
+        req => serve_stateless(shared, req).await,
+    }
 }
 
 /// Executes a `Send`, `Claim` or `Ack` (checked by [`Connection::concurrent`]): requests
@@ -1015,28 +1201,8 @@ impl Connection {
             | Request::Claim { .. }
             | Request::ClaimKeyed { .. }
             | Request::FetchCommit { .. }) => serve_stateless(shared, req).await,
-            Request::Deposit { part, total, bytes } => {
-                match self
-                    .deposit
-                    .push(&shared.deposits, part, total, &bytes, std::time::Instant::now())
-                {
-                    Ok(()) => Response::Ok,
-                    Err(code) => Self::err(code),
-                }
-            }
-            ref req @ Request::ClaimCommit { digest, .. } => {
-                let commit = match self.deposit.take(&digest, std::time::Instant::now()) {
-                    Ok(c) => c,
-                    Err(code) => return Self::err(code),
-                };
-                match ClaimProof::of(req) {
-                    Some((send, epoch, proof)) => match store.claim(send, epoch, proof, Some(commit)).await {
-                        Ok(()) => Response::Ok,
-                        Err(e) => store_error("claiming an epoch", e),
-                    },
-                    None => Self::err(ErrorCode::Malformed),
-                }
-            }
+            Request::Deposit { part, total, bytes } => deposit(&mut self.deposit, shared, part, total, &bytes),
+            ref req @ Request::ClaimCommit { .. } => claim_commit(&mut self.deposit, shared, req).await,
             Request::Open { mailbox, proof } => {
                 if self.opened.contains(&mailbox) {
                     return Response::Ok;
@@ -1064,12 +1230,30 @@ impl Connection {
                 self.fetch(shared, max, wait).await
             }
             req @ Request::Ack { .. } => {
-                if self.concurrent(&req) {
+                if matches!(&req, Request::Ack { mailbox, .. } if self.opened.contains(mailbox)) {
                     serve_stateless(shared, req).await
                 } else {
                     Self::err(ErrorCode::NotOpened)
                 }
             }
+            req @ (Request::Forward { .. } | Request::Identify { .. }) => {
+                serve_concurrent(shared, self.number, req).await
+            }
+            Request::Forwarder {
+                identity,
+                scheme,
+                signature,
+            } => {
+                let mut message = seal::FORWARDER_LABEL.to_vec();
+                message.extend_from_slice(&self.nonce);
+                if !backchannel_core::relay_identity::verify_signature(&identity, scheme, &message, &signature) {
+                    return Self::err(ErrorCode::BadProof);
+                }
+                self.forwarder = Some(RelayPin::of_certificate(&identity).0);
+                Response::Ok
+            }
+            // Opened before it gets here ([`Work::of`]): a seal inside a seal is not one.
+            Request::Sealed { .. } => Self::err(ErrorCode::Malformed),
             Request::Delete { mailbox } => {
                 if !self.opened.contains(&mailbox) {
                     return Self::err(ErrorCode::NotOpened);
@@ -1087,11 +1271,78 @@ impl Connection {
         }
     }
 
+    /// A token of this connection's bucket, or of its forwarding relay's (all forwarding
+    /// connections from its address together, at the relay's `--forwarder-rate`); or how
+    /// long until the next.
+    fn take_token(&self, bucket: &mut Bucket, shared: &Shared) -> Result<(), Duration> {
+        if self.forwarder.is_none() {
+            return bucket.take(Instant::now());
+        }
+        let mut buckets = shared.forwarders.lock().unwrap_or_else(|e| e.into_inner());
+        // One bucket per forwarding address; forgotten all at once if there are ever many
+        // (a forgotten bucket starts full, a burst more for each).
+        if buckets.len() > MAX_SESSIONS && !buckets.contains_key(&self.address) {
+            buckets.clear();
+        }
+        buckets
+            .entry(self.address)
+            .or_insert_with(|| {
+                Bucket::new(
+                    shared.limits.forwarder_rate,
+                    shared.limits.forwarder_burst,
+                    Instant::now(),
+                )
+            })
+            .take(Instant::now())
+    }
+
+    /// Executes a forwarded request that keeps state between requests (a deposit, a
+    /// mailbox count) in its `session`, or any other that must run alone.
+    async fn serve_sealed(&mut self, shared: &Shared, session: [u8; SESSION_LEN], inner: Request) -> Response {
+        let address = self.address;
+        let state = self.sessions.get(session, address);
+        match inner {
+            Request::Ping => Response::Pong,
+            Request::Create {
+                mailbox,
+                recipient_key,
+                send_digest,
+                pow_bits,
+            } => {
+                if state.created >= shared.limits.max_mailboxes_per_connection {
+                    return Self::err(ErrorCode::TooManyMailboxes);
+                }
+                match shared.store.create(mailbox, recipient_key, send_digest, pow_bits).await {
+                    Ok(()) => {
+                        state.created += 1;
+                        Response::Ok
+                    }
+                    Err(e) => store_error("creating a mailbox", e),
+                }
+            }
+            Request::Deposit { part, total, bytes } => deposit(&mut state.deposit, shared, part, total, &bytes),
+            ref req @ Request::ClaimCommit { .. } => claim_commit(&mut state.deposit, shared, req).await,
+            // `Send`, `Claim`, `ClaimKeyed`, `FetchCommit`: what touches only the store.
+            req => serve_stateless(shared, req).await,
+        }
+    }
+
     /// Whether a request may run beside others of this connection: it reads no state
     /// that another request could change meanwhile (an `Ack` only of a mailbox this
     /// connection has opened; any other is refused, alone).
-    fn concurrent(&self, req: &Request) -> bool {
+    fn concurrent(&self, work: &Work) -> bool {
+        let req = match work {
+            Work::Plain(req) => req,
+            Work::Sealed { inner, .. } => {
+                return matches!(
+                    inner,
+                    Request::Send { .. } | Request::Claim { .. } | Request::ClaimKeyed { .. }
+                )
+            }
+        };
         match req {
+            // Forwarded on, and answered as the destination answers.
+            Request::Forward { .. } | Request::Identify { .. } => true,
             Request::Ack { mailbox, .. } => self.opened.contains(mailbox),
             // Not `FetchCommit`: each reads a whole held commit (up to 512 KiB), so one
             // connection's run one after the other.
@@ -1216,6 +1467,10 @@ mod tests {
             touched: 0,
             deposit: DepositSlot::default(),
             paced: false,
+            number: 0,
+            address: IpAddr::from([127, 0, 0, 1]),
+            forwarder: None,
+            sessions: Sessions::default(),
         };
         // Every request goes through its wire form, as the relay receives it.
         let wire = |req: Request| decode_request(&encode_request(1, &req)).unwrap().1;

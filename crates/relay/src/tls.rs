@@ -34,9 +34,58 @@ pub struct WireKeys {
     pub tls_cert: Vec<u8>,
     /// The identity certificate (its SHA-256 is the PIN).
     pub identity_cert: Vec<u8>,
-    /// The identity's credential for the TLS certificate.
+    /// The identity's credential for the TLS certificate and the forward key.
     pub credential: Vec<u8>,
+    /// The forward key pair of this run (docs/protocol.md, "Forwarding"), in memory only.
+    pub forward: Arc<backchannel_core::forward::ForwardKeys>,
+    /// The identity key, which signs this relay's proof when it forwards
+    /// ([`WireKeys::forwarder_proof`]).
+    identity_key: Arc<dyn rustls::sign::SigningKey>,
 }
+
+impl WireKeys {
+    /// These keys with another identity certificate and credential in the hello: only for
+    /// tests that play a relay replaying another relay's hello.
+    #[doc(hidden)]
+    pub fn replaying(&self, identity_cert: Vec<u8>, credential: Vec<u8>) -> Self {
+        Self {
+            server_config: self.server_config.clone(),
+            tls_cert: self.tls_cert.clone(),
+            identity_cert,
+            credential,
+            forward: self.forward.clone(),
+            identity_key: self.identity_key.clone(),
+        }
+    }
+
+    /// The proof a forwarding connection sends first ([`Request::Forwarder`]): the identity
+    /// certificate and the identity key's signature over the label and the destination's
+    /// hello `nonce`.
+    ///
+    /// [`Request::Forwarder`]: backchannel_core::frame::Request::Forwarder
+    pub fn forwarder_proof(&self, nonce: &[u8; 32]) -> Result<backchannel_core::frame::Request, RelayError> {
+        let signer = self
+            .identity_key
+            .choose_scheme(SCHEMES)
+            .ok_or_else(|| RelayError::Tls("no signature scheme for the identity key".into()))?;
+        let mut message = backchannel_core::forward::FORWARDER_LABEL.to_vec();
+        message.extend_from_slice(nonce);
+        let signature = signer.sign(&message).map_err(|e| RelayError::Tls(e.to_string()))?;
+        Ok(backchannel_core::frame::Request::Forwarder {
+            identity: self.identity_cert.clone(),
+            scheme: u16::from(signer.scheme()),
+            signature,
+        })
+    }
+}
+
+/// The schemes an identity key may sign with.
+const SCHEMES: &[SignatureScheme] = &[
+    SignatureScheme::ED25519,
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::RSA_PSS_SHA256,
+];
 
 /// The relay's certificate and key, loaded or freshly made: its identity.
 pub struct TlsIdentity {
@@ -148,11 +197,12 @@ impl TlsIdentity {
     pub fn wire_keys(&self, now: u64) -> Result<WireKeys, RelayError> {
         let tls = Self::generate()?;
         let failed = |what: &str| RelayError::Tls(format!("could not sign the relay credential: {what}"));
+        let forward = backchannel_core::forward::ForwardKeys::generate()
+            .map_err(|e| RelayError::Tls(format!("could not make the forward key: {e}")))?;
         let mut credential = Credential {
             tls_cert_digest: Pin::of_certificate(tls.cert.as_ref()).0,
-            // No forward key yet: forwarding (docs/protocol.md, "What is forwarded") brings it.
-            forward_kem: 0,
-            forward_key: Vec::new(),
+            forward_kem: backchannel_core::relay_identity::FORWARD_KEM_XWING,
+            forward_key: forward.public().to_vec(),
             not_before: now.saturating_sub(86_400),
             not_after: now.saturating_add(CREDENTIAL_LIFETIME.as_secs()),
             scheme: 0,
@@ -163,12 +213,7 @@ impl TlsIdentity {
             .load_private_key(PrivateKeyDer::Pkcs8(self.key.clone_key()))
             .map_err(|e| failed(&e.to_string()))?;
         let signer = key
-            .choose_scheme(&[
-                SignatureScheme::ED25519,
-                SignatureScheme::ECDSA_NISTP256_SHA256,
-                SignatureScheme::ECDSA_NISTP384_SHA384,
-                SignatureScheme::RSA_PSS_SHA256,
-            ])
+            .choose_scheme(SCHEMES)
             .ok_or_else(|| failed("no signature scheme for the identity key"))?;
         credential.scheme = u16::from(signer.scheme());
         credential.signature = signer
@@ -179,6 +224,8 @@ impl TlsIdentity {
             tls_cert: tls.cert.to_vec(),
             identity_cert: self.cert.to_vec(),
             credential: credential.to_bytes(),
+            forward: Arc::new(forward),
+            identity_key: key,
         })
     }
 
@@ -309,6 +356,43 @@ mod tests {
     /// A credential the identity made vouches for its fresh TLS certificate under the PIN,
     /// and for nothing else: not under another PIN, not for another TLS certificate, not
     /// when signed by another identity, not outside its validity.
+    #[test]
+    fn a_home_relay_cannot_pass_on_another_forward_key_than_the_destination_signed() {
+        use backchannel_core::relay_identity::{check_forward, Credential, IdentityError};
+        let now = 1_800_000_000;
+        let identity = TlsIdentity::generate().unwrap();
+        let keys = identity.wire_keys(now).unwrap();
+        let pin = identity.pin();
+        let c = check_forward(&pin, &keys.identity_cert, &keys.credential, now).unwrap();
+        assert_eq!(
+            c.forward_key,
+            keys.forward.public(),
+            "the credential names this run's forward key"
+        );
+        // A home relay that swaps in a key of its own breaks the signature.
+        let mut swapped = Credential::from_bytes(&keys.credential).unwrap();
+        swapped.forward_key = backchannel_core::forward::ForwardKeys::generate()
+            .unwrap()
+            .public()
+            .to_vec();
+        assert_eq!(
+            check_forward(&pin, &keys.identity_cert, &swapped.to_bytes(), now),
+            Err(IdentityError::BadSignature)
+        );
+        // Another relay's genuine credential is not this PIN's.
+        let other = TlsIdentity::generate().unwrap();
+        let other_keys = other.wire_keys(now).unwrap();
+        assert_eq!(
+            check_forward(&pin, &other_keys.identity_cert, &other_keys.credential, now),
+            Err(IdentityError::NotThePin)
+        );
+        // Out of its validity.
+        assert_eq!(
+            check_forward(&pin, &keys.identity_cert, &keys.credential, now + 6 * 365 * 86_400),
+            Err(IdentityError::Expired)
+        );
+    }
+
     #[test]
     fn a_credential_vouches_for_its_own_tls_certificate_only() {
         use backchannel_core::relay_identity::{check, IdentityError};

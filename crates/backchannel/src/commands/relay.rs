@@ -50,6 +50,9 @@ pub async fn run(a: &RelayArgs, out: &Out) -> Result<(), CliError> {
         stats_interval: a.stats_interval.0,
         shutdown_grace: a.shutdown_grace.0,
         answer_floor: a.answer_floor.0,
+        forwarder_rate: a.forwarder_rate,
+        forwarder_burst: a.forwarder_burst,
+        forward_private: a.forward_private,
         ..Limits::default()
     };
     let relay = match a.storage.store {
