@@ -346,6 +346,18 @@ pub struct RelayArgs {
     /// often the store was slower.
     #[arg(long, default_value_t = Span(Limits::default().answer_floor), value_parser = parse_span)]
     pub answer_floor: Span,
+    /// Requests per second that one other relay may forward here on average, all its
+    /// connections together (0: no limit): each forwarding relay has its own budget,
+    /// larger than a connection's.
+    #[arg(long, default_value_t = Limits::default().forwarder_rate)]
+    pub forwarder_rate: u32,
+    /// Requests one forwarding relay may make at once (its budget's burst).
+    #[arg(long, default_value_t = Limits::default().forwarder_burst)]
+    pub forwarder_burst: u32,
+    /// Forward your users' requests to relays at loopback and private addresses too (for a
+    /// test network; by default a user cannot make the relay connect into its own network).
+    #[arg(long)]
+    pub forward_private: bool,
 }
 
 // `init`.
@@ -358,6 +370,11 @@ pub struct InitArgs {
     /// when the relay has several (relays sharing a cluster): they are tried in order.
     #[arg(long, required = true)]
     pub relay: Vec<String>,
+    /// Send to members whose mailboxes live on other relays directly, rather than through
+    /// your own relay (which then no longer hides your address from their relays, nor
+    /// their relays from the network you sit in). Forwarding is the default.
+    #[arg(long)]
+    pub no_forward: bool,
 }
 
 // `invite`.
@@ -674,6 +691,21 @@ pub enum BenchCommand {
     /// Hold N idle connections, each with a mailbox and a waiting long-poll, to one relay,
     /// and report the relay's memory per connection.
     Connections(BenchConnectionsArgs),
+    /// Start a home relay and a destination relay on loopback and send envelopes one at a
+    /// time into a mailbox on the destination, directly and forwarded through the home relay
+    /// in turn: each way's latency and each relay's CPU per envelope.
+    Forward(BenchForwardArgs),
+}
+
+// `bench forward`.
+#[derive(clap::Args, Debug)]
+pub struct BenchForwardArgs {
+    /// Envelopes each way (4096 bytes each).
+    #[arg(long, default_value_t = 2000)]
+    pub messages: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 // `bench relay`.

@@ -50,7 +50,7 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut homes = Vec::new();
     for name in ["alice", "amir", "bruno"] {
         let home = dir.path().join(name);
-        let fp = Engine::init(&home, PASS, name, vec![address.clone()], None).await?;
+        let fp = Engine::init(&home, PASS, name, vec![address.clone()], None, true).await?;
         println!("{name} created an identity, fingerprint {fp}");
         homes.push(home);
     }

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backchannel_core::forward::{self, AnswerKey, SESSION_LEN};
 use backchannel_core::frame::{
-    decode_response, encode_request, hello_identity, hello_version, ErrorCode, Request, Response, ResponseAssembler,
-    PROTOCOL_VERSION,
+    decode_response, encode_request, forwardable, hello_identity, hello_version, ErrorCode, Request, Response,
+    ResponseAssembler, PROTOCOL_VERSION,
 };
 use backchannel_core::relay_address::RelayAddress;
 use backchannel_core::relay_identity::{self, IdentityError};
@@ -191,6 +192,22 @@ pub struct RelayConnection {
     nonce: [u8; 32],
     next_id: u32,
     authority: String,
+    /// The relay's identity certificate and credential, from its hello.
+    identity: (Vec<u8>, Vec<u8>),
+    /// Where this connection's requests are forwarded to, if anywhere
+    /// ([`RelayConnection::forward_to`]).
+    forward: Option<Forwarding>,
+}
+
+/// A connection to our home relay that forwards to another relay (docs/protocol.md,
+/// "Forwarding").
+struct Forwarding {
+    /// The destination relay.
+    to: RelayAddress,
+    /// Its forward key, from its credential (checked against its PIN).
+    key: Vec<u8>,
+    /// This connection's session at the destination (its deposits are kept per session).
+    session: [u8; SESSION_LEN],
 }
 
 impl std::fmt::Debug for RelayConnection {
@@ -277,6 +294,8 @@ impl RelayConnection {
             nonce: [0; 32],
             next_id: 1,
             authority: authority.to_string(),
+            identity: (Vec::new(), Vec::new()),
+            forward: None,
         };
         // The relay's version first, from the prefix every version keeps: a relay of
         // another version is told apart before the rest of its hello is parsed.
@@ -319,6 +338,7 @@ impl RelayConnection {
             ) => {
                 verify(&identity, &credential, &conn.authority)?;
                 conn.nonce = nonce;
+                conn.identity = (identity, credential);
                 Ok(conn)
             }
             (_, Response::Error { code, detail }) => Err(ConnectError::Refused(code, detail)),
@@ -350,6 +370,101 @@ impl RelayConnection {
     /// The per-connection nonce that open proofs sign.
     pub fn nonce(&self) -> &[u8; 32] {
         &self.nonce
+    }
+
+    /// The relay's identity certificate and credential, as its hello presented them
+    /// (checked against the address's PIN).
+    pub fn identity(&self) -> (&[u8], &[u8]) {
+        (&self.identity.0, &self.identity.1)
+    }
+
+    /// Makes this connection (to our home relay) forward every forwardable request to the
+    /// relay at `to` (docs/protocol.md, "Forwarding"): asks the home relay for `to`'s
+    /// identity and credential, checks them against `to`'s PIN as if connected to it, and
+    /// seals each request to its forward key from then on. `Ping` and `Paced` still go to
+    /// the home relay itself.
+    pub async fn forward_to(mut self, to: &RelayAddress) -> Result<Self, ConnectError> {
+        let answer = self.request(&Request::Identify { relay: to.clone() }).await;
+        let (identity, credential) = match answer {
+            Ok(Response::Identity { identity, credential }) => (identity, credential),
+            Err(e) if e.is(ErrorCode::Unreachable) => {
+                return Err(ConnectError::Unreachable {
+                    relay: to.authority(),
+                    source: None,
+                })
+            }
+            Err(e) => return Err(e),
+            Ok(_) => return Err(ConnectError::broken(&self.authority, Breakage::Unexpected)),
+        };
+        let now = crate::engine::now_ms() / 1000;
+        let credential = match relay_identity::check_forward(&to.pin(), &identity, &credential, now) {
+            Ok(c) => c,
+            Err(IdentityError::Expired) => return Err(ConnectError::StaleCredential(to.authority())),
+            Err(_) => return Err(ConnectError::PinMismatch(to.authority())),
+        };
+        self.forward = Some(Forwarding {
+            to: to.clone(),
+            key: credential.forward_key,
+            session: crate::session::random_id::<SESSION_LEN>(),
+        });
+        Ok(self)
+    }
+
+    /// The frame `req` goes out as, and the key of its sealed answer when it is forwarded.
+    fn outgoing(&self, id: u32, req: &Request) -> Result<(Vec<u8>, Option<AnswerKey>), ConnectError> {
+        let Some(f) = self
+            .forward
+            .as_ref()
+            .filter(|_| !matches!(req, Request::Ping | Request::Paced))
+        else {
+            return Ok((encode_request(id, req), None));
+        };
+        if !forwardable(req) {
+            return Err(ConnectError::broken(&self.authority, Breakage::Unexpected));
+        }
+        let (sealed, key) = forward::seal(&f.key, &f.to.pin, &f.session, req)
+            .map_err(|_| ConnectError::broken(f.to.authority(), Breakage::Unexpected))?;
+        let frame = encode_request(
+            id,
+            &Request::Forward {
+                to: f.to.clone(),
+                sealed,
+            },
+        );
+        Ok((frame, Some(key)))
+    }
+
+    /// The answer to a request that went out with `key`: the destination's, opened.
+    fn incoming(&self, resp: Response, key: Option<&AnswerKey>) -> Result<Response, ConnectError> {
+        let (Some(key), Some(f)) = (key, self.forward.as_ref()) else {
+            return match resp {
+                Response::Error { code, detail } => Err(self.refusal(code, detail)),
+                other => Ok(other),
+            };
+        };
+        match resp {
+            Response::Sealed(sealed) => match forward::open_answer(key, &sealed) {
+                Ok(Response::Error { code, detail }) => Err(self.refusal(code, detail)),
+                Ok(other) => Ok(other),
+                Err(_) => Err(ConnectError::broken(f.to.authority(), Breakage::Unexpected)),
+            },
+            // The home relay could not reach the destination: as if we could not.
+            Response::Error {
+                code: ErrorCode::Unreachable,
+                ..
+            } => Err(ConnectError::Unreachable {
+                relay: f.to.authority(),
+                source: None,
+            }),
+            // The destination's forward key changed (it restarted): this connection is done
+            // for; the next one asks for the new key.
+            Response::Error {
+                code: ErrorCode::Unsealed,
+                ..
+            } => Err(ConnectError::broken(f.to.authority(), Breakage::Closed)),
+            Response::Error { code, detail } => Err(self.refusal(code, detail)),
+            _ => Err(ConnectError::broken(&self.authority, Breakage::Unexpected)),
+        }
     }
 
     /// Reads one whole response (a fetch's envelopes span several frames).
@@ -407,11 +522,14 @@ impl RelayConnection {
 
     async fn pipeline_inner(&mut self, reqs: &[Request]) -> Result<Vec<Result<Response, ConnectError>>, ConnectError> {
         let first = self.next_id;
+        let mut keys = Vec::with_capacity(reqs.len());
         for req in reqs {
             let id = self.next_id;
             self.next_id = self.next_id.wrapping_add(1).max(1);
+            let (frame, key) = self.outgoing(id, req)?;
+            keys.push(key);
             self.ws
-                .feed(Message::Binary(encode_request(id, req).into()))
+                .feed(Message::Binary(frame.into()))
                 .await
                 .map_err(|e| ConnectError::broken(&self.authority, e.into()))?;
         }
@@ -425,10 +543,8 @@ impl RelayConnection {
             if id != first.wrapping_add(i as u32) {
                 return Err(ConnectError::broken(&self.authority, Breakage::Unexpected));
             }
-            out.push(match resp {
-                Response::Error { code, detail } => Err(self.refusal(code, detail)),
-                other => Ok(other),
-            });
+            let key = keys.get(i).and_then(Option::as_ref);
+            out.push(self.incoming(resp, key));
         }
         Ok(out)
     }

@@ -118,6 +118,7 @@ impl Engine {
         name: &str,
         relays: Vec<RelayAddress>,
         proxy: Option<ProxyAddr>,
+        forward: bool,
     ) -> Result<Fingerprint, ClientError> {
         validate_name(name).map_err(|e| ClientError::Usage(e.to_string()))?;
         if Home::exists(dir) {
@@ -151,13 +152,18 @@ impl Engine {
         }
         answered?;
         let identity = Identity::generate(name, &mut OsRng).map_err(ClientError::protocol)?;
-        let state = State::new(
+        let mut state = State::new(
             name.to_string(),
             *identity.secret_bytes(),
             relay,
             relay_alternates,
             proxy,
         );
+        if !forward {
+            state
+                .settings
+                .insert(crate::state::FORWARD_SETTING.to_string(), "off".to_string());
+        }
         Home::create(dir, passphrase, &state.encode()?)?;
         Ok(identity.fingerprint())
     }
@@ -168,6 +174,7 @@ impl Engine {
         let session = Session::new(state, Box::new(home.blobs()), now_ms())?;
         let transport = TransportConfig {
             proxy: session.state().proxy.clone(),
+            no_forward: !session.state().forwards(),
             ..TransportConfig::default()
         };
         let ours: Vec<RelayAddress> = std::iter::once(&session.state().relay)
@@ -1105,7 +1112,9 @@ impl Engine {
         self.tick();
         let redeeming = self.session.redeem(invite, local_name)?;
         let relay = redeeming.relay().clone();
-        let mailbox = self.create_mailbox(&relay).await?;
+        // Our mailbox in the channel lives on our own relay (forwarding), or on the
+        // inviter's without it.
+        let mailbox = self.create_mailbox(&self.session.place_for_ours(relay.clone())).await?;
         let reqs = self.session.join_request(&redeeming, &mailbox)?;
         let key = self.key(&relay, sends_to(&reqs));
         let results = self.pipeline(&key, &reqs).await;

@@ -43,6 +43,9 @@ pub struct TransportConfig {
     pub proxy: Option<ProxyAddr>,
     /// Pace every link (cover traffic) with this period between send ticks.
     pub cover: Option<Duration>,
+    /// Send to mailboxes on other relays directly rather than through our own relay
+    /// (`init --no-forward`; docs/protocol.md, "Forwarding").
+    pub no_forward: bool,
 }
 
 /// Which requests may share a connection (docs/protocol.md, "Unlinkable links"). Without
@@ -129,6 +132,8 @@ pub struct Links {
     ours: Vec<RelayAddress>,
     config: TransportConfig,
     conns: HashMap<LinkKey, RelayLinks>,
+    /// Per link key of another relay, the links through our own relay that forward to it.
+    forwarded: HashMap<LinkKey, RelayLinks>,
 }
 
 impl std::fmt::Debug for Links {
@@ -144,14 +149,64 @@ impl Links {
             ours,
             config,
             conns: HashMap::new(),
+            forwarded: HashMap::new(),
         }
+    }
+
+    /// Whether what goes to `relay`'s mailboxes goes through our own relay: it is another
+    /// relay, and forwarding is on.
+    fn forwards(&self, relay: &RelayAddress) -> bool {
+        !self.config.no_forward && self.ours.first().is_some_and(|home| home.pin != relay.pin)
+    }
+
+    /// The links through our own relay that forward to `key`'s relay.
+    fn forwarding(&mut self, key: &LinkKey) -> &mut RelayLinks {
+        let key = self.slot(key);
+        let Self {
+            ours,
+            config,
+            forwarded,
+            ..
+        } = self;
+        forwarded
+            .entry(key.clone())
+            .or_insert_with(|| RelayLinks::forwarding(ours.clone(), key.relay.clone(), config.clone()))
+    }
+
+    /// Sends `reqs` for `key`: those that are forwarded through our own relay's links, the
+    /// rest on `key`'s own; the answers in order.
+    async fn pipeline_split(&mut self, key: &LinkKey, reqs: &[Request]) -> Result<Results, ConnectError> {
+        if !self.forwards(&key.relay) {
+            return self.links(key).pipeline(reqs, &key.compartment).await;
+        }
+        let (fwd, direct): (Vec<_>, Vec<_>) = reqs.iter().cloned().enumerate().partition(|(_, r)| forwarded(r));
+        let mut out: Vec<Option<Result<Response, ConnectError>>> = (0..reqs.len()).map(|_| None).collect();
+        for (through, group) in [(true, fwd), (false, direct)] {
+            if group.is_empty() {
+                continue;
+            }
+            let (idx, batch): (Vec<usize>, Vec<Request>) = group.into_iter().unzip();
+            let links = if through { self.forwarding(key) } else { self.links(key) };
+            let results = links.pipeline(&batch, &key.compartment).await?;
+            for (i, r) in idx.into_iter().zip(results) {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(r);
+                }
+            }
+        }
+        let authority = key.relay.authority();
+        out.into_iter()
+            .map(|r| r.ok_or_else(|| ConnectError::broken(&authority, Breakage::Unexpected)))
+            .collect()
     }
 
     /// The links `key` uses: its own without cover; under cover, the relay's one set of
     /// paced links, whose turns serve each compartment in its turn.
     fn links(&mut self, key: &LinkKey) -> &mut RelayLinks {
         let key = self.slot(key);
-        let Self { ours, config, conns } = self;
+        let Self {
+            ours, config, conns, ..
+        } = self;
         // The address list is built only when the links are first made, not per request.
         conns
             .entry(key.clone())
@@ -182,9 +237,17 @@ fn fresh_links(ours: &[RelayAddress], config: &TransportConfig, relay: &RelayAdd
     RelayLinks::new(addrs, config.clone())
 }
 
+/// Whether a request to another relay's mailbox goes through our own relay when forwarding
+/// is on: what names a mailbox by its send capability, and a `Create` (a channel's new
+/// sequencer on its relay). The receive side of our own mailboxes there (made before
+/// forwarding) is spoken directly.
+fn forwarded(req: &Request) -> bool {
+    on_send_link(req) || matches!(req, Request::Create { .. })
+}
+
 impl Network for Links {
     fn pipeline<'a>(&'a mut self, key: &'a LinkKey, reqs: &'a [Request]) -> NetFuture<'a, Results> {
-        Box::pin(self.links(key).pipeline(reqs, &key.compartment))
+        Box::pin(self.pipeline_split(key, reqs))
     }
 
     fn open<'a>(
@@ -198,6 +261,7 @@ impl Network for Links {
     fn forget(&mut self, key: &LinkKey) {
         let slot = self.slot(key);
         self.conns.remove(&slot);
+        self.forwarded.remove(&slot);
     }
 
     fn connect_all<'a>(&'a mut self, key: &'a LinkKey) -> NetFuture<'a, ()> {
@@ -237,6 +301,7 @@ impl Network for Links {
     fn configure(&mut self, config: TransportConfig) {
         self.config = config;
         self.conns.clear();
+        self.forwarded.clear();
     }
 }
 
@@ -308,10 +373,30 @@ impl Filler {
 
 /// A connection for a paced link: it declares itself paced before anything else, so that
 /// every answer on it leaves at the relay's answer floor (docs/protocol.md, "Answer times").
-async fn connect_paced(addr: &RelayAddress, proxy: Option<&ProxyAddr>) -> Result<RelayConnection, ConnectError> {
+async fn connect_paced(
+    addr: &RelayAddress,
+    proxy: Option<&ProxyAddr>,
+    forward: Option<&RelayAddress>,
+) -> Result<RelayConnection, ConnectError> {
     let mut conn = RelayConnection::connect_via(addr, proxy).await?;
     conn.request(&Request::Paced).await?;
-    Ok(conn)
+    match forward {
+        Some(to) => conn.forward_to(to).await,
+        None => Ok(conn),
+    }
+}
+
+/// A connection (not paced) to `addr`, forwarding to `forward` if given.
+async fn connect_direct(
+    addr: &RelayAddress,
+    proxy: Option<&ProxyAddr>,
+    forward: Option<&RelayAddress>,
+) -> Result<RelayConnection, ConnectError> {
+    let conn = RelayConnection::connect_via(addr, proxy).await?;
+    match forward {
+        Some(to) => conn.forward_to(to).await,
+        None => Ok(conn),
+    }
 }
 
 /// A paced link answers exactly one frame per request: fetches take one
@@ -329,6 +414,8 @@ struct Pacer {
     /// The address that last answered.
     at: usize,
     proxy: Option<ProxyAddr>,
+    /// The relay our own relay forwards this link's requests to, if any.
+    forward: Option<RelayAddress>,
     conn: Option<RelayConnection>,
     /// The compartment of this turn's connection (none: nothing was waiting).
     current: Option<Compartment>,
@@ -361,7 +448,7 @@ impl Pacer {
         for i in 0..n {
             let at = (self.at + i) % n;
             let Some(addr) = self.addrs.get(at) else { break };
-            match connect_paced(addr, self.proxy.as_ref()).await {
+            match connect_paced(addr, self.proxy.as_ref(), self.forward.as_ref()).await {
                 Ok(c) => {
                     self.at = at;
                     self.conn = Some(c);
@@ -512,19 +599,21 @@ impl Link {
         proxy: Option<&ProxyAddr>,
         pace_every: Option<Duration>,
         filler: Filler,
+        forward: Option<&RelayAddress>,
     ) -> Result<Self, ConnectError> {
         let Some(addr) = addrs.get(at) else {
             return Err(ConnectError::broken("", Breakage::Closed));
         };
         Ok(match pace_every {
-            None => Link::Direct(Box::new(RelayConnection::connect_via(addr, proxy).await?)),
+            None => Link::Direct(Box::new(connect_direct(addr, proxy, forward).await?)),
             Some(period) => {
-                let conn = connect_paced(addr, proxy).await?;
+                let conn = connect_paced(addr, proxy, forward).await?;
                 let (tx, rx) = mpsc::unbounded_channel();
                 let pacer = Pacer {
                     addrs: addrs.to_vec(),
                     at,
                     proxy: proxy.cloned(),
+                    forward: forward.cloned(),
                     conn: Some(conn),
                     current: None,
                     turn_left: turn_length(),
@@ -597,6 +686,9 @@ pub struct RelayLinks {
     recv: Option<Link>,
     /// Mailboxes opened (or created) on the receive link.
     opened: HashSet<MailboxId>,
+    /// The relay that `addrs` (our own relay's) forward every request of these links to
+    /// (docs/protocol.md, "Forwarding"): then every request goes on the send link.
+    forward: Option<RelayAddress>,
 }
 
 impl std::fmt::Debug for RelayLinks {
@@ -616,6 +708,15 @@ impl RelayLinks {
             send: None,
             recv: None,
             opened: HashSet::new(),
+            forward: None,
+        }
+    }
+
+    /// Links to our own relay at `ours` that forward every request to the relay at `to`.
+    pub fn forwarding(ours: Vec<RelayAddress>, to: RelayAddress, config: TransportConfig) -> Self {
+        Self {
+            forward: Some(to),
+            ..Self::new(ours, config)
         }
     }
 
@@ -642,7 +743,8 @@ impl RelayLinks {
             let mut made = None;
             for i in 0..n {
                 let at = (self.current + i) % n;
-                match Link::connect(&self.addrs, at, self.config.proxy.as_ref(), period, filler).await {
+                let forward = self.forward.as_ref();
+                match Link::connect(&self.addrs, at, self.config.proxy.as_ref(), period, filler, forward).await {
                     Ok(link) => {
                         self.current = at;
                         made = Some(link);
@@ -691,7 +793,12 @@ impl RelayLinks {
 
     /// Sends requests of `compartment`, each on its link, and returns their answers in order.
     pub async fn pipeline(&mut self, reqs: &[Request], compartment: &Compartment) -> Result<Results, ConnectError> {
-        let (sends, recvs): (Vec<_>, Vec<_>) = reqs.iter().cloned().enumerate().partition(|(_, r)| on_send_link(r));
+        let through = self.forward.is_some();
+        let (sends, recvs): (Vec<_>, Vec<_>) = reqs
+            .iter()
+            .cloned()
+            .enumerate()
+            .partition(|(_, r)| through || on_send_link(r));
         let mut out: Vec<Option<Result<Response, ConnectError>>> = (0..reqs.len()).map(|_| None).collect();
         for (send, group) in [(true, sends), (false, recvs)] {
             if group.is_empty() {

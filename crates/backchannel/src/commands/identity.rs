@@ -73,7 +73,7 @@ pub async fn init(global: &Global, args: &InitArgs, out: &Out) -> Result<(), Cli
         .collect::<Result<Vec<_>, _>>()?;
     let dir = home(global)?;
     let pass = passphrase(global, true)?;
-    let fp = Engine::init(&dir, &pass, &args.name, relay, global.proxy.clone()).await?;
+    let fp = Engine::init(&dir, &pass, &args.name, relay, global.proxy.clone(), !args.no_forward).await?;
     out.line(format!("identity created for {}", args.name));
     out.line(format!("fingerprint: {fp}"));
     if let Some(p) = &global.proxy {

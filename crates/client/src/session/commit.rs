@@ -197,8 +197,8 @@ impl Session {
     }
 
     /// Where the driver must make a fresh mailbox for `op` in `name` before staging it, if
-    /// anywhere: our own new mailbox for a key update (at the relay of the one it
-    /// replaces), and the channel's new sequencer for a commit that removes someone (at the
+    /// anywhere: our own new mailbox for a key update (on our own relay, or without
+    /// forwarding at the relay of the one it replaces: [`Session::place_for_ours`]), and the channel's new sequencer for a commit that removes someone (at the
     /// sequencer's relay: the removed member knew the old one).
     pub fn fresh_mailbox_for(&self, name: &str, op: &CommitOp) -> Result<Option<RelayAddress>, ClientError> {
         let group = self.load_group(name)?;
@@ -206,7 +206,9 @@ impl Session {
             Ok(Some(group.info().map_err(ClientError::protocol)?.sequencer.relay))
         };
         match op {
-            CommitOp::SelfUpdate => Ok(Some(self.channel(name)?.mailbox.address.relay.clone())),
+            CommitOp::SelfUpdate => Ok(Some(
+                self.place_for_ours(self.channel(name)?.mailbox.address.relay.clone()),
+            )),
             CommitOp::Remove(_) | CommitOp::MoveSequencer => sequencer(),
             CommitOp::Proposals if group.has_pending_removals() => sequencer(),
             CommitOp::Proposals | CommitOp::Add(_) | CommitOp::Roles(_) => Ok(None),

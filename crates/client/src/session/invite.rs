@@ -32,12 +32,13 @@ impl Redeeming {
 }
 
 impl Session {
-    /// Where an invite to `name` must be made: the relay of the channel's sequencer.
+    /// Where an invite to `name` must be made: on our own relay (forwarding), or without it
+    /// at the relay of the channel's sequencer ([`Session::place_for_ours`]).
     pub fn invite_relay(&self, name: &str) -> Result<RelayAddress, ClientError> {
         self.active(name)?;
         self.may(name, backchannel_core::roles::Act::Add, "invite")?;
         let group = self.load_group(name)?;
-        Ok(group.info().map_err(ClientError::protocol)?.sequencer.relay)
+        Ok(self.place_for_ours(group.info().map_err(ClientError::protocol)?.sequencer.relay))
     }
 
     /// Records an invite to `name` whose mailbox the relay has made; returns its text.

@@ -455,6 +455,17 @@ impl Session {
         }
     }
 
+    /// Where a new mailbox of ours goes: on our own relay when what others send us may come
+    /// through theirs (forwarding, docs/protocol.md, "Where mailboxes live"), otherwise on
+    /// `without` (the relay of the channel or of the mailbox it replaces, as before).
+    pub fn place_for_ours(&self, without: RelayAddress) -> RelayAddress {
+        if self.state.forwards() {
+            self.state.relay.clone()
+        } else {
+            without
+        }
+    }
+
     /// A channel by local name.
     pub(crate) fn channel(&self, name: &str) -> Result<&ChannelState, ClientError> {
         self.state

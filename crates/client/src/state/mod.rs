@@ -14,6 +14,7 @@
 mod v5;
 mod v6;
 mod v7;
+mod v8;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ use crate::socks::ProxyAddr;
 use crate::{ClientError, Damage};
 
 /// Version of the state layout.
-pub const STATE_VERSION: u32 = 8;
+pub const STATE_VERSION: u32 = 9;
 
 /// The oldest layout this release converts.
 pub const OLDEST_STATE_VERSION: u32 = 5;
@@ -74,11 +75,19 @@ pub struct State {
     pub drops: BTreeMap<String, DropBox>,
     /// Files in transfer (`session::files`).
     pub files: Files,
+    /// The home's settings, by name ([`State::setting`]): a key this release does not know
+    /// is kept as it is, so that settings come and go without a new layout.
+    pub settings: BTreeMap<String, String>,
     /// What an upgrade from an earlier layout found in the vault and must now be sealed
     /// beside it; never saved (the session writes it out when it starts).
     #[serde(skip)]
     pub carried: Carried,
 }
+
+/// The setting that turns forwarding off (`init --no-forward`): `"off"`; absent, what
+/// goes to another relay's mailboxes goes through our own relay (docs/protocol.md,
+/// "Forwarding").
+pub const FORWARD_SETTING: &str = "forward";
 
 /// Bulk data an upgrade took out of an earlier layout's vault, for the session to seal
 /// beside the vault ([`State::carried`]).
@@ -291,8 +300,19 @@ impl State {
             courier: CourierLog::default(),
             drops: BTreeMap::new(),
             files: Files::default(),
+            settings: BTreeMap::new(),
             carried: Carried::default(),
         }
+    }
+
+    /// A setting's value, if set.
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.settings.get(key).map(String::as_str)
+    }
+
+    /// Whether what goes to mailboxes on other relays goes through our own relay.
+    pub fn forwards(&self) -> bool {
+        self.setting(FORWARD_SETTING) != Some("off")
     }
 }
 
@@ -346,6 +366,7 @@ impl State {
         let undecodable = |_| ClientError::Corrupt(Damage::Undecodable);
         match version {
             STATE_VERSION => postcard::from_bytes(b).map_err(undecodable),
+            8 => Ok(v8::upgrade(postcard::from_bytes(b).map_err(undecodable)?)),
             7 => Ok(v7::upgrade(postcard::from_bytes(b).map_err(undecodable)?)),
             6 => Ok(v7::upgrade(v6::upgrade(
                 postcard::from_bytes(b).map_err(undecodable)?,

@@ -197,6 +197,7 @@ pub(super) fn upgrade(mut s: State) -> super::State {
             .into_iter()
             .map(|(n, d)| (n, d.into()))
             .collect(),
+        settings: BTreeMap::new(),
         files: std::mem::take(&mut s.files),
         carried,
     }
