@@ -67,13 +67,14 @@ fn short_and_long_messages_give_the_same_tls_record_lengths() {
     let (short, long) = (&runs[0], &runs[1]);
     eprintln!("short: {:?}", lengths_histogram(short));
     eprintln!("long: {:?}", lengths_histogram(long));
-    // One size per direction (a frame of 4160 bytes, plus WebSocket and TLS overhead), the
-    // same for both messages, and the same number of records.
+    // One size per direction (a frame of FRAME_SIZE bytes, plus WebSocket and TLS overhead),
+    // the same for both messages, and the same number of records.
     for dir in [Dir::Up, Dir::Down] {
         let len = one_length(short, dir);
+        let frame = backchannel_core::frame::FRAME_SIZE;
         assert!(
-            usize::from(len) > 4160,
-            "{dir:?}: {len}-byte records cannot hold a 4160-byte frame"
+            usize::from(len) > frame,
+            "{dir:?}: {len}-byte records cannot hold a {frame}-byte frame"
         );
         assert_eq!(one_length(long, dir), len, "{dir:?}");
     }

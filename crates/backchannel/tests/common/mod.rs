@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod nats;
+pub mod netns;
 pub mod observer;
 pub mod socks5;
 
