@@ -736,3 +736,78 @@ pub async fn connections(count: usize) -> Result<serde_json::Value, BenchError> 
         "kib_per_connection": per,
     }))
 }
+
+/// Runs `bench forward`: two relays on loopback, a home relay and a destination, and one
+/// mailbox on the destination. Sends `messages` envelopes into it one at a time (each waits
+/// for its answer), alternating blocks sent directly to the destination and blocks forwarded
+/// through the home relay (docs/protocol.md, "Forwarding"), so that both arms share the
+/// machine's noise. Reports each arm's latency (median, p99) and each relay's CPU per envelope.
+pub async fn forward(messages: usize) -> Result<serde_json::Value, BenchError> {
+    let dir = tempfile::tempdir()?;
+    let home = RelayChild::start(&dir.path().join("home"), &Store::Embedded, &["--forward-private"])?;
+    let dest = RelayChild::start(
+        &dir.path().join("destination"),
+        &Store::Embedded,
+        &["--forwarder-rate", "0"],
+    )?;
+    let keys = MailboxKeys::generate(dest.address.clone(), &mut OsRng);
+    let mut direct = RelayConnection::connect(&dest.address)
+        .await
+        .map_err(|e| refused("connecting to the destination", e))?;
+    direct
+        .request(&Request::create(&keys, 0))
+        .await
+        .map_err(|e| refused("creating the mailbox", e))?;
+    let mut forwarded = RelayConnection::connect(&home.address)
+        .await
+        .map_err(|e| refused("connecting to the home relay", e))?
+        .forward_to(&dest.address)
+        .await
+        .map_err(|e| refused("asking the home relay to forward", e))?;
+    let send = Request::Send {
+        send: keys.address.send.0,
+        envelope: Envelope::from_bytes(&[7; ENVELOPE_SIZE])?,
+        pow: 0,
+    };
+    // A warm-up of each, then blocks of each in turn.
+    for conn in [&mut direct, &mut forwarded] {
+        for _ in 0..20 {
+            conn.request(&send).await.map_err(|e| refused("warming up", e))?;
+        }
+    }
+    let block = (messages / 20).max(1);
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    // CPU seconds of [home, destination] spent in each arm.
+    let mut cpu = [[0.0f64; 2]; 2];
+    let mut sent = 0;
+    while sent < messages {
+        for (arm, conn) in [&mut direct, &mut forwarded].into_iter().enumerate() {
+            let before = [home.usage().0, dest.usage().0];
+            for _ in 0..block {
+                let t = Instant::now();
+                conn.request(&send).await.map_err(|e| refused("sending", e))?;
+                times[arm].push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            let after = [home.usage().0, dest.usage().0];
+            for r in 0..2 {
+                cpu[arm][r] += after[r] - before[r];
+            }
+        }
+        sent += block;
+    }
+    let mut report = serde_json::Map::new();
+    report.insert("envelopes_per_arm".into(), json!(times[0].len()));
+    for (arm, name) in [(0, "direct"), (1, "forwarded")] {
+        let t = &mut times[arm];
+        t.sort_by(f64::total_cmp);
+        let n = t.len().max(1) as f64;
+        report.insert(format!("{name}_median_ms"), json!(percentile(t, 0.5)));
+        report.insert(format!("{name}_p99_ms"), json!(percentile(t, 0.99)));
+        report.insert(format!("{name}_home_cpu_us_per_envelope"), json!(cpu[arm][0] / n * 1e6));
+        report.insert(
+            format!("{name}_destination_cpu_us_per_envelope"),
+            json!(cpu[arm][1] / n * 1e6),
+        );
+    }
+    Ok(serde_json::Value::Object(report))
+}

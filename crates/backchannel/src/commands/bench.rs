@@ -1,7 +1,7 @@
-//! `bench relay` and `bench connections`: the glue between their arguments and the
+//! `bench relay`, `bench connections` and `bench forward`: the glue between their arguments and the
 //! load generator (`crate::bench`).
 
-use crate::args::{BenchCommand, BenchConnectionsArgs, BenchRelayArgs, StoreKind};
+use crate::args::{BenchCommand, BenchConnectionsArgs, BenchForwardArgs, BenchRelayArgs, StoreKind};
 use crate::bench;
 use crate::error::CliError;
 use crate::output::Out;
@@ -12,6 +12,9 @@ pub async fn run(what: &BenchCommand, out: &Out) -> Result<(), CliError> {
         BenchCommand::Relay(a) => (relay(a).await?, a.json),
         BenchCommand::Connections(BenchConnectionsArgs { count, json }) => {
             (bench::connections(*count).await.map_err(CliError::Bench)?, *json)
+        }
+        BenchCommand::Forward(BenchForwardArgs { messages, json }) => {
+            (bench::forward(*messages).await.map_err(CliError::Bench)?, *json)
         }
     };
     if json {
