@@ -199,6 +199,17 @@ pub struct RelayConnection {
     forward: Option<Forwarding>,
 }
 
+/// The session a forwarded request is sealed in ([`RelayConnection::outgoing`]): a commit's
+/// deposit and its claim in `current` (then a fresh one for the next commit), anything else
+/// in a fresh one of its own.
+fn session_for(req: &Request, current: &mut [u8; SESSION_LEN]) -> [u8; SESSION_LEN] {
+    match req {
+        Request::Deposit { .. } => *current,
+        Request::ClaimCommit { .. } => std::mem::replace(current, crate::session::random_id()),
+        _ => crate::session::random_id(),
+    }
+}
+
 /// A connection to our home relay that forwards to another relay (docs/protocol.md,
 /// "Forwarding").
 struct Forwarding {
@@ -206,7 +217,8 @@ struct Forwarding {
     to: RelayAddress,
     /// Its forward key, from its credential (checked against its PIN).
     key: Vec<u8>,
-    /// This connection's session at the destination (its deposits are kept per session).
+    /// The session of the commit being deposited, at the destination (which keeps a deposit
+    /// per session): a commit's parts and its claim share it, and nothing else does.
     session: [u8; SESSION_LEN],
 }
 
@@ -411,18 +423,24 @@ impl RelayConnection {
     }
 
     /// The frame `req` goes out as, and the key of its sealed answer when it is forwarded.
-    fn outgoing(&self, id: u32, req: &Request) -> Result<(Vec<u8>, Option<AnswerKey>), ConnectError> {
+    ///
+    /// Each forwarded request has a fresh encapsulation and, but for a commit's deposit and
+    /// its claim, a fresh session: the destination cannot tell that two of them came from one
+    /// sender, or one connection. A claim ends its session.
+    fn outgoing(&mut self, id: u32, req: &Request) -> Result<(Vec<u8>, Option<AnswerKey>), ConnectError> {
+        let authority = self.authority.clone();
         let Some(f) = self
             .forward
-            .as_ref()
+            .as_mut()
             .filter(|_| !matches!(req, Request::Ping | Request::Paced))
         else {
             return Ok((encode_request(id, req), None));
         };
         if !forwardable(req) {
-            return Err(ConnectError::broken(&self.authority, Breakage::Unexpected));
+            return Err(ConnectError::broken(authority, Breakage::Unexpected));
         }
-        let (sealed, key) = forward::seal(&f.key, &f.to.pin, &f.session, req)
+        let session = session_for(req, &mut f.session);
+        let (sealed, key) = forward::seal(&f.key, &f.to.pin, &session, req)
             .map_err(|_| ConnectError::broken(f.to.authority(), Breakage::Unexpected))?;
         let frame = encode_request(
             id,
@@ -547,5 +565,47 @@ impl RelayConnection {
             out.push(self.incoming(resp, key));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The destination sees each forwarded request's session: only a commit's deposit and
+    /// its claim share one, so it cannot tie two sends (or a send and a commit) to one sender.
+    #[test]
+    fn only_a_commits_deposit_and_claim_share_a_session() {
+        let mut current = crate::session::random_id();
+        let send = Request::Send {
+            send: [1; 32],
+            envelope: backchannel_core::envelope::Envelope::from_bytes(&[0; backchannel_core::envelope::ENVELOPE_SIZE])
+                .unwrap_or_else(|_| unreachable!()),
+            pow: 0,
+        };
+        let part = |part| Request::Deposit {
+            part,
+            total: 2,
+            bytes: vec![1],
+        };
+        let claim = Request::ClaimCommit {
+            send: [1; 32],
+            epoch: 1,
+            key: [2; 32],
+            next: [3; 32],
+            digest: [4; 32],
+        };
+        let sends: Vec<_> = (0..3).map(|_| session_for(&send, &mut current)).collect();
+        let deposit = [session_for(&part(0), &mut current), session_for(&part(1), &mut current)];
+        let claimed = session_for(&claim, &mut current);
+        let next = session_for(&part(0), &mut current);
+        assert_eq!(deposit[0], deposit[1]);
+        assert_eq!(claimed, deposit[0], "a claim names its deposit's session");
+        assert_ne!(next, claimed, "the next commit has a session of its own");
+        let mut all = sends.clone();
+        all.push(claimed);
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 4, "every send in a session of its own");
     }
 }

@@ -15,8 +15,9 @@
 //!
 //! Every seal has a fresh encapsulation, so the destination cannot link two forwarded
 //! requests of one sender; the answer key is used once. The *session* is a random value the
-//! client picks per connection: the destination keeps a commit's deposit per forwarding
-//! connection and session, since one forwarding connection carries many users' requests.
+//! client picks per commit (its deposit and its claim share it; every other request has a
+//! fresh one): the destination keeps a commit's deposit per forwarding connection and
+//! session, since one forwarding connection carries many users' requests.
 //! The home relay sees the destination and the sizes, which are fixed; never the request.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
