@@ -107,6 +107,13 @@ pub enum Command {
     },
     /// Hold this home's relay connections; other commands hand their work to it.
     Daemon(DaemonArgs),
+    /// Show or change this home's settings: `config get [KEY]`, `config set KEY VALUE`.
+    /// The settings: forward (on, off), proxy (socks5h://HOST:PORT, none), cover (a rate
+    /// like 4/s that the daemon uses when started without --cover, or off).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Print a shell completion script: `backchannel completions bash > /etc/bash_completion.d/backchannel`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -186,6 +193,7 @@ impl Command {
             Command::Courier { command } => Route::Forwardable(E::Courier(command)),
             Command::Update(a) => Route::Forwardable(E::Update(a)),
             Command::Debug { command } => Route::Forwardable(E::Debug(command)),
+            Command::Config { command } => Route::Forwardable(E::Config(command)),
         }
     }
 }
@@ -255,6 +263,25 @@ pub enum EngineCommand {
     Update(ChannelArg),
     /// `debug`.
     Debug(DebugCommand),
+    /// `config get`, `config set`.
+    Config(ConfigCommand),
+}
+
+/// `config`.
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+pub enum ConfigCommand {
+    /// Print every setting (`KEY = VALUE`), or one setting's value.
+    Get {
+        /// forward, proxy or cover.
+        key: Option<String>,
+    },
+    /// Change a setting.
+    Set {
+        /// forward, proxy or cover.
+        key: String,
+        /// The new value: forward on|off, proxy socks5h://HOST:PORT|none, cover RATE|off.
+        value: String,
+    },
 }
 
 impl EngineCommand {
@@ -801,7 +828,7 @@ fn parse_span(s: &str) -> Result<Span, String> {
 }
 
 /// Parses a cover rate like `4/s` or `30/m` into the period between ticks.
-fn parse_rate(s: &str) -> Result<Duration, String> {
+pub fn parse_rate(s: &str) -> Result<Duration, String> {
     let bad = || format!("\"{s}\" is not a rate like 4/s or 30/m");
     let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
     let n: u32 = n.trim().parse().map_err(|_| bad())?;

@@ -47,10 +47,25 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub async fn serve(global: &Global, args: &DaemonArgs, out: &Out) -> Result<(), CliError> {
-    let cover = args.cover;
     let dir = identity::home(global)?;
     // Opening takes the home's lock: a second daemon (or a running command) fails here.
     let mut engine = identity::open(global)?;
+    // `--cover`, or else the home's `cover` setting (`config set cover 4/s`).
+    let cover = match args.cover {
+        Some(period) => Some(period),
+        None => engine
+            .settings()
+            .into_iter()
+            .find(|(k, v)| k == backchannel_client::state::COVER_SETTING && v != "off")
+            .map(|(_, rate)| {
+                crate::args::parse_rate(&rate).map_err(|e| {
+                    CliError::from(backchannel_client::ClientError::Usage(format!(
+                        "the cover setting: {e}"
+                    )))
+                })
+            })
+            .transpose()?,
+    };
     let path = dir.join(SOCKET);
     // We hold the home's lock, so a socket file left here is stale. Bind before any
     // network work, so that commands started meanwhile wait for us instead of failing.

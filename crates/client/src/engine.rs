@@ -22,7 +22,7 @@ use crate::session::outbox::{Delivered, FlushReport};
 use crate::session::sync::{SyncStep, SYNC_STEPS};
 use crate::session::{CommitOp, Effect, Role, Session, Via};
 use crate::socks::ProxyAddr;
-use crate::state::{ChannelState, ChannelStatus, EventKind, State};
+use crate::state::{ChannelState, ChannelStatus, EventKind, State, COVER_SETTING, FORWARD_SETTING};
 use crate::transport::{Compartment, LinkKey, Links, Network, Results, TransportConfig};
 use crate::{ClientError, Holdup, InviteProblem};
 use backchannel_core::roles::Act;
@@ -235,6 +235,73 @@ impl Engine {
     /// The proxy connections go through, if any.
     pub fn proxy(&self) -> Option<&ProxyAddr> {
         self.transport.proxy.as_ref()
+    }
+
+    /// The home's settings (`config get`), each with its value: `forward` (on, off), `proxy`
+    /// (its address, or none) and `cover` (the daemon's rate, or off).
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let state = self.session.state();
+        vec![
+            (
+                FORWARD_SETTING.to_string(),
+                if state.forwards() { "on" } else { "off" }.to_string(),
+            ),
+            (
+                "proxy".to_string(),
+                state.proxy.as_ref().map_or("none".to_string(), ToString::to_string),
+            ),
+            (
+                COVER_SETTING.to_string(),
+                state.setting(COVER_SETTING).unwrap_or("off").to_string(),
+            ),
+        ]
+    }
+
+    /// Changes a setting (`config set`) and saves the home; what it changes applies to this
+    /// engine's next connections. A `cover` rate is taken as given (the caller checks it as
+    /// `daemon --cover` would).
+    pub fn set_setting(&mut self, key: &str, value: &str) -> Result<(), ClientError> {
+        let bad = |what: &str| ClientError::Usage(format!("{key} must be {what}, not \"{value}\""));
+        match key {
+            FORWARD_SETTING => {
+                let on = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad("on or off")),
+                };
+                let settings = &mut self.session.state.settings;
+                if on {
+                    settings.remove(FORWARD_SETTING);
+                } else {
+                    settings.insert(FORWARD_SETTING.to_string(), "off".to_string());
+                }
+                self.transport.no_forward = !on;
+            }
+            "proxy" => {
+                let proxy = match value {
+                    "none" => None,
+                    v => Some(v.parse::<ProxyAddr>().map_err(|_| bad("socks5h://HOST:PORT or none"))?),
+                };
+                self.session.state.proxy = proxy.clone();
+                self.transport.proxy = proxy;
+            }
+            COVER_SETTING => {
+                let settings = &mut self.session.state.settings;
+                if value == "off" {
+                    settings.remove(COVER_SETTING);
+                } else {
+                    settings.insert(COVER_SETTING.to_string(), value.to_string());
+                }
+            }
+            _ => {
+                return Err(ClientError::Usage(format!(
+                    "there is no setting called \"{key}\"; the settings are forward, proxy and cover"
+                )))
+            }
+        }
+        self.net.configure(self.transport.clone());
+        self.session.save();
+        self.perform_local().map(|_| ())
     }
 
     /// Sends through `proxy` from now on (overrides the one set at `init`).

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod channel;
+pub mod config;
 pub mod courier;
 pub mod drop;
 pub mod files;
@@ -17,7 +18,7 @@ use std::path::Path;
 
 use backchannel_client::Engine;
 
-use crate::args::{ChannelCommand, CourierCommand, DebugCommand, DropBoxCommand, EngineCommand};
+use crate::args::{ChannelCommand, ConfigCommand, CourierCommand, DebugCommand, DropBoxCommand, EngineCommand};
 use crate::error::CliError;
 use crate::output::Out;
 
@@ -58,5 +59,7 @@ pub async fn run(command: &EngineCommand, cx: &mut Context<'_>) -> Result<(), Cl
         EngineCommand::Drop(DropBoxCommand::Address(a)) => drop::address(a, cx),
         EngineCommand::Drop(DropBoxCommand::Read(a)) => drop::read(a, cx).await,
         EngineCommand::Drop(DropBoxCommand::Reply(a)) => drop::reply(a, cx).await,
+        EngineCommand::Config(ConfigCommand::Get { key }) => config::get(key.as_deref(), cx),
+        EngineCommand::Config(ConfigCommand::Set { key, value }) => config::set(key, value, cx),
     }
 }

@@ -89,6 +89,10 @@ pub struct State {
 /// "Forwarding").
 pub const FORWARD_SETTING: &str = "forward";
 
+/// The setting that holds the cover rate the daemon uses when started without `--cover`
+/// (text like `4/s`); absent: no cover traffic.
+pub const COVER_SETTING: &str = "cover";
+
 /// Bulk data an upgrade took out of an earlier layout's vault, for the session to seal
 /// beside the vault ([`State::carried`]).
 #[derive(Default)]
