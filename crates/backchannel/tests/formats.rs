@@ -147,6 +147,19 @@ fn the_state_left_by_release_5aa6103_opens_reads_and_keeps_working() {
     });
 }
 
+/// The set made by the release at commit b7cd5b1 (state layout 8: channel histories and
+/// drop box letters in logs, here all in their tails in the vault; relay protocol 5 with a
+/// data directory of format 3, envelopes indexed by expiry; see its README.md).
+#[test]
+fn the_state_left_by_release_b7cd5b1_opens_reads_and_keeps_working() {
+    opens_reads_and_keeps_working(&Release {
+        commit: "b7cd5b1",
+        relay_address: "bc://olcktdfpg4wy2j554su6sccs5g2dy6y4ggni7ykq2jarloxb45oq@127.0.0.1:29471",
+        alice_fingerprint: "5136 fe3b 3e35 b724 456d b6a9 04b1 c982",
+        bob_fingerprint: "d81c 529c 64e8 e4d8 10ce cc84 638d 78a8",
+    });
+}
+
 /// The story of scripts/make-fixtures.sh, as a release left it, opened by this one.
 fn opens_reads_and_keeps_working(release: &Release) {
     // The file alice was sending when it stopped: her home holds this absolute path.
