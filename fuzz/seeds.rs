@@ -1,7 +1,8 @@
-//! Writes the seed corpora (`seeds/<target>/`) and the MLS and vault
-//! fixtures (`fixtures/`) with the real encoders: frames of every kind,
-//! sealed envelopes, an invite, real MLS messages of a real channel, a real
-//! client state and vault, real relay store records.
+//! Writes the seed corpora (`seeds/<target>/`) and the MLS, vault and
+//! forwarding fixtures (`fixtures/`) with the real encoders: frames of every
+//! kind, sealed envelopes, an invite, real MLS messages of a real channel, a
+//! real client state and vault, real relay store records, real forwarded
+//! requests and answers in their seals, a real relay identity's credential.
 //!
 //! Run from anywhere: `cargo run --manifest-path fuzz/Cargo.toml --example seeds`.
 //! It replaces what it writes; the channel targets must be rebuilt after it
@@ -14,15 +15,16 @@ use std::path::{Path, PathBuf};
 
 use backchannel_client::socks::ProxyAddr;
 use backchannel_client::state::{
-    ChannelState, ChannelStatus, CourierLog, DeferredMls, FileStatus, Files, Inbox, IncomingFile, InviteRecord, Outbox,
-    OutboxItem, PendingJoin, RecentPayload, SenderTrail, State, StoredMessage, Trails, UnsentMessage, STATE_VERSION,
+    Carried, ChannelState, ChannelStatus, CourierLog, DeferredMls, FileStatus, Files, Inbox, IncomingFile,
+    InviteRecord, Log, Outbox, OutboxItem, PartialPayload, PendingJoin, RecentPayload, Segment, SenderTrail, State,
+    StoredMessage, Trails, UnsentMessage, FORWARD_SETTING, STATE_VERSION,
 };
 use backchannel_core::channel::{key_package, validate_key_package, Channel, ChannelInfo, Provider, Received, Suite};
-use backchannel_core::envelope::{
-    open_envelope, seal_chunk, seal_payload, Chunk, Envelope, PayloadKind, Reassembler, CHUNK_DATA,
-};
+use backchannel_core::envelope::{seal_payload, Envelope, PayloadKind, CHUNK_DATA};
+use backchannel_core::forward::{self, ForwardKeys, SESSION_LEN};
 use backchannel_core::frame::{
-    encode_request, encode_response, Delivery, ErrorCode, Limits, Request, Response, MAX_FETCH, PROTOCOL_VERSION,
+    encode_inner_request, encode_inner_response, encode_request, encode_response, Delivery, ErrorCode, Limits, Request,
+    Response, FRAME_SIZE, MAX_FETCH, PROTOCOL_VERSION,
 };
 use backchannel_core::identity::Identity;
 use backchannel_core::invite::Invite;
@@ -30,7 +32,7 @@ use backchannel_core::mailbox::{MailboxId, MailboxKeys};
 use backchannel_core::message::{AppMessage, Body, FileOffer, JoinRequest};
 use backchannel_core::vault::{KdfParams, VaultKey};
 use backchannel_fuzz::store_input::{self, Input, Op, Record};
-use backchannel_fuzz::{relay, seal_key, send_capability, MlsFixture};
+use backchannel_fuzz::{relay, seal_key, send_capability, ForwardFixture, MlsFixture, FORWARD_PIN, FORWARD_SEED};
 use backchannel_relay::store::{ClaimProof, EmbeddedStore, ProvenWork, ENVELOPE_KEY_FILE};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -106,7 +108,263 @@ fn chunk_plaintext(env: &Envelope) -> Vec<u8> {
         .unwrap()
 }
 
-fn frames(out: &mut Out, kp: &[u8]) {
+/// Trailing zeros are implied where a target pads its input; keep the seeds short.
+fn trimmed(mut v: Vec<u8>) -> Vec<u8> {
+    while v.last() == Some(&0) {
+        v.pop();
+    }
+    v
+}
+
+/// What the forwarding seeds share: a relay identity as its hello and its
+/// `Forwarder` proof carry it, a request sealed to the fixed forward key, and
+/// its answer.
+struct Forwarding {
+    identity: Vec<u8>,
+    credential: Vec<u8>,
+    /// A destination relay (its PIN is `identity`'s).
+    destination: backchannel_core::relay_address::RelayAddress,
+    proof: Request,
+    sealed: Vec<u8>,
+    sealed_answer: Vec<u8>,
+}
+
+/// The `forward` target's fixture (`fixtures/forward.bin`) and seeds; the
+/// first byte of a seed picks the part (see `fuzz_targets/forward.rs`, which
+/// opens with the same fixed key, [`FORWARD_SEED`], and PIN, [`FORWARD_PIN`]).
+fn forwarding(out: &mut Out) -> Forwarding {
+    use backchannel_core::relay_identity::{Credential, FORWARD_KEM_XWING};
+    use backchannel_relay::tls::TlsIdentity;
+
+    let keys = ForwardKeys::from_seed(FORWARD_SEED).unwrap();
+    let session = [0x5e; SESSION_LEN];
+    let seal = |req: &Request| forward::seal(keys.public(), &FORWARD_PIN, &session, req).unwrap();
+    let inner = |req: &Request| trimmed(encode_inner_request(req).unwrap());
+    let mode = |m: u8, parts: &[&[u8]]| [&[m][..], &parts.concat()].concat();
+    let claim = Request::ClaimKeyed {
+        send: [8; 32],
+        epoch: 3,
+        key: [9; 32],
+        next: [10; 32],
+    };
+    let send = Request::Send {
+        send: [6; 32],
+        envelope: envelope(2),
+        pow: 0,
+    };
+    let deposit = Request::Deposit {
+        part: 0,
+        total: 2,
+        bytes: vec![11; COMMIT_BYTES],
+    };
+    let create = Request::Create {
+        mailbox: MailboxId([3; 32]),
+        recipient_key: [4; 32],
+        send_digest: [5; 32],
+        pow_bits: 0,
+    };
+    let claim_commit = Request::ClaimCommit {
+        send: [8; 32],
+        epoch: 3,
+        key: [9; 32],
+        next: [10; 32],
+        digest: [12; 32],
+    };
+    let fetch_commit = Request::FetchCommit {
+        send: [8; 32],
+        epoch: 3,
+        key: [9; 32],
+        part: 1,
+    };
+
+    // A relay identity, its credential (X-Wing forward key) and its proof as a forwarder.
+    let identity = TlsIdentity::generate().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let wire = identity.wire_keys(now).unwrap();
+    let nonce = [0x6e; 32];
+    let proof = wire.forwarder_proof(&nonce).unwrap();
+    let Request::Forwarder {
+        scheme, ref signature, ..
+    } = proof
+    else {
+        unreachable!()
+    };
+    let credential = Credential::from_bytes(&wire.credential).unwrap();
+    assert_eq!(credential.forward_kem, FORWARD_KEM_XWING);
+
+    // The fixture: a real seal (its answer key is the one the target's sealed answers are
+    // under) and the identity.
+    let (fixture_sealed, _) = seal(&claim);
+    let fixture = ForwardFixture {
+        sealed: fixture_sealed.clone(),
+        identity: wire.identity_cert.clone(),
+        credential: wire.credential.clone(),
+        nonce,
+        scheme,
+        signature: signature.clone(),
+    };
+    out.fixture("forward.bin", &fixture.to_bytes());
+    let (_, _, answer) = forward::open(&keys, &FORWARD_PIN, &fixture_sealed).unwrap();
+
+    // 0: sealed requests.
+    out.seed("forward", "open-claim-keyed", &mode(0, &[&fixture_sealed]));
+    let (sealed_send, client) = seal(&send);
+    out.seed("forward", "open-send", &mode(0, &[&sealed_send]));
+    out.seed("forward", "open-deposit", &mode(0, &[&seal(&deposit).0]));
+    // 1: real seals, edited (flags, count, edits of pos (u16) and value).
+    let last = (forward::SEALED_LEN - 1) as u16;
+    out.seed(
+        "forward",
+        "tamper-none-send",
+        &mode(1, &[&[0, 0], &session, &inner(&send)]),
+    );
+    out.seed(
+        "forward",
+        "tamper-xor-last-claim",
+        &mode(1, &[&[0, 1], &last.to_be_bytes(), &[1], &session, &inner(&claim)]),
+    );
+    out.seed(
+        "forward",
+        "tamper-set-enc-create",
+        &mode(
+            1,
+            &[&[0, 1], &0x8005u16.to_be_bytes(), &[0xff], &session, &inner(&create)],
+        ),
+    );
+    out.seed(
+        "forward",
+        "tamper-other-pin",
+        &mode(1, &[&[1, 0], &session, &inner(&claim_commit)]),
+    );
+    out.seed(
+        "forward",
+        "tamper-other-key",
+        &mode(1, &[&[2, 0], &session, &inner(&fetch_commit)]),
+    );
+    out.seed(
+        "forward",
+        "tamper-drop-byte",
+        &mode(1, &[&[4, 0], &session, &inner(&Request::Ping)]),
+    );
+    // 2: plaintexts (session, inner frame), sealed by the target.
+    for (name, req) in [
+        ("plaintext-claim-commit", &claim_commit),
+        ("plaintext-fetch-commit", &fetch_commit),
+        ("plaintext-deposit", &deposit),
+    ] {
+        out.seed("forward", name, &mode(2, &[&session, &inner(req)]));
+    }
+    let fetch = encode_request(0, &Request::Fetch { max: 1, wait_ms: 0 });
+    out.seed(
+        "forward",
+        "plaintext-fetch-not-forwarded",
+        &mode(2, &[&session, &trimmed(fetch)]),
+    );
+    // 3: sealed answers under the fixture seal's answer key.
+    let conflict = Response::Error {
+        code: ErrorCode::EpochConflict,
+        detail: 4,
+    };
+    let commit = Response::Commit {
+        total: 2,
+        bytes: vec![13; 500],
+    };
+    for (name, resp) in [
+        ("answer-epoch-conflict", &conflict),
+        ("answer-commit", &commit),
+        ("answer-ok", &Response::Ok),
+    ] {
+        let sealed = forward::seal_answer(&answer, resp).unwrap();
+        out.seed("forward", name, &mode(3, &[&sealed]));
+    }
+    // 4: real sealed answers, edited.
+    let frame = |resp: &Response| trimmed(encode_inner_response(resp));
+    out.seed(
+        "forward",
+        "tamper-answer-none-commit",
+        &mode(4, &[&[0, 0], &frame(&commit)]),
+    );
+    out.seed(
+        "forward",
+        "tamper-answer-xor-error",
+        &mode(4, &[&[0, 1], &5u16.to_be_bytes(), &[0x80], &frame(&conflict)]),
+    );
+    out.seed(
+        "forward",
+        "tamper-answer-other-key",
+        &mode(4, &[&[2, 0], &frame(&Response::Pong)]),
+    );
+    let never_forwarded = Response::Identity {
+        identity: wire.identity_cert.clone(),
+        credential: wire.credential.clone(),
+    };
+    let never_forwarded = trimmed(encode_response(0, &never_forwarded).remove(0));
+    out.seed(
+        "forward",
+        "tamper-answer-identity",
+        &mode(4, &[&[0, 0], &never_forwarded]),
+    );
+    // 5: answer plaintexts, sealed by the target.
+    for (name, resp) in [
+        (
+            "plaintext-answer-unsealed",
+            Response::Error {
+                code: ErrorCode::Unsealed,
+                detail: 0,
+            },
+        ),
+        ("plaintext-answer-commit", commit.clone()),
+    ] {
+        out.seed("forward", name, &mode(5, &[&frame(&resp)]));
+    }
+    // 6: credentials.
+    out.seed("forward", "credential", &mode(6, &[&wire.credential]));
+    let dummy = Credential {
+        tls_cert_digest: [7; 32],
+        forward_kem: FORWARD_KEM_XWING,
+        forward_key: keys.public().to_vec(),
+        not_before: 1_700_000_000,
+        not_after: 1_900_000_000,
+        scheme: 0x0403,
+        signature: vec![0x30; 71],
+    };
+    out.seed("forward", "credential-dummy", &mode(6, &[&dummy.to_bytes()]));
+    // 7: a forwarder's proof: identity (bytes16), scheme, signature (bytes16), nonce.
+    let mut w = backchannel_core::codec::Writer::new();
+    w.bytes16(&wire.identity_cert)
+        .u16(scheme)
+        .bytes16(signature)
+        .put(&nonce);
+    out.seed("forward", "forwarder-proof", &mode(7, &[&w.into_vec()]));
+
+    // The client's side of a seal opens the answer the destination sealed.
+    let sealed_answer = {
+        let (_, _, relay_key) = forward::open(&keys, &FORWARD_PIN, &sealed_send).unwrap();
+        let a = forward::seal_answer(&relay_key, &Response::Ok).unwrap();
+        assert_eq!(forward::open_answer(&client, &a), Ok(Response::Ok));
+        a
+    };
+    Forwarding {
+        identity: wire.identity_cert.clone(),
+        credential: wire.credential.clone(),
+        destination: backchannel_core::relay_address::RelayAddress {
+            pin: identity.pin().0,
+            host: "relay-b.example".into(),
+            port: 4433,
+        },
+        proof,
+        sealed: sealed_send,
+        sealed_answer,
+    }
+}
+
+/// Bytes of the deposit in the forwarding seeds.
+const COMMIT_BYTES: usize = 300;
+
+fn frames(out: &mut Out, kp: &[u8], fw: &Forwarding) {
     let mailbox = MailboxId([3; 32]);
     let requests = [
         (
@@ -188,9 +446,33 @@ fn frames(out: &mut Out, kp: &[u8]) {
                 part: 2,
             },
         ),
+        (
+            "forward",
+            Request::Forward {
+                to: fw.destination.clone(),
+                sealed: fw.sealed.clone(),
+            },
+        ),
+        (
+            "sealed",
+            Request::Sealed {
+                sealed: fw.sealed.clone(),
+            },
+        ),
+        (
+            "identify",
+            Request::Identify {
+                relay: fw.destination.clone(),
+            },
+        ),
+        ("forwarder", fw.proof.clone()),
     ];
     for (i, (name, req)) in requests.iter().enumerate() {
         out.seed("frame_request", name, &encode_request(i as u32 + 1, req));
+        // The forwarded ones also as the frame inside a seal.
+        if let Some(inner) = encode_inner_request(req) {
+            out.seed("frame_request", &format!("inner-{name}"), &inner);
+        }
     }
     let delivery = |seq: u64| Delivery {
         mailbox,
@@ -204,12 +486,12 @@ fn frames(out: &mut Out, kp: &[u8]) {
                 version: PROTOCOL_VERSION,
                 nonce: [1; 32],
                 limits: Limits {
-                    max_request_frame: 4160,
+                    max_request_frame: FRAME_SIZE as u32,
                     max_envelopes_per_mailbox: 10_000,
                     max_mailboxes_per_connection: 64,
                 },
-                identity: vec![0x30; 400],
-                credential: vec![1; 150],
+                identity: fw.identity.clone(),
+                credential: fw.credential.clone(),
             },
         ),
         ("ok", Response::Ok),
@@ -235,6 +517,21 @@ fn frames(out: &mut Out, kp: &[u8]) {
                 detail: 0,
             },
         ),
+        (
+            "error-unreachable",
+            Response::Error {
+                code: ErrorCode::Unreachable,
+                detail: 0,
+            },
+        ),
+        (
+            "identity",
+            Response::Identity {
+                identity: fw.identity.clone(),
+                credential: fw.credential.clone(),
+            },
+        ),
+        ("sealed", Response::Sealed(fw.sealed_answer.clone())),
         ("envelopes-none", Response::Envelopes(Vec::new())),
         ("envelopes-one", Response::Envelopes(vec![delivery(1)])),
         ("envelopes-three", Response::Envelopes((1..=3).map(delivery).collect())),
@@ -245,6 +542,13 @@ fn frames(out: &mut Out, kp: &[u8]) {
     ];
     for (i, (name, resp)) in responses.iter().enumerate() {
         out.seed("frame_response", name, &encode_response(i as u32, resp).concat());
+    }
+    // Answers to forwarded requests, as the frame inside their seal.
+    for (name, resp) in [
+        ("inner-commit", &responses[3].1),
+        ("inner-error-epoch", &responses[4].1),
+    ] {
+        out.seed("frame_response", name, &encode_inner_response(resp));
     }
     // A hello followed by a fetch answer, as a connection sees them.
     let mut stream = encode_response(0, &responses[0].1).concat();
@@ -599,22 +903,6 @@ fn mls(out: &mut Out) -> (Member, Vec<u8>, Vec<u8>) {
 
 /// Bob's whole client state, and the vault holding it.
 fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
-    let mut reassembly = BTreeMap::new();
-    let mut partial = Reassembler::default();
-    let first = Chunk {
-        kind: PayloadKind::Mls,
-        message_id: [5; 16],
-        index: 0,
-        count: 2,
-        total_len: (CHUNK_DATA + 5) as u32,
-        data: vec![1; CHUNK_DATA],
-    };
-    let env = seal_chunk(&seal_key(), &send_capability(), &first, &mut OsRng);
-    assert!(partial
-        .push(open_envelope(&seal_key(), &send_capability(), &env).unwrap())
-        .unwrap()
-        .is_none());
-    reassembly.insert(bob.mailbox.id().0, partial);
     let mut channels = BTreeMap::new();
     channels.insert(
         "deal-room".to_string(),
@@ -630,16 +918,28 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
                 expires_at: 1_900_000_000,
                 admitted: vec![[3; 32]],
             }],
-            messages: vec![StoredMessage {
-                id: "42424242424242424242424242424242".into(),
-                from: "alice".into(),
-                from_key: [1; 32],
-                sent_at: 1_700_000_123_000,
-                text: "hello bob".into(),
-                event: None,
-            }],
-            read_upto: 1,
-            seen: BTreeSet::from([[0x42; 16]]),
+            history: Log {
+                folder: "0123456789abcdef0123456789abcdef".into(),
+                segments: [Segment {
+                    name: 0,
+                    count: 3,
+                    bytes: 240,
+                    oldest_at: 1_700_000_100_000,
+                }]
+                .into(),
+                tail: vec![StoredMessage {
+                    id: "42424242424242424242424242424242".into(),
+                    from: "alice".into(),
+                    from_key: [1; 32],
+                    sent_at: 1_700_000_123_000,
+                    text: "hello bob".into(),
+                    event: None,
+                }],
+                first: 0,
+                read_upto: 4,
+                next_name: 1,
+            },
+            seen: [[0x42; 16]].into(),
             verified: BTreeSet::new(),
             status: ChannelStatus::Active,
             pending: None,
@@ -678,10 +978,20 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
             expires_at: 1_900_000_000,
         }],
         inbox: Inbox {
-            reassembly,
+            partials: vec![PartialPayload {
+                mailbox: bob.mailbox.id().0,
+                message_id: [5; 16],
+                kind: PayloadKind::Mls,
+                count: 2,
+                total_len: (CHUNK_DATA + 5) as u32,
+                folder: "fedcba9876543210fedcba9876543210".into(),
+                have: vec![0b01],
+                bytes: CHUNK_DATA as u32,
+            }],
             deferred: vec![DeferredMls {
                 channel: "deal-room".into(),
-                payload: vec![0, 1, 0, 2],
+                folder: "00112233445566778899aabbccddeeff".into(),
+                bytes: 4,
                 by_courier: true,
                 arrived_at: 1_700_000_500,
             }],
@@ -733,6 +1043,8 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
                 status: FileStatus::Receiving,
             }],
         },
+        settings: BTreeMap::from([(FORWARD_SETTING.to_string(), "off".to_string())]),
+        carried: Carried::default(),
     };
     let bytes = s.encode().unwrap();
     assert!(State::decode(&bytes).is_ok());
@@ -754,6 +1066,8 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
         courier: CourierLog::default(),
         drops: BTreeMap::new(),
         files: Files::default(),
+        settings: BTreeMap::new(),
+        carried: Carried::default(),
     };
     let small = small.encode().unwrap();
     out.seed("client_state", "fresh", &small);
@@ -826,7 +1140,7 @@ fn store(out: &mut Out) {
         }
         s.send([2; 32], envelope(9), 1_000, ProvenWork::NONE).unwrap();
         s.ack(store_input::id(1), 2).unwrap();
-        s.claim([2; 32], 0, ClaimProof::Token([5; 32])).unwrap();
+        s.claim([2; 32], 0, ClaimProof::Token([5; 32]), None).unwrap();
     }
     let mut input = dump(&dir);
     fs::remove_dir_all(&dir).unwrap();
@@ -985,7 +1299,8 @@ fn main() {
     }
     let mut out = Out { root, total: 0 };
     let (bob, group_id, kp) = mls(&mut out);
-    frames(&mut out, &JoinRequest { key_package: kp }.to_bytes());
+    let fw = forwarding(&mut out);
+    frames(&mut out, &JoinRequest { key_package: kp }.to_bytes(), &fw);
     invites(&mut out);
     drop_boxes(&mut out);
     state(&mut out, &bob, group_id);

@@ -8,11 +8,22 @@
 //!   and fed through a [`ResponseAssembler`] never yields more than
 //!   [`MAX_FETCH`] envelopes, never yields a response before a frame
 //!   without "more", and every response it yields survives
-//!   encode → decode → assemble unchanged.
+//!   encode → decode → assemble unchanged;
+//! - a forwarded request's answer inside its seal ([`decode_inner_response`],
+//!   tried on the input as it is and cut or zero-padded to
+//!   [`INNER_FRAME_SIZE`]): one that decodes is `Ok`, `Pong`, an error or a
+//!   commit's part, [`INNER_FRAME_SIZE`] long, and [`encode_inner_response`]
+//!   gives back exactly its bytes with the request id zeroed (the inner
+//!   decoder reads the id and ignores it; the encoder writes 0); it decodes
+//!   exactly when the same bytes zero-padded to [`FRAME_SIZE`] decode as an
+//!   outer frame to one of those four, and to the same response. Any response
+//!   the outer decoder gives is inner-encoded to a frame that decodes to it,
+//!   or, for the kinds never forwarded, to `Error { Malformed, 0 }`.
 #![no_main]
 
 use backchannel_core::frame::{
-    decode_response, encode_response, Response, ResponseAssembler, ResponseFrame, FRAME_SIZE, MAX_FETCH,
+    decode_inner_response, decode_response, encode_inner_response, encode_response, ErrorCode, Response,
+    ResponseAssembler, ResponseFrame, FRAME_SIZE, INNER_FRAME_SIZE, MAX_FETCH,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -20,6 +31,62 @@ use libfuzzer_sys::fuzz_target;
 const FLAGS_AT: usize = 5;
 /// The "more" flag.
 const MORE: u8 = 0x02;
+/// Where the request id sits in a frame (after the one-byte tag).
+const ID: std::ops::Range<usize> = 1..5;
+
+/// The kinds of response a forwarded request's answer may be.
+fn inner_kind(r: &Response) -> bool {
+    matches!(
+        r,
+        Response::Ok | Response::Pong | Response::Error { .. } | Response::Commit { .. }
+    )
+}
+
+fn inner(frame: &[u8]) {
+    let decoded = decode_inner_response(frame);
+    if frame.len() == INNER_FRAME_SIZE {
+        let mut outer = frame.to_vec();
+        outer.resize(FRAME_SIZE, 0);
+        let as_outer = decode_response(&outer).ok().map(|f| f.response).filter(inner_kind);
+        assert_eq!(
+            decoded.as_ref().ok(),
+            as_outer.as_ref(),
+            "the inner and the outer decoder disagree on a forwarded answer"
+        );
+    }
+    let Ok(resp) = decoded else {
+        return;
+    };
+    assert_eq!(frame.len(), INNER_FRAME_SIZE);
+    assert!(
+        inner_kind(&resp),
+        "an inner frame decodes to a response that is never forwarded"
+    );
+    let again = encode_inner_response(&resp);
+    let mut expected = frame.to_vec();
+    expected[ID].fill(0);
+    assert_eq!(again, expected, "a decoded inner response re-encodes to other bytes");
+    assert_eq!(decode_inner_response(&again), Ok(resp));
+}
+
+/// Any response the client decodes, encoded as a forwarded answer.
+fn inner_encoding(resp: &Response) {
+    let frame = encode_inner_response(resp);
+    assert_eq!(frame.len(), INNER_FRAME_SIZE);
+    let expected = if inner_kind(resp) {
+        resp.clone()
+    } else {
+        Response::Error {
+            code: ErrorCode::Malformed,
+            detail: 0,
+        }
+    };
+    assert_eq!(
+        decode_inner_response(&frame),
+        Ok(expected),
+        "an inner-encoded answer does not decode to what it holds"
+    );
+}
 
 fn single(frame: &[u8]) {
     let Ok(decoded) = decode_response(frame) else {
@@ -34,7 +101,8 @@ fn single(frame: &[u8]) {
     }
     assert_eq!(frames[0], expected, "a decoded response re-encodes to other bytes");
     let again = decode_response(&frames[0]).map(|f| (f.id, f.response));
-    assert_eq!(again, Ok((decoded.id, decoded.response)));
+    assert_eq!(again.as_ref(), Ok(&(decoded.id, decoded.response.clone())));
+    inner_encoding(&decoded.response);
 }
 
 fn reassemble(frames: &[Vec<u8>]) -> Option<(u32, Response)> {
@@ -53,6 +121,12 @@ fuzz_target!(|data: &[u8]| {
         let mut f = data[..data.len().min(FRAME_SIZE)].to_vec();
         f.resize(FRAME_SIZE, 0);
         single(&f);
+    }
+    inner(data);
+    if data.len() != INNER_FRAME_SIZE {
+        let mut f = data[..data.len().min(INNER_FRAME_SIZE)].to_vec();
+        f.resize(INNER_FRAME_SIZE, 0);
+        inner(&f);
     }
 
     let mut asm = ResponseAssembler::default();

@@ -77,6 +77,63 @@ impl MlsFixture {
     }
 }
 
+/// Seed of the forward key pair (`ForwardKeys::from_seed`) the `forward`
+/// target opens sealed requests with.
+pub const FORWARD_SEED: [u8; 32] = [0xf0; 32];
+
+/// The PIN (`aad` of a forwarded request's seal) of the relay the `forward`
+/// target plays.
+pub const FORWARD_PIN: [u8; 32] = [0x70; 32];
+
+/// What the `forward` target starts from (`fixtures/forward.bin`, made by
+/// `seeds.rs`): a relay identity cannot be made deterministically (rcgen and
+/// the signing key draw their own randomness), and an answer key is exported
+/// from one particular seal.
+pub struct ForwardFixture {
+    /// A request sealed to [`FORWARD_SEED`]'s key for [`FORWARD_PIN`]: opening
+    /// it gives the answer key the target's sealed answers are under.
+    pub sealed: Vec<u8>,
+    /// A relay's identity certificate (DER; SHA-256 of it is its PIN).
+    pub identity: Vec<u8>,
+    /// That identity's credential, as its hello carries it (X-Wing forward key).
+    pub credential: Vec<u8>,
+    /// A destination's hello nonce ...
+    pub nonce: [u8; 32],
+    /// ... and the identity's `Forwarder` proof for it: scheme and signature.
+    pub scheme: u16,
+    /// The signature over `forward::FORWARDER_LABEL` and `nonce`.
+    pub signature: Vec<u8>,
+}
+
+impl ForwardFixture {
+    /// Binary form: each field in order, variable ones with a u32 length.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.bytes32(&self.sealed)
+            .bytes32(&self.identity)
+            .bytes32(&self.credential)
+            .put(&self.nonce)
+            .u16(self.scheme)
+            .bytes32(&self.signature);
+        w.into_vec()
+    }
+
+    /// Reads the binary form.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let f = Self {
+            sealed: r.bytes32()?.to_vec(),
+            identity: r.bytes32()?.to_vec(),
+            credential: r.bytes32()?.to_vec(),
+            nonce: r.array()?,
+            scheme: r.u16()?,
+            signature: r.bytes32()?.to_vec(),
+        };
+        r.finish()?;
+        Ok(f)
+    }
+}
+
 /// The relay store target's input: records written into a fresh redb file
 /// and key file, then operations on the store opened over them.
 ///

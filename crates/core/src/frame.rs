@@ -594,8 +594,9 @@ pub fn encode_inner_request(req: &Request) -> Option<Vec<u8>> {
 /// Decodes the request inside a seal (attacker input): a [`forwardable`] request in a
 /// frame of [`INNER_FRAME_SIZE`] bytes.
 pub fn decode_inner_request(frame: &[u8]) -> Result<Request, FrameError> {
-    let (_, req) = strict(frame, INNER_FRAME_SIZE, parse_request)?;
-    if !forwardable(&req) {
+    let (id, req) = strict(frame, INNER_FRAME_SIZE, parse_request)?;
+    // One encoding per request: inside a seal the request id is always 0.
+    if id != 0 || !forwardable(&req) {
         return Err(DecodeError::Invalid("forwarded request").into());
     }
     Ok(req)
@@ -848,6 +849,9 @@ pub fn encode_inner_response(resp: &Response) -> Vec<u8> {
 /// bytes, `Ok`, `Pong`, an error or a commit's part.
 pub fn decode_inner_response(frame: &[u8]) -> Result<Response, FrameError> {
     let f = strict(frame, INNER_FRAME_SIZE, parse_response)?;
+    if f.id != 0 {
+        return Err(DecodeError::Invalid("forwarded answer id").into());
+    }
     match f.response {
         r @ (Response::Ok | Response::Pong | Response::Error { .. } | Response::Commit { .. }) => Ok(r),
         _ => Err(DecodeError::Invalid("forwarded answer").into()),
