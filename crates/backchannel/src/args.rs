@@ -302,7 +302,11 @@ impl EngineCommand {
 
 // `relay`.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct RelayArgs {
+    /// What to do instead of running a relay.
+    #[command(subcommand)]
+    pub action: Option<RelayAction>,
     /// Read settings from this TOML file: each key is a flag's name (`max-connections = 512`,
     /// `nats = ["nats://…"]`); a flag given on the command line wins over the file.
     #[arg(long, value_name = "FILE")]
@@ -385,6 +389,19 @@ pub struct RelayArgs {
     /// test network; by default a user cannot make the relay connect into its own network).
     #[arg(long)]
     pub forward_private: bool,
+}
+
+/// `relay rotate-key`.
+#[derive(Subcommand, Debug)]
+pub enum RelayAction {
+    /// Ask the relay running on a data directory to make new TLS and forward keys, signed by
+    /// its identity key: its PIN, and so every client's address, invite and drop address,
+    /// stays the same. The old forward key still opens what was sealed to it for 10 minutes.
+    RotateKey {
+        /// The running relay's data directory.
+        #[arg(long, default_value = "backchannel-relay")]
+        data: PathBuf,
+    },
 }
 
 // `init`.

@@ -281,7 +281,10 @@ async fn run_peer(to: RelayAddress, keys: Arc<WireKeys>, private: bool, mut jobs
         // A seal the destination could not open was made with its key of before a restart
         // that this connection has not noticed yet: connect afresh, so that the next client
         // asks for (and gets) the new credential.
-        if answers.iter().any(|a| a.as_ref().is_err_and(|e| e.is(ErrorCode::Unsealed))) {
+        if answers
+            .iter()
+            .any(|a| a.as_ref().is_err_and(|e| e.is(ErrorCode::Unsealed)))
+        {
             conn = None;
         }
         let mut pause = Duration::ZERO;

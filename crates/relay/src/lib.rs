@@ -18,7 +18,7 @@ pub mod store;
 pub mod tls;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -143,9 +143,62 @@ pub const STORE_FILE: &str = "mailboxes.redb";
 /// operator who modifies its relay can record ([`Relay::with_recorder`]).
 pub type Recorder = Arc<dyn Fn(u64, &backchannel_core::frame::Request) + Send + Sync>;
 
+/// The file in a relay's data directory that asks the running relay to rotate its wire keys
+/// (`relay rotate-key`): the relay looks for it every [`ROTATION_POLL`], makes new keys, and
+/// deletes it.
+pub const ROTATE_FILE: &str = "rotate-keys";
+
+/// How often a running relay looks for [`ROTATE_FILE`].
+pub const ROTATION_POLL: Duration = Duration::from_secs(1);
+
+/// Asks the relay running on `data_dir` to make new TLS and forward keys (`relay
+/// rotate-key`), and waits up to `wait` for it to have done so. Returns whether it did; if
+/// not, the request stays, and a relay started on that directory rotates at once (which it
+/// does at every start anyway).
+pub async fn ask_to_rotate(data_dir: &Path, wait: Duration) -> Result<bool, RelayError> {
+    let path = data_dir.join(ROTATE_FILE);
+    if !data_dir.join(tls::TLS_CERT_FILE).exists() {
+        return Err(RelayError::io(
+            "finding the relay's identity in the data directory",
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no relay-cert.der"),
+        ));
+    }
+    std::fs::write(&path, b"").map_err(|e| RelayError::io("asking the relay to rotate its keys", e))?;
+    let deadline = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < deadline {
+        if !path.exists() {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(!path.exists())
+}
+
+/// Makes new wire keys whenever [`ROTATE_FILE`] appears in `dir`, then deletes it.
+async fn watch_rotation(shared: Arc<server::Shared>, identity: Arc<tls::TlsIdentity>, dir: PathBuf) {
+    let path = dir.join(ROTATE_FILE);
+    loop {
+        if path.exists() {
+            match identity.wire_keys(now_secs()) {
+                Ok(keys) => {
+                    shared.rotate(keys);
+                    tracing::info!("wire keys rotated: a new TLS certificate and forward key, the same PIN");
+                }
+                Err(e) => tracing::error!(failure = %e, "could not make new wire keys"),
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        tokio::time::sleep(ROTATION_POLL).await;
+    }
+}
+
 /// A relay ready to serve: identity loaded, store open.
 pub struct Relay {
     pin: Pin,
+    /// The identity key, which signs the wire keys of a rotation.
+    identity: Arc<tls::TlsIdentity>,
+    /// The data directory watched for [`ROTATE_FILE`] (none with the NATS store).
+    rotation_dir: Option<PathBuf>,
     /// The TLS certificate of this run and the identity's credential for it.
     keys: Arc<tls::WireKeys>,
     store: Arc<Backend>,
@@ -174,13 +227,19 @@ impl Relay {
             total: limits.max_stored_envelopes,
         };
         let store = EmbeddedStore::open_with_quota(&data_dir.join(STORE_FILE), quota).map_err(RelayError::Store)?;
-        Self::with(&identity, Arc::new(Backend::Embedded(store)), limits)
+        // Keys are made afresh at start: a rotation asked for while no relay ran is done.
+        let _ = std::fs::remove_file(data_dir.join(ROTATE_FILE));
+        let mut relay = Self::with(identity, Arc::new(Backend::Embedded(store)), limits)?;
+        relay.rotation_dir = Some(data_dir);
+        Ok(relay)
     }
 
-    fn with(identity: &tls::TlsIdentity, store: Arc<Backend>, limits: Limits) -> Result<Self, RelayError> {
+    fn with(identity: tls::TlsIdentity, store: Arc<Backend>, limits: Limits) -> Result<Self, RelayError> {
         Ok(Self {
             pin: identity.pin(),
             keys: Arc::new(identity.wire_keys(now_secs())?),
+            identity: Arc::new(identity),
+            rotation_dir: None,
             store,
             limits,
             metrics: Arc::new(Metrics::default()),
@@ -201,7 +260,7 @@ impl Relay {
             .await
             .map_err(RelayError::Store)?;
         let identity = tls::TlsIdentity::from_bytes(&shared)?;
-        Self::with(&identity, Arc::new(Backend::Nats(Box::new(store))), limits)
+        Self::with(identity, Arc::new(Backend::Nats(Box::new(store))), limits)
     }
 
     /// Announces another protocol version than this build's, and answers unparseable
@@ -291,6 +350,10 @@ impl Relay {
             self.limits.stats_interval,
             self.metrics.clone(),
         ));
+        let rotation = self
+            .rotation_dir
+            .clone()
+            .map(|dir| tokio::spawn(watch_rotation(shared.clone(), self.identity.clone(), dir)));
         let exporter = self
             .metrics_listener
             .map(|l| tokio::spawn(exporter::serve(l, self.metrics.clone(), self.store.clone())));
@@ -309,6 +372,9 @@ impl Relay {
         // The accept loop, and with it the listener, is gone: new connections are refused.
         sweeper.abort();
         counts.abort();
+        if let Some(r) = &rotation {
+            r.abort();
+        }
         if let Some(e) = &exporter {
             e.abort();
         }

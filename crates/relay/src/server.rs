@@ -258,9 +258,11 @@ pub(crate) struct Shared {
     deposits: DepositBudget,
     /// When a paced connection's answers may leave.
     floor: AnswerFloor,
-    tls: TlsAcceptor,
-    /// The TLS certificate of this run and what the hello carries to vouch for it.
-    keys: Arc<WireKeys>,
+    /// The TLS certificate in use, its credential and the forward key: replaced by a key
+    /// rotation ([`Shared::rotate`]).
+    keys: std::sync::RwLock<Arc<WireKeys>>,
+    /// The forward key before the last rotation, and when it stops opening seals.
+    previous_forward: Mutex<Option<(Arc<backchannel_core::forward::ForwardKeys>, Instant)>>,
     /// Our PIN (what a sealed request is bound to).
     pin: [u8; 32],
     /// Our connections to other relays, for our users' forwarded requests.
@@ -308,16 +310,58 @@ impl Shared {
             limits,
             notify,
             metrics,
-            tls: TlsAcceptor::from(keys.server_config.clone()),
             pin: RelayPin::of_certificate(&keys.identity_cert).0,
             forwarder: Forwarder::new(keys.clone(), forward_private),
             forwarders: Mutex::new(HashMap::new()),
-            keys,
+            keys: std::sync::RwLock::new(keys),
+            previous_forward: Mutex::new(None),
             protocol_version: PROTOCOL_VERSION,
             recorder: None,
             connection_count: std::sync::atomic::AtomicU64::new(0),
             closing,
             _done: done,
+        }
+    }
+
+    /// The keys in use.
+    pub(crate) fn keys(&self) -> Arc<WireKeys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A TLS acceptor with the certificate in use.
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.keys().server_config.clone())
+    }
+
+    /// Uses `new` from now on (`relay rotate-key`): new connections get its TLS certificate
+    /// and credential; the forward key it replaces still opens seals for [`KEY_OVERLAP`]
+    /// (clients that asked for the credential before the rotation seal to it).
+    pub(crate) fn rotate(&self, new: WireKeys) {
+        let old = {
+            let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *keys, Arc::new(new))
+        };
+        *self.previous_forward.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((old.forward.clone(), Instant::now() + KEY_OVERLAP));
+    }
+
+    /// Opens a sealed request with the forward key in use, or with the one before the last
+    /// rotation while it still may.
+    fn open_sealed(&self, sealed: &[u8]) -> Result<([u8; SESSION_LEN], Request, AnswerKey), ForwardError> {
+        let current = seal::open(&self.keys().forward, &self.pin, sealed);
+        if !matches!(current, Err(ForwardError::Unsealed)) {
+            return current;
+        }
+        let previous = self
+            .previous_forward
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(k, _)| k.clone());
+        match previous {
+            Some(k) => seal::open(&k, &self.pin, sealed),
+            None => current,
         }
     }
 
@@ -564,7 +608,7 @@ fn refuse(tcp: TcpStream, shared: &Arc<Shared>) {
     tokio::spawn(async move {
         let _slot = slot;
         let answer = async {
-            let Ok(mut ws) = handshake(tcp, &shared.tls).await else {
+            let Ok(mut ws) = handshake(tcp, &shared.acceptor()).await else {
                 return;
             };
             let refusal = Response::Error {
@@ -586,10 +630,11 @@ fn refuse(tcp: TcpStream, shared: &Arc<Shared>) {
 async fn handle(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermit, address: AddressSlot) {
     // One timeout over TLS and the upgrade together: a client that trickles
     // either is cut off at the same time.
+    let acceptor = shared.acceptor();
     let handshake = tokio::select! {
         // Boxed: the handshake's large state is freed once it is done, instead of sizing
         // every connection's task for it (docs/reliability.md, memory per connection).
-        r = tokio::time::timeout(shared.limits.handshake_timeout, Box::pin(handshake(tcp, &shared.tls))) => r,
+        r = tokio::time::timeout(shared.limits.handshake_timeout, Box::pin(handshake(tcp, &acceptor))) => r,
         _ = shared.closing() => return,
     };
     let mut ws = match handshake {
@@ -669,8 +714,8 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
             max_envelopes_per_mailbox: shared.limits.max_envelopes_per_mailbox,
             max_mailboxes_per_connection: shared.limits.max_mailboxes_per_connection as u32,
         },
-        identity: shared.keys.identity_cert.clone(),
-        credential: shared.keys.credential.clone(),
+        identity: shared.keys().identity_cert.clone(),
+        credential: shared.keys().credential.clone(),
     };
     let idle = shared.limits.idle_timeout;
     let metrics = &shared.metrics;
@@ -878,6 +923,11 @@ fn writes(req: &Request) -> bool {
     )
 }
 
+/// How long the forward key a rotation replaced still opens seals: a client asks for a
+/// destination's credential when it connects, so one that did just before a rotation seals to
+/// the old key for as long as it keeps that connection.
+pub const KEY_OVERLAP: Duration = Duration::from_secs(600);
+
 /// Requests of one connection executed at once, at most: each may hold an envelope.
 const PIPELINE_DEPTH: usize = 32;
 
@@ -1020,7 +1070,7 @@ impl Work {
         let Request::Sealed { sealed } = req else {
             return Ok(Work::Plain(req));
         };
-        match seal::open(&shared.keys.forward, &shared.pin, &sealed) {
+        match shared.open_sealed(&sealed) {
             Ok((session, inner, key)) => Ok(Work::Sealed { session, inner, key }),
             Err(ForwardError::Unsealed) => Err(Connection::err(ErrorCode::Unsealed)),
             Err(_) => Err(Response::Error {

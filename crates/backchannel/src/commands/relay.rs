@@ -5,7 +5,7 @@ use backchannel_relay::nats::{NatsConfig, DEFAULT_META_BYTES, DEFAULT_PATIENCE};
 use backchannel_relay::store::Quota;
 use backchannel_relay::{Limits, Relay};
 
-use crate::args::{RelayArgs, Span, StorageArgs, StoreKind};
+use crate::args::{RelayAction, RelayArgs, Span, StorageArgs, StoreKind};
 use crate::error::CliError;
 use crate::output::Out;
 
@@ -30,6 +30,9 @@ impl StorageArgs {
 /// `relay`: opens the store, prints the relay's address (its first line on stdout),
 /// and serves.
 pub async fn run(a: &RelayArgs, out: &Out) -> Result<(), CliError> {
+    if let Some(RelayAction::RotateKey { data }) = &a.action {
+        return rotate_key(data, out).await;
+    }
     a.storage.check(None)?;
     if let Some(addr) = a.metrics.filter(|m| !m.ip().is_loopback() && !a.metrics_public) {
         return Err(CliError::MetricsNotLoopback(addr));
@@ -135,4 +138,21 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// `relay rotate-key --data DIR`: asks the relay running on `DIR` for new wire keys.
+async fn rotate_key(data: &std::path::Path, out: &Out) -> Result<(), CliError> {
+    let wait = backchannel_relay::ROTATION_POLL * 10;
+    if backchannel_relay::ask_to_rotate(data, wait).await? {
+        out.line(
+            "the relay now uses a new TLS certificate and forward key; its PIN, and so every address, is unchanged",
+        );
+    } else {
+        out.line(format!(
+            "no relay running on {} took the request within {} s; a relay started on it makes new keys anyway",
+            data.display(),
+            wait.as_secs()
+        ));
+    }
+    Ok(())
 }
