@@ -389,6 +389,19 @@ pub struct RelayArgs {
     /// test network; by default a user cannot make the relay connect into its own network).
     #[arg(long)]
     pub forward_private: bool,
+    /// How log lines are written to stderr: text, or json (one object per line, for log
+    /// collectors). Either way they hold counts and fixed words only.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `relay --log-format`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `relay rotate-key`.

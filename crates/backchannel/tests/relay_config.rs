@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
+use common::*;
+
 fn relay(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(common::bin()).arg("relay").args(args).output().unwrap();
     (
@@ -83,6 +85,7 @@ answer-floor = "30ms"
 forwarder-rate = 77
 forwarder-burst = 88
 forward-private = true
+log-format = "json"
 "#;
     std::fs::write(&file, config).unwrap();
     let (ok, defaults, _) = relay(&["--print-config"]);
@@ -148,4 +151,28 @@ fn an_unknown_key_or_a_bad_value_is_an_error_naming_it() {
     let (ok, _, err) = relay(&["--config", "/nonexistent/relay.toml"]);
     assert!(!ok);
     assert!(err.contains("/nonexistent/relay.toml"), "{err}");
+}
+
+/// `--log-format json` (or `log-format = "json"` in the file): one JSON object per line, with
+/// the same fixed words and counts as the text log, for a log collector.
+#[test]
+fn json_logs_are_one_object_per_line_with_nothing_of_the_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&dir.path().join("relay"), &["--log-format", "json"]);
+    let [alice, bob] = people(dir.path(), &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "secret-room");
+    alice.ok(&["send", "secret-room", "a plaintext"]);
+    bob.ok(&["sync"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let logs = relay.logs();
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{logs}");
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    assert!(lines.iter().any(|l| l.contains("\"relay started\"")), "{logs}");
+    for secret in ["alice", "bob", "secret-room", "a plaintext"] {
+        assert!(!logs.contains(secret), "the log holds {secret}");
+    }
 }

@@ -5,7 +5,7 @@ use backchannel_relay::nats::{NatsConfig, DEFAULT_META_BYTES, DEFAULT_PATIENCE};
 use backchannel_relay::store::Quota;
 use backchannel_relay::{Limits, Relay};
 
-use crate::args::{RelayAction, RelayArgs, Span, StorageArgs, StoreKind};
+use crate::args::{LogFormat, RelayAction, RelayArgs, Span, StorageArgs, StoreKind};
 use crate::error::CliError;
 use crate::output::Out;
 
@@ -37,7 +37,7 @@ pub async fn run(a: &RelayArgs, out: &Out) -> Result<(), CliError> {
     if let Some(addr) = a.metrics.filter(|m| !m.ip().is_loopback() && !a.metrics_public) {
         return Err(CliError::MetricsNotLoopback(addr));
     }
-    log_to_stderr();
+    log_to_stderr(a.log_format);
     let limits = Limits {
         max_connections: a.max_connections,
         max_connections_per_address: a.max_connections_per_address,
@@ -107,18 +107,21 @@ pub async fn run(a: &RelayArgs, out: &Out) -> Result<(), CliError> {
 /// crates only: dependencies (rustls, tungstenite) are capped at `warn`, because at
 /// debug and trace they log peer addresses and handshake details, which our logs
 /// must not hold.
-fn log_to_stderr() {
+fn log_to_stderr(format: LogFormat) {
     let level = std::env::var("RUST_LOG")
         .ok()
         .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
         .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
             "warn,backchannel_relay={level},backchannel={level}"
-        )))
-        .init();
+        )));
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
