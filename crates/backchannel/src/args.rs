@@ -414,6 +414,9 @@ pub enum RelayAction {
         /// The running relay's data directory.
         #[arg(long, default_value = "backchannel-relay")]
         data: PathBuf,
+        /// With --store nats, every relay of the cluster rotates (each has keys of its own).
+        #[command(flatten)]
+        storage: StorageArgs,
     },
 }
 

@@ -261,11 +261,14 @@ fn without_quorum_sends_fail_clearly_and_succeed_again_when_it_returns() {
     // Ready while the cluster answers (`relay --metrics`: /readyz).
     assert_eq!(readyz(metrics_port), 200);
 
-    // Two of three nodes gone: no quorum for any stream. (/readyz is not checked here: a
-    // stream leader that has not noticed it lost its quorum may answer the counts it asks
-    // for, for longer than a test waits.)
+    // Two of three nodes gone: no quorum for any stream. /readyz says so at once: its check
+    // is a write, which only a quorum acknowledges (a stream leader that has not noticed it
+    // lost its quorum may still answer reads for a while).
     cluster.kill(1);
     cluster.kill(2);
+    let started = Instant::now();
+    assert_eq!(readyz(metrics_port), 503, "not ready without quorum");
+    eprintln!("/readyz said not ready after {:.1} s", started.elapsed().as_secs_f64());
     let started = Instant::now();
     let r = alice.run(&["send", "ops", "during"]);
     eprintln!(
@@ -726,5 +729,50 @@ fn nats_options_without_the_nats_store_are_refused() {
         assert!(!out.status.success(), "{option:?} was taken");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("need --store nats"), "{stderr}");
+    }
+}
+
+/// `relay rotate-key --store nats`: every relay of the cluster makes a new TLS certificate
+/// and forward key (each its own), all under the cluster's one PIN, and clients carry on.
+#[test]
+fn a_cluster_rotates_every_relays_keys_at_once_and_keeps_its_pin() {
+    use backchannel_core::relay_identity::Credential;
+    let bin = require_nats();
+    let cluster = NatsCluster::start(&bin);
+    let root = tempfile::tempdir().unwrap();
+    let r1 = relay_on(&cluster, &root.path().join("r1"), &[0, 1, 2]);
+    let r2 = relay_on(&cluster, &root.path().join("r2"), &[1, 2, 0]);
+    let [alice, bob] = common::people(root.path(), &r1, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "ops");
+    let tls_key = |r: &RelayProc| {
+        let addr: RelayAddress = r.address.parse().unwrap();
+        rt().block_on(async {
+            let c = RelayConnection::connect(&addr).await.unwrap();
+            Credential::from_bytes(c.identity().1).unwrap().tls_cert_digest
+        })
+    };
+    let before = [tls_key(&r1), tls_key(&r2)];
+    let mut cmd = vec!["relay", "rotate-key", "--store", "nats"];
+    let urls = cluster.urls();
+    for u in &urls {
+        cmd.extend(["--nats", u.as_str()]);
+    }
+    let said = alice.ok(&cmd);
+    assert!(said.contains("asked every relay of the cluster"), "{said}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = [tls_key(&r1), tls_key(&r2)];
+        if now[0] != before[0] && now[1] != before[1] {
+            assert_ne!(now[0], now[1], "each relay has keys of its own");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the relays did not rotate");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    alice.ok(&["send", "ops", "after the rotation"]);
+    bob.ok(&["sync"]);
+    assert!(bob.texts("ops").iter().any(|(_, t)| t == "after the rotation"));
+    for r in [&r1, &r2] {
+        assert_eq!(r.logs().matches("wire keys rotated").count(), 1, "{}", r.logs());
     }
 }

@@ -64,9 +64,12 @@ async fn answer(mut tcp: TcpStream, metrics: &Metrics, store: &Backend) -> std::
     let (status, body) = match (words.next(), words.next()) {
         (Some(b"GET"), Some(b"/metrics")) => ("200 OK", render(metrics, stats(store).await.as_ref())),
         (Some(b"GET"), Some(b"/healthz")) => ("200 OK", "ok\n".to_string()),
-        (Some(b"GET"), Some(b"/readyz")) => match stats(store).await {
-            Some(_) => ("200 OK", "ready\n".to_string()),
-            None => ("503 Service Unavailable", "the store does not answer\n".to_string()),
+        (Some(b"GET"), Some(b"/readyz")) => match tokio::time::timeout(STORE_DEADLINE, store.ready()).await {
+            Ok(Ok(())) => ("200 OK", "ready\n".to_string()),
+            _ => (
+                "503 Service Unavailable",
+                "the store does not take writes (no quorum, or it does not answer)\n".to_string(),
+            ),
         },
         (Some(b"GET"), _) => ("404 Not Found", "/metrics, /healthz or /readyz\n".to_string()),
         _ => ("405 Method Not Allowed", "GET only\n".to_string()),

@@ -174,21 +174,54 @@ pub async fn ask_to_rotate(data_dir: &Path, wait: Duration) -> Result<bool, Rela
     Ok(!path.exists())
 }
 
-/// Makes new wire keys whenever [`ROTATE_FILE`] appears in `dir`, then deletes it.
-async fn watch_rotation(shared: Arc<server::Shared>, identity: Arc<tls::TlsIdentity>, dir: PathBuf) {
-    let path = dir.join(ROTATE_FILE);
-    loop {
-        if path.exists() {
-            match identity.wire_keys(now_secs()) {
-                Ok(keys) => {
-                    shared.rotate(keys);
-                    tracing::info!("wire keys rotated: a new TLS certificate and forward key, the same PIN");
-                }
-                Err(e) => tracing::error!(failure = %e, "could not make new wire keys"),
-            }
-            let _ = std::fs::remove_file(&path);
+/// Where a running relay learns that it is asked to rotate its wire keys.
+enum RotationSignal {
+    /// [`ROTATE_FILE`] appears in the data directory (the embedded store).
+    File(PathBuf),
+    /// The cluster's rotation record grows (`nats::request_rotation`): every relay of the
+    /// cluster rotates.
+    Cluster,
+}
+
+/// Makes new wire keys whenever asked (`signal`).
+async fn watch_rotation(
+    shared: Arc<server::Shared>,
+    identity: Arc<tls::TlsIdentity>,
+    store: Arc<Backend>,
+    signal: RotationSignal,
+) {
+    let rotate = || match identity.wire_keys(now_secs()) {
+        Ok(keys) => {
+            shared.rotate(keys);
+            tracing::info!("wire keys rotated: a new TLS certificate and forward key, the same PIN");
         }
-        tokio::time::sleep(ROTATION_POLL).await;
+        Err(e) => tracing::error!(failure = %e, "could not make new wire keys"),
+    };
+    match (signal, store.as_ref()) {
+        (RotationSignal::File(dir), _) => {
+            let path = dir.join(ROTATE_FILE);
+            loop {
+                if path.exists() {
+                    rotate();
+                    let _ = std::fs::remove_file(&path);
+                }
+                tokio::time::sleep(ROTATION_POLL).await;
+            }
+        }
+        (RotationSignal::Cluster, Backend::Nats(nats)) => {
+            // A request made before this relay started is done: its keys are fresh.
+            let mut seen = nats.rotation_asked().await.unwrap_or(0);
+            loop {
+                tokio::time::sleep(ROTATION_POLL).await;
+                if let Ok(asked) = nats.rotation_asked().await {
+                    if asked > seen {
+                        seen = asked;
+                        rotate();
+                    }
+                }
+            }
+        }
+        (RotationSignal::Cluster, _) => {}
     }
 }
 
@@ -197,8 +230,8 @@ pub struct Relay {
     pin: Pin,
     /// The identity key, which signs the wire keys of a rotation.
     identity: Arc<tls::TlsIdentity>,
-    /// The data directory watched for [`ROTATE_FILE`] (none with the NATS store).
-    rotation_dir: Option<PathBuf>,
+    /// Where it learns that it is asked to rotate its wire keys.
+    rotation: RotationSignal,
     /// The TLS certificate of this run and the identity's credential for it.
     keys: Arc<tls::WireKeys>,
     store: Arc<Backend>,
@@ -230,7 +263,7 @@ impl Relay {
         // Keys are made afresh at start: a rotation asked for while no relay ran is done.
         let _ = std::fs::remove_file(data_dir.join(ROTATE_FILE));
         let mut relay = Self::with(identity, Arc::new(Backend::Embedded(store)), limits)?;
-        relay.rotation_dir = Some(data_dir);
+        relay.rotation = RotationSignal::File(data_dir);
         Ok(relay)
     }
 
@@ -239,7 +272,7 @@ impl Relay {
             pin: identity.pin(),
             keys: Arc::new(identity.wire_keys(now_secs())?),
             identity: Arc::new(identity),
-            rotation_dir: None,
+            rotation: RotationSignal::Cluster,
             store,
             limits,
             metrics: Arc::new(Metrics::default()),
@@ -350,10 +383,16 @@ impl Relay {
             self.limits.stats_interval,
             self.metrics.clone(),
         ));
-        let rotation = self
-            .rotation_dir
-            .clone()
-            .map(|dir| tokio::spawn(watch_rotation(shared.clone(), self.identity.clone(), dir)));
+        let signal = match &self.rotation {
+            RotationSignal::File(dir) => RotationSignal::File(dir.clone()),
+            RotationSignal::Cluster => RotationSignal::Cluster,
+        };
+        let rotation = Some(tokio::spawn(watch_rotation(
+            shared.clone(),
+            self.identity.clone(),
+            self.store.clone(),
+            signal,
+        )));
         let exporter = self
             .metrics_listener
             .map(|l| tokio::spawn(exporter::serve(l, self.metrics.clone(), self.store.clone())));

@@ -30,8 +30,8 @@ impl StorageArgs {
 /// `relay`: opens the store, prints the relay's address (its first line on stdout),
 /// and serves.
 pub async fn run(a: &RelayArgs, out: &Out) -> Result<(), CliError> {
-    if let Some(RelayAction::RotateKey { data }) = &a.action {
-        return rotate_key(data, out).await;
+    if let Some(RelayAction::RotateKey { data, storage }) = &a.action {
+        return rotate_key(data, storage, out).await;
     }
     a.storage.check(None)?;
     if let Some(addr) = a.metrics.filter(|m| !m.ip().is_loopback() && !a.metrics_public) {
@@ -143,8 +143,20 @@ async fn shutdown_signal() {
     }
 }
 
-/// `relay rotate-key --data DIR`: asks the relay running on `DIR` for new wire keys.
-async fn rotate_key(data: &std::path::Path, out: &Out) -> Result<(), CliError> {
+/// `relay rotate-key --data DIR` (or `--store nats --nats URL…`): asks the relay running on
+/// `DIR` (or every relay of the cluster) for new wire keys.
+async fn rotate_key(data: &std::path::Path, storage: &StorageArgs, out: &Out) -> Result<(), CliError> {
+    storage.check(None)?;
+    if storage.store == StoreKind::Nats {
+        backchannel_relay::nats::request_rotation(&storage.nats)
+            .await
+            .map_err(|e| CliError::from(backchannel_relay::RelayError::Store(e)))?;
+        out.line(format!(
+            "asked every relay of the cluster for a new TLS certificate and forward key; each makes them within {} s, and the PIN is unchanged",
+            (backchannel_relay::ROTATION_POLL * 2).as_secs()
+        ));
+        return Ok(());
+    }
     let wait = backchannel_relay::ROTATION_POLL * 10;
     if backchannel_relay::ask_to_rotate(data, wait).await? {
         out.line(

@@ -269,6 +269,11 @@ pub trait MailboxStore: Send + Sync + 'static {
     fn expire(&self, now: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Counts.
     fn stats(&self) -> impl Future<Output = Result<Stats, StoreError>> + Send;
+    /// Whether the store takes writes now (`/readyz`): for the embedded store, that it
+    /// answers; for a cluster, that a write reaches a quorum.
+    fn ready(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { self.stats().await.map(|_| ()) }
+    }
     /// Passes on deliveries made through other relays sharing this store (their
     /// mailbox ids) so long-polls here wake at once. A store only this relay uses
     /// has none: the relay announces its own deliveries. Call inside the runtime.
@@ -566,6 +571,10 @@ impl MailboxStore for Backend {
 
     async fn stats(&self) -> Result<Stats, StoreError> {
         each!(self, s => MailboxStore::stats(s).await)
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        each!(self, s => MailboxStore::ready(s).await)
     }
 
     fn forward_deliveries(&self, notify: tokio::sync::broadcast::Sender<MailboxId>) {

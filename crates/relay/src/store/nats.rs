@@ -64,6 +64,14 @@ const NOTE_SUBJECTS: &str = "bc.new.*";
 /// Notices that a mailbox was deleted: `bc.gone.<hex send digest>`.
 const GONE_SUBJECTS: &str = "bc.gone.*";
 const IDENTITY_SUBJECT: &str = "bc.tls";
+/// The subject a readiness check writes (one message, replaced each time): a write that
+/// only a quorum acknowledges ([`NatsStore::ready`]).
+const READY_SUBJECT: &str = "bc.rdy";
+/// The subject `relay rotate-key --store nats` writes (one message, replaced each time);
+/// every relay of the cluster rotates its wire keys when its sequence grows.
+const ROTATE_SUBJECT: &str = "bc.rot";
+/// How long a readiness check waits for its write's acknowledgement.
+const READY_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long one NATS operation may take before the request fails with a storage error.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a request waits, by default, for the cluster while it elects a stream leader
@@ -265,37 +273,7 @@ impl NatsStore {
     /// Connects to the cluster and creates the streams if they don't exist yet.
     /// Must be called inside a Tokio runtime; the store's methods are futures on it.
     pub async fn connect(config: &NatsConfig) -> Result<Self, StoreError> {
-        let mut addrs: Vec<ServerAddr> = Vec::new();
-        for u in &config.urls {
-            addrs.push(
-                u.parse().map_err(|e: std::io::Error| {
-                    nats_error("reading the --nats URLs", NatsError::BadUrl(Box::new(e)))
-                })?,
-            );
-        }
-        if addrs.is_empty() {
-            return Err(nats_error("reading the --nats URLs", NatsError::NoUrl));
-        }
-        let client = async_nats::ConnectOptions::new()
-            .name("backchannel-relay")
-            .connection_timeout(OP_TIMEOUT)
-            .request_timeout(Some(OP_TIMEOUT))
-            .retry_on_initial_connect()
-            // Our own notices come back to us otherwise: the relay wakes its own
-            // long-polls directly.
-            .no_echo()
-            .connect(addrs)
-            .await
-            .map_err(|e| client_error("connecting", e))?;
-        // `retry_on_initial_connect` returns at once: wait (bounded) for the first connection.
-        let mut waited = Duration::ZERO;
-        while client.connection_state() != async_nats::connection::State::Connected {
-            if waited > 3 * OP_TIMEOUT {
-                return Err(nats_error("connecting", NatsError::Unreachable));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            waited += Duration::from_millis(50);
-        }
+        let client = connect_client(&config.urls).await?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(OP_TIMEOUT);
         // 3, or the cluster's size if it advertises fewer servers. A cluster that
@@ -335,6 +313,8 @@ impl NatsStore {
                     "bc.snd.*".into(),
                     "bc.clm.*".into(),
                     IDENTITY_SUBJECT.into(),
+                    READY_SUBJECT.into(),
+                    ROTATE_SUBJECT.into(),
                 ],
                 storage: stream::StorageType::File,
                 num_replicas: replicas,
@@ -365,6 +345,11 @@ impl NatsStore {
     /// it if there is none yet (the first relay to start wins).
     pub async fn shared_identity(&self, mine: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         patiently(self.patience, |_| self.identity_or(&mine)).await
+    }
+
+    /// The sequence of the latest key rotation asked of the cluster's relays (0: none).
+    pub async fn rotation_asked(&self) -> Result<u64, StoreError> {
+        Ok(self.latest(ROTATE_SUBJECT).await?.map_or(0, |(seq, _)| seq))
     }
 
     /// One try of [`Self::shared_identity`] (tried again, a value stored by the earlier try
@@ -845,11 +830,15 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
         match timed("opening a stream", js.get_or_create_stream(config.clone())).await {
             Ok(mut s) => {
                 let have = &s.cached_info().config;
-                if have.max_bytes == config.max_bytes && have.discard == config.discard {
+                let mut subjects = have.subjects.clone();
+                subjects.sort();
+                let mut wanted = config.subjects.clone();
+                wanted.sort();
+                if have.max_bytes == config.max_bytes && have.discard == config.discard && subjects == wanted {
                     return Ok(s);
                 }
-                // Made by an earlier release (the record stream had no bound), or with
-                // another bound: this relay's bound applies from now on.
+                // Made by an earlier release (the record stream had no bound, or no
+                // readiness subject), or with another bound: this relay's applies from now on.
                 timed("updating a stream", js.update_stream(config.clone())).await?;
                 s.info().await.map_err(|e| client_error("updating a stream", e))?;
                 return Ok(s);
@@ -982,6 +971,25 @@ impl MailboxStore for NatsStore {
         patiently(self.patience, |_| self.do_stats()).await
     }
 
+    /// One write on [`READY_SUBJECT`], acknowledged only once a quorum of the record
+    /// stream's replicas has it: a stream leader that has lost its quorum (and may still
+    /// answer reads) cannot acknowledge it. Tried once, not patiently.
+    async fn ready(&self) -> Result<(), StoreError> {
+        let msg = PublishMessage::build().payload(Bytes::from_static(b"1"));
+        let ack = async {
+            let sent = self
+                .js
+                .send_publish(READY_SUBJECT.to_string(), msg)
+                .await
+                .map_err(|e| client_error("checking the cluster's quorum", e))?;
+            sent.await.map_err(|e| client_error("checking the cluster's quorum", e))
+        };
+        match tokio::time::timeout(READY_TIMEOUT, ack).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(nats_error("checking the cluster's quorum", NatsError::Timeout)),
+        }
+    }
+
     fn forward_deliveries(&self, notify: broadcast::Sender<MailboxId>) {
         let client = self.client.clone();
         let senders = self.senders.clone();
@@ -1051,4 +1059,61 @@ mod tests {
         assert!(decode_claims(&[0; 41]).is_err());
         assert!(decode_claims(&[0; 39]).is_err());
     }
+}
+
+/// Asks every relay of the cluster at `urls` to rotate its wire keys (`relay rotate-key
+/// --store nats`): a record on [`ROTATE_SUBJECT`], which each relay watches
+/// ([`NatsStore::rotation_asked`]). Touches nothing else of the cluster.
+pub async fn request_rotation(urls: &[String]) -> Result<(), StoreError> {
+    let client = connect_client(urls).await?;
+    let js = jetstream::new(client);
+    let ack = async {
+        js.send_publish(
+            ROTATE_SUBJECT.to_string(),
+            PublishMessage::build().payload(Bytes::from_static(b"1")),
+        )
+        .await
+        .map_err(|e| client_error("asking for a key rotation", e))?
+        .await
+        .map_err(|e| client_error("asking for a key rotation", e))
+    };
+    match tokio::time::timeout(OP_TIMEOUT, ack).await {
+        Ok(r) => r.map(|_| ()),
+        Err(_) => Err(nats_error("asking for a key rotation", NatsError::NoQuorum)),
+    }
+}
+
+/// A client of the cluster at `urls`, connected (or an error after a bounded wait).
+async fn connect_client(urls: &[String]) -> Result<async_nats::Client, StoreError> {
+    let mut addrs: Vec<ServerAddr> = Vec::new();
+    for u in urls {
+        addrs.push(
+            u.parse()
+                .map_err(|e: std::io::Error| nats_error("reading the --nats URLs", NatsError::BadUrl(Box::new(e))))?,
+        );
+    }
+    if addrs.is_empty() {
+        return Err(nats_error("reading the --nats URLs", NatsError::NoUrl));
+    }
+    let client = async_nats::ConnectOptions::new()
+        .name("backchannel-relay")
+        .connection_timeout(OP_TIMEOUT)
+        .request_timeout(Some(OP_TIMEOUT))
+        .retry_on_initial_connect()
+        // Our own notices come back to us otherwise: the relay wakes its own
+        // long-polls directly.
+        .no_echo()
+        .connect(addrs)
+        .await
+        .map_err(|e| client_error("connecting", e))?;
+    // `retry_on_initial_connect` returns at once: wait (bounded) for the first connection.
+    let mut waited = Duration::ZERO;
+    while client.connection_state() != async_nats::connection::State::Connected {
+        if waited > 3 * OP_TIMEOUT {
+            return Err(nats_error("connecting", NatsError::Unreachable));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+    Ok(client)
 }
