@@ -1024,43 +1024,6 @@ impl MailboxStore for NatsStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    /// The claim record: a locked one round-trips, one of an earlier release reads as
-    /// unlocked, a locked one reads to an earlier release as an epoch nobody claims, and
-    /// one with a held commit keeps the 40 bytes in front of it.
-    #[test]
-    fn claim_records_keep_their_layout() {
-        let c = Claims {
-            next_epoch: 9,
-            last: [5; 32],
-            locked: true,
-        };
-        let v = encode_claims(&c, None);
-        assert_eq!(v.len(), 40);
-        assert_eq!(decode_claims(&v).unwrap(), (c, None));
-        let old = [&9u64.to_be_bytes()[..], &[5; 32]].concat();
-        assert_eq!(old, encode_claims(&Claims { locked: false, ..c }, None));
-        assert_eq!(decode_claims(&old).unwrap(), (Claims { locked: false, ..c }, None));
-        // What an earlier relay reads as the next epoch of a locked record.
-        let seen = u64::from_be_bytes(v[..8].try_into().unwrap());
-        assert!(seen > 1 << 62, "{seen}");
-        let held = HeldCommit {
-            epoch: 8,
-            opened: [7; 32],
-            bytes: Arc::from(&b"commit"[..]),
-        };
-        let with = encode_claims(&c, Some(&held));
-        assert_eq!(with[..40], v[..]);
-        assert_eq!(decode_claims(&with).unwrap(), (c, Some(held)));
-        assert!(decode_claims(&[0; 41]).is_err());
-        assert!(decode_claims(&[0; 39]).is_err());
-    }
-}
-
 /// Asks every relay of the cluster at `urls` to rotate its wire keys (`relay rotate-key
 /// --store nats`): a record on [`ROTATE_SUBJECT`], which each relay watches
 /// ([`NatsStore::rotation_asked`]). Touches nothing else of the cluster.
@@ -1116,4 +1079,41 @@ async fn connect_client(urls: &[String]) -> Result<async_nats::Client, StoreErro
         waited += Duration::from_millis(50);
     }
     Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The claim record: a locked one round-trips, one of an earlier release reads as
+    /// unlocked, a locked one reads to an earlier release as an epoch nobody claims, and
+    /// one with a held commit keeps the 40 bytes in front of it.
+    #[test]
+    fn claim_records_keep_their_layout() {
+        let c = Claims {
+            next_epoch: 9,
+            last: [5; 32],
+            locked: true,
+        };
+        let v = encode_claims(&c, None);
+        assert_eq!(v.len(), 40);
+        assert_eq!(decode_claims(&v).unwrap(), (c, None));
+        let old = [&9u64.to_be_bytes()[..], &[5; 32]].concat();
+        assert_eq!(old, encode_claims(&Claims { locked: false, ..c }, None));
+        assert_eq!(decode_claims(&old).unwrap(), (Claims { locked: false, ..c }, None));
+        // What an earlier relay reads as the next epoch of a locked record.
+        let seen = u64::from_be_bytes(v[..8].try_into().unwrap());
+        assert!(seen > 1 << 62, "{seen}");
+        let held = HeldCommit {
+            epoch: 8,
+            opened: [7; 32],
+            bytes: Arc::from(&b"commit"[..]),
+        };
+        let with = encode_claims(&c, Some(&held));
+        assert_eq!(with[..40], v[..]);
+        assert_eq!(decode_claims(&with).unwrap(), (c, Some(held)));
+        assert!(decode_claims(&[0; 41]).is_err());
+        assert!(decode_claims(&[0; 39]).is_err());
+    }
 }
