@@ -7,10 +7,11 @@
 //!   [`FRAME_SIZE`] long;
 //! - an inner frame that decodes ([`decode_inner_request`]) is
 //!   [`INNER_FRAME_SIZE`] long, holds a [`forwardable`] request, and
-//!   [`encode_inner_request`] gives back exactly its bytes with the request id
-//!   zeroed (the inner decoder reads the id and ignores it; the encoder writes
-//!   0); it decodes exactly when the same bytes zero-padded to [`FRAME_SIZE`]
-//!   decode as an outer frame to a forwardable request, and to the same one.
+//!   [`encode_inner_request`] gives back exactly its bytes (its request id is 0:
+//!   the inner decoder refuses any other, so each request has one encoding
+//!   inside a seal); it decodes exactly when the same bytes zero-padded to
+//!   [`FRAME_SIZE`] decode as an outer frame with request id 0 to a
+//!   forwardable request, and to the same one.
 //!
 //! The input is tried as it is (every size) and cut or zero-padded to
 //! [`FRAME_SIZE`] and to [`INNER_FRAME_SIZE`], so short inputs reach the body
@@ -39,10 +40,15 @@ fn check_inner(frame: &[u8]) {
     let inner = decode_inner_request(frame);
     if frame.len() == INNER_FRAME_SIZE {
         // The same bytes as an outer frame: an inner request is an outer one
-        // that is forwardable (every forwardable request fits in the inner size).
+        // that is forwardable (every forwardable request fits in the inner size)
+        // with request id 0 (the one encoding inside a seal).
         let mut outer = frame.to_vec();
         outer.resize(FRAME_SIZE, 0);
-        let as_outer = decode_request(&outer).ok().map(|(_, r)| r).filter(forwardable);
+        let as_outer = decode_request(&outer)
+            .ok()
+            .filter(|(id, _)| *id == 0)
+            .map(|(_, r)| r)
+            .filter(forwardable);
         assert_eq!(
             inner.as_ref().ok(),
             as_outer.as_ref(),
@@ -57,6 +63,7 @@ fn check_inner(frame: &[u8]) {
         forwardable(&req),
         "an inner frame decodes to a request that is not forwarded"
     );
+    assert_eq!(&frame[ID], &[0; 4], "an inner request with a request id other than 0 decodes");
     let again = encode_inner_request(&req).expect("a forwardable request has an inner encoding");
     let mut expected = frame.to_vec();
     expected[ID].fill(0);

@@ -13,10 +13,10 @@
 //!   tried on the input as it is and cut or zero-padded to
 //!   [`INNER_FRAME_SIZE`]): one that decodes is `Ok`, `Pong`, an error or a
 //!   commit's part, [`INNER_FRAME_SIZE`] long, and [`encode_inner_response`]
-//!   gives back exactly its bytes with the request id zeroed (the inner
-//!   decoder reads the id and ignores it; the encoder writes 0); it decodes
-//!   exactly when the same bytes zero-padded to [`FRAME_SIZE`] decode as an
-//!   outer frame to one of those four, and to the same response. Any response
+//!   gives back exactly its bytes (its request id is 0: the inner decoder
+//!   refuses any other); it decodes exactly when the same bytes zero-padded to
+//!   [`FRAME_SIZE`] decode as an outer frame with request id 0 to one of those
+//!   four, and to the same response. Any response
 //!   the outer decoder gives is inner-encoded to a frame that decodes to it,
 //!   or, for the kinds never forwarded, to `Error { Malformed, 0 }`.
 #![no_main]
@@ -47,7 +47,13 @@ fn inner(frame: &[u8]) {
     if frame.len() == INNER_FRAME_SIZE {
         let mut outer = frame.to_vec();
         outer.resize(FRAME_SIZE, 0);
-        let as_outer = decode_response(&outer).ok().map(|f| f.response).filter(inner_kind);
+        // An inner answer is an outer one of a forwarded kind with request id 0 (the one
+        // encoding inside a seal).
+        let as_outer = decode_response(&outer)
+            .ok()
+            .filter(|f| f.id == 0)
+            .map(|f| f.response)
+            .filter(inner_kind);
         assert_eq!(
             decoded.as_ref().ok(),
             as_outer.as_ref(),
@@ -62,6 +68,7 @@ fn inner(frame: &[u8]) {
         inner_kind(&resp),
         "an inner frame decodes to a response that is never forwarded"
     );
+    assert_eq!(&frame[ID], &[0; 4], "an inner answer with a request id other than 0 decodes");
     let again = encode_inner_response(&resp);
     let mut expected = frame.to_vec();
     expected[ID].fill(0);
