@@ -109,7 +109,8 @@ pub enum Command {
     Daemon(DaemonArgs),
     /// Show or change this home's settings: `config get [KEY]`, `config set KEY VALUE`.
     /// The settings: forward (on, off), proxy (socks5h://HOST:PORT, none), cover (a rate
-    /// like 4/s that the daemon uses when started without --cover, or off).
+    /// like 4/s that the daemon uses when started without --cover, or off), relays (your
+    /// relay's addresses, tried in order; all with its PIN).
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
@@ -272,14 +273,15 @@ pub enum EngineCommand {
 pub enum ConfigCommand {
     /// Print every setting (`KEY = VALUE`), or one setting's value.
     Get {
-        /// forward, proxy or cover.
+        /// forward, proxy, cover or relays.
         key: Option<String>,
     },
     /// Change a setting.
     Set {
-        /// forward, proxy or cover.
+        /// forward, proxy, cover or relays.
         key: String,
-        /// The new value: forward on|off, proxy socks5h://HOST:PORT|none, cover RATE|off.
+        /// The new value: forward on|off, proxy socks5h://HOST:PORT|none, cover RATE|off,
+        /// relays "bc://PIN@HOST:PORT bc://PIN@HOST2:PORT" (one argument).
         value: String,
     },
 }

@@ -26,7 +26,8 @@ fn settings_read_back_change_what_they_say_and_refuse_bad_values() {
     alice.init("alice", &b.address);
     let bob = Client::new(root, "bob");
     bob.init("bob", &a.address);
-    assert_eq!(bob.ok(&["config", "get"]), "forward = on\nproxy = none\ncover = off\n");
+    let defaults = format!("forward = on\nproxy = none\ncover = off\nrelays = {}\n", a.address);
+    assert_eq!(bob.ok(&["config", "get"]), defaults);
 
     // Without forwarding, bob's mailbox in alice's channel lives on her relay.
     assert_eq!(bob.ok(&["config", "set", "forward", "off"]), "forward = off\n");
@@ -54,7 +55,22 @@ fn settings_read_back_change_what_they_say_and_refuse_bad_values() {
     assert!(err.contains("socks5h://HOST:PORT or none"), "{err}");
     let err = bob.fails(&["config", "get", "colour"]);
     assert!(err.contains("no setting called \"colour\""), "{err}");
-    assert_eq!(bob.ok(&["config", "get"]), "forward = on\nproxy = none\ncover = off\n");
+    let err = bob.fails(&["config", "set", "relays", &b.address]);
+    assert!(err.contains("addresses of your own relay"), "{err}");
+    let err = bob.fails(&["config", "set", "relays", "relay.example.org"]);
+    assert!(err.contains("bc://PIN@HOST:PORT"), "{err}");
+    assert_eq!(bob.ok(&["config", "get"]), defaults);
+
+    // More addresses of one's own relay: a dead one first is skipped, in order.
+    let dead = via_port(&a.address, 9);
+    let both = format!("{dead} {}", a.address);
+    assert_eq!(
+        bob.ok(&["config", "set", "relays", &both]),
+        format!("relays = {both}\n")
+    );
+    bob.ok(&["send", "talk", "past a dead address"]);
+    alice.ok(&["sync"]);
+    assert!(alice.texts("talk").iter().any(|(_, t)| t == "past a dead address"));
 
     // The daemon takes its cover rate from the home when not given one.
     bob.ok(&["config", "set", "cover", "4/s"]);

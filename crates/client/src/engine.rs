@@ -177,11 +177,7 @@ impl Engine {
             no_forward: !session.state().forwards(),
             ..TransportConfig::default()
         };
-        let ours: Vec<RelayAddress> = std::iter::once(&session.state().relay)
-            .chain(&session.state().relay_alternates)
-            .cloned()
-            .collect();
-        let net = Box::new(Links::new(ours, transport.clone()));
+        let net = Box::new(Links::new(addrs_of(session.state()), transport.clone()));
         let mut engine = Self::from_parts(session, Box::new(home), net, transport);
         // Disappearing messages and expired channels go before anything can show them,
         // even if no relay answers today.
@@ -238,9 +234,14 @@ impl Engine {
     }
 
     /// The home's settings (`config get`), each with its value: `forward` (on, off), `proxy`
-    /// (its address, or none) and `cover` (the daemon's rate, or off).
+    /// (its address, or none), `cover` (the daemon's rate, or off) and `relays` (our relay's
+    /// addresses, in the order they are tried).
     pub fn settings(&self) -> Vec<(String, String)> {
         let state = self.session.state();
+        let relays: Vec<String> = std::iter::once(&state.relay)
+            .chain(&state.relay_alternates)
+            .map(ToString::to_string)
+            .collect();
         vec![
             (
                 FORWARD_SETTING.to_string(),
@@ -254,6 +255,7 @@ impl Engine {
                 COVER_SETTING.to_string(),
                 state.setting(COVER_SETTING).unwrap_or("off").to_string(),
             ),
+            ("relays".to_string(), relays.join(" ")),
         ]
     }
 
@@ -293,9 +295,33 @@ impl Engine {
                     settings.insert(COVER_SETTING.to_string(), value.to_string());
                 }
             }
+            "relays" => {
+                // Addresses of our own relay only (the same PIN: relays sharing a cluster):
+                // our mailboxes live there, so a home cannot move to another relay this way.
+                let addrs = value
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|a| !a.is_empty())
+                    .map(str::parse::<RelayAddress>)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| bad("one or more relay addresses (bc://PIN@HOST:PORT)"))?;
+                let pin = self.session.state.relay.pin;
+                let Some(first) = addrs.first().cloned() else {
+                    return Err(bad("one or more relay addresses (bc://PIN@HOST:PORT)"));
+                };
+                if addrs.iter().any(|a| a.pin != pin) {
+                    return Err(ClientError::Usage(
+                        "relays must be addresses of your own relay (the same PIN as now): your mailboxes \
+                         live there, so a home cannot move to another relay"
+                            .into(),
+                    ));
+                }
+                self.session.state.relay = first;
+                self.session.state.relay_alternates = addrs.into_iter().skip(1).collect();
+                self.net.set_ours(addrs_of(self.session.state()));
+            }
             _ => {
                 return Err(ClientError::Usage(format!(
-                    "there is no setting called \"{key}\"; the settings are forward, proxy and cover"
+                    "there is no setting called \"{key}\"; the settings are forward, proxy, cover and relays"
                 )))
             }
         }
@@ -1414,4 +1440,12 @@ enum CatchUp {
     NotHeld,
     /// This device refused the commit that won the epoch.
     Refused,
+}
+
+/// Our own relay's addresses, in the order they are tried.
+fn addrs_of(state: &State) -> Vec<RelayAddress> {
+    std::iter::once(&state.relay)
+        .chain(&state.relay_alternates)
+        .cloned()
+        .collect()
 }

@@ -124,6 +124,9 @@ pub trait Network: Send {
     }
     /// From now on, connect with `config` (links open before are dropped).
     fn configure(&mut self, _config: TransportConfig) {}
+    /// From now on, our own relay is reached at `ours`, in order (links open before are
+    /// dropped).
+    fn set_ours(&mut self, _ours: Vec<RelayAddress>) {}
 }
 
 /// The real network: per relay, its [`RelayLinks`], connected lazily. Our own relay
@@ -300,6 +303,12 @@ impl Network for Links {
 
     fn configure(&mut self, config: TransportConfig) {
         self.config = config;
+        self.conns.clear();
+        self.forwarded.clear();
+    }
+
+    fn set_ours(&mut self, ours: Vec<RelayAddress>) {
+        self.ours = ours;
         self.conns.clear();
         self.forwarded.clear();
     }

@@ -49,6 +49,6 @@ pub fn set(key: &str, value: &str, cx: &mut Context<'_>) -> Result<(), CliError>
 
 fn unknown(key: &str) -> CliError {
     CliError::from(ClientError::Usage(format!(
-        "there is no setting called \"{key}\"; the settings are forward, proxy and cover"
+        "there is no setting called \"{key}\"; the settings are forward, proxy, cover and relays"
     )))
 }
