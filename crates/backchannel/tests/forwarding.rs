@@ -375,3 +375,29 @@ fn under_cover_a_members_daemon_forwards_through_its_own_relay() {
     daemon.stop();
     assert_eq!(ns.connections(b.port), 0, "bob's daemon connected to B");
 }
+
+/// The other relay restarts (a new forward key, its old connections gone): a member's next
+/// send through its own relay still goes out within its command.
+#[test]
+fn a_send_through_our_relay_goes_out_after_the_other_relay_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let a = RelayProc::start(&root.join("relay-a"), &["--forward-private"]);
+    let mut b = RelayProc::start(&root.join("relay-b"), &["--forward-private"]);
+    let alice = Client::new(root, "alice");
+    alice.init("alice", &b.address);
+    let bob = Client::new(root, "bob");
+    bob.init("bob", &a.address);
+    channel_with(&alice, &[&bob], "talk");
+    bob.ok(&["send", "talk", "before the restart"]);
+
+    b.kill9();
+    let listen = format!("127.0.0.1:{}", b.port);
+    let b2 = RelayProc::start_on(&root.join("relay-b"), &listen, &["--forward-private"]);
+    assert_eq!(b2.address, b.address, "the same PIN and address");
+    let out = bob.ok(&["send", "talk", "after the restart"]);
+    assert_eq!(out.trim(), "sent", "{out}");
+    alice.ok(&["sync"]);
+    let got: Vec<String> = alice.texts("talk").into_iter().map(|(_, t)| t).collect();
+    assert!(got.contains(&"after the restart".to_string()), "{got:?}");
+}
