@@ -20,8 +20,7 @@ fn relay_of(c: &Client, channel: &str, name: &str) -> String {
 fn settings_read_back_change_what_they_say_and_refuse_bad_values() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let a = RelayProc::start(&root.join("relay-a"), &["--forward-private"]);
-    let b = RelayProc::start(&root.join("relay-b"), &["--forward-private"]);
+    let (a, b) = two_relays(root, &[], &[]);
     let alice = Client::new(root, "alice");
     alice.init("alice", &b.address);
     let bob = Client::new(root, "bob");

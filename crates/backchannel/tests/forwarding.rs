@@ -63,8 +63,7 @@ fn holds_none(what: &str, dir: &Path, log: &str, ids: &[(&str, &[u8])]) {
 fn members_of_two_relays_talk_through_their_own_relays_only() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let a = RelayProc::start(&root.join("relay-a"), &["--forward-private"]);
-    let b = RelayProc::start(&root.join("relay-b"), &["--forward-private"]);
+    let (a, b) = two_relays(root, &[], &[]);
     // A's members can reach A and nothing else; B's port is trapped (counted, then closed).
     let ns = Namespace::with_traps(&root.join("ns"), &[a.port], &[b.port]);
 
@@ -229,7 +228,7 @@ fn one_user_flooding_the_other_relay_through_ours_does_not_hold_up_the_others() 
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    use backchannel_client::{ConnectError, RelayConnection};
+    use backchannel_client::ConnectError;
     use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
     use backchannel_core::frame::{ErrorCode, Request};
     use backchannel_core::mailbox::MailboxKeys;
@@ -237,11 +236,7 @@ fn one_user_flooding_the_other_relay_through_ours_does_not_hold_up_the_others() 
 
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let a = RelayProc::start(&root.join("relay-a"), &["--forward-private"]);
-    let b = RelayProc::start(
-        &root.join("relay-b"),
-        &["--forward-private", "--forwarder-rate", "20", "--forwarder-burst", "20"],
-    );
+    let (a, b) = two_relays(root, &[], &["--forwarder-rate", "20", "--forwarder-burst", "20"]);
     let alice = Client::new(root, "alice");
     alice.init("alice", &b.address);
     let bob = Client::new(root, "bob");
@@ -260,12 +255,7 @@ fn one_user_flooding_the_other_relay_through_ours_does_not_hold_up_the_others() 
         std::thread::spawn(move || {
             rt().block_on(async move {
                 let keys = MailboxKeys::generate(b_addr.clone(), &mut rand_core::OsRng);
-                let mut first = RelayConnection::connect(&a_addr)
-                    .await
-                    .unwrap()
-                    .forward_to(&b_addr)
-                    .await
-                    .unwrap();
+                let mut first = forwarding_connection(&a_addr, &b_addr).await;
                 first.request(&Request::create(&keys, 0)).await.unwrap();
                 let send = Request::Send {
                     send: keys.address.send.0,
@@ -277,12 +267,7 @@ fn one_user_flooding_the_other_relay_through_ours_does_not_hold_up_the_others() 
                     let (stop, stored, limited) = (stop.clone(), stored.clone(), limited.clone());
                     let (a_addr, b_addr, send) = (a_addr.clone(), b_addr.clone(), send.clone());
                     tasks.push(tokio::spawn(async move {
-                        let mut c = RelayConnection::connect(&a_addr)
-                            .await
-                            .unwrap()
-                            .forward_to(&b_addr)
-                            .await
-                            .unwrap();
+                        let mut c = forwarding_connection(&a_addr, &b_addr).await;
                         let batch = vec![send; 32];
                         while !stop.load(Ordering::Relaxed) {
                             let Ok(answers) = c.pipeline(&batch).await else { break };
@@ -336,8 +321,7 @@ fn one_user_flooding_the_other_relay_through_ours_does_not_hold_up_the_others() 
 fn under_cover_a_members_daemon_forwards_through_its_own_relay() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let a = RelayProc::start(&root.join("relay-a"), &["--forward-private"]);
-    let b = RelayProc::start(&root.join("relay-b"), &["--forward-private"]);
+    let (a, b) = two_relays(root, &[], &[]);
     let ns = Namespace::with_traps(&root.join("ns"), &[a.port], &[b.port]);
     let alice = Client::new(root, "alice");
     alice.init("alice", &b.address);
@@ -382,8 +366,7 @@ fn under_cover_a_members_daemon_forwards_through_its_own_relay() {
 fn a_send_through_our_relay_goes_out_after_the_other_relay_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let a = RelayProc::start(&root.join("relay-a"), &["--forward-private"]);
-    let mut b = RelayProc::start(&root.join("relay-b"), &["--forward-private"]);
+    let (a, mut b) = two_relays(root, &[], &[]);
     let alice = Client::new(root, "alice");
     alice.init("alice", &b.address);
     let bob = Client::new(root, "bob");

@@ -21,8 +21,7 @@ async fn tls_key_of(relay: &RelayAddress) -> [u8; 32] {
 fn a_rotation_keeps_the_pin_and_every_client_and_forwarder_working() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let a = RelayProc::start(&root.join("relay-a"), &["--forward-private"]);
-    let b = RelayProc::start(&root.join("relay-b"), &["--forward-private"]);
+    let (a, b) = two_relays(root, &[], &[]);
     let alice = Client::new(root, "alice");
     alice.init("alice", &b.address);
     let bob = Client::new(root, "bob");
@@ -43,12 +42,7 @@ fn a_rotation_keeps_the_pin_and_every_client_and_forwarder_working() {
         pow: 0,
     };
     let mut early = rt.block_on(async {
-        let mut c = RelayConnection::connect(&a_addr)
-            .await
-            .unwrap()
-            .forward_to(&b_addr)
-            .await
-            .unwrap();
+        let mut c = forwarding_connection(&a_addr, &b_addr).await;
         c.request(&Request::create(&keys, 0)).await.unwrap();
         c
     });
@@ -80,12 +74,7 @@ fn a_rotation_keeps_the_pin_and_every_client_and_forwarder_working() {
         "a key two rotations old still opened"
     );
     rt.block_on(async {
-        let mut fresh = RelayConnection::connect(&a_addr)
-            .await
-            .unwrap()
-            .forward_to(&b_addr)
-            .await
-            .unwrap();
+        let mut fresh = forwarding_connection(&a_addr, &b_addr).await;
         fresh.request(&send).await.unwrap();
     });
     bob.ok(&["send", "talk", "after two rotations"]);

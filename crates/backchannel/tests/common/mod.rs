@@ -268,6 +268,31 @@ impl Client {
     }
 }
 
+/// Two relays on loopback, A and B (their data in `root/relay-a` and `root/relay-b`), each
+/// with `--forward-private` (loopback is a private address, where a relay forwards only when
+/// its operator allows it) and its `extra` flags.
+pub fn two_relays(root: &Path, a_extra: &[&str], b_extra: &[&str]) -> (RelayProc, RelayProc) {
+    let start = |name: &str, extra: &[&str]| {
+        let mut flags = vec!["--forward-private"];
+        flags.extend_from_slice(extra);
+        RelayProc::start(&root.join(name), &flags)
+    };
+    (start("relay-a", a_extra), start("relay-b", b_extra))
+}
+
+/// A client's connection to its relay at `home` that forwards to the relay at `to`.
+pub async fn forwarding_connection(
+    home: &backchannel_core::relay_address::RelayAddress,
+    to: &backchannel_core::relay_address::RelayAddress,
+) -> backchannel_client::RelayConnection {
+    backchannel_client::RelayConnection::connect(home)
+        .await
+        .unwrap()
+        .forward_to(to)
+        .await
+        .unwrap()
+}
+
 /// One initialized client per name, each with its own home under `root`.
 pub fn people<const N: usize>(root: &Path, relay: &RelayProc, names: [&str; N]) -> [Client; N] {
     names.map(|n| {
