@@ -328,11 +328,6 @@ impl Shared {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// A TLS acceptor with the certificate in use.
-    fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.keys().server_config.clone())
-    }
-
     /// Uses `new` from now on (`relay rotate-key`): new connections get its TLS certificate
     /// and credential; the forward key it replaces still opens seals for [`KEY_OVERLAP`]
     /// (clients that asked for the credential before the rotation seal to it).
@@ -608,7 +603,8 @@ fn refuse(tcp: TcpStream, shared: &Arc<Shared>) {
     tokio::spawn(async move {
         let _slot = slot;
         let answer = async {
-            let Ok(mut ws) = handshake(tcp, &shared.acceptor()).await else {
+            let acceptor = TlsAcceptor::from(shared.keys().server_config.clone());
+            let Ok(mut ws) = handshake(tcp, &acceptor).await else {
                 return;
             };
             let refusal = Response::Error {
@@ -630,7 +626,10 @@ fn refuse(tcp: TcpStream, shared: &Arc<Shared>) {
 async fn handle(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermit, address: AddressSlot) {
     // One timeout over TLS and the upgrade together: a client that trickles
     // either is cut off at the same time.
-    let acceptor = shared.acceptor();
+    // One set of keys for the whole connection: the hello's credential must name the very
+    // certificate this handshake presents, even if a rotation happens in between.
+    let keys = shared.keys();
+    let acceptor = TlsAcceptor::from(keys.server_config.clone());
     let handshake = tokio::select! {
         // Boxed: the handshake's large state is freed once it is done, instead of sizing
         // every connection's task for it (docs/reliability.md, memory per connection).
@@ -644,7 +643,7 @@ async fn handle(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermi
         Err(_) => return Metrics::count(&shared.metrics.handshake_timeouts),
     };
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    if serve_connection(&mut ws, &shared, address.key).await == Ended::Shutdown {
+    if serve_connection(&mut ws, &shared, &keys, address.key).await == Ended::Shutdown {
         close_on_shutdown(&mut ws).await;
     }
     shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
@@ -687,7 +686,7 @@ async fn close_on_shutdown(ws: &mut Ws) {
 /// to [`PIPELINE_DEPTH`], so that one client's pipelined writes share a group commit);
 /// anything else waits for them and runs alone. Answers go out in request order. A
 /// request that was read is always executed and answered, shutdown or not.
-async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ended {
+async fn serve_connection(ws: &mut Ws, shared: &Shared, keys: &WireKeys, address: IpAddr) -> Ended {
     let mut conn = Connection {
         nonce: {
             let mut n = [0u8; 32];
@@ -714,8 +713,8 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, address: IpAddr) -> Ende
             max_envelopes_per_mailbox: shared.limits.max_envelopes_per_mailbox,
             max_mailboxes_per_connection: shared.limits.max_mailboxes_per_connection as u32,
         },
-        identity: shared.keys().identity_cert.clone(),
-        credential: shared.keys().credential.clone(),
+        identity: keys.identity_cert.clone(),
+        credential: keys.credential.clone(),
     };
     let idle = shared.limits.idle_timeout;
     let metrics = &shared.metrics;
