@@ -175,6 +175,7 @@ pub async fn ask_to_rotate(data_dir: &Path, wait: Duration) -> Result<bool, Rela
 }
 
 /// Where a running relay learns that it is asked to rotate its wire keys.
+#[derive(Clone)]
 enum RotationSignal {
     /// [`ROTATE_FILE`] appears in the data directory (the embedded store).
     File(PathBuf),
@@ -383,16 +384,12 @@ impl Relay {
             self.limits.stats_interval,
             self.metrics.clone(),
         ));
-        let signal = match &self.rotation {
-            RotationSignal::File(dir) => RotationSignal::File(dir.clone()),
-            RotationSignal::Cluster => RotationSignal::Cluster,
-        };
-        let rotation = Some(tokio::spawn(watch_rotation(
+        let rotation = tokio::spawn(watch_rotation(
             shared.clone(),
             self.identity.clone(),
             self.store.clone(),
-            signal,
-        )));
+            self.rotation.clone(),
+        ));
         let exporter = self
             .metrics_listener
             .map(|l| tokio::spawn(exporter::serve(l, self.metrics.clone(), self.store.clone())));
@@ -411,9 +408,7 @@ impl Relay {
         // The accept loop, and with it the listener, is gone: new connections are refused.
         sweeper.abort();
         counts.abort();
-        if let Some(r) = &rotation {
-            r.abort();
-        }
+        rotation.abort();
         if let Some(e) = &exporter {
             e.abort();
         }

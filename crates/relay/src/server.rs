@@ -701,7 +701,7 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, keys: &WireKeys, address
             .connection_count
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         address,
-        forwarder: None,
+        forwarder: false,
         sessions: Sessions::default(),
     };
     let number = conn.number;
@@ -817,7 +817,7 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, keys: &WireKeys, address
         let request = request.and_then(|req| match req {
             // Only a relay that proved its identity forwards (each seal costs an X-Wing
             // decapsulation, counted against the forwarders' budget of its address).
-            Request::Sealed { .. } if conn.forwarder.is_none() => Err(Connection::err(ErrorCode::Malformed)),
+            Request::Sealed { .. } if !conn.forwarder => Err(Connection::err(ErrorCode::Malformed)),
             req => Work::of(req, shared),
         });
         match request {
@@ -1009,9 +1009,10 @@ struct Connection {
     number: u64,
     /// The address it came from.
     address: IpAddr,
-    /// The forwarding relay (its PIN) this connection proved to be ([`Request::Forwarder`]).
-    forwarder: Option<[u8; 32]>,
-    /// What forwarded requests keep between them, per session ([`Sessions`]).
+    /// The connection proved a relay's identity ([`Request::Forwarder`]): it may hand over
+    /// sealed requests, counted against the forwarders' budget of its address.
+    forwarder: bool,
+    /// The deposits of forwarded commits, per session ([`Sessions`]).
     sessions: Sessions,
 }
 
@@ -1020,22 +1021,23 @@ struct Connection {
 /// deposit in it lapses early, and its claim is refused `NoDeposit` and sent again).
 const MAX_SESSIONS: usize = 4096;
 
-/// The state of forwarded requests, by session (`backchannel_core::forward`): what a
-/// connection keeps for its own requests (a deposit, a count of mailboxes made).
+/// Most forwarding addresses whose budgets the relay keeps; past it they are all forgotten
+/// (each starts full again: a burst more for each).
+const MAX_FORWARDERS: usize = 4096;
+
+/// The deposits of forwarded commits, by session (`backchannel_core::forward`: a commit's
+/// parts and its claim share a session, and nothing else does), as a connection keeps its
+/// own deposit.
 #[derive(Default)]
 struct Sessions {
-    by_id: HashMap<[u8; SESSION_LEN], Session>,
+    by_id: HashMap<[u8; SESSION_LEN], DepositSlot>,
     /// Oldest first.
     order: std::collections::VecDeque<[u8; SESSION_LEN]>,
 }
 
-struct Session {
-    deposit: DepositSlot,
-    created: usize,
-}
-
 impl Sessions {
-    fn get(&mut self, id: [u8; SESSION_LEN], address: IpAddr) -> &mut Session {
+    /// The deposit of session `id`, started if there is none.
+    fn deposit(&mut self, id: [u8; SESSION_LEN], address: IpAddr) -> &mut DepositSlot {
         if !self.by_id.contains_key(&id) {
             if self.order.len() >= MAX_SESSIONS {
                 if let Some(old) = self.order.pop_front() {
@@ -1044,10 +1046,9 @@ impl Sessions {
             }
             self.order.push_back(id);
         }
-        self.by_id.entry(id).or_insert_with(|| Session {
-            deposit: DepositSlot::for_address(address),
-            created: 0,
-        })
+        self.by_id
+            .entry(id)
+            .or_insert_with(|| DepositSlot::for_address(address))
     }
 }
 
@@ -1298,7 +1299,7 @@ impl Connection {
                 if !backchannel_core::relay_identity::verify_signature(&identity, scheme, &message, &signature) {
                     return Self::err(ErrorCode::BadProof);
                 }
-                self.forwarder = Some(RelayPin::of_certificate(&identity).0);
+                self.forwarder = true;
                 Response::Ok
             }
             // Opened before it gets here ([`Work::of`]): a seal inside a seal is not one.
@@ -1324,13 +1325,11 @@ impl Connection {
     /// connections from its address together, at the relay's `--forwarder-rate`); or how
     /// long until the next.
     fn take_token(&self, bucket: &mut Bucket, shared: &Shared) -> Result<(), Duration> {
-        if self.forwarder.is_none() {
+        if !self.forwarder {
             return bucket.take(Instant::now());
         }
         let mut buckets = shared.forwarders.lock().unwrap_or_else(|e| e.into_inner());
-        // One bucket per forwarding address; forgotten all at once if there are ever many
-        // (a forgotten bucket starts full, a burst more for each).
-        if buckets.len() > MAX_SESSIONS && !buckets.contains_key(&self.address) {
+        if buckets.len() > MAX_FORWARDERS && !buckets.contains_key(&self.address) {
             buckets.clear();
         }
         buckets
@@ -1345,11 +1344,13 @@ impl Connection {
             .take(Instant::now())
     }
 
-    /// Executes a forwarded request that keeps state between requests (a deposit, a
-    /// mailbox count) in its `session`, or any other that must run alone.
+    /// Executes a forwarded request that runs alone: a commit's deposit and claim, in its
+    /// `session`, or any other that is not run beside the connection's others.
+    ///
+    /// A forwarded `Create` is not counted against `--max-mailboxes-per-connection`: one
+    /// forwarding connection carries all of a relay's users, and each request has a session of
+    /// its own, so no count here would bound one user; the forwarders' budget does.
     async fn serve_sealed(&mut self, shared: &Shared, session: [u8; SESSION_LEN], inner: Request) -> Response {
-        let address = self.address;
-        let state = self.sessions.get(session, address);
         match inner {
             Request::Ping => Response::Pong,
             Request::Create {
@@ -1357,20 +1358,18 @@ impl Connection {
                 recipient_key,
                 send_digest,
                 pow_bits,
-            } => {
-                if state.created >= shared.limits.max_mailboxes_per_connection {
-                    return Self::err(ErrorCode::TooManyMailboxes);
-                }
-                match shared.store.create(mailbox, recipient_key, send_digest, pow_bits).await {
-                    Ok(()) => {
-                        state.created += 1;
-                        Response::Ok
-                    }
-                    Err(e) => store_error("creating a mailbox", e),
-                }
+            } => match shared.store.create(mailbox, recipient_key, send_digest, pow_bits).await {
+                Ok(()) => Response::Ok,
+                Err(e) => store_error("creating a mailbox", e),
+            },
+            Request::Deposit { part, total, bytes } => {
+                let slot = self.sessions.deposit(session, self.address);
+                deposit(slot, shared, part, total, &bytes)
             }
-            Request::Deposit { part, total, bytes } => deposit(&mut state.deposit, shared, part, total, &bytes),
-            ref req @ Request::ClaimCommit { .. } => claim_commit(&mut state.deposit, shared, req).await,
+            ref req @ Request::ClaimCommit { .. } => {
+                let slot = self.sessions.deposit(session, self.address);
+                claim_commit(slot, shared, req).await
+            }
             // `Send`, `Claim`, `ClaimKeyed`, `FetchCommit`: what touches only the store.
             req => serve_stateless(shared, req).await,
         }
@@ -1518,7 +1517,7 @@ mod tests {
             paced: false,
             number: 0,
             address: IpAddr::from([127, 0, 0, 1]),
-            forwarder: None,
+            forwarder: false,
             sessions: Sessions::default(),
         };
         // Every request goes through its wire form, as the relay receives it.
