@@ -93,6 +93,47 @@ fn on_send_link(req: &Request) -> bool {
 /// The answers to pipelined requests, in order.
 pub type Results = Vec<Result<Response, ConnectError>>;
 
+/// `reqs` in two groups, those for which `first` holds and the others, each with the
+/// requests' places in `reqs` (an empty group is left out): requests that go two ways, put
+/// back in order by [`InOrder`].
+fn split(reqs: &[Request], first: impl Fn(&Request) -> bool) -> Vec<(bool, Vec<usize>, Vec<Request>)> {
+    let (a, b): (Vec<_>, Vec<_>) = reqs.iter().cloned().enumerate().partition(|(_, r)| first(r));
+    [(true, a), (false, b)]
+        .into_iter()
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(which, g)| {
+            let (idx, batch) = g.into_iter().unzip();
+            (which, idx, batch)
+        })
+        .collect()
+}
+
+/// The answers of requests sent in groups ([`split`]), put back in the requests' order.
+struct InOrder(Vec<Option<Result<Response, ConnectError>>>);
+
+impl InOrder {
+    fn new(n: usize) -> Self {
+        Self((0..n).map(|_| None).collect())
+    }
+
+    /// The answers of the requests at `places`.
+    fn put(&mut self, places: Vec<usize>, answers: Results) {
+        for (i, a) in places.into_iter().zip(answers) {
+            if let Some(slot) = self.0.get_mut(i) {
+                *slot = Some(a);
+            }
+        }
+    }
+
+    /// Every answer, in order; a request left unanswered is a broken connection to `authority`.
+    fn finish(self, authority: &str) -> Result<Results, ConnectError> {
+        self.0
+            .into_iter()
+            .map(|r| r.ok_or_else(|| ConnectError::broken(authority, Breakage::Unexpected)))
+            .collect()
+    }
+}
+
 /// A relay operation under way.
 pub type NetFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, ConnectError>> + Send + 'a>>;
 
@@ -182,25 +223,13 @@ impl Links {
         if !self.forwards(&key.relay) {
             return self.links(key).pipeline(reqs, &key.compartment).await;
         }
-        let (fwd, direct): (Vec<_>, Vec<_>) = reqs.iter().cloned().enumerate().partition(|(_, r)| forwarded(r));
-        let mut out: Vec<Option<Result<Response, ConnectError>>> = (0..reqs.len()).map(|_| None).collect();
-        for (through, group) in [(true, fwd), (false, direct)] {
-            if group.is_empty() {
-                continue;
-            }
-            let (idx, batch): (Vec<usize>, Vec<Request>) = group.into_iter().unzip();
+        let mut out = InOrder::new(reqs.len());
+        for (through, idx, batch) in split(reqs, forwarded) {
             let links = if through { self.forwarding(key) } else { self.links(key) };
             let results = links.pipeline(&batch, &key.compartment).await?;
-            for (i, r) in idx.into_iter().zip(results) {
-                if let Some(slot) = out.get_mut(i) {
-                    *slot = Some(r);
-                }
-            }
+            out.put(idx, results);
         }
-        let authority = key.relay.authority();
-        out.into_iter()
-            .map(|r| r.ok_or_else(|| ConnectError::broken(&authority, Breakage::Unexpected)))
-            .collect()
+        out.finish(&key.relay.authority())
     }
 
     /// The links `key` uses: its own without cover; under cover, the relay's one set of
@@ -803,17 +832,8 @@ impl RelayLinks {
     /// Sends requests of `compartment`, each on its link, and returns their answers in order.
     pub async fn pipeline(&mut self, reqs: &[Request], compartment: &Compartment) -> Result<Results, ConnectError> {
         let through = self.forward.is_some();
-        let (sends, recvs): (Vec<_>, Vec<_>) = reqs
-            .iter()
-            .cloned()
-            .enumerate()
-            .partition(|(_, r)| through || on_send_link(r));
-        let mut out: Vec<Option<Result<Response, ConnectError>>> = (0..reqs.len()).map(|_| None).collect();
-        for (send, group) in [(true, sends), (false, recvs)] {
-            if group.is_empty() {
-                continue;
-            }
-            let (idx, batch): (Vec<usize>, Vec<Request>) = group.into_iter().unzip();
+        let mut out = InOrder::new(reqs.len());
+        for (send, idx, batch) in split(reqs, |r| through || on_send_link(r)) {
             let reused = if send { self.send.is_some() } else { self.recv.is_some() };
             let mut authority = self.authority();
             let mut attempt = self.link(send).await?.pipeline(&batch, &authority, compartment).await;
@@ -841,8 +861,8 @@ impl RelayLinks {
             }
             let mut results = attempt?;
             self.retry_rate_limited(send, &batch, &mut results, compartment).await;
-            for ((i, req), r) in idx.into_iter().zip(batch).zip(results) {
-                match (&req, &r) {
+            for (req, r) in batch.iter().zip(&results) {
+                match (req, r) {
                     (Request::Create { mailbox, .. }, Ok(_)) => {
                         self.opened.insert(*mailbox);
                     }
@@ -851,15 +871,10 @@ impl RelayLinks {
                     }
                     _ => {}
                 }
-                if let Some(slot) = out.get_mut(i) {
-                    *slot = Some(r);
-                }
             }
+            out.put(idx, results);
         }
-        let authority = self.authority();
-        out.into_iter()
-            .map(|r| r.ok_or_else(|| ConnectError::broken(&authority, Breakage::Unexpected)))
-            .collect()
+        out.finish(&self.authority())
     }
 
     /// Requests the relay refused for going over its rate (`RateLimited`, with how long
