@@ -30,7 +30,7 @@ use backchannel_core::identity::Identity;
 use backchannel_core::invite::Invite;
 use backchannel_core::mailbox::{MailboxId, MailboxKeys};
 use backchannel_core::message::{AppMessage, Body, FileOffer, JoinRequest};
-use backchannel_core::vault::{KdfParams, VaultKey};
+use backchannel_core::vault::{KdfParams, Place, Role, VaultKey};
 use backchannel_fuzz::store_input::{self, Input, Op, Record};
 use backchannel_fuzz::{relay, seal_key, send_capability, ForwardFixture, MlsFixture, FORWARD_PIN, FORWARD_SEED};
 use backchannel_relay::store::{ClaimProof, EmbeddedStore, ProvenWork, ENVELOPE_KEY_FILE};
@@ -1074,19 +1074,24 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
 
     // The vault: the fixture key's blob (small Argon2 parameters so the
     // target can derive it) and the same state in it.
+    // (The committed fixture and the seeds without `-format-2` are format 1, as sealed
+    // by releases up to b7cd5b1, which the target still reads.)
     let cheap = KdfParams {
         m_cost_kib: 64,
         t_cost: 1,
         lanes: 1,
+        test_only: false,
     };
     let key = VaultKey::create(b"fuzz passphrase", cheap, &mut OsRng).unwrap();
-    let blob = key.seal(&small, &mut OsRng);
+    let blob = key.seal(&small, Place::STATE, 3, &mut OsRng);
     out.fixture("vault-seed.bin", &blob);
-    out.seed("vault", "fresh-state", &blob);
-    out.seed("vault", "bob-state", &key.seal(&bytes, &mut OsRng));
+    out.seed("vault", "fresh-state-format-2", &blob);
+    out.seed("vault", "bob-state", &key.seal(&bytes, Place::STATE, 7, &mut OsRng));
+    let file = Place { role: Role::File, name: "0/0" };
+    out.seed("vault", "file-format-2", &key.seal(b"0123456789", file, 2, &mut OsRng));
     let mut default_params = blob.clone();
-    default_params[8..20].copy_from_slice(&[0, 0, 0x4c, 0, 0, 0, 0, 2, 0, 0, 0, 1]);
-    out.seed("vault", "default-params-header", &default_params);
+    default_params[8..20].copy_from_slice(&[0, 4, 0, 0, 0, 0, 0, 3, 0, 0, 0, 1]);
+    out.seed("vault", "default-params-header-format-2", &default_params);
 }
 
 const TABLES: [TableDefinition<&[u8], &[u8]>; 3] = [

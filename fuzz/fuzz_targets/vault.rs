@@ -5,14 +5,15 @@
 //! (header and ciphertext) opened with it. [`VaultKey::for_blob`] is called
 //! only where it is cheap: when the header's parameters are outside the
 //! documented bounds it must refuse them before running Argon2, and when
-//! they are tiny it runs. Asserts: out-of-bounds parameters give
-//! `BadParams`; a blob that opens re-seals to a blob that opens to the same
-//! state.
+//! they are tiny it runs. Both formats are read (1: no place, no generation; 2:
+//! bound to a place). Asserts: out-of-bounds parameters give `BadParams`; a blob
+//! that opens re-seals (in format 2, at its generation) to a blob that opens to
+//! the same state and generation, and not as another place.
 #![no_main]
 
 use std::sync::OnceLock;
 
-use backchannel_core::vault::{KdfParams, VaultError, VaultKey};
+use backchannel_core::vault::{KdfParams, Place, Role, VaultError, VaultKey};
 use libfuzzer_sys::fuzz_target;
 use rand_core::OsRng;
 
@@ -29,7 +30,7 @@ fn key() -> &'static VaultKey {
 }
 
 fn header_params(blob: &[u8]) -> Option<KdfParams> {
-    if blob.len() < 8 + 12 + 16 || &blob[..8] != b"BCVAULT1" {
+    if blob.len() < 8 + 16 + 16 || !(blob.starts_with(b"BCVAULT1") || blob.starts_with(b"BCVAULT2")) {
         return None;
     }
     let u = |i: usize| u32::from_be_bytes(blob[i..i + 4].try_into().unwrap());
@@ -37,18 +38,22 @@ fn header_params(blob: &[u8]) -> Option<KdfParams> {
         m_cost_kib: u(8),
         t_cost: u(12),
         lanes: u(16),
+        test_only: blob[7] == b'2' && u(20) & 1 == 1,
     })
 }
 
 fuzz_target!(|data: &[u8]| {
     let key = key();
-    if let Ok(state) = key.open(data) {
-        let again = key.seal(&state, &mut OsRng);
+    if let Ok(opened) = key.open(data, Place::STATE) {
+        let again = key.seal(&opened.plain, Place::STATE, opened.generation, &mut OsRng);
+        let reopened = key.open(&again, Place::STATE).expect("a re-sealed vault opens");
         assert_eq!(
-            key.open(&again).map(|s| s.to_vec()),
-            Ok(state.to_vec()),
-            "a re-sealed vault does not open"
+            (reopened.plain.to_vec(), reopened.generation, reopened.format),
+            (opened.plain.to_vec(), opened.generation, 2),
+            "a re-sealed vault opens to something else"
         );
+        let elsewhere = Place { role: Role::File, name: "0/0" };
+        assert!(key.open(&again, elsewhere).is_err(), "a state opens as a file");
     }
     if let Some(p) = header_params(data) {
         // vault.rs: MAX_M_COST_KIB (1 GiB), MAX_T_COST, MAX_LANES; and Argon2 needs a lane.
@@ -57,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(VaultKey::for_blob(PASSPHRASE, data).err(), Some(VaultError::BadParams));
         } else if p.m_cost_kib <= 64 && p.t_cost <= 2 && p.lanes <= 2 {
             if let Ok(k) = VaultKey::for_blob(PASSPHRASE, data) {
-                let _ = k.open(data);
+                let _ = k.open(data, Place::STATE);
             }
         }
     }

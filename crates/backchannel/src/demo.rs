@@ -7,6 +7,7 @@ use backchannel_client::Engine;
 use backchannel_core::channel::Suite;
 use backchannel_core::envelope::ENVELOPE_SIZE;
 use backchannel_core::relay_address::RelayAddress;
+use backchannel_core::vault::KdfParams;
 use backchannel_relay::store::MailboxStore as _;
 use backchannel_relay::{Limits, Relay};
 
@@ -50,7 +51,16 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut homes = Vec::new();
     for name in ["alice", "amir", "bruno"] {
         let home = dir.path().join(name);
-        let fp = Engine::init(&home, PASS, name, vec![address.clone()], None, true).await?;
+        let fp = Engine::init(
+            &home,
+            PASS,
+            name,
+            vec![address.clone()],
+            None,
+            true,
+            KdfParams::default(),
+        )
+        .await?;
         println!("{name} created an identity, fingerprint {fp}");
         homes.push(home);
     }

@@ -259,3 +259,136 @@ fn a_home_and_the_files_it_saves_are_readable_by_their_owner_only() {
     assert!(e.contains("must not be empty"), "{e}");
     assert!(!root.path().join("carol").join("state.bcv").exists());
 }
+
+/// The folders of a home's `files/` that hold a received file's first part.
+fn received_parts(home: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = std::fs::read_dir(home.join("files"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("0"))
+        .filter(|p| p.is_file())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Issue 17, point 6: each sealed file is bound to its name, its role and the state's
+/// generation. One file's part put in place of another's is refused (both are the same
+/// size, sealed under the same key); a state file rolled back alone, behind the witness
+/// of the generation last saved, is refused; both leave the home as it was, and it works
+/// again once the right files are back.
+#[test]
+fn a_swapped_or_rolled_back_sealed_file_is_refused_and_changes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "drops");
+    let (a, b) = (root.path().join("a.bin"), root.path().join("b.bin"));
+    let digests = [random_file(&a, 20_000), random_file(&b, 20_000)];
+    alice.ok(&["send", "drops", "--file", a.to_str().unwrap()]);
+    alice.ok(&["send", "drops", "--file", b.to_str().unwrap()]);
+    bob.ok(&["sync"]);
+    let parts = received_parts(&bob.home);
+    assert_eq!(parts.len(), 2, "two received files sealed beside bob's state");
+    let originals: Vec<Vec<u8>> = parts.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert_eq!(originals[0].len(), originals[1].len());
+
+    // b's first part in place of a's: the swap is refused, nothing is saved or changed.
+    std::fs::write(&parts[0], &originals[1]).unwrap();
+    let downloads = root.path().join("dl");
+    let save = ["read", "drops", "--all", "--save-to", downloads.to_str().unwrap()];
+    let r = bob.run(&save);
+    assert!(
+        !r.ok || r.stderr.contains("modified on disk"),
+        "a swapped part is refused: {}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.stderr.contains("modified on disk"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(&parts[0]).unwrap(),
+        originals[1],
+        "the home is left as it was"
+    );
+    let saved = ["a.bin", "b.bin"].map(|n| downloads.join(n).exists());
+    assert_ne!(saved, [true, true], "the file whose part was swapped is not saved");
+
+    // The state rolled back alone: a copy taken before bob's last save, put back after it.
+    std::fs::write(&parts[0], &originals[0]).unwrap();
+    let old_state = std::fs::read(bob.home.join("state.bcv")).unwrap();
+    bob.ok(&["send", "drops", "a message that makes a new generation"]);
+    let new_state = std::fs::read(bob.home.join("state.bcv")).unwrap();
+    assert_ne!(old_state, new_state);
+    std::fs::write(bob.home.join("state.bcv"), &old_state).unwrap();
+    let e = bob.fails(&["channels"]);
+    assert!(e.contains("rolled back"), "{e}");
+    assert_eq!(
+        std::fs::read(bob.home.join("state.bcv")).unwrap(),
+        old_state,
+        "left as it was"
+    );
+    // With its witness gone too, a state of generation 2 or more is still refused.
+    let witness = std::fs::read(bob.home.join("generation.bcv")).unwrap();
+    std::fs::remove_file(bob.home.join("generation.bcv")).unwrap();
+    let e = bob.fails(&["channels"]);
+    assert!(e.contains("rolled back"), "{e}");
+
+    // The right files back: everything reads, and both files are saved intact.
+    std::fs::write(bob.home.join("state.bcv"), &new_state).unwrap();
+    std::fs::write(bob.home.join("generation.bcv"), &witness).unwrap();
+    let r = bob.run(&save);
+    assert!(
+        r.ok && !r.stderr.contains("modified on disk"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert_eq!(sha256_of(&downloads.join("a.bin")), digests[0]);
+    assert_eq!(sha256_of(&downloads.join("b.bin")), digests[1]);
+}
+
+/// Issue 17, point 6: a new home's key is derived with Argon2id at 256 MiB and 3 passes,
+/// written in the vault's header; the cheap test setting is only had by asking for it
+/// (`BACKCHANNEL_INSECURE_TEST_KDF=1`, which the test harness sets), is recorded in the
+/// header, and every command that opens such a home says so.
+#[test]
+fn a_home_is_sealed_at_256_mib_and_the_test_setting_warns_on_every_open() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let raw = |c: &Client, args: &[&str], test_kdf: bool| {
+        let mut cmd = c.cmd(args);
+        if !test_kdf {
+            cmd.env_remove("BACKCHANNEL_INSECURE_TEST_KDF");
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let header = |c: &Client| {
+        let blob = std::fs::read(c.home.join("state.bcv")).unwrap();
+        let u32_at = |i: usize| u32::from_be_bytes(blob[i..i + 4].try_into().unwrap());
+        (blob[..8].to_vec(), u32_at(8), u32_at(12), u32_at(16), u32_at(20))
+    };
+    let warns = |stderr: &str| {
+        stderr
+            .lines()
+            .any(|l| l.starts_with("warning: ") && l.contains(TEST_KDF_WARNING))
+    };
+
+    let real = Client::new(root.path(), "real");
+    let init = ["init", "--name", "real", "--relay", &relay.address];
+    assert!(!warns(&raw(&real, &init, false)));
+    assert_eq!(header(&real), (b"BCVAULT2".to_vec(), 256 * 1024, 3, 1, 0));
+    // Asking for the test setting when opening does not weaken a home made without it.
+    assert!(!warns(&raw(&real, &["channels"], true)));
+    assert_eq!(header(&real).1, 256 * 1024);
+
+    let cheap = Client::new(root.path(), "cheap");
+    let init = ["init", "--name", "cheap", "--relay", &relay.address];
+    assert!(warns(&raw(&cheap, &init, true)), "init says so");
+    assert_eq!(header(&cheap), (b"BCVAULT2".to_vec(), 64, 1, 1, 1));
+    for _ in 0..2 {
+        // Every open warns, with or without the variable.
+        assert!(warns(&raw(&cheap, &["channels"], false)));
+        assert!(warns(&raw(&cheap, &["channels"], true)));
+    }
+}

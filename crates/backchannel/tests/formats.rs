@@ -218,6 +218,23 @@ fn opens_reads_and_keeps_working(release: &Release) {
         root.path().join("courier/bob-to-alice.bundle").to_str().unwrap(),
     ]);
     assert!(imported.contains("1 new in deal-room"), "{imported}");
+    // Opening it sealed her home again in vault format 2, every file bound to its place
+    // (the received file and the letter's attachment read below are among them).
+    let sealed = files(&alice.home)
+        .into_iter()
+        .filter(|f| {
+            let name = f.file_name().unwrap().to_string_lossy();
+            name != "lock" && !name.ends_with(".tmp")
+        })
+        .collect::<Vec<_>>();
+    assert!(sealed.len() >= 4, "{sealed:?}");
+    for f in &sealed {
+        assert!(
+            std::fs::read(f).unwrap().starts_with(b"BCVAULT2"),
+            "{} is not in format 2",
+            f.display()
+        );
+    }
 
     // Bob: what waited for him at the relay is exactly what is unread, then the rest.
     let unread = bob.ok(&["read", "deal-room", "--json"]);

@@ -13,6 +13,7 @@ use backchannel_core::frame::{ErrorCode, Request, Response, KEPT_COMMITS, MAX_FE
 use backchannel_core::identity::{validate_name, Fingerprint, Identity};
 use backchannel_core::mailbox::{MailboxId, MailboxKeys};
 use backchannel_core::relay_address::RelayAddress;
+use backchannel_core::vault::KdfParams;
 use rand_core::OsRng;
 
 use crate::connection::{Breakage, ConnectError, RelayConnection};
@@ -111,7 +112,8 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Creates an identity in `dir`, after checking the relay answers with the pinned key.
     /// `relays` are addresses of one relay (the same pin), tried in this order; at least
-    /// one must answer.
+    /// one must answer. The passphrase's key is derived with `kdf`
+    /// ([`KdfParams::default`], but in tests).
     pub async fn init(
         dir: &Path,
         passphrase: &[u8],
@@ -119,6 +121,7 @@ impl Engine {
         relays: Vec<RelayAddress>,
         proxy: Option<ProxyAddr>,
         forward: bool,
+        kdf: KdfParams,
     ) -> Result<Fingerprint, ClientError> {
         validate_name(name).map_err(|e| ClientError::Usage(e.to_string()))?;
         if Home::exists(dir) {
@@ -164,7 +167,7 @@ impl Engine {
                 .settings
                 .insert(crate::state::FORWARD_SETTING.to_string(), "off".to_string());
         }
-        Home::create(dir, passphrase, &state.encode()?)?;
+        Home::create(dir, passphrase, &state.encode()?, kdf)?;
         Ok(identity.fingerprint())
     }
 

@@ -30,6 +30,7 @@ pub mod core_types {
     pub use backchannel_core::courier::MAX_FILE_SIZE as MAX_BUNDLE_SIZE;
     pub use backchannel_core::message::is_format_char;
     pub use backchannel_core::relay_address::{RelayAddress, RelayAddressError};
+    pub use backchannel_core::vault::KdfParams;
 }
 pub use engine::Engine;
 
@@ -211,6 +212,13 @@ pub enum Damage {
     /// waiting message) was changed on disk.
     #[error("a sealed file beside the local store (in its files/ folder) was modified on disk")]
     SealedPart,
+    /// The state is older than the generation last saved (its witness), or a file
+    /// beside it is newer than it: one of them was rolled back or replaced alone.
+    #[error(
+        "the local store is older than what was last saved here, or than a file beside it: one of \
+         its files was rolled back or replaced"
+    )]
+    RolledBack,
     /// A received file changed on disk after it arrived.
     #[error("{0} changed on disk after it arrived")]
     FileChanged(String),

@@ -4,7 +4,8 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use backchannel_client::core_types::RelayAddress;
+use backchannel_client::core_types::{KdfParams, RelayAddress};
+use backchannel_client::home::Home;
 use backchannel_client::Engine;
 
 use crate::args::{Global, InitArgs};
@@ -53,9 +54,21 @@ fn passphrase(global: &Global, confirm: bool) -> Result<Vec<u8>, CliError> {
     Err(CliError::NoPassphrase)
 }
 
+/// The environment variable that makes `init` derive the home's key with the cheapest
+/// Argon2 parameters, for tests only: the setting is recorded in the vault's header, and
+/// every command that opens such a home warns.
+pub const TEST_KDF_VAR: &str = "BACKCHANNEL_INSECURE_TEST_KDF";
+
+const TEST_KDF_WARNING: &str = "this home's passphrase is protected by a test-only key derivation (made with \
+     BACKCHANNEL_INSECURE_TEST_KDF): anyone with a copy of it can guess the passphrase cheaply; never use it \
+     for real";
+
 /// Opens the home's engine (taking its lock), reaching relays through `--proxy` if given.
 pub fn open(global: &Global) -> Result<Engine, CliError> {
     let dir = home(global)?;
+    if Home::test_only_kdf(&dir) {
+        eprintln!("warning: {TEST_KDF_WARNING}");
+    }
     let pass = passphrase(global, false)?;
     let mut engine = Engine::open(&dir, &pass)?;
     if let Some(p) = &global.proxy {
@@ -73,7 +86,22 @@ pub async fn init(global: &Global, args: &InitArgs, out: &Out) -> Result<(), Cli
         .collect::<Result<Vec<_>, _>>()?;
     let dir = home(global)?;
     let pass = passphrase(global, true)?;
-    let fp = Engine::init(&dir, &pass, &args.name, relay, global.proxy.clone(), !args.no_forward).await?;
+    let kdf = if std::env::var_os(TEST_KDF_VAR).is_some_and(|v| v == "1") {
+        eprintln!("warning: {TEST_KDF_WARNING}");
+        KdfParams::test_only()
+    } else {
+        KdfParams::default()
+    };
+    let fp = Engine::init(
+        &dir,
+        &pass,
+        &args.name,
+        relay,
+        global.proxy.clone(),
+        !args.no_forward,
+        kdf,
+    )
+    .await?;
     out.line(format!("identity created for {}", args.name));
     out.line(format!("fingerprint: {fp}"));
     if let Some(p) = &global.proxy {
