@@ -202,6 +202,19 @@ impl NatsCluster {
     /// [`START_TIMEOUT`]) until every node is healthy and the meta leader sees
     /// both other peers current. Panics with the nodes' logs otherwise.
     pub fn start(bin: &Path) -> NatsCluster {
+        Self::start_on_stores(bin, None)
+    }
+
+    /// [`NatsCluster::start`] on existing store directories, `stores[i]` for node `i`
+    /// (`n{i+1}`): a cluster that some earlier run left on disk (JetStream knows its peers
+    /// by server name, and a stream its cluster by name, so the stores must come from
+    /// nodes `n1`, `n2`, `n3` of cluster `bc-test`; the ports are chosen afresh). The
+    /// directories stay where they are, and are not removed on drop.
+    pub fn start_with_stores(bin: &Path, stores: &[PathBuf; NODES]) -> NatsCluster {
+        Self::start_on_stores(bin, Some(stores))
+    }
+
+    fn start_on_stores(bin: &Path, stores: Option<&[PathBuf; NODES]>) -> NatsCluster {
         let dir = tempfile::Builder::new().prefix("nats-cluster-").tempdir().unwrap();
         let ports = free_ports(3 * NODES);
         let route_ports: Vec<u16> = (0..NODES).map(|i| ports[3 * i + 2]).collect();
@@ -217,7 +230,10 @@ impl NatsCluster {
                     name,
                     child: RefCell::new(None),
                 };
-                let store = dir.path().join(format!("{}-store", node.name));
+                let store = match stores {
+                    Some(stores) => stores[i].clone(),
+                    None => dir.path().join(format!("{}-store", node.name)),
+                };
                 fs::write(&node.config, config_text(&node, &store, &route_ports)).unwrap();
                 node
             })
