@@ -387,6 +387,23 @@ pub struct RelayArgs {
     /// Requests one forwarding relay may make at once (its budget's burst).
     #[arg(long, default_value_t = Limits::default().forwarder_burst)]
     pub forwarder_burst: u32,
+    /// Mailboxes one address (an IPv4 address, or an IPv6 /64) may create per minute on
+    /// average, all its connections together (0: no limit); past it, `RateLimited`.
+    #[arg(long, default_value_t = Limits::default().address_create_rate)]
+    pub address_create_rate: u32,
+    /// Mailboxes one address may create at once (its budget's burst).
+    #[arg(long, default_value_t = Limits::default().address_create_burst)]
+    pub address_create_burst: u32,
+    /// Envelopes one address may store per second on average (its sends, and the requests
+    /// it forwards through this relay), all its connections together (0: no limit); past
+    /// it, `RateLimited`. With the connection and envelope limits, this is what keeps one
+    /// party on a few addresses from filling the relay for everyone.
+    #[arg(long, default_value_t = Limits::default().address_store_rate)]
+    pub address_store_rate: u32,
+    /// Envelopes one address may store at once (its budget's burst: a 100 MiB file is
+    /// about 26,000).
+    #[arg(long, default_value_t = Limits::default().address_store_burst)]
+    pub address_store_burst: u32,
     /// Forward your users' requests to relays at loopback and private addresses too (for a
     /// test network; by default a user cannot make the relay connect into its own network).
     #[arg(long)]

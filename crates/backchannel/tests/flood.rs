@@ -852,3 +852,153 @@ fn under_a_low_rate_limit_a_burst_arrives_once_within_one_sync() {
     let log = daemon.stderr.lock().unwrap().clone();
     assert!(!log.contains("warning"), "{log}");
 }
+
+/// What one address of the abusive party got: mailboxes made, envelopes stored, and the
+/// refusals of its address's budget and of a full relay.
+#[derive(Default, Debug, Clone, Copy)]
+struct Take {
+    created: u64,
+    stored: u64,
+    limited: u64,
+    relay_full: u64,
+}
+
+/// One address of the abusive party: from 127.0.0.`octet`, `connections` connections each
+/// create mailboxes and fill them, as fast as the relay answers, until `stop`.
+async fn abuse_from(addr: RelayAddress, octet: u8, connections: usize, stop: Arc<AtomicBool>) -> Take {
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (addr, stop) = (addr.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut take = Take::default();
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)), 0))
+                .unwrap();
+            let tcp = socket
+                .connect(SocketAddr::from(([127, 0, 0, 1], addr.port)))
+                .await
+                .unwrap();
+            let mut c = RelayConnection::connect_over(&addr, tcp).await.unwrap();
+            let mut own: Vec<MailboxKeys> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let k = MailboxKeys::generate(addr.clone(), &mut OsRng);
+                let mut reqs = vec![Request::create(&k, 0)];
+                let targets: Vec<[u8; 32]> = own.iter().chain([&k]).map(|k| k.address.send.0).collect();
+                reqs.extend((0..20).map(|i| Request::Send {
+                    send: targets[i % targets.len()],
+                    envelope: random_envelope(),
+                    pow: 0,
+                }));
+                let Ok(answers) = c.pipeline(&reqs).await else { break };
+                for (i, r) in answers.iter().enumerate() {
+                    match r {
+                        Ok(Response::Ok) if i == 0 => take.created += 1,
+                        Ok(_) if i > 0 => take.stored += 1,
+                        r if refused(r, ErrorCode::RateLimited) => take.limited += 1,
+                        r if refused(r, ErrorCode::RelayFull) => take.relay_full += 1,
+                        _ => {}
+                    }
+                }
+                if answers.first().is_some_and(|r| r.is_ok()) {
+                    own.push(k);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            take
+        }));
+    }
+    let mut sum = Take::default();
+    for t in tasks {
+        let t = t.await.unwrap();
+        sum.created += t.created;
+        sum.stored += t.stored;
+        sum.limited += t.limited;
+        sum.relay_full += t.relay_full;
+    }
+    sum
+}
+
+/// Issue 17, point 5: one abusive party on 30 addresses, each with as many connections as
+/// an address may have, creates mailboxes and fills them as fast as the relay answers,
+/// while two members talk. Each address's budget (mailboxes per minute, envelopes per
+/// second) refuses it with `RateLimited` once spent, so the party cannot fill the relay
+/// (3,000 envelopes here; the party's budgets over the test come to about 2,000): the
+/// members' every message arrives, once, and no send of theirs fails. With no address
+/// budget (the relay before this change) the party fills it within a second, and every
+/// send fails with `RelayFull`.
+#[test]
+fn one_party_on_many_addresses_cannot_fill_the_relay_for_the_members() {
+    const ADDRESSES: u8 = 30;
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(
+        &root.path().join("relay"),
+        &[
+            "--max-stored-envelopes",
+            "3000",
+            "--max-connections-per-address",
+            "4",
+            "--address-create-rate",
+            "6",
+            "--address-create-burst",
+            "12",
+            "--address-store-rate",
+            "1",
+            "--address-store-burst",
+            "40",
+            "--stats-interval",
+            "1s",
+        ],
+    );
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "steady");
+    let addr: RelayAddress = relay.address.parse().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let party = {
+        let (addr, stop) = (addr.clone(), stop.clone());
+        std::thread::spawn(move || {
+            rt().block_on(async move {
+                let runs: Vec<_> = (0..ADDRESSES)
+                    .map(|i| tokio::spawn(abuse_from(addr.clone(), 10 + i, 4, stop.clone())))
+                    .collect();
+                let mut per_address = Vec::new();
+                for r in runs {
+                    per_address.push(r.await.unwrap());
+                }
+                per_address
+            })
+        })
+    };
+    // The party spends its bursts first; the members talk once it is at its rates.
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 0..10 {
+        let r = alice.run(&["send", "steady", &format!("still here {i}")]);
+        assert!(
+            r.ok && r.stdout.trim() == "sent",
+            "send {i} failed: {}{}",
+            r.stdout,
+            r.stderr
+        );
+    }
+    bob.ok(&["sync"]);
+    stop.store(true, Ordering::Relaxed);
+    let per_address = party.join().unwrap();
+
+    let got: Vec<String> = bob.texts("steady").into_iter().map(|(_, t)| t).collect();
+    let want: Vec<String> = (0..10).map(|i| format!("still here {i}")).collect();
+    assert_eq!(got, want, "every message once, in order");
+    let stored: u64 = per_address.iter().map(|t| t.stored).sum();
+    let created: u64 = per_address.iter().map(|t| t.created).sum();
+    let full: u64 = per_address.iter().map(|t| t.relay_full).sum();
+    eprintln!("the party: {created} mailboxes, {stored} envelopes stored, {full} sends refused RelayFull");
+    for (i, t) in per_address.iter().enumerate() {
+        assert!(t.limited > 0, "address {i} was never limited: {t:?}");
+        assert!(t.created <= 12 + 6, "address {i} made {} mailboxes", t.created);
+    }
+    assert_eq!(full, 0, "the party filled the relay");
+    assert!(stored < 3000, "{stored}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let counts = last_counts(&relay.logs());
+    assert!(counts["address_limited"] > 0, "{counts:?}");
+}

@@ -85,6 +85,10 @@ answer-floor = "30ms"
 forwarder-rate = 77
 forwarder-burst = 88
 forward-private = true
+address-create-rate = 7
+address-create-burst = 8
+address-store-rate = 9
+address-store-burst = 10
 log-format = "json"
 "#;
     std::fs::write(&file, config).unwrap();

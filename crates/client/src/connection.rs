@@ -248,24 +248,24 @@ impl RelayConnection {
         }
     }
 
+    /// Connects to `addr` over `tcp`, a connection the caller made to it (from an address
+    /// of its choosing, say), checking the pin, and reads the relay's hello.
+    pub async fn connect_over(addr: &RelayAddress, tcp: TcpStream) -> Result<Self, ConnectError> {
+        let authority = addr.authority();
+        match tokio::time::timeout(CONNECT_TIMEOUT, Self::handshake(addr, tcp, &authority)).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Unreachable {
+                relay: authority,
+                source: None,
+            }),
+        }
+    }
+
     async fn connect_inner(
         addr: &RelayAddress,
         proxy: Option<&ProxyAddr>,
         authority: &str,
     ) -> Result<Self, ConnectError> {
-        // X25519MLKEM768 only (`core::tls`).
-        let provider = Arc::new(backchannel_core::tls::provider());
-        let presented = Arc::new(std::sync::Mutex::new(None));
-        let verifier = PinVerifier {
-            presented: presented.clone(),
-            provider: provider.clone(),
-        };
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| ConnectError::broken(authority, Breakage::TlsSetup(e)))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
         let tcp =
             match proxy {
                 None => TcpStream::connect((addr.host.as_str(), addr.port)).await.map_err(|e| {
@@ -284,6 +284,24 @@ impl RelayConnection {
                         })?
                 }
             };
+        Self::handshake(addr, tcp, authority).await
+    }
+
+    /// TLS (the certificate checked against the PIN), the WebSocket upgrade and the hello.
+    async fn handshake(addr: &RelayAddress, tcp: TcpStream, authority: &str) -> Result<Self, ConnectError> {
+        // X25519MLKEM768 only (`core::tls`).
+        let provider = Arc::new(backchannel_core::tls::provider());
+        let presented = Arc::new(std::sync::Mutex::new(None));
+        let verifier = PinVerifier {
+            presented: presented.clone(),
+            provider: provider.clone(),
+        };
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ConnectError::broken(authority, Breakage::TlsSetup(e)))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
         let _ = tcp.set_nodelay(true);
         // An address, not a name: rustls then sends no SNI, so the ClientHello names nothing
         // (the certificate is checked against the PIN only, `PinVerifier`).

@@ -103,6 +103,16 @@ pub struct Limits {
     /// Forward to relays at loopback, private and link-local addresses too (off by default:
     /// a client must not make the relay connect into the network it sits in).
     pub forward_private: bool,
+    /// Mailboxes one address (an IPv4 address, or an IPv6 /64) may create per minute on
+    /// average, all its connections together (0: no limit).
+    pub address_create_rate: u32,
+    /// Mailboxes one address may create at once (its bucket's size).
+    pub address_create_burst: u32,
+    /// Envelopes one address may store per second on average (its sends, and the requests
+    /// it forwards through this relay), all its connections together (0: no limit).
+    pub address_store_rate: u32,
+    /// Envelopes one address may store at once (its bucket's size).
+    pub address_store_burst: u32,
 }
 
 impl Limits {
@@ -127,6 +137,10 @@ impl Limits {
         forwarder_rate: 2000,
         forwarder_burst: 4000,
         forward_private: false,
+        address_create_rate: 30,
+        address_create_burst: 300,
+        address_store_rate: 100,
+        address_store_burst: 50_000,
     };
 }
 

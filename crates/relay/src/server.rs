@@ -82,6 +82,8 @@ pub struct Metrics {
     pub oversize_frames: AtomicU64,
     /// Requests refused with `RateLimited`.
     pub rate_limited: AtomicU64,
+    /// Creates and sends refused with `RateLimited` by their address's budget.
+    pub address_limited: AtomicU64,
     /// Requests refused with `TooManyMailboxes`.
     pub too_many_mailboxes: AtomicU64,
     /// Sends refused with `MailboxFull`.
@@ -150,7 +152,7 @@ impl Metrics {
 
     /// Every counter with its name and what it counts: the one list that the counts line in
     /// the log and `relay --metrics` both read.
-    pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 22] {
+    pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 23] {
         [
             (
                 "refused_connections",
@@ -189,6 +191,11 @@ impl Metrics {
             ),
             ("oversize_frames", "Frames longer than a frame.", &self.oversize_frames),
             ("rate_limited", "Requests refused with RateLimited.", &self.rate_limited),
+            (
+                "address_limited",
+                "Creates and sends refused with RateLimited by their address's budget.",
+                &self.address_limited,
+            ),
             (
                 "too_many_mailboxes",
                 "Requests refused with TooManyMailboxes.",
@@ -270,6 +277,8 @@ pub(crate) struct Shared {
     /// The token bucket of forwarding relays, by address (as the per-address limits key it),
     /// all their connections together: identities made up on one address share one budget.
     forwarders: Mutex<HashMap<IpAddr, Bucket>>,
+    /// What each address may create and store, all its connections together.
+    budgets: AddressBudgets,
     /// The protocol version announced in the hello ([`PROTOCOL_VERSION`] but in tests
     /// that play a relay of another version).
     pub(crate) protocol_version: u8,
@@ -313,6 +322,7 @@ impl Shared {
             pin: RelayPin::of_certificate(&keys.identity_cert).0,
             forwarder: Forwarder::new(keys.clone(), forward_private),
             forwarders: Mutex::new(HashMap::new()),
+            budgets: AddressBudgets::default(),
             keys: std::sync::RwLock::new(keys),
             previous_forward: Mutex::new(None),
             protocol_version: PROTOCOL_VERSION,
@@ -439,6 +449,57 @@ impl Drop for AddressSlot {
     }
 }
 
+/// Most addresses whose budgets the relay keeps ([`AddressBudgets`]). Past it, the budgets
+/// that are full again (the same as a new one) are forgotten; if none is, the address gets
+/// no budget until one is, and is refused for a second.
+const MAX_BUDGETS: usize = 65_536;
+
+/// What each address (as the per-address connection limit keys it: an IPv4 address, an
+/// IPv6 /64) may create and store, all its connections together: mailboxes created at
+/// `--address-create-rate` a minute, and envelopes stored (its sends and the requests it
+/// forwards through this relay) at `--address-store-rate` a second. Kept in memory only,
+/// by address and never by mailbox (no record says which address made or filled which
+/// mailbox). A forwarding relay's connection is not counted here: its forwarders' budget
+/// holds it, and its users are counted at their own relay.
+#[derive(Default)]
+struct AddressBudgets {
+    map: Mutex<HashMap<IpAddr, (Bucket, Bucket)>>,
+}
+
+impl AddressBudgets {
+    /// Takes what `req` costs `address`, or says how long until it may.
+    fn take(&self, address: IpAddr, req: &Request, limits: &Limits) -> Result<(), Duration> {
+        let create = match req {
+            Request::Create { .. } => true,
+            Request::Send { .. } | Request::Forward { .. } => false,
+            _ => return Ok(()),
+        };
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_BUDGETS && !map.contains_key(&address) {
+            map.retain(|_, (c, s)| !(c.is_full(now) && s.is_full(now)));
+            if map.len() >= MAX_BUDGETS {
+                return Err(Duration::from_secs(1));
+            }
+        }
+        let (creates, stores) = map.entry(address).or_insert_with(|| {
+            (
+                Bucket::with_rate(
+                    f64::from(limits.address_create_rate) / 60.0,
+                    limits.address_create_burst,
+                    now,
+                ),
+                Bucket::new(limits.address_store_rate, limits.address_store_burst, now),
+            )
+        });
+        if create {
+            creates.take(now)
+        } else {
+            stores.take(now)
+        }
+    }
+}
+
 /// The token bucket of one connection: `rate` requests a second on average, up
 /// to `burst` at once.
 #[derive(Debug)]
@@ -451,13 +512,24 @@ struct Bucket {
 
 impl Bucket {
     fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        Self::with_rate(f64::from(rate), burst, now)
+    }
+
+    /// A bucket that earns `rate` tokens a second (a fraction for a rate by the minute).
+    fn with_rate(rate: f64, burst: u32, now: Instant) -> Self {
         let burst = f64::from(burst.max(1));
         Self {
             tokens: burst,
             last: now,
-            rate: f64::from(rate),
+            rate,
             burst,
         }
+    }
+
+    /// Whether it would hold its whole burst at `now` (it is then the same as a new one).
+    fn is_full(&self, now: Instant) -> bool {
+        self.rate <= 0.0
+            || self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * self.rate >= self.burst
     }
 
     /// Takes a token, or says how long until the next one (a rate of 0 never refuses).
@@ -792,7 +864,19 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, keys: &WireKeys, address
                     if let Some(record) = &shared.recorder {
                         record(number, &req);
                     }
-                    Ok(req)
+                    match conn.forwarder {
+                        false => match shared.budgets.take(conn.address, &req, &shared.limits) {
+                            Ok(()) => Ok(req),
+                            Err(wait) => {
+                                Metrics::count(&metrics.address_limited);
+                                Err(Response::Error {
+                                    code: ErrorCode::RateLimited,
+                                    detail: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).saturating_add(1),
+                                })
+                            }
+                        },
+                        true => Ok(req),
+                    }
                 }
                 Err(FrameError::TooLarge(_)) => {
                     Metrics::count(&metrics.oversize_frames);

@@ -56,6 +56,10 @@ pub async fn run(a: &RelayArgs, out: &Out) -> Result<(), CliError> {
         forwarder_rate: a.forwarder_rate,
         forwarder_burst: a.forwarder_burst,
         forward_private: a.forward_private,
+        address_create_rate: a.address_create_rate,
+        address_create_burst: a.address_create_burst,
+        address_store_rate: a.address_store_rate,
+        address_store_burst: a.address_store_burst,
         ..Limits::default()
     };
     let relay = match a.storage.store {
