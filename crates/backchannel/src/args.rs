@@ -387,6 +387,11 @@ pub struct RelayArgs {
     /// Requests one forwarding relay may make at once (its budget's burst).
     #[arg(long, default_value_t = Limits::default().forwarder_burst)]
     pub forwarder_burst: u32,
+    /// A mailbox unused this long (not opened by its recipient, not claimed at) is deleted
+    /// with everything in it; a send to it is then refused as to no mailbox. Clients rely
+    /// on at least 90 days (the default); shorter is for tests.
+    #[arg(long, default_value_t = Span(Limits::default().idle_mailbox_lifetime), value_parser = parse_span)]
+    pub idle_mailbox_lifetime: Span,
     /// Mailboxes one address (an IPv4 address, or an IPv6 /64) may create per minute on
     /// average, all its connections together (0: no limit); past it, `RateLimited`.
     #[arg(long, default_value_t = Limits::default().address_create_rate)]

@@ -776,3 +776,60 @@ fn a_cluster_rotates_every_relays_keys_at_once_and_keeps_its_pin() {
         assert_eq!(r.logs().matches("wire keys rotated").count(), 1, "{}", r.logs());
     }
 }
+
+/// Issue 17, point 5, on a cluster: a mailbox nobody opens for the relay's idle lifetime
+/// (4 s here) goes, one in use stays (the use records of `BC_USES` age out at the
+/// lifetime; the relay writes them again as the recipient opens and fetches). As
+/// `lifecycle::a_mailbox_unused_for_the_relays_idle_lifetime_expires_and_one_in_use_never_does`
+/// on the embedded store.
+#[test]
+fn on_a_cluster_an_idle_mailbox_expires_and_one_in_use_never_does() {
+    let bin = require_nats();
+    let cluster = NatsCluster::start(&bin);
+    let root = tempfile::tempdir().unwrap();
+    let relay = relay_with(
+        &cluster,
+        &root.path().join("r1"),
+        &[0, 1, 2],
+        &["--idle-mailbox-lifetime", "4s", "--sweep-interval", "300ms"],
+    );
+    let [alice, bob, carol] = common::people(root.path(), &relay, ["alice", "bob", "carol"]);
+    channel_with(&alice, &[&bob], "kept");
+    channel_with(&alice, &[&carol], "left");
+    let drop_address = carol.ok(&["drop", "create", "tips"]).trim().to_string();
+
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        alice.ok(&["sync"]);
+        bob.ok(&["sync"]);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let source = Client::new(root.path(), "source-without-home");
+    let e = source.fails(&["drop", "send", "--direct", &drop_address, "is anyone there?"]);
+    assert!(e.contains("no longer exists"), "{e}");
+
+    alice.ok(&["send", "kept", "still here"]);
+    alice.ok(&["update", "kept"]);
+    bob.ok(&["send", "kept", "so am i, after your update"]);
+    let texts = |c: &Client| c.texts("kept").into_iter().map(|(_, t)| t).collect::<Vec<_>>();
+    assert_eq!(texts(&bob), ["still here", "so am i, after your update"]);
+    assert_eq!(texts(&alice), ["still here", "so am i, after your update"]);
+    let r = alice.run(&["send", "left", "carol?"]);
+    assert!(
+        r.stderr.contains("mailbox no longer exists"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    let expired: u64 = relay
+        .logs()
+        .lines()
+        .rev()
+        .find(|l| l.contains("relay counts"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("mailboxes_expired=")))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(expired >= 2, "{expired}");
+}

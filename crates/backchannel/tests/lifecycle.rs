@@ -214,3 +214,72 @@ fn closing_a_channel_wipes_it_for_every_member_and_deletes_its_mailboxes() {
         assert!(!exists_at_relay(b), "a closed channel's mailbox is still at the relay");
     }
 }
+
+/// Issue 17, point 5: a mailbox nobody opens for the relay's idle lifetime is deleted with
+/// everything in it, and one in use never is. Here the lifetime is 3 s (90 days by
+/// default): alice and bob keep syncing for three lifetimes, carol stops after joining.
+/// Carol's channel mailbox and her drop box go; a letter to the drop box then fails
+/// saying the drop box no longer exists, and alice is told her envelope to carol was not
+/// delivered; alice's and bob's mailboxes and the channel's sequencer (which alice's
+/// syncs open too) are there: a message, a key update (a claim at the sequencer) and an
+/// answer all go through.
+#[test]
+fn a_mailbox_unused_for_the_relays_idle_lifetime_expires_and_one_in_use_never_does() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(
+        &root.path().join("relay"),
+        &[
+            "--idle-mailbox-lifetime",
+            "3s",
+            "--sweep-interval",
+            "300ms",
+            "--stats-interval",
+            "500ms",
+        ],
+    );
+    let [alice, bob, carol] = people(root.path(), &relay, ["alice", "bob", "carol"]);
+    channel_with(&alice, &[&bob], "kept");
+    channel_with(&alice, &[&carol], "left");
+    let drop_address = carol.ok(&["drop", "create", "tips"]).trim().to_string();
+    let carols = mailbox(&carol, "left");
+    let bobs = mailbox(&bob, "kept");
+
+    let until = std::time::Instant::now() + Duration::from_secs(9);
+    while std::time::Instant::now() < until {
+        alice.ok(&["sync"]);
+        bob.ok(&["sync"]);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert!(!exists_at_relay(&carols), "carol's idle channel mailbox is gone");
+    let source = Client::new(root.path(), "source-without-home");
+    let e = source.fails(&["drop", "send", "--direct", &drop_address, "is anyone there?"]);
+    assert!(e.contains("no longer exists"), "{e}");
+
+    assert!(exists_at_relay(&bobs), "bob's mailbox, in use, is there");
+    bob.ok(&["sync"]); // takes the probe envelope (reported as forged), not a message
+    alice.ok(&["send", "kept", "still here"]);
+    alice.ok(&["update", "kept"]);
+    bob.ok(&["send", "kept", "so am i, after your update"]);
+    let texts = |c: &Client| c.texts("kept").into_iter().map(|(_, t)| t).collect::<Vec<_>>();
+    assert_eq!(texts(&bob), ["still here", "so am i, after your update"]);
+    assert_eq!(texts(&alice), ["still here", "so am i, after your update"]);
+
+    let r = alice.run(&["send", "left", "carol?"]);
+    assert!(
+        r.stderr.contains("mailbox no longer exists"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let counts = relay.logs();
+    let expired: u64 = counts
+        .lines()
+        .rev()
+        .find(|l| l.contains("relay counts"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("mailboxes_expired=")))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(expired >= 2, "{expired}");
+}

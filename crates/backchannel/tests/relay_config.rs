@@ -85,6 +85,7 @@ answer-floor = "30ms"
 forwarder-rate = 77
 forwarder-burst = 88
 forward-private = true
+idle-mailbox-lifetime = "91d"
 address-create-rate = 7
 address-create-burst = 8
 address-store-rate = 9

@@ -777,7 +777,7 @@ impl Engine {
                 Err(e) if e.is(ErrorCode::NoSuchMailbox) => {
                     if let Role::Channel(name) = &role {
                         self.session
-                            .warn(Some(name), "the relay no longer holds this channel's mailbox");
+                            .warn(Some(name), "the relay no longer holds this channel's mailbox (deleted, or expired unused for the relay's idle lifetime, at least 90 days)");
                     }
                 }
                 Err(e) => return Err(e.into()),

@@ -146,7 +146,7 @@ pub async fn send_letter(
             Ok(_) => {}
             Err(e) if e.is(ErrorCode::NoSuchMailbox) => {
                 return Err(ClientError::Usage(
-                    "this drop box no longer exists at its relay; ask its owner for a current address".into(),
+                    "this drop box no longer exists at its relay (deleted, or expired after going unread for the relay's idle lifetime); ask its owner for a current address".into(),
                 ))
             }
             Err(e) if e.is(ErrorCode::MailboxFull) => {

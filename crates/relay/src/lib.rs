@@ -100,6 +100,10 @@ pub struct Limits {
     pub forwarder_rate: u32,
     /// Requests one forwarding relay may make at once (its token bucket's size).
     pub forwarder_burst: u32,
+    /// A mailbox unused this long (not opened by its recipient, not claimed at) is deleted
+    /// with everything in it. The protocol promises clients at least 90 days
+    /// (docs/protocol.md, "Idle mailboxes"); shorter only in tests.
+    pub idle_mailbox_lifetime: Duration,
     /// Forward to relays at loopback, private and link-local addresses too (off by default:
     /// a client must not make the relay connect into the network it sits in).
     pub forward_private: bool,
@@ -136,6 +140,7 @@ impl Limits {
         answer_floor: Duration::from_millis(25),
         forwarder_rate: 2000,
         forwarder_burst: 4000,
+        idle_mailbox_lifetime: Duration::from_secs(90 * 24 * 3600),
         forward_private: false,
         address_create_rate: 30,
         address_create_burst: 300,
@@ -391,6 +396,7 @@ impl Relay {
         let sweeper = tokio::spawn(sweep(
             self.store.clone(),
             self.limits.sweep_interval,
+            self.limits.idle_mailbox_lifetime,
             self.metrics.clone(),
         ));
         let counts = tokio::spawn(log_counts_every(
@@ -459,15 +465,22 @@ pub(crate) fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-async fn sweep(store: Arc<Backend>, every: Duration, metrics: Arc<Metrics>) {
+async fn sweep(store: Arc<Backend>, every: Duration, idle: Duration, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(every.max(MIN_PERIOD));
     loop {
         tick.tick().await;
-        match store.expire(now_secs()).await {
+        let now = now_secs();
+        match store.expire(now).await {
             Ok(expired) => {
                 metrics.envelopes_expired.fetch_add(expired, Ordering::Relaxed);
             }
             Err(e) => server::log_store_failure("deleting expired envelopes", &e),
+        }
+        match store.expire_idle(now.saturating_sub(idle.as_secs())).await {
+            Ok(gone) => {
+                metrics.mailboxes_expired.fetch_add(gone, Ordering::Relaxed);
+            }
+            Err(e) => server::log_store_failure("deleting idle mailboxes", &e),
         }
     }
 }

@@ -98,6 +98,8 @@ pub struct Metrics {
     pub envelopes_acked: AtomicU64,
     /// Envelopes deleted at expiry.
     pub envelopes_expired: AtomicU64,
+    /// Mailboxes deleted after `--idle-mailbox-lifetime` unused.
+    pub mailboxes_expired: AtomicU64,
     /// Requests refused with a protocol error (of any code).
     pub protocol_errors: AtomicU64,
     /// Requests of paced connections done after the answer floor (the store was slower):
@@ -152,7 +154,7 @@ impl Metrics {
 
     /// Every counter with its name and what it counts: the one list that the counts line in
     /// the log and `relay --metrics` both read.
-    pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 23] {
+    pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 24] {
         [
             (
                 "refused_connections",
@@ -214,6 +216,11 @@ impl Metrics {
                 "envelopes_expired",
                 "Envelopes deleted at expiry.",
                 &self.envelopes_expired,
+            ),
+            (
+                "mailboxes_expired",
+                "Mailboxes deleted after --idle-mailbox-lifetime unused.",
+                &self.mailboxes_expired,
             ),
             (
                 "protocol_errors",
@@ -279,6 +286,8 @@ pub(crate) struct Shared {
     forwarders: Mutex<HashMap<IpAddr, Bucket>>,
     /// What each address may create and store, all its connections together.
     budgets: AddressBudgets,
+    /// When this relay last marked each mailbox used ([`Shared::refresh`]).
+    refreshed: Mutex<HashMap<MailboxId, Instant>>,
     /// The protocol version announced in the hello ([`PROTOCOL_VERSION`] but in tests
     /// that play a relay of another version).
     pub(crate) protocol_version: u8,
@@ -323,6 +332,7 @@ impl Shared {
             forwarder: Forwarder::new(keys.clone(), forward_private),
             forwarders: Mutex::new(HashMap::new()),
             budgets: AddressBudgets::default(),
+            refreshed: Mutex::new(HashMap::new()),
             keys: std::sync::RwLock::new(keys),
             previous_forward: Mutex::new(None),
             protocol_version: PROTOCOL_VERSION,
@@ -367,6 +377,43 @@ impl Shared {
         match previous {
             Some(k) => seal::open(&k, &self.pin, sealed),
             None => current,
+        }
+    }
+
+    /// Marks `ids` used in the store, those this relay has not marked for a while (a day,
+    /// or an eighth of `--idle-mailbox-lifetime` if that is shorter): a recipient opening
+    /// or fetching from its mailboxes keeps them from expiring, at the cost of one write
+    /// per mailbox a day, not one per fetch. Best effort: a failure is logged, and the
+    /// next open or fetch tries again.
+    async fn refresh(&self, ids: &[MailboxId]) {
+        let every = (self.limits.idle_mailbox_lifetime / 8).min(REFRESH_EVERY);
+        let now = Instant::now();
+        let due: Vec<MailboxId> = {
+            let mut map = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+            if map.len() > MAX_REFRESHED {
+                // Forgetting only costs a write per mailbox sooner than needed.
+                map.clear();
+            }
+            ids.iter()
+                .copied()
+                .filter(|id| {
+                    let due = map.get(id).is_none_or(|at| now.saturating_duration_since(*at) >= every);
+                    if due {
+                        map.insert(*id, now);
+                    }
+                    due
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.touch(&due, crate::now_secs()).await {
+            let mut map = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &due {
+                map.remove(id);
+            }
+            log_store_failure("marking mailboxes used", &e);
         }
     }
 
@@ -448,6 +495,12 @@ impl Drop for AddressSlot {
         }
     }
 }
+
+/// How often a mailbox in use is marked so in the store, at most ([`Shared::refresh`]).
+const REFRESH_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// Most mailboxes whose last marking the relay remembers ([`Shared::refresh`]).
+const MAX_REFRESHED: usize = 1 << 20;
 
 /// Most addresses whose budgets the relay keeps ([`AddressBudgets`]). Past it, the budgets
 /// that are full again (the same as a new one) are forgotten; if none is, the address gets
@@ -1349,6 +1402,7 @@ impl Connection {
                         if verify_open_proof(&key, &self.nonce, &mailbox, &proof) {
                             self.touched += 1;
                             self.opened.insert(mailbox);
+                            shared.refresh(&[mailbox]).await;
                             Response::Ok
                         } else {
                             Self::err(ErrorCode::BadProof)
@@ -1487,6 +1541,8 @@ impl Connection {
         let deadline = tokio::time::Instant::now() + wait;
         let mut rx = shared.notify.subscribe();
         let ids: Vec<MailboxId> = self.opened.iter().copied().collect();
+        // A connection kept open for months (a daemon's) keeps its mailboxes alive.
+        shared.refresh(&ids).await;
         loop {
             match shared.store.fetch(&ids, max).await {
                 Ok(list) if !list.is_empty() => return Response::Envelopes(list),

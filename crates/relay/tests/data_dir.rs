@@ -107,8 +107,9 @@ fn format_of(store_file: &Path) -> Option<u32> {
 }
 
 /// A data directory of format 2 (tests/fixtures/relay-format-2, with its README): opened by
-/// this code it becomes format 3, keeps its PIN, its mailboxes and its envelopes, and the
-/// envelopes expire by the index that the conversion built.
+/// this code it becomes format 4, keeps its PIN, its mailboxes and its envelopes, the
+/// envelopes expire by the index that the conversion built, and every mailbox is dated at
+/// the conversion (it gets the whole idle lifetime from then: issue 17, point 5).
 #[test]
 fn a_format_2_data_directory_gains_the_expiry_index_and_keeps_its_envelopes_and_pin() {
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../backchannel/tests/fixtures/relay-format-2");
@@ -120,6 +121,7 @@ fn a_format_2_data_directory_gains_the_expiry_index_and_keeps_its_envelopes_and_
     let ids = mailboxes_with_envelopes(&data.join(STORE_FILE));
     assert_eq!(ids.len(), 1, "bob's mailbox holds the waiting envelopes");
 
+    let upgraded_at = now();
     let relay = Relay::open(data.clone(), Limits::default()).unwrap();
     assert_eq!(
         relay.pin().to_string(),
@@ -144,4 +146,11 @@ fn a_format_2_data_directory_gains_the_expiry_index_and_keeps_its_envelopes_and_
     assert_eq!(store.expire(now()).unwrap(), 0);
     assert_eq!(store.expire(u64::MAX).unwrap(), 3);
     assert_eq!(store.stats().unwrap().envelopes, 0);
+    assert_eq!(
+        store.expire_idle(upgraded_at).unwrap(),
+        0,
+        "dated at the conversion, not before"
+    );
+    assert_eq!(store.expire_idle(u64::MAX).unwrap(), 3);
+    assert_eq!(store.stats().unwrap().mailboxes, 0);
 }

@@ -56,6 +56,7 @@ pub async fn run(a: &RelayArgs, out: &Out) -> Result<(), CliError> {
         forwarder_rate: a.forwarder_rate,
         forwarder_burst: a.forwarder_burst,
         forward_private: a.forward_private,
+        idle_mailbox_lifetime: a.idle_mailbox_lifetime.0,
         address_create_rate: a.address_create_rate,
         address_create_burst: a.address_create_burst,
         address_store_rate: a.address_store_rate,
@@ -76,6 +77,7 @@ pub async fn run(a: &RelayArgs, out: &Out) -> Result<(), CliError> {
                 ttl,
                 meta_bytes: a.storage.nats_meta_bytes.unwrap_or(DEFAULT_META_BYTES),
                 patience: a.storage.nats_patience.map_or(DEFAULT_PATIENCE, |Span(p)| p),
+                idle_lifetime: limits.idle_mailbox_lifetime,
             };
             Relay::open_nats(config, limits).await?
         }

@@ -278,7 +278,7 @@ impl Session {
         if dropped > 0 {
             self.warn(
                 None,
-                format!("{dropped} envelope(s) were not delivered: the recipient's mailbox no longer exists"),
+                format!("{dropped} envelope(s) were not delivered: the recipient's mailbox no longer exists at the relay (deleted, or expired unused for the relay's idle lifetime, at least 90 days)"),
             );
         }
         report.queued = keep.len();

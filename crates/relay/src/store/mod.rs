@@ -267,6 +267,12 @@ pub trait MailboxStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Arc<[u8]>, StoreError>> + Send;
     /// Deletes envelopes whose expiry is before `now`; returns how many.
     fn expire(&self, now: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Marks these mailboxes (those that exist) used at `now` (Unix seconds): their
+    /// recipient opened them. Creating a mailbox and a granted claim mark it too.
+    fn touch(&self, ids: &[MailboxId], now: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Deletes the mailboxes last used before `before` (Unix seconds), with everything
+    /// in them; returns how many.
+    fn expire_idle(&self, before: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Counts.
     fn stats(&self) -> impl Future<Output = Result<Stats, StoreError>> + Send;
     /// Whether the store takes writes now (`/readyz`): for the embedded store, that it
@@ -567,6 +573,14 @@ impl MailboxStore for Backend {
 
     async fn expire(&self, now: u64) -> Result<u64, StoreError> {
         each!(self, s => MailboxStore::expire(s, now).await)
+    }
+
+    async fn touch(&self, ids: &[MailboxId], now: u64) -> Result<(), StoreError> {
+        each!(self, s => MailboxStore::touch(s, ids, now).await)
+    }
+
+    async fn expire_idle(&self, before: u64) -> Result<u64, StoreError> {
+        each!(self, s => MailboxStore::expire_idle(s, before).await)
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {

@@ -59,6 +59,15 @@ use super::{ClaimProof, Claims, HeldCommit, MailboxStore, Quota, Stats, StoreErr
 
 const ENVELOPES: &str = "BC_ENVELOPES";
 const META: &str = "BC_META";
+/// When each mailbox was last used: `bc.use.<hex id>`, one empty message per mailbox,
+/// replaced at each use; the stream's `max_age` is the idle lifetime, so JetStream drops the
+/// record of a mailbox unused that long, and the idle sweep deletes a mailbox that has none
+/// (and whose record is older than the lifetime: one made since has none yet).
+const USES: &str = "BC_USES";
+const USE_SUBJECTS: &str = "bc.use.*";
+/// The idle sweep lists every mailbox, so it runs at most this often (or an eighth of the
+/// idle lifetime, if that is shorter).
+const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(3600);
 const ENVELOPE_SUBJECTS: &str = "bc.env.*";
 const NOTE_SUBJECTS: &str = "bc.new.*";
 /// Notices that a mailbox was deleted: `bc.gone.<hex send digest>`.
@@ -110,6 +119,8 @@ pub struct NatsConfig {
     pub meta_bytes: u64,
     /// How long a request waits for the cluster to answer again ([`DEFAULT_PATIENCE`]).
     pub patience: Duration,
+    /// A mailbox unused this long is deleted ([`crate::Limits::idle_mailbox_lifetime`]).
+    pub idle_lifetime: Duration,
 }
 
 /// The default bound of the record stream: room for the commits held by many thousands
@@ -134,6 +145,11 @@ pub struct NatsStore {
     js: jetstream::Context,
     envelopes: stream::Stream,
     meta: stream::Stream,
+    /// When each mailbox was last used ([`USES`]).
+    uses: stream::Stream,
+    /// When this relay last ran the idle sweep, and how often it may.
+    idle_sweep: Mutex<Option<Instant>>,
+    idle_every: Duration,
     listener: Mutex<Option<JoinHandle<()>>>,
     /// Send-capability digest -> receive id and difficulty, as read recently (see
     /// [`SENDER_CACHE_TTL`]).
@@ -329,16 +345,129 @@ impl NatsStore {
             },
         )
         .await?;
-        Ok(Self {
+        // A cluster written by a relay before idle expiry has mailboxes but no use records:
+        // each is marked used now, once, when the stream is made.
+        // (A cluster that cannot answer now is taken as one without: marking is harmless.)
+        let uses_existed = tokio::time::timeout(OP_TIMEOUT, js.get_stream(USES))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let uses = ensure_stream(
+            &js,
+            stream::Config {
+                name: USES.into(),
+                subjects: vec![USE_SUBJECTS.into()],
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                retention: stream::RetentionPolicy::Limits,
+                max_messages_per_subject: 1,
+                max_age: config.idle_lifetime,
+                allow_direct: false,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let store = Self {
             client,
             js,
             envelopes,
             meta,
+            uses,
+            idle_sweep: Mutex::new(None),
+            idle_every: (config.idle_lifetime / 8).min(IDLE_SWEEP_EVERY),
             listener: Mutex::new(None),
             senders: Arc::new(Mutex::new(HashMap::new())),
             delivered: Mutex::new(HashMap::new()),
             patience: config.patience,
+        };
+        if !uses_existed {
+            let boxes = store.mailboxes().await?;
+            store.mark_used(&boxes).await?;
+            tracing::info!(mailboxes = boxes.len(), "marked every mailbox used, for the idle sweep");
+        }
+        Ok(store)
+    }
+
+    /// Every mailbox the cluster holds (by its record's subject).
+    async fn mailboxes(&self) -> Result<Vec<MailboxId>, StoreError> {
+        let meta = self.meta.clone();
+        timed("listing mailboxes", async move {
+            let mut subjects = meta.info_with_subjects("bc.box.*").await?;
+            let mut out = Vec::new();
+            while let Some(s) = subjects.next().await {
+                let (subject, _) = s?;
+                if let Some(id) = subject.strip_prefix("bc.box.").and_then(unhex32) {
+                    out.push(MailboxId(id));
+                }
+            }
+            Ok::<_, async_nats::jetstream::stream::InfoError>(out)
         })
+        .await
+    }
+
+    /// Marks mailboxes used now: their use records are written again (all published, then
+    /// all acknowledged).
+    async fn mark_used(&self, ids: &[MailboxId]) -> Result<(), StoreError> {
+        const DOING: &str = "marking mailboxes used";
+        for chunk in ids.chunks(256) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                let subject = format!("bc.use.{}", hex(&id.0));
+                acks.push(timed(DOING, self.js.send_publish(subject, PublishMessage::build())).await?);
+            }
+            for ack in acks {
+                match tokio::time::timeout(OP_TIMEOUT, ack).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(client_error(DOING, e)),
+                    Err(_) => return Err(nats_error(DOING, NatsError::Timeout)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the mailboxes that have no use record (unused for the idle lifetime) and
+    /// whose own record was written before `before` (one made since has none yet). Runs at
+    /// most every [`IDLE_SWEEP_EVERY`] on this relay: it lists every mailbox.
+    async fn do_expire_idle(&self, before: u64) -> Result<u64, StoreError> {
+        {
+            let mut last = self.idle_sweep.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < self.idle_every) {
+                return Ok(0);
+            }
+            *last = Some(Instant::now());
+        }
+        let uses = self.uses.clone();
+        let used: std::collections::HashSet<[u8; 32]> = timed("listing used mailboxes", async move {
+            let mut subjects = uses.info_with_subjects(USE_SUBJECTS).await?;
+            let mut out = std::collections::HashSet::new();
+            while let Some(s) = subjects.next().await {
+                let (subject, _) = s?;
+                if let Some(id) = subject.strip_prefix("bc.use.").and_then(unhex32) {
+                    out.insert(id);
+                }
+            }
+            Ok::<_, async_nats::jetstream::stream::InfoError>(out)
+        })
+        .await?;
+        let mut gone = 0;
+        for id in self.mailboxes().await? {
+            if used.contains(&id.0) {
+                continue;
+            }
+            let made =
+                match tokio::time::timeout(OP_TIMEOUT, self.meta.get_last_raw_message_by_subject(&box_subject(&id)))
+                    .await
+                {
+                    Ok(Ok(m)) => u64::try_from(m.time.unix_timestamp()).unwrap_or(0),
+                    // Deleted meanwhile, or unreadable now: the next sweep sees it again.
+                    _ => continue,
+                };
+            if made < before {
+                self.do_delete(id).await?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
     }
 
     /// The relay identity kept in the cluster: the one stored there, or `mine` stored as
@@ -701,7 +830,11 @@ impl NatsStore {
             // latest epoch's commit is read there; earlier ones from their slots.
             let record = encode_claims(&claims, held.as_ref());
             match self.put_if(&subject, Bytes::from(record), seq).await? {
-                Cas::Done => return self.keep_held(&id, held.as_ref()).await,
+                Cas::Done => {
+                    // Best effort: the sequencer's members open it too.
+                    let _ = self.mark_used(&[id]).await;
+                    return self.keep_held(&id, held.as_ref()).await;
+                }
                 Cas::Lost => continue,
             }
         }
@@ -834,7 +967,14 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
                 subjects.sort();
                 let mut wanted = config.subjects.clone();
                 wanted.sort();
-                if have.max_bytes == config.max_bytes && have.discard == config.discard && subjects == wanted {
+                // The idle lifetime of the use records follows the relay's flag; the other
+                // streams' ages are left as they were made.
+                let same_age = config.name != USES || have.max_age == config.max_age;
+                if have.max_bytes == config.max_bytes
+                    && have.discard == config.discard
+                    && subjects == wanted
+                    && same_age
+                {
                     return Ok(s);
                 }
                 // Made by an earlier release (the record stream had no bound, or no
@@ -965,6 +1105,15 @@ impl MailboxStore for NatsStore {
     async fn expire(&self, _now: u64) -> Result<u64, StoreError> {
         // JetStream removes envelopes past the stream's max_age itself.
         Ok(0)
+    }
+
+    /// Marks them used now (JetStream dates the records; `now` is this relay's clock).
+    async fn touch(&self, ids: &[MailboxId], _now: u64) -> Result<(), StoreError> {
+        patiently(self.patience, |_| self.mark_used(ids)).await
+    }
+
+    async fn expire_idle(&self, before: u64) -> Result<u64, StoreError> {
+        self.do_expire_idle(before).await
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {

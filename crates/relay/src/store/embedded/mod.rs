@@ -118,6 +118,25 @@ const HELD: TableDefinition<&[u8], &[u8]> = TableDefinition::new("held");
 /// data directory format 3 (`upgrade::index_expiries` builds it for an older directory).
 const EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("expiry");
 
+/// receive id (32) -> when the mailbox was last used (u64 BE, Unix seconds): made, opened
+/// by its recipient (at most once a day: `server`), or claimed at. Added in data
+/// directory format 4 (`upgrade::index_touches` dates every mailbox of an older directory
+/// at the upgrade).
+const TOUCHED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("touched");
+
+/// last used (u64 BE) || receive id (32) -> nothing: the mailboxes by when they were last
+/// used, so that the idle sweep reads only the mailboxes that have been idle too long.
+/// Format 4, with [`TOUCHED`].
+const IDLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idle");
+
+/// The key of a mailbox in [`IDLE`].
+fn idle_key(at: u64, id: &MailboxId) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..8].copy_from_slice(&at.to_be_bytes());
+    k[8..].copy_from_slice(&id.0);
+    k
+}
+
 /// The key of an envelope in [`EXPIRY`].
 fn expiry_key(expires_at: u64, record_key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + record_key.len());
@@ -266,8 +285,11 @@ impl EmbeddedStore {
         if let upgrade::Found::Format1 = found {
             upgrade::finish_format1(&db)?;
         }
-        if let upgrade::Found::Format1 | upgrade::Found::Format2 = found {
+        if matches!(found, upgrade::Found::Format1 | upgrade::Found::Older(2)) {
             upgrade::index_expiries(&db)?;
+        }
+        if matches!(found, upgrade::Found::Format1 | upgrade::Found::Older(_)) {
+            upgrade::index_touches(&db, writer::now_secs())?;
         }
         let (tx, rx) = mpsc::channel::<(Write, Reply)>();
         let writer_db = db.clone();
@@ -396,6 +418,17 @@ impl EmbeddedStore {
     /// Deletes expired envelopes, blocking ([`MailboxStore::expire`]).
     pub fn expire(&self, now: u64) -> Result<u64, StoreError> {
         self.write(Write::Expire { now }).map(|(_, n)| n)
+    }
+
+    /// Marks mailboxes used at `now`, blocking ([`MailboxStore::touch`]).
+    pub fn touch(&self, ids: &[MailboxId], now: u64) -> Result<(), StoreError> {
+        self.write(Write::Touch { ids: ids.to_vec(), now }).map(|_| ())
+    }
+
+    /// Deletes the mailboxes last used before `before`, blocking
+    /// ([`MailboxStore::expire_idle`]).
+    pub fn expire_idle(&self, before: u64) -> Result<u64, StoreError> {
+        self.write(Write::ExpireIdle { before }).map(|(_, n)| n)
     }
 
     /// Counts, blocking ([`MailboxStore::stats`]).
@@ -592,6 +625,14 @@ impl MailboxStore for EmbeddedStore {
 
     async fn expire(&self, now: u64) -> Result<u64, StoreError> {
         self.submit(Write::Expire { now }).await.map(|(_, n)| n)
+    }
+
+    async fn touch(&self, ids: &[MailboxId], now: u64) -> Result<(), StoreError> {
+        self.submit(Write::Touch { ids: ids.to_vec(), now }).await.map(|_| ())
+    }
+
+    async fn expire_idle(&self, before: u64) -> Result<u64, StoreError> {
+        self.submit(Write::ExpireIdle { before }).await.map(|(_, n)| n)
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {

@@ -214,6 +214,67 @@ fn expiry_and_reopen() {
     assert_eq!(left[0].envelope, env(2));
 }
 
+/// Issue 17, point 5: a mailbox last used before the cutoff goes with everything in it
+/// (its envelopes, its sender, when it was used); one used since stays, across a reopen;
+/// marking a mailbox that does not exist does nothing; the sweep reads the idle index
+/// only up to the cutoff.
+#[test]
+fn a_mailbox_idle_since_before_the_cutoff_goes_whole_and_one_used_since_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (MailboxId([1; 32]), MailboxId([4; 32]));
+    let (cap_a, cap_b) = ([2u8; 32], [5u8; 32]);
+    let made = writer::now_secs();
+    {
+        let s = open(dir.path(), 10);
+        s.create(a, [3; 32], Sha256::digest(cap_a).into(), 0).unwrap();
+        s.create(b, [6; 32], Sha256::digest(cap_b).into(), 0).unwrap();
+        for i in 0..3 {
+            s.send(cap_a, env(i), u64::MAX, ProvenWork::NONE).unwrap();
+            s.send(cap_b, env(10 + i), u64::MAX, ProvenWork::NONE).unwrap();
+        }
+        s.touch(&[b, MailboxId([9; 32])], made + 100).unwrap();
+        assert_eq!(s.expire_idle(made.saturating_sub(10)).unwrap(), 0, "nothing idle yet");
+        assert_eq!(s.expire_idle(made + 50).unwrap(), 1, "a, made at {made}, goes");
+        assert_eq!(s.recipient_key(a).unwrap(), None);
+        assert_eq!(
+            s.send(cap_a, env(9), u64::MAX, ProvenWork::NONE),
+            Err(StoreError::NoSuchMailbox)
+        );
+        assert_eq!(s.fetch(&[a], 10).unwrap(), vec![]);
+        assert_eq!(s.fetch(&[b], 10).unwrap().len(), 3);
+        assert_eq!(
+            s.stats().unwrap(),
+            Stats {
+                mailboxes: 1,
+                envelopes: 3
+            }
+        );
+        // The index forgot `a` with it: a second sweep finds nothing.
+        assert_eq!(s.expire_idle(made + 50).unwrap(), 0);
+        // A mark never moves a mailbox's time back.
+        s.touch(&[b], made).unwrap();
+        assert_eq!(s.expire_idle(made + 50).unwrap(), 0);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let s = open(dir.path(), 10);
+    assert_eq!(
+        s.expire_idle(made + 100).unwrap(),
+        0,
+        "used at {made} + 100, kept across a reopen"
+    );
+    assert_eq!(s.expire_idle(made + 101).unwrap(), 1);
+    assert_eq!(
+        s.stats().unwrap(),
+        Stats {
+            mailboxes: 0,
+            envelopes: 0
+        }
+    );
+    // A mailbox made again under the same id starts a new life.
+    s.create(a, [3; 32], Sha256::digest(cap_a).into(), 0).unwrap();
+    assert_eq!(s.expire_idle(made.saturating_sub(10)).unwrap(), 0);
+}
+
 /// An envelope of random bytes: every 32-byte window of it is distinctive.
 fn random_env() -> Envelope {
     let mut b = vec![0u8; ENVELOPE_SIZE];

@@ -1,7 +1,10 @@
 //! The data directory's format version, and the conversion of older layouts.
 //!
-//! Format 3 (this code) is format 2 with the expiry index ([`super::EXPIRY`]), which
-//! [`index_expiries`] builds for a directory of format 2 (and of format 1, once converted).
+//! Format 4 (this code) is format 3 with when each mailbox was last used
+//! ([`super::TOUCHED`], indexed in [`super::IDLE`]), which [`index_touches`] builds for an
+//! older directory, dating every mailbox at the upgrade. Format 3 is format 2 with the
+//! expiry index ([`super::EXPIRY`]), which [`index_expiries`] builds for a directory of
+//! format 2 (and of format 1, once converted).
 //! A data directory of format 2 holds the version in the redb table
 //! `format` (key `"data directory"`, a u32) and writes every record with a version
 //! byte ([`super::record`]). Format 1 is what release 94ba14f and earlier wrote: no
@@ -23,12 +26,13 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use super::at_rest::{fresh_key, seal, EnvelopeKey, KeyFile, SlotBook};
 use super::record::{decode_sender, encode_envelope_value, encode_sender, EnvelopeValue, MailboxRecord};
-use super::{expiry_key, ENVELOPES, EXPIRY, MAILBOXES, MAX_BATCH, SENDERS};
+use super::{expiry_key, idle_key, ENVELOPES, EXPIRY, IDLE, MAILBOXES, MAX_BATCH, SENDERS, TOUCHED};
 use crate::store::StoreError;
+use backchannel_core::mailbox::MailboxId;
 
 /// The data directory format this code writes. Format 3 added the expiry index
-/// ([`super::EXPIRY`]).
-pub const FORMAT: u32 = 3;
+/// ([`super::EXPIRY`]), format 4 when each mailbox was last used ([`super::TOUCHED`]).
+pub const FORMAT: u32 = 4;
 
 /// The table of format versions.
 const FORMATS: TableDefinition<&str, u32> = TableDefinition::new("format");
@@ -41,8 +45,9 @@ pub(crate) enum Found {
     New,
     /// Format 1 (no version written): to convert.
     Format1,
-    /// Format 2: versioned records, without the expiry index.
-    Format2,
+    /// Format 2 or 3: versioned records, without the expiry index (2) or without when
+    /// each mailbox was used (3).
+    Older(u32),
     /// The current format.
     Current,
 }
@@ -58,7 +63,7 @@ pub(crate) fn check(db: &Database) -> Result<Found, StoreError> {
                 found: v.value(),
                 known: FORMAT,
             }),
-            Some(v) if v.value() < FORMAT => Ok(Found::Format2),
+            Some(v) if v.value() < FORMAT => Ok(Found::Older(v.value())),
             Some(_) => Ok(Found::Current),
             None => Ok(Found::Format1),
         },
@@ -82,6 +87,8 @@ pub(crate) fn create(db: &Database) -> Result<(), StoreError> {
     txn.open_table(ENVELOPES).map_err(StoreError::database(DOING))?;
     txn.open_table(SENDERS).map_err(StoreError::database(DOING))?;
     txn.open_table(EXPIRY).map_err(StoreError::database(DOING))?;
+    txn.open_table(TOUCHED).map_err(StoreError::database(DOING))?;
+    txn.open_table(IDLE).map_err(StoreError::database(DOING))?;
     txn.open_table(FORMATS)
         .map_err(StoreError::database(DOING))?
         .insert(DIRECTORY, FORMAT)
@@ -258,6 +265,68 @@ pub(crate) fn index_expiries(db: &Database) -> Result<(), StoreError> {
         if !more {
             txn.open_table(FORMATS)
                 .map_err(StoreError::database(DOING))?
+                .insert(DIRECTORY, 3)
+                .map_err(StoreError::database(DOING))?;
+        }
+        txn.commit().map_err(StoreError::database(DOING))?;
+        if !more {
+            break;
+        }
+    }
+    tracing::info!(format = 3, envelopes = indexed, "indexed the envelopes by expiry");
+    Ok(())
+}
+
+/// Dates every mailbox at `now` (when each was last used is not known from before format
+/// 4: each gets the whole idle lifetime from the upgrade), in batches, then writes format
+/// 4. A crash midway leaves the format as it was, and the next open starts again.
+pub(crate) fn index_touches(db: &Database, now: u64) -> Result<(), StoreError> {
+    const DOING: &str = "dating every mailbox";
+    {
+        let txn = db.begin_write().map_err(StoreError::database(DOING))?;
+        for table in [TOUCHED, IDLE] {
+            txn.delete_table(table).map_err(StoreError::database(DOING))?;
+        }
+        txn.commit().map_err(StoreError::database(DOING))?;
+    }
+    let mut after: Option<Vec<u8>> = None;
+    let mut dated = 0u64;
+    loop {
+        let mut txn = db.begin_write().map_err(StoreError::database(DOING))?;
+        txn.set_two_phase_commit(true);
+        let more = {
+            let boxes = txn.open_table(MAILBOXES).map_err(StoreError::database(DOING))?;
+            let mut touched = txn.open_table(TOUCHED).map_err(StoreError::database(DOING))?;
+            let mut idle = txn.open_table(IDLE).map_err(StoreError::database(DOING))?;
+            let from = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let mut last = None;
+            let mut n = 0;
+            for entry in boxes
+                .range::<&[u8]>((from, Bound::Unbounded))
+                .map_err(StoreError::database(DOING))?
+            {
+                let (k, _) = entry.map_err(StoreError::database(DOING))?;
+                // A damaged key is left for the reads to report.
+                if let Ok(id) = <[u8; 32]>::try_from(k.value()) {
+                    touched
+                        .insert(&id[..], &now.to_be_bytes()[..])
+                        .map_err(StoreError::database(DOING))?;
+                    idle.insert(&idle_key(now, &MailboxId(id))[..], &[][..])
+                        .map_err(StoreError::database(DOING))?;
+                    dated += 1;
+                }
+                last = Some(k.value().to_vec());
+                n += 1;
+                if n == MAX_BATCH {
+                    break;
+                }
+            }
+            after = last;
+            n == MAX_BATCH
+        };
+        if !more {
+            txn.open_table(FORMATS)
+                .map_err(StoreError::database(DOING))?
                 .insert(DIRECTORY, FORMAT)
                 .map_err(StoreError::database(DOING))?;
         }
@@ -266,6 +335,10 @@ pub(crate) fn index_expiries(db: &Database) -> Result<(), StoreError> {
             break;
         }
     }
-    tracing::info!(format = FORMAT, envelopes = indexed, "indexed the envelopes by expiry");
+    tracing::info!(
+        format = FORMAT,
+        mailboxes = dated,
+        "dated every mailbox for the idle sweep"
+    );
     Ok(())
 }

@@ -19,7 +19,8 @@ use redb::{Database, ReadableTable, ReadableTableMetadata};
 use super::at_rest::{fresh_key, seal, zero_slots, EnvelopeKey, KeyFile, SlotBook};
 use super::record::{encode_envelope_value, encode_sender, record_key, EnvelopeValue, MailboxRecord};
 use super::{
-    count_off, expiry_key, get_record, held_key, sender, Table, ENVELOPES, EXPIRY, HELD, MAILBOXES, MAX_BATCH, SENDERS,
+    count_off, expiry_key, get_record, held_key, idle_key, sender, Table, ENVELOPES, EXPIRY, HELD, IDLE, MAILBOXES,
+    MAX_BATCH, SENDERS, TOUCHED,
 };
 use crate::store::{ClaimProof, Claims, HeldCommit, Quota, StoreError};
 
@@ -52,6 +53,15 @@ pub(crate) enum Write {
     },
     Delete {
         id: MailboxId,
+    },
+    /// Marks these mailboxes (those that exist) used at `now`.
+    Touch {
+        ids: Vec<MailboxId>,
+        now: u64,
+    },
+    /// Deletes the mailboxes last used before `before`, with their envelopes.
+    ExpireIdle {
+        before: u64,
     },
     Claim {
         send: [u8; 32],
@@ -239,12 +249,18 @@ fn stage(
     let mut expiry = txn.open_table(EXPIRY).map_err(StoreError::database(COMMITTING))?;
     let mut senders = txn.open_table(SENDERS).map_err(StoreError::database(COMMITTING))?;
     let mut held = txn.open_table(HELD).map_err(StoreError::database(COMMITTING))?;
+    let mut touched = txn.open_table(TOUCHED).map_err(StoreError::database(COMMITTING))?;
+    let mut idle = txn.open_table(IDLE).map_err(StoreError::database(COMMITTING))?;
     let mut tables = Tables {
         boxes: &mut boxes,
         envs: &mut envs,
         expiry: &mut expiry,
         senders: &mut senders,
         held: &mut held,
+        used: Used {
+            touched: &mut touched,
+            idle: &mut idle,
+        },
         book,
         slots,
     };
@@ -292,8 +308,101 @@ struct Tables<'a, 't> {
     expiry: &'a mut Table<'t>,
     senders: &'a mut Table<'t>,
     held: &'a mut Table<'t>,
+    used: Used<'a, 't>,
     book: &'a mut SlotBook,
     slots: &'a mut BatchSlots,
+}
+
+/// When each mailbox was last used ([`super::TOUCHED`]) and its index ([`super::IDLE`]).
+struct Used<'a, 't> {
+    touched: &'a mut Table<'t>,
+    idle: &'a mut Table<'t>,
+}
+
+impl Used<'_, '_> {
+    /// Marks `id` used at `now` (never earlier than it was).
+    fn touch(&mut self, id: &MailboxId, now: u64) -> Result<(), StoreError> {
+        const DOING: &str = "marking a mailbox used";
+        let before = self.forget(id)?;
+        let at = before.map_or(now, |b| b.max(now));
+        self.touched
+            .insert(&id.0[..], &at.to_be_bytes()[..])
+            .map_err(StoreError::database(DOING))?;
+        self.idle
+            .insert(&idle_key(at, id)[..], &[][..])
+            .map_err(StoreError::database(DOING))?;
+        Ok(())
+    }
+
+    /// Removes `id`'s entries; returns when it was last used.
+    fn forget(&mut self, id: &MailboxId) -> Result<Option<u64>, StoreError> {
+        const DOING: &str = "forgetting when a mailbox was used";
+        let before = self
+            .touched
+            .remove(&id.0[..])
+            .map_err(StoreError::database(DOING))?
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map(u64::from_be_bytes);
+        if let Some(b) = before {
+            self.idle
+                .remove(&idle_key(b, id)[..])
+                .map_err(StoreError::database(DOING))?;
+        }
+        Ok(before)
+    }
+}
+
+/// Unix seconds now.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Deletes mailbox `id`, its envelopes, its sender record, its held commits and when it was
+/// used; returns how many envelopes went.
+fn delete_mailbox(t: &mut Tables<'_, '_>, id: &MailboxId, doing: &'static str) -> Result<u64, StoreError> {
+    let start = record_key(id, 0);
+    let end = record_key(id, u64::MAX);
+    let keys: Vec<Vec<u8>> = t
+        .envs
+        .range(&start[..]..=&end[..])
+        .map_err(StoreError::database(doing))?
+        .filter_map(|e| e.ok().map(|(k, _)| k.value().to_vec()))
+        .collect();
+    for k in &keys {
+        let removed = t
+            .envs
+            .remove(&k[..])
+            .map_err(StoreError::database(doing))?
+            .map(|v| v.value().to_vec());
+        if let Some(value) = removed {
+            unindex(t.expiry, k, &value, doing)?;
+            t.slots.freed.extend(slot_of(&value));
+        }
+    }
+    if let Some(rec) = get_record(t.boxes, id)? {
+        t.senders
+            .remove(&rec.send_digest[..])
+            .map_err(StoreError::database(doing))?;
+    }
+    t.boxes.remove(&id.0[..]).map_err(StoreError::database(doing))?;
+    t.used.forget(id)?;
+    let mut freed = 0u64;
+    for epoch in 0..HeldCommit::KEPT {
+        if let Some(v) = t
+            .held
+            .remove(&held_key(id, epoch)[..])
+            .map_err(StoreError::database(doing))?
+        {
+            freed += v.value().len() as u64;
+        }
+    }
+    if freed > 0 {
+        let total = held_total(t.held)?;
+        set_held_total(t.held, total.saturating_sub(freed))?;
+    }
+    Ok(keys.len() as u64)
 }
 
 /// The slot of an envelope value being removed (none for one in the clear or corrupt).
@@ -316,16 +425,55 @@ fn unindex(expiry: &mut Table<'_>, record_key: &[u8], value: &[u8], doing: &'sta
 /// batch; the inner one is this operation's own answer (a refused operation
 /// writes nothing).
 fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreError> {
+    const NONE: MailboxId = MailboxId([0; 32]);
+    match w {
+        Write::Delete { id } => return Ok(Ok((*id, delete_mailbox(t, id, "deleting a mailbox")?))),
+        Write::ExpireIdle { before } => {
+            const DOING: &str = "deleting idle mailboxes";
+            let end = idle_key(*before, &MailboxId([0; 32]));
+            let due: Vec<Vec<u8>> = t
+                .used
+                .idle
+                .range::<&[u8]>(..&end[..])
+                .map_err(StoreError::database(DOING))?
+                .map(|e| e.map(|(k, _)| k.value().to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(StoreError::database(DOING))?;
+            let mut gone = 0u64;
+            for k in &due {
+                let Ok(id) = <[u8; 32]>::try_from(k.get(8..).unwrap_or_default()) else {
+                    t.used.idle.remove(&k[..]).map_err(StoreError::database(DOING))?;
+                    continue;
+                };
+                delete_mailbox(t, &MailboxId(id), DOING)?;
+                // An entry its mailbox no longer names (a damaged store) goes too.
+                t.used.idle.remove(&k[..]).map_err(StoreError::database(DOING))?;
+                gone += 1;
+            }
+            return Ok(Ok((NONE, gone)));
+        }
+        Write::Touch { ids, now } => {
+            let mut n = 0;
+            for id in ids {
+                if get_record(t.boxes, id)?.is_some() {
+                    t.used.touch(id, *now)?;
+                    n += 1;
+                }
+            }
+            return Ok(Ok((NONE, n)));
+        }
+        _ => {}
+    }
     let Tables {
         boxes,
         envs,
         expiry,
         senders,
         held,
+        used,
         book,
         slots,
     } = t;
-    const NONE: MailboxId = MailboxId([0; 32]);
     Ok(match w {
         Write::Create {
             id,
@@ -356,6 +504,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                 senders
                     .insert(&send_digest[..], &encode_sender(id)[..])
                     .map_err(StoreError::database(DOING))?;
+                used.touch(id, now_secs())?;
                 Ok((*id, 0))
             }
         }
@@ -421,46 +570,6 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             }
             Ok((*id, 0))
         }
-        Write::Delete { id } => {
-            const DOING: &str = "deleting a mailbox";
-            let start = record_key(id, 0);
-            let end = record_key(id, u64::MAX);
-            let keys: Vec<Vec<u8>> = envs
-                .range(&start[..]..=&end[..])
-                .map_err(StoreError::database(DOING))?
-                .filter_map(|e| e.ok().map(|(k, _)| k.value().to_vec()))
-                .collect();
-            for k in &keys {
-                let removed = envs
-                    .remove(&k[..])
-                    .map_err(StoreError::database(DOING))?
-                    .map(|v| v.value().to_vec());
-                if let Some(value) = removed {
-                    unindex(expiry, k, &value, DOING)?;
-                    slots.freed.extend(slot_of(&value));
-                }
-            }
-            if let Some(rec) = get_record(boxes, id)? {
-                senders
-                    .remove(&rec.send_digest[..])
-                    .map_err(StoreError::database(DOING))?;
-            }
-            boxes.remove(&id.0[..]).map_err(StoreError::database(DOING))?;
-            let mut freed = 0u64;
-            for epoch in 0..HeldCommit::KEPT {
-                if let Some(v) = held
-                    .remove(&held_key(id, epoch)[..])
-                    .map_err(StoreError::database(DOING))?
-                {
-                    freed += v.value().len() as u64;
-                }
-            }
-            if freed > 0 {
-                let total = held_total(held)?;
-                set_held_total(held, total.saturating_sub(freed))?;
-            }
-            Ok((*id, keys.len() as u64))
-        }
         Write::Claim {
             send,
             epoch,
@@ -491,6 +600,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                     boxes
                         .insert(&id.0[..], &rec.encode()[..])
                         .map_err(StoreError::database(DOING))?;
+                    used.touch(&id, now_secs())?;
                     // The grant and its commit in one transaction: never one without the other.
                     if let Some(k) = kept {
                         held.insert(&key[..], &k[..]).map_err(StoreError::database(DOING))?;
@@ -503,6 +613,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             },
             _ => Err(StoreError::NoSuchMailbox),
         },
+        Write::Delete { .. } | Write::ExpireIdle { .. } | Write::Touch { .. } => Ok((NONE, 0)),
         Write::Expire { now } => {
             const DOING: &str = "deleting expired envelopes";
             // Only the index entries up to `now` are read: the sweep's cost is what has
