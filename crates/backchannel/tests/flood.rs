@@ -1002,3 +1002,79 @@ fn one_party_on_many_addresses_cannot_fill_the_relay_for_the_members() {
     let counts = last_counts(&relay.logs());
     assert!(counts["address_limited"] > 0, "{counts:?}");
 }
+
+/// Issue 17, point 5: a few addresses cannot hold every connection against the others.
+/// Two addresses of one party fill the relay's 24 connections (12 each, within the
+/// per-address limit of 16); one more from them is refused, as it would not even things out.
+/// Then a member connects: the relay closes the newest connection of an address holding the
+/// most and lets the member in; its message is delivered. (Before, the member was refused
+/// `TooManyConnections` until the party let go.)
+#[test]
+fn a_party_holding_every_connection_makes_room_for_a_member() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(
+        &root.path().join("relay"),
+        &[
+            "--max-connections",
+            "24",
+            "--max-connections-per-address",
+            "16",
+            "--stats-interval",
+            "500ms",
+        ],
+    );
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "room");
+    let addr: RelayAddress = relay.address.parse().unwrap();
+    let runtime = rt();
+    let held: Vec<RelayConnection> = runtime.block_on(async {
+        let mut held = Vec::new();
+        for (octet, n) in [(5u8, 12), (6, 12)] {
+            for _ in 0..n {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket
+                    .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)), 0))
+                    .unwrap();
+                let tcp = socket
+                    .connect(SocketAddr::from(([127, 0, 0, 1], addr.port)))
+                    .await
+                    .unwrap();
+                held.push(RelayConnection::connect_over(&addr, tcp).await.unwrap());
+            }
+        }
+        // The relay is full: one more from the party is refused.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)), 0))
+            .unwrap();
+        let tcp = socket
+            .connect(SocketAddr::from(([127, 0, 0, 1], addr.port)))
+            .await
+            .unwrap();
+        let r = RelayConnection::connect_over(&addr, tcp).await;
+        assert!(matches!(&r, Err(e) if e.is(ErrorCode::TooManyConnections)), "{r:?}");
+        held
+    });
+    assert_eq!(held.len(), 24);
+
+    let r = alice.run(&["send", "room", "let me in"]);
+    assert!(r.ok && r.stdout.trim() == "sent", "{}{}", r.stdout, r.stderr);
+    std::thread::sleep(Duration::from_millis(700));
+    let counts = last_counts(&relay.logs());
+    assert!(counts["evicted_connections"] >= 1, "{counts:?}");
+    // A connection or two of the party's were closed (one per connection the member's
+    // command made), no more.
+    let alive: Vec<bool> = runtime.block_on(async {
+        let mut alive = Vec::new();
+        for mut c in held {
+            alive.push(matches!(c.request(&Request::Ping).await, Ok(Response::Pong)));
+        }
+        alive
+    });
+    let closed = alive.iter().filter(|a| !**a).count();
+    assert!((1..=3).contains(&closed), "{alive:?}");
+    assert_eq!(
+        bob.texts("room").into_iter().map(|(_, t)| t).collect::<Vec<_>>(),
+        ["let me in"]
+    );
+}

@@ -23,7 +23,7 @@ use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -82,6 +82,8 @@ pub struct Metrics {
     pub oversize_frames: AtomicU64,
     /// Requests refused with `RateLimited`.
     pub rate_limited: AtomicU64,
+    /// Connections closed to make room for an address holding fewer.
+    pub evicted_connections: AtomicU64,
     /// Creates and sends refused with `RateLimited` by their address's budget.
     pub address_limited: AtomicU64,
     /// Requests refused with `TooManyMailboxes`.
@@ -154,7 +156,7 @@ impl Metrics {
 
     /// Every counter with its name and what it counts: the one list that the counts line in
     /// the log and `relay --metrics` both read.
-    pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 24] {
+    pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 25] {
         [
             (
                 "refused_connections",
@@ -193,6 +195,11 @@ impl Metrics {
             ),
             ("oversize_frames", "Frames longer than a frame.", &self.oversize_frames),
             ("rate_limited", "Requests refused with RateLimited.", &self.rate_limited),
+            (
+                "evicted_connections",
+                "Connections closed to make room for an address holding fewer.",
+                &self.evicted_connections,
+            ),
             (
                 "address_limited",
                 "Creates and sends refused with RateLimited by their address's budget.",
@@ -316,10 +323,7 @@ impl Shared {
         Self {
             store,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
-            addresses: Arc::new(AddressBook {
-                counts: Mutex::new(HashMap::new()),
-                max: limits.max_connections_per_address,
-            }),
+            addresses: Arc::new(AddressBook::new(limits.max_connections_per_address)),
             refusals: Arc::new(Semaphore::new(MAX_PENDING_REFUSALS)),
             concurrent: Arc::new(Semaphore::new(CONCURRENT_BUDGET)),
             spent: Arc::new(SpentProofs::default()),
@@ -442,8 +446,10 @@ fn ws_config() -> WebSocketConfig {
 /// Open connections per address. Entries go when their last connection does, so
 /// the map never holds more entries than there are connections.
 struct AddressBook {
-    counts: Mutex<HashMap<IpAddr, usize>>,
+    /// Each address's connections (a number, and the signal that closes it), oldest first.
+    counts: Mutex<HashMap<IpAddr, Vec<(u64, Arc<Notify>)>>>,
     max: usize,
+    next: std::sync::atomic::AtomicU64,
 }
 
 /// The unit one party is assumed to control: an IPv4 address, or an IPv6 /64 (the
@@ -459,22 +465,62 @@ fn address_key(ip: IpAddr) -> IpAddr {
 }
 
 impl AddressBook {
+    fn new(max: usize) -> Self {
+        Self {
+            counts: Mutex::new(HashMap::new()),
+            max,
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
     /// A place for one more connection from `ip`, unless it has its maximum.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
         let key = address_key(ip);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let n = counts.entry(key).or_insert(0);
-        if *n >= self.max {
-            if *n == 0 {
+        let held = counts.entry(key).or_default();
+        if held.len() >= self.max {
+            if held.is_empty() {
                 counts.remove(&key);
             }
             return None;
         }
-        *n += 1;
+        let number = self.next.fetch_add(1, Ordering::Relaxed);
+        let evict = Arc::new(Notify::new());
+        held.push((number, evict.clone()));
         Some(AddressSlot {
             book: self.clone(),
             key,
+            number,
+            evict,
         })
+    }
+
+    /// With every connection taken, makes room for one from `ip` if some address holds at
+    /// least two more than it does: the newest connection of the address holding the most
+    /// is told to close (and no longer counts). So a few addresses cannot hold every
+    /// connection against the others: at capacity the relay's connections are shared out
+    /// evenly among the addresses that want them. Returns whether one was told.
+    fn evict_for(&self, ip: IpAddr) -> bool {
+        let key = address_key(ip);
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = counts.get(&key).map_or(0, Vec::len);
+        let Some((busiest, n)) = counts.iter().map(|(k, v)| (*k, v.len())).max_by_key(|(_, n)| *n) else {
+            return false;
+        };
+        if n < mine + 2 {
+            return false;
+        }
+        let Some(held) = counts.get_mut(&busiest) else {
+            return false;
+        };
+        let Some((_, evict)) = held.pop() else {
+            return false;
+        };
+        if held.is_empty() {
+            counts.remove(&busiest);
+        }
+        evict.notify_one();
+        true
     }
 }
 
@@ -482,19 +528,28 @@ impl AddressBook {
 struct AddressSlot {
     book: Arc<AddressBook>,
     key: IpAddr,
+    number: u64,
+    /// Notified when the connection is to close to make room ([`AddressBook::evict_for`]).
+    evict: Arc<Notify>,
 }
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
         let mut counts = self.book.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = counts.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(held) = counts.get_mut(&self.key) {
+            held.retain(|(n, _)| *n != self.number);
+            if held.is_empty() {
                 counts.remove(&self.key);
             }
         }
     }
 }
+
+/// How long an evicted connection's requests in flight get to be answered.
+const EVICTED_ANSWERS: Duration = Duration::from_millis(500);
+
+/// How long a connection that made room by eviction waits for its place.
+const EVICTION_WAIT: Duration = Duration::from_secs(2);
 
 /// How often a mailbox in use is marked so in the store, at most ([`Shared::refresh`]).
 const REFRESH_EVERY: Duration = Duration::from_secs(24 * 3600);
@@ -702,12 +757,34 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             refuse(tcp, &shared);
             continue;
         };
-        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-            Metrics::count(&shared.metrics.refused_connections);
-            refuse(tcp, &shared);
-            continue;
-        };
         let _ = tcp.set_nodelay(true);
+        let permit = match shared.connections.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            // Full: room is made by closing a connection of the address holding the most,
+            // if it holds at least two more than this one; the new connection takes the
+            // place once that one is gone.
+            Err(_) if shared.addresses.evict_for(peer.ip()) => {
+                Metrics::count(&shared.metrics.evicted_connections);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let wait = shared.connections.clone().acquire_owned();
+                    match tokio::time::timeout(EVICTION_WAIT, wait).await {
+                        Ok(Ok(permit)) => handle(tcp, shared, permit, address).await,
+                        _ => {
+                            Metrics::count(&shared.metrics.refused_connections);
+                            drop(address);
+                            refuse(tcp, &shared);
+                        }
+                    }
+                });
+                continue;
+            }
+            Err(_) => {
+                Metrics::count(&shared.metrics.refused_connections);
+                refuse(tcp, &shared);
+                continue;
+            }
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             handle(tcp, shared, permit, address).await;
@@ -760,6 +837,7 @@ async fn handle(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermi
         // every connection's task for it (docs/reliability.md, memory per connection).
         r = tokio::time::timeout(shared.limits.handshake_timeout, Box::pin(handshake(tcp, &acceptor))) => r,
         _ = shared.closing() => return,
+        _ = address.evict.notified() => return,
     };
     let mut ws = match handshake {
         Ok(Ok(ws)) => ws,
@@ -768,7 +846,7 @@ async fn handle(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermi
         Err(_) => return Metrics::count(&shared.metrics.handshake_timeouts),
     };
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    if serve_connection(&mut ws, &shared, &keys, address.key).await == Ended::Shutdown {
+    if serve_connection(&mut ws, &shared, &keys, &address).await == Ended::Shutdown {
         close_on_shutdown(&mut ws).await;
     }
     shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
@@ -811,7 +889,8 @@ async fn close_on_shutdown(ws: &mut Ws) {
 /// to [`PIPELINE_DEPTH`], so that one client's pipelined writes share a group commit);
 /// anything else waits for them and runs alone. Answers go out in request order. A
 /// request that was read is always executed and answered, shutdown or not.
-async fn serve_connection(ws: &mut Ws, shared: &Shared, keys: &WireKeys, address: IpAddr) -> Ended {
+async fn serve_connection(ws: &mut Ws, shared: &Shared, keys: &WireKeys, slot: &AddressSlot) -> Ended {
+    let address = slot.key;
     let mut conn = Connection {
         nonce: {
             let mut n = [0u8; 32];
@@ -863,6 +942,20 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, keys: &WireKeys, address
                         return Ended::Client;
                     }
                 }
+                return Ended::Shutdown;
+            }
+            // Closed to make room for another address ([`AddressBook::evict_for`]): what is
+            // in flight is answered if it is done soon (a long-poll is not waited for), then
+            // the connection closes as at shutdown, within the new one's wait.
+            _ = slot.evict.notified() => {
+                let answer = async {
+                    while let Some((id, response)) = inflight.next().await {
+                        if !finish(ws, id, &response, shared).await {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(EVICTED_ANSWERS, answer).await;
                 return Ended::Shutdown;
             }
             Some((id, response)) = inflight.next(), if !inflight.is_empty() => Event::Done(id, response),
@@ -1605,10 +1698,7 @@ mod tests {
         assert_ne!(address_key(a), address_key(c));
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(address_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
-        let book = Arc::new(AddressBook {
-            counts: Mutex::new(HashMap::new()),
-            max: 2,
-        });
+        let book = Arc::new(AddressBook::new(2));
         let first = book.admit(a).unwrap();
         let second = book.admit(b).unwrap();
         assert!(book.admit(a).is_none());
@@ -1620,6 +1710,35 @@ mod tests {
             book.counts.lock().unwrap().is_empty(),
             "entries go with their connections"
         );
+    }
+
+    /// At capacity, room is made for an address by closing the newest connection of the
+    /// address holding the most, and only if it holds at least two more.
+    #[tokio::test]
+    async fn room_is_made_from_the_address_holding_the_most_connections() {
+        let book = Arc::new(AddressBook::new(16));
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "192.0.2.1".parse().unwrap(),
+            "192.0.2.2".parse().unwrap(),
+            "192.0.2.3".parse().unwrap(),
+        );
+        let a_slots: Vec<AddressSlot> = (0..3).map(|_| book.admit(a).unwrap()).collect();
+        let _b_slot = book.admit(b).unwrap();
+        assert!(book.evict_for(c), "c holds none, a holds three");
+        // a's newest was told to close (its signal is waiting for it), the others not.
+        for (i, slot) in a_slots.iter().enumerate() {
+            let told = tokio::time::timeout(Duration::from_millis(20), slot.evict.notified())
+                .await
+                .is_ok();
+            assert_eq!(told, i == 2, "slot {i}");
+        }
+        assert!(!book.evict_for(b), "a now holds two, b one: no closer to even");
+        assert!(
+            !book.evict_for(a),
+            "never to make room for the address holding the most"
+        );
+        drop(a_slots);
+        assert_eq!(book.counts.lock().unwrap().get(&b).map(Vec::len), Some(1));
     }
 
     /// Through the request handlers, from wire frames: a drop box created with a
