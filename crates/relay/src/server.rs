@@ -446,11 +446,14 @@ fn ws_config() -> WebSocketConfig {
 /// Open connections per address. Entries go when their last connection does, so
 /// the map never holds more entries than there are connections.
 struct AddressBook {
-    /// Each address's connections (a number, and the signal that closes it), oldest first.
-    counts: Mutex<HashMap<IpAddr, Vec<(u64, Arc<Notify>)>>>,
+    /// Each address's connections, oldest first.
+    counts: Mutex<HashMap<IpAddr, Vec<Held>>>,
     max: usize,
     next: std::sync::atomic::AtomicU64,
 }
+
+/// A connection in the [`AddressBook`]: its number, and the signal that closes it.
+type Held = (u64, Arc<Notify>);
 
 /// The unit one party is assumed to control: an IPv4 address, or an IPv6 /64 (the
 /// smallest block a site is usually given, so one party gets 2^64 addresses).
