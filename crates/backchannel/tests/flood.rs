@@ -853,6 +853,19 @@ fn under_a_low_rate_limit_a_burst_arrives_once_within_one_sync() {
     assert!(!log.contains("warning"), "{log}");
 }
 
+/// A relay connection from 127.0.0.`octet` (its own address, for the per-address limits).
+async fn relay_connection_from(addr: &RelayAddress, octet: u8) -> Result<RelayConnection, ConnectError> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)), 0))
+        .unwrap();
+    let tcp = socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], addr.port)))
+        .await
+        .unwrap();
+    RelayConnection::connect_over(addr, tcp).await
+}
+
 /// What one address of the abusive party got: mailboxes made, envelopes stored, and the
 /// refusals of its address's budget and of a full relay.
 #[derive(Default, Debug, Clone, Copy)]
@@ -871,15 +884,7 @@ async fn abuse_from(addr: RelayAddress, octet: u8, connections: usize, stop: Arc
         let (addr, stop) = (addr.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut take = Take::default();
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket
-                .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)), 0))
-                .unwrap();
-            let tcp = socket
-                .connect(SocketAddr::from(([127, 0, 0, 1], addr.port)))
-                .await
-                .unwrap();
-            let mut c = RelayConnection::connect_over(&addr, tcp).await.unwrap();
+            let mut c = relay_connection_from(&addr, octet).await.unwrap();
             let mut own: Vec<MailboxKeys> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let k = MailboxKeys::generate(addr.clone(), &mut OsRng);
@@ -1031,27 +1036,11 @@ fn a_party_holding_every_connection_makes_room_for_a_member() {
         let mut held = Vec::new();
         for (octet, n) in [(5u8, 12), (6, 12)] {
             for _ in 0..n {
-                let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                socket
-                    .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)), 0))
-                    .unwrap();
-                let tcp = socket
-                    .connect(SocketAddr::from(([127, 0, 0, 1], addr.port)))
-                    .await
-                    .unwrap();
-                held.push(RelayConnection::connect_over(&addr, tcp).await.unwrap());
+                held.push(relay_connection_from(&addr, octet).await.unwrap());
             }
         }
         // The relay is full: one more from the party is refused.
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket
-            .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)), 0))
-            .unwrap();
-        let tcp = socket
-            .connect(SocketAddr::from(([127, 0, 0, 1], addr.port)))
-            .await
-            .unwrap();
-        let r = RelayConnection::connect_over(&addr, tcp).await;
+        let r = relay_connection_from(&addr, 6).await;
         assert!(matches!(&r, Err(e) if e.is(ErrorCode::TooManyConnections)), "{r:?}");
         held
     });

@@ -324,6 +324,66 @@ pub fn people<const N: usize>(root: &Path, relay: &RelayProc, names: [&str; N]) 
     })
 }
 
+/// The idle-mailbox scenario of issue 17, point 5, against `relay` (started with a short
+/// `--idle-mailbox-lifetime`): alice and bob keep syncing for `syncing`, carol stops after
+/// joining. Then: a letter to carol's drop box fails saying it no longer exists; alice's and
+/// bob's mailboxes and the channel's sequencer are there (a message, a key update, i.e. a
+/// claim at the sequencer, and an answer go through); alice's send to carol says her
+/// mailbox no longer exists; the relay counts at least two mailboxes expired.
+/// `before_checks` gets alice, bob and carol once the syncing is over, for checks of its own.
+pub fn idle_mailboxes_expire_and_those_in_use_stay(
+    root: &Path,
+    relay: &RelayProc,
+    syncing: std::time::Duration,
+    before_checks: impl FnOnce(&Client, &Client, &Client),
+) {
+    let [alice, bob, carol] = people(root, relay, ["alice", "bob", "carol"]);
+    channel_with(&alice, &[&bob], "kept");
+    channel_with(&alice, &[&carol], "left");
+    let drop_address = carol.ok(&["drop", "create", "tips"]).trim().to_string();
+    let until = std::time::Instant::now() + syncing;
+    while std::time::Instant::now() < until {
+        alice.ok(&["sync"]);
+        bob.ok(&["sync"]);
+        std::thread::sleep(std::time::Duration::from_millis(400));
+    }
+    before_checks(&alice, &bob, &carol);
+    let source = Client::new(root, "source-without-home");
+    let e = source.fails(&["drop", "send", "--direct", &drop_address, "is anyone there?"]);
+    assert!(e.contains("no longer exists"), "{e}");
+
+    bob.ok(&["sync"]);
+    alice.ok(&["send", "kept", "still here"]);
+    alice.ok(&["update", "kept"]);
+    bob.ok(&["send", "kept", "so am i, after your update"]);
+    let texts = |c: &Client| c.texts("kept").into_iter().map(|(_, t)| t).collect::<Vec<_>>();
+    assert_eq!(texts(&bob), ["still here", "so am i, after your update"]);
+    assert_eq!(texts(&alice), ["still here", "so am i, after your update"]);
+    let r = alice.run(&["send", "left", "carol?"]);
+    assert!(
+        r.stderr.contains("mailbox no longer exists"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let expired: u64 = relay
+            .logs()
+            .lines()
+            .rev()
+            .find(|l| l.contains("relay counts"))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("mailboxes_expired=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if expired >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "mailboxes expired: {expired}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Alice makes a channel and admits each of `others` with one invite each.
 pub fn channel_with(alice: &Client, others: &[&Client], channel: &str) {
     channel_with_options(alice, others, channel, &[]);
