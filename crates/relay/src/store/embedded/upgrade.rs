@@ -221,124 +221,108 @@ pub(crate) fn finish_format1(db: &Database) -> Result<(), StoreError> {
 /// directory since and removed envelopes without their entries.
 pub(crate) fn index_expiries(db: &Database) -> Result<(), StoreError> {
     const DOING: &str = "indexing envelopes by expiry";
-    {
-        let txn = db.begin_write().map_err(StoreError::database(DOING))?;
-        match txn.delete_table(EXPIRY) {
-            Ok(_) => {}
-            Err(e) => return Err(StoreError::database(DOING)(e)),
-        }
-        txn.commit().map_err(StoreError::database(DOING))?;
-    }
-    let mut after: Option<Vec<u8>> = None;
-    let mut indexed = 0u64;
-    loop {
-        let mut txn = db.begin_write().map_err(StoreError::database(DOING))?;
-        txn.set_two_phase_commit(true);
-        let more = {
-            let envs = txn.open_table(ENVELOPES).map_err(StoreError::database(DOING))?;
-            let mut index = txn.open_table(EXPIRY).map_err(StoreError::database(DOING))?;
-            let from = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-            let mut last = None;
-            let mut n = 0;
-            for entry in envs
-                .range::<&[u8]>((from, Bound::Unbounded))
-                .map_err(StoreError::database(DOING))?
-            {
-                let (k, v) = entry.map_err(StoreError::database(DOING))?;
-                // A record that does not parse is left for the reads to report; it has
-                // no expiry to index.
-                if let Ok(value) = EnvelopeValue::parse(v.value()) {
-                    index
-                        .insert(&expiry_key(value.expires_at(), k.value())[..], &[][..])
-                        .map_err(StoreError::database(DOING))?;
-                    indexed += 1;
-                }
-                last = Some(k.value().to_vec());
+    let indexed = rebuild(db, &[EXPIRY], ENVELOPES, 3, DOING, |txn, batch| {
+        let mut index = txn.open_table(EXPIRY).map_err(StoreError::database(DOING))?;
+        let mut n = 0;
+        for (k, v) in batch {
+            // A record that does not parse is left for the reads to report; it has no
+            // expiry to index.
+            if let Ok(value) = EnvelopeValue::parse(v) {
+                index
+                    .insert(&expiry_key(value.expires_at(), k)[..], &[][..])
+                    .map_err(StoreError::database(DOING))?;
                 n += 1;
-                if n == MAX_BATCH {
-                    break;
-                }
             }
-            after = last;
-            n == MAX_BATCH
-        };
-        if !more {
-            txn.open_table(FORMATS)
-                .map_err(StoreError::database(DOING))?
-                .insert(DIRECTORY, 3)
-                .map_err(StoreError::database(DOING))?;
         }
-        txn.commit().map_err(StoreError::database(DOING))?;
-        if !more {
-            break;
-        }
-    }
+        Ok(n)
+    })?;
     tracing::info!(format = 3, envelopes = indexed, "indexed the envelopes by expiry");
     Ok(())
 }
 
 /// Dates every mailbox at `now` (when each was last used is not known from before format
-/// 4: each gets the whole idle lifetime from the upgrade), in batches, then writes format
-/// 4. A crash midway leaves the format as it was, and the next open starts again.
+/// 4: each gets the whole idle lifetime from then), in batches, then writes format 4. A
+/// crash midway leaves the format as it was, and the next open starts again.
 pub(crate) fn index_touches(db: &Database, now: u64) -> Result<(), StoreError> {
     const DOING: &str = "dating every mailbox";
-    {
-        let txn = db.begin_write().map_err(StoreError::database(DOING))?;
-        for table in [TOUCHED, IDLE] {
-            txn.delete_table(table).map_err(StoreError::database(DOING))?;
-        }
-        txn.commit().map_err(StoreError::database(DOING))?;
-    }
-    let mut after: Option<Vec<u8>> = None;
-    let mut dated = 0u64;
-    loop {
-        let mut txn = db.begin_write().map_err(StoreError::database(DOING))?;
-        txn.set_two_phase_commit(true);
-        let more = {
-            let boxes = txn.open_table(MAILBOXES).map_err(StoreError::database(DOING))?;
-            let mut touched = txn.open_table(TOUCHED).map_err(StoreError::database(DOING))?;
-            let mut idle = txn.open_table(IDLE).map_err(StoreError::database(DOING))?;
-            let from = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-            let mut last = None;
-            let mut n = 0;
-            for entry in boxes
-                .range::<&[u8]>((from, Bound::Unbounded))
-                .map_err(StoreError::database(DOING))?
-            {
-                let (k, _) = entry.map_err(StoreError::database(DOING))?;
-                // A damaged key is left for the reads to report.
-                if let Ok(id) = <[u8; 32]>::try_from(k.value()) {
-                    touched
-                        .insert(&id[..], &now.to_be_bytes()[..])
-                        .map_err(StoreError::database(DOING))?;
-                    idle.insert(&idle_key(now, &MailboxId(id))[..], &[][..])
-                        .map_err(StoreError::database(DOING))?;
-                    dated += 1;
-                }
-                last = Some(k.value().to_vec());
+    let dated = rebuild(db, &[TOUCHED, IDLE], MAILBOXES, FORMAT, DOING, |txn, batch| {
+        let mut touched = txn.open_table(TOUCHED).map_err(StoreError::database(DOING))?;
+        let mut idle = txn.open_table(IDLE).map_err(StoreError::database(DOING))?;
+        let mut n = 0;
+        for (k, _) in batch {
+            // A damaged key is left for the reads to report.
+            if let Ok(id) = <[u8; 32]>::try_from(&k[..]) {
+                touched
+                    .insert(&id[..], &now.to_be_bytes()[..])
+                    .map_err(StoreError::database(DOING))?;
+                idle.insert(&idle_key(now, &MailboxId(id))[..], &[][..])
+                    .map_err(StoreError::database(DOING))?;
                 n += 1;
-                if n == MAX_BATCH {
-                    break;
-                }
             }
-            after = last;
-            n == MAX_BATCH
-        };
-        if !more {
-            txn.open_table(FORMATS)
-                .map_err(StoreError::database(DOING))?
-                .insert(DIRECTORY, FORMAT)
-                .map_err(StoreError::database(DOING))?;
         }
-        txn.commit().map_err(StoreError::database(DOING))?;
-        if !more {
-            break;
-        }
-    }
+        Ok(n)
+    })?;
     tracing::info!(
         format = FORMAT,
         mailboxes = dated,
         "dated every mailbox for the idle sweep"
     );
     Ok(())
+}
+
+/// Builds `built` (emptied first) from every record of `source`: `each` gets the records in
+/// batches of [`MAX_BATCH`], each batch in a write transaction of its own, and says how many
+/// it took; the last transaction also writes `format`. Returns the records taken. Built
+/// from nothing each time, so a crash midway (the format not yet written) is finished by
+/// the next open.
+fn rebuild(
+    db: &Database,
+    built: &[TableDefinition<&[u8], &[u8]>],
+    source: TableDefinition<&[u8], &[u8]>,
+    format: u32,
+    doing: &'static str,
+    mut each: impl FnMut(&redb::WriteTransaction, &[(Vec<u8>, Vec<u8>)]) -> Result<u64, StoreError>,
+) -> Result<u64, StoreError> {
+    {
+        let txn = db.begin_write().map_err(StoreError::database(doing))?;
+        for table in built {
+            txn.delete_table(*table).map_err(StoreError::database(doing))?;
+        }
+        txn.commit().map_err(StoreError::database(doing))?;
+    }
+    let mut after: Option<Vec<u8>> = None;
+    let mut taken = 0u64;
+    loop {
+        let mut txn = db.begin_write().map_err(StoreError::database(doing))?;
+        txn.set_two_phase_commit(true);
+        let batch: Vec<(Vec<u8>, Vec<u8>)> = {
+            let records = txn.open_table(source).map_err(StoreError::database(doing))?;
+            let from = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let mut batch = Vec::new();
+            for entry in records
+                .range::<&[u8]>((from, Bound::Unbounded))
+                .map_err(StoreError::database(doing))?
+            {
+                let (k, v) = entry.map_err(StoreError::database(doing))?;
+                batch.push((k.value().to_vec(), v.value().to_vec()));
+                if batch.len() == MAX_BATCH {
+                    break;
+                }
+            }
+            batch
+        };
+        taken += each(&txn, &batch)?;
+        let more = batch.len() == MAX_BATCH;
+        after = batch.last().map(|(k, _)| k.clone());
+        if !more {
+            txn.open_table(FORMATS)
+                .map_err(StoreError::database(doing))?
+                .insert(DIRECTORY, format)
+                .map_err(StoreError::database(doing))?;
+        }
+        txn.commit().map_err(StoreError::database(doing))?;
+        if !more {
+            return Ok(taken);
+        }
+    }
 }
