@@ -160,6 +160,20 @@ fn the_state_left_by_release_b7cd5b1_opens_reads_and_keeps_working() {
     });
 }
 
+/// The set made by the release at commit d088a6d (vault format 1, the last release before
+/// format 2; state layout 9 with the home's settings; relay protocol 6 with a data
+/// directory of format 3, the last before format 4 dated each mailbox's last use; see its
+/// README.md).
+#[test]
+fn the_state_left_by_release_d088a6d_opens_reads_and_keeps_working() {
+    opens_reads_and_keeps_working(&Release {
+        commit: "d088a6d",
+        relay_address: "bc://fpnw2sqwlrdy4mosio4nnzgox6jb656g6os6xcwcx5itv46bvdlq@127.0.0.1:29471",
+        alice_fingerprint: "e007 d8d6 176d cb6e 3298 f378 8661 8cfd",
+        bob_fingerprint: "595b cb7e f50b 73b5 5466 d391 e4b8 1a69",
+    });
+}
+
 /// The story of scripts/make-fixtures.sh, as a release left it, opened by this one.
 fn opens_reads_and_keeps_working(release: &Release) {
     // The file alice was sending when it stopped: her home holds this absolute path.
