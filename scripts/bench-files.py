@@ -40,7 +40,8 @@ def one_round(mib):
     with tempfile.TemporaryDirectory() as d:
         relay = subprocess.Popen(
             [BIN, "relay", "--listen", "127.0.0.1:0", "--data", os.path.join(d, "relay"),
-             "--max-envelopes-per-mailbox", "100000", "--max-requests-per-second", "0"],
+             "--max-envelopes-per-mailbox", "100000", "--max-requests-per-second", "0",
+             "--address-store-rate", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             address = relay.stdout.readline().strip().removeprefix("relay address: ")

@@ -98,6 +98,7 @@ impl RelayChild {
             ])
             .args(["--max-connections", "100000", "--max-connections-per-address", "100000"])
             .args(["--max-mailboxes-per-connection", "100000"])
+            .args(["--address-create-rate", "0", "--address-store-rate", "0"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

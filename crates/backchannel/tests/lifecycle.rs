@@ -220,8 +220,8 @@ fn closing_a_channel_wipes_it_for_every_member_and_deletes_its_mailboxes() {
 /// default): alice and bob keep syncing for three lifetimes, carol stops after joining.
 /// Carol's channel mailbox and her drop box go; a letter to the drop box then fails
 /// saying the drop box no longer exists, and alice is told her envelope to carol was not
-/// delivered; alice's and bob's mailboxes and the channel's sequencer (which alice's
-/// syncs open too) are there: a message, a key update (a claim at the sequencer) and an
+/// delivered; alice's and bob's mailboxes and the channel's sequencer (which alice's key
+/// updates claim at, as every member's weekly one does) are there: a message, a key update and an
 /// answer all go through.
 #[test]
 fn a_mailbox_unused_for_the_relays_idle_lifetime_expires_and_one_in_use_never_does() {

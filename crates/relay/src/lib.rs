@@ -142,8 +142,8 @@ impl Limits {
         forwarder_burst: 4000,
         idle_mailbox_lifetime: Duration::from_secs(90 * 24 * 3600),
         forward_private: false,
-        address_create_rate: 30,
-        address_create_burst: 300,
+        address_create_rate: 120,
+        address_create_burst: 2000,
         address_store_rate: 100,
         address_store_burst: 50_000,
     };

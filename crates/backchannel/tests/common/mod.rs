@@ -325,10 +325,11 @@ pub fn people<const N: usize>(root: &Path, relay: &RelayProc, names: [&str; N]) 
 }
 
 /// The idle-mailbox scenario of issue 17, point 5, against `relay` (started with a short
-/// `--idle-mailbox-lifetime`): alice and bob keep syncing for `syncing`, carol stops after
-/// joining. Then: a letter to carol's drop box fails saying it no longer exists; alice's and
-/// bob's mailboxes and the channel's sequencer are there (a message, a key update, i.e. a
-/// claim at the sequencer, and an answer go through); alice's send to carol says her
+/// `--idle-mailbox-lifetime`): alice and bob keep syncing for `syncing`, alice updating her
+/// keys in their channel every other round (a claim at its sequencer, as every member's
+/// weekly key update is), carol stops after joining. Then: a letter to carol's drop box
+/// fails saying it no longer exists; alice's and bob's mailboxes and the channel's
+/// sequencer are there (a message, a key update and an answer go through); alice's send to carol says her
 /// mailbox no longer exists; the relay counts at least two mailboxes expired.
 /// `before_checks` gets alice, bob and carol once the syncing is over, for checks of its own.
 pub fn idle_mailboxes_expire_and_those_in_use_stay(
@@ -342,9 +343,14 @@ pub fn idle_mailboxes_expire_and_those_in_use_stay(
     channel_with(&alice, &[&carol], "left");
     let drop_address = carol.ok(&["drop", "create", "tips"]).trim().to_string();
     let until = std::time::Instant::now() + syncing;
+    let mut round = 0;
     while std::time::Instant::now() < until {
         alice.ok(&["sync"]);
         bob.ok(&["sync"]);
+        if round % 2 == 0 {
+            alice.ok(&["update", "kept"]);
+        }
+        round += 1;
         std::thread::sleep(std::time::Duration::from_millis(400));
     }
     before_checks(&alice, &bob, &carol);

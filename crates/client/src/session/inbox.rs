@@ -57,7 +57,7 @@ impl Session {
     /// Whatever happens is recorded in the state and the effects; nothing fails.
     pub fn receive(&mut self, keys: &MailboxKeys, role: &Role, env: &Envelope, via: Via) {
         let channel_name = match role {
-            Role::Channel(n) | Role::Invite(n, _) | Role::Sequencer(n) => Some(n.clone()),
+            Role::Channel(n) | Role::Invite(n, _) => Some(n.clone()),
             Role::Join(_) | Role::Drop(_) => None,
         };
         let chunk = match open_envelope(&keys.address.seal, &keys.address.send, env) {
@@ -71,7 +71,7 @@ impl Session {
             }
         };
         let bound = match role {
-            Role::Channel(_) | Role::Sequencer(_) => CHANNEL_PARTIAL_BYTES,
+            Role::Channel(_) => CHANNEL_PARTIAL_BYTES,
             Role::Invite(..) | Role::Join(_) | Role::Drop(_) => MAX_PAYLOAD,
         };
         let whole = match self.assemble(keys.id().0, chunk, bound) {

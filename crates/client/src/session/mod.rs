@@ -200,10 +200,6 @@ pub enum Role {
     Invite(String, MailboxId),
     /// Our mailbox of a join waiting for its welcome.
     Join(MailboxId),
-    /// The sequencer of a channel we created, on our own relay: opened at each sync only
-    /// so that the relay knows it is in use (it expires after the relay's idle lifetime
-    /// otherwise, docs/protocol.md "Idle mailboxes"); nothing is sent to it.
-    Sequencer(String),
 }
 
 /// The client's protocol state machine. See the module documentation.
@@ -524,16 +520,6 @@ impl Session {
                 }
                 for inv in &ch.invites {
                     out.push((inv.mailbox.clone(), Role::Invite(name.clone(), inv.mailbox.id())));
-                }
-                // Only on our own relay: one elsewhere is reached only through ours, which
-                // forwards sends and claims, never opens (the claims of every member keep
-                // it in use there).
-                if let Some(seq) = ch
-                    .sequencer
-                    .as_ref()
-                    .filter(|s| s.address.relay.pin == self.state.relay.pin)
-                {
-                    out.push((seq.clone(), Role::Sequencer(name.clone())));
                 }
             }
         }
