@@ -5,6 +5,7 @@
 pub mod nats;
 pub mod netns;
 pub mod observer;
+pub mod partition;
 pub mod socks5;
 
 use std::io::{BufRead, BufReader, Read};
