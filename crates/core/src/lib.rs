@@ -40,6 +40,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod channel;
+pub mod code;
 pub mod codec;
 pub mod courier;
 pub mod drop;
