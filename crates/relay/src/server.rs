@@ -388,8 +388,8 @@ impl Shared {
     /// or an eighth of `--idle-mailbox-lifetime` if that is shorter): a recipient opening
     /// or fetching from its mailboxes keeps them from expiring, at the cost of one write
     /// per mailbox a day, not one per fetch. Best effort: a failure is logged, and the
-    /// next open or fetch tries again.
-    async fn refresh(&self, ids: &[MailboxId]) {
+    /// mailbox is marked again at the next open or fetch after that interval.
+    fn refresh(&self, ids: &[MailboxId]) {
         let every = (self.limits.idle_mailbox_lifetime / 8).min(REFRESH_EVERY);
         let now = Instant::now();
         let due: Vec<MailboxId> = {
@@ -412,13 +412,14 @@ impl Shared {
         if due.is_empty() {
             return;
         }
-        if let Err(e) = self.store.touch(&due, crate::now_secs()).await {
-            let mut map = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
-            for id in &due {
-                map.remove(id);
+        // In the background: an open or a fetch does not wait for it (on a cluster that has
+        // lost its quorum it would wait the whole patience, and then only log).
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch(&due, crate::now_secs()).await {
+                log_store_failure("marking mailboxes used", &e);
             }
-            log_store_failure("marking mailboxes used", &e);
-        }
+        });
     }
 
     /// A permit to run one more request concurrently, if the relay-wide budget allows.
@@ -1498,7 +1499,7 @@ impl Connection {
                         if verify_open_proof(&key, &self.nonce, &mailbox, &proof) {
                             self.touched += 1;
                             self.opened.insert(mailbox);
-                            shared.refresh(&[mailbox]).await;
+                            shared.refresh(&[mailbox]);
                             Response::Ok
                         } else {
                             Self::err(ErrorCode::BadProof)
@@ -1638,7 +1639,7 @@ impl Connection {
         let mut rx = shared.notify.subscribe();
         let ids: Vec<MailboxId> = self.opened.iter().copied().collect();
         // A connection kept open for months (a daemon's) keeps its mailboxes alive.
-        shared.refresh(&ids).await;
+        shared.refresh(&ids);
         loop {
             match shared.store.fetch(&ids, max).await {
                 Ok(list) if !list.is_empty() => return Response::Envelopes(list),

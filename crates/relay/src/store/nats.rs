@@ -23,8 +23,12 @@
 //!   `bc.tls` (the relay identity shared by every relay on the cluster). Creating
 //!   and claiming are compare-and-set writes (`Nats-Expected-Last-Subject-Sequence`).
 //!
-//! Every read goes to the stream leader (`STREAM.MSG.GET`, not direct get), so a
-//! relay never answers from a lagging replica. An acknowledged envelope is deleted
+//! Every read goes to the stream leader (`STREAM.MSG.GET`, not direct get), so a relay
+//! does not answer from a follower that lags. A leader cut off from its quorum does not
+//! know it at once, though: for up to about 20 s it still answers reads, so a relay in a
+//! minority may hand out an envelope that the majority's relays have already had
+//! acknowledged and deleted (docs/reliability.md, "Partitions": seen in 3 of 14 runs).
+//! Delivery is at least once anyway; the client shows each message once. An acknowledged envelope is deleted
 //! without JetStream's secure erase (see [`NatsStore::remove`]). After a send the relay publishes
 //! an empty core-NATS message on `bc.new.<receive id>`; every relay listens there
 //! and wakes its long-polls, so a member on relay 1 sees at once what was sent
@@ -81,6 +85,8 @@ const READY_SUBJECT: &str = "bc.rdy";
 const ROTATE_SUBJECT: &str = "bc.rot";
 /// How long a readiness check waits for its write's acknowledgement.
 const READY_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How often the relay pings its NATS node; two unanswered pings and it takes another.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// How long one NATS operation may take before the request fails with a storage error.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a request waits, by default, for the cluster while it elects a stream leader
@@ -1211,6 +1217,11 @@ async fn connect_client(urls: &[String]) -> Result<async_nats::Client, StoreErro
         .name("backchannel-relay")
         .connection_timeout(OP_TIMEOUT)
         .request_timeout(Some(OP_TIMEOUT))
+        // A node cut off by the network (its packets dropped, the connection silent, not
+        // closed) is noticed after two unanswered pings, and the client moves to another
+        // node: with the default of a minute between pings the relay stayed on the silent
+        // one for about three minutes (`partitions::a_relay_whose_node_is_cut_off_…`).
+        .ping_interval(PING_INTERVAL)
         .retry_on_initial_connect()
         // Our own notices come back to us otherwise: the relay wakes its own
         // long-polls directly.
