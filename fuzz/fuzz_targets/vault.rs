@@ -30,7 +30,16 @@ fn key() -> &'static VaultKey {
 }
 
 fn header_params(blob: &[u8]) -> Option<KdfParams> {
-    if blob.len() < 8 + 16 + 16 || !(blob.starts_with(b"BCVAULT1") || blob.starts_with(b"BCVAULT2")) {
+    // What the header parser reads before it checks the bounds: magic, costs (and flags),
+    // salt (and, in format 2, the generation).
+    let needed = if blob.starts_with(b"BCVAULT1") {
+        8 + 12 + 16
+    } else if blob.starts_with(b"BCVAULT2") {
+        8 + 16 + 16 + 8
+    } else {
+        return None;
+    };
+    if blob.len() < needed {
         return None;
     }
     let u = |i: usize| u32::from_be_bytes(blob[i..i + 4].try_into().unwrap());
