@@ -206,6 +206,23 @@ pub fn print_message(out: &Out, m: &MessageView, json: bool) {
     }
 }
 
+/// `text` drawn as a QR code for a terminal: two modules per character cell, one above the
+/// other (the half blocks `▀` and `▄`), with its quiet zone, light modules drawn and dark
+/// ones left blank, as a terminal with a dark background shows them the right way round.
+/// An invite (260 characters, in upper case: the QR code's alphanumeric mode) takes 31
+/// lines of 61 columns; `None` if the text is too long for any QR code.
+pub fn qr(text: &str) -> Option<String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::new(text.as_bytes()).ok()?;
+    Some(
+        code.render::<Dense1x2>()
+            .quiet_zone(true)
+            .dark_color(Dense1x2::Light)
+            .light_color(Dense1x2::Dark)
+            .build(),
+    )
+}
+
 /// A duration as a person would write it: the largest whole unit.
 pub fn show_duration(d: Duration) -> String {
     let s = d.as_secs();

@@ -142,3 +142,76 @@ fn leave_and_close() {
     let e = alice.fails(&["send", "ending", "anyone?"]);
     assert!(e.contains("closed"), "{e}");
 }
+
+/// The modules of a QR code drawn by `invite --qr` (half blocks, light modules drawn), as a
+/// greyscale image of `scale` pixels per module, for a QR decoder to read as a camera would.
+fn qr_image(art: &str, scale: usize) -> (usize, usize, Vec<u8>) {
+    let rows: Vec<Vec<char>> = art.lines().map(|l| l.chars().collect()).collect();
+    let width = rows.iter().map(Vec::len).max().unwrap();
+    let (w, h) = (width * scale, rows.len() * 2 * scale);
+    let mut pixels = vec![0u8; w * h];
+    for (r, row) in rows.iter().enumerate() {
+        for c in 0..width {
+            // (top light, bottom light)
+            let (top, bottom) = match row.get(c).copied().unwrap_or(' ') {
+                '█' => (true, true),
+                '▀' => (true, false),
+                '▄' => (false, true),
+                ' ' => (false, false),
+                other => panic!("not a half block: {other:?}"),
+            };
+            for (half, light) in [(0, top), (1, bottom)] {
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        let (x, y) = (c * scale + dx, (r * 2 + half) * scale + dy);
+                        pixels[y * w + x] = if light { 255 } else { 0 };
+                    }
+                }
+            }
+        }
+    }
+    (w, h, pixels)
+}
+
+/// Issue 18, point 4: `invite --qr` draws the invite as a QR code that fits an 80-column
+/// terminal in at most 40 lines (half blocks: two modules per character cell, one above
+/// the other), quiet zone included; a decoder reads the invite back from it (in upper
+/// case, the QR code's alphanumeric mode), and joining with what it read works.
+#[test]
+fn an_invite_drawn_as_a_qr_code_fits_a_terminal_and_reads_back() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &[]);
+    let [alice, bob] = people(root.path(), &relay, ["alice", "bob"]);
+    alice.ok(&["channel", "new", "room"]);
+    let r = alice.run(&["invite", "room", "--qr"]);
+    assert!(r.ok, "{}", r.stderr);
+    let invite = r.stdout.trim();
+    let art = r.stderr.trim_end_matches('\n');
+    let lines: Vec<&str> = art.lines().collect();
+    let widest = lines.iter().map(|l| l.chars().count()).max().unwrap();
+    eprintln!(
+        "an invite of {} characters: a QR code of {} lines, {widest} columns",
+        invite.len(),
+        lines.len()
+    );
+    assert!(lines.len() <= 40, "{} lines", lines.len());
+    assert!(widest <= 80, "{widest} columns");
+    // The quiet zone: the first line and the edges are all light (drawn).
+    assert!(lines[0].chars().all(|c| c == '█'), "{:?}", lines[0]);
+
+    let (w, h, pixels) = qr_image(art, 4);
+    let mut image = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| pixels[y * w + x]);
+    let grids = image.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code found");
+    let (_, read) = grids[0].decode().unwrap();
+    assert_eq!(read, invite.to_uppercase());
+
+    bob.ok(&["join", &read]);
+    alice.ok(&["sync"]);
+    bob.ok(&["sync", "--wait", "5"]);
+    alice.ok(&["send", "room", "read from a screen"]);
+    assert_eq!(
+        bob.texts("room").into_iter().map(|(_, t)| t).collect::<Vec<_>>(),
+        ["read from a screen"]
+    );
+}

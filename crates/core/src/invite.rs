@@ -80,9 +80,15 @@ impl Invite {
         )
     }
 
-    /// Parses the text form (attacker input).
+    /// Parses the text form (attacker input), in any case: a QR code carries it in upper
+    /// case (its alphanumeric mode, the densest).
     pub fn from_text(text: &str) -> Result<Self, InviteError> {
-        let rest = text.trim().strip_prefix(PREFIX).ok_or(InviteError::NotAnInvite)?;
+        let text = text.trim();
+        let rest = text
+            .get(..PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(PREFIX))
+            .and_then(|_| text.get(PREFIX.len()..))
+            .ok_or(InviteError::NotAnInvite)?;
         let bytes = data_encoding::BASE32_NOPAD
             .decode(rest.to_ascii_uppercase().as_bytes())
             .map_err(|_| InviteError::Damaged)?;

@@ -52,14 +52,7 @@ pub async fn invite(a: &InviteArgs, cx: &mut Context<'_>) -> Result<(), CliError
     let invite = cx.engine.invite(&a.channel, a.uses, expires).await?;
     cx.out.line(&invite);
     if a.qr {
-        if let Ok(code) = qrcode::QrCode::new(invite.to_uppercase().as_bytes()) {
-            let art = code
-                .render::<char>()
-                .quiet_zone(true)
-                .module_dimensions(2, 1)
-                .dark_color('#')
-                .light_color(' ')
-                .build();
+        if let Some(art) = crate::output::qr(&invite.to_uppercase()) {
             cx.out.eline(art);
         }
     }
