@@ -18,7 +18,7 @@ use backchannel_core::mailbox::MailboxKeys;
 use backchannel_core::pow;
 use backchannel_core::relay_address::RelayAddress;
 use common::nats::{require_nats, NatsCluster};
-use common::{channel_with, rt, Client, DaemonProc, RelayProc};
+use common::{assert_exactly_once_in_order, channel_with, rt, Client, DaemonProc, RelayProc};
 use rand_core::OsRng;
 
 /// A relay on the cluster, with the cluster's servers in the given order.
@@ -56,30 +56,6 @@ fn shown_by_sender(c: &Client, channel: &str) -> HashMap<String, Vec<String>> {
         out.entry(from).or_default().push(text);
     }
     out
-}
-
-/// Each of `sent` shown exactly once, and `sender`'s messages in the order sent.
-fn assert_exactly_once_in_order(shown: &HashMap<String, Vec<String>>, sender: &str, sent: &[String], who: &str) {
-    let got = shown.get(sender).cloned().unwrap_or_default();
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for t in &got {
-        *counts.entry(t.as_str()).or_default() += 1;
-    }
-    let missing: Vec<&String> = sent.iter().filter(|t| !counts.contains_key(t.as_str())).collect();
-    assert!(
-        missing.is_empty(),
-        "{who} is missing {} of {sender}'s messages: {missing:?}",
-        missing.len()
-    );
-    let twice: Vec<(&&str, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "{who} was shown some of {sender}'s messages more than once: {twice:?}"
-    );
-    // The texts carry their send index: shown order is send order.
-    let mut sorted = got.clone();
-    sorted.sort();
-    assert_eq!(got, sorted, "{who} shows {sender}'s messages out of order");
 }
 
 /// Issue 17, point 1: while the envelope stream's leader is killed (twice, each time the

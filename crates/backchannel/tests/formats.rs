@@ -6,68 +6,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::fixtures::*;
 use common::*;
-use sha2::{Digest, Sha256};
 
 /// The fixed address the fixture's relay listened on: the homes hold it.
 const LISTEN: &str = "127.0.0.1:29471";
-const PASSPHRASE: &str = "fixture-passphrase";
-
-fn fixture(release: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(format!("release-{release}"))
-}
-
-/// Copies a fixture set, so that the repository's copy is never written.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
-/// The deterministic text make-fixtures.sh writes: numbered lines, cut to `size` bytes.
-fn pattern(prefix: &str, size: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(size + 64);
-    let mut i = 0;
-    while out.len() < size {
-        out.extend_from_slice(format!("{prefix} {i:06}\n").as_bytes());
-        i += 1;
-    }
-    out.truncate(size);
-    out
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn home(root: &Path, name: &str) -> Client {
-    Client {
-        home: root.join(name),
-        pass: PASSPHRASE.to_string(),
-    }
-}
 
 /// Holds the fixture's port for this process: every fixture set's relay listens on the
 /// same one, and the tests of two sets run in parallel processes. Released on drop.
 fn hold_port() -> std::fs::File {
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("backchannel-fixture-port.lock"))
-        .unwrap();
-    lock.lock().unwrap();
+    let lock = take_lock("backchannel-fixture-port.lock");
     wait_for_port();
     lock
 }
@@ -80,25 +31,6 @@ fn wait_for_port() {
         assert!(Instant::now() < deadline, "{LISTEN} stayed in use for 5 minutes");
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-/// `read --json` lines as (from, text) of real messages, events left out.
-fn said(lines: &str) -> Vec<(String, String)> {
-    lines
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|m| m.get("event").is_none())
-        .map(|m| {
-            (
-                m["from"].as_str().unwrap().to_string(),
-                m["text"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
 }
 
 /// What differs between two fixture sets of the same story: who made them, and the keys.
@@ -181,7 +113,7 @@ fn opens_reads_and_keeps_working(release: &Release) {
     const TERM_SHEET_SHA256: &str = "04ede2aa7413912aa3f26bdf34a65a32d15e04d9c1bf1cec92b39640fd96e200";
     const NOTES_SHA256: &str = "4585f2c0e2ef713294561f7b470e48e3dce2d5c75fb29eb4f37c9fec27139e1c";
 
-    let set = fixture(release.commit);
+    let set = fixture(&format!("release-{}", release.commit));
     let readme = std::fs::read_to_string(set.join("README.md")).unwrap();
     assert!(
         readme.contains(release.relay_address),

@@ -11,70 +11,19 @@
 
 mod common;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::fixtures::*;
 use common::nats::{require_nats, NatsCluster};
-use common::{hex, Client, RelayProc};
-use sha2::{Digest, Sha256};
+use common::RelayProc;
 
 /// The fixed address the fixture's relay listened on: the homes hold it.
 const LISTEN: &str = "127.0.0.1:29472";
-const PASSPHRASE: &str = "fixture-passphrase";
-
-fn fixture(release: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(format!("release-{release}-nats"))
-}
-
-/// Copies a fixture set, so that the repository's copy is never written.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
-/// The deterministic text make-nats-fixtures.sh writes: numbered lines, cut to `size` bytes.
-fn pattern(prefix: &str, size: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(size + 64);
-    let mut i = 0;
-    while out.len() < size {
-        out.extend_from_slice(format!("{prefix} {i:06}\n").as_bytes());
-        i += 1;
-    }
-    out.truncate(size);
-    out
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn home(root: &Path, name: &str) -> Client {
-    Client {
-        home: root.join(name),
-        pass: PASSPHRASE.to_string(),
-    }
-}
 
 /// Holds the fixture's port for this process (another run of this test, say in another
 /// worktree, waits). Released on drop.
 fn hold_port() -> std::fs::File {
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("backchannel-nats-fixture-port.lock"))
-        .unwrap();
-    lock.lock().unwrap();
-    lock
+    take_lock("backchannel-nats-fixture-port.lock")
 }
 
 /// Binds the fixture's port, waiting while something else has it (a node of another
@@ -89,25 +38,6 @@ fn reserve_port() -> TcpListener {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-/// `read --json` lines as (from, text) of real messages, events left out.
-fn said(lines: &str) -> Vec<(String, String)> {
-    lines
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|m| m.get("event").is_none())
-        .map(|m| {
-            (
-                m["from"].as_str().unwrap().to_string(),
-                m["text"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
 }
 
 /// Texts of `drop read --json` lines.
@@ -151,7 +81,7 @@ fn served_by_this_relay(release: &Release) {
     const NOTES_SHA256: &str = "4585f2c0e2ef713294561f7b470e48e3dce2d5c75fb29eb4f37c9fec27139e1c";
     let bin = require_nats();
 
-    let set = fixture(release.commit);
+    let set = fixture(&format!("release-{}-nats", release.commit));
     let readme = std::fs::read_to_string(set.join("README.md")).unwrap();
     assert!(
         readme.contains(release.relay_address),

@@ -21,6 +21,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::assert_exactly_once_in_order;
 use common::nats::require_nats;
 use common::partition::{Host, NatsNet, Net};
 use common::Client;
@@ -124,30 +125,6 @@ fn read_until(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-/// Each of `sent` shown exactly once by `who`, and in the order sent (the texts carry
-/// their send index, zero-padded).
-fn assert_exactly_once_in_order(shown: &HashMap<String, Vec<String>>, sender: &str, sent: &[String], who: &str) {
-    let got = shown.get(sender).cloned().unwrap_or_default();
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for t in &got {
-        *counts.entry(t.as_str()).or_default() += 1;
-    }
-    let missing: Vec<&String> = sent.iter().filter(|t| !counts.contains_key(t.as_str())).collect();
-    assert!(
-        missing.is_empty(),
-        "{who} is missing {} of {sender}'s messages: {missing:?} (shown: {got:?})",
-        missing.len()
-    );
-    let twice: Vec<(&&str, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "{who} was shown some of {sender}'s messages more than once: {twice:?}"
-    );
-    let mut sorted = got.clone();
-    sorted.sort();
-    assert_eq!(got, sorted, "{who} shows {sender}'s messages out of order");
 }
 
 /// Nothing shown twice by `who`, whoever sent it.

@@ -2,6 +2,7 @@
 //! and clients each with their own home.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod fixtures;
 pub mod nats;
 pub mod netns;
 pub mod observer;
@@ -389,6 +390,35 @@ pub fn idle_mailboxes_expire_and_those_in_use_stay(
         assert!(std::time::Instant::now() < deadline, "mailboxes expired: {expired}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// Each of `sent` (texts that carry their send index, zero-padded) shown exactly once by
+/// `who`, and `sender`'s messages in the order sent. `shown` is sender -> texts shown.
+pub fn assert_exactly_once_in_order(
+    shown: &std::collections::HashMap<String, Vec<String>>,
+    sender: &str,
+    sent: &[String],
+    who: &str,
+) {
+    let got = shown.get(sender).cloned().unwrap_or_default();
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for t in &got {
+        *counts.entry(t.as_str()).or_default() += 1;
+    }
+    let missing: Vec<&String> = sent.iter().filter(|t| !counts.contains_key(t.as_str())).collect();
+    assert!(
+        missing.is_empty(),
+        "{who} is missing {} of {sender}'s messages: {missing:?} (shown: {got:?})",
+        missing.len()
+    );
+    let twice: Vec<(&&str, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{who} was shown some of {sender}'s messages more than once: {twice:?}"
+    );
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(got, sorted, "{who} shows {sender}'s messages out of order");
 }
 
 /// Alice makes a channel and admits each of `others` with one invite each.

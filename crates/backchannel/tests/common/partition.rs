@@ -735,18 +735,7 @@ impl Host {
             "`backchannel read {channel}` (in {}) failed:\n{}",
             self.name, r.stderr
         );
-        let texts = r
-            .stdout
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|m| m.get("event").is_none())
-            .map(|m| {
-                (
-                    m["from"].as_str().unwrap().to_string(),
-                    m["text"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
+        let texts = super::fixtures::said(&r.stdout);
         let warnings = r
             .stderr
             .lines()
