@@ -250,7 +250,7 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
             embedded_baseline(&dir.path().join("baseline.redb"), n, m, b.window).await?,
         ),
         Store::Nats { urls, replicas, .. } => (
-            "JetStream publish + pull consume + ack, same replicas",
+            "JetStream work queue: publish + pull consume + double ack (deletes), same replicas",
             nats_baseline(urls, *replicas, n, m, b.window).await?,
         ),
     };
@@ -507,9 +507,11 @@ async fn embedded_baseline(path: &Path, n: usize, m: usize, window: usize) -> Re
     Ok(m as f64 / t0.elapsed().as_secs_f64())
 }
 
-/// JetStream alone: a file stream with the relay's replicas; `n` publishers with
-/// `window` acknowledgements outstanding each, `n` pull consumers acknowledging each
-/// message.
+/// JetStream alone, doing what the relay's store does for each envelope (issue 20, point 2:
+/// a fair baseline): a file stream with the relay's replicas and work-queue retention; `n`
+/// publishers with `window` acknowledgements outstanding each, `n` pull consumers that
+/// double-ack each message, which deletes it (as the relay's ack deletes an envelope) and
+/// waits for the server's confirmation.
 async fn nats_baseline(
     urls: &[String],
     replicas: Option<usize>,
@@ -532,6 +534,7 @@ async fn nats_baseline(
         subjects: vec![format!("bcbench.{tag}.*")],
         storage: stream::StorageType::File,
         num_replicas: replicas,
+        retention: stream::RetentionPolicy::WorkQueue,
         ..Default::default()
     };
     // A cluster that just started may not serve JetStream yet: retry for a while.
@@ -594,17 +597,28 @@ async fn nats_baseline(
         tasks.spawn(async move {
             let mut got = 0;
             let mut msgs = c.messages().await?;
+            // Up to `window` double acks in flight, as the relay pipelines its deletes.
+            let mut acks = futures_util::stream::FuturesUnordered::new();
             while got < expect {
-                match msgs.next().await {
-                    Some(Ok(msg)) => {
+                if acks.len() >= window.max(1) {
+                    if let Some(Ok(())) = acks.next().await {
+                        got += 1;
+                    }
+                    continue;
+                }
+                tokio::select! {
+                    Some(done) = acks.next(), if !acks.is_empty() => {
                         // An ack lost to a leader change is redelivered, and acked then.
-                        if msg.ack().await.is_ok() {
+                        if done.is_ok() {
                             got += 1;
                         }
                     }
-                    // A missed heartbeat while the cluster re-elects: keep pulling.
-                    Some(Err(_)) => {}
-                    None => return Err("the consumer ended".into()),
+                    next = msgs.next() => match next {
+                        Some(Ok(msg)) => acks.push(async move { msg.double_ack().await.map_err(|_| ()) }),
+                        // A missed heartbeat while the cluster re-elects: keep pulling.
+                        Some(Err(_)) => {}
+                        None => return Err("the consumer ended".into()),
+                    },
                 }
             }
             Ok(())
