@@ -30,7 +30,7 @@ use backchannel_core::identity::Identity;
 use backchannel_core::invite::Invite;
 use backchannel_core::mailbox::{MailboxId, MailboxKeys};
 use backchannel_core::message::{AppMessage, Body, FileOffer, JoinRequest};
-use backchannel_core::vault::{KdfParams, Place, Role, VaultKey};
+use backchannel_core::vault::{KdfParams, Place, VaultKey};
 use backchannel_fuzz::store_input::{self, Input, Op, Record};
 use backchannel_fuzz::{relay, seal_key, send_capability, ForwardFixture, MlsFixture, FORWARD_PIN, FORWARD_SEED};
 use backchannel_relay::store::{ClaimProof, EmbeddedStore, ProvenWork, ENVELOPE_KEY_FILE};
@@ -1087,7 +1087,7 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
     out.fixture("vault-seed.bin", &blob);
     out.seed("vault", "fresh-state-format-2", &blob);
     out.seed("vault", "bob-state", &key.seal(&bytes, Place::STATE, 7, &mut OsRng));
-    let file = Place { role: Role::File, name: "0/0" };
+    let file = Place::file("0/0");
     out.seed("vault", "file-format-2", &key.seal(b"0123456789", file, 2, &mut OsRng));
     let mut default_params = blob.clone();
     default_params[8..20].copy_from_slice(&[0, 4, 0, 0, 0, 0, 0, 3, 0, 0, 0, 1]);

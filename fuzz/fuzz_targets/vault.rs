@@ -13,7 +13,7 @@
 
 use std::sync::OnceLock;
 
-use backchannel_core::vault::{KdfParams, Place, Role, VaultError, VaultKey};
+use backchannel_core::vault::{KdfParams, Place, VaultError, VaultKey};
 use libfuzzer_sys::fuzz_target;
 use rand_core::OsRng;
 
@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
             (opened.plain.to_vec(), opened.generation, 2),
             "a re-sealed vault opens to something else"
         );
-        let elsewhere = Place { role: Role::File, name: "0/0" };
+        let elsewhere = Place::file("0/0");
         assert!(key.open(&again, elsewhere).is_err(), "a state opens as a file");
     }
     if let Some(p) = header_params(data) {

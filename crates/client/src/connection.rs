@@ -228,6 +228,21 @@ impl std::fmt::Debug for RelayConnection {
     }
 }
 
+/// `connect` done within [`CONNECT_TIMEOUT`], or the relay is unreachable.
+async fn within_connect_timeout(
+    authority: &str,
+    connect: impl std::future::Future<Output = Result<RelayConnection, ConnectError>>,
+) -> Result<RelayConnection, ConnectError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ConnectError::Unreachable {
+                relay: authority.to_string(),
+                source: None,
+            })
+        })
+}
+
 impl RelayConnection {
     /// Connects to `addr` directly, checking the pin, and reads the relay's hello.
     pub async fn connect(addr: &RelayAddress) -> Result<Self, ConnectError> {
@@ -239,26 +254,14 @@ impl RelayConnection {
     /// own circuit), checking the pin, and reads the relay's hello.
     pub async fn connect_via(addr: &RelayAddress, proxy: Option<&ProxyAddr>) -> Result<Self, ConnectError> {
         let authority = addr.authority();
-        match tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(addr, proxy, &authority)).await {
-            Ok(r) => r,
-            Err(_) => Err(ConnectError::Unreachable {
-                relay: authority,
-                source: None,
-            }),
-        }
+        within_connect_timeout(&authority, Self::connect_inner(addr, proxy, &authority)).await
     }
 
     /// Connects to `addr` over `tcp`, a connection the caller made to it (from an address
     /// of its choosing, say), checking the pin, and reads the relay's hello.
     pub async fn connect_over(addr: &RelayAddress, tcp: TcpStream) -> Result<Self, ConnectError> {
         let authority = addr.authority();
-        match tokio::time::timeout(CONNECT_TIMEOUT, Self::handshake(addr, tcp, &authority)).await {
-            Ok(r) => r,
-            Err(_) => Err(ConnectError::Unreachable {
-                relay: authority,
-                source: None,
-            }),
-        }
+        within_connect_timeout(&authority, Self::handshake(addr, tcp, &authority)).await
     }
 
     async fn connect_inner(

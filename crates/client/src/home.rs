@@ -17,7 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use backchannel_core::vault::{KdfParams, Place, Role, VaultError, VaultKey};
+use backchannel_core::vault::{KdfParams, Place, VaultError, VaultKey};
 use rand_core::OsRng;
 use sha2::{Digest, Sha256};
 
@@ -202,10 +202,7 @@ impl SealedFiles {
                     continue;
                 }
                 let path = format!("{folder}/{name}");
-                let place = Place {
-                    role: Role::File,
-                    name: &path,
-                };
+                let place = Place::file(&path);
                 let Ok(blob) = fs::read(self.dir.join(&folder).join(&name)) else {
                     continue;
                 };
@@ -239,10 +236,7 @@ impl Blobs for SealedFiles {
             }
         }
         let path = format!("{dir}/{name}");
-        let place = Place {
-            role: Role::File,
-            name: &path,
-        };
+        let place = Place::file(&path);
         // Written before the save that counts it: the generation that save will have.
         let blob = self
             .key
@@ -264,10 +258,7 @@ impl Blobs for SealedFiles {
         let blob = fs::read(self.dir.join(dir).join(name))
             .map_err(|e| ClientError::io("reading a sealed file beside the local store", e))?;
         let path = format!("{dir}/{name}");
-        let place = Place {
-            role: Role::File,
-            name: &path,
-        };
+        let place = Place::file(&path);
         let opened = self
             .key
             .open(&blob, place)

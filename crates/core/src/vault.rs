@@ -109,6 +109,11 @@ impl Place<'_> {
         name: "",
     };
 
+    /// A file beside the state, named `folder/name`.
+    pub fn file(name: &str) -> Place<'_> {
+        Place { role: Role::File, name }
+    }
+
     fn encode(&self, header: &[u8]) -> Vec<u8> {
         let name = self.name.as_bytes();
         let mut aad = Vec::with_capacity(header.len() + 3 + name.len());
@@ -346,10 +351,6 @@ mod tests {
         VaultKey::create(pass, cheap(), &mut OsRng).unwrap_or_else(|_| unreachable!())
     }
 
-    fn file(name: &str) -> Place<'_> {
-        Place { role: Role::File, name }
-    }
-
     fn plain(r: Result<Opened, VaultError>) -> Result<Vec<u8>, VaultError> {
         r.map(|o| o.plain.to_vec())
     }
@@ -393,12 +394,15 @@ mod tests {
     #[test]
     fn a_blob_is_bound_to_its_role_and_name() {
         let k = key(b"p");
-        let blob = k.seal(b"segment", file("history-1/3"), 4, &mut OsRng);
-        assert_eq!(plain(k.open(&blob, file("history-1/3"))), Ok(b"segment".to_vec()));
+        let blob = k.seal(b"segment", Place::file("history-1/3"), 4, &mut OsRng);
+        assert_eq!(
+            plain(k.open(&blob, Place::file("history-1/3"))),
+            Ok(b"segment".to_vec())
+        );
         for other in [
-            file("history-1/4"),
-            file("history-2/3"),
-            file(""),
+            Place::file("history-1/4"),
+            Place::file("history-2/3"),
+            Place::file(""),
             Place::STATE,
             Place::WITNESS,
         ] {
@@ -409,7 +413,10 @@ mod tests {
         // The generation is authenticated: changing it in the header breaks the blob.
         let mut moved = blob.clone();
         moved[HEADER_LEN - 24 - 1] ^= 1;
-        assert_eq!(plain(k.open(&moved, file("history-1/3"))), Err(VaultError::Unauthentic));
+        assert_eq!(
+            plain(k.open(&moved, Place::file("history-1/3"))),
+            Err(VaultError::Unauthentic)
+        );
     }
 
     /// A format-1 blob (an earlier release's) opens, and says it is one.

@@ -35,16 +35,31 @@ pub fn without_test_kdf_warning(stderr: &str) -> String {
         .collect()
 }
 
+/// The workspace's root (where `scripts/` and `.tools/` are).
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// Spawns a long-running process and reads the line it announces itself with;
-/// its stderr is collected in the background and the rest of its stdout drained.
+/// its stderr is collected in the background ([`collect`]) and the rest of its stdout drained.
 fn spawn_announced(mut cmd: Command) -> (Child, String, Arc<Mutex<String>>) {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let mut err = child.stderr.take().unwrap();
-    let sink = stderr.clone();
+    let stderr = collect(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = out.read_to_string(&mut rest);
+    });
+    (child, line, stderr)
+}
+
+/// Collects everything `err` says, in the background, without the test-KDF warning line
+/// ([`without_test_kdf_warning`]).
+fn collect(mut err: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let sink = Arc::new(Mutex::new(String::new()));
+    let out = sink.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let mut partial = String::new();
@@ -55,16 +70,26 @@ fn spawn_announced(mut cmd: Command) -> (Child, String, Arc<Mutex<String>>) {
             partial.push_str(&String::from_utf8_lossy(&buf[..n]));
             if let Some(end) = partial.rfind('\n') {
                 let lines: String = partial.drain(..=end).collect();
-                sink.lock().unwrap().push_str(&without_test_kdf_warning(&lines));
+                out.lock().unwrap().push_str(&without_test_kdf_warning(&lines));
             }
         }
-        sink.lock().unwrap().push_str(&partial);
+        out.lock().unwrap().push_str(&partial);
     });
+    sink
+}
+
+/// The lines of `out`, as they come, on a channel.
+fn read_lines(out: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = out.read_to_string(&mut rest);
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
     });
-    (child, line, stderr)
+    rx
 }
 
 /// The envelopes waiting in one mailbox, read from a stopped relay's store the way its

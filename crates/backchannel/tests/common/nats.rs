@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::workspace;
+
 /// How long a whole cluster may take to elect a meta leader (here usually
 /// under 1 s, about 5 s when the first election round fails).
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,10 +45,6 @@ pub fn nats_server() -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join("nats-server"))
         .find(|candidate| candidate.is_file())
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The `nats-server` binary a NATS test runs. On a machine without one it installs the

@@ -42,12 +42,12 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use super::{Client, DaemonProc, Run};
+use super::{collect, read_lines, Client, DaemonProc, Run};
 
 /// How long the program inside may take to start, or to answer a count.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -539,37 +539,7 @@ impl ShutdownBoth for UnixStream {
     }
 }
 
-/// The lines of `out`, as they come, on a channel.
-fn read_lines(out: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 /// The next line on `lines`, or `None` if it ended or took longer than [`ANSWER_TIMEOUT`].
 fn answer_from(lines: &Receiver<String>) -> Option<String> {
     lines.recv_timeout(ANSWER_TIMEOUT).ok()
-}
-
-/// Collects everything `err` says, in the background.
-fn collect(mut err: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let sink = Arc::new(Mutex::new(String::new()));
-    let out = sink.clone();
-    thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = err.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    sink
 }

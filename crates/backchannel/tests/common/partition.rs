@@ -38,18 +38,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::{bin, Client, DaemonProc, RelayProc, Run};
+use super::{bin, collect, read_lines, spawn_announced, workspace, Client, DaemonProc, RelayProc, Run};
 
 /// The first three bytes of every host's address.
 pub const PREFIX: &str = "10.213.0";
@@ -226,10 +226,6 @@ for line in sys.stdin:
     print(answer, flush=True)
 os._exit(0)
 "#;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// The `nft` binary, if there is one.
 fn nft_path() -> Option<PathBuf> {
@@ -1218,51 +1214,6 @@ impl Drop for NatsNet<'_> {
             }
         }
     }
-}
-
-/// Spawns a long-running process and reads the line it announces itself with; its
-/// stderr is collected in the background and the rest of its stdout drained.
-fn spawn_announced(mut cmd: Command) -> (Child, String, Arc<Mutex<String>>) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let stderr = collect(child.stderr.take().unwrap());
-    thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = out.read_to_string(&mut rest);
-    });
-    (child, line, stderr)
-}
-
-/// The lines of `out`, as they come, on a channel.
-fn read_lines(out: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Collects everything `err` says, in the background.
-fn collect(mut err: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let sink = Arc::new(Mutex::new(String::new()));
-    let out = sink.clone();
-    thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = err.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    sink
 }
 
 /// Base64, as the namespace program writes and reads it.
