@@ -1,7 +1,7 @@
 //! The NATS JetStream store: many stateless relay processes over one
 //! JetStream cluster act as one relay (docs/deployment.md, "A cluster").
 //!
-//! Two streams hold everything, both file-backed and replicated:
+//! Three streams hold everything, all file-backed and replicated:
 //!
 //! - `BC_ENVELOPES`, subjects `bc.env.<receive id>`: one message per stored
 //!   envelope. The stream's limits are the relay's quotas (messages per subject is
@@ -22,6 +22,10 @@
 //!   id>-<slot>` (the commits of the sequencer's latest epochs, one per slot) and
 //!   `bc.tls` (the relay identity shared by every relay on the cluster). Creating
 //!   and claiming are compare-and-set writes (`Nats-Expected-Last-Subject-Sequence`).
+//! - `BC_USES`, subjects `bc.use.<receive id>`, one empty message per mailbox, written
+//!   again when the mailbox is used; `max_age` is the idle lifetime, so a mailbox
+//!   unused that long has none, and the idle sweep deletes it (`touch`, `expire_idle`;
+//!   docs/protocol.md, "Idle mailboxes").
 //!
 //! Every read goes to the stream leader (`STREAM.MSG.GET`, not direct get), so a relay
 //! does not answer from a follower that lags. A leader cut off from its quorum does not
