@@ -8,11 +8,12 @@
 //! only passes messages on the nameplate and is treated as an online guesser:
 //!
 //! ```text
-//! password = the code's canonical text ("7-orbit-velvet-harbor")
-//! identity = "backchannel/v1/code" || relay PIN (32) || nameplate (u32)
+//! password = the code's words, canonical ("orbit-velvet-harbor")
+//! identity = "backchannel/v1/code" || relay PIN (32)
 //! 1. both:    SPAKE2 (RFC 9382, Ed25519 group, symmetric) message, 33 bytes -> K (32)
-//! 2. joiner:  X-Wing key pair; sends pk || HMAC-SHA256(K, "joiner" || t || pk)
-//!             where t = the two SPAKE2 messages, the inviter's first
+//! 2. joiner:  X-Wing key pair; sends pk (1216) || about || HMAC-SHA256(K, "joiner" || t ||
+//!             pk || about), where t = the two SPAKE2 messages, the inviter's first, and
+//!             about = what the joiner tells the inviter (its identity key and where to answer)
 //! 3. inviter: checks the MAC (a wrong one: the code was wrong, someone guessed); HPKE
 //!             (X-Wing, HKDF-SHA256, ChaCha20-Poly1305, base mode) to pk, exporting ss;
 //!             key = HKDF-SHA256(K || ss, "backchannel/v1/code key" || t || pk || enc);
@@ -29,7 +30,10 @@
 //! published audit of the crate was found, which the closing note of this step says). CPace
 //! has no maintained crate as widely used.
 //!
-//! Not yet used by the client: the relay's nameplates and the commands come next.
+//! The nameplate's number is not in the password: the relay chooses it when the inviter
+//! hands over its first message (the nameplate's record), so the inviter's SPAKE2 message
+//! cannot depend on it. The words are the secret; a relay that sends a joiner to another
+//! nameplate's exchange meets other words, and the exchange fails as for a guess.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
@@ -42,7 +46,7 @@ use spake2::{Ed25519Group, Identity, Password, Spake2};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::drop::{hpke, DropKeys};
+use crate::drop::{hpke, DropKeys, OWNER_KEY_LEN};
 
 /// Words after the nameplate.
 pub const WORDS_PER_CODE: usize = 3;
@@ -127,10 +131,20 @@ impl Code {
 
     /// The code as it is read aloud: `7-orbit-velvet-harbor`.
     pub fn text(&self) -> Zeroizing<String> {
-        let list = words();
         let mut s = Zeroizing::new(self.nameplate.to_string());
-        for &w in &self.words {
-            s.push('-');
+        s.push('-');
+        s.push_str(&self.words_text());
+        s
+    }
+
+    /// The words alone, the secret: `orbit-velvet-harbor`.
+    fn words_text(&self) -> Zeroizing<String> {
+        let list = words();
+        let mut s = Zeroizing::new(String::new());
+        for (i, &w) in self.words.iter().enumerate() {
+            if i > 0 {
+                s.push('-');
+            }
             s.push_str(list[usize::from(w)]);
         }
         s
@@ -168,8 +182,7 @@ pub enum ExchangeError {
 fn spake(code: &Code, pin: &[u8; 32], rng: &mut impl CryptoRngCore) -> (Spake2<Ed25519Group>, Vec<u8>) {
     let mut id = IDENTITY.to_vec();
     id.extend_from_slice(pin);
-    id.extend_from_slice(&code.nameplate.to_be_bytes());
-    let password = Password::new(code.text().as_bytes());
+    let password = Password::new(code.words_text().as_bytes());
     Spake2::<Ed25519Group>::start_symmetric_with_rng(&password, &Identity::new(&id), rng)
 }
 
@@ -234,15 +247,17 @@ impl Inviter {
     }
 
     /// Takes the joiner's SPAKE2 message and its key message (attacker input), and seals
-    /// `invite` for it. Returns what to send and the confirmation to show.
-    pub fn finish(self, theirs: &[u8], joiner_key: &[u8], invite: &[u8]) -> Result<(Vec<u8>, String), ExchangeError> {
-        if theirs.len() != PAKE_MESSAGE_LEN || joiner_key.len() < 32 {
+    /// `invite` for it. Returns what to send, the confirmation to show, and what the joiner
+    /// said about itself (authenticated by the code).
+    pub fn finish(self, theirs: &[u8], joiner_key: &[u8], invite: &[u8]) -> Result<Finished, ExchangeError> {
+        if theirs.len() != PAKE_MESSAGE_LEN || joiner_key.len() < OWNER_KEY_LEN + 32 {
             return Err(ExchangeError::Malformed);
         }
         let k = Zeroizing::new(self.spake.finish(theirs).map_err(|_| ExchangeError::Malformed)?);
         let t = transcript(&self.mine, theirs);
-        let (pk, tag) = joiner_key.split_at(joiner_key.len() - 32);
-        mac(&k, &[b"joiner", &t, pk])?
+        let (pk, rest) = joiner_key.split_at(OWNER_KEY_LEN);
+        let (about, tag) = rest.split_at(rest.len() - 32);
+        mac(&k, &[b"joiner", &t, pk, about])?
             .verify_slice(tag)
             .map_err(|_| ExchangeError::WrongCode)?;
         let (enc, ctx) = hpke()
@@ -260,8 +275,23 @@ impl Inviter {
             .to_vec();
         out.extend_from_slice(&enc);
         out.extend_from_slice(&sealed);
-        Ok((out, confirmation))
+        Ok(Finished {
+            answer: out,
+            confirmation,
+            about: about.to_vec(),
+        })
     }
+}
+
+/// The inviter's side done: what to send the joiner, and what to show.
+#[derive(Debug)]
+pub struct Finished {
+    /// The answer for the joiner (the sealed invite).
+    pub answer: Vec<u8>,
+    /// The two words both sides show.
+    pub confirmation: String,
+    /// What the joiner said about itself, authenticated by the code.
+    pub about: Vec<u8>,
 }
 
 /// The joiner's side.
@@ -273,11 +303,12 @@ pub struct Joiner {
 
 impl Joiner {
     /// Takes the inviter's SPAKE2 message (attacker input); returns the joiner, its SPAKE2
-    /// message and its key message (an X-Wing public key and its MAC).
+    /// message and its key message (an X-Wing public key, `about`, and their MAC).
     pub fn start(
         code: &Code,
         pin: &[u8; 32],
         theirs: &[u8],
+        about: &[u8],
         rng: &mut impl CryptoRngCore,
     ) -> Result<(Self, Vec<u8>, Vec<u8>), ExchangeError> {
         if theirs.len() != PAKE_MESSAGE_LEN {
@@ -288,7 +319,8 @@ impl Joiner {
         let t = transcript(theirs, &mine);
         let keys = DropKeys::generate(rng).map_err(|_| ExchangeError::Crypto)?;
         let mut key_message = keys.public().to_vec();
-        let tag = mac(&k, &[b"joiner", &t, keys.public()])?.finalize().into_bytes();
+        key_message.extend_from_slice(about);
+        let tag = mac(&k, &[b"joiner", &t, keys.public(), about])?.finalize().into_bytes();
         key_message.extend_from_slice(&tag);
         Ok((Self { k, t, keys }, mine, key_message))
     }
@@ -327,11 +359,11 @@ mod tests {
     const PIN: [u8; 32] = [9; 32];
 
     /// What the inviter sends (or why not), and the joiner waiting for it.
-    type Exchanged = (Result<(Vec<u8>, String), ExchangeError>, Option<Joiner>);
+    type Exchanged = (Result<Finished, ExchangeError>, Option<Joiner>);
 
     fn exchange(inviter_code: &Code, joiner_code: &Code) -> Exchanged {
         let (inviter, m1) = Inviter::start(inviter_code, &PIN, &mut OsRng);
-        let (joiner, m2, key_message) = Joiner::start(joiner_code, &PIN, &m1, &mut OsRng).unwrap();
+        let (joiner, m2, key_message) = Joiner::start(joiner_code, &PIN, &m1, b"joiner's key", &mut OsRng).unwrap();
         (inviter.finish(&m2, &key_message, b"bc-invite:the invite"), Some(joiner))
     }
 
@@ -339,7 +371,12 @@ mod tests {
     fn the_right_code_carries_the_invite_and_both_sides_show_the_same_confirmation() {
         let code = Code::random(7, &mut OsRng);
         let (sent, joiner) = exchange(&code, &code);
-        let (answer, shown_by_inviter) = sent.unwrap();
+        let Finished {
+            answer,
+            confirmation: shown_by_inviter,
+            about,
+        } = sent.unwrap();
+        assert_eq!(about, b"joiner's key");
         let (invite, shown_by_joiner) = joiner.unwrap().finish(&answer).unwrap();
         assert_eq!(&invite[..], b"bc-invite:the invite");
         assert_eq!(shown_by_inviter, shown_by_joiner);
@@ -355,10 +392,14 @@ mod tests {
         wrong.words[2] ^= 1;
         let (sent, _) = exchange(&code, &wrong);
         assert_eq!(sent.err(), Some(ExchangeError::WrongCode));
-        let mut other_plate = code.clone();
-        other_plate.nameplate = 8;
-        let (sent, _) = exchange(&code, &other_plate);
-        assert_eq!(sent.err(), Some(ExchangeError::WrongCode));
+        // What the joiner says about itself is bound by the MAC.
+        let (inviter, m1) = Inviter::start(&code, &PIN, &mut OsRng);
+        let (_, m2, mut key_message) = Joiner::start(&code, &PIN, &m1, b"mine", &mut OsRng).unwrap();
+        key_message[OWNER_KEY_LEN] ^= 1;
+        assert_eq!(
+            inviter.finish(&m2, &key_message, b"x").err(),
+            Some(ExchangeError::WrongCode)
+        );
     }
 
     /// A relay in the middle without the code: it can neither pass its own key off as the
@@ -369,14 +410,14 @@ mod tests {
         let guess = Code::random(3, &mut OsRng);
         // Toward the inviter: the relay plays a joiner with its guess.
         let (inviter, m1) = Inviter::start(&code, &PIN, &mut OsRng);
-        let (_, m2, key_message) = Joiner::start(&guess, &PIN, &m1, &mut OsRng).unwrap();
+        let (_, m2, key_message) = Joiner::start(&guess, &PIN, &m1, b"", &mut OsRng).unwrap();
         assert_eq!(
             inviter.finish(&m2, &key_message, b"x").err(),
             Some(ExchangeError::WrongCode)
         );
         // Toward the joiner: the relay plays an inviter with its guess.
         let (fake, m1) = Inviter::start(&guess, &PIN, &mut OsRng);
-        let (joiner, m2, key_message) = Joiner::start(&code, &PIN, &m1, &mut OsRng).unwrap();
+        let (joiner, m2, key_message) = Joiner::start(&code, &PIN, &m1, b"", &mut OsRng).unwrap();
         assert!(
             fake.finish(&m2, &key_message, b"x").is_err(),
             "its guess does not match the joiner's"
@@ -436,10 +477,10 @@ mod tests {
             let code = Code::random(1, &mut OsRng);
             let (inviter, m1) = Inviter::start(&code, &PIN, &mut OsRng);
             let _ = inviter.finish(&m[..m.len().min(33)], &m, b"x");
-            if let Ok((joiner, _, _)) = Joiner::start(&code, &PIN, &m1, &mut OsRng) {
+            if let Ok((joiner, _, _)) = Joiner::start(&code, &PIN, &m1, &m, &mut OsRng) {
                 let _ = joiner.finish(&m);
             }
-            let _ = Joiner::start(&code, &PIN, &m, &mut OsRng);
+            let _ = Joiner::start(&code, &PIN, &m, b"", &mut OsRng);
         }
     }
 }

@@ -291,7 +291,25 @@ pub enum Request {
         /// The signature.
         signature: Vec<u8>,
     },
+    /// Allocate a nameplate (an invite code's number, `crate::code`) holding `record` (at
+    /// most [`MAX_NAMEPLATE_RECORD`] bytes) for the relay's nameplate lifetime. Answered
+    /// [`Response::Nameplate`] with the number the relay chose. Spoken with one's own relay
+    /// only; nameplates cannot be listed.
+    Nameplate {
+        /// What the one who takes the nameplate gets.
+        record: Vec<u8>,
+    },
+    /// Take the nameplate `number`: answered [`Response::Record`] with its record, and the
+    /// nameplate is gone (a nameplate is taken once); [`ErrorCode::NoSuchNameplate`] when it
+    /// was taken, has expired or never was.
+    TakeNameplate {
+        /// The nameplate's number.
+        number: u32,
+    },
 }
+
+/// Longest record a nameplate holds.
+pub const MAX_NAMEPLATE_RECORD: usize = 1024;
 
 impl Request {
     /// The `Create` of the mailbox `keys` holds, with `pow_bits` of work asked of each send
@@ -317,7 +335,8 @@ impl Request {
 /// Whether a request may be forwarded to another relay (sealed inside a
 /// [`Request::Forward`]): the requests that name a mailbox by its send capability, a
 /// `Create` (a channel's new sequencer, made by the member who removes someone, on the
-/// sequencer's relay), and `Ping`. The receive side (`Open`, `Fetch`, `Ack`, `Delete`) is
+/// sequencer's relay), a `TakeNameplate` (an invite code made at the inviter's relay), and
+/// `Ping`. The receive side (and a `Nameplate`'s allocation) (`Open`, `Fetch`, `Ack`, `Delete`) is
 /// only ever spoken with one's own relay.
 pub fn forwardable(req: &Request) -> bool {
     matches!(
@@ -329,6 +348,7 @@ pub fn forwardable(req: &Request) -> bool {
             | Request::Deposit { .. }
             | Request::ClaimCommit { .. }
             | Request::FetchCommit { .. }
+            | Request::TakeNameplate { .. }
             | Request::Ping
     )
 }
@@ -411,6 +431,9 @@ pub enum ErrorCode {
     /// of before its last restart, or damaged): nothing was executed.
     #[error("the other relay could not open a forwarded request; it will be sent again")]
     Unsealed,
+    /// A [`Request::TakeNameplate`] of a nameplate that was taken, has expired or never was.
+    #[error("no such invite code at this relay: it was used, has expired, or was never made there")]
+    NoSuchNameplate,
 }
 
 impl ErrorCode {
@@ -433,6 +456,7 @@ impl ErrorCode {
             ErrorCode::NoDeposit => 15,
             ErrorCode::Unreachable => 16,
             ErrorCode::Unsealed => 17,
+            ErrorCode::NoSuchNameplate => 18,
         }
     }
 
@@ -455,6 +479,7 @@ impl ErrorCode {
             15 => ErrorCode::NoDeposit,
             16 => ErrorCode::Unreachable,
             17 => ErrorCode::Unsealed,
+            18 => ErrorCode::NoSuchNameplate,
             _ => return Err(DecodeError::Invalid("error code")),
         })
     }
@@ -530,6 +555,13 @@ pub enum Response {
     /// The destination relay's answer to a forwarded request, sealed for the client
     /// (`crate::forward::open_answer`; [`crate::forward::SEALED_ANSWER_LEN`] bytes).
     Sealed(Vec<u8>),
+    /// Answer to [`Request::Nameplate`]: the number allocated.
+    Nameplate {
+        /// From 1 to [`crate::code::MAX_NAMEPLATE`].
+        number: u32,
+    },
+    /// Answer to [`Request::TakeNameplate`]: the nameplate's record.
+    Record(Vec<u8>),
 }
 
 /// A frame could not be decoded.
@@ -685,6 +717,14 @@ fn request_body(id: u32, req: &Request) -> Writer {
             let signature = signature.get(..MAX_SIGNATURE).unwrap_or(signature);
             w.u8(0x11).u32(id).bytes16(identity).u16(*scheme).bytes16(signature);
         }
+        Request::Nameplate { record } => {
+            w.u8(0x12)
+                .u32(id)
+                .bytes16(&record[..record.len().min(MAX_NAMEPLATE_RECORD)]);
+        }
+        Request::TakeNameplate { number } => {
+            w.u8(0x13).u32(id).u32(*number);
+        }
     }
     w
 }
@@ -788,6 +828,10 @@ fn parse_request(r: &mut Reader<'_>) -> Result<(u32, Request), DecodeError> {
                 scheme: r.u16()?,
                 signature: bounded(r.bytes16()?, MAX_SIGNATURE)?,
             },
+            0x12 => Request::Nameplate {
+                record: bounded(r.bytes16()?, MAX_NAMEPLATE_RECORD)?,
+            },
+            0x13 => Request::TakeNameplate { number: r.u32()? },
             _ => return Err(DecodeError::Invalid("request tag")),
         };
         Ok((id, req))
@@ -834,7 +878,7 @@ pub fn encode_inner_response(resp: &Response) -> Vec<u8> {
         .filter(|_| {
             !matches!(
                 resp,
-                Response::Sealed(_) | Response::Identity { .. } | Response::Hello { .. }
+                Response::Sealed(_) | Response::Identity { .. } | Response::Hello { .. } | Response::Nameplate { .. }
             )
         })
         .unwrap_or_else(|| {
@@ -846,14 +890,17 @@ pub fn encode_inner_response(resp: &Response) -> Vec<u8> {
 }
 
 /// Decodes the answer inside a seal (attacker input): one frame of [`INNER_FRAME_SIZE`]
-/// bytes, `Ok`, `Pong`, an error or a commit's part.
+/// bytes, `Ok`, `Pong`, an error, a commit's part or a nameplate's record.
 pub fn decode_inner_response(frame: &[u8]) -> Result<Response, FrameError> {
     let f = strict(frame, INNER_FRAME_SIZE, parse_response)?;
     if f.id != 0 {
         return Err(DecodeError::Invalid("forwarded answer id").into());
     }
     match f.response {
-        r @ (Response::Ok | Response::Pong | Response::Error { .. } | Response::Commit { .. }) => Ok(r),
+        r
+        @ (Response::Ok | Response::Pong | Response::Error { .. } | Response::Commit { .. } | Response::Record(_)) => {
+            Ok(r)
+        }
         _ => Err(DecodeError::Invalid("forwarded answer").into()),
     }
 }
@@ -904,6 +951,14 @@ fn single_response(id: u32, resp: &Response) -> Option<Writer> {
         }
         Response::Sealed(sealed) => {
             w.u8(0x88).u32(id).put(&sealed[..sealed.len().min(SEALED_ANSWER_LEN)]);
+        }
+        Response::Nameplate { number } => {
+            w.u8(0x89).u32(id).u32(*number);
+        }
+        Response::Record(record) => {
+            w.u8(0x8a)
+                .u32(id)
+                .bytes16(&record[..record.len().min(MAX_NAMEPLATE_RECORD)]);
         }
     }
     Some(w)
@@ -980,6 +1035,8 @@ fn parse_response(r: &mut Reader<'_>) -> Result<ResponseFrame, DecodeError> {
                 credential: bounded(r.bytes16()?, MAX_CREDENTIAL)?,
             },
             0x88 => Response::Sealed(r.take(SEALED_ANSWER_LEN)?.to_vec()),
+            0x89 => Response::Nameplate { number: r.u32()? },
+            0x8a => Response::Record(bounded(r.bytes16()?, MAX_NAMEPLATE_RECORD)?),
             _ => return Err(DecodeError::Invalid("response tag")),
         };
         Ok(ResponseFrame { id, response, more })
@@ -1096,6 +1153,9 @@ mod tests {
                 }),
             (any::<[u8; 32]>(), any::<u64>(), any::<[u8; 32]>(), any::<u16>())
                 .prop_map(|(send, epoch, key, part)| Request::FetchCommit { send, epoch, key, part }),
+            proptest::collection::vec(any::<u8>(), 0..=MAX_NAMEPLATE_RECORD)
+                .prop_map(|record| Request::Nameplate { record }),
+            any::<u32>().prop_map(|number| Request::TakeNameplate { number }),
         ]
     }
 
@@ -1132,7 +1192,9 @@ mod tests {
                 proptest::collection::vec(any::<u8>(), 1..=COMMIT_PART)
             )
                 .prop_map(|(total, bytes)| Response::Commit { total, bytes }),
-            (1u16..=15, any::<u64>()).prop_map(|(c, detail)| Response::Error {
+            any::<u32>().prop_map(|number| Response::Nameplate { number }),
+            proptest::collection::vec(any::<u8>(), 0..=MAX_NAMEPLATE_RECORD).prop_map(Response::Record),
+            (1u16..=18, any::<u64>()).prop_map(|(c, detail)| Response::Error {
                 code: ErrorCode::from_u16(c).unwrap_or(ErrorCode::Malformed),
                 detail
             }),

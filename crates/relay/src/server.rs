@@ -1459,6 +1459,8 @@ impl Connection {
         let store = shared.store.clone();
         match req {
             Request::Ping => Response::Pong,
+            // Nameplates are not served yet.
+            Request::Nameplate { .. } | Request::TakeNameplate { .. } => Self::err(ErrorCode::Malformed),
             Request::Paced => {
                 self.paced = true;
                 Response::Ok
