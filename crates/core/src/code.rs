@@ -46,7 +46,9 @@ use spake2::{Ed25519Group, Identity, Password, Spake2};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+use crate::codec::{DecodeError, Reader, Writer};
 use crate::drop::{hpke, DropKeys, OWNER_KEY_LEN};
+use crate::mailbox::MailboxAddress;
 
 /// Words after the nameplate.
 pub const WORDS_PER_CODE: usize = 3;
@@ -350,6 +352,154 @@ impl Joiner {
     }
 }
 
+// ---- the messages of the exchange, as they travel ----
+
+const RECORD_VERSION: u8 = 1;
+const HELLO_TAG: u8 = 1;
+const ANSWER_TAG: u8 = 2;
+const REFUSED_TAG: u8 = 3;
+
+/// What a nameplate holds (`frame::Request::Nameplate`): where the joiner writes, and the
+/// inviter's SPAKE2 message.
+///
+/// ```text
+/// record = version (1) = 1 | rendezvous mailbox address | SPAKE2 message (33)
+/// ```
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The inviter's mailbox for this exchange.
+    pub rendezvous: MailboxAddress,
+    /// The inviter's SPAKE2 message.
+    pub pake: [u8; PAKE_MESSAGE_LEN],
+}
+
+impl Record {
+    /// The binary form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(RECORD_VERSION);
+        self.rendezvous.encode(&mut w);
+        w.put(&self.pake);
+        w.into_vec()
+    }
+
+    /// Reads a record (attacker input: the relay hands it over).
+    pub fn from_bytes(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        if r.u8()? != RECORD_VERSION {
+            return Err(DecodeError::Invalid("code record version"));
+        }
+        let rendezvous = MailboxAddress::decode(&mut r)?;
+        let pake = r.array()?;
+        r.finish()?;
+        Ok(Self { rendezvous, pake })
+    }
+}
+
+/// What the joiner tells the inviter about itself (the `about` of [`Joiner::start`]).
+///
+/// ```text
+/// about = identity key (32) | name (u16 length, UTF-8) | reply mailbox address
+/// ```
+#[derive(Debug, Clone)]
+pub struct About {
+    /// The joiner's identity key.
+    pub identity_key: [u8; 32],
+    /// The name the joiner chose (from the network: escape before showing).
+    pub name: String,
+    /// Where the inviter answers.
+    pub reply: MailboxAddress,
+}
+
+impl About {
+    /// The binary form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.put(&self.identity_key).bytes16(self.name.as_bytes());
+        self.reply.encode(&mut w);
+        w.into_vec()
+    }
+
+    /// Reads it (attacker input).
+    pub fn from_bytes(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let identity_key = r.array()?;
+        let name = r.string16()?;
+        let reply = MailboxAddress::decode(&mut r)?;
+        r.finish()?;
+        Ok(Self {
+            identity_key,
+            name,
+            reply,
+        })
+    }
+
+    /// Where to answer, read from a key message whose MAC has not been (or could not be)
+    /// checked: for telling a wrong joiner that its code was refused, nothing else.
+    pub fn unchecked_reply(key_message: &[u8]) -> Option<MailboxAddress> {
+        let rest = key_message.get(OWNER_KEY_LEN..key_message.len().checked_sub(32)?)?;
+        About::from_bytes(rest).ok().map(|a| a.reply)
+    }
+}
+
+/// One message of the exchange after the record, in an envelope of kind
+/// `PayloadKind::Code`.
+///
+/// ```text
+/// message = 1 | SPAKE2 message (33) | key message     (joiner -> inviter)
+///         | 2 | answer                                (inviter -> joiner: the sealed invite)
+///         | 3                                         (inviter -> joiner: the code was wrong)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// The joiner's SPAKE2 message and key message.
+    Hello {
+        /// SPAKE2 message.
+        pake: [u8; PAKE_MESSAGE_LEN],
+        /// X-Wing key, about, MAC.
+        key_message: Vec<u8>,
+    },
+    /// The inviter's answer ([`Finished::answer`]).
+    Answer(Vec<u8>),
+    /// The inviter refused: the code the joiner used was not the inviter's.
+    Refused,
+}
+
+impl Message {
+    /// The binary form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        match self {
+            Message::Hello { pake, key_message } => {
+                w.u8(HELLO_TAG).put(pake).put(key_message);
+            }
+            Message::Answer(a) => {
+                w.u8(ANSWER_TAG).put(a);
+            }
+            Message::Refused => {
+                w.u8(REFUSED_TAG);
+            }
+        }
+        w.into_vec()
+    }
+
+    /// Reads one (attacker input).
+    pub fn from_bytes(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let m = match r.u8()? {
+            HELLO_TAG => Message::Hello {
+                pake: r.array()?,
+                key_message: r.take(r.remaining())?.to_vec(),
+            },
+            ANSWER_TAG => Message::Answer(r.take(r.remaining())?.to_vec()),
+            REFUSED_TAG => Message::Refused,
+            _ => return Err(DecodeError::Invalid("code message")),
+        };
+        r.finish()?;
+        Ok(m)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -470,6 +620,20 @@ mod tests {
         #[test]
         fn typed_garbage_never_panics(s in ".{0,80}") {
             let _ = Code::parse(&s);
+        }
+
+        #[test]
+        fn garbage_messages_never_panic_and_what_decodes_reads_back(m in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1600)) {
+            if let Ok(r) = Record::from_bytes(&m) {
+                proptest::prop_assert_eq!(r.to_bytes(), m.clone());
+            }
+            if let Ok(a) = About::from_bytes(&m) {
+                proptest::prop_assert_eq!(a.to_bytes(), m.clone());
+            }
+            if let Ok(x) = Message::from_bytes(&m) {
+                proptest::prop_assert_eq!(x.to_bytes(), m.clone());
+            }
+            let _ = About::unchecked_reply(&m);
         }
 
         #[test]

@@ -77,6 +77,8 @@ pub enum PayloadKind {
     Letter,
     /// A drop box owner's reply to the source of a letter.
     Reply,
+    /// A message of an exchange by invite code (`crate::code::Message`).
+    Code,
 }
 
 impl PayloadKind {
@@ -87,6 +89,7 @@ impl PayloadKind {
             PayloadKind::JoinRequest => 3,
             PayloadKind::Letter => 4,
             PayloadKind::Reply => 5,
+            PayloadKind::Code => 6,
         }
     }
     fn from_u8(v: u8) -> Result<Self, DecodeError> {
@@ -96,6 +99,7 @@ impl PayloadKind {
             3 => Ok(PayloadKind::JoinRequest),
             4 => Ok(PayloadKind::Letter),
             5 => Ok(PayloadKind::Reply),
+            6 => Ok(PayloadKind::Code),
             _ => Err(DecodeError::Invalid("payload kind")),
         }
     }
@@ -509,13 +513,14 @@ mod tests {
             PayloadKind::JoinRequest,
             PayloadKind::Letter,
             PayloadKind::Reply,
+            PayloadKind::Code,
         ];
         for (i, k) in kinds.into_iter().enumerate() {
             assert_eq!(k.to_u8() as usize, i + 1);
             assert_eq!(PayloadKind::from_u8(k.to_u8()), Ok(k));
         }
         assert!(PayloadKind::from_u8(0).is_err());
-        assert!(PayloadKind::from_u8(6).is_err());
+        assert!(PayloadKind::from_u8(7).is_err());
     }
 
     #[test]
