@@ -117,6 +117,9 @@ pub struct Limits {
     pub address_store_rate: u32,
     /// Envelopes one address may store at once (its bucket's size).
     pub address_store_burst: u32,
+    /// How long a nameplate (an invite code's number, docs/protocol.md "Nameplates") is
+    /// kept untaken. Its record is kept at least this long, at most a second more.
+    pub nameplate_lifetime: Duration,
 }
 
 impl Limits {
@@ -146,6 +149,7 @@ impl Limits {
         address_create_burst: 2000,
         address_store_rate: 100,
         address_store_burst: 50_000,
+        nameplate_lifetime: Duration::from_secs(600),
     };
 }
 
@@ -305,7 +309,9 @@ impl Relay {
     /// Connects to a NATS JetStream cluster as one of the relays that share it: same
     /// identity (kept in the cluster; the first relay to start makes it), same mailboxes.
     pub async fn open_nats(config: nats::NatsConfig, limits: Limits) -> Result<Self, RelayError> {
-        let store = nats::NatsStore::connect(&config).await.map_err(RelayError::Store)?;
+        let store = nats::NatsStore::connect_with_nameplates(&config, limits.nameplate_lifetime)
+            .await
+            .map_err(RelayError::Store)?;
         // Made before asking, so that a failure here never stores an empty identity.
         let made = tls::TlsIdentity::generate()?;
         let shared = store

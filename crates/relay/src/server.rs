@@ -115,6 +115,11 @@ pub struct Metrics {
     pub forward_unreachable: AtomicU64,
     /// Requests forwarded to us by other relays, opened and executed.
     pub forwarded_in: AtomicU64,
+    /// Nameplates allocated (`Request::Nameplate`).
+    pub nameplates_created: AtomicU64,
+    /// Nameplates taken (`Request::TakeNameplate` answered with the record; here or
+    /// forwarded to us).
+    pub nameplates_taken: AtomicU64,
     /// How long each successful write (`Send`, `Ack`, `Create`, `Delete`, `ClaimCommit`)
     /// took, from when the store was asked until its answer was taken up (which, on a
     /// connection that pipelines and reads its answers slowly, includes that wait).
@@ -156,7 +161,7 @@ impl Metrics {
 
     /// Every counter with its name and what it counts: the one list that the counts line in
     /// the log and `relay --metrics` both read.
-    pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 25] {
+    pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 27] {
         [
             (
                 "refused_connections",
@@ -258,6 +263,16 @@ impl Metrics {
                 "forwarded_in",
                 "Requests forwarded to us by other relays, opened and executed.",
                 &self.forwarded_in,
+            ),
+            (
+                "nameplates_created",
+                "Nameplates (invite codes' numbers) allocated.",
+                &self.nameplates_created,
+            ),
+            (
+                "nameplates_taken",
+                "Nameplates taken (each at most once).",
+                &self.nameplates_taken,
             ),
         ]
     }
@@ -582,7 +597,9 @@ impl AddressBudgets {
     /// Takes what `req` costs `address`, or says how long until it may.
     fn take(&self, address: IpAddr, req: &Request, limits: &Limits) -> Result<(), Duration> {
         let create = match req {
-            Request::Create { .. } => true,
+            // A nameplate is charged as a mailbox is; so is each take, a guess at a number:
+            // this bounds how fast one address sweeps the nameplates.
+            Request::Create { .. } | Request::Nameplate { .. } | Request::TakeNameplate { .. } => true,
             Request::Send { .. } | Request::Forward { .. } => false,
             _ => return Ok(()),
         };
@@ -1446,6 +1463,16 @@ async fn serve_stateless(shared: &Shared, req: Request) -> Response {
             }
             Err(e) => store_error("deleting an acknowledged envelope", e),
         },
+        // Ours or forwarded to us (a joiner whose home is another relay). Neither the number
+        // nor the record is ever logged.
+        Request::TakeNameplate { number } => match store.nameplate_take(number, now_secs()).await {
+            Ok(Some(record)) => {
+                Metrics::count(&shared.metrics.nameplates_taken);
+                Response::Record(record)
+            }
+            Ok(None) => Connection::err(ErrorCode::NoSuchNameplate),
+            Err(e) => store_error("taking a nameplate", e),
+        },
         _ => Connection::err(ErrorCode::Malformed),
     }
 }
@@ -1459,8 +1486,17 @@ impl Connection {
         let store = shared.store.clone();
         match req {
             Request::Ping => Response::Pong,
-            // Nameplates are not served yet.
-            Request::Nameplate { .. } | Request::TakeNameplate { .. } => Self::err(ErrorCode::Malformed),
+            Request::Nameplate { record } => {
+                let expires = now_secs().saturating_add(shared.limits.nameplate_lifetime.as_secs());
+                match store.nameplate_create(record, expires).await {
+                    Ok(number) => {
+                        Metrics::count(&shared.metrics.nameplates_created);
+                        Response::Nameplate { number }
+                    }
+                    Err(e) => store_error("allocating a nameplate", e),
+                }
+            }
+            req @ Request::TakeNameplate { .. } => serve_stateless(shared, req).await,
             Request::Paced => {
                 self.paced = true;
                 Response::Ok

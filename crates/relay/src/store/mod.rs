@@ -265,8 +265,25 @@ pub trait MailboxStore: Send + Sync + 'static {
         epoch: u64,
         key: [u8; 32],
     ) -> impl Future<Output = Result<Arc<[u8]>, StoreError>> + Send;
-    /// Deletes envelopes whose expiry is before `now`; returns how many.
+    /// Deletes envelopes whose expiry is before `now`, and the nameplates expired by then;
+    /// returns how many envelopes.
     fn expire(&self, now: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Allocates a nameplate holding `record` (at most
+    /// [`backchannel_core::frame::MAX_NAMEPLATE_RECORD`] bytes, as frame decoding enforces)
+    /// until `expires_at` (Unix seconds); returns its number, from 1 to
+    /// [`backchannel_core::code::MAX_NAMEPLATE`], one no other nameplate holds, picked at
+    /// random, short ones first ([`nameplate_candidates`]). Refused with
+    /// [`StoreError::RelayFull`] when no free number was found.
+    fn nameplate_create(
+        &self,
+        record: Vec<u8>,
+        expires_at: u64,
+    ) -> impl Future<Output = Result<u32, StoreError>> + Send;
+    /// Takes the nameplate `number`: its record, and the nameplate is gone, for one caller
+    /// only however many race (relays sharing a cluster included). `None` if there is no
+    /// such nameplate, or it expired before `now` (then it is removed).
+    fn nameplate_take(&self, number: u32, now: u64)
+        -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
     /// Marks these mailboxes (those that exist) used at `now` (Unix seconds): their
     /// recipient opened them. Creating a mailbox and a granted claim mark it too.
     fn touch(&self, ids: &[MailboxId], now: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -495,6 +512,41 @@ impl Claims {
     }
 }
 
+/// The ranges a nameplate's number is drawn from, shortest first: a code is read aloud,
+/// so a relay with few nameplates out hands out three digits.
+pub const NAMEPLATE_RANGES: [u32; 4] = [999, 9_999, 99_999, backchannel_core::code::MAX_NAMEPLATE];
+
+/// Random tries in each of [`NAMEPLATE_RANGES`] before the next.
+pub const NAMEPLATE_TRIES: usize = 4;
+
+/// The numbers a store tries, in order, for a new nameplate: [`NAMEPLATE_TRIES`] drawn
+/// uniformly from 1 to each of [`NAMEPLATE_RANGES`] in turn (a range whose numbers are
+/// mostly taken is soon passed over for the next). The first free one is the nameplate's.
+pub fn nameplate_candidates(rng: &mut impl rand_core::RngCore) -> Result<Vec<u32>, StoreError> {
+    NAMEPLATE_RANGES
+        .iter()
+        .flat_map(|top| std::iter::repeat_n(*top, NAMEPLATE_TRIES))
+        .map(|top| uniform_below(rng, top).map(|n| n + 1))
+        .collect()
+}
+
+/// A number in `0..n` (`n` > 0), uniformly (rejection sampling: no modulo bias).
+fn uniform_below(rng: &mut impl rand_core::RngCore, n: u32) -> Result<u32, StoreError> {
+    let n = u64::from(n.max(1));
+    // The largest multiple of n up to 2^32: draws at or above it are drawn again.
+    let zone = (1u64 << 32) - (1u64 << 32) % n;
+    loop {
+        let mut b = [0u8; 4];
+        rng.try_fill_bytes(&mut b)
+            .map_err(|e| StoreError::Randomness(Arc::new(e)))?;
+        let x = u64::from(u32::from_be_bytes(b));
+        if x < zone {
+            // Below n, which is a u32.
+            return Ok((x % n) as u32);
+        }
+    }
+}
+
 /// The store a relay runs on: one of the two backends.
 ///
 /// An enum rather than `dyn MailboxStore` (not dyn-compatible with `impl Future`
@@ -579,6 +631,14 @@ impl MailboxStore for Backend {
         each!(self, s => MailboxStore::touch(s, ids, now).await)
     }
 
+    async fn nameplate_create(&self, record: Vec<u8>, expires_at: u64) -> Result<u32, StoreError> {
+        each!(self, s => MailboxStore::nameplate_create(s, record, expires_at).await)
+    }
+
+    async fn nameplate_take(&self, number: u32, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        each!(self, s => MailboxStore::nameplate_take(s, number, now).await)
+    }
+
     async fn expire_idle(&self, before: u64) -> Result<u64, StoreError> {
         each!(self, s => MailboxStore::expire_idle(s, before).await)
     }
@@ -623,5 +683,25 @@ mod tests {
             assert!(chain.contains(&words), "the cause is kept: {chain}");
         }
         assert!(!StoreError::MailboxFull.is_failure());
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn nameplate_numbers_are_short_first_and_always_in_range() {
+        use rand_core::OsRng;
+        for _ in 0..200 {
+            let c = nameplate_candidates(&mut OsRng).unwrap();
+            assert_eq!(c.len(), NAMEPLATE_RANGES.len() * NAMEPLATE_TRIES);
+            for (i, n) in c.iter().enumerate() {
+                let top = NAMEPLATE_RANGES[i / NAMEPLATE_TRIES];
+                assert!((1..=top).contains(n), "{n} out of 1..={top}");
+            }
+        }
+        // Every number of a small range comes up (uniform, not stuck on a few).
+        let mut seen = [false; 10];
+        for _ in 0..2000 {
+            seen[uniform_below(&mut OsRng, 10).unwrap() as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
     }
 }

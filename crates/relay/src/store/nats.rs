@@ -27,6 +27,14 @@
 //!   unused that long has none, and the idle sweep deletes it (`touch`, `expire_idle`;
 //!   docs/protocol.md, "Idle mailboxes").
 //!
+//! - `KV_BC_NAMEPLATES`, the KV bucket `BC_NAMEPLATES` (subjects `$KV.BC_NAMEPLATES.<number>`,
+//!   one message per subject, `max_age` the nameplate lifetime): a nameplate's expiry (u64
+//!   BE) and record. Made with a compare-and-set write on the subject's last sequence (a
+//!   number another relay took meanwhile is lost, and the next candidate tried), taken
+//!   with a KV purge that names the sequence read, so of relays racing for one nameplate
+//!   only one purge is accepted, and only that one hands out the record
+//!   (`nameplate_create`, `nameplate_take`).
+//!
 //! Every read goes to the stream leader (`STREAM.MSG.GET`, not direct get), so a relay
 //! does not answer from a follower that lags. A leader cut off from its quorum does not
 //! know it at once, though: for up to about 20 s it still answers reads, so a relay in a
@@ -73,6 +81,10 @@ const META: &str = "BC_META";
 /// (and whose record is older than the lifetime: one made since has none yet).
 const USES: &str = "BC_USES";
 const USE_SUBJECTS: &str = "bc.use.*";
+/// The KV bucket of nameplates, and its stream, as JetStream's KV API names them.
+const NAMEPLATE_BUCKET: &str = "BC_NAMEPLATES";
+const NAMEPLATES: &str = "KV_BC_NAMEPLATES";
+const NAMEPLATE_SUBJECTS: &str = "$KV.BC_NAMEPLATES.>";
 /// The idle sweep lists every mailbox, so it runs at most this often (or an eighth of the
 /// idle lifetime, if that is shorter).
 const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(3600);
@@ -157,6 +169,8 @@ pub struct NatsStore {
     meta: stream::Stream,
     /// When each mailbox was last used ([`USES`]).
     uses: stream::Stream,
+    /// Nameplates ([`NAMEPLATES`]).
+    nameplates: stream::Stream,
     /// When this relay last ran the idle sweep, and how often it may.
     idle_sweep: Mutex<Option<Instant>>,
     idle_every: Duration,
@@ -261,6 +275,14 @@ fn held_subject(id: &MailboxId, epoch: u64) -> String {
     format!("bc.clm.{}-{}", hex(&id.0), HeldCommit::slot(epoch))
 }
 
+/// A nameplate's subject in the KV bucket (its key is the number in decimal).
+fn nameplate_subject(number: u32) -> String {
+    format!("$KV.{NAMEPLATE_BUCKET}.{number}")
+}
+
+/// The header JetStream's KV API marks each message with: PUT, DEL or PURGE.
+const KV_OPERATION: &str = "KV-Operation";
+
 fn note_subject(id: &MailboxId) -> String {
     format!("bc.new.{}", hex(&id.0))
 }
@@ -296,9 +318,20 @@ enum Cas {
 }
 
 impl NatsStore {
-    /// Connects to the cluster and creates the streams if they don't exist yet.
+    /// Connects to the cluster and creates the streams if they don't exist yet, the
+    /// nameplate bucket with the default nameplate lifetime
+    /// ([`crate::Limits::nameplate_lifetime`]).
     /// Must be called inside a Tokio runtime; the store's methods are futures on it.
     pub async fn connect(config: &NatsConfig) -> Result<Self, StoreError> {
+        Self::connect_with_nameplates(config, crate::Limits::DEFAULT.nameplate_lifetime).await
+    }
+
+    /// [`NatsStore::connect`], with nameplates kept for `nameplate_lifetime` (the bucket's
+    /// `max_age`, which follows the last relay to start).
+    pub async fn connect_with_nameplates(
+        config: &NatsConfig,
+        nameplate_lifetime: Duration,
+    ) -> Result<Self, StoreError> {
         let client = connect_client(&config.urls).await?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(OP_TIMEOUT);
@@ -376,12 +409,34 @@ impl NatsStore {
             },
         )
         .await?;
+        // A KV bucket as JetStream's KV API makes one (so `nats kv` reads it), but read from
+        // the stream leader, as every other record is.
+        let nameplates = ensure_stream(
+            &js,
+            stream::Config {
+                name: NAMEPLATES.into(),
+                description: Some("backchannel nameplates".into()),
+                subjects: vec![NAMEPLATE_SUBJECTS.into()],
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                retention: stream::RetentionPolicy::Limits,
+                max_messages_per_subject: 1,
+                max_age: nameplate_lifetime.max(Duration::from_secs(1)),
+                discard: stream::DiscardPolicy::New,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: false,
+                ..Default::default()
+            },
+        )
+        .await?;
         let store = Self {
             client,
             js,
             envelopes,
             meta,
             uses,
+            nameplates,
             idle_sweep: Mutex::new(None),
             idle_every: (config.idle_lifetime / 8).min(IDLE_SWEEP_EVERY),
             listener: Mutex::new(None),
@@ -514,6 +569,82 @@ impl NatsStore {
             Ok(Err(e)) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Ok(Err(e)) => Err(client_error("reading a record", e)),
             Err(_) => Err(nats_error("reading a record", NatsError::Timeout)),
+        }
+    }
+
+    /// The last message on a nameplate's subject, from the stream leader: its sequence, and
+    /// its expiry and record if it is a nameplate (not a purge marker).
+    async fn nameplate_latest(&self, subject: &str) -> Result<Option<(u64, Option<(u64, Bytes)>)>, StoreError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        const DOING: &str = "reading a nameplate";
+        let m = match tokio::time::timeout(OP_TIMEOUT, self.nameplates.get_last_raw_message_by_subject(subject)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Ok(Err(e)) => return Err(client_error(DOING, e)),
+            Err(_) => return Err(nats_error(DOING, NatsError::Timeout)),
+        };
+        // A KV delete or purge, or a marker JetStream left: no nameplate.
+        let marker = m.headers.get(KV_OPERATION).is_some_and(|op| op.as_str() != "PUT")
+            || m.headers.get(async_nats::header::NATS_MARKER_REASON).is_some();
+        if marker {
+            return Ok(Some((m.sequence, None)));
+        }
+        let expires = m
+            .payload
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| corrupt("nameplate"))?;
+        Ok(Some((m.sequence, Some((expires, m.payload.slice(8..))))))
+    }
+
+    async fn do_nameplate_create(&self, record: &[u8], expires_at: u64, candidates: &[u32]) -> Result<u32, StoreError> {
+        let now = crate::now_secs();
+        for number in candidates {
+            let subject = nameplate_subject(*number);
+            // Free: never used, taken (a purge marker), or expired (and not yet dropped by
+            // the stream's max_age). The write names what it saw, so a relay that took the
+            // number meanwhile wins and this one tries the next.
+            let expected = match self.nameplate_latest(&subject).await? {
+                None => 0,
+                Some((seq, None)) => seq,
+                Some((seq, Some((at, _)))) if at < now => seq,
+                Some(_) => continue,
+            };
+            let mut value = Vec::with_capacity(8 + record.len());
+            value.extend_from_slice(&expires_at.to_be_bytes());
+            value.extend_from_slice(record);
+            let msg = PublishMessage::build()
+                .payload(Bytes::from(value))
+                .header(KV_OPERATION, "PUT")
+                .expected_last_subject_sequence(expected);
+            match self.publish("allocating a nameplate", &subject, msg).await? {
+                Ok(_) => return Ok(*number),
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+                Err(e) => return Err(full_or("allocating a nameplate", e)),
+            }
+        }
+        Err(StoreError::RelayFull)
+    }
+
+    async fn do_nameplate_take(&self, number: u32, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        const DOING: &str = "taking a nameplate";
+        let subject = nameplate_subject(number);
+        let Some((seq, Some((expires, record)))) = self.nameplate_latest(&subject).await? else {
+            return Ok(None);
+        };
+        // A KV purge (the record's bytes go from the stream), only if the nameplate is still
+        // the message read: of racing takes, one purge names the right sequence.
+        let msg = PublishMessage::build()
+            .header(KV_OPERATION, "PURGE")
+            .header(async_nats::header::NATS_ROLLUP, "sub")
+            .expected_last_subject_sequence(seq);
+        match self.publish(DOING, &subject, msg).await? {
+            Ok(_) if expires >= now => Ok(Some(record.to_vec())),
+            // Expired: gone, and answered as gone.
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
+            Err(e) => Err(client_error(DOING, e)),
         }
     }
 
@@ -977,9 +1108,10 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
                 subjects.sort();
                 let mut wanted = config.subjects.clone();
                 wanted.sort();
-                // The idle lifetime of the use records follows the relay's flag; the other
+                // The idle lifetime of the use records, and the nameplate lifetime, follow the
+                // relay's flags; the other
                 // streams' ages are left as they were made.
-                let same_age = config.name != USES || have.max_age == config.max_age;
+                let same_age = (config.name != USES && config.name != NAMEPLATES) || have.max_age == config.max_age;
                 if have.max_bytes == config.max_bytes
                     && have.discard == config.discard
                     && subjects == wanted
@@ -1118,6 +1250,22 @@ impl MailboxStore for NatsStore {
     }
 
     /// Marks them used now (JetStream dates the records; `now` is this relay's clock).
+    async fn nameplate_create(&self, record: Vec<u8>, expires_at: u64) -> Result<u32, StoreError> {
+        let candidates = super::nameplate_candidates(&mut rand_core::OsRng)?;
+        // Tried again, a try whose answer was lost may have made a nameplate nobody will
+        // hear of: it expires unused.
+        patiently(self.patience, |_| {
+            self.do_nameplate_create(&record, expires_at, &candidates)
+        })
+        .await
+    }
+
+    /// At most once: a take whose answer was lost to a failover purged the nameplate, and its
+    /// retry finds none (the joiner is told the code is gone, and asks for another).
+    async fn nameplate_take(&self, number: u32, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        patiently(self.patience, |_| self.do_nameplate_take(number, now)).await
+    }
+
     async fn touch(&self, ids: &[MailboxId], _now: u64) -> Result<(), StoreError> {
         patiently(self.patience, |_| self.mark_used(ids)).await
     }

@@ -69,6 +69,8 @@
 //! - [`at_rest`]: the key file, sealing and opening, the slot ledger, and the
 //!   recovery of slots on open.
 //! - [`writer`]: the writer thread (group commit) and the zeroing thread.
+//! - [`nameplate`]: the layout and sealing of nameplates (invite codes' numbers), whose
+//!   records are sealed under a key held in memory only.
 //! - [`upgrade`]: the data directory's format version and the conversion of older
 //!   layouts (a newer one is refused and nothing is rewritten).
 //! - here: [`EmbeddedStore`], its reads, and [`MailboxStore`] over it.
@@ -86,6 +88,7 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use crate::store::{ClaimProof, Claims, HeldCommit, MailboxStore, Quota, Stats, StoreError};
 
 mod at_rest;
+mod nameplate;
 mod record;
 mod upgrade;
 mod writer;
@@ -95,7 +98,8 @@ pub use upgrade::FORMAT;
 
 use at_rest::{open_sealed, KeyFile, Unopened};
 use record::{record_key, record_seq, EnvelopeValue, MailboxRecord};
-use writer::{Answer, Reply, Write};
+use writer::{Answer, Done, Reply, Write};
+use zeroize::Zeroizing;
 
 /// receive id (32) -> mailbox record ([`record`]).
 const MAILBOXES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mailboxes");
@@ -128,6 +132,20 @@ const TOUCHED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("touched");
 /// used, so that the idle sweep reads only the mailboxes that have been idle too long.
 /// Format 4, with [`TOUCHED`].
 const IDLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idle");
+
+/// number (u32 BE) -> a nameplate: its expiry and its record, sealed under a key that lives
+/// in memory only ([`nameplate`]). Added within data directory format 4, without a change of
+/// format, as [`HELD`] was: the table is made by the first write that needs it (a directory
+/// without it holds no nameplate), and a relay of an earlier release never opens it. Nor
+/// would its content mean anything to one: nameplates are sealed under a key that dies with
+/// the process, and the store empties this table and [`NAMEPLATE_EXPIRY`] when it opens. So
+/// a directory goes back and forth between this release and the one before without a
+/// conversion.
+const NAMEPLATES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nameplates");
+
+/// expiry (u64 BE) || number (u32 BE) -> nothing: the nameplates by when they expire, for
+/// the sweep. With [`NAMEPLATES`], under the same terms.
+const NAMEPLATE_EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nameplate_expiry");
 
 /// The key of a mailbox in [`IDLE`].
 fn idle_key(at: u64, id: &MailboxId) -> [u8; 40] {
@@ -199,6 +217,16 @@ fn get_record(boxes: &Table<'_>, id: &MailboxId) -> Result<Option<MailboxRecord>
         Some(v) => Ok(Some(MailboxRecord::decode(v.value())?)),
         None => Ok(None),
     }
+}
+
+/// Empties the nameplate tables (what an earlier run left: sealed under its key, which is gone).
+fn forget_nameplates(db: &Database) -> Result<(), StoreError> {
+    const DOING: &str = "forgetting the nameplates of the last run";
+    let txn = db.begin_write().map_err(StoreError::database(DOING))?;
+    txn.delete_table(NAMEPLATES).map_err(StoreError::database(DOING))?;
+    txn.delete_table(NAMEPLATE_EXPIRY)
+        .map_err(StoreError::database(DOING))?;
+    txn.commit().map_err(StoreError::database(DOING))
 }
 
 /// The embedded, crash-safe store (redb), with each envelope sealed under a
@@ -291,12 +319,15 @@ impl EmbeddedStore {
         if matches!(found, upgrade::Found::Format1 | upgrade::Found::Older(_)) {
             upgrade::index_touches(&db, writer::now_secs())?;
         }
+        // Nameplates of an earlier run are sealed under a key gone with it ([`nameplate`]).
+        forget_nameplates(&db)?;
+        let nameplate_key = nameplate::NameplateKey::fresh()?;
         let (tx, rx) = mpsc::channel::<(Write, Reply)>();
         let writer_db = db.clone();
         let writer_keys = keys.clone();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::writer(writer_db, writer_keys, book, rx, quota))
+            .spawn(move || writer::writer(writer_db, writer_keys, book, rx, quota, nameplate_key))
             .map_err(|e| StoreError::Thread(Arc::new(e)))?;
         Ok(Self {
             reader: Reader { db, keys },
@@ -371,6 +402,7 @@ impl EmbeddedStore {
             expires_at,
             work,
         })
+        .map(Done::pair)
     }
 
     /// A mailbox's recipient key, blocking ([`MailboxStore::recipient_key`]).
@@ -415,9 +447,25 @@ impl EmbeddedStore {
         self.reader.held_commit(send, epoch, &key)
     }
 
-    /// Deletes expired envelopes, blocking ([`MailboxStore::expire`]).
+    /// Deletes expired envelopes and nameplates, blocking ([`MailboxStore::expire`]).
     pub fn expire(&self, now: u64) -> Result<u64, StoreError> {
-        self.write(Write::Expire { now }).map(|(_, n)| n)
+        self.write(Write::Expire { now }).map(Done::count)
+    }
+
+    /// Allocates a nameplate, blocking ([`MailboxStore::nameplate_create`]).
+    pub fn nameplate_create(&self, record: Vec<u8>, expires_at: u64) -> Result<u32, StoreError> {
+        let candidates = crate::store::nameplate_candidates(&mut rand_core::OsRng)?;
+        self.write(Write::NameplateCreate {
+            record: Zeroizing::new(record),
+            expires_at,
+            candidates,
+        })
+        .map(Done::number)
+    }
+
+    /// Takes a nameplate, blocking ([`MailboxStore::nameplate_take`]).
+    pub fn nameplate_take(&self, number: u32, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.write(Write::NameplateTake { number, now }).map(Done::record)
     }
 
     /// Marks mailboxes used at `now`, blocking ([`MailboxStore::touch`]).
@@ -428,7 +476,7 @@ impl EmbeddedStore {
     /// Deletes the mailboxes last used before `before`, blocking
     /// ([`MailboxStore::expire_idle`]).
     pub fn expire_idle(&self, before: u64) -> Result<u64, StoreError> {
-        self.write(Write::ExpireIdle { before }).map(|(_, n)| n)
+        self.write(Write::ExpireIdle { before }).map(Done::count)
     }
 
     /// Counts, blocking ([`MailboxStore::stats`]).
@@ -583,6 +631,7 @@ impl MailboxStore for EmbeddedStore {
             work,
         })
         .await
+        .map(Done::pair)
     }
 
     async fn recipient_key(&self, id: MailboxId) -> Result<Option<[u8; 32]>, StoreError> {
@@ -624,7 +673,7 @@ impl MailboxStore for EmbeddedStore {
     }
 
     async fn expire(&self, now: u64) -> Result<u64, StoreError> {
-        self.submit(Write::Expire { now }).await.map(|(_, n)| n)
+        self.submit(Write::Expire { now }).await.map(Done::count)
     }
 
     async fn touch(&self, ids: &[MailboxId], now: u64) -> Result<(), StoreError> {
@@ -632,7 +681,24 @@ impl MailboxStore for EmbeddedStore {
     }
 
     async fn expire_idle(&self, before: u64) -> Result<u64, StoreError> {
-        self.submit(Write::ExpireIdle { before }).await.map(|(_, n)| n)
+        self.submit(Write::ExpireIdle { before }).await.map(Done::count)
+    }
+
+    async fn nameplate_create(&self, record: Vec<u8>, expires_at: u64) -> Result<u32, StoreError> {
+        let candidates = crate::store::nameplate_candidates(&mut rand_core::OsRng)?;
+        self.submit(Write::NameplateCreate {
+            record: Zeroizing::new(record),
+            expires_at,
+            candidates,
+        })
+        .await
+        .map(Done::number)
+    }
+
+    async fn nameplate_take(&self, number: u32, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.submit(Write::NameplateTake { number, now })
+            .await
+            .map(Done::record)
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {

@@ -1149,3 +1149,113 @@ fn a_stale_index_entry_never_deletes_an_envelope_that_has_not_expired() {
         "the stale entry is gone too"
     );
 }
+
+/// The raw values of the nameplate table, as the disk holds them.
+fn nameplate_values(path: &Path) -> Vec<Vec<u8>> {
+    let db = Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    match txn.open_table(NAMEPLATES) {
+        Ok(t) => t.iter().unwrap().map(|e| e.unwrap().1.value().to_vec()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn a_nameplate_is_taken_once_and_its_record_is_sealed_at_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 10);
+    let now = writer::now_secs();
+    let n = s
+        .nameplate_create(b"inviter's first message".to_vec(), now + 600)
+        .unwrap();
+    assert!((1..=999).contains(&n), "an empty store hands out three digits: {n}");
+    let m = s.nameplate_create(b"another".to_vec(), now + 600).unwrap();
+    assert_ne!(n, m);
+    assert_eq!(s.nameplate_take(n, now).unwrap().unwrap(), b"inviter's first message");
+    assert_eq!(s.nameplate_take(n, now).unwrap(), None, "taken once");
+    assert_eq!(s.nameplate_take(0, now).unwrap(), None);
+    assert_eq!(s.nameplate_take(u32::MAX, now).unwrap(), None);
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let path = dir.path().join("m.redb");
+    let values = nameplate_values(&path);
+    assert_eq!(values.len(), 1, "the one not taken");
+    assert!(!values[0].windows(7).any(|w| w == b"another"), "sealed at rest");
+    // A new run holds none: they were sealed under the last run's key.
+    let s = open(dir.path(), 10);
+    assert_eq!(s.nameplate_take(m, now).unwrap(), None);
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(nameplate_values(&path).is_empty());
+}
+
+#[test]
+fn an_expired_nameplate_is_gone_for_a_take_and_for_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 10);
+    let a = s.nameplate_create(b"a".to_vec(), 1000).unwrap();
+    let b = s.nameplate_create(b"b".to_vec(), 1000).unwrap();
+    let c = s.nameplate_create(b"c".to_vec(), 5000).unwrap();
+    // Kept through its expiry second, gone after it.
+    assert_eq!(s.nameplate_take(a, 1001).unwrap(), None);
+    assert_eq!(s.expire(1000).unwrap(), 0);
+    assert_eq!(s.nameplate_take(b, 1000).unwrap().unwrap(), b"b");
+    let d = s.nameplate_create(b"d".to_vec(), 1000).unwrap();
+    s.expire(1001).unwrap();
+    assert_eq!(s.nameplate_take(d, 0).unwrap(), None, "swept");
+    assert_eq!(s.nameplate_take(c, 1001).unwrap().unwrap(), b"c", "not yet expired");
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(nameplate_values(&dir.path().join("m.redb")).is_empty());
+}
+
+#[test]
+fn nameplates_fill_the_short_numbers_then_longer_ones_and_never_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 10);
+    let now = writer::now_secs();
+    let mut seen = std::collections::HashSet::new();
+    // More than three digits hold: every number is new, and four digits come once the
+    // three-digit ones are mostly taken.
+    let mut long = 0;
+    for _ in 0..1100 {
+        let n = s.nameplate_create(vec![1], now + 600).unwrap();
+        assert!((1..=backchannel_core::code::MAX_NAMEPLATE).contains(&n));
+        assert!(seen.insert(n), "{n} handed out twice");
+        if n > 999 {
+            long += 1;
+        }
+    }
+    assert!(long >= 101, "{long}");
+    assert!(seen.iter().filter(|n| **n <= 999).count() > 700);
+}
+
+#[test]
+fn when_the_random_tries_miss_the_walk_finds_a_free_number_or_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 10);
+    // Every number taken but 5 and 999,999 (written directly: a million creates are slow).
+    {
+        let txn = s.reader.db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(NAMEPLATES).unwrap();
+            for n in 1..=backchannel_core::code::MAX_NAMEPLATE {
+                if n != 5 && n != backchannel_core::code::MAX_NAMEPLATE {
+                    let mut v = vec![1u8];
+                    v.extend_from_slice(&u64::MAX.to_be_bytes());
+                    v.extend_from_slice(&[0; 12 + 16]);
+                    t.insert(&nameplate::key(n)[..], &v[..]).unwrap();
+                }
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let now = writer::now_secs();
+    let mut got = [
+        s.nameplate_create(vec![1], now + 600).unwrap(),
+        s.nameplate_create(vec![2], now + 600).unwrap(),
+    ];
+    got.sort();
+    assert_eq!(got, [5, backchannel_core::code::MAX_NAMEPLATE]);
+    assert_eq!(s.nameplate_create(vec![3], now + 600), Err(StoreError::RelayFull));
+}

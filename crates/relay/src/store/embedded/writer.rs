@@ -15,12 +15,14 @@ use backchannel_core::envelope::Envelope;
 use backchannel_core::mailbox::MailboxId;
 use backchannel_core::pow::ProvenWork;
 use redb::{Database, ReadableTable, ReadableTableMetadata};
+use zeroize::Zeroizing;
 
 use super::at_rest::{fresh_key, seal, zero_slots, EnvelopeKey, KeyFile, SlotBook};
+use super::nameplate::{self, NameplateKey};
 use super::record::{encode_envelope_value, encode_sender, record_key, EnvelopeValue, MailboxRecord};
 use super::{
     count_off, expiry_key, get_record, held_key, idle_key, sender, Table, ENVELOPES, EXPIRY, HELD, IDLE, MAILBOXES,
-    MAX_BATCH, SENDERS, TOUCHED,
+    MAX_BATCH, NAMEPLATES, NAMEPLATE_EXPIRY, SENDERS, TOUCHED,
 };
 use crate::store::{ClaimProof, Claims, HeldCommit, Quota, StoreError};
 
@@ -70,13 +72,61 @@ pub(crate) enum Write {
         /// The commit the claim carries, held with the grant.
         commit: Option<Arc<[u8]>>,
     },
+    /// Deletes expired envelopes and nameplates.
     Expire {
+        now: u64,
+    },
+    /// Allocates a nameplate under the first of `candidates` that is free (or, if none is,
+    /// any free number).
+    NameplateCreate {
+        record: Zeroizing<Vec<u8>>,
+        expires_at: u64,
+        candidates: Vec<u32>,
+    },
+    /// Takes a nameplate.
+    NameplateTake {
+        number: u32,
         now: u64,
     },
 }
 
-/// What a write answers: the receive id it touched (for sends) and a number.
-pub(crate) type Answer = Result<(MailboxId, u64), StoreError>;
+/// What a write did.
+pub(crate) enum Done {
+    /// The receive id it touched (for sends) and a number (a sequence number, a count, a
+    /// nameplate's number).
+    Mailbox(MailboxId, u64),
+    /// A taken nameplate's record, or none.
+    Record(Option<Zeroizing<Vec<u8>>>),
+}
+
+impl Done {
+    pub(crate) fn pair(self) -> (MailboxId, u64) {
+        match self {
+            Done::Mailbox(id, n) => (id, n),
+            Done::Record(_) => (MailboxId([0; 32]), 0),
+        }
+    }
+
+    pub(crate) fn count(self) -> u64 {
+        self.pair().1
+    }
+
+    /// A nameplate's number (always one: the write that answers this made it).
+    pub(crate) fn number(self) -> u32 {
+        u32::try_from(self.count()).unwrap_or(0)
+    }
+
+    pub(crate) fn record(self) -> Option<Vec<u8>> {
+        match self {
+            // The copy handed on is the caller's to protect; this one is zeroized here.
+            Done::Record(r) => r.map(|r| r.to_vec()),
+            Done::Mailbox(..) => None,
+        }
+    }
+}
+
+/// What a write answers.
+pub(crate) type Answer = Result<Done, StoreError>;
 
 /// Where the writer thread sends a write's answer: to a blocked thread, or to a future.
 pub(crate) enum Reply {
@@ -100,6 +150,7 @@ pub(crate) fn writer(
     mut book: SlotBook,
     rx: mpsc::Receiver<(Write, Reply)>,
     max: Quota,
+    nameplates: NameplateKey,
 ) {
     // Zeroing freed keys runs on a thread of its own, so the next batch's commit does
     // not wait for it. It hands the slots back once their zeros are durable.
@@ -125,7 +176,7 @@ pub(crate) fn writer(
             }
         }
         let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
-        match apply_batch(&db, &keys, &mut book, &writes, max) {
+        match apply_batch(&db, &keys, &mut book, &writes, max, &nameplates) {
             Ok((results, shreds)) => {
                 // Writes that deleted nothing are answered now: their effect is
                 // committed. Deletions are answered once the keys they freed are zeroed.
@@ -208,11 +259,12 @@ fn apply_batch(
     book: &mut SlotBook,
     batch: &[Write],
     max: Quota,
+    nameplates: &NameplateKey,
 ) -> Result<(Vec<Answer>, Vec<bool>), StoreError> {
     let mut slots = BatchSlots::default();
     let mut txn = db.begin_write().map_err(StoreError::database(COMMITTING))?;
     txn.set_two_phase_commit(true);
-    let (results, shreds) = match stage(&txn, book, &mut slots, batch, max) {
+    let (results, shreds) = match stage(&txn, book, &mut slots, batch, max, nameplates) {
         Ok(staged) => staged,
         Err(e) => {
             // The transaction is dropped, so aborted, and no key was written.
@@ -243,6 +295,7 @@ fn stage(
     slots: &mut BatchSlots,
     batch: &[Write],
     max: Quota,
+    nameplate_key: &NameplateKey,
 ) -> Result<(Vec<Answer>, Vec<bool>), StoreError> {
     let mut boxes = txn.open_table(MAILBOXES).map_err(StoreError::database(COMMITTING))?;
     let mut envs = txn.open_table(ENVELOPES).map_err(StoreError::database(COMMITTING))?;
@@ -251,6 +304,10 @@ fn stage(
     let mut held = txn.open_table(HELD).map_err(StoreError::database(COMMITTING))?;
     let mut touched = txn.open_table(TOUCHED).map_err(StoreError::database(COMMITTING))?;
     let mut idle = txn.open_table(IDLE).map_err(StoreError::database(COMMITTING))?;
+    let mut plates = txn.open_table(NAMEPLATES).map_err(StoreError::database(COMMITTING))?;
+    let mut plate_expiry = txn
+        .open_table(NAMEPLATE_EXPIRY)
+        .map_err(StoreError::database(COMMITTING))?;
     let mut tables = Tables {
         boxes: &mut boxes,
         envs: &mut envs,
@@ -260,6 +317,11 @@ fn stage(
         used: Used {
             touched: &mut touched,
             idle: &mut idle,
+        },
+        nameplates: Nameplates {
+            plates: &mut plates,
+            expiry: &mut plate_expiry,
+            key: nameplate_key,
         },
         book,
         slots,
@@ -309,8 +371,149 @@ struct Tables<'a, 't> {
     senders: &'a mut Table<'t>,
     held: &'a mut Table<'t>,
     used: Used<'a, 't>,
+    nameplates: Nameplates<'a, 't>,
     book: &'a mut SlotBook,
     slots: &'a mut BatchSlots,
+}
+
+/// The nameplates ([`super::NAMEPLATES`]), their expiry index
+/// ([`super::NAMEPLATE_EXPIRY`]) and the key their records are sealed under.
+struct Nameplates<'a, 't> {
+    plates: &'a mut Table<'t>,
+    expiry: &'a mut Table<'t>,
+    key: &'a NameplateKey,
+}
+
+impl Nameplates<'_, '_> {
+    /// Whether `number` is free: no nameplate, or one expired before `now`.
+    fn free(&self, number: u32, now: u64) -> Result<bool, StoreError> {
+        Ok(
+            match self
+                .plates
+                .get(&nameplate::key(number)[..])
+                .map_err(StoreError::database("allocating a nameplate"))?
+            {
+                None => true,
+                Some(v) => nameplate::expires_at(v.value()).is_none_or(|at| at < now),
+            },
+        )
+    }
+
+    /// A free number when none of the candidates was: the first after `from` (wrapping
+    /// around), by a walk of the table's keys in order; `None` if every number is taken.
+    fn any_free(&self, from: u32) -> Result<Option<u32>, StoreError> {
+        const DOING: &str = "looking for a free nameplate";
+        let max = backchannel_core::code::MAX_NAMEPLATE;
+        let from = from.clamp(1, max);
+        for (start, end) in [(from, max), (1, from)] {
+            let mut next = start;
+            for entry in self
+                .plates
+                .range(&nameplate::key(start)[..]..=&nameplate::key(end)[..])
+                .map_err(StoreError::database(DOING))?
+            {
+                let (k, _) = entry.map_err(StoreError::database(DOING))?;
+                let taken = <[u8; 4]>::try_from(k.value()).map(u32::from_be_bytes).unwrap_or(0);
+                if taken > next {
+                    return Ok(Some(next));
+                }
+                next = next.max(taken.saturating_add(1));
+            }
+            if next <= end {
+                return Ok(Some(next));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes nameplate `number` (and its index entry); returns its value.
+    fn remove(&mut self, number: u32, doing: &'static str) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = self
+            .plates
+            .remove(&nameplate::key(number)[..])
+            .map_err(StoreError::database(doing))?
+            .map(|v| v.value().to_vec());
+        if let Some(at) = value.as_deref().and_then(nameplate::expires_at) {
+            self.expiry
+                .remove(&nameplate::expiry_key(at, number)[..])
+                .map_err(StoreError::database(doing))?;
+        }
+        Ok(value)
+    }
+
+    fn create(&mut self, record: &[u8], expires_at: u64, candidates: &[u32], now: u64) -> Result<Answer, StoreError> {
+        const DOING: &str = "allocating a nameplate";
+        let mut chosen = None;
+        for n in candidates {
+            if self.free(*n, now)? {
+                chosen = Some(*n);
+                break;
+            }
+        }
+        let chosen = match chosen {
+            Some(n) => Some(n),
+            None => self.any_free(candidates.last().copied().unwrap_or(1))?,
+        };
+        let Some(number) = chosen else {
+            return Ok(Err(StoreError::RelayFull));
+        };
+        // An expired one in its place goes first.
+        self.remove(number, DOING)?;
+        let value = self.key.seal(number, expires_at, record)?;
+        self.plates
+            .insert(&nameplate::key(number)[..], &value[..])
+            .map_err(StoreError::database(DOING))?;
+        self.expiry
+            .insert(&nameplate::expiry_key(expires_at, number)[..], &[][..])
+            .map_err(StoreError::database(DOING))?;
+        Ok(Ok(Done::Mailbox(MailboxId([0; 32]), u64::from(number))))
+    }
+
+    fn take(&mut self, number: u32, now: u64) -> Result<Answer, StoreError> {
+        let Some(value) = self.remove(number, "taking a nameplate")? else {
+            return Ok(Ok(Done::Record(None)));
+        };
+        let live = nameplate::expires_at(&value).is_some_and(|at| at >= now);
+        // One that does not open (damaged) is gone as if it had expired.
+        Ok(Ok(Done::Record(live.then(|| self.key.open(number, &value)).flatten())))
+    }
+
+    /// Removes the nameplates expired before `now`; returns how many.
+    fn expire(&mut self, now: u64) -> Result<u64, StoreError> {
+        const DOING: &str = "deleting expired nameplates";
+        let Some(end) = now.checked_sub(1) else {
+            return Ok(0);
+        };
+        let end = nameplate::expiry_key(end, u32::MAX);
+        let due: Vec<Vec<u8>> = self
+            .expiry
+            .range::<&[u8]>(..=&end[..])
+            .map_err(StoreError::database(DOING))?
+            .map(|e| e.map(|(k, _)| k.value().to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::database(DOING))?;
+        let mut gone = 0;
+        for k in &due {
+            self.expiry.remove(&k[..]).map_err(StoreError::database(DOING))?;
+            let Some(number) = k.get(8..12).and_then(|n| <[u8; 4]>::try_from(n).ok()) else {
+                continue;
+            };
+            let number = u32::from_be_bytes(number);
+            // Only if the nameplate there is the one that expired (not one made since).
+            let current = self
+                .plates
+                .get(&nameplate::key(number)[..])
+                .map_err(StoreError::database(DOING))?
+                .map(|v| nameplate::expires_at(v.value()));
+            if let Some(at) = current {
+                if at.is_none_or(|at| at < now) {
+                    self.remove(number, DOING)?;
+                    gone += 1;
+                }
+            }
+        }
+        Ok(gone)
+    }
 }
 
 /// When each mailbox was last used ([`super::TOUCHED`]) and its index ([`super::IDLE`]).
@@ -427,7 +630,13 @@ fn unindex(expiry: &mut Table<'_>, record_key: &[u8], value: &[u8], doing: &'sta
 fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreError> {
     const NONE: MailboxId = MailboxId([0; 32]);
     match w {
-        Write::Delete { id } => return Ok(Ok((*id, delete_mailbox(t, id, "deleting a mailbox")?))),
+        Write::Delete { id } => return Ok(Ok(Done::Mailbox(*id, delete_mailbox(t, id, "deleting a mailbox")?))),
+        Write::NameplateCreate {
+            record,
+            expires_at,
+            candidates,
+        } => return t.nameplates.create(record, *expires_at, candidates, now_secs()),
+        Write::NameplateTake { number, now } => return t.nameplates.take(*number, *now),
         Write::ExpireIdle { before } => {
             const DOING: &str = "deleting idle mailboxes";
             let end = idle_key(*before, &MailboxId([0; 32]));
@@ -450,7 +659,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                 t.used.idle.remove(&k[..]).map_err(StoreError::database(DOING))?;
                 gone += 1;
             }
-            return Ok(Ok((NONE, gone)));
+            return Ok(Ok(Done::Mailbox(NONE, gone)));
         }
         Write::Touch { ids, now } => {
             let mut n = 0;
@@ -460,7 +669,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                     n += 1;
                 }
             }
-            return Ok(Ok((NONE, n)));
+            return Ok(Ok(Done::Mailbox(NONE, n)));
         }
         _ => {}
     }
@@ -471,10 +680,11 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
         senders,
         held,
         used,
+        nameplates,
         book,
         slots,
     } = t;
-    Ok(match w {
+    let answer = match w {
         Write::Create {
             id,
             recipient,
@@ -613,7 +823,11 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             },
             _ => Err(StoreError::NoSuchMailbox),
         },
-        Write::Delete { .. } | Write::ExpireIdle { .. } | Write::Touch { .. } => Ok((NONE, 0)),
+        Write::Delete { .. }
+        | Write::ExpireIdle { .. }
+        | Write::Touch { .. }
+        | Write::NameplateCreate { .. }
+        | Write::NameplateTake { .. } => Ok((NONE, 0)),
         Write::Expire { now } => {
             const DOING: &str = "deleting expired envelopes";
             // Only the index entries up to `now` are read: the sweep's cost is what has
@@ -648,7 +862,10 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                 };
                 count_off(boxes, &id)?;
             }
+            // Nameplates too (not counted with the envelopes).
+            nameplates.expire(*now)?;
             Ok((NONE, expired))
         }
-    })
+    };
+    Ok(answer.map(|(id, n)| Done::Mailbox(id, n)))
 }
