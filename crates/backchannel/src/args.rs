@@ -392,6 +392,11 @@ pub struct RelayArgs {
     /// on at least 90 days (the default); shorter is for tests.
     #[arg(long, default_value_t = Span(Limits::default().idle_mailbox_lifetime), value_parser = parse_span)]
     pub idle_mailbox_lifetime: Span,
+    /// How long an invite code's nameplate (the number before its words) is kept for the
+    /// joiner to take, e.g. 10m (the default) or 1h; untaken by then, it is gone, and the
+    /// code with it.
+    #[arg(long, default_value_t = Span(Limits::default().nameplate_lifetime), value_parser = parse_span)]
+    pub nameplate_lifetime: Span,
     /// Mailboxes one address (an IPv4 address, or an IPv6 /64) may create per minute on
     /// average, all its connections together (0: no limit); past it, `RateLimited`.
     #[arg(long, default_value_t = Limits::default().address_create_rate)]

@@ -86,6 +86,7 @@ forwarder-rate = 77
 forwarder-burst = 88
 forward-private = true
 idle-mailbox-lifetime = "91d"
+nameplate-lifetime = "1200s"
 address-create-rate = 7
 address-create-burst = 8
 address-store-rate = 9
