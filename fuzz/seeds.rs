@@ -466,6 +466,9 @@ fn frames(out: &mut Out, kp: &[u8], fw: &Forwarding) {
             },
         ),
         ("forwarder", fw.proof.clone()),
+        // Appended, so that the seeds before keep their request ids.
+        ("nameplate", Request::Nameplate { record: vec![14; 34] }),
+        ("take-nameplate", Request::TakeNameplate { number: 7 }),
     ];
     for (i, (name, req)) in requests.iter().enumerate() {
         out.seed("frame_request", name, &encode_request(i as u32 + 1, req));
@@ -539,6 +542,15 @@ fn frames(out: &mut Out, kp: &[u8], fw: &Forwarding) {
             "envelopes-max",
             Response::Envelopes((1..=MAX_FETCH as u64).map(delivery).collect()),
         ),
+        ("nameplate", Response::Nameplate { number: 7 }),
+        ("record", Response::Record(vec![14; 34])),
+        (
+            "error-no-such-nameplate",
+            Response::Error {
+                code: ErrorCode::NoSuchNameplate,
+                detail: 0,
+            },
+        ),
     ];
     for (i, (name, resp)) in responses.iter().enumerate() {
         out.seed("frame_response", name, &encode_response(i as u32, resp).concat());
@@ -547,6 +559,8 @@ fn frames(out: &mut Out, kp: &[u8], fw: &Forwarding) {
     for (name, resp) in [
         ("inner-commit", &responses[3].1),
         ("inner-error-epoch", &responses[4].1),
+        ("inner-record", &responses[responses.len() - 2].1),
+        ("inner-error-no-such-nameplate", &responses[responses.len() - 1].1),
     ] {
         out.seed("frame_response", name, &encode_inner_response(resp));
     }
@@ -1224,6 +1238,38 @@ fn store(out: &mut Out) {
         ..Input::default()
     };
     out.seed("relay_store", "requests", &ops.to_bytes());
+
+    // Nameplates: made, taken (one expired first), made again after a reopen.
+    let plates = Input {
+        ops: vec![
+            Op::NameplateCreate {
+                fill: 1,
+                len: 8,
+                expires_at: u64::MAX,
+            },
+            Op::NameplateCreate {
+                fill: 2,
+                len: 255,
+                expires_at: u64::MAX,
+            },
+            Op::NameplateCreate {
+                fill: 4,
+                len: 0,
+                expires_at: 1000,
+            },
+            Op::NameplateTake { number: 7, now: 0 },
+            Op::Expire { now: 2000 },
+            Op::NameplateTake { number: 7, now: 2000 },
+            Op::Reopen,
+            Op::NameplateCreate {
+                fill: 3,
+                len: 1,
+                expires_at: u64::MAX,
+            },
+        ],
+        ..Input::default()
+    };
+    out.seed("relay_store", "nameplates", &plates.to_bytes());
 }
 
 /// Courier bundles for the two mailboxes `fuzz_targets/courier.rs` imports

@@ -99,6 +99,8 @@ fn run(dir: &Path, input: &Input) {
     let Ok(mut store) = open(dir) else {
         return;
     };
+    // The nameplates made and not yet taken, in this run of the store: number -> record.
+    let mut plates: std::collections::HashMap<u32, (Vec<u8>, u64)> = std::collections::HashMap::new();
     for op in &input.ops {
         match *op {
             Op::Create { id: i, recipient, send } => {
@@ -160,7 +162,35 @@ fn run(dir: &Path, input: &Input) {
             Op::Stats => {
                 let _ = store.stats();
             }
+            Op::NameplateCreate { fill, len, expires_at } => {
+                let record = vec![fill; usize::from(len) * 4];
+                if let Ok(n) = store.nameplate_create(record.clone(), expires_at) {
+                    assert!((1..=backchannel_core::code::MAX_NAMEPLATE).contains(&n), "nameplate {n}");
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs();
+                    if let Some((_, before)) = plates.insert(n, (record.clone(), expires_at)) {
+                        assert!(before < now, "a nameplate's number handed out twice while held");
+                    }
+                    if fill % 2 == 1 {
+                        // Not expired at its expiry second: the record comes back, once.
+                        assert_eq!(store.nameplate_take(n, expires_at), Ok(Some(record)));
+                        assert_eq!(store.nameplate_take(n, expires_at), Ok(None), "a nameplate taken twice");
+                        plates.remove(&n);
+                    }
+                }
+            }
+            Op::NameplateTake { number, now } => {
+                let held = plates.remove(&number);
+                if let Ok(Some(record)) = store.nameplate_take(number, now) {
+                    assert_eq!(held, Some((record, held.as_ref().map_or(0, |h| h.1))), "a record nobody left there");
+                    assert!(held.is_some_and(|h| h.1 >= now), "an expired nameplate taken");
+                }
+            }
             Op::Reopen => {
+                // A store forgets its nameplates when it opens.
+                plates.clear();
                 drop(store);
                 store = match open(dir) {
                     Ok(s) => s,

@@ -183,6 +183,10 @@ pub mod store_input {
         RecipientKey { id: u8 },
         Stats,
         Reopen,
+        /// A nameplate holding `len` × 4 bytes of `fill` (at most 1,020: under the frame's
+        /// bound of 1,024, as decoding would have it).
+        NameplateCreate { fill: u8, len: u8, expires_at: u64 },
+        NameplateTake { number: u32, now: u64 },
     }
 
     /// A whole input.
@@ -252,6 +256,15 @@ pub mod store_input {
                 0x17 => out.ops.push(Op::RecipientKey { id: r.u8()? }),
                 0x18 => out.ops.push(Op::Stats),
                 0x19 => out.ops.push(Op::Reopen),
+                0x1a => out.ops.push(Op::NameplateCreate {
+                    fill: r.u8()?,
+                    len: r.u8()?,
+                    expires_at: r.u64()?,
+                }),
+                0x1b => out.ops.push(Op::NameplateTake {
+                    number: r.u32()?,
+                    now: r.u64()?,
+                }),
                 _ => return Err(DecodeError::Invalid("item")),
             }
             Ok(())
@@ -281,6 +294,8 @@ pub mod store_input {
                     Op::RecipientKey { id } => w.u8(0x17).u8(*id),
                     Op::Stats => w.u8(0x18),
                     Op::Reopen => w.u8(0x19),
+                    Op::NameplateCreate { fill, len, expires_at } => w.u8(0x1a).u8(*fill).u8(*len).u64(*expires_at),
+                    Op::NameplateTake { number, now } => w.u8(0x1b).u32(*number).u64(*now),
                 };
             }
             w.into_vec()
