@@ -42,7 +42,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long a caller has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a caller has to take the answer.
+/// How long a caller has to take each line of the answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs the daemon until SIGTERM or Ctrl-C.
@@ -162,26 +162,33 @@ async fn handle(stream: UnixStream, owner: u32, engine: &mut Engine, pending: &m
         Ok(Ok(n)) if n > 0 => {}
         _ => return,
     }
-    let out = Out::buffered();
-    out.warnings(std::mem::take(pending));
-    let outcome = run_request(&line, engine, &out).await.map_err(|e| report(&e));
-    let mut reply = String::new();
-    let replies = out.take().into_iter().map(Reply::Line);
-    for r in replies.chain([Reply::Exit(outcome)]) {
-        // A reply is plain strings and unit variants: it always serializes.
-        if let Ok(text) = serde_json::to_string(&r) {
-            reply.push_str(&text);
-            reply.push('\n');
-        }
-    }
-    // A client that stops reading (a pager, Ctrl-Z) must not stall the daemon.
+    // Lines go to the caller as they are printed, by a task of their own: a client that
+    // stops reading (a pager, Ctrl-Z) must not stall the daemon, which only queues them.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Reply>();
     tokio::spawn(async move {
         let write_all = async {
-            write.write_all(reply.as_bytes()).await?;
-            write.shutdown().await
+            while let Some(r) = rx.recv().await {
+                // A reply is plain strings and unit variants: it always serializes.
+                if let Ok(mut text) = serde_json::to_string(&r) {
+                    text.push('\n');
+                    tokio::time::timeout(REPLY_TIMEOUT, write.write_all(text.as_bytes()))
+                        .await
+                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+                }
+            }
+            tokio::time::timeout(REPLY_TIMEOUT, write.shutdown())
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
         };
-        let _ = tokio::time::timeout(REPLY_TIMEOUT, write_all).await;
+        let _: std::io::Result<()> = write_all.await;
     });
+    let lines = tx.clone();
+    let out = Out::streamed(Box::new(move |l| {
+        let _ = lines.send(Reply::Line(l));
+    }));
+    out.warnings(std::mem::take(pending));
+    let outcome = run_request(&line, engine, &out).await.map_err(|e| report(&e));
+    let _ = tx.send(Reply::Exit(outcome));
 }
 
 /// Runs one request on the daemon's engine.

@@ -1,9 +1,8 @@
-//! What a command prints: the [`Out`] sink (this process's terminal, or a buffer the
-//! daemon sends back), text and JSON renderings of messages, and the escaping that
+//! What a command prints: the [`Out`] sink (this process's terminal, or the lines the
+//! daemon streams back), text and JSON renderings of messages, and the escaping that
 //! keeps text from the network from driving the terminal.
 
 use std::io::{IsTerminal, Write as _};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use backchannel_client::engine::{FileStatus, FileView, MessageView, Warning};
@@ -45,46 +44,43 @@ impl Line {
     }
 }
 
-/// Where a command's output goes: this process's stdout and stderr, or a
-/// buffer that the daemon sends back to the command that asked for it.
-#[derive(Debug, Default)]
+/// What takes a command's lines in a daemon: it sends them on to the command that asked,
+/// as they come (a line printed before a long wait, such as `invite --code`'s code,
+/// reaches the terminal before the wait).
+pub type Sink = Box<dyn Fn(Line) + Send + Sync>;
+
+/// Where a command's output goes: this process's stdout and stderr, or the daemon's
+/// [`Sink`] toward the command that asked for it.
+#[derive(Default)]
 pub struct Out {
-    buffer: Option<Mutex<Vec<Line>>>,
+    sink: Option<Sink>,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Out").field("local", &self.sink.is_none()).finish()
+    }
 }
 
 impl Out {
     /// Straight to stdout and stderr.
     pub fn local() -> Self {
-        Self { buffer: None }
+        Self { sink: None }
     }
 
-    /// Into a buffer.
-    pub fn buffered() -> Self {
-        Self {
-            buffer: Some(Mutex::new(Vec::new())),
-        }
+    /// Each line to `sink`, as it is printed.
+    pub fn streamed(sink: Sink) -> Self {
+        Self { sink: Some(sink) }
     }
 
     /// Whether progress can be drawn: stderr is a terminal (never for a daemon's caller).
     pub fn is_terminal(&self) -> bool {
-        self.buffer.is_none() && std::io::stderr().is_terminal()
-    }
-
-    /// The buffered lines, in order.
-    pub fn take(&self) -> Vec<Line> {
-        match &self.buffer {
-            Some(b) => b.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default(),
-            None => Vec::new(),
-        }
+        self.sink.is_none() && std::io::stderr().is_terminal()
     }
 
     fn push(&self, line: Line) {
-        match &self.buffer {
-            Some(b) => {
-                if let Ok(mut v) = b.lock() {
-                    v.push(line);
-                }
-            }
+        match &self.sink {
+            Some(sink) => sink(line),
             None => line.print(),
         }
     }
@@ -111,7 +107,7 @@ impl Out {
 
     /// Pushes what is printed so far to the terminal (for `watch`).
     pub fn flush(&self) {
-        if self.buffer.is_none() {
+        if self.sink.is_none() {
             let _ = std::io::stdout().flush();
         }
     }
