@@ -63,6 +63,13 @@ pub enum Command {
     Invite(InviteArgs),
     /// Join a channel with an invite.
     Join(JoinArgs),
+    /// List who waits for your approval to join a channel (`invite --approve`).
+    Pending(ChannelArg),
+    /// Admit someone who waits to join: by the name they chose, or the start of their
+    /// fingerprint (which `pending` shows).
+    Admit(WhoArgs),
+    /// Refuse someone who waits to join (they are not told).
+    Refuse(WhoArgs),
     /// Fetch and process everything waiting at the relays.
     Sync(SyncArgs),
     /// Send a message, or a file.
@@ -180,6 +187,9 @@ impl Command {
             Command::Channel { command } => Route::Forwardable(E::Channel(command)),
             Command::Invite(a) => Route::Forwardable(E::Invite(a)),
             Command::Join(a) => Route::Forwardable(E::Join(a)),
+            Command::Pending(a) => Route::Forwardable(E::Pending(a)),
+            Command::Admit(a) => Route::Forwardable(E::Admit(a)),
+            Command::Refuse(a) => Route::Forwardable(E::Refuse(a)),
             Command::Sync(a) => Route::Forwardable(E::Sync(a)),
             Command::Send(a) => Route::Forwardable(E::Send(a)),
             Command::Read(a) => Route::Forwardable(E::Read(a)),
@@ -252,6 +262,12 @@ pub enum EngineCommand {
     Remove(MemberArgs),
     /// `admin`.
     Admin(AdminArgs),
+    /// `pending`.
+    Pending(ChannelArg),
+    /// `admit`.
+    Admit(WhoArgs),
+    /// `refuse`.
+    Refuse(WhoArgs),
     /// `leave`.
     Leave(ChannelArg),
     /// `close`.
@@ -479,12 +495,29 @@ pub struct InviteArgs {
     /// Also draw it as a QR code (on stderr).
     #[arg(long)]
     pub qr: bool,
+    /// Print a code to read aloud (`7-orbit-velvet-harbor`) instead of an invite line,
+    /// and wait for the one person who joins with it: single use, and it expires with the
+    /// relay's nameplates (10 minutes by default) or at `--wait`.
+    #[arg(long, conflicts_with_all = ["qr", "uses"])]
+    pub code: bool,
+    /// With `--code`: how many seconds to wait for the joiner (and for its admission).
+    #[arg(long, requires = "code", default_value_t = 600)]
+    pub wait: u64,
+    /// Whoever joins with it waits until you admit them (`pending`, `admit`, `refuse`).
+    #[arg(long)]
+    pub approve: bool,
 }
 
 // `join`.
 #[derive(clap::Args, Serialize, Deserialize, Debug, Clone)]
 pub struct JoinArgs {
+    /// An invite line (`bc-invite:…`), or a code read aloud (`7-orbit-velvet-harbor`;
+    /// any case, spaces for dashes, and the first four letters of each word will do).
     pub invite: String,
+    /// With a code: the inviter's relay, when it is not your own (an address you hold,
+    /// `bc-relay:…`). The exchange still goes through your own relay.
+    #[arg(long)]
+    pub relay: Option<String>,
     /// Local name for the channel.
     #[arg(long)]
     pub name: Option<String>,
@@ -578,7 +611,16 @@ pub struct AdminArgs {
     pub revoke: bool,
 }
 
-// `leave`, `close`, `update`, `debug mailbox`.
+// `admit`, `refuse`.
+#[derive(clap::Args, Serialize, Deserialize, Debug, Clone)]
+pub struct WhoArgs {
+    pub channel: String,
+    /// The name they chose, or the start of their fingerprint (needed when the name is
+    /// also someone else's).
+    pub who: String,
+}
+
+// `leave`, `close`, `update`, `debug mailbox`, `pending`.
 #[derive(clap::Args, Serialize, Deserialize, Debug, Clone)]
 pub struct ChannelArg {
     pub channel: String,
@@ -614,6 +656,10 @@ pub struct ChannelNewArgs {
     /// Members who are not admins may invite too (by default only admins invite).
     #[arg(long)]
     pub members_invite: bool,
+    /// Everyone an invite brings waits until the inviter admits them (`pending`, `admit`,
+    /// `refuse`), whoever invites. Every member needs a release that knows this setting.
+    #[arg(long)]
+    pub approve: bool,
 }
 
 #[derive(Subcommand, Debug)]

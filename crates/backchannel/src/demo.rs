@@ -69,10 +69,10 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut bruno = Engine::open(&homes[2], PASS)?;
 
     alice
-        .channel_new("deal-room", Suite::PostQuantum, Lifetime::default(), false)
+        .channel_new("deal-room", Suite::PostQuantum, Lifetime::default(), false, false)
         .await?;
     println!("\nalice created channel deal-room (MLS, X-Wing post-quantum hybrid)");
-    let invite = alice.invite("deal-room", 2, Duration::from_secs(3600)).await?;
+    let invite = alice.invite("deal-room", 2, Duration::from_secs(3600), false).await?;
     println!("alice's invite: {}...", &invite[..40.min(invite.len())]);
     bruno.join(&invite, None, Duration::ZERO).await?;
     amir.join(&invite, None, Duration::ZERO).await?;

@@ -26,17 +26,20 @@ use crate::socks::ProxyAddr;
 use crate::state::{ChannelState, ChannelStatus, EventKind, State, COVER_SETTING, FORWARD_SETTING};
 use crate::transport::{Compartment, LinkKey, Links, Network, Results, TransportConfig};
 use crate::{ClientError, Holdup, InviteProblem};
-use backchannel_core::roles::Act;
+use backchannel_core::roles::{Act, Roles};
 
+mod code;
 mod drop_box;
 mod files;
 
+pub use crate::session::approval::WaitingView;
 pub use crate::session::courier::ImportReport;
 pub use crate::session::drop_box::MAX_REPLY_TEXT;
 pub use crate::session::files::FileView;
 pub use crate::session::views::{ChannelSummary, MemberView, MessageView};
 pub use crate::session::Warning;
 pub use crate::state::FileStatus;
+pub use code::{CodeInvite, CodeJoined, Exchanged};
 pub use drop_box::LetterView;
 pub use files::FileProgress;
 
@@ -1125,13 +1128,15 @@ impl Engine {
     // ---- user operations ----
 
     /// Creates a channel on our relay.
-    /// With `members_invite`, members who are not admins may invite too.
+    /// With `members_invite`, members who are not admins may invite too; with `approve`,
+    /// every joiner waits for approval (`session::approval`).
     pub async fn channel_new(
         &mut self,
         name: &str,
         suite: Suite,
         lifetime: Lifetime,
         members_invite: bool,
+        approve: bool,
     ) -> Result<(), ClientError> {
         self.tick();
         validate_name(name).map_err(|e| ClientError::Usage(format!("channel {e}")))?;
@@ -1159,13 +1164,14 @@ impl Engine {
             disappear_after,
             expires_at,
         };
-        let group = Channel::create(
+        let roles = Roles::new(self.session.identity.public_key(), members_invite).with_approval(approve);
+        let group = Channel::create_with(
             &self.session.provider,
             &self.session.identity,
             &info,
             &mailbox.address,
             suite,
-            members_invite,
+            &roles,
         )
         .map_err(ClientError::protocol)?;
         let now_s = self.session.now_s();
@@ -1183,8 +1189,8 @@ impl Engine {
         self.save()
     }
 
-    /// Issues an invite.
-    pub async fn invite(&mut self, name: &str, uses: u32, ttl: Duration) -> Result<String, ClientError> {
+    /// Issues an invite; with `approve`, its joiners wait for approval.
+    pub async fn invite(&mut self, name: &str, uses: u32, ttl: Duration, approve: bool) -> Result<String, ClientError> {
         self.sync(Duration::ZERO).await?;
         self.session.active(name)?;
         if uses == 0 {
@@ -1193,9 +1199,38 @@ impl Engine {
         let relay = self.session.invite_relay(name)?;
         let mailbox = self.create_mailbox(&relay).await?;
         self.tick();
+        if approve {
+            self.session.require_approval(mailbox.id());
+        }
         let text = self.session.add_invite(name, mailbox, uses, ttl.as_secs())?;
         self.perform_local()?;
         Ok(text)
+    }
+
+    /// The joiners waiting to join `name` for approval.
+    pub async fn pending(&mut self, name: &str) -> Result<Vec<WaitingView>, ClientError> {
+        self.refresh().await?;
+        self.session.waiting(name)
+    }
+
+    /// Admits the joiner `who` waiting to join `name` (a name, or the start of its
+    /// fingerprint); returns its name once it is a member.
+    pub async fn admit_waiting(&mut self, name: &str, who: &str) -> Result<String, ClientError> {
+        self.refresh().await?;
+        self.tick();
+        let joiner = self.session.approve(name, who)?;
+        self.admit().await?;
+        self.perform().await?;
+        Ok(joiner)
+    }
+
+    /// Refuses the joiner `who` waiting to join `name`; returns its name.
+    pub async fn refuse_waiting(&mut self, name: &str, who: &str) -> Result<String, ClientError> {
+        self.refresh().await?;
+        self.tick();
+        let joiner = self.session.refuse(name, who)?;
+        self.perform_local()?;
+        Ok(joiner)
     }
 
     /// Redeems an invite: sends a join request. Waits up to `wait` for the welcome.

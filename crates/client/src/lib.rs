@@ -243,6 +243,30 @@ pub enum InviteProblem {
     /// Its mailbox is full.
     #[error("the invite's mailbox is full; try again later")]
     MailboxFull,
+    /// A typed code that is not one.
+    #[error(transparent)]
+    BadCode(#[from] backchannel_core::code::CodeError),
+    /// The relay does not know nameplates.
+    #[error("the relay runs an older backchannel that has no invite codes; use an invite line (`backchannel invite CHANNEL`) or upgrade the relay")]
+    CodesUnsupported,
+    /// No joiner came within the wait.
+    #[error("nobody used the code within {0} s; it is withdrawn (make a new one)")]
+    CodeUnused(u64),
+    /// The inviter saw a message that did not prove the code.
+    #[error("someone tried a wrong code: this code is used up and nobody was admitted. If it was not your joiner mistyping it, someone (or the relay) guessed; make a new code and read it only to the person you mean")]
+    WrongCodeTried,
+    /// The nameplate is not at the relay.
+    #[error("no such invite code at that relay: it was used already, has expired (codes last 10 minutes), or was never made there (is --relay the inviter's relay?); ask for a new code")]
+    CodeUnknown,
+    /// The inviter refused the code.
+    #[error("the inviter refused the code: it was mistyped, or someone tried it before you; ask for a new code")]
+    CodeRefused,
+    /// No answer from the inviter.
+    #[error("the inviter did not answer within 2 minutes (is their `backchannel invite --code` still waiting?); ask for a new code")]
+    CodeUnanswered,
+    /// The other side's mailbox for the exchange is gone.
+    #[error("the other side ended the exchange (its code expired or was used); ask for a new code")]
+    CodeGone,
 }
 
 /// An MLS or byte-format error from the core, kept whole as the cause of a
@@ -268,6 +292,9 @@ pub enum ProtocolError {
     /// Bytes that do not decode.
     #[error(transparent)]
     Decode(#[from] backchannel_core::codec::DecodeError),
+    /// An exchange by invite code failed.
+    #[error(transparent)]
+    Code(#[from] backchannel_core::code::ExchangeError),
     /// The proof of work a drop box demands was interrupted.
     #[error("the proof of work was interrupted")]
     WorkInterrupted,

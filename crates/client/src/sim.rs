@@ -461,13 +461,13 @@ async fn channel(relay: &Arc<SimRelay>, name: &str, people: &[&str]) -> Vec<Memb
     let mut members: Vec<Member> = people.iter().map(|p| Member::new(relay, p)).collect();
     members[0]
         .engine
-        .channel_new(name, Suite::default(), Lifetime::default(), false)
+        .channel_new(name, Suite::default(), Lifetime::default(), false, false)
         .await
         .unwrap();
     for i in 1..members.len() {
         let invite = members[0]
             .engine
-            .invite(name, 1, Duration::from_secs(3600))
+            .invite(name, 1, Duration::from_secs(3600), false)
             .await
             .unwrap();
         members[i].engine.join(&invite, None, Duration::ZERO).await.unwrap();
@@ -694,7 +694,11 @@ async fn a_commit_crashed_between_any_two_effects_leaves_one_channel() {
 async fn a_replayed_join_request_takes_one_use_and_admits_once() {
     let relay = SimRelay::new();
     let mut m = channel(&relay, "room", &["ada"]).await;
-    let invite = m[0].engine.invite("room", 2, Duration::from_secs(3600)).await.unwrap();
+    let invite = m[0]
+        .engine
+        .invite("room", 2, Duration::from_secs(3600), false)
+        .await
+        .unwrap();
     relay.set_faults(Faults {
         replay: true,
         ..Faults::default()
@@ -720,7 +724,11 @@ async fn a_replayed_join_request_takes_one_use_and_admits_once() {
 async fn an_unanswered_join_request_is_given_up_after_its_invite_expired() {
     let relay = SimRelay::new();
     let mut m = channel(&relay, "room", &["ada"]).await;
-    let invite = m[0].engine.invite("room", 1, Duration::from_secs(60)).await.unwrap();
+    let invite = m[0]
+        .engine
+        .invite("room", 1, Duration::from_secs(60), false)
+        .await
+        .unwrap();
     let mut bea = Member::new(&relay, "bea");
     bea.engine.join(&invite, None, Duration::ZERO).await.unwrap();
     // Ada never answers. A day and a minute later:
@@ -963,7 +971,11 @@ async fn a_message_sealed_before_a_removal_is_flagged() {
 async fn a_replayed_join_request_of_a_removed_member_is_refused() {
     let relay = SimRelay::new();
     let mut m = channel(&relay, "room", &["ada"]).await;
-    let invite = m[0].engine.invite("room", 2, Duration::from_secs(3600)).await.unwrap();
+    let invite = m[0]
+        .engine
+        .invite("room", 2, Duration::from_secs(3600), false)
+        .await
+        .unwrap();
     let invite_box = m[0].engine.session.channel("room").unwrap().invites[0].mailbox.clone();
     let mut bea = Member::new(&relay, "bea");
     bea.engine.join(&invite, None, Duration::ZERO).await.unwrap();

@@ -270,11 +270,11 @@ fn fresh_links(ours: &[RelayAddress], config: &TransportConfig, relay: &RelayAdd
 }
 
 /// Whether a request to another relay's mailbox goes through our own relay when forwarding
-/// is on: what names a mailbox by its send capability, and a `Create` (a channel's new
-/// sequencer on its relay). The receive side of our own mailboxes there (made before
+/// is on: what names a mailbox by its send capability, a `Create` (a channel's new
+/// sequencer on its relay), and the take of an invite code's nameplate. The receive side of our own mailboxes there (made before
 /// forwarding) is spoken directly.
 fn forwarded(req: &Request) -> bool {
-    on_send_link(req) || matches!(req, Request::Create { .. })
+    on_send_link(req) || matches!(req, Request::Create { .. } | Request::TakeNameplate { .. })
 }
 
 impl Network for Links {

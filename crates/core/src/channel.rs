@@ -556,6 +556,18 @@ impl Channel {
         members_invite: bool,
     ) -> Result<Self, ChannelError> {
         let roles = Roles::new(identity.public_key(), members_invite);
+        Self::create_with(provider, identity, info, my_mailbox, suite, &roles)
+    }
+
+    /// [`Channel::create`] with its roles given (their one admin must be `identity`).
+    pub fn create_with(
+        provider: &Provider,
+        identity: &Identity,
+        info: &ChannelInfo,
+        my_mailbox: &MailboxAddress,
+        suite: Suite,
+        roles: &Roles,
+    ) -> Result<Self, ChannelError> {
         // Roles are a required capability: a client from before roles, which would not
         // enforce them, cannot join.
         let gce = Extensions::from_vec(vec![

@@ -10,9 +10,14 @@
 //! everything, as before.
 //!
 //! ```text
-//! roles = version (1) = 1 | flags (1: bit 0 = members may invite) | count (u16)
+//! roles = version (1) = 1 | flags (1: bit 0 = members may invite, bit 1 = joiners wait
+//!         for approval) | count (u16)
 //!       | admin identity keys (32 each, ascending, no repeats, at least one)
 //! ```
+//!
+//! Bit 1 (`channel new --approve`) came after the first release of roles: a client from
+//! before it refuses a channel that sets it (an unknown flag), so only a channel made with
+//! `--approve` needs every member on a release that knows it.
 
 use crate::codec::{DecodeError, Reader, Writer};
 
@@ -29,6 +34,9 @@ pub struct Roles {
     admins: Vec<[u8; 32]>,
     /// Members who are not admins may invite (and admit whom their invites bring).
     pub members_invite: bool,
+    /// Whoever an invite brings waits until the inviter admits it (`pending`, `admit`,
+    /// `refuse`), whatever the invite says.
+    pub approve: bool,
 }
 
 /// What a proposal or commit does, as the roles see it.
@@ -57,7 +65,13 @@ impl Roles {
         Self {
             admins: vec![creator],
             members_invite,
+            approve: false,
         }
+    }
+
+    /// These roles, with joiners waiting for approval or not.
+    pub fn with_approval(self, approve: bool) -> Self {
+        Self { approve, ..self }
     }
 
     /// The admins' identity keys, ascending.
@@ -83,6 +97,7 @@ impl Roles {
         Self {
             admins,
             members_invite: self.members_invite,
+            approve: self.approve,
         }
     }
 
@@ -102,7 +117,8 @@ impl Roles {
     /// Binary form.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        w.u8(1).u8(u8::from(self.members_invite)).u16(self.admins.len() as u16);
+        let flags = u8::from(self.members_invite) | (u8::from(self.approve) << 1);
+        w.u8(1).u8(flags).u16(self.admins.len() as u16);
         for a in &self.admins {
             w.put(a);
         }
@@ -117,7 +133,7 @@ impl Roles {
             return Err(DecodeError::Invalid("roles version"));
         }
         let flags = r.u8()?;
-        if flags > 1 {
+        if flags > 3 {
             return Err(DecodeError::Invalid("roles flags"));
         }
         let count = usize::from(r.u16()?);
@@ -135,7 +151,8 @@ impl Roles {
         r.finish()?;
         Ok(Self {
             admins,
-            members_invite: flags == 1,
+            members_invite: flags & 1 != 0,
+            approve: flags & 2 != 0,
         })
     }
 }
@@ -179,9 +196,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn roles_round_trip(keys in proptest::collection::btree_set(any::<[u8; 32]>(), 1..20), open in any::<bool>()) {
+        fn roles_round_trip(keys in proptest::collection::btree_set(any::<[u8; 32]>(), 1..20), open in any::<bool>(), approve in any::<bool>()) {
             let mut keys = keys.into_iter();
-            let mut roles = Roles::new(keys.next().unwrap(), open);
+            let mut roles = Roles::new(keys.next().unwrap(), open).with_approval(approve);
             for k in keys {
                 roles = roles.with_admin(k, true);
             }

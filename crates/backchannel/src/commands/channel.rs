@@ -9,7 +9,7 @@ use backchannel_client::engine::Lifetime;
 use super::Context;
 use crate::args::{
     AdminArgs, ChannelArg, ChannelNewArgs, ChannelsArgs, InviteArgs, JoinArgs, MemberArgs, MembersArgs, Span,
-    VerifyArgs,
+    VerifyArgs, WhoArgs,
 };
 use crate::error::CliError;
 use crate::output::{escape_controls, show_duration};
@@ -27,11 +27,15 @@ pub async fn new(a: &ChannelNewArgs, cx: &mut Context<'_>) -> Result<(), CliErro
     };
     let channel = &a.channel;
     cx.engine
-        .channel_new(channel, suite, lifetime, a.members_invite)
+        .channel_new(channel, suite, lifetime, a.members_invite, a.approve)
         .await?;
     cx.out.line(format!("channel {channel} created; you are its admin"));
     if a.members_invite {
         cx.out.line("every member may invite");
+    }
+    if a.approve {
+        cx.out
+            .line("everyone an invite brings waits for approval (`backchannel pending`, `admit`, `refuse`)");
     }
     if let Some(Span(d)) = a.disappear {
         cx.out.line(format!(
@@ -46,10 +50,15 @@ pub async fn new(a: &ChannelNewArgs, cx: &mut Context<'_>) -> Result<(), CliErro
     Ok(())
 }
 
-/// `invite`: the invite on stdout, and with `--qr` drawn on stderr.
+/// `invite`: the invite on stdout, and with `--qr` drawn on stderr. With `--code`, the code
+/// on stdout, then (once the joiner proved it) the confirmation, the joiner, and its
+/// admission.
 pub async fn invite(a: &InviteArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
     let Span(expires) = a.expires;
-    let invite = cx.engine.invite(&a.channel, a.uses, expires).await?;
+    if a.code {
+        return invite_code(a, cx).await;
+    }
+    let invite = cx.engine.invite(&a.channel, a.uses, expires, a.approve).await?;
     cx.out.line(&invite);
     if a.qr {
         if let Some(art) = crate::output::qr(&invite.to_uppercase()) {
@@ -59,11 +68,74 @@ pub async fn invite(a: &InviteArgs, cx: &mut Context<'_>) -> Result<(), CliError
     Ok(())
 }
 
-/// `join`.
+/// `invite --code`.
+async fn invite_code(a: &InviteArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
+    let started = std::time::Instant::now();
+    let wait = Duration::from_secs(a.wait);
+    let code = cx.engine.code_invite(&a.channel, a.expires.0, a.approve).await?;
+    cx.out.line(code.text().as_str());
+    cx.out.eline(format!(
+        "read this code to the one person you invite; they run `backchannel join CODE` (waiting up to {})",
+        show_duration(wait)
+    ));
+    cx.out.flush();
+    let them = cx.engine.code_answer(code, wait).await?;
+    cx.out.line(format!(
+        "confirmation: {} (the joiner must see the same two words)",
+        them.confirmation
+    ));
+    cx.out
+        .line(format!("joiner: {} {}", escape_controls(&them.name), them.fingerprint));
+    cx.out.flush();
+    if a.approve {
+        cx.out.eline(format!(
+            "they wait for your approval once their request arrives: `backchannel admit {} {}`",
+            a.channel, them.fingerprint
+        ));
+        return Ok(());
+    }
+    let left = wait.saturating_sub(started.elapsed());
+    match cx.engine.await_member(&a.channel, &them.fingerprint, left).await? {
+        Some(name) => cx.out.line(format!("admitted {}", escape_controls(&name))),
+        None => cx
+            .out
+            .eline("the joiner holds the invite but its request has not arrived yet; your next command admits it"),
+    }
+    Ok(())
+}
+
+/// Whether what was typed to `join` is a code rather than an invite line: it starts with
+/// the nameplate's number.
+fn is_code(typed: &str) -> bool {
+    typed.trim_start().starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// `join`: an invite line, or a code (the exchange first, then the join as with a line).
 pub async fn join(a: &JoinArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
+    let code = is_code(&a.invite);
+    if a.relay.is_some() && !code {
+        return Err(backchannel_client::ClientError::Usage(
+            "--relay goes with a code; an invite line names its relay".into(),
+        )
+        .into());
+    }
+    let joined;
+    let invite = if code {
+        let relay = a.relay.as_deref().map(str::parse).transpose()?;
+        joined = cx.engine.code_join(&a.invite, relay).await?;
+        cx.out.line(format!(
+            "confirmation: {} (the inviter must see the same two words)",
+            joined.exchanged.confirmation
+        ));
+        cx.out.line(format!("inviter: {}", joined.exchanged.fingerprint));
+        cx.out.flush();
+        joined.invite.as_str()
+    } else {
+        a.invite.as_str()
+    };
     match cx
         .engine
-        .join(&a.invite, a.name.clone(), Duration::from_secs(a.wait))
+        .join(invite, a.name.clone(), Duration::from_secs(a.wait))
         .await?
     {
         Some(ch) => cx.out.line(format!("joined channel {ch}")),
@@ -71,6 +143,36 @@ pub async fn join(a: &JoinArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
             "join request sent; you will be admitted when the inviter's backchannel next runs (then run `backchannel sync`)",
         ),
     }
+    Ok(())
+}
+
+/// `pending`: who waits for approval, one per line: name, fingerprint, since when.
+pub async fn pending(a: &ChannelArg, cx: &mut Context<'_>) -> Result<(), CliError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for w in cx.engine.pending(&a.channel).await? {
+        cx.out.line(format!(
+            "{}\t{}\twaiting for {}",
+            escape_controls(&w.name),
+            w.fingerprint,
+            show_duration(Duration::from_secs(now.saturating_sub(w.since)))
+        ));
+    }
+    Ok(())
+}
+
+/// `admit`.
+pub async fn admit(a: &WhoArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
+    let name = cx.engine.admit_waiting(&a.channel, &a.who).await?;
+    cx.out.line(format!("admitted {}", escape_controls(&name)));
+    Ok(())
+}
+
+/// `refuse`.
+pub async fn refuse(a: &WhoArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
+    let name = cx.engine.refuse_waiting(&a.channel, &a.who).await?;
+    cx.out.line(format!("refused {}", escape_controls(&name)));
     Ok(())
 }
 

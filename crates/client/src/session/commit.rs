@@ -496,13 +496,22 @@ impl Session {
     /// honours (each takes one of its uses); refusals become warnings. A request from
     /// someone already in the channel, or a second one from the same person (a relay
     /// replaying the envelope), is dropped without taking a use; so is one from someone
-    /// the invite admitted before (replayed after they were removed), with a warning.
+    /// the invite admitted before (replayed after they were removed), with a warning. One
+    /// whose invite or channel asks for approval waits in `State::approvals` instead
+    /// (`session::approval`), unless `admit` approved it.
     pub fn take_admissions(&mut self) -> Vec<(String, Vec<ValidKeyPackage>)> {
         let requests = std::mem::take(&mut self.admissions);
         let now = self.now_s();
         let mut per_channel: std::collections::BTreeMap<String, Vec<ValidKeyPackage>> = Default::default();
         let mut present: std::collections::BTreeMap<String, Vec<[u8; 32]>> = Default::default();
-        for (name, invite_id, kp) in requests {
+        for super::approval::Admission {
+            channel: name,
+            invite: invite_id,
+            kp,
+            raw,
+            approved,
+        } in requests
+        {
             if !present.contains_key(&name) {
                 let Ok(group) = self.load_group(&name) else {
                     continue;
@@ -515,9 +524,13 @@ impl Session {
             }
             // Admitting is adding: a member who is no longer allowed to (an admin no
             // more) does not admit what its invites bring.
-            let may_add = self
-                .load_group(&name)
-                .is_ok_and(|g| g.allows(&self.identity.public_key(), Act::Add));
+            let (may_add, channel_approves) = match self.load_group(&name) {
+                Ok(g) => (
+                    g.allows(&self.identity.public_key(), Act::Add),
+                    g.roles().is_some_and(|r| r.approve),
+                ),
+                Err(_) => (false, false),
+            };
             let Some(ch) = self.state.channels.get_mut(&name) else {
                 continue;
             };
@@ -557,8 +570,40 @@ impl Session {
                 );
                 continue;
             }
+            // Approval: the joiner waits for `admit` (or `refuse`); nothing is used yet.
+            if !approved && (channel_approves || self.state.approvals.invites.contains(&invite_id.0)) {
+                let waiting = &mut self.state.approvals.waiting;
+                if !waiting
+                    .iter()
+                    .any(|w| w.channel == name && w.identity_key == kp.member.identity_key)
+                {
+                    waiting.push(crate::state::Waiting {
+                        channel: name.clone(),
+                        invite: invite_id.0,
+                        key_package: raw,
+                        name: kp.member.name.clone(),
+                        identity_key: kp.member.identity_key,
+                        since: now,
+                    });
+                    self.warn(
+                        Some(&name),
+                        format!(
+                            "{} ({}) asks to join and waits for approval: `backchannel admit {name} {}` or `backchannel refuse {name} {}`",
+                            kp.member.name, kp.member.fingerprint, kp.member.fingerprint, kp.member.fingerprint
+                        ),
+                    );
+                }
+                continue;
+            }
             inv.uses_left -= 1;
             inv.admitted.push(kp.member.identity_key);
+            if approved {
+                let key = kp.member.identity_key;
+                self.state
+                    .approvals
+                    .waiting
+                    .retain(|w| !(w.channel == name && w.identity_key == key));
+            }
             seen.push(kp.member.identity_key);
             per_channel.entry(name).or_default().push(kp);
         }

@@ -96,11 +96,19 @@ impl Session {
                 Err(Rejected::Now(text)) => self.warn(Some(name), text),
             },
             (Role::Invite(name, invite_id), PayloadKind::JoinRequest) => {
-                let kp = JoinRequest::from_bytes(&whole.payload)
-                    .ok()
-                    .and_then(|j| validate_key_package(&self.provider, &j.key_package).ok());
+                let kp = JoinRequest::from_bytes(&whole.payload).ok().and_then(|j| {
+                    validate_key_package(&self.provider, &j.key_package)
+                        .ok()
+                        .map(|kp| (kp, j.key_package))
+                });
                 match kp {
-                    Some(kp) => self.admissions.push((name.clone(), *invite_id, kp)),
+                    Some((kp, raw)) => self.admissions.push(super::approval::Admission {
+                        channel: name.clone(),
+                        invite: *invite_id,
+                        kp,
+                        raw,
+                        approved: false,
+                    }),
                     None => self.warn(Some(name), "refused an invalid join request"),
                 }
             }

@@ -104,6 +104,7 @@ impl Session {
             return;
         };
         ch.status = status;
+        self.state.approvals.waiting.retain(|w| w.channel != name);
         let staged = ch.pending.take().and_then(|p| p.new_mailbox);
         let sequencer = ch.sequencer.take();
         let mut doomed: Vec<MailboxKeys> = vec![ch.mailbox.clone()];

@@ -35,6 +35,7 @@ use crate::state::{ChannelState, ChannelStatus, EventKind, State, StoredMessage}
 use crate::ClientError;
 use log::HISTORY_BYTES;
 
+pub mod approval;
 pub mod commit;
 pub mod courier;
 pub mod drop_box;
@@ -212,7 +213,7 @@ pub struct Session {
     now_ms: u64,
     effects: VecDeque<Effect>,
     /// Join requests read, to be admitted by the next commit.
-    pub(crate) admissions: Vec<(String, MailboxId, backchannel_core::channel::ValidKeyPackage)>,
+    pub(crate) admissions: Vec<approval::Admission>,
     /// Channels in which a message from a later epoch waits for the commit it follows:
     /// nothing is sealed there until it arrives. Worked out again at every
     /// [`Session::retry_deferred`], so it needs no place in the saved state.

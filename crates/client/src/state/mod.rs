@@ -15,6 +15,7 @@ mod v5;
 mod v6;
 mod v7;
 mod v8;
+mod v9;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -31,7 +32,7 @@ use crate::socks::ProxyAddr;
 use crate::{ClientError, Damage};
 
 /// Version of the state layout.
-pub const STATE_VERSION: u32 = 9;
+pub const STATE_VERSION: u32 = 10;
 
 /// The oldest layout this release converts.
 pub const OLDEST_STATE_VERSION: u32 = 5;
@@ -78,6 +79,8 @@ pub struct State {
     /// The home's settings, by name ([`State::setting`]): a key this release does not know
     /// is kept as it is, so that settings come and go without a new layout.
     pub settings: BTreeMap<String, String>,
+    /// Invites whose joiners wait for approval, and those waiting (`session::approval`).
+    pub approvals: Approvals,
     /// What an upgrade from an earlier layout found in the vault and must now be sealed
     /// beside it; never saved (the session writes it out when it starts).
     #[serde(skip)]
@@ -305,6 +308,7 @@ impl State {
             drops: BTreeMap::new(),
             files: Files::default(),
             settings: BTreeMap::new(),
+            approvals: Approvals::default(),
             carried: Carried::default(),
         }
     }
@@ -370,6 +374,7 @@ impl State {
         let undecodable = |_| ClientError::Corrupt(Damage::Undecodable);
         match version {
             STATE_VERSION => postcard::from_bytes(b).map_err(undecodable),
+            9 => Ok(v9::upgrade(postcard::from_bytes(b).map_err(undecodable)?)),
             8 => Ok(v8::upgrade(postcard::from_bytes(b).map_err(undecodable)?)),
             7 => Ok(v7::upgrade(postcard::from_bytes(b).map_err(undecodable)?)),
             6 => Ok(v7::upgrade(v6::upgrade(
@@ -682,6 +687,32 @@ impl std::fmt::Display for EventKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.word())
     }
+}
+
+/// Approval of joiners (`invite --approve`, `channel new --approve`; `session::approval`).
+#[derive(Serialize, Deserialize, Default)]
+pub struct Approvals {
+    /// The invite mailboxes (receive ids) whose joiners wait for approval.
+    pub invites: BTreeSet<[u8; 32]>,
+    /// Joiners waiting, oldest first.
+    pub waiting: Vec<Waiting>,
+}
+
+/// A joiner waiting for approval: its join request, kept until `admit` or `refuse`.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct Waiting {
+    /// The channel's local name.
+    pub channel: String,
+    /// The invite mailbox the request came to (its receive id).
+    pub invite: [u8; 32],
+    /// The key package of the request, validated again when admitted.
+    pub key_package: Vec<u8>,
+    /// The name the joiner chose (from the network).
+    pub name: String,
+    /// Its identity key.
+    pub identity_key: [u8; 32],
+    /// When its request arrived (Unix seconds).
+    pub since: u64,
 }
 
 /// A join request waiting for its welcome.

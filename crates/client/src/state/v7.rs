@@ -198,6 +198,7 @@ pub(super) fn upgrade(mut s: State) -> super::State {
             .map(|(n, d)| (n, d.into()))
             .collect(),
         settings: BTreeMap::new(),
+        approvals: super::Approvals::default(),
         files: std::mem::take(&mut s.files),
         carried,
     }

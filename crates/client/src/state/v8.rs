@@ -62,6 +62,7 @@ pub(super) fn upgrade(mut s: State) -> super::State {
         drops: std::mem::take(&mut s.drops),
         files: std::mem::take(&mut s.files),
         settings: BTreeMap::new(),
+        approvals: super::Approvals::default(),
         carried: super::Carried {
             upgraded: true,
             ..Default::default()
