@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 
 use backchannel_client::socks::ProxyAddr;
 use backchannel_client::state::{
-    Carried, ChannelState, ChannelStatus, CourierLog, DeferredMls, FileStatus, Files, Inbox, IncomingFile,
+    Approvals, Carried, ChannelState, ChannelStatus, CourierLog, DeferredMls, FileStatus, Files, Inbox, IncomingFile,
     InviteRecord, Log, Outbox, OutboxItem, PartialPayload, PendingJoin, RecentPayload, Segment, SenderTrail, State,
-    StoredMessage, Trails, UnsentMessage, FORWARD_SETTING, STATE_VERSION,
+    StoredMessage, Trails, UnsentMessage, Waiting, FORWARD_SETTING, STATE_VERSION,
 };
 use backchannel_core::channel::{key_package, validate_key_package, Channel, ChannelInfo, Provider, Received, Suite};
 use backchannel_core::envelope::{seal_payload, Envelope, PayloadKind, CHUNK_DATA};
@@ -1058,6 +1058,17 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
             }],
         },
         settings: BTreeMap::from([(FORWARD_SETTING.to_string(), "off".to_string())]),
+        approvals: Approvals {
+            invites: [[9; 32]].into(),
+            waiting: vec![Waiting {
+                channel: "deal".into(),
+                invite: [9; 32],
+                key_package: vec![1, 2, 3],
+                name: "carol".into(),
+                identity_key: [4; 32],
+                since: 1_700_000_400,
+            }],
+        },
         carried: Carried::default(),
     };
     let bytes = s.encode().unwrap();
@@ -1081,6 +1092,7 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
         drops: BTreeMap::new(),
         files: Files::default(),
         settings: BTreeMap::new(),
+        approvals: Approvals::default(),
         carried: Carried::default(),
     };
     let small = small.encode().unwrap();
@@ -1343,8 +1355,50 @@ fn courier(out: &mut Out) {
     }
 }
 
+/// The `code` target's seeds: typed codes, a nameplate's record, what a joiner says about
+/// itself, and each message of the exchange, made by a real exchange.
+fn codes(out: &mut Out) {
+    use backchannel_core::code::{About, Code, Finished, Inviter, Joiner, Message, Record};
+    let pin = [5; 32];
+    let code = Code::random(7, &mut OsRng);
+    out.seed("code", "typed", &[&[0u8][..], code.text().as_bytes()].concat());
+    out.seed("code", "typed-sloppily", &[&[0u8][..], b"7  ORBI velv_harb"].concat());
+    let rendezvous = MailboxKeys::generate(relay(), &mut OsRng);
+    let reply = MailboxKeys::generate(relay(), &mut OsRng);
+    let (inviter, pake) = Inviter::start(&code, &pin, &mut OsRng);
+    let record = Record {
+        rendezvous: rendezvous.address.clone(),
+        pake: pake.clone().try_into().unwrap(),
+    };
+    out.seed("code", "record", &[&[1u8][..], &record.to_bytes()].concat());
+    let about = About {
+        identity_key: [4; 32],
+        name: "bob".into(),
+        reply: reply.address.clone(),
+    };
+    out.seed("code", "about", &[&[1u8][..], &about.to_bytes()].concat());
+    let (_, theirs, key_message) = Joiner::start(&code, &pin, &pake, &about.to_bytes(), &mut OsRng).unwrap();
+    let hello = Message::Hello {
+        pake: theirs.clone().try_into().unwrap(),
+        key_message: key_message.clone(),
+    };
+    out.seed("code", "hello", &[&[1u8][..], &hello.to_bytes()].concat());
+    out.seed("code", "to-inviter", &[&[2u8][..], &theirs, &key_message].concat());
+    let Finished { answer, .. } = inviter.finish(&theirs, &key_message, b"bc-invite:x").unwrap();
+    out.seed("code", "answer", &[&[1u8][..], &Message::Answer(answer.clone()).to_bytes()].concat());
+    out.seed("code", "refused", &[&[1u8][..], &Message::Refused.to_bytes()].concat());
+    out.seed("code", "to-joiner", &[&[3u8][..], &pake, &answer].concat());
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
+    // `-- code`: that target's seeds alone, the others left as they are (the MLS ones cannot
+    // be made again byte for byte).
+    if std::env::args().nth(1).as_deref() == Some("code") {
+        let mut out = Out { root, total: 0 };
+        codes(&mut out);
+        return;
+    }
     for d in ["seeds", "fixtures"] {
         let _ = fs::remove_dir_all(root.join(d));
     }
@@ -1357,6 +1411,7 @@ fn main() {
     state(&mut out, &bob, group_id);
     store(&mut out);
     courier(&mut out);
+    codes(&mut out);
     println!(
         "wrote {} bytes of seeds and fixtures under {}",
         out.total,
