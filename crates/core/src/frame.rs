@@ -306,7 +306,31 @@ pub enum Request {
         /// The nameplate's number.
         number: u32,
     },
+    /// Keep `bundle` (at most [`MAX_BUNDLE`] bytes) under `name` until `expires_at` (Unix
+    /// seconds; the relay keeps it no longer than its bundle lifetime): what a short address
+    /// names (`crate::drop::ShortDropAddress`, a short invite line), the key material too
+    /// long to print. Answered `Ok`; publishing the same bundle under the same name again
+    /// keeps it longer; another bundle under a name in use is refused
+    /// [`ErrorCode::BundleTaken`]. Spoken with one's own relay only.
+    Publish {
+        /// The name the short address carries.
+        name: [u8; 16],
+        /// Keep it until then.
+        expires_at: u64,
+        /// The bundle.
+        bundle: Vec<u8>,
+    },
+    /// The bundle published under `name`: answered [`Response::Record`], or
+    /// [`ErrorCode::NoSuchBundle`]. The bundle is not taken: every holder of the short
+    /// address fetches it.
+    Bundle {
+        /// Its name.
+        name: [u8; 16],
+    },
 }
+
+/// Longest bundle a relay keeps ([`Request::Publish`]).
+pub const MAX_BUNDLE: usize = 2048;
 
 /// Longest record a nameplate holds.
 pub const MAX_NAMEPLATE_RECORD: usize = 1024;
@@ -335,8 +359,8 @@ impl Request {
 /// Whether a request may be forwarded to another relay (sealed inside a
 /// [`Request::Forward`]): the requests that name a mailbox by its send capability, a
 /// `Create` (a channel's new sequencer, made by the member who removes someone, on the
-/// sequencer's relay), a `TakeNameplate` (an invite code made at the inviter's relay), and
-/// `Ping`. The receive side (and a `Nameplate`'s allocation) (`Open`, `Fetch`, `Ack`, `Delete`) is
+/// sequencer's relay), a `TakeNameplate` (an invite code made at the inviter's relay), a
+/// `Bundle` (what a short invite line names), and `Ping`. The receive side (and a `Nameplate`'s allocation) (`Open`, `Fetch`, `Ack`, `Delete`) is
 /// only ever spoken with one's own relay.
 pub fn forwardable(req: &Request) -> bool {
     matches!(
@@ -349,6 +373,7 @@ pub fn forwardable(req: &Request) -> bool {
             | Request::ClaimCommit { .. }
             | Request::FetchCommit { .. }
             | Request::TakeNameplate { .. }
+            | Request::Bundle { .. }
             | Request::Ping
     )
 }
@@ -434,6 +459,12 @@ pub enum ErrorCode {
     /// A [`Request::TakeNameplate`] of a nameplate that was taken, has expired or never was.
     #[error("no such invite code at this relay: it was used, has expired, or was never made there")]
     NoSuchNameplate,
+    /// A [`Request::Bundle`] of a name under which nothing is published (expired, or never).
+    #[error("the relay holds nothing under this short address: it has expired or was never published there")]
+    NoSuchBundle,
+    /// A [`Request::Publish`] of another bundle under a name in use.
+    #[error("another bundle is published under this name")]
+    BundleTaken,
 }
 
 impl ErrorCode {
@@ -457,6 +488,8 @@ impl ErrorCode {
             ErrorCode::Unreachable => 16,
             ErrorCode::Unsealed => 17,
             ErrorCode::NoSuchNameplate => 18,
+            ErrorCode::NoSuchBundle => 19,
+            ErrorCode::BundleTaken => 20,
         }
     }
 
@@ -480,6 +513,8 @@ impl ErrorCode {
             16 => ErrorCode::Unreachable,
             17 => ErrorCode::Unsealed,
             18 => ErrorCode::NoSuchNameplate,
+            19 => ErrorCode::NoSuchBundle,
+            20 => ErrorCode::BundleTaken,
             _ => return Err(DecodeError::Invalid("error code")),
         })
     }
@@ -560,7 +595,9 @@ pub enum Response {
         /// From 1 to [`crate::code::MAX_NAMEPLATE`].
         number: u32,
     },
-    /// Answer to [`Request::TakeNameplate`]: the nameplate's record.
+    /// Answer to [`Request::TakeNameplate`] (the nameplate's record, at most
+    /// [`MAX_NAMEPLATE_RECORD`] bytes) and to [`Request::Bundle`] (the bundle, at most
+    /// [`MAX_BUNDLE`] bytes).
     Record(Vec<u8>),
 }
 
@@ -725,6 +762,20 @@ fn request_body(id: u32, req: &Request) -> Writer {
         Request::TakeNameplate { number } => {
             w.u8(0x13).u32(id).u32(*number);
         }
+        Request::Publish {
+            name,
+            expires_at,
+            bundle,
+        } => {
+            w.u8(0x14)
+                .u32(id)
+                .put(name)
+                .u64(*expires_at)
+                .bytes16(&bundle[..bundle.len().min(MAX_BUNDLE)]);
+        }
+        Request::Bundle { name } => {
+            w.u8(0x15).u32(id).put(name);
+        }
     }
     w
 }
@@ -832,6 +883,12 @@ fn parse_request(r: &mut Reader<'_>) -> Result<(u32, Request), DecodeError> {
                 record: bounded(r.bytes16()?, MAX_NAMEPLATE_RECORD)?,
             },
             0x13 => Request::TakeNameplate { number: r.u32()? },
+            0x14 => Request::Publish {
+                name: r.array()?,
+                expires_at: r.u64()?,
+                bundle: bounded(r.bytes16()?, MAX_BUNDLE)?,
+            },
+            0x15 => Request::Bundle { name: r.array()? },
             _ => return Err(DecodeError::Invalid("request tag")),
         };
         Ok((id, req))
@@ -956,9 +1013,7 @@ fn single_response(id: u32, resp: &Response) -> Option<Writer> {
             w.u8(0x89).u32(id).u32(*number);
         }
         Response::Record(record) => {
-            w.u8(0x8a)
-                .u32(id)
-                .bytes16(&record[..record.len().min(MAX_NAMEPLATE_RECORD)]);
+            w.u8(0x8a).u32(id).bytes16(&record[..record.len().min(MAX_BUNDLE)]);
         }
     }
     Some(w)
@@ -1036,7 +1091,7 @@ fn parse_response(r: &mut Reader<'_>) -> Result<ResponseFrame, DecodeError> {
             },
             0x88 => Response::Sealed(r.take(SEALED_ANSWER_LEN)?.to_vec()),
             0x89 => Response::Nameplate { number: r.u32()? },
-            0x8a => Response::Record(bounded(r.bytes16()?, MAX_NAMEPLATE_RECORD)?),
+            0x8a => Response::Record(bounded(r.bytes16()?, MAX_BUNDLE)?),
             _ => return Err(DecodeError::Invalid("response tag")),
         };
         Ok(ResponseFrame { id, response, more })
@@ -1156,6 +1211,17 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..=MAX_NAMEPLATE_RECORD)
                 .prop_map(|record| Request::Nameplate { record }),
             any::<u32>().prop_map(|number| Request::TakeNameplate { number }),
+            (
+                any::<[u8; 16]>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..=MAX_BUNDLE)
+            )
+                .prop_map(|(name, expires_at, bundle)| Request::Publish {
+                    name,
+                    expires_at,
+                    bundle
+                }),
+            any::<[u8; 16]>().prop_map(|name| Request::Bundle { name }),
         ]
     }
 
@@ -1193,8 +1259,8 @@ mod tests {
             )
                 .prop_map(|(total, bytes)| Response::Commit { total, bytes }),
             any::<u32>().prop_map(|number| Response::Nameplate { number }),
-            proptest::collection::vec(any::<u8>(), 0..=MAX_NAMEPLATE_RECORD).prop_map(Response::Record),
-            (1u16..=18, any::<u64>()).prop_map(|(c, detail)| Response::Error {
+            proptest::collection::vec(any::<u8>(), 0..=MAX_BUNDLE).prop_map(Response::Record),
+            (1u16..=20, any::<u64>()).prop_map(|(c, detail)| Response::Error {
                 code: ErrorCode::from_u16(c).unwrap_or(ErrorCode::Malformed),
                 detail
             }),

@@ -1497,6 +1497,8 @@ impl Connection {
                 }
             }
             req @ Request::TakeNameplate { .. } => serve_stateless(shared, req).await,
+            // Bundles are not served yet.
+            Request::Publish { .. } | Request::Bundle { .. } => Self::err(ErrorCode::Malformed),
             Request::Paced => {
                 self.paced = true;
                 Response::Ok
