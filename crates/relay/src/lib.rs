@@ -120,6 +120,10 @@ pub struct Limits {
     /// How long a nameplate (an invite code's number, docs/protocol.md "Nameplates") is
     /// kept untaken. Its record is kept at least this long, at most a second more.
     pub nameplate_lifetime: Duration,
+    /// The longest a bundle (what a short address names, docs/protocol.md "Bundles") is
+    /// kept: a `Publish` asking for longer is kept this long, and publishing it again keeps
+    /// it longer.
+    pub bundle_lifetime: Duration,
 }
 
 impl Limits {
@@ -150,6 +154,7 @@ impl Limits {
         address_store_rate: 100,
         address_store_burst: 50_000,
         nameplate_lifetime: Duration::from_secs(600),
+        bundle_lifetime: Duration::from_secs(90 * 24 * 3600),
     };
 }
 
@@ -309,7 +314,7 @@ impl Relay {
     /// Connects to a NATS JetStream cluster as one of the relays that share it: same
     /// identity (kept in the cluster; the first relay to start makes it), same mailboxes.
     pub async fn open_nats(config: nats::NatsConfig, limits: Limits) -> Result<Self, RelayError> {
-        let store = nats::NatsStore::connect_with_nameplates(&config, limits.nameplate_lifetime)
+        let store = nats::NatsStore::connect_with_limits(&config, &limits)
             .await
             .map_err(RelayError::Store)?;
         // Made before asking, so that a failure here never stores an empty identity.

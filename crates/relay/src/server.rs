@@ -120,6 +120,10 @@ pub struct Metrics {
     /// Nameplates taken (`Request::TakeNameplate` answered with the record; here or
     /// forwarded to us).
     pub nameplates_taken: AtomicU64,
+    /// Bundles published or refreshed (`Request::Publish` answered `Ok`).
+    pub bundles_published: AtomicU64,
+    /// Bundles fetched (`Request::Bundle` answered with the bundle; here or forwarded to us).
+    pub bundles_fetched: AtomicU64,
     /// How long each successful write (`Send`, `Ack`, `Create`, `Delete`, `ClaimCommit`)
     /// took, from when the store was asked until its answer was taken up (which, on a
     /// connection that pipelines and reads its answers slowly, includes that wait).
@@ -161,7 +165,7 @@ impl Metrics {
 
     /// Every counter with its name and what it counts: the one list that the counts line in
     /// the log and `relay --metrics` both read.
-    pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 27] {
+    pub fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 29] {
         [
             (
                 "refused_connections",
@@ -273,6 +277,16 @@ impl Metrics {
                 "nameplates_taken",
                 "Nameplates taken (each at most once).",
                 &self.nameplates_taken,
+            ),
+            (
+                "bundles_published",
+                "Bundles (what short addresses name) published or refreshed.",
+                &self.bundles_published,
+            ),
+            (
+                "bundles_fetched",
+                "Bundles fetched (each as often as asked).",
+                &self.bundles_fetched,
             ),
         ]
     }
@@ -598,8 +612,13 @@ impl AddressBudgets {
     fn take(&self, address: IpAddr, req: &Request, limits: &Limits) -> Result<(), Duration> {
         let create = match req {
             // A nameplate is charged as a mailbox is; so is each take, a guess at a number:
-            // this bounds how fast one address sweeps the nameplates.
-            Request::Create { .. } | Request::Nameplate { .. } | Request::TakeNameplate { .. } => true,
+            // this bounds how fast one address sweeps the nameplates. A bundle's publish and
+            // each fetch likewise (a fetch is a guess at a name).
+            Request::Create { .. }
+            | Request::Nameplate { .. }
+            | Request::TakeNameplate { .. }
+            | Request::Publish { .. }
+            | Request::Bundle { .. } => true,
             Request::Send { .. } | Request::Forward { .. } => false,
             _ => return Ok(()),
         };
@@ -1473,6 +1492,16 @@ async fn serve_stateless(shared: &Shared, req: Request) -> Response {
             Ok(None) => Connection::err(ErrorCode::NoSuchNameplate),
             Err(e) => store_error("taking a nameplate", e),
         },
+        // Ours or forwarded to us (the holder of a short address whose home is another
+        // relay). The bundle stays. Neither the name nor the bundle is ever logged.
+        Request::Bundle { name } => match store.bundle_get(name, now_secs()).await {
+            Ok(Some(bundle)) => {
+                Metrics::count(&shared.metrics.bundles_fetched);
+                Response::Record(bundle)
+            }
+            Ok(None) => Connection::err(ErrorCode::NoSuchBundle),
+            Err(e) => store_error("reading a bundle", e),
+        },
         _ => Connection::err(ErrorCode::Malformed),
     }
 }
@@ -1497,8 +1526,24 @@ impl Connection {
                 }
             }
             req @ Request::TakeNameplate { .. } => serve_stateless(shared, req).await,
-            // Bundles are not served yet.
-            Request::Publish { .. } | Request::Bundle { .. } => Self::err(ErrorCode::Malformed),
+            // Spoken with one's own relay only: a forwarded one (inside `Sealed`) reaches
+            // `serve_stateless`, which refuses it.
+            Request::Publish {
+                name,
+                expires_at,
+                bundle,
+            } => {
+                let now = now_secs();
+                let expires = expires_at.min(now.saturating_add(shared.limits.bundle_lifetime.as_secs()));
+                match store.bundle_publish(name, bundle, expires, now).await {
+                    Ok(()) => {
+                        Metrics::count(&shared.metrics.bundles_published);
+                        Response::Ok
+                    }
+                    Err(e) => store_error("publishing a bundle", e),
+                }
+            }
+            req @ Request::Bundle { .. } => serve_stateless(shared, req).await,
             Request::Paced => {
                 self.paced = true;
                 Response::Ok

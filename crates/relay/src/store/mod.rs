@@ -9,6 +9,8 @@
 //!   writer and zeroing threads (group commit), `upgrade.rs` the data directory's
 //!   format version and the conversion of older layouts.
 //! - `nats.rs`: the JetStream backend.
+//! - `bundle.rs`: what both backends share of bundles (the rule of a publish, the value's
+//!   layout).
 //!
 //! Proof of work is checked before the store is called ([`backchannel_core::pow::prove`],
 //! in the request's task); the store takes the checked [`ProvenWork`] and compares it
@@ -22,6 +24,7 @@ use backchannel_core::frame::{claim_lock, Delivery, ErrorCode, KEYED_CLAIMS_VERS
 use backchannel_core::mailbox::MailboxId;
 pub use backchannel_core::pow::ProvenWork;
 
+pub mod bundle;
 pub mod embedded;
 pub mod nats;
 
@@ -61,6 +64,9 @@ pub enum StoreError {
     /// [`backchannel_core::pow`]).
     #[error("proof of work required")]
     WorkRequired,
+    /// Another bundle is held under the name published ([`MailboxStore::bundle_publish`]).
+    #[error("bundle name taken")]
+    BundleTaken,
     /// The embedded database failed.
     #[error("the relay's database failed while {doing}; check the disk of the --data directory")]
     Database {
@@ -165,6 +171,7 @@ impl StoreError {
             // tells its user to upgrade.
             StoreError::ClaimNeedsKey => (ErrorCode::Malformed, KEYED_CLAIMS_VERSION),
             StoreError::WorkRequired => (ErrorCode::WorkRequired, 0),
+            StoreError::BundleTaken => (ErrorCode::BundleTaken, 0),
             _ => return None,
         })
     }
@@ -265,8 +272,8 @@ pub trait MailboxStore: Send + Sync + 'static {
         epoch: u64,
         key: [u8; 32],
     ) -> impl Future<Output = Result<Arc<[u8]>, StoreError>> + Send;
-    /// Deletes envelopes whose expiry is before `now`, and the nameplates expired by then;
-    /// returns how many envelopes.
+    /// Deletes envelopes whose expiry is before `now`, and the nameplates and bundles expired
+    /// by then; returns how many envelopes.
     fn expire(&self, now: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Allocates a nameplate holding `record` (at most
     /// [`backchannel_core::frame::MAX_NAMEPLATE_RECORD`] bytes, as frame decoding enforces)
@@ -284,6 +291,24 @@ pub trait MailboxStore: Send + Sync + 'static {
     /// such nameplate, or it expired before `now` (then it is removed).
     fn nameplate_take(&self, number: u32, now: u64)
         -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+    /// Keeps `bundle` (at most [`backchannel_core::frame::MAX_BUNDLE`] bytes, as frame
+    /// decoding enforces) under `name` until `expires_at` (Unix seconds), by
+    /// [`bundle::judge`]: a name that holds nothing at `now` takes it; the same bundle
+    /// published again is kept until the later of the two expiries; another bundle under a
+    /// name held at `now` is refused with [`StoreError::BundleTaken`], and nothing is written
+    /// (relays sharing a cluster included: of racing publishes of different bundles, one
+    /// wins). Refused with [`StoreError::RelayFull`] when the store holds its bound of
+    /// bundles. Bundles outlive restarts.
+    fn bundle_publish(
+        &self,
+        name: [u8; 16],
+        bundle: Vec<u8>,
+        expires_at: u64,
+        now: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The bundle under `name`, which stays (every holder of a short address fetches it);
+    /// `None` if there is none, or it expired before `now`.
+    fn bundle_get(&self, name: [u8; 16], now: u64) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
     /// Marks these mailboxes (those that exist) used at `now` (Unix seconds): their
     /// recipient opened them. Creating a mailbox and a granted claim mark it too.
     fn touch(&self, ids: &[MailboxId], now: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -637,6 +662,20 @@ impl MailboxStore for Backend {
 
     async fn nameplate_take(&self, number: u32, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
         each!(self, s => MailboxStore::nameplate_take(s, number, now).await)
+    }
+
+    async fn bundle_publish(
+        &self,
+        name: [u8; 16],
+        bundle: Vec<u8>,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        each!(self, s => MailboxStore::bundle_publish(s, name, bundle, expires_at, now).await)
+    }
+
+    async fn bundle_get(&self, name: [u8; 16], now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        each!(self, s => MailboxStore::bundle_get(s, name, now).await)
     }
 
     async fn expire_idle(&self, before: u64) -> Result<u64, StoreError> {

@@ -34,6 +34,13 @@
 //!   with a KV purge that names the sequence read, so of relays racing for one nameplate
 //!   only one purge is accepted, and only that one hands out the record
 //!   (`nameplate_create`, `nameplate_take`).
+//! - `KV_BC_BUNDLES`, the KV bucket `BC_BUNDLES` (subjects `$KV.BC_BUNDLES.<name in hex>`, one
+//!   message per subject, `max_age` the bundle lifetime, at most [`NatsConfig::meta_bytes`]
+//!   in all, "discard new"): a bundle's expiry (u64 BE) and the bundle, the layout of
+//!   [`super::bundle`]. Published with a compare-and-set write on the subject's last
+//!   sequence, after [`super::bundle::judge`] of the value read: of relays racing to publish
+//!   different bundles under one name, one write is accepted, and the others read it again
+//!   and are refused `BundleTaken` (`bundle_publish`, `bundle_get`).
 //!
 //! Every read goes to the stream leader (`STREAM.MSG.GET`, not direct get), so a relay
 //! does not answer from a follower that lags. A leader cut off from its quorum does not
@@ -71,6 +78,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
+use super::bundle::{decode_dated, encode_dated};
 use super::{ClaimProof, Claims, HeldCommit, MailboxStore, Quota, Stats, StoreError};
 
 const ENVELOPES: &str = "BC_ENVELOPES";
@@ -85,6 +93,10 @@ const USE_SUBJECTS: &str = "bc.use.*";
 const NAMEPLATE_BUCKET: &str = "BC_NAMEPLATES";
 const NAMEPLATES: &str = "KV_BC_NAMEPLATES";
 const NAMEPLATE_SUBJECTS: &str = "$KV.BC_NAMEPLATES.>";
+/// The KV bucket of bundles, and its stream.
+const BUNDLE_BUCKET: &str = "BC_BUNDLES";
+const BUNDLES: &str = "KV_BC_BUNDLES";
+const BUNDLE_SUBJECTS: &str = "$KV.BC_BUNDLES.>";
 /// The idle sweep lists every mailbox, so it runs at most this often (or an eighth of the
 /// idle lifetime, if that is shorter).
 const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(3600);
@@ -171,6 +183,8 @@ pub struct NatsStore {
     uses: stream::Stream,
     /// Nameplates ([`NAMEPLATES`]).
     nameplates: stream::Stream,
+    /// Bundles ([`BUNDLES`]).
+    bundles: stream::Stream,
     /// When this relay last ran the idle sweep, and how often it may.
     idle_sweep: Mutex<Option<Instant>>,
     idle_every: Duration,
@@ -232,6 +246,9 @@ pub enum NatsError {
     /// A claim lost to concurrent claims every time it was tried.
     #[error("the claim kept losing to concurrent claims")]
     Contended,
+    /// A compare-and-set write other than a claim's lost to concurrent writes every time.
+    #[error("the record kept changing under concurrent writes")]
+    Raced,
 }
 
 fn nats_error(doing: &'static str, e: NatsError) -> StoreError {
@@ -280,6 +297,11 @@ fn nameplate_subject(number: u32) -> String {
     format!("$KV.{NAMEPLATE_BUCKET}.{number}")
 }
 
+/// A bundle's subject in the KV bucket (its key is the name in hex).
+fn bundle_subject(name: &[u8; 16]) -> String {
+    format!("$KV.{BUNDLE_BUCKET}.{}", hex(name))
+}
+
 /// The header JetStream's KV API marks each message with: PUT, DEL or PURGE.
 const KV_OPERATION: &str = "KV-Operation";
 
@@ -319,19 +341,18 @@ enum Cas {
 
 impl NatsStore {
     /// Connects to the cluster and creates the streams if they don't exist yet, the
-    /// nameplate bucket with the default nameplate lifetime
-    /// ([`crate::Limits::nameplate_lifetime`]).
+    /// nameplate and bundle buckets with the default lifetimes
+    /// ([`crate::Limits::nameplate_lifetime`], [`crate::Limits::bundle_lifetime`]).
     /// Must be called inside a Tokio runtime; the store's methods are futures on it.
     pub async fn connect(config: &NatsConfig) -> Result<Self, StoreError> {
-        Self::connect_with_nameplates(config, crate::Limits::DEFAULT.nameplate_lifetime).await
+        Self::connect_with_limits(config, &crate::Limits::DEFAULT).await
     }
 
-    /// [`NatsStore::connect`], with nameplates kept for `nameplate_lifetime` (the bucket's
-    /// `max_age`, which follows the last relay to start).
-    pub async fn connect_with_nameplates(
-        config: &NatsConfig,
-        nameplate_lifetime: Duration,
-    ) -> Result<Self, StoreError> {
+    /// [`NatsStore::connect`], with nameplates kept for `limits.nameplate_lifetime` and
+    /// bundles for `limits.bundle_lifetime` (the buckets' `max_age`, which follows the last
+    /// relay to start).
+    pub async fn connect_with_limits(config: &NatsConfig, limits: &crate::Limits) -> Result<Self, StoreError> {
+        let nameplate_lifetime = limits.nameplate_lifetime;
         let client = connect_client(&config.urls).await?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(OP_TIMEOUT);
@@ -430,6 +451,27 @@ impl NatsStore {
             },
         )
         .await?;
+        let bundles = ensure_stream(
+            &js,
+            stream::Config {
+                name: BUNDLES.into(),
+                description: Some("backchannel bundles".into()),
+                subjects: vec![BUNDLE_SUBJECTS.into()],
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                retention: stream::RetentionPolicy::Limits,
+                max_messages_per_subject: 1,
+                max_age: limits.bundle_lifetime.max(Duration::from_secs(1)),
+                // Anyone may publish: bounded as the record stream is, and refused when full.
+                max_bytes: i64::try_from(config.meta_bytes).unwrap_or(i64::MAX),
+                discard: stream::DiscardPolicy::New,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: false,
+                ..Default::default()
+            },
+        )
+        .await?;
         let store = Self {
             client,
             js,
@@ -437,6 +479,7 @@ impl NatsStore {
             meta,
             uses,
             nameplates,
+            bundles,
             idle_sweep: Mutex::new(None),
             idle_every: (config.idle_lifetime / 8).min(IDLE_SWEEP_EVERY),
             listener: Mutex::new(None),
@@ -572,30 +615,78 @@ impl NatsStore {
         }
     }
 
+    /// The last message on a subject of the KV bucket `bucket`, from the stream leader: its
+    /// sequence, and its value if it is one (not a purge or delete marker).
+    async fn kv_latest(
+        bucket: &stream::Stream,
+        subject: &str,
+        doing: &'static str,
+    ) -> Result<Option<(u64, Option<Bytes>)>, StoreError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let m = match tokio::time::timeout(OP_TIMEOUT, bucket.get_last_raw_message_by_subject(subject)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Ok(Err(e)) => return Err(client_error(doing, e)),
+            Err(_) => return Err(nats_error(doing, NatsError::Timeout)),
+        };
+        // A KV delete or purge, or a marker JetStream left: no value.
+        let marker = m.headers.get(KV_OPERATION).is_some_and(|op| op.as_str() != "PUT")
+            || m.headers.get(async_nats::header::NATS_MARKER_REASON).is_some();
+        Ok(Some((m.sequence, (!marker).then_some(m.payload))))
+    }
+
     /// The last message on a nameplate's subject, from the stream leader: its sequence, and
     /// its expiry and record if it is a nameplate (not a purge marker).
     async fn nameplate_latest(&self, subject: &str) -> Result<Option<(u64, Option<(u64, Bytes)>)>, StoreError> {
-        use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        const DOING: &str = "reading a nameplate";
-        let m = match tokio::time::timeout(OP_TIMEOUT, self.nameplates.get_last_raw_message_by_subject(subject)).await {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-            Ok(Err(e)) => return Err(client_error(DOING, e)),
-            Err(_) => return Err(nats_error(DOING, NatsError::Timeout)),
+        let Some((seq, value)) = Self::kv_latest(&self.nameplates, subject, "reading a nameplate").await? else {
+            return Ok(None);
         };
-        // A KV delete or purge, or a marker JetStream left: no nameplate.
-        let marker = m.headers.get(KV_OPERATION).is_some_and(|op| op.as_str() != "PUT")
-            || m.headers.get(async_nats::header::NATS_MARKER_REASON).is_some();
-        if marker {
-            return Ok(Some((m.sequence, None)));
+        let Some(value) = value else {
+            return Ok(Some((seq, None)));
+        };
+        let (expires, _) = decode_dated(&value).ok_or_else(|| corrupt("nameplate"))?;
+        Ok(Some((seq, Some((expires, value.slice(8..))))))
+    }
+
+    /// Publishes a bundle ([`MailboxStore::bundle_publish`]): a compare-and-set write of
+    /// what [`super::bundle::judge`] makes of the value read, read again after a lost race.
+    async fn do_bundle_publish(
+        &self,
+        name: &[u8; 16],
+        bundle: &[u8],
+        expires_at: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        const DOING: &str = "publishing a bundle";
+        let subject = bundle_subject(name);
+        for _ in 0..CAS_ATTEMPTS {
+            let (expected, stored) = Self::kv_latest(&self.bundles, &subject, DOING)
+                .await?
+                .unwrap_or((0, None));
+            let at = super::bundle::judge(stored.as_deref(), bundle, expires_at, now)?;
+            let msg = PublishMessage::build()
+                .payload(Bytes::from(encode_dated(at, bundle)))
+                .header(KV_OPERATION, "PUT")
+                .expected_last_subject_sequence(expected);
+            match self.publish(DOING, &subject, msg).await? {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+                Err(e) => return Err(full_or(DOING, e)),
+            }
         }
-        let expires = m
-            .payload
-            .get(..8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_be_bytes)
-            .ok_or_else(|| corrupt("nameplate"))?;
-        Ok(Some((m.sequence, Some((expires, m.payload.slice(8..))))))
+        Err(nats_error(DOING, NatsError::Raced))
+    }
+
+    /// The bundle under `name` ([`MailboxStore::bundle_get`]).
+    async fn do_bundle_get(&self, name: &[u8; 16], now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some((_, Some(value))) = Self::kv_latest(&self.bundles, &bundle_subject(name), "reading a bundle").await?
+        else {
+            return Ok(None);
+        };
+        // Expired (and not yet dropped by the stream's max_age) or damaged: none.
+        Ok(decode_dated(&value)
+            .filter(|(at, _)| super::bundle::live(*at, now))
+            .map(|(_, bundle)| bundle.to_vec()))
     }
 
     async fn do_nameplate_create(&self, record: &[u8], expires_at: u64, candidates: &[u32]) -> Result<u32, StoreError> {
@@ -611,11 +702,8 @@ impl NatsStore {
                 Some((seq, Some((at, _)))) if at < now => seq,
                 Some(_) => continue,
             };
-            let mut value = Vec::with_capacity(8 + record.len());
-            value.extend_from_slice(&expires_at.to_be_bytes());
-            value.extend_from_slice(record);
             let msg = PublishMessage::build()
-                .payload(Bytes::from(value))
+                .payload(Bytes::from(encode_dated(expires_at, record)))
                 .header(KV_OPERATION, "PUT")
                 .expected_last_subject_sequence(expected);
             match self.publish("allocating a nameplate", &subject, msg).await? {
@@ -1108,10 +1196,11 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
                 subjects.sort();
                 let mut wanted = config.subjects.clone();
                 wanted.sort();
-                // The idle lifetime of the use records, and the nameplate lifetime, follow the
-                // relay's flags; the other
-                // streams' ages are left as they were made.
-                let same_age = (config.name != USES && config.name != NAMEPLATES) || have.max_age == config.max_age;
+                // The idle lifetime of the use records, and the nameplate and bundle
+                // lifetimes, follow the relay's flags; the other streams' ages are left as
+                // they were made.
+                let same_age =
+                    ![USES, NAMEPLATES, BUNDLES].contains(&config.name.as_str()) || have.max_age == config.max_age;
                 if have.max_bytes == config.max_bytes
                     && have.discard == config.discard
                     && subjects == wanted
@@ -1249,7 +1338,6 @@ impl MailboxStore for NatsStore {
         Ok(0)
     }
 
-    /// Marks them used now (JetStream dates the records; `now` is this relay's clock).
     async fn nameplate_create(&self, record: Vec<u8>, expires_at: u64) -> Result<u32, StoreError> {
         let candidates = super::nameplate_candidates(&mut rand_core::OsRng)?;
         // Tried again, a try whose answer was lost may have made a nameplate nobody will
@@ -1266,6 +1354,25 @@ impl MailboxStore for NatsStore {
         patiently(self.patience, |_| self.do_nameplate_take(number, now)).await
     }
 
+    /// Tried again, a publish whose answer was lost finds its own bundle, the same: a refresh.
+    async fn bundle_publish(
+        &self,
+        name: [u8; 16],
+        bundle: Vec<u8>,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        patiently(self.patience, |_| {
+            self.do_bundle_publish(&name, &bundle, expires_at, now)
+        })
+        .await
+    }
+
+    async fn bundle_get(&self, name: [u8; 16], now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        patiently(self.patience, |_| self.do_bundle_get(&name, now)).await
+    }
+
+    /// Marks them used now (JetStream dates the records; `now` is this relay's clock).
     async fn touch(&self, ids: &[MailboxId], _now: u64) -> Result<(), StoreError> {
         patiently(self.patience, |_| self.mark_used(ids)).await
     }

@@ -71,6 +71,9 @@
 //! - [`writer`]: the writer thread (group commit) and the zeroing thread.
 //! - [`nameplate`]: the layout and sealing of nameplates (invite codes' numbers), whose
 //!   records are sealed under a key held in memory only.
+//! - bundles (what short addresses name) are kept in the clear and outlive restarts, in
+//!   [`BUNDLES`] (its layout is a contract: see there) with [`BUNDLE_EXPIRY`]; the rule of a
+//!   publish and the value's layout are [`crate::store::bundle`]'s, shared with NATS.
 //! - [`upgrade`]: the data directory's format version and the conversion of older
 //!   layouts (a newer one is refused and nothing is rewritten).
 //! - here: [`EmbeddedStore`], its reads, and [`MailboxStore`] over it.
@@ -146,6 +149,32 @@ const NAMEPLATES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nameplat
 /// expiry (u64 BE) || number (u32 BE) -> nothing: the nameplates by when they expire, for
 /// the sweep. With [`NAMEPLATES`], under the same terms.
 const NAMEPLATE_EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nameplate_expiry");
+
+/// name (16) -> a bundle: `expires_at (u64 BE, Unix seconds) | bundle`, in the clear
+/// ([`crate::store::bundle::encode_dated`]). This table's name, its types (key `[u8; 16]`,
+/// value `&[u8]`) and the value's layout are a contract: tests outside this crate open the
+/// redb file of a stopped relay and change a bundle there, to play a relay that hands over
+/// tampered keys. A bundle is public key material (a drop box's keys) or ciphertext its
+/// client sealed (an invite's body), and a short address is printed and kept for months: so,
+/// unlike a nameplate, it is not sealed at rest, and it outlives restarts (the store never
+/// empties this table when it opens). Added within data directory format 4, without a change
+/// of format, as [`NAMEPLATES`] was: the table is made by the first write, a directory
+/// without it holds no bundle, and a relay of an earlier release never opens it (nor sweeps
+/// it: bundles expired meanwhile are swept once this release runs again), so a directory
+/// goes back and forth between this release and the one before without a conversion.
+pub(crate) const BUNDLES: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("bundles");
+
+/// expiry (u64 BE) || name (16) -> nothing: the bundles by when they expire, for the sweep.
+/// With [`BUNDLES`], under the same terms.
+const BUNDLE_EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bundle_expiry");
+
+/// The key of a bundle in [`BUNDLE_EXPIRY`].
+fn bundle_expiry_key(expires_at: u64, name: &[u8; 16]) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&expires_at.to_be_bytes());
+    k[8..].copy_from_slice(name);
+    k
+}
 
 /// The key of a mailbox in [`IDLE`].
 fn idle_key(at: u64, id: &MailboxId) -> [u8; 40] {
@@ -447,7 +476,7 @@ impl EmbeddedStore {
         self.reader.held_commit(send, epoch, &key)
     }
 
-    /// Deletes expired envelopes and nameplates, blocking ([`MailboxStore::expire`]).
+    /// Deletes expired envelopes, nameplates and bundles, blocking ([`MailboxStore::expire`]).
     pub fn expire(&self, now: u64) -> Result<u64, StoreError> {
         self.write(Write::Expire { now }).map(Done::count)
     }
@@ -466,6 +495,22 @@ impl EmbeddedStore {
     /// Takes a nameplate, blocking ([`MailboxStore::nameplate_take`]).
     pub fn nameplate_take(&self, number: u32, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
         self.write(Write::NameplateTake { number, now }).map(Done::record)
+    }
+
+    /// Publishes a bundle, blocking ([`MailboxStore::bundle_publish`]).
+    pub fn bundle_publish(&self, name: [u8; 16], bundle: Vec<u8>, expires_at: u64, now: u64) -> Result<(), StoreError> {
+        self.write(Write::BundlePublish {
+            name,
+            bundle,
+            expires_at,
+            now,
+        })
+        .map(|_| ())
+    }
+
+    /// The bundle under `name`, blocking ([`MailboxStore::bundle_get`]).
+    pub fn bundle_get(&self, name: [u8; 16], now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.reader.bundle_get(name, now)
     }
 
     /// Marks mailboxes used at `now`, blocking ([`MailboxStore::touch`]).
@@ -587,6 +632,25 @@ impl Reader {
         HeldCommit::judge_fetch(&claims, held.as_ref(), epoch, key)
     }
 
+    fn bundle_get(&self, name: [u8; 16], now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        use crate::store::bundle::{decode_dated, live};
+        const DOING: &str = "reading a bundle";
+        let txn = self.db.begin_read().map_err(StoreError::database(DOING))?;
+        let bundles = match txn.open_table(BUNDLES) {
+            Ok(t) => t,
+            // Made by the first write: none yet, no bundle.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(StoreError::database(DOING)(e)),
+        };
+        let value = bundles.get(name).map_err(StoreError::database(DOING))?;
+        // Expired (the sweep has not run yet) or damaged: none.
+        Ok(value.and_then(|v| {
+            decode_dated(v.value())
+                .filter(|(at, _)| live(*at, now))
+                .map(|(_, bundle)| bundle.to_vec())
+        }))
+    }
+
     fn stats(&self) -> Result<Stats, StoreError> {
         const DOING: &str = "counting";
         let txn = self.db.begin_read().map_err(StoreError::database(DOING))?;
@@ -699,6 +763,27 @@ impl MailboxStore for EmbeddedStore {
         self.submit(Write::NameplateTake { number, now })
             .await
             .map(Done::record)
+    }
+
+    async fn bundle_publish(
+        &self,
+        name: [u8; 16],
+        bundle: Vec<u8>,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.submit(Write::BundlePublish {
+            name,
+            bundle,
+            expires_at,
+            now,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn bundle_get(&self, name: [u8; 16], now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(move |r| r.bundle_get(name, now)).await
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {

@@ -1259,3 +1259,177 @@ fn when_the_random_tries_miss_the_walk_finds_a_free_number_or_refuses() {
     assert_eq!(got, [5, backchannel_core::code::MAX_NAMEPLATE]);
     assert_eq!(s.nameplate_create(vec![3], now + 600), Err(StoreError::RelayFull));
 }
+
+/// The bundles as the disk holds them, read through the layout that is a contract (module
+/// doc of [`BUNDLES`]): the table `bundles`, key `[u8; 16]`, value `expires_at (u64 BE) |
+/// bundle`. Declared here again, not with [`BUNDLES`], so that a change there fails here.
+#[allow(clippy::panic)]
+fn bundles_on_disk(path: &Path) -> Vec<([u8; 16], u64, Vec<u8>)> {
+    const CONTRACT: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("bundles");
+    let db = Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    match txn.open_table(CONTRACT) {
+        Ok(t) => t
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                let v = v.value();
+                (
+                    k.value(),
+                    u64::from_be_bytes(v[..8].try_into().unwrap()),
+                    v[8..].to_vec(),
+                )
+            })
+            .collect(),
+        Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+        Err(e) => panic!("the bundles table does not open as the contract says: {e}"),
+    }
+}
+
+#[test]
+fn a_bundle_is_fetched_by_everyone_refreshed_by_its_publisher_and_refused_to_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 10);
+    let name = [7u8; 16];
+    assert_eq!(
+        s.bundle_get(name, 100).unwrap(),
+        None,
+        "before any write: no table, no bundle"
+    );
+    s.bundle_publish(name, b"drop box keys".to_vec(), 1000, 100).unwrap();
+    for _ in 0..3 {
+        assert_eq!(s.bundle_get(name, 100).unwrap().unwrap(), b"drop box keys", "not taken");
+    }
+    assert_eq!(s.bundle_get([8; 16], 100).unwrap(), None);
+    // Another bundle: refused, and nothing changes.
+    assert_eq!(
+        s.bundle_publish(name, b"planted keys".to_vec(), 5000, 100),
+        Err(StoreError::BundleTaken)
+    );
+    assert_eq!(s.bundle_get(name, 100).unwrap().unwrap(), b"drop box keys");
+    // The same again keeps it longer, never shorter.
+    s.bundle_publish(name, b"drop box keys".to_vec(), 2000, 900).unwrap();
+    s.bundle_publish(name, b"drop box keys".to_vec(), 1500, 900).unwrap();
+    assert_eq!(s.expire(1999).unwrap(), 0);
+    assert_eq!(
+        s.bundle_get(name, 2000).unwrap().unwrap(),
+        b"drop box keys",
+        "through its expiry second"
+    );
+    assert_eq!(s.bundle_get(name, 2001).unwrap(), None, "expired, before the sweep");
+    // Expired, the name is free for another bundle.
+    s.bundle_publish(name, b"next".to_vec(), 3000, 2001).unwrap();
+    assert_eq!(s.bundle_get(name, 2001).unwrap().unwrap(), b"next");
+    // An empty bundle and the largest are bundles.
+    s.bundle_publish([1; 16], Vec::new(), 3000, 0).unwrap();
+    let big = vec![0xb0; backchannel_core::frame::MAX_BUNDLE];
+    s.bundle_publish([2; 16], big.clone(), 3000, 0).unwrap();
+    assert_eq!(s.bundle_get([1; 16], 0).unwrap().unwrap(), b"");
+    assert_eq!(s.bundle_get([2; 16], 0).unwrap().unwrap(), big);
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // In the clear, as the contract says, with one index entry each.
+    let mut on_disk = bundles_on_disk(&dir.path().join("m.redb"));
+    on_disk.sort();
+    assert_eq!(
+        on_disk,
+        vec![
+            ([1; 16], 3000, Vec::new()),
+            ([2; 16], 3000, big),
+            (name, 3000, b"next".to_vec())
+        ]
+    );
+    let db = Database::open(dir.path().join("m.redb")).unwrap();
+    let txn = db.begin_read().unwrap();
+    assert_eq!(txn.open_table(BUNDLE_EXPIRY).unwrap().len().unwrap(), 3);
+}
+
+#[test]
+fn bundles_outlive_a_restart_and_the_sweep_takes_only_expired_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 10);
+    s.bundle_publish([1; 16], b"short".to_vec(), 1000, 0).unwrap();
+    s.bundle_publish([2; 16], b"long".to_vec(), 5000, 0).unwrap();
+    // Refreshed past the first expiry: the sweep leaves it.
+    s.bundle_publish([3; 16], b"kept".to_vec(), 1000, 0).unwrap();
+    s.bundle_publish([3; 16], b"kept".to_vec(), 5000, 999).unwrap();
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let s = open(dir.path(), 10);
+    assert_eq!(
+        s.bundle_get([1; 16], 1000).unwrap().unwrap(),
+        b"short",
+        "after a restart"
+    );
+    assert_eq!(s.expire(1000).unwrap(), 0);
+    assert_eq!(s.bundle_get([1; 16], 1000).unwrap().unwrap(), b"short");
+    s.expire(1001).unwrap();
+    assert_eq!(s.bundle_get([1; 16], 0).unwrap(), None, "swept");
+    assert_eq!(s.bundle_get([3; 16], 1001).unwrap().unwrap(), b"kept");
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut left: Vec<_> = bundles_on_disk(&dir.path().join("m.redb"))
+        .into_iter()
+        .map(|(n, at, _)| (n, at))
+        .collect();
+    left.sort();
+    assert_eq!(left, vec![([2; 16], 5000), ([3; 16], 5000)]);
+    let db = Database::open(dir.path().join("m.redb")).unwrap();
+    let txn = db.begin_read().unwrap();
+    assert_eq!(
+        txn.open_table(BUNDLE_EXPIRY).unwrap().len().unwrap(),
+        2,
+        "the index follows"
+    );
+}
+
+#[test]
+fn a_tampered_bundle_is_handed_over_as_the_disk_holds_it_and_a_damaged_one_is_none() {
+    // The store does not vouch for a bundle: its client checks it (docs/protocol.md,
+    // "Bundles"). A byte changed on disk comes back changed; a value too short to hold an
+    // expiry is no bundle, and its name is free.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.redb");
+    let s = open(dir.path(), 10);
+    s.bundle_publish([1; 16], b"keys".to_vec(), u64::MAX, 0).unwrap();
+    s.bundle_publish([2; 16], b"gone".to_vec(), u64::MAX, 0).unwrap();
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(BUNDLES).unwrap();
+            let mut v = t.get([1u8; 16]).unwrap().unwrap().value().to_vec();
+            v[8] ^= 1;
+            t.insert([1u8; 16], &v[..]).unwrap();
+            t.insert([2u8; 16], &[1u8, 2, 3][..]).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let s = open(dir.path(), 10);
+    assert_eq!(s.bundle_get([1; 16], 0).unwrap().unwrap(), b"jeys");
+    assert_eq!(s.bundle_get([2; 16], 0).unwrap(), None);
+    s.bundle_publish([2; 16], b"new".to_vec(), u64::MAX, 0).unwrap();
+    assert_eq!(s.bundle_get([2; 16], 0).unwrap().unwrap(), b"new");
+}
+
+#[test]
+fn bundles_stay_within_the_stores_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 10);
+    for i in 0..writer::MAX_BUNDLES {
+        s.bundle_publish([i as u8; 16], vec![1], 1000, 0).unwrap();
+    }
+    assert_eq!(
+        s.bundle_publish([0xee; 16], vec![1], 1000, 0),
+        Err(StoreError::RelayFull)
+    );
+    // A refresh, or a new bundle in an expired one's place, still goes.
+    s.bundle_publish([0; 16], vec![1], 2000, 0).unwrap();
+    s.bundle_publish([1; 16], vec![2], 2000, 1001).unwrap();
+    // Once the sweep made room, a new name goes.
+    s.expire(1001).unwrap();
+    s.bundle_publish([0xee; 16], vec![1], 3000, 1001).unwrap();
+}

@@ -21,9 +21,10 @@ use super::at_rest::{fresh_key, seal, zero_slots, EnvelopeKey, KeyFile, SlotBook
 use super::nameplate::{self, NameplateKey};
 use super::record::{encode_envelope_value, encode_sender, record_key, EnvelopeValue, MailboxRecord};
 use super::{
-    count_off, expiry_key, get_record, held_key, idle_key, sender, Table, ENVELOPES, EXPIRY, HELD, IDLE, MAILBOXES,
-    MAX_BATCH, NAMEPLATES, NAMEPLATE_EXPIRY, SENDERS, TOUCHED,
+    bundle_expiry_key, count_off, expiry_key, get_record, held_key, idle_key, sender, Table, BUNDLES, BUNDLE_EXPIRY,
+    ENVELOPES, EXPIRY, HELD, IDLE, MAILBOXES, MAX_BATCH, NAMEPLATES, NAMEPLATE_EXPIRY, SENDERS, TOUCHED,
 };
+use crate::store::bundle::{self, decode_dated, encode_dated};
 use crate::store::{ClaimProof, Claims, HeldCommit, Quota, StoreError};
 
 /// What one batch does to the key file.
@@ -72,7 +73,7 @@ pub(crate) enum Write {
         /// The commit the claim carries, held with the grant.
         commit: Option<Arc<[u8]>>,
     },
-    /// Deletes expired envelopes and nameplates.
+    /// Deletes expired envelopes, nameplates and bundles.
     Expire {
         now: u64,
     },
@@ -86,6 +87,13 @@ pub(crate) enum Write {
     /// Takes a nameplate.
     NameplateTake {
         number: u32,
+        now: u64,
+    },
+    /// Publishes a bundle (by [`bundle::judge`]).
+    BundlePublish {
+        name: [u8; 16],
+        bundle: Vec<u8>,
+        expires_at: u64,
         now: u64,
     },
 }
@@ -308,6 +316,10 @@ fn stage(
     let mut plate_expiry = txn
         .open_table(NAMEPLATE_EXPIRY)
         .map_err(StoreError::database(COMMITTING))?;
+    let mut bundles = txn.open_table(BUNDLES).map_err(StoreError::database(COMMITTING))?;
+    let mut bundle_expiry = txn
+        .open_table(BUNDLE_EXPIRY)
+        .map_err(StoreError::database(COMMITTING))?;
     let mut tables = Tables {
         boxes: &mut boxes,
         envs: &mut envs,
@@ -322,6 +334,10 @@ fn stage(
             plates: &mut plates,
             expiry: &mut plate_expiry,
             key: nameplate_key,
+        },
+        bundles: Bundles {
+            bundles: &mut bundles,
+            expiry: &mut bundle_expiry,
         },
         book,
         slots,
@@ -372,8 +388,90 @@ struct Tables<'a, 't> {
     held: &'a mut Table<'t>,
     used: Used<'a, 't>,
     nameplates: Nameplates<'a, 't>,
+    bundles: Bundles<'a, 't>,
     book: &'a mut SlotBook,
     slots: &'a mut BatchSlots,
+}
+
+/// The entries of the expiry index `index` up to `end` (inclusive), read before any is
+/// removed: what a sweep has to look at, not everything the store holds.
+fn due(index: &Table<'_>, end: &[u8], doing: &'static str) -> Result<Vec<Vec<u8>>, StoreError> {
+    index
+        .range::<&[u8]>(..=end)
+        .map_err(StoreError::database(doing))?
+        .map(|e| e.map(|(k, _)| k.value().to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(StoreError::database(doing))
+}
+
+/// Most bundles the store keeps (about 2 GiB of them at the largest). Smaller in this
+/// crate's tests, which fill it.
+#[cfg(not(test))]
+pub(crate) const MAX_BUNDLES: u64 = 1 << 20;
+#[cfg(test)]
+pub(crate) const MAX_BUNDLES: u64 = 16;
+
+/// The bundles ([`super::BUNDLES`]) and their expiry index ([`super::BUNDLE_EXPIRY`]).
+struct Bundles<'a, 't> {
+    bundles: &'a mut redb::Table<'t, [u8; 16], &'static [u8]>,
+    expiry: &'a mut Table<'t>,
+}
+
+impl Bundles<'_, '_> {
+    fn publish(&mut self, name: &[u8; 16], bundle: &[u8], expires_at: u64, now: u64) -> Result<Answer, StoreError> {
+        const DOING: &str = "publishing a bundle";
+        let stored = self
+            .bundles
+            .get(name)
+            .map_err(StoreError::database(DOING))?
+            .map(|v| v.value().to_vec());
+        let at = match bundle::judge(stored.as_deref(), bundle, expires_at, now) {
+            Ok(at) => at,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        // O(1): redb keeps each table's length in its root.
+        if stored.is_none() && self.bundles.len().map_err(StoreError::database(DOING))? >= MAX_BUNDLES {
+            return Ok(Err(StoreError::RelayFull));
+        }
+        if let Some((before, _)) = stored.as_deref().and_then(decode_dated) {
+            self.expiry
+                .remove(&bundle_expiry_key(before, name)[..])
+                .map_err(StoreError::database(DOING))?;
+        }
+        self.bundles
+            .insert(name, &encode_dated(at, bundle)[..])
+            .map_err(StoreError::database(DOING))?;
+        self.expiry
+            .insert(&bundle_expiry_key(at, name)[..], &[][..])
+            .map_err(StoreError::database(DOING))?;
+        Ok(Ok(Done::Mailbox(MailboxId([0; 32]), 0)))
+    }
+
+    /// Removes the bundles expired before `now`; returns how many.
+    fn expire(&mut self, now: u64) -> Result<u64, StoreError> {
+        const DOING: &str = "deleting expired bundles";
+        let Some(end) = now.checked_sub(1) else {
+            return Ok(0);
+        };
+        let mut gone = 0;
+        for k in &due(self.expiry, &bundle_expiry_key(end, &[0xff; 16]), DOING)? {
+            self.expiry.remove(&k[..]).map_err(StoreError::database(DOING))?;
+            let Some(name) = k.get(8..).and_then(|n| <[u8; 16]>::try_from(n).ok()) else {
+                continue;
+            };
+            // Only if the bundle there is the one that expired (not one refreshed since).
+            let expired = self
+                .bundles
+                .get(&name)
+                .map_err(StoreError::database(DOING))?
+                .map(|v| decode_dated(v.value()).is_none_or(|(at, _)| !bundle::live(at, now)));
+            if expired == Some(true) {
+                self.bundles.remove(&name).map_err(StoreError::database(DOING))?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
+    }
 }
 
 /// The nameplates ([`super::NAMEPLATES`]), their expiry index
@@ -484,16 +582,8 @@ impl Nameplates<'_, '_> {
         let Some(end) = now.checked_sub(1) else {
             return Ok(0);
         };
-        let end = nameplate::expiry_key(end, u32::MAX);
-        let due: Vec<Vec<u8>> = self
-            .expiry
-            .range::<&[u8]>(..=&end[..])
-            .map_err(StoreError::database(DOING))?
-            .map(|e| e.map(|(k, _)| k.value().to_vec()))
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::database(DOING))?;
         let mut gone = 0;
-        for k in &due {
+        for k in &due(self.expiry, &nameplate::expiry_key(end, u32::MAX), DOING)? {
             self.expiry.remove(&k[..]).map_err(StoreError::database(DOING))?;
             let Some(number) = k.get(8..12).and_then(|n| <[u8; 4]>::try_from(n).ok()) else {
                 continue;
@@ -637,6 +727,12 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             candidates,
         } => return t.nameplates.create(record, *expires_at, candidates, now_secs()),
         Write::NameplateTake { number, now } => return t.nameplates.take(*number, *now),
+        Write::BundlePublish {
+            name,
+            bundle,
+            expires_at,
+            now,
+        } => return t.bundles.publish(name, bundle, *expires_at, *now),
         Write::ExpireIdle { before } => {
             const DOING: &str = "deleting idle mailboxes";
             let end = idle_key(*before, &MailboxId([0; 32]));
@@ -681,6 +777,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
         held,
         used,
         nameplates,
+        bundles,
         book,
         slots,
     } = t;
@@ -827,20 +924,15 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
         | Write::ExpireIdle { .. }
         | Write::Touch { .. }
         | Write::NameplateCreate { .. }
-        | Write::NameplateTake { .. } => Ok((NONE, 0)),
+        | Write::NameplateTake { .. }
+        | Write::BundlePublish { .. } => Ok((NONE, 0)),
         Write::Expire { now } => {
             const DOING: &str = "deleting expired envelopes";
             // Only the index entries up to `now` are read: the sweep's cost is what has
             // expired, not what the store holds.
             let end = expiry_key(*now, &[0xff; 40]);
-            let due: Vec<Vec<u8>> = expiry
-                .range::<&[u8]>(..=&end[..])
-                .map_err(StoreError::database(DOING))?
-                .map(|e| e.map(|(k, _)| k.value().to_vec()))
-                .collect::<Result<_, _>>()
-                .map_err(StoreError::database(DOING))?;
             let mut expired = 0u64;
-            for k in &due {
+            for k in &due(expiry, &end, DOING)? {
                 expiry.remove(&k[..]).map_err(StoreError::database(DOING))?;
                 let rk = k.get(8..).unwrap_or_default();
                 // Only a record that has itself expired goes: an entry left by another
@@ -862,8 +954,9 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                 };
                 count_off(boxes, &id)?;
             }
-            // Nameplates too (not counted with the envelopes).
+            // Nameplates and bundles too (not counted with the envelopes).
             nameplates.expire(*now)?;
+            bundles.expire(*now)?;
             Ok((NONE, expired))
         }
     };
