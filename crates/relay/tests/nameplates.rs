@@ -4,41 +4,15 @@
 //! relays. Relays run for real on loopback ports; clients speak through `RelayConnection`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backchannel_client::{ConnectError, RelayConnection};
 use backchannel_core::code::MAX_NAMEPLATE;
 use backchannel_core::frame::{ErrorCode, Request, Response};
-use backchannel_core::relay_address::RelayAddress;
-use backchannel_relay::nats::{NatsConfig, DEFAULT_META_BYTES};
-use backchannel_relay::store::Quota;
-use backchannel_relay::{Limits, Relay};
+use backchannel_relay::Limits;
 
-/// The NATS cluster harness of the `backchannel` crate's tests, shared rather than copied.
-#[path = "../../backchannel/tests/common/nats.rs"]
-mod nats;
-
-/// The workspace root (what the harness installs `nats-server` under).
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Serves `relay` on a loopback port until the test ends; its address.
-async fn serve(relay: Relay) -> RelayAddress {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = RelayAddress {
-        pin: relay.pin().0,
-        host: "127.0.0.1".into(),
-        port: listener.local_addr().unwrap().port(),
-    };
-    tokio::spawn(relay.serve(listener, std::future::pending()));
-    address
-}
-
-async fn start(dir: &Path, limits: Limits) -> RelayAddress {
-    serve(Relay::open(dir.to_path_buf(), limits).unwrap()).await
-}
+mod common;
+use common::{nats, start, two_relays_on};
 
 async fn make(conn: &mut RelayConnection, record: &[u8]) -> u32 {
     match conn
@@ -156,33 +130,13 @@ async fn a_take_forwarded_through_the_joiners_relay_works_once() {
     assert_eq!(take(&mut at_home, n).await, None);
 }
 
-/// Two relays on one real three-node cluster.
-async fn two_relays_on(cluster: &nats::NatsCluster) -> (RelayAddress, RelayAddress) {
-    let config = NatsConfig {
-        urls: cluster.urls(),
-        replicas: Some(3),
-        quota: Quota {
-            per_mailbox: 100,
-            total: 10_000,
-        },
-        ttl: Duration::from_secs(3600),
-        meta_bytes: DEFAULT_META_BYTES,
-        patience: Duration::from_secs(20),
-        idle_lifetime: Duration::from_secs(90 * 24 * 3600),
-    };
-    let one = Relay::open_nats(config.clone(), Limits::default()).await.unwrap();
-    let two = Relay::open_nats(config, Limits::default()).await.unwrap();
-    assert_eq!(one.pin(), two.pin(), "one relay identity for the cluster");
-    (serve(one).await, serve(two).await)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_nats_cluster_a_nameplate_made_through_one_relay_is_taken_through_another_once() {
     let bin = nats::require_nats();
     let cluster = tokio::task::spawn_blocking(move || nats::NatsCluster::start(&bin))
         .await
         .unwrap();
-    let (one, two) = two_relays_on(&cluster).await;
+    let (one, two) = two_relays_on(&cluster, Limits::default()).await;
     // Same PIN: the second address is the same relay on another port.
     let mut inviter = RelayConnection::connect(&one).await.unwrap();
     let mut joiner = RelayConnection::connect(&two).await.unwrap();
