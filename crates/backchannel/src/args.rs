@@ -413,6 +413,10 @@ pub struct RelayArgs {
     /// code with it.
     #[arg(long, default_value_t = Span(Limits::default().nameplate_lifetime), value_parser = parse_span)]
     pub nameplate_lifetime: Span,
+    /// The longest a bundle (what a short address names: a drop box's keys, an invite's
+    /// body) is kept, e.g. 90d (the default); its owner publishes it again to keep it longer.
+    #[arg(long, default_value_t = Span(Limits::default().bundle_lifetime), value_parser = parse_span)]
+    pub bundle_lifetime: Span,
     /// Mailboxes one address (an IPv4 address, or an IPv6 /64) may create per minute on
     /// average, all its connections together (0: no limit); past it, `RateLimited`.
     #[arg(long, default_value_t = Limits::default().address_create_rate)]

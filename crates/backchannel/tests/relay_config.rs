@@ -87,6 +87,7 @@ forwarder-burst = 88
 forward-private = true
 idle-mailbox-lifetime = "91d"
 nameplate-lifetime = "1200s"
+bundle-lifetime = "30d"
 address-create-rate = 7
 address-create-burst = 8
 address-store-rate = 9

@@ -62,6 +62,7 @@ pub async fn run(a: &RelayArgs, out: &Out) -> Result<(), CliError> {
         address_store_rate: a.address_store_rate,
         address_store_burst: a.address_store_burst,
         nameplate_lifetime: a.nameplate_lifetime.0,
+        bundle_lifetime: a.bundle_lifetime.0,
         ..Limits::default()
     };
     let relay = match a.storage.store {
