@@ -24,6 +24,11 @@
 //!   [`open_reply`].
 //! - 6: the rest is a reply plaintext sealed here with XChaCha20-Poly1305:
 //!   it opens only if it is the canonical encoding of the text it opens to.
+//! - 7: the rest is the bundle a relay hands over for the fixed address's short form
+//!   ([`ShortDropAddress::check`]): taken only if it is exactly that address's bundle.
+//!
+//! Text and bodies also go through [`DropLine::from_text`] (the short form, version 2):
+//! a short address that parses prints back to itself.
 //!
 //! The fixed keys are the ones `seeds.rs` seals its seeds with.
 #![no_main]
@@ -32,8 +37,8 @@ use std::sync::OnceLock;
 
 use backchannel_core::codec::Writer;
 use backchannel_core::drop::{
-    open_letter, open_reply, seal_letter, seal_reply, DropAddress, DropError, DropKeys, Receipt, ReplyKey,
-    DEFAULT_POW_BITS, DROP_PREFIX, PAD, RECEIPT_PREFIX,
+    open_letter, open_reply, seal_letter, seal_reply, DropAddress, DropError, DropKeys, DropLine, Receipt, ReplyKey,
+    ShortDropAddress, DEFAULT_POW_BITS, DROP_PREFIX, PAD, RECEIPT_PREFIX,
 };
 use backchannel_core::mailbox::MailboxAddress;
 use backchannel_fuzz::{relay, seal_key, send_capability};
@@ -102,6 +107,15 @@ fn line(prefix: &str, context: &[u8], body: &[u8]) -> String {
 }
 
 fn address_text(s: &str) -> Result<DropAddress, DropError> {
+    // Either form, as `drop send` reads it: a short one prints back to itself.
+    if let Ok(DropLine::Short(short)) = DropLine::from_text(s) {
+        let printed = short.to_text();
+        assert_eq!(
+            DropLine::from_text(&printed),
+            Ok(DropLine::Short(short)),
+            "a short address does not round-trip"
+        );
+    }
     let parsed = DropAddress::from_text(s);
     if let Ok(a) = &parsed {
         let printed = a.to_text();
@@ -221,6 +235,21 @@ fuzz_target!(|data: &[u8]| {
                 Err(e) => assert!(
                     !matches!(e, DropError::Unauthentic | DropError::UnknownVersion),
                     "a reply sealed with the right key failed with {e:?}"
+                ),
+            }
+        }
+        7 => {
+            // What a relay hands over for the fixed address's short form: taken only if it
+            // is that address's bundle, byte for byte.
+            let short = ShortDropAddress::of(&f.address);
+            match short.check(rest) {
+                Ok(a) => {
+                    assert_eq!(a, f.address, "a bundle checked out as another address");
+                    assert_eq!(rest, f.address.bundle().as_slice(), "a bundle not the address's was taken");
+                }
+                Err(e) => assert!(
+                    matches!(e, DropError::BundleMismatch | DropError::Damaged),
+                    "a handed-over bundle failed with {e:?}"
                 ),
             }
         }

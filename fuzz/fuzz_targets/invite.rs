@@ -8,11 +8,21 @@
 //! well-formed version-2 body, and then prints back to the same line.
 #![no_main]
 
-use backchannel_core::invite::{Invite, InviteError, PREFIX};
+use backchannel_core::invite::{Invite, InviteError, InviteLine, PREFIX};
 use backchannel_fuzz::invite_checksum;
 use libfuzzer_sys::fuzz_target;
 
 fn text(s: &str) -> Result<Invite, InviteError> {
+    // A short line (version 3) reads back to itself, and opens no bundle but its own.
+    if let Ok(InviteLine::Short(short)) = InviteLine::from_text(s) {
+        let printed = short.to_text();
+        assert_eq!(
+            InviteLine::from_text(&printed),
+            Ok(InviteLine::Short(short.clone())),
+            "a short line does not round-trip"
+        );
+        assert!(short.open(s.as_bytes()).is_err(), "a short line opened text as its bundle");
+    }
     let parsed = Invite::from_text(s);
     if let Ok(inv) = &parsed {
         let line = inv.to_text();

@@ -712,6 +712,10 @@ pub struct DropCreateArgs {
 #[derive(clap::Args, Serialize, Deserialize, Debug, Clone)]
 pub struct DropNameArg {
     pub name: String,
+    /// The whole address (some 3,000 characters), which needs nothing from the relay,
+    /// rather than the short one (at most 120 characters) whose keys the relay keeps.
+    #[arg(long)]
+    pub long: bool,
 }
 
 // `drop send`.

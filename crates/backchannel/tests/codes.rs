@@ -359,3 +359,52 @@ fn a_code_made_on_another_relay_is_used_through_the_joiners_own_relay() {
         .contains(&("bob".to_string(), "through my own relay".to_string())));
     assert_eq!(ns.connections(b.port), 0);
 }
+
+/// An invite line names its sealed body at the relay (issue 18, point 3): at most 160
+/// characters (`invite::tests` checks it with a 30-character host). A relay that changes
+/// what it keeps is caught: the line does not open it, and nobody joins.
+#[test]
+fn a_short_invite_line_fits_160_characters_and_a_changed_body_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut relay = RelayProc::start(&root.join("relay"), &[]);
+    let [alice, bob, carol] = people(root, &relay, ["alice", "bob", "carol"]);
+    alice.ok(&["channel", "new", "talk"]);
+    let line = alice.ok(&["invite", "talk"]).trim().to_string();
+    assert!(line.len() <= 160, "{} characters: {line}", line.len());
+    bob.ok(&["join", &line]);
+    alice.ok(&["sync"]);
+    bob.ok(&["sync", "--wait", "5"]);
+    assert_eq!(bob.ok(&["channels"]).lines().count(), 1);
+
+    let second = alice.ok(&["invite", "talk"]).trim().to_string();
+    relay.kill9();
+    {
+        let db = redb::Database::open(relay.data.join("mailboxes.redb")).unwrap();
+        let def: redb::TableDefinition<[u8; 16], &[u8]> = redb::TableDefinition::new("bundles");
+        let tx = db.begin_write().unwrap();
+        {
+            use redb::ReadableTable as _;
+            let mut t = tx.open_table(def).unwrap();
+            let entries: Vec<([u8; 16], Vec<u8>)> = t
+                .iter()
+                .unwrap()
+                .map(|e| {
+                    let (k, v) = e.unwrap();
+                    (k.value(), v.value().to_vec())
+                })
+                .collect();
+            assert_eq!(entries.len(), 2, "two invites, two bundles");
+            for (name, mut value) in entries {
+                let last = value.len() - 1;
+                value[last] ^= 1;
+                t.insert(name, value.as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    let _relay = RelayProc::start_on(&relay.data.clone(), &format!("127.0.0.1:{}", relay.port), &[]);
+    let refused = carol.fails(&["join", &second]);
+    assert!(refused.contains("does not open"), "{refused}");
+    assert_eq!(carol.ok(&["channels"]).trim(), "");
+}

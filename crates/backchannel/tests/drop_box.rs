@@ -4,7 +4,7 @@
 
 mod common;
 use backchannel_client::RelayConnection;
-use backchannel_core::drop::{DropAddress, DEFAULT_POW_BITS};
+use backchannel_core::drop::{DropAddress, DropLine, ShortDropAddress, DEFAULT_POW_BITS};
 use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
 use backchannel_core::frame::{ErrorCode, Request};
 use backchannel_core::pow;
@@ -27,9 +27,16 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
     assert_eq!(address.lines().count(), 1);
     let address = address.trim().to_string();
     assert!(address.starts_with("bc-drop:"), "{address}");
+    // The short address, which fits a business card; the long one names the same box.
+    assert!(address.len() <= 120, "{} characters", address.len());
     assert_eq!(owner.ok(&["drop", "address", "tips-line"]).trim(), address);
-    let parsed = DropAddress::from_text(&address).unwrap();
+    let long = owner.ok(&["drop", "address", "tips-line", "--long"]).trim().to_string();
+    let parsed = DropAddress::from_text(&long).unwrap();
     assert_eq!(parsed.pow_bits, DEFAULT_POW_BITS);
+    assert_eq!(
+        DropLine::from_text(&address).unwrap(),
+        DropLine::Short(ShortDropAddress::of(&parsed))
+    );
 
     // The source has no identity and no home: only the address.
     let source = Client::new(root.path(), "source");
@@ -49,8 +56,8 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
     let receipt = r.stdout.trim().to_string();
     assert!(receipt.starts_with("bc-receipt:"), "{receipt}");
     assert!(!source.home.exists(), "drop send created a home");
-    // A second letter, without asking anything.
-    source.ok(&["drop", "send", "--direct", &address, "a second, shorter note"]);
+    // A second letter, to the long address, without asking anything.
+    source.ok(&["drop", "send", "--direct", &long, "a second, shorter note"]);
     assert_eq!(
         source.ok(&["drop", "check", "--direct", &receipt]).trim(),
         "",
@@ -153,7 +160,8 @@ fn an_anonymous_letter_and_its_reply_leave_no_plaintext_at_the_relay() {
 fn a_drop_box_refuses_envelopes_without_their_proof_of_work() {
     let root = tempfile::tempdir().unwrap();
     let (_relay, owner, address) = desk_with_drop_box(root.path(), 12);
-    let to = DropAddress::from_text(&address).unwrap();
+    let long = owner.ok(&["drop", "address", "tips-line", "--long"]);
+    let to = DropAddress::from_text(&long).unwrap();
     let envelope = Envelope::from_bytes(&[9u8; ENVELOPE_SIZE]).unwrap();
     let challenge = pow::challenge(&to.mailbox.send.digest(), &envelope);
     let solved = pow::solve(&challenge, 12);
@@ -252,4 +260,58 @@ fn a_reply_whose_envelopes_have_not_all_arrived_stays_at_the_relay_until_they_ha
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(r.stdout.trim(), text);
     assert_eq!(source.ok(&["drop", "check", "--direct", receipt.trim()]), "");
+}
+
+/// A relay that hands over other keys for a short address (its operator changed what it
+/// keeps, on disk) is caught by the sender: nothing is sealed to those keys, nothing is sent.
+/// The long address, which needs nothing from the relay, still works.
+#[test]
+fn a_short_address_whose_keys_the_relay_changed_is_refused_and_nothing_is_sent() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut relay, owner, address) = desk_with_drop_box(root.path(), 8);
+    let long = owner.ok(&["drop", "address", "tips-line", "--long"]).trim().to_string();
+    let source = Client::new(root.path(), "source");
+    source.ok(&["drop", "send", "--direct", &address, "before"]);
+
+    relay.kill9();
+    {
+        use redb::ReadableTable as _;
+        let db = redb::Database::open(relay.data.join("mailboxes.redb")).unwrap();
+        let def: redb::TableDefinition<[u8; 16], &[u8]> = redb::TableDefinition::new("bundles");
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(def).unwrap();
+            let entries: Vec<([u8; 16], Vec<u8>)> = t
+                .iter()
+                .unwrap()
+                .map(|e| {
+                    let (k, v) = e.unwrap();
+                    (k.value(), v.value().to_vec())
+                })
+                .collect();
+            assert_eq!(entries.len(), 1, "one drop box, one bundle");
+            let (name, mut value) = entries.into_iter().next().unwrap();
+            // A byte of the owner's key (the bundle ends with it and the work asked).
+            let at = value.len() - 100;
+            value[at] ^= 0x40;
+            t.insert(name, value.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let relay = RelayProc::start_on(&relay.data.clone(), &format!("127.0.0.1:{}", relay.port), &[]);
+    let refused = source.run(&["drop", "send", "--direct", &address, "after"]);
+    assert!(!refused.ok);
+    assert!(
+        refused.stderr.contains("not the ones this short address names"),
+        "{}",
+        refused.stderr
+    );
+    source.ok(&["drop", "send", "--direct", &long, "by the long address"]);
+    let read = owner.ok(&["drop", "read", "tips-line"]);
+    assert!(
+        read.contains("before") && read.contains("by the long address"),
+        "{read}"
+    );
+    assert!(!read.contains("after"), "{read}");
+    drop(relay);
 }

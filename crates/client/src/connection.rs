@@ -187,6 +187,15 @@ impl ServerCertVerifier for PinVerifier {
 type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
 /// An open, pinned connection to a relay.
+/// What a connection checks the relay's identity against.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// The address's PIN.
+    Pin(backchannel_core::relay_address::Pin),
+    /// The first 16 bytes of the PIN (a short drop address).
+    Prefix([u8; 16]),
+}
+
 pub struct RelayConnection {
     ws: Ws,
     nonce: [u8; 32],
@@ -254,18 +263,54 @@ impl RelayConnection {
     /// own circuit), checking the pin, and reads the relay's hello.
     pub async fn connect_via(addr: &RelayAddress, proxy: Option<&ProxyAddr>) -> Result<Self, ConnectError> {
         let authority = addr.authority();
-        within_connect_timeout(&authority, Self::connect_inner(addr, proxy, &authority)).await
+        within_connect_timeout(
+            &authority,
+            Self::connect_inner(addr, Expect::Pin(addr.pin()), proxy, &authority),
+        )
+        .await
+    }
+
+    /// Connects to the relay at `host:port` whose PIN starts with `prefix` (a short address
+    /// carries the first 16 bytes), through a SOCKS5 proxy if one is given; its whole address,
+    /// with the PIN it proved, is then [`RelayConnection::address`].
+    pub async fn connect_by_prefix(
+        host: &str,
+        port: u16,
+        prefix: [u8; 16],
+        proxy: Option<&ProxyAddr>,
+    ) -> Result<Self, ConnectError> {
+        let addr = RelayAddress {
+            pin: [0; 32],
+            host: host.to_string(),
+            port,
+        };
+        let authority = addr.authority();
+        within_connect_timeout(
+            &authority,
+            Self::connect_inner(&addr, Expect::Prefix(prefix), proxy, &authority),
+        )
+        .await
+    }
+
+    /// The address of the relay this connection reached, with the PIN its identity proved.
+    pub fn address(&self, host: &str, port: u16) -> RelayAddress {
+        RelayAddress {
+            pin: backchannel_core::relay_address::Pin::of_certificate(&self.identity.0).0,
+            host: host.to_string(),
+            port,
+        }
     }
 
     /// Connects to `addr` over `tcp`, a connection the caller made to it (from an address
     /// of its choosing, say), checking the pin, and reads the relay's hello.
     pub async fn connect_over(addr: &RelayAddress, tcp: TcpStream) -> Result<Self, ConnectError> {
         let authority = addr.authority();
-        within_connect_timeout(&authority, Self::handshake(addr, tcp, &authority)).await
+        within_connect_timeout(&authority, Self::handshake(Expect::Pin(addr.pin()), tcp, &authority)).await
     }
 
     async fn connect_inner(
         addr: &RelayAddress,
+        expect: Expect,
         proxy: Option<&ProxyAddr>,
         authority: &str,
     ) -> Result<Self, ConnectError> {
@@ -287,11 +332,11 @@ impl RelayConnection {
                         })?
                 }
             };
-        Self::handshake(addr, tcp, authority).await
+        Self::handshake(expect, tcp, authority).await
     }
 
     /// TLS (the certificate checked against the PIN), the WebSocket upgrade and the hello.
-    async fn handshake(addr: &RelayAddress, tcp: TcpStream, authority: &str) -> Result<Self, ConnectError> {
+    async fn handshake(expect: Expect, tcp: TcpStream, authority: &str) -> Result<Self, ConnectError> {
         // X25519MLKEM768 only (`core::tls`).
         let provider = Arc::new(backchannel_core::tls::provider());
         let presented = Arc::new(std::sync::Mutex::new(None));
@@ -341,7 +386,18 @@ impl RelayConnection {
         let tls_cert = presented.lock().ok().and_then(|p| p.clone()).unwrap_or_default();
         let verify = |identity: &[u8], credential: &[u8], authority: &str| {
             let now = crate::engine::now_ms() / 1000;
-            match relay_identity::check(&addr.pin(), identity, credential, &tls_cert, now) {
+            let pin = match expect {
+                Expect::Pin(pin) => pin,
+                // The PIN the identity gives, if it starts as the short address says.
+                Expect::Prefix(prefix) => {
+                    let pin = backchannel_core::relay_address::Pin::of_certificate(identity);
+                    if pin.0[..16] != prefix {
+                        return Err(ConnectError::PinMismatch(authority.to_string()));
+                    }
+                    pin
+                }
+            };
+            match relay_identity::check(&pin, identity, credential, &tls_cert, now) {
                 Ok(_) => Ok(()),
                 Err(IdentityError::Expired) => Err(ConnectError::StaleCredential(authority.to_string())),
                 Err(_) => Err(ConnectError::PinMismatch(authority.to_string())),

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backchannel_core::channel::{Channel, ChannelInfo, Suite};
 use backchannel_core::frame::{ErrorCode, Request, Response, KEPT_COMMITS, MAX_FETCH};
 use backchannel_core::identity::{validate_name, Fingerprint, Identity};
+use backchannel_core::invite::{Invite, InviteLine, ShortInvite};
 use backchannel_core::mailbox::{MailboxId, MailboxKeys};
 use backchannel_core::relay_address::RelayAddress;
 use backchannel_core::vault::KdfParams;
@@ -1198,13 +1199,63 @@ impl Engine {
         }
         let relay = self.session.invite_relay(name)?;
         let mailbox = self.create_mailbox(&relay).await?;
+        let id = mailbox.id();
         self.tick();
         if approve {
-            self.session.require_approval(mailbox.id());
+            self.session.require_approval(id);
         }
         let text = self.session.add_invite(name, mailbox, uses, ttl.as_secs())?;
         self.perform_local()?;
-        Ok(text)
+        Ok(self.shorten_invite(text, id).await)
+    }
+
+    /// A short line for the invite `text` (at most 160 characters for a host of up to 30):
+    /// its body sealed and published at its relay, on the links of its mailbox `id`, until
+    /// it expires. The long line when the relay is older than short addresses, or does not
+    /// answer (the invite works either way).
+    async fn shorten_invite(&mut self, text: String, id: MailboxId) -> String {
+        let Ok(invite) = Invite::from_text(&text) else {
+            return text;
+        };
+        let Ok((short, bundle)) = ShortInvite::seal(&invite, &mut OsRng) else {
+            return text;
+        };
+        let key = self.key(&invite.mailbox.relay, Compartment::Mailbox(id));
+        let published = self
+            .request(
+                &key,
+                &Request::Publish {
+                    name: short.name(),
+                    expires_at: invite.expires_at,
+                    bundle,
+                },
+            )
+            .await;
+        self.release(&key);
+        match published {
+            Ok(_) => short.to_text(),
+            Err(_) => text,
+        }
+    }
+
+    /// The whole invite line that `text` is: itself, or for a short line the invite fetched
+    /// from its relay (through ours when it is another) and opened with the line.
+    pub async fn resolve_invite(&mut self, text: &str) -> Result<String, ClientError> {
+        let short = match InviteLine::from_text(text) {
+            Ok(InviteLine::Short(short)) => short,
+            _ => return Ok(text.to_string()),
+        };
+        let key = self.key(&short.relay, Compartment::Shared);
+        let got = self.request(&key, &Request::Bundle { name: short.name() }).await;
+        self.release(&key);
+        match got {
+            Ok(Response::Record(bundle)) => Ok(short.open(&bundle).map_err(InviteProblem::from)?.to_text()),
+            Ok(_) => Err(ConnectError::broken(short.relay.authority(), Breakage::Unexpected).into()),
+            Err(e) if e.is(ErrorCode::NoSuchBundle) || e.is(ErrorCode::Malformed) => {
+                Err(InviteProblem::NotAtRelay.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The joiners waiting to join `name` for approval.
@@ -1240,6 +1291,7 @@ impl Engine {
         local_name: Option<String>,
         wait: Duration,
     ) -> Result<Option<String>, ClientError> {
+        let invite = &self.resolve_invite(invite).await?;
         self.tick();
         let redeeming = self.session.redeem(invite, local_name)?;
         let relay = redeeming.relay().clone();

@@ -1,12 +1,14 @@
 //! The source's side of a drop box: leave an anonymous letter, and later read the
 //! owner's reply. Nothing here needs a home: a source keeps only the receipt.
 //!
-//! A command line starts from text: [`Draft::new`] reads a `bc-drop:` address and the
-//! file to attach, [`Draft::send`] delivers it, and [`read_receipt`] reads the
+//! A command line starts from text: [`Draft::new`] reads a `bc-drop:` address (long, or
+//! short: [`Draft::resolve`] then fetches the keys it names) and the file to attach,
+//! [`Draft::send`] delivers it, and [`read_receipt`] reads the
 //! `bc-receipt:` line that [`check_replies`] takes.
 
 use backchannel_core::drop::{
-    open_reply, seal_letter, DropAddress, Letter, LetterFile, Receipt, ReplyKey, MAX_LETTER_FILE,
+    open_reply, seal_letter, DropAddress, DropError, DropLine, Letter, LetterFile, Receipt, ReplyKey, ShortDropAddress,
+    MAX_LETTER_FILE,
 };
 use backchannel_core::envelope::{open_envelope, seal_payload, PayloadKind, Reassembler};
 use backchannel_core::frame::{ErrorCode, Request, Response, MAX_FETCH};
@@ -26,16 +28,16 @@ fn protocol(e: impl Into<crate::ProtocolError>) -> ClientError {
 
 /// A letter addressed and ready to seal: what a source gave `drop send`.
 pub struct Draft {
-    to: DropAddress,
+    to: DropLine,
     text: String,
     file: Option<LetterFile>,
 }
 
 impl Draft {
-    /// Reads the drop box's address (a `bc-drop:` line) and the file to attach (at
-    /// most [`MAX_LETTER_FILE`] bytes). A letter needs a text, a file, or both.
+    /// Reads the drop box's address (a `bc-drop:` line, long or short) and the file to
+    /// attach (at most [`MAX_LETTER_FILE`] bytes). A letter needs a text, a file, or both.
     pub fn new(address: &str, text: Option<String>, file: Option<&Path>) -> Result<Self, ClientError> {
-        let to = DropAddress::from_text(address.trim()).map_err(|e| ClientError::Usage(e.to_string()))?;
+        let to = DropLine::from_text(address.trim()).map_err(|e| ClientError::Usage(e.to_string()))?;
         let file = file.map(read_attachment).transpose()?;
         if text.is_none() && file.is_none() {
             return Err(ClientError::Usage("give the letter's text, or --file PATH".into()));
@@ -47,20 +49,62 @@ impl Draft {
         })
     }
 
-    /// The proof of work the drop box demands per envelope, in bits.
-    pub fn pow_bits(&self) -> u8 {
-        self.to.pow_bits
+    /// Fetches the drop box's keys that a short address names from its relay (through
+    /// `proxy`) and checks them against the address; a long address needs nothing. Returns
+    /// the proof of work the drop box demands per envelope, in bits.
+    pub async fn resolve(&mut self, proxy: Option<&ProxyAddr>) -> Result<u8, ClientError> {
+        if let DropLine::Short(short) = &self.to {
+            let full = fetch_drop_address(short, proxy).await?;
+            self.to = DropLine::Full(full);
+        }
+        match &self.to {
+            DropLine::Full(to) => Ok(to.pow_bits),
+            DropLine::Short(_) => Err(protocol(DropError::BundleMismatch)),
+        }
     }
 
     /// Seals and delivers the letter ([`send_letter`]); returns the receipt that reads
     /// the owner's reply.
     pub async fn send(
-        self,
+        mut self,
         proxy: Option<&ProxyAddr>,
         progress: impl FnMut(usize, usize),
     ) -> Result<Receipt, ClientError> {
-        send_letter(&self.to, self.text, self.file, proxy, progress).await
+        self.resolve(proxy).await?;
+        let DropLine::Full(to) = &self.to else {
+            return Err(protocol(DropError::BundleMismatch));
+        };
+        send_letter(to, self.text, self.file, proxy, progress).await
     }
+}
+
+/// The drop box address a short one names: its keys from the relay whose PIN starts as the
+/// address says, checked against the name it carries and that relay's whole PIN.
+async fn fetch_drop_address(short: &ShortDropAddress, proxy: Option<&ProxyAddr>) -> Result<DropAddress, ClientError> {
+    let mut conn = RelayConnection::connect_by_prefix(&short.host, short.port, short.pin_prefix, proxy).await?;
+    let relay = conn.address(&short.host, short.port);
+    let bundle =
+        match conn.request(&Request::Bundle { name: short.name }).await {
+            Ok(Response::Record(bundle)) => bundle,
+            Ok(_) => return Err(protocol(DropError::BundleMismatch)),
+            Err(e) if e.is(ErrorCode::NoSuchBundle) => {
+                return Err(ClientError::Usage(
+                    "the drop box's relay holds nothing under this short address: it has expired (the owner's \
+                 backchannel renews it at each `drop read`), or the address is wrong; ask for the long address"
+                        .into(),
+                ))
+            }
+            Err(e) if e.is(ErrorCode::Malformed) => return Err(ClientError::Usage(
+                "the drop box's relay runs an older backchannel that has no short addresses; ask for the long address"
+                    .into(),
+            )),
+            Err(e) => return Err(e.into()),
+        };
+    let address = short.check(&bundle).map_err(protocol)?;
+    if address.mailbox.relay.pin != relay.pin {
+        return Err(protocol(DropError::BundleMismatch));
+    }
+    Ok(address)
 }
 
 /// Reads a file to attach to a letter, refusing one larger than a letter carries.

@@ -246,6 +246,9 @@ pub enum InviteProblem {
     /// A typed code that is not one.
     #[error(transparent)]
     BadCode(#[from] backchannel_core::code::CodeError),
+    /// The relay does not hold what a short invite line names.
+    #[error("the invite's relay does not hold this invite: it has expired or was withdrawn (or the relay was downgraded); ask for a new one")]
+    NotAtRelay,
     /// The relay does not know nameplates.
     #[error("the relay runs an older backchannel that has no invite codes; use an invite line (`backchannel invite CHANNEL`) or upgrade the relay")]
     CodesUnsupported,

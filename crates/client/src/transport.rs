@@ -271,10 +271,15 @@ fn fresh_links(ours: &[RelayAddress], config: &TransportConfig, relay: &RelayAdd
 
 /// Whether a request to another relay's mailbox goes through our own relay when forwarding
 /// is on: what names a mailbox by its send capability, a `Create` (a channel's new
-/// sequencer on its relay), and the take of an invite code's nameplate. The receive side of our own mailboxes there (made before
+/// sequencer on its relay), the take of an invite code's nameplate, and the fetch of what a
+/// short invite line names. The receive side of our own mailboxes there (made before
 /// forwarding) is spoken directly.
 fn forwarded(req: &Request) -> bool {
-    on_send_link(req) || matches!(req, Request::Create { .. } | Request::TakeNameplate { .. })
+    on_send_link(req)
+        || matches!(
+            req,
+            Request::Create { .. } | Request::TakeNameplate { .. } | Request::Bundle { .. }
+        )
 }
 
 impl Network for Links {

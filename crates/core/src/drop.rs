@@ -116,6 +116,12 @@ pub enum DropError {
     /// A newer version of backchannel made it.
     #[error("it was made by a newer version of backchannel; upgrade to read it")]
     UnknownVersion,
+    /// The keys a relay handed over for a short address are not the ones it names.
+    #[error(
+        "the relay handed over keys that are not the ones this short address names: refused, and nothing \
+         was sent (the relay, or someone in between, changed them; ask the owner for the long address)"
+    )]
+    BundleMismatch,
     /// The letter's text or file is longer than a letter may carry.
     #[error("the letter is too large: it may hold at most 64 KiB of text and a file of at most 8 MiB")]
     TooLarge,
@@ -262,7 +268,21 @@ fn to_line(prefix: &str, context: &[u8], body: &[u8]) -> String {
 
 /// The checked body of a line; its version byte has been checked too.
 fn from_line(text: &str, prefix: &str, context: &[u8], not_it: DropError) -> Result<Zeroizing<Vec<u8>>, DropError> {
-    let rest = text.trim().strip_prefix(prefix).ok_or(not_it)?;
+    let body = checked_line(text, prefix, context, not_it)?;
+    if body[0] != VERSION {
+        return Err(DropError::UnknownVersion);
+    }
+    Ok(body)
+}
+
+/// The body of a line whose checksum holds (at least one byte: its version).
+fn checked_line(text: &str, prefix: &str, context: &[u8], not_it: DropError) -> Result<Zeroizing<Vec<u8>>, DropError> {
+    let text = text.trim();
+    let rest = text
+        .get(..prefix.len())
+        .filter(|p| p.eq_ignore_ascii_case(prefix))
+        .and_then(|_| text.get(prefix.len()..))
+        .ok_or(not_it)?;
     let bytes = Zeroizing::new(
         data_encoding::BASE32_NOPAD
             .decode(rest.to_ascii_uppercase().as_bytes())
@@ -275,9 +295,6 @@ fn from_line(text: &str, prefix: &str, context: &[u8], not_it: DropError) -> Res
     if checksum(context, body) != sum {
         return Err(DropError::Damaged);
     }
-    if body[0] != VERSION {
-        return Err(DropError::UnknownVersion);
-    }
     Ok(Zeroizing::new(body.to_vec()))
 }
 
@@ -288,16 +305,47 @@ fn damaged(_: DecodeError) -> DropError {
 impl DropAddress {
     /// The one-line text form.
     pub fn to_text(&self) -> String {
-        let mut w = Writer::new();
-        w.u8(VERSION);
-        self.mailbox.encode(&mut w);
-        w.bytes16(&self.owner_key).u8(self.pow_bits);
-        to_line(DROP_PREFIX, ADDRESS_CONTEXT, &w.into_vec())
+        to_line(DROP_PREFIX, ADDRESS_CONTEXT, &self.bundle())
     }
 
     /// Parses the text form (attacker input).
     pub fn from_text(text: &str) -> Result<Self, DropError> {
         let body = from_line(text, DROP_PREFIX, ADDRESS_CONTEXT, DropError::NotAnAddress)?;
+        Self::from_bundle(&body)
+    }
+}
+
+/// The version byte of a short drop address ([`ShortDropAddress`]).
+const SHORT_VERSION: u8 = 2;
+
+/// The name a relay keeps a bundle under (`frame::Request::Publish`) when the name must
+/// prove the bundle: the first 16 bytes of SHA-256("backchannel/v1/bundle" || bundle).
+pub fn bundle_name(bundle: &[u8]) -> [u8; 16] {
+    let d = Sha256::new()
+        .chain_update(b"backchannel/v1/bundle")
+        .chain_update(bundle)
+        .finalize();
+    let mut name = [0u8; 16];
+    name.copy_from_slice(&d[..16]);
+    name
+}
+
+impl DropAddress {
+    /// What the relay keeps for the short address ([`ShortDropAddress`]): the body of the
+    /// long line.
+    pub fn bundle(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(VERSION);
+        self.mailbox.encode(&mut w);
+        w.bytes16(&self.owner_key).u8(self.pow_bits);
+        w.into_vec()
+    }
+
+    /// Reads a bundle (attacker input: the relay hands it over).
+    fn from_bundle(body: &[u8]) -> Result<Self, DropError> {
+        if body.first() != Some(&VERSION) {
+            return Err(DropError::Damaged);
+        }
         let mut r = Reader::new(&body[1..]);
         let mailbox = MailboxAddress::decode(&mut r).map_err(damaged)?;
         let owner_key = r.bytes16().map_err(damaged)?;
@@ -311,6 +359,104 @@ impl DropAddress {
             owner_key: owner_key.to_vec(),
             pow_bits,
         })
+    }
+}
+
+/// A drop box address short enough for a business card (at most 120 characters for a
+/// host of up to 30): where the relay is, the first 16 bytes of its PIN, and the name of
+/// the drop box's keys, which the sender fetches from the relay (`frame::Request::Bundle`)
+/// and checks against the name ([`bundle_name`]).
+///
+/// ```text
+/// bc-drop: || base32(body || first 4 bytes of SHA-256("backchannel/v1/drop-address" || body))
+/// body = version (1) = 2 | PIN (first 16 bytes) | host (u8 length) | port (u16) | name (16)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShortDropAddress {
+    /// The first 16 bytes of the relay's PIN.
+    pub pin_prefix: [u8; 16],
+    /// The relay's host.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// The name of the drop box's keys at the relay.
+    pub name: [u8; 16],
+}
+
+impl ShortDropAddress {
+    /// The short address of `address`.
+    pub fn of(address: &DropAddress) -> Self {
+        let relay = &address.mailbox.relay;
+        let mut pin_prefix = [0u8; 16];
+        pin_prefix.copy_from_slice(&relay.pin[..16]);
+        Self {
+            pin_prefix,
+            host: relay.host.clone(),
+            port: relay.port,
+            name: bundle_name(&address.bundle()),
+        }
+    }
+
+    /// The one-line text form.
+    pub fn to_text(&self) -> String {
+        let mut w = Writer::new();
+        w.u8(SHORT_VERSION).put(&self.pin_prefix);
+        crate::relay_address::RelayAddress {
+            pin: [0; 32],
+            host: self.host.clone(),
+            port: self.port,
+        }
+        .encode_place(&mut w);
+        w.put(&self.name);
+        to_line(DROP_PREFIX, ADDRESS_CONTEXT, &w.into_vec())
+    }
+
+    /// The drop box's address from the bundle the relay handed over (attacker input),
+    /// refused unless it is the one this address names, at a relay whose PIN starts as
+    /// this address says.
+    pub fn check(&self, bundle: &[u8]) -> Result<DropAddress, DropError> {
+        if bundle_name(bundle) != self.name {
+            return Err(DropError::BundleMismatch);
+        }
+        let address = DropAddress::from_bundle(bundle)?;
+        if address.mailbox.relay.pin[..16] != self.pin_prefix {
+            return Err(DropError::BundleMismatch);
+        }
+        Ok(address)
+    }
+}
+
+/// A drop box address as a source types it: the long line, or a short one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DropLine {
+    /// The whole address (`drop address --long`).
+    Full(DropAddress),
+    /// A short address: the keys are fetched from the relay.
+    Short(ShortDropAddress),
+}
+
+impl DropLine {
+    /// Parses either form (attacker input).
+    pub fn from_text(text: &str) -> Result<Self, DropError> {
+        match DropAddress::from_text(text) {
+            Err(DropError::UnknownVersion) => {}
+            other => return other.map(DropLine::Full),
+        }
+        let bytes = checked_line(text, DROP_PREFIX, ADDRESS_CONTEXT, DropError::NotAnAddress)?;
+        let mut r = Reader::new(&bytes);
+        if r.u8().map_err(damaged)? != SHORT_VERSION {
+            return Err(DropError::UnknownVersion);
+        }
+        let pin_prefix = r.array().map_err(damaged)?;
+        let (host, port) = crate::relay_address::RelayAddress::decode_place(&mut r).map_err(damaged)?;
+        let name = r.array().map_err(damaged)?;
+        r.finish().map_err(damaged)?;
+        Ok(DropLine::Short(ShortDropAddress {
+            pin_prefix,
+            host,
+            port,
+            name,
+        }))
     }
 }
 
@@ -668,6 +814,40 @@ mod tests {
             owner_key: keys.public().to_vec(),
             pow_bits: DEFAULT_POW_BITS,
         }
+    }
+
+    /// A short address fits a business card, reads back, and names its keys only.
+    #[test]
+    fn a_short_address_is_at_most_120_characters_and_names_its_keys_only() {
+        let keys = DropKeys::generate(&mut OsRng).unwrap();
+        let mut a = address(&keys, 3);
+        a.mailbox.relay.host = "relay-01.operations.example.or".into();
+        assert_eq!(a.mailbox.relay.host.len(), 30);
+        let short = ShortDropAddress::of(&a);
+        let text = short.to_text();
+        assert!(text.len() <= 120, "{} characters: {text}", text.len());
+        assert!(a.to_text().len() > 1000);
+        assert_eq!(DropLine::from_text(&text), Ok(DropLine::Short(short.clone())));
+        assert_eq!(
+            DropLine::from_text(&text.to_uppercase()),
+            Ok(DropLine::Short(short.clone()))
+        );
+        assert_eq!(DropLine::from_text(&a.to_text()), Ok(DropLine::Full(a.clone())));
+        assert_eq!(short.check(&a.bundle()), Ok(a.clone()));
+        let mut tampered = a.bundle();
+        let last = tampered.len() - 40;
+        tampered[last] ^= 1;
+        assert_eq!(short.check(&tampered), Err(DropError::BundleMismatch));
+        // Another drop box's keys, or the same keys at a relay of another PIN.
+        assert_eq!(short.check(&address(&keys, 4).bundle()), Err(DropError::BundleMismatch));
+        let mut elsewhere = a.clone();
+        elsewhere.mailbox.relay.pin[0] ^= 1;
+        let lying = ShortDropAddress {
+            name: bundle_name(&elsewhere.bundle()),
+            ..short.clone()
+        };
+        assert_eq!(lying.check(&elsewhere.bundle()), Err(DropError::BundleMismatch));
+        assert_eq!(DropLine::from_text("bc-drop:aaaa"), Err(DropError::Damaged));
     }
 
     fn arb_mailbox() -> impl Strategy<Value = MailboxAddress> {

@@ -86,6 +86,27 @@ impl RelayAddress {
         w.put(&self.pin).bytes16(self.host.as_bytes()).u16(self.port);
     }
 
+    /// Appends the host and port as a short address carries them: `host (u8 length) |
+    /// port (u16)` (the PIN, whole or its first 16 bytes, goes elsewhere).
+    pub fn encode_place(&self, w: &mut Writer) {
+        let host = self.host.as_bytes();
+        w.u8(host.len().min(255) as u8)
+            .put(&host[..host.len().min(255)])
+            .u16(self.port);
+    }
+
+    /// Reads what [`RelayAddress::encode_place`] wrote: the host and the port.
+    pub fn decode_place(r: &mut Reader<'_>) -> Result<(String, u16), DecodeError> {
+        let len = usize::from(r.u8()?);
+        let host = std::str::from_utf8(r.take(len)?)
+            .map_err(|_| DecodeError::Invalid("relay host"))?
+            .to_string();
+        if host.is_empty() || host.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(DecodeError::Invalid("relay host"));
+        }
+        Ok((host, r.u16()?))
+    }
+
     /// Reads the binary form.
     pub fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let pin = r.array()?;

@@ -16,9 +16,9 @@ pub async fn send(global: &Global, a: &LetterArgs, out: &Out) -> Result<(), CliE
     if global.proxy.is_none() && !a.direct {
         return Err(CliError::NeedsProxy("send"));
     }
-    let draft = Draft::new(&a.address, a.text.clone(), a.file.as_deref())?;
+    let mut draft = Draft::new(&a.address, a.text.clone(), a.file.as_deref())?;
     let terminal = out.is_terminal();
-    let bits = draft.pow_bits();
+    let bits = draft.resolve(global.proxy.as_ref()).await?;
     let receipt = draft
         .send(global.proxy.as_ref(), |i, n| {
             if terminal && i < n {
@@ -77,14 +77,21 @@ pub async fn create(a: &DropCreateArgs, cx: &mut Context<'_>) -> Result<(), CliE
     cx.out.line(&address);
     cx.out.eline(format!(
         "drop box {name} created: publish this address; anyone can leave a sealed letter with \
-         `backchannel drop send ADDRESS TEXT`, and `backchannel drop read {name}` shows them"
+         `backchannel drop send ADDRESS TEXT`, and `backchannel drop read {name}` shows them (each \
+         read keeps the short address alive at the relay for 90 days; `drop address {name} --long` \
+         prints the whole address, which needs nothing from the relay)"
     ));
     Ok(())
 }
 
-/// `drop address`.
-pub fn address(a: &DropNameArg, cx: &mut Context<'_>) -> Result<(), CliError> {
-    cx.out.line(cx.engine.drop_address(&a.name)?);
+/// `drop address`: the short address (its keys published again at the relay), or with
+/// `--long` the whole one, which needs nothing from the relay.
+pub async fn address(a: &DropNameArg, cx: &mut Context<'_>) -> Result<(), CliError> {
+    if a.long {
+        cx.out.line(cx.engine.drop_address(&a.name)?);
+    } else {
+        cx.out.line(cx.engine.drop_short_address(&a.name).await?);
+    }
     Ok(())
 }
 
@@ -93,6 +100,11 @@ pub async fn read(a: &DropReadArgs, cx: &mut Context<'_>) -> Result<(), CliError
     if let Err(e) = cx.engine.refresh().await {
         cx.out
             .eline(format!("warning: could not sync ({e}); showing what is stored"));
+    } else if let Err(e) = cx.engine.drop_short_address(&a.name).await {
+        // The letters are there all the same; the short address lives on until it expires.
+        cx.out.eline(format!(
+            "warning: the drop box's short address was not renewed at its relay: {e}"
+        ));
     }
     for l in cx.engine.drop_read(&a.name, a.all, &cx.cwd.join(&a.save_to))? {
         if a.json {

@@ -59,7 +59,7 @@ pub async fn run(command: &EngineCommand, cx: &mut Context<'_>) -> Result<(), Cl
         EngineCommand::Courier(CourierCommand::Export(a)) => courier::export(a, cx),
         EngineCommand::Courier(CourierCommand::Import(a)) => courier::import(a, cx).await,
         EngineCommand::Drop(DropBoxCommand::Create(a)) => drop::create(a, cx).await,
-        EngineCommand::Drop(DropBoxCommand::Address(a)) => drop::address(a, cx),
+        EngineCommand::Drop(DropBoxCommand::Address(a)) => drop::address(a, cx).await,
         EngineCommand::Drop(DropBoxCommand::Read(a)) => drop::read(a, cx).await,
         EngineCommand::Drop(DropBoxCommand::Reply(a)) => drop::reply(a, cx).await,
         EngineCommand::Config(ConfigCommand::Get { key }) => config::get(key.as_deref(), cx),

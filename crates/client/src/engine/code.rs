@@ -224,10 +224,10 @@ impl Engine {
             match answer {
                 Some(Message::Answer(answer)) => match joiner.finish(&answer) {
                     Ok((invite, confirmation)) => {
-                        let text = Zeroizing::new(
-                            String::from_utf8(invite.to_vec())
-                                .map_err(|_| ClientError::protocol(ExchangeError::Malformed))?,
-                        );
+                        let text = String::from_utf8(invite.to_vec())
+                            .map_err(|_| ClientError::protocol(ExchangeError::Malformed))?;
+                        // A short line names the invite at its relay: fetched and opened.
+                        let text = Zeroizing::new(self.resolve_invite(&text).await?);
                         let inviter = Invite::from_text(&text).map_err(InviteProblem::from)?;
                         Ok(CodeJoined {
                             invite: text,

@@ -3,13 +3,21 @@
 
 use std::path::{Path, PathBuf};
 
-use backchannel_core::drop::{DropKeys, DEFAULT_POW_BITS, MAX_POW_BITS};
+use std::time::Duration;
+
+use backchannel_core::drop::{DropKeys, ShortDropAddress, DEFAULT_POW_BITS, MAX_POW_BITS};
+use backchannel_core::frame::{ErrorCode, Request};
 use backchannel_core::identity::validate_name;
 use rand_core::OsRng;
 
 use super::Engine;
 use crate::session::Blobs;
+use crate::transport::Compartment;
 use crate::{ClientError, Holdup};
+
+/// How long a relay keeps a drop box's keys for its short address after each `drop create`,
+/// `drop address` or `drop read` (the relay may keep them less: its `--bundle-lifetime`).
+pub const SHORT_ADDRESS_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// A letter as `drop read` shows it.
 #[derive(Debug, Clone)]
@@ -47,12 +55,40 @@ impl Engine {
         let mailbox = self.create_mailbox_with_work(&relay, pow_bits).await?;
         self.session.add_drop(name, mailbox, keys, pow_bits);
         self.perform_local()?;
-        self.drop_address(name)
+        self.drop_short_address(name).await
     }
 
-    /// The public address of a drop box.
+    /// The public address of a drop box, whole (some 3,000 characters).
     pub fn drop_address(&self, name: &str) -> Result<String, ClientError> {
         self.session.drop_address(name)
+    }
+
+    /// A drop box's short address (at most 120 characters for a host of up to 30), with its
+    /// keys published again at its relay for [`SHORT_ADDRESS_LIFETIME`]; the whole address
+    /// when the relay is older than short addresses.
+    pub async fn drop_short_address(&mut self, name: &str) -> Result<String, ClientError> {
+        let address = self.session.drop_box_address(name)?;
+        let short = ShortDropAddress::of(&address);
+        let relay = address.mailbox.relay.clone();
+        // On the drop box's own links: the relay learns nothing it did not know.
+        let id = self.session.drop_box(name)?.mailbox.id();
+        let key = self.key(&relay, Compartment::Mailbox(id));
+        let published = self
+            .request(
+                &key,
+                &Request::Publish {
+                    name: short.name,
+                    expires_at: self.session.now_s().saturating_add(SHORT_ADDRESS_LIFETIME.as_secs()),
+                    bundle: address.bundle(),
+                },
+            )
+            .await;
+        self.release(&key);
+        match published {
+            Ok(_) => Ok(short.to_text()),
+            Err(e) if e.is(ErrorCode::Malformed) => Ok(address.to_text()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Letters of a drop box: unread ones, or all. Attached files are written into

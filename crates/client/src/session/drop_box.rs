@@ -58,13 +58,17 @@ impl Session {
 
     /// The public address of a drop box.
     pub fn drop_address(&self, name: &str) -> Result<String, ClientError> {
+        Ok(self.drop_box_address(name)?.to_text())
+    }
+
+    /// A drop box's whole address (what its short address names).
+    pub fn drop_box_address(&self, name: &str) -> Result<DropAddress, ClientError> {
         let d = self.drop_box(name)?;
         Ok(DropAddress {
             mailbox: d.mailbox.address.clone(),
             owner_key: d.keys.public().to_vec(),
             pow_bits: d.pow_bits,
-        }
-        .to_text())
+        })
     }
 
     /// Opens a letter that arrived in a drop box (attacker input: anyone may write).
