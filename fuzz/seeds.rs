@@ -24,7 +24,7 @@ use backchannel_core::envelope::{seal_payload, Envelope, PayloadKind, CHUNK_DATA
 use backchannel_core::forward::{self, ForwardKeys, SESSION_LEN};
 use backchannel_core::frame::{
     encode_inner_request, encode_inner_response, encode_request, encode_response, Delivery, ErrorCode, Limits, Request,
-    Response, FRAME_SIZE, MAX_FETCH, PROTOCOL_VERSION,
+    Response, FRAME_SIZE, MAX_BUNDLE, MAX_FETCH, PROTOCOL_VERSION,
 };
 use backchannel_core::identity::Identity;
 use backchannel_core::invite::Invite;
@@ -469,6 +469,15 @@ fn frames(out: &mut Out, kp: &[u8], fw: &Forwarding) {
         // Appended, so that the seeds before keep their request ids.
         ("nameplate", Request::Nameplate { record: vec![14; 34] }),
         ("take-nameplate", Request::TakeNameplate { number: 7 }),
+        (
+            "publish",
+            Request::Publish {
+                name: [16; 16],
+                expires_at: 1_900_000_000,
+                bundle: vec![17; MAX_BUNDLE],
+            },
+        ),
+        ("bundle", Request::Bundle { name: [16; 16] }),
     ];
     for (i, (name, req)) in requests.iter().enumerate() {
         out.seed("frame_request", name, &encode_request(i as u32 + 1, req));
@@ -551,16 +560,35 @@ fn frames(out: &mut Out, kp: &[u8], fw: &Forwarding) {
                 detail: 0,
             },
         ),
+        ("record-bundle", Response::Record(vec![17; MAX_BUNDLE])),
+        (
+            "error-no-such-bundle",
+            Response::Error {
+                code: ErrorCode::NoSuchBundle,
+                detail: 0,
+            },
+        ),
+        (
+            "error-bundle-taken",
+            Response::Error {
+                code: ErrorCode::BundleTaken,
+                detail: 0,
+            },
+        ),
     ];
+    // By name: appending a response never changes which one an inner seed is.
+    let response = |name: &str| &responses.iter().find(|(n, _)| *n == name).unwrap().1;
     for (i, (name, resp)) in responses.iter().enumerate() {
         out.seed("frame_response", name, &encode_response(i as u32, resp).concat());
     }
     // Answers to forwarded requests, as the frame inside their seal.
     for (name, resp) in [
-        ("inner-commit", &responses[3].1),
-        ("inner-error-epoch", &responses[4].1),
-        ("inner-record", &responses[responses.len() - 2].1),
-        ("inner-error-no-such-nameplate", &responses[responses.len() - 1].1),
+        ("inner-commit", response("commit")),
+        ("inner-error-epoch", response("error-epoch")),
+        ("inner-record", response("record")),
+        ("inner-error-no-such-nameplate", response("error-no-such-nameplate")),
+        ("inner-record-bundle", response("record-bundle")),
+        ("inner-error-no-such-bundle", response("error-no-such-bundle")),
     ] {
         out.seed("frame_response", name, &encode_inner_response(resp));
     }
@@ -1282,6 +1310,25 @@ fn store(out: &mut Out) {
         ..Input::default()
     };
     out.seed("relay_store", "nameplates", &plates.to_bytes());
+
+    // Bundles: published, fetched, refreshed, refused another, kept across a reopen, expired.
+    let bundles = Input {
+        ops: vec![
+            Op::BundlePublish { name: 1, fill: 1, len: 255, expires_at: 1000, now: 0 },
+            Op::BundleGet { name: 1, now: 0 },
+            Op::BundlePublish { name: 1, fill: 1, len: 255, expires_at: 5000, now: 10 },
+            Op::BundlePublish { name: 1, fill: 2, len: 3, expires_at: 5000, now: 10 },
+            Op::BundlePublish { name: 2, fill: 3, len: 0, expires_at: 1000, now: 0 },
+            Op::Reopen,
+            Op::BundleGet { name: 1, now: 4000 },
+            Op::Expire { now: 2000 },
+            Op::BundleGet { name: 2, now: 0 },
+            Op::BundlePublish { name: 2, fill: 4, len: 1, expires_at: u64::MAX, now: 2000 },
+            Op::BundleGet { name: 2, now: 2000 },
+        ],
+        ..Input::default()
+    };
+    out.seed("relay_store", "bundles", &bundles.to_bytes());
 }
 
 /// Courier bundles for the two mailboxes `fuzz_targets/courier.rs` imports

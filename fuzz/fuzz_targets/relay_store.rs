@@ -6,7 +6,9 @@
 //!
 //! Asserts: nothing panics, in this thread or in the store's writer
 //! thread; a created mailbox reports its recipient key; an envelope whose
-//! send succeeded is fetched back with its sequence number and bytes.
+//! send succeeded is fetched back with its sequence number and bytes; a
+//! bundle is fetched as it was last published until it expires, across
+//! reopens, and another bundle is never published over a live one.
 #![no_main]
 
 use std::path::{Path, PathBuf};
@@ -101,6 +103,11 @@ fn run(dir: &Path, input: &Input) {
     };
     // The nameplates made and not yet taken, in this run of the store: number -> record.
     let mut plates: std::collections::HashMap<u32, (Vec<u8>, u64)> = std::collections::HashMap::new();
+    // The bundles published (kept across reopens): name -> bundle and expiry. One expired
+    // here is as good as gone, swept or not.
+    let mut bundles: std::collections::HashMap<u8, (Vec<u8>, u64)> = std::collections::HashMap::new();
+    // Names whose bundle a failed sweep may or may not have removed: not checked.
+    let mut unsure: std::collections::HashSet<u8> = std::collections::HashSet::new();
     for op in &input.ops {
         match *op {
             Op::Create { id: i, recipient, send } => {
@@ -154,7 +161,16 @@ fn run(dir: &Path, input: &Input) {
                 }
             }
             Op::Expire { now } => {
-                let _ = store.expire(now);
+                // The sweep removes the bundles expired by `now` (and a later op may be at an
+                // earlier time); if it failed, whether it did is unknown.
+                let swept = store.expire(now).is_ok();
+                bundles.retain(|name, (_, at)| {
+                    let kept = *at >= now;
+                    if !kept && !swept {
+                        unsure.insert(*name);
+                    }
+                    kept
+                });
             }
             Op::RecipientKey { id: i } => {
                 let _ = store.recipient_key(id(i));
@@ -188,8 +204,41 @@ fn run(dir: &Path, input: &Input) {
                     assert!(held.is_some_and(|h| h.1 >= now), "an expired nameplate taken");
                 }
             }
+            Op::BundlePublish { name, fill, len, expires_at, now } => {
+                let bundle = vec![fill; usize::from(len) * 8];
+                let held = bundles.get(&name).filter(|(_, at)| *at >= now).cloned();
+                let result = store.bundle_publish([name; 16], bundle.clone(), expires_at, now);
+                if unsure.contains(&name) {
+                    continue;
+                }
+                match result {
+                    Ok(()) => {
+                        let at = match held {
+                            Some((before, at)) => {
+                                assert_eq!(before, bundle, "another bundle published over a live one");
+                                at.max(expires_at)
+                            }
+                            None => expires_at,
+                        };
+                        bundles.insert(name, (bundle.clone(), at));
+                        if at >= now {
+                            assert_eq!(store.bundle_get([name; 16], now), Ok(Some(bundle)));
+                        }
+                    }
+                    Err(StoreError::BundleTaken) => {
+                        assert!(held.is_some_and(|(before, _)| before != bundle), "a free name, or the same bundle, refused");
+                    }
+                    Err(_) => {}
+                }
+            }
+            Op::BundleGet { name, now } => {
+                if let (Ok(got), false) = (store.bundle_get([name; 16], now), unsure.contains(&name)) {
+                    let want = bundles.get(&name).filter(|(_, at)| *at >= now).map(|(b, _)| b.clone());
+                    assert_eq!(got, want, "a bundle fetched other than as published");
+                }
+            }
             Op::Reopen => {
-                // A store forgets its nameplates when it opens.
+                // A store forgets its nameplates when it opens, and keeps its bundles.
                 plates.clear();
                 drop(store);
                 store = match open(dir) {

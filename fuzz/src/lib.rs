@@ -152,6 +152,10 @@ impl ForwardFixture {
 ///        | 0x17 id (u8)                                  -- recipient key
 ///        | 0x18                                          -- stats
 ///        | 0x19                                          -- close and reopen
+///        | 0x1a fill (u8) len (u8) expires_at (u64)      -- make a nameplate
+///        | 0x1b number (u32) now (u64)                   -- take a nameplate
+///        | 0x1c name (u8) fill (u8) len (u8) expires_at (u64) now (u64) -- publish a bundle
+///        | 0x1d name (u8) now (u64)                      -- fetch a bundle
 /// ```
 /// A byte `b` names mailbox id `[b; 32]`, send capability `[b; 32]`,
 /// recipient key `[b; 32]` or token `[b; 32]`.
@@ -187,6 +191,10 @@ pub mod store_input {
         /// bound of 1,024, as decoding would have it).
         NameplateCreate { fill: u8, len: u8, expires_at: u64 },
         NameplateTake { number: u32, now: u64 },
+        /// A bundle of `len` × 8 bytes of `fill` (at most 2,040: under the frame's bound of
+        /// 2,048) under the name `[name; 16]`, published at `now`.
+        BundlePublish { name: u8, fill: u8, len: u8, expires_at: u64, now: u64 },
+        BundleGet { name: u8, now: u64 },
     }
 
     /// A whole input.
@@ -265,6 +273,17 @@ pub mod store_input {
                     number: r.u32()?,
                     now: r.u64()?,
                 }),
+                0x1c => out.ops.push(Op::BundlePublish {
+                    name: r.u8()?,
+                    fill: r.u8()?,
+                    len: r.u8()?,
+                    expires_at: r.u64()?,
+                    now: r.u64()?,
+                }),
+                0x1d => out.ops.push(Op::BundleGet {
+                    name: r.u8()?,
+                    now: r.u64()?,
+                }),
                 _ => return Err(DecodeError::Invalid("item")),
             }
             Ok(())
@@ -296,6 +315,10 @@ pub mod store_input {
                     Op::Reopen => w.u8(0x19),
                     Op::NameplateCreate { fill, len, expires_at } => w.u8(0x1a).u8(*fill).u8(*len).u64(*expires_at),
                     Op::NameplateTake { number, now } => w.u8(0x1b).u32(*number).u64(*now),
+                    Op::BundlePublish { name, fill, len, expires_at, now } => {
+                        w.u8(0x1c).u8(*name).u8(*fill).u8(*len).u64(*expires_at).u64(*now)
+                    }
+                    Op::BundleGet { name, now } => w.u8(0x1d).u8(*name).u64(*now),
                 };
             }
             w.into_vec()
