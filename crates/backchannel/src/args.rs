@@ -525,9 +525,10 @@ pub struct JoinArgs {
     /// Local name for the channel.
     #[arg(long)]
     pub name: Option<String>,
-    /// Wait this many seconds to be admitted.
-    #[arg(long, default_value_t = 0)]
-    pub wait: u64,
+    /// Wait this many seconds to be admitted (default: 0 with an invite line; 60 with a
+    /// code, as the inviter is waiting to admit you).
+    #[arg(long)]
+    pub wait: Option<u64>,
 }
 
 // `sync`.

@@ -232,6 +232,20 @@ impl SimRelay {
                     Some((total, bytes)) => Ok(Response::Commit { total, bytes }),
                     None => Err(StoreError::NoSuchMailbox),
                 }),
+            // Short invite lines: published and fetched through the store, its clock at 0 (the
+            // sim's time is the members' own; nothing published here expires).
+            Request::Publish {
+                name,
+                expires_at,
+                bundle,
+            } => MailboxStore::bundle_publish(store, *name, bundle.clone(), *expires_at, 0)
+                .await
+                .map(|()| Response::Ok),
+            Request::Bundle { name } => match MailboxStore::bundle_get(store, *name, 0).await {
+                Ok(Some(bundle)) => Ok(Response::Record(bundle)),
+                Ok(None) => return Err(ConnectError::Refused(ErrorCode::NoSuchBundle, 0)),
+                Err(e) => Err(e),
+            },
             _ => Ok(Response::Ok),
         };
         r.map_err(Self::refusal)

@@ -104,6 +104,10 @@ async fn invite_code(a: &InviteArgs, cx: &mut Context<'_>) -> Result<(), CliErro
     Ok(())
 }
 
+/// How long `join CODE` waits to be admitted when `--wait` is not given: the inviter's
+/// `invite --code` is waiting to admit.
+const CODE_JOIN_WAIT: u64 = 60;
+
 /// Whether what was typed to `join` is a code rather than an invite line: it starts with
 /// the nameplate's number.
 fn is_code(typed: &str) -> bool {
@@ -120,6 +124,8 @@ pub async fn join(a: &JoinArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
         .into());
     }
     let joined;
+    // The inviter of a code is waiting to admit: so does the joiner, unless told otherwise.
+    let wait = a.wait.unwrap_or(if code { CODE_JOIN_WAIT } else { 0 });
     let invite = if code {
         let relay = a.relay.as_deref().map(str::parse).transpose()?;
         joined = cx.engine.code_join(&a.invite, relay).await?;
@@ -135,7 +141,7 @@ pub async fn join(a: &JoinArgs, cx: &mut Context<'_>) -> Result<(), CliError> {
     };
     match cx
         .engine
-        .join(invite, a.name.clone(), Duration::from_secs(a.wait))
+        .join(invite, a.name.clone(), Duration::from_secs(wait))
         .await?
     {
         Some(ch) => cx.out.line(format!("joined channel {ch}")),
