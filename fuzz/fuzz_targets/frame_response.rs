@@ -38,7 +38,7 @@ const ID: std::ops::Range<usize> = 1..5;
 fn inner_kind(r: &Response) -> bool {
     matches!(
         r,
-        Response::Ok | Response::Pong | Response::Error { .. } | Response::Commit { .. }
+        Response::Ok | Response::Pong | Response::Error { .. } | Response::Commit { .. } | Response::Record(_)
     )
 }
 
