@@ -45,47 +45,104 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller has to take each line of the answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Runs the daemon until SIGTERM or Ctrl-C.
-pub async fn serve(global: &Global, args: &DaemonArgs, out: &Out) -> Result<(), CliError> {
-    let dir = identity::home(global)?;
-    // Opening takes the home's lock: a second daemon (or a running command) fails here.
-    let mut engine = identity::open(global)?;
-    // `--cover`, or else the home's `cover` setting (`config set cover 4/s`).
-    let cover = match args.cover {
-        Some(period) => Some(period),
-        None => engine
-            .settings()
-            .into_iter()
-            .find(|(k, v)| k == backchannel_client::state::COVER_SETTING && v != "off")
-            .map(|(_, rate)| {
-                crate::args::parse_rate(&rate).map_err(|e| {
-                    CliError::from(backchannel_client::ClientError::Usage(format!(
-                        "the cover setting: {e}"
-                    )))
+/// A home opened to be served while a process holds it (the daemon, or `backchannel ui`): its
+/// engine, the socket other commands hand their work to, and cover traffic if the home asks
+/// for it. The socket file goes when this is dropped.
+pub struct Served {
+    /// The home's engine.
+    pub engine: Engine,
+    listener: UnixListener,
+    owner: u32,
+    path: std::path::PathBuf,
+    /// Cover traffic's period, if on.
+    pub cover: Option<Duration>,
+    /// Warnings from background syncs, for the next command's stderr.
+    pub pending: Vec<Warning>,
+}
+
+impl Served {
+    /// Opens the home of `global` (taking its lock), binds its socket, and turns cover
+    /// traffic on: at `cover`, or else at the home's `cover` setting.
+    pub async fn open(global: &Global, cover: Option<Duration>) -> Result<Self, CliError> {
+        let dir = identity::home(global)?;
+        // Opening takes the home's lock: a second daemon (or a running command) fails here.
+        let engine = identity::open(global)?;
+        // `--cover`, or else the home's `cover` setting (`config set cover 4/s`).
+        let cover = match cover {
+            Some(period) => Some(period),
+            None => engine
+                .settings()
+                .into_iter()
+                .find(|(k, v)| k == backchannel_client::state::COVER_SETTING && v != "off")
+                .map(|(_, rate)| {
+                    crate::args::parse_rate(&rate).map_err(|e| {
+                        CliError::from(backchannel_client::ClientError::Usage(format!(
+                            "the cover setting: {e}"
+                        )))
+                    })
                 })
-            })
-            .transpose()?,
-    };
-    let path = dir.join(SOCKET);
-    // We hold the home's lock, so a socket file left here is stale. Bind before any
-    // network work, so that commands started meanwhile wait for us instead of failing.
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(|source| CliError::DaemonSocket {
-        path: path.clone(),
-        source,
-    })?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(CliError::io("making the daemon's socket owner-only"))?;
-    let owner = std::fs::metadata(&path)
-        .map_err(CliError::io("reading the daemon's socket"))?
-        .uid();
-    if let Some(period) = cover {
-        if let Err(e) = engine.enable_cover(period).await {
-            let _ = std::fs::remove_file(&path);
-            return Err(e.into());
+                .transpose()?,
+        };
+        let path = dir.join(SOCKET);
+        // We hold the home's lock, so a socket file left here is stale. Bind before any
+        // network work, so that commands started meanwhile wait for us instead of failing.
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).map_err(|source| CliError::DaemonSocket {
+            path: path.clone(),
+            source,
+        })?;
+        // From here the socket file goes with `served`, whatever fails.
+        let mut served = Self {
+            engine,
+            listener,
+            owner: 0,
+            path,
+            cover,
+            pending: Vec::new(),
+        };
+        std::fs::set_permissions(&served.path, std::fs::Permissions::from_mode(0o600))
+            .map_err(CliError::io("making the daemon's socket owner-only"))?;
+        served.owner = std::fs::metadata(&served.path)
+            .map_err(CliError::io("reading the daemon's socket"))?
+            .uid();
+        if let Some(period) = cover {
+            served.engine.enable_cover(period).await?;
+        }
+        Ok(served)
+    }
+
+    /// The next command's connection to the socket. Cancel-safe, so it can wait in a
+    /// `select!`; serving the command ([`Served::serve`]) is not, and must run in the
+    /// branch's body.
+    pub async fn accept(&self) -> Option<UnixStream> {
+        self.listener.accept().await.ok().map(|(stream, _)| stream)
+    }
+
+    /// Serves one command that came on `stream`.
+    pub async fn serve(&mut self, stream: UnixStream) {
+        handle(stream, self.owner, &mut self.engine, &mut self.pending).await;
+    }
+
+    /// How long to wait between syncs when the last one went well.
+    pub fn poll_every(&self) -> Duration {
+        if self.cover.is_some() {
+            Duration::ZERO
+        } else {
+            POLL.max(PER_MAILBOX_POLL.saturating_mul(self.engine.mailbox_count() as u32))
         }
     }
-    match cover {
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Runs the daemon until SIGTERM or Ctrl-C.
+pub async fn serve(global: &Global, args: &DaemonArgs, out: &Out) -> Result<(), CliError> {
+    let mut served = Served::open(global, args.cover).await?;
+    match served.cover {
         Some(p) => out.line(format!(
             "daemon running; cover traffic: one frame every {} ms",
             p.as_millis()
@@ -96,58 +153,89 @@ pub async fn serve(global: &Global, args: &DaemonArgs, out: &Out) -> Result<(), 
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(CliError::io("listening for SIGTERM"))?;
-    let poll = if cover.is_some() { Duration::ZERO } else { POLL };
-    let mut next_sync = tokio::time::Instant::now();
-    let mut last_error = String::new();
-    let mut backoff = BACKOFF;
-    // Warnings from background syncs name channels: they go to the next command's
-    // stderr (and stay in the channel's history), not to the daemon's log.
-    let mut pending: Vec<Warning> = Vec::new();
+    let mut syncs = Syncs::new();
     loop {
         tokio::select! {
             biased;
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    handle(stream, owner, &mut engine, &mut pending).await;
+            accepted = served.accept() => {
+                if let Some(stream) = accepted {
+                    served.serve(stream).await;
                 }
             }
-            _ = tokio::time::sleep_until(next_sync) => {
-                match engine.sync(Duration::ZERO).await {
-                    Ok(_) => {
-                        last_error.clear();
-                        backoff = BACKOFF;
-                        let every = if cover.is_some() {
-                            poll
-                        } else {
-                            poll.max(PER_MAILBOX_POLL.saturating_mul(engine.mailbox_count() as u32))
-                        };
-                        next_sync = tokio::time::Instant::now() + every;
-                    }
-                    Err(e) => {
-                        // The daemon's stderr is often a system log: it gets a fixed
-                        // line; the error itself (which can name a channel or a path)
-                        // goes to the next command, like the sync's warnings.
-                        let text = e.to_string();
-                        if text != last_error {
-                            out.eline("warning: a background sync failed; the next backchannel command shows why");
-                            pending.push(Warning {
-                                channel: None,
-                                text: format!("a background sync failed: {text}"),
-                            });
-                            last_error = text;
-                        }
-                        next_sync = tokio::time::Instant::now() + backoff;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
+            _ = tokio::time::sleep_until(syncs.next) => {
+                if syncs.run(&mut served).await.is_some() {
+                    // The daemon's stderr is often a system log: it gets a fixed line; the
+                    // error itself (which can name a channel or a path) goes to the next
+                    // command, like the sync's warnings.
+                    out.eline("warning: a background sync failed; the next backchannel command shows why");
                 }
-                pending.extend(engine.take_warnings());
             }
         }
     }
-    let _ = std::fs::remove_file(&path);
     Ok(())
+}
+
+/// The background syncs of a served home: when the next is due, and the backoff after
+/// failures.
+pub struct Syncs {
+    /// When the next sync is due.
+    pub next: tokio::time::Instant,
+    last_error: String,
+    backoff: Duration,
+}
+
+impl Default for Syncs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Syncs {
+    /// Whether the last sync failed.
+    pub fn failing(&self) -> bool {
+        !self.last_error.is_empty()
+    }
+
+    /// The first sync is due now.
+    pub fn new() -> Self {
+        Self {
+            next: tokio::time::Instant::now(),
+            last_error: String::new(),
+            backoff: BACKOFF,
+        }
+    }
+
+    /// Syncs once and sets when the next is due. A failure goes to the next command's
+    /// stderr (as do the sync's warnings); `Some` with its text the first time it differs
+    /// from the last one.
+    pub async fn run(&mut self, served: &mut Served) -> Option<String> {
+        let mut new_failure = None;
+        match served.engine.sync(Duration::ZERO).await {
+            Ok(_) => {
+                self.last_error.clear();
+                self.backoff = BACKOFF;
+                self.next = tokio::time::Instant::now() + served.poll_every();
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if text != self.last_error {
+                    served.pending.push(Warning {
+                        channel: None,
+                        text: format!("a background sync failed: {text}"),
+                    });
+                    self.last_error = text.clone();
+                    new_failure = Some(text);
+                }
+                self.next = tokio::time::Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        let warnings = served.engine.take_warnings();
+        served.pending.extend(warnings);
+        new_failure
+    }
 }
 
 /// Serves one command for a local client.
