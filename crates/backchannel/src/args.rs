@@ -114,6 +114,9 @@ pub enum Command {
     },
     /// Hold this home's relay connections; other commands hand their work to it.
     Daemon(DaemonArgs),
+    /// A full-screen terminal UI: channels, the conversation, an input line. Other
+    /// commands for the home keep working while it is open.
+    Ui(UiArgs),
     /// Show or change this home's settings: `config get [KEY]`, `config set KEY VALUE`.
     /// The settings: forward (on, off), proxy (socks5h://HOST:PORT, none), cover (a rate
     /// like 4/s that the daemon uses when started without --cover, or off), relays (your
@@ -164,6 +167,7 @@ impl Command {
             Command::Demo => Route::Local(L::Demo),
             Command::Bench { what } => Route::Local(L::Bench(what)),
             Command::Daemon(a) => Route::Local(L::Daemon(a)),
+            Command::Ui(a) => Route::Local(L::Ui(a)),
             Command::Completions { shell } => Route::Local(L::Completions(shell)),
             Command::Man { command } => Route::Local(L::Man(command)),
             Command::Drop {
@@ -222,6 +226,8 @@ pub enum LocalCommand {
     Bench(BenchCommand),
     /// `daemon`.
     Daemon(DaemonArgs),
+    /// `ui`.
+    Ui(UiArgs),
     /// `drop send`.
     DropSend(LetterArgs),
     /// `drop check`.
@@ -629,6 +635,13 @@ pub struct WhoArgs {
 #[derive(clap::Args, Serialize, Deserialize, Debug, Clone)]
 pub struct ChannelArg {
     pub channel: String,
+}
+
+// `ui`.
+#[derive(clap::Args, Debug)]
+pub struct UiArgs {
+    /// The channel to show first (otherwise the first listed).
+    pub channel: Option<String>,
 }
 
 // `daemon`.

@@ -15,6 +15,7 @@ mod error;
 mod ipc;
 mod output;
 mod relay_config;
+mod ui;
 
 use std::process::ExitCode;
 
@@ -83,6 +84,7 @@ async fn run_local(global: &Global, command: LocalCommand, out: &Out) -> Result<
         LocalCommand::Demo => demo::run().await.map_err(CliError::Demo),
         LocalCommand::Bench(what) => commands::bench::run(&what, out).await,
         LocalCommand::Daemon(a) => daemon::serve(global, &a, out).await,
+        LocalCommand::Ui(a) => ui::run(global, &a).await,
         LocalCommand::DropSend(a) => commands::drop::send(global, &a, out).await,
         LocalCommand::DropCheck(a) => commands::drop::check(global, &a, out).await,
         LocalCommand::Completions(shell) => commands::manual::completions(shell, out),

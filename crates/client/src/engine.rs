@@ -1258,6 +1258,19 @@ impl Engine {
         }
     }
 
+    /// The entries of channel `name` from history position `from` on, and the position
+    /// after them ([`Session::history_from`]); nothing is marked read.
+    pub fn history_from(&self, name: &str, from: u64) -> Result<(Vec<MessageView>, u64), ClientError> {
+        self.session.history_from(name, from)
+    }
+
+    /// How many things wait to go out: messages not yet sealed, and mailboxes whose sealed
+    /// envelopes no relay has accepted yet (what `ui` shows as queued).
+    pub fn queued(&self) -> usize {
+        let out = &self.session.state().outbox;
+        out.unsent.len() + out.sealed.len()
+    }
+
     /// The joiners waiting to join `name` for approval.
     pub async fn pending(&mut self, name: &str) -> Result<Vec<WaitingView>, ClientError> {
         self.refresh().await?;

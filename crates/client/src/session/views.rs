@@ -63,6 +63,31 @@ pub struct MessageView {
 }
 
 impl Session {
+    /// The entries of `name`'s history from position `from` on (0: all that are kept), and
+    /// the position after the last: what a view that stays open appends, marking nothing
+    /// read and writing nothing.
+    pub fn history_from(&self, name: &str, from: u64) -> Result<(Vec<MessageView>, u64), ClientError> {
+        let ch = self.channel(name)?;
+        let entries = ch.history.entries_from(from, &self.blobs)?;
+        let views = entries.into_iter().map(|m| self.message_view(name, m)).collect();
+        Ok((views, ch.history.end()))
+    }
+
+    /// A stored message of channel `name` as it is shown: a sender is verified only if it
+    /// is us or a member we verified, and an event never is.
+    fn message_view(&self, name: &str, m: StoredMessage) -> MessageView {
+        let me = self.identity.public_key();
+        let verified = m.event.is_none()
+            && (m.from_key == me || self.channel(name).is_ok_and(|ch| ch.verified.contains(&m.from_key)));
+        MessageView {
+            channel: name.to_string(),
+            verified,
+            from_fingerprint: Fingerprint::of(&m.from_key),
+            file: self.file_view(name, &m.id),
+            message: m,
+        }
+    }
+
     /// Messages of a channel: unread ones, or all.
     pub fn read(&mut self, name: &str, all: bool) -> Result<Vec<MessageView>, ClientError> {
         let ch = self.channel(name)?;
@@ -71,17 +96,7 @@ impl Session {
         } else {
             ch.history.unread_entries(&self.blobs)?
         };
-        let me = self.identity.public_key();
-        let out: Vec<MessageView> = entries
-            .into_iter()
-            .map(|m| MessageView {
-                channel: name.to_string(),
-                verified: m.event.is_none() && (m.from_key == me || ch.verified.contains(&m.from_key)),
-                from_fingerprint: Fingerprint::of(&m.from_key),
-                file: self.file_view(name, &m.id),
-                message: m,
-            })
-            .collect();
+        let out: Vec<MessageView> = entries.into_iter().map(|m| self.message_view(name, m)).collect();
         if !out.is_empty() {
             if let Some(ch) = self.state.channels.get_mut(name) {
                 ch.history.mark_read();

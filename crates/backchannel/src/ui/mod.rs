@@ -1,0 +1,170 @@
+//! `backchannel ui [CHANNEL]`: a full-screen terminal UI over the home's engine (issue 19).
+//!
+//! It holds the home as the daemon does (`daemon::Served`): the passphrase prompt comes
+//! first, then the socket is bound, so other commands for the same home (`send`, `invite`,
+//! `verify`, ...) hand their work to the UI while it is open, and cover traffic runs at the
+//! home's setting. One loop waits on three things and never polls: a key (or a resize), a
+//! command on the socket, and the next background sync (every second without cover, as
+//! the daemon syncs). After each, the screen is drawn again from [`app::App`], which holds
+//! everything shown; [`view`] draws it.
+
+pub mod app;
+pub mod view;
+
+use std::io::Write as _;
+
+use backchannel_client::engine::MessageView;
+use backchannel_client::state::{ChannelStatus, EventKind};
+use backchannel_client::{ClientError, Engine};
+use futures_util::StreamExt as _;
+use ratatui::crossterm::event::{Event, EventStream, KeyEventKind};
+
+use crate::args::{Global, UiArgs};
+use crate::daemon::{Served, Syncs};
+use crate::error::CliError;
+use app::{Action, App, ChannelRow, Entry};
+
+/// Runs the UI until the user leaves it; the terminal is restored on every way out.
+pub async fn run(global: &Global, args: &UiArgs) -> Result<(), CliError> {
+    let mut served = Served::open(global, None).await?;
+    let mut app = App::default();
+    app.status.cover = served.cover.is_some();
+    let _ = served.engine.refresh().await;
+    refresh(&mut served.engine, &mut app, args.channel.as_deref(), true);
+    if let Some(wanted) = &args.channel {
+        if app.selected_name() != Some(wanted.as_str()) {
+            return Err(ClientError::UnknownChannel(wanted.clone()).into());
+        }
+    }
+    let mut terminal = ratatui::init();
+    let result = event_loop(&mut terminal, &mut served, &mut app).await;
+    ratatui::restore();
+    result
+}
+
+async fn event_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    served: &mut Served,
+    app: &mut App,
+) -> Result<(), CliError> {
+    let mut keys = EventStream::new();
+    let mut syncs = Syncs::new();
+    loop {
+        terminal
+            .draw(|f| view::draw(f, app))
+            .map_err(CliError::io("drawing the terminal"))?;
+        tokio::select! {
+            event = keys.next() => match event {
+                Some(Ok(Event::Key(key))) if key.kind != KeyEventKind::Release => {
+                    match app.on_key(key) {
+                        Action::Quit => return Ok(()),
+                        Action::Send(text) => send(&mut served.engine, app, &text).await,
+                        Action::Select(_) => {
+                            refresh(&mut served.engine, app, None, true);
+                        }
+                        Action::None => {}
+                    }
+                }
+                // A resize is drawn by the next pass; the terminal gone ends the UI.
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Ok(()),
+            },
+            accepted = served.accept() => {
+                if let Some(stream) = accepted {
+                    served.serve(stream).await;
+                    refresh(&mut served.engine, app, None, false);
+                }
+            }
+            _ = tokio::time::sleep_until(syncs.next) => {
+                syncs.run(served).await;
+                app.status.reachable = Some(!syncs.failing());
+                // What a daemon keeps for the next command's stderr, the UI shows.
+                if let Some(w) = served.pending.pop() {
+                    app.status.note = w.text;
+                }
+                served.pending.clear();
+                if refresh(&mut served.engine, app, None, false) {
+                    // Something new in another channel: the bell (never its content).
+                    print!("\u{7}");
+                    let _ = std::io::stdout().flush();
+                }
+            }
+        }
+    }
+}
+
+/// Sends `text` to the selected channel; what happened goes to the status line.
+async fn send(engine: &mut Engine, app: &mut App, text: &str) {
+    let Some(name) = app.selected_name().map(str::to_string) else {
+        return;
+    };
+    app.status.note = match engine.send(&name, text).await {
+        Ok(()) => String::new(),
+        Err(ClientError::Queued(why)) => format!("queued: {why}"),
+        Err(e) => e.to_string(),
+    };
+    refresh(engine, app, None, false);
+}
+
+/// Reads the channels and the selected channel's new messages into `app` (all of them
+/// with `reload`); whether another channel got something new since the last refresh.
+fn refresh(engine: &mut Engine, app: &mut App, prefer: Option<&str>, reload: bool) -> bool {
+    let before: usize = app.channels.iter().map(|c| c.unread).sum();
+    let channels = engine.channels();
+    let selected = prefer
+        .map(str::to_string)
+        .or_else(|| app.selected_name().map(str::to_string));
+    let unread_before = channels
+        .iter()
+        .find(|c| Some(&c.name) == selected.as_ref())
+        .map_or(0, |c| c.unread);
+    let rows: Vec<ChannelRow> = channels
+        .into_iter()
+        .map(|c| ChannelRow {
+            unverified: engine
+                .members(&c.name)
+                .is_ok_and(|m| m.iter().any(|m| !m.you && !m.verified)),
+            ended: c.status != ChannelStatus::Active,
+            name: c.name,
+            unread: c.unread,
+        })
+        .collect();
+    app.set_channels(rows, prefer);
+    app.status.queued = engine.queued();
+    if let Some(name) = app.selected_name().map(str::to_string) {
+        if reload {
+            app.entries.clear();
+            app.shown_upto = 0;
+        }
+        if let Ok((new, end)) = engine.history_from(&name, app.shown_upto) {
+            app.entries.extend(new.iter().map(entry));
+            app.shown_upto = end;
+        }
+        // What is shown is read: marked so (and saved) only when something was unread.
+        if unread_before > 0 {
+            let _ = engine.read(&name, false);
+        }
+    }
+    let after: usize = app.channels.iter().map(|c| c.unread).sum();
+    after > before
+}
+
+/// A message or event as the conversation shows it.
+fn entry(m: &MessageView) -> Entry {
+    let msg = &m.message;
+    let secs = msg.sent_at / 1000;
+    let time = format!("{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60);
+    match msg.event {
+        None => Entry::Message {
+            time,
+            from: msg.from.clone(),
+            verified: m.verified,
+            text: msg.text.clone(),
+        },
+        Some(kind) => Entry::Event {
+            time,
+            text: msg.text.clone(),
+            loud: matches!(kind, EventKind::Rejected | EventKind::Missing | EventKind::Exposed),
+        },
+    }
+}

@@ -1,0 +1,147 @@
+//! `backchannel ui` in a real terminal (tmux, installed by scripts/install-debian.sh) against
+//! a real relay (issue 19): a message typed and sent, a reply from another member shown
+//! without a key press, `backchannel send` for the same home while the UI is open, a switch
+//! of channel, and Ctrl-C leaving the terminal as it was.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A tmux server of the test's own (its socket in the test's directory), one window.
+struct Tmux {
+    socket: PathBuf,
+}
+
+impl Tmux {
+    /// Runs `backchannel ui ARGS` for `client` in a window of `width` × `height`; when it
+    /// exits, the window says so and stays.
+    fn start(root: &Path, client: &Client, args: &[&str], width: u16, height: u16) -> Self {
+        let t = Tmux {
+            socket: root.join("tmux.sock"),
+        };
+        let line = format!(
+            "env BACKCHANNEL_HOME='{}' BACKCHANNEL_PASSPHRASE='{}' BACKCHANNEL_INSECURE_TEST_KDF=1 '{}' ui {}; echo UI-EXITED $?; sleep 600",
+            client.home.display(),
+            client.pass,
+            bin(),
+            args.join(" ")
+        );
+        t.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "ui",
+            "-x",
+            &width.to_string(),
+            "-y",
+            &height.to_string(),
+            &line,
+        ]);
+        t
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux runs (scripts/install-debian.sh tmux tmux installs it)");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "ui"])
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "ui"];
+        args.extend_from_slice(keys);
+        self.run(&args);
+    }
+
+    /// The screen once it shows `needle`, within `within`.
+    fn wait_for(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let screen = self.screen();
+            if screen.contains(needle) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not shown within {within:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .output();
+    }
+}
+
+#[test]
+fn a_conversation_in_the_terminal_ui_live_while_other_commands_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let relay = RelayProc::start(&root.join("relay"), &[]);
+    let [alice, bob] = people(root, &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "talk");
+    alice.ok(&["channel", "new", "notes"]);
+
+    let ui = Tmux::start(root, &alice, &["talk"], 100, 30);
+    ui.wait_for("relay: reachable", Duration::from_secs(20));
+    let screen = ui.screen();
+    assert!(screen.contains(" talk ") && screen.contains("notes"), "{screen}");
+
+    // Typed and sent with Enter: bob reads it.
+    ui.keys(&["-l", "hello from the terminal ui"]);
+    ui.keys(&["Enter"]);
+    ui.wait_for("alice ✓: hello from the terminal ui", Duration::from_secs(10));
+    bob.ok(&["sync", "--wait", "5"]);
+    assert!(bob
+        .texts("talk")
+        .contains(&("alice".to_string(), "hello from the terminal ui".to_string())));
+
+    // Another command for the same home while the UI holds it: the UI serves it.
+    alice.ok(&["send", "talk", "sent from another terminal"]);
+    ui.wait_for("sent from another terminal", Duration::from_secs(5));
+
+    // Bob's reply appears without a key press, marked unverified.
+    bob.ok(&["send", "talk", "a reply from bob"]);
+    ui.wait_for("bob (unverified): a reply from bob", Duration::from_secs(5));
+
+    // Down switches to the other channel.
+    ui.keys(&["Down"]);
+    ui.wait_for("┐┌ notes ─", Duration::from_secs(5));
+
+    // Ctrl-C leaves, and the terminal is back as it was: not in the alternate screen.
+    ui.keys(&["C-c"]);
+    ui.wait_for("UI-EXITED 0", Duration::from_secs(10));
+    assert_eq!(
+        ui.run(&["display-message", "-p", "-t", "ui", "#{alternate_on}"]).trim(),
+        "0"
+    );
+    let after = ui.screen();
+    assert!(
+        !after.contains("┌ channels"),
+        "the UI's screen is left behind:\n{after}"
+    );
+    drop(relay);
+}
