@@ -106,6 +106,20 @@ fn the_state_left_by_release_d088a6d_opens_reads_and_keeps_working() {
     });
 }
 
+/// The set made by the release at commit d508c81 (vault format 2 with the home's
+/// generation file; state layout 9, the last before layout 10 kept joiners waiting for
+/// approval; relay protocol 6 with a data directory of format 4 as it was before the
+/// nameplate and bundle tables were added within that format; see its README.md).
+#[test]
+fn the_state_left_by_release_d508c81_opens_reads_and_keeps_working() {
+    opens_reads_and_keeps_working(&Release {
+        commit: "d508c81",
+        relay_address: "bc://sbzafh3wry3vxu2makwzbbctcfesticljwuwnwdaqo3nszheoogq@127.0.0.1:29471",
+        alice_fingerprint: "3fac 9255 1393 49e1 2901 fdb5 bc51 9f72",
+        bob_fingerprint: "02de 4eb7 3924 eb6f 1005 1327 a1f5 90e9",
+    });
+}
+
 /// The story of scripts/make-fixtures.sh, as a release left it, opened by this one.
 fn opens_reads_and_keeps_working(release: &Release) {
     // The file alice was sending when it stopped: her home holds this absolute path.
@@ -130,12 +144,23 @@ fn opens_reads_and_keeps_working(release: &Release) {
 
     // The relay opens its data directory with the same key: the same PIN, the same
     // address. Envelopes carry the expiry they were stored with (100 years); the flag
-    // here governs only new ones.
+    // here governs only new ones. A directory of format 4 or later (release d508c81's)
+    // holds when each mailbox was last used, on the day the set was made: a relay with
+    // the default idle lifetime (90 days) would delete them all at its first sweep once
+    // the set is older than that, so this one keeps idle mailboxes (an older directory
+    // is dated at its upgrade, and is fresh either way).
     let _port = hold_port();
     let relay = RelayProc::start_on(
         &root.path().join("relay"),
         LISTEN,
-        &["--envelope-ttl", "36500d", "--stats-interval", "1s"],
+        &[
+            "--envelope-ttl",
+            "36500d",
+            "--idle-mailbox-lifetime",
+            "36500d",
+            "--stats-interval",
+            "1s",
+        ],
     );
     assert_eq!(relay.address, release.relay_address);
 
