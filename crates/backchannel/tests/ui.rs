@@ -127,6 +127,18 @@ fn a_conversation_in_the_terminal_ui_live_while_other_commands_still_work() {
     bob.ok(&["send", "talk", "a reply from bob"]);
     ui.wait_for("bob (unverified): a reply from bob", Duration::from_secs(5));
 
+    // A command in the input line: /members answers in the conversation; /verify ... confirm
+    // marks bob verified, and his messages already shown are drawn with the mark at once.
+    ui.keys(&["-l", "/members"]);
+    ui.keys(&["Enter"]);
+    ui.wait_for("» /members talk", Duration::from_secs(5));
+    ui.keys(&["-l", "/verify bob confirm"]);
+    ui.keys(&["Enter"]);
+    ui.wait_for("bob ✓: a reply from bob", Duration::from_secs(5));
+    ui.keys(&["-l", "/search REPLY"]);
+    ui.keys(&["Enter"]);
+    ui.wait_for("» found:", Duration::from_secs(5));
+
     // Down switches to the other channel.
     ui.keys(&["Down"]);
     ui.wait_for("┐┌ notes ─", Duration::from_secs(5));

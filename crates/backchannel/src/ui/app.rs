@@ -16,6 +16,8 @@ pub struct ChannelRow {
     pub unverified: bool,
     /// Closed, left or removed: nothing more will come.
     pub ended: bool,
+    /// It closes on its own at a set time (`channel new --expires`).
+    pub expiring: bool,
 }
 
 /// One entry of a conversation.
@@ -32,6 +34,8 @@ pub enum Entry {
         /// The text (from the network).
         text: String,
     },
+    /// What a command typed in the UI answered (shown here only, never stored).
+    Note(String),
     /// An event: a join, a removal, a key change, a refused or missing message.
     Event {
         /// `hh:mm`.
@@ -67,6 +71,11 @@ pub enum Action {
     Select(String),
     /// Leave the UI.
     Quit,
+    /// Run the command that this `backchannel` command line is (`/verify bob` for the
+    /// channel `c` is `verify c bob`); its output goes to the conversation as notes.
+    Run(Vec<String>),
+    /// Show the selected conversation's entries that contain this text.
+    Search(String),
 }
 
 /// A command typed in the input line.
@@ -76,18 +85,51 @@ pub enum Command {
     Quit,
     /// `/help`.
     Help,
-    /// Anything else: its name (without the slash).
-    Unknown(String),
+    /// `/search TEXT`.
+    Search(String),
+    /// A command of the command line, run on the selected channel: its arguments.
+    Run(Vec<String>),
+    /// A command the UI does not know, or one used wrongly: why.
+    Bad(String),
 }
 
-/// Reads a line that starts with `/`; `None` for a message.
-pub fn parse_command(line: &str) -> Option<Command> {
+/// Reads a line that starts with `/`; `None` for a message. `channel` is the selected one.
+pub fn parse_command(line: &str, channel: Option<&str>) -> Option<Command> {
     let rest = line.strip_prefix('/')?;
-    let name = rest.split_whitespace().next().unwrap_or_default();
+    let mut words = rest.split_whitespace();
+    let name = words.next().unwrap_or_default();
+    let args: Vec<String> = words.map(str::to_string).collect();
+    let on = |cmd: &[&str], args: &[String]| -> Command {
+        match channel {
+            Some(c) => {
+                let mut argv: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+                argv.insert(1, c.to_string());
+                argv.extend(args.iter().cloned());
+                Command::Run(argv)
+            }
+            None => Command::Bad(format!("/{name} needs a channel; there is none yet")),
+        }
+    };
     Some(match name {
         "quit" | "q" => Command::Quit,
         "help" => Command::Help,
-        other => Command::Unknown(other.to_string()),
+        "search" if !args.is_empty() => Command::Search(args.join(" ")),
+        "file" if args.len() == 1 => on(&["send", "--file"], &args),
+        "save" if args.len() <= 1 => {
+            let dir = args.first().cloned().unwrap_or_else(|| ".".into());
+            on(&["read", "--save-to"], &[dir])
+        }
+        "members" | "pending" | "leave" | "close" | "update" if args.is_empty() => on(&[name], &[]),
+        "verify" if args.len() == 2 && args[1] == "confirm" => on(&["verify"], &[args[0].clone(), "--confirm".into()]),
+        "verify" if args.len() <= 1 => on(&["verify"], &args),
+        "invite" if args.iter().any(|a| a == "--code") => Command::Bad(
+            "/invite --code waits for the joiner: run `backchannel invite CHANNEL --code` in another terminal".into(),
+        ),
+        "invite" => on(&["invite"], &args),
+        "admit" | "refuse" | "admin" | "remove" if !args.is_empty() => on(&[name], &args),
+        "join" if !args.is_empty() => Command::Run([vec!["join".to_string()], args].concat()),
+        "new" if args.len() == 1 => Command::Run([vec!["channel".to_string(), "new".into()], args].concat()),
+        _ => Command::Bad(format!("/{name}: not a UI command, or not used so; ? lists them")),
     })
 }
 
@@ -113,6 +155,11 @@ pub struct App {
     pub status: Status,
     /// The position in the selected channel's history after the last entry shown.
     pub shown_upto: u64,
+    /// `/close` was typed once: the next one closes the channel.
+    pub closing: bool,
+    /// Who in the selected channel is verified, as last drawn: when it changes (a key
+    /// change, a `verify --confirm`), the conversation is drawn again with the new marks.
+    pub verified: Vec<(String, bool)>,
 }
 
 impl App {
@@ -190,18 +237,26 @@ impl App {
         if line.is_empty() {
             return Action::None;
         }
-        match parse_command(line) {
+        let closing = std::mem::take(&mut self.closing);
+        match parse_command(line, self.selected_name()) {
             Some(Command::Quit) => Action::Quit,
             Some(Command::Help) => {
                 self.help = true;
                 Action::None
             }
-            Some(Command::Unknown(name)) => {
-                self.status.note = format!(
-                    "/{name} is not in the UI yet: run `backchannel {name} ...` in another terminal (it works while the UI is open)"
-                );
+            Some(Command::Search(text)) => Action::Search(text),
+            Some(Command::Bad(why)) => {
+                self.status.note = why;
                 Action::None
             }
+            Some(Command::Run(argv)) if argv.first().map(String::as_str) == Some("close") && !closing => {
+                self.closing = true;
+                self.status.note =
+                    "/close removes everyone and wipes the channel on every device: type /close again to confirm"
+                        .into();
+                Action::None
+            }
+            Some(Command::Run(argv)) => Action::Run(argv),
             None if self.channels.is_empty() => {
                 self.status.note = "no channel yet: `backchannel channel new NAME` or `backchannel join INVITE`".into();
                 Action::None
@@ -233,6 +288,7 @@ mod tests {
             unread,
             unverified: false,
             ended: false,
+            expiring: false,
         }
     }
 
@@ -291,21 +347,87 @@ mod tests {
         assert!(app.help, "? opens help on an empty line");
         app.on_key(key(KeyCode::Esc));
         typed(&mut app, "/verify bob");
+        assert_eq!(
+            app.on_key(key(KeyCode::Enter)),
+            Action::Run(vec!["verify".into(), "a".into(), "bob".into()])
+        );
+        typed(&mut app, "/frobnicate");
         assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None);
-        assert!(app.status.note.contains("/verify"), "{}", app.status.note);
+        assert!(app.status.note.contains("/frobnicate"), "{}", app.status.note);
+        // /close asks to be confirmed: typed twice in a row.
+        typed(&mut app, "/close");
+        assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None);
+        assert!(app.status.note.contains("again to confirm"));
+        typed(&mut app, "/close");
+        assert_eq!(
+            app.on_key(key(KeyCode::Enter)),
+            Action::Run(vec!["close".into(), "a".into()])
+        );
+        typed(&mut app, "/close");
+        app.on_key(key(KeyCode::Enter));
+        typed(&mut app, "never mind");
+        assert_eq!(app.on_key(key(KeyCode::Enter)), Action::Send("never mind".into()));
+        typed(&mut app, "/close");
+        assert_eq!(
+            app.on_key(key(KeyCode::Enter)),
+            Action::None,
+            "a confirmation is the very next line"
+        );
         typed(&mut app, "/quit");
         assert_eq!(app.on_key(key(KeyCode::Enter)), Action::Quit);
         assert_eq!(app.on_key(ctrl('c')), Action::Quit);
     }
 
     #[test]
-    fn commands_parse_and_messages_are_not_commands() {
-        assert_eq!(parse_command("/quit"), Some(Command::Quit));
-        assert_eq!(parse_command("/q"), Some(Command::Quit));
-        assert_eq!(parse_command("/help"), Some(Command::Help));
-        assert_eq!(parse_command("/file a.pdf"), Some(Command::Unknown("file".into())));
-        assert_eq!(parse_command("hello /quit"), None);
-        assert_eq!(parse_command("/"), Some(Command::Unknown(String::new())));
+    fn commands_parse_to_the_command_line_on_the_selected_channel() {
+        let run = |line: &str| match parse_command(line, Some("deal")) {
+            Some(Command::Run(argv)) => argv.join(" "),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(parse_command("/quit", None), Some(Command::Quit));
+        assert_eq!(parse_command("/q", None), Some(Command::Quit));
+        assert_eq!(parse_command("/help", None), Some(Command::Help));
+        assert_eq!(parse_command("hello /quit", None), None);
+        assert_eq!(run("/file term-sheet.pdf"), "send deal --file term-sheet.pdf");
+        assert_eq!(run("/save"), "read deal --save-to .");
+        assert_eq!(run("/save ~/in"), "read deal --save-to ~/in");
+        assert_eq!(run("/members"), "members deal");
+        assert_eq!(run("/verify"), "verify deal");
+        assert_eq!(run("/verify bob"), "verify deal bob");
+        assert_eq!(run("/verify bob confirm"), "verify deal bob --confirm");
+        assert_eq!(run("/invite --uses 2 --approve"), "invite deal --uses 2 --approve");
+        assert_eq!(run("/pending"), "pending deal");
+        assert_eq!(run("/admit bob"), "admit deal bob");
+        assert_eq!(run("/refuse 6d1e3401"), "refuse deal 6d1e3401");
+        assert_eq!(run("/admin bob"), "admin deal bob");
+        assert_eq!(run("/remove bob"), "remove deal bob");
+        assert_eq!(run("/leave"), "leave deal");
+        assert_eq!(run("/update"), "update deal");
+        assert_eq!(run("/join 7-orbit-velvet-harbor"), "join 7-orbit-velvet-harbor");
+        assert_eq!(run("/new war-room"), "channel new war-room");
+        assert_eq!(
+            parse_command("/search the escrow", Some("deal")),
+            Some(Command::Search("the escrow".into()))
+        );
+        for bad in [
+            "/",
+            "/frobnicate",
+            "/members extra",
+            "/file",
+            "/new",
+            "/search",
+            "/invite --code",
+        ] {
+            assert!(
+                matches!(parse_command(bad, Some("deal")), Some(Command::Bad(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(parse_command("/members", None), Some(Command::Bad(_))));
+        assert_eq!(
+            parse_command("/join bc-invite:abc", None),
+            Some(Command::Run(vec!["join".into(), "bc-invite:abc".into()]))
+        );
     }
 
     #[test]

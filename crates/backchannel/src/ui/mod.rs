@@ -19,9 +19,15 @@ use backchannel_client::{ClientError, Engine};
 use futures_util::StreamExt as _;
 use ratatui::crossterm::event::{Event, EventStream, KeyEventKind};
 
-use crate::args::{Global, UiArgs};
+use std::sync::{Arc, Mutex};
+
+use clap::Parser as _;
+
+use crate::args::{Args, Global, Route, UiArgs};
+use crate::commands::{self, Context};
 use crate::daemon::{Served, Syncs};
-use crate::error::CliError;
+use crate::error::{report, CliError};
+use crate::output::{Line, Out};
 use app::{Action, App, ChannelRow, Entry};
 
 /// Runs the UI until the user leaves it; the terminal is restored on every way out.
@@ -59,6 +65,11 @@ async fn event_loop(
                     match app.on_key(key) {
                         Action::Quit => return Ok(()),
                         Action::Send(text) => send(&mut served.engine, app, &text).await,
+                        Action::Run(argv) => {
+                            run_command(&mut served.engine, app, &argv).await;
+                            refresh(&mut served.engine, app, None, false);
+                        }
+                        Action::Search(text) => search(app, &text),
                         Action::Select(_) => {
                             refresh(&mut served.engine, app, None, true);
                         }
@@ -93,6 +104,74 @@ async fn event_loop(
     }
 }
 
+/// Runs the command line `argv` (`backchannel` itself left out) on the engine, as the
+/// command line would (`commands::run`); what it prints goes to the conversation as notes,
+/// and its failure to the status line.
+async fn run_command(engine: &mut Engine, app: &mut App, argv: &[String]) {
+    let parsed = Args::try_parse_from(std::iter::once("backchannel".to_string()).chain(argv.iter().cloned()));
+    let command = match parsed.map(|a| a.command.forwardable()) {
+        Ok(Route::Forwardable(command)) => command,
+        Ok(Route::Local(_)) => {
+            app.status.note = "that command does not run inside the UI".into();
+            return;
+        }
+        Err(e) => {
+            // clap's own words: the first line says what is wrong.
+            app.status.note = e.to_string().lines().next().unwrap_or_default().to_string();
+            return;
+        }
+    };
+    let printed: Arc<Mutex<Vec<Line>>> = Arc::default();
+    let sink = printed.clone();
+    let out = Out::streamed(Box::new(move |l| {
+        if let Ok(mut v) = sink.lock() {
+            v.push(l);
+        }
+    }));
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let mut cx = Context {
+        engine,
+        out: &out,
+        cwd: &cwd,
+    };
+    let result = commands::run(&command, &mut cx).await;
+    out.warnings(engine.take_warnings());
+    let lines = printed.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+    app.entries.push(Entry::Note(format!("/{}", argv.join(" "))));
+    for line in lines {
+        app.entries.push(Entry::Note(match line {
+            Line::Out(text) | Line::Note(text) => text,
+            Line::Warning { text, .. } => format!("warning: {text}"),
+        }));
+    }
+    app.scroll = 0;
+    app.status.note = match result {
+        Ok(()) => String::new(),
+        Err(e) => format!("error: {}", report(&e)),
+    };
+}
+
+/// Shows the selected conversation's entries that contain `text` (any case) as notes.
+fn search(app: &mut App, text: &str) {
+    let needle = text.to_lowercase();
+    let found: Vec<Entry> = app
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Message { time, from, text, .. } if text.to_lowercase().contains(&needle) => {
+                Some(Entry::Note(format!("found: {time} {from}: {text}")))
+            }
+            Entry::Event { time, text, .. } if text.to_lowercase().contains(&needle) => {
+                Some(Entry::Note(format!("found: {time} {text}")))
+            }
+            _ => None,
+        })
+        .collect();
+    app.status.note = format!("/search {text}: {} found", found.len());
+    app.entries.extend(found);
+    app.scroll = 0;
+}
+
 /// Sends `text` to the selected channel; what happened goes to the status line.
 async fn send(engine: &mut Engine, app: &mut App, text: &str) {
     let Some(name) = app.selected_name().map(str::to_string) else {
@@ -125,6 +204,7 @@ fn refresh(engine: &mut Engine, app: &mut App, prefer: Option<&str>, reload: boo
                 .members(&c.name)
                 .is_ok_and(|m| m.iter().any(|m| !m.you && !m.verified)),
             ended: c.status != ChannelStatus::Active,
+            expiring: c.expires_at > 0,
             name: c.name,
             unread: c.unread,
         })
@@ -132,6 +212,13 @@ fn refresh(engine: &mut Engine, app: &mut App, prefer: Option<&str>, reload: boo
     app.set_channels(rows, prefer);
     app.status.queued = engine.queued();
     if let Some(name) = app.selected_name().map(str::to_string) {
+        // A mark that changed (a key change, a verification) is drawn again at once.
+        let verified: Vec<(String, bool)> = engine
+            .members(&name)
+            .map(|m| m.into_iter().map(|m| (m.fingerprint.to_string(), m.verified)).collect())
+            .unwrap_or_default();
+        let reload = reload || verified != app.verified;
+        app.verified = verified;
         if reload {
             app.entries.clear();
             app.shown_upto = 0;

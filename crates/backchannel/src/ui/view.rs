@@ -49,6 +49,8 @@ fn draw_list(frame: &mut Frame<'_>, app: &App, area: Rect) {
             }
             if c.ended {
                 marks.push('x');
+            } else if c.expiring {
+                marks.push('~');
             }
             let unread = if c.unread > 0 {
                 format!(" ({})", c.unread)
@@ -93,6 +95,11 @@ fn conversation_lines(app: &App, width: usize) -> Vec<Line<'static>> {
                     Style::default(),
                 )
             }
+            Entry::Note(text) => (
+                "» ".to_string(),
+                escape_controls(text),
+                Style::default().add_modifier(Modifier::DIM),
+            ),
             Entry::Event { time, text, loud } => {
                 let (lead, style) = if *loud {
                     (
@@ -158,15 +165,18 @@ const HELP: &[&str] = &[
     "? or /help     this screen; any key closes it",
     "",
     "Marks: ✓ verified sender · (unverified) not verified",
-    "       ? a channel with unverified members · x ended",
+    "       ? unverified members · x ended · ~ closes on its own",
     "       !! refused, missing or exposed: read it",
     "",
-    "Other commands run in another terminal while the UI is",
-    "open: backchannel send, invite, verify, members, ...",
+    "/file PATH  /save [DIR]  /members  /verify [MEMBER [confirm]]",
+    "/invite [--uses N] [--approve]  /pending  /admit WHO  /refuse WHO",
+    "/admin MEMBER  /remove MEMBER  /join INVITE-OR-CODE  /new CHANNEL",
+    "/leave  /close (twice)  /update  /search TEXT",
+    "Any other command: in another terminal, while the UI is open.",
 ];
 
 fn draw_help(frame: &mut Frame<'_>, area: Rect) {
-    let width = area.width.min(64);
+    let width = area.width.min(74);
     let height = area.height.min(HELP.len() as u16 + 2);
     let at = Rect {
         x: area.x + (area.width - width) / 2,
@@ -199,18 +209,21 @@ mod tests {
                     unread: 0,
                     unverified: true,
                     ended: false,
+                    expiring: false,
                 },
                 ChannelRow {
                     name: "legal".into(),
                     unread: 3,
                     unverified: false,
                     ended: false,
+                    expiring: true,
                 },
                 ChannelRow {
                     name: "old-deal".into(),
                     unread: 0,
                     unverified: false,
                     ended: true,
+                    expiring: false,
                 },
             ],
             Some("deal-room"),
