@@ -9,11 +9,7 @@ use common::*;
 
 /// `init` by `c` under `name`: its fingerprint, without spaces.
 fn init(c: &Client, name: &str, relay: &str) -> String {
-    let out = c.ok(&["init", "--name", name, "--relay", relay]);
-    out.lines()
-        .find_map(|l| l.strip_prefix("fingerprint: "))
-        .unwrap()
-        .replace(' ', "")
+    init_with_fingerprint(c, name, relay).replace(' ', "")
 }
 
 /// `pending CHANNEL`: (name, fingerprint without spaces) per waiting joiner.
@@ -25,21 +21,6 @@ fn pending(c: &Client, channel: &str) -> Vec<(String, String)> {
             (f.next().unwrap().to_string(), f.next().unwrap().replace(' ', ""))
         })
         .collect()
-}
-
-fn members(c: &Client, channel: &str) -> Vec<String> {
-    let mut v: Vec<String> = c
-        .ok(&["members", channel, "--json"])
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["name"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 fn is_member(c: &Client) -> bool {
@@ -76,7 +57,7 @@ fn joiners_wait_for_approval_and_an_ambiguous_name_is_refused() {
         "{}",
         synced.stderr
     );
-    assert_eq!(members(&alice, "talk"), vec!["alice"]);
+    assert_eq!(member_names(&alice, "talk"), vec!["alice"]);
     let mut waiting = pending(&alice, "talk");
     waiting.sort();
     let mut expected = vec![
@@ -96,13 +77,13 @@ fn joiners_wait_for_approval_and_an_ambiguous_name_is_refused() {
     assert!(ambiguous.contains("names more than one person"), "{ambiguous}");
     assert_eq!(alice.ok(&["admit", "talk", &bob_fp[..8]]).trim(), "admitted bob");
     assert!(is_member(&bob));
-    assert_eq!(members(&alice, "talk"), vec!["alice", "bob"]);
+    assert_eq!(member_names(&alice, "talk"), vec!["alice", "bob"]);
 
     // Refused: carol is not let in, and no longer waits.
     assert_eq!(alice.ok(&["refuse", "talk", "carol"]).trim(), "refused carol");
     assert!(!is_member(&carol));
     alice.ok(&["sync"]);
-    assert_eq!(members(&alice, "talk"), vec!["alice", "bob"]);
+    assert_eq!(member_names(&alice, "talk"), vec!["alice", "bob"]);
 
     // The other bob waits under a member's name: the name is refused again.
     assert_eq!(pending(&alice, "talk").len(), 1);
@@ -115,7 +96,7 @@ fn joiners_wait_for_approval_and_an_ambiguous_name_is_refused() {
     assert!(not_allowed.contains("admit"), "{not_allowed}");
     assert_eq!(alice.ok(&["admit", "talk", &other_fp[..8]]).trim(), "admitted bob");
     assert!(is_member(&other_bob));
-    assert_eq!(members(&alice, "talk"), vec!["alice", "bob", "bob"]);
+    assert_eq!(member_names(&alice, "talk"), vec!["alice", "bob", "bob"]);
     assert!(pending(&alice, "talk").is_empty());
 
     // A plain invite to the same channel admits as before.
@@ -124,7 +105,7 @@ fn joiners_wait_for_approval_and_an_ambiguous_name_is_refused() {
     let plain = alice.ok(&["invite", "talk"]);
     dave.ok(&["join", plain.trim()]);
     alice.ok(&["sync"]);
-    assert!(members(&alice, "talk").contains(&"dave".to_string()));
+    assert!(member_names(&alice, "talk").contains(&"dave".to_string()));
 }
 
 /// `channel new --approve`: every invite's joiners wait, whoever made the invite and
@@ -140,7 +121,7 @@ fn a_channel_made_with_approve_holds_every_joiner() {
     let invite = alice.ok(&["invite", "talk"]);
     bob.ok(&["join", invite.trim()]);
     alice.ok(&["sync"]);
-    assert_eq!(members(&alice, "talk"), vec!["alice"]);
+    assert_eq!(member_names(&alice, "talk"), vec!["alice"]);
     assert_eq!(alice.ok(&["admit", "talk", "bob"]).trim(), "admitted bob");
     assert!(is_member(&bob));
 
@@ -154,5 +135,5 @@ fn a_channel_made_with_approve_holds_every_joiner() {
     assert_eq!(bob.ok(&["admit", "talk", "carol"]).trim(), "admitted carol");
     assert!(is_member(&carol));
     alice.ok(&["sync"]);
-    assert_eq!(members(&alice, "talk"), vec!["alice", "bob", "carol"]);
+    assert_eq!(member_names(&alice, "talk"), vec!["alice", "bob", "carol"]);
 }

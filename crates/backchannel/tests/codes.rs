@@ -89,15 +89,6 @@ fn confirmation(out: &str) -> String {
     line.split(' ').take(2).collect::<Vec<_>>().join(" ")
 }
 
-/// `init` by `c`: its fingerprint.
-fn init(c: &Client, name: &str, relay: &str) -> String {
-    let out = c.ok(&["init", "--name", name, "--relay", relay]);
-    out.lines()
-        .find_map(|l| l.strip_prefix("fingerprint: "))
-        .unwrap()
-        .to_string()
-}
-
 /// A code typed the forgiving way: upper case, spaces for dashes, four letters per word.
 fn sloppily(code: &str) -> String {
     code.split('-')
@@ -110,27 +101,15 @@ fn sloppily(code: &str) -> String {
         .join("  ")
 }
 
-fn members(c: &Client, channel: &str) -> Vec<String> {
-    c.ok(&["members", channel, "--json"])
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["name"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect()
-}
-
 #[test]
 fn a_code_read_aloud_invites_once_and_typing_is_forgiving() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let relay = RelayProc::start(&root.join("relay"), &[]);
     let alice = Client::new(root, "alice");
-    let alice_fp = init(&alice, "alice", &relay.address);
+    let alice_fp = init_with_fingerprint(&alice, "alice", &relay.address);
     let bob = Client::new(root, "bob");
-    let bob_fp = init(&bob, "bob", &relay.address);
+    let bob_fp = init_with_fingerprint(&bob, "bob", &relay.address);
     let [carol] = people(root, &relay, ["carol"]);
     alice.ok(&["channel", "new", "talk"]);
 
@@ -165,7 +144,7 @@ fn a_code_read_aloud_invites_once_and_typing_is_forgiving() {
     let again = carol.fails(&["join", &code]);
     assert!(again.contains("no such invite code"), "{again}");
     alice.ok(&["sync"]);
-    assert!(!members(&alice, "talk").contains(&"carol".to_string()));
+    assert!(!member_names(&alice, "talk").contains(&"carol".to_string()));
 
     // What is typed and is not a code says why.
     let typo = carol.fails(&["join", "7-orbit-velvet"]);
@@ -208,7 +187,7 @@ fn a_wrong_code_admits_nobody_leaks_nothing_and_ends_the_code_on_both_sides() {
     let late = bob.fails(&["join", &code]);
     assert!(late.contains("no such invite code"), "{late}");
     alice.ok(&["sync"]);
-    assert_eq!(members(&alice, "talk"), vec!["alice".to_string()]);
+    assert_eq!(member_names(&alice, "talk"), vec!["alice".to_string()]);
 }
 
 #[test]
@@ -233,7 +212,7 @@ fn a_code_expires_unused() {
         invited.stderr
     );
     alice.ok(&["sync"]);
-    assert_eq!(members(&alice, "talk"), vec!["alice".to_string()]);
+    assert_eq!(member_names(&alice, "talk"), vec!["alice".to_string()]);
 }
 
 /// The relay (or anyone who takes the nameplate first) gets one guess: it is detected, the
@@ -311,7 +290,7 @@ fn a_relay_that_guesses_once_is_detected_and_gets_nothing() {
     let late = bob.fails(&["join", &code]);
     assert!(late.contains("no such invite code"), "{late}");
     alice.ok(&["sync"]);
-    assert_eq!(members(&alice, "talk"), vec!["alice".to_string()]);
+    assert_eq!(member_names(&alice, "talk"), vec!["alice".to_string()]);
 
     // A nameplate that never was.
     let none = rt().block_on(async {
@@ -332,7 +311,7 @@ fn a_code_made_on_another_relay_is_used_through_the_joiners_own_relay() {
     let (a, b) = two_relays(root, &[], &[]);
     let ns = Namespace::with_traps(&root.join("ns"), &[a.port], &[b.port]);
     let alice = Client::new(root, "alice");
-    init(&alice, "alice", &b.address);
+    init_with_fingerprint(&alice, "alice", &b.address);
     let bob = Client::new(root, "bob");
     ns.init(&bob, "bob", &a.address);
     alice.ok(&["channel", "new", "talk"]);
@@ -379,30 +358,11 @@ fn a_short_invite_line_fits_160_characters_and_a_changed_body_is_refused() {
 
     let second = alice.ok(&["invite", "talk"]).trim().to_string();
     relay.kill9();
-    {
-        let db = redb::Database::open(relay.data.join("mailboxes.redb")).unwrap();
-        let def: redb::TableDefinition<[u8; 16], &[u8]> = redb::TableDefinition::new("bundles");
-        let tx = db.begin_write().unwrap();
-        {
-            use redb::ReadableTable as _;
-            let mut t = tx.open_table(def).unwrap();
-            let entries: Vec<([u8; 16], Vec<u8>)> = t
-                .iter()
-                .unwrap()
-                .map(|e| {
-                    let (k, v) = e.unwrap();
-                    (k.value(), v.value().to_vec())
-                })
-                .collect();
-            assert_eq!(entries.len(), 2, "two invites, two bundles");
-            for (name, mut value) in entries {
-                let last = value.len() - 1;
-                value[last] ^= 1;
-                t.insert(name, value.as_slice()).unwrap();
-            }
-        }
-        tx.commit().unwrap();
-    }
+    let changed = tamper_with_bundles(&relay.data, |value| {
+        let last = value.len() - 1;
+        value[last] ^= 1;
+    });
+    assert_eq!(changed, 2, "two invites, two bundles");
     let _relay = RelayProc::start_on(&relay.data.clone(), &format!("127.0.0.1:{}", relay.port), &[]);
     let refused = carol.fails(&["join", &second]);
     assert!(refused.contains("does not open"), "{refused}");

@@ -274,30 +274,12 @@ fn a_short_address_whose_keys_the_relay_changed_is_refused_and_nothing_is_sent()
     source.ok(&["drop", "send", "--direct", &address, "before"]);
 
     relay.kill9();
-    {
-        use redb::ReadableTable as _;
-        let db = redb::Database::open(relay.data.join("mailboxes.redb")).unwrap();
-        let def: redb::TableDefinition<[u8; 16], &[u8]> = redb::TableDefinition::new("bundles");
-        let tx = db.begin_write().unwrap();
-        {
-            let mut t = tx.open_table(def).unwrap();
-            let entries: Vec<([u8; 16], Vec<u8>)> = t
-                .iter()
-                .unwrap()
-                .map(|e| {
-                    let (k, v) = e.unwrap();
-                    (k.value(), v.value().to_vec())
-                })
-                .collect();
-            assert_eq!(entries.len(), 1, "one drop box, one bundle");
-            let (name, mut value) = entries.into_iter().next().unwrap();
-            // A byte of the owner's key (the bundle ends with it and the work asked).
-            let at = value.len() - 100;
-            value[at] ^= 0x40;
-            t.insert(name, value.as_slice()).unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    // A byte of the owner's key (the bundle ends with it and the work asked).
+    let changed = tamper_with_bundles(&relay.data, |value| {
+        let at = value.len() - 100;
+        value[at] ^= 0x40;
+    });
+    assert_eq!(changed, 1, "one drop box, one bundle");
     let relay = RelayProc::start_on(&relay.data.clone(), &format!("127.0.0.1:{}", relay.port), &[]);
     let refused = source.run(&["drop", "send", "--direct", &address, "after"]);
     assert!(!refused.ok);

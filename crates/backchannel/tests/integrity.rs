@@ -502,17 +502,6 @@ fn admins_remove_invite_and_close_members_leave_and_update() {
     carol.ok(&["sync"]);
     dave.ok(&["sync", "--wait", "5"]);
     alice.ok(&["sync"]);
-    let mut open: Vec<String> = alice
-        .ok(&["members", "open", "--json"])
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["name"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    open.sort();
-    assert_eq!(open, ["alice", "carol", "dave"]);
+    assert_eq!(member_names(&alice, "open"), ["alice", "carol", "dave"]);
     assert!(carol.fails(&["remove", "open", "dave"]).contains("only an admin"));
 }

@@ -317,6 +317,61 @@ impl Client {
     }
 }
 
+/// `init` of `c` as `name` at `relay`: the fingerprint it prints (`xxxx xxxx ...`).
+pub fn init_with_fingerprint(c: &Client, name: &str, relay: &str) -> String {
+    let out = c.ok(&["init", "--name", name, "--relay", relay]);
+    out.lines()
+        .find_map(|l| l.strip_prefix("fingerprint: "))
+        .unwrap_or_else(|| panic!("no fingerprint in {out:?}"))
+        .to_string()
+}
+
+/// The names of `channel`'s members as `c` lists them, sorted.
+pub fn member_names(c: &Client, channel: &str) -> Vec<String> {
+    let mut names: Vec<String> = c
+        .ok(&["members", channel, "--json"])
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Plays a relay whose operator changes what it keeps for short addresses: `change` is given
+/// each bundle the relay at `data` holds (stopped), as stored (`expires_at (8) | bundle`, the
+/// table `bundles` of `crates/relay/src/store/embedded/`), and what it leaves is written back.
+/// Returns how many there were.
+pub fn tamper_with_bundles(data: &Path, mut change: impl FnMut(&mut Vec<u8>)) -> usize {
+    use redb::ReadableTable as _;
+    let db = redb::Database::open(data.join("mailboxes.redb")).unwrap();
+    let def: redb::TableDefinition<[u8; 16], &[u8]> = redb::TableDefinition::new("bundles");
+    let tx = db.begin_write().unwrap();
+    let count;
+    {
+        let mut t = tx.open_table(def).unwrap();
+        let entries: Vec<([u8; 16], Vec<u8>)> = t
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value(), v.value().to_vec())
+            })
+            .collect();
+        count = entries.len();
+        for (name, mut value) in entries {
+            change(&mut value);
+            t.insert(name, value.as_slice()).unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    count
+}
+
 /// Two relays on loopback, A and B (their data in `root/relay-a` and `root/relay-b`), each
 /// with `--forward-private` (loopback is a private address, where a relay forwards only when
 /// its operator allows it) and its `extra` flags.
