@@ -137,3 +137,26 @@ fn a_channel_made_with_approve_holds_every_joiner() {
     alice.ok(&["sync"]);
     assert_eq!(member_names(&alice, "talk"), vec!["alice", "bob", "carol"]);
 }
+
+/// A joiner waits no longer than the invite it came by: once that expires, it is dropped
+/// from the list with a warning, and nobody is admitted by it.
+#[test]
+fn a_joiner_waits_no_longer_than_its_invite() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let relay = RelayProc::start(&root.join("relay"), &[]);
+    let [alice, bob] = people(root, &relay, ["alice", "bob"]);
+    alice.ok(&["channel", "new", "talk"]);
+    let invite = alice.ok(&["invite", "talk", "--approve", "--expires", "3s"]);
+    bob.ok(&["join", invite.trim()]);
+    alice.ok(&["sync"]);
+    assert_eq!(pending(&alice, "talk").len(), 1);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let r = alice.run(&["sync"]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stderr.contains("bob no longer waits for approval"), "{}", r.stderr);
+    assert!(pending(&alice, "talk").is_empty());
+    let late = alice.fails(&["admit", "talk", "bob"]);
+    assert!(late.contains("nobody called \"bob\" waits"), "{late}");
+    assert_eq!(member_names(&alice, "talk"), vec!["alice"]);
+}

@@ -125,7 +125,11 @@ fn bad_input_gives_one_clear_error_and_loses_nothing() {
     bob.ok(&["send", "ch", "keep me"]);
 
     assert!(alice.fails(&["send", "nope", "x"]).contains("no channel called"));
-    assert!(carol.fails(&["join", "not an invite"]).contains("not an invite"));
+    let e = carol.fails(&["join", "not an invite"]);
+    assert!(
+        e.contains("not an invite") && e.contains("7-orbit-velvet-harbor"),
+        "{e}"
+    );
     let good = alice.ok(&["invite", "ch"]);
     let mut damaged = good.trim().to_string();
     damaged.replace_range(20..21, if &damaged[20..21] == "a" { "b" } else { "a" });

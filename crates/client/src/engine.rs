@@ -1282,9 +1282,20 @@ impl Engine {
     pub async fn admit_waiting(&mut self, name: &str, who: &str) -> Result<String, ClientError> {
         self.refresh().await?;
         self.tick();
-        let joiner = self.session.approve(name, who)?;
+        let (joiner, key) = self.session.approve(name, who)?;
         self.admit().await?;
         self.perform().await?;
+        // The admission checks the invite again: one that expired or is used up admits
+        // nobody (the warning says which).
+        if !self
+            .members(name)?
+            .iter()
+            .any(|m| m.fingerprint == Fingerprint::of(&key))
+        {
+            return Err(ClientError::Usage(format!(
+                "{joiner} was not admitted: the invite they came by has expired or is used up; send them a new one"
+            )));
+        }
         Ok(joiner)
     }
 

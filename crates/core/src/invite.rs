@@ -44,7 +44,9 @@ pub struct Invite {
 #[non_exhaustive]
 pub enum InviteError {
     /// It does not start with `bc-invite:`.
-    #[error("this is not an invite: invites start with \"bc-invite:\"")]
+    #[error(
+        "this is not an invite: invites start with \"bc-invite:\", and codes read aloud with their number (like 7-orbit-velvet-harbor)"
+    )]
     NotAnInvite,
     /// The text is damaged (bad characters, checksum or structure).
     #[error("the invite is damaged; copy the whole line again or ask for a new invite")]

@@ -65,8 +65,9 @@ impl Session {
 
     /// Admits the joiner `who` (a name, or the start of a fingerprint) waiting to join
     /// `channel`: its request goes to the next admission, as if no approval were asked (it
-    /// leaves the waiting list there, once the invite still honours it). Returns its name.
-    pub fn approve(&mut self, channel: &str, who: &str) -> Result<String, ClientError> {
+    /// leaves the waiting list there, once the invite still honours it). Returns its name
+    /// and identity key.
+    pub fn approve(&mut self, channel: &str, who: &str) -> Result<(String, [u8; 32]), ClientError> {
         self.may(channel, Act::Add, "admit")?;
         let i = self.find_waiting(channel, who)?;
         let w = self.state.approvals.waiting[i].clone();
@@ -78,7 +79,7 @@ impl Session {
             raw: w.key_package,
             approved: true,
         });
-        Ok(w.name)
+        Ok((w.name, w.identity_key))
     }
 
     /// Refuses the joiner `who` waiting to join `channel`; returns its name. It is not

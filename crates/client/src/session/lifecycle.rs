@@ -189,6 +189,31 @@ impl Session {
             ch.invites = keep;
             dead.extend(gone.into_iter().map(|i| i.mailbox));
         }
+        // Joiners still waiting for approval of an invite that ended wait no more: their
+        // invite no longer admits anyone.
+        let live: std::collections::BTreeSet<[u8; 32]> = self
+            .state
+            .channels
+            .values()
+            .flat_map(|ch| ch.invites.iter().map(|i| i.mailbox.id().0))
+            .collect();
+        self.state.approvals.invites.retain(|id| live.contains(id));
+        let (still, ended): (Vec<_>, Vec<_>) = std::mem::take(&mut self.state.approvals.waiting)
+            .into_iter()
+            .partition(|w| live.contains(&w.invite));
+        self.state.approvals.waiting = still;
+        for w in &ended {
+            self.warn(
+                Some(&w.channel),
+                format!(
+                    "{} no longer waits for approval: the invite they came by expired or was used up",
+                    w.name
+                ),
+            );
+        }
+        if !ended.is_empty() {
+            self.save();
+        }
         // A join request nobody answered: its mailbox and key package go once the invite
         // has expired and the inviter had a while to send a welcome it admitted before.
         let (waiting, lapsed): (Vec<_>, Vec<_>) = std::mem::take(&mut self.state.pending_joins)
