@@ -426,7 +426,7 @@ fn response_from(frame: &[u8]) -> Response {
 fn inner_kind(r: &Response) -> bool {
     matches!(
         r,
-        Response::Ok | Response::Pong | Response::Error { .. } | Response::Commit { .. }
+        Response::Ok | Response::Pong | Response::Error { .. } | Response::Commit { .. } | Response::Record(_)
     )
 }
 
