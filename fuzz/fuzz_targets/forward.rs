@@ -79,6 +79,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use hpke_rs::{Hpke, HpkePrivateKey, HpkePublicKey, Mode};
 use hpke_rs_crypto::types::{AeadAlgorithm, KdfAlgorithm, KemAlgorithm};
 use hpke_rs_libcrux::HpkeLibcrux;
+use backchannel_fuzz::forwarded_answer_kind;
 use libfuzzer_sys::fuzz_target;
 
 /// Seed of another relay's forward key.
@@ -423,19 +424,13 @@ fn response_from(frame: &[u8]) -> Response {
     }
 }
 
-fn inner_kind(r: &Response) -> bool {
-    matches!(
-        r,
-        Response::Ok | Response::Pong | Response::Error { .. } | Response::Commit { .. } | Response::Record(_)
-    )
-}
 
 /// 4: a real sealed answer, edited.
 fn tamper_answer(data: &[u8]) {
     let f = fixed();
     let (tamper, rest) = Tamper::parse(data);
     let resp = response_from(&sized(rest, INNER_FRAME_SIZE));
-    let expected = if inner_kind(&resp) {
+    let expected = if forwarded_answer_kind(&resp) {
         resp.clone()
     } else {
         Response::Error {

@@ -25,6 +25,7 @@ use backchannel_core::frame::{
     decode_inner_response, decode_response, encode_inner_response, encode_response, ErrorCode, Response,
     ResponseAssembler, ResponseFrame, FRAME_SIZE, INNER_FRAME_SIZE, MAX_FETCH,
 };
+use backchannel_fuzz::forwarded_answer_kind;
 use libfuzzer_sys::fuzz_target;
 
 /// Byte offset of an envelope frame's flags (after the tag and the request id).
@@ -33,14 +34,6 @@ const FLAGS_AT: usize = 5;
 const MORE: u8 = 0x02;
 /// Where the request id sits in a frame (after the one-byte tag).
 const ID: std::ops::Range<usize> = 1..5;
-
-/// The kinds of response a forwarded request's answer may be.
-fn inner_kind(r: &Response) -> bool {
-    matches!(
-        r,
-        Response::Ok | Response::Pong | Response::Error { .. } | Response::Commit { .. } | Response::Record(_)
-    )
-}
 
 fn inner(frame: &[u8]) {
     let decoded = decode_inner_response(frame);
@@ -53,7 +46,7 @@ fn inner(frame: &[u8]) {
             .ok()
             .filter(|f| f.id == 0)
             .map(|f| f.response)
-            .filter(inner_kind);
+            .filter(forwarded_answer_kind);
         assert_eq!(
             decoded.as_ref().ok(),
             as_outer.as_ref(),
@@ -65,7 +58,7 @@ fn inner(frame: &[u8]) {
     };
     assert_eq!(frame.len(), INNER_FRAME_SIZE);
     assert!(
-        inner_kind(&resp),
+        forwarded_answer_kind(&resp),
         "an inner frame decodes to a response that is never forwarded"
     );
     assert_eq!(&frame[ID], &[0; 4], "an inner answer with a request id other than 0 decodes");
@@ -80,7 +73,7 @@ fn inner(frame: &[u8]) {
 fn inner_encoding(resp: &Response) {
     let frame = encode_inner_response(resp);
     assert_eq!(frame.len(), INNER_FRAME_SIZE);
-    let expected = if inner_kind(resp) {
+    let expected = if forwarded_answer_kind(resp) {
         resp.clone()
     } else {
         Response::Error {

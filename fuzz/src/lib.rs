@@ -33,6 +33,17 @@ pub fn relay() -> RelayAddress {
     }
 }
 
+/// The kinds of response a forwarded request's answer may be (the model the `forward` and
+/// `frame_response` targets check the inner decoders against): one list, so that a new kind
+/// is added to the model once.
+pub fn forwarded_answer_kind(r: &backchannel_core::frame::Response) -> bool {
+    use backchannel_core::frame::Response;
+    matches!(
+        r,
+        Response::Ok | Response::Pong | Response::Error { .. } | Response::Commit { .. } | Response::Record(_)
+    )
+}
+
 /// The invite checksum, as `docs/protocol.md` defines it, so a target can
 /// reach the invite's structure past the checksum.
 pub fn invite_checksum(body: &[u8]) -> [u8; 4] {
