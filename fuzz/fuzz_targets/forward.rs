@@ -424,7 +424,6 @@ fn response_from(frame: &[u8]) -> Response {
     }
 }
 
-
 /// 4: a real sealed answer, edited.
 fn tamper_answer(data: &[u8]) {
     let f = fixed();
