@@ -184,6 +184,8 @@ pub struct Syncs {
     pub next: tokio::time::Instant,
     last_error: String,
     backoff: Duration,
+    /// What the last sync added to the channels' histories (0 after a failure).
+    pub arrived: usize,
 }
 
 impl Default for Syncs {
@@ -204,6 +206,7 @@ impl Syncs {
             next: tokio::time::Instant::now(),
             last_error: String::new(),
             backoff: BACKOFF,
+            arrived: 0,
         }
     }
 
@@ -212,7 +215,9 @@ impl Syncs {
     /// from the last one.
     pub async fn run(&mut self, served: &mut Served) -> Option<String> {
         let mut new_failure = None;
-        match served.engine.sync(Duration::ZERO).await {
+        let synced = served.engine.sync(Duration::ZERO).await;
+        self.arrived = *synced.as_ref().unwrap_or(&0);
+        match synced {
             Ok(_) => {
                 self.last_error.clear();
                 self.backoff = BACKOFF;

@@ -86,6 +86,24 @@ impl Tmux {
     }
 }
 
+impl Tmux {
+    /// The screen once it no longer shows `needle`, within `within`.
+    fn wait_for_gone(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let screen = self.screen();
+            if !screen.contains(needle) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} still shown after {within:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
@@ -155,5 +173,24 @@ fn a_conversation_in_the_terminal_ui_live_while_other_commands_still_work() {
         !after.contains("┌ channels"),
         "the UI's screen is left behind:\n{after}"
     );
+    drop(relay);
+}
+
+/// A message of a channel whose messages disappear leaves the screen when it leaves the
+/// history: the UI shows nothing the device no longer keeps.
+#[test]
+fn a_disappearing_message_leaves_the_screen_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let relay = RelayProc::start(&root.join("relay"), &[]);
+    let [alice] = people(root, &relay, ["alice"]);
+    alice.ok(&["channel", "new", "brief", "--disappear", "2s"]);
+    let ui = Tmux::start(root, &alice, &["brief"], 80, 20);
+    ui.wait_for("relay: reachable", Duration::from_secs(20));
+    alice.ok(&["send", "brief", "gone in two seconds"]);
+    ui.wait_for("gone in two seconds", Duration::from_secs(5));
+    ui.wait_for_gone("gone in two seconds", Duration::from_secs(10));
+    ui.keys(&["C-c"]);
+    ui.wait_for("UI-EXITED 0", Duration::from_secs(10));
     drop(relay);
 }

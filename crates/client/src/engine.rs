@@ -1258,9 +1258,9 @@ impl Engine {
         }
     }
 
-    /// The entries of channel `name` from history position `from` on, and the position
-    /// after them ([`Session::history_from`]); nothing is marked read.
-    pub fn history_from(&self, name: &str, from: u64) -> Result<(Vec<MessageView>, u64), ClientError> {
+    /// The entries of channel `name` from history position `from` on, and the positions
+    /// the history spans ([`Session::history_from`]); nothing is marked read.
+    pub fn history_from(&self, name: &str, from: u64) -> Result<(Vec<MessageView>, std::ops::Range<u64>), ClientError> {
         self.session.history_from(name, from)
     }
 

@@ -153,8 +153,8 @@ pub struct App {
     pub help: bool,
     /// The status line.
     pub status: Status,
-    /// The position in the selected channel's history after the last entry shown.
-    pub shown_upto: u64,
+    /// The positions in the selected channel's history of the entries shown.
+    pub shown: std::ops::Range<u64>,
     /// `/close` was typed once: the next one closes the channel.
     pub closing: bool,
     /// Who in the selected channel is verified, as last drawn: when it changes (a key
@@ -194,7 +194,7 @@ impl App {
         self.selected = next;
         self.scroll = 0;
         self.entries.clear();
-        self.shown_upto = 0;
+        self.shown = 0..0;
         if let Some(r) = self.channels.get_mut(next) {
             r.unread = 0;
         }

@@ -94,7 +94,9 @@ async fn event_loop(
                     app.status.note = w.text;
                 }
                 served.pending.clear();
-                if refresh(&mut served.engine, app, None, false) {
+                // Nothing new: the channels' marks stay as they were (no group is loaded).
+                let recheck = syncs.arrived > 0;
+                if refresh_with(&mut served.engine, app, None, false, recheck) {
                     // Something new in another channel: the bell (never its content).
                     print!("\u{7}");
                     let _ = std::io::stdout().flush();
@@ -188,21 +190,35 @@ async fn send(engine: &mut Engine, app: &mut App, text: &str) {
 /// Reads the channels and the selected channel's new messages into `app` (all of them
 /// with `reload`); whether another channel got something new since the last refresh.
 fn refresh(engine: &mut Engine, app: &mut App, prefer: Option<&str>, reload: bool) -> bool {
+    refresh_with(engine, app, prefer, reload, true)
+}
+
+/// [`refresh`]; without `recheck`, a channel's "unverified members" mark is kept from the
+/// last refresh (working it out loads each channel's group: the idle tick skips that when
+/// nothing arrived).
+fn refresh_with(engine: &mut Engine, app: &mut App, prefer: Option<&str>, reload: bool, recheck: bool) -> bool {
     let before: usize = app.channels.iter().map(|c| c.unread).sum();
+    let known: std::collections::HashMap<String, bool> =
+        app.channels.iter().map(|c| (c.name.clone(), c.unverified)).collect();
     let channels = engine.channels();
     let selected = prefer
         .map(str::to_string)
         .or_else(|| app.selected_name().map(str::to_string));
-    let unread_before = channels
-        .iter()
-        .find(|c| Some(&c.name) == selected.as_ref())
-        .map_or(0, |c| c.unread);
+    let shown = channels.iter().find(|c| Some(&c.name) == selected.as_ref());
+    let unread_before = shown.map_or(0, |c| c.unread);
+    // Messages that disappear leave the history from anywhere in it (its positions move):
+    // such a channel is read whole at each refresh, so that the screen keeps nothing the
+    // device no longer does.
+    let disappearing = shown.is_some_and(|c| c.disappear_after > 0);
     let rows: Vec<ChannelRow> = channels
         .into_iter()
         .map(|c| ChannelRow {
-            unverified: engine
-                .members(&c.name)
-                .is_ok_and(|m| m.iter().any(|m| !m.you && !m.verified)),
+            unverified: match known.get(&c.name) {
+                Some(&u) if !recheck => u,
+                _ => engine
+                    .members(&c.name)
+                    .is_ok_and(|m| m.iter().any(|m| !m.you && !m.verified)),
+            },
             ended: c.status != ChannelStatus::Active,
             expiring: c.expires_at > 0,
             name: c.name,
@@ -217,15 +233,23 @@ fn refresh(engine: &mut Engine, app: &mut App, prefer: Option<&str>, reload: boo
             .members(&name)
             .map(|m| m.into_iter().map(|m| (m.fingerprint.to_string(), m.verified)).collect())
             .unwrap_or_default();
-        let reload = reload || verified != app.verified;
+        let reload = reload || disappearing || verified != app.verified;
         app.verified = verified;
         if reload {
             app.entries.clear();
-            app.shown_upto = 0;
+            app.shown = 0..0;
         }
-        if let Ok((new, end)) = engine.history_from(&name, app.shown_upto) {
-            app.entries.extend(new.iter().map(entry));
-            app.shown_upto = end;
+        if let Ok((new, span)) = engine.history_from(&name, app.shown.end) {
+            if span.start > app.shown.start && !app.entries.is_empty() {
+                // The oldest entries went (the history's cap): shown again whole.
+                app.entries.clear();
+                if let Ok((all, _)) = engine.history_from(&name, 0) {
+                    app.entries.extend(all.iter().map(entry));
+                }
+            } else {
+                app.entries.extend(new.iter().map(entry));
+            }
+            app.shown = span;
         }
         // What is shown is read: marked so (and saved) only when something was unread.
         if unread_before > 0 {

@@ -64,13 +64,15 @@ pub struct MessageView {
 
 impl Session {
     /// The entries of `name`'s history from position `from` on (0: all that are kept), and
-    /// the position after the last: what a view that stays open appends, marking nothing
-    /// read and writing nothing.
-    pub fn history_from(&self, name: &str, from: u64) -> Result<(Vec<MessageView>, u64), ClientError> {
+    /// the positions the history now spans (its oldest kept entry's to the one after its
+    /// last): what a view that stays open appends, marking nothing read and writing
+    /// nothing. A start past what the view shows means entries went (disappearing messages).
+    pub fn history_from(&self, name: &str, from: u64) -> Result<(Vec<MessageView>, std::ops::Range<u64>), ClientError> {
         let ch = self.channel(name)?;
         let entries = ch.history.entries_from(from, &self.blobs)?;
         let views = entries.into_iter().map(|m| self.message_view(name, m)).collect();
-        Ok((views, ch.history.end()))
+        let end = ch.history.end();
+        Ok((views, end.saturating_sub(ch.history.len())..end))
     }
 
     /// A stored message of channel `name` as it is shown: a sender is verified only if it
