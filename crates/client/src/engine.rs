@@ -101,6 +101,9 @@ pub struct Engine {
     mailbox_full: bool,
     /// The last fetch pass emptied every opened mailbox.
     drained: bool,
+    /// A sync's lifetimes step deleted messages or ended a channel since
+    /// [`Engine::take_lapsed`] was last asked (what a UI shows changed with nothing arriving).
+    lapsed: bool,
     /// Where the next long poll over several mailboxes starts ([`MAX_WAITING`] at a time).
     wait_from: usize,
     /// Receive links kept open between fetches, one per mailbox (at most [`MAX_KEPT`]).
@@ -212,6 +215,7 @@ impl Engine {
             net,
             transport,
             drained: false,
+            lapsed: false,
             wait_from: 0,
             kept: Vec::new(),
             warnings: Vec::new(),
@@ -629,7 +633,7 @@ impl Engine {
                     self.tick();
                 }
                 SyncStep::Lifetimes => {
-                    self.session.apply_lifecycle();
+                    self.lapsed |= self.session.apply_lifecycle();
                     self.perform().await?;
                 }
                 SyncStep::Admit => self.admit().await?,
@@ -1262,6 +1266,11 @@ impl Engine {
     /// the history spans ([`Session::history_from`]); nothing is marked read.
     pub fn history_from(&self, name: &str, from: u64) -> Result<(Vec<MessageView>, std::ops::Range<u64>), ClientError> {
         self.session.history_from(name, from)
+    }
+
+    /// Whether messages disappeared or a channel ended in a sync since the last call.
+    pub fn take_lapsed(&mut self) -> bool {
+        std::mem::take(&mut self.lapsed)
     }
 
     /// How many things wait to go out: messages not yet sealed, and mailboxes whose sealed

@@ -59,6 +59,16 @@ fn encoded_len<T: Serialize>(entries: &[T]) -> usize {
 }
 
 impl<T: Entry> Log<T> {
+    /// When its newest entry is dated (ms; 0 when empty): the tail's last, or else a
+    /// lower bound, the newest segment's oldest date (read without opening it).
+    pub fn last_at(&self) -> u64 {
+        self.tail
+            .last()
+            .map(Entry::at_ms)
+            .or_else(|| self.segments.back().map(|s| s.oldest_at))
+            .unwrap_or(0)
+    }
+
     /// Number the next entry will get.
     pub fn end(&self) -> u64 {
         self.first + self.segments.iter().map(|s| u64::from(s.count)).sum::<u64>() + self.tail.len() as u64

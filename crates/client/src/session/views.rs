@@ -45,6 +45,10 @@ pub struct ChannelSummary {
     pub disappear_after: u64,
     /// The channel closes on its own at this time (Unix s; 0: never).
     pub expires_at: u64,
+    /// When its newest message or event was sent (Unix ms; 0 for none), to show the most
+    /// recent channel first. From the history's tail, or else (all of it sealed) a lower
+    /// bound: its newest segment's oldest date.
+    pub last_at: u64,
 }
 
 /// A message as `read` shows it.
@@ -128,6 +132,7 @@ impl Session {
                 } else {
                     0
                 },
+                last_at: ch.history.last_at(),
             })
             .collect()
     }
