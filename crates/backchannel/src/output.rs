@@ -24,6 +24,9 @@ pub enum Line {
         /// What happened.
         text: String,
     },
+    /// How far a long command has got (`send --file`), for a caller that shows it in
+    /// place (the UI's status line); a command line does not print it.
+    Progress(String),
 }
 
 impl Line {
@@ -40,6 +43,7 @@ impl Line {
                     None => eprintln!("warning: {text}"),
                 }
             }
+            Line::Progress(_) => {}
         }
     }
 }
@@ -88,6 +92,18 @@ impl Out {
     /// One line on stdout.
     pub fn line(&self, line: impl std::fmt::Display) {
         self.push(Line::Out(line.to_string()));
+    }
+
+    /// How far a long command has got: only for a caller that streams the output.
+    pub fn progress(&self, text: impl std::fmt::Display) {
+        if self.sink.is_some() {
+            self.push(Line::Progress(text.to_string()));
+        }
+    }
+
+    /// Whether the lines go to a caller elsewhere (a daemon's caller, the UI).
+    pub fn is_streamed(&self) -> bool {
+        self.sink.is_some()
     }
 
     /// One line on stderr.

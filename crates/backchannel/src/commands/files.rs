@@ -6,12 +6,13 @@ use backchannel_client::engine::FileProgress;
 
 use super::Context;
 use crate::error::CliError;
+use crate::output::Out;
 
 /// `send --file`: sends (or resumes sending) a file, drawing progress on a terminal.
 pub async fn send(channel: &str, file: &Path, cx: &mut Context<'_>) -> Result<(), CliError> {
     let path = cx.cwd.join(file);
     let out = cx.out;
-    let bar = FileBar::new(out.is_terminal());
+    let bar = FileBar::new(out);
     let mut report = |p: FileProgress| {
         if let FileProgress::Start { total, done } = p {
             if done > 0 {
@@ -62,13 +63,32 @@ pub fn print_saved(channel: &str, ids: &[String], json: bool, cx: &mut Context<'
     }
 }
 
-/// The progress bar of `send --file`: drawn on a terminal only.
-struct FileBar(Option<indicatif::ProgressBar>);
+/// The progress of `send --file`: a bar on a terminal, lines of progress for a caller
+/// that streams the output (the UI's status line; at most 4 a second), else nothing.
+struct FileBar<'a> {
+    bar: Option<indicatif::ProgressBar>,
+    lines: Option<(&'a Out, std::cell::Cell<Option<std::time::Instant>>)>,
+    total: std::cell::Cell<u64>,
+}
 
-impl FileBar {
-    fn new(terminal: bool) -> Self {
-        if !terminal {
-            return Self(None);
+/// `6% of 1048576 bytes`.
+fn share(done: u64, total: u64) -> String {
+    let percent = (u128::from(done) * 100).checked_div(u128::from(total)).unwrap_or(100);
+    format!("{percent}% of {total} bytes")
+}
+
+/// How often progress lines go to a streaming caller.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl<'a> FileBar<'a> {
+    fn new(out: &'a Out) -> Self {
+        let lines = out.is_streamed().then(|| (out, std::cell::Cell::new(None)));
+        if !out.is_terminal() {
+            return Self {
+                bar: None,
+                lines,
+                total: Default::default(),
+            };
         }
         let bar = indicatif::ProgressBar::new(0);
         if let Ok(style) =
@@ -76,11 +96,30 @@ impl FileBar {
         {
             bar.set_style(style.progress_chars("=> "));
         }
-        Self(Some(bar))
+        Self {
+            bar: Some(bar),
+            lines,
+            total: Default::default(),
+        }
     }
 
     fn update(&self, p: FileProgress) {
-        let Some(bar) = &self.0 else {
+        if let FileProgress::Start { total, .. } = p {
+            self.total.set(total);
+        }
+        if let Some((out, last)) = &self.lines {
+            let now = std::time::Instant::now();
+            let due = !matches!(p, FileProgress::Sent(_)) || last.get().is_none_or(|t| now - t >= PROGRESS_EVERY);
+            if due {
+                last.set(Some(now));
+                out.progress(match p {
+                    FileProgress::Start { total, done } => format!("sending: {}", share(done, total)),
+                    FileProgress::Sent(n) => format!("sending: {}", share(n, self.total.get())),
+                    FileProgress::Waiting => "waiting for the recipient to fetch".to_string(),
+                });
+            }
+        }
+        let Some(bar) = &self.bar else {
             return;
         };
         match p {
@@ -98,7 +137,7 @@ impl FileBar {
     }
 
     fn finish(&self) {
-        if let Some(bar) = &self.0 {
+        if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
     }
