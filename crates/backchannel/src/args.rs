@@ -114,8 +114,9 @@ pub enum Command {
     },
     /// Hold this home's relay connections; other commands hand their work to it.
     Daemon(DaemonArgs),
-    /// A full-screen terminal UI: channels, the conversation, an input line. Other
-    /// commands for the home keep working while it is open.
+    /// A full-screen terminal UI: channels, the conversation, an input line. It uses the
+    /// home's daemon when one runs, else holds the home itself (with its cover setting);
+    /// other commands for the home keep working while it is open.
     Ui(UiArgs),
     /// Show or change this home's settings: `config get [KEY]`, `config set KEY VALUE`.
     /// The settings: forward (on, off), proxy (socks5h://HOST:PORT, none), cover (a rate
@@ -640,7 +641,7 @@ pub struct ChannelArg {
 // `ui`.
 #[derive(clap::Args, Debug)]
 pub struct UiArgs {
-    /// The channel to show first (otherwise the first listed).
+    /// The channel to show first (otherwise the one with the newest message).
     pub channel: Option<String>,
 }
 

@@ -21,8 +21,9 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::args::{DaemonArgs, Global};
 use crate::commands::{self, identity, Context};
 use crate::error::{report, CliError};
-use crate::ipc::{Reply, Request, MAX_REQUEST, SOCKET};
+use crate::ipc::{Look, Reply, Request, MAX_REQUEST, SOCKET};
 use crate::output::Out;
+use crate::snapshot::{self, Marks};
 
 /// How often a daemon without cover traffic checks its mailboxes.
 const POLL: Duration = Duration::from_secs(1);
@@ -45,6 +46,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller has to take each line of the answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a [`Look::Changes`] is held when nothing changes.
+const CHANGES_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A home opened to be served while a process holds it (the daemon, or `backchannel ui`): its
 /// engine, the socket other commands hand their work to, and cover traffic if the home asks
 /// for it. The socket file goes when this is dropped.
@@ -58,6 +62,13 @@ pub struct Served {
     pub cover: Option<Duration>,
     /// Warnings from background syncs, for the next command's stderr.
     pub pending: Vec<Warning>,
+    /// How many changes the engine has seen: bumped by each command served and each sync
+    /// that brought something, a warning, or a change of reachability. A UI waits on it.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// The last background sync reached the relays (`None` before the first).
+    reachable: Option<bool>,
+    /// The channels' marks, for the next snapshot.
+    marks: Marks,
 }
 
 impl Served {
@@ -99,6 +110,9 @@ impl Served {
             path,
             cover,
             pending: Vec::new(),
+            changes: tokio::sync::watch::Sender::new(0),
+            reachable: None,
+            marks: Marks::default(),
         };
         std::fs::set_permissions(&served.path, std::fs::Permissions::from_mode(0o600))
             .map_err(CliError::io("making the daemon's socket owner-only"))?;
@@ -118,9 +132,49 @@ impl Served {
         self.listener.accept().await.ok().map(|(stream, _)| stream)
     }
 
-    /// Serves one command that came on `stream`.
+    /// Serves one request that came on `stream`: a command, or a UI's [`Look`].
     pub async fn serve(&mut self, stream: UnixStream) {
-        handle(stream, self.owner, &mut self.engine, &mut self.pending).await;
+        if stream.peer_cred().map(|c| c.uid()).ok() != Some(self.owner) {
+            return;
+        }
+        let (read, write) = stream.into_split();
+        let mut line = String::new();
+        let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+        match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+        let replies = replier(write);
+        match serde_json::from_str::<Look>(&line) {
+            Ok(Look::Snapshot(query)) => {
+                let facts = snapshot::Facts {
+                    generation: *self.changes.borrow(),
+                    cover: self.cover.is_some(),
+                    reachable: self.reachable,
+                    warnings: std::mem::take(&mut self.pending),
+                };
+                let answer = snapshot::take(&mut self.engine, &query, &mut self.marks, facts);
+                let _ = replies.send(Reply::Snapshot(Box::new(answer)));
+            }
+            Ok(Look::Changes { since }) => {
+                // Held by a task of its own: the daemon goes on serving meanwhile.
+                let mut changes = self.changes.subscribe();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(CHANGES_TIMEOUT, changes.wait_for(|g| *g > since)).await;
+                    let now = *changes.borrow();
+                    let _ = replies.send(Reply::Changed(now));
+                });
+            }
+            Err(_) => {
+                run_command(&line, &replies, &mut self.engine, &mut self.pending).await;
+                self.changed();
+            }
+        }
+    }
+
+    /// Tells the UIs waiting on the socket that something changed.
+    fn changed(&self) {
+        self.changes.send_modify(|g| *g += 1);
     }
 
     /// How long to wait between syncs when the last one went well.
@@ -141,7 +195,7 @@ impl Drop for Served {
 
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub async fn serve(global: &Global, args: &DaemonArgs, out: &Out) -> Result<(), CliError> {
-    let mut served = Served::open(global, args.cover).await?;
+    let served = Served::open(global, args.cover).await?;
     match served.cover {
         Some(p) => out.line(format!(
             "daemon running; cover traffic: one frame every {} ms",
@@ -153,12 +207,31 @@ pub async fn serve(global: &Global, args: &DaemonArgs, out: &Out) -> Result<(), 
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(CliError::io("listening for SIGTERM"))?;
+    let stop = async {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    run_until(served, stop, || {
+        // The daemon's stderr is often a system log: it gets a fixed line; the error itself
+        // (which can name a channel or a path) goes to the next command, like the sync's
+        // warnings.
+        out.eline("warning: a background sync failed; the next backchannel command shows why");
+    })
+    .await;
+    Ok(())
+}
+
+/// Serves `served` (commands and looks on its socket, background syncs) until `stop`;
+/// `on_failure` is called when a sync fails in a new way.
+pub async fn run_until(mut served: Served, stop: impl std::future::Future<Output = ()>, mut on_failure: impl FnMut()) {
+    tokio::pin!(stop);
     let mut syncs = Syncs::new();
     loop {
         tokio::select! {
             biased;
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            () = &mut stop => break,
             accepted = served.accept() => {
                 if let Some(stream) = accepted {
                     served.serve(stream).await;
@@ -166,15 +239,11 @@ pub async fn serve(global: &Global, args: &DaemonArgs, out: &Out) -> Result<(), 
             }
             _ = tokio::time::sleep_until(syncs.next) => {
                 if syncs.run(&mut served).await.is_some() {
-                    // The daemon's stderr is often a system log: it gets a fixed line; the
-                    // error itself (which can name a channel or a path) goes to the next
-                    // command, like the sync's warnings.
-                    out.eline("warning: a background sync failed; the next backchannel command shows why");
+                    on_failure();
                 }
             }
         }
     }
-    Ok(())
 }
 
 /// The background syncs of a served home: when the next is due, and the backoff after
@@ -238,25 +307,20 @@ impl Syncs {
             }
         }
         let warnings = served.engine.take_warnings();
+        let reachable = Some(!self.failing());
+        let lapsed = served.engine.take_lapsed();
+        if self.arrived > 0 || lapsed || !warnings.is_empty() || reachable != served.reachable {
+            served.changed();
+        }
+        served.reachable = reachable;
         served.pending.extend(warnings);
         new_failure
     }
 }
 
-/// Serves one command for a local client.
-async fn handle(stream: UnixStream, owner: u32, engine: &mut Engine, pending: &mut Vec<Warning>) {
-    if stream.peer_cred().map(|c| c.uid()).ok() != Some(owner) {
-        return;
-    }
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
-    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        _ => return,
-    }
-    // Lines go to the caller as they are printed, by a task of their own: a client that
-    // stops reading (a pager, Ctrl-Z) must not stall the daemon, which only queues them.
+/// Where the answer's lines go: to the caller, as they come, by a task of its own. A client
+/// that stops reading (a pager, Ctrl-Z) must not stall the daemon, which only queues them.
+fn replier(mut write: tokio::net::unix::OwnedWriteHalf) -> tokio::sync::mpsc::UnboundedSender<Reply> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Reply>();
     tokio::spawn(async move {
         let write_all = async {
@@ -275,13 +339,23 @@ async fn handle(stream: UnixStream, owner: u32, engine: &mut Engine, pending: &m
         };
         let _: std::io::Result<()> = write_all.await;
     });
-    let lines = tx.clone();
+    tx
+}
+
+/// Runs the command that `line` asks for, its output and outcome going to `replies`.
+async fn run_command(
+    line: &str,
+    replies: &tokio::sync::mpsc::UnboundedSender<Reply>,
+    engine: &mut Engine,
+    pending: &mut Vec<Warning>,
+) {
+    let lines = replies.clone();
     let out = Out::streamed(Box::new(move |l| {
         let _ = lines.send(Reply::Line(l));
     }));
     out.warnings(std::mem::take(pending));
-    let outcome = run_request(&line, engine, &out).await.map_err(|e| report(&e));
-    let _ = tx.send(Reply::Exit(outcome));
+    let outcome = run_request(line, engine, &out).await.map_err(|e| report(&e));
+    let _ = replies.send(Reply::Exit(outcome));
 }
 
 /// Runs one request on the daemon's engine.

@@ -5,6 +5,10 @@
 //! answers with JSON lines, each a [`Reply`]: lines of output (stdout, stderr notes,
 //! warnings) in order, then [`Reply::Exit`] with the outcome. The socket is
 //! `daemon.sock` in the home directory; `daemon.rs` is the other side.
+//!
+//! The terminal UI asks two more things, each a [`Look`] line: a [`Snapshot`] of what it
+//! shows (answered with [`Reply::Snapshot`]), and to be told of the next change
+//! ([`Reply::Changed`], held until something changes or a minute passes).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +21,7 @@ use tokio::net::UnixStream;
 use crate::args::EngineCommand;
 use crate::error::CliError;
 use crate::output::Line;
+use crate::snapshot::{Query, Snapshot};
 
 /// The socket's file name in the home directory.
 pub const SOCKET: &str = "daemon.sock";
@@ -36,6 +41,18 @@ pub struct Request {
     pub proxy: Option<ProxyAddr>,
 }
 
+/// What the terminal UI asks, besides commands.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub enum Look {
+    /// What the UI shows.
+    Snapshot(Query),
+    /// Answer once the engine has seen more than `since` changes (or after a minute).
+    Changes {
+        /// The generation the caller has seen.
+        since: u64,
+    },
+}
+
 /// One line of the daemon's answer.
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -43,6 +60,10 @@ pub enum Reply {
     Line(Line),
     /// The command is over: done, or the one sentence that says why it failed.
     Exit(Result<(), String>),
+    /// The answer to [`Look::Snapshot`].
+    Snapshot(Box<Snapshot>),
+    /// The answer to [`Look::Changes`]: the generation now.
+    Changed(u64),
 }
 
 /// What [`forward`] did.
@@ -96,29 +117,54 @@ enum Asked {
 
 /// Sends one request and prints the answer's lines as they come.
 async fn ask(path: &Path, req: &Request) -> Asked {
+    let talked = talk(path, req, |line| line.print()).await;
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    match talked {
+        Talked::NoDaemon => Asked::NoDaemon,
+        Talked::Answer(Reply::Exit(outcome)) => Asked::Exit(outcome),
+        Talked::Answer(_) | Talked::Lost => Asked::Lost,
+    }
+}
+
+/// What [`talk`] got.
+#[derive(Debug)]
+pub enum Talked {
+    /// Nobody listens on the socket.
+    NoDaemon,
+    /// The request went out but no answer came back.
+    Lost,
+    /// The answer that ends the exchange: anything but [`Reply::Line`].
+    Answer(Reply),
+}
+
+/// Sends `req` (a [`Request`] or a [`Look`]) on the socket at `path`, hands each line of
+/// output to `on_line` as it comes, and returns the answer that ends the exchange.
+pub async fn talk(path: &Path, req: &impl Serialize, mut on_line: impl FnMut(Line)) -> Talked {
     let Ok(mut stream) = UnixStream::connect(path).await else {
-        return Asked::NoDaemon;
+        return Talked::NoDaemon;
     };
     let Ok(mut line) = serde_json::to_string(req) else {
-        return Asked::NoDaemon;
+        return Talked::NoDaemon;
     };
     line.push('\n');
     if stream.write_all(line.as_bytes()).await.is_err() {
-        return Asked::NoDaemon;
+        return Talked::NoDaemon;
     }
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(l)) = lines.next_line().await {
         match serde_json::from_str::<Reply>(&l) {
-            Ok(Reply::Line(line)) => line.print(),
-            Ok(Reply::Exit(outcome)) => {
-                use std::io::Write as _;
-                let _ = std::io::stdout().flush();
-                return Asked::Exit(outcome);
-            }
+            Ok(Reply::Line(line)) => on_line(line),
+            Ok(answer) => return Talked::Answer(answer),
             Err(_) => continue,
         }
     }
-    Asked::Lost
+    Talked::Lost
+}
+
+/// Whether something listens on the socket at `path` (a daemon, or a UI, holds the home).
+pub async fn answers(path: &Path) -> bool {
+    UnixStream::connect(path).await.is_ok()
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod error;
 mod ipc;
 mod output;
 mod relay_config;
+mod snapshot;
 mod ui;
 
 use std::process::ExitCode;

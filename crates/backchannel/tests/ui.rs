@@ -194,3 +194,76 @@ fn a_disappearing_message_leaves_the_screen_too() {
     ui.wait_for("UI-EXITED 0", Duration::from_secs(10));
     drop(relay);
 }
+
+/// When a daemon holds the home, the UI is one more of its callers: it shows the channel
+/// live, runs a long command (`/file` of a path with a space, larger than the recipient's
+/// mailbox, so it waits for them) with its progress in the status line while the screen
+/// stays live, and leaving the UI leaves the daemon running.
+#[test]
+fn the_ui_over_a_running_daemon_sends_a_file_with_its_progress_and_leaves_the_daemon_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // A mailbox of 200 envelopes: a 3 MiB file waits for bob to fetch.
+    let relay = RelayProc::start(&root.join("relay"), &["--max-envelopes-per-mailbox", "200"]);
+    let [alice, bob] = people(root, &relay, ["alice", "bob"]);
+    channel_with(&alice, &[&bob], "talk");
+    // Listed first, but "talk" has the newest message: the UI opens on "talk".
+    alice.ok(&["channel", "new", "aaa-quiet"]);
+    let mut daemon = DaemonProc::start(&alice, &[]);
+    bob.ok(&["send", "talk", "before the ui"]);
+    alice.ok(&["sync"]);
+    let path = root.join("term sheet.bin");
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, &data).unwrap();
+
+    let ui = Tmux::start(root, &alice, &[], 120, 30);
+    ui.wait_for("relay: reachable", Duration::from_secs(20));
+    let screen = ui.screen();
+    assert!(
+        screen.contains("┐┌ talk ─") && screen.contains("before the ui") && screen.contains("aaa-quiet"),
+        "{screen}"
+    );
+    ui.keys(&["-l", &format!("/file \"{}\"", path.display())]);
+    ui.keys(&["Enter"]);
+    let screen = ui.wait_for("waiting for the recipient to fetch", Duration::from_secs(30));
+    assert!(screen.contains("/send talk --file"), "{screen}");
+    // The screen is not held by the command: what is typed shows at once.
+    ui.keys(&["-l", "still typing"]);
+    ui.wait_for("│still typing", Duration::from_secs(2));
+    ui.keys(&["Escape"]);
+
+    // Bob fetches until the whole file is there; the UI says it went.
+    let downloads = root.join("dl");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = bob.ok(&["read", "talk", "--all", "--save-to", downloads.to_str().unwrap()]);
+        if out.contains("term sheet.bin (SHA-256 checked)") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the file never arrived: {out}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(std::fs::read(downloads.join("term sheet.bin")).unwrap(), data);
+    ui.wait_for("» sent ", Duration::from_secs(10));
+
+    // Live through the daemon: bob's reply shows without a key press.
+    bob.ok(&["send", "talk", "got the term sheet"]);
+    ui.wait_for("bob (unverified): got the term sheet", Duration::from_secs(10));
+
+    // Leaving the UI leaves the daemon serving the home.
+    ui.keys(&["C-c"]);
+    ui.wait_for("UI-EXITED 0", Duration::from_secs(10));
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon is still running"
+    );
+    alice.ok(&["send", "talk", "after the ui"]);
+    bob.ok(&["sync", "--wait", "5"]);
+    assert!(bob
+        .texts("talk")
+        .contains(&("alice".to_string(), "after the ui".to_string())));
+    daemon.stop();
+    drop(relay);
+}

@@ -3,49 +3,9 @@
 //! its commands, scrolling, the help screen. `ui::run` feeds it from the engine and draws
 //! it (`view`).
 
+pub use crate::snapshot::{ChannelRow, Entry};
+use crate::snapshot::{Query, Snapshot};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-
-/// A channel as the list shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelRow {
-    /// Local name (from the user, or from the invite: escaped when drawn).
-    pub name: String,
-    /// Messages not read yet.
-    pub unread: usize,
-    /// Some member is not verified.
-    pub unverified: bool,
-    /// Closed, left or removed: nothing more will come.
-    pub ended: bool,
-    /// It closes on its own at a set time (`channel new --expires`).
-    pub expiring: bool,
-}
-
-/// One entry of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Entry {
-    /// A message.
-    Message {
-        /// `hh:mm`, the sender's clock.
-        time: String,
-        /// The sender's name (from the network).
-        from: String,
-        /// The sender is verified (never for one that is not).
-        verified: bool,
-        /// The text (from the network).
-        text: String,
-    },
-    /// What a command typed in the UI answered (shown here only, never stored).
-    Note(String),
-    /// An event: a join, a removal, a key change, a refused or missing message.
-    Event {
-        /// `hh:mm`.
-        time: String,
-        /// What happened (from the network in part).
-        text: String,
-        /// Shown loudly: something was refused, is missing, or was exposed.
-        loud: bool,
-    },
-}
 
 /// The status line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,6 +18,8 @@ pub struct Status {
     pub queued: usize,
     /// The last thing to tell the user (a command's answer, an error).
     pub note: String,
+    /// The command running, and how far it has got (`/file`'s progress).
+    pub running: Option<(String, String)>,
 }
 
 /// What the driver must do after a key.
@@ -95,10 +57,17 @@ pub enum Command {
 
 /// Reads a line that starts with `/`; `None` for a message. `channel` is the selected one.
 pub fn parse_command(line: &str, channel: Option<&str>) -> Option<Command> {
-    let rest = line.strip_prefix('/')?;
-    let mut words = rest.split_whitespace();
-    let name = words.next().unwrap_or_default();
-    let args: Vec<String> = words.map(str::to_string).collect();
+    let rest = line.strip_prefix('/')?.trim();
+    let (name, raw) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let raw = raw.trim();
+    if name == "search" && !raw.is_empty() {
+        // Searched as typed: an apostrophe is not a quote here.
+        return Some(Command::Search(raw.to_string()));
+    }
+    let args = match split_words(raw) {
+        Ok(words) => words,
+        Err(why) => return Some(Command::Bad(format!("/{name}: {why}"))),
+    };
     let on = |cmd: &[&str], args: &[String]| -> Command {
         match channel {
             Some(c) => {
@@ -113,7 +82,6 @@ pub fn parse_command(line: &str, channel: Option<&str>) -> Option<Command> {
     Some(match name {
         "quit" | "q" => Command::Quit,
         "help" => Command::Help,
-        "search" if !args.is_empty() => Command::Search(args.join(" ")),
         "file" if args.len() == 1 => on(&["send", "--file"], &args),
         "save" if args.len() <= 1 => {
             let dir = args.first().cloned().unwrap_or_else(|| ".".into());
@@ -122,15 +90,43 @@ pub fn parse_command(line: &str, channel: Option<&str>) -> Option<Command> {
         "members" | "pending" | "leave" | "close" | "update" if args.is_empty() => on(&[name], &[]),
         "verify" if args.len() == 2 && args[1] == "confirm" => on(&["verify"], &[args[0].clone(), "--confirm".into()]),
         "verify" if args.len() <= 1 => on(&["verify"], &args),
-        "invite" if args.iter().any(|a| a == "--code") => Command::Bad(
-            "/invite --code waits for the joiner: run `backchannel invite CHANNEL --code` in another terminal".into(),
-        ),
         "invite" => on(&["invite"], &args),
         "admit" | "refuse" | "admin" | "remove" if !args.is_empty() => on(&[name], &args),
         "join" if !args.is_empty() => Command::Run([vec!["join".to_string()], args].concat()),
         "new" if args.len() == 1 => Command::Run([vec!["channel".to_string(), "new".into()], args].concat()),
         _ => Command::Bad(format!("/{name}: not a UI command, or not used so; ? lists them")),
     })
+}
+
+/// Splits a command's words as a shell would for these simple cases: on blanks, except
+/// inside `'...'` or `"..."`, and a backslash keeps the next character as it is (`/file
+/// "term sheet.pdf"`, `/file term\ sheet.pdf`).
+fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quote: Option<char> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.get_or_insert_with(String::new).push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                word.get_or_insert_with(String::new);
+            }
+            (None, '\\') => {
+                let next = chars.next().ok_or("a \\ at the end of the line")?;
+                word.get_or_insert_with(String::new).push(next);
+            }
+            (None, c) if c.is_whitespace() => words.extend(word.take()),
+            (None, c) => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    if quote.is_some() {
+        return Err("a quote is not closed".into());
+    }
+    words.extend(word);
+    Ok(words)
 }
 
 /// Lines one PgUp or PgDn scrolls.
@@ -162,7 +158,79 @@ pub struct App {
     pub verified: Vec<(String, bool)>,
 }
 
+/// What taking in a [`Snapshot`] asks of the driver.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Something new arrived in a channel not shown: ring the bell (never its content).
+    pub bell: bool,
+    /// Ask again, for the whole conversation: the snapshot was of another channel or
+    /// from another position, or a member's mark changed.
+    pub again: bool,
+}
+
+/// Whether an entry is the UI's own (a note, an alert), not the channel's history.
+fn local(e: &Entry) -> bool {
+    matches!(e, Entry::Note(_) | Entry::Alert(_))
+}
+
 impl App {
+    /// What to ask the engine for: the selected channel's conversation after what is shown
+    /// (or all of it).
+    pub fn query(&self, whole: bool) -> Query {
+        Query {
+            channel: self.selected_name().map(str::to_string),
+            shown: self.shown.clone(),
+            whole: whole || self.shown.end == 0,
+        }
+    }
+
+    /// Takes in what the engine answered to [`App::query`].
+    pub fn apply(&mut self, s: Snapshot) -> Applied {
+        let before: usize = self.channels.iter().map(|c| c.unread).sum();
+        // The first answer chooses the channel shown (the one asked for, or the most recent).
+        let prefer = if self.channels.is_empty() {
+            s.channel.clone()
+        } else {
+            None
+        };
+        self.set_channels(s.channels, prefer.as_deref());
+        let after: usize = self.channels.iter().map(|c| c.unread).sum();
+        let mut applied = Applied {
+            bell: after > before,
+            again: false,
+        };
+        self.status.queued = s.queued;
+        self.status.cover = s.cover;
+        self.status.reachable = s.reachable;
+        for (channel, text) in s.warnings {
+            self.entries.push(Entry::Alert(match channel {
+                Some(c) => format!("[{c}] {text}"),
+                None => text,
+            }));
+        }
+        if s.channel.as_deref() != self.selected_name() {
+            // Asked before the selection moved: its conversation is not the one shown.
+            applied.again = true;
+            return applied;
+        }
+        if s.verified != self.verified {
+            self.verified = s.verified;
+            applied.again = !s.whole;
+        }
+        if s.whole {
+            let kept: Vec<Entry> = self.entries.drain(..).filter(local).collect();
+            self.entries = s.entries;
+            self.entries.extend(kept);
+        } else if s.from == self.shown.end {
+            self.entries.extend(s.entries);
+        } else {
+            applied.again = true;
+            return applied;
+        }
+        self.shown = s.span;
+        applied
+    }
+
     /// The selected channel's name.
     pub fn selected_name(&self) -> Option<&str> {
         self.channels.get(self.selected).map(|c| c.name.as_str())
@@ -270,7 +338,7 @@ impl App {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -405,6 +473,29 @@ mod tests {
         assert_eq!(run("/update"), "update deal");
         assert_eq!(run("/join 7-orbit-velvet-harbor"), "join 7-orbit-velvet-harbor");
         assert_eq!(run("/new war-room"), "channel new war-room");
+        assert_eq!(run("/invite --code"), "invite deal --code");
+        // A path with spaces: quoted, or its spaces escaped.
+        let argv = |line: &str| match parse_command(line, Some("deal")) {
+            Some(Command::Run(argv)) => argv,
+            other => panic!("{line}: {other:?}"),
+        };
+        assert_eq!(
+            argv("/file \"term sheet.pdf\""),
+            ["send", "deal", "--file", "term sheet.pdf"]
+        );
+        assert_eq!(
+            argv("/file 'it''s here.pdf'"),
+            ["send", "deal", "--file", "its here.pdf"]
+        );
+        assert_eq!(
+            argv("/file term\\ sheet.pdf"),
+            ["send", "deal", "--file", "term sheet.pdf"]
+        );
+        assert_eq!(
+            parse_command("/search don't  sign", Some("deal")),
+            Some(Command::Search("don't  sign".into())),
+            "searched as typed"
+        );
         assert_eq!(
             parse_command("/search the escrow", Some("deal")),
             Some(Command::Search("the escrow".into()))
@@ -416,7 +507,8 @@ mod tests {
             "/file",
             "/new",
             "/search",
-            "/invite --code",
+            "/file \"unclosed",
+            "/file trailing\\",
         ] {
             assert!(
                 matches!(parse_command(bad, Some("deal")), Some(Command::Bad(_))),
@@ -453,5 +545,98 @@ mod tests {
         assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None);
         assert!(app.status.note.contains("no channel yet"));
         assert_eq!(app.on_key(key(KeyCode::Down)), Action::None);
+    }
+
+    fn message(text: &str) -> Entry {
+        Entry::Message {
+            time: "10:00".into(),
+            from: "bob".into(),
+            verified: false,
+            text: text.into(),
+        }
+    }
+
+    fn snapshot(channel: &str, rows: Vec<ChannelRow>, from: u64, entries: &[&str], whole: bool) -> Snapshot {
+        let end = from + entries.len() as u64;
+        Snapshot {
+            channels: rows,
+            channel: Some(channel.into()),
+            verified: vec![("fp-bob".into(), false)],
+            entries: entries.iter().map(|t| message(t)).collect(),
+            from,
+            span: 0..end,
+            whole,
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn snapshots_extend_the_conversation_and_ring_for_other_channels_only() {
+        let mut app = App::default();
+        // The first answer chooses the channel (the engine's pick) and loads it whole.
+        let first = snapshot("b", vec![row("a", 0), row("b", 2)], 0, &["one", "two"], true);
+        assert_eq!(app.apply(first), Applied::default());
+        assert_eq!(app.selected_name(), Some("b"));
+        assert_eq!(app.channels[1].unread, 0, "the channel shown is read");
+        assert_eq!(app.query(false).shown, 0..2);
+        assert!(!app.query(false).whole);
+        // What follows is added; something new in `a` rings the bell.
+        let next = snapshot("b", vec![row("a", 1), row("b", 1)], 2, &["three"], false);
+        assert_eq!(
+            app.apply(next),
+            Applied {
+                bell: true,
+                again: false
+            }
+        );
+        assert_eq!(app.entries.len(), 3);
+        assert_eq!(app.shown, 0..3);
+        // New in the channel shown only: no bell.
+        let shown_only = snapshot("b", vec![row("a", 1), row("b", 1)], 3, &["four"], false);
+        assert!(!app.apply(shown_only).bell);
+        // A note typed meanwhile stays when the conversation is reloaded whole.
+        app.entries.push(Entry::Note("/members".into()));
+        let reload = snapshot(
+            "b",
+            vec![row("a", 1), row("b", 0)],
+            0,
+            &["one", "two", "three", "four"],
+            true,
+        );
+        app.apply(reload);
+        assert_eq!(app.entries.len(), 5);
+        assert_eq!(app.entries[4], Entry::Note("/members".into()));
+        // An answer from another position is not added: the whole is asked for again.
+        let stale = snapshot("b", vec![row("a", 1), row("b", 0)], 2, &["three"], false);
+        assert!(app.apply(stale).again);
+        assert_eq!(app.entries.len(), 5);
+    }
+
+    #[test]
+    fn a_snapshot_of_the_channel_left_or_a_changed_mark_asks_again() {
+        let mut app = App::default();
+        app.apply(snapshot("a", vec![row("a", 0), row("b", 4)], 0, &["x"], true));
+        // The selection moved while a snapshot of `a` was on its way.
+        assert_eq!(app.on_key(key(KeyCode::Down)), Action::Select("b".into()));
+        assert!(app.entries.is_empty());
+        assert!(app.query(false).whole, "nothing shown yet: all of it");
+        let late = snapshot("a", vec![row("a", 0), row("b", 4)], 1, &["y"], false);
+        assert!(app.apply(late).again);
+        assert!(app.entries.is_empty(), "a's messages are not shown under b");
+        assert_eq!(app.channels[1].unread, 0, "b is the one shown: read");
+        app.apply(snapshot("b", vec![row("a", 0), row("b", 0)], 0, &["m"], true));
+        // bob verified (or his key changed): the conversation is drawn again whole.
+        let mut marked = snapshot("b", vec![row("a", 0), row("b", 0)], 1, &[], false);
+        marked.verified = vec![("fp-bob".into(), true)];
+        assert!(app.apply(marked).again);
+        // Warnings of background syncs are shown loudly, with their channel.
+        let mut warned = snapshot("b", vec![row("a", 0), row("b", 0)], 1, &[], false);
+        warned.verified = vec![("fp-bob".into(), true)];
+        warned.warnings = vec![(Some("a".into()), "a message from carol is missing".into())];
+        app.apply(warned);
+        assert_eq!(
+            app.entries.last(),
+            Some(&Entry::Alert("[a] a message from carol is missing".into()))
+        );
     }
 }

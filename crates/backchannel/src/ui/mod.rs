@@ -1,115 +1,256 @@
 //! `backchannel ui [CHANNEL]`: a full-screen terminal UI over the home's engine (issue 19).
 //!
-//! It holds the home as the daemon does (`daemon::Served`): the passphrase prompt comes
-//! first, then the socket is bound, so other commands for the same home (`send`, `invite`,
-//! `verify`, ...) hand their work to the UI while it is open, and cover traffic runs at the
-//! home's setting. One loop waits on three things and never polls: a key (or a resize), a
-//! command on the socket, and the next background sync (every second without cover, as
-//! the daemon syncs). After each, the screen is drawn again from [`app::App`], which holds
-//! everything shown; [`view`] draws it.
+//! The UI is a caller of the daemon's socket, like any other command (`ipc.rs`). When a
+//! daemon runs for the home, the UI uses it. When none does, the UI opens the home itself
+//! (the passphrase prompt comes first) and serves the socket in this process, as the daemon
+//! would (`daemon::run_until`): background syncs, cover traffic at the home's setting, and
+//! other commands for the same home (`send`, `invite`, `verify`, ...) keep working while
+//! the UI is open.
+//!
+//! Three tasks talk to the socket, so that the screen never waits on the engine: a watcher
+//! that holds a [`Look::Changes`] open and says when something changed; a worker that runs
+//! the snapshots ([`snapshot`]) and the typed commands in order (a long one, `/file` or
+//! `/invite --code`, streams its lines and progress as it goes); and the screen's loop,
+//! which waits on a key (or a resize), on what those two report, and on SIGTERM, and never
+//! polls. After each, the screen is drawn again from [`app::App`], which holds everything
+//! shown; [`view`] draws it. The snapshots are `crate::snapshot`'s.
 
 pub mod app;
 pub mod view;
 
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use backchannel_client::engine::MessageView;
-use backchannel_client::state::{ChannelStatus, EventKind};
-use backchannel_client::{ClientError, Engine};
+use backchannel_client::socks::ProxyAddr;
+use backchannel_client::ClientError;
+use clap::Parser as _;
 use futures_util::StreamExt as _;
 use ratatui::crossterm::event::{Event, EventStream, KeyEventKind};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use std::sync::{Arc, Mutex};
+use crate::args::{Args, EngineCommand, Global, Route, UiArgs};
+use crate::commands::identity;
+use crate::daemon::{self, Served};
+use crate::error::CliError;
+use crate::ipc::{self, Look, Reply, Request, Talked, SOCKET};
+use crate::output::Line;
+use crate::snapshot::{self, Snapshot};
+use app::{Action, App, Entry};
 
-use clap::Parser as _;
-
-use crate::args::{Args, Global, Route, UiArgs};
-use crate::commands::{self, Context};
-use crate::daemon::{Served, Syncs};
-use crate::error::{report, CliError};
-use crate::output::{Line, Out};
-use app::{Action, App, ChannelRow, Entry};
+/// How long the UI's own serving of the home may take to finish the command it is running
+/// once the UI is left; past that, the process ends anyway.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the UI until the user leaves it; the terminal is restored on every way out.
 pub async fn run(global: &Global, args: &UiArgs) -> Result<(), CliError> {
-    let mut served = Served::open(global, None).await?;
+    let socket = identity::home(global)?.join(SOCKET);
+    // A daemon holds the home: the UI is one more of its callers. Else the UI holds it.
+    let served = if ipc::answers(&socket).await {
+        None
+    } else {
+        Some(Served::open(global, None).await?)
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = async move {
+        match served {
+            Some(served) => {
+                let stop = async {
+                    let _ = stopped.await;
+                };
+                // Failures reach the screen through the snapshots' `reachable` and warnings.
+                daemon::run_until(served, stop, || {}).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(serving);
+    let front = front(socket, global.proxy.clone(), args.channel.clone());
+    let result = tokio::select! {
+        result = front => result,
+        () = &mut serving => Err(CliError::DaemonStopped),
+    };
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(STOP_GRACE, serving).await;
+    result
+}
+
+/// What the socket's tasks report to the screen's loop.
+#[derive(Debug)]
+enum Report {
+    /// The engine changed: ask for a snapshot.
+    Changed,
+    /// A snapshot came.
+    Snapshot(Box<Snapshot>),
+    /// A line of the running command's output.
+    Line(Line),
+    /// The running command ended: its line, whether its output is shown, and its outcome.
+    Done {
+        label: String,
+        quiet: bool,
+        outcome: Result<(), String>,
+    },
+    /// Nobody answers on the socket any more (the daemon stopped).
+    Gone,
+}
+
+/// What the worker does, in order.
+#[derive(Debug)]
+enum Job {
+    /// Ask for a snapshot.
+    Look(snapshot::Query),
+    /// Run a command: its line as typed, whether its output is shown (not for a message
+    /// sent), and the command.
+    Run {
+        label: String,
+        quiet: bool,
+        command: Box<EngineCommand>,
+    },
+}
+
+/// The screen: the first snapshot, then the full screen until the user leaves.
+async fn front(socket: PathBuf, proxy: Option<ProxyAddr>, channel: Option<String>) -> Result<(), CliError> {
+    let (reports, mut reported) = unbounded_channel::<Report>();
+    let (jobs, queued) = unbounded_channel::<Job>();
+    let worker = tokio::spawn(work(socket.clone(), proxy, queued, reports.clone()));
+    let watcher = tokio::spawn(watch(socket, reports));
+    let _tasks = Abort(vec![worker.abort_handle(), watcher.abort_handle()]);
+
     let mut app = App::default();
-    app.status.cover = served.cover.is_some();
-    let _ = served.engine.refresh().await;
-    refresh(&mut served.engine, &mut app, args.channel.as_deref(), true);
-    if let Some(wanted) = &args.channel {
+    let _ = jobs.send(Job::Look(snapshot::Query {
+        channel: channel.clone(),
+        ..Default::default()
+    }));
+    // The first snapshot, before the full screen: a channel that is not there is an error
+    // on the plain terminal.
+    loop {
+        match reported.recv().await {
+            Some(Report::Snapshot(s)) => {
+                app.apply(*s);
+                break;
+            }
+            Some(Report::Gone) | None => return Err(CliError::DaemonStopped),
+            Some(_) => {}
+        }
+    }
+    if let Some(wanted) = &channel {
         if app.selected_name() != Some(wanted.as_str()) {
             return Err(ClientError::UnknownChannel(wanted.clone()).into());
         }
     }
-    let mut terminal = ratatui::init();
-    let result = event_loop(&mut terminal, &mut served, &mut app).await;
-    ratatui::restore();
-    result
-}
-
-async fn event_loop(
-    terminal: &mut ratatui::DefaultTerminal,
-    served: &mut Served,
-    app: &mut App,
-) -> Result<(), CliError> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(CliError::io("listening for SIGTERM"))?;
+    let mut screen = Screen::enter();
+    let mut looks = Looks::default();
     let mut keys = EventStream::new();
-    let mut syncs = Syncs::new();
     loop {
-        terminal
-            .draw(|f| view::draw(f, app))
+        screen
+            .terminal
+            .draw(|f| view::draw(f, &app))
             .map_err(CliError::io("drawing the terminal"))?;
         tokio::select! {
             event = keys.next() => match event {
-                Some(Ok(Event::Key(key))) if key.kind != KeyEventKind::Release => {
-                    match app.on_key(key) {
-                        Action::Quit => return Ok(()),
-                        Action::Send(text) => send(&mut served.engine, app, &text).await,
-                        Action::Run(argv) => {
-                            run_command(&mut served.engine, app, &argv).await;
-                            refresh(&mut served.engine, app, None, false);
+                Some(Ok(Event::Key(key))) if key.kind != KeyEventKind::Release => match app.on_key(key) {
+                    Action::Quit => return Ok(()),
+                    Action::Send(text) => {
+                        if let Some(name) = app.selected_name() {
+                            let argv = vec!["send".to_string(), name.to_string(), text];
+                            queue(&jobs, &mut app, &argv, true);
                         }
-                        Action::Search(text) => search(app, &text),
-                        Action::Select(_) => {
-                            refresh(&mut served.engine, app, None, true);
-                        }
-                        Action::None => {}
                     }
-                }
+                    Action::Run(argv) => queue(&jobs, &mut app, &argv, false),
+                    Action::Search(text) => search(&mut app, &text),
+                    Action::Select(_) => looks.ask(&jobs, &app, true),
+                    Action::None => {}
+                },
                 // A resize is drawn by the next pass; the terminal gone ends the UI.
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return Ok(()),
             },
-            accepted = served.accept() => {
-                if let Some(stream) = accepted {
-                    served.serve(stream).await;
-                    refresh(&mut served.engine, app, None, false);
+            report = reported.recv() => match report {
+                Some(Report::Changed) => looks.ask(&jobs, &app, false),
+                Some(Report::Snapshot(s)) => {
+                    let applied = app.apply(*s);
+                    looks.answered(&jobs, &app, applied.again);
+                    if applied.bell {
+                        // Something new in another channel: the bell (never its content).
+                        print!("\u{7}");
+                        let _ = std::io::stdout().flush();
+                    }
                 }
-            }
-            _ = tokio::time::sleep_until(syncs.next) => {
-                syncs.run(served).await;
-                app.status.reachable = Some(!syncs.failing());
-                // What a daemon keeps for the next command's stderr, the UI shows.
-                if let Some(w) = served.pending.pop() {
-                    app.status.note = w.text;
+                Some(Report::Line(line)) => shown(&mut app, line),
+                Some(Report::Done { label, quiet, outcome }) => done(&mut app, &label, quiet, outcome),
+                Some(Report::Gone) | None => {
+                    app.status.reachable = None;
+                    app.status.note = "the daemon stopped: leave with Ctrl-C and run `backchannel ui` again".into();
                 }
-                served.pending.clear();
-                // Nothing new: the channels' marks stay as they were (no group is loaded).
-                let recheck = syncs.arrived > 0;
-                if refresh_with(&mut served.engine, app, None, false, recheck) {
-                    // Something new in another channel: the bell (never its content).
-                    print!("\u{7}");
-                    let _ = std::io::stdout().flush();
-                }
-            }
+            },
+            _ = term.recv() => return Ok(()),
         }
     }
 }
 
-/// Runs the command line `argv` (`backchannel` itself left out) on the engine, as the
-/// command line would (`commands::run`); what it prints goes to the conversation as notes,
-/// and its failure to the status line.
-async fn run_command(engine: &mut Engine, app: &mut App, argv: &[String]) {
+/// The full screen, left (the terminal restored) when this is dropped, whichever way.
+struct Screen {
+    terminal: ratatui::DefaultTerminal,
+}
+
+impl Screen {
+    fn enter() -> Self {
+        Self {
+            terminal: ratatui::init(),
+        }
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        ratatui::restore();
+    }
+}
+
+/// Ends the socket's tasks when the screen's loop ends.
+struct Abort(Vec<tokio::task::AbortHandle>);
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// One snapshot asked at a time; a change meanwhile asks again once it is answered.
+#[derive(Debug, Default)]
+struct Looks {
+    asking: bool,
+    again: bool,
+    whole: bool,
+}
+
+impl Looks {
+    fn ask(&mut self, jobs: &UnboundedSender<Job>, app: &App, whole: bool) {
+        self.whole |= whole;
+        if self.asking {
+            self.again = true;
+            return;
+        }
+        self.asking = true;
+        let _ = jobs.send(Job::Look(app.query(std::mem::take(&mut self.whole))));
+    }
+
+    fn answered(&mut self, jobs: &UnboundedSender<Job>, app: &App, whole: bool) {
+        self.asking = false;
+        if std::mem::take(&mut self.again) || whole {
+            self.ask(jobs, app, whole);
+        }
+    }
+}
+
+/// Queues the command line `argv` (`backchannel` itself left out) for the worker; `quiet`
+/// keeps its output off the conversation.
+fn queue(jobs: &UnboundedSender<Job>, app: &mut App, argv: &[String], quiet: bool) {
+    let label = format!("/{}", argv.join(" "));
     let parsed = Args::try_parse_from(std::iter::once("backchannel".to_string()).chain(argv.iter().cloned()));
     let command = match parsed.map(|a| a.command.forwardable()) {
         Ok(Route::Forwardable(command)) => command,
@@ -123,33 +264,48 @@ async fn run_command(engine: &mut Engine, app: &mut App, argv: &[String]) {
             return;
         }
     };
-    let printed: Arc<Mutex<Vec<Line>>> = Arc::default();
-    let sink = printed.clone();
-    let out = Out::streamed(Box::new(move |l| {
-        if let Ok(mut v) = sink.lock() {
-            v.push(l);
-        }
-    }));
-    let cwd = std::env::current_dir().unwrap_or_default();
-    let mut cx = Context {
-        engine,
-        out: &out,
-        cwd: &cwd,
-    };
-    let result = commands::run(&command, &mut cx).await;
-    out.warnings(engine.take_warnings());
-    let lines = printed.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
-    app.entries.push(Entry::Note(format!("/{}", argv.join(" "))));
-    for line in lines {
-        app.entries.push(Entry::Note(match line {
-            Line::Out(text) | Line::Note(text) => text,
-            Line::Warning { text, .. } => format!("warning: {text}"),
-        }));
+    if !quiet {
+        app.entries.push(Entry::Note(label.clone()));
+        app.scroll = 0;
     }
+    app.status.running = Some((if quiet { "sending".into() } else { label.clone() }, String::new()));
+    let _ = jobs.send(Job::Run {
+        label,
+        quiet,
+        command: Box::new(command),
+    });
+}
+
+/// A line of the running command's output: progress to the status line, the rest to the
+/// conversation as notes.
+fn shown(app: &mut App, line: Line) {
+    let text = match line {
+        Line::Progress(text) => {
+            if let Some((_, progress)) = &mut app.status.running {
+                *progress = text;
+            }
+            return;
+        }
+        Line::Out(text) | Line::Note(text) => text,
+        Line::Warning { channel: Some(c), text } => format!("warning: [{c}] {text}"),
+        Line::Warning { channel: None, text } => format!("warning: {text}"),
+    };
+    app.entries.push(Entry::Note(text));
     app.scroll = 0;
-    app.status.note = match result {
-        Ok(()) => String::new(),
-        Err(e) => format!("error: {}", report(&e)),
+}
+
+/// The running command ended: a failure is said loudly in the conversation.
+fn done(app: &mut App, label: &str, quiet: bool, outcome: Result<(), String>) {
+    app.status.running = None;
+    app.status.note = match outcome {
+        Ok(()) if quiet => String::new(),
+        Ok(()) => format!("{label}: done"),
+        Err(why) => {
+            let what = if quiet { "not sent" } else { label };
+            app.entries.push(Entry::Alert(format!("{what}: {why}")));
+            app.scroll = 0;
+            format!("{what}: failed")
+        }
     };
 }
 
@@ -174,108 +330,68 @@ fn search(app: &mut App, text: &str) {
     app.scroll = 0;
 }
 
-/// Sends `text` to the selected channel; what happened goes to the status line.
-async fn send(engine: &mut Engine, app: &mut App, text: &str) {
-    let Some(name) = app.selected_name().map(str::to_string) else {
-        return;
-    };
-    app.status.note = match engine.send(&name, text).await {
-        Ok(()) => String::new(),
-        Err(ClientError::Queued(why)) => format!("queued: {why}"),
-        Err(e) => e.to_string(),
-    };
-    refresh(engine, app, None, false);
-}
-
-/// Reads the channels and the selected channel's new messages into `app` (all of them
-/// with `reload`); whether another channel got something new since the last refresh.
-fn refresh(engine: &mut Engine, app: &mut App, prefer: Option<&str>, reload: bool) -> bool {
-    refresh_with(engine, app, prefer, reload, true)
-}
-
-/// [`refresh`]; without `recheck`, a channel's "unverified members" mark is kept from the
-/// last refresh (working it out loads each channel's group: the idle tick skips that when
-/// nothing arrived).
-fn refresh_with(engine: &mut Engine, app: &mut App, prefer: Option<&str>, reload: bool, recheck: bool) -> bool {
-    let before: usize = app.channels.iter().map(|c| c.unread).sum();
-    let known: std::collections::HashMap<String, bool> =
-        app.channels.iter().map(|c| (c.name.clone(), c.unverified)).collect();
-    let channels = engine.channels();
-    let selected = prefer
-        .map(str::to_string)
-        .or_else(|| app.selected_name().map(str::to_string));
-    let shown = channels.iter().find(|c| Some(&c.name) == selected.as_ref());
-    let unread_before = shown.map_or(0, |c| c.unread);
-    // Messages that disappear leave the history from anywhere in it (its positions move):
-    // such a channel is read whole at each refresh, so that the screen keeps nothing the
-    // device no longer does.
-    let disappearing = shown.is_some_and(|c| c.disappear_after > 0);
-    let rows: Vec<ChannelRow> = channels
-        .into_iter()
-        .map(|c| ChannelRow {
-            unverified: match known.get(&c.name) {
-                Some(&u) if !recheck => u,
-                _ => engine
-                    .members(&c.name)
-                    .is_ok_and(|m| m.iter().any(|m| !m.you && !m.verified)),
+/// The worker: runs the jobs in order on the socket, and reports what came back.
+async fn work(
+    socket: PathBuf,
+    proxy: Option<ProxyAddr>,
+    mut jobs: UnboundedReceiver<Job>,
+    reports: UnboundedSender<Report>,
+) {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    while let Some(job) = jobs.recv().await {
+        let report = match job {
+            Job::Look(query) => match ipc::talk(&socket, &Look::Snapshot(query), |_| {}).await {
+                Talked::Answer(Reply::Snapshot(s)) => Report::Snapshot(s),
+                _ => Report::Gone,
             },
-            ended: c.status != ChannelStatus::Active,
-            expiring: c.expires_at > 0,
-            name: c.name,
-            unread: c.unread,
-        })
-        .collect();
-    app.set_channels(rows, prefer);
-    app.status.queued = engine.queued();
-    if let Some(name) = app.selected_name().map(str::to_string) {
-        // A mark that changed (a key change, a verification) is drawn again at once.
-        let verified: Vec<(String, bool)> = engine
-            .members(&name)
-            .map(|m| m.into_iter().map(|m| (m.fingerprint.to_string(), m.verified)).collect())
-            .unwrap_or_default();
-        let reload = reload || disappearing || verified != app.verified;
-        app.verified = verified;
-        if reload {
-            app.entries.clear();
-            app.shown = 0..0;
-        }
-        if let Ok((new, span)) = engine.history_from(&name, app.shown.end) {
-            if span.start > app.shown.start && !app.entries.is_empty() {
-                // The oldest entries went (the history's cap): shown again whole.
-                app.entries.clear();
-                if let Ok((all, _)) = engine.history_from(&name, 0) {
-                    app.entries.extend(all.iter().map(entry));
-                }
-            } else {
-                app.entries.extend(new.iter().map(entry));
+            Job::Run { label, quiet, command } => {
+                let request = Request {
+                    command: *command,
+                    cwd: cwd.clone(),
+                    proxy: proxy.clone(),
+                };
+                let lines = reports.clone();
+                let talked = ipc::talk(&socket, &request, |line| {
+                    let _ = lines.send(Report::Line(line));
+                })
+                .await;
+                let outcome = match talked {
+                    Talked::Answer(Reply::Exit(outcome)) => outcome,
+                    Talked::NoDaemon => Err("nothing serves the home any more".into()),
+                    // Not run again: it may have been done (a message sent twice).
+                    Talked::Answer(_) | Talked::Lost => Err("the daemon stopped while running the command".into()),
+                };
+                Report::Done { label, quiet, outcome }
             }
-            app.shown = span;
-        }
-        // What is shown is read: marked so (and saved) only when something was unread.
-        if unread_before > 0 {
-            let _ = engine.read(&name, false);
+        };
+        if reports.send(report).is_err() {
+            return;
         }
     }
-    let after: usize = app.channels.iter().map(|c| c.unread).sum();
-    after > before
 }
 
-/// A message or event as the conversation shows it.
-fn entry(m: &MessageView) -> Entry {
-    let msg = &m.message;
-    let secs = msg.sent_at / 1000;
-    let time = format!("{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60);
-    match msg.event {
-        None => Entry::Message {
-            time,
-            from: msg.from.clone(),
-            verified: m.verified,
-            text: msg.text.clone(),
-        },
-        Some(kind) => Entry::Event {
-            time,
-            text: msg.text.clone(),
-            loud: matches!(kind, EventKind::Rejected | EventKind::Missing | EventKind::Exposed),
-        },
+/// The watcher: holds a [`Look::Changes`] open, and reports each change.
+async fn watch(socket: PathBuf, reports: UnboundedSender<Report>) {
+    let mut since = 0;
+    loop {
+        let report = match ask_changes(&socket, since).await {
+            Some(now) if now == since => continue,
+            Some(now) => {
+                since = now;
+                Report::Changed
+            }
+            None => Report::Gone,
+        };
+        let gone = matches!(report, Report::Gone);
+        if reports.send(report).is_err() || gone {
+            return;
+        }
+    }
+}
+
+async fn ask_changes(socket: &Path, since: u64) -> Option<u64> {
+    match ipc::talk(socket, &Look::Changes { since }, |_| {}).await {
+        Talked::Answer(Reply::Changed(now)) => Some(now),
+        _ => None,
     }
 }

@@ -20,8 +20,14 @@ const VERIFIED: &str = "✓";
 
 /// Draws the whole screen.
 pub fn draw(frame: &mut Frame<'_>, app: &App) {
-    let [main, input, status] =
-        Layout::vertical([Constraint::Min(3), Constraint::Length(3), Constraint::Length(1)]).areas(frame.area());
+    // A command running takes a second status line, for its progress.
+    let status_height = if app.status.running.is_some() { 2 } else { 1 };
+    let [main, input, status] = Layout::vertical([
+        Constraint::Min(3),
+        Constraint::Length(3),
+        Constraint::Length(status_height),
+    ])
+    .areas(frame.area());
     let [list, conversation] = Layout::horizontal([Constraint::Length(LIST_WIDTH), Constraint::Min(10)]).areas(main);
     draw_list(frame, app, list);
     draw_conversation(frame, app, conversation);
@@ -100,6 +106,11 @@ fn conversation_lines(app: &App, width: usize) -> Vec<Line<'static>> {
                 escape_controls(text),
                 Style::default().add_modifier(Modifier::DIM),
             ),
+            Entry::Alert(text) => (
+                "!! ".to_string(),
+                escape_controls(text),
+                Style::default().add_modifier(Modifier::BOLD | Modifier::REVERSED),
+            ),
             Entry::Event { time, text, loud } => {
                 let (lead, style) = if *loud {
                     (
@@ -138,7 +149,7 @@ fn draw_conversation(frame: &mut Frame<'_>, app: &App, area: Rect) {
     frame.render_widget(Paragraph::new(shown).block(block), area);
 }
 
-fn status_line(app: &App) -> String {
+fn status_line(app: &App) -> Vec<Line<'static>> {
     let s = &app.status;
     let relay = match s.reachable {
         None => "relay: …",
@@ -151,7 +162,16 @@ fn status_line(app: &App) -> String {
         line.push_str(" · ");
         line.push_str(&escape_controls(&s.note));
     }
-    line
+    let mut lines = vec![Line::from(line)];
+    if let Some((what, progress)) = &s.running {
+        let mut running = format!("{}…", escape_controls(what));
+        if !progress.is_empty() {
+            running.push(' ');
+            running.push_str(&escape_controls(progress));
+        }
+        lines.push(Line::from(running).style(Style::default().add_modifier(Modifier::BOLD)));
+    }
+    lines
 }
 
 /// The help screen's text.
@@ -166,12 +186,12 @@ const HELP: &[&str] = &[
     "",
     "Marks: ✓ verified sender · (unverified) not verified",
     "       ? unverified members · x ended · ~ closes on its own",
-    "       !! refused, missing or exposed: read it",
+    "       !! refused, missing, exposed or failed: read it",
     "",
     "/file PATH  /save [DIR]  /members  /verify [MEMBER [confirm]]",
-    "/invite [--uses N] [--approve]  /pending  /admit WHO  /refuse WHO",
+    "/invite [--uses N] [--code] [--approve]  /pending  /admit  /refuse",
     "/admin MEMBER  /remove MEMBER  /join INVITE-OR-CODE  /new CHANNEL",
-    "/leave  /close (twice)  /update  /search TEXT",
+    "/leave  /close (twice)  /update  /search TEXT   \"quote\" a path with spaces",
     "Any other command: in another terminal, while the UI is open.",
 ];
 
@@ -265,6 +285,7 @@ mod tests {
                 false,
                 "text with \u{7} a bell and \u{1b}[2J an escape",
             ),
+            Entry::Alert("/invite --code: someone tried a wrong code; nobody was admitted".into()),
         ];
         app.input = "draft is in the data room".into();
         app.status = Status {
@@ -272,6 +293,7 @@ mod tests {
             cover: false,
             queued: 1,
             note: String::new(),
+            running: None,
         };
         app
     }
@@ -299,6 +321,7 @@ mod tests {
         let mut app = sample();
         app.status.reachable = Some(false);
         app.status.note = "sent; queued until a relay answers".into();
+        app.status.running = Some(("/file term-sheet.pdf".into(), "sending: 6% of 1048576 bytes".into()));
         insta::assert_snapshot!(render(&app, 60, 20));
     }
 
