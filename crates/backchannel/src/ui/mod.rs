@@ -82,8 +82,9 @@ enum Report {
     Changed,
     /// A snapshot came.
     Snapshot(Box<Snapshot>),
-    /// A line of the running command's output.
-    Line(Line),
+    /// A line of the running command's output, and whether it is to be kept off the
+    /// conversation (a message's `sent`; its progress still shows).
+    Line { line: Line, quiet: bool },
     /// The running command ended: its line, whether its output is shown, and its outcome.
     Done {
         label: String,
@@ -178,7 +179,7 @@ async fn front(socket: PathBuf, proxy: Option<ProxyAddr>, channel: Option<String
                         let _ = std::io::stdout().flush();
                     }
                 }
-                Some(Report::Line(line)) => shown(&mut app, line),
+                Some(Report::Line { line, quiet }) => shown(&mut app, line, quiet),
                 Some(Report::Done { label, quiet, outcome }) => done(&mut app, &label, quiet, outcome),
                 Some(Report::Gone) | None => {
                     app.status.reachable = None;
@@ -277,8 +278,8 @@ fn queue(jobs: &UnboundedSender<Job>, app: &mut App, argv: &[String], quiet: boo
 }
 
 /// A line of the running command's output: progress to the status line, the rest to the
-/// conversation as notes.
-fn shown(app: &mut App, line: Line) {
+/// conversation as notes (unless `quiet`).
+fn shown(app: &mut App, line: Line, quiet: bool) {
     let text = match line {
         Line::Progress(text) => {
             if let Some((_, progress)) = &mut app.status.running {
@@ -290,6 +291,9 @@ fn shown(app: &mut App, line: Line) {
         Line::Warning { channel: Some(c), text } => format!("warning: [{c}] {text}"),
         Line::Warning { channel: None, text } => format!("warning: {text}"),
     };
+    if quiet && !text.starts_with("warning: ") {
+        return;
+    }
     app.entries.push(Entry::Note(text));
     app.scroll = 0;
 }
@@ -352,7 +356,7 @@ async fn work(
                 };
                 let lines = reports.clone();
                 let talked = ipc::talk(&socket, &request, |line| {
-                    let _ = lines.send(Report::Line(line));
+                    let _ = lines.send(Report::Line { line, quiet });
                 })
                 .await;
                 let outcome = match talked {
