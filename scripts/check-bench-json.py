@@ -38,7 +38,21 @@ def check_relay(r, store):
     base = number(r, "baseline", "envelopes_per_s")
     ratio = number(r, "ratio_to_baseline")
     assert abs(ratio - eps / base) < 1e-6 * max(1.0, ratio), r
-    print(f"bench relay --store {store}: {eps:.0f} envelopes/s, {ratio:.2f} x baseline, p99 {p99:.1f} ms")
+    # CPU per envelope, per process, in the same run (issue 20, point 2).
+    cpu = r["cpu_us_per_envelope"]
+    assert len(cpu["relays"]) == r["relays"] and all(x > 0 for x in cpu["relays"]), r
+    assert number(r, "cpu_us_per_envelope", "load_generator") > 0, r
+    number(r, "baseline", "cpu_us_per_envelope", "bench_process")
+    nodes = cpu["nats_nodes"]
+    if store == "nats":
+        assert len(nodes) == 3 and all(x > 0 for x in nodes), f"the local NATS nodes' CPU: {r}"
+        assert len(r["baseline"]["cpu_us_per_envelope"]["nats_nodes"]) == 3, r
+    else:
+        assert nodes == [], r
+    number(r, "idle_mailboxes")
+    print(f"bench relay --store {store}: {eps:.0f} envelopes/s, {ratio:.2f} x baseline, p99 {p99:.1f} ms, "
+          f"CPU µs/envelope: relays {', '.join(f'{x:.0f}' for x in cpu['relays'])}, "
+          f"nodes {', '.join(f'{x:.0f}' for x in nodes) or '-'}, load generator {cpu['load_generator']:.0f}")
 
 
 def main():
@@ -46,10 +60,13 @@ def main():
     nats = sys.argv[sys.argv.index("--nats") + 1:] if "--nats" in sys.argv else []
     check_relay(run(binary, "relay", "--clients", "4", "--messages", "400"), "embedded")
     if nats:
-        args = ["relay", "--store", "nats", "--relays", "2", "--clients", "4", "--messages", "400"]
+        args = ["relay", "--store", "nats", "--relays", "2", "--clients", "4", "--messages", "400",
+                "--idle-mailboxes", "200"]
         for u in nats:
             args += ["--nats", u]
-        check_relay(run(binary, *args), "nats")
+        r = run(binary, *args)
+        assert r["idle_mailboxes"] == 200, r
+        check_relay(r, "nats")
     c = run(binary, "connections", "--count", "50")
     assert number(c, "connections") == 50, c
     assert number(c, "relay_rss_mib") > 0, c

@@ -886,6 +886,10 @@ pub struct BenchRelayArgs {
     /// Send at this total rate (envelopes per second) instead of as fast as possible.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Before the run, make this many more mailboxes, each holding one envelope, left
+    /// unread: what a store full of other people's mailboxes costs.
+    #[arg(long, default_value_t = 0)]
+    pub idle_mailboxes: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

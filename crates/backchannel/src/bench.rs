@@ -7,6 +7,7 @@
 //! durability (the embedded store in-process, or JetStream itself publishing,
 //! consuming and acknowledging with the same replicas).
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, IsTerminal};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -56,6 +57,8 @@ pub struct RelayBench {
     pub window: usize,
     /// Total send rate, envelopes per second (open loop); `None`: as fast as it goes.
     pub rate: Option<f64>,
+    /// Mailboxes made before the run, each holding one envelope, never read.
+    pub idle_mailboxes: usize,
 }
 
 /// A relay child process, stopped on drop.
@@ -136,18 +139,88 @@ impl RelayChild {
     /// CPU seconds (user + system) and peak resident MiB, from /proc.
     fn usage(&self) -> (f64, f64) {
         let pid = self.child.id();
-        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                // Fields after the parenthesized command name; utime and stime are 14 and 15.
-                let rest = s.rsplit_once(')')?.1;
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-                Some(ticks / 100.0)
-            })
-            .unwrap_or(0.0);
-        (cpu, rss_mib(pid, "VmHWM:"))
+        (cpu_seconds(&pid.to_string()), rss_mib(pid, "VmHWM:"))
     }
+}
+
+/// A process's CPU seconds so far (user + system), from `/proc/PID/stat` (`self` for this
+/// one); 0 when it is gone.
+fn cpu_seconds(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesized command name; utime and stime are 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// The process listening on this machine's TCP `port` (a NATS node of the cluster under
+/// test), found through `/proc/net/tcp{,6}` and the processes' open sockets; `None` when
+/// it is not local or not visible.
+fn listening_pid(port: u16) -> Option<u32> {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEXIP:HEXPORT; state 0A is LISTEN; the inode is field 10.
+            let local_port = f.get(1).and_then(|a| a.rsplit_once(':')).map(|(_, p)| p);
+            if local_port.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port) && f.get(3) == Some(&"0A") {
+                if let Some(inode) = f.get(9) {
+                    inodes.insert(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for proc_dir in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = proc_dir.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc_dir.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                if inodes.contains(target.to_string_lossy().as_ref()) {
+                    return Some(pid);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The NATS nodes among `urls` that run on this machine: (URL, pid).
+fn local_nodes(urls: &[String]) -> Vec<(String, u32)> {
+    urls.iter()
+        .filter_map(|u| {
+            let port: u16 = u.rsplit_once(':')?.1.trim_end_matches('/').parse().ok()?;
+            Some((u.clone(), listening_pid(port)?))
+        })
+        .collect()
+}
+
+/// CPU seconds of each of `pids` now.
+fn cpu_of(pids: &[(String, u32)]) -> Vec<f64> {
+    pids.iter().map(|(_, pid)| cpu_seconds(&pid.to_string())).collect()
+}
+
+/// µs of CPU per envelope between two samples.
+fn per_envelope(before: &[f64], after: &[f64], envelopes: usize) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| (a - b) * 1e6 / envelopes.max(1) as f64)
+        .collect()
 }
 
 /// A /proc/PID/status field in MiB (`VmRSS:` now, `VmHWM:` the peak).
@@ -243,7 +316,13 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
     let m = b.messages.max(n);
     let dir = tempfile::tempdir()?;
 
+    // The NATS nodes on this machine, to read their CPU (none for the embedded store).
+    let nodes = match &b.store {
+        Store::Embedded => Vec::new(),
+        Store::Nats { urls, .. } => local_nodes(urls),
+    };
     // The baseline first, on the same machine and in the same run.
+    let (nodes_before, self_before) = (cpu_of(&nodes), cpu_seconds("self"));
     let (baseline_name, baseline_eps) = match &b.store {
         Store::Embedded => (
             "embedded store (redb, group commit), in-process",
@@ -255,10 +334,16 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
         ),
     };
 
+    let baseline_cpu = json!({
+        "nats_nodes": per_envelope(&nodes_before, &cpu_of(&nodes), m),
+        "bench_process": per_envelope(&[self_before], &[cpu_seconds("self")], m)[0],
+    });
+
     let mut relays = Vec::new();
     for r in 0..k {
         relays.push(RelayChild::start(&dir.path().join(format!("relay{r}")), &b.store, &[])?);
     }
+    let idle_made = idle_mailboxes(&relays, b.idle_mailboxes).await?;
 
     // Each client: a receive connection holding its mailbox, a send connection.
     let mut boxes = Vec::new();
@@ -276,6 +361,8 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
         boxes.push(keys);
     }
 
+    let relay_pids: Vec<(String, u32)> = relays.iter().map(|r| (String::new(), r.child.id())).collect();
+    let (relays_before, nodes_before, self_before) = (cpu_of(&relay_pids), cpu_of(&nodes), cpu_seconds("self"));
     let t0 = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
     let retries = Arc::new(AtomicU64::new(0));
@@ -351,6 +438,11 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     ticker.abort();
+    let run_cpu = json!({
+        "relays": per_envelope(&relays_before, &cpu_of(&relay_pids), m),
+        "nats_nodes": per_envelope(&nodes_before, &cpu_of(&nodes), m),
+        "load_generator": per_envelope(&[self_before], &[cpu_seconds("self")], m)[0],
+    });
     let (cpu, rss) = relays
         .iter()
         .map(RelayChild::usage)
@@ -380,9 +472,74 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
         "send_retries": retries.load(Ordering::Relaxed),
         "relay_cpu_s": cpu,
         "relay_rss_mib": rss,
-        "baseline": { "name": baseline_name, "envelopes_per_s": baseline_eps },
+        "idle_mailboxes": idle_made,
+        "nats_nodes_rss_mib": nodes.iter().map(|(_, pid)| rss_mib(*pid, "VmRSS:")).collect::<Vec<_>>(),
+        "cpu_us_per_envelope": run_cpu,
+        "baseline": {
+            "name": baseline_name,
+            "envelopes_per_s": baseline_eps,
+            "cpu_us_per_envelope": baseline_cpu,
+        },
         "ratio_to_baseline": eps / baseline_eps,
     }))
+}
+
+/// Makes `count` mailboxes spread over `relays`, each holding one envelope, and leaves them
+/// unread; returns how many were made.
+async fn idle_mailboxes(relays: &[RelayChild], count: usize) -> Result<usize, BenchError> {
+    /// Creates (and then sends) pipelined this many at a time per connection.
+    const BATCH: usize = 500;
+    if count == 0 {
+        return Ok(0);
+    }
+    let bar = progress(count as u64, "idle mailboxes");
+    let mut tasks = tokio::task::JoinSet::new();
+    for (r, relay) in relays.iter().enumerate() {
+        let addr = relay.address.clone();
+        let mine = share(count, relays.len(), r);
+        tasks.spawn(async move {
+            let mut made = 0;
+            while made < mine {
+                let n = BATCH.min(mine - made);
+                let keys: Vec<MailboxKeys> = (0..n)
+                    .map(|_| MailboxKeys::generate(addr.clone(), &mut OsRng))
+                    .collect();
+                // A connection per batch: a relay limits the mailboxes one connection opens.
+                let mut conn = RelayConnection::connect(&addr).await?;
+                let creates: Vec<Request> = keys.iter().map(|k| Request::create(k, 0)).collect();
+                for r in conn.pipeline(&creates).await? {
+                    r.map_err(|e| refused("creating an idle mailbox", e))?;
+                }
+                let mut serial = 0;
+                let mut sends = Vec::with_capacity(n);
+                for k in &keys {
+                    serial += 1;
+                    sends.push(Request::Send {
+                        send: k.address.send.0,
+                        envelope: stamped(Instant::now(), serial)?,
+                        pow: 0,
+                    });
+                }
+                let mut sender = RelayConnection::connect(&addr).await?;
+                for r in sender.pipeline(&sends).await? {
+                    r.map_err(|e| refused("filling an idle mailbox", e))?;
+                }
+                made += n;
+            }
+            Ok::<usize, BenchError>(made)
+        });
+    }
+    let mut made = 0;
+    while let Some(done) = tasks.join_next().await {
+        made += done??;
+        if let Some(bar) = &bar {
+            bar.set_position(made as u64);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(made)
 }
 
 /// Long-polls one mailbox until `expect` envelopes came, acknowledging each; returns

@@ -44,6 +44,7 @@ async fn relay(a: &BenchRelayArgs) -> Result<serde_json::Value, CliError> {
         messages: a.messages,
         window: a.window,
         rate: a.rate,
+        idle_mailboxes: a.idle_mailboxes,
     };
     bench::relay(&settings).await.map_err(CliError::Bench)
 }
