@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Median send-to-display latency between two members, directly and through daemons with and
-without cover traffic. Usage: python3 scripts/cover-latency.py [path/to/backchannel]
-(default target/release/backchannel; build it with `cargo build --release`)."""
+"""Send-to-display latency between two members (median and p99, in seconds, and the median
+in ticks of the cover rate), directly and through daemons with and without cover traffic.
+Usage: python3 scripts/cover-latency.py [path/to/backchannel] [samples]
+(default target/release/backchannel, 21 samples; build it with `cargo build --release`)."""
 import subprocess, os, time, json, tempfile, statistics, sys, signal
 BIN=sys.argv[1] if len(sys.argv)>1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "backchannel")
 root=tempfile.mkdtemp()
@@ -22,7 +23,8 @@ def daemon(home,cover):
     e=dict(env,BACKCHANNEL_HOME=root+"/"+home)
     a=[BIN,"daemon"]+(["--cover",cover] if cover else [])
     p=subprocess.Popen(a,env=e,stdout=subprocess.PIPE,stderr=subprocess.DEVNULL,text=True); p.stdout.readline(); return p
-def measure(mode,n=9):
+N=int(sys.argv[2]) if len(sys.argv)>2 else 21
+def measure(mode,n=N):
     lats=[]
     for i in range(n):
         text=f"{mode}-{i}"
@@ -33,12 +35,17 @@ def measure(mode,n=9):
             if text in out: break
             time.sleep(0.02)
         lats.append(time.time()-t)
-    return statistics.median(lats)
+    lats.sort()
+    return {"median_s":round(statistics.median(lats),3),"p99_s":round(lats[min(len(lats)-1,int(0.99*len(lats)))],3),"samples":n}
 res={}
 res["direct"]=measure("direct")
 for cover in [None,"1/s","4/s"]:
     da=daemon("alice",cover); db=daemon("bob",cover); time.sleep(2)
-    res[f"daemon cover={cover}"]=measure(str(cover))
+    r=measure(str(cover))
+    if cover:
+        per_s=float(cover.split("/")[0])/{"s":1,"m":60}[cover.split("/")[1]]
+        r["median_ticks"]=round(r["median_s"]*per_s,2)
+    res[f"daemon cover={cover}"]=r
     da.terminate(); db.terminate(); da.wait(); db.wait()
 print(json.dumps(res,indent=1))
 relay.terminate()
