@@ -368,3 +368,65 @@ fn a_short_invite_line_fits_160_characters_and_a_changed_body_is_refused() {
     assert!(refused.contains("does not open"), "{refused}");
     assert_eq!(carol.ok(&["channels"]).trim(), "");
 }
+
+/// `invite --code --approve`: the code exchange ends with both sides' words and
+/// fingerprints, and the joiner then waits for approval like any held joiner: `pending`
+/// lists them under the fingerprint the inviter was shown, and nothing is sent to them
+/// until `admit`, after which they are a member.
+#[test]
+fn a_code_with_approval_holds_the_joiner_until_admitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let relay = RelayProc::start(&root.join("relay"), &[]);
+    let alice = Client::new(root, "alice");
+    init_with_fingerprint(&alice, "alice", &relay.address);
+    let bob = Client::new(root, "bob");
+    let bob_fp = init_with_fingerprint(&bob, "bob", &relay.address);
+    alice.ok(&["channel", "new", "talk"]);
+
+    let inviting = invite_code(&alice, "talk", &["--approve", "--wait", "60"]);
+    // The joiner does not wait to be admitted here (`--wait 0`): its request stays queued.
+    let joined = bob.ok(&["join", &inviting.code, "--wait", "0"]);
+    let invited = inviting.finish();
+    assert!(invited.ok, "invite --code --approve failed: {}", invited.stderr);
+    assert_eq!(confirmation(&joined), confirmation(&invited.stdout));
+    assert!(
+        invited.stdout.contains(&format!("joiner: bob {bob_fp}")),
+        "{}",
+        invited.stdout
+    );
+    assert!(
+        invited.stderr.contains("they wait for your approval"),
+        "{}",
+        invited.stderr
+    );
+    assert!(!invited.stdout.contains("admitted"), "{}", invited.stdout);
+
+    // Held: alice's syncs do not admit bob; `pending` shows him with that fingerprint.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let pending = loop {
+        alice.ok(&["sync"]);
+        let p = alice.ok(&["pending", "talk"]);
+        if p.contains("bob") {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "bob never waited: {p}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let short: String = bob_fp.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    assert!(pending.contains(&short), "{pending}");
+    assert!(!member_names(&alice, "talk").contains(&"bob".to_string()));
+    let early = bob.run(&["send", "talk", "too early"]);
+    assert!(!early.ok, "bob is not in the channel before he is admitted");
+
+    // Admitted by the fingerprint alice was shown: a member like any other.
+    let fp_hex: String = bob_fp.split_whitespace().take(2).collect();
+    alice.ok(&["admit", "talk", &fp_hex]);
+    bob.ok(&["sync", "--wait", "5"]);
+    bob.ok(&["send", "talk", "admitted by code and approval"]);
+    alice.ok(&["sync"]);
+    assert_eq!(
+        alice.texts("talk"),
+        vec![("bob".to_string(), "admitted by code and approval".to_string())]
+    );
+}
