@@ -12,6 +12,9 @@
 //! (cover traffic, for the daemon): the link sends exactly one frame per
 //! tick, and under cover a relay has one paced send link and one paced receive link,
 //! each serving one compartment per turn of [`TURN_TICKS`] ticks on a fresh connection.
+//! A turn that began with nothing waiting is taken over by the first compartment whose
+//! requests arrive during it (its connection had shown only fillers), so a request waits
+//! about a tick rather than the rest of an idle turn; turn lengths stay as drawn.
 //! A paced send link sends a queued request if there is one and otherwise a `Ping`; a
 //! paced receive link ticks twice as often (a fetch and an acknowledgement per envelope)
 //! and with nothing queued fetches. Every paced connection first declares itself paced
@@ -503,6 +506,17 @@ impl Pacer {
         Err(failure)
     }
 
+    /// Gives this idle turn's connection to `compartment`: its mailboxes are opened on it,
+    /// one a tick, before its work.
+    fn take_over(&mut self, compartment: Compartment) {
+        self.reopen = self
+            .boxes
+            .get(&compartment)
+            .map(|b| b.iter().cloned().collect())
+            .unwrap_or_default();
+        self.current = Some(compartment);
+    }
+
     /// Sends one request on this turn's connection; a broken connection is dropped (the
     /// next turn connects again).
     async fn send(&mut self, req: &Request) -> Result<Response, ConnectError> {
@@ -583,6 +597,15 @@ async fn pace(mut pacer: Pacer, mut jobs: mpsc::UnboundedReceiver<Job>, period: 
             }
         }
         pacer.turn_left = pacer.turn_left.saturating_sub(1);
+        // An idle turn (begun with nothing waiting) has shown the relay fillers only: the
+        // first compartment with work takes it over at once, rather than waiting for the
+        // next turn. The turn's length, and so every connection's timing, stays what it was
+        // drawn; the connection still serves one compartment.
+        if job.is_none() && pacer.current.is_none() && pacer.conn.is_some() {
+            if let Some(c) = queue.front().map(|j| j.compartment.clone()) {
+                pacer.take_over(c);
+            }
+        }
         if let Some(keys) = pacer.reopen.pop_front() {
             let req = pacer.request(Work::Open(keys));
             let _ = pacer.send(&req).await;
