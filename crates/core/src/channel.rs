@@ -1,4 +1,4 @@
-//! Channels: MLS groups (RFC 9420, openmls with the libcrux provider).
+//! Channels: MLS groups (RFC 9420, openmls with the crypto of [`crate::crypto_provider`]).
 //!
 //! * The channel's name and its *sequencer* mailbox live in a custom group
 //!   context extension ([`CHANNEL_INFO_EXTENSION`]), so every member agrees
@@ -21,11 +21,11 @@ use std::fmt;
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
-use openmls_libcrux_crypto::CryptoProvider;
 use openmls_traits::OpenMlsProvider;
 use thiserror::Error;
 
 use crate::codec::{Reader, Writer};
+use crate::crypto_provider::Crypto;
 use crate::identity::{Fingerprint, Identity};
 use crate::mailbox::MailboxAddress;
 use crate::message::Trail;
@@ -118,10 +118,11 @@ fn mls<E: fmt::Display>(e: E) -> ChannelError {
     ChannelError::Mls(e.to_string())
 }
 
-/// The openmls provider: libcrux crypto and an in-memory [`Store`] whose
-/// content the client persists inside its encrypted vault.
+/// The openmls provider: the composite [`Crypto`] (ed25519-dalek, sha2 and
+/// libcrux) and an in-memory [`Store`] whose content the client persists
+/// inside its encrypted vault.
 pub struct Provider {
-    crypto: CryptoProvider,
+    crypto: Crypto,
     storage: Store,
 }
 
@@ -141,7 +142,7 @@ impl Provider {
     /// Refuses entries that another version's store wrote.
     pub fn from_snapshot(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Self, ChannelError> {
         let storage = Store::from_entries(entries).ok_or(ChannelError::Storage)?;
-        let crypto = CryptoProvider::new().map_err(|_| ChannelError::Provider)?;
+        let crypto = Crypto::new().map_err(|_| ChannelError::Provider)?;
         Ok(Self { crypto, storage })
     }
 
@@ -157,8 +158,8 @@ impl Provider {
 }
 
 impl OpenMlsProvider for Provider {
-    type CryptoProvider = CryptoProvider;
-    type RandProvider = CryptoProvider;
+    type CryptoProvider = Crypto;
+    type RandProvider = Crypto;
     type StorageProvider = Store;
 
     fn storage(&self) -> &Self::StorageProvider {

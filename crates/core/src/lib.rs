@@ -16,6 +16,7 @@
 //! | [`pow`] | proof of work that drop boxes demand of every envelope |
 //! | [`identity`] | identity keys and fingerprints |
 //! | [`channel`] | channels as MLS groups |
+//! | [`crypto_provider`] | the cryptography openmls uses: ed25519-dalek, sha2, libcrux |
 //! | [`storage`] | the MLS state store (postcard, zeroized) |
 //! | [`invite`] | `bc-invite:` lines |
 //! | [`drop`](mod@drop) | drop boxes: `bc-drop:` addresses, sealed letters, replies, `bc-receipt:` lines |
@@ -43,6 +44,7 @@ pub mod channel;
 pub mod code;
 pub mod codec;
 pub mod courier;
+pub mod crypto_provider;
 pub mod drop;
 pub mod envelope;
 pub mod forward;
