@@ -6,21 +6,27 @@
 //! |---|---|
 //! | Ed25519 sign, verify, key generation | `ed25519-dalek` |
 //! | SHA-256, SHA-384, SHA-512 | `sha2` (SHA-NI where the CPU has it) |
-//! | HPKE (X-Wing, X25519), AEAD, HKDF, HMAC, randomness | `openmls_libcrux_crypto` |
+//! | HKDF, HMAC over those hashes | `hkdf`, `hmac` over `sha2` |
+//! | HPKE (X-Wing, X25519), AEAD, randomness | `openmls_libcrux_crypto` |
 //!
 //! [`Crypto`] only delegates: it implements no primitive itself. On every
 //! message, openmls verifies one Ed25519 signature and hashes in the secret
-//! tree; libcrux's portable Ed25519 verification took 70 µs where
-//! ed25519-dalek takes 32 µs, and its SHA-256 ran 6.8 × slower than `sha2`.
+//! tree and the sender-data keys (HKDF); libcrux's portable Ed25519
+//! verification took 70 µs where ed25519-dalek takes 32 µs, and its SHA-256,
+//! under its HKDF too, ran 6.8 × slower than `sha2`.
 //!
-//! **Equivalence.** Signatures and hashes equal libcrux's on the same inputs
+//! **Equivalence.** Signatures, hashes, HKDF and HMAC equal libcrux's on the same inputs
 //! (the unit tests below sign with one and verify with the other, both ways),
 //! and the mlswg interop vectors pass through [`Crypto`] for the suites it
-//! shares with them (`tests/mls_vectors.rs`). One deliberate difference:
+//! shares with them (`tests/mls_vectors.rs`). Two deliberate differences:
 //! verification is ed25519-dalek's `verify_strict`, which also refuses a
 //! public key or a signature's `R` of small order. No honest signer produces
 //! either. libcrux accepts them: with the identity point as public key, one
 //! fixed "signature" verifies for every message (a unit test shows it).
+//! And HKDF-Expand with a PRK longer than the hash follows RFC 5869 (HMAC
+//! keyed with the whole PRK), where libcrux keeps only the PRK's first hash
+//! length of bytes; every secret that MLS expands has exactly the hash's
+//! length, so openmls never meets the difference.
 //!
 //! **Secrets.** A signing seed passed in or generated here is copied only
 //! into zeroizing buffers (`Zeroizing`, `SigningKey`, which zeroizes on drop).
@@ -30,6 +36,8 @@
 use std::fmt;
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
 use openmls::prelude::tls_codec::SecretVLBytes;
 use openmls_libcrux_crypto::CryptoProvider as Libcrux;
 use openmls_traits::crypto::OpenMlsCrypto;
@@ -39,10 +47,11 @@ use openmls_traits::types::{
     SignatureScheme,
 };
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize as _, Zeroizing};
 
 /// The composite crypto provider of [`crate::channel::Provider`]: Ed25519 in
-/// ed25519-dalek, hashes in sha2, everything else in libcrux.
+/// ed25519-dalek, hashes, HKDF and HMAC in sha2, hkdf and hmac, everything
+/// else in libcrux.
 pub struct Crypto {
     libcrux: Libcrux,
 }
@@ -63,6 +72,26 @@ impl Crypto {
     }
 }
 
+/// Runs `$body` with `$h` the sha2 type of `$hash`.
+macro_rules! with_hash {
+    ($hash:expr, $h:ident => $body:expr) => {
+        match $hash {
+            HashType::Sha2_256 => {
+                type $h = Sha256;
+                $body
+            }
+            HashType::Sha2_384 => {
+                type $h = Sha384;
+                $body
+            }
+            HashType::Sha2_512 => {
+                type $h = Sha512;
+                $body
+            }
+        }
+    };
+}
+
 /// The Ed25519 seed openmls hands over as a signature private key (32 bytes,
 /// the form libcrux takes and [`OpenMlsCrypto::signature_key_gen`] returns).
 fn signing_key(key: &[u8]) -> Result<SigningKey, CryptoError> {
@@ -80,11 +109,26 @@ impl OpenMlsCrypto for Crypto {
     }
 
     fn hkdf_extract(&self, hash_type: HashType, salt: &[u8], ikm: &[u8]) -> Result<SecretVLBytes, CryptoError> {
-        self.libcrux.hkdf_extract(hash_type, salt, ikm)
+        Ok(with_hash!(hash_type, H => {
+            let (mut prk, _) = Hkdf::<H>::extract(Some(salt), ikm);
+            let out = prk.to_vec();
+            prk.as_mut_slice().zeroize();
+            out
+        })
+        .into())
     }
 
     fn hmac(&self, hash_type: HashType, key: &[u8], message: &[u8]) -> Result<SecretVLBytes, CryptoError> {
-        self.libcrux.hmac(hash_type, key, message)
+        Ok(with_hash!(hash_type, H => {
+            // HMAC takes a key of any length.
+            let mut mac = <Hmac<H> as Mac>::new_from_slice(key).map_err(|_| CryptoError::InvalidLength)?;
+            mac.update(message);
+            let mut tag = mac.finalize().into_bytes();
+            let out = tag.to_vec();
+            tag.as_mut_slice().zeroize();
+            out
+        })
+        .into())
     }
 
     fn hkdf_expand(
@@ -94,15 +138,19 @@ impl OpenMlsCrypto for Crypto {
         info: &[u8],
         okm_len: usize,
     ) -> Result<SecretVLBytes, CryptoError> {
-        self.libcrux.hkdf_expand(hash_type, prk, info, okm_len)
+        // The same errors as libcrux: a short PRK, or more than 255 blocks of output.
+        let mut okm = vec![0u8; okm_len];
+        with_hash!(hash_type, H => {
+            Hkdf::<H>::from_prk(prk)
+                .map_err(|_| CryptoError::InvalidLength)?
+                .expand(info, &mut okm)
+                .map_err(|_| CryptoError::HkdfOutputLengthInvalid)?
+        });
+        Ok(okm.into())
     }
 
     fn hash(&self, hash_type: HashType, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        Ok(match hash_type {
-            HashType::Sha2_256 => Sha256::digest(data).to_vec(),
-            HashType::Sha2_384 => Sha384::digest(data).to_vec(),
-            HashType::Sha2_512 => Sha512::digest(data).to_vec(),
-        })
+        Ok(with_hash!(hash_type, H => H::digest(data).to_vec()))
     }
 
     fn aead_encrypt(
@@ -324,7 +372,7 @@ mod tests {
                 "case {n}, libcrux"
             );
         }
-        // The one deliberate difference (module docs): with the identity point as
+        // A deliberate difference (module docs): with the identity point as
         // public key, R = identity and S = 0 satisfy the verification equation for
         // every message. libcrux accepts that "signature"; `verify_strict` does not.
         for m in [msg.as_slice(), b"anything else"] {
@@ -358,6 +406,75 @@ mod tests {
                 assert_eq!(a, libcrux.hash(alg, &msg).unwrap(), "{alg:?}, {} bytes", msg.len());
             }
         }
+    }
+
+    #[test]
+    fn hkdf_and_hmac_equal_libcrux() {
+        let (ours, libcrux) = both();
+        let inputs = messages();
+        for alg in [HashType::Sha2_256, HashType::Sha2_384, HashType::Sha2_512] {
+            for (i, a) in inputs.iter().enumerate() {
+                let b = &inputs[(i * 5 + 3) % inputs.len()];
+                let mac = ours.hmac(alg, a, b).unwrap();
+                assert_eq!(
+                    mac.as_slice(),
+                    libcrux.hmac(alg, a, b).unwrap().as_slice(),
+                    "hmac {alg:?} {i}"
+                );
+                let prk = ours.hkdf_extract(alg, a, b).unwrap();
+                assert_eq!(
+                    prk.as_slice(),
+                    libcrux.hkdf_extract(alg, a, b).unwrap().as_slice(),
+                    "extract {alg:?} {i}"
+                );
+                // A PRK of the hash's length (every secret MLS expands); outputs up to 255 blocks.
+                for len in [0, 1, 12, 16, 32, 33, 64, 100, 255 * mac.as_slice().len()] {
+                    let x = ours.hkdf_expand(alg, prk.as_slice(), b, len).unwrap();
+                    let y = libcrux.hkdf_expand(alg, prk.as_slice(), b, len).unwrap();
+                    assert_eq!(x.as_slice(), y.as_slice(), "expand {alg:?} {i} {len}");
+                    assert_eq!(x.as_slice().len(), len);
+                }
+                // A longer PRK: RFC 5869 keys HMAC with all of it, which libcrux's
+                // HMAC does and its HKDF-Expand does not (it keeps the first hash
+                // length of bytes). The first block is HMAC(PRK, info || 1).
+                let long = mac.as_slice().repeat(3);
+                let x = ours.hkdf_expand(alg, &long, b, 16).unwrap();
+                let t1 = libcrux.hmac(alg, &long, &[b.as_slice(), &[1]].concat()).unwrap();
+                assert_eq!(x.as_slice(), &t1.as_slice()[..16], "expand {alg:?} {i}, long PRK");
+                // Errors: a PRK shorter than the hash, an output past 255 blocks.
+                let too_long = 255 * mac.as_slice().len() + 1;
+                assert_eq!(
+                    ours.hkdf_expand(alg, &mac.as_slice()[1..], b, 32).err(),
+                    Some(CryptoError::InvalidLength)
+                );
+                assert!(libcrux.hkdf_expand(alg, &mac.as_slice()[1..], b, 32).is_err());
+                assert_eq!(
+                    ours.hkdf_expand(alg, mac.as_slice(), b, too_long).err(),
+                    Some(CryptoError::HkdfOutputLengthInvalid)
+                );
+                assert!(libcrux.hkdf_expand(alg, mac.as_slice(), b, too_long).is_err());
+            }
+        }
+    }
+
+    /// RFC 5869, appendix A.1.
+    #[test]
+    fn hkdf_is_rfc_5869s() {
+        let ours = Crypto::new().unwrap();
+        let hex = |s: &str| data_encoding::HEXLOWER.decode(s.as_bytes()).unwrap();
+        let ikm = [0x0b; 22];
+        let salt = hex("000102030405060708090a0b0c");
+        let info = hex("f0f1f2f3f4f5f6f7f8f9");
+        let prk = ours.hkdf_extract(HashType::Sha2_256, &salt, &ikm).unwrap();
+        assert_eq!(
+            prk.as_slice(),
+            hex("077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5")
+        );
+        let okm = ours.hkdf_expand(HashType::Sha2_256, prk.as_slice(), &info, 42).unwrap();
+        assert_eq!(
+            okm.as_slice(),
+            hex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865")
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! | [`pow`] | proof of work that drop boxes demand of every envelope |
 //! | [`identity`] | identity keys and fingerprints |
 //! | [`channel`] | channels as MLS groups |
-//! | [`crypto_provider`] | the cryptography openmls uses: ed25519-dalek, sha2, libcrux |
+//! | [`crypto_provider`] | the cryptography openmls uses: ed25519-dalek, sha2, hkdf, libcrux |
 //! | [`storage`] | the MLS state store (postcard, zeroized) |
 //! | [`invite`] | `bc-invite:` lines |
 //! | [`drop`](mod@drop) | drop boxes: `bc-drop:` addresses, sealed letters, replies, `bc-receipt:` lines |
