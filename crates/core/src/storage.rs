@@ -6,7 +6,9 @@
 //! [`MAX_PAST_EPOCHS`](crate::channel::MAX_PAST_EPOCHS) past epochs, that
 //! epoch's member list with every member's HPKE key (1,216 bytes for X-Wing).
 //! `openmls_memory_storage` encodes values as JSON, which writes every byte as
-//! a decimal number; this store encodes them with postcard, about 8 × faster.
+//! a decimal number; this store encodes them with postcard, about 8 × faster,
+//! and copies the past epochs' member lists, which cannot change, from the
+//! value it replaces instead of encoding them again (`storage/reuse.rs`).
 //!
 //! * **Keys:** `CURRENT_VERSION` (2 bytes, big-endian), one byte naming the
 //!   kind of value, then the postcard encoding of the key's parts
@@ -23,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openmls_traits::storage::{traits, StorageProvider, CURRENT_VERSION};
 use postcard::ser_flavors::Flavor;
@@ -177,10 +179,15 @@ fn decode<V: DeserializeOwned>(bytes: &[u8]) -> Result<V, StoreError> {
     }
 }
 
+mod reuse;
+
 /// The openmls storage provider of a [`Provider`](crate::channel::Provider).
 #[derive(Default)]
 pub struct Store {
     values: RwLock<HashMap<Vec<u8>, Value>>,
+    /// For each group's stored message secrets, where its past epochs' member
+    /// lists lie ([`reuse`]). Memory only; taken under the `values` lock.
+    reuse: Mutex<HashMap<Vec<u8>, reuse::Notes>>,
 }
 
 impl fmt::Debug for Store {
@@ -199,6 +206,7 @@ impl Store {
         let values: HashMap<Vec<u8>, Value> = entries.into_iter().map(|(k, v)| (k, Zeroizing::new(v))).collect();
         values.keys().all(|k| well_formed_key(k)).then(|| Self {
             values: RwLock::new(values),
+            reuse: Mutex::default(),
         })
     }
 
@@ -256,6 +264,22 @@ impl Store {
         let bytes = encode(value, capacity)?;
         #[cfg(test)]
         tests::check_round_trip::<D>(&bytes);
+        values.insert(key, bytes);
+        Ok(())
+    }
+
+    /// Stores a group's message secrets, copying the member lists of past
+    /// epochs from the value it replaces where they cannot have changed
+    /// ([`reuse`]); the bytes are the same as [`Store::put`]'s.
+    fn put_message_secrets<V: Serialize + DeserializeOwned>(&self, key: Vec<u8>, value: &V) -> Result<(), StoreError> {
+        let mut values = self.write();
+        let mut reuse = self.reuse.lock().unwrap_or_else(|e| e.into_inner());
+        let old_notes = reuse.remove(&key).unwrap_or_default();
+        let old = values.get(&key).map_or(&[][..], |v| v.as_slice());
+        let (bytes, notes) = reuse::encode(value, old, &old_notes)?;
+        #[cfg(test)]
+        tests::check_round_trip::<V>(&bytes);
+        reuse.insert(key.clone(), notes);
         values.insert(key, bytes);
         Ok(())
     }
@@ -408,7 +432,7 @@ impl StorageProvider<CURRENT_VERSION> for Store {
         group_id: &GroupId,
         message_secrets: &MessageSecrets,
     ) -> Result<(), Self::Error> {
-        self.put(Key::of(Kind::MessageSecrets, group_id)?, message_secrets)
+        self.put_message_secrets(Key::of(Kind::MessageSecrets, group_id)?, message_secrets)
     }
 
     fn write_resumption_psk_store<
@@ -747,7 +771,10 @@ impl StorageProvider<CURRENT_VERSION> for Store {
         &self,
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
-        self.remove(&Key::of(Kind::MessageSecrets, group_id)?);
+        let key = Key::of(Kind::MessageSecrets, group_id)?;
+        let mut values = self.write();
+        self.reuse.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        values.remove(&key);
         Ok(())
     }
 
@@ -1113,6 +1140,52 @@ pub(crate) mod tests {
                 bob.hear(bytes);
             }
             assert_eq!(bob.hear(last).1, format!("n{}", MAX_FORWARD_DISTANCE + 1).into_bytes());
+        }
+
+        /// A channel with past epochs: each write of its message secrets notes
+        /// where the past epochs' member lists lie ([`reuse`]), and the notes point
+        /// at those lists. (That each copied list equals its encoding is checked
+        /// in every debug build, so by every test that sends a message.)
+        #[test]
+        fn past_member_lists_are_noted() {
+            use crate::channel::MAX_PAST_EPOCHS;
+            let suite = Suite::PostQuantum;
+            let mut alice = founder("alice", suite);
+            let mut bob = member("bob");
+            admit(&mut alice, &mut bob, &mut [], suite);
+            // Past epochs each holds: Alice saw the epoch before Bob joined.
+            let mut past = [1, 0];
+            for round in 0..MAX_PAST_EPOCHS + 2 {
+                let out = alice.with(|ch, p, id| ch.self_update(p, id, None)).unwrap();
+                alice.with(|ch, p, _| ch.merge_pending(p)).unwrap();
+                bob.process(&out.commit);
+                for _ in 0..3 {
+                    let m = alice.say("hello");
+                    bob.hear(&m);
+                }
+                for (i, m) in [&alice, &bob].into_iter().enumerate() {
+                    past[i] = (past[i] + 1).min(MAX_PAST_EPOCHS);
+                    let notes = m.provider.storage().reuse.lock().unwrap().clone();
+                    let values = m.provider.storage().values.read().unwrap();
+                    let [(key, notes)] = &notes.into_iter().collect::<Vec<_>>()[..] else {
+                        panic!("one group")
+                    };
+                    assert_eq!(notes.len(), past[i], "member {i}, round {round}");
+                    for (_, range) in notes {
+                        let list: Vec<openmls::group::Member> = decode(&values[key][range.clone()]).unwrap();
+                        assert!((1..=2).contains(&list.len()));
+                    }
+                }
+                // A restart forgets the notes; the next write notes again.
+                if round == 1 {
+                    bob.reload();
+                    assert!(bob.provider.storage().reuse.lock().unwrap().is_empty());
+                }
+            }
+            // Deleting the channel forgets them too.
+            let ch = alice.channel.take().unwrap();
+            ch.delete(&alice.provider).unwrap();
+            assert!(alice.provider.storage().reuse.lock().unwrap().is_empty());
         }
 
         /// What the client's operations never write (update proposals'
