@@ -296,19 +296,30 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// The primitives behind the figures: Ed25519 in ed25519-dalek (our
-/// `Identity` signs with it) and in libcrux (openmls verifies with it), and
-/// one HPKE seal + open to an X-Wing key (what a commit does once per
-/// recipient of a path secret) next to the classical X25519 suite.
+/// `Identity` signs with it), in libcrux (openmls' provider before
+/// `crypto_provider`) and through the channels' provider (`provider`: dalek
+/// behind the trait, which takes the public key as bytes); SHA-256 and
+/// HKDF-Expand the same three ways; and one HPKE seal + open to an X-Wing key
+/// (what a commit does once per recipient of a path secret) next to the
+/// classical X25519 suite.
 fn primitives(c: &mut Criterion) {
     let bytes = app_bytes(&text(100));
     let provider = Provider::new().unwrap();
     let crypto = provider.crypto();
+    let libcrux = openmls_libcrux_crypto::CryptoProvider::new().unwrap();
     let key = SigningKey::from_bytes(&[7; 32]);
     let public = key.verifying_key();
     let sig = key.sign(&bytes);
     let mut g = c.benchmark_group("primitives");
     g.bench_function("ed25519_sign/dalek", |b| b.iter(|| key.sign(black_box(&bytes))));
     g.bench_function("ed25519_sign/libcrux", |b| {
+        b.iter(|| {
+            libcrux
+                .sign(SignatureScheme::ED25519, black_box(&bytes), &[7; 32])
+                .unwrap()
+        })
+    });
+    g.bench_function("ed25519_sign/provider", |b| {
         b.iter(|| {
             crypto
                 .sign(SignatureScheme::ED25519, black_box(&bytes), &[7; 32])
@@ -320,6 +331,18 @@ fn primitives(c: &mut Criterion) {
     });
     g.bench_function("ed25519_verify/libcrux", |b| {
         b.iter(|| {
+            libcrux
+                .verify_signature(
+                    SignatureScheme::ED25519,
+                    black_box(&bytes),
+                    public.as_bytes(),
+                    &sig.to_bytes(),
+                )
+                .unwrap()
+        })
+    });
+    g.bench_function("ed25519_verify/provider", |b| {
+        b.iter(|| {
             crypto
                 .verify_signature(
                     SignatureScheme::ED25519,
@@ -330,13 +353,31 @@ fn primitives(c: &mut Criterion) {
                 .unwrap()
         })
     });
-    // SHA-256 of 4 KiB (tree and parent hashes are SHA-256 over tree nodes):
-    // libcrux (openmls' provider) against the sha2 crate.
+    // SHA-256 of 4 KiB (tree and parent hashes are SHA-256 over tree nodes).
     let block = vec![0x5a_u8; 4096];
     g.bench_function("sha256_4KiB/libcrux", |b| {
+        b.iter(|| libcrux.hash(HashType::Sha2_256, black_box(&block)).unwrap())
+    });
+    g.bench_function("sha256_4KiB/provider", |b| {
         b.iter(|| crypto.hash(HashType::Sha2_256, black_box(&block)).unwrap())
     });
     g.bench_function("sha256_4KiB/sha2", |b| b.iter(|| Sha256::digest(black_box(&block))));
+    // One ExpandWithLabel of the secret tree: 32 bytes from a 32-byte secret.
+    let info = [&[0u8, 32, 12][..], b"MLS 1.0 key", &[4, 0, 0, 0, 7]].concat();
+    g.bench_function("hkdf_expand_32B/libcrux", |b| {
+        b.iter(|| {
+            libcrux
+                .hkdf_expand(HashType::Sha2_256, &[3; 32], black_box(&info), 32)
+                .unwrap()
+        })
+    });
+    g.bench_function("hkdf_expand_32B/provider", |b| {
+        b.iter(|| {
+            crypto
+                .hkdf_expand(HashType::Sha2_256, &[3; 32], black_box(&info), 32)
+                .unwrap()
+        })
+    });
     for (suite, label) in [(Suite::PostQuantum, "xwing"), (Suite::Classical, "x25519")] {
         let cs = suite.ciphersuite();
         let pair = crypto.derive_hpke_keypair(cs.hpke_config(), &[5; 64]).unwrap();

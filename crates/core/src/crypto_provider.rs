@@ -28,12 +28,16 @@
 //! length of bytes; every secret that MLS expands has exactly the hash's
 //! length, so openmls never meets the difference.
 //!
+//! Verification keeps the last 16 public keys it saw decompressed (public
+//! data; a channel's members sign again and again).
+//!
 //! **Secrets.** A signing seed passed in or generated here is copied only
 //! into zeroizing buffers (`Zeroizing`, `SigningKey`, which zeroizes on drop).
 //! The trait returns a generated secret key as a plain `Vec`, as libcrux does;
 //! openmls takes it from there.
 
 use std::fmt;
+use std::sync::Mutex;
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
@@ -54,6 +58,36 @@ use zeroize::{Zeroize as _, Zeroizing};
 /// else in libcrux.
 pub struct Crypto {
     libcrux: Libcrux,
+    /// The public keys that verified last, decompressed (a channel's members
+    /// sign again and again; decompressing a key costs about 5 µs).
+    keys: Mutex<KeyCache>,
+}
+
+/// The last [`KEY_CACHE`] public keys seen by [`Crypto::verify_signature`],
+/// replaced in turn. Public data only.
+#[derive(Default)]
+struct KeyCache {
+    keys: Vec<([u8; 32], VerifyingKey)>,
+    next: usize,
+}
+
+/// How many public keys [`KeyCache`] holds.
+const KEY_CACHE: usize = 16;
+
+impl KeyCache {
+    fn get(&mut self, pk: &[u8; 32]) -> Result<VerifyingKey, CryptoError> {
+        if let Some((_, key)) = self.keys.iter().find(|(bytes, _)| bytes == pk) {
+            return Ok(*key);
+        }
+        let key = VerifyingKey::from_bytes(pk).map_err(|_| CryptoError::InvalidSignature)?;
+        if self.keys.len() < KEY_CACHE {
+            self.keys.push((*pk, key));
+        } else if let Some(slot) = self.keys.get_mut(self.next) {
+            *slot = (*pk, key);
+        }
+        self.next = (self.next + 1) % KEY_CACHE;
+        Ok(key)
+    }
 }
 
 impl fmt::Debug for Crypto {
@@ -68,6 +102,7 @@ impl Crypto {
     pub fn new() -> Result<Self, CryptoError> {
         Ok(Self {
             libcrux: Libcrux::new()?,
+            keys: Mutex::default(),
         })
     }
 }
@@ -200,7 +235,8 @@ impl OpenMlsCrypto for Crypto {
         }
         let pk: &[u8; 32] = pk.try_into().map_err(|_| CryptoError::InvalidLength)?;
         let signature: &[u8; 64] = signature.try_into().map_err(|_| CryptoError::InvalidLength)?;
-        let key = VerifyingKey::from_bytes(pk).map_err(|_| CryptoError::InvalidSignature)?;
+        // A poisoned lock still guards a usable cache: each change is one assignment.
+        let key = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(pk)?;
         key.verify_strict(data, &Signature::from_bytes(signature))
             .map_err(|_| CryptoError::InvalidSignature)
     }
@@ -485,6 +521,39 @@ mod tests {
             data_encoding::HEXLOWER.encode(&sha256),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn the_key_cache_holds_the_last_keys_and_gives_each_its_own() {
+        let ours = Crypto::new().unwrap();
+        let msg = b"framed content";
+        let keys: Vec<(Vec<u8>, Vec<u8>)> = (0..KEY_CACHE + 5)
+            .map(|_| ours.signature_key_gen(SCHEME).unwrap())
+            .collect();
+        let sigs: Vec<Vec<u8>> = keys.iter().map(|(sk, _)| ours.sign(SCHEME, msg, sk).unwrap()).collect();
+        // Twice round more keys than the cache holds: every signature verifies
+        // under its own key only, whether the key was cached or not.
+        for _ in 0..2 {
+            for (i, (_, pk)) in keys.iter().enumerate() {
+                ours.verify_signature(SCHEME, msg, pk, &sigs[i]).unwrap();
+                let other = &sigs[(i + 1) % sigs.len()];
+                assert!(ours.verify_signature(SCHEME, msg, pk, other).is_err());
+            }
+            let cache = ours.keys.lock().unwrap();
+            assert_eq!(cache.keys.len(), KEY_CACHE);
+        }
+        // An invalid key is not cached.
+        let before = ours.keys.lock().unwrap().next;
+        let bad = (2u8..)
+            .map(|y| {
+                let mut b = [0; 32];
+                b[0] = y;
+                b
+            })
+            .find(|b| VerifyingKey::from_bytes(b).is_err())
+            .unwrap();
+        assert!(ours.verify_signature(SCHEME, msg, &bad, &sigs[0]).is_err());
+        assert_eq!(ours.keys.lock().unwrap().next, before);
     }
 
     #[test]
