@@ -9,14 +9,14 @@
 //! suite in a fraction of a second per scenario.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backchannel_core::channel::Suite;
-use backchannel_core::frame::{ErrorCode, Request, Response};
+use backchannel_core::frame::{encode_request, ErrorCode, Request, Response};
 use backchannel_core::identity::Identity;
-use backchannel_core::mailbox::{MailboxId, MailboxKeys};
+use backchannel_core::mailbox::{MailboxId, MailboxKeys, SendCapability};
 use backchannel_core::pow::ProvenWork;
 use backchannel_core::relay_address::RelayAddress;
 use backchannel_relay::deposit::{commit_part, DepositBudget, DepositSlot};
@@ -33,6 +33,8 @@ use crate::session::{Blobs, Session};
 use crate::state::State;
 use crate::transport::{LinkKey, NetFuture, Network, Results, TransportConfig};
 use crate::ClientError;
+
+mod scale;
 
 /// How many effects a member may still perform before it crashes (negative: never).
 #[derive(Debug, Default)]
@@ -61,6 +63,36 @@ impl Crash {
     }
 }
 
+/// What one member asked of the relay, counted as its requests go (the scale bench reads
+/// the bytes a sender uploads from it). Bytes are those of the encoded frames, before the
+/// link's own framing and encryption.
+#[derive(Debug, Default)]
+struct NetStats {
+    /// Requests sent.
+    requests: AtomicU64,
+    /// Bytes of those requests, encoded as frames.
+    bytes: AtomicU64,
+    /// `Send` requests among them (one envelope each).
+    envelopes: AtomicU64,
+    /// Bytes of the envelopes those carry.
+    envelope_bytes: AtomicU64,
+    /// Links opened (a connection of the member's, in the real client).
+    links: AtomicU64,
+}
+
+impl NetStats {
+    fn count(&self, req: &Request) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_add(encode_request(0, req).len() as u64, Ordering::Relaxed);
+        if let Request::Send { envelope, .. } = req {
+            self.envelopes.fetch_add(1, Ordering::Relaxed);
+            self.envelope_bytes
+                .fetch_add(envelope.as_bytes().len() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What the relay does to deliveries.
 #[derive(Debug, Clone, Copy, Default)]
 struct Faults {
@@ -83,6 +115,10 @@ struct SimRelay {
     /// Whether the relay also refuses to hand out the commits its sequencers hold.
     hide_commits: Mutex<bool>,
     rng: Mutex<rand::rngs::StdRng>,
+    /// Digests of the send capabilities of mailboxes whose envelopes the relay accepts
+    /// and drops (members the scale bench never runs again: their mailboxes would only
+    /// fill the store).
+    sinks: Mutex<HashSet<[u8; 32]>>,
     deposits: DepositBudget,
     _dir: tempfile::TempDir,
 }
@@ -98,6 +134,7 @@ impl SimRelay {
             held: Mutex::new(HashSet::new()),
             hide_commits: Mutex::new(false),
             rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(7)),
+            sinks: Mutex::new(HashSet::new()),
             deposits: DepositBudget::default(),
             _dir: dir,
         })
@@ -122,6 +159,11 @@ impl SimRelay {
     /// [`SimRelay::release`].
     fn hide_commits(&self) {
         *self.hide_commits.lock().unwrap() = true;
+    }
+
+    fn is_sink(&self, send: &[u8; 32]) -> bool {
+        let sinks = self.sinks.lock().unwrap();
+        !sinks.is_empty() && sinks.contains(&SendCapability(*send).digest())
     }
 
     /// A refusal as the relay answers it (a failure of the store is `Storage`).
@@ -159,6 +201,7 @@ impl SimRelay {
                 Ok(None) => Err(StoreError::NoSuchMailbox),
                 Err(e) => Err(e),
             },
+            Request::Send { send, .. } if self.is_sink(send) => Ok(Response::Ok),
             Request::Send { send, envelope, .. } => {
                 MailboxStore::send(store, *send, envelope.clone(), u64::MAX, ProvenWork::NONE)
                     .await
@@ -258,6 +301,9 @@ struct SimNet {
     relay: Arc<SimRelay>,
     conns: HashMap<LinkKey, (HashSet<MailboxId>, DepositSlot)>,
     crash: Arc<Crash>,
+    stats: Arc<NetStats>,
+    /// The mailboxes this member creates are sinks ([`SimRelay::sinks`]).
+    sink: bool,
 }
 
 impl Network for SimNet {
@@ -272,6 +318,15 @@ impl Network for SimNet {
                         relay: "sim".into(),
                         source: None,
                     });
+                }
+                self.stats.count(req);
+                if let Request::Create { send_digest, .. } = req {
+                    if self.sink {
+                        self.relay.sinks.lock().unwrap().insert(*send_digest);
+                    }
+                }
+                if !self.conns.contains_key(key) {
+                    self.stats.links.fetch_add(1, Ordering::Relaxed);
                 }
                 let (opened, deposit) = self.conns.entry(key.clone()).or_default();
                 out.push(self.relay.handle(opened, deposit, req).await);
@@ -382,6 +437,7 @@ struct Member {
     blobs: SimBlobs,
     crash: Arc<Crash>,
     relay: Arc<SimRelay>,
+    stats: Arc<NetStats>,
 }
 
 fn relay_address() -> RelayAddress {
@@ -405,16 +461,35 @@ impl Member {
         let crash = Crash::never();
         let bytes = saved.lock().unwrap().clone();
         let session = Session::decode(&bytes, Box::new(blobs.clone()), crate::engine::now_ms()).unwrap();
+        let vault = Box::new(SimVault {
+            saved: saved.clone(),
+            crash: crash.clone(),
+        });
+        Self::over(relay, name, session, vault, saved, blobs, crash, false)
+    }
+
+    /// A member whose engine runs `session`, saving to `vault`, over the sim relay.
+    #[allow(clippy::too_many_arguments)]
+    fn over(
+        relay: &Arc<SimRelay>,
+        name: &str,
+        session: Session,
+        vault: Box<dyn Vault>,
+        saved: Arc<Mutex<Vec<u8>>>,
+        blobs: SimBlobs,
+        crash: Arc<Crash>,
+        sink: bool,
+    ) -> Self {
+        let stats = Arc::new(NetStats::default());
         let engine = Engine::from_parts(
             session,
-            Box::new(SimVault {
-                saved: saved.clone(),
-                crash: crash.clone(),
-            }),
+            vault,
             Box::new(SimNet {
                 relay: relay.clone(),
                 conns: HashMap::new(),
                 crash: crash.clone(),
+                stats: stats.clone(),
+                sink,
             }),
             TransportConfig::default(),
         );
@@ -425,6 +500,7 @@ impl Member {
             blobs,
             crash,
             relay: relay.clone(),
+            stats,
         }
     }
 
