@@ -112,7 +112,25 @@ impl Traffic {
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     seconds: f64,
+    /// CPU time of every thread of this process (openmls's rayon workers included, and
+    /// the in-process relay's share): on a shared machine, what waiting for the disk or
+    /// for a core does not inflate.
+    cpu_seconds: f64,
     traffic: Traffic,
+}
+
+/// CPU time so far of every thread of this process, in seconds (Linux's per-thread
+/// schedstat, in nanoseconds; 0 where it cannot be read).
+fn cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        .sum();
+    ns as f64 / 1e9
 }
 
 /// Times `op` on `member`, with what it sent meanwhile.
@@ -121,12 +139,15 @@ where
     F: std::future::Future<Output = T>,
 {
     let before = Traffic::of(stats, saves);
+    let cpu = cpu_seconds();
     let start = Instant::now();
     let out = op.await;
     let seconds = start.elapsed().as_secs_f64();
+    let cpu_seconds = cpu_seconds() - cpu;
     (
         Sample {
             seconds,
+            cpu_seconds,
             traffic: Traffic::of(stats, saves).since(before),
         },
         out,
@@ -469,14 +490,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// One JSON line: `fields` (already JSON) with the timing of `samples` and their mean traffic.
 fn line(fields: &str, samples: &[Sample]) -> String {
     let secs: Vec<f64> = samples.iter().map(|s| s.seconds).collect();
+    let cpu: Vec<f64> = samples.iter().map(|s| s.cpu_seconds).collect();
     let n = samples.len().max(1) as f64;
     let mean = |f: fn(&Traffic) -> u64| samples.iter().map(|s| f(&s.traffic) as f64).sum::<f64>() / n;
     format!(
-        "{{{fields},\"n\":{},\"median_s\":{:.6},\"min_s\":{:.6},\"max_s\":{:.6},\"requests\":{:.1},\"bytes\":{:.1},\"envelopes\":{:.1},\"envelope_bytes\":{:.1},\"links\":{:.1},\"saves\":{:.1},\"saved_bytes\":{:.1}}}",
+        "{{{fields},\"n\":{},\"median_s\":{:.6},\"min_s\":{:.6},\"max_s\":{:.6},\"cpu_median_s\":{:.6},\"cpu_min_s\":{:.6},\"requests\":{:.1},\"bytes\":{:.1},\"envelopes\":{:.1},\"envelope_bytes\":{:.1},\"links\":{:.1},\"saves\":{:.1},\"saved_bytes\":{:.1}}}",
         samples.len(),
         median(secs.clone()),
         secs.iter().copied().fold(f64::INFINITY, f64::min),
         secs.iter().copied().fold(0.0, f64::max),
+        median(cpu.clone()),
+        cpu.iter().copied().fold(f64::INFINITY, f64::min),
         mean(|t| t.requests),
         mean(|t| t.bytes),
         mean(|t| t.envelopes),
