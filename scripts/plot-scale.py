@@ -8,8 +8,9 @@
     python3 scripts/plot-scale.py scale.jsonl docs/
 
 Writes docs/scale-members.png and docs/scale-channels.png: log-log, each measured curve
-beside the growth the issue expects (O(n) for a message, O(log n) cryptography + O(n)
-fan-out for adding and removing, O(channels) for an idle sync), each reference line drawn
+beside the growth the issue expects (O(n) for a message, drawn as n - 1 copies;
+O(log n) cryptography + O(n) fan-out for adding and removing; O(channels) for an idle
+sync), each reference line drawn
 through the curve's smallest size. A step from one size to the next that grows more than
 1.5 times faster than expected is circled in red, with the reason given by
 --note "op:size:text" (repeatable) or else the factor. Times are CPU time of the whole
@@ -57,10 +58,13 @@ def expected(kind, x, x0, y0):
     """The expected growth through (x0, y0)."""
     if kind == "linear":
         return y0 * x / x0
-    if kind == "log+linear":
+    if kind == "fan-out":
+        # O(n): one copy for each of the n - 1 other members.
+        return y0 * (x - 1) / (x0 - 1)
+    if kind == "log+fan-out":
         # O(log n) cryptography plus O(n) fan-out, both terms weighing the same at the
         # smallest size (the O(n) term dominates above it).
-        f = lambda n: math.log2(max(n, 2)) + n  # noqa: E731
+        f = lambda n: math.log2(max(n, 2)) + n - 1  # noqa: E731
         return y0 * f(x) / f(x0)
     raise ValueError(kind)
 
@@ -110,6 +114,7 @@ def main():
     p.add_argument("jsonl", nargs="+")
     p.add_argument("outdir")
     p.add_argument("--note", action="append", default=[], help='"key:size:text", the reason for a mark')
+    p.add_argument("--caption", action="append", default=[], help="a line under the members figure (what a short note means)")
     a = p.parse_args()
     notes = {}
     for n in a.note:
@@ -127,10 +132,10 @@ def main():
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6))
     for op, label, kind, colour in [
-        ("send", "send one message (sender)", "linear", "tab:blue"),
-        ("add", "add one member (admin's sync)", "log+linear", "tab:green"),
-        ("remove", "remove one member", "log+linear", "tab:orange"),
-        ("rotate", "self-update after a removal (each member)", "log+linear", "tab:red"),
+        ("send", "send one message (sender)", "fan-out", "tab:blue"),
+        ("add", "add one member (admin's sync)", "log+fan-out", "tab:green"),
+        ("remove", "remove one member", "log+fan-out", "tab:orange"),
+        ("rotate", "self-update after a removal (each member)", "log+fan-out", "tab:red"),
         ("join", "newcomer reads the welcome", "linear", "tab:purple"),
     ]:
         curve(left, pts(pop, op, "cpu_median_s", 1000), label, kind, colour, notes, f"{op}-time",
@@ -138,12 +143,12 @@ def main():
     finish(left, "members", "CPU ms (median; wall time faint)", "Time per operation, populated tree")
 
     for op, label, kind, colour in [
-        ("send", "send", "linear", "tab:blue"),
-        ("add", "add one", "log+linear", "tab:green"),
-        ("remove", "remove one", "log+linear", "tab:orange"),
+        ("send", "send", "fan-out", "tab:blue"),
+        ("add", "add one", "log+fan-out", "tab:green"),
+        ("remove", "remove one", "log+fan-out", "tab:orange"),
     ]:
         curve(right, pts(pop, op, "bytes", 1 / 1024), label, kind, colour, notes, f"{op}-bytes")
-    curve(right, pts(sparse, "add", "bytes", 1 / 1024), "add one, sparse tree", "log+linear", "tab:olive",
+    curve(right, pts(sparse, "add", "bytes", 1 / 1024), "add one, sparse tree", "log+fan-out", "tab:olive",
           notes, "sparse-add-bytes", style="s--")
     # A removal makes every other member rotate its mailbox: n - 1 self-update commits,
     # each fanned out to n - 1 members (derived from the measured remove and rotate).
@@ -152,10 +157,13 @@ def main():
         rot = pop.get(("rotate", s))
         if o == "remove" and rot:
             whole.append((s, (r["bytes"] + (s - 1) * rot["bytes"]) / 1024))
-    curve(right, whole, "one removal, whole channel (remove + n-1 rotations)", "log+linear", "tab:brown",
+    curve(right, whole, "one removal, whole channel (remove + n-1 rotations)", "log+fan-out", "tab:brown",
           notes, "removal-channel-bytes", style="^-")
     finish(right, "members", "KiB uploaded (request frames)", "Bytes uploaded per operation")
     fig.tight_layout()
+    if a.caption:
+        fig.subplots_adjust(bottom=0.1 + 0.03 * len(a.caption))
+        fig.text(0.01, 0.01, "\n".join(a.caption), fontsize=8, color="red", va="bottom")
     out = os.path.join(a.outdir, "scale-members.png")
     fig.savefig(out, dpi=100)
     print(out)
