@@ -2,9 +2,10 @@
 """Draws the cost at scale (issue 20, point 5) from the JSON lines of the scale harness.
 
     export BC_SCALE_OUT=scale.jsonl
-    cargo test --release -p backchannel-client --lib sim::scale::cost_at_scale -- --ignored --nocapture
+    BC_SCALE_MEMBERS=2,10,100,1000 BC_SCALE_CHANNELS=1,10,100,1000 \\
+        cargo test --release -p backchannel-client --lib sim::scale::cost_at_scale -- --nocapture
     BC_SCALE_TREE=sparse BC_SCALE_MEMBERS=2,10,100 BC_SCALE_CHANNELS= \\
-        cargo test --release -p backchannel-client --lib sim::scale::cost_at_scale -- --ignored --nocapture
+        cargo test --release -p backchannel-client --lib sim::scale::cost_at_scale -- --nocapture
     python3 scripts/plot-scale.py scale.jsonl docs/
 
 Writes docs/scale-members.png and docs/scale-channels.png: log-log, each measured curve

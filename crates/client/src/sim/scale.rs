@@ -19,7 +19,8 @@
 //! its home once, and from then on every save goes there.
 //!
 //! Its figures are in BENCHMARKS.md ("Cost at scale"), from
-//! `cargo test --release -p backchannel-client --lib sim::scale::cost_at_scale -- --ignored --nocapture`;
+//! `BC_SCALE_MEMBERS=2,10,100,1000 BC_SCALE_CHANNELS=1,10,100,1000 cargo test --release -p
+//! backchannel-client --lib sim::scale::cost_at_scale -- --nocapture`;
 //! `scripts/plot-scale.py` draws them.
 
 use std::path::{Path, PathBuf};
@@ -637,25 +638,28 @@ fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
     }
 }
 
-/// The harness works, at a size the test suite affords.
+/// The measurement of BENCHMARKS.md, "Cost at scale", and, with none of its settings given,
+/// a run at a size the test suite affords (2 and 5 members, 1 and 3 channels), so that the
+/// harness is exercised by every test run. Sizes from `BC_SCALE_MEMBERS` and
+/// `BC_SCALE_CHANNELS` (comma-separated; BENCHMARKS.md uses 2,10,100,1000 and
+/// 1,10,100,1000), repetitions from `BC_SCALE_REPS` (5 for a measurement), the batch of
+/// joiners one commit adds while a channel grows from `BC_SCALE_BATCH` (50: a commit adding
+/// 100 X-Wing key packages is over the relay's 512 KiB), `BC_SCALE_TREE=sparse` for a tree
+/// where only the founder commits; JSON lines on stdout and appended to `BC_SCALE_OUT` if
+/// set. A measurement takes minutes: run it in release.
 #[tokio::test(flavor = "current_thread")]
-async fn the_scale_harness_measures_small_sizes() {
-    let mut report = Report(None);
-    run(&[2, 5], &[1, 3], 1, 2, true, &mut report).await;
-}
-
-/// The measurement of BENCHMARKS.md, "Cost at scale". Sizes from `BC_SCALE_MEMBERS` and
-/// `BC_SCALE_CHANNELS` (comma-separated; 2,10,100,1000 and 1,10,100,1000), repetitions
-/// from `BC_SCALE_REPS` (5), the batch of joiners one commit adds while a channel grows from
-/// `BC_SCALE_BATCH` (50: a commit adding 100 X-Wing key packages is over the relay's
-/// 512 KiB), `BC_SCALE_TREE=sparse` for a tree where only the founder commits; JSON lines on stdout and appended to `BC_SCALE_OUT` if set.
-#[tokio::test(flavor = "current_thread")]
-#[ignore = "a measurement of minutes: run it in release (BENCHMARKS.md, \"Cost at scale\")"]
 async fn cost_at_scale() {
-    let members = sizes("BC_SCALE_MEMBERS", &[2, 10, 100, 1000]);
-    let channels = sizes("BC_SCALE_CHANNELS", &[1, 10, 100, 1000]);
-    let reps = sizes("BC_SCALE_REPS", &[5])[0];
-    let batch = sizes("BC_SCALE_BATCH", &[50])[0];
+    let measuring = std::env::var_os("BC_SCALE_MEMBERS").is_some() || std::env::var_os("BC_SCALE_CHANNELS").is_some();
+    let (members, channels, reps, batch) = if measuring {
+        (
+            sizes("BC_SCALE_MEMBERS", &[]),
+            sizes("BC_SCALE_CHANNELS", &[]),
+            sizes("BC_SCALE_REPS", &[5])[0],
+            sizes("BC_SCALE_BATCH", &[50])[0],
+        )
+    } else {
+        (vec![2, 5], vec![1, 3], 1, 2)
+    };
     let populate = std::env::var("BC_SCALE_TREE").map_or(true, |t| t != "sparse");
     let out = std::env::var("BC_SCALE_OUT")
         .ok()
