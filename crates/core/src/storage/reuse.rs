@@ -294,50 +294,29 @@ impl<'s, 'a> Tap<'s, 'a> {
     }
 }
 
-impl ser::SerializeSeq for Compound<'_, '_> {
-    type Ok = ();
-    type Error = postcard::Error;
-    #[inline(always)]
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> postcard::Result<()> {
-        value.serialize(self.tap())
-    }
-    fn end(self) -> postcard::Result<()> {
-        Ok(())
-    }
+/// The compounds of elements alone (sequences, tuples, tuple structs and variants): each
+/// element through the tap.
+macro_rules! elements {
+    ($($kind:ident :: $method:ident),*) => {$(
+        impl ser::$kind for Compound<'_, '_> {
+            type Ok = ();
+            type Error = postcard::Error;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> postcard::Result<()> {
+                value.serialize(self.tap())
+            }
+            fn end(self) -> postcard::Result<()> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Compound<'_, '_> {
-    type Ok = ();
-    type Error = postcard::Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> postcard::Result<()> {
-        value.serialize(self.tap())
-    }
-    fn end(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for Compound<'_, '_> {
-    type Ok = ();
-    type Error = postcard::Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> postcard::Result<()> {
-        value.serialize(self.tap())
-    }
-    fn end(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleVariant for Compound<'_, '_> {
-    type Ok = ();
-    type Error = postcard::Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> postcard::Result<()> {
-        value.serialize(self.tap())
-    }
-    fn end(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
+elements!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 impl ser::SerializeMap for Compound<'_, '_> {
     type Ok = ();
