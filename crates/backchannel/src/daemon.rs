@@ -54,14 +54,14 @@ const CHANGES_TIMEOUT: Duration = Duration::from_secs(60);
 /// for it. The socket file goes when this is dropped.
 pub struct Served {
     /// The home's engine.
-    pub engine: Engine,
+    engine: Engine,
     listener: UnixListener,
     owner: u32,
     path: std::path::PathBuf,
     /// Cover traffic's period, if on.
-    pub cover: Option<Duration>,
+    cover: Option<Duration>,
     /// Warnings from background syncs, for the next command's stderr.
-    pub pending: Vec<Warning>,
+    pending: Vec<Warning>,
     /// How many changes the engine has seen: bumped by each command served and each sync
     /// that brought something, a warning, or a change of reachability. A UI waits on it.
     changes: tokio::sync::watch::Sender<u64>,
@@ -128,12 +128,12 @@ impl Served {
     /// The next command's connection to the socket. Cancel-safe, so it can wait in a
     /// `select!`; serving the command ([`Served::serve`]) is not, and must run in the
     /// branch's body.
-    pub async fn accept(&self) -> Option<UnixStream> {
+    async fn accept(&self) -> Option<UnixStream> {
         self.listener.accept().await.ok().map(|(stream, _)| stream)
     }
 
     /// Serves one request that came on `stream`: a command, or a UI's [`Look`].
-    pub async fn serve(&mut self, stream: UnixStream) {
+    async fn serve(&mut self, stream: UnixStream) {
         if stream.peer_cred().map(|c| c.uid()).ok() != Some(self.owner) {
             return;
         }
@@ -178,7 +178,7 @@ impl Served {
     }
 
     /// How long to wait between syncs when the last one went well.
-    pub fn poll_every(&self) -> Duration {
+    fn poll_every(&self) -> Duration {
         if self.cover.is_some() {
             Duration::ZERO
         } else {
@@ -248,29 +248,23 @@ pub async fn run_until(mut served: Served, stop: impl std::future::Future<Output
 
 /// The background syncs of a served home: when the next is due, and the backoff after
 /// failures.
-pub struct Syncs {
+struct Syncs {
     /// When the next sync is due.
-    pub next: tokio::time::Instant,
+    next: tokio::time::Instant,
     last_error: String,
     backoff: Duration,
     /// What the last sync added to the channels' histories (0 after a failure).
-    pub arrived: usize,
-}
-
-impl Default for Syncs {
-    fn default() -> Self {
-        Self::new()
-    }
+    arrived: usize,
 }
 
 impl Syncs {
     /// Whether the last sync failed.
-    pub fn failing(&self) -> bool {
+    fn failing(&self) -> bool {
         !self.last_error.is_empty()
     }
 
     /// The first sync is due now.
-    pub fn new() -> Self {
+    fn new() -> Self {
         Self {
             next: tokio::time::Instant::now(),
             last_error: String::new(),
@@ -282,7 +276,7 @@ impl Syncs {
     /// Syncs once and sets when the next is due. A failure goes to the next command's
     /// stderr (as do the sync's warnings); `Some` with its text the first time it differs
     /// from the last one.
-    pub async fn run(&mut self, served: &mut Served) -> Option<String> {
+    async fn run(&mut self, served: &mut Served) -> Option<String> {
         let mut new_failure = None;
         let synced = served.engine.sync(Duration::ZERO).await;
         self.arrived = *synced.as_ref().unwrap_or(&0);
