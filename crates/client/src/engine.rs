@@ -29,6 +29,7 @@ use crate::transport::{Compartment, LinkKey, Links, Network, Results, TransportC
 use crate::{ClientError, Holdup, InviteProblem};
 use backchannel_core::roles::{Act, Roles};
 
+mod beside;
 mod code;
 mod drop_box;
 mod files;
@@ -108,6 +109,8 @@ pub struct Engine {
     wait_from: usize,
     /// Receive links kept open between fetches, one per mailbox (at most [`MAX_KEPT`]).
     kept: Vec<LinkKey>,
+    /// The daemon's fetches under cover, once they run beside its commands.
+    beside: Option<beside::Beside>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -218,6 +221,7 @@ impl Engine {
             lapsed: false,
             wait_from: 0,
             kept: Vec::new(),
+            beside: None,
             warnings: Vec::new(),
             undelivered: None,
             mailbox_full: false,
@@ -628,7 +632,11 @@ impl Engine {
                 SyncStep::ResumeCommits => self.resume_staged_commits().await?,
                 SyncStep::Fetch => {
                     before = self.session.history_len();
-                    self.fetch_all(wait).await?;
+                    if self.fetching_beside() {
+                        self.take_fetched_within(wait).await?;
+                    } else {
+                        self.fetch_all(wait).await?;
+                    }
                     self.catch_up_behind().await?;
                     self.tick();
                 }
@@ -669,12 +677,7 @@ impl Engine {
     /// own (one set per relay under cover), closed after (docs/protocol.md, "Unlinkable
     /// links"), so no connection opens two of them.
     async fn fetch_all(&mut self, wait: Duration) -> Result<(), ClientError> {
-        let mut groups: BTreeMap<LinkKey, Vec<(MailboxKeys, Role)>> = BTreeMap::new();
-        for (k, r) in self.session.mailboxes() {
-            let key = self.key(&k.address.relay, Compartment::Mailbox(k.id()));
-            groups.entry(key).or_default().push((k, r));
-        }
-        let groups: Vec<(LinkKey, Vec<(MailboxKeys, Role)>)> = groups.into_iter().collect();
+        let groups = self.fetch_groups();
         // Links kept open for mailboxes we no longer read are closed.
         let current: Vec<LinkKey> = groups.iter().map(|(k, _)| k.clone()).collect();
         for gone in self
@@ -710,6 +713,24 @@ impl Engine {
             self.fetch_pass(&groups, Duration::ZERO).await?;
         }
         Ok(())
+    }
+
+    /// Our mailboxes, by the links they are fetched on (one each).
+    fn fetch_groups(&self) -> Vec<(LinkKey, Vec<(MailboxKeys, Role)>)> {
+        let mut groups: BTreeMap<LinkKey, Vec<(MailboxKeys, Role)>> = BTreeMap::new();
+        for (k, r) in self.session.mailboxes() {
+            let key = self.key(&k.address.relay, Compartment::Mailbox(k.id()));
+            groups.entry(key).or_default().push((k, r));
+        }
+        groups.into_iter().collect()
+    }
+
+    /// Tells the user that the relay no longer holds a mailbox we read (`role`'s).
+    fn missing_mailbox(&mut self, role: &Role) {
+        if let Role::Channel(name) = role {
+            self.session
+                .warn(Some(name), "the relay no longer holds this channel's mailbox (deleted, or expired unused for the relay's idle lifetime, at least 90 days)");
+        }
     }
 
     /// One fetch of each group, in turn, each on its links. With up to [`MAX_KEPT`]
@@ -782,18 +803,17 @@ impl Engine {
                 Ok(_) => {
                     routes.insert(k.id(), (k, role));
                 }
-                Err(e) if e.is(ErrorCode::NoSuchMailbox) => {
-                    if let Role::Channel(name) = &role {
-                        self.session
-                            .warn(Some(name), "the relay no longer holds this channel's mailbox (deleted, or expired unused for the relay's idle lifetime, at least 90 days)");
-                    }
-                }
+                Err(e) if e.is(ErrorCode::NoSuchMailbox) => self.missing_mailbox(&role),
                 Err(e) => return Err(e.into()),
             }
         }
         self.perform_local()?;
         if routes.is_empty() {
             return Ok((0, true));
+        }
+        // What fetches beside the commands took in and still owe (cover turned off since).
+        if let Some(acks) = self.beside.as_mut().and_then(|b| b.unacked.remove(key)) {
+            self.pipeline(key, &acks).await?;
         }
         let mut fetched = 0;
         let mut drained = false;

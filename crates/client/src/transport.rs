@@ -14,7 +14,10 @@
 //! each serving one compartment per turn of [`TURN_TICKS`] ticks on a fresh connection.
 //! A turn that began with nothing waiting is taken over by the first compartment whose
 //! requests arrive during it (its connection had shown only fillers), so a request waits
-//! about a tick rather than the rest of an idle turn; turn lengths stay as drawn.
+//! about a tick rather than the rest of an idle turn; turn lengths stay as drawn. A turn's
+//! compartment runs its first waiting job even when other compartments' jobs wait ahead of
+//! it (they wait for their own turns, the oldest first): a daemon's fetches keep one job of
+//! each mailbox waiting (`engine/beside.rs`).
 //! A paced send link sends a queued request if there is one and otherwise a `Ping`; a
 //! paced receive link ticks twice as often (a fetch and an acknowledgement per envelope)
 //! and with nothing queued fetches. Every paced connection first declares itself paced
@@ -137,6 +140,10 @@ impl InOrder {
     }
 }
 
+/// Requests queued on a paced link ([`Network::detach`]): their answers, in order, coming
+/// without anything of the network borrowed.
+pub type Detached = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Results, ConnectError>> + Send>>;
+
 /// A relay operation under way.
 pub type NetFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, ConnectError>> + Send + 'a>>;
 
@@ -165,6 +172,14 @@ pub trait Network: Send {
     /// acknowledged is fetched again).
     fn wait_any<'a>(&'a mut self, _waits: &'a [(LinkKey, Vec<MailboxKeys>)], _wait: Duration) -> NetFuture<'a, bool> {
         Box::pin(async { Ok(true) })
+    }
+    /// Under cover: queues `opens` (each mailbox opened) and then `reqs` as one job of
+    /// `key`'s compartment on its relay's paced receive link, and returns the future of
+    /// their answers (one per mailbox, then one per request), which borrows nothing: the
+    /// daemon serves its commands while a fetch waits for its tick. `None` when the link
+    /// is not paced and connected, or a request does not go on it.
+    fn detach(&mut self, _key: &LinkKey, _opens: &[MailboxKeys], _reqs: Vec<Request>) -> Option<Detached> {
+        None
     }
     /// From now on, connect with `config` (links open before are dropped).
     fn configure(&mut self, _config: TransportConfig) {}
@@ -336,6 +351,13 @@ impl Network for Links {
                 _ => true,
             })
         })
+    }
+
+    fn detach(&mut self, key: &LinkKey, opens: &[MailboxKeys], reqs: Vec<Request>) -> Option<Detached> {
+        if reqs.iter().any(forwarded) {
+            return None;
+        }
+        self.links(key).detach(opens, reqs, &key.compartment)
     }
 
     fn configure(&mut self, config: TransportConfig) {
@@ -611,12 +633,16 @@ async fn pace(mut pacer: Pacer, mut jobs: mpsc::UnboundedReceiver<Job>, period: 
             let _ = pacer.send(&req).await;
             continue;
         }
-        if job.is_none()
-            && queue
-                .front()
-                .is_some_and(|j| pacer.current.as_ref() == Some(&j.compartment))
-        {
-            job = queue.pop_front();
+        // The turn's compartment runs its first waiting job, even behind other compartments'
+        // (they wait for their own turns; the oldest gets the next): a daemon's fetches
+        // beside its commands keep a job of each mailbox waiting.
+        if job.is_none() {
+            if let Some(i) = queue
+                .iter()
+                .position(|j| pacer.current.as_ref() == Some(&j.compartment))
+            {
+                job = queue.remove(i);
+            }
         }
         // A job with nothing left (or nothing at all) is done.
         if job.as_ref().is_some_and(|j| j.work.is_empty()) {
@@ -699,9 +725,21 @@ impl Link {
         work: Vec<Work>,
         authority: &str,
     ) -> Result<Results, ConnectError> {
+        Self::submit(jobs, compartment, work, authority).await
+    }
+
+    /// Queues `work` as one job of `compartment` now; the future of its answers, in order,
+    /// holds nothing of the link.
+    fn submit(
+        jobs: &mpsc::UnboundedSender<Job>,
+        compartment: &Compartment,
+        work: Vec<Work>,
+        authority: &str,
+    ) -> Detached {
         if work.is_empty() {
-            return Ok(Vec::new());
+            return Box::pin(async { Ok(Vec::new()) });
         }
+        let authority = authority.to_string();
         let mut waiting = Vec::with_capacity(work.len());
         let mut queued = VecDeque::with_capacity(work.len());
         for w in work {
@@ -709,19 +747,21 @@ impl Link {
             queued.push_back((w, reply));
             waiting.push(rx);
         }
-        jobs.send(Job {
+        let queued = jobs.send(Job {
             compartment: compartment.clone(),
             work: queued,
+        });
+        Box::pin(async move {
+            queued.map_err(|_| ConnectError::broken(&authority, Breakage::TaskEnded))?;
+            let mut out = Vec::with_capacity(waiting.len());
+            for rx in waiting {
+                out.push(
+                    rx.await
+                        .map_err(|_| ConnectError::broken(&authority, Breakage::TaskEnded))?,
+                );
+            }
+            Ok(out)
         })
-        .map_err(|_| ConnectError::broken(authority, Breakage::TaskEnded))?;
-        let mut out = Vec::with_capacity(waiting.len());
-        for rx in waiting {
-            out.push(
-                rx.await
-                    .map_err(|_| ConnectError::broken(authority, Breakage::TaskEnded))?,
-            );
-        }
-        Ok(out)
     }
 
     async fn pipeline(
@@ -965,6 +1005,26 @@ impl RelayLinks {
             self.recv = None;
             self.opened.clear();
         }
+    }
+
+    /// [`Network::detach`] on these links.
+    fn detach(&mut self, opens: &[MailboxKeys], reqs: Vec<Request>, compartment: &Compartment) -> Option<Detached> {
+        if self.forward.is_some() || reqs.iter().any(on_send_link) {
+            return None;
+        }
+        let Some(Link::Paced { jobs }) = &self.recv else {
+            return None;
+        };
+        if jobs.is_closed() {
+            return None;
+        }
+        let work = opens
+            .iter()
+            .cloned()
+            .map(Work::Open)
+            .chain(reqs.into_iter().map(Work::Request))
+            .collect();
+        Some(Link::submit(jobs, compartment, work, &self.authority()))
     }
 
     /// Sends one request of `compartment`; a refusal becomes `Err`.
