@@ -46,6 +46,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller has to take each line of the answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Under cover, how many ticks a stopping daemon gives its fetches under way to come back
+/// and their acknowledgements to go.
+const SETTLE_TICKS: u32 = 8;
+
 /// How long a [`Look::Changes`] is held when nothing changes.
 const CHANGES_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -177,10 +181,12 @@ impl Served {
         self.changes.send_modify(|g| *g += 1);
     }
 
-    /// How long to wait between syncs when the last one went well.
+    /// How long to wait between syncs when the last one went well. Under cover the fetches
+    /// run beside the commands ([`Engine::fetch_beside`]), and a sync (its other steps) comes
+    /// once a tick.
     fn poll_every(&self) -> Duration {
-        if self.cover.is_some() {
-            Duration::ZERO
+        if let Some(period) = self.cover {
+            period
         } else {
             POLL.max(PER_MAILBOX_POLL.saturating_mul(self.engine.mailbox_count() as u32))
         }
@@ -228,6 +234,9 @@ pub async fn serve(global: &Global, args: &DaemonArgs, out: &Out) -> Result<(), 
 pub async fn run_until(mut served: Served, stop: impl std::future::Future<Output = ()>, mut on_failure: impl FnMut()) {
     tokio::pin!(stop);
     let mut syncs = Syncs::new();
+    // Under cover, once the first sync went well: moves when a fetch beside the commands
+    // comes back.
+    let mut arrivals: Option<tokio::sync::watch::Receiver<u64>> = None;
     loop {
         tokio::select! {
             biased;
@@ -237,12 +246,27 @@ pub async fn run_until(mut served: Served, stop: impl std::future::Future<Output
                     served.serve(stream).await;
                 }
             }
+            Some(Ok(())) = async { Some(arrivals.as_mut()?.changed().await) }, if arrivals.is_some() => {
+                let taken = served.engine.take_fetched().await;
+                if syncs.record(&mut served, taken).is_some() {
+                    on_failure();
+                }
+            }
             _ = tokio::time::sleep_until(syncs.next) => {
                 if syncs.run(&mut served).await.is_some() {
                     on_failure();
                 }
+                // Under cover, from the first sync that went well, the fetches run beside the
+                // commands (each sync starts those missing, after a failure say).
+                if !syncs.failing() && arrivals.is_none() {
+                    arrivals = served.engine.fetch_beside();
+                }
             }
         }
+    }
+    if let Some(period) = served.cover {
+        // What was fetched and processed is acknowledged before we go (a few ticks).
+        served.engine.settle_fetches(SETTLE_TICKS * period).await;
     }
 }
 
@@ -277,14 +301,27 @@ impl Syncs {
     /// stderr (as do the sync's warnings); `Some` with its text the first time it differs
     /// from the last one.
     async fn run(&mut self, served: &mut Served) -> Option<String> {
-        let mut new_failure = None;
         let synced = served.engine.sync(Duration::ZERO).await;
+        let failure = self.record(served, synced);
+        if !self.failing() {
+            self.next = tokio::time::Instant::now() + served.poll_every();
+        }
+        failure
+    }
+
+    /// Takes in the outcome of a sync, or of taking in fetches made beside the commands:
+    /// how many messages and events arrived, or why it failed (the next sync waits longer).
+    fn record(
+        &mut self,
+        served: &mut Served,
+        synced: Result<usize, backchannel_client::ClientError>,
+    ) -> Option<String> {
+        let mut new_failure = None;
         self.arrived = *synced.as_ref().unwrap_or(&0);
         match synced {
             Ok(_) => {
                 self.last_error.clear();
                 self.backoff = BACKOFF;
-                self.next = tokio::time::Instant::now() + served.poll_every();
             }
             Err(e) => {
                 let text = e.to_string();
