@@ -97,6 +97,7 @@ struct Compound<'s, 'a> {
 }
 
 impl<'s, 'a> Compound<'s, 'a> {
+    #[inline]
     fn tap(&mut self) -> Tap<'_, 'a> {
         Tap {
             out: self.out,
@@ -301,6 +302,8 @@ macro_rules! elements {
         impl ser::$kind for Compound<'_, '_> {
             type Ok = ();
             type Error = postcard::Error;
+            // Called once per byte of every byte string: inlined into serde's loop.
+            #[inline]
             fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> postcard::Result<()> {
                 value.serialize(self.tap())
             }
