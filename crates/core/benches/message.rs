@@ -34,6 +34,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _};
 use openmls_traits::crypto::OpenMlsCrypto;
+use openmls_traits::random::OpenMlsRand;
 use openmls_traits::types::{HashType, SignatureScheme};
 use openmls_traits::OpenMlsProvider;
 use rand::rngs::StdRng;
@@ -329,6 +330,9 @@ fn primitives(c: &mut Criterion) {
     g.bench_function("ed25519_verify/dalek", |b| {
         b.iter(|| public.verify(black_box(&bytes), &sig).unwrap())
     });
+    g.bench_function("ed25519_verify/dalek_strict", |b| {
+        b.iter(|| public.verify_strict(black_box(&bytes), &sig).unwrap())
+    });
     g.bench_function("ed25519_verify/libcrux", |b| {
         b.iter(|| {
             libcrux
@@ -376,6 +380,26 @@ fn primitives(c: &mut Criterion) {
             crypto
                 .hkdf_expand(HashType::Sha2_256, &[3; 32], black_box(&info), 32)
                 .unwrap()
+        })
+    });
+    // The randomness openmls draws for each message it encrypts (the 4-byte reuse guard).
+    g.bench_function("random_4B/libcrux", |b| b.iter(|| libcrux.random_array::<4>().unwrap()));
+    g.bench_function("random_4B/provider", |b| {
+        b.iter(|| provider.rand().random_array::<4>().unwrap())
+    });
+    g.bench_function("random_4B/os", |b| {
+        b.iter(|| {
+            let mut out = [0u8; 4];
+            rand::rngs::OsRng.fill_bytes(&mut out);
+            out
+        })
+    });
+    let mut std_rng = StdRng::from_entropy();
+    g.bench_function("random_4B/chacha12", |b| {
+        b.iter(|| {
+            let mut out = [0u8; 4];
+            std_rng.fill_bytes(&mut out);
+            out
         })
     });
     for (suite, label) in [(Suite::PostQuantum, "xwing"), (Suite::Classical, "x25519")] {

@@ -7,20 +7,28 @@
 //! | Ed25519 sign, verify, key generation | `ed25519-dalek` |
 //! | SHA-256, SHA-384, SHA-512 | `sha2` (SHA-NI where the CPU has it) |
 //! | HKDF, HMAC over those hashes | `hkdf`, `hmac` over `sha2` |
-//! | HPKE (X-Wing, X25519), AEAD, randomness | `openmls_libcrux_crypto` |
+//! | ChaCha20-Poly1305 (the AEAD of every suite we use) | `chacha20poly1305` (AVX2 where the CPU has it) |
+//! | HPKE (X-Wing, X25519), AES-GCM | `openmls_libcrux_crypto` |
+//! | randomness (`OpenMlsRand`) | the operating system's generator, through `rand_core`'s `OsRng` |
 //!
 //! [`Crypto`] only delegates: it implements no primitive itself. On every
-//! message, openmls verifies one Ed25519 signature and hashes in the secret
-//! tree and the sender-data keys (HKDF); libcrux's portable Ed25519
-//! verification took 70 µs where ed25519-dalek takes 32 µs, and its SHA-256,
-//! under its HKDF too, ran 6.8 × slower than `sha2`.
+//! message, openmls verifies one Ed25519 signature, hashes in the secret
+//! tree and the sender-data keys (HKDF) and seals or opens with the AEAD;
+//! libcrux's portable Ed25519 verification took 70 µs where ed25519-dalek
+//! takes 32 µs, its SHA-256, under its HKDF too, ran 6.8 × slower than
+//! `sha2`, and its portable ChaCha20 is several times slower than the
+//! `chacha20` crate's AVX2 code (the 4 KiB path lost about 10 % to it).
 //!
-//! **Equivalence.** Signatures, hashes, HKDF and HMAC equal libcrux's on the same inputs
-//! (the unit tests below sign with one and verify with the other, both ways),
+//! **Equivalence.** Signatures, hashes, HKDF, HMAC and ChaCha20-Poly1305 equal libcrux's on
+//! the same inputs (the unit tests below sign or seal with one and verify or open with the
+//! other, both ways, with the same errors),
 //! and the mlswg interop vectors pass through [`Crypto`] for the suites it
 //! shares with them (`tests/mls_vectors.rs`). Two deliberate differences:
-//! verification is ed25519-dalek's `verify_strict`, which also refuses a
-//! public key or a signature's `R` of small order. No honest signer produces
+//! verification accepts exactly what ed25519-dalek's `verify_strict` accepts
+//! (computed as dalek's `verify` and the two small-order checks, which spares
+//! decompressing `R`: [`verify_strict`] says why the answer is the same, and
+//! a unit test compares the two), so it refuses a public key or a signature's
+//! `R` of small order. No honest signer produces
 //! either. libcrux accepts them: with the identity point as public key, one
 //! fixed "signature" verifies for every message (a unit test shows it).
 //! And HKDF-Expand with a PRK longer than the hash follows RFC 5869 (HMAC
@@ -31,25 +39,39 @@
 //! Verification keeps the last 16 public keys it saw decompressed (public
 //! data; a channel's members sign again and again).
 //!
+//! **Randomness.** openmls draws from [`OpenMlsRand`] for every message it
+//! encrypts (the reuse guard) and for every secret it makes. Each draw is read
+//! from the operating system (`getrandom(2)` on Linux): 0.4 µs for 4 bytes,
+//! where libcrux's HMAC-DRBG took 3.2 µs over its slow SHA-256. Like the DRBG,
+//! the kernel's generator cannot be run backwards from its state, and no
+//! generator state lives in this process at all (nothing to zeroize, nothing
+//! that a fork copies). A user-space ChaCha20 generator would save 0.4 µs
+//! more per message but would keep, in memory, a key that reveals every draw
+//! since its last seeding. libcrux's own DRBG still serves its HPKE.
+//!
 //! **Secrets.** A signing seed passed in or generated here is copied only
 //! into zeroizing buffers (`Zeroizing`, `SigningKey`, which zeroizes on drop).
 //! The trait returns a generated secret key as a plain `Vec`, as libcrux does;
 //! openmls takes it from there.
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
-use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce as ChaChaNonce};
+use curve25519_dalek::constants::EIGHT_TORSION;
+use ed25519_dalek::{Signature, SignatureError, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use openmls::prelude::tls_codec::SecretVLBytes;
-use openmls_libcrux_crypto::CryptoProvider as Libcrux;
+use openmls_libcrux_crypto::{CryptoProvider as Libcrux, RandError};
 use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::random::OpenMlsRand;
 use openmls_traits::types::{
     AeadType, Ciphersuite, CryptoError, ExporterSecret, HashType, HpkeCiphertext, HpkeConfig, HpkeKeyPair, KemOutput,
     SignatureScheme,
 };
+use rand_core::{OsRng, RngCore as _};
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
 use zeroize::{Zeroize as _, Zeroizing};
 
@@ -90,6 +112,49 @@ impl KeyCache {
     }
 }
 
+/// ed25519-dalek's `verify_strict`, which accepts exactly the same
+/// signatures, without decompressing the signature's `R` (about 4 µs).
+///
+/// `verify_strict` accepts if `R` decompresses, neither `R` nor the public
+/// key `A` has small order, `S` is canonical and `[S]B - [k]A` compresses to
+/// `R`'s bytes. dalek's `verify` checks the last two, on the same equation
+/// (cofactorless). When they hold, `R`'s bytes are the canonical encoding of
+/// the point `[S]B - [k]A`, so they decompress, to that point; and that point
+/// has small order exactly when its encoding is one of the eight encodings of
+/// the points of small order (the canonical encoding is one-to-one). So the
+/// check below, after `verify`, leaves the same answer, at the cost of eight
+/// comparisons of 32 bytes. The unit tests compare it with `verify_strict` on
+/// signatures that only the small-order checks refuse.
+fn verify_strict(key: &VerifyingKey, data: &[u8], signature: &Signature) -> Result<(), SignatureError> {
+    if key.is_weak() {
+        return Err(SignatureError::new());
+    }
+    key.verify(data, signature)?;
+    if small_order_encodings().contains(signature.r_bytes()) {
+        return Err(SignatureError::new());
+    }
+    Ok(())
+}
+
+/// The canonical encodings of the eight points of small order.
+fn small_order_encodings() -> &'static [[u8; 32]; 8] {
+    static ENCODINGS: OnceLock<[[u8; 32]; 8]> = OnceLock::new();
+    ENCODINGS.get_or_init(|| EIGHT_TORSION.map(|p| p.compress().to_bytes()))
+}
+
+/// The tag length of ChaCha20-Poly1305.
+const CHACHA_TAG: usize = 16;
+
+/// ChaCha20-Poly1305 keyed with `key`, and `nonce` as its nonce; the same
+/// length errors as libcrux.
+fn chacha<'n>(key: &[u8], nonce: &'n [u8]) -> Result<(ChaCha20Poly1305, &'n ChaChaNonce), CryptoError> {
+    let cipher = ChaCha20Poly1305::new_from_slice(key).map_err(|_| CryptoError::InvalidLength)?;
+    if nonce.len() != 12 {
+        return Err(CryptoError::InvalidLength);
+    }
+    Ok((cipher, ChaChaNonce::from_slice(nonce)))
+}
+
 impl fmt::Debug for Crypto {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Crypto(..)")
@@ -97,8 +162,8 @@ impl fmt::Debug for Crypto {
 }
 
 impl Crypto {
-    /// A provider whose random generator (libcrux's HMAC-DRBG) is seeded from
-    /// the operating system.
+    /// A provider (libcrux's part seeds its HMAC-DRBG, used by its HPKE, from
+    /// the operating system).
     pub fn new() -> Result<Self, CryptoError> {
         Ok(Self {
             libcrux: Libcrux::new()?,
@@ -196,7 +261,13 @@ impl OpenMlsCrypto for Crypto {
         nonce: &[u8],
         aad: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        self.libcrux.aead_encrypt(alg, key, data, nonce, aad)
+        if alg != AeadType::ChaCha20Poly1305 {
+            return self.libcrux.aead_encrypt(alg, key, data, nonce, aad);
+        }
+        let (cipher, nonce) = chacha(key, nonce)?;
+        cipher
+            .encrypt(nonce, Payload { msg: data, aad })
+            .map_err(|_| CryptoError::CryptoLibraryError)
     }
 
     fn aead_decrypt(
@@ -207,18 +278,24 @@ impl OpenMlsCrypto for Crypto {
         nonce: &[u8],
         aad: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        self.libcrux.aead_decrypt(alg, key, ct_tag, nonce, aad)
+        if alg != AeadType::ChaCha20Poly1305 {
+            return self.libcrux.aead_decrypt(alg, key, ct_tag, nonce, aad);
+        }
+        let (cipher, nonce) = chacha(key, nonce)?;
+        if ct_tag.len() < CHACHA_TAG {
+            return Err(CryptoError::InvalidLength);
+        }
+        cipher
+            .decrypt(nonce, Payload { msg: ct_tag, aad })
+            .map_err(|_| CryptoError::AeadDecryptionError)
     }
 
     fn signature_key_gen(&self, alg: SignatureScheme) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
         if alg != SignatureScheme::ED25519 {
             return Err(CryptoError::UnsupportedSignatureScheme);
         }
-        let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
-            self.libcrux
-                .random_array()
-                .map_err(|_| CryptoError::InsufficientRandomness)?,
-        );
+        let seed: Zeroizing<[u8; 32]> =
+            Zeroizing::new(self.random_array().map_err(|_| CryptoError::InsufficientRandomness)?);
         let key = SigningKey::from_bytes(&seed);
         Ok((seed.to_vec(), key.verifying_key().to_bytes().to_vec()))
     }
@@ -237,8 +314,7 @@ impl OpenMlsCrypto for Crypto {
         let signature: &[u8; 64] = signature.try_into().map_err(|_| CryptoError::InvalidLength)?;
         // A poisoned lock still guards a usable cache: each change is one assignment.
         let key = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(pk)?;
-        key.verify_strict(data, &Signature::from_bytes(signature))
-            .map_err(|_| CryptoError::InvalidSignature)
+        verify_strict(&key, data, &Signature::from_bytes(signature)).map_err(|_| CryptoError::InvalidSignature)
     }
 
     fn sign(&self, alg: SignatureScheme, data: &[u8], key: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -301,21 +377,33 @@ impl OpenMlsCrypto for Crypto {
 }
 
 impl OpenMlsRand for Crypto {
-    type Error = <Libcrux as OpenMlsRand>::Error;
+    type Error = RandError;
 
     fn random_array<const N: usize>(&self) -> Result<[u8; N], Self::Error> {
-        self.libcrux.random_array()
+        let mut out = [0u8; N];
+        os_random(&mut out)?;
+        Ok(out)
     }
 
     fn random_vec(&self, len: usize) -> Result<Vec<u8>, Self::Error> {
-        self.libcrux.random_vec(len)
+        let mut out = vec![0u8; len];
+        os_random(&mut out)?;
+        Ok(out)
     }
+}
+
+/// Fills `out` from the operating system's generator (see the module
+/// documentation, "Randomness").
+fn os_random(out: &mut [u8]) -> Result<(), RandError> {
+    OsRng.try_fill_bytes(out).map_err(|_| RandError::UnableToGenerate)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+    use curve25519_dalek::{EdwardsPoint, Scalar};
 
     const SCHEME: SignatureScheme = SignatureScheme::ED25519;
 
@@ -554,6 +642,187 @@ mod tests {
             .unwrap();
         assert!(ours.verify_signature(SCHEME, msg, &bad, &sigs[0]).is_err());
         assert_eq!(ours.keys.lock().unwrap().next, before);
+    }
+
+    /// A signature on `msg` under `a·B + torsion` whose `R` is the small-order
+    /// point `r` (or `None` if `k` does not give it): `S = k·a`, so `[S]B - [k]A`
+    /// is `-[k]·torsion`. Cofactorless verification accepts it when that is `r`.
+    fn small_order_r_signature(
+        a: &Scalar,
+        torsion: &EdwardsPoint,
+        r: &EdwardsPoint,
+        msg: &[u8],
+    ) -> Option<([u8; 32], [u8; 64])> {
+        let pk = (a * ED25519_BASEPOINT_POINT + torsion).compress().to_bytes();
+        let r_bytes = r.compress().to_bytes();
+        let mut h = Sha512::new();
+        h.update(r_bytes);
+        h.update(pk);
+        h.update(msg);
+        let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        if (-(k * torsion)).compress() != r.compress() {
+            return None;
+        }
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&r_bytes);
+        sig[32..].copy_from_slice((k * a).as_bytes());
+        Some((pk, sig))
+    }
+
+    #[test]
+    fn strict_verification_refuses_what_verify_strict_refuses() {
+        let ours = Crypto::new().unwrap();
+        let a = Scalar::from_bytes_mod_order([0x37; 32]);
+        // For each point of small order as R, a signature that the cofactorless
+        // equation accepts (the public key has a torsion part of order 8, so
+        // that every one of them can come out).
+        for (j, r) in EIGHT_TORSION.iter().enumerate() {
+            let (msg, (pk, sig)) = (0u32..)
+                .find_map(|n| small_order_r_signature(&a, &EIGHT_TORSION[1], r, &n.to_be_bytes()).map(|ps| (n, ps)))
+                .unwrap();
+            let msg = msg.to_be_bytes();
+            let key = VerifyingKey::from_bytes(&pk).unwrap();
+            let signature = Signature::from_bytes(&sig);
+            // What it takes: dalek's `verify` accepts it, `verify_strict` does not.
+            assert!(!key.is_weak());
+            assert!(key.verify(&msg, &signature).is_ok(), "R = torsion point {j}");
+            assert!(key.verify_strict(&msg, &signature).is_err());
+            assert!(verify_strict(&key, &msg, &signature).is_err(), "R = torsion point {j}");
+            assert_eq!(
+                ours.verify_signature(SCHEME, &msg, &pk, &sig),
+                Err(CryptoError::InvalidSignature)
+            );
+        }
+        // With a public key of small order (and S = 0, R = the identity) the
+        // equation holds for every message: both refuse.
+        for t in EIGHT_TORSION {
+            let pk = t.compress().to_bytes();
+            let mut sig = [0u8; 64];
+            sig[..32].copy_from_slice(&EdwardsPoint::default().compress().to_bytes());
+            let key = VerifyingKey::from_bytes(&pk).unwrap();
+            assert!(key.verify_strict(b"m", &Signature::from_bytes(&sig)).is_err());
+            assert!(verify_strict(&key, b"m", &Signature::from_bytes(&sig)).is_err());
+        }
+        // Honest signatures and their corruptions: the same answer as
+        // `verify_strict`, byte by byte of the signature and with R replaced by
+        // each small-order encoding.
+        for (i, msg) in messages().iter().enumerate() {
+            let sk = SigningKey::from_bytes(&[i as u8 + 1; 32]);
+            let key = sk.verifying_key();
+            let good = sk.sign(msg).to_bytes();
+            let mut cases = vec![good];
+            for b in 0..64 {
+                let mut bad = good;
+                bad[b] ^= 1 << (b % 8);
+                cases.push(bad);
+            }
+            for enc in small_order_encodings() {
+                let mut bad = good;
+                bad[..32].copy_from_slice(enc);
+                cases.push(bad);
+            }
+            for case in cases {
+                let sig = Signature::from_bytes(&case);
+                assert_eq!(
+                    verify_strict(&key, msg, &sig).is_ok(),
+                    key.verify_strict(msg, &sig).is_ok(),
+                    "message {i}"
+                );
+            }
+            assert!(verify_strict(&key, msg, &Signature::from_bytes(&good)).is_ok());
+        }
+    }
+
+    #[test]
+    fn chacha20_poly1305_equals_libcrux_and_opens_across() {
+        let (ours, libcrux) = both();
+        let alg = AeadType::ChaCha20Poly1305;
+        let key = [0x42u8; 32];
+        let nonce = [0x24u8; 12];
+        for (i, msg) in messages().iter().enumerate() {
+            for aad in [&b""[..], b"aad", &msg[..msg.len().min(300)]] {
+                let a = ours.aead_encrypt(alg, &key, msg, &nonce, aad).unwrap();
+                let b = libcrux.aead_encrypt(alg, &key, msg, &nonce, aad).unwrap();
+                assert_eq!(a, b, "message {i}");
+                assert_eq!(&ours.aead_decrypt(alg, &key, &b, &nonce, aad).unwrap(), msg);
+                assert_eq!(&libcrux.aead_decrypt(alg, &key, &a, &nonce, aad).unwrap(), msg);
+                // A changed byte anywhere, or other associated data, fails on both sides.
+                let mut bad = a.clone();
+                bad[i % a.len()] ^= 1;
+                for side in [&ours as &dyn OpenMlsCrypto, &libcrux] {
+                    assert_eq!(
+                        side.aead_decrypt(alg, &key, &bad, &nonce, aad),
+                        Err(CryptoError::AeadDecryptionError)
+                    );
+                    assert_eq!(
+                        side.aead_decrypt(alg, &key, &a, &nonce, b"other"),
+                        Err(CryptoError::AeadDecryptionError)
+                    );
+                }
+            }
+        }
+        // Wrong lengths: the same errors on both sides.
+        let ct = ours.aead_encrypt(alg, &key, b"m", &nonce, b"").unwrap();
+        for side in [&ours as &dyn OpenMlsCrypto, &libcrux] {
+            assert_eq!(
+                side.aead_encrypt(alg, &key[..31], b"m", &nonce, b""),
+                Err(CryptoError::InvalidLength)
+            );
+            assert_eq!(
+                side.aead_encrypt(alg, &key, b"m", &nonce[..11], b""),
+                Err(CryptoError::InvalidLength)
+            );
+            assert_eq!(
+                side.aead_decrypt(alg, &key, &ct, &[0; 13], b""),
+                Err(CryptoError::InvalidLength)
+            );
+            assert_eq!(
+                side.aead_decrypt(alg, &key, &ct[..15], &nonce, b""),
+                Err(CryptoError::InvalidLength)
+            );
+            // Only a tag: the empty message.
+            let empty = side.aead_encrypt(alg, &key, b"", &nonce, b"").unwrap();
+            assert_eq!(empty.len(), 16);
+            assert_eq!(side.aead_decrypt(alg, &key, &empty, &nonce, b"").unwrap(), b"");
+        }
+        // AES-GCM still goes to libcrux, and works.
+        let aes = AeadType::Aes128Gcm;
+        let ct = ours.aead_encrypt(aes, &key[..16], b"m", &nonce, b"").unwrap();
+        assert_eq!(libcrux.aead_decrypt(aes, &key[..16], &ct, &nonce, b"").unwrap(), b"m");
+    }
+
+    #[test]
+    fn randomness_comes_in_every_length_asked_and_differs_each_time() {
+        let ours = Crypto::new().unwrap();
+        for len in [0, 1, 4, 32, 100, 70_000] {
+            assert_eq!(ours.random_vec(len).unwrap().len(), len);
+        }
+        let draws: Vec<[u8; 16]> = (0..1000).map(|_| ours.random_array().unwrap()).collect();
+        let mut sorted = draws.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), draws.len(), "a 16-byte draw came twice");
+        assert_ne!(ours.random_array::<32>().unwrap(), [0; 32]);
+        // Every byte value, in 256 KiB, about 1,024 times (standard deviation
+        // 32; the bounds are 8 of them away).
+        let bytes = ours.random_vec(256 * 1024).unwrap();
+        let mut counts = [0u32; 256];
+        for b in bytes {
+            counts[usize::from(b)] += 1;
+        }
+        assert!(counts.iter().all(|c| (768..=1280).contains(c)), "{counts:?}");
+    }
+
+    #[test]
+    fn generated_signing_keys_differ_and_sign() {
+        let ours = Crypto::new().unwrap();
+        let (sk1, pk1) = ours.signature_key_gen(SCHEME).unwrap();
+        let (sk2, pk2) = ours.signature_key_gen(SCHEME).unwrap();
+        assert_ne!(sk1, sk2);
+        assert_ne!(pk1, pk2);
+        let sig = ours.sign(SCHEME, b"m", &sk1).unwrap();
+        ours.verify_signature(SCHEME, b"m", &pk1, &sig).unwrap();
+        assert!(ours.verify_signature(SCHEME, b"m", &pk2, &sig).is_err());
     }
 
     #[test]
