@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod answer_floor;
+mod corked;
 pub mod deposit;
 mod exporter;
 mod forward;

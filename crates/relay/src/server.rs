@@ -18,7 +18,7 @@ use backchannel_core::frame::{
 use backchannel_core::mailbox::{verify_open_proof, MailboxId};
 use backchannel_core::pow;
 use futures_util::stream::FuturesOrdered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::answer_floor::AnswerFloor;
+use crate::corked::Corked;
 use crate::deposit::{commit_part, DepositBudget, DepositSlot};
 use crate::forward::{Ask, Forwarder};
 use crate::proofs::SpentProofs;
@@ -755,7 +756,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
     }
 }
 
-type Ws = WebSocketStream<Capped<TlsStream<TcpStream>>>;
+type Ws = WebSocketStream<Capped<TlsStream<Corked<TcpStream>>>>;
 
 enum HandshakeError {
     TooLarge,
@@ -764,7 +765,7 @@ enum HandshakeError {
 
 /// TLS, then the WebSocket upgrade read through a [`Capped`] stream.
 async fn handshake(tcp: TcpStream, tls: &TlsAcceptor) -> Result<Ws, HandshakeError> {
-    let tls = tls.accept(tcp).await.map_err(|_| HandshakeError::Failed)?;
+    let tls = tls.accept(Corked::new(tcp)).await.map_err(|_| HandshakeError::Failed)?;
     let capped = Capped {
         inner: tls,
         left: Some(MAX_UPGRADE_REQUEST),
@@ -1003,7 +1004,7 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, keys: &WireKeys, slot: &
         };
         let msg = match event {
             Event::Done(id, response) => {
-                if !finish(ws, id, &response, shared).await {
+                if !finish_ready(ws, id, &response, &mut inflight, shared).await {
                     return Ended::Client;
                 }
                 continue;
@@ -1223,12 +1224,45 @@ enum Event<R> {
     Read(R),
 }
 
-/// Counts a response and sends it; false if the connection is done for.
-async fn finish(ws: &mut Ws, id: u32, response: &Response, shared: &Shared) -> bool {
+/// Sends `response` and every later one already done, in order, flushing once: the
+/// answers of a batch of pipelined writes, committed together, leave in one system call
+/// ([`Corked`]). False if the connection is done for.
+async fn finish_ready(
+    ws: &mut Ws,
+    id: u32,
+    response: &Response,
+    inflight: &mut FuturesOrdered<Pending<'_>>,
+    shared: &Shared,
+) -> bool {
+    let send = async {
+        count_response(response, shared);
+        feed_response(ws, id, response).await?;
+        while let Some(Some((id, response))) = inflight.next().now_or_never() {
+            count_response(&response, shared);
+            feed_response(ws, id, &response).await?;
+        }
+        ws.flush().await
+    };
+    match tokio::time::timeout(shared.limits.idle_timeout, send).await {
+        Ok(r) => r.is_ok(),
+        Err(_) => {
+            Metrics::count(&shared.metrics.idle_timeouts);
+            false
+        }
+    }
+}
+
+/// Counts a refusal among the metrics.
+fn count_response(response: &Response, shared: &Shared) {
     if let Response::Error { code, .. } = response {
         count_refusal(&shared.metrics, *code);
         Metrics::count(&shared.metrics.protocol_errors);
     }
+}
+
+/// Counts a response and sends it; false if the connection is done for.
+async fn finish(ws: &mut Ws, id: u32, response: &Response, shared: &Shared) -> bool {
+    count_response(response, shared);
     answer(ws, id, response, shared).await
 }
 
@@ -1260,10 +1294,19 @@ async fn send_response<S>(ws: &mut S, id: u32, response: &Response) -> Result<()
 where
     S: futures_util::Sink<Message> + Unpin,
 {
+    feed_response(ws, id, response).await?;
+    ws.flush().await
+}
+
+/// Hands a response's frames to the WebSocket without flushing.
+async fn feed_response<S>(ws: &mut S, id: u32, response: &Response) -> Result<(), S::Error>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
     for frame in encode_response(id, response) {
         ws.feed(Message::Binary(frame.into())).await?;
     }
-    ws.flush().await
+    Ok(())
 }
 
 struct Connection {
