@@ -57,6 +57,26 @@ pub(crate) fn seal(key: &EnvelopeKey, aad: &[u8; 40], plaintext: &[u8]) -> Resul
     Ok(sealed)
 }
 
+/// Seals `plaintext` as [`seal`] does, straight into an envelope value of the current
+/// layout ([`super::record::encode_envelope_value`]): one buffer, one copy of the envelope.
+pub(crate) fn seal_value(
+    key: &EnvelopeKey,
+    aad: &[u8; 40],
+    expires_at: u64,
+    slot: u64,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, StoreError> {
+    let mut value = super::record::envelope_value_header(expires_at, slot);
+    let at = value.len();
+    value.extend_from_slice(plaintext);
+    let tag = ChaCha20Poly1305::new(Key::from_slice(&key[..]))
+        .encrypt_in_place_detached(&nonce(), aad, &mut value[at..])
+        // Only a plaintext longer than ChaCha20 allows fails, and an envelope is not.
+        .map_err(|_| StoreError::corrupt("envelope to seal"))?;
+    value.extend_from_slice(&tag);
+    Ok(value)
+}
+
 /// Why a stored envelope did not open.
 pub(crate) enum Unopened {
     /// The key file could not be read.
@@ -311,4 +331,23 @@ fn remove_records(db: &Database, record_keys: &[Vec<u8>]) -> Result<(), StoreErr
         }
     }
     txn.commit().map_err(StoreError::database(DOING))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::embedded::record::encode_envelope_value;
+
+    #[test]
+    fn sealing_into_a_value_gives_the_value_of_the_sealed_envelope() {
+        let key = fresh_key().unwrap();
+        let aad = [9u8; 40];
+        let plaintext = [5u8; ENVELOPE_SIZE];
+        let sealed = seal(&key, &aad, &plaintext).unwrap();
+        assert_eq!(
+            seal_value(&key, &aad, 77, 3, &plaintext).unwrap(),
+            encode_envelope_value(77, 3, &sealed)
+        );
+    }
 }

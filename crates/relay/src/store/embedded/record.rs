@@ -227,11 +227,18 @@ impl<'a> EnvelopeValue<'a> {
 
 /// The current layout of an envelope value around `sealed` (ciphertext || tag).
 pub(crate) fn encode_envelope_value(expires_at: u64, slot: u64, sealed: &[u8]) -> Vec<u8> {
+    let mut value = envelope_value_header(expires_at, slot);
+    value.extend_from_slice(sealed);
+    value
+}
+
+/// The start of an envelope value of the current layout, up to the sealed envelope, in a
+/// buffer with room for the rest.
+pub(crate) fn envelope_value_header(expires_at: u64, slot: u64) -> Vec<u8> {
     let mut value = Vec::with_capacity(ENVELOPE_VALUE_LEN);
     value.push(RECORD_VERSION);
     value.extend_from_slice(&expires_at.to_be_bytes());
     value.extend_from_slice(&slot.to_be_bytes());
-    value.extend_from_slice(sealed);
     value
 }
 

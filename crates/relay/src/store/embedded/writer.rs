@@ -17,9 +17,9 @@ use backchannel_core::pow::ProvenWork;
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 use zeroize::Zeroizing;
 
-use super::at_rest::{fresh_key, seal, zero_slots, EnvelopeKey, KeyFile, SlotBook};
+use super::at_rest::{fresh_key, seal_value, zero_slots, EnvelopeKey, KeyFile, SlotBook};
 use super::nameplate::{self, NameplateKey};
-use super::record::{encode_envelope_value, encode_sender, record_key, EnvelopeValue, MailboxRecord};
+use super::record::{encode_sender, record_key, EnvelopeValue, MailboxRecord};
 use super::{
     bundle_expiry_key, count_off, expiry_key, get_record, held_key, idle_key, sender, Table, BUNDLES, BUNDLE_EXPIRY,
     ENVELOPES, EXPIRY, HELD, IDLE, MAILBOXES, MAX_BATCH, NAMEPLATES, NAMEPLATE_EXPIRY, SENDERS, TOUCHED,
@@ -668,10 +668,10 @@ fn delete_mailbox(t: &mut Tables<'_, '_>, id: &MailboxId, doing: &'static str) -
             .envs
             .remove(&k[..])
             .map_err(StoreError::database(doing))?
-            .map(|v| v.value().to_vec());
-        if let Some(value) = removed {
-            unindex(t.expiry, k, &value, doing)?;
-            t.slots.freed.extend(slot_of(&value));
+            .map(|v| Removed::of(v.value()));
+        if let Some(removed) = removed {
+            removed.unindex(t.expiry, k, doing)?;
+            t.slots.freed.extend(removed.slot);
         }
     }
     if let Some(rec) = get_record(t.boxes, id)? {
@@ -703,15 +703,31 @@ fn slot_of(value: &[u8]) -> Option<u64> {
     EnvelopeValue::parse(value).ok().and_then(|v| v.slot())
 }
 
-/// Removes the expiry index's entry of an envelope record being removed (none for a
-/// corrupt one, which has none).
-fn unindex(expiry: &mut Table<'_>, record_key: &[u8], value: &[u8], doing: &'static str) -> Result<(), StoreError> {
-    if let Ok(v) = EnvelopeValue::parse(value) {
-        expiry
-            .remove(&expiry_key(v.expires_at(), record_key)[..])
-            .map_err(StoreError::database(doing))?;
+/// What is needed of an envelope value being removed: its expiry (none for a corrupt one,
+/// which has no entry in the expiry index) and its key slot (none for one in the clear).
+struct Removed {
+    expires_at: Option<u64>,
+    slot: Option<u64>,
+}
+
+impl Removed {
+    fn of(value: &[u8]) -> Self {
+        let parsed = EnvelopeValue::parse(value).ok();
+        Self {
+            expires_at: parsed.map(|v| v.expires_at()),
+            slot: parsed.and_then(|v| v.slot()),
+        }
     }
-    Ok(())
+
+    /// Removes the record's entry from the expiry index.
+    fn unindex(&self, expiry: &mut Table<'_>, record_key: &[u8], doing: &'static str) -> Result<(), StoreError> {
+        if let Some(at) = self.expires_at {
+            expiry
+                .remove(&expiry_key(at, record_key)[..])
+                .map_err(StoreError::database(doing))?;
+        }
+        Ok(())
+    }
 }
 
 /// Applies one write. The outer `Result` is a storage failure that aborts the
@@ -842,8 +858,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                     let rk = record_key(id, seq);
                     let key = fresh_key()?;
                     let slot = book.take();
-                    let value = seal(&key, &rk, envelope.as_bytes())
-                        .map(|sealed| encode_envelope_value(*expires_at, slot, &sealed));
+                    let value = seal_value(&key, &rk, *expires_at, slot, envelope.as_bytes());
                     slots.new.push((slot, key));
                     envs.insert(&rk[..], &value?[..]).map_err(StoreError::database(DOING))?;
                     expiry
@@ -865,14 +880,14 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
         Write::Ack { id, seq } => {
             const DOING: &str = "deleting an acknowledged envelope";
             let rk = record_key(id, *seq);
+            // Only the removed value's expiry and slot are needed, not a copy of its 4 KiB.
             let removed = envs
                 .remove(&rk[..])
                 .map_err(StoreError::database(DOING))?
-                .map(|v| v.value().to_vec());
-            if let Some(value) = removed {
-                unindex(expiry, &rk, &value, DOING)?;
-                let slot = slot_of(&value);
-                slots.freed.extend(slot);
+                .map(|v| Removed::of(v.value()));
+            if let Some(removed) = removed {
+                removed.unindex(expiry, &rk, DOING)?;
+                slots.freed.extend(removed.slot);
                 count_off(boxes, id)?;
             }
             Ok((*id, 0))
