@@ -890,6 +890,10 @@ pub struct BenchRelayArgs {
     /// unread: what a store full of other people's mailboxes costs.
     #[arg(long, default_value_t = 0)]
     pub idle_mailboxes: usize,
+    /// Through the run, hold this many more connections, each with a mailbox of its own
+    /// and a long-poll waiting on it: what a relay full of waiting daemons costs.
+    #[arg(long, default_value_t = 0)]
+    pub idle_connections: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

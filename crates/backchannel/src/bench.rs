@@ -59,6 +59,8 @@ pub struct RelayBench {
     pub rate: Option<f64>,
     /// Mailboxes made before the run, each holding one envelope, never read.
     pub idle_mailboxes: usize,
+    /// Idle connections held through the run, each long-polling a mailbox of its own.
+    pub idle_connections: usize,
 }
 
 /// A relay child process, stopped on drop.
@@ -344,6 +346,9 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
         relays.push(RelayChild::start(&dir.path().join(format!("relay{r}")), &b.store, &[])?);
     }
     let idle_made = idle_mailboxes(&relays, b.idle_mailboxes).await?;
+    // Idle long-polls, held through the run: what a relay full of waiting daemons costs.
+    let addrs: Vec<RelayAddress> = relays.iter().map(|r| r.address.clone()).collect();
+    let (mut idle_polls, stop_idle) = hold_long_polls(&addrs, b.idle_connections).await?;
 
     // Each client: a receive connection holding its mailbox, a send connection.
     let mut boxes = Vec::new();
@@ -438,6 +443,8 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     ticker.abort();
+    let _ = stop_idle.send(());
+    idle_polls.abort_all();
     let run_cpu = json!({
         "relays": per_envelope(&relays_before, &cpu_of(&relay_pids), m),
         "nats_nodes": per_envelope(&nodes_before, &cpu_of(&nodes), m),
@@ -473,6 +480,7 @@ pub async fn relay(b: &RelayBench) -> Result<serde_json::Value, BenchError> {
         "relay_cpu_s": cpu,
         "relay_rss_mib": rss,
         "idle_mailboxes": idle_made,
+        "idle_connections": b.idle_connections,
         "nats_nodes_rss_mib": nodes.iter().map(|(_, pid)| rss_mib(*pid, "VmRSS:")).collect::<Vec<_>>(),
         "cpu_us_per_envelope": run_cpu,
         "baseline": {
@@ -836,15 +844,13 @@ async fn confirm(
     }
 }
 
-/// Runs `bench connections`: `count` idle connections, each with a mailbox open and
-/// a long-poll waiting, to one relay; returns the JSON report.
-pub async fn connections(count: usize) -> Result<serde_json::Value, BenchError> {
-    let dir = tempfile::tempdir()?;
-    let relay = RelayChild::start(dir.path(), &Store::Embedded, &["--idle-timeout", "3600s"])?;
-    let pid = relay.child.id();
-    // Settle, then measure the relay before any client connection.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss_mib(pid, "VmRSS:");
+/// Long-polls held open: `count` connections, spread over `addrs`, each with a mailbox of
+/// its own and a `Fetch` waiting on it, renewed until the returned sender is sent on (or
+/// dropped with the tasks). Returns once every connection waits.
+async fn hold_long_polls(
+    addrs: &[RelayAddress],
+    count: usize,
+) -> Result<(tokio::task::JoinSet<()>, tokio::sync::broadcast::Sender<()>), BenchError> {
     let opened = Arc::new(AtomicU64::new(0));
     let ticker = watch_progress(progress(count as u64, "connections"), opened.clone(), count as u64);
     let (hold_tx, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -853,8 +859,11 @@ pub async fn connections(count: usize) -> Result<serde_json::Value, BenchError> 
     let wave = 64;
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(count.max(1));
     for start in (0..count).step_by(wave) {
-        for _ in start..(start + wave).min(count) {
-            let addr = relay.address.clone();
+        for i in 0..(start + wave).min(count) - start {
+            let addr = addrs
+                .get((start + i) % addrs.len().max(1))
+                .ok_or("no relay to hold long-polls on")?
+                .clone();
             let ready = ready_tx.clone();
             let mut hold = hold_tx.subscribe();
             tasks.spawn(async move {
@@ -896,6 +905,19 @@ pub async fn connections(count: usize) -> Result<serde_json::Value, BenchError> 
         }
     }
     ticker.abort();
+    Ok((tasks, hold_tx))
+}
+
+/// Runs `bench connections`: `count` idle connections, each with a mailbox open and
+/// a long-poll waiting, to one relay; returns the JSON report.
+pub async fn connections(count: usize) -> Result<serde_json::Value, BenchError> {
+    let dir = tempfile::tempdir()?;
+    let relay = RelayChild::start(dir.path(), &Store::Embedded, &["--idle-timeout", "3600s"])?;
+    let pid = relay.child.id();
+    // Settle, then measure the relay before any client connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_mib(pid, "VmRSS:");
+    let (mut tasks, hold_tx) = hold_long_polls(std::slice::from_ref(&relay.address), count).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_mib(pid, "VmRSS:");
     let _ = hold_tx.send(());

@@ -17,6 +17,7 @@ pub mod proofs;
 pub mod server;
 pub mod store;
 pub mod tls;
+mod waiters;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -389,14 +390,17 @@ impl Relay {
     /// answer, closes each connection after its current response, and returns once all are
     /// closed or after [`Limits::shutdown_grace`], whichever comes first.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let (notify, _) = broadcast::channel(4096);
-        self.store.forward_deliveries(notify.clone());
+        // The store's notices of deliveries by the cluster's other relays.
+        let (notify, notices) = broadcast::channel(4096);
+        self.store.forward_deliveries(notify);
+        let waiters = Arc::new(waiters::Waiters::default());
+        let notices = tokio::spawn(waiters.clone().relay_notices(notices));
         let (closing_tx, closing) = watch::channel(false);
         let (done_tx, mut done) = mpsc::channel::<()>(1);
         let mut shared = server::Shared::new(
             self.store.clone(),
             self.limits.clone(),
-            notify,
+            waiters,
             self.metrics.clone(),
             self.keys.clone(),
             closing,
@@ -440,6 +444,7 @@ impl Relay {
         // The accept loop, and with it the listener, is gone: new connections are refused.
         sweeper.abort();
         counts.abort();
+        notices.abort();
         rotation.abort();
         if let Some(e) = &exporter {
             e.abort();

@@ -23,7 +23,7 @@ use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -38,6 +38,7 @@ use crate::forward::{Ask, Forwarder};
 use crate::proofs::SpentProofs;
 use crate::store::{Backend, ClaimProof, MailboxStore, ProvenWork, StoreError};
 use crate::tls::WireKeys;
+use crate::waiters::Waiters;
 use crate::{now_secs, Limits};
 use backchannel_core::forward::{self as seal, AnswerKey, ForwardError, SESSION_LEN};
 use backchannel_core::relay_address::Pin as RelayPin;
@@ -296,7 +297,8 @@ impl Metrics {
 pub(crate) struct Shared {
     store: Arc<Backend>,
     limits: Limits,
-    notify: broadcast::Sender<MailboxId>,
+    /// The long-polls waiting, by mailbox: a delivery wakes its mailbox's only.
+    waiters: Arc<Waiters>,
     metrics: Arc<Metrics>,
     connections: Arc<Semaphore>,
     addresses: Arc<AddressBook>,
@@ -343,7 +345,7 @@ impl Shared {
     pub(crate) fn new(
         store: Arc<Backend>,
         limits: Limits,
-        notify: broadcast::Sender<MailboxId>,
+        waiters: Arc<Waiters>,
         metrics: Arc<Metrics>,
         keys: Arc<WireKeys>,
         closing: watch::Receiver<bool>,
@@ -360,7 +362,7 @@ impl Shared {
             deposits: DepositBudget::default(),
             floor: AnswerFloor::new(limits.answer_floor),
             limits,
-            notify,
+            waiters,
             metrics,
             pin: RelayPin::of_certificate(&keys.identity_cert).0,
             forwarder: Forwarder::new(keys.clone(), forward_private),
@@ -1496,7 +1498,7 @@ async fn serve_stateless(shared: &Shared, req: Request) -> Response {
             match store.send(send, envelope, expires, work).await {
                 Ok((mailbox, _)) => {
                     shared.metrics.envelopes_in.fetch_add(1, Ordering::Relaxed);
-                    let _ = shared.notify.send(mailbox);
+                    shared.waiters.wake(&mailbox);
                     Response::Ok
                 }
                 Err(e) => {
@@ -1764,29 +1766,29 @@ impl Connection {
 
     async fn fetch(&self, shared: &Shared, max: usize, wait: Duration) -> Response {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut rx = shared.notify.subscribe();
         let ids: Vec<MailboxId> = self.opened.iter().copied().collect();
         // A connection kept open for months (a daemon's) keeps its mailboxes alive.
         shared.refresh(&ids);
+        // Registered before the first look, so that a delivery after it wakes us; a fetch
+        // that does not wait (a paced link's) registers nothing.
+        let waiting = (!wait.is_zero()).then(|| shared.waiters.wait_for(&ids));
         loop {
             match shared.store.fetch(&ids, max).await {
                 Ok(list) if !list.is_empty() => return Response::Envelopes(list),
                 Ok(_) => {}
                 Err(e) => return store_error("fetching envelopes", e),
             }
+            let Some(waiting) = &waiting else {
+                return Response::Envelopes(Vec::new());
+            };
             // Wait for a delivery into one of our mailboxes, the deadline, or shutdown.
-            loop {
-                let next = tokio::select! {
-                    next = tokio::time::timeout_at(deadline, rx.recv()) => next,
-                    _ = shared.closing() => return Response::Envelopes(Vec::new()),
-                };
-                match next {
-                    Err(_) => return Response::Envelopes(Vec::new()),
-                    Ok(Ok(id)) if self.opened.contains(&id) => break,
-                    Ok(Ok(_)) => continue,
-                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
-                    Ok(Err(broadcast::error::RecvError::Closed)) => return Response::Envelopes(Vec::new()),
+            tokio::select! {
+                woken = tokio::time::timeout_at(deadline, waiting.notified()) => {
+                    if woken.is_err() {
+                        return Response::Envelopes(Vec::new());
+                    }
                 }
+                _ = shared.closing() => return Response::Envelopes(Vec::new()),
             }
         }
     }
@@ -1894,7 +1896,7 @@ mod tests {
         let shared = Shared::new(
             Arc::new(store),
             Limits::default(),
-            broadcast::channel(16).0,
+            Arc::new(Waiters::default()),
             Arc::new(Metrics::default()),
             Arc::new(identity.wire_keys(0).unwrap()),
             closing,

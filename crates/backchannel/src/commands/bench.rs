@@ -45,6 +45,7 @@ async fn relay(a: &BenchRelayArgs) -> Result<serde_json::Value, CliError> {
         window: a.window,
         rate: a.rate,
         idle_mailboxes: a.idle_mailboxes,
+        idle_connections: a.idle_connections,
     };
     bench::relay(&settings).await.map_err(CliError::Bench)
 }
