@@ -27,7 +27,7 @@ use output::Out;
 
 fn main() -> ExitCode {
     let args = match relay_config::parse(std::env::args_os().collect()) {
-        Ok(relay_config::Parsed::Run(args)) => args,
+        Ok(relay_config::Parsed::Run(args)) => *args,
         Ok(relay_config::Parsed::Print(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;

@@ -23,7 +23,7 @@ const NOT_SETTINGS: [&str; 3] = ["config", "print_config", "help"];
 /// What the command line asks for, with a relay's config file applied.
 pub enum Parsed {
     /// Run this.
-    Run(Args),
+    Run(Box<Args>),
     /// `relay --print-config`: print this and exit.
     Print(String),
 }
@@ -32,7 +32,7 @@ pub enum Parsed {
 pub fn parse(argv: Vec<OsString>) -> Result<Parsed, CliError> {
     let matches = Args::command().get_matches_from(argv.clone());
     let Some(("relay", relay)) = matches.subcommand() else {
-        return Ok(Parsed::Run(from(&matches)));
+        return Ok(Parsed::Run(Box::new(from(&matches))));
     };
     let mut full = argv;
     if let Some(path) = relay.get_one::<PathBuf>("config") {
@@ -53,7 +53,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Parsed, CliError> {
         })?;
     match matches.subcommand() {
         Some(("relay", relay)) if relay.get_flag("print_config") => Ok(Parsed::Print(print(relay))),
-        _ => Ok(Parsed::Run(from(&matches))),
+        _ => Ok(Parsed::Run(Box::new(from(&matches)))),
     }
 }
 
