@@ -50,6 +50,7 @@ def check_relay(r, store):
     else:
         assert nodes == [], r
     number(r, "idle_mailboxes")
+    number(r, "idle_connections")
     print(f"bench relay --store {store}: {eps:.0f} envelopes/s, {ratio:.2f} x baseline, p99 {p99:.1f} ms, "
           f"CPU µs/envelope: relays {', '.join(f'{x:.0f}' for x in cpu['relays'])}, "
           f"nodes {', '.join(f'{x:.0f}' for x in nodes) or '-'}, load generator {cpu['load_generator']:.0f}")
@@ -58,7 +59,9 @@ def check_relay(r, store):
 def main():
     binary = sys.argv[1]
     nats = sys.argv[sys.argv.index("--nats") + 1:] if "--nats" in sys.argv else []
-    check_relay(run(binary, "relay", "--clients", "4", "--messages", "400"), "embedded")
+    r = run(binary, "relay", "--clients", "4", "--messages", "400", "--idle-connections", "50")
+    assert r["idle_connections"] == 50, r
+    check_relay(r, "embedded")
     if nats:
         args = ["relay", "--store", "nats", "--relays", "2", "--clients", "4", "--messages", "400",
                 "--idle-mailboxes", "200"]
