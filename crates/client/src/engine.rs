@@ -854,19 +854,7 @@ impl Engine {
             }
             fetched += list.len();
             self.tick();
-            let mut acks = Vec::with_capacity(list.len());
-            for d in list {
-                acks.push(Request::Ack {
-                    mailbox: d.mailbox,
-                    seq: d.seq,
-                });
-                let Some((keys, role)) = routes.get(&d.mailbox).cloned() else {
-                    continue;
-                };
-                self.session.receive(&keys, &role, &d.envelope, Via::Relay);
-            }
-            // Durable before acknowledging: a crash here re-delivers, never loses.
-            self.save()?;
+            let acks = self.take_in_envelopes(list, &routes)?;
             self.perform().await?;
             self.pipeline(key, &acks).await?;
             // Stop fetching from mailboxes that closed during processing.
@@ -882,6 +870,28 @@ impl Engine {
         }
         self.perform().await?;
         Ok((fetched, drained))
+    }
+
+    /// Reads fetched envelopes (those of a mailbox not in `routes` are dropped) and saves
+    /// what they changed; returns their acknowledgements, to send only now that it is
+    /// durable (a crash before re-delivers, never loses).
+    fn take_in_envelopes(
+        &mut self,
+        list: Vec<backchannel_core::frame::Delivery>,
+        routes: &HashMap<MailboxId, (MailboxKeys, Role)>,
+    ) -> Result<Vec<Request>, ClientError> {
+        let mut acks = Vec::with_capacity(list.len());
+        for d in list {
+            acks.push(Request::Ack {
+                mailbox: d.mailbox,
+                seq: d.seq,
+            });
+            if let Some((keys, role)) = routes.get(&d.mailbox) {
+                self.session.receive(keys, role, &d.envelope, Via::Relay);
+            }
+        }
+        self.save()?;
+        Ok(acks)
     }
 
     // ---- commits ----

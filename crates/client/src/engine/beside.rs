@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::Engine;
 use crate::connection::{Breakage, ConnectError};
-use crate::session::{Role, Via};
+use crate::session::Role;
 use crate::transport::{LinkKey, Results};
 use crate::ClientError;
 
@@ -285,18 +285,8 @@ impl Engine {
         if list.is_empty() {
             self.came_back_empty(&key);
         } else {
-            let mut acks = Vec::with_capacity(n);
-            for d in list {
-                acks.push(Request::Ack {
-                    mailbox: d.mailbox,
-                    seq: d.seq,
-                });
-                if let Some((keys, role)) = routes.get(&d.mailbox).cloned() {
-                    self.session.receive(&keys, &role, &d.envelope, Via::Relay);
-                }
-            }
-            // Durable before acknowledging: a crash here re-delivers, never loses.
-            self.save()?;
+            // Acknowledged by the mailbox's next fetch, now that what they brought is saved.
+            let acks = self.take_in_envelopes(list, &routes)?;
             if let Some(beside) = self.beside.as_mut() {
                 beside.unacked.entry(key.clone()).or_default().extend(acks);
             }
