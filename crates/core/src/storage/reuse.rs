@@ -143,6 +143,19 @@ impl<'s, 'a> Compound<'s, 'a> {
     }
 }
 
+/// The [`Tap`]'s methods for values that hold no nested value: each hands its value to
+/// postcard unchanged.
+macro_rules! forward {
+    ($($name:ident: $t:ty,)*) => {
+        $(
+            #[inline(always)]
+            fn $name(self, v: $t) -> postcard::Result<()> {
+                self.out.$name(v)
+            }
+        )*
+    };
+}
+
 impl<'s, 'a> ser::Serializer for Tap<'s, 'a> {
     type Ok = ();
     type Error = postcard::Error;
@@ -158,54 +171,24 @@ impl<'s, 'a> ser::Serializer for Tap<'s, 'a> {
         false
     }
 
-    fn serialize_bool(self, v: bool) -> postcard::Result<()> {
-        self.out.serialize_bool(v)
-    }
-    fn serialize_i8(self, v: i8) -> postcard::Result<()> {
-        self.out.serialize_i8(v)
-    }
-    fn serialize_i16(self, v: i16) -> postcard::Result<()> {
-        self.out.serialize_i16(v)
-    }
-    fn serialize_i32(self, v: i32) -> postcard::Result<()> {
-        self.out.serialize_i32(v)
-    }
-    fn serialize_i64(self, v: i64) -> postcard::Result<()> {
-        self.out.serialize_i64(v)
-    }
-    fn serialize_i128(self, v: i128) -> postcard::Result<()> {
-        self.out.serialize_i128(v)
-    }
-    #[inline(always)]
-    fn serialize_u8(self, v: u8) -> postcard::Result<()> {
-        self.out.serialize_u8(v)
-    }
-    fn serialize_u16(self, v: u16) -> postcard::Result<()> {
-        self.out.serialize_u16(v)
-    }
-    fn serialize_u32(self, v: u32) -> postcard::Result<()> {
-        self.out.serialize_u32(v)
-    }
-    fn serialize_u64(self, v: u64) -> postcard::Result<()> {
-        self.out.serialize_u64(v)
-    }
-    fn serialize_u128(self, v: u128) -> postcard::Result<()> {
-        self.out.serialize_u128(v)
-    }
-    fn serialize_f32(self, v: f32) -> postcard::Result<()> {
-        self.out.serialize_f32(v)
-    }
-    fn serialize_f64(self, v: f64) -> postcard::Result<()> {
-        self.out.serialize_f64(v)
-    }
-    fn serialize_char(self, v: char) -> postcard::Result<()> {
-        self.out.serialize_char(v)
-    }
-    fn serialize_str(self, v: &str) -> postcard::Result<()> {
-        self.out.serialize_str(v)
-    }
-    fn serialize_bytes(self, v: &[u8]) -> postcard::Result<()> {
-        self.out.serialize_bytes(v)
+    // What holds no nested value goes to postcard as it is.
+    forward! {
+        serialize_bool: bool,
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_i128: i128,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
+        serialize_u128: u128,
+        serialize_f32: f32,
+        serialize_f64: f64,
+        serialize_char: char,
+        serialize_str: &str,
+        serialize_bytes: &[u8],
     }
     fn serialize_none(self) -> postcard::Result<()> {
         self.out.serialize_none()
