@@ -18,6 +18,7 @@
 //! This module performs no I/O: it takes bytes and returns bytes.
 
 use std::fmt;
+use std::sync::Mutex;
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
@@ -124,6 +125,9 @@ fn mls<E: fmt::Display>(e: E) -> ChannelError {
 pub struct Provider {
     crypto: Crypto,
     storage: Store,
+    /// Groups kept after use ([`Channel::keep`]), each with the store's version when
+    /// it was kept: valid while the store is still at that version.
+    loaded: Mutex<Vec<(u64, MlsGroup)>>,
 }
 
 impl fmt::Debug for Provider {
@@ -143,7 +147,32 @@ impl Provider {
     pub fn from_snapshot(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Self, ChannelError> {
         let storage = Store::from_entries(entries).ok_or(ChannelError::Storage)?;
         let crypto = Crypto::new().map_err(|_| ChannelError::Provider)?;
-        Ok(Self { crypto, storage })
+        Ok(Self {
+            crypto,
+            storage,
+            loaded: Mutex::default(),
+        })
+    }
+
+    fn loaded(&self) -> std::sync::MutexGuard<'_, Vec<(u64, MlsGroup)>> {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes group `group_id` from the cache if it is still valid; drops the stale.
+    fn take_loaded(&self, group_id: &[u8]) -> Option<MlsGroup> {
+        let now = self.storage.version();
+        let mut loaded = self.loaded();
+        loaded.retain(|(version, _)| *version == now);
+        let at = loaded.iter().position(|(_, g)| g.group_id().as_slice() == group_id)?;
+        Some(loaded.swap_remove(at).1)
+    }
+
+    /// Keeps `group`, whose state is the store's now.
+    fn keep_loaded(&self, group: MlsGroup) {
+        let now = self.storage.version();
+        let mut loaded = self.loaded();
+        loaded.retain(|(version, g)| *version == now && g.group_id() != group.group_id());
+        loaded.push((now, group));
     }
 
     /// Every stored key and value, sorted by key, for persistence.
@@ -543,6 +572,12 @@ pub enum Received {
 #[derive(Debug)]
 pub struct Channel {
     group: MlsGroup,
+    /// The store's [`Store::version`] at which this instance's state is known to equal
+    /// what the store holds for the group: set when it is loaded or made and after
+    /// each successful [`Channel::encrypt`] and [`Channel::process`], cleared by every
+    /// other change. Only such an instance may be kept in the provider's cache of
+    /// loaded groups ([`Channel::keep`]).
+    synced: Option<u64>,
 }
 
 impl Channel {
@@ -598,15 +633,50 @@ impl Channel {
             .map_err(mls)?
             .build();
         let group = MlsGroup::new(provider, identity, &config, credential_for(identity)).map_err(mls)?;
-        Ok(Self { group })
+        Ok(Self::made(provider, group))
     }
 
-    /// Loads a channel from the provider's storage.
+    /// A channel just made, loaded or joined: its state is the store's.
+    fn made(provider: &Provider, group: MlsGroup) -> Self {
+        Self {
+            group,
+            synced: Some(provider.storage.version()),
+        }
+    }
+
+    /// Loads a channel from the provider's storage, or takes it from the provider's
+    /// cache of loaded groups if it was [kept](Channel::keep) there and the store has
+    /// not changed since. Decoding a group is most of what a message would otherwise
+    /// cost (about 74 µs for a reader's group in steady state, BENCHMARKS.md).
     pub fn load(provider: &Provider, group_id: &[u8]) -> Result<Option<Self>, ChannelError> {
+        if let Some(group) = provider.take_loaded(group_id) {
+            return Ok(Some(Self::made(provider, group)));
+        }
         let id = GroupId::from_slice(group_id);
         Ok(MlsGroup::load(provider.storage(), &id)
             .map_err(mls)?
-            .map(|group| Self { group }))
+            .map(|group| Self::made(provider, group)))
+    }
+
+    /// Gives the channel back to the provider's cache of loaded groups, for the next
+    /// [`Channel::load`] of it to take instead of decoding it again. Kept only if its
+    /// state is known to equal the store's, and only until the store changes again.
+    pub fn keep(self, provider: &Provider) {
+        if self.synced == Some(provider.storage.version()) {
+            provider.keep_loaded(self.group);
+        }
+    }
+
+    /// Marks the state as possibly different from the store's (see `synced`).
+    fn unsync(&mut self) {
+        self.synced = None;
+    }
+
+    /// After a change that openmls wrote to the store whole: the state equals the
+    /// store's if it succeeded, and is not known to if it failed.
+    fn resync<T, E>(&mut self, provider: &Provider, result: Result<T, E>) -> Result<T, E> {
+        self.synced = result.is_ok().then(|| provider.storage.version());
+        result
     }
 
     /// Joins from a serialized welcome (attacker input). Returns the channel
@@ -623,7 +693,7 @@ impl Channel {
             .and_then(|leaf| member_from_leaf(leaf, staged.welcome_sender_index()))
             .ok_or(ChannelError::Invalid("welcome sender"))?;
         let group = staged.into_group(provider).map_err(mls)?;
-        let channel = Self { group };
+        let channel = Self::made(provider, group);
         channel.info()?;
         // The credential policy on the whole tree: every leaf a member this client lists,
         // each identity once. Otherwise the group is dropped unjoined.
@@ -685,6 +755,7 @@ impl Channel {
         identity: &Identity,
         roles: &Roles,
     ) -> Result<OutgoingCommit, ChannelError> {
+        self.unsync();
         if self.roles().is_none() {
             return Err(ChannelError::Invalid("a channel made before roles has none to change"));
         }
@@ -728,11 +799,22 @@ impl Channel {
     /// Sets the trail that the next application message or commit made here carries
     /// (in its MLS authenticated data; cleared once that message is made).
     pub fn set_trail(&mut self, trail: &Trail) {
+        self.unsync();
         self.group.set_aad(trail.to_bytes());
     }
 
     /// Encrypts application data for the channel.
     pub fn encrypt(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, ChannelError> {
+        let result = self.encrypt_inner(provider, identity, plaintext);
+        self.resync(provider, result)
+    }
+
+    fn encrypt_inner(
         &mut self,
         provider: &Provider,
         identity: &Identity,
@@ -765,6 +847,7 @@ impl Channel {
         identity: &Identity,
         kps: Vec<ValidKeyPackage>,
     ) -> Result<OutgoingCommit, ChannelError> {
+        self.unsync();
         let epoch = self.epoch();
         let kps: Vec<KeyPackage> = kps.into_iter().map(|k| k.key_package).collect();
         let (commit, welcome, _) = self.group.add_members(provider, identity, &kps).map_err(mls)?;
@@ -807,6 +890,7 @@ impl Channel {
         identity: &Identity,
         who: &[Fingerprint],
     ) -> Result<OutgoingCommit, ChannelError> {
+        self.unsync();
         let epoch = self.epoch();
         let leaves = self.leaves_of(who)?;
         let (commit, welcome, _) = self.group.remove_members(provider, identity, &leaves).map_err(mls)?;
@@ -823,6 +907,7 @@ impl Channel {
         who: &[Fingerprint],
         sequencer: &MailboxAddress,
     ) -> Result<OutgoingCommit, ChannelError> {
+        self.unsync();
         let leaves = self.leaves_of(who)?;
         self.commit_moving_sequencer(provider, identity, leaves, sequencer)
     }
@@ -836,6 +921,7 @@ impl Channel {
         identity: &Identity,
         sequencer: &MailboxAddress,
     ) -> Result<OutgoingCommit, ChannelError> {
+        self.unsync();
         self.commit_moving_sequencer(provider, identity, Vec::new(), sequencer)
     }
 
@@ -853,6 +939,7 @@ impl Channel {
         removals: Vec<LeafNodeIndex>,
         sequencer: &MailboxAddress,
     ) -> Result<OutgoingCommit, ChannelError> {
+        self.unsync();
         let epoch = self.epoch();
         let mut info = self.info()?;
         if info.sequencer.relay != sequencer.relay {
@@ -879,6 +966,7 @@ impl Channel {
 
     /// Stages a commit of the proposals received so far.
     pub fn commit_pending(&mut self, provider: &Provider, identity: &Identity) -> Result<OutgoingCommit, ChannelError> {
+        self.unsync();
         let epoch = self.epoch();
         let (commit, welcome, _) = self
             .group
@@ -895,6 +983,7 @@ impl Channel {
         identity: &Identity,
         new_mailbox: Option<&MailboxAddress>,
     ) -> Result<OutgoingCommit, ChannelError> {
+        self.unsync();
         let epoch = self.epoch();
         let params = match new_mailbox {
             Some(m) => LeafNodeParameters::builder()
@@ -915,6 +1004,7 @@ impl Channel {
         identity: &Identity,
         who: &[Fingerprint],
     ) -> Result<Vec<Vec<u8>>, ChannelError> {
+        self.unsync();
         let leaves: Vec<u32> = self
             .members()
             .iter()
@@ -935,6 +1025,7 @@ impl Channel {
 
     /// A proposal to remove this member, for the others to commit.
     pub fn leave(&mut self, provider: &Provider, identity: &Identity) -> Result<Vec<u8>, ChannelError> {
+        self.unsync();
         let out = self.group.leave_group(provider, identity).map_err(mls)?;
         out.tls_serialize_detached().map_err(mls)
     }
@@ -997,16 +1088,23 @@ impl Channel {
 
     /// Applies the staged commit after it won its epoch.
     pub fn merge_pending(&mut self, provider: &Provider) -> Result<(), ChannelError> {
+        self.unsync();
         self.group.merge_pending_commit(provider).map_err(mls)
     }
 
     /// Drops the staged commit after it lost its epoch.
     pub fn discard_pending(&mut self, provider: &Provider) -> Result<(), ChannelError> {
+        self.unsync();
         self.group.clear_pending_commit(provider.storage()).map_err(mls)
     }
 
     /// Processes an incoming MLS message (attacker input).
     pub fn process(&mut self, provider: &Provider, bytes: &[u8]) -> Result<Received, Rejection> {
+        let result = self.process_inner(provider, bytes);
+        self.resync(provider, result)
+    }
+
+    fn process_inner(&mut self, provider: &Provider, bytes: &[u8]) -> Result<Received, Rejection> {
         let msg = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|_| Rejection::Malformed)?;
         let proto = msg.try_into_protocol_message().map_err(|_| Rejection::Malformed)?;
         if proto.group_id() != self.group.group_id() {
@@ -1305,6 +1403,86 @@ mod tests {
         }
         out.insert(0, (alice.0, alice.1, alice_ch));
         out
+    }
+
+    /// How many groups the provider's cache holds that a load would take.
+    fn cached(p: &Provider) -> usize {
+        let now = p.storage.version();
+        p.loaded().iter().filter(|(v, _)| *v == now).count()
+    }
+
+    #[test]
+    fn a_kept_group_is_taken_back_only_while_it_is_what_the_store_holds() {
+        let mut t = trio(false);
+        let (bp, _, bob) = t.remove(1);
+        let (ap, aid, alice) = t.remove(0);
+        let gid = alice.group_id();
+        let load = |p: &Provider| Channel::load(p, &gid).unwrap().unwrap();
+        // Alice's last change was merging her commit (not known to equal the store);
+        // bob's was joining.
+        alice.keep(&ap);
+        bob.keep(&bp);
+        assert_eq!((cached(&ap), cached(&bp)), (0, 1));
+        load(&ap).keep(&ap);
+        assert_eq!(cached(&ap), 1, "a group just loaded is what the store holds");
+
+        // Two instances of one group at once: only the one that wrote last is kept.
+        // Were the older one kept, alice's next message would reuse the first one's key
+        // and nonce, and bob would refuse it.
+        let older = load(&ap);
+        assert_eq!(cached(&ap), 0, "a load takes the group out of the cache");
+        let mut newer = load(&ap);
+        let m1 = newer.encrypt(&ap, &aid, b"one").unwrap();
+        newer.keep(&ap);
+        older.keep(&ap);
+        assert_eq!(cached(&ap), 1);
+        let mut again = load(&ap);
+        let m2 = again.encrypt(&ap, &aid, b"two").unwrap();
+        again.keep(&ap);
+        for (m, text) in [(m1, &b"one"[..]), (m2, b"two")] {
+            let mut b = load(&bp);
+            match b.process(&bp, &m).unwrap() {
+                Received::Application { plaintext, .. } => assert_eq!(plaintext, text),
+                other => panic!("{other:?}"),
+            }
+            b.keep(&bp);
+            assert_eq!(cached(&bp), 1, "a group that read a message is kept");
+        }
+
+        // A message refused leaves the instance unknown: not kept.
+        let mut b = load(&bp);
+        assert!(b.process(&bp, b"\x00garbage").is_err());
+        b.keep(&bp);
+        assert_eq!(cached(&bp), 0);
+
+        // A change openmls keeps in memory only (the trail for the next message): not kept.
+        let mut a = load(&ap);
+        a.set_trail(&Trail::default());
+        a.keep(&ap);
+        assert_eq!(cached(&ap), 0);
+
+        // Any write to the store (here, a key package) makes a kept group stale.
+        load(&ap).keep(&ap);
+        assert_eq!(cached(&ap), 1);
+        key_package(&ap, &aid, &sequencer(), Suite::Classical).unwrap();
+        assert_eq!(cached(&ap), 0);
+
+        // A commit: the committer's instance is not kept, the reader's is; both go on.
+        let mut a = load(&ap);
+        let c = a.self_update(&ap, &aid, None).unwrap();
+        a.merge_pending(&ap).unwrap();
+        a.keep(&ap);
+        assert_eq!(cached(&ap), 0);
+        let mut b = load(&bp);
+        assert!(matches!(b.process(&bp, &c.commit).unwrap(), Received::Commit { .. }));
+        b.keep(&bp);
+        assert_eq!(cached(&bp), 1);
+        let mut a = load(&ap);
+        let m3 = a.encrypt(&ap, &aid, b"three").unwrap();
+        a.keep(&ap);
+        let mut b = load(&bp);
+        assert!(matches!(b.process(&bp, &m3).unwrap(), Received::Application { .. }));
+        assert_eq!(b.epoch(), load(&ap).epoch());
     }
 
     /// A key package whose credential names one key and whose leaf signs with another.

@@ -25,6 +25,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openmls_traits::storage::{traits, StorageProvider, CURRENT_VERSION};
@@ -222,6 +223,10 @@ pub struct Store {
     /// For each group's stored message secrets, where its past epochs' member
     /// lists lie ([`reuse`]). Memory only; taken under the `values` lock.
     reuse: Mutex<HashMap<Vec<u8>, reuse::Notes>>,
+    /// How many times the values were opened for writing: what a group kept in memory
+    /// compares to know whether the store still holds its state
+    /// (`channel::Channel::keep`).
+    version: AtomicU64,
 }
 
 impl fmt::Debug for Store {
@@ -241,6 +246,7 @@ impl Store {
         values.keys().all(|k| well_formed_key(k)).then(|| Self {
             values: RwLock::new(values),
             reuse: Mutex::default(),
+            version: AtomicU64::new(0),
         })
     }
 
@@ -277,8 +283,16 @@ impl Store {
         self.values.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The values, for a change: the store's version moves.
     fn write(&self) -> RwLockWriteGuard<'_, HashMap<Vec<u8>, Value>> {
-        self.values.write().unwrap_or_else(|e| e.into_inner())
+        let values = self.values.write().unwrap_or_else(|e| e.into_inner());
+        self.version.fetch_add(1, Ordering::SeqCst);
+        values
+    }
+
+    /// Moves with every change of the stored values (and never back).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
     }
 
     fn put<V: Serialize + DeserializeOwned>(&self, key: Vec<u8>, value: &V) -> Result<(), StoreError> {

@@ -171,6 +171,7 @@ impl Session {
         };
         let ct = self.seal_app(name, &mut group, &msg)?;
         let recipients = self.others(&group);
+        group.keep(&self.provider);
         // The outbox is saved with the vault: with more recipients, fewer parts per save
         // keep what one save writes near 1 MiB.
         let per_save = (PARTS_PER_SAVE / recipients.len().max(1)).max(1);

@@ -248,7 +248,10 @@ impl Session {
 
     /// Channel `name`'s epoch, as this device has it.
     pub fn epoch(&self, name: &str) -> Option<u64> {
-        self.load_group(name).ok().map(|g| g.epoch())
+        let group = self.load_group(name).ok()?;
+        let epoch = group.epoch();
+        group.keep(&self.provider);
+        Some(epoch)
     }
 
     /// Retries the messages kept for a later epoch, until no more can be read.
@@ -324,6 +327,14 @@ impl Session {
         let Ok(mut group) = self.load_group(name) else {
             return Ok(());
         };
+        let result = self.process_mls_in(name, &mut group, payload);
+        // Kept only if it still holds what the store holds (not after a failure, nor
+        // after the channel was wiped).
+        group.keep(&self.provider);
+        result
+    }
+
+    fn process_mls_in(&mut self, name: &str, group: &mut Channel, payload: &[u8]) -> Result<(), Rejected> {
         let roles_before = group.roles();
         let received = match group.process(&self.provider, payload) {
             Ok(r) => r,
@@ -430,10 +441,10 @@ impl Session {
                 }
                 let gone: Vec<_> = removed.iter().map(|(m, _)| m.clone()).collect();
                 self.trails_after_commit(name, &added, &gone, group.epoch());
-                self.sequencer_moved(name, &group);
+                self.sequencer_moved(name, group);
                 let committer_key = committer.as_ref().map(|c| c.identity_key);
                 let by = committer.map(|c| c.name).unwrap_or_else(|| "a member".into());
-                self.roles_changed(name, roles_before, &group, &by);
+                self.roles_changed(name, roles_before, group, &by);
                 for m in added {
                     self.event(name, EventKind::Joined, format!("{by} added {}", m.name));
                 }

@@ -166,6 +166,7 @@ impl Session {
         for to in self.others(&group) {
             self.enqueue(&to, PayloadKind::Mls, &ct)?;
         }
+        group.keep(&self.provider);
         Ok(true)
     }
 
@@ -217,6 +218,7 @@ impl Session {
                     channel_of.insert(mailbox.send.0, name.clone());
                 }
             }
+            group.keep(&self.provider);
         }
         deliveries
             .iter()
