@@ -23,6 +23,7 @@ mod support;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use backchannel_core::aead;
 use backchannel_core::channel::{key_package, validate_key_package, Channel, ChannelInfo, Provider, Received, Suite};
 use backchannel_core::envelope::{open_envelope, seal_payload, PayloadKind, Reassembler};
 use backchannel_core::identity::Identity;
@@ -61,6 +62,19 @@ struct Member {
     provider: Provider,
     mailbox: MailboxAddress,
     channel: Option<Channel>,
+    group_id: Vec<u8>,
+}
+
+impl Member {
+    /// The member's group, as the client gets it for each message.
+    fn load(&mut self) -> Channel {
+        // The channel this member made or joined goes to the provider's cache first.
+        if let Some(ch) = self.channel.take() {
+            self.group_id = ch.group_id();
+            ch.keep(&self.provider);
+        }
+        Channel::load(&self.provider, &self.group_id).unwrap().unwrap()
+    }
 }
 
 fn member(name: &str, rng: &mut StdRng) -> Member {
@@ -69,6 +83,7 @@ fn member(name: &str, rng: &mut StdRng) -> Member {
         provider: Provider::new().unwrap(),
         mailbox: MailboxKeys::generate(relay(), rng).address.clone(),
         channel: None,
+        group_id: Vec::new(),
     }
 }
 
@@ -115,6 +130,9 @@ struct Path {
     bob: Member,
     reassembler: Reassembler,
     rng: StdRng,
+    /// Whether each side gives its group back to the provider's cache after use; without,
+    /// every message decodes both groups again, as the client did before the cache.
+    keep: bool,
 }
 
 impl Path {
@@ -126,6 +144,7 @@ impl Path {
             bob,
             reassembler: Reassembler::default(),
             rng,
+            keep: true,
         }
     }
 
@@ -138,13 +157,14 @@ impl Path {
             sent_at: 1_760_000_000_000,
             body: Body::Text(text.to_owned()),
         };
+        // Each side takes its group from the provider and gives it back, as the client
+        // does for every message (`Channel::load`, `Channel::keep`).
         let a = &mut self.alice;
-        let ct = a
-            .channel
-            .as_mut()
-            .unwrap()
-            .encrypt(&a.provider, &a.id, &msg.to_bytes())
-            .unwrap();
+        let mut ch = a.load();
+        let ct = ch.encrypt(&a.provider, &a.id, &msg.to_bytes()).unwrap();
+        if self.keep {
+            ch.keep(&a.provider);
+        }
         let to = &self.bob.mailbox;
         let envs = seal_payload(&to.seal, &to.send, PayloadKind::Mls, &ct, &mut self.rng).unwrap();
         // Receiver.
@@ -155,13 +175,12 @@ impl Path {
             whole = self.reassembler.push(chunk).unwrap();
         }
         let whole = whole.unwrap();
-        match b
-            .channel
-            .as_mut()
-            .unwrap()
-            .process(&b.provider, &whole.payload)
-            .unwrap()
-        {
+        let mut ch = b.load();
+        let received = ch.process(&b.provider, &whole.payload).unwrap();
+        if self.keep {
+            ch.keep(&b.provider);
+        }
+        match received {
             Received::Application { plaintext, .. } => AppMessage::from_bytes(&plaintext).unwrap(),
             other => panic!("expected an application message, got {other:?}"),
         }
@@ -169,10 +188,11 @@ impl Path {
 }
 
 /// Ed25519 sign + verify (ed25519-dalek) and ChaCha20-Poly1305 seal + open of
-/// the same bytes the MLS layer encrypts (the serialized `AppMessage`).
+/// the same bytes the MLS layer encrypts (the serialized `AppMessage`), each by the
+/// implementation the crypto provider uses (`backchannel_core::aead` for the AEAD).
 struct Baseline {
     key: SigningKey,
-    aead: ChaCha20Poly1305,
+    aead_key: [u8; 32],
     counter: u64,
 }
 
@@ -180,7 +200,7 @@ impl Baseline {
     fn new() -> Self {
         Self {
             key: SigningKey::from_bytes(&[7; 32]),
-            aead: ChaCha20Poly1305::new(&[9u8; 32].into()),
+            aead_key: [9u8; 32],
             counter: 0,
         }
     }
@@ -191,9 +211,8 @@ impl Baseline {
         self.counter += 1;
         let mut n = [0u8; 12];
         n[4..].copy_from_slice(&self.counter.to_be_bytes());
-        let nonce = Nonce::from(n);
-        let ct = self.aead.encrypt(&nonce, bytes).unwrap();
-        self.aead.decrypt(&nonce, ct.as_slice()).unwrap()
+        let ct = aead::seal(&self.aead_key, &n, b"", bytes).unwrap();
+        aead::open(&self.aead_key, &n, b"", &ct).unwrap()
     }
 }
 
@@ -228,6 +247,10 @@ fn per_message(c: &mut Criterion) {
     let mut fresh = Path::new(7, 0);
     g.throughput(Throughput::Bytes(100));
     g.bench_function("path_new_channel/100B", |b| b.iter(|| fresh.run(black_box(&t))));
+    // The path with each group decoded from the store for every message (no cache).
+    let mut reloading = Path::new(100, STEADY_UPDATES);
+    reloading.keep = false;
+    g.bench_function("path_reloading/100B", |b| b.iter(|| reloading.run(black_box(&t))));
     g.finish();
     paired_ratio();
 }
@@ -242,10 +265,18 @@ fn paired_ratio() {
     }
     const ROUNDS: usize = 21;
     const ROUND: Duration = Duration::from_millis(100);
-    for (len, label) in SIZES {
+    // The two sizes through the client's path, then 100 B with each group decoded again
+    // for every message (the client before its cache of loaded groups).
+    let runs = SIZES.iter().map(|&(len, label)| (len, label.to_owned(), true)).chain([(
+        100,
+        "100B_reloading".to_owned(),
+        false,
+    )]);
+    for (len, label, keep) in runs {
         let t = text(len);
         let bytes = app_bytes(&t);
         let mut path = Path::new(1000 + len as u64, STEADY_UPDATES);
+        path.keep = keep;
         let mut base = Baseline::new();
         // Warm up, and size each round to about ROUND.
         let per_path = time_per(|| drop(black_box(path.run(&t))), ROUND);
@@ -395,6 +426,27 @@ fn primitives(c: &mut Criterion) {
         })
     });
     let mut std_rng = StdRng::from_entropy();
+    // ChaCha20-Poly1305 seal + open: RustCrypto's (AVX2) against AWS-LC's, which the
+    // provider, the envelopes and the relay's records use.
+    for (len, label) in [(100usize, "100B"), (4096, "4KiB")] {
+        let bytes = vec![0x42u8; len];
+        let rc = ChaCha20Poly1305::new(&[9u8; 32].into());
+        let nonce = [0u8; 12];
+        g.bench_function(format!("chacha20poly1305/{label}/rustcrypto"), |b| {
+            b.iter(|| {
+                let ct = rc
+                    .encrypt(Nonce::from_slice(&nonce), black_box(bytes.as_slice()))
+                    .unwrap();
+                rc.decrypt(Nonce::from_slice(&nonce), ct.as_slice()).unwrap()
+            })
+        });
+        g.bench_function(format!("chacha20poly1305/{label}/aws_lc"), |b| {
+            b.iter(|| {
+                let ct = aead::seal(&[9u8; 32], &nonce, b"", black_box(&bytes)).unwrap();
+                aead::open(&[9u8; 32], &nonce, b"", &ct).unwrap()
+            })
+        });
+    }
     g.bench_function("random_4B/chacha12", |b| {
         b.iter(|| {
             let mut out = [0u8; 4];

@@ -19,18 +19,17 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand_core::CryptoRngCore;
 use thiserror::Error;
 
+use crate::aead;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::mailbox::{SealKey, SendCapability};
 
 /// Size of every envelope on the wire and at rest.
 pub const ENVELOPE_SIZE: usize = 4096;
-const NONCE_LEN: usize = 24;
-const TAG_LEN: usize = 16;
+const NONCE_LEN: usize = aead::XNONCE_LEN;
+const TAG_LEN: usize = aead::TAG_LEN;
 /// Size of the plaintext chunk inside an envelope.
 pub const CHUNK_SIZE: usize = ENVELOPE_SIZE - NONCE_LEN - TAG_LEN;
 const CHUNK_HEADER: usize = 1 + 1 + 16 + 2 + 2 + 4 + 2;
@@ -180,7 +179,7 @@ pub fn seal_payload(
 
 /// Seals one chunk (its data must fit in [`CHUNK_DATA`]).
 pub fn seal_chunk(key: &SealKey, mailbox: &SendCapability, chunk: &Chunk, rng: &mut impl CryptoRngCore) -> Envelope {
-    let mut w = Writer::with_capacity(CHUNK_SIZE);
+    let mut w = Writer::with_capacity(CHUNK_HEADER + CHUNK_DATA);
     let n = chunk.data.len().min(CHUNK_DATA);
     w.u8(CHUNK_VERSION)
         .u8(chunk.kind.to_u8())
@@ -190,41 +189,31 @@ pub fn seal_chunk(key: &SealKey, mailbox: &SendCapability, chunk: &Chunk, rng: &
         .u32(chunk.total_len)
         .u16(n as u16)
         .put(&chunk.data[..n]);
-    let mut plain = w.into_vec();
-    plain.resize(CHUNK_SIZE, 0);
+    let plain = w.into_vec();
     let mut nonce = [0u8; NONCE_LEN];
     rng.fill_bytes(&mut nonce);
-    let cipher = XChaCha20Poly1305::new(key.0.as_ref().into());
-    // Encryption with a valid key and in-memory buffers cannot fail; an
-    // error here would be a bug in the AEAD crate, so fall back to zeros.
-    let ct = cipher
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: &plain,
-                aad: &aad(mailbox),
-            },
-        )
-        .unwrap_or_else(|_| vec![0u8; CHUNK_SIZE + TAG_LEN]);
+    // nonce | chunk, zero-padded to CHUNK_SIZE and sealed in place | tag
     let mut bytes = Box::new([0u8; ENVELOPE_SIZE]);
-    bytes[..NONCE_LEN].copy_from_slice(&nonce);
-    bytes[NONCE_LEN..].copy_from_slice(&ct[..CHUNK_SIZE + TAG_LEN]);
+    let (head, rest) = bytes.split_at_mut(NONCE_LEN);
+    head.copy_from_slice(&nonce);
+    let (body, tag_out) = rest.split_at_mut(CHUNK_SIZE);
+    body[..plain.len()].copy_from_slice(&plain);
+    // Sealing fails only past 2^38 bytes; were it to fail anyway, the envelope is
+    // all zeros, which no one can open.
+    match aead::xseal_detached(&key.0, &nonce, &aad(mailbox), body) {
+        Ok(tag) => tag_out.copy_from_slice(&tag),
+        Err(_) => bytes.fill(0),
+    }
     Envelope(bytes)
 }
 
 /// Opens an envelope that arrived in `mailbox` (attacker input).
 pub fn open_envelope(key: &SealKey, mailbox: &SendCapability, env: &Envelope) -> Result<Chunk, EnvelopeError> {
-    let cipher = XChaCha20Poly1305::new(key.0.as_ref().into());
-    let plain = cipher
-        .decrypt(
-            XNonce::from_slice(&env.0[..NONCE_LEN]),
-            Payload {
-                msg: &env.0[NONCE_LEN..],
-                aad: &aad(mailbox),
-            },
-        )
-        .map_err(|_| EnvelopeError::Unauthentic)?;
-    decode_chunk(&plain)
+    let (nonce, sealed) = env.0.split_at(NONCE_LEN);
+    let nonce: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| EnvelopeError::Unauthentic)?;
+    let mut buf = sealed.to_vec();
+    let plain = aead::xopen_in_place(&key.0, nonce, &aad(mailbox), &mut buf).map_err(|_| EnvelopeError::Unauthentic)?;
+    decode_chunk(plain)
 }
 
 /// Parses a decrypted chunk.

@@ -9,9 +9,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
+use backchannel_core::aead;
 use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use rand_core::{OsRng, RngCore};
 use redb::{Database, ReadableTable};
 use zeroize::Zeroizing;
@@ -40,19 +39,16 @@ pub(crate) fn fresh_key() -> Result<EnvelopeKey, StoreError> {
 /// The all-zero nonce: each key seals exactly one envelope, exactly once (a
 /// rewrite, as in the conversion of plaintext records, takes a new key), so no
 /// (key, nonce) pair ever repeats.
-fn nonce() -> Nonce {
-    Nonce::default()
-}
+const NONCE: [u8; aead::NONCE_LEN] = [0; aead::NONCE_LEN];
 
 /// Seals `plaintext` (an envelope's 4096 bytes) under `key` with the record key
 /// `aad`: ciphertext || tag.
 pub(crate) fn seal(key: &EnvelopeKey, aad: &[u8; 40], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
     let mut sealed = Vec::with_capacity(plaintext.len() + super::record::TAG_LEN);
     sealed.extend_from_slice(plaintext);
-    let tag = ChaCha20Poly1305::new(Key::from_slice(&key[..]))
-        .encrypt_in_place_detached(&nonce(), aad, &mut sealed)
-        // Only a plaintext longer than ChaCha20 allows fails, and an envelope is not.
-        .map_err(|_| StoreError::corrupt("envelope to seal"))?;
+    // Only a plaintext longer than ChaCha20 allows fails, and an envelope is not.
+    let tag =
+        aead::seal_detached(key, &NONCE, aad, &mut sealed).map_err(|_| StoreError::corrupt("envelope to seal"))?;
     sealed.extend_from_slice(&tag);
     Ok(sealed)
 }
@@ -69,10 +65,9 @@ pub(crate) fn seal_value(
     let mut value = super::record::envelope_value_header(expires_at, slot);
     let at = value.len();
     value.extend_from_slice(plaintext);
-    let tag = ChaCha20Poly1305::new(Key::from_slice(&key[..]))
-        .encrypt_in_place_detached(&nonce(), aad, &mut value[at..])
-        // Only a plaintext longer than ChaCha20 allows fails, and an envelope is not.
-        .map_err(|_| StoreError::corrupt("envelope to seal"))?;
+    // Only a plaintext longer than ChaCha20 allows fails, and an envelope is not.
+    let tag =
+        aead::seal_detached(key, &NONCE, aad, &mut value[at..]).map_err(|_| StoreError::corrupt("envelope to seal"))?;
     value.extend_from_slice(&tag);
     Ok(value)
 }
@@ -95,10 +90,9 @@ pub(crate) fn open_sealed(keys: &KeyFile, aad: &[u8; 40], slot: u64, sealed: &[u
         _ => Unopened::Disk(e),
     })?;
     let (sealed, tag) = sealed.split_at(ENVELOPE_SIZE);
+    let tag: &[u8; aead::TAG_LEN] = tag.try_into().map_err(|_| Unopened::WrongKey)?;
     let mut plain = sealed.to_vec();
-    ChaCha20Poly1305::new(Key::from_slice(&key[..]))
-        .decrypt_in_place_detached(&nonce(), aad, &mut plain, Tag::from_slice(tag))
-        .map_err(|_| Unopened::WrongKey)?;
+    aead::open_detached(&key, &NONCE, aad, &mut plain, tag).map_err(|_| Unopened::WrongKey)?;
     Envelope::from_bytes(&plain).map_err(|_| Unopened::WrongKey)
 }
 
