@@ -215,6 +215,7 @@ fn decode<V: DeserializeOwned>(bytes: &[u8]) -> Result<V, StoreError> {
 }
 
 mod reuse;
+mod shape;
 
 /// The openmls storage provider of a [`Provider`](crate::channel::Provider).
 #[derive(Default)]

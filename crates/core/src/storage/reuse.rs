@@ -28,9 +28,9 @@ use std::ops::Range;
 use postcard::ser_flavors::Flavor as _;
 use serde::ser::{self, Serialize};
 
-use super::{StoreError, Value, ZeroizingVec};
+use super::{shape, StoreError, Value, ZeroizingVec};
 
-type Postcard = postcard::Serializer<ZeroizingVec>;
+pub(super) type Postcard = postcard::Serializer<ZeroizingVec>;
 
 /// Where each past epoch's member list lies in a stored value: the encoding
 /// of the epoch's group context, and the bytes of its member list.
@@ -113,10 +113,18 @@ impl<'s, 'a> Compound<'s, 'a> {
         match (self.name, key) {
             ("MessageSecrets", "serialized_context") => {
                 let start = self.position();
-                value.serialize(self.tap())?;
+                if !shape::write_bytes(self.out, value)? {
+                    value.serialize(self.tap())?;
+                }
                 let end = self.position();
                 self.state.context = self.out.output.0.get(start..end).map(<[u8]>::to_vec);
                 Ok(())
+            }
+            ("DecryptionRatchet", "past_secrets") => {
+                if shape::write_nones(self.out, value)? {
+                    return Ok(());
+                }
+                value.serialize(self.tap())
             }
             ("EpochTree", "leaves") => {
                 // An empty context (one byte: its length, 0) binds nothing.
@@ -138,7 +146,12 @@ impl<'s, 'a> Compound<'s, 'a> {
                 self.state.notes.push((context, start..end));
                 Ok(())
             }
-            _ => value.serialize(self.tap()),
+            _ => {
+                if shape::write_bytes(self.out, value)? {
+                    return Ok(());
+                }
+                value.serialize(self.tap())
+            }
         }
     }
 }
@@ -457,6 +470,42 @@ mod tests {
             vec![1, 2, 3, 4],
             "contexts [7, e], encoded with their length"
         );
+    }
+
+    /// Stand-in for openmls' reader ratchet: its window of keys for skipped messages,
+    /// `None` where a message was read.
+    #[derive(Serialize, Clone)]
+    struct DecryptionRatchet {
+        past_secrets: std::collections::VecDeque<Option<(Vec<u8>, [u8; 12])>>,
+        ratchet_head: Vec<u8>,
+    }
+
+    #[test]
+    fn a_window_of_used_keys_is_written_as_postcard_writes_it() {
+        for n in [0usize, 1, 5, 127, 128, 511, 512, 513, 4096] {
+            let mut window = DecryptionRatchet {
+                past_secrets: std::iter::repeat_n(None, n).collect(),
+                ratchet_head: vec![3; 32],
+            };
+            assert_eq!(shape::all_none(&window.past_secrets), Some(n));
+            let (bytes, _) = encode(&window, &[], &Vec::new()).unwrap();
+            assert_eq!(&bytes[..], &postcard::to_allocvec(&window).unwrap()[..], "{n} entries");
+            // A key still waiting for its message: written entry by entry, as before.
+            if n > 2 {
+                window.past_secrets[n / 2] = Some((vec![9; 32], [8; 12]));
+                assert_eq!(shape::all_none(&window.past_secrets), None);
+                let (bytes, _) = encode(&window, &[], &Vec::new()).unwrap();
+                assert_eq!(
+                    &bytes[..],
+                    &postcard::to_allocvec(&window).unwrap()[..],
+                    "{n} entries, one kept"
+                );
+            }
+        }
+        // Only a sequence of `None`s counts.
+        assert_eq!(shape::all_none(&Some(())), None);
+        assert_eq!(shape::all_none(&vec![1u8, 2]), None);
+        assert_eq!(shape::all_none(&Option::<u8>::None), None);
     }
 
     #[test]
