@@ -167,6 +167,11 @@ impl Provider {
         Some(loaded.swap_remove(at).1)
     }
 
+    /// Drops the kept copy of group `group_id`, if any (its secrets go with it).
+    fn forget_loaded(&self, group_id: &[u8]) {
+        self.loaded().retain(|(_, g)| g.group_id().as_slice() != group_id);
+    }
+
     /// Keeps `group`, whose state is the store's now.
     fn keep_loaded(&self, group: MlsGroup) {
         let now = self.storage.version();
@@ -1342,8 +1347,9 @@ impl Channel {
         Ok(sender)
     }
 
-    /// Deletes the group's state from the provider.
+    /// Deletes the group's state from the provider, and any copy of it kept decoded.
     pub fn delete(mut self, provider: &Provider) -> Result<(), ChannelError> {
+        provider.forget_loaded(self.group.group_id().as_slice());
         self.group.delete(provider.storage()).map_err(mls)
     }
 }
@@ -1483,6 +1489,16 @@ mod tests {
         let mut b = load(&bp);
         assert!(matches!(b.process(&bp, &m3).unwrap(), Received::Application { .. }));
         assert_eq!(b.epoch(), load(&ap).epoch());
+
+        // A channel deleted takes its kept copy with it, valid or not.
+        b.keep(&bp);
+        let kept = load(&bp);
+        let other = load(&bp);
+        kept.keep(&bp);
+        assert_eq!(cached(&bp), 1);
+        other.delete(&bp).unwrap();
+        assert!(bp.loaded().is_empty());
+        assert!(Channel::load(&bp, &gid).unwrap().is_none());
     }
 
     /// A key package whose credential names one key and whose leaf signs with another.
