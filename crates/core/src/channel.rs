@@ -158,13 +158,15 @@ impl Provider {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes group `group_id` from the cache if it is still valid; drops the stale.
+    /// Takes group `group_id` from the cache if it is still valid; drops the stale. The
+    /// store cannot change meanwhile ([`Store::at_rest`]).
     fn take_loaded(&self, group_id: &[u8]) -> Option<MlsGroup> {
-        let now = self.storage.version();
-        let mut loaded = self.loaded();
-        loaded.retain(|(version, _)| *version == now);
-        let at = loaded.iter().position(|(_, g)| g.group_id().as_slice() == group_id)?;
-        Some(loaded.swap_remove(at).1)
+        self.storage.at_rest(|now| {
+            let mut loaded = self.loaded();
+            loaded.retain(|(version, _)| *version == now);
+            let at = loaded.iter().position(|(_, g)| g.group_id().as_slice() == group_id)?;
+            Some(loaded.swap_remove(at).1)
+        })
     }
 
     /// Drops the kept copy of group `group_id`, if any (its secrets go with it).
@@ -172,12 +174,18 @@ impl Provider {
         self.loaded().retain(|(_, g)| g.group_id().as_slice() != group_id);
     }
 
-    /// Keeps `group`, whose state is the store's now.
-    fn keep_loaded(&self, group: MlsGroup) {
-        let now = self.storage.version();
-        let mut loaded = self.loaded();
-        loaded.retain(|(version, g)| *version == now && g.group_id() != group.group_id());
-        loaded.push((now, group));
+    /// Keeps `group`, whose state was the store's at `version`, if the store is still at
+    /// that version (a version is issued once, by one store: [`Store::version`]). The store
+    /// cannot change between the check and the keeping ([`Store::at_rest`]).
+    fn keep_loaded(&self, version: u64, group: MlsGroup) {
+        self.storage.at_rest(|now| {
+            if now != version {
+                return;
+            }
+            let mut loaded = self.loaded();
+            loaded.retain(|(v, g)| *v == now && g.group_id() != group.group_id());
+            loaded.push((now, group));
+        });
     }
 
     /// Every stored key and value, sorted by key, for persistence.
@@ -578,10 +586,11 @@ pub enum Received {
 pub struct Channel {
     group: MlsGroup,
     /// The store's [`Store::version`] at which this instance's state is known to equal
-    /// what the store holds for the group: set when it is loaded or made and after
-    /// each successful [`Channel::encrypt`] and [`Channel::process`], cleared by every
-    /// other change. Only such an instance may be kept in the provider's cache of
-    /// loaded groups ([`Channel::keep`]).
+    /// what the store holds for the group (the authenticated data for the next message
+    /// aside): set when it is loaded or made, moved by each successful
+    /// [`Channel::encrypt`] and [`Channel::process`], and cleared for good by every
+    /// other change and every failure. Only such an instance may be kept in the
+    /// provider's cache of loaded groups ([`Channel::keep`]).
     synced: Option<u64>,
 }
 
@@ -666,10 +675,14 @@ impl Channel {
     /// Gives the channel back to the provider's cache of loaded groups, for the next
     /// [`Channel::load`] of it to take instead of decoding it again. Kept only if its
     /// state is known to equal the store's, and only until the store changes again.
-    pub fn keep(self, provider: &Provider) {
-        if self.synced == Some(provider.storage.version()) {
-            provider.keep_loaded(self.group);
-        }
+    pub fn keep(mut self, provider: &Provider) {
+        let Some(version) = self.synced else {
+            return;
+        };
+        // The one thing openmls holds in memory only: the authenticated data for the next
+        // message ([`Channel::set_trail`]), which a group decoded again would not have.
+        self.group.set_aad(Vec::new());
+        provider.keep_loaded(version, self.group);
     }
 
     /// Marks the state as possibly different from the store's (see `synced`).
@@ -677,10 +690,13 @@ impl Channel {
         self.synced = None;
     }
 
-    /// After a change that openmls wrote to the store whole: the state equals the
-    /// store's if it succeeded, and is not known to if it failed.
+    /// After a change that openmls writes to the store whole: the state still equals the
+    /// store's if it did before and the change succeeded; otherwise it is not known to,
+    /// until the group is loaded again.
     fn resync<T, E>(&mut self, provider: &Provider, result: Result<T, E>) -> Result<T, E> {
-        self.synced = result.is_ok().then(|| provider.storage.version());
+        self.synced = self
+            .synced
+            .and_then(|_| result.is_ok().then(|| provider.storage.version()));
         result
     }
 
@@ -804,7 +820,7 @@ impl Channel {
     /// Sets the trail that the next application message or commit made here carries
     /// (in its MLS authenticated data; cleared once that message is made).
     pub fn set_trail(&mut self, trail: &Trail) {
-        self.unsync();
+        // Memory only, and cleared before a group is kept (`Channel::keep`).
         self.group.set_aad(trail.to_bytes());
     }
 
@@ -1461,11 +1477,25 @@ mod tests {
         b.keep(&bp);
         assert_eq!(cached(&bp), 0);
 
-        // A change openmls keeps in memory only (the trail for the next message): not kept.
+        // What openmls keeps in memory only (the trail for the next message) is not kept.
         let mut a = load(&ap);
         a.set_trail(&Trail::default());
+        assert!(!a.group.aad().is_empty());
+        a.keep(&ap);
+        assert_eq!(cached(&ap), 1);
+        assert!(load(&ap).group.aad().is_empty());
+
+        // After any other change, a later message does not make the instance keepable again.
+        let mut a = load(&ap);
+        a.discard_pending(&ap).unwrap();
+        a.encrypt(&ap, &aid, b"after").unwrap();
         a.keep(&ap);
         assert_eq!(cached(&ap), 0);
+
+        // A group is kept only by the provider it came from.
+        let other = Provider::new().unwrap();
+        load(&ap).keep(&other);
+        assert!(other.loaded().is_empty());
 
         // Any write to the store (here, a key package) makes a kept group stale.
         load(&ap).keep(&ap);

@@ -7,7 +7,7 @@
 //! | Ed25519 sign, verify, key generation | `ed25519-dalek` |
 //! | SHA-256, SHA-384, SHA-512 | `sha2` (SHA-NI where the CPU has it) |
 //! | HKDF, HMAC over those hashes | `hkdf`, `hmac` over `sha2` |
-//! | ChaCha20-Poly1305 (the AEAD of our default suite) | AWS-LC, through [`crate::aead`] |
+//! | ChaCha20-Poly1305 (the AEAD of every suite we use) | AWS-LC, through [`crate::aead`] |
 //! | HPKE (X-Wing, X25519), AES-GCM | `openmls_libcrux_crypto` |
 //! | randomness (`OpenMlsRand`) | the operating system's generator, through `rand_core`'s `OsRng` |
 //!
@@ -402,7 +402,7 @@ fn os_random(out: &mut [u8]) -> Result<(), RandError> {
 /// dalek's `verify_strict` as the provider computes it: the key's check, then
 /// [`verify_strong`].
 #[cfg(test)]
-fn verify_strict(key: &VerifyingKey, data: &[u8], signature: &Signature) -> Result<(), SignatureError> {
+fn verify_strict_here(key: &VerifyingKey, data: &[u8], signature: &Signature) -> Result<(), SignatureError> {
     if key.is_weak() {
         return Err(SignatureError::new());
     }
@@ -698,7 +698,10 @@ mod tests {
             assert!(!key.is_weak());
             assert!(key.verify(&msg, &signature).is_ok(), "R = torsion point {j}");
             assert!(key.verify_strict(&msg, &signature).is_err());
-            assert!(verify_strict(&key, &msg, &signature).is_err(), "R = torsion point {j}");
+            assert!(
+                verify_strict_here(&key, &msg, &signature).is_err(),
+                "R = torsion point {j}"
+            );
             assert_eq!(
                 ours.verify_signature(SCHEME, &msg, &pk, &sig),
                 Err(CryptoError::InvalidSignature)
@@ -712,7 +715,13 @@ mod tests {
             sig[..32].copy_from_slice(&EdwardsPoint::default().compress().to_bytes());
             let key = VerifyingKey::from_bytes(&pk).unwrap();
             assert!(key.verify_strict(b"m", &Signature::from_bytes(&sig)).is_err());
-            assert!(verify_strict(&key, b"m", &Signature::from_bytes(&sig)).is_err());
+            assert!(verify_strict_here(&key, b"m", &Signature::from_bytes(&sig)).is_err());
+            // The provider's own path: the key cache refuses the key and does not keep it.
+            assert_eq!(
+                ours.verify_signature(SCHEME, b"m", &pk, &sig),
+                Err(CryptoError::InvalidSignature)
+            );
+            assert!(ours.keys.lock().unwrap().keys.iter().all(|(cached, _)| cached != &pk));
         }
         // Honest signatures and their corruptions: the same answer as
         // `verify_strict`, byte by byte of the signature and with R replaced by
@@ -735,12 +744,18 @@ mod tests {
             for case in cases {
                 let sig = Signature::from_bytes(&case);
                 assert_eq!(
-                    verify_strict(&key, msg, &sig).is_ok(),
+                    verify_strict_here(&key, msg, &sig).is_ok(),
                     key.verify_strict(msg, &sig).is_ok(),
                     "message {i}"
                 );
+                // And through the provider, with the key cached after its first use.
+                assert_eq!(
+                    ours.verify_signature(SCHEME, msg, key.as_bytes(), &case).is_ok(),
+                    key.verify_strict(msg, &sig).is_ok(),
+                    "message {i}, through the provider"
+                );
             }
-            assert!(verify_strict(&key, msg, &Signature::from_bytes(&good)).is_ok());
+            assert!(verify_strict_here(&key, msg, &Signature::from_bytes(&good)).is_ok());
         }
     }
 

@@ -118,6 +118,12 @@ impl Key {
 
 type Value = Zeroizing<Bytes>;
 
+/// A store version never issued before in this process ([`Store::version`]).
+fn next_version() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::SeqCst)
+}
+
 /// The bytes of a stored value. zeroize's own `Vec<u8>` writes one volatile
 /// byte at a time (it zeroes any `Vec<Z>` element by element), which cost
 /// about 5 % of a message: the message secrets, about 13 KB, are replaced on
@@ -224,8 +230,8 @@ pub struct Store {
     /// For each group's stored message secrets, where its past epochs' member
     /// lists lie ([`reuse`]). Memory only; taken under the `values` lock.
     reuse: Mutex<HashMap<Vec<u8>, reuse::Notes>>,
-    /// How many times the values were opened for writing: what a group kept in memory
-    /// compares to know whether the store still holds its state
+    /// Issued anew ([`next_version`]) each time the values are opened for writing: what a
+    /// group kept in memory compares to know whether the store still holds its state
     /// (`channel::Channel::keep`).
     version: AtomicU64,
 }
@@ -247,7 +253,7 @@ impl Store {
         values.keys().all(|k| well_formed_key(k)).then(|| Self {
             values: RwLock::new(values),
             reuse: Mutex::default(),
-            version: AtomicU64::new(0),
+            version: AtomicU64::new(next_version()),
         })
     }
 
@@ -287,13 +293,20 @@ impl Store {
     /// The values, for a change: the store's version moves.
     fn write(&self) -> RwLockWriteGuard<'_, HashMap<Vec<u8>, Value>> {
         let values = self.values.write().unwrap_or_else(|e| e.into_inner());
-        self.version.fetch_add(1, Ordering::SeqCst);
+        self.version.store(next_version(), Ordering::SeqCst);
         values
     }
 
-    /// Moves with every change of the stored values (and never back).
+    /// Changes with every change of the stored values. A version is issued once in the
+    /// process, by one store: equal versions mean the same store, unchanged.
     pub fn version(&self) -> u64 {
         self.version.load(Ordering::SeqCst)
+    }
+
+    /// Runs `f` with the store's version, which no change can move until `f` returns.
+    pub(crate) fn at_rest<R>(&self, f: impl FnOnce(u64) -> R) -> R {
+        let _values = self.read();
+        f(self.version())
     }
 
     fn put<V: Serialize + DeserializeOwned>(&self, key: Vec<u8>, value: &V) -> Result<(), StoreError> {

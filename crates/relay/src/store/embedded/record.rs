@@ -27,7 +27,7 @@ pub(crate) const RECORD_VERSION: u8 = 1;
 /// Bytes per key slot (and per at-rest key).
 pub(crate) const SLOT_LEN: usize = 32;
 /// Poly1305 tag.
-pub(crate) const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = backchannel_core::aead::TAG_LEN;
 
 /// A mailbox record body (after the version byte).
 const MAILBOX_BODY_LEN: usize = 32 + 32 + 8 + 4 + 8 + 32 + 1;
