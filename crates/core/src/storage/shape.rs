@@ -57,10 +57,12 @@ trait Accepts: Sized {
     }
 }
 
-/// The methods that refuse whatever they are given.
+/// The methods that refuse whatever they are given (inlined: the `None` counter's loop
+/// meets a refusal at every `Some`).
 macro_rules! refuse {
-    ($ok:ty; $($name:ident($($arg:ty),*)),* $(,)?) => {$(
-        fn $name(self, $(_: $arg),*) -> Result<$ok, Refused> {
+    ($($name:ident $(<$g:ident: $bound:path>)? ($($arg:ty),*) -> $ret:ty;)*) => {$(
+        #[inline]
+        fn $name $(<$g: $bound + ?Sized>)? (self, $(_: $arg),*) -> Result<$ret, Refused> {
             Err(Refused)
         }
     )*};
@@ -85,14 +87,6 @@ macro_rules! shape_serializer {
                 false
             }
 
-            refuse!(Self::Ok;
-                serialize_bool(bool), serialize_i8(i8), serialize_i16(i16), serialize_i32(i32),
-                serialize_i64(i64), serialize_u16(u16), serialize_u32(u32),
-                serialize_u64(u64), serialize_f32(f32), serialize_f64(f64), serialize_char(char),
-                serialize_str(&str), serialize_bytes(&[u8]), serialize_unit(),
-                serialize_unit_struct(&'static str),
-                serialize_unit_variant(&'static str, u32, &'static str),
-            );
             #[inline(always)]
             fn serialize_u8(self, byte: u8) -> Result<Self::Ok, Refused> {
                 Accepts::byte(self, byte)
@@ -101,57 +95,37 @@ macro_rules! shape_serializer {
             fn serialize_none(self) -> Result<Self::Ok, Refused> {
                 Accepts::none(self)
             }
-            #[inline(always)]
-            fn serialize_some<V: Serialize + ?Sized>(self, _: &V) -> Result<Self::Ok, Refused> {
-                Err(Refused)
-            }
-            fn serialize_newtype_struct<V: Serialize + ?Sized>(self, _: &'static str, _: &V) -> Result<Self::Ok, Refused> {
-                Err(Refused)
-            }
-            fn serialize_newtype_variant<V: Serialize + ?Sized>(
-                self,
-                _: &'static str,
-                _: u32,
-                _: &'static str,
-                _: &V,
-            ) -> Result<Self::Ok, Refused> {
-                Err(Refused)
-            }
             fn serialize_seq(self, len: Option<usize>) -> Result<Self::SerializeSeq, Refused> {
                 Accepts::seq(self, len)
             }
-            fn serialize_tuple(self, _: usize) -> Result<Never<Self::Ok>, Refused> {
-                Err(Refused)
-            }
-            fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Never<Self::Ok>, Refused> {
-                Err(Refused)
-            }
-            fn serialize_tuple_variant(
-                self,
-                _: &'static str,
-                _: u32,
-                _: &'static str,
-                _: usize,
-            ) -> Result<Never<Self::Ok>, Refused> {
-                Err(Refused)
-            }
-            fn serialize_map(self, _: Option<usize>) -> Result<Never<Self::Ok>, Refused> {
-                Err(Refused)
-            }
-            fn serialize_struct(self, _: &'static str, _: usize) -> Result<Never<Self::Ok>, Refused> {
-                Err(Refused)
-            }
-            fn serialize_struct_variant(
-                self,
-                _: &'static str,
-                _: u32,
-                _: &'static str,
-                _: usize,
-            ) -> Result<Never<Self::Ok>, Refused> {
-                Err(Refused)
-            }
-            fn collect_str<V: std::fmt::Display + ?Sized>(self, _: &V) -> Result<Self::Ok, Refused> {
-                Err(Refused)
+
+            refuse! {
+                serialize_bool(bool) -> Self::Ok;
+                serialize_i8(i8) -> Self::Ok;
+                serialize_i16(i16) -> Self::Ok;
+                serialize_i32(i32) -> Self::Ok;
+                serialize_i64(i64) -> Self::Ok;
+                serialize_u16(u16) -> Self::Ok;
+                serialize_u32(u32) -> Self::Ok;
+                serialize_u64(u64) -> Self::Ok;
+                serialize_f32(f32) -> Self::Ok;
+                serialize_f64(f64) -> Self::Ok;
+                serialize_char(char) -> Self::Ok;
+                serialize_str(&str) -> Self::Ok;
+                serialize_bytes(&[u8]) -> Self::Ok;
+                serialize_unit() -> Self::Ok;
+                serialize_unit_struct(&'static str) -> Self::Ok;
+                serialize_unit_variant(&'static str, u32, &'static str) -> Self::Ok;
+                serialize_some<V: Serialize>(&V) -> Self::Ok;
+                serialize_newtype_struct<V: Serialize>(&'static str, &V) -> Self::Ok;
+                serialize_newtype_variant<V: Serialize>(&'static str, u32, &'static str, &V) -> Self::Ok;
+                collect_str<V: std::fmt::Display>(&V) -> Self::Ok;
+                serialize_tuple(usize) -> Never<Self::Ok>;
+                serialize_tuple_struct(&'static str, usize) -> Never<Self::Ok>;
+                serialize_tuple_variant(&'static str, u32, &'static str, usize) -> Never<Self::Ok>;
+                serialize_map(Option<usize>) -> Never<Self::Ok>;
+                serialize_struct(&'static str, usize) -> Never<Self::Ok>;
+                serialize_struct_variant(&'static str, u32, &'static str, usize) -> Never<Self::Ok>;
             }
         }
     };
