@@ -293,6 +293,26 @@ pub struct MemberInfo {
     pub leaf: u32,
 }
 
+/// Runs `f`, an openmls operation on `group` that leaves the past epochs' secrets as they
+/// are (making an application message, reading one of the current epoch), telling the
+/// store so when `group`'s state is the store's at version `synced`: its writes of the
+/// group's message secrets then copy the past epochs instead of encoding them again
+/// ([`Store::past_epochs_unchanged`](crate::storage::Store::past_epochs_unchanged)).
+fn past_unchanged<R>(
+    provider: &Provider,
+    group: &mut MlsGroup,
+    synced: Option<u64>,
+    f: impl FnOnce(&mut MlsGroup) -> R,
+) -> R {
+    match synced {
+        Some(version) => {
+            let id = group.group_id().clone();
+            provider.storage.past_epochs_unchanged(&id, version, || f(group))
+        }
+        None => f(group),
+    }
+}
+
 fn credential_for(identity: &Identity) -> CredentialWithKey {
     let mut id = identity.public_key().to_vec();
     id.extend_from_slice(identity.name().as_bytes());
@@ -844,7 +864,10 @@ impl Channel {
         if !self.group.is_active() {
             return Err(ChannelError::NotAMember);
         }
-        let out = self.group.create_message(provider, identity, plaintext).map_err(mls)?;
+        let out = past_unchanged(provider, &mut self.group, self.synced, |g| {
+            g.create_message(provider, identity, plaintext)
+        })
+        .map_err(mls)?;
         out.tls_serialize_detached().map_err(mls)
     }
 
@@ -1137,7 +1160,13 @@ impl Channel {
         if epoch > self.epoch() {
             return Err(Rejection::FutureEpoch(epoch));
         }
-        let processed = self.group.process_message(provider, proto).map_err(|e| {
+        // openmls reads a message with the secrets of the epoch its header names: a
+        // message of the current epoch leaves the past epochs' alone.
+        let synced = self.synced.filter(|_| epoch == self.epoch());
+        let processed = past_unchanged(provider, &mut self.group, synced, |g| {
+            g.process_message(provider, proto)
+        })
+        .map_err(|e| {
             use openmls::framing::errors::{MessageDecryptionError, SecretTreeError};
             match e {
                 ProcessMessageError::ValidationError(ValidationError::UnableToDecrypt(

@@ -8,7 +8,9 @@
 //! `openmls_memory_storage` encodes values as JSON, which writes every byte as
 //! a decimal number; this store encodes them with postcard, about 8 × faster,
 //! and copies the past epochs' member lists, which cannot change, from the
-//! value it replaces instead of encoding them again (`storage/reuse.rs`).
+//! value it replaces instead of encoding them again (`storage/reuse.rs`); for
+//! an application message made, or a message of the current epoch read, it
+//! copies the past epochs whole ([`Store::past_epochs_unchanged`]).
 //!
 //! * **Keys:** `CURRENT_VERSION` (2 bytes, big-endian), one byte naming the
 //!   kind of value, then the postcard encoding of the key's parts
@@ -23,6 +25,7 @@
 //!   is overwritten, removed or dropped; encoding grows its buffer without
 //!   leaving copies behind.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -223,6 +226,13 @@ fn decode<V: DeserializeOwned>(bytes: &[u8]) -> Result<V, StoreError> {
 mod reuse;
 mod shape;
 
+thread_local! {
+    /// Set by [`Store::past_epochs_unchanged`] while its operation runs on this thread:
+    /// the store version at which the group's state was the store's, and the key of
+    /// the group's message secrets.
+    static PAST_UNCHANGED: RefCell<Option<(u64, Vec<u8>)>> = const { RefCell::new(None) };
+}
+
 /// The openmls storage provider of a [`Provider`](crate::channel::Provider).
 #[derive(Default)]
 pub struct Store {
@@ -292,15 +302,47 @@ impl Store {
 
     /// The values, for a change: the store's version moves.
     fn write(&self) -> RwLockWriteGuard<'_, HashMap<Vec<u8>, Value>> {
+        self.write_from().0
+    }
+
+    /// [`Store::write`], and the version the store had before.
+    fn write_from(&self) -> (RwLockWriteGuard<'_, HashMap<Vec<u8>, Value>>, u64) {
         let values = self.values.write().unwrap_or_else(|e| e.into_inner());
-        self.version.store(next_version(), Ordering::SeqCst);
-        values
+        let before = self.version.swap(next_version(), Ordering::SeqCst);
+        (values, before)
     }
 
     /// Changes with every change of the stored values. A version is issued once in the
     /// process, by one store: equal versions mean the same store, unchanged.
     pub fn version(&self) -> u64 {
         self.version.load(Ordering::SeqCst)
+    }
+
+    /// Runs `f`, an openmls operation on group `group_id` that changes no past epoch's
+    /// secrets, on a state of the group that equals the store's at `version`. The
+    /// operations that qualify, in openmls 0.9.2: making an application message, and
+    /// reading a message whose header names the current epoch (`reuse`, "Past epochs
+    /// whole", says why). Each write of the group's message secrets that `f` makes on
+    /// this thread, while the store is still at `version`, copies the past epochs from
+    /// the stored value instead of encoding them.
+    pub(crate) fn past_epochs_unchanged<R>(
+        &self,
+        group_id: &impl traits::GroupId<CURRENT_VERSION>,
+        version: u64,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        let Ok(key) = Key::of(Kind::MessageSecrets, group_id) else {
+            return f();
+        };
+        /// Puts back what was set before, also if `f` unwinds.
+        struct Restore(Option<(u64, Vec<u8>)>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                PAST_UNCHANGED.set(self.0.take());
+            }
+        }
+        let _restore = Restore(PAST_UNCHANGED.replace(Some((version, key))));
+        f()
     }
 
     /// Runs `f` with the store's version, which no change can move until `f` returns.
@@ -334,11 +376,14 @@ impl Store {
     /// epochs from the value it replaces where they cannot have changed
     /// ([`reuse`]); the bytes are the same as [`Store::put`]'s.
     fn put_message_secrets<V: Serialize + DeserializeOwned>(&self, key: Vec<u8>, value: &V) -> Result<(), StoreError> {
-        let mut values = self.write();
+        let (mut values, before) = self.write_from();
+        // The caller's word holds for its group's state as the store held it at
+        // `version`: only if nothing was written since.
+        let past_unchanged = PAST_UNCHANGED.with_borrow(|h| h.as_ref().is_some_and(|(v, k)| *v == before && *k == key));
         let mut reuse = self.reuse.lock().unwrap_or_else(|e| e.into_inner());
         let old_notes = reuse.remove(&key).unwrap_or_default();
         let old = values.get(&key).map_or(&[][..], |v| v.as_slice());
-        let (bytes, notes) = reuse::encode(value, old, &old_notes)?;
+        let (bytes, notes) = reuse::encode(value, old, &old_notes, past_unchanged)?;
         #[cfg(test)]
         tests::check_round_trip::<V>(&bytes);
         reuse.insert(key.clone(), notes);
@@ -1231,8 +1276,8 @@ pub(crate) mod tests {
                     let [(key, notes)] = &notes.into_iter().collect::<Vec<_>>()[..] else {
                         panic!("one group")
                     };
-                    assert_eq!(notes.len(), past[i], "member {i}, round {round}");
-                    for (_, range) in notes {
+                    assert_eq!(notes.lists.len(), past[i], "member {i}, round {round}");
+                    for (_, range) in &notes.lists {
                         let list: Vec<openmls::group::Member> = decode(&values[key][range.clone()]).unwrap();
                         assert!((1..=2).contains(&list.len()));
                     }
@@ -1247,6 +1292,61 @@ pub(crate) mod tests {
             let ch = alice.channel.take().unwrap();
             ch.delete(&alice.provider).unwrap();
             assert!(alice.provider.storage().reuse.lock().unwrap().is_empty());
+        }
+
+        /// A message made, or one of the current epoch read, copies the past epochs
+        /// whole; a message of a past epoch is read with that epoch's secrets, which it
+        /// changes, so they are encoded again, and a restart then refuses the same
+        /// message a second time (were the old bytes copied, the key it used would come
+        /// back). Debug builds check each copy against the encoding.
+        #[test]
+        fn past_epochs_are_copied_only_when_untouched() {
+            use reuse::PAST_COPIES;
+            let suite = Suite::PostQuantum;
+            let mut alice = founder("alice", suite);
+            let mut bob = member("bob");
+            admit(&mut alice, &mut bob, &mut [], suite);
+            let update = |alice: &mut Member, bob: &mut Member| {
+                let out = alice.with(|ch, p, id| ch.self_update(p, id, None)).unwrap();
+                alice.with(|ch, p, _| ch.merge_pending(p)).unwrap();
+                assert!(matches!(bob.process(&out.commit), Received::Commit { .. }));
+            };
+            // A commit leaves a channel not known to equal the store until loaded again,
+            // as the client does for every operation.
+            let load = |m: &mut Member| {
+                let id = m.ch().group_id();
+                m.channel = Some(Channel::load(&m.provider, &id).unwrap().unwrap());
+            };
+            update(&mut alice, &mut bob);
+            update(&mut alice, &mut bob);
+            load(&mut alice);
+            load(&mut bob);
+
+            let copies = PAST_COPIES.get();
+            for n in 0..3 {
+                let m = alice.say(&format!("now {n}"));
+                assert_eq!(bob.hear(&m).1, format!("now {n}").into_bytes());
+            }
+            assert_eq!(PAST_COPIES.get(), copies + 6, "three made, three read");
+
+            // Sent in one epoch, read in the next.
+            let late = alice.say("late");
+            update(&mut alice, &mut bob);
+            load(&mut bob);
+            let copies = PAST_COPIES.get();
+            assert_eq!(bob.hear(&late).1, b"late".to_vec());
+            assert_eq!(PAST_COPIES.get(), copies, "a past epoch's message is encoded again");
+            bob.reload();
+            let again = bob.with(|ch, p, _| ch.process(p, &late));
+            assert!(again.is_err(), "replayed after a restart: {again:?}");
+
+            // A channel not known to equal the store (a failure leaves it so) copies nothing.
+            let copies = PAST_COPIES.get();
+            assert!(bob.with(|ch, p, _| ch.process(p, b"not a message")).is_err());
+            load(&mut alice);
+            let m = alice.say("after");
+            assert_eq!(bob.hear(&m).1, b"after".to_vec());
+            assert_eq!(PAST_COPIES.get(), copies + 1, "alice's only");
         }
 
         /// What the client's operations never write (update proposals'

@@ -1,5 +1,6 @@
 //! Writing a group's message secrets without encoding again what cannot have
-//! changed: the member lists of its past epochs.
+//! changed: the member lists of its past epochs, and the past epochs whole
+//! when the operation that writes cannot have touched them.
 //!
 //! openmls hands the store its whole `MessageSecretsStore` after every message
 //! sent or processed. Most of its bytes are, for each past epoch
@@ -22,6 +23,22 @@
 //! snapshot starts without them and its first write encodes everything.
 //! If openmls renames these structures, nothing is re-used and every write
 //! is a plain postcard encoding.
+//!
+//! # Past epochs whole
+//!
+//! A past epoch's secrets do change: reading a message of that epoch moves its
+//! sender's ratchet. But in openmls 0.9.2 only that does (and the merge of a
+//! commit, which adds an epoch): making an application message touches the
+//! current epoch's secret tree alone, and reading a message picks the tree of
+//! the epoch in its header (`MlsGroup::message_secrets_for_epoch_mut`), the
+//! current one's when that epoch is current. For those two operations the
+//! caller says so ([`Store::past_epochs_unchanged`](super::Store::past_epochs_unchanged)),
+//! and only for a group whose state in memory is the one the store holds (same
+//! store version): [`encode`] is then told `past_unchanged` and copies the
+//! bytes of the `past_epoch_trees` field from the stored value, noted where
+//! the last write put them. The stored bytes are again postcard's, as debug
+//! builds check on every such write; a value without the note (the first write
+//! after a restart) is encoded as before.
 
 use std::ops::Range;
 
@@ -32,17 +49,25 @@ use super::{shape, StoreError, Value, ZeroizingVec};
 
 pub(super) type Postcard = postcard::Serializer<ZeroizingVec>;
 
-/// Where each past epoch's member list lies in a stored value: the encoding
-/// of the epoch's group context, and the bytes of its member list.
-pub(super) type Notes = Vec<(Vec<u8>, Range<usize>)>;
+/// Where parts of a stored value lie, for the next write of it to copy.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Notes {
+    /// Each past epoch's member list: the encoding of the epoch's group context, and
+    /// the bytes of its member list.
+    pub(super) lists: Vec<(Vec<u8>, Range<usize>)>,
+    /// The bytes of the past epochs, all of them (the `past_epoch_trees` field).
+    pub(super) past: Option<Range<usize>>,
+}
 
 /// Encodes `value` as postcard does, copying from `old` (the value stored
-/// before, whose member lists lie at `old_notes`) each member list whose
-/// context is noted there. Returns the bytes and their notes.
+/// before, whose parts lie at `old_notes`) each member list whose context is
+/// noted there, and, if `past_unchanged` (the caller knows that the past epochs
+/// are those of `old`), the past epochs whole. Returns the bytes and their notes.
 pub(super) fn encode(
     value: &(impl Serialize + ?Sized),
     old: &[u8],
     old_notes: &Notes,
+    past_unchanged: bool,
 ) -> Result<(Value, Notes), StoreError> {
     let mut out = Postcard {
         output: ZeroizingVec::with_capacity(old.len()),
@@ -50,7 +75,8 @@ pub(super) fn encode(
     let mut state = State {
         old,
         old_notes,
-        notes: Vec::new(),
+        past_unchanged,
+        notes: Notes::default(),
         context: None,
     };
     value
@@ -64,9 +90,17 @@ pub(super) fn encode(
     Ok((bytes, notes))
 }
 
+#[cfg(test)]
+thread_local! {
+    /// How many times this thread's writes copied the past epochs whole, for tests to
+    /// tell a copy from an encoding (the bytes are the same).
+    pub(super) static PAST_COPIES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 struct State<'a> {
     old: &'a [u8],
     old_notes: &'a Notes,
+    past_unchanged: bool,
     notes: Notes,
     /// The encoding of the group context last seen inside the current
     /// `EpochTree`.
@@ -77,6 +111,7 @@ impl State<'_> {
     /// The bytes of the member list whose context is `context`, if noted.
     fn noted(&self, context: &[u8]) -> Option<&[u8]> {
         self.old_notes
+            .lists
             .iter()
             .find(|(c, _)| c == context)
             .and_then(|(_, range)| self.old.get(range.clone()))
@@ -107,6 +142,40 @@ impl<'s, 'a> Compound<'s, 'a> {
 
     fn position(&self) -> usize {
         self.out.output.0.len()
+    }
+
+    /// Writes the past epochs `value` as the old value's bytes, if the caller said they
+    /// are unchanged and the old value's are noted; carries the notes of the member
+    /// lists inside them over to their new place. Whether it wrote.
+    fn copy_past<T: Serialize + ?Sized>(&mut self, value: &T) -> postcard::Result<bool> {
+        let state = &mut *self.state;
+        let Some(range) = state.old_notes.past.clone().filter(|_| state.past_unchanged) else {
+            return Ok(false);
+        };
+        let Some(old) = state.old.get(range.clone()) else {
+            return Ok(false);
+        };
+        #[cfg(debug_assertions)]
+        {
+            let again = postcard::to_allocvec(value)?;
+            debug_assert!(
+                again == old,
+                "past epochs said to be unchanged differ from their encoding"
+            );
+        }
+        #[cfg(not(debug_assertions))]
+        let _ = value;
+        let start = self.out.output.0.len();
+        self.out.output.try_extend(old)?;
+        #[cfg(test)]
+        PAST_COPIES.set(PAST_COPIES.get() + 1);
+        for (context, list) in &state.old_notes.lists {
+            if range.start <= list.start && list.end <= range.end {
+                let at = start + (list.start - range.start)..start + (list.end - range.start);
+                state.notes.lists.push((context.clone(), at));
+            }
+        }
+        Ok(true)
     }
 
     fn field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> postcard::Result<()> {
@@ -143,7 +212,16 @@ impl<'s, 'a> Compound<'s, 'a> {
                     value.serialize(self.tap())?;
                 }
                 let end = self.position();
-                self.state.notes.push((context, start..end));
+                self.state.notes.lists.push((context, start..end));
+                Ok(())
+            }
+            ("MessageSecretsStore", "past_epoch_trees") => {
+                let start = self.position();
+                if !self.copy_past(value)? {
+                    value.serialize(self.tap())?;
+                }
+                let end = self.position();
+                self.state.notes.past = Some(start..end);
                 Ok(())
             }
             _ => {
@@ -442,10 +520,10 @@ mod tests {
     #[test]
     fn writes_what_postcard_writes() {
         let value = store(0..4, 4);
-        let (first, notes) = encode(&value, &[], &Vec::new()).unwrap();
+        let (first, notes) = encode(&value, &[], &Notes::default(), false).unwrap();
         assert_eq!(&first[..], &postcard::to_allocvec(&value).unwrap()[..]);
-        assert_eq!(notes.len(), 4);
-        for (i, (context, range)) in notes.iter().enumerate() {
+        assert_eq!(notes.lists.len(), 4);
+        for (i, (context, range)) in notes.lists.iter().enumerate() {
             assert_eq!(context, &postcard::to_allocvec(&vec![7u8, i as u8]).unwrap());
             assert_eq!(
                 &first[range.clone()],
@@ -457,19 +535,59 @@ mod tests {
         let mut next = value.clone();
         next.message_secrets.sender_data_secret = vec![9; 32];
         next.past_epoch_trees[1].message_secrets.sender_data_secret = vec![8; 32];
-        let (second, notes2) = encode(&next, &first, &notes).unwrap();
+        let (second, notes2) = encode(&next, &first, &notes, false).unwrap();
         assert_eq!(&second[..], &postcard::to_allocvec(&next).unwrap()[..]);
-        assert_eq!(notes2.len(), 4);
+        assert_eq!(notes2.lists.len(), 4);
 
         // A new epoch: the oldest leaves, one comes in, with a context never seen.
         let later = store(1..5, 5);
-        let (third, notes3) = encode(&later, &second, &notes2).unwrap();
+        let (third, notes3) = encode(&later, &second, &notes2, false).unwrap();
         assert_eq!(&third[..], &postcard::to_allocvec(&later).unwrap()[..]);
         assert_eq!(
-            notes3.iter().map(|(c, _)| c[2]).collect::<Vec<_>>(),
+            notes3.lists.iter().map(|(c, _)| c[2]).collect::<Vec<_>>(),
             vec![1, 2, 3, 4],
             "contexts [7, e], encoded with their length"
         );
+    }
+
+    #[test]
+    fn unchanged_past_epochs_are_copied_whole() {
+        let value = store(0..4, 4);
+        let (first, notes) = encode(&value, &[], &Notes::default(), false).unwrap();
+        let past = notes.past.clone().unwrap();
+        assert_eq!(
+            &first[past.clone()],
+            &postcard::to_allocvec(&value.past_epoch_trees).unwrap()[..]
+        );
+
+        // Only the current epoch changed: the past epochs' bytes come from the old value.
+        let mut next = value.clone();
+        next.message_secrets.sender_data_secret = vec![9; 32];
+        next.extra.insert("longer".to_string(), (1, 2.0, 'x', false));
+        let copies = PAST_COPIES.get();
+        let (second, notes2) = encode(&next, &first, &notes, true).unwrap();
+        assert_eq!(PAST_COPIES.get(), copies + 1, "copied, not encoded");
+        assert_eq!(&second[..], &postcard::to_allocvec(&next).unwrap()[..]);
+        assert_eq!(notes2.past, notes.past);
+        // The member lists' notes are carried over and still point at the lists.
+        assert_eq!(notes2.lists.len(), 4);
+        for (i, (_, range)) in notes2.lists.iter().enumerate() {
+            assert_eq!(
+                &second[range.clone()],
+                &postcard::to_allocvec(&leaves(i as u8)).unwrap()[..]
+            );
+        }
+        // Without the caller's word, a changed past epoch is encoded again.
+        let mut moved = next.clone();
+        moved.past_epoch_trees[2].message_secrets.sender_data_secret = vec![1; 32];
+        let (third, notes3) = encode(&moved, &second, &notes2, false).unwrap();
+        assert_eq!(PAST_COPIES.get(), copies + 1);
+        assert_eq!(&third[..], &postcard::to_allocvec(&moved).unwrap()[..]);
+        assert_eq!(notes3.lists.len(), 4);
+        // Without a note of where the old past epochs lie, nothing is copied.
+        let (fourth, _) = encode(&moved, &third, &Notes::default(), true).unwrap();
+        assert_eq!(&fourth[..], &third[..]);
+        assert_eq!(PAST_COPIES.get(), copies + 1);
     }
 
     /// Stand-in for openmls' reader ratchet: its window of keys for skipped messages,
@@ -488,13 +606,13 @@ mod tests {
                 ratchet_head: vec![3; 32],
             };
             assert_eq!(shape::all_none(&window.past_secrets), Some(n));
-            let (bytes, _) = encode(&window, &[], &Vec::new()).unwrap();
+            let (bytes, _) = encode(&window, &[], &Notes::default(), false).unwrap();
             assert_eq!(&bytes[..], &postcard::to_allocvec(&window).unwrap()[..], "{n} entries");
             // A key still waiting for its message: written entry by entry, as before.
             if n > 2 {
                 window.past_secrets[n / 2] = Some((vec![9; 32], [8; 12]));
                 assert_eq!(shape::all_none(&window.past_secrets), None);
-                let (bytes, _) = encode(&window, &[], &Vec::new()).unwrap();
+                let (bytes, _) = encode(&window, &[], &Notes::default(), false).unwrap();
                 assert_eq!(
                     &bytes[..],
                     &postcard::to_allocvec(&window).unwrap()[..],
@@ -512,13 +630,16 @@ mod tests {
     fn nothing_is_reused_without_a_context_or_a_note() {
         let mut value = store(0..2, 2);
         value.past_epoch_trees[0].message_secrets.serialized_context.clear();
-        let (bytes, notes) = encode(&value, &[], &Vec::new()).unwrap();
+        let (bytes, notes) = encode(&value, &[], &Notes::default(), false).unwrap();
         assert_eq!(&bytes[..], &postcard::to_allocvec(&value).unwrap()[..]);
         // Only the epoch with a context is noted.
-        assert_eq!(notes.len(), 1);
+        assert_eq!(notes.lists.len(), 1);
         // A note that points past the old value is not used.
-        let bad = vec![(notes[0].0.clone(), 0..bytes.len() + 1)];
-        let (again, _) = encode(&value, &bytes, &bad).unwrap();
+        let bad = Notes {
+            lists: vec![(notes.lists[0].0.clone(), 0..bytes.len() + 1)],
+            past: Some(0..bytes.len() + 1),
+        };
+        let (again, _) = encode(&value, &bytes, &bad, true).unwrap();
         assert_eq!(&again[..], &bytes[..]);
     }
 }
