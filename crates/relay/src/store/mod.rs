@@ -28,7 +28,7 @@ pub mod bundle;
 pub mod embedded;
 pub mod nats;
 
-pub use embedded::{EmbeddedStore, ENVELOPE_KEY_FILE};
+pub use embedded::{EmbeddedStore, ENVELOPE_BODY_FILE, ENVELOPE_KEY_FILE};
 pub use nats::{NatsConfig, NatsError, NatsStore};
 
 /// A storage operation failed or was refused.

@@ -1,6 +1,7 @@
 //! Envelopes sealed at rest, each under a key of its own, kept in the key file
 //! ([`ENVELOPE_KEY_FILE`]) and destroyed with the envelope (the module documentation of
-//! [`super`] explains why and what this does not do).
+//! [`super`] explains why and what this does not do); the sealed envelopes themselves
+//! in the body file ([`ENVELOPE_BODY_FILE`]), at the same slot as their key.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{File, OpenOptions};
@@ -15,7 +16,7 @@ use rand_core::{OsRng, RngCore};
 use redb::{Database, ReadableTable};
 use zeroize::Zeroizing;
 
-use super::record::{EnvelopeValue, SLOT_LEN};
+use super::record::{EnvelopeValue, SEALED_LEN, SLOT_LEN};
 use super::{count_off, expiry_key, ENVELOPES, EXPIRY, MAILBOXES};
 use crate::store::StoreError;
 
@@ -24,6 +25,13 @@ use crate::store::StoreError;
 /// a slot that no envelope uses holds zeros. Its layout belongs to the data
 /// directory's format version (`super::upgrade`).
 pub const ENVELOPE_KEY_FILE: &str = "envelope-keys.bin";
+
+/// The file of sealed envelopes, in the directory of the redb file: an array of slots of
+/// 4,112 bytes (ciphertext ‖ tag), slot `n` holding the envelope whose key is in slot `n`
+/// of [`ENVELOPE_KEY_FILE`]. A slot is overwritten when it is handed out again, never
+/// zeroed: once its key's zeros are durable, what is left there is ciphertext under a key
+/// that no longer exists, as in redb's freed pages. Added by data directory format 5.
+pub const ENVELOPE_BODY_FILE: &str = "envelope-bodies.bin";
 
 /// One envelope's at-rest key.
 pub(crate) type EnvelopeKey = Zeroizing<[u8; SLOT_LEN]>;
@@ -53,25 +61,6 @@ pub(crate) fn seal(key: &EnvelopeKey, aad: &[u8; 40], plaintext: &[u8]) -> Resul
     Ok(sealed)
 }
 
-/// Seals `plaintext` as [`seal`] does, straight into an envelope value of the current
-/// layout ([`super::record::encode_envelope_value`]): one buffer, one copy of the envelope.
-pub(crate) fn seal_value(
-    key: &EnvelopeKey,
-    aad: &[u8; 40],
-    expires_at: u64,
-    slot: u64,
-    plaintext: &[u8],
-) -> Result<Vec<u8>, StoreError> {
-    let mut value = super::record::envelope_value_header(expires_at, slot);
-    let at = value.len();
-    value.extend_from_slice(plaintext);
-    // Only a plaintext longer than ChaCha20 allows fails, and an envelope is not.
-    let tag =
-        aead::seal_detached(key, &NONCE, aad, &mut value[at..]).map_err(|_| StoreError::corrupt("envelope to seal"))?;
-    value.extend_from_slice(&tag);
-    Ok(value)
-}
-
 /// Why a stored envelope did not open.
 pub(crate) enum Unopened {
     /// The key file could not be read.
@@ -85,10 +74,7 @@ pub(crate) fn open_sealed(keys: &KeyFile, aad: &[u8; 40], slot: u64, sealed: &[u
     if sealed.len() != ENVELOPE_SIZE + super::record::TAG_LEN {
         return Err(Unopened::WrongKey);
     }
-    let key = keys.read(slot).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidInput => Unopened::WrongKey,
-        _ => Unopened::Disk(e),
-    })?;
+    let key = keys.read(slot).map_err(unopened)?;
     let (sealed, tag) = sealed.split_at(ENVELOPE_SIZE);
     let tag: &[u8; aead::TAG_LEN] = tag.try_into().map_err(|_| Unopened::WrongKey)?;
     let mut plain = sealed.to_vec();
@@ -96,48 +82,52 @@ pub(crate) fn open_sealed(keys: &KeyFile, aad: &[u8; 40], slot: u64, sealed: &[u
     Envelope::from_bytes(&plain).map_err(|_| Unopened::WrongKey)
 }
 
-fn slot_offset(slot: u64) -> io::Result<u64> {
-    slot.checked_mul(SLOT_LEN as u64)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "key slot out of range"))
-}
-
-/// The key file: an array of 32-byte slots, overwritten in place.
+/// A file of fixed-size slots, each overwritten in place with positioned writes.
 #[derive(Debug)]
-pub(crate) struct KeyFile {
+struct SlotFile {
     file: File,
+    /// Bytes per slot.
+    len: usize,
 }
 
-impl KeyFile {
-    pub(crate) fn open(dir: &Path) -> io::Result<Self> {
+impl SlotFile {
+    fn open(dir: &Path, name: &str, len: usize) -> io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(dir.join(ENVELOPE_KEY_FILE))?;
-        // The file's directory entry must be durable before a commit relies on a key in it.
+            .open(dir.join(name))?;
+        // The file's directory entry must be durable before a commit relies on a slot in it.
         File::open(dir)?.sync_all()?;
-        Ok(Self { file })
+        Ok(Self { file, len })
     }
 
-    pub(crate) fn read(&self, slot: u64) -> io::Result<EnvelopeKey> {
-        let mut key = Zeroizing::new([0u8; SLOT_LEN]);
-        self.file.read_exact_at(&mut key[..], slot_offset(slot)?)?;
-        Ok(key)
+    fn offset(&self, slot: u64) -> io::Result<u64> {
+        slot.checked_mul(self.len as u64)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "slot out of range"))
     }
 
-    /// Writes 32 bytes into each slot, one positioned write per run of
+    /// Slot `slot`, whole ([`io::ErrorKind::UnexpectedEof`] past the end of the file).
+    fn read_into(&self, slot: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, self.offset(slot)?)
+    }
+
+    /// Writes each slot's bytes (`len` each), one positioned write per run of
     /// neighbouring slots.
-    fn write(&self, mut slots: Vec<(u64, &[u8; SLOT_LEN])>) -> io::Result<()> {
+    fn write(&self, mut slots: Vec<(u64, &[u8])>) -> io::Result<()> {
         slots.sort_unstable_by_key(|(slot, _)| *slot);
         slots.dedup_by_key(|(slot, _)| *slot);
         // Sized once: growing would leave unzeroized copies of keys behind.
-        let mut run = Zeroizing::new(Vec::with_capacity(slots.len() * SLOT_LEN));
+        let mut run = Zeroizing::new(Vec::with_capacity(slots.len() * self.len));
         let mut start = 0;
         for (slot, bytes) in slots {
-            if !run.is_empty() && start + (run.len() / SLOT_LEN) as u64 != slot {
-                self.file.write_all_at(&run, slot_offset(start)?)?;
+            if bytes.len() != self.len {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "slot of the wrong size"));
+            }
+            if !run.is_empty() && start + (run.len() / self.len) as u64 != slot {
+                self.file.write_all_at(&run, self.offset(start)?)?;
                 run.clear();
             }
             if run.is_empty() {
@@ -146,22 +136,87 @@ impl KeyFile {
             run.extend_from_slice(bytes);
         }
         if !run.is_empty() {
-            self.file.write_all_at(&run, slot_offset(start)?)?;
+            self.file.write_all_at(&run, self.offset(start)?)?;
         }
         Ok(())
     }
 
+    /// How many whole slots the file holds (a torn last one left out).
+    fn whole_slots(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len() / self.len as u64)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+/// The key file: an array of 32-byte slots, overwritten in place.
+#[derive(Debug)]
+pub(crate) struct KeyFile(SlotFile);
+
+impl KeyFile {
+    pub(crate) fn open(dir: &Path) -> io::Result<Self> {
+        SlotFile::open(dir, ENVELOPE_KEY_FILE, SLOT_LEN).map(Self)
+    }
+
+    pub(crate) fn read(&self, slot: u64) -> io::Result<EnvelopeKey> {
+        let mut key = Zeroizing::new([0u8; SLOT_LEN]);
+        self.0.read_into(slot, &mut key[..])?;
+        Ok(key)
+    }
+
     pub(crate) fn write_keys(&self, keys: &[(u64, EnvelopeKey)]) -> io::Result<()> {
-        self.write(keys.iter().map(|(slot, key)| (*slot, &**key)).collect())
+        self.0.write(keys.iter().map(|(slot, key)| (*slot, &key[..])).collect())
     }
 
     pub(crate) fn zero(&self, slots: &[u64]) -> io::Result<()> {
         const ZERO: [u8; SLOT_LEN] = [0; SLOT_LEN];
-        self.write(slots.iter().map(|slot| (*slot, &ZERO)).collect())
+        self.0.write(slots.iter().map(|slot| (*slot, &ZERO[..])).collect())
     }
 
     pub(crate) fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.0.sync()
+    }
+}
+
+/// The body file: an array of sealed envelopes ([`SEALED_LEN`] bytes), overwritten in place.
+#[derive(Debug)]
+pub(crate) struct BodyFile(SlotFile);
+
+impl BodyFile {
+    pub(crate) fn open(dir: &Path) -> io::Result<Self> {
+        SlotFile::open(dir, ENVELOPE_BODY_FILE, SEALED_LEN).map(Self)
+    }
+
+    /// The sealed envelope in `slot`.
+    pub(crate) fn read(&self, slot: u64) -> io::Result<Vec<u8>> {
+        let mut sealed = vec![0u8; SEALED_LEN];
+        self.0.read_into(slot, &mut sealed)?;
+        Ok(sealed)
+    }
+
+    pub(crate) fn write(&self, bodies: &[(u64, Vec<u8>)]) -> io::Result<()> {
+        self.0.write(bodies.iter().map(|(slot, b)| (*slot, &b[..])).collect())
+    }
+
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.0.sync()
+    }
+}
+
+/// Reads the sealed envelope of a record of version 2 from the body file, and opens it
+/// with the key in its slot.
+pub(crate) fn open_apart(keys: &KeyFile, bodies: &BodyFile, aad: &[u8; 40], slot: u64) -> Result<Envelope, Unopened> {
+    let sealed = bodies.read(slot).map_err(unopened)?;
+    open_sealed(keys, aad, slot, &sealed)
+}
+
+/// A read past the end of a slot file, or at a slot no offset reaches, finds no envelope.
+fn unopened(e: io::Error) -> Unopened {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidInput => Unopened::WrongKey,
+        _ => Unopened::Disk(e),
     }
 }
 
@@ -207,19 +262,25 @@ pub(crate) struct Found {
 /// ledger, and whether records of an older layout remain. Cleans up
 /// after a crash between a commit and the zeroing of the slots it freed, or
 /// between writing keys and a commit that never happened.
-pub(crate) fn recover_slots(db: &Database, keys: &KeyFile) -> Result<(SlotBook, Found), StoreError> {
+pub(crate) fn recover_slots(db: &Database, keys: &KeyFile, bodies: &BodyFile) -> Result<(SlotBook, Found), StoreError> {
     const READING: &str = "reading envelope records to recover key slots";
     let len = keys
+        .0
         .file
         .metadata()
         .map_err(StoreError::key_file("measuring the key file"))?
         .len();
     let span = len.div_ceil(SLOT_LEN as u64);
+    let body_span = bodies
+        .0
+        .whole_slots()
+        .map_err(StoreError::key_file("measuring the body file"))?;
     let mut used = HashSet::new();
     let mut found = Found { legacy: false };
-    // Records whose slot lies past the end of the key file (a damaged or planted
-    // data directory) have no key: they can never be read, and handing out or
-    // zeroing slots up to theirs would grow the key file without bound.
+    // Records whose slot lies past the end of the key file, or whose sealed envelope lies
+    // past the end of the body file (a damaged or planted data directory), have no key or
+    // no envelope: they can never be read, and handing out or zeroing slots up to theirs
+    // would grow the key file without bound.
     let mut keyless = Vec::new();
     {
         let txn = db.begin_read().map_err(StoreError::database(READING))?;
@@ -235,6 +296,13 @@ pub(crate) fn recover_slots(db: &Database, keys: &KeyFile) -> Result<(SlotBook, 
                 Err(_) => continue,
             };
             match value {
+                EnvelopeValue::Apart { slot, .. } => {
+                    if slot >= span || slot >= body_span {
+                        keyless.push(k.value().to_vec());
+                    } else {
+                        used.insert(slot);
+                    }
+                }
                 EnvelopeValue::Sealed { slot, legacy, .. } => {
                     found.legacy |= legacy;
                     if slot >= span {
@@ -250,7 +318,7 @@ pub(crate) fn recover_slots(db: &Database, keys: &KeyFile) -> Result<(SlotBook, 
     if !keyless.is_empty() {
         tracing::warn!(
             count = keyless.len(),
-            "removed stored envelopes whose key is missing from {ENVELOPE_KEY_FILE}"
+            "removed stored envelopes whose key is missing from {ENVELOPE_KEY_FILE} or whose body is missing from {ENVELOPE_BODY_FILE}"
         );
         remove_records(db, &keyless)?;
     }
@@ -268,10 +336,13 @@ pub(crate) fn recover_slots(db: &Database, keys: &KeyFile) -> Result<(SlotBook, 
         let n = CHUNK.min(span - first);
         let chunk = &mut buf[..n as usize * SLOT_LEN];
         chunk.fill(0);
-        let at = slot_offset(first).map_err(StoreError::key_file("reading the key file"))?;
+        let at = keys
+            .0
+            .offset(first)
+            .map_err(StoreError::key_file("reading the key file"))?;
         let mut filled = 0;
         while filled < chunk.len() {
-            match keys.file.read_at(&mut chunk[filled..], at + filled as u64) {
+            match keys.0.file.read_at(&mut chunk[filled..], at + filled as u64) {
                 Ok(0) => break,
                 Ok(read) => filled += read,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -331,17 +402,48 @@ fn remove_records(db: &Database, record_keys: &[Vec<u8>]) -> Result<(), StoreErr
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::store::embedded::record::encode_envelope_value;
 
+    /// Sealed envelopes written to the body file at their keys' slots open from there;
+    /// a slot between runs, or past the end, holds no envelope.
     #[test]
-    fn sealing_into_a_value_gives_the_value_of_the_sealed_envelope() {
-        let key = fresh_key().unwrap();
-        let aad = [9u8; 40];
-        let plaintext = [5u8; ENVELOPE_SIZE];
-        let sealed = seal(&key, &aad, &plaintext).unwrap();
+    fn envelopes_apart_open_from_their_slot_and_nowhere_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyFile::open(dir.path()).unwrap();
+        let bodies = BodyFile::open(dir.path()).unwrap();
+        let mut new = Vec::new();
+        let mut sealed = Vec::new();
+        let mut plain = Vec::new();
+        for (i, slot) in [3u64, 0, 1].into_iter().enumerate() {
+            let key = fresh_key().unwrap();
+            let aad = [slot as u8; 40];
+            let mut envelope = vec![0u8; ENVELOPE_SIZE];
+            OsRng.fill_bytes(&mut envelope);
+            envelope[0] = i as u8;
+            sealed.push((slot, seal(&key, &aad, &envelope).unwrap()));
+            new.push((slot, key));
+            plain.push((slot, Envelope::from_bytes(&envelope).unwrap()));
+        }
+        keys.write_keys(&new).unwrap();
+        bodies.write(&sealed).unwrap();
         assert_eq!(
-            seal_value(&key, &aad, 77, 3, &plaintext).unwrap(),
-            encode_envelope_value(77, 3, &sealed)
+            std::fs::metadata(dir.path().join(ENVELOPE_BODY_FILE)).unwrap().len(),
+            4 * SEALED_LEN as u64
         );
+        for (slot, envelope) in &plain {
+            let opened = open_apart(&keys, &bodies, &[*slot as u8; 40], *slot);
+            assert!(matches!(opened, Ok(ref e) if e == envelope), "slot {slot}");
+            // Under another record's key (associated data), it does not open.
+            let moved = open_apart(&keys, &bodies, &[9; 40], *slot);
+            assert!(matches!(moved, Err(Unopened::WrongKey)));
+        }
+        for slot in [2, 4, u64::MAX] {
+            assert!(matches!(
+                open_apart(&keys, &bodies, &[slot as u8; 40], slot),
+                Err(Unopened::WrongKey)
+            ));
+        }
+        // A body of the wrong size is refused, and nothing is written.
+        assert!(bodies.write(&[(5, vec![1; 10])]).is_err());
+        assert_eq!(bodies.0.whole_slots().unwrap(), 4);
     }
 }

@@ -16,13 +16,23 @@
 //!   random 32-byte key used for that envelope only, with the record's key,
 //!   receive id (32) || seq (u64 BE), as associated data (a record moved to
 //!   another mailbox or position does not open). The redb value is
-//!   expires_at (u64 BE) || slot (u64 BE) || ciphertext (4096 + 16-byte tag).
+//!   version (2) || expires_at (u64 BE) || slot (u64 BE): 17 bytes.
 //! - The keys live in [`ENVELOPE_KEY_FILE`] next to the redb file: an array of 32-byte
 //!   slots, one per stored envelope, written in place with positioned writes;
 //!   a slot that no envelope uses holds zeros.
+//! - The sealed envelopes (ciphertext, 4096 bytes, and tag) live in [`ENVELOPE_BODY_FILE`],
+//!   next to it: slot `n` of 4,112 bytes holds the envelope whose key is in slot `n`.
+//!   A body slot is never zeroed, only overwritten when its slot is handed out again:
+//!   once its key's zeros are durable, it is ciphertext under a key that no longer
+//!   exists, as a freed redb page is. (Until data directory format 5 the sealed envelope
+//!   was in the redb value, record version 1; those records still read as they are.)
+//!   A 4 KiB value does not fit a redb page: each envelope cost a B-tree leaf of its
+//!   own, written on send and rewritten on ack, about a third of the relay's CPU per
+//!   envelope (BENCHMARKS.md, "Cutting the relay's CPU per envelope").
 //! - The writer keeps this order for each batch: allocate slots for new
-//!   envelopes, write their keys and `fdatasync` the key file, then commit the
-//!   redb transaction, so a committed envelope always has its key on disk.
+//!   envelopes, write their keys and sealed envelopes and `fdatasync` the key and
+//!   body files, then commit the redb transaction, so a committed envelope always has
+//!   its key and its body on disk.
 //!   For acknowledged, deleted and expired envelopes it commits first, then
 //!   overwrites their slots with zeros and `fdatasync`s, and only then makes
 //!   the slots reusable, so a slot is never handed out before its zeroing is
@@ -33,13 +43,15 @@
 //!   under a key that no longer exists.
 //! - On open, every slot that no record refers to is zeroed (after a crash
 //!   between a commit and the zeroing, or between writing a key and a commit
-//!   that never happened), and records of the earlier plaintext format are
+//!   that never happened), a record whose key or body lies past the end of its
+//!   file is removed (it could never be read), and records of the earlier plaintext format are
 //!   sealed the same way (their old bytes may remain in freed pages;
 //!   [`upgrade`]).
 //! - A record whose key does not open it is reported as a storage error.
 //!
-//! The key file grows by at most one slot per envelope stored at the same
-//! time; it is never shrunk.
+//! The key and body files grow by at most one slot per envelope stored at the same
+//! time; they are never shrunk (the body file to 4,112 bytes per slot: 4 GiB for a
+//! million envelopes held at once, as redb's file would have grown).
 //!
 //! ## What this does not do
 //!
@@ -66,7 +78,7 @@
 //! # Where the parts are
 //!
 //! - [`record`]: the byte layouts of the records and their format versions.
-//! - [`at_rest`]: the key file, sealing and opening, the slot ledger, and the
+//! - [`at_rest`]: the key and body files, sealing and opening, the slot ledger, and the
 //!   recovery of slots on open.
 //! - [`writer`]: the writer thread (group commit) and the zeroing thread.
 //! - [`nameplate`]: the layout and sealing of nameplates (invite codes' numbers), whose
@@ -96,10 +108,10 @@ mod record;
 mod upgrade;
 mod writer;
 
-pub use at_rest::ENVELOPE_KEY_FILE;
+pub use at_rest::{ENVELOPE_BODY_FILE, ENVELOPE_KEY_FILE};
 pub use upgrade::FORMAT;
 
-use at_rest::{open_sealed, KeyFile, Unopened};
+use at_rest::{open_apart, open_sealed, BodyFile, KeyFile, Unopened};
 use record::{record_key, record_seq, EnvelopeValue, MailboxRecord};
 use writer::{Answer, Done, Reply, Write};
 use zeroize::Zeroizing;
@@ -270,11 +282,13 @@ pub struct EmbeddedStore {
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
-/// What reads need: the database and the key file (cheap to clone onto the blocking pool).
+/// What reads need: the database, the key file and the body file (cheap to clone onto
+/// the blocking pool).
 #[derive(Clone)]
 struct Reader {
     db: Arc<Database>,
     keys: Arc<KeyFile>,
+    bodies: Arc<BodyFile>,
 }
 
 impl Drop for EmbeddedStore {
@@ -295,8 +309,8 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store at `path` and its key file [`ENVELOPE_KEY_FILE`] in
-    /// the same directory. redb recovers from a crash on open; a data directory of an
+    /// Opens (or creates) the store at `path` and its key and body files
+    /// ([`ENVELOPE_KEY_FILE`], [`ENVELOPE_BODY_FILE`]) in the same directory. redb recovers from a crash on open; a data directory of an
     /// older format is converted ([`upgrade`]), one of a newer format refused
     /// ([`StoreError::NewerFormat`]) before anything is written; then every key
     /// slot no record uses is zeroed.
@@ -335,7 +349,8 @@ impl EmbeddedStore {
             _ => Path::new("."),
         };
         let keys = Arc::new(KeyFile::open(dir).map_err(StoreError::key_file("opening the key file"))?);
-        let (mut book, records) = at_rest::recover_slots(&db, &keys)?;
+        let bodies = Arc::new(BodyFile::open(dir).map_err(StoreError::key_file("opening the body file"))?);
+        let (mut book, records) = at_rest::recover_slots(&db, &keys, &bodies)?;
         if records.legacy {
             upgrade::convert_envelopes(&db, &keys, &mut book)?;
         }
@@ -345,8 +360,12 @@ impl EmbeddedStore {
         if matches!(found, upgrade::Found::Format1 | upgrade::Found::Older(2)) {
             upgrade::index_expiries(&db)?;
         }
-        if matches!(found, upgrade::Found::Format1 | upgrade::Found::Older(_)) {
-            upgrade::index_touches(&db, writer::now_secs())?;
+        match found {
+            upgrade::Found::Format1 | upgrade::Found::Older(..=3) => {
+                upgrade::index_touches(&db, writer::now_secs())?;
+            }
+            upgrade::Found::Older(_) => upgrade::bodies_apart(&db)?,
+            upgrade::Found::New | upgrade::Found::Current => {}
         }
         // Nameplates of an earlier run are sealed under a key gone with it ([`nameplate`]).
         forget_nameplates(&db)?;
@@ -354,12 +373,13 @@ impl EmbeddedStore {
         let (tx, rx) = mpsc::channel::<(Write, Reply)>();
         let writer_db = db.clone();
         let writer_keys = keys.clone();
+        let writer_bodies = bodies.clone();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::writer(writer_db, writer_keys, book, rx, quota, nameplate_key))
+            .spawn(move || writer::writer(writer_db, writer_keys, writer_bodies, book, rx, quota, nameplate_key))
             .map_err(|e| StoreError::Thread(Arc::new(e)))?;
         Ok(Self {
-            reader: Reader { db, keys },
+            reader: Reader { db, keys, bodies },
             writes: Some(tx),
             writer: Some(writer),
         })
@@ -582,11 +602,13 @@ impl Reader {
                 let (k, v) = entry.map_err(StoreError::database(DOING))?;
                 let (k, v) = (k.value(), v.value());
                 let rk: [u8; 40] = k.try_into().map_err(|_| corrupt())?;
-                // Records in the clear are sealed on open; one here is corrupt.
-                let EnvelopeValue::Sealed { slot, sealed, .. } = EnvelopeValue::parse(v)? else {
-                    return Err(corrupt());
+                let opened = match EnvelopeValue::parse(v)? {
+                    EnvelopeValue::Apart { slot, .. } => open_apart(&self.keys, &self.bodies, &rk, slot),
+                    EnvelopeValue::Sealed { slot, sealed, .. } => open_sealed(&self.keys, &rk, slot, sealed),
+                    // Records in the clear are sealed on open; one here is corrupt.
+                    EnvelopeValue::Plaintext { .. } => return Err(corrupt()),
                 };
-                match open_sealed(&self.keys, &rk, slot, sealed) {
+                match opened {
                     Ok(envelope) => out.push(Delivery {
                         mailbox: *id,
                         seq: record_seq(&rk),

@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | `mailboxes` | receive id (32) | 2 ‖ recipient key (32) ‖ send digest (32) ‖ next seq (u64 BE) ‖ count (u32 BE) ‖ next epoch (u64 BE) ‖ last token or lock (32) ‖ pow bits (1) ‖ flags (1: bit 0, claims locked): 119 bytes | version 1: the same without flags (118, not locked); without the version byte (117), or without it and pow bits (116, read as 0) |
 //! | `senders` | SHA-256(send capability) (32) | 1 ‖ receive id (32): 33 bytes | the receive id alone (32) |
-//! | `envelopes` | receive id (32) ‖ seq (u64 BE) | 1 ‖ expires at (u64 BE, Unix s) ‖ key slot (u64 BE) ‖ sealed envelope (4096) ‖ tag (16): 4129 bytes | the same without the version byte (4128), or expires at ‖ envelope in the clear (4104) |
+//! | `envelopes` | receive id (32) ‖ seq (u64 BE) | 2 ‖ expires at (u64 BE, Unix s) ‖ slot (u64 BE): 17 bytes; the sealed envelope (4096) ‖ tag (16) lies in the body file at that slot ([`super::at_rest::ENVELOPE_BODY_FILE`]) | version 1 (formats 2 to 4): 1 ‖ expires at ‖ key slot ‖ sealed envelope ‖ tag, 4129 bytes; the same without the version byte (4128), or expires at ‖ envelope in the clear (4104) |
 //! | `held` | receive id (32) ‖ slot (1) | [`crate::store::HeldCommit::encode`] | none (added with protocol 4) |
 
 use backchannel_core::codec::Reader;
@@ -46,10 +46,17 @@ pub(crate) const LEGACY_MAILBOX_LEN_BEFORE_POW: usize = MAILBOX_BODY_LEN - 1;
 /// A sender record of the current version: version || receive id.
 pub(crate) const SENDER_RECORD_LEN: usize = 1 + 32;
 
-/// Start of the sealed envelope in an envelope value of the current version.
+/// The version of the envelope record layout this code writes: the sealed envelope lies
+/// in the body file, the record holds where.
+pub(crate) const ENVELOPE_VERSION: u8 = 2;
+/// An envelope value of the current version (2): version ‖ expires at ‖ slot.
+pub(crate) const ENVELOPE_RECORD_LEN: usize = 1 + 8 + 8;
+/// A sealed envelope: ciphertext (4096) ‖ tag; one slot of the body file.
+pub(crate) const SEALED_LEN: usize = ENVELOPE_SIZE + TAG_LEN;
+/// Start of the sealed envelope in an envelope value of version 1.
 pub(crate) const SEALED_AT: usize = 1 + 8 + 8;
-/// An envelope value of the current version.
-pub(crate) const ENVELOPE_VALUE_LEN: usize = SEALED_AT + ENVELOPE_SIZE + TAG_LEN;
+/// An envelope value of version 1 (formats 2 to 4), the sealed envelope inline.
+pub(crate) const ENVELOPE_VALUE_LEN_V1: usize = SEALED_AT + SEALED_LEN;
 /// An unversioned sealed envelope value as release 94ba14f wrote it.
 pub(crate) const LEGACY_SEALED_LEN: usize = 8 + 8 + ENVELOPE_SIZE + TAG_LEN;
 /// An unversioned value from before at-rest encryption: expires_at || envelope.
@@ -160,7 +167,11 @@ pub(crate) fn decode_sender(b: &[u8]) -> Result<MailboxId, StoreError> {
 /// An envelope value, read without opening it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum EnvelopeValue<'a> {
-    /// Sealed at rest under the key in `slot`: the envelope's ciphertext and tag.
+    /// Sealed at rest under the key in `slot`, the ciphertext and tag in the body file at
+    /// the same slot (version 2).
+    Apart { expires_at: u64, slot: u64 },
+    /// Sealed at rest under the key in `slot`: the envelope's ciphertext and tag, inline
+    /// (version 1, or unversioned).
     Sealed {
         expires_at: u64,
         slot: u64,
@@ -194,51 +205,63 @@ impl<'a> EnvelopeValue<'a> {
                 sealed: &v[16..],
                 legacy: true,
             }),
-            _ => {
-                version(WHAT, v)?;
-                if v.len() != ENVELOPE_VALUE_LEN {
-                    return Err(StoreError::corrupt(WHAT));
-                }
-                Ok(EnvelopeValue::Sealed {
-                    expires_at: be64(&v[1..]),
-                    slot: be64(&v[9..]),
-                    sealed: &v[SEALED_AT..],
-                    legacy: false,
-                })
-            }
+            ENVELOPE_RECORD_LEN if v[0] == ENVELOPE_VERSION => Ok(EnvelopeValue::Apart {
+                expires_at: be64(&v[1..]),
+                slot: be64(&v[9..]),
+            }),
+            ENVELOPE_VALUE_LEN_V1 if v[0] == RECORD_VERSION => Ok(EnvelopeValue::Sealed {
+                expires_at: be64(&v[1..]),
+                slot: be64(&v[9..]),
+                sealed: &v[SEALED_AT..],
+                legacy: false,
+            }),
+            _ => match v.first() {
+                Some(&found) if found > ENVELOPE_VERSION => Err(StoreError::NewerFormat {
+                    what: WHAT,
+                    found: u32::from(found),
+                    known: u32::from(ENVELOPE_VERSION),
+                }),
+                _ => Err(StoreError::corrupt(WHAT)),
+            },
         }
     }
 
     /// When it expires.
     pub(crate) fn expires_at(&self) -> u64 {
         match self {
-            EnvelopeValue::Sealed { expires_at, .. } | EnvelopeValue::Plaintext { expires_at, .. } => *expires_at,
+            EnvelopeValue::Apart { expires_at, .. }
+            | EnvelopeValue::Sealed { expires_at, .. }
+            | EnvelopeValue::Plaintext { expires_at, .. } => *expires_at,
         }
     }
 
     /// Its key slot, if sealed.
     pub(crate) fn slot(&self) -> Option<u64> {
         match self {
-            EnvelopeValue::Sealed { slot, .. } => Some(*slot),
+            EnvelopeValue::Apart { slot, .. } | EnvelopeValue::Sealed { slot, .. } => Some(*slot),
             EnvelopeValue::Plaintext { .. } => None,
         }
     }
 }
 
-/// The current layout of an envelope value around `sealed` (ciphertext || tag).
-pub(crate) fn encode_envelope_value(expires_at: u64, slot: u64, sealed: &[u8]) -> Vec<u8> {
-    let mut value = envelope_value_header(expires_at, slot);
-    value.extend_from_slice(sealed);
+/// An envelope value of the current layout (version 2): its sealed envelope lies in the
+/// body file at `slot`.
+pub(crate) fn encode_envelope_record(expires_at: u64, slot: u64) -> [u8; ENVELOPE_RECORD_LEN] {
+    let mut value = [0u8; ENVELOPE_RECORD_LEN];
+    value[0] = ENVELOPE_VERSION;
+    value[1..9].copy_from_slice(&expires_at.to_be_bytes());
+    value[9..].copy_from_slice(&slot.to_be_bytes());
     value
 }
 
-/// The start of an envelope value of the current layout, up to the sealed envelope, in a
-/// buffer with room for the rest.
-pub(crate) fn envelope_value_header(expires_at: u64, slot: u64) -> Vec<u8> {
-    let mut value = Vec::with_capacity(ENVELOPE_VALUE_LEN);
+/// An envelope value of version 1 around `sealed` (ciphertext || tag), inline: what the
+/// conversion of format 1 writes, and formats 2 to 4 wrote.
+pub(crate) fn encode_envelope_value_v1(expires_at: u64, slot: u64, sealed: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(ENVELOPE_VALUE_LEN_V1);
     value.push(RECORD_VERSION);
     value.extend_from_slice(&expires_at.to_be_bytes());
     value.extend_from_slice(&slot.to_be_bytes());
+    value.extend_from_slice(sealed);
     value
 }
 
@@ -295,9 +318,20 @@ mod tests {
             encode_sender(&MailboxId([8; 32]))[..],
             [&[1u8][..], &[8; 32]].concat()[..]
         );
+        let v = encode_envelope_record(500, 3);
+        assert_eq!(v.len(), 17);
+        assert_eq!(
+            (v[0], &v[1..9], &v[9..17]),
+            (2, &500u64.to_be_bytes()[..], &3u64.to_be_bytes()[..])
+        );
+        match EnvelopeValue::parse(&v).unwrap() {
+            EnvelopeValue::Apart { expires_at, slot } => assert_eq!((expires_at, slot), (500, 3)),
+            other => panic!("apart: {other:?}"),
+        }
+        // Version 1, which formats 2 to 4 wrote and the conversion of format 1 writes.
         let sealed = [6u8; ENVELOPE_SIZE + TAG_LEN];
-        let v = encode_envelope_value(500, 3, &sealed);
-        assert_eq!(v.len(), ENVELOPE_VALUE_LEN);
+        let v = encode_envelope_value_v1(500, 3, &sealed);
+        assert_eq!(v.len(), ENVELOPE_VALUE_LEN_V1);
         assert_eq!(
             (v[0], &v[1..9], &v[9..17]),
             (1, &500u64.to_be_bytes()[..], &3u64.to_be_bytes()[..])
@@ -309,8 +343,16 @@ mod tests {
                 sealed: s,
                 legacy,
             } => assert_eq!((expires_at, slot, s, legacy), (500, 3, &sealed[..], false)),
-            EnvelopeValue::Plaintext { .. } => panic!("sealed"),
+            other => panic!("sealed: {other:?}"),
         }
+        // Each version only at its own length.
+        let mut short = v[..17].to_vec();
+        assert!(matches!(EnvelopeValue::parse(&short), Err(StoreError::Corrupt { .. })));
+        short[0] = 2;
+        assert!(EnvelopeValue::parse(&short).is_ok());
+        let mut long = v.clone();
+        long[0] = 2;
+        assert!(matches!(EnvelopeValue::parse(&long), Err(StoreError::Corrupt { .. })));
     }
 
     /// Mailbox records of version 1 (release e46e4e4) read, with unlocked claims.
@@ -366,12 +408,16 @@ mod tests {
             }
         );
         assert!(e.to_string().contains("upgrade backchannel"), "{e}");
-        let mut v = encode_envelope_value(1, 1, &[0; ENVELOPE_SIZE + TAG_LEN]);
-        v[0] = 9;
-        assert!(matches!(
-            EnvelopeValue::parse(&v),
-            Err(StoreError::NewerFormat { found: 9, .. })
-        ));
+        for mut v in [
+            encode_envelope_record(1, 1).to_vec(),
+            encode_envelope_value_v1(1, 1, &[0; ENVELOPE_SIZE + TAG_LEN]),
+        ] {
+            v[0] = 9;
+            assert!(matches!(
+                EnvelopeValue::parse(&v),
+                Err(StoreError::NewerFormat { found: 9, known: 2, .. })
+            ));
+        }
         assert!(matches!(
             decode_sender(&[[7u8].as_slice(), &[0; 32]].concat()),
             Err(StoreError::NewerFormat { found: 7, .. })

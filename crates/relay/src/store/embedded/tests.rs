@@ -518,6 +518,160 @@ fn a_record_whose_key_is_bad_is_a_storage_error() {
         .all(|b| *b == 0));
 }
 
+/// A record whose sealed envelope is missing from the body file (a damaged or planted
+/// data directory, or a body file truncated behind the relay's back) can never be read:
+/// it is removed on open, and its mailbox goes on. One whose body was overwritten is a
+/// storage error when read, not a wrong envelope.
+#[test]
+fn a_record_whose_body_is_missing_is_removed_and_a_changed_body_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, cap) = (MailboxId([1; 32]), [2u8; 32]);
+    {
+        let s = open(dir.path(), 10);
+        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+        s.send(cap, env(1), u64::MAX, ProvenWork::NONE).unwrap();
+        s.send(cap, env(2), u64::MAX, ProvenWork::NONE).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let bodies = dir.path().join(ENVELOPE_BODY_FILE);
+    assert_eq!(
+        std::fs::metadata(&bodies).unwrap().len(),
+        2 * record::SEALED_LEN as u64,
+        "one slot per envelope, in the body file"
+    );
+    // The redb file holds no sealed envelope any more: two records of 17 bytes.
+    assert!(record_versions(&dir.path().join("m.redb"))
+        .iter()
+        .filter(|(table, _, _)| *table == "envelopes")
+        .all(|(_, len, v)| (*len, *v) == (record::ENVELOPE_RECORD_LEN, record::ENVELOPE_VERSION)));
+    // The second envelope's body is cut short.
+    let f = OpenOptions::new().write(true).open(&bodies).unwrap();
+    f.set_len(record::SEALED_LEN as u64 + 100).unwrap();
+    drop(f);
+    let s = open(dir.path(), 10);
+    let got = s.fetch(&[id], 10).unwrap();
+    assert_eq!(
+        got.iter().map(|d| (d.seq, d.envelope.clone())).collect::<Vec<_>>(),
+        vec![(1, env(1))]
+    );
+    assert_eq!(s.stats().unwrap().envelopes, 1);
+    // A body changed on disk is refused by its tag.
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let f = OpenOptions::new().write(true).open(&bodies).unwrap();
+    f.write_all_at(&[0x55; 16], 100).unwrap();
+    drop(f);
+    let s = open(dir.path(), 10);
+    assert_eq!(s.fetch(&[id], 10), Err(StoreError::corrupt("envelope record")));
+    s.send(cap, env(3), u64::MAX, ProvenWork::NONE).unwrap();
+}
+
+/// A data directory of format 4 (envelope records of version 1, inline) opens as it
+/// is: its envelopes read, acknowledge and expire, the new ones go to the body file, and
+/// the directory is format 5 from then on, its mailboxes' idle dates untouched.
+#[test]
+fn a_format_4_data_directory_reads_its_inline_envelopes_and_stores_new_ones_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.redb");
+    let (id, cap) = (MailboxId([1; 32]), [2u8; 32]);
+    let envelopes: Vec<Envelope> = (0..3).map(|_| random_env()).collect();
+    {
+        let s = open(dir.path(), 10);
+        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+        for e in &envelopes {
+            s.send(cap, e.clone(), u64::MAX, ProvenWork::NONE).unwrap();
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let touched_before = touched(&path);
+    // As format 4 wrote it: the sealed envelopes inline, no body file.
+    {
+        let body_file = dir.path().join(ENVELOPE_BODY_FILE);
+        let bodies = std::fs::read(&body_file).unwrap();
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut envs = txn.open_table(ENVELOPES).unwrap();
+            let all: Vec<(Vec<u8>, Vec<u8>)> = envs
+                .iter()
+                .unwrap()
+                .map(|e| {
+                    let (k, v) = e.unwrap();
+                    (k.value().to_vec(), v.value().to_vec())
+                })
+                .collect();
+            for (k, v) in all {
+                let slot = u64::from_be_bytes(v[9..17].try_into().unwrap());
+                let at = slot as usize * record::SEALED_LEN;
+                let sealed = &bodies[at..at + record::SEALED_LEN];
+                let old = record::encode_envelope_value_v1(u64::MAX, slot, sealed);
+                envs.insert(&k[..], &old[..]).unwrap();
+            }
+        }
+        txn.open_table(redb::TableDefinition::<&str, u32>::new("format"))
+            .unwrap()
+            .insert("data directory", 4)
+            .unwrap();
+        txn.commit().unwrap();
+        std::fs::remove_file(&body_file).unwrap();
+    }
+    let s = open(dir.path(), 10);
+    let got = s.fetch(&[id], 10).unwrap();
+    assert_eq!(got.iter().map(|d| d.envelope.clone()).collect::<Vec<_>>(), envelopes);
+    let fresh = random_env();
+    let (_, seq) = s.send(cap, fresh.clone(), u64::MAX, ProvenWork::NONE).unwrap();
+    assert_eq!(seq, 4);
+    s.ack(id, 1).unwrap();
+    let got = s.fetch(&[id], 10).unwrap();
+    assert_eq!(
+        got.iter().map(|d| (d.seq, d.envelope.clone())).collect::<Vec<_>>(),
+        vec![(2, envelopes[1].clone()), (3, envelopes[2].clone()), (4, fresh)]
+    );
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut lens: Vec<usize> = record_versions(&path)
+        .iter()
+        .filter(|(table, _, _)| *table == "envelopes")
+        .map(|(_, len, _)| *len)
+        .collect();
+    lens.sort_unstable();
+    assert_eq!(
+        lens,
+        vec![
+            record::ENVELOPE_RECORD_LEN,
+            record::ENVELOPE_VALUE_LEN_V1,
+            record::ENVELOPE_VALUE_LEN_V1
+        ]
+    );
+    let db = Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let format = txn
+        .open_table(redb::TableDefinition::<&str, u32>::new("format"))
+        .unwrap()
+        .get("data directory")
+        .unwrap()
+        .map(|v| v.value());
+    assert_eq!(format, Some(FORMAT));
+    assert_eq!(FORMAT, 5);
+    drop(txn);
+    drop(db);
+    assert_eq!(touched(&path), touched_before, "the idle dates are kept");
+}
+
+/// When each mailbox was last used, from [`TOUCHED`].
+fn touched(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let db = Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let t = txn.open_table(TOUCHED).unwrap();
+    t.iter()
+        .unwrap()
+        .map(|e| {
+            let (k, v) = e.unwrap();
+            (k.value().to_vec(), v.value().to_vec())
+        })
+        .collect()
+}
+
 #[test]
 fn a_record_whose_slot_is_far_past_the_key_file_is_removed_on_open() {
     let dir = tempfile::tempdir().unwrap();
@@ -785,8 +939,9 @@ fn the_difficulty_is_stored_and_old_records_are_ordinary_mailboxes() {
 }
 
 /// Rewrites a closed store's data directory as release 94ba14f wrote it (format 1):
-/// records without their version byte, no `format` table.
+/// records without their version byte, envelopes inline, no `format` table.
 fn rewrite_as_format_1(path: &Path) {
+    let bodies = std::fs::read(path.with_file_name(ENVELOPE_BODY_FILE)).unwrap();
     let db = Database::open(path).unwrap();
     let txn = db.begin_write().unwrap();
     for table in [MAILBOXES, SENDERS, ENVELOPES] {
@@ -799,7 +954,14 @@ fn rewrite_as_format_1(path: &Path) {
                 (k.value().to_vec(), v.value().to_vec())
             })
             .collect();
-        for (k, v) in all {
+        for (k, mut v) in all {
+            // An envelope record takes its sealed envelope back from the body file.
+            if v[0] == record::ENVELOPE_VERSION && v.len() == record::ENVELOPE_RECORD_LEN {
+                let slot = u64::from_be_bytes(v[9..17].try_into().unwrap()) as usize;
+                let at = slot * record::SEALED_LEN;
+                v[0] = record::RECORD_VERSION;
+                v.extend_from_slice(&bodies[at..at + record::SEALED_LEN]);
+            }
             // A mailbox record loses its flags byte too (version 1 had none).
             let end = if v[0] == record::MAILBOX_VERSION {
                 v.len() - 1
@@ -867,15 +1029,35 @@ fn a_format_1_data_directory_is_converted_and_keeps_its_envelopes() {
     std::thread::sleep(std::time::Duration::from_millis(100));
     let versions = record_versions(&path);
     assert_eq!(versions.len(), 1 + 1 + 4);
+    // The converted envelopes in version 1 (inline), the one sent since in version 2.
+    let mut envelope_versions: Vec<(usize, u8)> = versions
+        .iter()
+        .filter(|(table, _, _)| *table == "envelopes")
+        .map(|(_, len, v)| (*len, *v))
+        .collect();
+    envelope_versions.sort_unstable();
+    assert_eq!(
+        envelope_versions,
+        vec![
+            (record::ENVELOPE_RECORD_LEN, record::ENVELOPE_VERSION),
+            (record::ENVELOPE_VALUE_LEN_V1, record::RECORD_VERSION),
+            (record::ENVELOPE_VALUE_LEN_V1, record::RECORD_VERSION),
+            (record::ENVELOPE_VALUE_LEN_V1, record::RECORD_VERSION),
+        ]
+    );
     assert!(
-        versions.iter().all(|(table, _, v)| *v
-            == if *table == "mailboxes" {
-                record::MAILBOX_VERSION
-            } else {
-                record::RECORD_VERSION
-            }),
+        versions.iter().all(|(table, _, v)| *table == "envelopes"
+            || *v
+                == if *table == "mailboxes" {
+                    record::MAILBOX_VERSION
+                } else {
+                    record::RECORD_VERSION
+                }),
         "{versions:?}"
     );
+    // All four still read.
+    let s = open(dir.path(), 10);
+    assert_eq!(s.fetch(&[id], 10).unwrap().len(), 4);
 }
 
 /// A data directory written by a newer backchannel is refused with a message that says
@@ -941,7 +1123,7 @@ fn a_newer_data_directory_is_refused_and_left_untouched() {
                 let (k, v) = envs.first().unwrap().unwrap();
                 (k.value().to_vec(), v.value().to_vec())
             };
-            v[0] = record::RECORD_VERSION + 1;
+            v[0] = record::ENVELOPE_VERSION + 1;
             envs.insert(&k[..], &v[..]).unwrap();
         }
         txn.commit().unwrap();

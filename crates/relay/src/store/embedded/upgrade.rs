@@ -1,6 +1,11 @@
 //! The data directory's format version, and the conversion of older layouts.
 //!
-//! Format 4 (this code) is format 3 with when each mailbox was last used
+//! Format 5 (this code) is format 4 with envelope records of version 2, whose sealed
+//! envelope lies in the body file ([`super::at_rest::ENVELOPE_BODY_FILE`]) rather than in
+//! redb; records of version 1 read as they are, so a directory of format 4 only has its
+//! version written ([`bodies_apart`]), and a release of format 4 refuses a directory of
+//! format 5 whole instead of its new records one by one.
+//! Format 4 is format 3 with when each mailbox was last used
 //! ([`super::TOUCHED`], indexed in [`super::IDLE`]), which [`index_touches`] builds for an
 //! older directory, dating every mailbox at the upgrade. Format 3 is format 2 with the
 //! expiry index ([`super::EXPIRY`]), which [`index_expiries`] builds for a directory of
@@ -10,13 +15,13 @@
 //! byte ([`super::record`]). Format 1 is what release 94ba14f and earlier wrote: no
 //! `format` table, unversioned records told apart by their length, envelopes sealed
 //! at rest (or, before that, in the clear). The key file has had one layout, an
-//! array of 32-byte slots, in both.
+//! array of 32-byte slots, in every format.
 //!
 //! On open, before anything in the directory is written (the key file included):
 //! - a format newer than [`FORMAT`] is refused with [`StoreError::NewerFormat`]
 //!   ("… upgrade backchannel"), and nothing is changed;
-//! - format 1 is converted: every record is rewritten in the current layout (an
-//!   envelope stored in the clear is sealed under a new key), in batches, then the
+//! - format 1 is converted: every record is rewritten in a versioned layout (envelopes
+//!   in version 1, inline; one stored in the clear is sealed under a new key), in batches, then the
 //!   version is written. A crash midway leaves records of both layouts, which read
 //!   alike, and the next open finishes the conversion.
 
@@ -25,14 +30,15 @@ use std::ops::Bound;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::at_rest::{fresh_key, seal, EnvelopeKey, KeyFile, SlotBook};
-use super::record::{decode_sender, encode_envelope_value, encode_sender, EnvelopeValue, MailboxRecord};
+use super::record::{decode_sender, encode_envelope_value_v1, encode_sender, EnvelopeValue, MailboxRecord};
 use super::{expiry_key, idle_key, ENVELOPES, EXPIRY, IDLE, MAILBOXES, MAX_BATCH, SENDERS, TOUCHED};
 use crate::store::StoreError;
 use backchannel_core::mailbox::MailboxId;
 
 /// The data directory format this code writes. Format 3 added the expiry index
-/// ([`super::EXPIRY`]), format 4 when each mailbox was last used ([`super::TOUCHED`]).
-pub const FORMAT: u32 = 4;
+/// ([`super::EXPIRY`]), format 4 when each mailbox was last used ([`super::TOUCHED`]),
+/// format 5 the body file.
+pub const FORMAT: u32 = 5;
 
 /// The table of format versions.
 const FORMATS: TableDefinition<&str, u32> = TableDefinition::new("format");
@@ -45,8 +51,8 @@ pub(crate) enum Found {
     New,
     /// Format 1 (no version written): to convert.
     Format1,
-    /// Format 2 or 3: versioned records, without the expiry index (2) or without when
-    /// each mailbox was used (3).
+    /// Format 2, 3 or 4: versioned records, without the expiry index (2), without when
+    /// each mailbox was used (3), or without the body file (4).
     Older(u32),
     /// The current format.
     Current,
@@ -96,7 +102,7 @@ pub(crate) fn create(db: &Database) -> Result<(), StoreError> {
     txn.commit().map_err(StoreError::database(DOING))
 }
 
-/// Rewrites every envelope record of an older layout in the current one, in
+/// Rewrites every envelope record of an unversioned layout in version 1, in
 /// batches: a sealed one keeps its key and ciphertext and gains the version byte;
 /// one in the clear is sealed under a new key (its old bytes may remain in freed
 /// pages). Returns how many were converted.
@@ -135,16 +141,18 @@ pub(crate) fn convert_envelopes(db: &Database, keys: &KeyFile, book: &mut SlotBo
                     continue;
                 };
                 let value = match EnvelopeValue::parse(v)? {
+                    // Only unversioned records were picked, so no record of version 2.
+                    EnvelopeValue::Apart { .. } => continue,
                     EnvelopeValue::Sealed {
                         expires_at,
                         slot,
                         sealed,
                         ..
-                    } => encode_envelope_value(expires_at, slot, sealed),
+                    } => encode_envelope_value_v1(expires_at, slot, sealed),
                     EnvelopeValue::Plaintext { expires_at, envelope } => {
                         let key = fresh_key()?;
                         let slot = book.take();
-                        let value = encode_envelope_value(expires_at, slot, &seal(&key, &aad, envelope)?);
+                        let value = encode_envelope_value_v1(expires_at, slot, &seal(&key, &aad, envelope)?);
                         new.push((slot, key));
                         sealed += 1;
                         value
@@ -240,8 +248,24 @@ pub(crate) fn index_expiries(db: &Database) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Format 4 to 5: writes the format; nothing to convert (the module documentation says
+/// why).
+pub(crate) fn bodies_apart(db: &Database) -> Result<(), StoreError> {
+    const DOING: &str = "writing the data directory's format";
+    let mut txn = db.begin_write().map_err(StoreError::database(DOING))?;
+    txn.set_two_phase_commit(true);
+    txn.open_table(FORMATS)
+        .map_err(StoreError::database(DOING))?
+        .insert(DIRECTORY, FORMAT)
+        .map_err(StoreError::database(DOING))?;
+    txn.commit().map_err(StoreError::database(DOING))?;
+    tracing::info!(format = FORMAT, "envelopes stored from now on lie in the body file");
+    Ok(())
+}
+
 /// Dates every mailbox at `now` (when each was last used is not known from before format
-/// 4: each gets the whole idle lifetime from then), in batches, then writes format 4. A
+/// 4: each gets the whole idle lifetime from then), in batches, then writes the current
+/// format (5 adds nothing to convert). A
 /// crash midway leaves the format as it was, and the next open starts again.
 pub(crate) fn index_touches(db: &Database, now: u64) -> Result<(), StoreError> {
     const DOING: &str = "dating every mailbox";

@@ -2,8 +2,9 @@
 //!
 //! Every write goes through the single writer thread, which batches whatever is
 //! pending into one redb transaction with two-phase commit, as redb recommends for
-//! attacker-chosen bytes. For each batch: allocate key slots for new envelopes,
-//! write their keys and `fdatasync` the key file, then commit; answer the writes
+//! attacker-chosen bytes. For each batch: allocate slots for new envelopes, write
+//! their keys and sealed envelopes and `fdatasync` the key and body files, then
+//! commit; answer the writes
 //! that deleted nothing; hand the slots the batch freed to the zeroing thread,
 //! which overwrites them with zeros, `fdatasync`s, answers the deletions and only
 //! then gives the slots back for reuse.
@@ -17,9 +18,9 @@ use backchannel_core::pow::ProvenWork;
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 use zeroize::Zeroizing;
 
-use super::at_rest::{fresh_key, seal_value, zero_slots, EnvelopeKey, KeyFile, SlotBook};
+use super::at_rest::{fresh_key, seal, zero_slots, BodyFile, EnvelopeKey, KeyFile, SlotBook};
 use super::nameplate::{self, NameplateKey};
-use super::record::{encode_sender, record_key, EnvelopeValue, MailboxRecord};
+use super::record::{encode_envelope_record, encode_sender, record_key, EnvelopeValue, MailboxRecord};
 use super::{
     bundle_expiry_key, count_off, expiry_key, get_record, held_key, idle_key, sender, Table, BUNDLES, BUNDLE_EXPIRY,
     ENVELOPES, EXPIRY, HELD, IDLE, MAILBOXES, MAX_BATCH, NAMEPLATES, NAMEPLATE_EXPIRY, SENDERS, TOUCHED,
@@ -27,11 +28,13 @@ use super::{
 use crate::store::bundle::{self, decode_dated, encode_dated};
 use crate::store::{ClaimProof, Claims, HeldCommit, Quota, StoreError};
 
-/// What one batch does to the key file.
+/// What one batch does to the key and body files.
 #[derive(Default)]
 struct BatchSlots {
     /// Slots taken for new envelopes, with their keys.
     new: Vec<(u64, EnvelopeKey)>,
+    /// The same slots, with the sealed envelopes.
+    bodies: Vec<(u64, Vec<u8>)>,
     /// Slots of the envelopes the batch deletes.
     freed: Vec<u64>,
 }
@@ -155,6 +158,7 @@ impl Reply {
 pub(crate) fn writer(
     db: Arc<Database>,
     keys: Arc<KeyFile>,
+    bodies: Arc<BodyFile>,
     mut book: SlotBook,
     rx: mpsc::Receiver<(Write, Reply)>,
     max: Quota,
@@ -184,7 +188,7 @@ pub(crate) fn writer(
             }
         }
         let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
-        match apply_batch(&db, &keys, &mut book, &writes, max, &nameplates) {
+        match apply_batch(&db, (&*keys, &*bodies), &mut book, &writes, max, &nameplates) {
             Ok((results, shreds)) => {
                 // Writes that deleted nothing are answered now: their effect is
                 // committed. Deletions are answered once the keys they freed are zeroed.
@@ -259,11 +263,12 @@ fn zeroer(keys: &KeyFile, jobs: mpsc::Receiver<Zeroing>, back: mpsc::Sender<Zero
 /// What a batch's transaction was doing, for its errors.
 const COMMITTING: &str = "committing a batch of writes";
 
-/// Applies a batch: new keys durable, then the commit. Returns each write's answer
-/// and whether it deleted envelopes (whose keys the zeroer thread then destroys).
+/// Applies a batch: new keys and sealed envelopes durable, then the commit. Returns each
+/// write's answer and whether it deleted envelopes (whose keys the zeroer thread then
+/// destroys).
 fn apply_batch(
     db: &Database,
-    keys: &KeyFile,
+    (keys, bodies): (&KeyFile, &BodyFile),
     book: &mut SlotBook,
     batch: &[Write],
     max: Quota,
@@ -281,10 +286,15 @@ fn apply_batch(
         }
     };
     if !slots.new.is_empty() {
-        if let Err(e) = keys.write_keys(&slots.new).and_then(|()| keys.sync()) {
+        let written = keys
+            .write_keys(&slots.new)
+            .and_then(|()| bodies.write(&slots.bodies))
+            .and_then(|()| keys.sync())
+            .and_then(|()| bodies.sync());
+        if let Err(e) = written {
             // Never committed: zero these along with the next batch's freed slots.
             book.to_zero.extend(slots.new.iter().map(|(slot, _)| *slot));
-            return Err(StoreError::key_file("writing envelope keys")(e));
+            return Err(StoreError::key_file("writing envelope keys and bodies")(e));
         }
     }
     // A failed commit may still have reached the disk, so its new slots stay
@@ -857,10 +867,12 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                     let seq = rec.next_seq;
                     let rk = record_key(id, seq);
                     let key = fresh_key()?;
+                    let sealed = seal(&key, &rk, envelope.as_bytes())?;
                     let slot = book.take();
-                    let value = seal_value(&key, &rk, *expires_at, slot, envelope.as_bytes());
                     slots.new.push((slot, key));
-                    envs.insert(&rk[..], &value?[..]).map_err(StoreError::database(DOING))?;
+                    slots.bodies.push((slot, sealed));
+                    envs.insert(&rk[..], &encode_envelope_record(*expires_at, slot)[..])
+                        .map_err(StoreError::database(DOING))?;
                     expiry
                         .insert(&expiry_key(*expires_at, &rk)[..], &[][..])
                         .map_err(StoreError::database(DOING))?;
