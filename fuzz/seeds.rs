@@ -20,7 +20,7 @@ use backchannel_client::state::{
     StoredMessage, Trails, UnsentMessage, Waiting, FORWARD_SETTING, STATE_VERSION,
 };
 use backchannel_core::channel::{key_package, validate_key_package, Channel, ChannelInfo, Provider, Received, Suite};
-use backchannel_core::envelope::{seal_payload, Envelope, PayloadKind, CHUNK_DATA};
+use backchannel_core::envelope::{seal_payload, Envelope, PayloadKind, CHUNK_DATA, ENVELOPE_SIZE};
 use backchannel_core::forward::{self, ForwardKeys, SESSION_LEN};
 use backchannel_core::frame::{
     encode_inner_request, encode_inner_response, encode_request, encode_response, Delivery, ErrorCode, Limits, Request,
@@ -33,7 +33,7 @@ use backchannel_core::message::{AppMessage, Body, FileOffer, JoinRequest};
 use backchannel_core::vault::{KdfParams, Place, VaultKey};
 use backchannel_fuzz::store_input::{self, Input, Op, Record};
 use backchannel_fuzz::{relay, seal_key, send_capability, ForwardFixture, MlsFixture, FORWARD_PIN, FORWARD_SEED};
-use backchannel_relay::store::{ClaimProof, EmbeddedStore, ProvenWork, ENVELOPE_KEY_FILE};
+use backchannel_relay::store::{ClaimProof, EmbeddedStore, ProvenWork, ENVELOPE_BODY_FILE, ENVELOPE_KEY_FILE};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand_core::OsRng;
@@ -1180,6 +1180,10 @@ fn dump(dir: &Path) -> Input {
         if key.iter().any(|b| *b != 0) {
             input.keys.push((slot as u16, key.try_into().unwrap()));
         }
+    }
+    let bodies = fs::read(dir.join(ENVELOPE_BODY_FILE)).unwrap();
+    for (slot, body) in bodies.chunks_exact(ENVELOPE_SIZE + 16).enumerate() {
+        input.bodies.push((slot as u16, body.to_vec()));
     }
     input
 }

@@ -1,5 +1,5 @@
 //! The relay's embedded store reading its own files back: records of every
-//! table and the key file are written raw into a fresh data directory (on
+//! table, the key file and the body file are written raw into a fresh data directory (on
 //! tmpfs), then the store opens it (crash recovery, conversion of records of
 //! older formats, refusal of newer ones) and runs operations on it, including the network's requests
 //! with any numbers in them. Input format: `backchannel_fuzz::store_input`.
@@ -18,7 +18,9 @@ use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
 use backchannel_core::mailbox::MailboxId;
 use backchannel_fuzz::store_input::{id, Input, Op};
 use backchannel_core::frame::claim_lock;
-use backchannel_relay::store::{ClaimProof, EmbeddedStore, ProvenWork, StoreError, ENVELOPE_KEY_FILE};
+use backchannel_relay::store::{
+    ClaimProof, EmbeddedStore, ProvenWork, StoreError, ENVELOPE_BODY_FILE, ENVELOPE_KEY_FILE,
+};
 use libfuzzer_sys::fuzz_target;
 use redb::{Database, TableDefinition};
 use sha2::{Digest, Sha256};
@@ -47,7 +49,7 @@ fn scratch() -> PathBuf {
 }
 
 fn prepare(dir: &Path, input: &Input) {
-    if input.records.is_empty() && input.keys.is_empty() && input.key_file_len.is_none() {
+    if input.records.is_empty() && input.keys.is_empty() && input.key_file_len.is_none() && input.bodies.is_empty() {
         // The store creates its own files (and redb is the slow part here).
         return;
     }
@@ -74,6 +76,16 @@ fn prepare(dir: &Path, input: &Input) {
     }
     if let Some(len) = input.key_file_len {
         keys.set_len(len as u64).unwrap();
+    }
+    let bodies = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(dir.join(ENVELOPE_BODY_FILE))
+        .unwrap();
+    for (slot, body) in &input.bodies {
+        std::os::unix::fs::FileExt::write_all_at(&bodies, body, *slot as u64 * (ENVELOPE_SIZE as u64 + 16)).unwrap();
     }
 }
 

@@ -145,14 +145,15 @@ impl ForwardFixture {
     }
 }
 
-/// The relay store target's input: records written into a fresh redb file
-/// and key file, then operations on the store opened over them.
+/// The relay store target's input: records written into a fresh redb file,
+/// key file and body file, then operations on the store opened over them.
 ///
 /// ```text
 /// input  = item*
 /// item   = 0x01 table (u8: 0 mailboxes, 1 senders, 2 envelopes) key (bytes16) value (bytes16)
 ///        | 0x02 slot (u16) key (32)                      -- a key in the key file
 ///        | 0x03 len (u16)                                -- key file length (truncates or extends)
+///        | 0x04 slot (u16) body (bytes16)                -- bytes at a slot of the body file
 ///        | 0x10 id (u8) recipient (u8) send (u8)         -- create
 ///        | 0x11 send (u8) fill (u8) expires_at (u64)     -- send
 ///        | 0x12 n (u8) id (u8)*n max (u8)                -- fetch
@@ -217,6 +218,9 @@ pub mod store_input {
         pub keys: Vec<(u16, [u8; 32])>,
         /// Key file length, if set.
         pub key_file_len: Option<u16>,
+        /// Body file slots written before the store opens: the slot and its bytes (a
+        /// whole slot is 4,112 bytes; fewer leave the rest as it was).
+        pub bodies: Vec<(u16, Vec<u8>)>,
         /// Operations, in order.
         pub ops: Vec<Op>,
     }
@@ -229,7 +233,7 @@ pub mod store_input {
         pub fn parse(b: &[u8]) -> Self {
             let mut r = Reader::new(b);
             let mut out = Input::default();
-            while out.records.len() + out.keys.len() + out.ops.len() < MAX_ITEMS {
+            while out.records.len() + out.keys.len() + out.bodies.len() + out.ops.len() < MAX_ITEMS {
                 if Self::item(&mut r, &mut out).is_err() {
                     break;
                 }
@@ -246,6 +250,7 @@ pub mod store_input {
                 }),
                 0x02 => out.keys.push((r.u16()?, r.array()?)),
                 0x03 => out.key_file_len = Some(r.u16()?),
+                0x04 => out.bodies.push((r.u16()?, r.bytes16()?.to_vec())),
                 0x10 => out.ops.push(Op::Create {
                     id: r.u8()?,
                     recipient: r.u8()?,
@@ -311,6 +316,9 @@ pub mod store_input {
             }
             if let Some(len) = self.key_file_len {
                 w.u8(0x03).u16(len);
+            }
+            for (slot, body) in &self.bodies {
+                w.u8(0x04).u16(*slot).bytes16(body);
             }
             for op in &self.ops {
                 match op {
