@@ -27,7 +27,7 @@ use crate::store::StoreError;
 pub const ENVELOPE_KEY_FILE: &str = "envelope-keys.bin";
 
 /// The file of sealed envelopes, in the directory of the redb file: an array of slots of
-/// 4,112 bytes (ciphertext ‖ tag), slot `n` holding the envelope whose key is in slot `n`
+/// 4,112 bytes (AES-256-GCM ciphertext ‖ tag), slot `n` holding the envelope whose key is in slot `n`
 /// of [`ENVELOPE_KEY_FILE`]. A slot is overwritten when it is handed out again, never
 /// zeroed: once its key's zeros are durable, what is left there is ciphertext under a key
 /// that no longer exists, as in redb's freed pages. Added by data directory format 5.
@@ -49,14 +49,53 @@ pub(crate) fn fresh_key() -> Result<EnvelopeKey, StoreError> {
 /// (key, nonce) pair ever repeats.
 const NONCE: [u8; aead::NONCE_LEN] = [0; aead::NONCE_LEN];
 
+/// The cipher of a sealed envelope, by the version of its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cipher {
+    /// ChaCha20-Poly1305: records of version 1 and unversioned ones, inline in redb.
+    ChaCha20Poly1305,
+    /// AES-256-GCM: records of version 2, in the body file. On the hot path of every
+    /// envelope (sealed on send, opened on fetch), and several times as fast on 4 KiB
+    /// with the AES instructions (`core::aead::aes256gcm`).
+    Aes256Gcm,
+}
+
+impl Cipher {
+    fn seal(
+        self,
+        key: &EnvelopeKey,
+        aad: &[u8; 40],
+        in_out: &mut [u8],
+    ) -> Result<[u8; aead::TAG_LEN], aead::AeadError> {
+        match self {
+            Cipher::ChaCha20Poly1305 => aead::seal_detached(key, &NONCE, aad, in_out),
+            Cipher::Aes256Gcm => aead::aes256gcm::seal_detached(key, &NONCE, aad, in_out),
+        }
+    }
+
+    fn open(
+        self,
+        key: &EnvelopeKey,
+        aad: &[u8; 40],
+        in_out: &mut [u8],
+        tag: &[u8; aead::TAG_LEN],
+    ) -> Result<(), aead::AeadError> {
+        match self {
+            Cipher::ChaCha20Poly1305 => aead::open_detached(key, &NONCE, aad, in_out, tag),
+            Cipher::Aes256Gcm => aead::aes256gcm::open_detached(key, &NONCE, aad, in_out, tag),
+        }
+    }
+}
+
 /// Seals `plaintext` (an envelope's 4096 bytes) under `key` with the record key
 /// `aad`: ciphertext || tag.
-pub(crate) fn seal(key: &EnvelopeKey, aad: &[u8; 40], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn seal(cipher: Cipher, key: &EnvelopeKey, aad: &[u8; 40], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
     let mut sealed = Vec::with_capacity(plaintext.len() + super::record::TAG_LEN);
     sealed.extend_from_slice(plaintext);
-    // Only a plaintext longer than ChaCha20 allows fails, and an envelope is not.
-    let tag =
-        aead::seal_detached(key, &NONCE, aad, &mut sealed).map_err(|_| StoreError::corrupt("envelope to seal"))?;
+    // Only a plaintext longer than one nonce allows fails, and an envelope is not.
+    let tag = cipher
+        .seal(key, aad, &mut sealed)
+        .map_err(|_| StoreError::corrupt("envelope to seal"))?;
     sealed.extend_from_slice(&tag);
     Ok(sealed)
 }
@@ -70,7 +109,13 @@ pub(crate) enum Unopened {
 }
 
 /// Opens a sealed envelope value with the key in its slot.
-pub(crate) fn open_sealed(keys: &KeyFile, aad: &[u8; 40], slot: u64, sealed: &[u8]) -> Result<Envelope, Unopened> {
+pub(crate) fn open_sealed(
+    cipher: Cipher,
+    keys: &KeyFile,
+    aad: &[u8; 40],
+    slot: u64,
+    sealed: &[u8],
+) -> Result<Envelope, Unopened> {
     if sealed.len() != ENVELOPE_SIZE + super::record::TAG_LEN {
         return Err(Unopened::WrongKey);
     }
@@ -78,7 +123,9 @@ pub(crate) fn open_sealed(keys: &KeyFile, aad: &[u8; 40], slot: u64, sealed: &[u
     let (sealed, tag) = sealed.split_at(ENVELOPE_SIZE);
     let tag: &[u8; aead::TAG_LEN] = tag.try_into().map_err(|_| Unopened::WrongKey)?;
     let mut plain = sealed.to_vec();
-    aead::open_detached(&key, &NONCE, aad, &mut plain, tag).map_err(|_| Unopened::WrongKey)?;
+    cipher
+        .open(&key, aad, &mut plain, tag)
+        .map_err(|_| Unopened::WrongKey)?;
     Envelope::from_bytes(&plain).map_err(|_| Unopened::WrongKey)
 }
 
@@ -209,7 +256,7 @@ impl BodyFile {
 /// with the key in its slot.
 pub(crate) fn open_apart(keys: &KeyFile, bodies: &BodyFile, aad: &[u8; 40], slot: u64) -> Result<Envelope, Unopened> {
     let sealed = bodies.read(slot).map_err(unopened)?;
-    open_sealed(keys, aad, slot, &sealed)
+    open_sealed(Cipher::Aes256Gcm, keys, aad, slot, &sealed)
 }
 
 /// A read past the end of a slot file, or at a slot no offset reaches, finds no envelope.
@@ -419,7 +466,7 @@ mod tests {
             let mut envelope = vec![0u8; ENVELOPE_SIZE];
             OsRng.fill_bytes(&mut envelope);
             envelope[0] = i as u8;
-            sealed.push((slot, seal(&key, &aad, &envelope).unwrap()));
+            sealed.push((slot, seal(Cipher::Aes256Gcm, &key, &aad, &envelope).unwrap()));
             new.push((slot, key));
             plain.push((slot, Envelope::from_bytes(&envelope).unwrap()));
         }
@@ -445,5 +492,15 @@ mod tests {
         // A body of the wrong size is refused, and nothing is written.
         assert!(bodies.write(&[(5, vec![1; 10])]).is_err());
         assert_eq!(bodies.0.whole_slots().unwrap(), 4);
+        // Sealed under the other cipher, it does not open as a body.
+        let key = fresh_key().unwrap();
+        let chacha = seal(Cipher::ChaCha20Poly1305, &key, &[7; 40], &[1u8; ENVELOPE_SIZE]).unwrap();
+        keys.write_keys(&[(7, key)]).unwrap();
+        bodies.write(&[(7, chacha.clone())]).unwrap();
+        assert!(matches!(
+            open_apart(&keys, &bodies, &[7; 40], 7),
+            Err(Unopened::WrongKey)
+        ));
+        assert!(open_sealed(Cipher::ChaCha20Poly1305, &keys, &[7; 40], 7, &chacha).is_ok());
     }
 }

@@ -12,8 +12,9 @@
 //! expired, and neither deletion nor compaction promises to scrub them. So
 //! the redb file never holds an envelope in the clear, nor a key to one:
 //!
-//! - Each envelope is sealed at rest with ChaCha20-Poly1305 under a fresh
-//!   random 32-byte key used for that envelope only, with the record's key,
+//! - Each envelope is sealed at rest with AES-256-GCM (ChaCha20-Poly1305 in records of
+//!   version 1) under a fresh random 32-byte key used for that envelope only, once, with
+//!   the all-zero nonce and the record's key,
 //!   receive id (32) || seq (u64 BE), as associated data (a record moved to
 //!   another mailbox or position does not open). The redb value is
 //!   version (2) || expires_at (u64 BE) || slot (u64 BE): 17 bytes.
@@ -111,7 +112,7 @@ mod writer;
 pub use at_rest::{ENVELOPE_BODY_FILE, ENVELOPE_KEY_FILE};
 pub use upgrade::FORMAT;
 
-use at_rest::{open_apart, open_sealed, BodyFile, KeyFile, Unopened};
+use at_rest::{open_apart, open_sealed, BodyFile, Cipher, KeyFile, Unopened};
 use record::{record_key, record_seq, EnvelopeValue, MailboxRecord};
 use writer::{Answer, Done, Reply, Write};
 use zeroize::Zeroizing;
@@ -604,7 +605,9 @@ impl Reader {
                 let rk: [u8; 40] = k.try_into().map_err(|_| corrupt())?;
                 let opened = match EnvelopeValue::parse(v)? {
                     EnvelopeValue::Apart { slot, .. } => open_apart(&self.keys, &self.bodies, &rk, slot),
-                    EnvelopeValue::Sealed { slot, sealed, .. } => open_sealed(&self.keys, &rk, slot, sealed),
+                    EnvelopeValue::Sealed { slot, sealed, .. } => {
+                        open_sealed(Cipher::ChaCha20Poly1305, &self.keys, &rk, slot, sealed)
+                    }
                     // Records in the clear are sealed on open; one here is corrupt.
                     EnvelopeValue::Plaintext { .. } => return Err(corrupt()),
                 };

@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | `mailboxes` | receive id (32) | 2 ‖ recipient key (32) ‖ send digest (32) ‖ next seq (u64 BE) ‖ count (u32 BE) ‖ next epoch (u64 BE) ‖ last token or lock (32) ‖ pow bits (1) ‖ flags (1: bit 0, claims locked): 119 bytes | version 1: the same without flags (118, not locked); without the version byte (117), or without it and pow bits (116, read as 0) |
 //! | `senders` | SHA-256(send capability) (32) | 1 ‖ receive id (32): 33 bytes | the receive id alone (32) |
-//! | `envelopes` | receive id (32) ‖ seq (u64 BE) | 2 ‖ expires at (u64 BE, Unix s) ‖ slot (u64 BE): 17 bytes; the sealed envelope (4096) ‖ tag (16) lies in the body file at that slot ([`super::at_rest::ENVELOPE_BODY_FILE`]) | version 1 (formats 2 to 4): 1 ‖ expires at ‖ key slot ‖ sealed envelope ‖ tag, 4129 bytes; the same without the version byte (4128), or expires at ‖ envelope in the clear (4104) |
+//! | `envelopes` | receive id (32) ‖ seq (u64 BE) | 2 ‖ expires at (u64 BE, Unix s) ‖ slot (u64 BE): 17 bytes; the sealed envelope (4096, AES-256-GCM) ‖ tag (16) lies in the body file at that slot ([`super::at_rest::ENVELOPE_BODY_FILE`]) | version 1 (formats 2 to 4): 1 ‖ expires at ‖ key slot ‖ sealed envelope (ChaCha20-Poly1305) ‖ tag, 4129 bytes; the same without the version byte (4128), or expires at ‖ envelope in the clear (4104) |
 //! | `held` | receive id (32) ‖ slot (1) | [`crate::store::HeldCommit::encode`] | none (added with protocol 4) |
 
 use backchannel_core::codec::Reader;

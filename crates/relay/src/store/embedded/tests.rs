@@ -587,7 +587,6 @@ fn a_format_4_data_directory_reads_its_inline_envelopes_and_stores_new_ones_apar
     // As format 4 wrote it: the sealed envelopes inline, no body file.
     {
         let body_file = dir.path().join(ENVELOPE_BODY_FILE);
-        let bodies = std::fs::read(&body_file).unwrap();
         let db = Database::open(&path).unwrap();
         let txn = db.begin_write().unwrap();
         {
@@ -601,11 +600,7 @@ fn a_format_4_data_directory_reads_its_inline_envelopes_and_stores_new_ones_apar
                 })
                 .collect();
             for (k, v) in all {
-                let slot = u64::from_be_bytes(v[9..17].try_into().unwrap());
-                let at = slot as usize * record::SEALED_LEN;
-                let sealed = &bodies[at..at + record::SEALED_LEN];
-                let old = record::encode_envelope_value_v1(u64::MAX, slot, sealed);
-                envs.insert(&k[..], &old[..]).unwrap();
+                envs.insert(&k[..], &as_version_1(dir.path(), &k, &v)[..]).unwrap();
             }
         }
         txn.open_table(redb::TableDefinition::<&str, u32>::new("format"))
@@ -941,7 +936,7 @@ fn the_difficulty_is_stored_and_old_records_are_ordinary_mailboxes() {
 /// Rewrites a closed store's data directory as release 94ba14f wrote it (format 1):
 /// records without their version byte, envelopes inline, no `format` table.
 fn rewrite_as_format_1(path: &Path) {
-    let bodies = std::fs::read(path.with_file_name(ENVELOPE_BODY_FILE)).unwrap();
+    let dir = path.parent().unwrap();
     let db = Database::open(path).unwrap();
     let txn = db.begin_write().unwrap();
     for table in [MAILBOXES, SENDERS, ENVELOPES] {
@@ -955,12 +950,9 @@ fn rewrite_as_format_1(path: &Path) {
             })
             .collect();
         for (k, mut v) in all {
-            // An envelope record takes its sealed envelope back from the body file.
+            // An envelope record takes its sealed envelope back inline.
             if v[0] == record::ENVELOPE_VERSION && v.len() == record::ENVELOPE_RECORD_LEN {
-                let slot = u64::from_be_bytes(v[9..17].try_into().unwrap()) as usize;
-                let at = slot * record::SEALED_LEN;
-                v[0] = record::RECORD_VERSION;
-                v.extend_from_slice(&bodies[at..at + record::SEALED_LEN]);
+                v = as_version_1(dir, &k, &v);
             }
             // A mailbox record loses its flags byte too (version 1 had none).
             let end = if v[0] == record::MAILBOX_VERSION {
@@ -975,6 +967,21 @@ fn rewrite_as_format_1(path: &Path) {
     txn.delete_table(redb::TableDefinition::<&str, u32>::new("format"))
         .unwrap();
     txn.commit().unwrap();
+}
+
+/// An envelope record of version 2 as formats 2 to 4 stored it (version 1): the envelope
+/// sealed inline, under ChaCha20-Poly1305 with the same key.
+fn as_version_1(dir: &Path, record_key: &[u8], v: &[u8]) -> Vec<u8> {
+    let expires_at = u64::from_be_bytes(v[1..9].try_into().unwrap());
+    let slot = u64::from_be_bytes(v[9..17].try_into().unwrap());
+    let keys = at_rest::KeyFile::open(dir).unwrap();
+    let bodies = at_rest::BodyFile::open(dir).unwrap();
+    let aad: [u8; 40] = record_key.try_into().unwrap();
+    // A stored envelope opens.
+    let envelope = at_rest::open_apart(&keys, &bodies, &aad, slot).ok().unwrap();
+    let key = keys.read(slot).unwrap();
+    let sealed = at_rest::seal(at_rest::Cipher::ChaCha20Poly1305, &key, &aad, envelope.as_bytes()).unwrap();
+    record::encode_envelope_value_v1(expires_at, slot, &sealed)
 }
 
 /// Every record's first byte, by table.

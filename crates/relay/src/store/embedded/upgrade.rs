@@ -29,7 +29,7 @@ use std::ops::Bound;
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::at_rest::{fresh_key, seal, EnvelopeKey, KeyFile, SlotBook};
+use super::at_rest::{fresh_key, seal, Cipher, EnvelopeKey, KeyFile, SlotBook};
 use super::record::{decode_sender, encode_envelope_value_v1, encode_sender, EnvelopeValue, MailboxRecord};
 use super::{expiry_key, idle_key, ENVELOPES, EXPIRY, IDLE, MAILBOXES, MAX_BATCH, SENDERS, TOUCHED};
 use crate::store::StoreError;
@@ -152,7 +152,11 @@ pub(crate) fn convert_envelopes(db: &Database, keys: &KeyFile, book: &mut SlotBo
                     EnvelopeValue::Plaintext { expires_at, envelope } => {
                         let key = fresh_key()?;
                         let slot = book.take();
-                        let value = encode_envelope_value_v1(expires_at, slot, &seal(&key, &aad, envelope)?);
+                        let value = encode_envelope_value_v1(
+                            expires_at,
+                            slot,
+                            &seal(Cipher::ChaCha20Poly1305, &key, &aad, envelope)?,
+                        );
                         new.push((slot, key));
                         sealed += 1;
                         value

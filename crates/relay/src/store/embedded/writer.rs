@@ -18,7 +18,7 @@ use backchannel_core::pow::ProvenWork;
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 use zeroize::Zeroizing;
 
-use super::at_rest::{fresh_key, seal, zero_slots, BodyFile, EnvelopeKey, KeyFile, SlotBook};
+use super::at_rest::{fresh_key, seal, zero_slots, BodyFile, Cipher, EnvelopeKey, KeyFile, SlotBook};
 use super::nameplate::{self, NameplateKey};
 use super::record::{encode_envelope_record, encode_sender, record_key, EnvelopeValue, MailboxRecord};
 use super::{
@@ -867,7 +867,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                     let seq = rec.next_seq;
                     let rk = record_key(id, seq);
                     let key = fresh_key()?;
-                    let sealed = seal(&key, &rk, envelope.as_bytes())?;
+                    let sealed = seal(Cipher::Aes256Gcm, &key, &rk, envelope.as_bytes())?;
                     let slot = book.take();
                     slots.new.push((slot, key));
                     slots.bodies.push((slot, sealed));
