@@ -79,8 +79,8 @@ pub enum StoreError {
     /// Another relay process has the data directory open.
     #[error("the relay's data directory is in use by another relay process; stop that one first")]
     InUse,
-    /// The file of envelope keys could not be read or written.
-    #[error("the relay's envelope key file failed while {doing}; check the disk of the --data directory")]
+    /// The file of envelope keys, or of sealed envelopes, could not be read or written.
+    #[error("the relay's envelope files failed while {doing}; check the disk of the --data directory")]
     KeyFile {
         /// What the store was doing.
         doing: &'static str,

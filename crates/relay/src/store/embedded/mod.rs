@@ -617,7 +617,9 @@ impl Reader {
                         seq: record_seq(&rk),
                         envelope,
                     }),
-                    Err(Unopened::Disk(e)) => return Err(StoreError::key_file("reading a key")(e)),
+                    Err(Unopened::Disk(e)) => {
+                        return Err(StoreError::key_file("reading a key or a sealed envelope")(e))
+                    }
                     // This read snapshot may predate an ack, delete or expiry
                     // whose key is destroyed by now (and its slot may already
                     // hold a newer envelope's key): then the envelope is gone
