@@ -1,6 +1,6 @@
 //! ChaCha20-Poly1305 (RFC 8439) and XChaCha20-Poly1305 (draft-irtf-cfrg-xchacha-03) for
 //! the paths every message takes: the MLS messages' AEAD (`crypto_provider`), the
-//! envelopes (`envelope`) and the relay's records at rest.
+//! envelopes (`envelope`) and the relay's records of version 1 at rest.
 //!
 //! Both come from AWS-LC (`aws-lc-rs`), whose assembly seals and opens 100 bytes about 7
 //! times as fast as RustCrypto's `chacha20poly1305` here and 4 KiB about twice as fast

@@ -253,9 +253,20 @@ impl BodyFile {
 }
 
 /// Reads the sealed envelope of a record of version 2 from the body file, and opens it
-/// with the key in its slot.
-pub(crate) fn open_apart(keys: &KeyFile, bodies: &BodyFile, aad: &[u8; 40], slot: u64) -> Result<Envelope, Unopened> {
+/// with the key in its slot. The body is the record's only if its tag is the record's
+/// `tag`: a slot freed and handed out again holds another envelope (which could even
+/// open, were its mailbox made again under the same id with the same sequence number).
+pub(crate) fn open_apart(
+    keys: &KeyFile,
+    bodies: &BodyFile,
+    aad: &[u8; 40],
+    slot: u64,
+    tag: &[u8; aead::TAG_LEN],
+) -> Result<Envelope, Unopened> {
     let sealed = bodies.read(slot).map_err(unopened)?;
+    if sealed.get(ENVELOPE_SIZE..) != Some(&tag[..]) {
+        return Err(Unopened::WrongKey);
+    }
     open_sealed(Cipher::Aes256Gcm, keys, aad, slot, &sealed)
 }
 
@@ -476,16 +487,24 @@ mod tests {
             std::fs::metadata(dir.path().join(ENVELOPE_BODY_FILE)).unwrap().len(),
             4 * SEALED_LEN as u64
         );
+        let tag_of = |slot: u64| -> [u8; 16] {
+            let (_, s) = sealed.iter().find(|(n, _)| *n == slot).unwrap();
+            s[ENVELOPE_SIZE..].try_into().unwrap()
+        };
         for (slot, envelope) in &plain {
-            let opened = open_apart(&keys, &bodies, &[*slot as u8; 40], *slot);
+            let tag = tag_of(*slot);
+            let opened = open_apart(&keys, &bodies, &[*slot as u8; 40], *slot, &tag);
             assert!(matches!(opened, Ok(ref e) if e == envelope), "slot {slot}");
             // Under another record's key (associated data), it does not open.
-            let moved = open_apart(&keys, &bodies, &[9; 40], *slot);
+            let moved = open_apart(&keys, &bodies, &[9; 40], *slot, &tag);
             assert!(matches!(moved, Err(Unopened::WrongKey)));
+            // Nor for a record whose envelope had another tag (a slot used again).
+            let other = open_apart(&keys, &bodies, &[*slot as u8; 40], *slot, &[0; 16]);
+            assert!(matches!(other, Err(Unopened::WrongKey)));
         }
         for slot in [2, 4, u64::MAX] {
             assert!(matches!(
-                open_apart(&keys, &bodies, &[slot as u8; 40], slot),
+                open_apart(&keys, &bodies, &[slot as u8; 40], slot, &[0; 16]),
                 Err(Unopened::WrongKey)
             ));
         }
@@ -497,8 +516,9 @@ mod tests {
         let chacha = seal(Cipher::ChaCha20Poly1305, &key, &[7; 40], &[1u8; ENVELOPE_SIZE]).unwrap();
         keys.write_keys(&[(7, key)]).unwrap();
         bodies.write(&[(7, chacha.clone())]).unwrap();
+        let tag: [u8; 16] = chacha[ENVELOPE_SIZE..].try_into().unwrap();
         assert!(matches!(
-            open_apart(&keys, &bodies, &[7; 40], 7),
+            open_apart(&keys, &bodies, &[7; 40], 7, &tag),
             Err(Unopened::WrongKey)
         ));
         assert!(open_sealed(Cipher::ChaCha20Poly1305, &keys, &[7; 40], 7, &chacha).is_ok());

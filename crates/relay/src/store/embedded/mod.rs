@@ -17,7 +17,9 @@
 //!   the all-zero nonce and the record's key,
 //!   receive id (32) || seq (u64 BE), as associated data (a record moved to
 //!   another mailbox or position does not open). The redb value is
-//!   version (2) || expires_at (u64 BE) || slot (u64 BE): 17 bytes.
+//!   version (2) || expires_at (u64 BE) || slot (u64 BE) || the sealed envelope's tag
+//!   (16): 33 bytes. The tag ties the record to its body: a fetch reading from an older
+//!   snapshot while the slot is freed and used again finds another tag and skips it.
 //! - The keys live in [`ENVELOPE_KEY_FILE`] next to the redb file: an array of 32-byte
 //!   slots, one per stored envelope, written in place with positioned writes;
 //!   a slot that no envelope uses holds zeros.
@@ -604,7 +606,7 @@ impl Reader {
                 let (k, v) = (k.value(), v.value());
                 let rk: [u8; 40] = k.try_into().map_err(|_| corrupt())?;
                 let opened = match EnvelopeValue::parse(v)? {
-                    EnvelopeValue::Apart { slot, .. } => open_apart(&self.keys, &self.bodies, &rk, slot),
+                    EnvelopeValue::Apart { slot, tag, .. } => open_apart(&self.keys, &self.bodies, &rk, slot, tag),
                     EnvelopeValue::Sealed { slot, sealed, .. } => {
                         open_sealed(Cipher::ChaCha20Poly1305, &self.keys, &rk, slot, sealed)
                     }

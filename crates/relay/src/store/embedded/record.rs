@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | `mailboxes` | receive id (32) | 2 ‖ recipient key (32) ‖ send digest (32) ‖ next seq (u64 BE) ‖ count (u32 BE) ‖ next epoch (u64 BE) ‖ last token or lock (32) ‖ pow bits (1) ‖ flags (1: bit 0, claims locked): 119 bytes | version 1: the same without flags (118, not locked); without the version byte (117), or without it and pow bits (116, read as 0) |
 //! | `senders` | SHA-256(send capability) (32) | 1 ‖ receive id (32): 33 bytes | the receive id alone (32) |
-//! | `envelopes` | receive id (32) ‖ seq (u64 BE) | 2 ‖ expires at (u64 BE, Unix s) ‖ slot (u64 BE): 17 bytes; the sealed envelope (4096, AES-256-GCM) ‖ tag (16) lies in the body file at that slot ([`super::at_rest::ENVELOPE_BODY_FILE`]) | version 1 (formats 2 to 4): 1 ‖ expires at ‖ key slot ‖ sealed envelope (ChaCha20-Poly1305) ‖ tag, 4129 bytes; the same without the version byte (4128), or expires at ‖ envelope in the clear (4104) |
+//! | `envelopes` | receive id (32) ‖ seq (u64 BE) | 2 ‖ expires at (u64 BE, Unix s) ‖ slot (u64 BE) ‖ the sealed envelope's tag (16): 33 bytes; the sealed envelope (4096, AES-256-GCM) ‖ tag (16) lies in the body file at that slot ([`super::at_rest::ENVELOPE_BODY_FILE`]), and is this record's only if its tag is the record's | version 1 (formats 2 to 4): 1 ‖ expires at ‖ key slot ‖ sealed envelope (ChaCha20-Poly1305) ‖ tag, 4129 bytes; the same without the version byte (4128), or expires at ‖ envelope in the clear (4104) |
 //! | `held` | receive id (32) ‖ slot (1) | [`crate::store::HeldCommit::encode`] | none (added with protocol 4) |
 
 use backchannel_core::codec::Reader;
@@ -49,8 +49,9 @@ pub(crate) const SENDER_RECORD_LEN: usize = 1 + 32;
 /// The version of the envelope record layout this code writes: the sealed envelope lies
 /// in the body file, the record holds where.
 pub(crate) const ENVELOPE_VERSION: u8 = 2;
-/// An envelope value of the current version (2): version ‖ expires at ‖ slot.
-pub(crate) const ENVELOPE_RECORD_LEN: usize = 1 + 8 + 8;
+/// An envelope value of the current version (2): version ‖ expires at ‖ slot ‖ the tag of
+/// the sealed envelope in the body file.
+pub(crate) const ENVELOPE_RECORD_LEN: usize = 1 + 8 + 8 + TAG_LEN;
 /// A sealed envelope: ciphertext (4096) ‖ tag; one slot of the body file.
 pub(crate) const SEALED_LEN: usize = ENVELOPE_SIZE + TAG_LEN;
 /// Start of the sealed envelope in an envelope value of version 1.
@@ -168,8 +169,13 @@ pub(crate) fn decode_sender(b: &[u8]) -> Result<MailboxId, StoreError> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum EnvelopeValue<'a> {
     /// Sealed at rest under the key in `slot`, the ciphertext and tag in the body file at
-    /// the same slot (version 2).
-    Apart { expires_at: u64, slot: u64 },
+    /// the same slot (version 2). `tag` is the sealed envelope's: a body file slot holds
+    /// this record's envelope only if its tag is this one (a slot is reused once freed).
+    Apart {
+        expires_at: u64,
+        slot: u64,
+        tag: &'a [u8; TAG_LEN],
+    },
     /// Sealed at rest under the key in `slot`: the envelope's ciphertext and tag, inline
     /// (version 1, or unversioned).
     Sealed {
@@ -208,6 +214,7 @@ impl<'a> EnvelopeValue<'a> {
             ENVELOPE_RECORD_LEN if v[0] == ENVELOPE_VERSION => Ok(EnvelopeValue::Apart {
                 expires_at: be64(&v[1..]),
                 slot: be64(&v[9..]),
+                tag: v[17..].try_into().map_err(|_| StoreError::corrupt(WHAT))?,
             }),
             ENVELOPE_VALUE_LEN_V1 if v[0] == RECORD_VERSION => Ok(EnvelopeValue::Sealed {
                 expires_at: be64(&v[1..]),
@@ -244,13 +251,14 @@ impl<'a> EnvelopeValue<'a> {
     }
 }
 
-/// An envelope value of the current layout (version 2): its sealed envelope lies in the
-/// body file at `slot`.
-pub(crate) fn encode_envelope_record(expires_at: u64, slot: u64) -> [u8; ENVELOPE_RECORD_LEN] {
+/// An envelope value of the current layout (version 2): its sealed envelope, whose tag is
+/// `tag`, lies in the body file at `slot`.
+pub(crate) fn encode_envelope_record(expires_at: u64, slot: u64, tag: &[u8; TAG_LEN]) -> [u8; ENVELOPE_RECORD_LEN] {
     let mut value = [0u8; ENVELOPE_RECORD_LEN];
     value[0] = ENVELOPE_VERSION;
     value[1..9].copy_from_slice(&expires_at.to_be_bytes());
-    value[9..].copy_from_slice(&slot.to_be_bytes());
+    value[9..17].copy_from_slice(&slot.to_be_bytes());
+    value[17..].copy_from_slice(tag);
     value
 }
 
@@ -318,14 +326,14 @@ mod tests {
             encode_sender(&MailboxId([8; 32]))[..],
             [&[1u8][..], &[8; 32]].concat()[..]
         );
-        let v = encode_envelope_record(500, 3);
-        assert_eq!(v.len(), 17);
+        let v = encode_envelope_record(500, 3, &[4; 16]);
+        assert_eq!(v.len(), 33);
         assert_eq!(
-            (v[0], &v[1..9], &v[9..17]),
-            (2, &500u64.to_be_bytes()[..], &3u64.to_be_bytes()[..])
+            (v[0], &v[1..9], &v[9..17], &v[17..]),
+            (2, &500u64.to_be_bytes()[..], &3u64.to_be_bytes()[..], &[4u8; 16][..])
         );
         match EnvelopeValue::parse(&v).unwrap() {
-            EnvelopeValue::Apart { expires_at, slot } => assert_eq!((expires_at, slot), (500, 3)),
+            EnvelopeValue::Apart { expires_at, slot, tag } => assert_eq!((expires_at, slot, tag), (500, 3, &[4; 16])),
             other => panic!("apart: {other:?}"),
         }
         // Version 1, which formats 2 to 4 wrote and the conversion of format 1 writes.
@@ -346,7 +354,7 @@ mod tests {
             other => panic!("sealed: {other:?}"),
         }
         // Each version only at its own length.
-        let mut short = v[..17].to_vec();
+        let mut short = v[..ENVELOPE_RECORD_LEN].to_vec();
         assert!(matches!(EnvelopeValue::parse(&short), Err(StoreError::Corrupt { .. })));
         short[0] = 2;
         assert!(EnvelopeValue::parse(&short).is_ok());
@@ -409,7 +417,7 @@ mod tests {
         );
         assert!(e.to_string().contains("upgrade backchannel"), "{e}");
         for mut v in [
-            encode_envelope_record(1, 1).to_vec(),
+            encode_envelope_record(1, 1, &[0; 16]).to_vec(),
             encode_envelope_value_v1(1, 1, &[0; ENVELOPE_SIZE + TAG_LEN]),
         ] {
             v[0] = 9;

@@ -539,7 +539,7 @@ fn a_record_whose_body_is_missing_is_removed_and_a_changed_body_is_refused() {
         2 * record::SEALED_LEN as u64,
         "one slot per envelope, in the body file"
     );
-    // The redb file holds no sealed envelope any more: two records of 17 bytes.
+    // The redb file holds no sealed envelope any more: two records of 33 bytes.
     assert!(record_versions(&dir.path().join("m.redb"))
         .iter()
         .filter(|(table, _, _)| *table == "envelopes")
@@ -978,7 +978,8 @@ fn as_version_1(dir: &Path, record_key: &[u8], v: &[u8]) -> Vec<u8> {
     let bodies = at_rest::BodyFile::open(dir).unwrap();
     let aad: [u8; 40] = record_key.try_into().unwrap();
     // A stored envelope opens.
-    let envelope = at_rest::open_apart(&keys, &bodies, &aad, slot).ok().unwrap();
+    let tag: [u8; 16] = v[17..].try_into().unwrap();
+    let envelope = at_rest::open_apart(&keys, &bodies, &aad, slot, &tag).ok().unwrap();
     let key = keys.read(slot).unwrap();
     let sealed = at_rest::seal(at_rest::Cipher::ChaCha20Poly1305, &key, &aad, envelope.as_bytes()).unwrap();
     record::encode_envelope_value_v1(expires_at, slot, &sealed)

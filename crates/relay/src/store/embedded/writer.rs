@@ -12,7 +12,7 @@
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use backchannel_core::envelope::Envelope;
+use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
 use backchannel_core::mailbox::MailboxId;
 use backchannel_core::pow::ProvenWork;
 use redb::{Database, ReadableTable, ReadableTableMetadata};
@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use super::at_rest::{fresh_key, seal, zero_slots, BodyFile, Cipher, EnvelopeKey, KeyFile, SlotBook};
 use super::nameplate::{self, NameplateKey};
-use super::record::{encode_envelope_record, encode_sender, record_key, EnvelopeValue, MailboxRecord};
+use super::record::{encode_envelope_record, encode_sender, record_key, EnvelopeValue, MailboxRecord, TAG_LEN};
 use super::{
     bundle_expiry_key, count_off, expiry_key, get_record, held_key, idle_key, sender, Table, BUNDLES, BUNDLE_EXPIRY,
     ENVELOPES, EXPIRY, HELD, IDLE, MAILBOXES, MAX_BATCH, NAMEPLATES, NAMEPLATE_EXPIRY, SENDERS, TOUCHED,
@@ -868,10 +868,14 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                     let rk = record_key(id, seq);
                     let key = fresh_key()?;
                     let sealed = seal(Cipher::Aes256Gcm, &key, &rk, envelope.as_bytes())?;
+                    let tag: [u8; TAG_LEN] = sealed
+                        .get(ENVELOPE_SIZE..)
+                        .and_then(|t| t.try_into().ok())
+                        .ok_or_else(|| StoreError::corrupt("envelope to seal"))?;
                     let slot = book.take();
                     slots.new.push((slot, key));
                     slots.bodies.push((slot, sealed));
-                    envs.insert(&rk[..], &encode_envelope_record(*expires_at, slot)[..])
+                    envs.insert(&rk[..], &encode_envelope_record(*expires_at, slot, &tag)[..])
                         .map_err(StoreError::database(DOING))?;
                     expiry
                         .insert(&expiry_key(*expires_at, &rk)[..], &[][..])
