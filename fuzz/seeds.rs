@@ -1175,6 +1175,9 @@ fn dump(dir: &Path) -> Input {
             });
         }
     }
+    if let Ok(t) = txn.open_table(TableDefinition::<&str, u32>::new("format")) {
+        input.format = t.get("data directory").unwrap().map(|v| v.value());
+    }
     let keys = fs::read(dir.join(ENVELOPE_KEY_FILE)).unwrap();
     for (slot, key) in keys.chunks_exact(32).enumerate() {
         if key.iter().any(|b| *b != 0) {

@@ -31,6 +31,8 @@ const TABLES: [TableDefinition<&[u8], &[u8]>; 3] = [
     TableDefinition::new("envelopes"),
 ];
 const MAX_ENVELOPES: u32 = 8;
+/// The table of the data directory's format version.
+const FORMAT: TableDefinition<&str, u32> = TableDefinition::new("format");
 
 fn scratch() -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -49,7 +51,12 @@ fn scratch() -> PathBuf {
 }
 
 fn prepare(dir: &Path, input: &Input) {
-    if input.records.is_empty() && input.keys.is_empty() && input.key_file_len.is_none() && input.bodies.is_empty() {
+    if input.records.is_empty()
+        && input.keys.is_empty()
+        && input.key_file_len.is_none()
+        && input.bodies.is_empty()
+        && input.format.is_none()
+    {
         // The store creates its own files (and redb is the slow part here).
         return;
     }
@@ -61,6 +68,12 @@ fn prepare(dir: &Path, input: &Input) {
     for rec in &input.records {
         let mut t = txn.open_table(TABLES[rec.table as usize]).unwrap();
         t.insert(&rec.key[..], &rec.value[..]).unwrap();
+    }
+    if let Some(format) = input.format {
+        txn.open_table(FORMAT)
+            .unwrap()
+            .insert("data directory", format)
+            .unwrap();
     }
     txn.commit().unwrap();
     drop(db);

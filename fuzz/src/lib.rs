@@ -154,6 +154,7 @@ impl ForwardFixture {
 ///        | 0x02 slot (u16) key (32)                      -- a key in the key file
 ///        | 0x03 len (u16)                                -- key file length (truncates or extends)
 ///        | 0x04 slot (u16) body (bytes16)                -- bytes at a slot of the body file
+///        | 0x05 format (u32)                             -- the data directory's format version
 ///        | 0x10 id (u8) recipient (u8) send (u8)         -- create
 ///        | 0x11 send (u8) fill (u8) expires_at (u64)     -- send
 ///        | 0x12 n (u8) id (u8)*n max (u8)                -- fetch
@@ -221,6 +222,9 @@ pub mod store_input {
         /// Body file slots written before the store opens: the slot and its bytes (a
         /// whole slot is 4,112 bytes; fewer leave the rest as it was).
         pub bodies: Vec<(u16, Vec<u8>)>,
+        /// The data directory's format version, written into the `format` table if set
+        /// (without one, a directory with tables reads as format 1).
+        pub format: Option<u32>,
         /// Operations, in order.
         pub ops: Vec<Op>,
     }
@@ -251,6 +255,7 @@ pub mod store_input {
                 0x02 => out.keys.push((r.u16()?, r.array()?)),
                 0x03 => out.key_file_len = Some(r.u16()?),
                 0x04 => out.bodies.push((r.u16()?, r.bytes16()?.to_vec())),
+                0x05 => out.format = Some(r.u32()?),
                 0x10 => out.ops.push(Op::Create {
                     id: r.u8()?,
                     recipient: r.u8()?,
@@ -319,6 +324,9 @@ pub mod store_input {
             }
             for (slot, body) in &self.bodies {
                 w.u8(0x04).u16(*slot).bytes16(body);
+            }
+            if let Some(format) = self.format {
+                w.u8(0x05).u32(format);
             }
             for op in &self.ops {
                 match op {
