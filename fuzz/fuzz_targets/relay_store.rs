@@ -50,6 +50,17 @@ fn scratch() -> PathBuf {
     dir
 }
 
+/// A file of the data directory, made if missing, to write raw bytes into.
+fn open_rw(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
 fn prepare(dir: &Path, input: &Input) {
     if input.records.is_empty()
         && input.keys.is_empty()
@@ -77,26 +88,14 @@ fn prepare(dir: &Path, input: &Input) {
     }
     txn.commit().unwrap();
     drop(db);
-    let keys = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(dir.join(ENVELOPE_KEY_FILE))
-        .unwrap();
+    let keys = open_rw(&dir.join(ENVELOPE_KEY_FILE));
     for (slot, key) in &input.keys {
         std::os::unix::fs::FileExt::write_all_at(&keys, key, *slot as u64 * 32).unwrap();
     }
     if let Some(len) = input.key_file_len {
         keys.set_len(len as u64).unwrap();
     }
-    let bodies = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(dir.join(ENVELOPE_BODY_FILE))
-        .unwrap();
+    let bodies = open_rw(&dir.join(ENVELOPE_BODY_FILE));
     for (slot, body) in &input.bodies {
         std::os::unix::fs::FileExt::write_all_at(&bodies, body, *slot as u64 * (ENVELOPE_SIZE as u64 + 16)).unwrap();
     }

@@ -451,8 +451,12 @@ fn primitives(c: &mut Criterion) {
         g.bench_function(format!("aes256gcm/{label}/aws_lc"), |b| {
             b.iter(|| {
                 let mut buf = black_box(&bytes).clone();
-                let tag = aead::aes256gcm::seal_detached(&[9u8; 32], &nonce, b"", &mut buf).unwrap();
-                aead::aes256gcm::open_detached(&[9u8; 32], &nonce, b"", &mut buf, &tag).unwrap();
+                let tag = aead::Cipher::Aes256Gcm
+                    .seal_detached(&[9u8; 32], &nonce, b"", &mut buf)
+                    .unwrap();
+                aead::Cipher::Aes256Gcm
+                    .open_detached(&[9u8; 32], &nonce, b"", &mut buf, &tag)
+                    .unwrap();
                 buf
             })
         });

@@ -11,13 +11,13 @@
 //! The output is byte for byte RustCrypto's (tests below, with the RFC's and the draft's
 //! vectors), so nothing sealed before changes.
 //!
-//! [`aes256gcm`]: AES-256-GCM, also from AWS-LC, for the relay's sealed envelopes in its
+//! [`Cipher::Aes256Gcm`]: AES-256-GCM, also from AWS-LC, for the relay's sealed envelopes in its
 //! body file (data directory format 5), each under a key of its own used once. With the
 //! AES and carry-less multiply instructions every server processor has, it seals and
 //! opens 4 KiB several times as fast as ChaCha20-Poly1305 (BENCHMARKS.md, "Cutting the
 //! relay's CPU per envelope").
 
-use aws_lc_rs::aead::{Aad, Algorithm, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
 use chacha20::cipher::consts::U10;
 use thiserror::Error;
 use zeroize::{Zeroize, Zeroizing};
@@ -38,40 +38,60 @@ pub const TAG_LEN: usize = 16;
 pub struct AeadError;
 
 fn key(key: &[u8; KEY_LEN]) -> Result<LessSafeKey, AeadError> {
-    key_of(&CHACHA20_POLY1305, key)
+    Cipher::ChaCha20Poly1305.key(key)
 }
 
-fn key_of(algorithm: &'static Algorithm, key: &[u8; KEY_LEN]) -> Result<LessSafeKey, AeadError> {
-    UnboundKey::new(algorithm, key)
-        .map(LessSafeKey::new)
-        .map_err(|_| AeadError)
+/// An AEAD with 32-byte keys, 12-byte nonces and 16-byte tags, on AWS-LC. A (key, nonce)
+/// pair must never seal twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cipher {
+    /// ChaCha20-Poly1305 (RFC 8439).
+    ChaCha20Poly1305,
+    /// AES-256-GCM (NIST SP 800-38D).
+    Aes256Gcm,
 }
 
-fn seal_detached_with(
-    algorithm: &'static Algorithm,
-    k: &[u8; KEY_LEN],
-    nonce: &[u8; NONCE_LEN],
-    aad: &[u8],
-    in_out: &mut [u8],
-) -> Result<[u8; TAG_LEN], AeadError> {
-    let tag = key_of(algorithm, k)?
-        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), in_out)
-        .map_err(|_| AeadError)?;
-    tag.as_ref().try_into().map_err(|_| AeadError)
-}
+impl Cipher {
+    fn key(self, key: &[u8; KEY_LEN]) -> Result<LessSafeKey, AeadError> {
+        let algorithm = match self {
+            Cipher::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+            Cipher::Aes256Gcm => &AES_256_GCM,
+        };
+        UnboundKey::new(algorithm, key)
+            .map(LessSafeKey::new)
+            .map_err(|_| AeadError)
+    }
 
-fn open_detached_with(
-    algorithm: &'static Algorithm,
-    k: &[u8; KEY_LEN],
-    nonce: &[u8; NONCE_LEN],
-    aad: &[u8],
-    in_out: &mut [u8],
-    tag: &[u8; TAG_LEN],
-) -> Result<(), AeadError> {
-    key_of(algorithm, k)?
-        .open_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), tag, in_out)
-        .map(|_| ())
-        .map_err(|_| AeadError)
+    /// Encrypts `in_out` in place and returns the tag.
+    pub fn seal_detached(
+        self,
+        k: &[u8; KEY_LEN],
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AeadError> {
+        let tag = self
+            .key(k)?
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), in_out)
+            .map_err(|_| AeadError)?;
+        tag.as_ref().try_into().map_err(|_| AeadError)
+    }
+
+    /// Decrypts `in_out` in place if `tag` authenticates it. On failure `in_out` holds
+    /// bytes to throw away (neither the ciphertext nor a plaintext).
+    pub fn open_detached(
+        self,
+        k: &[u8; KEY_LEN],
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), AeadError> {
+        self.key(k)?
+            .open_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), tag, in_out)
+            .map(|_| ())
+            .map_err(|_| AeadError)
+    }
 }
 
 /// Encrypts `in_out` in place under ChaCha20-Poly1305 and returns the tag.
@@ -81,7 +101,7 @@ pub fn seal_detached(
     aad: &[u8],
     in_out: &mut [u8],
 ) -> Result<[u8; TAG_LEN], AeadError> {
-    seal_detached_with(&CHACHA20_POLY1305, k, nonce, aad, in_out)
+    Cipher::ChaCha20Poly1305.seal_detached(k, nonce, aad, in_out)
 }
 
 /// Decrypts `in_out` in place under ChaCha20-Poly1305 if `tag` authenticates it. On
@@ -93,35 +113,7 @@ pub fn open_detached(
     in_out: &mut [u8],
     tag: &[u8; TAG_LEN],
 ) -> Result<(), AeadError> {
-    open_detached_with(&CHACHA20_POLY1305, k, nonce, aad, in_out, tag)
-}
-
-/// AES-256-GCM (NIST SP 800-38D) from AWS-LC: 32-byte keys, 12-byte nonces, 16-byte tags.
-/// A (key, nonce) pair must never seal twice.
-pub mod aes256gcm {
-    use super::{AeadError, AES_256_GCM, KEY_LEN, NONCE_LEN, TAG_LEN};
-
-    /// Encrypts `in_out` in place and returns the tag.
-    pub fn seal_detached(
-        k: &[u8; KEY_LEN],
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        in_out: &mut [u8],
-    ) -> Result<[u8; TAG_LEN], AeadError> {
-        super::seal_detached_with(&AES_256_GCM, k, nonce, aad, in_out)
-    }
-
-    /// Decrypts `in_out` in place if `tag` authenticates it. On failure `in_out` holds
-    /// bytes to throw away.
-    pub fn open_detached(
-        k: &[u8; KEY_LEN],
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        in_out: &mut [u8],
-        tag: &[u8; TAG_LEN],
-    ) -> Result<(), AeadError> {
-        super::open_detached_with(&AES_256_GCM, k, nonce, aad, in_out, tag)
-    }
+    Cipher::ChaCha20Poly1305.open_detached(k, nonce, aad, in_out, tag)
 }
 
 /// ChaCha20-Poly1305: `plaintext` sealed, followed by its tag.
@@ -257,16 +249,16 @@ mod tests {
     fn aes256gcm_vector_and_tampering() {
         let (k, n) = ([0u8; 32], [0u8; 12]);
         let mut buf = [0u8; 16];
-        let tag = aes256gcm::seal_detached(&k, &n, b"", &mut buf).unwrap();
+        let tag = Cipher::Aes256Gcm.seal_detached(&k, &n, b"", &mut buf).unwrap();
         assert_eq!(buf.to_vec(), hex("cea7403d4d606b6e074ec5d3baf39d18"));
         assert_eq!(tag.to_vec(), hex("d0d1c8a799996bf0265b98b5d48ab919"));
-        aes256gcm::open_detached(&k, &n, b"", &mut buf, &tag).unwrap();
+        Cipher::Aes256Gcm.open_detached(&k, &n, b"", &mut buf, &tag).unwrap();
         assert_eq!(buf, [0u8; 16]);
 
         let k = key32();
         let n = [9u8; 12];
         let mut sealed = PLAINTEXT.to_vec();
-        let tag = aes256gcm::seal_detached(&k, &n, b"aad", &mut sealed).unwrap();
+        let tag = Cipher::Aes256Gcm.seal_detached(&k, &n, b"aad", &mut sealed).unwrap();
         for bit in 0..(sealed.len() + TAG_LEN) * 8 {
             let (mut c, mut t) = (sealed.clone(), tag);
             match bit / 8 {
@@ -274,20 +266,22 @@ mod tests {
                 i => t[i - c.len()] ^= 1 << (bit % 8),
             }
             assert_eq!(
-                aes256gcm::open_detached(&k, &n, b"aad", &mut c, &t),
+                Cipher::Aes256Gcm.open_detached(&k, &n, b"aad", &mut c, &t),
                 Err(AeadError),
                 "bit {bit}"
             );
         }
         let mut c = sealed.clone();
-        assert!(aes256gcm::open_detached(&k, &n, b"aaD", &mut c, &tag).is_err());
+        assert!(Cipher::Aes256Gcm.open_detached(&k, &n, b"aaD", &mut c, &tag).is_err());
         let mut c = sealed.clone();
-        assert!(aes256gcm::open_detached(&k, &[8; 12], b"aad", &mut c, &tag).is_err());
+        assert!(Cipher::Aes256Gcm
+            .open_detached(&k, &[8; 12], b"aad", &mut c, &tag)
+            .is_err());
         // Not ChaCha20-Poly1305 under another name.
         let mut c = sealed.clone();
         assert!(open_detached(&k, &n, b"aad", &mut c, &tag).is_err());
         let mut c = sealed;
-        aes256gcm::open_detached(&k, &n, b"aad", &mut c, &tag).unwrap();
+        Cipher::Aes256Gcm.open_detached(&k, &n, b"aad", &mut c, &tag).unwrap();
         assert_eq!(c, PLAINTEXT);
     }
 

@@ -1115,6 +1115,13 @@ pub(crate) mod tests {
             joiner.channel = Some(ch);
         }
 
+        /// `from` commits an update of its own keys and merges it; `to` reads the commit.
+        fn update(from: &mut Member, to: &mut Member) {
+            let out = from.with(|ch, p, id| ch.self_update(p, id, None)).unwrap();
+            from.with(|ch, p, _| ch.merge_pending(p)).unwrap();
+            assert!(matches!(to.process(&out.commit), Received::Commit { .. }));
+        }
+
         fn reload_all(members: &mut [&mut Member]) {
             for m in members.iter_mut() {
                 m.reload();
@@ -1262,9 +1269,7 @@ pub(crate) mod tests {
             // Past epochs each holds: Alice saw the epoch before Bob joined.
             let mut past = [1, 0];
             for round in 0..MAX_PAST_EPOCHS + 2 {
-                let out = alice.with(|ch, p, id| ch.self_update(p, id, None)).unwrap();
-                alice.with(|ch, p, _| ch.merge_pending(p)).unwrap();
-                bob.process(&out.commit);
+                update(&mut alice, &mut bob);
                 for _ in 0..3 {
                     let m = alice.say("hello");
                     bob.hear(&m);
@@ -1306,11 +1311,6 @@ pub(crate) mod tests {
             let mut alice = founder("alice", suite);
             let mut bob = member("bob");
             admit(&mut alice, &mut bob, &mut [], suite);
-            let update = |alice: &mut Member, bob: &mut Member| {
-                let out = alice.with(|ch, p, id| ch.self_update(p, id, None)).unwrap();
-                alice.with(|ch, p, _| ch.merge_pending(p)).unwrap();
-                assert!(matches!(bob.process(&out.commit), Received::Commit { .. }));
-            };
             // A commit leaves a channel not known to equal the store until loaded again,
             // as the client does for every operation.
             let load = |m: &mut Member| {

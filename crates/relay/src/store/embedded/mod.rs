@@ -114,7 +114,8 @@ mod writer;
 pub use at_rest::{ENVELOPE_BODY_FILE, ENVELOPE_KEY_FILE};
 pub use upgrade::FORMAT;
 
-use at_rest::{open_apart, open_sealed, BodyFile, Cipher, KeyFile, Unopened};
+use at_rest::{open_apart, open_sealed, BodyFile, KeyFile, Unopened};
+use backchannel_core::aead::Cipher;
 use record::{record_key, record_seq, EnvelopeValue, MailboxRecord};
 use writer::{Answer, Done, Reply, Write};
 use zeroize::Zeroizing;

@@ -574,15 +574,7 @@ fn a_format_4_data_directory_reads_its_inline_envelopes_and_stores_new_ones_apar
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.redb");
     let (id, cap) = (MailboxId([1; 32]), [2u8; 32]);
-    let envelopes: Vec<Envelope> = (0..3).map(|_| random_env()).collect();
-    {
-        let s = open(dir.path(), 10);
-        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
-        for e in &envelopes {
-            s.send(cap, e.clone(), u64::MAX, ProvenWork::NONE).unwrap();
-        }
-    }
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    let envelopes = three_envelopes(dir.path(), |_| {});
     let touched_before = touched(&path);
     // As format 4 wrote it: the sealed envelopes inline, no body file.
     {
@@ -591,15 +583,7 @@ fn a_format_4_data_directory_reads_its_inline_envelopes_and_stores_new_ones_apar
         let txn = db.begin_write().unwrap();
         {
             let mut envs = txn.open_table(ENVELOPES).unwrap();
-            let all: Vec<(Vec<u8>, Vec<u8>)> = envs
-                .iter()
-                .unwrap()
-                .map(|e| {
-                    let (k, v) = e.unwrap();
-                    (k.value().to_vec(), v.value().to_vec())
-                })
-                .collect();
-            for (k, v) in all {
+            for (k, v) in entries(&envs) {
                 envs.insert(&k[..], &as_version_1(dir.path(), &k, &v)[..]).unwrap();
             }
         }
@@ -657,7 +641,11 @@ fn a_format_4_data_directory_reads_its_inline_envelopes_and_stores_new_ones_apar
 fn touched(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let db = Database::open(path).unwrap();
     let txn = db.begin_read().unwrap();
-    let t = txn.open_table(TOUCHED).unwrap();
+    entries(&txn.open_table(TOUCHED).unwrap())
+}
+
+/// Every key and value of a table, in order.
+fn entries(t: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Vec<(Vec<u8>, Vec<u8>)> {
     t.iter()
         .unwrap()
         .map(|e| {
@@ -665,6 +653,24 @@ fn touched(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
             (k.value().to_vec(), v.value().to_vec())
         })
         .collect()
+}
+
+/// A closed data directory holding mailbox [1; 32] (send capability [2; 32]) with three
+/// random envelopes, after `then` ran on the open store. Returns the envelopes.
+fn three_envelopes(dir: &Path, then: impl FnOnce(&EmbeddedStore)) -> Vec<Envelope> {
+    let cap = [2u8; 32];
+    let envelopes: Vec<Envelope> = (0..3).map(|_| random_env()).collect();
+    {
+        let s = open(dir, 10);
+        s.create(MailboxId([1; 32]), [3; 32], Sha256::digest(cap).into(), 0)
+            .unwrap();
+        for e in &envelopes {
+            s.send(cap, e.clone(), u64::MAX, ProvenWork::NONE).unwrap();
+        }
+        then(&s);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    envelopes
 }
 
 #[test]
@@ -941,15 +947,7 @@ fn rewrite_as_format_1(path: &Path) {
     let txn = db.begin_write().unwrap();
     for table in [MAILBOXES, SENDERS, ENVELOPES] {
         let mut t = txn.open_table(table).unwrap();
-        let all: Vec<(Vec<u8>, Vec<u8>)> = t
-            .iter()
-            .unwrap()
-            .map(|e| {
-                let (k, v) = e.unwrap();
-                (k.value().to_vec(), v.value().to_vec())
-            })
-            .collect();
-        for (k, mut v) in all {
+        for (k, mut v) in entries(&t) {
             // An envelope record takes its sealed envelope back inline.
             if v[0] == record::ENVELOPE_VERSION && v.len() == record::ENVELOPE_RECORD_LEN {
                 v = as_version_1(dir, &k, &v);
@@ -981,7 +979,13 @@ fn as_version_1(dir: &Path, record_key: &[u8], v: &[u8]) -> Vec<u8> {
     let tag: [u8; 16] = v[17..].try_into().unwrap();
     let envelope = at_rest::open_apart(&keys, &bodies, &aad, slot, &tag).ok().unwrap();
     let key = keys.read(slot).unwrap();
-    let sealed = at_rest::seal(at_rest::Cipher::ChaCha20Poly1305, &key, &aad, envelope.as_bytes()).unwrap();
+    let sealed = at_rest::seal(
+        backchannel_core::aead::Cipher::ChaCha20Poly1305,
+        &key,
+        &aad,
+        envelope.as_bytes(),
+    )
+    .unwrap();
     record::encode_envelope_value_v1(expires_at, slot, &sealed)
 }
 
@@ -1008,16 +1012,9 @@ fn a_format_1_data_directory_is_converted_and_keeps_its_envelopes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.redb");
     let (id, cap) = (MailboxId([1; 32]), [2u8; 32]);
-    let envelopes: Vec<Envelope> = (0..3).map(|_| random_env()).collect();
-    {
-        let s = open(dir.path(), 10);
-        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
-        for e in &envelopes {
-            s.send(cap, e.clone(), u64::MAX, ProvenWork::NONE).unwrap();
-        }
+    let envelopes = three_envelopes(dir.path(), |s| {
         s.claim(cap, 0, ClaimProof::Token([7; 32]), None).unwrap();
-    }
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    });
     rewrite_as_format_1(&path);
     assert!(record_versions(&path)
         .iter()

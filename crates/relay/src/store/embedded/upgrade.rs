@@ -29,10 +29,11 @@ use std::ops::Bound;
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::at_rest::{fresh_key, seal, Cipher, EnvelopeKey, KeyFile, SlotBook};
+use super::at_rest::{fresh_key, seal, EnvelopeKey, KeyFile, SlotBook};
 use super::record::{decode_sender, encode_envelope_value_v1, encode_sender, EnvelopeValue, MailboxRecord};
 use super::{expiry_key, idle_key, ENVELOPES, EXPIRY, IDLE, MAILBOXES, MAX_BATCH, SENDERS, TOUCHED};
 use crate::store::StoreError;
+use backchannel_core::aead::Cipher;
 use backchannel_core::mailbox::MailboxId;
 
 /// The data directory format this code writes. Format 3 added the expiry index

@@ -12,13 +12,14 @@
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use backchannel_core::aead::Cipher;
 use backchannel_core::envelope::{Envelope, ENVELOPE_SIZE};
 use backchannel_core::mailbox::MailboxId;
 use backchannel_core::pow::ProvenWork;
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 use zeroize::Zeroizing;
 
-use super::at_rest::{fresh_key, seal, zero_slots, BodyFile, Cipher, EnvelopeKey, KeyFile, SlotBook};
+use super::at_rest::{fresh_key, seal, zero_slots, BodyFile, EnvelopeKey, KeyFile, SlotBook};
 use super::nameplate::{self, NameplateKey};
 use super::record::{encode_envelope_record, encode_sender, record_key, EnvelopeValue, MailboxRecord, TAG_LEN};
 use super::{
