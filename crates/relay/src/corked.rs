@@ -24,6 +24,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// does not read its answers stops the connection at the socket, as before).
 const LIMIT: usize = 64 * 1024;
 
+/// What an empty buffer takes at its first write: room for a few frames' records, so that
+/// a batch of answers is not copied again as the buffer grows record by record.
+const FIRST: usize = 16 * 1024;
+
 /// A stream whose writes are held until [`AsyncWrite::poll_flush`] (see the module
 /// documentation).
 #[derive(Debug)]
@@ -42,6 +46,14 @@ impl<S> Corked<S> {
             held: Vec::new(),
             sent: 0,
         }
+    }
+}
+
+impl<S> Corked<S> {
+    /// Room for `len` more bytes, and for [`FIRST`] at least in an empty buffer.
+    fn make_room(&mut self, len: usize) {
+        let want = if self.held.capacity() == 0 { len.max(FIRST) } else { len };
+        self.held.reserve(want);
     }
 }
 
@@ -72,6 +84,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
         if self.held.len() - self.sent + buf.len() > LIMIT {
             ready!(self.poll_drain(cx))?;
         }
+        self.make_room(buf.len());
         self.held.extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -85,7 +98,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
         if self.held.len() - self.sent + len > LIMIT {
             ready!(self.poll_drain(cx))?;
         }
-        self.held.reserve(len);
+        self.make_room(len);
         for b in bufs {
             self.held.extend_from_slice(b);
         }
