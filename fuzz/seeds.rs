@@ -1148,10 +1148,11 @@ fn state(out: &mut Out, bob: &Member, group_id: Vec<u8>) {
     out.seed("vault", "default-params-header-format-2", &default_params);
 }
 
-const TABLES: [TableDefinition<&[u8], &[u8]>; 3] = [
+const TABLES: [TableDefinition<&[u8], &[u8]>; 4] = [
     TableDefinition::new("mailboxes"),
     TableDefinition::new("senders"),
     TableDefinition::new("envelopes"),
+    TableDefinition::new("expiry"),
 ];
 
 /// Records of a real store, read back from its files.

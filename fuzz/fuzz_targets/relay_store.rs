@@ -25,10 +25,11 @@ use libfuzzer_sys::fuzz_target;
 use redb::{Database, TableDefinition};
 use sha2::{Digest, Sha256};
 
-const TABLES: [TableDefinition<&[u8], &[u8]>; 3] = [
+const TABLES: [TableDefinition<&[u8], &[u8]>; 4] = [
     TableDefinition::new("mailboxes"),
     TableDefinition::new("senders"),
     TableDefinition::new("envelopes"),
+    TableDefinition::new("expiry"),
 ];
 const MAX_ENVELOPES: u32 = 8;
 /// The table of the data directory's format version.

@@ -17,7 +17,7 @@ use redb::{Database, ReadableTable};
 use zeroize::Zeroizing;
 
 use super::record::{EnvelopeValue, SEALED_LEN, SLOT_LEN};
-use super::{count_off, expiry_key, ENVELOPES, EXPIRY, MAILBOXES};
+use super::{add_expiring, count_off, expiry_key, ENVELOPES, EXPIRY, MAILBOXES};
 use crate::store::StoreError;
 
 /// The file of per-envelope keys, in the directory of the redb file: an array of
@@ -406,14 +406,13 @@ fn remove_records(db: &Database, record_keys: &[Vec<u8>]) -> Result<(), StoreErr
                 .remove(&k[..])
                 .map_err(StoreError::database(DOING))?
                 .map(|v| v.value().to_vec());
-            if let Some(Ok(value)) = removed.as_deref().map(EnvelopeValue::parse) {
-                expiry
-                    .remove(&expiry_key(value.expires_at(), k)[..])
-                    .map_err(StoreError::database(DOING))?;
-            }
+            // A record with a short key (a damaged store) is removed, nothing else.
             let Some(id) = super::record::record_mailbox(k) else {
                 continue;
             };
+            if let Some(Ok(value)) = removed.as_deref().map(EnvelopeValue::parse) {
+                add_expiring(&mut expiry, &expiry_key(value.expires_at(), &id), -1)?;
+            }
             count_off(&mut boxes, &id)?;
         }
     }

@@ -136,9 +136,15 @@ const ENVELOPES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("envelopes
 /// earlier release never opens it.
 const HELD: TableDefinition<&[u8], &[u8]> = TableDefinition::new("held");
 
-/// expiry (u64 BE) || envelope record key (40) -> nothing: the envelopes by when they
-/// expire, so that a sweep reads only what has expired, whatever the store holds. Added in
-/// data directory format 3 (`upgrade::index_expiries` builds it for an older directory).
+/// expiry (u64 BE, Unix seconds) || receive id (32) -> how many of the mailbox's envelopes
+/// expire at that second (u32 BE, never zero: the entry goes when it would be). A sweep
+/// reads only the entries due, then takes that many expired envelopes from each due
+/// mailbox, oldest first: its cost is what has expired, whatever the store holds. A count
+/// rather than an entry per envelope (formats 3 to 5) because the writer changes each
+/// count once per batch, not once per send and once per ack (BENCHMARKS.md, "Cutting the
+/// relay's CPU per envelope"); it says no more than the records it counts. Added in data
+/// directory format 3, counts since format 6 (`upgrade::index_expiries` builds it for an
+/// older directory).
 const EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("expiry");
 
 /// receive id (32) -> when the mailbox was last used (u64 BE, Unix seconds): made, opened
@@ -200,12 +206,37 @@ fn idle_key(at: u64, id: &MailboxId) -> [u8; 40] {
     k
 }
 
-/// The key of an envelope in [`EXPIRY`].
-fn expiry_key(expires_at: u64, record_key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + record_key.len());
-    k.extend_from_slice(&expires_at.to_be_bytes());
-    k.extend_from_slice(record_key);
+/// The key of mailbox `id`'s count of envelopes expiring at `expires_at` in [`EXPIRY`].
+fn expiry_key(expires_at: u64, id: &MailboxId) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..8].copy_from_slice(&expires_at.to_be_bytes());
+    k[8..].copy_from_slice(&id.0);
     k
+}
+
+/// A count in [`EXPIRY`] (a damaged one counts one: the sweep then looks for one envelope).
+fn expiry_count(value: &[u8]) -> u64 {
+    <[u8; 4]>::try_from(value).map_or(1, |c| u64::from(u32::from_be_bytes(c)))
+}
+
+/// Adds `delta` to the count under `key` in [`EXPIRY`]; a count that reaches zero (or less,
+/// in a damaged store) is removed.
+fn add_expiring(expiry: &mut Table<'_>, key: &[u8; 40], delta: i64) -> Result<(), StoreError> {
+    const DOING: &str = "counting envelopes by expiry";
+    let was = expiry
+        .get(&key[..])
+        .map_err(StoreError::database(DOING))?
+        .map_or(0, |v| expiry_count(v.value()));
+    let now = i64::try_from(was).unwrap_or(i64::MAX).saturating_add(delta);
+    if now <= 0 {
+        expiry.remove(&key[..]).map_err(StoreError::database(DOING))?;
+    } else {
+        let now = u32::try_from(now).unwrap_or(u32::MAX);
+        expiry
+            .insert(&key[..], &now.to_be_bytes()[..])
+            .map_err(StoreError::database(DOING))?;
+    }
+    Ok(())
 }
 
 /// redb's page cache.
@@ -243,10 +274,7 @@ fn held_key(id: &MailboxId, epoch: u64) -> [u8; 33] {
 /// One envelope fewer in a mailbox (gone already is fine).
 fn count_off(boxes: &mut Table<'_>, id: &MailboxId) -> Result<(), StoreError> {
     if let Some(rec) = get_record(boxes, id)? {
-        let rec = MailboxRecord {
-            count: rec.count.saturating_sub(1),
-            ..rec
-        };
+        let rec = rec.counted_off();
         boxes
             .insert(&id.0[..], &rec.encode()[..])
             .map_err(StoreError::database("counting off a deleted envelope"))?;
@@ -361,14 +389,14 @@ impl EmbeddedStore {
         if let upgrade::Found::Format1 = found {
             upgrade::finish_format1(&db)?;
         }
-        if matches!(found, upgrade::Found::Format1 | upgrade::Found::Older(2)) {
-            upgrade::index_expiries(&db)?;
-        }
         match found {
             upgrade::Found::Format1 | upgrade::Found::Older(..=3) => {
+                upgrade::index_expiries(&db, 3)?;
                 upgrade::index_touches(&db, writer::now_secs())?;
             }
-            upgrade::Found::Older(_) => upgrade::bodies_apart(&db)?,
+            // Formats 4 and 5 have the mailboxes' dates; format 4 needs nothing for the
+            // body file (`upgrade`).
+            upgrade::Found::Older(_) => upgrade::index_expiries(&db, upgrade::FORMAT)?,
             upgrade::Found::New | upgrade::Found::Current => {}
         }
         // Nameplates of an earlier run are sealed under a key gone with it ([`nameplate`]).

@@ -90,6 +90,14 @@ pub(crate) struct MailboxRecord {
 }
 
 impl MailboxRecord {
+    /// The record with one envelope fewer.
+    pub(crate) fn counted_off(self) -> Self {
+        Self {
+            count: self.count.saturating_sub(1),
+            ..self
+        }
+    }
+
     /// Version 2: the version 1 layout and a flags byte (bit 0: the claims are locked).
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(MAILBOX_RECORD_LEN);

@@ -566,9 +566,10 @@ fn a_record_whose_body_is_missing_is_removed_and_a_changed_body_is_refused() {
     s.send(cap, env(3), u64::MAX, ProvenWork::NONE).unwrap();
 }
 
-/// A data directory of format 4 (envelope records of version 1, inline) opens as it
-/// is: its envelopes read, acknowledge and expire, the new ones go to the body file, and
-/// the directory is format 5 from then on, its mailboxes' idle dates untouched.
+/// A data directory of format 4 (envelope records of version 1, inline, and an expiry
+/// index entry per envelope) opens: its envelopes read, acknowledge and expire, the new
+/// ones go to the body file, the index counts them, and the directory is format 6 from then
+/// on, its mailboxes' idle dates untouched.
 #[test]
 fn a_format_4_data_directory_reads_its_inline_envelopes_and_stores_new_ones_apart() {
     let dir = tempfile::tempdir().unwrap();
@@ -583,8 +584,12 @@ fn a_format_4_data_directory_reads_its_inline_envelopes_and_stores_new_ones_apar
         let txn = db.begin_write().unwrap();
         {
             let mut envs = txn.open_table(ENVELOPES).unwrap();
+            let mut index = txn.open_table(EXPIRY).unwrap();
+            index.retain(|_, _| false).unwrap();
             for (k, v) in entries(&envs) {
                 envs.insert(&k[..], &as_version_1(dir.path(), &k, &v)[..]).unwrap();
+                let per_envelope = [&u64::MAX.to_be_bytes()[..], &k[..]].concat();
+                index.insert(&per_envelope[..], &[][..]).unwrap();
             }
         }
         txn.open_table(redb::TableDefinition::<&str, u32>::new("format"))
@@ -631,10 +636,62 @@ fn a_format_4_data_directory_reads_its_inline_envelopes_and_stores_new_ones_apar
         .unwrap()
         .map(|v| v.value());
     assert_eq!(format, Some(FORMAT));
-    assert_eq!(FORMAT, 5);
+    assert_eq!(FORMAT, 6);
     drop(txn);
     drop(db);
     assert_eq!(touched(&path), touched_before, "the idle dates are kept");
+    assert_eq!(
+        expiry_counts(&path),
+        vec![(u64::MAX, id, 3)],
+        "the entries per envelope became one count"
+    );
+}
+
+/// A data directory of format 5 (an expiry index entry per envelope, which acks and
+/// deletions removed) has its index counted again on open: the sweep then takes what has
+/// expired, and an index entry per envelope is never read as a count.
+#[test]
+fn a_format_5_data_directory_has_its_expiry_index_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.redb");
+    let (id, cap) = (MailboxId([1; 32]), [2u8; 32]);
+    {
+        let s = open(dir.path(), 10);
+        s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+        for (i, at) in [(1u8, 100), (2, 100), (3, 300)] {
+            s.send(cap, env(i), at, ProvenWork::NONE).unwrap();
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // As format 5 left it: an entry per envelope, expiry || record key -> nothing.
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let envs = txn.open_table(ENVELOPES).unwrap();
+            let mut index = txn.open_table(EXPIRY).unwrap();
+            index.retain(|_, _| false).unwrap();
+            for (k, v) in entries(&envs) {
+                let at = record::EnvelopeValue::parse(&v).unwrap().expires_at();
+                let per_envelope = [&at.to_be_bytes()[..], &k[..]].concat();
+                index.insert(&per_envelope[..], &[][..]).unwrap();
+            }
+        }
+        txn.open_table(redb::TableDefinition::<&str, u32>::new("format"))
+            .unwrap()
+            .insert("data directory", 5)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    {
+        let s = open(dir.path(), 10);
+        assert_eq!(s.expire(99).unwrap(), 0);
+        assert_eq!(s.expire(100).unwrap(), 2, "the two that expired at 100");
+        let left: Vec<u64> = s.fetch(&[id], 10).unwrap().iter().map(|d| d.seq).collect();
+        assert_eq!(left, vec![3]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(expiry_counts(&path), vec![(300, id, 1)]);
 }
 
 /// When each mailbox was last used, from [`TOUCHED`].
@@ -1247,16 +1304,27 @@ fn held_commits_stay_within_the_relays_bound() {
     assert_eq!(&*s.held_commit(full_cap, 0, [1; 32]).unwrap(), &commit[..]);
 }
 
-/// The expiry index's entries, read from the database as an operator could.
-fn expiry_entries(path: &Path) -> u64 {
+/// The expiry index's counts (expiry, mailbox, count), read from the database as an
+/// operator could.
+fn expiry_counts(path: &Path) -> Vec<(u64, MailboxId, u32)> {
     let db = Database::open(path).unwrap();
     let txn = db.begin_read().unwrap();
-    txn.open_table(EXPIRY).unwrap().len().unwrap()
+    entries(&txn.open_table(EXPIRY).unwrap())
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                u64::from_be_bytes(k[..8].try_into().unwrap()),
+                MailboxId(k[8..].try_into().unwrap()),
+                u32::from_be_bytes(v[..].try_into().unwrap()),
+            )
+        })
+        .collect()
 }
 
 /// Issue 17, point 5: the sweep takes what has expired from the expiry index (its cost does
-/// not grow with what the store holds: `benches/sweep.rs`), and the index keeps exactly one
-/// entry per stored envelope through sends, acknowledgements, deletions and sweeps.
+/// not grow with what the store holds: `benches/sweep.rs`), and the index counts exactly
+/// the stored envelopes, per mailbox and expiry, through sends, acknowledgements, deletions
+/// and sweeps.
 #[test]
 fn the_sweep_deletes_what_expired_and_the_index_follows_every_envelope() {
     let dir = tempfile::tempdir().unwrap();
@@ -1290,20 +1358,45 @@ fn the_sweep_deletes_what_expired_and_the_index_follows_every_envelope() {
     }
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(
-        expiry_entries(&dir.path().join("m.redb")),
-        298,
-        "one index entry per envelope"
+        expiry_counts(&dir.path().join("m.redb")),
+        vec![(10_000, long, 298)],
+        "one count for the mailbox's envelopes expiring in the same second"
     );
     let s = open(dir.path(), 1000);
     assert_eq!(s.expire(10_000).unwrap(), 298);
     assert_eq!(s.stats().unwrap().envelopes, 0);
     drop(s);
     std::thread::sleep(std::time::Duration::from_millis(100));
-    assert_eq!(expiry_entries(&dir.path().join("m.redb")), 0);
+    assert_eq!(expiry_counts(&dir.path().join("m.redb")), vec![]);
 }
 
-/// An index entry that names a record key used again since (left by a release that kept no
-/// index) does not take the newer envelope with it: the sweep goes by the record's own expiry.
+/// When the envelope lifetime is shortened (or the clock steps back), a mailbox's envelopes
+/// no longer expire in the order they came: the sweep goes past those that have not expired
+/// to take those that have, and leaves the others counted.
+#[test]
+fn an_envelope_expires_on_time_behind_an_older_one_that_lives_longer() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = MailboxId([1; 32]);
+    let cap = [2u8; 32];
+    let s = open(dir.path(), 100);
+    s.create(id, [3; 32], Sha256::digest(cap).into(), 0).unwrap();
+    for (i, at) in [(1u8, 5_000), (2, 100), (3, 5_000), (4, 100), (5, 200)] {
+        s.send(cap, env(i), at, ProvenWork::NONE).unwrap();
+    }
+    assert_eq!(s.expire(150).unwrap(), 2);
+    let left: Vec<u64> = s.fetch(&[id], 15).unwrap().iter().map(|d| d.seq).collect();
+    assert_eq!(left, vec![1, 3, 5]);
+    assert_eq!(s.expire(200).unwrap(), 1);
+    assert_eq!(s.expire(4_999).unwrap(), 0);
+    assert_eq!(s.expire(5_000).unwrap(), 2);
+    assert_eq!(s.stats().unwrap().envelopes, 0);
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(expiry_counts(&dir.path().join("m.redb")), vec![]);
+}
+
+/// A count that says more than the mailbox holds (a damaged store) does not take an
+/// envelope that has not expired with it: the sweep goes by the records' own expiry.
 #[test]
 fn a_stale_index_entry_never_deletes_an_envelope_that_has_not_expired() {
     let dir = tempfile::tempdir().unwrap();
@@ -1320,7 +1413,7 @@ fn a_stale_index_entry_never_deletes_an_envelope_that_has_not_expired() {
         let txn = db.begin_write().unwrap();
         txn.open_table(EXPIRY)
             .unwrap()
-            .insert(&expiry_key(50, &record_key(&id, 1))[..], &[][..])
+            .insert(&expiry_key(50, &id)[..], &3u32.to_be_bytes()[..])
             .unwrap();
         txn.commit().unwrap();
     }
@@ -1331,9 +1424,9 @@ fn a_stale_index_entry_never_deletes_an_envelope_that_has_not_expired() {
     drop(s);
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(
-        expiry_entries(&dir.path().join("m.redb")),
-        0,
-        "the stale entry is gone too"
+        expiry_counts(&dir.path().join("m.redb")),
+        vec![],
+        "the stale count is gone too"
     );
 }
 

@@ -1,9 +1,12 @@
 //! The data directory's format version, and the conversion of older layouts.
 //!
-//! Format 5 (this code) is format 4 with envelope records of version 2, whose sealed
+//! Format 6 (this code) is format 5 with the expiry index ([`super::EXPIRY`]) counting a
+//! mailbox's envelopes per expiry second instead of holding an entry per envelope:
+//! [`index_expiries`] counts them again for a directory of format 3, 4 or 5.
+//! Format 5 is format 4 with envelope records of version 2, whose sealed
 //! envelope lies in the body file ([`super::at_rest::ENVELOPE_BODY_FILE`]) rather than in
-//! redb; records of version 1 read as they are, so a directory of format 4 only has its
-//! version written ([`bodies_apart`]), and a release of format 4 refuses a directory of
+//! redb; records of version 1 read as they are, so a directory of format 4 needs nothing
+//! converted for it, and a release of format 4 refuses a directory of
 //! format 5 whole instead of its new records one by one.
 //! Format 4 is format 3 with when each mailbox was last used
 //! ([`super::TOUCHED`], indexed in [`super::IDLE`]), which [`index_touches`] builds for an
@@ -25,21 +28,26 @@
 //!   version is written. A crash midway leaves records of both layouts, which read
 //!   alike, and the next open finishes the conversion.
 
+use std::collections::HashMap;
 use std::ops::Bound;
 
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::at_rest::{fresh_key, seal, EnvelopeKey, KeyFile, SlotBook};
-use super::record::{decode_sender, encode_envelope_value_v1, encode_sender, EnvelopeValue, MailboxRecord};
-use super::{expiry_key, idle_key, ENVELOPES, EXPIRY, IDLE, MAILBOXES, MAX_BATCH, SENDERS, TOUCHED};
+use super::record::{
+    decode_sender, encode_envelope_value_v1, encode_sender, record_mailbox, EnvelopeValue, MailboxRecord,
+};
+use super::{
+    add_expiring, expiry_key, idle_key, ENVELOPES, EXPIRY, IDLE, MAILBOXES, MAX_BATCH, SENDERS, TOUCHED,
+};
 use crate::store::StoreError;
 use backchannel_core::aead::Cipher;
 use backchannel_core::mailbox::MailboxId;
 
 /// The data directory format this code writes. Format 3 added the expiry index
 /// ([`super::EXPIRY`]), format 4 when each mailbox was last used ([`super::TOUCHED`]),
-/// format 5 the body file.
-pub const FORMAT: u32 = 5;
+/// format 5 the body file, format 6 the expiry index's counts.
+pub const FORMAT: u32 = 6;
 
 /// The table of format versions.
 const FORMATS: TableDefinition<&str, u32> = TableDefinition::new("format");
@@ -52,8 +60,9 @@ pub(crate) enum Found {
     New,
     /// Format 1 (no version written): to convert.
     Format1,
-    /// Format 2, 3 or 4: versioned records, without the expiry index (2), without when
-    /// each mailbox was used (3), or without the body file (4).
+    /// Format 2 to 5: versioned records, without the expiry index (2), without when
+    /// each mailbox was used (3), without the body file (4), or with an expiry index entry
+    /// per envelope (3 to 5).
     Older(u32),
     /// The current format.
     Current,
@@ -228,50 +237,38 @@ pub(crate) fn finish_format1(db: &Database) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Format 2 to 3: indexes every envelope by its expiry ([`super::EXPIRY`]), in batches, then
-/// writes the format. The index is built from nothing each time: a crash midway leaves the
-/// version at 2 and part of the index, and a release before the index may have opened the
-/// directory since and removed envelopes without their entries.
-pub(crate) fn index_expiries(db: &Database) -> Result<(), StoreError> {
+/// Counts every envelope in the expiry index ([`super::EXPIRY`]), in batches, then writes
+/// `format`: format 2 to 3, where there was no index, and formats 3 to 5 to 6, whose index
+/// had an entry per envelope. The index is built from nothing each time: a crash midway
+/// leaves the version as it was and part of the index, and a release before the index may
+/// have opened the directory since and removed envelopes without their entries.
+pub(crate) fn index_expiries(db: &Database, format: u32) -> Result<(), StoreError> {
     const DOING: &str = "indexing envelopes by expiry";
-    let indexed = rebuild(db, &[EXPIRY], ENVELOPES, 3, DOING, |txn, batch| {
+    let indexed = rebuild(db, &[EXPIRY], ENVELOPES, format, DOING, |txn, batch| {
         let mut index = txn.open_table(EXPIRY).map_err(StoreError::database(DOING))?;
-        let mut n = 0;
+        let mut counts: HashMap<[u8; 40], i64> = HashMap::new();
         for (k, v) in batch {
-            // A record that does not parse is left for the reads to report; it has no
-            // expiry to index.
-            if let Ok(value) = EnvelopeValue::parse(v) {
-                index
-                    .insert(&expiry_key(value.expires_at(), k)[..], &[][..])
-                    .map_err(StoreError::database(DOING))?;
-                n += 1;
+            // A record that does not parse, or whose key is short, is left for the reads to
+            // report; it has no expiry to index.
+            if let (Ok(value), Some(id)) = (EnvelopeValue::parse(v), record_mailbox(k)) {
+                *counts.entry(expiry_key(value.expires_at(), &id)).or_insert(0) += 1;
             }
+        }
+        let mut n = 0;
+        for (key, count) in counts {
+            add_expiring(&mut index, &key, count)?;
+            n += count.unsigned_abs();
         }
         Ok(n)
     })?;
-    tracing::info!(format = 3, envelopes = indexed, "indexed the envelopes by expiry");
-    Ok(())
-}
-
-/// Format 4 to 5: writes the format; nothing to convert (the module documentation says
-/// why).
-pub(crate) fn bodies_apart(db: &Database) -> Result<(), StoreError> {
-    const DOING: &str = "writing the data directory's format";
-    let mut txn = db.begin_write().map_err(StoreError::database(DOING))?;
-    txn.set_two_phase_commit(true);
-    txn.open_table(FORMATS)
-        .map_err(StoreError::database(DOING))?
-        .insert(DIRECTORY, FORMAT)
-        .map_err(StoreError::database(DOING))?;
-    txn.commit().map_err(StoreError::database(DOING))?;
-    tracing::info!(format = FORMAT, "envelopes stored from now on lie in the body file");
+    tracing::info!(format, envelopes = indexed, "counted the envelopes by expiry");
     Ok(())
 }
 
 /// Dates every mailbox at `now` (when each was last used is not known from before format
 /// 4: each gets the whole idle lifetime from then), in batches, then writes the current
-/// format (5 adds nothing to convert). A
-/// crash midway leaves the format as it was, and the next open starts again.
+/// format (run after [`index_expiries`]; 5 adds nothing to convert). A crash midway leaves
+/// the format as it was, and the next open starts again.
 pub(crate) fn index_touches(db: &Database, now: u64) -> Result<(), StoreError> {
     const DOING: &str = "dating every mailbox";
     let dated = rebuild(db, &[TOUCHED, IDLE], MAILBOXES, FORMAT, DOING, |txn, batch| {

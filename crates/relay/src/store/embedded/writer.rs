@@ -9,6 +9,7 @@
 //! which overwrites them with zeros, `fdatasync`s, answers the deletions and only
 //! then gives the slots back for reuse.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ use super::at_rest::{fresh_key, seal, zero_slots, BodyFile, EnvelopeKey, KeyFile
 use super::nameplate::{self, NameplateKey};
 use super::record::{encode_envelope_record, encode_sender, record_key, EnvelopeValue, MailboxRecord, TAG_LEN};
 use super::{
-    bundle_expiry_key, count_off, expiry_key, get_record, held_key, idle_key, sender, Table, BUNDLES, BUNDLE_EXPIRY,
+    add_expiring, bundle_expiry_key, expiry_count, expiry_key, get_record, held_key, idle_key, sender, Table, BUNDLES, BUNDLE_EXPIRY,
     ENVELOPES, EXPIRY, HELD, IDLE, MAILBOXES, MAX_BATCH, NAMEPLATES, NAMEPLATE_EXPIRY, SENDERS, TOUCHED,
 };
 use crate::store::bundle::{self, decode_dated, encode_dated};
@@ -332,9 +333,15 @@ fn stage(
         .open_table(BUNDLE_EXPIRY)
         .map_err(StoreError::database(COMMITTING))?;
     let mut tables = Tables {
-        boxes: &mut boxes,
+        boxes: Boxes {
+            table: &mut boxes,
+            cached: HashMap::new(),
+        },
         envs: &mut envs,
-        expiry: &mut expiry,
+        expiry: Expiries {
+            table: &mut expiry,
+            changes: HashMap::new(),
+        },
         senders: &mut senders,
         held: &mut held,
         used: Used {
@@ -360,6 +367,8 @@ fn stage(
         results.push(apply(&mut tables, w, max)?);
         shreds.push(tables.slots.freed.len() > freed);
     }
+    tables.boxes.flush()?;
+    tables.expiry.flush()?;
     Ok((results, shreds))
 }
 
@@ -389,12 +398,94 @@ fn set_held_total(held: &mut Table<'_>, total: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The mailbox records ([`super::MAILBOXES`]), read and written through a cache that
+/// lasts one batch: a record the batch changes is written to redb once, when the batch is
+/// staged ([`Boxes::flush`]), however many of its writes changed it (each send and each
+/// ack does). Deletions go to redb at once.
+struct Boxes<'a, 't> {
+    table: &'a mut Table<'t>,
+    /// Records read or written in this batch, and whether they changed.
+    cached: HashMap<MailboxId, (MailboxRecord, bool)>,
+}
+
+impl Boxes<'_, '_> {
+    fn get(&mut self, id: &MailboxId) -> Result<Option<MailboxRecord>, StoreError> {
+        if let Some((rec, _)) = self.cached.get(id) {
+            return Ok(Some(*rec));
+        }
+        let rec = get_record(self.table, id)?;
+        if let Some(rec) = rec {
+            self.cached.insert(*id, (rec, false));
+        }
+        Ok(rec)
+    }
+
+    fn put(&mut self, id: &MailboxId, rec: MailboxRecord) {
+        self.cached.insert(*id, (rec, true));
+    }
+
+    fn remove(&mut self, id: &MailboxId, doing: &'static str) -> Result<(), StoreError> {
+        self.cached.remove(id);
+        self.table.remove(&id.0[..]).map_err(StoreError::database(doing))?;
+        Ok(())
+    }
+
+    /// One envelope fewer in mailbox `id` (if it still exists).
+    fn count_off(&mut self, id: &MailboxId) -> Result<(), StoreError> {
+        if let Some(rec) = self.get(id)? {
+            self.put(id, rec.counted_off());
+        }
+        Ok(())
+    }
+
+    /// Writes the records this batch changed.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        for (id, (rec, changed)) in self.cached.drain() {
+            if changed {
+                self.table
+                    .insert(&id.0[..], &rec.encode()[..])
+                    .map_err(StoreError::database(COMMITTING))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The expiry index ([`super::EXPIRY`]), its counts changed through a batch-long tally:
+/// each count the batch changes is written once, when the batch is staged
+/// ([`Expiries::flush`]), however many sends and acks changed it.
+struct Expiries<'a, 't> {
+    table: &'a mut Table<'t>,
+    /// What this batch adds to each count.
+    changes: HashMap<[u8; 40], i64>,
+}
+
+impl Expiries<'_, '_> {
+    /// One more envelope of mailbox `id` expiring at `at`.
+    fn add(&mut self, at: u64, id: &MailboxId) {
+        *self.changes.entry(expiry_key(at, id)).or_insert(0) += 1;
+    }
+
+    /// One fewer.
+    fn remove(&mut self, at: u64, id: &MailboxId) {
+        *self.changes.entry(expiry_key(at, id)).or_insert(0) -= 1;
+    }
+
+    /// Writes the counts this batch changed.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        for (key, change) in self.changes.drain() {
+            if change != 0 {
+                add_expiring(self.table, &key, change)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 struct Tables<'a, 't> {
-    boxes: &'a mut Table<'t>,
+    boxes: Boxes<'a, 't>,
     envs: &'a mut Table<'t>,
-    /// The expiry index ([`super::EXPIRY`]): an entry per envelope, written and removed
-    /// with it.
-    expiry: &'a mut Table<'t>,
+    expiry: Expiries<'a, 't>,
     senders: &'a mut Table<'t>,
     held: &'a mut Table<'t>,
     used: Used<'a, 't>,
@@ -681,16 +772,16 @@ fn delete_mailbox(t: &mut Tables<'_, '_>, id: &MailboxId, doing: &'static str) -
             .map_err(StoreError::database(doing))?
             .map(|v| Removed::of(v.value()));
         if let Some(removed) = removed {
-            removed.unindex(t.expiry, k, doing)?;
+            removed.uncount(&mut t.expiry, id);
             t.slots.freed.extend(removed.slot);
         }
     }
-    if let Some(rec) = get_record(t.boxes, id)? {
+    if let Some(rec) = t.boxes.get(id)? {
         t.senders
             .remove(&rec.send_digest[..])
             .map_err(StoreError::database(doing))?;
     }
-    t.boxes.remove(&id.0[..]).map_err(StoreError::database(doing))?;
+    t.boxes.remove(id, doing)?;
     t.used.forget(id)?;
     let mut freed = 0u64;
     for epoch in 0..HeldCommit::KEPT {
@@ -709,11 +800,6 @@ fn delete_mailbox(t: &mut Tables<'_, '_>, id: &MailboxId, doing: &'static str) -
     Ok(keys.len() as u64)
 }
 
-/// The slot of an envelope value being removed (none for one in the clear or corrupt).
-fn slot_of(value: &[u8]) -> Option<u64> {
-    EnvelopeValue::parse(value).ok().and_then(|v| v.slot())
-}
-
 /// What is needed of an envelope value being removed: its expiry (none for a corrupt one,
 /// which has no entry in the expiry index) and its key slot (none for one in the clear).
 struct Removed {
@@ -730,15 +816,76 @@ impl Removed {
         }
     }
 
-    /// Removes the record's entry from the expiry index.
-    fn unindex(&self, expiry: &mut Table<'_>, record_key: &[u8], doing: &'static str) -> Result<(), StoreError> {
+    /// Counts the envelope off the expiry index (mailbox `id`'s).
+    fn uncount(&self, expiry: &mut Expiries<'_, '_>, id: &MailboxId) {
         if let Some(at) = self.expires_at {
-            expiry
-                .remove(&expiry_key(at, record_key)[..])
-                .map_err(StoreError::database(doing))?;
+            expiry.remove(at, id);
         }
-        Ok(())
     }
+}
+
+/// Deletes the envelopes expired at `now`; returns how many. Only the index's counts due by
+/// `now` are read, then, in each mailbox they name, its envelopes oldest first until as many
+/// expired ones are found as the counts say: the sweep's cost is what has expired, not what
+/// the store holds. A mailbox's envelopes expire in the order they came, unless the
+/// envelope lifetime was shortened or the clock stepped back; then the walk goes on past
+/// those not yet expired.
+fn sweep_envelopes(
+    envs: &mut Table<'_>,
+    expiry: &mut Expiries<'_, '_>,
+    boxes: &mut Boxes<'_, '_>,
+    slots: &mut BatchSlots,
+    now: u64,
+) -> Result<u64, StoreError> {
+    const DOING: &str = "deleting expired envelopes";
+    // The counts as this batch left them.
+    expiry.flush()?;
+    let end = expiry_key(now, &MailboxId([0xff; 32]));
+    let mut owed: BTreeMap<MailboxId, u64> = BTreeMap::new();
+    let mut due = Vec::new();
+    for entry in expiry
+        .table
+        .range::<&[u8]>(..=&end[..])
+        .map_err(StoreError::database(DOING))?
+    {
+        let (k, v) = entry.map_err(StoreError::database(DOING))?;
+        let k = k.value().to_vec();
+        // An entry of another shape (a damaged store) is removed, nothing else.
+        if let Some(id) = k.get(8..).and_then(|id| <[u8; 32]>::try_from(id).ok()) {
+            *owed.entry(MailboxId(id)).or_default() += expiry_count(v.value());
+        }
+        due.push(k);
+    }
+    for k in &due {
+        expiry.table.remove(&k[..]).map_err(StoreError::database(DOING))?;
+    }
+    let mut expired = 0u64;
+    for (id, mut owed) in owed {
+        let mut gone = Vec::new();
+        for entry in envs
+            .range(&record_key(&id, 0)[..]..=&record_key(&id, u64::MAX)[..])
+            .map_err(StoreError::database(DOING))?
+        {
+            if owed == 0 {
+                break;
+            }
+            let (k, v) = entry.map_err(StoreError::database(DOING))?;
+            // A record that does not parse is left for the reads to report.
+            if let Ok(value) = EnvelopeValue::parse(v.value()) {
+                if value.expires_at() <= now {
+                    gone.push((k.value().to_vec(), value.slot()));
+                    owed -= 1;
+                }
+            }
+        }
+        for (k, slot) in gone {
+            envs.remove(&k[..]).map_err(StoreError::database(DOING))?;
+            slots.freed.extend(slot);
+            boxes.count_off(&id)?;
+            expired += 1;
+        }
+    }
+    Ok(expired)
 }
 
 /// Applies one write. The outer `Result` is a storage failure that aborts the
@@ -787,7 +934,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
         Write::Touch { ids, now } => {
             let mut n = 0;
             for id in ids {
-                if get_record(t.boxes, id)?.is_some() {
+                if t.boxes.get(id)?.is_some() {
                     t.used.touch(id, *now)?;
                     n += 1;
                 }
@@ -816,7 +963,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             pow_bits,
         } => {
             const DOING: &str = "creating a mailbox";
-            if get_record(boxes, id)?.is_some()
+            if boxes.get(id)?.is_some()
                 || senders
                     .get(&send_digest[..])
                     .map_err(StoreError::database(DOING))?
@@ -832,9 +979,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                     claims: Claims::NEW,
                     pow_bits: *pow_bits,
                 };
-                boxes
-                    .insert(&id.0[..], &rec.encode()[..])
-                    .map_err(StoreError::database(DOING))?;
+                boxes.put(id, rec);
                 senders
                     .insert(&send_digest[..], &encode_sender(id)[..])
                     .map_err(StoreError::database(DOING))?;
@@ -848,7 +993,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             expires_at,
             work,
         } => match sender(&**senders, send)?
-            .map(|id| get_record(boxes, &id).map(|r| (id, r)))
+            .map(|id| boxes.get(&id).map(|r| (id, r)))
             .transpose()?
         {
             Some((id, Some(rec))) => {
@@ -878,17 +1023,13 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                     slots.bodies.push((slot, sealed));
                     envs.insert(&rk[..], &encode_envelope_record(*expires_at, slot, &tag)[..])
                         .map_err(StoreError::database(DOING))?;
-                    expiry
-                        .insert(&expiry_key(*expires_at, &rk)[..], &[][..])
-                        .map_err(StoreError::database(DOING))?;
+                    expiry.add(*expires_at, id);
                     let rec = MailboxRecord {
                         next_seq: seq + 1,
                         count: rec.count + 1,
                         ..rec
                     };
-                    boxes
-                        .insert(&id.0[..], &rec.encode()[..])
-                        .map_err(StoreError::database(DOING))?;
+                    boxes.put(id, rec);
                     Ok((*id, seq))
                 }
             }
@@ -903,9 +1044,9 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                 .map_err(StoreError::database(DOING))?
                 .map(|v| Removed::of(v.value()));
             if let Some(removed) = removed {
-                removed.unindex(expiry, &rk, DOING)?;
+                removed.uncount(expiry, id);
                 slots.freed.extend(removed.slot);
-                count_off(boxes, id)?;
+                boxes.count_off(id)?;
             }
             Ok((*id, 0))
         }
@@ -915,7 +1056,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
             proof,
             commit,
         } => match sender(&**senders, send)?
-            .map(|id| get_record(boxes, &id).map(|r| (id, r)))
+            .map(|id| boxes.get(&id).map(|r| (id, r)))
             .transpose()?
         {
             // A refusal is this write's answer, not the batch's failure.
@@ -936,9 +1077,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
                         return Ok(Err(StoreError::RelayFull));
                     }
                     let rec = MailboxRecord { claims, ..rec };
-                    boxes
-                        .insert(&id.0[..], &rec.encode()[..])
-                        .map_err(StoreError::database(DOING))?;
+                    boxes.put(&id, rec);
                     used.touch(&id, now_secs())?;
                     // The grant and its commit in one transaction: never one without the other.
                     if let Some(k) = kept {
@@ -959,33 +1098,7 @@ fn apply(t: &mut Tables<'_, '_>, w: &Write, max: Quota) -> Result<Answer, StoreE
         | Write::NameplateTake { .. }
         | Write::BundlePublish { .. } => Ok((NONE, 0)),
         Write::Expire { now } => {
-            const DOING: &str = "deleting expired envelopes";
-            // Only the index entries up to `now` are read: the sweep's cost is what has
-            // expired, not what the store holds.
-            let end = expiry_key(*now, &[0xff; 40]);
-            let mut expired = 0u64;
-            for k in &due(expiry, &end, DOING)? {
-                expiry.remove(&k[..]).map_err(StoreError::database(DOING))?;
-                let rk = k.get(8..).unwrap_or_default();
-                // Only a record that has itself expired goes: an entry left by another
-                // release (which kept no index) may name a record key used again since.
-                let current = envs
-                    .get(rk)
-                    .map_err(StoreError::database(DOING))?
-                    .map(|v| v.value().to_vec());
-                let Some(value) = current else { continue };
-                if EnvelopeValue::parse(&value).is_ok_and(|v| v.expires_at() > *now) {
-                    continue;
-                }
-                envs.remove(rk).map_err(StoreError::database(DOING))?;
-                expired += 1;
-                slots.freed.extend(slot_of(&value));
-                // A record with a short key (a damaged store) is removed, nothing else.
-                let Some(id) = super::record::record_mailbox(rk) else {
-                    continue;
-                };
-                count_off(boxes, &id)?;
-            }
+            let expired = sweep_envelopes(envs, expiry, boxes, slots, *now)?;
             // Nameplates and bundles too (not counted with the envelopes).
             nameplates.expire(*now)?;
             bundles.expire(*now)?;
