@@ -1152,7 +1152,7 @@ const TABLES: [TableDefinition<&[u8], &[u8]>; 4] = [
     TableDefinition::new("mailboxes"),
     TableDefinition::new("senders"),
     TableDefinition::new("envelopes"),
-    TableDefinition::new("expiry"),
+    TableDefinition::new("expiry-counts"),
 ];
 
 /// Records of a real store, read back from its files.

@@ -150,7 +150,7 @@ impl ForwardFixture {
 ///
 /// ```text
 /// input  = item*
-/// item   = 0x01 table (u8: 0 mailboxes, 1 senders, 2 envelopes, 3 expiry) key (bytes16) value (bytes16)
+/// item   = 0x01 table (u8: 0 mailboxes, 1 senders, 2 envelopes, 3 expiry-counts) key (bytes16) value (bytes16)
 ///        | 0x02 slot (u16) key (32)                      -- a key in the key file
 ///        | 0x03 len (u16)                                -- key file length (truncates or extends)
 ///        | 0x04 slot (u16) body (bytes16)                -- bytes at a slot of the body file
@@ -178,7 +178,7 @@ pub mod store_input {
     /// A raw record for one of the store's tables.
     #[derive(Debug, Clone)]
     pub struct Record {
-        /// 0 mailboxes, 1 senders, 2 envelopes, 3 expiry.
+        /// 0 mailboxes, 1 senders, 2 envelopes, 3 expiry-counts.
         pub table: u8,
         /// Raw key.
         pub key: Vec<u8>,

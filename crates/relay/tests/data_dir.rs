@@ -107,7 +107,7 @@ fn format_of(store_file: &Path) -> Option<u32> {
 }
 
 /// A data directory of format 2 (tests/fixtures/relay-format-2, with its README): opened by
-/// this code it becomes format 4, keeps its PIN, its mailboxes and its envelopes, the
+/// this code it becomes the current format, keeps its PIN, its mailboxes and its envelopes, the
 /// envelopes expire by the index that the conversion built, and every mailbox is dated at
 /// the conversion (it gets the whole idle lifetime from then: issue 17, point 5).
 #[test]

@@ -215,7 +215,8 @@ pub struct Stats {
 
 /// Storage for mailboxes and their envelopes. Every method is async and may be
 /// awaited on the executor: a backend that must block (redb reads) does so on the
-/// blocking pool, one that must wait (the embedded writer, the NATS cluster) waits
+/// blocking pool, save for short reads (the embedded store's fetch of at most 15
+/// envelopes), one that must wait (the embedded writer, the NATS cluster) waits
 /// without a thread.
 ///
 /// The methods return `impl Future + Send` rather than being `async fn`, so that the

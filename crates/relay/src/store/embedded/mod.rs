@@ -140,12 +140,12 @@ const HELD: TableDefinition<&[u8], &[u8]> = TableDefinition::new("held");
 /// expire at that second (u32 BE, never zero: the entry goes when it would be). A sweep
 /// reads only the entries due, then takes that many expired envelopes from each due
 /// mailbox, oldest first: its cost is what has expired, whatever the store holds. A count
-/// rather than an entry per envelope (formats 3 to 5) because the writer changes each
-/// count once per batch, not once per send and once per ack (BENCHMARKS.md, "Cutting the
-/// relay's CPU per envelope"); it says no more than the records it counts. Added in data
-/// directory format 3, counts since format 6 (`upgrade::index_expiries` builds it for an
-/// older directory).
-const EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("expiry");
+/// rather than an entry per envelope (table `expiry` of formats 3 to 5) because the writer
+/// changes each count once per batch, not once per send and once per ack (BENCHMARKS.md,
+/// "Cutting the relay's CPU per envelope"); it says no more than the records it counts.
+/// Added in data directory format 6 (`upgrade::index_expiries` builds it for an older
+/// directory, and writing format 6 retires the table `expiry`).
+const EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("expiry-counts");
 
 /// receive id (32) -> when the mailbox was last used (u64 BE, Unix seconds): made, opened
 /// by its recipient (at most once a day: `server`), or claimed at. Added in data
@@ -315,7 +315,7 @@ pub struct EmbeddedStore {
 }
 
 /// What reads need: the database, the key file and the body file (cheap to clone onto
-/// the blocking pool).
+/// the blocking pool, for the reads that go there).
 #[derive(Clone)]
 struct Reader {
     db: Arc<Database>,
@@ -391,12 +391,12 @@ impl EmbeddedStore {
         }
         match found {
             upgrade::Found::Format1 | upgrade::Found::Older(..=3) => {
-                upgrade::index_expiries(&db, 3)?;
+                upgrade::index_expiries(&db, None)?;
                 upgrade::index_touches(&db, writer::now_secs())?;
             }
             // Formats 4 and 5 have the mailboxes' dates; format 4 needs nothing for the
             // body file (`upgrade`).
-            upgrade::Found::Older(_) => upgrade::index_expiries(&db, upgrade::FORMAT)?,
+            upgrade::Found::Older(_) => upgrade::index_expiries(&db, Some(upgrade::FORMAT))?,
             upgrade::Found::New | upgrade::Found::Current => {}
         }
         // Nameplates of an earlier run are sealed under a key gone with it ([`nameplate`]).
@@ -765,7 +765,8 @@ impl MailboxStore for EmbeddedStore {
         // `MAX_FETCH` (15) envelopes, from redb's cache and the page cache, and opens them
         // (about 25 µs in all), while handing it to a pool thread and back cost about 4 µs
         // of the relay's CPU per envelope (BENCHMARKS.md, "Cutting the relay's CPU per
-        // envelope"). An uncached read blocks this worker for one disk read.
+        // envelope"). A fetch of envelopes no longer in the page cache blocks this worker
+        // for its disk reads (a key and a body for each envelope, and redb's pages).
         self.reader.fetch(ids, max)
     }
 

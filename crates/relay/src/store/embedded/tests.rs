@@ -584,8 +584,7 @@ fn a_format_4_data_directory_reads_its_inline_envelopes_and_stores_new_ones_apar
         let txn = db.begin_write().unwrap();
         {
             let mut envs = txn.open_table(ENVELOPES).unwrap();
-            let mut index = txn.open_table(EXPIRY).unwrap();
-            index.retain(|_, _| false).unwrap();
+            let mut index = txn.open_table(PER_ENVELOPE_EXPIRY).unwrap();
             for (k, v) in entries(&envs) {
                 envs.insert(&k[..], &as_version_1(dir.path(), &k, &v)[..]).unwrap();
                 let per_envelope = [&u64::MAX.to_be_bytes()[..], &k[..]].concat();
@@ -596,6 +595,7 @@ fn a_format_4_data_directory_reads_its_inline_envelopes_and_stores_new_ones_apar
             .unwrap()
             .insert("data directory", 4)
             .unwrap();
+        txn.delete_table(EXPIRY).unwrap();
         txn.commit().unwrap();
         std::fs::remove_file(&body_file).unwrap();
     }
@@ -645,6 +645,10 @@ fn a_format_4_data_directory_reads_its_inline_envelopes_and_stores_new_ones_apar
         vec![(u64::MAX, id, 3)],
         "the entries per envelope became one count"
     );
+    assert!(
+        !has_table(&path, PER_ENVELOPE_EXPIRY),
+        "the index of format 4 is retired"
+    );
 }
 
 /// A data directory of format 5 (an expiry index entry per envelope, which acks and
@@ -669,8 +673,7 @@ fn a_format_5_data_directory_has_its_expiry_index_counted() {
         let txn = db.begin_write().unwrap();
         {
             let envs = txn.open_table(ENVELOPES).unwrap();
-            let mut index = txn.open_table(EXPIRY).unwrap();
-            index.retain(|_, _| false).unwrap();
+            let mut index = txn.open_table(PER_ENVELOPE_EXPIRY).unwrap();
             for (k, v) in entries(&envs) {
                 let at = record::EnvelopeValue::parse(&v).unwrap().expires_at();
                 let per_envelope = [&at.to_be_bytes()[..], &k[..]].concat();
@@ -681,6 +684,7 @@ fn a_format_5_data_directory_has_its_expiry_index_counted() {
             .unwrap()
             .insert("data directory", 5)
             .unwrap();
+        txn.delete_table(EXPIRY).unwrap();
         txn.commit().unwrap();
     }
     {
@@ -692,6 +696,120 @@ fn a_format_5_data_directory_has_its_expiry_index_counted() {
     }
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(expiry_counts(&path), vec![(300, id, 1)]);
+    assert!(
+        !has_table(&path, PER_ENVELOPE_EXPIRY),
+        "the index of format 5 is retired"
+    );
+}
+
+/// Writes queued together share a batch: a mailbox's record and its expiry counts are
+/// changed through the batch's cache and written once, and what each write saw is what the
+/// writes before it in the queue left, in the same batch or not (the counts stay exact, the
+/// mailbox's envelope count too).
+#[test]
+fn writes_queued_together_keep_the_counts_exact() {
+    use crate::store::MailboxStore;
+    use futures_util::future::join_all;
+    let dir = tempfile::tempdir().unwrap();
+    let id = MailboxId([1; 32]);
+    let cap = [2u8; 32];
+    let s = open(dir.path(), 10);
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        MailboxStore::create(&s, id, [3; 32], Sha256::digest(cap).into(), 0)
+            .await
+            .unwrap();
+        let sends = (0..10u8).map(|i| MailboxStore::send(&s, cap, env(i), 100, ProvenWork::NONE));
+        let seqs: Vec<u64> = join_all(sends).await.into_iter().map(|r| r.unwrap().1).collect();
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+        // Acks, sends and a sweep, queued in this order.
+        let acks = join_all((1..=5).map(|seq| MailboxStore::ack(&s, id, seq)));
+        let sends = join_all((10..15u8).map(|i| MailboxStore::send(&s, cap, env(i), 200, ProvenWork::NONE)));
+        let sweep = MailboxStore::expire(&s, 100);
+        let (acks, sends, swept) = tokio::join!(acks, sends, sweep);
+        assert!(acks.iter().all(Result::is_ok));
+        assert!(sends.iter().all(Result::is_ok), "five acks made room for five sends");
+        assert_eq!(swept.unwrap(), 5, "seq 6 to 10 expired at 100");
+        // Sends already expired by a sweep queued right behind them: the sweep counts them.
+        let sends = join_all((20..22u8).map(|i| MailboxStore::send(&s, cap, env(i), 150, ProvenWork::NONE)));
+        let (sends, swept) = tokio::join!(sends, MailboxStore::expire(&s, 150));
+        assert!(sends.iter().all(Result::is_ok));
+        assert_eq!(swept.unwrap(), 2);
+    });
+    let left: Vec<u64> = s.fetch(&[id], 15).unwrap().iter().map(|d| d.seq).collect();
+    assert_eq!(left, (11..=15).collect::<Vec<_>>());
+    for i in 0..5u8 {
+        s.send(cap, env(i), 300, ProvenWork::NONE).unwrap();
+    }
+    assert_eq!(
+        s.send(cap, env(9), 300, ProvenWork::NONE),
+        Err(StoreError::MailboxFull),
+        "the mailbox's count is exact: ten held"
+    );
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        expiry_counts(&dir.path().join("m.redb")),
+        vec![(200, id, 5), (300, id, 5)]
+    );
+}
+
+/// Until the current format is written, a directory keeps the expiry index its own format
+/// reads: an upgrade that stops after counting (before dating the mailboxes of format 3)
+/// leaves format 3 with its index whole, for a release of format 3 to 5 to open as it was.
+#[test]
+fn an_upgrade_stopped_after_counting_leaves_the_older_index_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.redb");
+    let three = three_envelopes(dir.path(), |_| {});
+    assert_eq!(three.len(), 3);
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let envs = txn.open_table(ENVELOPES).unwrap();
+            let mut index = txn.open_table(PER_ENVELOPE_EXPIRY).unwrap();
+            for (k, _) in entries(&envs) {
+                let per_envelope = [&u64::MAX.to_be_bytes()[..], &k[..]].concat();
+                index.insert(&per_envelope[..], &[][..]).unwrap();
+            }
+        }
+        txn.open_table(redb::TableDefinition::<&str, u32>::new("format"))
+            .unwrap()
+            .insert("data directory", 3)
+            .unwrap();
+        txn.delete_table(EXPIRY).unwrap();
+        txn.delete_table(TOUCHED).unwrap();
+        txn.delete_table(IDLE).unwrap();
+        txn.commit().unwrap();
+        upgrade::index_expiries(&db, None).unwrap();
+        assert!(matches!(upgrade::check(&db).unwrap(), upgrade::Found::Older(3)));
+    }
+    assert!(has_table(&path, PER_ENVELOPE_EXPIRY));
+    let db = Database::open(&path).unwrap();
+    let per_envelope = entries(&db.begin_read().unwrap().open_table(PER_ENVELOPE_EXPIRY).unwrap());
+    assert_eq!(per_envelope.len(), 3, "format 3's index is whole");
+    drop(db);
+    assert_eq!(expiry_counts(&path), vec![(u64::MAX, MailboxId([1; 32]), 3)]);
+    // The next open finishes: format 6, the older index retired, the mailbox dated.
+    drop(open(dir.path(), 10));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!has_table(&path, PER_ENVELOPE_EXPIRY));
+    assert_eq!(touched(&path).len(), 1);
+    assert_eq!(expiry_counts(&path), vec![(u64::MAX, MailboxId([1; 32]), 3)]);
+}
+
+/// The expiry index of formats 3 to 5: an entry per envelope, expiry || record key.
+const PER_ENVELOPE_EXPIRY: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("expiry");
+
+/// Whether the database holds table `t`.
+fn has_table(path: &Path, t: redb::TableDefinition<&[u8], &[u8]>) -> bool {
+    let db = Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    match txn.open_table(t) {
+        Err(redb::TableError::TableDoesNotExist(_)) => false,
+        other => other.map(|_| true).unwrap(),
+    }
 }
 
 /// When each mailbox was last used, from [`TOUCHED`].

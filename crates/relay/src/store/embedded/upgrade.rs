@@ -37,9 +37,7 @@ use super::at_rest::{fresh_key, seal, EnvelopeKey, KeyFile, SlotBook};
 use super::record::{
     decode_sender, encode_envelope_value_v1, encode_sender, record_mailbox, EnvelopeValue, MailboxRecord,
 };
-use super::{
-    add_expiring, expiry_key, idle_key, ENVELOPES, EXPIRY, IDLE, MAILBOXES, MAX_BATCH, SENDERS, TOUCHED,
-};
+use super::{add_expiring, expiry_key, idle_key, ENVELOPES, EXPIRY, IDLE, MAILBOXES, MAX_BATCH, SENDERS, TOUCHED};
 use crate::store::StoreError;
 use backchannel_core::aead::Cipher;
 use backchannel_core::mailbox::MailboxId;
@@ -48,6 +46,11 @@ use backchannel_core::mailbox::MailboxId;
 /// ([`super::EXPIRY`]), format 4 when each mailbox was last used ([`super::TOUCHED`]),
 /// format 5 the body file, format 6 the expiry index's counts.
 pub const FORMAT: u32 = 6;
+
+/// The expiry index of formats 3 to 5 (expires_at || record key -> nothing, an entry per
+/// envelope), retired in the transaction that writes the current format, so that a
+/// directory whose upgrade stopped midway still holds the index its own format reads.
+const RETIRED_EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("expiry");
 
 /// The table of format versions.
 const FORMATS: TableDefinition<&str, u32> = TableDefinition::new("format");
@@ -238,11 +241,13 @@ pub(crate) fn finish_format1(db: &Database) -> Result<(), StoreError> {
 }
 
 /// Counts every envelope in the expiry index ([`super::EXPIRY`]), in batches, then writes
-/// `format`: format 2 to 3, where there was no index, and formats 3 to 5 to 6, whose index
-/// had an entry per envelope. The index is built from nothing each time: a crash midway
-/// leaves the version as it was and part of the index, and a release before the index may
-/// have opened the directory since and removed envelopes without their entries.
-pub(crate) fn index_expiries(db: &Database, format: u32) -> Result<(), StoreError> {
+/// `format` if given (formats 4 and 5 to the current one; formats 1 to 3 are dated by
+/// [`index_touches`] next, which writes it). The index of formats 3 to 5 is another table,
+/// kept until the current format is written. The counts are built from nothing each time:
+/// a crash midway leaves the version as it was, the older index whole and part of the
+/// counts, and a release before the counts may have opened the directory since and removed
+/// envelopes without counting them off.
+pub(crate) fn index_expiries(db: &Database, format: Option<u32>) -> Result<(), StoreError> {
     const DOING: &str = "indexing envelopes by expiry";
     let indexed = rebuild(db, &[EXPIRY], ENVELOPES, format, DOING, |txn, batch| {
         let mut index = txn.open_table(EXPIRY).map_err(StoreError::database(DOING))?;
@@ -261,17 +266,17 @@ pub(crate) fn index_expiries(db: &Database, format: u32) -> Result<(), StoreErro
         }
         Ok(n)
     })?;
-    tracing::info!(format, envelopes = indexed, "counted the envelopes by expiry");
+    tracing::info!(envelopes = indexed, "counted the envelopes by expiry");
     Ok(())
 }
 
 /// Dates every mailbox at `now` (when each was last used is not known from before format
 /// 4: each gets the whole idle lifetime from then), in batches, then writes the current
-/// format (run after [`index_expiries`]; 5 adds nothing to convert). A crash midway leaves
-/// the format as it was, and the next open starts again.
+/// format (run after [`index_expiries`]; formats 5 and 6 add nothing more to convert). A
+/// crash midway leaves the format as it was, and the next open starts again.
 pub(crate) fn index_touches(db: &Database, now: u64) -> Result<(), StoreError> {
     const DOING: &str = "dating every mailbox";
-    let dated = rebuild(db, &[TOUCHED, IDLE], MAILBOXES, FORMAT, DOING, |txn, batch| {
+    let dated = rebuild(db, &[TOUCHED, IDLE], MAILBOXES, Some(FORMAT), DOING, |txn, batch| {
         let mut touched = txn.open_table(TOUCHED).map_err(StoreError::database(DOING))?;
         let mut idle = txn.open_table(IDLE).map_err(StoreError::database(DOING))?;
         let mut n = 0;
@@ -298,14 +303,15 @@ pub(crate) fn index_touches(db: &Database, now: u64) -> Result<(), StoreError> {
 
 /// Builds `built` (emptied first) from every record of `source`: `each` gets the records in
 /// batches of [`MAX_BATCH`], each batch in a write transaction of its own, and says how many
-/// it took; the last transaction also writes `format`. Returns the records taken. Built
-/// from nothing each time, so a crash midway (the format not yet written) is finished by
-/// the next open.
+/// it took; the last transaction also writes `format`, if given, and with the current one
+/// retires the tables older formats had ([`RETIRED_EXPIRY`]). Returns the records taken.
+/// Built from nothing each time, so a crash midway (the format not yet written) is finished
+/// by the next open.
 fn rebuild(
     db: &Database,
     built: &[TableDefinition<&[u8], &[u8]>],
     source: TableDefinition<&[u8], &[u8]>,
-    format: u32,
+    format: Option<u32>,
     doing: &'static str,
     mut each: impl FnMut(&redb::WriteTransaction, &[(Vec<u8>, Vec<u8>)]) -> Result<u64, StoreError>,
 ) -> Result<u64, StoreError> {
@@ -340,11 +346,14 @@ fn rebuild(
         taken += each(&txn, &batch)?;
         let more = batch.len() == MAX_BATCH;
         after = batch.last().map(|(k, _)| k.clone());
-        if !more {
+        if let (false, Some(format)) = (more, format) {
             txn.open_table(FORMATS)
                 .map_err(StoreError::database(doing))?
                 .insert(DIRECTORY, format)
                 .map_err(StoreError::database(doing))?;
+            if format == FORMAT {
+                txn.delete_table(RETIRED_EXPIRY).map_err(StoreError::database(doing))?;
+            }
         }
         txn.commit().map_err(StoreError::database(doing))?;
         if !more {

@@ -24,8 +24,8 @@ use super::at_rest::{fresh_key, seal, zero_slots, BodyFile, EnvelopeKey, KeyFile
 use super::nameplate::{self, NameplateKey};
 use super::record::{encode_envelope_record, encode_sender, record_key, EnvelopeValue, MailboxRecord, TAG_LEN};
 use super::{
-    add_expiring, bundle_expiry_key, expiry_count, expiry_key, get_record, held_key, idle_key, sender, Table, BUNDLES, BUNDLE_EXPIRY,
-    ENVELOPES, EXPIRY, HELD, IDLE, MAILBOXES, MAX_BATCH, NAMEPLATES, NAMEPLATE_EXPIRY, SENDERS, TOUCHED,
+    add_expiring, bundle_expiry_key, expiry_count, expiry_key, get_record, held_key, idle_key, sender, Table, BUNDLES,
+    BUNDLE_EXPIRY, ENVELOPES, EXPIRY, HELD, IDLE, MAILBOXES, MAX_BATCH, NAMEPLATES, NAMEPLATE_EXPIRY, SENDERS, TOUCHED,
 };
 use crate::store::bundle::{self, decode_dated, encode_dated};
 use crate::store::{ClaimProof, Claims, HeldCommit, Quota, StoreError};
@@ -495,8 +495,9 @@ struct Tables<'a, 't> {
     slots: &'a mut BatchSlots,
 }
 
-/// The entries of the expiry index `index` up to `end` (inclusive), read before any is
-/// removed: what a sweep has to look at, not everything the store holds.
+/// The entries of an expiry index of nameplates or bundles, `index`, up to `end`
+/// (inclusive), read before any is removed: what a sweep has to look at, not everything
+/// the store holds.
 fn due(index: &Table<'_>, end: &[u8], doing: &'static str) -> Result<Vec<Vec<u8>>, StoreError> {
     index
         .range::<&[u8]>(..=end)
