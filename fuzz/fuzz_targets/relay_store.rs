@@ -6,7 +6,8 @@
 //!
 //! Asserts: nothing panics, in this thread or in the store's writer
 //! thread; a created mailbox reports its recipient key; an envelope whose
-//! send succeeded is fetched back with its sequence number and bytes; a
+//! send succeeded is fetched back with its sequence number and bytes, and is still there
+//! after a sweep before its expiry; a
 //! bundle is fetched as it was last published until it expires, across
 //! reopens, and another bundle is never published over a live one.
 #![no_main]
@@ -29,7 +30,7 @@ const TABLES: [TableDefinition<&[u8], &[u8]>; 4] = [
     TableDefinition::new("mailboxes"),
     TableDefinition::new("senders"),
     TableDefinition::new("envelopes"),
-    TableDefinition::new("expiry"),
+    TableDefinition::new("expiry-counts"),
 ];
 const MAX_ENVELOPES: u32 = 8;
 /// The table of the data directory's format version.
@@ -133,6 +134,8 @@ fn run(dir: &Path, input: &Input) {
     let mut bundles: std::collections::HashMap<u8, (Vec<u8>, u64)> = std::collections::HashMap::new();
     // Names whose bundle a failed sweep may or may not have removed: not checked.
     let mut unsure: std::collections::HashSet<u8> = std::collections::HashSet::new();
+    // The envelopes this run's sends stored: (mailbox, seq) -> expiry.
+    let mut sent: std::collections::HashMap<(MailboxId, u64), u64> = std::collections::HashMap::new();
     for op in &input.ops {
         match *op {
             Op::Create { id: i, recipient, send } => {
@@ -143,6 +146,7 @@ fn run(dir: &Path, input: &Input) {
             }
             Op::Send { send, fill, expires_at } => {
                 if let Ok((mailbox, seq)) = store.send([send; 32], envelope(fill), expires_at, ProvenWork::NONE) {
+                    sent.insert((mailbox, seq), expires_at);
                     if let Ok(all) = store.fetch(&[mailbox], usize::MAX) {
                         assert!(
                             all.iter()
@@ -188,7 +192,22 @@ fn run(dir: &Path, input: &Input) {
             Op::Expire { now } => {
                 // The sweep removes the bundles expired by `now` (and a later op may be at an
                 // earlier time); if it failed, whether it did is unknown.
+                let mut ids: Vec<MailboxId> = sent.keys().map(|(m, _)| *m).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                let before = store.fetch(&ids, usize::MAX).ok();
                 let swept = store.expire(now).is_ok();
+                // A sweep never takes an envelope that has not expired.
+                if let (true, Some(before), Ok(after)) = (swept, before, store.fetch(&ids, usize::MAX)) {
+                    for d in &before {
+                        if sent.get(&(d.mailbox, d.seq)).is_some_and(|at| *at > now) {
+                            assert!(
+                                after.iter().any(|a| a.mailbox == d.mailbox && a.seq == d.seq),
+                                "the sweep took an envelope that had not expired"
+                            );
+                        }
+                    }
+                }
                 bundles.retain(|name, (_, at)| {
                     let kept = *at >= now;
                     if !kept && !swept {
