@@ -120,6 +120,19 @@ fn the_state_left_by_release_d508c81_opens_reads_and_keeps_working() {
     });
 }
 
+/// The set made by the release at commit 0378a72 (relay data directory format 5: sealed
+/// envelopes in `envelope-bodies.bin`, the expiry index an entry per envelope, the last
+/// release before format 6 counted them; see its README.md).
+#[test]
+fn the_state_left_by_release_0378a72_opens_reads_and_keeps_working() {
+    opens_reads_and_keeps_working(&Release {
+        commit: "0378a72",
+        relay_address: "bc://mgvbjngylwg6iori6m4haegixgzzsrk3lzju6wojizowbjhtstva@127.0.0.1:29471",
+        alice_fingerprint: "ad5b 323d 2b9b a60c b47e c93e a528 2dc8",
+        bob_fingerprint: "c27f 462a cd8f 36c0 a96d 28a7 150b 55b6",
+    });
+}
+
 /// The story of scripts/make-fixtures.sh, as a release left it, opened by this one.
 fn opens_reads_and_keeps_working(release: &Release) {
     // The file alice was sending when it stopped: her home holds this absolute path.
