@@ -598,6 +598,40 @@ fn two_members_keep_talking_through_a_flood_of_hostile_connections_in_bounded_me
     assert_eq!(n("relay_full"), 0, "{counts:?}");
 }
 
+/// The idle timeout counts from the last answer, not from the last request: a long-poll
+/// longer than the timeout keeps its connection, which the timeout still closes once it is
+/// quiet. An idle timeout too large for a clock (the flag takes any number of seconds) is
+/// no timeout, not a crash.
+#[test]
+fn a_long_poll_longer_than_the_idle_timeout_keeps_its_connection() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&root.path().join("relay"), &["--idle-timeout", "1s"]);
+    let addr: RelayAddress = relay.address.parse().unwrap();
+    rt().block_on(async {
+        let mut c = RelayConnection::connect(&addr).await.unwrap();
+        let polled = c.request(&Request::Fetch { max: 1, wait_ms: 1500 }).await;
+        assert!(matches!(polled, Ok(Response::Envelopes(ref l)) if l.is_empty()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            c.request(&Request::Ping).await.is_ok(),
+            "the connection was closed as idle while its long-poll ran"
+        );
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(c.request(&Request::Ping).await.is_err(), "a quiet connection is closed");
+    });
+    let endless = RelayProc::start(
+        &root.path().join("endless"),
+        &["--idle-timeout", "18446744073709551615s"],
+    );
+    let addr: RelayAddress = endless.address.parse().unwrap();
+    rt().block_on(async {
+        let mut c = RelayConnection::connect(&addr).await.unwrap();
+        assert!(c.request(&Request::Ping).await.is_ok());
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(c.request(&Request::Ping).await.is_ok());
+    });
+}
+
 #[test]
 fn each_limit_refuses_with_its_own_protocol_error() {
     let root = tempfile::tempdir().unwrap();

@@ -56,6 +56,10 @@ const MAX_PENDING_REFUSALS: usize = 16;
 /// Time a refused connection gets to complete its handshake and read the refusal.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The longest idle timeout a connection keeps (a century): an instant must hold its
+/// deadline.
+const IDLE_TIMEOUT_CAP: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Time a closing connection gets to send its WebSocket close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -963,7 +967,9 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, keys: &WireKeys, slot: &
         identity: keys.identity_cert.clone(),
         credential: keys.credential.clone(),
     };
-    let idle = shared.limits.idle_timeout;
+    // Capped where an instant could not hold it (the flag takes any number of seconds):
+    // a far deadline is no deadline.
+    let idle = shared.limits.idle_timeout.min(IDLE_TIMEOUT_CAP);
     let metrics = &shared.metrics;
     if !answer(ws, 0, &hello, shared).await {
         return Ended::Client;
@@ -977,8 +983,9 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, keys: &WireKeys, slot: &
     let mut inflight: FuturesOrdered<Pending<'_>> = FuturesOrdered::new();
     // Made once for the connection, not at every turn of the loop: registering and
     // dropping a waiter (and a timer) per event cost about 3 % of the relay's CPU per
-    // envelope. The idle timer is moved on lazily: every event moves the deadline, and the
-    // timer, when it fires before it, is set to it again.
+    // envelope. The idle timer is moved on lazily: each turn of the loop, once the last
+    // event is handled, moves the deadline, and the timer, when it fires before it, is set
+    // to it again.
     let closing = shared.closing();
     tokio::pin!(closing);
     let evicted = slot.evict.notified();
@@ -986,7 +993,12 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, keys: &WireKeys, slot: &
     let mut deadline = tokio::time::Instant::now() + idle;
     let idle_timer = tokio::time::sleep_until(deadline);
     tokio::pin!(idle_timer);
+    let mut event_handled = false;
     loop {
+        if event_handled {
+            deadline = tokio::time::Instant::now() + idle;
+        }
+        event_handled = true;
         let event = tokio::select! {
             biased;
             () = &mut closing => {
@@ -1017,12 +1029,12 @@ async fn serve_connection(ws: &mut Ws, shared: &Shared, keys: &WireKeys, slot: &
             () = &mut idle_timer, if inflight.len() < PIPELINE_DEPTH => {
                 if tokio::time::Instant::now() < deadline {
                     idle_timer.as_mut().reset(deadline);
+                    event_handled = false;
                     continue;
                 }
                 Event::Read(None)
             }
         };
-        deadline = tokio::time::Instant::now() + idle;
         let msg = match event {
             Event::Done(id, response) => {
                 if !finish_ready(ws, id, &response, &mut inflight, shared).await {
