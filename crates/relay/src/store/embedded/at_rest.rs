@@ -17,7 +17,7 @@ use redb::{Database, ReadableTable};
 use zeroize::Zeroizing;
 
 use super::record::{EnvelopeValue, SEALED_LEN, SLOT_LEN};
-use super::{add_expiring, count_off, expiry_key, ENVELOPES, EXPIRY, MAILBOXES};
+use super::{count_off, Expiries, ENVELOPES, EXPIRY, MAILBOXES};
 use crate::store::StoreError;
 
 /// The file of per-envelope keys, in the directory of the redb file: an array of
@@ -400,7 +400,8 @@ fn remove_records(db: &Database, record_keys: &[Vec<u8>]) -> Result<(), StoreErr
     {
         let mut envs = txn.open_table(ENVELOPES).map_err(StoreError::database(DOING))?;
         let mut boxes = txn.open_table(MAILBOXES).map_err(StoreError::database(DOING))?;
-        let mut expiry = txn.open_table(EXPIRY).map_err(StoreError::database(DOING))?;
+        let mut index = txn.open_table(EXPIRY).map_err(StoreError::database(DOING))?;
+        let mut expiry = Expiries::new(&mut index);
         for k in record_keys {
             let removed = envs
                 .remove(&k[..])
@@ -411,10 +412,11 @@ fn remove_records(db: &Database, record_keys: &[Vec<u8>]) -> Result<(), StoreErr
                 continue;
             };
             if let Some(Ok(value)) = removed.as_deref().map(EnvelopeValue::parse) {
-                add_expiring(&mut expiry, &expiry_key(value.expires_at(), &id), -1)?;
+                expiry.remove(value.expires_at(), &id);
             }
             count_off(&mut boxes, &id)?;
         }
+        expiry.flush()?;
     }
     txn.commit().map_err(StoreError::database(DOING))
 }

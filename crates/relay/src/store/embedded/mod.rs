@@ -93,6 +93,7 @@
 //!   layouts (a newer one is refused and nothing is rewritten).
 //! - here: [`EmbeddedStore`], its reads, and [`MailboxStore`] over it.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -217,6 +218,44 @@ fn expiry_key(expires_at: u64, id: &MailboxId) -> [u8; 40] {
 /// A count in [`EXPIRY`] (a damaged one counts one: the sweep then looks for one envelope).
 fn expiry_count(value: &[u8]) -> u64 {
     <[u8; 4]>::try_from(value).map_or(1, |c| u64::from(u32::from_be_bytes(c)))
+}
+
+/// The expiry index ([`EXPIRY`]), its counts changed through a tally: each count changed
+/// is written once, at [`Expiries::flush`], however many envelopes changed it. The writer
+/// keeps one for a batch; the upgrade, one for each batch of records it counts.
+struct Expiries<'a, 't> {
+    table: &'a mut Table<'t>,
+    /// What is to be added to each count.
+    changes: HashMap<[u8; 40], i64>,
+}
+
+impl<'a, 't> Expiries<'a, 't> {
+    fn new(table: &'a mut Table<'t>) -> Self {
+        Self {
+            table,
+            changes: HashMap::new(),
+        }
+    }
+
+    /// One more envelope of mailbox `id` expiring at `at`.
+    fn add(&mut self, at: u64, id: &MailboxId) {
+        *self.changes.entry(expiry_key(at, id)).or_insert(0) += 1;
+    }
+
+    /// One fewer.
+    fn remove(&mut self, at: u64, id: &MailboxId) {
+        *self.changes.entry(expiry_key(at, id)).or_insert(0) -= 1;
+    }
+
+    /// Writes the counts changed since the last flush.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        for (key, change) in self.changes.drain() {
+            if change != 0 {
+                add_expiring(self.table, &key, change)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Adds `delta` to the count under `key` in [`EXPIRY`]; a count that reaches zero (or less,

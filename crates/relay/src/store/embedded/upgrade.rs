@@ -28,7 +28,6 @@
 //!   version is written. A crash midway leaves records of both layouts, which read
 //!   alike, and the next open finishes the conversion.
 
-use std::collections::HashMap;
 use std::ops::Bound;
 
 use redb::{Database, ReadableTable, TableDefinition};
@@ -37,7 +36,7 @@ use super::at_rest::{fresh_key, seal, EnvelopeKey, KeyFile, SlotBook};
 use super::record::{
     decode_sender, encode_envelope_value_v1, encode_sender, record_mailbox, EnvelopeValue, MailboxRecord,
 };
-use super::{add_expiring, expiry_key, idle_key, ENVELOPES, EXPIRY, IDLE, MAILBOXES, MAX_BATCH, SENDERS, TOUCHED};
+use super::{idle_key, Expiries, ENVELOPES, EXPIRY, IDLE, MAILBOXES, MAX_BATCH, SENDERS, TOUCHED};
 use crate::store::StoreError;
 use backchannel_core::aead::Cipher;
 use backchannel_core::mailbox::MailboxId;
@@ -251,19 +250,17 @@ pub(crate) fn index_expiries(db: &Database, format: Option<u32>) -> Result<(), S
     const DOING: &str = "indexing envelopes by expiry";
     let indexed = rebuild(db, &[EXPIRY], ENVELOPES, format, DOING, |txn, batch| {
         let mut index = txn.open_table(EXPIRY).map_err(StoreError::database(DOING))?;
-        let mut counts: HashMap<[u8; 40], i64> = HashMap::new();
+        let mut counts = Expiries::new(&mut index);
+        let mut n = 0;
         for (k, v) in batch {
             // A record that does not parse, or whose key is short, is left for the reads to
             // report; it has no expiry to index.
             if let (Ok(value), Some(id)) = (EnvelopeValue::parse(v), record_mailbox(k)) {
-                *counts.entry(expiry_key(value.expires_at(), &id)).or_insert(0) += 1;
+                counts.add(value.expires_at(), &id);
+                n += 1;
             }
         }
-        let mut n = 0;
-        for (key, count) in counts {
-            add_expiring(&mut index, &key, count)?;
-            n += count.unsigned_abs();
-        }
+        counts.flush()?;
         Ok(n)
     })?;
     tracing::info!(envelopes = indexed, "counted the envelopes by expiry");

@@ -24,7 +24,7 @@ use super::at_rest::{fresh_key, seal, zero_slots, BodyFile, EnvelopeKey, KeyFile
 use super::nameplate::{self, NameplateKey};
 use super::record::{encode_envelope_record, encode_sender, record_key, EnvelopeValue, MailboxRecord, TAG_LEN};
 use super::{
-    add_expiring, bundle_expiry_key, expiry_count, expiry_key, get_record, held_key, idle_key, sender, Table, BUNDLES,
+    bundle_expiry_key, expiry_count, expiry_key, get_record, held_key, idle_key, sender, Expiries, Table, BUNDLES,
     BUNDLE_EXPIRY, ENVELOPES, EXPIRY, HELD, IDLE, MAILBOXES, MAX_BATCH, NAMEPLATES, NAMEPLATE_EXPIRY, SENDERS, TOUCHED,
 };
 use crate::store::bundle::{self, decode_dated, encode_dated};
@@ -338,10 +338,7 @@ fn stage(
             cached: HashMap::new(),
         },
         envs: &mut envs,
-        expiry: Expiries {
-            table: &mut expiry,
-            changes: HashMap::new(),
-        },
+        expiry: Expiries::new(&mut expiry),
         senders: &mut senders,
         held: &mut held,
         used: Used {
@@ -445,37 +442,6 @@ impl Boxes<'_, '_> {
                 self.table
                     .insert(&id.0[..], &rec.encode()[..])
                     .map_err(StoreError::database(COMMITTING))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The expiry index ([`super::EXPIRY`]), its counts changed through a batch-long tally:
-/// each count the batch changes is written once, when the batch is staged
-/// ([`Expiries::flush`]), however many sends and acks changed it.
-struct Expiries<'a, 't> {
-    table: &'a mut Table<'t>,
-    /// What this batch adds to each count.
-    changes: HashMap<[u8; 40], i64>,
-}
-
-impl Expiries<'_, '_> {
-    /// One more envelope of mailbox `id` expiring at `at`.
-    fn add(&mut self, at: u64, id: &MailboxId) {
-        *self.changes.entry(expiry_key(at, id)).or_insert(0) += 1;
-    }
-
-    /// One fewer.
-    fn remove(&mut self, at: u64, id: &MailboxId) {
-        *self.changes.entry(expiry_key(at, id)).or_insert(0) -= 1;
-    }
-
-    /// Writes the counts this batch changed.
-    fn flush(&mut self) -> Result<(), StoreError> {
-        for (key, change) in self.changes.drain() {
-            if change != 0 {
-                add_expiring(self.table, &key, change)?;
             }
         }
         Ok(())
@@ -802,7 +768,7 @@ fn delete_mailbox(t: &mut Tables<'_, '_>, id: &MailboxId, doing: &'static str) -
 }
 
 /// What is needed of an envelope value being removed: its expiry (none for a corrupt one,
-/// which has no entry in the expiry index) and its key slot (none for one in the clear).
+/// which the expiry index does not count) and its key slot (none for one in the clear).
 struct Removed {
     expires_at: Option<u64>,
     slot: Option<u64>,
